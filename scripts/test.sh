@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Runs every check and test of eagate. This is the README's test command and
+# what CI runs (.ci/run). On a fresh Debian machine with only Rust it installs
+# what the tests need from Debian's packages (redis-server), starts a private
+# Redis on a free loopback port in a throwaway directory, exports its URL as
+# EAGATE_TEST_REDIS_URL, and stops it on exit, whatever happens.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+need_packages=()
+command -v redis-server >/dev/null 2>&1 || need_packages+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need_packages+=(redis-tools)
+if [ ${#need_packages[@]} -gt 0 ]; then
+    step "installing ${need_packages[*]} from Debian's packages"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_packages[@]}"
+fi
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy (all targets, all features, warnings are errors)"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+step "no_std proof (tests/no-std links the device-side crates with its own panic handler)"
+cargo build --quiet --manifest-path tests/no-std/Cargo.toml --target-dir target/no-std
+
+step "starting a private Redis"
+redis_dir=$(mktemp -d -t eagate-redis.XXXXXX)
+redis_pid=""
+cleanup() {
+    if [ -n "$redis_pid" ]; then
+        kill "$redis_pid" 2>/dev/null || true
+        wait "$redis_pid" 2>/dev/null || true
+    fi
+    rm -rf "$redis_dir"
+}
+trap cleanup EXIT INT TERM
+# Try random high ports until one binds: no window between checking a port
+# and taking it, and no clash with a Redis already on 6379.
+for _ in $(seq 1 20); do
+    port=$((20000 + RANDOM % 40000))
+    redis-server --port "$port" --bind 127.0.0.1 --dir "$redis_dir" \
+        --save "" --appendonly no --daemonize no \
+        --logfile "$redis_dir/redis.log" &
+    redis_pid=$!
+    for _ in $(seq 1 50); do
+        if redis-cli -p "$port" ping 2>/dev/null | grep -q PONG; then
+            break 2
+        fi
+        kill -0 "$redis_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill "$redis_pid" 2>/dev/null || true
+    wait "$redis_pid" 2>/dev/null || true
+    redis_pid=""
+done
+if [ -z "$redis_pid" ]; then
+    echo "could not start a private redis-server; its log:" >&2
+    cat "$redis_dir/redis.log" >&2 || true
+    exit 1
+fi
+export EAGATE_TEST_REDIS_URL="redis://127.0.0.1:$port/"
+echo "Redis for the tests: $EAGATE_TEST_REDIS_URL (pid $redis_pid)"
+
+step "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --all-features --no-fail-fast
+    # nextest does not run doctests.
+    cargo test --workspace --all-features --doc
+else
+    cargo test --workspace --all-features --no-fail-fast
+fi
+
+step "all checks passed"
