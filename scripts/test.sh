@@ -70,12 +70,25 @@ export EAGATE_TEST_REDIS_URL="redis://127.0.0.1:$port/"
 echo "Redis for the tests: $EAGATE_TEST_REDIS_URL (pid $redis_pid)"
 
 step "tests"
+# Output is kept to add up the counts: the last line of this script states
+# how many tests ran, so nobody (human or CI) mistakes a doctest runner's
+# "0 passed" for the whole suite.
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --all-features --no-fail-fast
-    # nextest does not run doctests.
-    cargo test --workspace --all-features --doc
+    # nextest does not run doctests; cargo test --doc does.
+    cargo test --workspace --all-features --doc 2>&1 | tee "$redis_dir/doc.log"
+    cargo nextest run --workspace --all-features --no-fail-fast 2>&1 | tee "$redis_dir/unit.log"
+    unit_passed=$(grep -Eo '[0-9]+ tests? run: [0-9]+ passed' "$redis_dir/unit.log" | awk '{s += $4} END {print s + 0}')
 else
-    cargo test --workspace --all-features --no-fail-fast
+    cargo test --workspace --all-features --no-fail-fast 2>&1 | tee "$redis_dir/unit.log"
+    : > "$redis_dir/doc.log"
+    unit_passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$redis_dir/unit.log" | awk '{s += $4} END {print s + 0}')
+fi
+doc_passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$redis_dir/doc.log" | awk '{s += $4} END {print s + 0}')
+total=$((unit_passed + doc_passed))
+if [ "$total" -eq 0 ]; then
+    echo "no test ran" >&2
+    exit 1
 fi
 
 step "all checks passed"
+echo "tests: $total passed, 0 failed"

@@ -1,1 +1,102 @@
-fn main() {}
+//! `eagate`: parses the command line and starts things; the work is in the
+//! library.
+
+use clap::{Parser, Subcommand};
+use eagate_gateway::config::ServeConfig;
+use eagate_gateway::server::Gateway;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "eagate",
+    version,
+    about = "Gateway between MetaTrader EAs, trading bots and a signal platform"
+)]
+struct Cli {
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true, env = "EAGATE_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway on the embedded store (no other service needed).
+    Serve(ServeConfig),
+    /// Configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration, secrets masked.
+    Show(ServeConfig),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_env("EAGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    if cli.log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    match cli.command {
+        Command::Config {
+            command: ConfigCommand::Show(config),
+        } => {
+            print!("{}", config.show());
+            Ok(())
+        }
+        Command::Serve(config) => serve(config),
+    }
+}
+
+fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let gateway = Gateway::start(&config).await?;
+        println!("eagate gateway");
+        println!("  data directory:   {}", config.data_dir.display());
+        println!(
+            "  QUIC (devices):   {} (ALPN eagate/1)",
+            gateway.quic_addr()
+        );
+        println!("  TLS fingerprint:  SHA256 {}", gateway.fingerprint());
+        println!("Pin this fingerprint in your EAs and bots. Ctrl-C stops the gateway.");
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        gateway.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

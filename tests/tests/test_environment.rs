@@ -28,7 +28,11 @@ fn redis_command(stream: &mut TcpStream, args: &[&str]) -> String {
 fn the_test_command_provides_a_private_redis_that_answers() {
     let addr = redis_addr(&redis_url());
     assert!(addr.ip().is_loopback(), "{addr}");
-    assert_ne!(addr.port(), 6379, "tests must not use the machine's shared Redis");
+    assert_ne!(
+        addr.port(),
+        6379,
+        "tests must not use the machine's shared Redis"
+    );
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .unwrap_or_else(|e| panic!("the private Redis at {addr} does not answer: {e}"));
     stream

@@ -1,0 +1,16 @@
+//! The eagate gateway: QUIC device sessions with HMAC authentication, the
+//! device registry, and (as they are built) signal streaming, report ingest
+//! and the HTTP sidecar.
+//!
+//! `main.rs` only parses the command line; each subsystem has its module.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod nonces;
+pub mod quic;
+pub mod registry;
+pub mod seal;
+pub mod server;
+pub mod tls;

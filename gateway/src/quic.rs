@@ -1,0 +1,397 @@
+//! The QUIC endpoint and the device session driver: a thin IO loop around
+//! the framing of `eagate-protocol` and the decisions of [`crate::auth`].
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use eagate_protocol::{
+    ALPN, AuthAccepted, Authenticate, CHANNEL_BINDING_LABEL, DecodeError, Decoded, DeviceMessage,
+    GatewayMessage, GoingAway, GoingAwayReason, MAX_FRAME_LEN, MAX_WIRE_LEN, Pong, Refusal,
+    SessionParams, WireMessage, decode_frame, encode_frame,
+};
+use quinn::{RecvStream, SendStream, VarInt};
+use tracing::{debug, info, warn};
+
+use crate::auth::{
+    self, Assessment, AuthSettings, FailureReason, FailureThrottle, ThrottleKey, ThrottleSettings,
+};
+use crate::clock::unix_ms;
+use crate::nonces::NonceStore;
+use crate::registry::DeviceRegistry;
+use crate::seal::MasterKey;
+use crate::tls::ServerIdentity;
+
+/// QUIC application close codes the gateway uses. A device sees them as the
+/// connection's close reason.
+pub mod close_code {
+    /// Normal end of a session.
+    pub const DONE: u32 = 0;
+    /// The peer sent something the protocol does not allow.
+    pub const PROTOCOL_VIOLATION: u32 = 1;
+    /// Authentication was refused.
+    pub const AUTH_REFUSED: u32 = 2;
+    /// No authentication arrived within the deadline.
+    pub const AUTH_TIMEOUT: u32 = 3;
+    /// The gateway is shutting down.
+    pub const SHUTDOWN: u32 = 4;
+}
+
+/// Everything a session needs, shared by all connections.
+#[derive(Debug)]
+pub struct SessionContext {
+    /// The device registry.
+    pub registry: DeviceRegistry,
+    /// The key that opens device secrets.
+    pub master_key: MasterKey,
+    /// Nonces seen.
+    pub nonces: NonceStore,
+    /// Check tunables.
+    pub auth: AuthSettings,
+    /// Time allowed from connection to successful authentication.
+    pub auth_deadline: Duration,
+    /// Parameters announced in [`AuthAccepted`].
+    pub session: SessionParams,
+    /// Repeated failure slow-down.
+    pub throttle: Mutex<FailureThrottle>,
+}
+
+impl SessionContext {
+    /// A context with default timing.
+    pub fn new(registry: DeviceRegistry, master_key: MasterKey, nonces: NonceStore) -> Self {
+        Self {
+            registry,
+            master_key,
+            nonces,
+            auth: AuthSettings::default(),
+            auth_deadline: Duration::from_secs(5),
+            session: SessionParams {
+                ping_interval_ms: 5_000,
+                idle_timeout_ms: IDLE_TIMEOUT.as_millis() as u32,
+                max_frame_len: MAX_FRAME_LEN as u32,
+            },
+            throttle: Mutex::new(FailureThrottle::new(ThrottleSettings::default())),
+        }
+    }
+}
+
+/// A dead EA (terminal closed, VPS gone) is noticed after this much silence.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The gateway probes a quiet connection this often, so a live but idle EA
+/// never reaches the idle timeout and a dead one is found within it.
+const KEEP_ALIVE: Duration = Duration::from_secs(3);
+
+/// The QUIC server configuration.
+///
+/// quinn's defaults suit a few connections moving bulk data (megabytes of
+/// flow-control window per connection, 100 concurrent streams). A gateway
+/// serves many devices that each exchange small messages on one stream, so
+/// windows are small (memory per connection stays in the tens of KiB), a
+/// device may open exactly one bidirectional stream and no unidirectional
+/// ones, 0-RTT is off (it would allow replays), and idle detection is quick.
+pub fn server_config(identity: &ServerIdentity) -> Result<quinn::ServerConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(identity.cert_chain.clone(), identity.key.clone_key())?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.max_early_data_size = 0;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(VarInt::from_u32(1))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .stream_receive_window(VarInt::from_u32(64 * 1024))
+        .receive_window(VarInt::from_u32(64 * 1024))
+        .send_window(256 * 1024)
+        .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("10 s fits")))
+        .keep_alive_interval(Some(KEEP_ALIVE))
+        .datagram_receive_buffer_size(None);
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// Binds the endpoint.
+pub fn bind(identity: &ServerIdentity, addr: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    let config = server_config(identity).map_err(std::io::Error::other)?;
+    quinn::Endpoint::server(config, addr)
+}
+
+/// Accepts connections until the endpoint is closed, each in its own task,
+/// and returns once every session has ended, so the store they share is
+/// released when this returns.
+pub async fn serve(endpoint: quinn::Endpoint, context: Arc<SessionContext>) {
+    let mut sessions = tokio::task::JoinSet::new();
+    while let Some(incoming) = endpoint.accept().await {
+        // Reap finished sessions so the set stays as small as the live ones.
+        while sessions.try_join_next().is_some() {}
+        let context = context.clone();
+        sessions.spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(connection) => run_session(connection, &context).await,
+                Err(e) => debug!(%remote, error = %e, "handshake failed"),
+            }
+        });
+    }
+    while sessions.join_next().await.is_some() {}
+}
+
+/// Why a session ended early.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("stream read failed: {0}")]
+    Read(#[from] quinn::ReadError),
+    #[error("stream write failed: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("bad frame: {0}")]
+    Frame(#[from] DecodeError),
+    #[error("the stream ended")]
+    Ended,
+    #[error("the first message was not Authenticate")]
+    NotAuthenticate,
+    #[error("Authenticate sent on an authenticated session")]
+    AuthenticatedTwice,
+}
+
+impl SessionError {
+    fn is_protocol_violation(&self) -> bool {
+        matches!(
+            self,
+            Self::Frame(_) | Self::NotAuthenticate | Self::AuthenticatedTwice
+        )
+    }
+}
+
+/// Reads frames of one direction off a QUIC stream.
+struct FrameReader {
+    recv: RecvStream,
+    buffer: Vec<u8>,
+}
+
+impl FrameReader {
+    fn new(recv: RecvStream) -> Self {
+        Self {
+            recv,
+            buffer: Vec::with_capacity(1024),
+        }
+    }
+
+    async fn next<M: WireMessage>(&mut self) -> Result<M, SessionError> {
+        loop {
+            match decode_frame::<M>(&self.buffer)? {
+                Decoded::Frame { message, consumed } => {
+                    self.buffer.drain(..consumed);
+                    return Ok(message);
+                }
+                Decoded::Incomplete { needed } => {
+                    let start = self.buffer.len();
+                    // The decoder has already refused oversized frames, so
+                    // this never grows beyond one frame.
+                    self.buffer.resize(start + needed.max(512), 0);
+                    let read = self.recv.read(&mut self.buffer[start..]).await;
+                    let n = match read {
+                        Ok(Some(n)) => n,
+                        Ok(None) => {
+                            self.buffer.truncate(start);
+                            return Err(SessionError::Ended);
+                        }
+                        Err(e) => {
+                            self.buffer.truncate(start);
+                            return Err(e.into());
+                        }
+                    };
+                    self.buffer.truncate(start + n);
+                }
+            }
+        }
+    }
+}
+
+async fn write_message(
+    stream: &mut SendStream,
+    message: &GatewayMessage,
+) -> Result<(), SessionError> {
+    let mut frame = [0u8; MAX_WIRE_LEN];
+    let len = encode_frame(message, &mut frame).expect("gateway messages always fit a frame");
+    stream.write_all(&frame[..len]).await?;
+    Ok(())
+}
+
+async fn run_session(connection: quinn::Connection, context: &SessionContext) {
+    let remote = connection.remote_address();
+    let authenticated =
+        tokio::time::timeout(context.auth_deadline, authenticate(&connection, context)).await;
+    let (device, mut send, mut reader) = match authenticated {
+        Ok(Ok(Some(session))) => session,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            debug!(%remote, error = %e, "closing before authentication");
+            let code = if e.is_protocol_violation() {
+                close_code::PROTOCOL_VIOLATION
+            } else {
+                close_code::AUTH_REFUSED
+            };
+            connection.close(code.into(), b"authentication failed");
+            return;
+        }
+        Err(_elapsed) => {
+            debug!(%remote, reason = FailureReason::Timeout.as_str(), "authentication deadline");
+            connection.close(close_code::AUTH_TIMEOUT.into(), b"authentication deadline");
+            return;
+        }
+    };
+    info!(%remote, device = %device, "device authenticated");
+    let outcome = session_loop(&mut send, &mut reader).await;
+    match outcome {
+        Ok(()) => connection.close(close_code::DONE.into(), b"bye"),
+        Err(e) if e.is_protocol_violation() => {
+            warn!(device = %device, error = %e, "protocol violation");
+            let _ = send
+                .write_all(&going_away_frame(GoingAwayReason::ProtocolViolation))
+                .await;
+            connection.close(close_code::PROTOCOL_VIOLATION.into(), b"protocol violation");
+        }
+        Err(e) => debug!(device = %device, error = %e, "session ended"),
+    }
+}
+
+fn going_away_frame(reason: GoingAwayReason) -> Vec<u8> {
+    let mut frame = [0u8; MAX_WIRE_LEN];
+    let message = GatewayMessage::GoingAway(GoingAway { reason });
+    let len = encode_frame(&message, &mut frame).expect("fits");
+    frame[..len].to_vec()
+}
+
+/// Runs the checks; on success returns the device id and the stream halves.
+/// On refusal it answers, closes, and returns `None`.
+async fn authenticate(
+    connection: &quinn::Connection,
+    context: &SessionContext,
+) -> Result<Option<(String, SendStream, FrameReader)>, SessionError> {
+    let (mut send, recv) = connection.accept_bi().await?;
+    let mut reader = FrameReader::new(recv);
+    let DeviceMessage::Authenticate(auth) = reader.next::<DeviceMessage>().await? else {
+        return Err(SessionError::NotAuthenticate);
+    };
+    let mut binding = [0u8; 32];
+    connection
+        .export_keying_material(&mut binding, CHANNEL_BINDING_LABEL, b"")
+        .map_err(|_| SessionError::Ended)?;
+
+    let source = ThrottleKey::Source(connection.remote_address().ip());
+    let device_key = ThrottleKey::Device(auth.device_id.to_string());
+    let delay = {
+        let throttle = context.throttle.lock().expect("throttle lock");
+        let now = Instant::now();
+        throttle
+            .delay(&source, now)
+            .max(throttle.delay(&device_key, now))
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+
+    let verdict = decide(&auth, &binding, context).await;
+    match verdict {
+        Ok(()) => {
+            context
+                .throttle
+                .lock()
+                .expect("throttle lock")
+                .record_success(&device_key);
+            write_message(
+                &mut send,
+                &GatewayMessage::AuthAccepted(AuthAccepted {
+                    gateway_time_ms: unix_ms(),
+                    session: context.session,
+                    confirmed_report_seq: 0,
+                }),
+            )
+            .await?;
+            Ok(Some((auth.device_id.to_string(), send, reader)))
+        }
+        Err((refusal, reason)) => {
+            {
+                let mut throttle = context.throttle.lock().expect("throttle lock");
+                let now = Instant::now();
+                throttle.record_failure(source, now);
+                throttle.record_failure(device_key, now);
+            }
+            info!(
+                remote = %connection.remote_address(),
+                device = %auth.device_id,
+                reason = reason.as_str(),
+                "authentication refused"
+            );
+            write_message(&mut send, &GatewayMessage::AuthRefused(refusal)).await?;
+            let _ = send.finish();
+            // Let the refusal reach the device before the connection closes.
+            let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+            connection.close(close_code::AUTH_REFUSED.into(), b"authentication refused");
+            Ok(None)
+        }
+    }
+}
+
+async fn decide(
+    auth: &Authenticate,
+    binding: &[u8; 32],
+    context: &SessionContext,
+) -> Result<(), (Refusal, FailureReason)> {
+    let credentials = context
+        .registry
+        .credentials(&context.master_key, &auth.device_id)
+        .map_err(|e| {
+            warn!(error = %e, "device lookup failed");
+            (Refusal::Failed, FailureReason::UnknownDevice)
+        })?;
+    let now_ms = unix_ms();
+    match auth::assess(auth, credentials.as_ref(), binding, now_ms, &context.auth) {
+        Assessment::Refuse(refusal, reason) => Err((refusal, reason)),
+        Assessment::ClaimNonce => {
+            let ttl = context.auth.nonce_ttl.as_millis() as u64;
+            match context
+                .nonces
+                .claim(&auth.device_id, &auth.nonce, now_ms, ttl)
+                .await
+            {
+                Ok(true) => Ok(()),
+                Ok(false) => Err((Refusal::Failed, FailureReason::ReplayedNonce)),
+                Err(e) => {
+                    warn!(error = %e, "nonce store failed");
+                    Err((Refusal::Failed, FailureReason::ReplayedNonce))
+                }
+            }
+        }
+    }
+}
+
+/// After authentication: answers pings and ends on the device's going-away.
+/// Signals and report ingest join this loop as the device path grows.
+async fn session_loop(send: &mut SendStream, reader: &mut FrameReader) -> Result<(), SessionError> {
+    loop {
+        match reader.next::<DeviceMessage>().await? {
+            DeviceMessage::Ping(ping) => {
+                write_message(send, &GatewayMessage::Pong(Pong { token: ping.token })).await?
+            }
+            DeviceMessage::Pong(_) => {}
+            DeviceMessage::GoingAway(_) => return Ok(()),
+            DeviceMessage::Authenticate(_) => return Err(SessionError::AuthenticatedTwice),
+            DeviceMessage::Report(report) => {
+                // Not confirmed: until ingest is built the device keeps the
+                // report in its outbox and resends it later. Nothing is lost.
+                debug!(
+                    seq = report.seq,
+                    "report received; ingest not available yet"
+                );
+            }
+        }
+    }
+}

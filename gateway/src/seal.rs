@@ -1,0 +1,203 @@
+//! Sealing device secrets at rest with the server master key
+//! (ChaCha20-Poly1305). The gateway must be able to recompute a device's MAC,
+//! so it keeps the key, but never in plaintext in sled or Redis.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use eagate_protocol::secret::SECRET_LEN;
+use eagate_protocol::{DeviceId, DeviceSecret};
+use zeroize::Zeroizing;
+
+const NONCE_LEN: usize = 12;
+const AAD_CONTEXT: &[u8] = b"eagate/1 sealed device secret:";
+/// Length of a sealed secret: nonce, ciphertext, tag.
+pub const SEALED_LEN: usize = NONCE_LEN + SECRET_LEN + 16;
+
+/// The 32-byte key that seals every device secret.
+pub struct MasterKey(Zeroizing<[u8; 32]>);
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(<redacted>)")
+    }
+}
+
+/// Why the master key could not be had, or a secret not unsealed.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    /// The key file could not be read or created.
+    #[error("master key file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The key given by file or environment is not 64 hex digits.
+    #[error("the master key must be 64 hex digits (32 bytes)")]
+    BadKey,
+    /// The sealed bytes are damaged, or were sealed under another key or for
+    /// another device.
+    #[error("a sealed device secret does not open with this master key")]
+    Unseal,
+}
+
+/// Where the master key comes from when `EAGATE_MASTER_KEY` is unset.
+pub const MASTER_KEY_FILE: &str = "master.key";
+
+impl MasterKey {
+    /// From 64 hex digits.
+    pub fn from_hex(text: &str) -> Result<Self, SealError> {
+        let text = text.trim();
+        if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(SealError::BadKey);
+        }
+        let mut key = Zeroizing::new([0u8; 32]);
+        for (i, out) in key.iter_mut().enumerate() {
+            *out =
+                u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| SealError::BadKey)?;
+        }
+        Ok(Self(key))
+    }
+
+    /// The key from `EAGATE_MASTER_KEY` if given, else from the data
+    /// directory's key file, created (mode 0600) with a fresh random key on
+    /// the first start.
+    pub fn load_or_create(data_dir: &Path, from_env: Option<&str>) -> Result<Self, SealError> {
+        if let Some(hex) = from_env {
+            return Self::from_hex(hex);
+        }
+        let path = data_dir.join(MASTER_KEY_FILE);
+        let io = |source| SealError::Io {
+            path: path.clone(),
+            source,
+        };
+        match fs::read_to_string(&path) {
+            Ok(text) => Self::from_hex(&Zeroizing::new(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut key = Zeroizing::new([0u8; 32]);
+                getrandom::fill(&mut key[..])
+                    .map_err(|e| io(std::io::Error::other(e.to_string())))?;
+                let hex =
+                    Zeroizing::new(key.iter().map(|b| format!("{b:02x}")).collect::<String>());
+                fs::create_dir_all(data_dir).map_err(io)?;
+                crate::tls::write_private(&path, hex.as_bytes()).map_err(io)?;
+                Ok(Self(key))
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    fn cipher(&self) -> ChaCha20Poly1305 {
+        ChaCha20Poly1305::new(Key::from_slice(&self.0[..]))
+    }
+
+    /// Seals `secret` for `device_id`: the sealed bytes open only for that
+    /// device, so records cannot be swapped between devices in the store.
+    pub fn seal(&self, device_id: &DeviceId, secret: &DeviceSecret) -> Result<Vec<u8>, SealError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::fill(&mut nonce).map_err(|_| SealError::BadKey)?;
+        let aad = aad(device_id);
+        let ciphertext = self
+            .cipher()
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: secret.expose_bytes(),
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| SealError::Unseal)?;
+        let mut sealed = Vec::with_capacity(SEALED_LEN);
+        sealed.extend_from_slice(&nonce);
+        sealed.extend_from_slice(&ciphertext);
+        Ok(sealed)
+    }
+
+    /// Opens what [`MasterKey::seal`] sealed for `device_id`.
+    pub fn unseal(&self, device_id: &DeviceId, sealed: &[u8]) -> Result<DeviceSecret, SealError> {
+        if sealed.len() != SEALED_LEN {
+            return Err(SealError::Unseal);
+        }
+        let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+        let plain = Zeroizing::new(
+            self.cipher()
+                .decrypt(
+                    Nonce::from_slice(nonce),
+                    Payload {
+                        msg: ciphertext,
+                        aad: &aad(device_id),
+                    },
+                )
+                .map_err(|_| SealError::Unseal)?,
+        );
+        let bytes: [u8; SECRET_LEN] = plain[..].try_into().map_err(|_| SealError::Unseal)?;
+        Ok(DeviceSecret::from_bytes(bytes))
+    }
+}
+
+fn aad(device_id: &DeviceId) -> Vec<u8> {
+    [AAD_CONTEXT, device_id.as_str().as_bytes()].concat()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> MasterKey {
+        MasterKey::from_hex(&"11".repeat(32)).unwrap()
+    }
+
+    #[test]
+    fn a_sealed_secret_opens_for_its_device_only() {
+        let alice = DeviceId::new("dv_ALICE").unwrap();
+        let bob = DeviceId::new("dv_BOB").unwrap();
+        let secret = DeviceSecret::from_bytes([7; 32]);
+        let sealed = key().seal(&alice, &secret).unwrap();
+        assert_eq!(sealed.len(), SEALED_LEN);
+        assert!(!sealed.windows(32).any(|w| w == [7; 32]), "not plaintext");
+        assert_eq!(key().unseal(&alice, &sealed).unwrap(), secret);
+        assert!(matches!(
+            key().unseal(&bob, &sealed),
+            Err(SealError::Unseal)
+        ));
+        let other = MasterKey::from_hex(&"22".repeat(32)).unwrap();
+        assert!(matches!(
+            other.unseal(&alice, &sealed),
+            Err(SealError::Unseal)
+        ));
+        let mut tampered = sealed.clone();
+        tampered[20] ^= 1;
+        assert!(matches!(
+            key().unseal(&alice, &tampered),
+            Err(SealError::Unseal)
+        ));
+    }
+
+    #[test]
+    fn the_master_key_file_is_created_once_with_owner_only_permissions() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = MasterKey::load_or_create(dir.path(), None).unwrap();
+        let again = MasterKey::load_or_create(dir.path(), None).unwrap();
+        assert_eq!(*first.0, *again.0);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(MASTER_KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn a_master_key_that_is_not_64_hex_digits_is_refused() {
+        for bad in ["", "abc", &"zz".repeat(32), &"11".repeat(33)] {
+            assert!(matches!(MasterKey::from_hex(bad), Err(SealError::BadKey)));
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The gateway's TLS identity: PEM files given by the operator, or a
+//! self-signed certificate generated on first start and kept in the data
+//! directory, so its fingerprint (which EAs pin) stays the same across
+//! restarts.
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+
+/// A certificate chain and its private key.
+#[derive(Debug)]
+pub struct ServerIdentity {
+    /// Leaf first.
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    /// The leaf's private key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+/// Why the TLS identity could not be loaded or created.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// Reading or writing a PEM file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A PEM file holds no usable certificate or key.
+    #[error("{path}: {what}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is missing or wrong.
+        what: String,
+    },
+    /// rcgen could not generate the self-signed certificate.
+    #[error("generating the self-signed certificate failed: {0}")]
+    Generate(#[from] rcgen::Error),
+}
+
+/// The SHA-256 fingerprint of the leaf certificate's DER bytes, printed as
+/// colon-separated uppercase hex like `openssl x509 -fingerprint -sha256`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, byte) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(":")?;
+            }
+            write!(f, "{byte:02X}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
+}
+
+const CERT_FILE: &str = "tls/cert.pem";
+const KEY_FILE: &str = "tls/key.pem";
+
+impl ServerIdentity {
+    /// Loads an operator's PEM certificate chain and private key.
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, IdentityError> {
+        let cert_chain = CertificateDer::pem_file_iter(cert)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| IdentityError::Pem {
+                path: cert.to_owned(),
+                what: e.to_string(),
+            })?;
+        if cert_chain.is_empty() {
+            return Err(IdentityError::Pem {
+                path: cert.to_owned(),
+                what: "no certificate in the file".into(),
+            });
+        }
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| IdentityError::Pem {
+            path: key.to_owned(),
+            what: e.to_string(),
+        })?;
+        Ok(Self { cert_chain, key })
+    }
+
+    /// Loads the self-signed identity from `data_dir`, generating it on the
+    /// first start for `hostnames` (the names EAs may use to connect).
+    pub fn load_or_generate(data_dir: &Path, hostnames: &[String]) -> Result<Self, IdentityError> {
+        let cert_path = data_dir.join(CERT_FILE);
+        let key_path = data_dir.join(KEY_FILE);
+        if cert_path.exists() && key_path.exists() {
+            return Self::from_pem_files(&cert_path, &key_path);
+        }
+        let generated = rcgen::generate_simple_self_signed(hostnames.to_vec())?;
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| IdentityError::Io { path, source }
+        };
+        fs::create_dir_all(data_dir.join("tls")).map_err(io(data_dir))?;
+        write_private(&key_path, generated.signing_key.serialize_pem().as_bytes())
+            .map_err(io(&key_path))?;
+        fs::write(&cert_path, generated.cert.pem()).map_err(io(&cert_path))?;
+        Self::from_pem_files(&cert_path, &key_path)
+    }
+
+    /// The fingerprint clients pin.
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint(Sha256::digest(&self.cert_chain[0]).into())
+    }
+}
+
+/// Writes a file only its owner can read, created with those permissions
+/// so it is never readable by others, not even for an instant.
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}

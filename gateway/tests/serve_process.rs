@@ -1,0 +1,113 @@
+//! `eagate serve` as an operator runs it: a real process, stopped by SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use sha2::{Digest, Sha256};
+
+fn start(data_dir: &Path) -> (Child, Vec<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_eagate"))
+        .args(["serve", "--quic-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("EAGATE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("eagate starts");
+    let mut lines = Vec::new();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    while !lines
+        .iter()
+        .any(|l: &String| l.starts_with("Pin this fingerprint"))
+    {
+        let mut line = String::new();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "eagate exited early: {lines:?}"
+        );
+        lines.push(line.trim_end().to_owned());
+    }
+    (child, lines)
+}
+
+fn printed_fingerprint(lines: &[String]) -> String {
+    lines
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("TLS fingerprint:  SHA256 "))
+        .expect("a fingerprint line")
+        .to_owned()
+}
+
+fn stop(mut child: Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(
+                status.success(),
+                "eagate exits cleanly on SIGTERM: {status}"
+            );
+            return;
+        }
+        assert!(Instant::now() < deadline, "eagate did not stop within 10 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn serve_prints_the_pinned_fingerprint_keeps_it_across_restarts_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, lines) = start(dir.path());
+    let fingerprint = printed_fingerprint(&lines);
+    let cert = CertificateDer::from_pem_file(dir.path().join("tls/cert.pem")).unwrap();
+    let expected: Vec<String> = Sha256::digest(&cert)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    assert_eq!(fingerprint, expected.join(":"));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("QUIC (devices):   127.0.0.1:"))
+    );
+    stop(child);
+
+    // The sled lock is released on exit, and the identity is reused.
+    let (child, lines) = start(dir.path());
+    assert_eq!(printed_fingerprint(&lines), fingerprint);
+    stop(child);
+}
+
+#[test]
+fn config_show_prints_the_effective_settings_with_the_master_key_masked() {
+    let output = Command::new(env!("CARGO_BIN_EXE_eagate"))
+        .args(["config", "show", "--skew-window-secs", "45"])
+        .env("EAGATE_MASTER_KEY", "ab".repeat(32))
+        .env("EAGATE_QUIC_LISTEN", "127.0.0.1:9443")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let shown = String::from_utf8(output.stdout).unwrap();
+    assert!(shown.contains("quic_listen = 127.0.0.1:9443"), "{shown}");
+    assert!(shown.contains("skew_window_secs = 45"), "{shown}");
+    assert!(shown.contains("master_key = (set, hidden)"), "{shown}");
+    assert!(!shown.contains(&"ab".repeat(32)));
+}
+
+#[test]
+fn a_skew_window_out_of_range_is_refused_with_a_clear_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_eagate"))
+        .args(["config", "show", "--skew-window-secs", "0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let error = String::from_utf8(output.stderr).unwrap();
+    assert!(error.contains("skew-window-secs"), "{error}");
+}
