@@ -54,6 +54,11 @@ pub struct SessionContext {
     pub session: SessionParams,
     /// Repeated failure slow-down.
     pub throttle: Mutex<FailureThrottle>,
+    /// Device ids revoked while the gateway runs; live sessions of a revoked
+    /// device end at once.
+    pub revocations: tokio::sync::broadcast::Sender<String>,
+    /// Becomes `true` when the gateway shuts down.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl SessionContext {
@@ -71,6 +76,8 @@ impl SessionContext {
                 max_frame_len: MAX_FRAME_LEN as u32,
             },
             throttle: Mutex::new(FailureThrottle::new(ThrottleSettings::default())),
+            revocations: tokio::sync::broadcast::channel(1024).0,
+            shutdown: tokio::sync::watch::channel(false).0,
         }
     }
 }
@@ -183,6 +190,9 @@ impl FrameReader {
         }
     }
 
+    /// The next message. Cancel-safe: if the future is dropped before it
+    /// completes, no received byte is lost or duplicated, so it can sit in a
+    /// `select!` beside revocation and shutdown.
     async fn next<M: WireMessage>(&mut self) -> Result<M, SessionError> {
         loop {
             match decode_frame::<M>(&self.buffer)? {
@@ -190,24 +200,14 @@ impl FrameReader {
                     self.buffer.drain(..consumed);
                     return Ok(message);
                 }
-                Decoded::Incomplete { needed } => {
-                    let start = self.buffer.len();
-                    // The decoder has already refused oversized frames, so
-                    // this never grows beyond one frame.
-                    self.buffer.resize(start + needed.max(512), 0);
-                    let read = self.recv.read(&mut self.buffer[start..]).await;
-                    let n = match read {
-                        Ok(Some(n)) => n,
-                        Ok(None) => {
-                            self.buffer.truncate(start);
-                            return Err(SessionError::Ended);
-                        }
-                        Err(e) => {
-                            self.buffer.truncate(start);
-                            return Err(e.into());
-                        }
-                    };
-                    self.buffer.truncate(start + n);
+                Decoded::Incomplete { .. } => {
+                    // The decoder has already refused an oversized frame, so
+                    // the buffer never holds more than one frame and a chunk.
+                    let mut chunk = [0u8; 2048];
+                    match self.recv.read(&mut chunk).await? {
+                        Some(n) => self.buffer.extend_from_slice(&chunk[..n]),
+                        None => return Err(SessionError::Ended),
+                    }
                 }
             }
         }
@@ -248,9 +248,21 @@ async fn run_session(connection: quinn::Connection, context: &SessionContext) {
         }
     };
     info!(%remote, device = %device, "device authenticated");
-    let outcome = session_loop(&mut send, &mut reader).await;
+    let outcome = session_loop(&device, &mut send, &mut reader, context).await;
     match outcome {
-        Ok(()) => connection.close(close_code::DONE.into(), b"bye"),
+        Ok(SessionEnd::DeviceLeft) => connection.close(close_code::DONE.into(), b"bye"),
+        Ok(SessionEnd::GatewayLeft(reason)) => {
+            info!(device = %device, ?reason, "ending session");
+            let _ = send.write_all(&going_away_frame(reason)).await;
+            let _ = send.finish();
+            // Let the going-away reach the device before closing.
+            let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+            let code = match reason {
+                GoingAwayReason::Shutdown => close_code::SHUTDOWN,
+                _ => close_code::AUTH_REFUSED,
+            };
+            connection.close(code.into(), b"going away");
+        }
         Err(e) if e.is_protocol_violation() => {
             warn!(device = %device, error = %e, "protocol violation");
             let _ = send
@@ -260,6 +272,15 @@ async fn run_session(connection: quinn::Connection, context: &SessionContext) {
         }
         Err(e) => debug!(device = %device, error = %e, "session ended"),
     }
+}
+
+/// How a session that did not fail ended.
+#[derive(Debug)]
+enum SessionEnd {
+    /// The device said goodbye.
+    DeviceLeft,
+    /// The gateway ends it, telling the device why.
+    GatewayLeft(GoingAwayReason),
 }
 
 fn going_away_frame(reason: GoingAwayReason) -> Vec<u8> {
@@ -373,25 +394,64 @@ async fn decide(
     }
 }
 
-/// After authentication: answers pings and ends on the device's going-away.
-/// Signals and report ingest join this loop as the device path grows.
-async fn session_loop(send: &mut SendStream, reader: &mut FrameReader) -> Result<(), SessionError> {
+/// After authentication: answers pings, ends on the device's going-away, on
+/// its revocation and on shutdown. Signals and report ingest join this loop
+/// as the device path grows.
+async fn session_loop(
+    device: &str,
+    send: &mut SendStream,
+    reader: &mut FrameReader,
+    context: &SessionContext,
+) -> Result<SessionEnd, SessionError> {
+    let mut revocations = context.revocations.subscribe();
+    let mut shutdown = context.shutdown.subscribe();
+    // Revoked between the registry check and the subscription above?
+    if is_revoked(device, context) {
+        return Ok(SessionEnd::GatewayLeft(GoingAwayReason::Revoked));
+    }
     loop {
-        match reader.next::<DeviceMessage>().await? {
-            DeviceMessage::Ping(ping) => {
-                write_message(send, &GatewayMessage::Pong(Pong { token: ping.token })).await?
-            }
-            DeviceMessage::Pong(_) => {}
-            DeviceMessage::GoingAway(_) => return Ok(()),
-            DeviceMessage::Authenticate(_) => return Err(SessionError::AuthenticatedTwice),
-            DeviceMessage::Report(report) => {
-                // Not confirmed: until ingest is built the device keeps the
-                // report in its outbox and resends it later. Nothing is lost.
-                debug!(
-                    seq = report.seq,
-                    "report received; ingest not available yet"
-                );
+        tokio::select! {
+            message = reader.next::<DeviceMessage>() => match message? {
+                DeviceMessage::Ping(ping) => {
+                    write_message(send, &GatewayMessage::Pong(Pong { token: ping.token })).await?;
+                }
+                DeviceMessage::Pong(_) => {}
+                DeviceMessage::GoingAway(_) => return Ok(SessionEnd::DeviceLeft),
+                DeviceMessage::Authenticate(_) => return Err(SessionError::AuthenticatedTwice),
+                DeviceMessage::Report(report) => {
+                    // Not confirmed: until ingest is built the device keeps
+                    // the report in its outbox and resends it. Nothing is lost.
+                    debug!(seq = report.seq, "report received; ingest not available yet");
+                }
+            },
+            revoked = revocations.recv() => match revoked {
+                Ok(id) if id == device => {
+                    return Ok(SessionEnd::GatewayLeft(GoingAwayReason::Revoked));
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
+                // Missed some revocations: ask the registry instead.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    if is_revoked(device, context) {
+                        return Ok(SessionEnd::GatewayLeft(GoingAwayReason::Revoked));
+                    }
+                }
+            },
+            () = stopping(&mut shutdown) => {
+                return Ok(SessionEnd::GatewayLeft(GoingAwayReason::Shutdown));
             }
         }
     }
+}
+
+/// Resolves when the gateway starts shutting down (drops the watch guard
+/// before returning, so the session future stays `Send`).
+async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stopping| *stopping).await;
+}
+
+fn is_revoked(device: &str, context: &SessionContext) -> bool {
+    matches!(
+        context.registry.get(device),
+        Ok(Some(record)) if record.revoked_at_ms.is_some()
+    )
 }

@@ -113,8 +113,24 @@ impl Gateway {
         &self.context.master_key
     }
 
-    /// Stops accepting, closes every connection and flushes the store.
+    /// Revokes a device: it can no longer authenticate, and its live
+    /// sessions are told `GoingAway(Revoked)` and closed at once.
+    pub fn revoke(&self, device_id: &str) -> Result<(), RegistryError> {
+        self.context.registry.revoke(device_id)?;
+        // No receiver just means no session is live.
+        let _ = self.context.revocations.send(device_id.to_owned());
+        Ok(())
+    }
+
+    /// Tells every device `GoingAway(Shutdown)`, closes every connection and
+    /// flushes the store.
     pub async fn shutdown(self) {
+        self.context.shutdown.send_replace(true);
+        // Give sessions a moment to deliver their going-away and close.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while self.endpoint.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         self.endpoint
             .close(close_code::SHUTDOWN.into(), b"gateway shutting down");
         self.endpoint.wait_idle().await;

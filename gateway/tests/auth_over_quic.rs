@@ -366,3 +366,60 @@ async fn unsupported_protocol_version_is_told_the_supported_range() {
         )))
     );
 }
+
+#[tokio::test]
+async fn revoking_a_connected_device_cuts_it_off_within_one_second() {
+    let (gateway, dir) = start().await;
+    let device = register(&gateway);
+    let bystander = register(&gateway);
+    let mut session = connect(&gateway, dir.path()).await;
+    let mut other = connect(&gateway, dir.path()).await;
+    assert!(matches!(
+        session.authenticate(&device, fresh_nonce()).await,
+        Some(GatewayMessage::AuthAccepted(_))
+    ));
+    assert!(matches!(
+        other.authenticate(&bystander, fresh_nonce()).await,
+        Some(GatewayMessage::AuthAccepted(_))
+    ));
+    let revoked_at = std::time::Instant::now();
+    gateway.revoke(device.id.as_str()).unwrap();
+    assert_eq!(
+        session.receive().await,
+        Some(GatewayMessage::GoingAway(GoingAway {
+            reason: GoingAwayReason::Revoked
+        }))
+    );
+    session.close_code().await;
+    assert!(
+        revoked_at.elapsed() < Duration::from_secs(1),
+        "cut off after {:?}",
+        revoked_at.elapsed()
+    );
+    // Another device's session is untouched.
+    other.send(&DeviceMessage::Ping(Ping { token: 5 })).await;
+    assert_eq!(
+        other.receive().await,
+        Some(GatewayMessage::Pong(Pong { token: 5 }))
+    );
+}
+
+#[tokio::test]
+async fn shutdown_tells_connected_devices_the_gateway_is_going_away() {
+    let (gateway, dir) = start().await;
+    let device = register(&gateway);
+    let mut session = connect(&gateway, dir.path()).await;
+    assert!(matches!(
+        session.authenticate(&device, fresh_nonce()).await,
+        Some(GatewayMessage::AuthAccepted(_))
+    ));
+    let stopping = tokio::spawn(gateway.shutdown());
+    assert_eq!(
+        session.receive().await,
+        Some(GatewayMessage::GoingAway(GoingAway {
+            reason: GoingAwayReason::Shutdown
+        }))
+    );
+    assert_eq!(session.close_code().await, close_code::SHUTDOWN as u64);
+    stopping.await.unwrap();
+}
