@@ -11,6 +11,7 @@ pub mod config;
 pub mod nonces;
 pub mod quic;
 pub mod registry;
+pub mod reports;
 pub mod seal;
 pub mod server;
 pub mod tls;

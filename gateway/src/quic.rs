@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use eagate_protocol::{
     ALPN, AuthAccepted, Authenticate, CHANNEL_BINDING_LABEL, DecodeError, Decoded, DeviceMessage,
     GatewayMessage, GoingAway, GoingAwayReason, MAX_FRAME_LEN, MAX_WIRE_LEN, Pong, Refusal,
-    SessionParams, WireMessage, decode_frame, encode_frame,
+    ReportsConfirmed, SessionParams, WireMessage, decode_frame, encode_frame,
 };
 use quinn::{RecvStream, SendStream, VarInt};
 use tracing::{debug, info, warn};
@@ -19,6 +19,7 @@ use crate::auth::{
 use crate::clock::unix_ms;
 use crate::nonces::NonceStore;
 use crate::registry::DeviceRegistry;
+use crate::reports::{ReportStore, StoredReport};
 use crate::seal::MasterKey;
 use crate::tls::ServerIdentity;
 
@@ -46,6 +47,8 @@ pub struct SessionContext {
     pub master_key: MasterKey,
     /// Nonces seen.
     pub nonces: NonceStore,
+    /// Where reports are stored.
+    pub reports: Arc<dyn ReportStore>,
     /// Check tunables.
     pub auth: AuthSettings,
     /// Time allowed from connection to successful authentication.
@@ -63,11 +66,17 @@ pub struct SessionContext {
 
 impl SessionContext {
     /// A context with default timing.
-    pub fn new(registry: DeviceRegistry, master_key: MasterKey, nonces: NonceStore) -> Self {
+    pub fn new(
+        registry: DeviceRegistry,
+        master_key: MasterKey,
+        nonces: NonceStore,
+        reports: Arc<dyn ReportStore>,
+    ) -> Self {
         Self {
             registry,
             master_key,
             nonces,
+            reports,
             auth: AuthSettings::default(),
             auth_deadline: Duration::from_secs(5),
             session: SessionParams {
@@ -165,13 +174,18 @@ enum SessionError {
     NotAuthenticate,
     #[error("Authenticate sent on an authenticated session")]
     AuthenticatedTwice,
+    #[error(transparent)]
+    Store(#[from] crate::reports::ReportStoreError),
 }
 
 impl SessionError {
     fn is_protocol_violation(&self) -> bool {
         matches!(
             self,
-            Self::Frame(_) | Self::NotAuthenticate | Self::AuthenticatedTwice
+            Self::Frame(_)
+                | Self::NotAuthenticate
+                | Self::AuthenticatedTwice
+                | Self::Store(crate::reports::ReportStoreError::ZeroSequence)
         )
     }
 }
@@ -253,22 +267,21 @@ async fn run_session(connection: quinn::Connection, context: &SessionContext) {
         Ok(SessionEnd::DeviceLeft) => connection.close(close_code::DONE.into(), b"bye"),
         Ok(SessionEnd::GatewayLeft(reason)) => {
             info!(device = %device, ?reason, "ending session");
-            let _ = send.write_all(&going_away_frame(reason)).await;
-            let _ = send.finish();
-            // Let the going-away reach the device before closing.
-            let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
             let code = match reason {
                 GoingAwayReason::Shutdown => close_code::SHUTDOWN,
                 _ => close_code::AUTH_REFUSED,
             };
-            connection.close(code.into(), b"going away");
+            say_goodbye(&connection, &mut send, reason, code).await;
         }
         Err(e) if e.is_protocol_violation() => {
             warn!(device = %device, error = %e, "protocol violation");
-            let _ = send
-                .write_all(&going_away_frame(GoingAwayReason::ProtocolViolation))
-                .await;
-            connection.close(close_code::PROTOCOL_VIOLATION.into(), b"protocol violation");
+            say_goodbye(
+                &connection,
+                &mut send,
+                GoingAwayReason::ProtocolViolation,
+                close_code::PROTOCOL_VIOLATION,
+            )
+            .await;
         }
         Err(e) => debug!(device = %device, error = %e, "session ended"),
     }
@@ -283,11 +296,18 @@ enum SessionEnd {
     GatewayLeft(GoingAwayReason),
 }
 
-fn going_away_frame(reason: GoingAwayReason) -> Vec<u8> {
-    let mut frame = [0u8; MAX_WIRE_LEN];
-    let message = GatewayMessage::GoingAway(GoingAway { reason });
-    let len = encode_frame(&message, &mut frame).expect("fits");
-    frame[..len].to_vec()
+/// Tells the device why the gateway ends the session, lets that reach it
+/// (closing at once would discard unsent stream data), then closes.
+async fn say_goodbye(
+    connection: &quinn::Connection,
+    send: &mut SendStream,
+    reason: GoingAwayReason,
+    code: u32,
+) {
+    let _ = write_message(send, &GatewayMessage::GoingAway(GoingAway { reason })).await;
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+    connection.close(code.into(), b"going away");
 }
 
 /// Runs the checks; on success returns the device id and the stream halves.
@@ -327,12 +347,17 @@ async fn authenticate(
                 .lock()
                 .expect("throttle lock")
                 .record_success(&device_key);
+            let confirmed_report_seq = context
+                .reports
+                .confirmed_up_to(auth.device_id.as_str())
+                .await
+                .map_err(SessionError::Store)?;
             write_message(
                 &mut send,
                 &GatewayMessage::AuthAccepted(AuthAccepted {
                     gateway_time_ms: unix_ms(),
                     session: context.session,
-                    confirmed_report_seq: 0,
+                    confirmed_report_seq,
                 }),
             )
             .await?;
@@ -394,9 +419,8 @@ async fn decide(
     }
 }
 
-/// After authentication: answers pings, ends on the device's going-away, on
-/// its revocation and on shutdown. Signals and report ingest join this loop
-/// as the device path grows.
+/// After authentication: stores and confirms reports, answers pings, ends on
+/// the device's going-away, on its revocation and on shutdown.
 async fn session_loop(
     device: &str,
     send: &mut SendStream,
@@ -419,9 +443,19 @@ async fn session_loop(
                 DeviceMessage::GoingAway(_) => return Ok(SessionEnd::DeviceLeft),
                 DeviceMessage::Authenticate(_) => return Err(SessionError::AuthenticatedTwice),
                 DeviceMessage::Report(report) => {
-                    // Not confirmed: until ingest is built the device keeps
-                    // the report in its outbox and resends it. Nothing is lost.
-                    debug!(seq = report.seq, "report received; ingest not available yet");
+                    let stored = StoredReport::new(device, &report, unix_ms());
+                    match context.reports.ingest(&stored).await {
+                        Ok(ingested) => {
+                            let confirmed = ReportsConfirmed { up_to_seq: ingested.confirmed_up_to };
+                            write_message(send, &GatewayMessage::ReportsConfirmed(confirmed)).await?;
+                        }
+                        Err(crate::reports::ReportStoreError::ZeroSequence) => {
+                            return Err(crate::reports::ReportStoreError::ZeroSequence.into());
+                        }
+                        // Not confirmed: the device keeps the report in its
+                        // outbox and resends it, so nothing is lost.
+                        Err(e) => warn!(device, seq = report.seq, error = %e, "storing a report failed"),
+                    }
                 }
             },
             revoked = revocations.recv() => match revoked {

@@ -10,6 +10,7 @@ use crate::config::ServeConfig;
 use crate::nonces::NonceStore;
 use crate::quic::{self, SessionContext, close_code};
 use crate::registry::{DeviceRegistry, RegistryError};
+use crate::reports::{ReportStore, SledReportStore};
 use crate::seal::{MasterKey, SealError};
 use crate::tls::{Fingerprint, IdentityError, ServerIdentity};
 
@@ -62,7 +63,8 @@ impl Gateway {
             (Some(cert), Some(key)) => ServerIdentity::from_pem_files(cert, key)?,
             _ => ServerIdentity::load_or_generate(&config.data_dir, &config.hostnames)?,
         };
-        let mut context = SessionContext::new(registry, master_key, nonces.clone());
+        let reports = Arc::new(SledReportStore::open(&db).map_err(RegistryError::from)?);
+        let mut context = SessionContext::new(registry, master_key, nonces.clone(), reports);
         context.auth = AuthSettings {
             skew_window: config.skew_window(),
             nonce_ttl: config.skew_window() * 4,
@@ -106,6 +108,11 @@ impl Gateway {
     /// The device registry.
     pub fn registry(&self) -> &DeviceRegistry {
         &self.context.registry
+    }
+
+    /// The execution reports stored.
+    pub fn reports(&self) -> &dyn ReportStore {
+        self.context.reports.as_ref()
     }
 
     /// The master key sealing device secrets.

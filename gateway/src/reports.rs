@@ -1,0 +1,381 @@
+//! Execution reports: stored once per (device, report sequence), however
+//! often a device resends them, and confirmed only once durable.
+//!
+//! The store keeps, per device, the highest sequence number below which
+//! nothing is missing (the confirmed watermark), and per signal an index of
+//! every report about it, to answer "what happened to signal X on every
+//! device".
+
+use std::future::Future;
+use std::pin::Pin;
+
+use eagate_protocol::{Decimal, Report, ReportOutcome, SignalId};
+use serde::{Deserialize, Serialize};
+
+/// A report as stored: flat, so that it reads the same as JSON in sled and as
+/// the fields of a Redis stream entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredReport {
+    /// The reporting device.
+    pub device_id: String,
+    /// The device's report sequence number.
+    pub seq: u64,
+    /// The signal it is about.
+    pub signal_id: SignalId,
+    /// `received`, `filled` or `rejected`.
+    pub kind: ReportKind,
+    /// When it happened on the device, Unix ms.
+    pub at_ms: u64,
+    /// When the gateway stored it, Unix ms.
+    pub stored_at_ms: u64,
+    /// Fills: the terminal's ticket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<u64>,
+    /// Fills: the execution price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<Decimal>,
+    /// Fills: the executed lots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<Decimal>,
+    /// Rejections: MetaTrader's error code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<u32>,
+    /// Rejections: the terminal's text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_text: Option<String>,
+}
+
+/// What a report says happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportKind {
+    /// The device has the signal.
+    Received,
+    /// It was (partly) executed.
+    Filled,
+    /// It was refused by the terminal or broker.
+    Rejected,
+}
+
+impl StoredReport {
+    /// The stored form of `report` from `device_id`, stored at `stored_at_ms`.
+    pub fn new(device_id: &str, report: &Report, stored_at_ms: u64) -> Self {
+        let mut stored = Self {
+            device_id: device_id.to_owned(),
+            seq: report.seq,
+            signal_id: report.signal_id,
+            kind: ReportKind::Received,
+            at_ms: report.at_ms,
+            stored_at_ms,
+            ticket: None,
+            price: None,
+            volume: None,
+            error_code: None,
+            error_text: None,
+        };
+        match &report.outcome {
+            ReportOutcome::Received => {}
+            ReportOutcome::Filled(fill) => {
+                stored.kind = ReportKind::Filled;
+                stored.ticket = Some(fill.ticket);
+                stored.price = Some(fill.price);
+                stored.volume = Some(fill.volume);
+            }
+            ReportOutcome::Rejected(rejection) => {
+                stored.kind = ReportKind::Rejected;
+                stored.error_code = Some(rejection.code);
+                stored.error_text = Some(rejection.text.to_string());
+            }
+        }
+        stored
+    }
+
+    /// Whether two stores of one (device, seq) carry the same report, apart
+    /// from when each was stored.
+    pub fn same_report(&self, other: &StoredReport) -> bool {
+        Self {
+            stored_at_ms: 0,
+            ..self.clone()
+        } == Self {
+            stored_at_ms: 0,
+            ..other.clone()
+        }
+    }
+}
+
+/// What happened when a report was offered to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ingested {
+    /// `false` when (device, seq) was already stored; nothing was written.
+    pub newly_stored: bool,
+    /// Every report of the device up to this sequence number is stored.
+    pub confirmed_up_to: u64,
+}
+
+/// Why the report store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportStoreError {
+    /// sled failed.
+    #[error("report store: {0}")]
+    Sled(#[from] sled::Error),
+    /// A stored record could not be decoded.
+    #[error("a stored report is damaged: {0}")]
+    Corrupt(String),
+    /// A sequence number of 0 (they start at 1).
+    #[error("report sequence numbers start at 1")]
+    ZeroSequence,
+}
+
+/// A boxed future, so stores can be used as `dyn ReportStore`.
+pub type StoreFuture<'a, T> =
+    Pin<Box<dyn Future<Output = Result<T, ReportStoreError>> + Send + 'a>>;
+
+/// Where reports are kept. Implementations store each (device, seq) once and
+/// return from [`ReportStore::ingest`] only when the report is durable.
+pub trait ReportStore: Send + Sync + std::fmt::Debug {
+    /// Stores `report` unless its (device, seq) is already stored.
+    fn ingest<'a>(&'a self, report: &'a StoredReport) -> StoreFuture<'a, Ingested>;
+
+    /// The device's confirmed watermark: 0 before its first report.
+    fn confirmed_up_to<'a>(&'a self, device_id: &'a str) -> StoreFuture<'a, u64>;
+
+    /// Every stored report about `signal_id`, by device then sequence.
+    fn for_signal<'a>(&'a self, signal_id: SignalId) -> StoreFuture<'a, Vec<StoredReport>>;
+}
+
+/// Reports in sled: `reports` keyed by (device, seq), `signal_reports`
+/// indexing them by signal, `report_watermarks` per device.
+#[derive(Debug, Clone)]
+pub struct SledReportStore {
+    db: sled::Db,
+    reports: sled::Tree,
+    by_signal: sled::Tree,
+    watermarks: sled::Tree,
+}
+
+impl SledReportStore {
+    /// Opens the trees in `db`.
+    pub fn open(db: &sled::Db) -> sled::Result<Self> {
+        Ok(Self {
+            db: db.clone(),
+            reports: db.open_tree("reports")?,
+            by_signal: db.open_tree("signal_reports")?,
+            watermarks: db.open_tree("report_watermarks")?,
+        })
+    }
+
+    fn ingest_now(&self, report: &StoredReport) -> Result<Ingested, ReportStoreError> {
+        use sled::Transactional;
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+        if report.seq == 0 {
+            return Err(ReportStoreError::ZeroSequence);
+        }
+        let key = report_key(&report.device_id, report.seq);
+        let value = serde_json::to_vec(report).expect("a report always serializes");
+        let index_key = [&report.signal_id.0[..], &key].concat();
+        let device = report.device_id.as_bytes();
+        let outcome = (&self.reports, &self.by_signal, &self.watermarks).transaction(
+            |(reports, by_signal, watermarks)| {
+                let watermark = watermarks.get(device)?.as_deref().map_or(0, read_u64);
+                if let Some(existing) = reports.get(&key)? {
+                    return Ok((false, watermark, Some(existing)));
+                }
+                reports.insert(&key[..], &value[..])?;
+                by_signal.insert(&index_key[..], &[][..])?;
+                // Advance the watermark over every contiguous stored seq.
+                let mut up_to = watermark;
+                while reports
+                    .get(report_key(&report.device_id, up_to + 1))?
+                    .is_some()
+                {
+                    up_to += 1;
+                }
+                if up_to != watermark {
+                    watermarks.insert(device, &up_to.to_be_bytes()[..])?;
+                }
+                Ok::<_, ConflictableTransactionError<()>>((true, up_to, None))
+            },
+        );
+        let (newly_stored, confirmed_up_to, existing) = outcome.map_err(|e| match e {
+            TransactionError::Storage(e) => ReportStoreError::Sled(e),
+            TransactionError::Abort(()) => ReportStoreError::Corrupt("aborted".into()),
+        })?;
+        if let Some(existing) = existing {
+            let existing: StoredReport = serde_json::from_slice(&existing)
+                .map_err(|e| ReportStoreError::Corrupt(e.to_string()))?;
+            if !existing.same_report(report) {
+                tracing::warn!(
+                    device = %report.device_id,
+                    seq = report.seq,
+                    "a resent report differs from the stored one; keeping the first"
+                );
+            }
+        }
+        Ok(Ingested {
+            newly_stored,
+            confirmed_up_to,
+        })
+    }
+}
+
+impl ReportStore for SledReportStore {
+    fn ingest<'a>(&'a self, report: &'a StoredReport) -> StoreFuture<'a, Ingested> {
+        Box::pin(async move {
+            let ingested = self.ingest_now(report)?;
+            if ingested.newly_stored {
+                // Durable before it is confirmed to the device.
+                self.db.flush_async().await?;
+            }
+            Ok(ingested)
+        })
+    }
+
+    fn confirmed_up_to<'a>(&'a self, device_id: &'a str) -> StoreFuture<'a, u64> {
+        Box::pin(async move {
+            Ok(self
+                .watermarks
+                .get(device_id.as_bytes())?
+                .as_deref()
+                .map_or(0, read_u64))
+        })
+    }
+
+    fn for_signal<'a>(&'a self, signal_id: SignalId) -> StoreFuture<'a, Vec<StoredReport>> {
+        Box::pin(async move {
+            let mut found = Vec::new();
+            for entry in self.by_signal.scan_prefix(signal_id.0) {
+                let (index_key, _) = entry?;
+                if let Some(value) = self.reports.get(&index_key[16..])? {
+                    found.push(
+                        serde_json::from_slice(&value)
+                            .map_err(|e| ReportStoreError::Corrupt(e.to_string()))?,
+                    );
+                }
+            }
+            Ok(found)
+        })
+    }
+}
+
+/// Length-prefixed device id then big-endian seq: one device's reports are
+/// contiguous and in sequence order, and no id can run into another's.
+fn report_key(device_id: &str, seq: u64) -> Vec<u8> {
+    let id = device_id.as_bytes();
+    let mut key = Vec::with_capacity(1 + id.len() + 8);
+    key.push(id.len() as u8);
+    key.extend_from_slice(id);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn read_u64(bytes: &[u8]) -> u64 {
+    bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eagate_protocol::{Fill, Rejection, RejectionText};
+
+    fn report(seq: u64, outcome: ReportOutcome) -> StoredReport {
+        StoredReport::new(
+            "dv_A",
+            &Report {
+                seq,
+                signal_id: SignalId([seq as u8; 16]),
+                at_ms: 1_000 + seq,
+                outcome,
+            },
+            5_000,
+        )
+    }
+
+    fn store() -> SledReportStore {
+        SledReportStore::open(&sled::Config::new().temporary(true).open().unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_resent_report_is_stored_once_and_the_first_content_kept() {
+        let store = store();
+        let first = report(1, ReportOutcome::Received);
+        assert!(store.ingest(&first).await.unwrap().newly_stored);
+        let altered = report(
+            1,
+            ReportOutcome::Rejected(Rejection {
+                code: 10019,
+                text: RejectionText::lossy("no money"),
+            }),
+        );
+        let again = store.ingest(&altered).await.unwrap();
+        assert!(!again.newly_stored);
+        assert_eq!(again.confirmed_up_to, 1);
+        assert_eq!(
+            store.for_signal(first.signal_id).await.unwrap(),
+            vec![first]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_watermark_waits_for_a_gap_and_jumps_when_it_fills() {
+        let store = store();
+        let received = |seq| report(seq, ReportOutcome::Received);
+        assert_eq!(store.ingest(&received(1)).await.unwrap().confirmed_up_to, 1);
+        assert_eq!(store.ingest(&received(3)).await.unwrap().confirmed_up_to, 1);
+        assert_eq!(store.ingest(&received(4)).await.unwrap().confirmed_up_to, 1);
+        assert_eq!(store.ingest(&received(2)).await.unwrap().confirmed_up_to, 4);
+        assert_eq!(store.confirmed_up_to("dv_A").await.unwrap(), 4);
+        assert_eq!(store.confirmed_up_to("dv_B").await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn concurrent_resends_of_one_report_store_it_exactly_once() {
+        let store = std::sync::Arc::new(store());
+        let fill = report(
+            7,
+            ReportOutcome::Filled(Fill {
+                ticket: 42,
+                price: "1.1".parse().unwrap(),
+                volume: "0.1".parse().unwrap(),
+            }),
+        );
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let store = store.clone();
+                let fill = fill.clone();
+                tokio::spawn(async move { store.ingest(&fill).await.unwrap().newly_stored })
+            })
+            .collect();
+        let mut stored = 0;
+        for task in tasks {
+            stored += usize::from(task.await.unwrap());
+        }
+        assert_eq!(stored, 1);
+        assert_eq!(store.for_signal(fill.signal_id).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn sequence_zero_is_refused() {
+        assert!(matches!(
+            store().ingest(&report(0, ReportOutcome::Received)).await,
+            Err(ReportStoreError::ZeroSequence)
+        ));
+    }
+
+    #[test]
+    fn a_stored_fill_reads_as_flat_json_with_exact_decimals() {
+        let fill = report(
+            2,
+            ReportOutcome::Filled(Fill {
+                ticket: 9,
+                price: "2350.27".parse().unwrap(),
+                volume: "0.10".parse().unwrap(),
+            }),
+        );
+        let json = serde_json::to_value(&fill).unwrap();
+        assert_eq!(json["kind"], "filled");
+        assert_eq!(json["price"], "2350.27");
+        assert_eq!(json["volume"], "0.10");
+        assert!(json.get("error_code").is_none());
+    }
+}

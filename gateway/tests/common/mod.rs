@@ -1,0 +1,179 @@
+//! A test device speaking the wire protocol to a real gateway over QUIC.
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use eagate_gateway::config::ServeConfig;
+use eagate_gateway::server::Gateway;
+use eagate_protocol::*;
+use quinn::{Connection, ConnectionError, RecvStream, SendStream};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+pub fn config(dir: &Path) -> ServeConfig {
+    ServeConfig {
+        data_dir: dir.to_owned(),
+        quic_listen: "127.0.0.1:0".parse().unwrap(),
+        tls_cert: None,
+        tls_key: None,
+        hostnames: vec!["localhost".into()],
+        skew_window_secs: 30,
+        auth_deadline_secs: 1,
+        master_key: None,
+    }
+}
+
+pub struct Device {
+    pub id: DeviceId,
+    pub secret: DeviceSecret,
+}
+
+pub fn register(gateway: &Gateway) -> Device {
+    let (record, secret) = gateway
+        .registry()
+        .register(gateway.master_key(), "acct-1", "London VPS")
+        .unwrap();
+    Device {
+        id: DeviceId::new(&record.device_id).unwrap(),
+        secret,
+    }
+}
+
+pub struct Session {
+    pub connection: Connection,
+    send: SendStream,
+    recv: RecvStream,
+    buffer: Vec<u8>,
+    binding: ChannelBinding,
+}
+
+pub async fn connect(gateway: &Gateway, data_dir: &Path) -> Session {
+    let cert = CertificateDer::from_pem_file(data_dir.join("tls/cert.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let connection = endpoint
+        .connect(gateway.quic_addr(), "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let mut binding = [0u8; 32];
+    connection
+        .export_keying_material(&mut binding, CHANNEL_BINDING_LABEL, b"")
+        .unwrap();
+    let (send, recv) = connection.open_bi().await.unwrap();
+    Session {
+        connection,
+        send,
+        recv,
+        buffer: Vec::new(),
+        binding,
+    }
+}
+
+impl Session {
+    pub async fn send(&mut self, message: &DeviceMessage) {
+        let mut frame = [0u8; MAX_WIRE_LEN];
+        let len = encode_frame(message, &mut frame).unwrap();
+        self.send.write_all(&frame[..len]).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.send.write_all(bytes).await.unwrap();
+    }
+
+    /// The next message, or `None` when the gateway ended the stream or the
+    /// connection.
+    pub async fn receive(&mut self) -> Option<GatewayMessage> {
+        loop {
+            if let Decoded::Frame { message, consumed } =
+                decode_frame::<GatewayMessage>(&self.buffer).expect("gateway frames are valid")
+            {
+                self.buffer.drain(..consumed);
+                return Some(message);
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout(Duration::from_secs(5), self.recv.read(&mut chunk))
+                .await
+                .expect("the gateway answers or closes within 5 s")
+            {
+                Ok(Some(n)) => self.buffer.extend_from_slice(&chunk[..n]),
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    pub fn authenticate_message(
+        &self,
+        device: &Device,
+        timestamp_ms: u64,
+        nonce: Nonce,
+    ) -> DeviceMessage {
+        DeviceMessage::Authenticate(Authenticate::sign(
+            device.id.clone(),
+            &device.secret,
+            timestamp_ms,
+            nonce,
+            &self.binding,
+            heapless::Vec::new(),
+        ))
+    }
+
+    pub async fn authenticate(&mut self, device: &Device, nonce: Nonce) -> Option<GatewayMessage> {
+        let message = self.authenticate_message(device, now_ms(), nonce);
+        self.send(&message).await;
+        self.receive().await
+    }
+
+    /// The application close code the gateway closed the connection with.
+    pub async fn close_code(&self) -> u64 {
+        match tokio::time::timeout(Duration::from_secs(5), self.connection.closed())
+            .await
+            .expect("the gateway closes the connection within 5 s")
+        {
+            ConnectionError::ApplicationClosed(close) => close.error_code.into_inner(),
+            other => panic!("closed otherwise: {other}"),
+        }
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+pub fn fresh_nonce() -> Nonce {
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).unwrap();
+    nonce
+}
+
+pub async fn start() -> (Gateway, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&config(dir.path())).await.unwrap();
+    (gateway, dir)
+}
+
+impl Session {
+    /// Authenticates and returns the accepted answer, failing the test otherwise.
+    pub async fn open(gateway: &Gateway, data_dir: &Path, device: &Device) -> (Self, AuthAccepted) {
+        let mut session = connect(gateway, data_dir).await;
+        match session.authenticate(device, fresh_nonce()).await {
+            Some(GatewayMessage::AuthAccepted(accepted)) => (session, accepted),
+            other => panic!("expected AuthAccepted, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Reports from a device over real QUIC: stored once each, confirmed only
+//! when durable, and the confirmation survives reconnects and restarts.
+
+mod common;
+
+use common::*;
+use eagate_gateway::reports::ReportKind;
+use eagate_gateway::server::Gateway;
+use eagate_protocol::*;
+
+fn report(seq: u64, signal: u8, outcome: ReportOutcome) -> DeviceMessage {
+    DeviceMessage::Report(Report {
+        seq,
+        signal_id: SignalId([signal; 16]),
+        at_ms: now_ms(),
+        outcome,
+    })
+}
+
+fn fill(ticket: u64) -> ReportOutcome {
+    ReportOutcome::Filled(Fill {
+        ticket,
+        price: "1.08543".parse().unwrap(),
+        volume: "0.10".parse().unwrap(),
+    })
+}
+
+#[tokio::test]
+async fn each_report_is_confirmed_once_it_is_stored() {
+    let (gateway, dir) = start().await;
+    let device = register(&gateway);
+    let (mut session, accepted) = Session::open(&gateway, dir.path(), &device).await;
+    assert_eq!(accepted.confirmed_report_seq, 0);
+    session.send(&report(1, 7, ReportOutcome::Received)).await;
+    assert_eq!(
+        session.receive().await,
+        Some(GatewayMessage::ReportsConfirmed(ReportsConfirmed {
+            up_to_seq: 1
+        }))
+    );
+    session.send(&report(2, 7, fill(555))).await;
+    assert_eq!(
+        session.receive().await,
+        Some(GatewayMessage::ReportsConfirmed(ReportsConfirmed {
+            up_to_seq: 2
+        }))
+    );
+    let stored = gateway
+        .reports()
+        .for_signal(SignalId([7; 16]))
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[0].kind, ReportKind::Received);
+    assert_eq!(stored[1].kind, ReportKind::Filled);
+    assert_eq!(stored[1].ticket, Some(555));
+    assert_eq!(stored[1].price, Some("1.08543".parse().unwrap()));
+    assert_eq!(stored[1].device_id, device.id.as_str());
+}
+
+#[tokio::test]
+async fn reports_resent_after_a_lost_confirmation_are_stored_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&config(dir.path())).await.unwrap();
+    let device = register(&gateway);
+    let (mut session, _) = Session::open(&gateway, dir.path(), &device).await;
+    for seq in 1..=3 {
+        session.send(&report(seq, 9, fill(seq))).await;
+    }
+    // The gateway stores them; the device drops the connection without
+    // reading the confirmations, as if they were lost on the way.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while gateway
+        .reports()
+        .confirmed_up_to(device.id.as_str())
+        .await
+        .unwrap()
+        < 3
+    {
+        assert!(std::time::Instant::now() < deadline, "reports not stored");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    drop(session);
+
+    let (mut session, accepted) = Session::open(&gateway, dir.path(), &device).await;
+    assert_eq!(accepted.confirmed_report_seq, 3);
+    // A device that did not see that answer resends everything anyway.
+    for seq in 1..=4 {
+        session.send(&report(seq, 9, fill(seq))).await;
+    }
+    let mut last = 0;
+    while last < 4 {
+        match session.receive().await {
+            Some(GatewayMessage::ReportsConfirmed(c)) => last = c.up_to_seq,
+            other => panic!("expected confirmations, got {other:?}"),
+        }
+    }
+    let stored = gateway
+        .reports()
+        .for_signal(SignalId([9; 16]))
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = stored.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 4]);
+    drop(session);
+
+    // And after a gateway restart, the watermark and the records are there.
+    gateway.shutdown().await;
+    let restarted = Gateway::start(&config(dir.path())).await.unwrap();
+    let (_session, accepted) = Session::open(&restarted, dir.path(), &device).await;
+    assert_eq!(accepted.confirmed_report_seq, 4);
+    assert_eq!(
+        restarted
+            .reports()
+            .for_signal(SignalId([9; 16]))
+            .await
+            .unwrap()
+            .len(),
+        4
+    );
+}
+
+#[tokio::test]
+async fn a_report_with_sequence_zero_is_a_protocol_violation() {
+    let (gateway, dir) = start().await;
+    let device = register(&gateway);
+    let (mut session, _) = Session::open(&gateway, dir.path(), &device).await;
+    session.send(&report(0, 1, ReportOutcome::Received)).await;
+    assert_eq!(
+        session.receive().await,
+        Some(GatewayMessage::GoingAway(GoingAway {
+            reason: GoingAwayReason::ProtocolViolation
+        }))
+    );
+    assert!(
+        gateway
+            .reports()
+            .for_signal(SignalId([1; 16]))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
