@@ -45,6 +45,12 @@ pub struct ServeConfig {
     #[arg(long, env = "EAGATE_AUTH_DEADLINE_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60))]
     pub auth_deadline_secs: u64,
 
+    /// How many new signals per channel are held for devices that are
+    /// momentarily behind; a device further behind reads the log instead, so
+    /// memory stays bounded however slow a device is.
+    #[arg(long, env = "EAGATE_SIGNAL_QUEUE_LEN", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub signal_queue_len: u64,
+
     /// The master key sealing device secrets, 64 hex digits. Without it the
     /// key lives in <data-dir>/master.key (mode 0600).
     #[arg(long, env = "EAGATE_MASTER_KEY", hide_env_values = true)]
@@ -71,7 +77,7 @@ impl ServeConfig {
                 })
         };
         format!(
-            "data_dir = {}\nquic_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nmaster_key = {}\n",
+            "data_dir = {}\nquic_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nsignal_queue_len = {}\nmaster_key = {}\n",
             self.data_dir.display(),
             self.quic_listen,
             path(&self.tls_cert),
@@ -79,6 +85,7 @@ impl ServeConfig {
             self.hostnames.join(","),
             self.skew_window_secs,
             self.auth_deadline_secs,
+            self.signal_queue_len,
             if self.master_key.is_some() {
                 "(set, hidden)"
             } else {

@@ -14,4 +14,5 @@ pub mod registry;
 pub mod reports;
 pub mod seal;
 pub mod server;
+pub mod signals;
 pub mod tls;

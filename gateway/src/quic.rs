@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eagate_protocol::{
-    ALPN, AuthAccepted, Authenticate, CHANNEL_BINDING_LABEL, DecodeError, Decoded, DeviceMessage,
-    GatewayMessage, GoingAway, GoingAwayReason, MAX_FRAME_LEN, MAX_WIRE_LEN, Pong, Refusal,
-    ReportsConfirmed, SessionParams, WireMessage, decode_frame, encode_frame,
+    ALPN, AuthAccepted, Authenticate, CHANNEL_BINDING_LABEL, ChannelName, DecodeError, Decoded,
+    DeviceMessage, GatewayMessage, GoingAway, GoingAwayReason, MAX_FRAME_LEN, MAX_WIRE_LEN, Pong,
+    Refusal, ReportsConfirmed, SessionParams, Signal, WireMessage, decode_frame, encode_frame,
 };
 use quinn::{RecvStream, SendStream, VarInt};
 use tracing::{debug, info, warn};
@@ -21,6 +21,7 @@ use crate::nonces::NonceStore;
 use crate::registry::DeviceRegistry;
 use crate::reports::{ReportStore, StoredReport};
 use crate::seal::MasterKey;
+use crate::signals::{DevicePositions, SignalHub, SignalLog};
 use crate::tls::ServerIdentity;
 
 /// QUIC application close codes the gateway uses. A device sees them as the
@@ -49,6 +50,12 @@ pub struct SessionContext {
     pub nonces: NonceStore,
     /// Where reports are stored.
     pub reports: Arc<dyn ReportStore>,
+    /// The channels' signal logs.
+    pub signals: Arc<dyn SignalLog>,
+    /// Live fan-out of new signals.
+    pub hub: SignalHub,
+    /// How far each device has got in each channel, from its reports.
+    pub positions: DevicePositions,
     /// Check tunables.
     pub auth: AuthSettings,
     /// Time allowed from connection to successful authentication.
@@ -71,12 +78,17 @@ impl SessionContext {
         master_key: MasterKey,
         nonces: NonceStore,
         reports: Arc<dyn ReportStore>,
+        signals: Arc<dyn SignalLog>,
+        positions: DevicePositions,
     ) -> Self {
         Self {
             registry,
             master_key,
             nonces,
             reports,
+            signals,
+            hub: SignalHub::new(256),
+            positions,
             auth: AuthSettings::default(),
             auth_deadline: Duration::from_secs(5),
             session: SessionParams {
@@ -242,7 +254,7 @@ async fn run_session(connection: quinn::Connection, context: &SessionContext) {
     let remote = connection.remote_address();
     let authenticated =
         tokio::time::timeout(context.auth_deadline, authenticate(&connection, context)).await;
-    let (device, mut send, mut reader) = match authenticated {
+    let (auth, mut send, mut reader) = match authenticated {
         Ok(Ok(Some(session))) => session,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
@@ -261,8 +273,9 @@ async fn run_session(connection: quinn::Connection, context: &SessionContext) {
             return;
         }
     };
-    info!(%remote, device = %device, "device authenticated");
-    let outcome = session_loop(&device, &mut send, &mut reader, context).await;
+    let device = auth.device_id.as_str();
+    info!(%remote, device, "device authenticated");
+    let outcome = session_loop(&auth, &mut send, &mut reader, context).await;
     match outcome {
         Ok(SessionEnd::DeviceLeft) => connection.close(close_code::DONE.into(), b"bye"),
         Ok(SessionEnd::GatewayLeft(reason)) => {
@@ -315,7 +328,7 @@ async fn say_goodbye(
 async fn authenticate(
     connection: &quinn::Connection,
     context: &SessionContext,
-) -> Result<Option<(String, SendStream, FrameReader)>, SessionError> {
+) -> Result<Option<(Authenticate, SendStream, FrameReader)>, SessionError> {
     let (mut send, recv) = connection.accept_bi().await?;
     let mut reader = FrameReader::new(recv);
     let DeviceMessage::Authenticate(auth) = reader.next::<DeviceMessage>().await? else {
@@ -361,7 +374,7 @@ async fn authenticate(
                 }),
             )
             .await?;
-            Ok(Some((auth.device_id.to_string(), send, reader)))
+            Ok(Some((auth, send, reader)))
         }
         Err((refusal, reason)) => {
             {
@@ -422,19 +435,47 @@ async fn decide(
 /// After authentication: stores and confirms reports, answers pings, ends on
 /// the device's going-away, on its revocation and on shutdown.
 async fn session_loop(
-    device: &str,
+    auth: &Authenticate,
     send: &mut SendStream,
     reader: &mut FrameReader,
     context: &SessionContext,
 ) -> Result<SessionEnd, SessionError> {
+    let device = auth.device_id.as_str();
     let mut revocations = context.revocations.subscribe();
     let mut shutdown = context.shutdown.subscribe();
     // Revoked between the registry check and the subscription above?
     if is_revoked(device, context) {
         return Ok(SessionEnd::GatewayLeft(GoingAwayReason::Revoked));
     }
+    // One follower per subscribed channel feeds this bounded queue; the
+    // followers end with the session when the set is dropped.
+    let (signal_tx, mut signal_rx) = tokio::sync::mpsc::channel(64);
+    let mut followers = tokio::task::JoinSet::new();
+    for channel in subscribed_channels(device, context) {
+        let after = match auth.resume.iter().find(|point| point.channel == channel) {
+            Some(point) => point.position,
+            None => context
+                .positions
+                .get(device, &channel)
+                .ok()
+                .flatten()
+                .unwrap_or(0),
+        };
+        let log = context.signals.clone();
+        let hub = context.hub.clone();
+        let out = signal_tx.clone();
+        followers.spawn(async move {
+            if let Err(e) = hub.follow(log, channel.clone(), after, out).await {
+                warn!(%channel, error = %e, "following a channel failed");
+            }
+        });
+    }
+    drop(signal_tx);
     loop {
         tokio::select! {
+            Some(signal) = signal_rx.recv() => {
+                write_message(send, &GatewayMessage::Signal(Signal::clone(&signal))).await?;
+            }
             message = reader.next::<DeviceMessage>() => match message? {
                 DeviceMessage::Ping(ping) => {
                     write_message(send, &GatewayMessage::Pong(Pong { token: ping.token })).await?;
@@ -448,6 +489,9 @@ async fn session_loop(
                         Ok(ingested) => {
                             let confirmed = ReportsConfirmed { up_to_seq: ingested.confirmed_up_to };
                             write_message(send, &GatewayMessage::ReportsConfirmed(confirmed)).await?;
+                            if ingested.newly_stored {
+                                record_position(device, &report, context).await;
+                            }
                         }
                         Err(crate::reports::ReportStoreError::ZeroSequence) => {
                             return Err(crate::reports::ReportStoreError::ZeroSequence.into());
@@ -481,6 +525,35 @@ async fn session_loop(
 /// before returning, so the session future stays `Send`).
 async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stopping| *stopping).await;
+}
+
+fn subscribed_channels(device: &str, context: &SessionContext) -> Vec<ChannelName> {
+    match context.registry.get(device) {
+        Ok(Some(record)) => record
+            .channels
+            .iter()
+            .filter_map(|name| ChannelName::new(name).ok())
+            .collect(),
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            warn!(device, error = %e, "reading subscriptions failed");
+            Vec::new()
+        }
+    }
+}
+
+/// A report about a signal shows the device has it: remember the position,
+/// for when the device reconnects without naming the channel.
+async fn record_position(device: &str, report: &eagate_protocol::Report, context: &SessionContext) {
+    match context.signals.locate(report.signal_id).await {
+        Ok(Some((channel, position))) => {
+            if let Err(e) = context.positions.advance(device, &channel, position) {
+                warn!(device, error = %e, "recording a device position failed");
+            }
+        }
+        Ok(None) => {}
+        Err(e) => warn!(device, error = %e, "locating a reported signal failed"),
+    }
 }
 
 fn is_revoked(device: &str, context: &SessionContext) -> bool {

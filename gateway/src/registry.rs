@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use eagate_protocol::{DeviceId, DeviceSecret};
+use eagate_protocol::{ChannelName, DeviceId, DeviceSecret, MAX_RESUME_POINTS};
 
 use crate::clock::unix_ms;
 use crate::seal::{MasterKey, SealError};
@@ -23,6 +23,9 @@ pub struct DeviceRecord {
     pub created_at_ms: u64,
     /// When it was revoked, if it was.
     pub revoked_at_ms: Option<u64>,
+    /// The channels it receives signals from.
+    #[serde(default)]
+    pub channels: Vec<String>,
 }
 
 /// What authentication needs to know about a device.
@@ -52,6 +55,10 @@ pub enum RegistryError {
     /// No such device.
     #[error("no device {0}")]
     NotFound(String),
+    /// A device follows at most as many channels as it can name when it
+    /// resumes.
+    #[error("a device can subscribe to at most {MAX_RESUME_POINTS} channels")]
+    TooManyChannels,
 }
 
 /// Devices in a sled tree, keyed by device id.
@@ -87,6 +94,7 @@ impl DeviceRegistry {
             name: name.to_owned(),
             created_at_ms: unix_ms(),
             revoked_at_ms: None,
+            channels: Vec::new(),
         };
         self.devices
             .insert(record.device_id.as_bytes(), encode(&record))?;
@@ -131,6 +139,37 @@ impl DeviceRegistry {
         self.devices.flush()?;
         let bytes = updated.ok_or_else(|| RegistryError::NotFound(device_id.to_owned()))?;
         serde_json::from_slice(&bytes).map_err(|_| RegistryError::Corrupt(device_id.to_owned()))
+    }
+}
+
+impl DeviceRegistry {
+    /// Subscribes `device_id` to `channel`; returns whether it was newly
+    /// subscribed (subscribing twice changes nothing).
+    pub fn subscribe(&self, device_id: &str, channel: &ChannelName) -> Result<bool, RegistryError> {
+        let mut added = false;
+        let mut too_many = false;
+        let updated = self.devices.update_and_fetch(device_id.as_bytes(), |old| {
+            let mut record: DeviceRecord = serde_json::from_slice(old?).ok()?;
+            added = false;
+            too_many = false;
+            if !record.channels.iter().any(|c| c == channel.as_str()) {
+                if record.channels.len() >= MAX_RESUME_POINTS {
+                    too_many = true;
+                } else {
+                    record.channels.push(channel.to_string());
+                    added = true;
+                }
+            }
+            Some(encode(&record))
+        })?;
+        if updated.is_none() {
+            return Err(RegistryError::NotFound(device_id.to_owned()));
+        }
+        if too_many {
+            return Err(RegistryError::TooManyChannels);
+        }
+        self.devices.flush()?;
+        Ok(added)
     }
 }
 

@@ -12,7 +12,11 @@ use crate::quic::{self, SessionContext, close_code};
 use crate::registry::{DeviceRegistry, RegistryError};
 use crate::reports::{ReportStore, SledReportStore};
 use crate::seal::{MasterKey, SealError};
+use crate::signals::{
+    DevicePositions, SignalDraft, SignalHub, SignalLog, SignalLogError, SledSignalLog,
+};
 use crate::tls::{Fingerprint, IdentityError, ServerIdentity};
+use eagate_protocol::{ChannelName, Signal};
 
 /// Why a gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +68,17 @@ impl Gateway {
             _ => ServerIdentity::load_or_generate(&config.data_dir, &config.hostnames)?,
         };
         let reports = Arc::new(SledReportStore::open(&db).map_err(RegistryError::from)?);
-        let mut context = SessionContext::new(registry, master_key, nonces.clone(), reports);
+        let signals = Arc::new(SledSignalLog::open(&db).map_err(RegistryError::from)?);
+        let positions = DevicePositions::open(&db).map_err(RegistryError::from)?;
+        let mut context = SessionContext::new(
+            registry,
+            master_key,
+            nonces.clone(),
+            reports,
+            signals,
+            positions,
+        );
+        context.hub = SignalHub::new(config.signal_queue_len as usize);
         context.auth = AuthSettings {
             skew_window: config.skew_window(),
             nonce_ttl: config.skew_window() * 4,
@@ -118,6 +132,43 @@ impl Gateway {
     /// The master key sealing device secrets.
     pub fn master_key(&self) -> &MasterKey {
         &self.context.master_key
+    }
+
+    /// Publishes a signal: validates it, appends it durably to the channel's
+    /// log, and hands it to every connected subscriber.
+    pub async fn publish(
+        &self,
+        channel: &ChannelName,
+        draft: SignalDraft,
+    ) -> Result<Signal, SignalLogError> {
+        let signal = self.context.signals.append(channel, draft).await?;
+        self.context.hub.announce(signal.clone());
+        Ok(signal)
+    }
+
+    /// The channels' signal logs.
+    pub fn signals(&self) -> &dyn SignalLog {
+        self.context.signals.as_ref()
+    }
+
+    /// Subscribes a device to a channel from now on: it receives signals
+    /// published after this call (from its next connection). Subscribing
+    /// again changes nothing.
+    pub async fn subscribe(
+        &self,
+        device_id: &str,
+        channel: &ChannelName,
+    ) -> Result<(), RegistryError> {
+        if self.context.registry.subscribe(device_id, channel)? {
+            let head = self
+                .context
+                .signals
+                .head(channel)
+                .await
+                .map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+            self.context.positions.advance(device_id, channel, head)?;
+        }
+        Ok(())
     }
 
     /// Revokes a device: it can no longer authenticate, and its live

@@ -62,7 +62,10 @@ macro_rules! tagged_enum {
                     ) -> Result<$name, A::Error> {
                         #[allow(unused_imports)]
                         use serde::de::VariantAccess as _;
-                        let (tag, variant): (u32, A::Variant) = data.variant()?;
+                        let (tag, variant) = data.variant_seed($crate::tagged::TagSeed {
+                            enum_name: stringify!($name),
+                            variants: &[$((stringify!($variant), $tag)),+],
+                        })?;
                         match tag {
                             $( $tag => tagged_enum!(@de variant, $name, $variant $(, $payload)?), )+
                             unknown => Err(serde::de::Error::invalid_value(
@@ -98,4 +101,48 @@ macro_rules! tagged_enum {
     (@de $v:ident, $name:ident, $variant:ident, $payload:ty) => {
         $v.newtype_variant::<$payload>().map($name::$variant)
     };
+}
+
+/// Reads a tagged enum's variant: as its number from binary formats
+/// (postcard), or as its name from human-readable ones (JSON, where the
+/// gateway stores signals and reports).
+pub(crate) struct TagSeed {
+    pub(crate) enum_name: &'static str,
+    pub(crate) variants: &'static [(&'static str, u32)],
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for TagSeed {
+    type Value = u32;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<u32, D::Error> {
+        deserializer.deserialize_identifier(self)
+    }
+}
+
+impl serde::de::Visitor<'_> for TagSeed {
+    type Value = u32;
+
+    fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "a {} tag or variant name", self.enum_name)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, tag: u64) -> Result<u32, E> {
+        u32::try_from(tag)
+            .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(tag), &self))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<u32, E> {
+        self.variants
+            .iter()
+            .find(|(known, _)| *known == name)
+            .map(|(_, tag)| *tag)
+            .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(name), &self))
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, name: &[u8]) -> Result<u32, E> {
+        match core::str::from_utf8(name) {
+            Ok(name) => self.visit_str(name),
+            Err(_) => Err(E::invalid_value(serde::de::Unexpected::Bytes(name), &self)),
+        }
+    }
 }

@@ -53,6 +53,17 @@ proptest! {
     }
 
     #[test]
+    fn every_message_round_trips_through_json_as_the_gateway_stores_it(
+        device in device_message(),
+        gateway in gateway_message(),
+    ) {
+        let json = serde_json::to_string(&device).unwrap();
+        prop_assert_eq!(serde_json::from_str::<DeviceMessage>(&json).unwrap(), device);
+        let json = serde_json::to_string(&gateway).unwrap();
+        prop_assert_eq!(serde_json::from_str::<GatewayMessage>(&json).unwrap(), gateway);
+    }
+
+    #[test]
     fn decimal_scale_survives_the_wire_not_just_the_value(value in decimal()) {
         let mut buf = [0u8; 32];
         let bytes = postcard::to_slice(&value, &mut buf).unwrap();

@@ -21,6 +21,7 @@ pub fn config(dir: &Path) -> ServeConfig {
         hostnames: vec!["localhost".into()],
         skew_window_secs: 30,
         auth_deadline_secs: 1,
+        signal_queue_len: 256,
         master_key: None,
     }
 }
@@ -46,7 +47,7 @@ pub struct Session {
     send: SendStream,
     recv: RecvStream,
     buffer: Vec<u8>,
-    binding: ChannelBinding,
+    pub binding: ChannelBinding,
 }
 
 pub async fn connect(gateway: &Gateway, data_dir: &Path) -> Session {

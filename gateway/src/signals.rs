@@ -1,0 +1,390 @@
+//! Signal channels: an ordered log per channel, and live fan-out to the
+//! sessions of subscribed devices.
+//!
+//! Each channel's log assigns positions 1, 2, 3, … A session follows a
+//! channel from a position: it reads the log up to the head, then takes new
+//! signals from a bounded broadcast. A device too slow for the broadcast
+//! falls behind it ("lags") and simply reads the log again, so a slow device
+//! never holds back the others and never makes the gateway buffer without
+//! bound.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use eagate_protocol::{
+    Action, ChannelName, Decimal, OrderType, Signal, SignalComment, SignalError, SignalId, Symbol,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::clock::unix_ms;
+
+/// A signal as a provider publishes it: everything but the channel, the
+/// position and the id, which the gateway assigns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalDraft {
+    /// The instrument.
+    pub symbol: Symbol,
+    /// What to do.
+    pub action: Action,
+    /// How to place an opening order.
+    pub order_type: OrderType,
+    /// Lots.
+    pub volume: Decimal,
+    /// Limit or stop price.
+    #[serde(default)]
+    pub price: Option<Decimal>,
+    /// Stop loss.
+    #[serde(default)]
+    pub stop_loss: Option<Decimal>,
+    /// Take profit.
+    #[serde(default)]
+    pub take_profit: Option<Decimal>,
+    /// The EA's magic number.
+    #[serde(default)]
+    pub magic: u64,
+    /// Order comment.
+    #[serde(default = "empty_comment")]
+    pub comment: SignalComment,
+    /// When the provider issued it; the gateway's time when absent.
+    #[serde(default)]
+    pub issued_at_ms: Option<u64>,
+    /// Do not act after this instant.
+    #[serde(default)]
+    pub expires_at_ms: Option<u64>,
+    /// The signal a close, modify or cancel acts on.
+    #[serde(default)]
+    pub reference: Option<SignalId>,
+}
+
+fn empty_comment() -> SignalComment {
+    SignalComment::new("").expect("the empty comment is valid")
+}
+
+impl SignalDraft {
+    /// The full signal at `position` of `channel`.
+    pub fn into_signal(
+        self,
+        channel: ChannelName,
+        position: u64,
+        signal_id: SignalId,
+        now_ms: u64,
+    ) -> Signal {
+        Signal {
+            channel,
+            position,
+            signal_id,
+            symbol: self.symbol,
+            action: self.action,
+            order_type: self.order_type,
+            volume: self.volume,
+            price: self.price,
+            stop_loss: self.stop_loss,
+            take_profit: self.take_profit,
+            magic: self.magic,
+            comment: self.comment,
+            issued_at_ms: self.issued_at_ms.unwrap_or(now_ms),
+            expires_at_ms: self.expires_at_ms,
+            reference: self.reference,
+        }
+    }
+}
+
+/// Why a signal could not be published or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SignalLogError {
+    /// The signal breaks a rule between its fields.
+    #[error("invalid signal: {0}")]
+    Invalid(#[from] SignalError),
+    /// sled failed.
+    #[error("signal log: {0}")]
+    Sled(#[from] sled::Error),
+    /// A stored signal could not be decoded.
+    #[error("a stored signal is damaged: {0}")]
+    Corrupt(String),
+    /// The operating system's random source failed.
+    #[error("no randomness from the operating system")]
+    Random,
+}
+
+/// A boxed future, so logs can be used as `dyn SignalLog`.
+pub type LogFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SignalLogError>> + Send + 'a>>;
+
+/// Where channels' signals are kept in order.
+pub trait SignalLog: Send + Sync + std::fmt::Debug {
+    /// Validates `draft`, gives it the next position and a fresh id, and
+    /// stores it durably.
+    fn append<'a>(&'a self, channel: &'a ChannelName, draft: SignalDraft) -> LogFuture<'a, Signal>;
+
+    /// Up to `limit` signals of `channel` after position `after`, in order.
+    fn read_after<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        after: u64,
+        limit: usize,
+    ) -> LogFuture<'a, Vec<Signal>>;
+
+    /// The channel and position of a signal, if it exists.
+    fn locate<'a>(&'a self, signal_id: SignalId) -> LogFuture<'a, Option<(ChannelName, u64)>>;
+
+    /// The position of the newest signal of `channel` (0 when empty).
+    fn head<'a>(&'a self, channel: &'a ChannelName) -> LogFuture<'a, u64>;
+}
+
+/// Channel logs in sled: `signals` keyed by (channel, position),
+/// `channel_heads`, and `signal_index` from signal id to its place.
+#[derive(Debug, Clone)]
+pub struct SledSignalLog {
+    db: sled::Db,
+    signals: sled::Tree,
+    heads: sled::Tree,
+    index: sled::Tree,
+}
+
+impl SledSignalLog {
+    /// Opens the trees in `db`.
+    pub fn open(db: &sled::Db) -> sled::Result<Self> {
+        Ok(Self {
+            db: db.clone(),
+            signals: db.open_tree("signals")?,
+            heads: db.open_tree("channel_heads")?,
+            index: db.open_tree("signal_index")?,
+        })
+    }
+}
+
+impl SignalLog for SledSignalLog {
+    fn append<'a>(&'a self, channel: &'a ChannelName, draft: SignalDraft) -> LogFuture<'a, Signal> {
+        Box::pin(async move {
+            use sled::Transactional;
+            use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+            let now = unix_ms();
+            let signal_id = new_signal_id(now)?;
+            let probe = draft
+                .clone()
+                .into_signal(channel.clone(), 1, signal_id, now);
+            probe.validate()?;
+            let name = channel.as_str().as_bytes();
+            let signal = (&self.signals, &self.heads, &self.index)
+                .transaction(|(signals, heads, index)| {
+                    let head = heads.get(name)?.as_deref().map_or(0, read_u64);
+                    let position = head + 1;
+                    let mut signal = probe.clone();
+                    signal.position = position;
+                    let key = signal_key(channel, position);
+                    let value = serde_json::to_vec(&signal).expect("a signal always serializes");
+                    signals.insert(&key[..], value)?;
+                    heads.insert(name, &position.to_be_bytes()[..])?;
+                    index.insert(&signal_id.0[..], &key[..])?;
+                    Ok::<_, ConflictableTransactionError<()>>(signal)
+                })
+                .map_err(|e| match e {
+                    TransactionError::Storage(e) => SignalLogError::Sled(e),
+                    TransactionError::Abort(()) => SignalLogError::Corrupt("aborted".into()),
+                })?;
+            self.db.flush_async().await?;
+            Ok(signal)
+        })
+    }
+
+    fn read_after<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        after: u64,
+        limit: usize,
+    ) -> LogFuture<'a, Vec<Signal>> {
+        Box::pin(async move {
+            let start = signal_key(channel, after.saturating_add(1));
+            let end = signal_key(channel, u64::MAX);
+            let mut found = Vec::new();
+            for entry in self.signals.range(start..=end).take(limit) {
+                let (_, value) = entry?;
+                found.push(
+                    serde_json::from_slice(&value)
+                        .map_err(|e| SignalLogError::Corrupt(e.to_string()))?,
+                );
+            }
+            Ok(found)
+        })
+    }
+
+    fn locate<'a>(&'a self, signal_id: SignalId) -> LogFuture<'a, Option<(ChannelName, u64)>> {
+        Box::pin(async move {
+            let Some(key) = self.index.get(signal_id.0)? else {
+                return Ok(None);
+            };
+            let corrupt = || SignalLogError::Corrupt("signal index entry".into());
+            let len = usize::from(*key.first().ok_or_else(corrupt)?);
+            let name = key.get(1..1 + len).ok_or_else(corrupt)?;
+            let channel = std::str::from_utf8(name)
+                .ok()
+                .and_then(|name| ChannelName::new(name).ok())
+                .ok_or_else(corrupt)?;
+            let position = key.get(1 + len..).map(read_u64).ok_or_else(corrupt)?;
+            Ok(Some((channel, position)))
+        })
+    }
+
+    fn head<'a>(&'a self, channel: &'a ChannelName) -> LogFuture<'a, u64> {
+        Box::pin(async move {
+            Ok(self
+                .heads
+                .get(channel.as_str().as_bytes())?
+                .as_deref()
+                .map_or(0, read_u64))
+        })
+    }
+}
+
+fn signal_key(channel: &ChannelName, position: u64) -> Vec<u8> {
+    let name = channel.as_str().as_bytes();
+    let mut key = Vec::with_capacity(1 + name.len() + 8);
+    key.push(name.len() as u8);
+    key.extend_from_slice(name);
+    key.extend_from_slice(&position.to_be_bytes());
+    key
+}
+
+fn read_u64(bytes: &[u8]) -> u64 {
+    bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
+/// 48 bits of milliseconds then 80 random bits: unique, and sorting by id
+/// sorts by publication time.
+fn new_signal_id(now_ms: u64) -> Result<SignalId, SignalLogError> {
+    let mut id = [0u8; 16];
+    id[..6].copy_from_slice(&now_ms.to_be_bytes()[2..]);
+    getrandom::fill(&mut id[6..]).map_err(|_| SignalLogError::Random)?;
+    Ok(SignalId(id))
+}
+
+/// Live fan-out: one bounded broadcast per channel. Cheap to clone; clones
+/// share the channels.
+#[derive(Debug, Clone)]
+pub struct SignalHub {
+    channels: Arc<Mutex<HashMap<ChannelName, broadcast::Sender<Arc<Signal>>>>>,
+    capacity: usize,
+}
+
+impl SignalHub {
+    /// A hub whose broadcasts hold `capacity` signals each.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            channels: Arc::new(Mutex::new(HashMap::new())),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn sender(&self, channel: &ChannelName) -> broadcast::Sender<Arc<Signal>> {
+        self.channels
+            .lock()
+            .expect("hub lock")
+            .entry(channel.clone())
+            .or_insert_with(|| broadcast::channel(self.capacity).0)
+            .clone()
+    }
+
+    /// Hands a published signal to every live follower of its channel.
+    pub fn announce(&self, signal: Signal) {
+        // No receiver just means no device of this channel is connected.
+        let _ = self.sender(&signal.channel).send(Arc::new(signal));
+    }
+
+    /// Follows `channel` from the position after `after`: every signal in
+    /// order, without gaps or repeats, into `out`. Returns when `out` is
+    /// closed (the session ended) or the log fails.
+    pub async fn follow(
+        &self,
+        log: Arc<dyn SignalLog>,
+        channel: ChannelName,
+        after: u64,
+        out: mpsc::Sender<Arc<Signal>>,
+    ) -> Result<(), SignalLogError> {
+        // Subscribe before reading the log, so nothing published in between
+        // is missed.
+        let mut live = self.sender(&channel).subscribe();
+        let mut next = after.saturating_add(1);
+        loop {
+            // Catch up from the log.
+            loop {
+                let batch = log.read_after(&channel, next - 1, 256).await?;
+                if batch.is_empty() {
+                    break;
+                }
+                for signal in batch {
+                    next = signal.position + 1;
+                    if out.send(Arc::new(signal)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            // Then follow live until a gap or lag sends us back to the log.
+            loop {
+                match live.recv().await {
+                    Ok(signal) if signal.position < next => continue,
+                    Ok(signal) if signal.position == next => {
+                        next += 1;
+                        if out.send(signal).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// The gateway's record of how far each device has got in each channel,
+/// from its reports. Used when a device names no resume point for a channel.
+#[derive(Debug, Clone)]
+pub struct DevicePositions {
+    positions: sled::Tree,
+}
+
+impl DevicePositions {
+    /// Opens the `device_positions` tree of `db`.
+    pub fn open(db: &sled::Db) -> sled::Result<Self> {
+        Ok(Self {
+            positions: db.open_tree("device_positions")?,
+        })
+    }
+
+    /// The last position recorded for the device in the channel.
+    pub fn get(&self, device_id: &str, channel: &ChannelName) -> sled::Result<Option<u64>> {
+        Ok(self
+            .positions
+            .get(position_key(device_id, channel))?
+            .as_deref()
+            .map(read_u64))
+    }
+
+    /// Records `position` unless a later one is already recorded.
+    pub fn advance(
+        &self,
+        device_id: &str,
+        channel: &ChannelName,
+        position: u64,
+    ) -> sled::Result<()> {
+        self.positions
+            .fetch_and_update(position_key(device_id, channel), |old| {
+                let current = old.map_or(0, read_u64);
+                Some(current.max(position).to_be_bytes().to_vec())
+            })?;
+        Ok(())
+    }
+}
+
+fn position_key(device_id: &str, channel: &ChannelName) -> Vec<u8> {
+    let id = device_id.as_bytes();
+    let mut key = Vec::with_capacity(1 + id.len() + channel.as_str().len());
+    key.push(id.len() as u8);
+    key.extend_from_slice(id);
+    key.extend_from_slice(channel.as_str().as_bytes());
+    key
+}

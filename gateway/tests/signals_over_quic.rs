@@ -1,0 +1,226 @@
+//! Signals over real QUIC: in order, resumed without gaps after being
+//! offline or a gateway restart, and a slow device holds back no one.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use eagate_gateway::server::Gateway;
+use eagate_gateway::signals::SignalDraft;
+use eagate_protocol::*;
+
+fn channel(name: &str) -> ChannelName {
+    ChannelName::new(name).unwrap()
+}
+
+fn market_buy(comment: &str) -> SignalDraft {
+    SignalDraft {
+        symbol: Symbol::new("EURUSD").unwrap(),
+        action: Action::OpenBuy,
+        order_type: OrderType::Market,
+        volume: "0.10".parse().unwrap(),
+        price: None,
+        stop_loss: Some("1.07500".parse().unwrap()),
+        take_profit: None,
+        magic: 7,
+        comment: SignalComment::new(comment).unwrap(),
+        issued_at_ms: None,
+        expires_at_ms: None,
+        reference: None,
+    }
+}
+
+impl Session {
+    async fn signals(&mut self, count: usize) -> Vec<Signal> {
+        let mut signals = Vec::new();
+        while signals.len() < count {
+            match self.receive().await {
+                Some(GatewayMessage::Signal(signal)) => signals.push(signal),
+                other => panic!("expected a signal, got {other:?}"),
+            }
+        }
+        signals
+    }
+
+    async fn open_resuming(
+        gateway: &Gateway,
+        data_dir: &Path,
+        device: &Device,
+        resume: &[(ChannelName, u64)],
+    ) -> Self {
+        let mut session = connect(gateway, data_dir).await;
+        let points = resume
+            .iter()
+            .map(|(channel, position)| ResumePoint {
+                channel: channel.clone(),
+                position: *position,
+            })
+            .collect();
+        let auth = Authenticate::sign(
+            device.id.clone(),
+            &device.secret,
+            now_ms(),
+            fresh_nonce(),
+            &session.binding,
+            points,
+        );
+        session.send(&DeviceMessage::Authenticate(auth)).await;
+        assert!(matches!(
+            session.receive().await,
+            Some(GatewayMessage::AuthAccepted(_))
+        ));
+        session
+    }
+}
+
+fn comments(signals: &[Signal]) -> Vec<String> {
+    signals.iter().map(|s| s.comment.to_string()).collect()
+}
+
+#[tokio::test]
+async fn published_signals_arrive_in_order_to_subscribed_devices_only() {
+    let (gateway, dir) = start().await;
+    let gold = channel("gold");
+    let follower = register(&gateway);
+    let outsider = register(&gateway);
+    gateway
+        .subscribe(follower.id.as_str(), &gold)
+        .await
+        .unwrap();
+    let (mut session, _) = Session::open(&gateway, dir.path(), &follower).await;
+    let (mut other, _) = Session::open(&gateway, dir.path(), &outsider).await;
+    for i in 1..=5 {
+        gateway
+            .publish(&gold, market_buy(&format!("s{i}")))
+            .await
+            .unwrap();
+    }
+    let received = session.signals(5).await;
+    assert_eq!(comments(&received), ["s1", "s2", "s3", "s4", "s5"]);
+    let positions: Vec<u64> = received.iter().map(|s| s.position).collect();
+    assert_eq!(positions, [1, 2, 3, 4, 5]);
+    assert!(received.iter().all(|s| s.channel == gold));
+    // The unsubscribed device got nothing: its next message is our pong.
+    other.send(&DeviceMessage::Ping(Ping { token: 1 })).await;
+    assert_eq!(
+        other.receive().await,
+        Some(GatewayMessage::Pong(Pong { token: 1 }))
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_signal_is_refused_and_not_logged() {
+    let (gateway, _dir) = start().await;
+    let mut draft = market_buy("bad");
+    draft.volume = Decimal::ZERO;
+    assert!(gateway.publish(&channel("gold"), draft).await.is_err());
+    assert_eq!(gateway.signals().head(&channel("gold")).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_device_that_was_offline_resumes_without_a_gap_even_after_a_gateway_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let gold = channel("gold");
+    let gateway = Gateway::start(&config(dir.path())).await.unwrap();
+    let device = register(&gateway);
+    gateway.subscribe(device.id.as_str(), &gold).await.unwrap();
+    let (mut session, _) = Session::open(&gateway, dir.path(), &device).await;
+    gateway.publish(&gold, market_buy("a")).await.unwrap();
+    gateway.publish(&gold, market_buy("b")).await.unwrap();
+    assert_eq!(comments(&session.signals(2).await), ["a", "b"]);
+    drop(session);
+
+    // Published while the device is away, then the gateway restarts.
+    gateway.publish(&gold, market_buy("c")).await.unwrap();
+    gateway.publish(&gold, market_buy("d")).await.unwrap();
+    gateway.shutdown().await;
+    let gateway = Gateway::start(&config(dir.path())).await.unwrap();
+    gateway.publish(&gold, market_buy("e")).await.unwrap();
+
+    let mut session =
+        Session::open_resuming(&gateway, dir.path(), &device, &[(gold.clone(), 2)]).await;
+    assert_eq!(comments(&session.signals(3).await), ["c", "d", "e"]);
+    gateway.publish(&gold, market_buy("f")).await.unwrap();
+    assert_eq!(comments(&session.signals(1).await), ["f"]);
+}
+
+#[tokio::test]
+async fn without_a_resume_point_the_device_continues_after_what_it_reported() {
+    let (gateway, dir) = start().await;
+    let gold = channel("gold");
+    let device = register(&gateway);
+    gateway.subscribe(device.id.as_str(), &gold).await.unwrap();
+    let (mut session, _) = Session::open(&gateway, dir.path(), &device).await;
+    for name in ["a", "b", "c"] {
+        gateway.publish(&gold, market_buy(name)).await.unwrap();
+    }
+    let received = session.signals(3).await;
+    // The device reports receipt of the first two only.
+    for (seq, signal) in received[..2].iter().enumerate() {
+        session
+            .send(&DeviceMessage::Report(Report {
+                seq: seq as u64 + 1,
+                signal_id: signal.signal_id,
+                at_ms: now_ms(),
+                outcome: ReportOutcome::Received,
+            }))
+            .await;
+        assert!(matches!(
+            session.receive().await,
+            Some(GatewayMessage::ReportsConfirmed(_))
+        ));
+    }
+    drop(session);
+    let (mut session, _) = Session::open(&gateway, dir.path(), &device).await;
+    assert_eq!(comments(&session.signals(1).await), ["c"]);
+}
+
+#[tokio::test]
+async fn a_subscriber_starts_from_signals_published_after_it_subscribed() {
+    let (gateway, dir) = start().await;
+    let gold = channel("gold");
+    gateway.publish(&gold, market_buy("old")).await.unwrap();
+    let device = register(&gateway);
+    gateway.subscribe(device.id.as_str(), &gold).await.unwrap();
+    let (mut session, _) = Session::open(&gateway, dir.path(), &device).await;
+    gateway.publish(&gold, market_buy("new")).await.unwrap();
+    assert_eq!(comments(&session.signals(1).await), ["new"]);
+}
+
+#[tokio::test]
+async fn a_slow_device_holds_back_no_one_and_still_gets_every_signal_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = config(dir.path());
+    // A tiny live queue, so the slow device is certain to fall behind it.
+    settings.signal_queue_len = 4;
+    let gateway = Gateway::start(&settings).await.unwrap();
+    let gold = channel("gold");
+    let slow = register(&gateway);
+    let fast = register(&gateway);
+    for device in [&slow, &fast] {
+        gateway.subscribe(device.id.as_str(), &gold).await.unwrap();
+    }
+    let (mut slow_session, _) = Session::open(&gateway, dir.path(), &slow).await;
+    let (mut fast_session, _) = Session::open(&gateway, dir.path(), &fast).await;
+    const COUNT: usize = 300;
+    let publisher = async {
+        for i in 0..COUNT {
+            gateway
+                .publish(&gold, market_buy(&i.to_string()))
+                .await
+                .unwrap();
+        }
+    };
+    // The fast device reads while publishing goes on; the slow one does not
+    // read at all until the end.
+    let (_, fast_received) = tokio::join!(publisher, fast_session.signals(COUNT));
+    let expected: Vec<String> = (0..COUNT).map(|i| i.to_string()).collect();
+    assert_eq!(comments(&fast_received), expected);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let slow_received = slow_session.signals(COUNT).await;
+    assert_eq!(comments(&slow_received), expected);
+    let positions: Vec<u64> = slow_received.iter().map(|s| s.position).collect();
+    assert_eq!(positions, (1..=COUNT as u64).collect::<Vec<_>>());
+}
