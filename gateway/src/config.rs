@@ -18,6 +18,11 @@ pub struct ServeConfig {
     #[arg(long, env = "EAGATE_QUIC_LISTEN", default_value = "0.0.0.0:7443")]
     pub quic_listen: SocketAddr,
 
+    /// TCP address of the HTTP sidecar (admin and platform API). Loopback by
+    /// default: expose it only behind something that terminates TLS.
+    #[arg(long, env = "EAGATE_HTTP_LISTEN", default_value = "127.0.0.1:7080")]
+    pub http_listen: SocketAddr,
+
     /// PEM certificate chain; without it a self-signed certificate is
     /// generated in the data directory on first start.
     #[arg(long, env = "EAGATE_TLS_CERT", requires = "tls_key")]
@@ -77,9 +82,10 @@ impl ServeConfig {
                 })
         };
         format!(
-            "data_dir = {}\nquic_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nsignal_queue_len = {}\nmaster_key = {}\n",
+            "data_dir = {}\nquic_listen = {}\nhttp_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nsignal_queue_len = {}\nmaster_key = {}\n",
             self.data_dir.display(),
             self.quic_listen,
+            self.http_listen,
             path(&self.tls_cert),
             path(&self.tls_key),
             self.hostnames.join(","),

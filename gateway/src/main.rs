@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use eagate_gateway::config::ServeConfig;
+use eagate_gateway::http::tokens::{Scope, create_token};
 use eagate_gateway::server::Gateway;
 use tracing_subscriber::EnvFilter;
 
@@ -28,6 +29,25 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// API bearer tokens for the HTTP sidecar.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token, print it once, and keep only its hash. Works while
+    /// the gateway runs; it picks the token up at once.
+    Create {
+        /// What the token may do.
+        #[arg(long, value_enum)]
+        scope: Scope,
+        /// The gateway's data directory.
+        #[arg(long, env = "EAGATE_DATA_DIR", default_value = "eagate-data")]
+        data_dir: std::path::PathBuf,
     },
 }
 
@@ -56,6 +76,16 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(config) => serve(config),
+        Command::Token {
+            command: TokenCommand::Create { scope, data_dir },
+        } => {
+            let token = create_token(&data_dir, scope)?;
+            println!("{}", token.as_str());
+            eprintln!(
+                "This token is shown once; only its hash is kept. Send it as: Authorization: Bearer <token>"
+            );
+            Ok(())
+        }
     }
 }
 

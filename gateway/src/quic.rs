@@ -1,6 +1,7 @@
 //! The QUIC endpoint and the device session driver: a thin IO loop around
 //! the framing of `eagate-protocol` and the decisions of [`crate::auth`].
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,10 +19,10 @@ use crate::auth::{
 };
 use crate::clock::unix_ms;
 use crate::nonces::NonceStore;
-use crate::registry::DeviceRegistry;
+use crate::registry::{DeviceRecord, DeviceRegistry, RegistryError};
 use crate::reports::{ReportStore, StoredReport};
 use crate::seal::MasterKey;
-use crate::signals::{DevicePositions, SignalHub, SignalLog};
+use crate::signals::{DevicePositions, SignalDraft, SignalHub, SignalLog, SignalLogError};
 use crate::tls::ServerIdentity;
 
 /// QUIC application close codes the gateway uses. A device sees them as the
@@ -69,6 +70,83 @@ pub struct SessionContext {
     pub revocations: tokio::sync::broadcast::Sender<String>,
     /// Becomes `true` when the gateway shuts down.
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// Which devices are connected, and when each was last seen.
+    pub presence: Mutex<HashMap<String, Presence>>,
+}
+
+/// A device's connection state, kept in memory since the gateway started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Presence {
+    /// Live authenticated sessions.
+    pub sessions: usize,
+    /// When the device last authenticated or disconnected, Unix ms.
+    pub last_seen_ms: u64,
+}
+
+impl SessionContext {
+    /// Publishes a signal: validates it, appends it durably to the channel's
+    /// log, and hands it to every connected subscriber.
+    pub async fn publish(
+        &self,
+        channel: &ChannelName,
+        draft: SignalDraft,
+    ) -> Result<Signal, SignalLogError> {
+        let signal = self.signals.append(channel, draft).await?;
+        self.hub.announce(signal.clone());
+        Ok(signal)
+    }
+
+    /// Subscribes a device to a channel from now on: it receives signals
+    /// published after this call, from its next connection. Subscribing again
+    /// changes nothing.
+    pub async fn subscribe(
+        &self,
+        device_id: &str,
+        channel: &ChannelName,
+    ) -> Result<(), RegistryError> {
+        if self.registry.subscribe(device_id, channel)? {
+            let head = self
+                .signals
+                .head(channel)
+                .await
+                .map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+            self.positions.advance(device_id, channel, head)?;
+        }
+        Ok(())
+    }
+
+    /// Revokes a device: it can no longer authenticate, and its live sessions
+    /// are told `GoingAway(Revoked)` and closed at once.
+    pub fn revoke(&self, device_id: &str) -> Result<DeviceRecord, RegistryError> {
+        let record = self.registry.revoke(device_id)?;
+        // No receiver just means no session is live.
+        let _ = self.revocations.send(device_id.to_owned());
+        Ok(record)
+    }
+
+    /// The device's connection state.
+    pub fn presence_of(&self, device_id: &str) -> Presence {
+        self.presence
+            .lock()
+            .expect("presence lock")
+            .get(device_id)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn session_started(&self, device_id: &str) {
+        let mut presence = self.presence.lock().expect("presence lock");
+        let entry = presence.entry(device_id.to_owned()).or_default();
+        entry.sessions += 1;
+        entry.last_seen_ms = unix_ms();
+    }
+
+    fn session_ended(&self, device_id: &str) {
+        let mut presence = self.presence.lock().expect("presence lock");
+        let entry = presence.entry(device_id.to_owned()).or_default();
+        entry.sessions = entry.sessions.saturating_sub(1);
+        entry.last_seen_ms = unix_ms();
+    }
 }
 
 impl SessionContext {
@@ -99,6 +177,7 @@ impl SessionContext {
             throttle: Mutex::new(FailureThrottle::new(ThrottleSettings::default())),
             revocations: tokio::sync::broadcast::channel(1024).0,
             shutdown: tokio::sync::watch::channel(false).0,
+            presence: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -275,7 +354,9 @@ async fn run_session(connection: quinn::Connection, context: &SessionContext) {
     };
     let device = auth.device_id.as_str();
     info!(%remote, device, "device authenticated");
+    context.session_started(device);
     let outcome = session_loop(&auth, &mut send, &mut reader, context).await;
+    context.session_ended(device);
     match outcome {
         Ok(SessionEnd::DeviceLeft) => connection.close(close_code::DONE.into(), b"bye"),
         Ok(SessionEnd::GatewayLeft(reason)) => {

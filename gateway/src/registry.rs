@@ -59,12 +59,17 @@ pub enum RegistryError {
     /// resumes.
     #[error("a device can subscribe to at most {MAX_RESUME_POINTS} channels")]
     TooManyChannels,
+    /// Another device of the account already has this name.
+    #[error("the account already has a device named {0:?}")]
+    NameTaken(String),
 }
 
-/// Devices in a sled tree, keyed by device id.
+/// Devices in a sled tree keyed by device id, and an index of names per
+/// account that keeps names unique within an account.
 #[derive(Debug, Clone)]
 pub struct DeviceRegistry {
     devices: sled::Tree,
+    names: sled::Tree,
 }
 
 impl DeviceRegistry {
@@ -72,6 +77,7 @@ impl DeviceRegistry {
     pub fn open(db: &sled::Db) -> Result<Self, RegistryError> {
         Ok(Self {
             devices: db.open_tree("devices")?,
+            names: db.open_tree("device_names")?,
         })
     }
 
@@ -84,9 +90,7 @@ impl DeviceRegistry {
         name: &str,
     ) -> Result<(DeviceRecord, DeviceSecret), RegistryError> {
         let device_id = new_device_id()?;
-        let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
-        getrandom::fill(&mut bytes[..]).map_err(|_| RegistryError::Random)?;
-        let secret = DeviceSecret::from_bytes(*bytes);
+        let secret = fresh_secret()?;
         let record = DeviceRecord {
             sealed_secret: master_key.seal(&device_id, &secret)?,
             device_id: device_id.to_string(),
@@ -96,10 +100,106 @@ impl DeviceRegistry {
             revoked_at_ms: None,
             channels: Vec::new(),
         };
-        self.devices
-            .insert(record.device_id.as_bytes(), encode(&record))?;
-        self.devices.flush()?;
+        self.write(&record, None)?;
         Ok((record, secret))
+    }
+
+    /// Stores `record`, taking its name in its account; `old_name` is the
+    /// name it had, released in the same transaction. Refuses a name another
+    /// device of the account holds.
+    fn write(&self, record: &DeviceRecord, old_name: Option<&str>) -> Result<(), RegistryError> {
+        use sled::Transactional;
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+        let name_key = name_key_of(&record.account_id, &record.name);
+        let old_key = old_name.map(|old| name_key_of(&record.account_id, old));
+        let id = record.device_id.as_bytes();
+        let value = encode(record);
+        (&self.devices, &self.names)
+            .transaction(|(devices, names)| {
+                if let Some(holder) = names.get(&name_key)? {
+                    if holder != id {
+                        return Err(ConflictableTransactionError::Abort(()));
+                    }
+                }
+                if let Some(old_key) = &old_key {
+                    if *old_key != name_key {
+                        names.remove(&old_key[..])?;
+                    }
+                }
+                names.insert(&name_key[..], id)?;
+                devices.insert(id, &value[..])?;
+                Ok(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Abort(()) => RegistryError::NameTaken(record.name.clone()),
+                TransactionError::Storage(e) => RegistryError::Store(e),
+            })?;
+        self.devices.flush()?;
+        Ok(())
+    }
+
+    /// Renames a device; the name must be free within its account.
+    pub fn rename(&self, device_id: &str, name: &str) -> Result<DeviceRecord, RegistryError> {
+        let mut record = self
+            .get(device_id)?
+            .ok_or_else(|| RegistryError::NotFound(device_id.to_owned()))?;
+        let old_name = std::mem::replace(&mut record.name, name.to_owned());
+        self.write(&record, Some(&old_name))?;
+        Ok(record)
+    }
+
+    /// Gives a device a new secret, returned this once. Its old secret no
+    /// longer authenticates.
+    pub fn rotate_secret(
+        &self,
+        master_key: &MasterKey,
+        device_id: &str,
+    ) -> Result<(DeviceRecord, DeviceSecret), RegistryError> {
+        let mut record = self
+            .get(device_id)?
+            .ok_or_else(|| RegistryError::NotFound(device_id.to_owned()))?;
+        let id = DeviceId::new(device_id).map_err(|_| RegistryError::NotFound(device_id.into()))?;
+        let secret = fresh_secret()?;
+        record.sealed_secret = master_key.seal(&id, &secret)?;
+        self.write(&record, Some(&record.name.clone()))?;
+        Ok((record, secret))
+    }
+
+    /// Every device, or those of one account, in id (so registration) order.
+    pub fn list(&self, account_id: Option<&str>) -> Result<Vec<DeviceRecord>, RegistryError> {
+        let mut found = Vec::new();
+        for entry in self.devices.iter() {
+            let (key, value) = entry?;
+            let record: DeviceRecord = serde_json::from_slice(&value)
+                .map_err(|_| RegistryError::Corrupt(String::from_utf8_lossy(&key).into()))?;
+            if account_id.is_none_or(|account| account == record.account_id) {
+                found.push(record);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Unsubscribes `device_id` from `channel`; returns whether it was
+    /// subscribed.
+    pub fn unsubscribe(
+        &self,
+        device_id: &str,
+        channel: &ChannelName,
+    ) -> Result<bool, RegistryError> {
+        let mut removed = false;
+        let updated = self.devices.update_and_fetch(device_id.as_bytes(), |old| {
+            let mut record: DeviceRecord = serde_json::from_slice(old?).ok()?;
+            let before = record.channels.len();
+            record.channels.retain(|c| c != channel.as_str());
+            removed = record.channels.len() != before;
+            Some(encode(&record))
+        })?;
+        if updated.is_none() {
+            return Err(RegistryError::NotFound(device_id.to_owned()));
+        }
+        self.devices.flush()?;
+        Ok(removed)
     }
 
     /// The stored record of `device_id`.
@@ -171,6 +271,23 @@ impl DeviceRegistry {
         self.devices.flush()?;
         Ok(added)
     }
+}
+
+/// 32 bytes from the operating system's CSPRNG.
+fn fresh_secret() -> Result<DeviceSecret, RegistryError> {
+    let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+    getrandom::fill(&mut bytes[..]).map_err(|_| RegistryError::Random)?;
+    Ok(DeviceSecret::from_bytes(*bytes))
+}
+
+/// Length-prefixed account then name, so no account can run into a name.
+fn name_key_of(account_id: &str, name: &str) -> Vec<u8> {
+    let account = account_id.as_bytes();
+    let mut key = Vec::with_capacity(2 + account.len() + name.len());
+    key.extend_from_slice(&(account.len() as u16).to_be_bytes());
+    key.extend_from_slice(account);
+    key.extend_from_slice(name.as_bytes());
+    key
 }
 
 fn encode(record: &DeviceRecord) -> Vec<u8> {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::auth::AuthSettings;
 use crate::config::ServeConfig;
+use crate::http::tokens::TokenStore;
 use crate::nonces::NonceStore;
 use crate::quic::{self, SessionContext, close_code};
 use crate::registry::{DeviceRegistry, RegistryError};
@@ -36,8 +37,8 @@ pub enum StartError {
     /// The TLS identity could not be loaded or created.
     #[error(transparent)]
     Identity(#[from] IdentityError),
-    /// The QUIC listener could not bind.
-    #[error("binding the QUIC listener on {0}: {1}")]
+    /// A listener could not bind.
+    #[error("binding {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
 }
 
@@ -49,6 +50,8 @@ pub struct Gateway {
     context: Arc<SessionContext>,
     db: sled::Db,
     sessions: tokio::task::JoinHandle<()>,
+    http: tokio::task::JoinHandle<()>,
+    http_addr: SocketAddr,
     purge: tokio::task::JoinHandle<()>,
 }
 
@@ -88,6 +91,25 @@ impl Gateway {
         let endpoint = quic::bind(&identity, config.quic_listen)
             .map_err(|e| StartError::Bind(config.quic_listen, e))?;
         let sessions = tokio::spawn(quic::serve(endpoint.clone(), context.clone()));
+        let http = tokio::net::TcpListener::bind(config.http_listen)
+            .await
+            .map_err(|e| StartError::Bind(config.http_listen, e))?;
+        let http_addr = http
+            .local_addr()
+            .map_err(|e| StartError::Bind(config.http_listen, e))?;
+        let app = crate::http::router(crate::http::AppState {
+            core: context.clone(),
+            tokens: Arc::new(TokenStore::open(&config.data_dir)),
+        });
+        let mut stopping = context.shutdown.subscribe();
+        let http = tokio::spawn(async move {
+            let serving = axum::serve(http, app).with_graceful_shutdown(async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            });
+            if let Err(e) = serving.await {
+                tracing::error!(error = %e, "the HTTP sidecar failed");
+            }
+        });
         let purge = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
@@ -103,6 +125,8 @@ impl Gateway {
             context,
             db,
             sessions,
+            http,
+            http_addr,
             purge,
         })
     }
@@ -112,6 +136,11 @@ impl Gateway {
         self.endpoint
             .local_addr()
             .expect("a bound endpoint has an address")
+    }
+
+    /// Where the HTTP sidecar listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
     }
 
     /// The SHA-256 fingerprint of the TLS certificate, for pinning.
@@ -134,16 +163,13 @@ impl Gateway {
         &self.context.master_key
     }
 
-    /// Publishes a signal: validates it, appends it durably to the channel's
-    /// log, and hands it to every connected subscriber.
+    /// Publishes a signal (see [`SessionContext::publish`]).
     pub async fn publish(
         &self,
         channel: &ChannelName,
         draft: SignalDraft,
     ) -> Result<Signal, SignalLogError> {
-        let signal = self.context.signals.append(channel, draft).await?;
-        self.context.hub.announce(signal.clone());
-        Ok(signal)
+        self.context.publish(channel, draft).await
     }
 
     /// The channels' signal logs.
@@ -151,33 +177,23 @@ impl Gateway {
         self.context.signals.as_ref()
     }
 
-    /// Subscribes a device to a channel from now on: it receives signals
-    /// published after this call (from its next connection). Subscribing
-    /// again changes nothing.
+    /// Subscribes a device to a channel (see [`SessionContext::subscribe`]).
     pub async fn subscribe(
         &self,
         device_id: &str,
         channel: &ChannelName,
     ) -> Result<(), RegistryError> {
-        if self.context.registry.subscribe(device_id, channel)? {
-            let head = self
-                .context
-                .signals
-                .head(channel)
-                .await
-                .map_err(|e| RegistryError::Corrupt(e.to_string()))?;
-            self.context.positions.advance(device_id, channel, head)?;
-        }
-        Ok(())
+        self.context.subscribe(device_id, channel).await
     }
 
-    /// Revokes a device: it can no longer authenticate, and its live
-    /// sessions are told `GoingAway(Revoked)` and closed at once.
+    /// Revokes a device (see [`SessionContext::revoke`]).
     pub fn revoke(&self, device_id: &str) -> Result<(), RegistryError> {
-        self.context.registry.revoke(device_id)?;
-        // No receiver just means no session is live.
-        let _ = self.context.revocations.send(device_id.to_owned());
-        Ok(())
+        self.context.revoke(device_id).map(|_| ())
+    }
+
+    /// The state shared by the QUIC sessions and the HTTP sidecar.
+    pub fn context(&self) -> Arc<SessionContext> {
+        self.context.clone()
     }
 
     /// Tells every device `GoingAway(Shutdown)`, closes every connection and
@@ -194,8 +210,10 @@ impl Gateway {
         self.endpoint.wait_idle().await;
         self.purge.abort();
         let _ = self.purge.await;
-        // Sessions hold the store; they end now that their connections are closed.
+        // Sessions and the sidecar hold the store; they end now that their
+        // connections are closed.
         let _ = self.sessions.await;
+        let _ = self.http.await;
         if let Err(e) = self.db.flush_async().await {
             tracing::error!(error = %e, "flushing the store at shutdown failed");
         }

@@ -11,7 +11,14 @@ use sha2::{Digest, Sha256};
 
 fn start(data_dir: &Path) -> (Child, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_eagate"))
-        .args(["serve", "--quic-listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--quic-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(data_dir)
         .env("EAGATE_LOG", "warn")
         .stdout(Stdio::piped())

@@ -16,6 +16,7 @@ pub fn config(dir: &Path) -> ServeConfig {
     ServeConfig {
         data_dir: dir.to_owned(),
         quic_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
         tls_cert: None,
         tls_key: None,
         hostnames: vec!["localhost".into()],
@@ -32,9 +33,14 @@ pub struct Device {
 }
 
 pub fn register(gateway: &Gateway) -> Device {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+    let name = format!(
+        "VPS {}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
     let (record, secret) = gateway
         .registry()
-        .register(gateway.master_key(), "acct-1", "London VPS")
+        .register(gateway.master_key(), "acct-1", &name)
         .unwrap();
     Device {
         id: DeviceId::new(&record.device_id).unwrap(),

@@ -1,0 +1,141 @@
+//! One error type for the HTTP API, rendered as RFC 9457 problem details.
+//! Client errors say what is wrong; internal ones say only that something
+//! failed, while the detail goes to the log.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::registry::RegistryError;
+use crate::reports::ReportStoreError;
+use crate::signals::SignalLogError;
+
+/// An API error.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No valid bearer token.
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    /// The token's scope does not allow this.
+    #[error("this token's scope does not allow this operation")]
+    Forbidden,
+    /// No such resource.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The request is well-formed HTTP but its content is not valid.
+    #[error("{0}")]
+    Unprocessable(String),
+    /// The body is larger than the API accepts.
+    #[error("the request body is larger than {} bytes", super::MAX_BODY_BYTES)]
+    PayloadTooLarge,
+    /// Something failed inside; the detail is logged, not returned.
+    #[error("internal error")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    r#type: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind, title) = match &self {
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            Self::Unprocessable(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-request",
+                "Invalid request",
+            ),
+            Self::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Payload too large",
+            ),
+            Self::Internal(detail) => {
+                tracing::error!(%detail, "request failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "Internal error",
+                )
+            }
+        };
+        let problem = Problem {
+            r#type: &format!("/problems/{kind}"),
+            title,
+            status: status.as_u16(),
+            detail: self.to_string(),
+        };
+        let mut response = (status, Json(problem)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(error: RegistryError) -> Self {
+        match error {
+            RegistryError::NotFound(id) => Self::NotFound(format!("no device {id}")),
+            RegistryError::NameTaken(_) => Self::Conflict(error.to_string()),
+            RegistryError::TooManyChannels => Self::Unprocessable(error.to_string()),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<SignalLogError> for ApiError {
+    fn from(error: SignalLogError) -> Self {
+        match error {
+            SignalLogError::Invalid(e) => Self::Unprocessable(format!("invalid signal: {e}")),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<ReportStoreError> for ApiError {
+    fn from(error: ReportStoreError) -> Self {
+        Self::Internal(error.to_string())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::PayloadTooLarge
+        } else {
+            Self::Unprocessable(rejection.body_text())
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::Unprocessable(rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::Unprocessable(rejection.body_text())
+    }
+}

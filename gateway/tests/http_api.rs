@@ -1,0 +1,544 @@
+//! The HTTP sidecar, driven through its router (no socket), on a real
+//! gateway's state.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use common::*;
+use eagate_gateway::http::tokens::{Scope, TokenStore, create_token};
+use eagate_gateway::http::{AppState, router};
+use eagate_gateway::reports::StoredReport;
+use eagate_gateway::server::Gateway;
+use eagate_protocol::*;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+struct Api {
+    gateway: Gateway,
+    app: axum::Router,
+    admin: String,
+    platform: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn api() -> Api {
+    let (gateway, dir) = start().await;
+    let admin = create_token(dir.path(), Scope::Admin).unwrap().to_string();
+    let platform = create_token(dir.path(), Scope::Platform)
+        .unwrap()
+        .to_string();
+    let app = router(AppState {
+        core: gateway.context(),
+        tokens: std::sync::Arc::new(TokenStore::open(dir.path())),
+    });
+    Api {
+        gateway,
+        app,
+        admin,
+        platform,
+        _dir: dir,
+    }
+}
+
+struct Answer {
+    status: StatusCode,
+    content_type: String,
+    body: Value,
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        let raw = body.map(|b| b.to_string());
+        self.call_raw(method, uri, token, raw).await
+    }
+
+    async fn call_raw(
+        &self,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<String>,
+    ) -> Answer {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let body = match body {
+            Some(text) => {
+                request = request.header(header::CONTENT_TYPE, "application/json");
+                Body::from(text)
+            }
+            None => Body::empty(),
+        };
+        let response = self
+            .app
+            .clone()
+            .oneshot(request.body(body).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        Answer {
+            status,
+            content_type,
+            body,
+        }
+    }
+
+    async fn admin(&self, method: &str, uri: &str, body: Option<Value>) -> Answer {
+        self.call(method, uri, Some(&self.admin.clone()), body)
+            .await
+    }
+
+    async fn register(&self, account: &str, name: &str) -> Value {
+        let answer = self
+            .admin(
+                "POST",
+                "/v1/devices",
+                Some(json!({"account_id": account, "name": name})),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.body);
+        answer.body
+    }
+}
+
+fn assert_problem(answer: &Answer, status: StatusCode, detail_contains: &str) {
+    assert_eq!(answer.status, status, "{:?}", answer.body);
+    assert_eq!(answer.content_type, "application/problem+json");
+    assert_eq!(answer.body["status"], status.as_u16());
+    let detail = answer.body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(detail_contains),
+        "{detail:?} should mention {detail_contains:?}"
+    );
+}
+
+const V1_ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/devices"),
+    ("GET", "/v1/devices"),
+    ("GET", "/v1/devices/dv_X"),
+    ("PATCH", "/v1/devices/dv_X"),
+    ("POST", "/v1/devices/dv_X/revoke"),
+    ("POST", "/v1/devices/dv_X/rotate-secret"),
+    ("PUT", "/v1/devices/dv_X/subscriptions/gold"),
+    ("DELETE", "/v1/devices/dv_X/subscriptions/gold"),
+    ("POST", "/v1/channels/gold/signals"),
+    (
+        "GET",
+        "/v1/signals/00000000000000000000000000000000/executions",
+    ),
+];
+
+#[tokio::test]
+async fn every_v1_route_without_a_valid_token_is_401() {
+    let api = api().await;
+    for (method, uri) in V1_ROUTES {
+        for token in [None, Some("eat_not-a-real-token")] {
+            let answer = api.call(method, uri, token, None).await;
+            assert_problem(&answer, StatusCode::UNAUTHORIZED, "bearer token");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_platform_token_cannot_manage_devices_403() {
+    let api = api().await;
+    let platform = api.platform.clone();
+    for (method, uri) in &V1_ROUTES[..8] {
+        let answer = api.call(method, uri, Some(&platform), None).await;
+        assert_problem(&answer, StatusCode::FORBIDDEN, "scope");
+    }
+}
+
+#[tokio::test]
+async fn a_token_created_while_the_sidecar_runs_works_at_once() {
+    let api = api().await;
+    let dir = api._dir.path().to_owned();
+    let fresh = create_token(&dir, Scope::Admin).unwrap().to_string();
+    let answer = api.call("GET", "/v1/devices", Some(&fresh), None).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    // Only hashes are on disk.
+    let stored = std::fs::read_to_string(dir.join("api-tokens")).unwrap();
+    assert!(!stored.contains(&fresh));
+    assert!(!stored.contains(&api.admin));
+}
+
+#[tokio::test]
+async fn registering_shows_the_secret_once_and_never_again() {
+    let api = api().await;
+    let created = api.register("acct-1", "London VPS").await;
+    let secret = created["secret"].as_str().unwrap();
+    DeviceSecret::parse(secret).expect("a valid egs_ secret");
+    let id = created["device"]["device_id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("dv_"));
+    let listed = api.admin("GET", "/v1/devices", None).await;
+    assert_eq!(listed.status, StatusCode::OK);
+    let got = api.admin("GET", &format!("/v1/devices/{id}"), None).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.body["name"], "London VPS");
+    assert_eq!(got.body["online"], false);
+    for body in [&listed.body, &got.body] {
+        let text = body.to_string();
+        assert!(!text.contains(secret) && !text.contains("secret"), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn listing_filters_by_account() {
+    let api = api().await;
+    api.register("acct-1", "a").await;
+    api.register("acct-2", "b").await;
+    let listed = api
+        .admin("GET", "/v1/devices?account_id=acct-2", None)
+        .await;
+    let devices = listed.body.as_array().unwrap();
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0]["account_id"], "acct-2");
+}
+
+#[tokio::test]
+async fn a_duplicate_name_within_an_account_is_409_but_fine_in_another() {
+    let api = api().await;
+    api.register("acct-1", "VPS-1").await;
+    let second = api.register("acct-1", "VPS-2").await;
+    let id = second["device"]["device_id"].as_str().unwrap();
+    let clash = api
+        .admin(
+            "PATCH",
+            &format!("/v1/devices/{id}"),
+            Some(json!({"name": "VPS-1"})),
+        )
+        .await;
+    assert_problem(&clash, StatusCode::CONFLICT, "VPS-1");
+    let again = api
+        .admin(
+            "POST",
+            "/v1/devices",
+            Some(json!({"account_id": "acct-1", "name": "VPS-1"})),
+        )
+        .await;
+    assert_problem(&again, StatusCode::CONFLICT, "VPS-1");
+    api.register("acct-2", "VPS-1").await;
+    let renamed = api
+        .admin(
+            "PATCH",
+            &format!("/v1/devices/{id}"),
+            Some(json!({"name": "VPS-3"})),
+        )
+        .await;
+    assert_eq!(renamed.status, StatusCode::OK);
+    // The old name is free again.
+    api.register("acct-1", "VPS-2").await;
+}
+
+#[tokio::test]
+async fn bad_device_input_is_422_with_a_clear_message() {
+    let api = api().await;
+    let cases = [
+        (json!({"account_id": "a"}), "name"),
+        (
+            json!({"account_id": "a", "name": ""}),
+            "name must not be empty",
+        ),
+        (
+            json!({"account_id": "a", "name": "x\ny"}),
+            "control characters",
+        ),
+        (
+            json!({"account_id": "a", "name": "x", "colour": "red"}),
+            "colour",
+        ),
+        (
+            json!({"account_id": "a", "name": "n".repeat(65)}),
+            "at most 64",
+        ),
+    ];
+    for (body, mentions) in cases {
+        let answer = api.admin("POST", "/v1/devices", Some(body)).await;
+        assert_problem(&answer, StatusCode::UNPROCESSABLE_ENTITY, mentions);
+    }
+    let broken = api
+        .call_raw(
+            "POST",
+            "/v1/devices",
+            Some(&api.admin.clone()),
+            Some("{not json".into()),
+        )
+        .await;
+    assert_eq!(broken.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(broken.content_type, "application/problem+json");
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_413_and_changes_nothing() {
+    let api = api().await;
+    let huge = format!(r#"{{"account_id": "a", "name": "{}"}}"#, "x".repeat(70_000));
+    let answer = api
+        .call_raw("POST", "/v1/devices", Some(&api.admin.clone()), Some(huge))
+        .await;
+    assert_problem(&answer, StatusCode::PAYLOAD_TOO_LARGE, "larger than");
+    let listed = api.admin("GET", "/v1/devices", None).await;
+    assert_eq!(listed.body.as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn unknown_devices_and_routes_are_404() {
+    let api = api().await;
+    for (method, uri) in [
+        ("GET", "/v1/devices/dv_NOPE"),
+        ("POST", "/v1/devices/dv_NOPE/revoke"),
+        ("POST", "/v1/devices/dv_NOPE/rotate-secret"),
+        ("PUT", "/v1/devices/dv_NOPE/subscriptions/gold"),
+        (
+            "GET",
+            "/v1/signals/0123456789abcdef0123456789abcdef/executions",
+        ),
+    ] {
+        let answer = api.admin(method, uri, None).await;
+        assert_problem(&answer, StatusCode::NOT_FOUND, "no ");
+    }
+    let answer = api.admin("GET", "/nowhere", None).await;
+    assert_problem(&answer, StatusCode::NOT_FOUND, "no such route");
+}
+
+#[tokio::test]
+async fn revoking_and_rotating_a_device() {
+    let api = api().await;
+    let created = api.register("acct-1", "EA").await;
+    let id = created["device"]["device_id"].as_str().unwrap();
+    let rotated = api
+        .admin("POST", &format!("/v1/devices/{id}/rotate-secret"), None)
+        .await;
+    assert_eq!(rotated.status, StatusCode::OK);
+    assert_ne!(rotated.body["secret"], created["secret"]);
+    DeviceSecret::parse(rotated.body["secret"].as_str().unwrap()).unwrap();
+    let revoked = api
+        .admin("POST", &format!("/v1/devices/{id}/revoke"), None)
+        .await;
+    assert_eq!(revoked.status, StatusCode::OK);
+    assert!(revoked.body["revoked_at_ms"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn subscriptions_are_added_removed_and_bounded() {
+    let api = api().await;
+    let created = api.register("acct-1", "EA").await;
+    let id = created["device"]["device_id"].as_str().unwrap();
+    let added = api
+        .admin("PUT", &format!("/v1/devices/{id}/subscriptions/gold"), None)
+        .await;
+    assert_eq!(added.body["channels"], json!(["gold"]));
+    let bad = api
+        .admin(
+            "PUT",
+            &format!("/v1/devices/{id}/subscriptions/no%20spaces"),
+            None,
+        )
+        .await;
+    assert_problem(&bad, StatusCode::UNPROCESSABLE_ENTITY, "channel name");
+    for i in 1..16 {
+        let answer = api
+            .admin("PUT", &format!("/v1/devices/{id}/subscriptions/c{i}"), None)
+            .await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    let seventeenth = api
+        .admin("PUT", &format!("/v1/devices/{id}/subscriptions/c99"), None)
+        .await;
+    assert_problem(&seventeenth, StatusCode::UNPROCESSABLE_ENTITY, "at most 16");
+    let removed = api
+        .admin(
+            "DELETE",
+            &format!("/v1/devices/{id}/subscriptions/gold"),
+            None,
+        )
+        .await;
+    assert_eq!(removed.body["channels"].as_array().unwrap().len(), 15);
+}
+
+fn market_buy() -> Value {
+    json!({
+        "symbol": "EURUSD",
+        "action": "OpenBuy",
+        "order_type": "Market",
+        "volume": "0.10",
+        "stop_loss": "1.07500",
+        "comment": "copy #1"
+    })
+}
+
+#[tokio::test]
+async fn publishing_a_signal_gives_it_a_position_and_an_id() {
+    let api = api().await;
+    let platform = api.platform.clone();
+    for position in 1..=2 {
+        let answer = api
+            .call(
+                "POST",
+                "/v1/channels/gold/signals",
+                Some(&platform),
+                Some(market_buy()),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.body);
+        assert_eq!(answer.body["position"], position);
+        assert_eq!(answer.body["volume"], "0.10");
+        assert_eq!(answer.body["signal_id"].as_str().unwrap().len(), 32);
+    }
+}
+
+#[tokio::test]
+async fn invalid_signals_are_422_with_a_clear_message_and_not_logged() {
+    let api = api().await;
+    let mut zero_volume = market_buy();
+    zero_volume["volume"] = json!("0");
+    let mut float_price = market_buy();
+    float_price["order_type"] = json!("Limit");
+    float_price["price"] = json!(1.1);
+    let mut unknown_action = market_buy();
+    unknown_action["action"] = json!("Buy");
+    let mut limit_without_price = market_buy();
+    limit_without_price["order_type"] = json!("Limit");
+    let cases = [
+        (zero_volume, "volume must be positive"),
+        (float_price, "string"),
+        (unknown_action, "Buy"),
+        (limit_without_price, "needs a price"),
+    ];
+    for (body, mentions) in cases {
+        let answer = api
+            .admin("POST", "/v1/channels/gold/signals", Some(body))
+            .await;
+        assert_problem(&answer, StatusCode::UNPROCESSABLE_ENTITY, mentions);
+    }
+    let bad_channel = api
+        .admin("POST", "/v1/channels/a%2Fb/signals", Some(market_buy()))
+        .await;
+    assert_problem(
+        &bad_channel,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "channel name",
+    );
+    let gold = ChannelName::new("gold").unwrap();
+    assert_eq!(api.gateway.signals().head(&gold).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn executions_show_each_subscribed_device_pending_received_or_filled() {
+    let api = api().await;
+    let mut ids = Vec::new();
+    for name in ["a", "b", "c"] {
+        let created = api.register("acct-1", name).await;
+        let id = created["device"]["device_id"].as_str().unwrap().to_owned();
+        api.admin("PUT", &format!("/v1/devices/{id}/subscriptions/gold"), None)
+            .await;
+        ids.push(id);
+    }
+    let published = api
+        .admin("POST", "/v1/channels/gold/signals", Some(market_buy()))
+        .await;
+    let signal_id: SignalId = published.body["signal_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let reports = api.gateway.context().reports.clone();
+    let report = |device: &str, seq, outcome| {
+        StoredReport::new(
+            device,
+            &Report {
+                seq,
+                signal_id,
+                at_ms: 1,
+                outcome,
+            },
+            2,
+        )
+    };
+    reports
+        .ingest(&report(&ids[0], 1, ReportOutcome::Received))
+        .await
+        .unwrap();
+    reports
+        .ingest(&report(&ids[1], 1, ReportOutcome::Received))
+        .await
+        .unwrap();
+    let fill = ReportOutcome::Filled(Fill {
+        ticket: 77,
+        price: "1.08543".parse().unwrap(),
+        volume: "0.10".parse().unwrap(),
+    });
+    reports.ingest(&report(&ids[1], 2, fill)).await.unwrap();
+
+    let answer = api
+        .call(
+            "GET",
+            &format!("/v1/signals/{signal_id}/executions"),
+            Some(&api.platform.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    assert_eq!(answer.body["channel"], "gold");
+    let status_of = |id: &str| {
+        answer.body["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["device_id"] == id)
+            .map(|d| d["status"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    assert_eq!(status_of(&ids[0]), "received");
+    assert_eq!(status_of(&ids[1]), "filled");
+    assert_eq!(status_of(&ids[2]), "pending");
+    let malformed = api
+        .admin("GET", "/v1/signals/not-hex/executions", None)
+        .await;
+    assert_problem(&malformed, StatusCode::UNPROCESSABLE_ENTITY, "signal id");
+}
+
+#[tokio::test]
+async fn health_and_readiness_need_no_token() {
+    let api = api().await;
+    assert_eq!(
+        api.call("GET", "/healthz", None, None).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.call("GET", "/readyz", None, None).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_device_registered_over_http_authenticates_over_quic() {
+    let api = api().await;
+    let created = api.register("acct-1", "EA").await;
+    let device = Device {
+        id: DeviceId::new(created["device"]["device_id"].as_str().unwrap()).unwrap(),
+        secret: DeviceSecret::parse(created["secret"].as_str().unwrap()).unwrap(),
+    };
+    let (_session, _) = Session::open(&api.gateway, api._dir.path(), &device).await;
+    let shown = api
+        .admin("GET", &format!("/v1/devices/{}", device.id), None)
+        .await;
+    assert_eq!(shown.body["online"], true);
+    assert!(shown.body["last_seen_ms"].as_u64().is_some());
+}
