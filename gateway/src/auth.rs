@@ -56,6 +56,23 @@ pub enum FailureReason {
 }
 
 impl FailureReason {
+    /// Every reason, in a fixed order.
+    pub const ALL: [FailureReason; 8] = [
+        Self::UnsupportedVersion,
+        Self::UnknownDevice,
+        Self::BadMac,
+        Self::Revoked,
+        Self::ClockSkew,
+        Self::ReplayedNonce,
+        Self::Malformed,
+        Self::Timeout,
+    ];
+
+    /// This reason's place in [`FailureReason::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// A stable label for metrics.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod nonces;
 pub mod quic;
 pub mod registry;

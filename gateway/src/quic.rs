@@ -18,6 +18,7 @@ use crate::auth::{
     self, Assessment, AuthSettings, FailureReason, FailureThrottle, ThrottleKey, ThrottleSettings,
 };
 use crate::clock::unix_ms;
+use crate::metrics::Metrics;
 use crate::nonces::NonceStore;
 use crate::registry::{DeviceRecord, DeviceRegistry, RegistryError};
 use crate::reports::{ReportStore, StoredReport};
@@ -72,6 +73,8 @@ pub struct SessionContext {
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// Which devices are connected, and when each was last seen.
     pub presence: Mutex<HashMap<String, Presence>>,
+    /// Counters for `/metrics`.
+    pub metrics: Metrics,
 }
 
 /// A device's connection state, kept in memory since the gateway started.
@@ -135,6 +138,7 @@ impl SessionContext {
     }
 
     fn session_started(&self, device_id: &str) {
+        self.metrics.connection(1);
         let mut presence = self.presence.lock().expect("presence lock");
         let entry = presence.entry(device_id.to_owned()).or_default();
         entry.sessions += 1;
@@ -142,6 +146,7 @@ impl SessionContext {
     }
 
     fn session_ended(&self, device_id: &str) {
+        self.metrics.connection(-1);
         let mut presence = self.presence.lock().expect("presence lock");
         let entry = presence.entry(device_id.to_owned()).or_default();
         entry.sessions = entry.sessions.saturating_sub(1);
@@ -178,6 +183,7 @@ impl SessionContext {
             revocations: tokio::sync::broadcast::channel(1024).0,
             shutdown: tokio::sync::watch::channel(false).0,
             presence: Mutex::new(HashMap::new()),
+            metrics: Metrics::default(),
         }
     }
 }
@@ -338,6 +344,9 @@ async fn run_session(connection: quinn::Connection, context: &SessionContext) {
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
             debug!(%remote, error = %e, "closing before authentication");
+            if e.is_protocol_violation() {
+                context.metrics.auth_failure(FailureReason::Malformed);
+            }
             let code = if e.is_protocol_violation() {
                 close_code::PROTOCOL_VIOLATION
             } else {
@@ -348,6 +357,7 @@ async fn run_session(connection: quinn::Connection, context: &SessionContext) {
         }
         Err(_elapsed) => {
             debug!(%remote, reason = FailureReason::Timeout.as_str(), "authentication deadline");
+            context.metrics.auth_failure(FailureReason::Timeout);
             connection.close(close_code::AUTH_TIMEOUT.into(), b"authentication deadline");
             return;
         }
@@ -464,6 +474,7 @@ async fn authenticate(
                 throttle.record_failure(source, now);
                 throttle.record_failure(device_key, now);
             }
+            context.metrics.auth_failure(reason);
             info!(
                 remote = %connection.remote_address(),
                 device = %auth.device_id,
@@ -489,6 +500,7 @@ async fn decide(
         .registry
         .credentials(&context.master_key, &auth.device_id)
         .map_err(|e| {
+            context.metrics.store_error();
             warn!(error = %e, "device lookup failed");
             (Refusal::Failed, FailureReason::UnknownDevice)
         })?;
@@ -505,6 +517,7 @@ async fn decide(
                 Ok(true) => Ok(()),
                 Ok(false) => Err((Refusal::Failed, FailureReason::ReplayedNonce)),
                 Err(e) => {
+                    context.metrics.store_error();
                     warn!(error = %e, "nonce store failed");
                     Err((Refusal::Failed, FailureReason::ReplayedNonce))
                 }
@@ -556,6 +569,7 @@ async fn session_loop(
         tokio::select! {
             Some(signal) = signal_rx.recv() => {
                 write_message(send, &GatewayMessage::Signal(Signal::clone(&signal))).await?;
+                context.metrics.signal_delivered();
             }
             message = reader.next::<DeviceMessage>() => match message? {
                 DeviceMessage::Ping(ping) => {
@@ -565,9 +579,11 @@ async fn session_loop(
                 DeviceMessage::GoingAway(_) => return Ok(SessionEnd::DeviceLeft),
                 DeviceMessage::Authenticate(_) => return Err(SessionError::AuthenticatedTwice),
                 DeviceMessage::Report(report) => {
+                    let arrived = Instant::now();
                     let stored = StoredReport::new(device, &report, unix_ms());
                     match context.reports.ingest(&stored).await {
                         Ok(ingested) => {
+                            context.metrics.report_ingested(ingested.newly_stored, arrived.elapsed());
                             let confirmed = ReportsConfirmed { up_to_seq: ingested.confirmed_up_to };
                             write_message(send, &GatewayMessage::ReportsConfirmed(confirmed)).await?;
                             if ingested.newly_stored {
@@ -579,7 +595,10 @@ async fn session_loop(
                         }
                         // Not confirmed: the device keeps the report in its
                         // outbox and resends it, so nothing is lost.
-                        Err(e) => warn!(device, seq = report.seq, error = %e, "storing a report failed"),
+                        Err(e) => {
+                            context.metrics.store_error();
+                            warn!(device, seq = report.seq, error = %e, "storing a report failed");
+                        }
                     }
                 }
             },

@@ -542,3 +542,101 @@ async fn a_device_registered_over_http_authenticates_over_quic() {
     assert_eq!(shown.body["online"], true);
     assert!(shown.body["last_seen_ms"].as_u64().is_some());
 }
+
+#[tokio::test]
+async fn metrics_count_sessions_refusals_deliveries_and_reports() {
+    let api = api().await;
+    let created = api.register("acct-1", "EA").await;
+    let id = created["device"]["device_id"].as_str().unwrap().to_owned();
+    api.admin("PUT", &format!("/v1/devices/{id}/subscriptions/gold"), None)
+        .await;
+    let device = Device {
+        id: DeviceId::new(&id).unwrap(),
+        secret: DeviceSecret::parse(created["secret"].as_str().unwrap()).unwrap(),
+    };
+    let impostor = Device {
+        id: device.id.clone(),
+        secret: DeviceSecret::from_bytes([1; 32]),
+    };
+    let mut refused = connect(&api.gateway, api._dir.path()).await;
+    refused.authenticate(&impostor, fresh_nonce()).await;
+    let (mut session, _) = Session::open(&api.gateway, api._dir.path(), &device).await;
+    api.admin("POST", "/v1/channels/gold/signals", Some(market_buy()))
+        .await;
+    let Some(GatewayMessage::Signal(signal)) = session.receive().await else {
+        panic!("expected the signal");
+    };
+    session
+        .send(&DeviceMessage::Report(Report {
+            seq: 1,
+            signal_id: signal.signal_id,
+            at_ms: now_ms(),
+            outcome: ReportOutcome::Received,
+        }))
+        .await;
+    assert!(matches!(
+        session.receive().await,
+        Some(GatewayMessage::ReportsConfirmed(_))
+    ));
+
+    let answer = api.call("GET", "/metrics", None, None).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(answer.content_type.starts_with("text/plain"));
+    let text = answer.body.as_str().unwrap();
+    for line in [
+        "eagate_device_connections 1",
+        "eagate_auth_failures_total{reason=\"bad_mac\"} 1",
+        "eagate_signals_delivered_total 1",
+        "eagate_reports_ingested_total{outcome=\"stored\"} 1",
+        "eagate_report_ingest_seconds_count 1",
+        "eagate_store_errors_total 0",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_openapi_document_and_the_routes_agree_both_ways() {
+    let api = api().await;
+    let answer = api.call("GET", "/openapi.json", None, None).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let paths = answer.body["paths"].as_object().unwrap();
+    let mut documented = Vec::new();
+    for (path, item) in paths {
+        for method in ["get", "post", "put", "patch", "delete"] {
+            if item.get(method).is_some() {
+                documented.push((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    // Every /v1 route the router has is documented...
+    for (method, uri) in V1_ROUTES {
+        let template = uri
+            .replace("dv_X", "{device_id}")
+            .replace("/subscriptions/gold", "/subscriptions/{channel}")
+            .replace("/channels/gold/", "/channels/{channel}/")
+            .replace("00000000000000000000000000000000", "{signal_id}");
+        assert!(
+            documented.contains(&(method.to_string(), template.clone())),
+            "{method} {template} is not documented"
+        );
+    }
+    // ...and every documented operation is routed.
+    for (method, path) in &documented {
+        let uri = path
+            .replace("{device_id}", "dv_X")
+            .replace("{channel}", "gold")
+            .replace("{signal_id}", "00000000000000000000000000000000");
+        let answer = api.admin(method, &uri, None).await;
+        assert_ne!(
+            answer.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {uri}"
+        );
+        let fell_through = answer.body["detail"] == "no such route";
+        assert!(!fell_through, "{method} {uri} is documented but not routed");
+    }
+}

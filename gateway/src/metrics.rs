@@ -1,0 +1,195 @@
+//! Counters for Prometheus, rendered as its text format by the sidecar's
+//! `/metrics`. Atomics only: updating a metric never waits on a lock.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::auth::FailureReason;
+
+/// Upper bounds of the ingest latency buckets, in microseconds.
+const LATENCY_BOUNDS_US: [u64; 11] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+];
+
+/// The gateway's metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    connections: AtomicI64,
+    auth_failures: [AtomicU64; FailureReason::ALL.len()],
+    signals_delivered: AtomicU64,
+    reports_stored: AtomicU64,
+    reports_duplicate: AtomicU64,
+    store_errors: AtomicU64,
+    latency_buckets: [AtomicU64; LATENCY_BOUNDS_US.len()],
+    latency_count: AtomicU64,
+    latency_sum_us: AtomicU64,
+}
+
+impl Metrics {
+    /// A device session started (+1) or ended (-1).
+    pub fn connection(&self, delta: i64) {
+        self.connections.fetch_add(delta, Relaxed);
+    }
+
+    /// An authentication was refused.
+    pub fn auth_failure(&self, reason: FailureReason) {
+        self.auth_failures[reason.index()].fetch_add(1, Relaxed);
+    }
+
+    /// A signal was written to a device's stream.
+    pub fn signal_delivered(&self) {
+        self.signals_delivered.fetch_add(1, Relaxed);
+    }
+
+    /// A report was offered to the store: newly stored or a duplicate, and
+    /// how long from its arrival until it was durable.
+    pub fn report_ingested(&self, newly_stored: bool, latency: Duration) {
+        if newly_stored {
+            self.reports_stored.fetch_add(1, Relaxed);
+        } else {
+            self.reports_duplicate.fetch_add(1, Relaxed);
+        }
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        // Buckets are cumulative in the text format; here each holds its own
+        // range and rendering adds them up.
+        if let Some(bucket) = LATENCY_BOUNDS_US.iter().position(|&bound| micros <= bound) {
+            self.latency_buckets[bucket].fetch_add(1, Relaxed);
+        }
+        self.latency_count.fetch_add(1, Relaxed);
+        self.latency_sum_us.fetch_add(micros, Relaxed);
+    }
+
+    /// A store operation failed.
+    pub fn store_error(&self) {
+        self.store_errors.fetch_add(1, Relaxed);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        header(
+            &mut out,
+            "eagate_device_connections",
+            "gauge",
+            "Authenticated device sessions now.",
+        );
+        let _ = writeln!(
+            out,
+            "eagate_device_connections {}",
+            self.connections.load(Relaxed)
+        );
+        header(
+            &mut out,
+            "eagate_auth_failures_total",
+            "counter",
+            "Refused device authentications, by reason.",
+        );
+        for reason in FailureReason::ALL {
+            let _ = writeln!(
+                out,
+                "eagate_auth_failures_total{{reason=\"{}\"}} {}",
+                reason.as_str(),
+                self.auth_failures[reason.index()].load(Relaxed)
+            );
+        }
+        header(
+            &mut out,
+            "eagate_signals_delivered_total",
+            "counter",
+            "Signals written to device sessions.",
+        );
+        let _ = writeln!(
+            out,
+            "eagate_signals_delivered_total {}",
+            self.signals_delivered.load(Relaxed)
+        );
+        header(
+            &mut out,
+            "eagate_reports_ingested_total",
+            "counter",
+            "Device reports offered to the store, by outcome.",
+        );
+        let _ = writeln!(
+            out,
+            "eagate_reports_ingested_total{{outcome=\"stored\"}} {}\neagate_reports_ingested_total{{outcome=\"duplicate\"}} {}",
+            self.reports_stored.load(Relaxed),
+            self.reports_duplicate.load(Relaxed)
+        );
+        header(
+            &mut out,
+            "eagate_report_ingest_seconds",
+            "histogram",
+            "Time from a report's arrival until it is durable.",
+        );
+        let mut cumulative = 0;
+        for (bound, bucket) in LATENCY_BOUNDS_US.iter().zip(&self.latency_buckets) {
+            cumulative += bucket.load(Relaxed);
+            let _ = writeln!(
+                out,
+                "eagate_report_ingest_seconds_bucket{{le=\"{}\"}} {cumulative}",
+                seconds(*bound)
+            );
+        }
+        let count = self.latency_count.load(Relaxed);
+        let _ = writeln!(
+            out,
+            "eagate_report_ingest_seconds_bucket{{le=\"+Inf\"}} {count}\neagate_report_ingest_seconds_sum {}\neagate_report_ingest_seconds_count {count}",
+            seconds(self.latency_sum_us.load(Relaxed))
+        );
+        header(
+            &mut out,
+            "eagate_store_errors_total",
+            "counter",
+            "Failed store operations.",
+        );
+        let _ = writeln!(
+            out,
+            "eagate_store_errors_total {}",
+            self.store_errors.load(Relaxed)
+        );
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Microseconds as decimal seconds, without floating point.
+fn seconds(micros: u64) -> String {
+    format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets_are_cumulative_and_the_sum_is_exact() {
+        let metrics = Metrics::default();
+        metrics.report_ingested(true, Duration::from_micros(400));
+        metrics.report_ingested(true, Duration::from_micros(3_000));
+        metrics.report_ingested(false, Duration::from_secs(2));
+        let text = metrics.render();
+        assert!(text.contains("eagate_report_ingest_seconds_bucket{le=\"0.000500\"} 1\n"));
+        assert!(text.contains("eagate_report_ingest_seconds_bucket{le=\"0.005000\"} 2\n"));
+        assert!(text.contains("eagate_report_ingest_seconds_bucket{le=\"1.000000\"} 2\n"));
+        assert!(text.contains("eagate_report_ingest_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert!(text.contains("eagate_report_ingest_seconds_sum 2.003400\n"));
+        assert!(text.contains("eagate_reports_ingested_total{outcome=\"stored\"} 2\n"));
+        assert!(text.contains("eagate_reports_ingested_total{outcome=\"duplicate\"} 1\n"));
+    }
+
+    #[test]
+    fn every_failure_reason_has_its_own_series() {
+        let metrics = Metrics::default();
+        metrics.auth_failure(FailureReason::BadMac);
+        metrics.auth_failure(FailureReason::BadMac);
+        let text = metrics.render();
+        assert!(text.contains("eagate_auth_failures_total{reason=\"bad_mac\"} 2\n"));
+        for reason in FailureReason::ALL {
+            assert!(text.contains(&format!("reason=\"{}\"", reason.as_str())));
+        }
+    }
+}
