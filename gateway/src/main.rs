@@ -2,6 +2,7 @@
 //! library.
 
 use clap::{Parser, Subcommand};
+use eagate_gateway::cli::{self, ApiArgs, DeviceCommand, SignalCommand};
 use eagate_gateway::config::ServeConfig;
 use eagate_gateway::http::tokens::{Scope, create_token};
 use eagate_gateway::server::Gateway;
@@ -29,6 +30,20 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Devices, through a running gateway's sidecar.
+    Device {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
+    /// Signals, through a running gateway's sidecar.
+    Signal {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: SignalCommand,
     },
     /// API bearer tokens for the HTTP sidecar.
     Token {
@@ -76,6 +91,8 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(config) => serve(config),
+        Command::Device { api, command } => run_client(cli::device(&api, command)),
+        Command::Signal { api, command } => run_client(cli::signal(&api, command)),
         Command::Token {
             command: TokenCommand::Create { scope, data_dir },
         } => {
@@ -85,6 +102,19 @@ fn main() -> anyhow::Result<()> {
                 "This token is shown once; only its hash is kept. Send it as: Authorization: Bearer <token>"
             );
             Ok(())
+        }
+    }
+}
+
+fn run_client(result: Result<String, cli::CliError>) -> anyhow::Result<()> {
+    match result {
+        Ok(output) => {
+            print!("{output}");
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
         }
     }
 }
@@ -101,6 +131,7 @@ fn serve(config: ServeConfig) -> anyhow::Result<()> {
             "  QUIC (devices):   {} (ALPN eagate/1)",
             gateway.quic_addr()
         );
+        println!("  HTTP (admin API): http://{}", gateway.http_addr());
         println!("  TLS fingerprint:  SHA256 {}", gateway.fingerprint());
         println!("Pin this fingerprint in your EAs and bots. Ctrl-C stops the gateway.");
         shutdown_signal().await;

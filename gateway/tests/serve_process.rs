@@ -9,7 +9,20 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use sha2::{Digest, Sha256};
 
-fn start(data_dir: &Path) -> (Child, Vec<String>) {
+/// A running `eagate serve`, killed if the test fails before stopping it,
+/// so no orphan outlives the test (and holds CI's output pipe open).
+struct Serving(Option<Child>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn start(data_dir: &Path) -> (Serving, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_eagate"))
         .args([
             "serve",
@@ -22,10 +35,12 @@ fn start(data_dir: &Path) -> (Child, Vec<String>) {
         .arg(data_dir)
         .env("EAGATE_LOG", "warn")
         .stdout(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .expect("eagate starts");
     let mut lines = Vec::new();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let child = Serving(Some(child));
     while !lines
         .iter()
         .any(|l: &String| l.starts_with("Pin this fingerprint"))
@@ -48,7 +63,8 @@ fn printed_fingerprint(lines: &[String]) -> String {
         .to_owned()
 }
 
-fn stop(mut child: Child) {
+fn stop(mut serving: Serving) {
+    let mut child = serving.0.take().expect("running");
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -117,4 +133,133 @@ fn a_skew_window_out_of_range_is_refused_with_a_clear_error() {
     assert!(!output.status.success());
     let error = String::from_utf8(output.stderr).unwrap();
     assert!(error.contains("skew-window-secs"), "{error}");
+}
+
+fn eagate(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_eagate"));
+    command.args(args).env_remove("EAGATE_TOKEN");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn the_cli_manages_devices_and_publishes_through_a_running_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, lines) = start(dir.path());
+    let api = lines
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("HTTP (admin API): "))
+        .unwrap_or_else(|| panic!("no HTTP address in {lines:?}"))
+        .to_owned();
+    let data_dir = dir.path().to_str().unwrap();
+
+    // Works while the gateway holds the store.
+    let (ok, token, _) = eagate(
+        &[
+            "token",
+            "create",
+            "--scope",
+            "admin",
+            "--data-dir",
+            data_dir,
+        ],
+        &[],
+    );
+    assert!(ok);
+    let token = token.trim().to_owned();
+    assert!(token.starts_with("eat_"));
+    let env = [
+        ("EAGATE_API_URL", api.as_str()),
+        ("EAGATE_TOKEN", token.as_str()),
+    ];
+
+    let (ok, out, err) = eagate(
+        &[
+            "device",
+            "register",
+            "--account",
+            "acct-1",
+            "--name",
+            "London VPS",
+        ],
+        &env,
+    );
+    assert!(ok, "{err}");
+    let device_id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("device id: "))
+        .unwrap()
+        .to_owned();
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("secret:    "))
+        .unwrap();
+    eagate_protocol::DeviceSecret::parse(secret).expect("a valid secret is printed");
+
+    let (ok, _, err) = eagate(&["device", "subscribe", &device_id, "gold"], &env);
+    assert!(ok, "{err}");
+    let (ok, out, err) = eagate(
+        &[
+            "signal",
+            "publish",
+            "--channel",
+            "gold",
+            "--symbol",
+            "XAUUSD",
+            "--action",
+            "open-buy",
+            "--volume",
+            "0.10",
+            "--stop-loss",
+            "2300.00",
+        ],
+        &env,
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("at position 1 of gold"), "{out}");
+
+    let (ok, out, _) = eagate(&["device", "list"], &env);
+    assert!(ok);
+    assert!(out.contains(&device_id) && out.contains("London VPS") && out.contains("gold"));
+    assert!(!out.contains(secret));
+
+    // Bad input and a missing device come back as clear errors.
+    let (ok, _, err) = eagate(
+        &[
+            "signal",
+            "publish",
+            "--channel",
+            "gold",
+            "--symbol",
+            "XAUUSD",
+            "--action",
+            "open-buy",
+            "--volume",
+            "0",
+        ],
+        &env,
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("422") && err.contains("volume must be positive"),
+        "{err}"
+    );
+    let (ok, _, err) = eagate(&["device", "revoke", "dv_NOPE"], &env);
+    assert!(!ok);
+    assert!(err.contains("404"), "{err}");
+    let (ok, out, _) = eagate(&["device", "revoke", &device_id], &env);
+    assert!(ok);
+    assert!(out.contains("revoked"));
+
+    let (ok, _, err) = eagate(&["device", "list"], &[("EAGATE_API_URL", api.as_str())]);
+    assert!(!ok);
+    assert!(err.contains("token create"), "{err}");
+    stop(child);
 }

@@ -1,0 +1,106 @@
+//! One device's publish-to-receive latency on loopback: publish through the
+//! gateway's API (validated, appended to the sled log and flushed), fanned
+//! out over QUIC, decoded by the device. Also report ingest: a fill sent by
+//! the device until its confirmation arrives (stored and flushed).
+//!
+//! `cargo bench -p eagate-gateway --bench device_path`
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use criterion::{Criterion, criterion_group, criterion_main};
+use eagate_gateway::signals::SignalDraft;
+use eagate_protocol::*;
+
+fn draft() -> SignalDraft {
+    SignalDraft {
+        symbol: Symbol::new("XAUUSD").unwrap(),
+        action: Action::OpenBuy,
+        order_type: OrderType::Market,
+        volume: "0.10".parse().unwrap(),
+        price: None,
+        stop_loss: Some("2300.00".parse().unwrap()),
+        take_profit: None,
+        magic: 1,
+        comment: SignalComment::new("bench").unwrap(),
+        issued_at_ms: None,
+        expires_at_ms: None,
+        reference: None,
+    }
+}
+
+fn device_path(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (gateway, dir, mut session, channel) = runtime.block_on(async {
+        let (gateway, dir) = start().await;
+        let device = register(&gateway);
+        let channel = ChannelName::new("bench").unwrap();
+        gateway
+            .subscribe(device.id.as_str(), &channel)
+            .await
+            .unwrap();
+        let (session, _) = Session::open(&gateway, dir.path(), &device).await;
+        (gateway, dir, session, channel)
+    });
+    let mut group = c.benchmark_group("device path");
+    group
+        .sample_size(50)
+        .measurement_time(Duration::from_secs(10));
+    group.bench_function("publish to receive, one device", |b| {
+        b.iter_custom(|iterations| {
+            runtime.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iterations {
+                    let started = Instant::now();
+                    gateway.publish(&channel, draft()).await.unwrap();
+                    match session.receive().await {
+                        Some(GatewayMessage::Signal(_)) => {}
+                        other => panic!("expected a signal, got {other:?}"),
+                    }
+                    total += started.elapsed();
+                }
+                total
+            })
+        })
+    });
+    let mut seq = 0;
+    group.bench_function("report to confirmation, one device", |b| {
+        b.iter_custom(|iterations| {
+            runtime.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iterations {
+                    seq += 1;
+                    let started = Instant::now();
+                    session
+                        .send(&DeviceMessage::Report(Report {
+                            seq,
+                            signal_id: SignalId([1; 16]),
+                            at_ms: now_ms(),
+                            outcome: ReportOutcome::Filled(Fill {
+                                ticket: seq,
+                                price: "2350.27".parse().unwrap(),
+                                volume: "0.10".parse().unwrap(),
+                            }),
+                        }))
+                        .await;
+                    match session.receive().await {
+                        Some(GatewayMessage::ReportsConfirmed(c)) => assert_eq!(c.up_to_seq, seq),
+                        other => panic!("expected a confirmation, got {other:?}"),
+                    }
+                    total += started.elapsed();
+                }
+                total
+            })
+        })
+    });
+    group.finish();
+    drop(session);
+    runtime.block_on(gateway.shutdown());
+    drop(dir);
+}
+
+criterion_group!(benches, device_path);
+criterion_main!(benches);
