@@ -13,6 +13,7 @@ pub mod http;
 pub mod metrics;
 pub mod nonces;
 pub mod quic;
+pub mod redis_store;
 pub mod registry;
 pub mod reports;
 pub mod seal;

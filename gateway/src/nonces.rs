@@ -1,15 +1,59 @@
 //! Authentication nonces seen, in sled with expiry, so a captured
 //! authentication cannot be replayed, not even across a gateway restart.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use eagate_protocol::{DeviceId, Nonce};
 
+/// Why the nonce store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NonceStoreError {
+    /// sled failed.
+    #[error("nonce store: {0}")]
+    Sled(#[from] sled::Error),
+    /// Redis failed.
+    #[error("nonce store: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// A boxed future, so stores can be used as `dyn NonceStore`.
+pub type NonceFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, NonceStoreError>> + Send + 'a>>;
+
 /// The (device, nonce) pairs seen within their lifetime.
+pub trait NonceStore: Send + Sync + std::fmt::Debug {
+    /// Records (device, nonce) for `ttl_ms`. Returns `false`, recording
+    /// nothing, if the pair was already seen and has not expired. Atomic: of
+    /// two concurrent claims of one pair exactly one wins; durable before it
+    /// returns.
+    fn claim<'a>(
+        &'a self,
+        device_id: &'a DeviceId,
+        nonce: &'a Nonce,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> NonceFuture<'a, bool>;
+}
+
+/// Nonces in a sled tree, with expiry times as values.
 #[derive(Debug, Clone)]
-pub struct NonceStore {
+pub struct SledNonceStore {
     seen: sled::Tree,
 }
 
-impl NonceStore {
+impl NonceStore for SledNonceStore {
+    fn claim<'a>(
+        &'a self,
+        device_id: &'a DeviceId,
+        nonce: &'a Nonce,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> NonceFuture<'a, bool> {
+        Box::pin(async move { Ok(self.claim_now(device_id, nonce, now_ms, ttl_ms).await?) })
+    }
+}
+
+impl SledNonceStore {
     /// Opens the `auth_nonces` tree of `db`.
     pub fn open(db: &sled::Db) -> sled::Result<Self> {
         Ok(Self {
@@ -17,11 +61,7 @@ impl NonceStore {
         })
     }
 
-    /// Records (device, nonce) until `now_ms + ttl_ms`. Returns `false`,
-    /// recording nothing, if the pair was already seen and has not expired.
-    /// Atomic: of two concurrent claims of one pair, exactly one wins. The
-    /// claim is on disk before this returns, so it survives a crash.
-    pub async fn claim(
+    async fn claim_now(
         &self,
         device_id: &DeviceId,
         nonce: &Nonce,
@@ -98,7 +138,7 @@ mod tests {
     #[tokio::test]
     async fn a_nonce_is_claimed_once_until_it_expires() {
         let db = sled::Config::new().temporary(true).open().unwrap();
-        let store = NonceStore::open(&db).unwrap();
+        let store = SledNonceStore::open(&db).unwrap();
         let device = DeviceId::new("dv_1").unwrap();
         let nonce = [9; 16];
         assert!(store.claim(&device, &nonce, 1_000, 100).await.unwrap());

@@ -49,7 +49,7 @@ pub struct SessionContext {
     /// The key that opens device secrets.
     pub master_key: MasterKey,
     /// Nonces seen.
-    pub nonces: NonceStore,
+    pub nonces: Arc<dyn NonceStore>,
     /// Where reports are stored.
     pub reports: Arc<dyn ReportStore>,
     /// The channels' signal logs.
@@ -159,7 +159,7 @@ impl SessionContext {
     pub fn new(
         registry: DeviceRegistry,
         master_key: MasterKey,
-        nonces: NonceStore,
+        nonces: Arc<dyn NonceStore>,
         reports: Arc<dyn ReportStore>,
         signals: Arc<dyn SignalLog>,
         positions: DevicePositions,

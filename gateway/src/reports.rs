@@ -118,6 +118,9 @@ pub enum ReportStoreError {
     /// sled failed.
     #[error("report store: {0}")]
     Sled(#[from] sled::Error),
+    /// Redis failed.
+    #[error("report store: {0}")]
+    Redis(#[from] redis::RedisError),
     /// A stored record could not be decoded.
     #[error("a stored report is damaged: {0}")]
     Corrupt(String),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::auth::AuthSettings;
 use crate::config::ServeConfig;
 use crate::http::tokens::TokenStore;
-use crate::nonces::NonceStore;
+use crate::nonces::SledNonceStore;
 use crate::quic::{self, SessionContext, close_code};
 use crate::registry::{DeviceRegistry, RegistryError};
 use crate::reports::{ReportStore, SledReportStore};
@@ -64,7 +64,7 @@ impl Gateway {
         let db_path = config.data_dir.join("db");
         let db = sled::open(&db_path).map_err(|e| StartError::Store(db_path, e))?;
         let registry = DeviceRegistry::open(&db)?;
-        let nonces = NonceStore::open(&db).map_err(RegistryError::from)?;
+        let nonces = SledNonceStore::open(&db).map_err(RegistryError::from)?;
         let master_key = MasterKey::load_or_create(&config.data_dir, config.master_key.as_deref())?;
         let identity = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => ServerIdentity::from_pem_files(cert, key)?,
@@ -76,7 +76,7 @@ impl Gateway {
         let mut context = SessionContext::new(
             registry,
             master_key,
-            nonces.clone(),
+            Arc::new(nonces.clone()),
             reports,
             signals,
             positions,

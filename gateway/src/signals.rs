@@ -102,6 +102,9 @@ pub enum SignalLogError {
     /// sled failed.
     #[error("signal log: {0}")]
     Sled(#[from] sled::Error),
+    /// Redis failed.
+    #[error("signal log: {0}")]
+    Redis(#[from] redis::RedisError),
     /// A stored signal could not be decoded.
     #[error("a stored signal is damaged: {0}")]
     Corrupt(String),
@@ -255,7 +258,7 @@ fn read_u64(bytes: &[u8]) -> u64 {
 
 /// 48 bits of milliseconds then 80 random bits: unique, and sorting by id
 /// sorts by publication time.
-fn new_signal_id(now_ms: u64) -> Result<SignalId, SignalLogError> {
+pub(crate) fn new_signal_id(now_ms: u64) -> Result<SignalId, SignalLogError> {
     let mut id = [0u8; 16];
     id[..6].copy_from_slice(&now_ms.to_be_bytes()[2..]);
     getrandom::fill(&mut id[6..]).map_err(|_| SignalLogError::Random)?;

@@ -1,0 +1,343 @@
+//! The stores on Redis, for several gateways sharing one Redis (or a Redis
+//! Cluster: every key of one device, or of one channel, carries the same
+//! hash tag, so each script touches one slot).
+//!
+//! The keys and how to read them with `redis-cli` are in docs/redis.md.
+
+use std::sync::LazyLock;
+
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script, Value};
+
+use eagate_protocol::{ChannelName, DeviceId, Nonce, Signal, SignalId};
+
+use crate::clock::unix_ms;
+use crate::nonces::{NonceFuture, NonceStore};
+use crate::reports::{
+    Ingested, ReportKind, ReportStore, ReportStoreError, StoreFuture, StoredReport,
+};
+use crate::signals::{LogFuture, SignalDraft, SignalLog, SignalLogError};
+
+/// A connection to the shared Redis, and the prefix of every key.
+#[derive(Clone)]
+pub struct RedisStores {
+    connection: ConnectionManager,
+    prefix: String,
+}
+
+impl std::fmt::Debug for RedisStores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStores")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStores {
+    /// Connects to `url` (`redis://host:port/db`); every key starts with
+    /// `prefix` (default `eagate`), so deployments or tests can share a Redis.
+    pub async fn connect(url: &str, prefix: &str) -> redis::RedisResult<Self> {
+        let client = redis::Client::open(url)?;
+        Ok(Self {
+            connection: ConnectionManager::new(client).await?,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    fn device_key(&self, device_id: &str, what: &str) -> String {
+        format!("{}:{{dev:{device_id}}}:{what}", self.prefix)
+    }
+
+    fn channel_key(&self, channel: &ChannelName, what: &str) -> String {
+        format!("{}:{{ch:{channel}}}:{what}", self.prefix)
+    }
+
+    fn signal_reports_key(&self, signal_id: SignalId) -> String {
+        format!("{}:signal:{signal_id}:reports", self.prefix)
+    }
+
+    fn signal_index_key(&self) -> String {
+        format!("{}:signal-index", self.prefix)
+    }
+}
+
+/// Stores a report once: HSETNX is the exactly-once gate; only the first
+/// store appends the stream entry and advances the watermark.
+const INGEST: &str = r"
+local stored = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+local watermark = tonumber(redis.call('GET', KEYS[2]) or '0')
+if stored == 0 then
+  return {0, watermark, redis.call('HGET', KEYS[1], ARGV[1])}
+end
+local fields = {}
+for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('XADD', KEYS[3], '*', unpack(fields))
+while redis.call('HEXISTS', KEYS[1], tostring(watermark + 1)) == 1 do
+  watermark = watermark + 1
+end
+redis.call('SET', KEYS[2], watermark)
+return {1, watermark, false}
+";
+
+/// Hashed once; invoked by EVALSHA, loaded on a NOSCRIPT answer.
+static INGEST_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(INGEST));
+static APPEND_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(APPEND));
+
+fn stream_fields(report: &StoredReport) -> Vec<(String, String)> {
+    let mut fields = vec![
+        ("device_id".to_owned(), report.device_id.clone()),
+        ("seq".to_owned(), report.seq.to_string()),
+        ("signal_id".to_owned(), report.signal_id.to_string()),
+        (
+            "kind".to_owned(),
+            match report.kind {
+                ReportKind::Received => "received",
+                ReportKind::Filled => "filled",
+                ReportKind::Rejected => "rejected",
+            }
+            .to_owned(),
+        ),
+        ("at_ms".to_owned(), report.at_ms.to_string()),
+        ("stored_at_ms".to_owned(), report.stored_at_ms.to_string()),
+    ];
+    let optional = [
+        ("ticket", report.ticket.map(|t| t.to_string())),
+        ("price", report.price.map(|p| p.to_string())),
+        ("volume", report.volume.map(|v| v.to_string())),
+        ("error_code", report.error_code.map(|c| c.to_string())),
+        ("error_text", report.error_text.clone()),
+    ];
+    fields.extend(
+        optional
+            .into_iter()
+            .filter_map(|(name, value)| Some((name.to_owned(), value?))),
+    );
+    fields
+}
+
+impl ReportStore for RedisStores {
+    fn ingest<'a>(&'a self, report: &'a StoredReport) -> StoreFuture<'a, Ingested> {
+        Box::pin(async move {
+            if report.seq == 0 {
+                return Err(ReportStoreError::ZeroSequence);
+            }
+            let json = serde_json::to_string(report).expect("a report always serializes");
+            let mut script = INGEST_SCRIPT.prepare_invoke();
+            script
+                .key(self.device_key(&report.device_id, "reports"))
+                .key(self.device_key(&report.device_id, "watermark"))
+                .key(self.device_key(&report.device_id, "executions"))
+                .arg(report.seq)
+                .arg(json);
+            for (name, value) in stream_fields(report) {
+                script.arg(name).arg(value);
+            }
+            let mut connection = self.connection.clone();
+            let (stored, watermark, existing): (u8, u64, Option<String>) =
+                script.invoke_async(&mut connection).await?;
+            // Outside the script: the index key is in another slot. Added on
+            // every attempt, so a crash between the two is mended by the
+            // device's resend of the unconfirmed report.
+            let _: () = connection
+                .sadd(
+                    self.signal_reports_key(report.signal_id),
+                    format!("{} {}", report.device_id, report.seq),
+                )
+                .await?;
+            if let Some(existing) = existing {
+                let existing: StoredReport = serde_json::from_str(&existing)
+                    .map_err(|e| ReportStoreError::Corrupt(e.to_string()))?;
+                if !existing.same_report(report) {
+                    tracing::warn!(
+                        device = %report.device_id,
+                        seq = report.seq,
+                        "a resent report differs from the stored one; keeping the first"
+                    );
+                }
+            }
+            Ok(Ingested {
+                newly_stored: stored == 1,
+                confirmed_up_to: watermark,
+            })
+        })
+    }
+
+    fn confirmed_up_to<'a>(&'a self, device_id: &'a str) -> StoreFuture<'a, u64> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let watermark: Option<u64> = connection
+                .get(self.device_key(device_id, "watermark"))
+                .await?;
+            Ok(watermark.unwrap_or(0))
+        })
+    }
+
+    fn for_signal<'a>(&'a self, signal_id: SignalId) -> StoreFuture<'a, Vec<StoredReport>> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let members: Vec<String> = connection
+                .smembers(self.signal_reports_key(signal_id))
+                .await?;
+            let mut places: Vec<(String, u64)> = members
+                .iter()
+                .filter_map(|m| {
+                    let (device, seq) = m.rsplit_once(' ')?;
+                    Some((device.to_owned(), seq.parse().ok()?))
+                })
+                .collect();
+            places.sort();
+            let mut found = Vec::with_capacity(places.len());
+            for (device, seq) in places {
+                let json: Option<String> = connection
+                    .hget(self.device_key(&device, "reports"), seq)
+                    .await?;
+                if let Some(json) = json {
+                    found.push(
+                        serde_json::from_str(&json)
+                            .map_err(|e| ReportStoreError::Corrupt(e.to_string()))?,
+                    );
+                }
+            }
+            Ok(found)
+        })
+    }
+}
+
+/// Appends a signal at the channel's next position; the stream entry id is
+/// the position, so XRANGE by position needs no index.
+const APPEND: &str = r"
+local position = redis.call('INCR', KEYS[1])
+local fields = {}
+for i = 1, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('XADD', KEYS[2], position .. '-0', unpack(fields))
+return position
+";
+
+impl SignalLog for RedisStores {
+    fn append<'a>(&'a self, channel: &'a ChannelName, draft: SignalDraft) -> LogFuture<'a, Signal> {
+        Box::pin(async move {
+            let now = unix_ms();
+            let signal_id = crate::signals::new_signal_id(now)?;
+            // Stored with position 0; the stream entry id carries the real one.
+            let mut signal = draft.into_signal(channel.clone(), 1, signal_id, now);
+            signal.validate()?;
+            signal.position = 0;
+            let json = serde_json::to_string(&signal).expect("a signal always serializes");
+            let mut connection = self.connection.clone();
+            let position: u64 = APPEND_SCRIPT
+                .key(self.channel_key(channel, "head"))
+                .key(self.channel_key(channel, "signals"))
+                .arg("signal")
+                .arg(json)
+                .arg("signal_id")
+                .arg(signal_id.to_string())
+                .arg("symbol")
+                .arg(signal.symbol.as_str())
+                .arg("action")
+                .arg(format!("{:?}", signal.action))
+                .arg("volume")
+                .arg(signal.volume.to_string())
+                .invoke_async(&mut connection)
+                .await?;
+            let _: () = connection
+                .hset(
+                    self.signal_index_key(),
+                    signal_id.to_string(),
+                    format!("{channel} {position}"),
+                )
+                .await?;
+            signal.position = position;
+            Ok(signal)
+        })
+    }
+
+    fn read_after<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        after: u64,
+        limit: usize,
+    ) -> LogFuture<'a, Vec<Signal>> {
+        Box::pin(async move {
+            let Some(first) = after.checked_add(1) else {
+                return Ok(Vec::new());
+            };
+            let mut connection = self.connection.clone();
+            let entries: redis::streams::StreamRangeReply = connection
+                .xrange_count(
+                    self.channel_key(channel, "signals"),
+                    format!("{first}-0"),
+                    "+",
+                    limit,
+                )
+                .await?;
+            let mut found = Vec::with_capacity(entries.ids.len());
+            for entry in entries.ids {
+                let corrupt = || SignalLogError::Corrupt(format!("signal entry {}", entry.id));
+                let position: u64 = entry
+                    .id
+                    .split_once('-')
+                    .and_then(|(position, _)| position.parse().ok())
+                    .ok_or_else(corrupt)?;
+                let Some(Value::BulkString(json)) = entry.map.get("signal") else {
+                    return Err(corrupt());
+                };
+                let mut signal: Signal = serde_json::from_slice(json).map_err(|_| corrupt())?;
+                signal.position = position;
+                found.push(signal);
+            }
+            Ok(found)
+        })
+    }
+
+    fn locate<'a>(&'a self, signal_id: SignalId) -> LogFuture<'a, Option<(ChannelName, u64)>> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let place: Option<String> = connection
+                .hget(self.signal_index_key(), signal_id.to_string())
+                .await?;
+            let Some(place) = place else {
+                return Ok(None);
+            };
+            let corrupt = || SignalLogError::Corrupt(format!("signal index entry {place:?}"));
+            let (channel, position) = place.rsplit_once(' ').ok_or_else(corrupt)?;
+            Ok(Some((
+                ChannelName::new(channel).map_err(|_| corrupt())?,
+                position.parse().map_err(|_| corrupt())?,
+            )))
+        })
+    }
+
+    fn head<'a>(&'a self, channel: &'a ChannelName) -> LogFuture<'a, u64> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let head: Option<u64> = connection.get(self.channel_key(channel, "head")).await?;
+            Ok(head.unwrap_or(0))
+        })
+    }
+}
+
+impl NonceStore for RedisStores {
+    fn claim<'a>(
+        &'a self,
+        device_id: &'a DeviceId,
+        nonce: &'a Nonce,
+        _now_ms: u64,
+        ttl_ms: u64,
+    ) -> NonceFuture<'a, bool> {
+        Box::pin(async move {
+            let hex: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+            let key = self.device_key(device_id.as_str(), &format!("nonce:{hex}"));
+            let mut connection = self.connection.clone();
+            // SET NX PX: atomic, expiring, shared by every gateway.
+            let set: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms.max(1))
+                .query_async(&mut connection)
+                .await?;
+            Ok(set.is_some())
+        })
+    }
+}

@@ -1,0 +1,363 @@
+//! One contract for the stores, proven against both backends: sled (the
+//! embedded default) and Redis (the private instance the test command
+//! starts). Each Redis test uses its own key prefix, so tests share nothing.
+
+use std::sync::Arc;
+
+use eagate_gateway::nonces::{NonceStore, SledNonceStore};
+use eagate_gateway::redis_store::RedisStores;
+use eagate_gateway::reports::{ReportStore, SledReportStore, StoredReport};
+use eagate_gateway::signals::{SignalDraft, SignalLog, SledSignalLog};
+use eagate_protocol::*;
+
+struct Stores {
+    reports: Arc<dyn ReportStore>,
+    signals: Arc<dyn SignalLog>,
+    nonces: Arc<dyn NonceStore>,
+    _db: Option<sled::Db>,
+}
+
+fn sled_stores() -> Stores {
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    Stores {
+        reports: Arc::new(SledReportStore::open(&db).unwrap()),
+        signals: Arc::new(SledSignalLog::open(&db).unwrap()),
+        nonces: Arc::new(SledNonceStore::open(&db).unwrap()),
+        _db: Some(db),
+    }
+}
+
+fn unique_prefix() -> String {
+    let mut random = [0u8; 6];
+    getrandom::fill(&mut random).unwrap();
+    let tag: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    format!("eagate-test-{tag}")
+}
+
+async fn redis_stores() -> Stores {
+    let url = eagate_tests::redis_url();
+    let stores = RedisStores::connect(&url, &unique_prefix())
+        .await
+        .unwrap_or_else(|e| panic!("the test Redis at {url} must answer: {e}"));
+    let stores = Arc::new(stores);
+    Stores {
+        reports: stores.clone(),
+        signals: stores.clone(),
+        nonces: stores,
+        _db: None,
+    }
+}
+
+/// Runs one contract check against both backends, as two tests.
+macro_rules! on_both_backends {
+    ($check:ident) => {
+        mod $check {
+            #[tokio::test]
+            async fn on_sled() {
+                super::$check(&super::sled_stores()).await;
+            }
+
+            #[tokio::test]
+            async fn on_redis() {
+                super::$check(&super::redis_stores().await).await;
+            }
+        }
+    };
+}
+
+fn report(device: &str, seq: u64, signal: u8, outcome: ReportOutcome) -> StoredReport {
+    StoredReport::new(
+        device,
+        &Report {
+            seq,
+            signal_id: SignalId([signal; 16]),
+            at_ms: 1_000 + seq,
+            outcome,
+        },
+        5_000,
+    )
+}
+
+fn fill(ticket: u64) -> ReportOutcome {
+    ReportOutcome::Filled(Fill {
+        ticket,
+        price: "1.08543".parse().unwrap(),
+        volume: "0.10".parse().unwrap(),
+    })
+}
+
+async fn resent_reports_are_stored_once_and_the_first_content_is_kept(stores: &Stores) {
+    let first = report("dv_A", 1, 7, fill(1));
+    assert!(stores.reports.ingest(&first).await.unwrap().newly_stored);
+    for _ in 0..3 {
+        let resent = report("dv_A", 1, 7, fill(999));
+        let again = stores.reports.ingest(&resent).await.unwrap();
+        assert!(!again.newly_stored);
+        assert_eq!(again.confirmed_up_to, 1);
+    }
+    assert_eq!(
+        stores.reports.for_signal(SignalId([7; 16])).await.unwrap(),
+        vec![first]
+    );
+}
+on_both_backends!(resent_reports_are_stored_once_and_the_first_content_is_kept);
+
+async fn the_watermark_waits_for_a_gap_and_jumps_when_it_fills(stores: &Stores) {
+    let received = |seq| report("dv_A", seq, 1, ReportOutcome::Received);
+    let watermark = |ingested: eagate_gateway::reports::Ingested| ingested.confirmed_up_to;
+    assert_eq!(
+        watermark(stores.reports.ingest(&received(1)).await.unwrap()),
+        1
+    );
+    assert_eq!(
+        watermark(stores.reports.ingest(&received(3)).await.unwrap()),
+        1
+    );
+    assert_eq!(
+        watermark(stores.reports.ingest(&received(4)).await.unwrap()),
+        1
+    );
+    assert_eq!(
+        watermark(stores.reports.ingest(&received(2)).await.unwrap()),
+        4
+    );
+    assert_eq!(stores.reports.confirmed_up_to("dv_A").await.unwrap(), 4);
+    assert_eq!(stores.reports.confirmed_up_to("dv_B").await.unwrap(), 0);
+}
+on_both_backends!(the_watermark_waits_for_a_gap_and_jumps_when_it_fills);
+
+async fn concurrent_resends_of_one_report_store_it_exactly_once(stores: &Stores) {
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let reports = stores.reports.clone();
+            tokio::spawn(async move {
+                reports
+                    .ingest(&report("dv_A", 5, 9, fill(5)))
+                    .await
+                    .unwrap()
+                    .newly_stored
+            })
+        })
+        .collect();
+    let mut stored = 0;
+    for task in tasks {
+        stored += usize::from(task.await.unwrap());
+    }
+    assert_eq!(stored, 1);
+    assert_eq!(
+        stores
+            .reports
+            .for_signal(SignalId([9; 16]))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+on_both_backends!(concurrent_resends_of_one_report_store_it_exactly_once);
+
+async fn a_signals_reports_are_listed_by_device_then_sequence(stores: &Stores) {
+    for (device, seq) in [("dv_B", 2), ("dv_A", 2), ("dv_B", 1), ("dv_A", 1)] {
+        stores
+            .reports
+            .ingest(&report(device, seq, 3, ReportOutcome::Received))
+            .await
+            .unwrap();
+    }
+    stores
+        .reports
+        .ingest(&report("dv_A", 3, 4, ReportOutcome::Received))
+        .await
+        .unwrap();
+    let listed: Vec<(String, u64)> = stores
+        .reports
+        .for_signal(SignalId([3; 16]))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.device_id, r.seq))
+        .collect();
+    let expected: Vec<(String, u64)> = [("dv_A", 1), ("dv_A", 2), ("dv_B", 1), ("dv_B", 2)]
+        .into_iter()
+        .map(|(d, s)| (d.to_owned(), s))
+        .collect();
+    assert_eq!(listed, expected);
+}
+on_both_backends!(a_signals_reports_are_listed_by_device_then_sequence);
+
+async fn sequence_zero_is_refused(stores: &Stores) {
+    assert!(
+        stores
+            .reports
+            .ingest(&report("dv_A", 0, 1, ReportOutcome::Received))
+            .await
+            .is_err()
+    );
+    assert_eq!(stores.reports.confirmed_up_to("dv_A").await.unwrap(), 0);
+}
+on_both_backends!(sequence_zero_is_refused);
+
+fn draft(comment: &str) -> SignalDraft {
+    SignalDraft {
+        symbol: Symbol::new("EURUSD").unwrap(),
+        action: Action::OpenSell,
+        order_type: OrderType::Limit,
+        volume: "1.5".parse().unwrap(),
+        price: Some("1.09000".parse().unwrap()),
+        stop_loss: None,
+        take_profit: Some("1.08000".parse().unwrap()),
+        magic: 42,
+        comment: SignalComment::new(comment).unwrap(),
+        issued_at_ms: Some(1_700_000_000_000),
+        expires_at_ms: None,
+        reference: None,
+    }
+}
+
+async fn a_channel_log_numbers_signals_and_reads_them_back_in_order(stores: &Stores) {
+    let gold = ChannelName::new("gold").unwrap();
+    let silver = ChannelName::new("silver").unwrap();
+    let mut published = Vec::new();
+    for i in 1..=5 {
+        published.push(
+            stores
+                .signals
+                .append(&gold, draft(&i.to_string()))
+                .await
+                .unwrap(),
+        );
+    }
+    stores.signals.append(&silver, draft("s")).await.unwrap();
+    let positions: Vec<u64> = published.iter().map(|s| s.position).collect();
+    assert_eq!(positions, [1, 2, 3, 4, 5]);
+    assert_eq!(stores.signals.head(&gold).await.unwrap(), 5);
+    assert_eq!(stores.signals.head(&silver).await.unwrap(), 1);
+    assert_eq!(
+        stores.signals.read_after(&gold, 0, 100).await.unwrap(),
+        published
+    );
+    assert_eq!(
+        stores.signals.read_after(&gold, 2, 2).await.unwrap(),
+        published[2..4].to_vec()
+    );
+    assert!(
+        stores
+            .signals
+            .read_after(&gold, 5, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        stores
+            .signals
+            .read_after(&gold, u64::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        stores.signals.locate(published[3].signal_id).await.unwrap(),
+        Some((gold.clone(), 4))
+    );
+    assert_eq!(
+        stores.signals.locate(SignalId([0; 16])).await.unwrap(),
+        None
+    );
+}
+on_both_backends!(a_channel_log_numbers_signals_and_reads_them_back_in_order);
+
+async fn an_invalid_signal_is_refused_and_takes_no_position(stores: &Stores) {
+    let gold = ChannelName::new("gold").unwrap();
+    let mut invalid = draft("x");
+    invalid.price = None;
+    assert!(stores.signals.append(&gold, invalid).await.is_err());
+    assert_eq!(stores.signals.head(&gold).await.unwrap(), 0);
+    assert_eq!(
+        stores
+            .signals
+            .append(&gold, draft("ok"))
+            .await
+            .unwrap()
+            .position,
+        1
+    );
+}
+on_both_backends!(an_invalid_signal_is_refused_and_takes_no_position);
+
+async fn a_nonce_is_claimed_once_per_device_until_it_expires(stores: &Stores) {
+    let alice = DeviceId::new("dv_ALICE").unwrap();
+    let bob = DeviceId::new("dv_BOB").unwrap();
+    let nonce = [5; 16];
+    let now = eagate_gateway::clock::unix_ms();
+    assert!(stores.nonces.claim(&alice, &nonce, now, 200).await.unwrap());
+    assert!(
+        !stores
+            .nonces
+            .claim(&alice, &nonce, now + 1, 200)
+            .await
+            .unwrap()
+    );
+    assert!(
+        stores
+            .nonces
+            .claim(&bob, &nonce, now + 1, 200)
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let later = eagate_gateway::clock::unix_ms();
+    assert!(
+        stores
+            .nonces
+            .claim(&alice, &nonce, later, 200)
+            .await
+            .unwrap()
+    );
+}
+on_both_backends!(a_nonce_is_claimed_once_per_device_until_it_expires);
+
+#[tokio::test]
+async fn redis_keeps_one_readable_stream_entry_per_report_however_often_it_is_resent() {
+    let prefix = unique_prefix();
+    let url = eagate_tests::redis_url();
+    let stores = RedisStores::connect(&url, &prefix).await.unwrap();
+    for seq in [1, 2, 2, 1, 3, 3, 3] {
+        stores
+            .ingest(&report("dv_A", seq, 8, fill(seq)))
+            .await
+            .unwrap();
+    }
+    // Read back with plain commands, as an operator would with redis-cli.
+    let client = redis::Client::open(url).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let stream = format!("{prefix}:{{dev:dv_A}}:executions");
+    let length: u64 = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(length, 3);
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let field = |i: usize, name: &str| -> String {
+        redis::from_redis_value(&entries.ids[i].map[name]).unwrap()
+    };
+    assert_eq!(field(0, "seq"), "1");
+    assert_eq!(field(2, "seq"), "3");
+    assert_eq!(field(1, "kind"), "filled");
+    assert_eq!(field(1, "price"), "1.08543");
+    assert_eq!(field(1, "volume"), "0.10");
+    assert_eq!(field(1, "signal_id"), SignalId([8; 16]).to_string());
+    let watermark: u64 = redis::cmd("GET")
+        .arg(format!("{prefix}:{{dev:dv_A}}:watermark"))
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(watermark, 3);
+}
