@@ -5,11 +5,19 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args};
+use serde::Deserialize;
 
 /// Settings of `eagate serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
+    /// A TOML file with any of these settings (keys as below, with `_`:
+    /// `quic_listen = "0.0.0.0:7443"`). Environment variables override it,
+    /// and flags override both.
+    #[arg(long = "config", env = "EAGATE_CONFIG")]
+    pub config_file: Option<PathBuf>,
+
     /// Directory for the embedded store, the TLS identity and the master key.
     #[arg(long, env = "EAGATE_DATA_DIR", default_value = "eagate-data")]
     pub data_dir: PathBuf,
@@ -62,7 +70,119 @@ pub struct ServeConfig {
     pub master_key: Option<String>,
 }
 
+/// Why the configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config file {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    /// The file is not valid TOML or has an unknown or mistyped key.
+    #[error("config file {0}: {1}")]
+    Parse(PathBuf, toml::de::Error),
+    /// A value is outside its range.
+    #[error("config file {path}: {key} must be between {min} and {max}, not {value}")]
+    OutOfRange {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: &'static str,
+        /// The value found.
+        value: u64,
+        /// The least allowed.
+        min: u64,
+        /// The most allowed.
+        max: u64,
+    },
+}
+
+/// What a config file may set. The master key is not among them: it is a
+/// secret, given by `EAGATE_MASTER_KEY` or kept in the data directory.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    quic_listen: Option<SocketAddr>,
+    http_listen: Option<SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    hostnames: Option<Vec<String>>,
+    skew_window_secs: Option<u64>,
+    auth_deadline_secs: Option<u64>,
+    signal_queue_len: Option<u64>,
+}
+
 impl ServeConfig {
+    /// Fills every setting that neither a flag nor an environment variable
+    /// gave (as told by `matches`) from the `--config` file, if any.
+    pub fn with_file(mut self, matches: &ArgMatches) -> Result<Self, ConfigError> {
+        let Some(path) = self.config_file.clone() else {
+            return Ok(self);
+        };
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| ConfigError::Read(path.clone(), e))?;
+        let file: FileConfig =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse(path.clone(), e))?;
+        let unset = |id: &str| {
+            matches!(
+                matches.value_source(id),
+                None | Some(ValueSource::DefaultValue)
+            )
+        };
+        let in_range = |key: &'static str, value: u64, min: u64, max: u64| {
+            if (min..=max).contains(&value) {
+                Ok(value)
+            } else {
+                Err(ConfigError::OutOfRange {
+                    path: path.clone(),
+                    key,
+                    value,
+                    min,
+                    max,
+                })
+            }
+        };
+        macro_rules! take {
+            ($field:ident) => {
+                if let Some(value) = file.$field {
+                    if unset(stringify!($field)) {
+                        self.$field = value;
+                    }
+                }
+            };
+            ($field:ident, optional) => {
+                if let Some(value) = file.$field {
+                    if unset(stringify!($field)) {
+                        self.$field = Some(value);
+                    }
+                }
+            };
+            ($field:ident, $min:expr, $max:expr) => {
+                if let Some(value) = file.$field {
+                    let value = in_range(stringify!($field), value, $min, $max)?;
+                    if unset(stringify!($field)) {
+                        self.$field = value;
+                    }
+                }
+            };
+        }
+        take!(data_dir);
+        take!(quic_listen);
+        take!(http_listen);
+        take!(tls_cert, optional);
+        take!(tls_key, optional);
+        take!(hostnames);
+        take!(skew_window_secs, 1, 300);
+        take!(auth_deadline_secs, 1, 60);
+        take!(signal_queue_len, 1, 65_536);
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Parse(
+                path,
+                serde::de::Error::custom("tls_cert and tls_key go together"),
+            ));
+        }
+        Ok(self)
+    }
+
     /// The skew window.
     pub fn skew_window(&self) -> Duration {
         Duration::from_secs(self.skew_window_secs)
@@ -82,7 +202,10 @@ impl ServeConfig {
                 })
         };
         format!(
-            "data_dir = {}\nquic_listen = {}\nhttp_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nsignal_queue_len = {}\nmaster_key = {}\n",
+            "config_file = {}\ndata_dir = {}\nquic_listen = {}\nhttp_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nsignal_queue_len = {}\nmaster_key = {}\n",
+            self.config_file
+                .as_ref()
+                .map_or("(none)".to_owned(), |p| p.display().to_string()),
             self.data_dir.display(),
             self.quic_listen,
             self.http_listen,

@@ -1,7 +1,7 @@
 //! `eagate`: parses the command line and starts things; the work is in the
 //! library.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use eagate_gateway::cli::{self, ApiArgs, DeviceCommand, SignalCommand};
 use eagate_gateway::config::ServeConfig;
 use eagate_gateway::http::tokens::{Scope, create_token};
@@ -73,7 +73,8 @@ enum ConfigCommand {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches)?;
     let filter = EnvFilter::try_from_env("EAGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     if cli.log_json {
         tracing_subscriber::fmt()
@@ -87,10 +88,19 @@ fn main() -> anyhow::Result<()> {
         Command::Config {
             command: ConfigCommand::Show(config),
         } => {
-            print!("{}", config.show());
+            let show = matches
+                .subcommand_matches("config")
+                .and_then(|m| m.subcommand_matches("show"))
+                .expect("config show was parsed");
+            print!("{}", config.with_file(show)?.show());
             Ok(())
         }
-        Command::Serve(config) => serve(config),
+        Command::Serve(config) => {
+            let serve_matches = matches
+                .subcommand_matches("serve")
+                .expect("serve was parsed");
+            serve(config.with_file(serve_matches)?)
+        }
         Command::Device { api, command } => run_client(cli::device(&api, command)),
         Command::Signal { api, command } => run_client(cli::signal(&api, command)),
         Command::Token {

@@ -263,3 +263,70 @@ fn the_cli_manages_devices_and_publishes_through_a_running_gateway() {
     assert!(err.contains("token create"), "{err}");
     stop(child);
 }
+
+#[test]
+fn settings_come_from_the_file_then_the_environment_then_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("eagate.toml");
+    std::fs::write(
+        &file,
+        "quic_listen = \"127.0.0.1:8443\"\nhttp_listen = \"127.0.0.1:8080\"\nskew_window_secs = 20\nsignal_queue_len = 64\nhostnames = [\"gw.example\", \"localhost\"]\n",
+    )
+    .unwrap();
+    let (ok, shown, err) = eagate(
+        &[
+            "config",
+            "show",
+            "--config",
+            file.to_str().unwrap(),
+            "--skew-window-secs",
+            "45",
+        ],
+        &[
+            ("EAGATE_HTTP_LISTEN", "127.0.0.1:9090"),
+            ("EAGATE_SIGNAL_QUEUE_LEN", "128"),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        shown.contains("quic_listen = 127.0.0.1:8443"),
+        "file: {shown}"
+    );
+    assert!(
+        shown.contains("hostnames = gw.example,localhost"),
+        "file: {shown}"
+    );
+    assert!(
+        shown.contains("http_listen = 127.0.0.1:9090"),
+        "env beats file: {shown}"
+    );
+    assert!(
+        shown.contains("signal_queue_len = 128"),
+        "env beats file: {shown}"
+    );
+    assert!(
+        shown.contains("skew_window_secs = 45"),
+        "flag beats file: {shown}"
+    );
+    assert!(shown.contains("auth_deadline_secs = 5"), "default: {shown}");
+}
+
+#[test]
+fn a_config_file_with_an_unknown_key_or_a_value_out_of_range_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("eagate.toml");
+    for (contents, mentions) in [
+        ("quic_lisen = \"127.0.0.1:1\"\n", "quic_lisen"),
+        ("master_key = \"00\"\n", "master_key"),
+        (
+            "skew_window_secs = 0\n",
+            "skew_window_secs must be between 1 and 300",
+        ),
+        ("quic_listen = 7443\n", "quic_listen"),
+    ] {
+        std::fs::write(&file, contents).unwrap();
+        let (ok, _, err) = eagate(&["config", "show", "--config", file.to_str().unwrap()], &[]);
+        assert!(!ok, "{contents}");
+        assert!(err.contains(mentions), "{contents}: {err}");
+    }
+}

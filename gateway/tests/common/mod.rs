@@ -14,6 +14,7 @@ use rustls::pki_types::pem::PemObject;
 
 pub fn config(dir: &Path) -> ServeConfig {
     ServeConfig {
+        config_file: None,
         data_dir: dir.to_owned(),
         quic_listen: "127.0.0.1:0".parse().unwrap(),
         http_listen: "127.0.0.1:0".parse().unwrap(),
