@@ -149,8 +149,8 @@ static UNKNOWN_DEVICE_KEY: DeviceSecret = DeviceSecret::from_bytes([0; 32]);
 /// Who is failing to authenticate.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ThrottleKey {
-    /// A claimed device id.
-    Device(String),
+    /// A claimed device id, from one source address.
+    Device(String, IpAddr),
     /// A source address.
     Source(IpAddr),
 }
@@ -248,19 +248,19 @@ impl FailureThrottle {
         self.entries.remove(key);
     }
 
+    /// Makes room when full: drops expired keys, and if that is not
+    /// enough, the oldest tenth, so the cost of eviction is spread over many
+    /// insertions instead of paid on each.
     fn evict(&mut self, now: Instant) {
         let window = self.settings.window;
         self.entries
             .retain(|_, f| now.saturating_duration_since(f.last) <= window);
         if self.entries.len() >= self.settings.max_entries {
-            if let Some(oldest) = self
-                .entries
-                .iter()
-                .min_by_key(|(_, f)| f.last)
-                .map(|(k, _)| k.clone())
-            {
-                self.entries.remove(&oldest);
-            }
+            let mut times: Vec<Instant> = self.entries.values().map(|f| f.last).collect();
+            let cut = times.len() / 10;
+            let (_, cutoff, _) = times.select_nth_unstable(cut);
+            let cutoff = *cutoff;
+            self.entries.retain(|_, f| f.last > cutoff);
         }
     }
 
@@ -290,7 +290,7 @@ mod tests {
     }
 
     fn device(name: &str) -> ThrottleKey {
-        ThrottleKey::Device(name.to_owned())
+        ThrottleKey::Device(name.to_owned(), "192.0.2.1".parse().unwrap())
     }
 
     #[test]
@@ -335,15 +335,28 @@ mod tests {
     }
 
     #[test]
-    fn memory_is_bounded_by_evicting_the_oldest_key() {
+    fn memory_is_bounded_by_evicting_the_oldest_keys() {
         let mut throttle = FailureThrottle::new(settings());
         let start = Instant::now();
         for i in 0..10u64 {
             throttle.record_failure(device(&i.to_string()), start + Duration::from_millis(i));
+            assert!(throttle.len() <= 4);
         }
-        assert_eq!(throttle.len(), 4);
         assert!(throttle.entries.contains_key(&device("9")));
         assert!(!throttle.entries.contains_key(&device("0")));
+    }
+
+    #[test]
+    fn failures_from_one_address_do_not_slow_the_device_from_another() {
+        let mut throttle = FailureThrottle::new(settings());
+        let now = Instant::now();
+        let attacker = ThrottleKey::Device("dv_A".into(), "198.51.100.9".parse().unwrap());
+        let owner = ThrottleKey::Device("dv_A".into(), "203.0.113.5".parse().unwrap());
+        for _ in 0..10 {
+            throttle.record_failure(attacker.clone(), now);
+        }
+        assert!(!throttle.delay(&attacker, now).is_zero());
+        assert!(throttle.delay(&owner, now).is_zero());
     }
 
     fn credentials(revoked: bool) -> DeviceCredentials {

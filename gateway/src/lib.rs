@@ -9,6 +9,7 @@ pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod durable;
 pub mod http;
 pub mod metrics;
 pub mod nonces;

@@ -85,7 +85,7 @@ impl SledNonceStore {
                 Err(_) => continue,
             }
         }
-        self.seen.flush_async().await?;
+        crate::durable::flush(&self.seen).await?;
         Ok(true)
     }
 

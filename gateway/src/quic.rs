@@ -25,6 +25,7 @@ use crate::reports::{ReportStore, StoredReport};
 use crate::seal::MasterKey;
 use crate::signals::{DevicePositions, SignalDraft, SignalHub, SignalLog, SignalLogError};
 use crate::tls::ServerIdentity;
+use eagate_protocol::DeviceSecret;
 
 /// QUIC application close codes the gateway uses. A device sees them as the
 /// connection's close reason.
@@ -66,15 +67,24 @@ pub struct SessionContext {
     pub session: SessionParams,
     /// Repeated failure slow-down.
     pub throttle: Mutex<FailureThrottle>,
-    /// Device ids revoked while the gateway runs; live sessions of a revoked
-    /// device end at once.
-    pub revocations: tokio::sync::broadcast::Sender<String>,
+    /// Devices whose live sessions must end now (revoked, or secret rotated).
+    pub revocations: tokio::sync::broadcast::Sender<SessionEnding>,
     /// Becomes `true` when the gateway shuts down.
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// Which devices are connected, and when each was last seen.
     pub presence: Mutex<HashMap<String, Presence>>,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
+}
+
+/// An order to end a device's live sessions, and what to tell the device.
+#[derive(Debug, Clone)]
+pub struct SessionEnding {
+    /// The device.
+    pub device_id: String,
+    /// `Revoked` (do not come back) or `Replaced` (reconnect with the new
+    /// secret).
+    pub reason: GoingAwayReason,
 }
 
 /// A device's connection state, kept in memory since the gateway started.
@@ -89,14 +99,25 @@ pub struct Presence {
 impl SessionContext {
     /// Publishes a signal: validates it, appends it durably to the channel's
     /// log, and hands it to every connected subscriber.
+    ///
+    /// Appending and announcing run in their own task, so a caller that goes
+    /// away mid-way (an HTTP client timing out) cannot leave a signal logged
+    /// but unannounced.
     pub async fn publish(
         &self,
         channel: &ChannelName,
         draft: SignalDraft,
     ) -> Result<Signal, SignalLogError> {
-        let signal = self.signals.append(channel, draft).await?;
-        self.hub.announce(signal.clone());
-        Ok(signal)
+        let signals = self.signals.clone();
+        let hub = self.hub.clone();
+        let channel = channel.clone();
+        tokio::spawn(async move {
+            let signal = signals.append(&channel, draft).await?;
+            hub.announce(signal.clone());
+            Ok(signal)
+        })
+        .await
+        .map_err(|e| SignalLogError::Corrupt(format!("publishing task failed: {e}")))?
     }
 
     /// Subscribes a device to a channel from now on: it receives signals
@@ -107,15 +128,38 @@ impl SessionContext {
         device_id: &str,
         channel: &ChannelName,
     ) -> Result<(), RegistryError> {
-        if self.registry.subscribe(device_id, channel)? {
-            let head = self
-                .signals
-                .head(channel)
-                .await
-                .map_err(|e| RegistryError::Corrupt(e.to_string()))?;
-            self.positions.advance(device_id, channel, head)?;
+        let record = self
+            .registry
+            .get(device_id)?
+            .ok_or_else(|| RegistryError::NotFound(device_id.to_owned()))?;
+        if record.channels.iter().any(|c| c == channel.as_str()) {
+            return Ok(());
         }
+        // The start position is written before the subscription, so a
+        // session can never see the subscription without it (and start from
+        // the channel's first signal, replaying its history).
+        let head = self
+            .signals
+            .head(channel)
+            .await
+            .map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+        self.positions.set(device_id, channel, head)?;
+        self.registry.subscribe(device_id, channel)?;
         Ok(())
+    }
+
+    /// Gives a device a new secret (shown once) and ends its live sessions,
+    /// which were opened with the old one.
+    pub fn rotate_secret(
+        &self,
+        device_id: &str,
+    ) -> Result<(DeviceRecord, DeviceSecret), RegistryError> {
+        let rotated = self.registry.rotate_secret(&self.master_key, device_id)?;
+        let _ = self.revocations.send(SessionEnding {
+            device_id: device_id.to_owned(),
+            reason: GoingAwayReason::Replaced,
+        });
+        Ok(rotated)
     }
 
     /// Revokes a device: it can no longer authenticate, and its live sessions
@@ -123,7 +167,10 @@ impl SessionContext {
     pub fn revoke(&self, device_id: &str) -> Result<DeviceRecord, RegistryError> {
         let record = self.registry.revoke(device_id)?;
         // No receiver just means no session is live.
-        let _ = self.revocations.send(device_id.to_owned());
+        let _ = self.revocations.send(SessionEnding {
+            device_id: device_id.to_owned(),
+            reason: GoingAwayReason::Revoked,
+        });
         Ok(record)
     }
 
@@ -273,6 +320,8 @@ enum SessionError {
     AuthenticatedTwice,
     #[error(transparent)]
     Store(#[from] crate::reports::ReportStoreError),
+    #[error("the device has not read for {:?}", WRITE_TIMEOUT)]
+    WriteTimeout,
 }
 
 impl SessionError {
@@ -282,7 +331,10 @@ impl SessionError {
             Self::Frame(_)
                 | Self::NotAuthenticate
                 | Self::AuthenticatedTwice
-                | Self::Store(crate::reports::ReportStoreError::ZeroSequence)
+                | Self::Store(
+                    crate::reports::ReportStoreError::ZeroSequence
+                        | crate::reports::ReportStoreError::TooFarAhead { .. }
+                )
         )
     }
 }
@@ -325,13 +377,20 @@ impl FrameReader {
     }
 }
 
+/// How long a write may wait for a device that does not read. A device
+/// stuck longer is dropped; it resumes from the log when it comes back, and
+/// meanwhile its session cannot miss a revocation or a shutdown.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn write_message(
     stream: &mut SendStream,
     message: &GatewayMessage,
 ) -> Result<(), SessionError> {
     let mut frame = [0u8; MAX_WIRE_LEN];
     let len = encode_frame(message, &mut frame).expect("gateway messages always fit a frame");
-    stream.write_all(&frame[..len]).await?;
+    tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&frame[..len]))
+        .await
+        .map_err(|_| SessionError::WriteTimeout)??;
     Ok(())
 }
 
@@ -431,7 +490,10 @@ async fn authenticate(
         .map_err(|_| SessionError::Ended)?;
 
     let source = ThrottleKey::Source(connection.remote_address().ip());
-    let device_key = ThrottleKey::Device(auth.device_id.to_string());
+    // Per (device, source): failures from one address cannot slow the
+    // device's logins from another.
+    let device_key =
+        ThrottleKey::Device(auth.device_id.to_string(), connection.remote_address().ip());
     let delay = {
         let throttle = context.throttle.lock().expect("throttle lock");
         let now = Instant::now();
@@ -548,25 +610,45 @@ async fn session_loop(
     for channel in subscribed_channels(device, context) {
         let after = match auth.resume.iter().find(|point| point.channel == channel) {
             Some(point) => point.position,
-            None => context
-                .positions
-                .get(device, &channel)
-                .ok()
-                .flatten()
-                .unwrap_or(0),
+            None => match context.positions.get(device, &channel) {
+                Ok(Some(position)) => position,
+                // Subscribing always records a start; without one, start
+                // from now rather than replay the channel's history.
+                Ok(None) => match context.signals.head(&channel).await {
+                    Ok(head) => head,
+                    Err(e) => {
+                        context.metrics.store_error();
+                        warn!(device, %channel, error = %e, "reading a channel head failed");
+                        return Ok(SessionEnd::GatewayLeft(GoingAwayReason::Shutdown));
+                    }
+                },
+                Err(e) => {
+                    context.metrics.store_error();
+                    warn!(device, %channel, error = %e, "reading a device position failed");
+                    return Ok(SessionEnd::GatewayLeft(GoingAwayReason::Shutdown));
+                }
+            },
         };
         let log = context.signals.clone();
         let hub = context.hub.clone();
         let out = signal_tx.clone();
         followers.spawn(async move {
-            if let Err(e) = hub.follow(log, channel.clone(), after, out).await {
-                warn!(%channel, error = %e, "following a channel failed");
-            }
+            hub.follow(log, channel.clone(), after, out)
+                .await
+                .map_err(|e| (channel, e))
         });
     }
     drop(signal_tx);
     loop {
         tokio::select! {
+            // A follower only ends on a store failure: end the session, so
+            // the device reconnects and resumes, rather than let it miss a
+            // channel silently.
+            Some(Ok(Err((channel, e)))) = followers.join_next() => {
+                context.metrics.store_error();
+                warn!(device, %channel, error = %e, "following a channel failed; ending the session");
+                return Ok(SessionEnd::GatewayLeft(GoingAwayReason::Shutdown));
+            }
             Some(signal) = signal_rx.recv() => {
                 write_message(send, &GatewayMessage::Signal(Signal::clone(&signal))).await?;
                 context.metrics.signal_delivered();
@@ -584,14 +666,15 @@ async fn session_loop(
                     match context.reports.ingest(&stored).await {
                         Ok(ingested) => {
                             context.metrics.report_ingested(ingested.newly_stored, arrived.elapsed());
+                            // Before confirming, and on resends too: advancing
+                            // keeps the maximum, so repeating it is harmless.
+                            record_position(device, &report, context).await;
                             let confirmed = ReportsConfirmed { up_to_seq: ingested.confirmed_up_to };
                             write_message(send, &GatewayMessage::ReportsConfirmed(confirmed)).await?;
-                            if ingested.newly_stored {
-                                record_position(device, &report, context).await;
-                            }
                         }
-                        Err(crate::reports::ReportStoreError::ZeroSequence) => {
-                            return Err(crate::reports::ReportStoreError::ZeroSequence.into());
+                        Err(e @ (crate::reports::ReportStoreError::ZeroSequence
+                        | crate::reports::ReportStoreError::TooFarAhead { .. })) => {
+                            return Err(e.into());
                         }
                         // Not confirmed: the device keeps the report in its
                         // outbox and resends it, so nothing is lost.
@@ -602,9 +685,9 @@ async fn session_loop(
                     }
                 }
             },
-            revoked = revocations.recv() => match revoked {
-                Ok(id) if id == device => {
-                    return Ok(SessionEnd::GatewayLeft(GoingAwayReason::Revoked));
+            ending = revocations.recv() => match ending {
+                Ok(ending) if ending.device_id == device => {
+                    return Ok(SessionEnd::GatewayLeft(ending.reason));
                 }
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
                 // Missed some revocations: ask the registry instead.

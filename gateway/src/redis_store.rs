@@ -14,7 +14,7 @@ use eagate_protocol::{ChannelName, DeviceId, Nonce, Signal, SignalId};
 use crate::clock::unix_ms;
 use crate::nonces::{NonceFuture, NonceStore};
 use crate::reports::{
-    Ingested, ReportKind, ReportStore, ReportStoreError, StoreFuture, StoredReport,
+    Ingested, MAX_REPORT_GAP, ReportKind, ReportStore, ReportStoreError, StoreFuture, StoredReport,
 };
 use crate::signals::{LogFuture, SignalDraft, SignalLog, SignalLogError};
 
@@ -64,13 +64,16 @@ impl RedisStores {
 /// Stores a report once: HSETNX is the exactly-once gate; only the first
 /// store appends the stream entry and advances the watermark.
 const INGEST: &str = r"
-local stored = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
 local watermark = tonumber(redis.call('GET', KEYS[2]) or '0')
+if tonumber(ARGV[1]) > watermark + tonumber(ARGV[3]) then
+  return {-1, watermark, false}
+end
+local stored = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
 if stored == 0 then
   return {0, watermark, redis.call('HGET', KEYS[1], ARGV[1])}
 end
 local fields = {}
-for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('XADD', KEYS[3], '*', unpack(fields))
 while redis.call('HEXISTS', KEYS[1], tostring(watermark + 1)) == 1 do
   watermark = watermark + 1
@@ -128,13 +131,20 @@ impl ReportStore for RedisStores {
                 .key(self.device_key(&report.device_id, "watermark"))
                 .key(self.device_key(&report.device_id, "executions"))
                 .arg(report.seq)
-                .arg(json);
+                .arg(json)
+                .arg(MAX_REPORT_GAP);
             for (name, value) in stream_fields(report) {
                 script.arg(name).arg(value);
             }
             let mut connection = self.connection.clone();
-            let (stored, watermark, existing): (u8, u64, Option<String>) =
+            let (stored, watermark, existing): (i8, u64, Option<String>) =
                 script.invoke_async(&mut connection).await?;
+            if stored < 0 {
+                return Err(ReportStoreError::TooFarAhead {
+                    seq: report.seq,
+                    confirmed: watermark,
+                });
+            }
             // Outside the script: the index key is in another slot. Added on
             // every attempt, so a crash between the two is mended by the
             // device's resend of the unconfirmed report.

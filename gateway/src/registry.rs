@@ -100,53 +100,92 @@ impl DeviceRegistry {
             revoked_at_ms: None,
             channels: Vec::new(),
         };
-        self.write(&record, None)?;
+        self.write(&record)?;
         Ok((record, secret))
     }
 
-    /// Stores `record`, taking its name in its account; `old_name` is the
-    /// name it had, released in the same transaction. Refuses a name another
-    /// device of the account holds.
-    fn write(&self, record: &DeviceRecord, old_name: Option<&str>) -> Result<(), RegistryError> {
+    /// Stores a new `record`, taking its name in its account; refuses a name
+    /// another device of the account holds.
+    fn write(&self, record: &DeviceRecord) -> Result<(), RegistryError> {
+        self.modify_with(&record.device_id, true, |current| {
+            if current.is_some() {
+                return Err(RegistryError::Corrupt(format!(
+                    "device id {} reused",
+                    record.device_id
+                )));
+            }
+            Ok(record.clone())
+        })
+        .map(|_| ())
+    }
+
+    /// Changes a device inside one transaction over the record and the name
+    /// index: `change` sees the record as stored now, so no concurrent change
+    /// (a revocation, say) is overwritten by a stale copy.
+    fn modify(
+        &self,
+        device_id: &str,
+        change: impl Fn(&DeviceRecord) -> Result<DeviceRecord, RegistryError>,
+    ) -> Result<DeviceRecord, RegistryError> {
+        self.modify_with(device_id, false, |current| match current {
+            Some(record) => change(record),
+            None => Err(RegistryError::NotFound(device_id.to_owned())),
+        })
+    }
+
+    fn modify_with(
+        &self,
+        device_id: &str,
+        create: bool,
+        change: impl Fn(Option<&DeviceRecord>) -> Result<DeviceRecord, RegistryError>,
+    ) -> Result<DeviceRecord, RegistryError> {
         use sled::Transactional;
         use sled::transaction::{ConflictableTransactionError, TransactionError};
 
-        let name_key = name_key_of(&record.account_id, &record.name);
-        let old_key = old_name.map(|old| name_key_of(&record.account_id, old));
-        let id = record.device_id.as_bytes();
-        let value = encode(record);
-        (&self.devices, &self.names)
-            .transaction(|(devices, names)| {
-                if let Some(holder) = names.get(&name_key)? {
-                    if holder != id {
-                        return Err(ConflictableTransactionError::Abort(()));
-                    }
+        let id = device_id.as_bytes();
+        let outcome = (&self.devices, &self.names).transaction(|(devices, names)| {
+            let abort = ConflictableTransactionError::Abort;
+            let current = match devices.get(id)? {
+                Some(bytes) => Some(
+                    serde_json::from_slice::<DeviceRecord>(&bytes)
+                        .map_err(|_| abort(RegistryError::Corrupt(device_id.to_owned())))?,
+                ),
+                None if create => None,
+                None => return Err(abort(RegistryError::NotFound(device_id.to_owned()))),
+            };
+            let updated = change(current.as_ref()).map_err(abort)?;
+            let name_key = name_key_of(&updated.account_id, &updated.name);
+            if let Some(holder) = names.get(&name_key)? {
+                if holder != id {
+                    return Err(abort(RegistryError::NameTaken(updated.name.clone())));
                 }
-                if let Some(old_key) = &old_key {
-                    if *old_key != name_key {
-                        names.remove(&old_key[..])?;
-                    }
+            }
+            if let Some(current) = &current {
+                let old_key = name_key_of(&current.account_id, &current.name);
+                if old_key != name_key {
+                    names.remove(old_key)?;
                 }
-                names.insert(&name_key[..], id)?;
-                devices.insert(id, &value[..])?;
-                Ok(())
-            })
-            .map_err(|e| match e {
-                TransactionError::Abort(()) => RegistryError::NameTaken(record.name.clone()),
-                TransactionError::Storage(e) => RegistryError::Store(e),
-            })?;
+            }
+            names.insert(name_key, id)?;
+            devices.insert(id, encode(&updated))?;
+            Ok(updated)
+        });
+        let updated = outcome.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => RegistryError::Store(e),
+        })?;
         self.devices.flush()?;
-        Ok(())
+        Ok(updated)
     }
 
     /// Renames a device; the name must be free within its account.
     pub fn rename(&self, device_id: &str, name: &str) -> Result<DeviceRecord, RegistryError> {
-        let mut record = self
-            .get(device_id)?
-            .ok_or_else(|| RegistryError::NotFound(device_id.to_owned()))?;
-        let old_name = std::mem::replace(&mut record.name, name.to_owned());
-        self.write(&record, Some(&old_name))?;
-        Ok(record)
+        self.modify(device_id, |current| {
+            Ok(DeviceRecord {
+                name: name.to_owned(),
+                ..current.clone()
+            })
+        })
     }
 
     /// Gives a device a new secret, returned this once. Its old secret no
@@ -156,13 +195,15 @@ impl DeviceRegistry {
         master_key: &MasterKey,
         device_id: &str,
     ) -> Result<(DeviceRecord, DeviceSecret), RegistryError> {
-        let mut record = self
-            .get(device_id)?
-            .ok_or_else(|| RegistryError::NotFound(device_id.to_owned()))?;
         let id = DeviceId::new(device_id).map_err(|_| RegistryError::NotFound(device_id.into()))?;
         let secret = fresh_secret()?;
-        record.sealed_secret = master_key.seal(&id, &secret)?;
-        self.write(&record, Some(&record.name.clone()))?;
+        let sealed = master_key.seal(&id, &secret)?;
+        let record = self.modify(device_id, |current| {
+            Ok(DeviceRecord {
+                sealed_secret: sealed.clone(),
+                ..current.clone()
+            })
+        })?;
         Ok((record, secret))
     }
 

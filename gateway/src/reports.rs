@@ -127,7 +127,21 @@ pub enum ReportStoreError {
     /// A sequence number of 0 (they start at 1).
     #[error("report sequence numbers start at 1")]
     ZeroSequence,
+    /// A sequence number so far above the confirmed one that the reports
+    /// between cannot all be waiting in a device's outbox.
+    #[error("report {seq} is more than {MAX_REPORT_GAP} above the confirmed {confirmed}")]
+    TooFarAhead {
+        /// The report's sequence number.
+        seq: u64,
+        /// The device's confirmed watermark.
+        confirmed: u64,
+    },
 }
+
+/// How far above its confirmed watermark a device may report. Bounds the
+/// work of advancing the watermark over a gap, and what a device can make
+/// the store hold; an SDK keeps at most this many unconfirmed reports.
+pub const MAX_REPORT_GAP: u64 = 4096;
 
 /// A boxed future, so stores can be used as `dyn ReportStore`.
 pub type StoreFuture<'a, T> =
@@ -181,6 +195,9 @@ impl SledReportStore {
         let outcome = (&self.reports, &self.by_signal, &self.watermarks).transaction(
             |(reports, by_signal, watermarks)| {
                 let watermark = watermarks.get(device)?.as_deref().map_or(0, read_u64);
+                if report.seq > watermark.saturating_add(MAX_REPORT_GAP) {
+                    return Err(ConflictableTransactionError::Abort(watermark));
+                }
                 if let Some(existing) = reports.get(&key)? {
                     return Ok((false, watermark, Some(existing)));
                 }
@@ -197,12 +214,15 @@ impl SledReportStore {
                 if up_to != watermark {
                     watermarks.insert(device, &up_to.to_be_bytes()[..])?;
                 }
-                Ok::<_, ConflictableTransactionError<()>>((true, up_to, None))
+                Ok::<_, ConflictableTransactionError<u64>>((true, up_to, None))
             },
         );
         let (newly_stored, confirmed_up_to, existing) = outcome.map_err(|e| match e {
             TransactionError::Storage(e) => ReportStoreError::Sled(e),
-            TransactionError::Abort(()) => ReportStoreError::Corrupt("aborted".into()),
+            TransactionError::Abort(confirmed) => ReportStoreError::TooFarAhead {
+                seq: report.seq,
+                confirmed,
+            },
         })?;
         if let Some(existing) = existing {
             let existing: StoredReport = serde_json::from_slice(&existing)
@@ -226,16 +246,18 @@ impl ReportStore for SledReportStore {
     fn ingest<'a>(&'a self, report: &'a StoredReport) -> StoreFuture<'a, Ingested> {
         Box::pin(async move {
             let ingested = self.ingest_now(report)?;
-            if ingested.newly_stored {
-                // Durable before it is confirmed to the device.
-                self.db.flush_async().await?;
-            }
+            // Durable before it is confirmed, resends included: the first
+            // attempt's flush may have failed or been cut short. A flush with
+            // nothing pending costs little.
+            crate::durable::flush(&self.db).await?;
             Ok(ingested)
         })
     }
 
     fn confirmed_up_to<'a>(&'a self, device_id: &'a str) -> StoreFuture<'a, u64> {
         Box::pin(async move {
+            // What is announced as confirmed must be on disk.
+            crate::durable::flush(&self.db).await?;
             Ok(self
                 .watermarks
                 .get(device_id.as_bytes())?

@@ -214,7 +214,7 @@ impl Gateway {
         // connections are closed.
         let _ = self.sessions.await;
         let _ = self.http.await;
-        if let Err(e) = self.db.flush_async().await {
+        if let Err(e) = crate::durable::flush(&self.db).await {
             tracing::error!(error = %e, "flushing the store at shutdown failed");
         }
         // The context holds the last handles on the store; dropping it here

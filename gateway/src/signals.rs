@@ -189,7 +189,7 @@ impl SignalLog for SledSignalLog {
                     TransactionError::Storage(e) => SignalLogError::Sled(e),
                     TransactionError::Abort(()) => SignalLogError::Corrupt("aborted".into()),
                 })?;
-            self.db.flush_async().await?;
+            crate::durable::flush(&self.db).await?;
             Ok(signal)
         })
     }
@@ -265,6 +265,9 @@ pub(crate) fn new_signal_id(now_ms: u64) -> Result<SignalId, SignalLogError> {
     Ok(SignalId(id))
 }
 
+/// How long a follower waits for an announcement before rereading the log.
+const LOG_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Live fan-out: one bounded broadcast per channel. Cheap to clone; clones
 /// share the channels.
 #[derive(Debug, Clone)]
@@ -325,9 +328,15 @@ impl SignalHub {
                     }
                 }
             }
-            // Then follow live until a gap or lag sends us back to the log.
+            // Then follow live until a gap or lag sends us back to the log,
+            // or a quiet spell: an announcement can be missed (a publish whose
+            // caller vanished mid-way, another gateway's publish), and the
+            // log is the truth, so a quiet follower rereads it now and then.
             loop {
-                match live.recv().await {
+                let Ok(received) = tokio::time::timeout(LOG_RECHECK, live.recv()).await else {
+                    break;
+                };
+                match received {
                     Ok(signal) if signal.position < next => continue,
                     Ok(signal) if signal.position == next => {
                         next += 1;
@@ -365,6 +374,17 @@ impl DevicePositions {
             .get(position_key(device_id, channel))?
             .as_deref()
             .map(read_u64))
+    }
+
+    /// Sets the position, whatever was recorded before (a new subscription
+    /// starts from the channel's head).
+    pub fn set(&self, device_id: &str, channel: &ChannelName, position: u64) -> sled::Result<()> {
+        self.positions.insert(
+            position_key(device_id, channel),
+            &position.to_be_bytes()[..],
+        )?;
+        self.positions.flush()?;
+        Ok(())
     }
 
     /// Records `position` unless a later one is already recorded.

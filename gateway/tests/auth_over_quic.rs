@@ -265,3 +265,35 @@ async fn shutdown_tells_connected_devices_the_gateway_is_going_away() {
     assert_eq!(session.close_code().await, close_code::SHUTDOWN as u64);
     stopping.await.unwrap();
 }
+
+#[tokio::test]
+async fn rotating_a_secret_ends_live_sessions_and_only_the_new_secret_authenticates() {
+    let (gateway, dir) = start().await;
+    let device = register(&gateway);
+    let mut session = connect(&gateway, dir.path()).await;
+    assert!(matches!(
+        session.authenticate(&device, fresh_nonce()).await,
+        Some(GatewayMessage::AuthAccepted(_))
+    ));
+    let (_, new_secret) = gateway.context().rotate_secret(device.id.as_str()).unwrap();
+    assert_eq!(
+        session.receive().await,
+        Some(GatewayMessage::GoingAway(GoingAway {
+            reason: GoingAwayReason::Replaced
+        }))
+    );
+    let mut with_old = connect(&gateway, dir.path()).await;
+    assert_eq!(
+        with_old.authenticate(&device, fresh_nonce()).await,
+        Some(GatewayMessage::AuthRefused(Refusal::Failed))
+    );
+    let rotated = Device {
+        id: device.id.clone(),
+        secret: new_secret,
+    };
+    let mut with_new = connect(&gateway, dir.path()).await;
+    assert!(matches!(
+        with_new.authenticate(&rotated, fresh_nonce()).await,
+        Some(GatewayMessage::AuthAccepted(_))
+    ));
+}

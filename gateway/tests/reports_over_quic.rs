@@ -141,3 +141,28 @@ async fn a_report_with_sequence_zero_is_a_protocol_violation() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn a_report_far_beyond_the_confirmed_sequence_is_a_protocol_violation() {
+    let (gateway, dir) = start().await;
+    let device = register(&gateway);
+    let (mut session, _) = Session::open(&gateway, dir.path(), &device).await;
+    let too_far = eagate_gateway::reports::MAX_REPORT_GAP + 1;
+    session
+        .send(&report(too_far, 2, ReportOutcome::Received))
+        .await;
+    assert_eq!(
+        session.receive().await,
+        Some(GatewayMessage::GoingAway(GoingAway {
+            reason: GoingAwayReason::ProtocolViolation
+        }))
+    );
+    assert!(
+        gateway
+            .reports()
+            .for_signal(SignalId([2; 16]))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

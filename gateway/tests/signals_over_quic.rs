@@ -224,3 +224,34 @@ async fn a_slow_device_holds_back_no_one_and_still_gets_every_signal_in_order() 
     let positions: Vec<u64> = slow_received.iter().map(|s| s.position).collect();
     assert_eq!(positions, (1..=COUNT as u64).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn re_subscribing_after_unsubscribing_starts_from_now_not_from_history() {
+    let (gateway, dir) = start().await;
+    let gold = channel("gold");
+    let device = register(&gateway);
+    let core = gateway.context();
+    gateway.subscribe(device.id.as_str(), &gold).await.unwrap();
+    gateway
+        .publish(&gold, market_buy("while subscribed"))
+        .await
+        .unwrap();
+    core.registry
+        .unsubscribe(device.id.as_str(), &gold)
+        .unwrap();
+    gateway
+        .publish(&gold, market_buy("while away"))
+        .await
+        .unwrap();
+    gateway.subscribe(device.id.as_str(), &gold).await.unwrap();
+    // Subscribing again while subscribed changes nothing either.
+    gateway.subscribe(device.id.as_str(), &gold).await.unwrap();
+    gateway.publish(&gold, market_buy("after")).await.unwrap();
+    let (mut session, _) = Session::open(&gateway, dir.path(), &device).await;
+    assert_eq!(comments(&session.signals(1).await), ["after"]);
+    session.send(&DeviceMessage::Ping(Ping { token: 3 })).await;
+    assert_eq!(
+        session.receive().await,
+        Some(GatewayMessage::Pong(Pong { token: 3 }))
+    );
+}

@@ -361,3 +361,24 @@ async fn redis_keeps_one_readable_stream_entry_per_report_however_often_it_is_re
         .unwrap();
     assert_eq!(watermark, 3);
 }
+
+async fn a_report_too_far_above_the_watermark_is_refused_and_not_stored(stores: &Stores) {
+    use eagate_gateway::reports::{MAX_REPORT_GAP, ReportStoreError};
+    let at_limit = report("dv_A", MAX_REPORT_GAP, 6, ReportOutcome::Received);
+    assert!(stores.reports.ingest(&at_limit).await.unwrap().newly_stored);
+    let beyond = report("dv_A", MAX_REPORT_GAP + 1, 6, ReportOutcome::Received);
+    assert!(matches!(
+        stores.reports.ingest(&beyond).await,
+        Err(ReportStoreError::TooFarAhead { confirmed: 0, .. })
+    ));
+    assert_eq!(
+        stores
+            .reports
+            .for_signal(SignalId([6; 16]))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+on_both_backends!(a_report_too_far_above_the_watermark_is_refused_and_not_stored);

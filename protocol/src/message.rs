@@ -430,7 +430,9 @@ tagged_enum! {
         ProtocolViolation = 3,
         /// No authentication arrived within the deadline.
         AuthTimeout = 4,
-        /// The same device connected again; this older session ends.
+        /// The session's credentials were replaced (the secret was rotated,
+        /// or the same device connected again); reconnect with the current
+        /// secret.
         Replaced = 5,
     }
 }

@@ -293,7 +293,7 @@ async fn rotate_secret(
     Path(device_id): Path<String>,
 ) -> Result<Json<DeviceWithSecret>, ApiError> {
     let core = &state.core;
-    let (record, secret) = core.registry.rotate_secret(&core.master_key, &device_id)?;
+    let (record, secret) = core.rotate_secret(&device_id)?;
     tracing::info!(device = %device_id, "device secret rotated");
     let secret = secret.to_text().to_string();
     Ok(Json(DeviceWithSecret {
