@@ -23,7 +23,9 @@ use crate::nonces::NonceStore;
 use crate::registry::{DeviceRecord, DeviceRegistry, RegistryError};
 use crate::reports::{ReportStore, StoredReport};
 use crate::seal::MasterKey;
-use crate::signals::{DevicePositions, SignalDraft, SignalHub, SignalLog, SignalLogError};
+use crate::signals::{
+    Appended, DevicePositions, SignalDraft, SignalHub, SignalLog, SignalLogError,
+};
 use crate::tls::ServerIdentity;
 use eagate_protocol::DeviceSecret;
 
@@ -107,14 +109,19 @@ impl SessionContext {
         &self,
         channel: &ChannelName,
         draft: SignalDraft,
-    ) -> Result<Signal, SignalLogError> {
+        idempotency_key: Option<String>,
+    ) -> Result<Appended, SignalLogError> {
         let signals = self.signals.clone();
         let hub = self.hub.clone();
         let channel = channel.clone();
         tokio::spawn(async move {
-            let signal = signals.append(&channel, draft).await?;
-            hub.announce(signal.clone());
-            Ok(signal)
+            let appended = signals
+                .append(&channel, draft, idempotency_key.as_deref())
+                .await?;
+            if !appended.replayed {
+                hub.announce(appended.signal.clone());
+            }
+            Ok(appended)
         })
         .await
         .map_err(|e| SignalLogError::Corrupt(format!("publishing task failed: {e}")))?

@@ -16,7 +16,7 @@ use crate::nonces::{NonceFuture, NonceStore};
 use crate::reports::{
     Ingested, MAX_REPORT_GAP, ReportKind, ReportStore, ReportStoreError, StoreFuture, StoredReport,
 };
-use crate::signals::{LogFuture, SignalDraft, SignalLog, SignalLogError};
+use crate::signals::{Appended, LogFuture, SignalDraft, SignalLog, SignalLogError};
 
 /// A connection to the shared Redis, and the prefix of every key.
 #[derive(Clone)]
@@ -214,29 +214,45 @@ impl ReportStore for RedisStores {
 }
 
 /// Appends a signal at the channel's next position; the stream entry id is
-/// the position, so XRANGE by position needs no index.
+/// the position, so XRANGE by position needs no index. With an idempotency
+/// key (ARGV[1], empty for none) already used, appends nothing and returns
+/// the position that key published.
 const APPEND: &str = r"
+if ARGV[1] ~= '' then
+  local published = redis.call('HGET', KEYS[3], ARGV[1])
+  if published then return {tonumber(published), 1} end
+end
 local position = redis.call('INCR', KEYS[1])
 local fields = {}
-for i = 1, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('XADD', KEYS[2], position .. '-0', unpack(fields))
-return position
+if ARGV[1] ~= '' then redis.call('HSET', KEYS[3], ARGV[1], position) end
+return {position, 0}
 ";
 
 impl SignalLog for RedisStores {
-    fn append<'a>(&'a self, channel: &'a ChannelName, draft: SignalDraft) -> LogFuture<'a, Signal> {
+    fn append<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        draft: SignalDraft,
+        idempotency_key: Option<&'a str>,
+    ) -> LogFuture<'a, Appended> {
         Box::pin(async move {
             let now = unix_ms();
             let signal_id = crate::signals::new_signal_id(now)?;
             // Stored with position 0; the stream entry id carries the real one.
-            let mut signal = draft.into_signal(channel.clone(), 1, signal_id, now);
+            let mut signal = draft
+                .clone()
+                .into_signal(channel.clone(), 1, signal_id, now);
             signal.validate()?;
             signal.position = 0;
             let json = serde_json::to_string(&signal).expect("a signal always serializes");
             let mut connection = self.connection.clone();
-            let position: u64 = APPEND_SCRIPT
+            let (position, replayed): (u64, u8) = APPEND_SCRIPT
                 .key(self.channel_key(channel, "head"))
                 .key(self.channel_key(channel, "signals"))
+                .key(self.channel_key(channel, "publish-keys"))
+                .arg(idempotency_key.unwrap_or(""))
                 .arg("signal")
                 .arg(json)
                 .arg("signal_id")
@@ -249,15 +265,33 @@ impl SignalLog for RedisStores {
                 .arg(signal.volume.to_string())
                 .invoke_async(&mut connection)
                 .await?;
+            let appended = if replayed == 1 {
+                let stored = self
+                    .read_after(channel, position - 1, 1)
+                    .await?
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| {
+                        SignalLogError::Corrupt("idempotency key without its signal".into())
+                    })?;
+                crate::signals::replay(&draft, stored)?
+            } else {
+                signal.position = position;
+                Appended {
+                    signal,
+                    replayed: false,
+                }
+            };
+            // Outside the script (another slot); set on replays too, which
+            // mends a crash between the two.
             let _: () = connection
                 .hset(
                     self.signal_index_key(),
-                    signal_id.to_string(),
-                    format!("{channel} {position}"),
+                    appended.signal.signal_id.to_string(),
+                    format!("{channel} {}", appended.signal.position),
                 )
                 .await?;
-            signal.position = position;
-            Ok(signal)
+            Ok(appended)
         })
     }
 

@@ -169,7 +169,10 @@ impl Gateway {
         channel: &ChannelName,
         draft: SignalDraft,
     ) -> Result<Signal, SignalLogError> {
-        self.context.publish(channel, draft).await
+        self.context
+            .publish(channel, draft, None)
+            .await
+            .map(|appended| appended.signal)
     }
 
     /// The channels' signal logs.

@@ -93,6 +93,40 @@ impl SignalDraft {
     }
 }
 
+/// What an append did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The signal, as logged.
+    pub signal: Signal,
+    /// `true` when the idempotency key had already published it, so this
+    /// append stored nothing.
+    pub replayed: bool,
+}
+
+/// The signal `draft` would be at `stored`'s place: equal to `stored` exactly
+/// when a retried publish carries the same signal.
+fn same_draft(draft: &SignalDraft, stored: &Signal) -> bool {
+    let candidate = draft.clone().into_signal(
+        stored.channel.clone(),
+        stored.position,
+        stored.signal_id,
+        stored.issued_at_ms,
+    );
+    candidate == *stored
+}
+
+/// Resolves a replayed key: the stored signal, unless the draft differs.
+pub(crate) fn replay(draft: &SignalDraft, stored: Signal) -> Result<Appended, SignalLogError> {
+    if same_draft(draft, &stored) {
+        Ok(Appended {
+            signal: stored,
+            replayed: true,
+        })
+    } else {
+        Err(SignalLogError::KeyReused)
+    }
+}
+
 /// Why a signal could not be published or read.
 #[derive(Debug, thiserror::Error)]
 pub enum SignalLogError {
@@ -111,6 +145,9 @@ pub enum SignalLogError {
     /// The operating system's random source failed.
     #[error("no randomness from the operating system")]
     Random,
+    /// The idempotency key already published a different signal.
+    #[error("this idempotency key already published a different signal on this channel")]
+    KeyReused,
 }
 
 /// A boxed future, so logs can be used as `dyn SignalLog`.
@@ -119,8 +156,15 @@ pub type LogFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SignalLogError
 /// Where channels' signals are kept in order.
 pub trait SignalLog: Send + Sync + std::fmt::Debug {
     /// Validates `draft`, gives it the next position and a fresh id, and
-    /// stores it durably.
-    fn append<'a>(&'a self, channel: &'a ChannelName, draft: SignalDraft) -> LogFuture<'a, Signal>;
+    /// stores it durably. With an idempotency key already used on this
+    /// channel, stores nothing and returns the signal that key published
+    /// (or [`SignalLogError::KeyReused`] if the draft differs from it).
+    fn append<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        draft: SignalDraft,
+        idempotency_key: Option<&'a str>,
+    ) -> LogFuture<'a, Appended>;
 
     /// Up to `limit` signals of `channel` after position `after`, in order.
     fn read_after<'a>(
@@ -145,6 +189,7 @@ pub struct SledSignalLog {
     signals: sled::Tree,
     heads: sled::Tree,
     index: sled::Tree,
+    publish_keys: sled::Tree,
 }
 
 impl SledSignalLog {
@@ -155,12 +200,18 @@ impl SledSignalLog {
             signals: db.open_tree("signals")?,
             heads: db.open_tree("channel_heads")?,
             index: db.open_tree("signal_index")?,
+            publish_keys: db.open_tree("publish_keys")?,
         })
     }
 }
 
 impl SignalLog for SledSignalLog {
-    fn append<'a>(&'a self, channel: &'a ChannelName, draft: SignalDraft) -> LogFuture<'a, Signal> {
+    fn append<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        draft: SignalDraft,
+        idempotency_key: Option<&'a str>,
+    ) -> LogFuture<'a, Appended> {
         Box::pin(async move {
             use sled::Transactional;
             use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -172,8 +223,16 @@ impl SignalLog for SledSignalLog {
                 .into_signal(channel.clone(), 1, signal_id, now);
             probe.validate()?;
             let name = channel.as_str().as_bytes();
-            let signal = (&self.signals, &self.heads, &self.index)
-                .transaction(|(signals, heads, index)| {
+            let publish_key =
+                idempotency_key.map(|key| [&signal_key(channel, 0)[..], key.as_bytes()].concat());
+            let outcome = (&self.signals, &self.heads, &self.index, &self.publish_keys)
+                .transaction(|(signals, heads, index, keys)| {
+                    if let Some(publish_key) = &publish_key {
+                        if let Some(position) = keys.get(publish_key)? {
+                            let stored = signals.get(signal_key(channel, read_u64(&position)))?;
+                            return Ok((stored.map(|bytes| bytes.to_vec()), None));
+                        }
+                    }
                     let head = heads.get(name)?.as_deref().map_or(0, read_u64);
                     let position = head + 1;
                     let mut signal = probe.clone();
@@ -183,14 +242,30 @@ impl SignalLog for SledSignalLog {
                     signals.insert(&key[..], value)?;
                     heads.insert(name, &position.to_be_bytes()[..])?;
                     index.insert(&signal_id.0[..], &key[..])?;
-                    Ok::<_, ConflictableTransactionError<()>>(signal)
+                    if let Some(publish_key) = &publish_key {
+                        keys.insert(&publish_key[..], &position.to_be_bytes()[..])?;
+                    }
+                    Ok::<_, ConflictableTransactionError<()>>((None, Some(signal)))
                 })
                 .map_err(|e| match e {
                     TransactionError::Storage(e) => SignalLogError::Sled(e),
                     TransactionError::Abort(()) => SignalLogError::Corrupt("aborted".into()),
                 })?;
             crate::durable::flush(&self.db).await?;
-            Ok(signal)
+            match outcome {
+                (_, Some(signal)) => Ok(Appended {
+                    signal,
+                    replayed: false,
+                }),
+                (Some(stored), None) => {
+                    let stored: Signal = serde_json::from_slice(&stored)
+                        .map_err(|e| SignalLogError::Corrupt(e.to_string()))?;
+                    replay(&draft, stored)
+                }
+                (None, None) => Err(SignalLogError::Corrupt(
+                    "idempotency key without its signal".into(),
+                )),
+            }
         })
     }
 

@@ -640,3 +640,45 @@ async fn the_openapi_document_and_the_routes_agree_both_ways() {
         assert!(!fell_through, "{method} {uri} is documented but not routed");
     }
 }
+
+#[tokio::test]
+async fn a_publish_retried_with_its_idempotency_key_returns_the_same_signal_once() {
+    let api = api().await;
+    let publish = |key: Option<&str>, body: Value| {
+        let mut request = Request::builder()
+            .method("POST")
+            .uri("/v1/channels/gold/signals")
+            .header(header::AUTHORIZATION, format!("Bearer {}", api.platform))
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let request = request.body(Body::from(body.to_string())).unwrap();
+        let app = api.app.clone();
+        async move {
+            let response = app.oneshot(request).await.unwrap();
+            let status = response.status();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            (status, serde_json::from_slice::<Value>(&bytes).unwrap())
+        }
+    };
+    let (status, first) = publish(Some("trade-1001"), market_buy()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, again) = publish(Some("trade-1001"), market_buy()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["signal_id"], first["signal_id"]);
+    let mut other = market_buy();
+    other["volume"] = json!("0.20");
+    let (status, problem) = publish(Some("trade-1001"), other).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("idempotency key")
+    );
+    let (status, _) = publish(Some(""), market_buy()).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let gold = ChannelName::new("gold").unwrap();
+    assert_eq!(api.gateway.signals().head(&gold).await.unwrap(), 1);
+}

@@ -222,12 +222,17 @@ async fn a_channel_log_numbers_signals_and_reads_them_back_in_order(stores: &Sto
         published.push(
             stores
                 .signals
-                .append(&gold, draft(&i.to_string()))
+                .append(&gold, draft(&i.to_string()), None)
                 .await
-                .unwrap(),
+                .unwrap()
+                .signal,
         );
     }
-    stores.signals.append(&silver, draft("s")).await.unwrap();
+    stores
+        .signals
+        .append(&silver, draft("s"), None)
+        .await
+        .unwrap();
     let positions: Vec<u64> = published.iter().map(|s| s.position).collect();
     assert_eq!(positions, [1, 2, 3, 4, 5]);
     assert_eq!(stores.signals.head(&gold).await.unwrap(), 5);
@@ -271,14 +276,15 @@ async fn an_invalid_signal_is_refused_and_takes_no_position(stores: &Stores) {
     let gold = ChannelName::new("gold").unwrap();
     let mut invalid = draft("x");
     invalid.price = None;
-    assert!(stores.signals.append(&gold, invalid).await.is_err());
+    assert!(stores.signals.append(&gold, invalid, None).await.is_err());
     assert_eq!(stores.signals.head(&gold).await.unwrap(), 0);
     assert_eq!(
         stores
             .signals
-            .append(&gold, draft("ok"))
+            .append(&gold, draft("ok"), None)
             .await
             .unwrap()
+            .signal
             .position,
         1
     );
@@ -382,3 +388,71 @@ async fn a_report_too_far_above_the_watermark_is_refused_and_not_stored(stores: 
     );
 }
 on_both_backends!(a_report_too_far_above_the_watermark_is_refused_and_not_stored);
+
+async fn a_retried_publish_with_the_same_key_is_stored_once(stores: &Stores) {
+    use eagate_gateway::signals::SignalLogError;
+    let gold = ChannelName::new("gold").unwrap();
+    let silver = ChannelName::new("silver").unwrap();
+    let first = stores
+        .signals
+        .append(&gold, draft("a"), Some("order-77"))
+        .await
+        .unwrap();
+    assert!(!first.replayed);
+    let retried = stores
+        .signals
+        .append(&gold, draft("a"), Some("order-77"))
+        .await
+        .unwrap();
+    assert!(retried.replayed);
+    assert_eq!(retried.signal, first.signal);
+    assert_eq!(stores.signals.head(&gold).await.unwrap(), 1);
+    // The same key with another signal is refused, not silently replayed.
+    assert!(matches!(
+        stores
+            .signals
+            .append(&gold, draft("b"), Some("order-77"))
+            .await,
+        Err(SignalLogError::KeyReused)
+    ));
+    // Keys are per channel, and no key means no deduplication.
+    let other = stores
+        .signals
+        .append(&silver, draft("a"), Some("order-77"))
+        .await
+        .unwrap();
+    assert!(!other.replayed);
+    stores
+        .signals
+        .append(&gold, draft("a"), None)
+        .await
+        .unwrap();
+    assert_eq!(stores.signals.head(&gold).await.unwrap(), 2);
+}
+on_both_backends!(a_retried_publish_with_the_same_key_is_stored_once);
+
+async fn concurrent_retries_with_one_key_publish_once(stores: &Stores) {
+    let gold = ChannelName::new("gold").unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let signals = stores.signals.clone();
+            let gold = gold.clone();
+            tokio::spawn(async move {
+                signals
+                    .append(&gold, draft("x"), Some("k"))
+                    .await
+                    .unwrap()
+                    .signal
+                    .signal_id
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.push(task.await.unwrap());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(stores.signals.head(&gold).await.unwrap(), 1);
+}
+on_both_backends!(concurrent_retries_with_one_key_publish_once);

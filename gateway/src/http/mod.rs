@@ -329,15 +329,40 @@ async fn unsubscribe(
     Ok(Json(view(&state.core, record).await?))
 }
 
+/// The header that makes a publish safe to retry.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
 async fn publish_signal(
     State(state): State<AppState>,
     _: Publisher,
     Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
     ApiJson(draft): ApiJson<SignalDraft>,
 ) -> Result<(StatusCode, Json<Signal>), ApiError> {
     let channel = channel(&name)?;
-    let signal = state.core.publish(&channel, draft).await?;
-    Ok((StatusCode::CREATED, Json(signal)))
+    let key = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(value) => {
+            let key = value
+                .to_str()
+                .ok()
+                .filter(|key| !key.is_empty() && key.len() <= 128)
+                .ok_or_else(|| {
+                    ApiError::Unprocessable(
+                        "Idempotency-Key must be 1 to 128 visible ASCII characters".into(),
+                    )
+                })?;
+            Some(key.to_owned())
+        }
+    };
+    let appended = state.core.publish(&channel, draft, key).await?;
+    // A replay answers like the original, with 200 instead of 201.
+    let status = if appended.replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(appended.signal)))
 }
 
 /// What happened to one signal on every device that should have it.

@@ -116,9 +116,16 @@ pub(super) fn document() -> Value {
                 "parameters": [channel],
                 "post": {
                     "summary": "Publish a signal to a channel (admin or platform token).",
+                    "parameters": [{
+                        "name": "Idempotency-Key", "in": "header", "required": false,
+                        "description": "Makes the publish safe to retry: a second publish with the same key on this channel stores nothing and answers 200 with the first signal.",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 128}
+                    }],
                     "requestBody": body("SignalDraft"),
                     "responses": auth_errors(json!({
                         "201": ok("Published, with its position and id.", "Signal"),
+                        "200": ok("Already published with this Idempotency-Key; the same signal.", "Signal"),
+                        "409": problem("The Idempotency-Key already published a different signal."),
                         "413": problem("Body too large."),
                         "422": problem("Invalid signal.")
                     }))

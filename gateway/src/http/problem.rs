@@ -107,6 +107,7 @@ impl From<SignalLogError> for ApiError {
     fn from(error: SignalLogError) -> Self {
         match error {
             SignalLogError::Invalid(e) => Self::Unprocessable(format!("invalid signal: {e}")),
+            SignalLogError::KeyReused => Self::Conflict(error.to_string()),
             other => Self::Internal(other.to_string()),
         }
     }
