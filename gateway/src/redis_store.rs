@@ -155,15 +155,7 @@ impl ReportStore for RedisStores {
                 )
                 .await?;
             if let Some(existing) = existing {
-                let existing: StoredReport = serde_json::from_str(&existing)
-                    .map_err(|e| ReportStoreError::Corrupt(e.to_string()))?;
-                if !existing.same_report(report) {
-                    tracing::warn!(
-                        device = %report.device_id,
-                        seq = report.seq,
-                        "a resent report differs from the stored one; keeping the first"
-                    );
-                }
+                crate::reports::note_resend(existing.as_bytes(), report)?;
             }
             Ok(Ingested {
                 newly_stored: stored == 1,

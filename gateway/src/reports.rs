@@ -143,6 +143,22 @@ pub enum ReportStoreError {
 /// the store hold; an SDK keeps at most this many unconfirmed reports.
 pub const MAX_REPORT_GAP: u64 = 4096;
 
+/// A resend found `existing` (the stored JSON) in place. The first stored
+/// version stands; a resend that differs from it is logged, as it points to
+/// a device that reuses sequence numbers.
+pub(crate) fn note_resend(existing: &[u8], report: &StoredReport) -> Result<(), ReportStoreError> {
+    let existing: StoredReport =
+        serde_json::from_slice(existing).map_err(|e| ReportStoreError::Corrupt(e.to_string()))?;
+    if !existing.same_report(report) {
+        tracing::warn!(
+            device = %report.device_id,
+            seq = report.seq,
+            "a resent report differs from the stored one; keeping the first"
+        );
+    }
+    Ok(())
+}
+
 /// A boxed future, so stores can be used as `dyn ReportStore`.
 pub type StoreFuture<'a, T> =
     Pin<Box<dyn Future<Output = Result<T, ReportStoreError>> + Send + 'a>>;
@@ -225,15 +241,7 @@ impl SledReportStore {
             },
         })?;
         if let Some(existing) = existing {
-            let existing: StoredReport = serde_json::from_slice(&existing)
-                .map_err(|e| ReportStoreError::Corrupt(e.to_string()))?;
-            if !existing.same_report(report) {
-                tracing::warn!(
-                    device = %report.device_id,
-                    seq = report.seq,
-                    "a resent report differs from the stored one; keeping the first"
-                );
-            }
+            note_resend(&existing, report)?;
         }
         Ok(Ingested {
             newly_stored,
