@@ -11,7 +11,6 @@ use redis::{AsyncCommands, Script, Value};
 
 use eagate_protocol::{ChannelName, DeviceId, Nonce, Signal, SignalId};
 
-use crate::clock::unix_ms;
 use crate::nonces::{NonceFuture, NonceStore};
 use crate::reports::{
     Ingested, MAX_REPORT_GAP, ReportKind, ReportStore, ReportStoreError, StoreFuture, StoredReport,
@@ -230,13 +229,9 @@ impl SignalLog for RedisStores {
         idempotency_key: Option<&'a str>,
     ) -> LogFuture<'a, Appended> {
         Box::pin(async move {
-            let now = unix_ms();
-            let signal_id = crate::signals::new_signal_id(now)?;
+            let mut signal = crate::signals::prepare(channel, &draft)?;
+            let signal_id = signal.signal_id;
             // Stored with position 0; the stream entry id carries the real one.
-            let mut signal = draft
-                .clone()
-                .into_signal(channel.clone(), 1, signal_id, now);
-            signal.validate()?;
             signal.position = 0;
             let json = serde_json::to_string(&signal).expect("a signal always serializes");
             let mut connection = self.connection.clone();

@@ -115,6 +115,21 @@ fn same_draft(draft: &SignalDraft, stored: &Signal) -> bool {
     candidate == *stored
 }
 
+/// The signal `draft` becomes in `channel`: a fresh id, issued now unless
+/// the draft says when, validated. Position 1 stands in until the log
+/// assigns the real one. Both backends start every append here.
+pub(crate) fn prepare(
+    channel: &ChannelName,
+    draft: &SignalDraft,
+) -> Result<Signal, SignalLogError> {
+    let now = unix_ms();
+    let signal = draft
+        .clone()
+        .into_signal(channel.clone(), 1, new_signal_id(now)?, now);
+    signal.validate()?;
+    Ok(signal)
+}
+
 /// Resolves a replayed key: the stored signal, unless the draft differs.
 pub(crate) fn replay(draft: &SignalDraft, stored: Signal) -> Result<Appended, SignalLogError> {
     if same_draft(draft, &stored) {
@@ -216,12 +231,8 @@ impl SignalLog for SledSignalLog {
             use sled::Transactional;
             use sled::transaction::{ConflictableTransactionError, TransactionError};
 
-            let now = unix_ms();
-            let signal_id = new_signal_id(now)?;
-            let probe = draft
-                .clone()
-                .into_signal(channel.clone(), 1, signal_id, now);
-            probe.validate()?;
+            let probe = prepare(channel, &draft)?;
+            let signal_id = probe.signal_id;
             let name = channel.as_str().as_bytes();
             let publish_key =
                 idempotency_key.map(|key| [&signal_key(channel, 0)[..], key.as_bytes()].concat());
@@ -333,7 +344,7 @@ fn read_u64(bytes: &[u8]) -> u64 {
 
 /// 48 bits of milliseconds then 80 random bits: unique, and sorting by id
 /// sorts by publication time.
-pub(crate) fn new_signal_id(now_ms: u64) -> Result<SignalId, SignalLogError> {
+fn new_signal_id(now_ms: u64) -> Result<SignalId, SignalLogError> {
     let mut id = [0u8; 16];
     id[..6].copy_from_slice(&now_ms.to_be_bytes()[2..]);
     getrandom::fill(&mut id[6..]).map_err(|_| SignalLogError::Random)?;
