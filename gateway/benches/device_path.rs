@@ -36,7 +36,7 @@ fn device_path(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (gateway, dir, mut session, channel) = runtime.block_on(async {
         let (gateway, dir) = start().await;
-        let device = register(&gateway);
+        let device = register(&gateway).await;
         let channel = ChannelName::new("bench").unwrap();
         gateway
             .subscribe(device.id.as_str(), &channel)

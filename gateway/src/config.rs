@@ -65,9 +65,25 @@ pub struct ServeConfig {
     pub signal_queue_len: u64,
 
     /// The master key sealing device secrets, 64 hex digits. Without it the
-    /// key lives in <data-dir>/master.key (mode 0600).
+    /// key lives in <data-dir>/master.key (mode 0600). Processes sharing a
+    /// Redis must all have the same key.
     #[arg(long, env = "EAGATE_MASTER_KEY", hide_env_values = true)]
     pub master_key: Option<String>,
+
+    /// Keep devices, signals, reports and nonces in this Redis
+    /// (`redis://[:password@]host:port/db`) instead of the embedded store,
+    /// so several processes can share them.
+    #[arg(long, env = "EAGATE_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// The prefix of every Redis key, so deployments can share a Redis.
+    #[arg(long, env = "EAGATE_REDIS_PREFIX", default_value = "eagate")]
+    pub redis_prefix: String,
+
+    /// How long published signals are kept for devices that were away, in
+    /// hours. A device away longer resumes from the oldest signal kept.
+    #[arg(long, env = "EAGATE_SIGNAL_RETENTION_HOURS", default_value_t = 168, value_parser = clap::value_parser!(u64).range(1..=87_600))]
+    pub signal_retention_hours: u64,
 }
 
 /// Why the configuration file could not be used.
@@ -109,6 +125,9 @@ struct FileConfig {
     skew_window_secs: Option<u64>,
     auth_deadline_secs: Option<u64>,
     signal_queue_len: Option<u64>,
+    redis_url: Option<String>,
+    redis_prefix: Option<String>,
+    signal_retention_hours: Option<u64>,
 }
 
 impl ServeConfig {
@@ -174,6 +193,9 @@ impl ServeConfig {
         take!(skew_window_secs, 1, 300);
         take!(auth_deadline_secs, 1, 60);
         take!(signal_queue_len, 1, 65_536);
+        take!(redis_url, optional);
+        take!(redis_prefix);
+        take!(signal_retention_hours, 1, 87_600);
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::Parse(
                 path,
@@ -186,6 +208,11 @@ impl ServeConfig {
     /// The skew window.
     pub fn skew_window(&self) -> Duration {
         Duration::from_secs(self.skew_window_secs)
+    }
+
+    /// How long signals are kept.
+    pub fn signal_retention(&self) -> Duration {
+        Duration::from_secs(self.signal_retention_hours * 3600)
     }
 
     /// The authentication deadline.
@@ -202,7 +229,7 @@ impl ServeConfig {
                 })
         };
         format!(
-            "config_file = {}\ndata_dir = {}\nquic_listen = {}\nhttp_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nsignal_queue_len = {}\nmaster_key = {}\n",
+            "config_file = {}\ndata_dir = {}\nquic_listen = {}\nhttp_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nsignal_queue_len = {}\nsignal_retention_hours = {}\nmaster_key = {}\nredis_url = {}\nredis_prefix = {}\n",
             self.config_file
                 .as_ref()
                 .map_or("(none)".to_owned(), |p| p.display().to_string()),
@@ -215,11 +242,51 @@ impl ServeConfig {
             self.skew_window_secs,
             self.auth_deadline_secs,
             self.signal_queue_len,
+            self.signal_retention_hours,
             if self.master_key.is_some() {
                 "(set, hidden)"
             } else {
                 "(from data dir)"
             },
+            self.redis_url
+                .as_deref()
+                .map_or("(none: embedded store)".to_owned(), mask_password),
+            self.redis_prefix,
         )
+    }
+}
+
+/// A Redis URL with any password replaced, for showing.
+fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split_once(':').map_or("", |(user, _)| user);
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mask_password;
+
+    #[test]
+    fn a_redis_password_is_masked_and_the_rest_kept() {
+        assert_eq!(
+            mask_password("redis://:s3cret@10.0.0.5:6379/2"),
+            "redis://:***@10.0.0.5:6379/2"
+        );
+        assert_eq!(
+            mask_password("rediss://app:s3cret@cache:6380"),
+            "rediss://app:***@cache:6380"
+        );
+        assert_eq!(
+            mask_password("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
     }
 }

@@ -13,6 +13,7 @@ pub mod durable;
 pub mod http;
 pub mod metrics;
 pub mod nonces;
+pub mod notices;
 pub mod quic;
 pub mod redis_store;
 pub mod registry;

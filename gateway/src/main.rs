@@ -5,7 +5,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use eagate_gateway::cli::{self, ApiArgs, DeviceCommand, SignalCommand};
 use eagate_gateway::config::ServeConfig;
 use eagate_gateway::http::tokens::{Scope, create_token};
-use eagate_gateway::server::Gateway;
+use eagate_gateway::server::{Gateway, Role};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -24,8 +24,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the gateway on the embedded store (no other service needed).
+    /// Run everything in one process: devices and the HTTP sidecar, on the
+    /// embedded store (no other service needed), or on Redis with
+    /// --redis-url.
     Serve(ServeConfig),
+    /// Serve devices only, as one of several gateways sharing a Redis
+    /// (--redis-url required).
+    Gateway(ServeConfig),
+    /// Serve the HTTP sidecar only, beside gateways sharing a Redis
+    /// (--redis-url required).
+    Sidecar(ServeConfig),
     /// Configuration.
     Config {
         #[command(subcommand)]
@@ -80,9 +88,15 @@ fn main() -> anyhow::Result<()> {
         tracing_subscriber::fmt()
             .json()
             .with_env_filter(filter)
+            .with_writer(std::io::stderr)
             .init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        // Logs on stderr: stdout carries the addresses and fingerprint,
+        // which scripts and supervisors read.
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
     }
     match cli.command {
         Command::Config {
@@ -95,12 +109,9 @@ fn main() -> anyhow::Result<()> {
             print!("{}", config.with_file(show)?.show());
             Ok(())
         }
-        Command::Serve(config) => {
-            let serve_matches = matches
-                .subcommand_matches("serve")
-                .expect("serve was parsed");
-            serve(config.with_file(serve_matches)?)
-        }
+        Command::Serve(config) => serve(config, &matches, "serve", Role::All),
+        Command::Gateway(config) => serve(config, &matches, "gateway", Role::Devices),
+        Command::Sidecar(config) => serve(config, &matches, "sidecar", Role::Sidecar),
         Command::Device { api, command } => run_client(cli::device(&api, command)),
         Command::Signal { api, command } => run_client(cli::signal(&api, command)),
         Command::Token {
@@ -129,45 +140,82 @@ fn run_client(result: Result<String, cli::CliError>) -> anyhow::Result<()> {
     }
 }
 
-fn serve(config: ServeConfig) -> anyhow::Result<()> {
+fn serve(
+    config: ServeConfig,
+    matches: &clap::ArgMatches,
+    command: &str,
+    role: Role,
+) -> anyhow::Result<()> {
+    let own = matches
+        .subcommand_matches(command)
+        .expect("the command was parsed");
+    let config = config.with_file(own)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let gateway = Gateway::start(&config).await?;
-        println!("eagate gateway");
+        let stop = StopSignals::listen()?;
+        let gateway = Gateway::start_as(&config, role).await?;
+        println!("eagate {command}");
         println!("  data directory:   {}", config.data_dir.display());
-        println!(
-            "  QUIC (devices):   {} (ALPN eagate/1)",
-            gateway.quic_addr()
-        );
-        println!("  HTTP (admin API): http://{}", gateway.http_addr());
-        println!("  TLS fingerprint:  SHA256 {}", gateway.fingerprint());
-        println!("Pin this fingerprint in your EAs and bots. Ctrl-C stops the gateway.");
-        shutdown_signal().await;
+        match &config.redis_url {
+            Some(_) => println!(
+                "  store:            Redis, key prefix {}",
+                config.redis_prefix
+            ),
+            None => println!("  store:            embedded (sled)"),
+        }
+        if let Some(addr) = gateway.quic_addr() {
+            println!("  QUIC (devices):   {addr} (ALPN eagate/1)");
+        }
+        if let Some(addr) = gateway.http_addr() {
+            println!("  HTTP (admin API): http://{addr}");
+        }
+        if let Some(fingerprint) = gateway.fingerprint() {
+            println!("  TLS fingerprint:  SHA256 {fingerprint}");
+            println!("Pin this fingerprint in your EAs and bots.");
+        }
+        println!("Ctrl-C stops it.");
+        stop.received().await;
         tracing::info!("shutting down");
         gateway.shutdown().await;
         Ok(())
     })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGINT and SIGTERM, listened for from creation: made before the
+/// readiness lines are printed, so a supervisor that signals as soon as it
+/// reads them still gets a graceful stop.
+struct StopSignals {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn listen() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    async fn received(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -20,12 +20,11 @@ use crate::auth::{
 use crate::clock::unix_ms;
 use crate::metrics::Metrics;
 use crate::nonces::NonceStore;
+use crate::notices::{EndingReason, Notice, Notices};
 use crate::registry::{DeviceRecord, DeviceRegistry, RegistryError};
 use crate::reports::{ReportStore, StoredReport};
 use crate::seal::MasterKey;
-use crate::signals::{
-    Appended, DevicePositions, SignalDraft, SignalHub, SignalLog, SignalLogError,
-};
+use crate::signals::{Appended, PositionStore, SignalDraft, SignalHub, SignalLog, SignalLogError};
 use crate::tls::ServerIdentity;
 use eagate_protocol::DeviceSecret;
 
@@ -60,7 +59,9 @@ pub struct SessionContext {
     /// Live fan-out of new signals.
     pub hub: SignalHub,
     /// How far each device has got in each channel, from its reports.
-    pub positions: DevicePositions,
+    pub positions: Arc<dyn PositionStore>,
+    /// Where published signals and session endings are announced.
+    pub notices: Notices,
     /// Check tunables.
     pub auth: AuthSettings,
     /// Time allowed from connection to successful authentication.
@@ -112,14 +113,16 @@ impl SessionContext {
         idempotency_key: Option<String>,
     ) -> Result<Appended, SignalLogError> {
         let signals = self.signals.clone();
-        let hub = self.hub.clone();
+        let notifier = self.notifier();
         let channel = channel.clone();
         tokio::spawn(async move {
             let appended = signals
                 .append(&channel, draft, idempotency_key.as_deref())
                 .await?;
             if !appended.replayed {
-                hub.announce(appended.signal.clone());
+                notifier
+                    .send(Notice::Signal(Box::new(appended.signal.clone())))
+                    .await;
             }
             Ok(appended)
         })
@@ -137,7 +140,8 @@ impl SessionContext {
     ) -> Result<(), RegistryError> {
         let record = self
             .registry
-            .get(device_id)?
+            .get(device_id)
+            .await?
             .ok_or_else(|| RegistryError::NotFound(device_id.to_owned()))?;
         if record.channels.iter().any(|c| c == channel.as_str()) {
             return Ok(());
@@ -150,34 +154,41 @@ impl SessionContext {
             .head(channel)
             .await
             .map_err(|e| RegistryError::Corrupt(e.to_string()))?;
-        self.positions.set(device_id, channel, head)?;
-        self.registry.subscribe(device_id, channel)?;
+        self.positions
+            .set(device_id, channel, head)
+            .await
+            .map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+        self.registry.subscribe(device_id, channel).await?;
         Ok(())
     }
 
     /// Gives a device a new secret (shown once) and ends its live sessions,
     /// which were opened with the old one.
-    pub fn rotate_secret(
+    pub async fn rotate_secret(
         &self,
         device_id: &str,
     ) -> Result<(DeviceRecord, DeviceSecret), RegistryError> {
-        let rotated = self.registry.rotate_secret(&self.master_key, device_id)?;
-        let _ = self.revocations.send(SessionEnding {
+        let rotated = self
+            .registry
+            .rotate_secret(&self.master_key, device_id)
+            .await?;
+        self.notify(Notice::SessionEnding {
             device_id: device_id.to_owned(),
-            reason: GoingAwayReason::Replaced,
-        });
+            reason: EndingReason::Replaced,
+        })
+        .await;
         Ok(rotated)
     }
 
     /// Revokes a device: it can no longer authenticate, and its live sessions
     /// are told `GoingAway(Revoked)` and closed at once.
-    pub fn revoke(&self, device_id: &str) -> Result<DeviceRecord, RegistryError> {
-        let record = self.registry.revoke(device_id)?;
-        // No receiver just means no session is live.
-        let _ = self.revocations.send(SessionEnding {
+    pub async fn revoke(&self, device_id: &str) -> Result<DeviceRecord, RegistryError> {
+        let record = self.registry.revoke(device_id).await?;
+        self.notify(Notice::SessionEnding {
             device_id: device_id.to_owned(),
-            reason: GoingAwayReason::Revoked,
-        });
+            reason: EndingReason::Revoked,
+        })
+        .await;
         Ok(record)
     }
 
@@ -216,7 +227,7 @@ impl SessionContext {
         nonces: Arc<dyn NonceStore>,
         reports: Arc<dyn ReportStore>,
         signals: Arc<dyn SignalLog>,
-        positions: DevicePositions,
+        positions: Arc<dyn PositionStore>,
     ) -> Self {
         Self {
             registry,
@@ -226,6 +237,7 @@ impl SessionContext {
             signals,
             hub: SignalHub::new(256),
             positions,
+            notices: Notices::Local,
             auth: AuthSettings::default(),
             auth_deadline: Duration::from_secs(5),
             session: SessionParams {
@@ -568,6 +580,7 @@ async fn decide(
     let credentials = context
         .registry
         .credentials(&context.master_key, &auth.device_id)
+        .await
         .map_err(|e| {
             context.metrics.store_error();
             warn!(error = %e, "device lookup failed");
@@ -607,17 +620,27 @@ async fn session_loop(
     let mut revocations = context.revocations.subscribe();
     let mut shutdown = context.shutdown.subscribe();
     // Revoked between the registry check and the subscription above?
-    if is_revoked(device, context) {
+    if is_revoked(device, context).await {
         return Ok(SessionEnd::GatewayLeft(GoingAwayReason::Revoked));
     }
     // One follower per subscribed channel feeds this bounded queue; the
     // followers end with the session when the set is dropped.
     let (signal_tx, mut signal_rx) = tokio::sync::mpsc::channel(64);
     let mut followers = tokio::task::JoinSet::new();
-    for channel in subscribed_channels(device, context) {
+    // Without its subscriptions the session would look healthy and carry
+    // nothing: end it, so the device reconnects when the store is back.
+    let channels = match subscribed_channels(device, context).await {
+        Ok(channels) => channels,
+        Err(e) => {
+            context.metrics.store_error();
+            warn!(device, error = %e, "reading subscriptions failed");
+            return Ok(SessionEnd::GatewayLeft(GoingAwayReason::Shutdown));
+        }
+    };
+    for channel in channels {
         let after = match auth.resume.iter().find(|point| point.channel == channel) {
             Some(point) => point.position,
-            None => match context.positions.get(device, &channel) {
+            None => match context.positions.get(device, &channel).await {
                 Ok(Some(position)) => position,
                 // Subscribing always records a start; without one, start
                 // from now rather than replay the channel's history.
@@ -699,7 +722,7 @@ async fn session_loop(
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
                 // Missed some revocations: ask the registry instead.
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    if is_revoked(device, context) {
+                    if is_revoked(device, context).await {
                         return Ok(SessionEnd::GatewayLeft(GoingAwayReason::Revoked));
                     }
                 }
@@ -717,19 +740,18 @@ async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stopping| *stopping).await;
 }
 
-fn subscribed_channels(device: &str, context: &SessionContext) -> Vec<ChannelName> {
-    match context.registry.get(device) {
-        Ok(Some(record)) => record
+async fn subscribed_channels(
+    device: &str,
+    context: &SessionContext,
+) -> Result<Vec<ChannelName>, RegistryError> {
+    Ok(match context.registry.get(device).await? {
+        Some(record) => record
             .channels
             .iter()
             .filter_map(|name| ChannelName::new(name).ok())
             .collect(),
-        Ok(None) => Vec::new(),
-        Err(e) => {
-            warn!(device, error = %e, "reading subscriptions failed");
-            Vec::new()
-        }
-    }
+        None => Vec::new(),
+    })
 }
 
 /// A report about a signal shows the device has it: remember the position,
@@ -737,7 +759,7 @@ fn subscribed_channels(device: &str, context: &SessionContext) -> Vec<ChannelNam
 async fn record_position(device: &str, report: &eagate_protocol::Report, context: &SessionContext) {
     match context.signals.locate(report.signal_id).await {
         Ok(Some((channel, position))) => {
-            if let Err(e) = context.positions.advance(device, &channel, position) {
+            if let Err(e) = context.positions.advance(device, &channel, position).await {
                 warn!(device, error = %e, "recording a device position failed");
             }
         }
@@ -746,9 +768,9 @@ async fn record_position(device: &str, report: &eagate_protocol::Report, context
     }
 }
 
-fn is_revoked(device: &str, context: &SessionContext) -> bool {
+async fn is_revoked(device: &str, context: &SessionContext) -> bool {
     matches!(
-        context.registry.get(device),
+        context.registry.get(device).await,
         Ok(Some(record)) if record.revoked_at_ms.is_some()
     )
 }

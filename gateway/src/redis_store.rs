@@ -12,14 +12,18 @@ use redis::{AsyncCommands, Script, Value};
 use eagate_protocol::{ChannelName, DeviceId, Nonce, Signal, SignalId};
 
 use crate::nonces::{NonceFuture, NonceStore};
+use crate::registry::{
+    DeviceRecord, DeviceStore, Modified, RecordChange, RegistryError, RegistryFuture, encode,
+};
 use crate::reports::{
     Ingested, MAX_REPORT_GAP, ReportKind, ReportStore, ReportStoreError, StoreFuture, StoredReport,
 };
-use crate::signals::{Appended, LogFuture, SignalDraft, SignalLog, SignalLogError};
+use crate::signals::{Appended, LogFuture, PositionStore, SignalDraft, SignalLog, SignalLogError};
 
 /// A connection to the shared Redis, and the prefix of every key.
 #[derive(Clone)]
 pub struct RedisStores {
+    client: redis::Client,
     connection: ConnectionManager,
     prefix: String,
 }
@@ -38,9 +42,39 @@ impl RedisStores {
     pub async fn connect(url: &str, prefix: &str) -> redis::RedisResult<Self> {
         let client = redis::Client::open(url)?;
         Ok(Self {
-            connection: ConnectionManager::new(client).await?,
+            connection: ConnectionManager::new(client.clone()).await?,
+            client,
             prefix: prefix.to_owned(),
         })
+    }
+
+    /// The client, for connections of their own (pub/sub).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    /// The prefix of every key.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Where notices between processes go (see [`crate::notices`]).
+    pub fn notices(&self) -> crate::notices::Notices {
+        crate::notices::Notices::Redis {
+            connection: self.connection.clone(),
+            channel: crate::notices::redis_channel(&self.prefix),
+        }
+    }
+
+    /// Records `check` (a [`crate::seal::MasterKey::check_value`]) as the
+    /// deployment's master key on first use; returns whether it matches the
+    /// one recorded.
+    pub async fn same_master_key(&self, check: &str) -> redis::RedisResult<bool> {
+        let key = format!("{}:master-key-check", self.prefix);
+        let mut connection = self.connection.clone();
+        let _: bool = connection.set_nx(&key, check).await?;
+        let recorded: String = connection.get(&key).await?;
+        Ok(recorded == check)
     }
 
     fn device_key(&self, device_id: &str, what: &str) -> String {
@@ -369,6 +403,176 @@ impl NonceStore for RedisStores {
                 .query_async(&mut connection)
                 .await?;
             Ok(set.is_some())
+        })
+    }
+}
+
+/// Compare-and-set of one device record with its name index. KEYS: the
+/// records hash, the names hash. ARGV: device id, the record as read ('' for
+/// none), the new record, its old name key ('' for none), its new name key.
+/// Returns 1 when written, 0 when the record changed since it was read, -1
+/// when another device holds the name.
+const MODIFY_DEVICE: &str = r"
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if (current or '') ~= ARGV[2] then return 0 end
+local holder = redis.call('HGET', KEYS[2], ARGV[5])
+if holder and holder ~= ARGV[1] then return -1 end
+if ARGV[4] ~= '' and ARGV[4] ~= ARGV[5] then redis.call('HDEL', KEYS[2], ARGV[4]) end
+redis.call('HSET', KEYS[2], ARGV[5], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+";
+static MODIFY_DEVICE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MODIFY_DEVICE));
+
+/// A writer racing this many others in a row gives up rather than spin.
+const MODIFY_ATTEMPTS: usize = 32;
+
+impl RedisStores {
+    /// The registry's keys share one hash tag: a registry is small and
+    /// rarely written, and one slot lets a script keep names unique
+    /// atomically even on a Redis Cluster.
+    fn registry_key(&self, what: &str) -> String {
+        format!("{}:{{registry}}:{what}", self.prefix)
+    }
+
+    fn decode_device(device_id: &str, json: &str) -> Result<DeviceRecord, RegistryError> {
+        serde_json::from_str(json).map_err(|_| RegistryError::Corrupt(device_id.to_owned()))
+    }
+}
+
+impl DeviceStore for RedisStores {
+    fn get<'a>(&'a self, device_id: &'a str) -> RegistryFuture<'a, Option<DeviceRecord>> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let json: Option<String> = connection
+                .hget(self.registry_key("devices"), device_id)
+                .await?;
+            json.map(|json| Self::decode_device(device_id, &json))
+                .transpose()
+        })
+    }
+
+    fn list<'a>(&'a self, account_id: Option<&'a str>) -> RegistryFuture<'a, Vec<DeviceRecord>> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let all: Vec<(String, String)> =
+                connection.hgetall(self.registry_key("devices")).await?;
+            let mut found = Vec::with_capacity(all.len());
+            for (device_id, json) in all {
+                let record = Self::decode_device(&device_id, &json)?;
+                if account_id.is_none_or(|account| account == record.account_id) {
+                    found.push(record);
+                }
+            }
+            found.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+            Ok(found)
+        })
+    }
+
+    fn modify<'a>(
+        &'a self,
+        device_id: &'a str,
+        change: RecordChange,
+    ) -> RegistryFuture<'a, Modified> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            for _ in 0..MODIFY_ATTEMPTS {
+                let read: Option<String> = connection
+                    .hget(self.registry_key("devices"), device_id)
+                    .await?;
+                let before = read
+                    .as_deref()
+                    .map(|json| Self::decode_device(device_id, json))
+                    .transpose()?;
+                let after = change(before.as_ref())?;
+                let old_name = before
+                    .as_ref()
+                    .map(|b| name_key_text(&b.account_id, &b.name))
+                    .unwrap_or_default();
+                let written: i8 = MODIFY_DEVICE_SCRIPT
+                    .key(self.registry_key("devices"))
+                    .key(self.registry_key("names"))
+                    .arg(device_id)
+                    .arg(read.as_deref().unwrap_or(""))
+                    .arg(String::from_utf8(encode(&after)).expect("JSON is UTF-8"))
+                    .arg(old_name)
+                    .arg(name_key_text(&after.account_id, &after.name))
+                    .invoke_async(&mut connection)
+                    .await?;
+                match written {
+                    1 => return Ok(Modified { before, after }),
+                    -1 => return Err(RegistryError::NameTaken(after.name)),
+                    // Changed under us: read it again and reapply.
+                    _ => continue,
+                }
+            }
+            Err(RegistryError::Contended(device_id.to_owned()))
+        })
+    }
+}
+
+/// The name index's field: the account's length, so no account can run
+/// into a name, then the account and the name.
+fn name_key_text(account_id: &str, name: &str) -> String {
+    format!("{}:{account_id}:{name}", account_id.len())
+}
+
+/// Raises a device's position in a channel, never lowers it.
+const ADVANCE_POSITION: &str = r"
+local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if tonumber(ARGV[2]) > current then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return 0
+";
+static ADVANCE_POSITION_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ADVANCE_POSITION));
+
+impl PositionStore for RedisStores {
+    fn get<'a>(
+        &'a self,
+        device_id: &'a str,
+        channel: &'a ChannelName,
+    ) -> LogFuture<'a, Option<u64>> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            Ok(connection
+                .hget(self.device_key(device_id, "positions"), channel.as_str())
+                .await?)
+        })
+    }
+
+    fn set<'a>(
+        &'a self,
+        device_id: &'a str,
+        channel: &'a ChannelName,
+        position: u64,
+    ) -> LogFuture<'a, ()> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let _: () = connection
+                .hset(
+                    self.device_key(device_id, "positions"),
+                    channel.as_str(),
+                    position,
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn advance<'a>(
+        &'a self,
+        device_id: &'a str,
+        channel: &'a ChannelName,
+        position: u64,
+    ) -> LogFuture<'a, ()> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let _: i64 = ADVANCE_POSITION_SCRIPT
+                .key(self.device_key(device_id, "positions"))
+                .arg(channel.as_str())
+                .arg(position)
+                .invoke_async(&mut connection)
+                .await?;
+            Ok(())
         })
     }
 }

@@ -1,5 +1,9 @@
-//! The device registry in sled: who may connect, under which account, with
-//! which (sealed) secret, and whether they are revoked.
+//! The device registry: who may connect, under which account, with which
+//! (sealed) secret, whether they are revoked, and which channels they follow.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -42,7 +46,10 @@ pub struct DeviceCredentials {
 pub enum RegistryError {
     /// sled failed.
     #[error("device store: {0}")]
-    Store(#[from] sled::Error),
+    Sled(#[from] sled::Error),
+    /// Redis failed.
+    #[error("device store: {0}")]
+    Redis(#[from] redis::RedisError),
     /// A record could not be decoded: the store is damaged.
     #[error("device record {0} is damaged")]
     Corrupt(String),
@@ -62,28 +69,68 @@ pub enum RegistryError {
     /// Another device of the account already has this name.
     #[error("the account already has a device named {0:?}")]
     NameTaken(String),
+    /// Other writers kept changing the record; nothing was changed.
+    #[error("device {0} is being changed by others; try again")]
+    Contended(String),
 }
 
-/// Devices in a sled tree keyed by device id, and an index of names per
-/// account that keeps names unique within an account.
+/// A boxed future, so stores can be used as `dyn DeviceStore`.
+pub type RegistryFuture<'a, T> =
+    Pin<Box<dyn Future<Output = Result<T, RegistryError>> + Send + 'a>>;
+
+/// A change to one device record, given the record as stored now (`None`
+/// when there is none). A store may call it more than once when it races
+/// another writer, so it must only compute, never act.
+pub type RecordChange =
+    Box<dyn Fn(Option<&DeviceRecord>) -> Result<DeviceRecord, RegistryError> + Send + Sync>;
+
+/// A record before and after a change.
+#[derive(Debug, Clone)]
+pub struct Modified {
+    /// As stored before; `None` for a new device.
+    pub before: Option<DeviceRecord>,
+    /// As stored now.
+    pub after: DeviceRecord,
+}
+
+/// Where device records live: sled on one machine, Redis when gateways
+/// share. Stores only keep records and the per-account name index; the rules
+/// (fresh ids and secrets, sealing, channel limits) are in [`DeviceRegistry`],
+/// once for both.
+pub trait DeviceStore: Send + Sync + std::fmt::Debug {
+    /// The stored record of `device_id`.
+    fn get<'a>(&'a self, device_id: &'a str) -> RegistryFuture<'a, Option<DeviceRecord>>;
+
+    /// Every device, or those of one account, in id (so registration) order.
+    fn list<'a>(&'a self, account_id: Option<&'a str>) -> RegistryFuture<'a, Vec<DeviceRecord>>;
+
+    /// Applies `change` to the record as stored now, atomically with the
+    /// name index: the new name must be free within the account (else
+    /// [`RegistryError::NameTaken`]) and the old one is released. No
+    /// concurrent change is overwritten by a stale copy.
+    fn modify<'a>(
+        &'a self,
+        device_id: &'a str,
+        change: RecordChange,
+    ) -> RegistryFuture<'a, Modified>;
+}
+
+/// The device registry: the rules of registering and changing devices over
+/// whichever [`DeviceStore`] the deployment uses. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct DeviceRegistry {
-    devices: sled::Tree,
-    names: sled::Tree,
+    store: Arc<dyn DeviceStore>,
 }
 
 impl DeviceRegistry {
-    /// Opens the `devices` tree of `db`.
-    pub fn open(db: &sled::Db) -> Result<Self, RegistryError> {
-        Ok(Self {
-            devices: db.open_tree("devices")?,
-            names: db.open_tree("device_names")?,
-        })
+    /// A registry over `store`.
+    pub fn new(store: Arc<dyn DeviceStore>) -> Self {
+        Self { store }
     }
 
     /// Registers a device and returns its record and secret. The secret is
     /// returned this once and stored only sealed.
-    pub fn register(
+    pub async fn register(
         &self,
         master_key: &MasterKey,
         account_id: &str,
@@ -100,45 +147,189 @@ impl DeviceRegistry {
             revoked_at_ms: None,
             channels: Vec::new(),
         };
-        self.write(&record)?;
-        Ok((record, secret))
+        let created = self
+            .store
+            .modify(
+                device_id.as_str(),
+                Box::new(move |current| match current {
+                    Some(existing) => Err(RegistryError::Corrupt(format!(
+                        "device id {} reused",
+                        existing.device_id
+                    ))),
+                    None => Ok(record.clone()),
+                }),
+            )
+            .await?;
+        Ok((created.after, secret))
     }
 
-    /// Stores a new `record`, taking its name in its account; refuses a name
-    /// another device of the account holds.
-    fn write(&self, record: &DeviceRecord) -> Result<(), RegistryError> {
-        self.modify_with(&record.device_id, true, |current| {
-            if current.is_some() {
-                return Err(RegistryError::Corrupt(format!(
-                    "device id {} reused",
-                    record.device_id
-                )));
-            }
-            Ok(record.clone())
-        })
-        .map(|_| ())
-    }
-
-    /// Changes a device inside one transaction over the record and the name
-    /// index: `change` sees the record as stored now, so no concurrent change
-    /// (a revocation, say) is overwritten by a stale copy.
-    fn modify(
+    /// Changes an existing device; see [`DeviceStore::modify`].
+    async fn modify(
         &self,
         device_id: &str,
-        change: impl Fn(&DeviceRecord) -> Result<DeviceRecord, RegistryError>,
-    ) -> Result<DeviceRecord, RegistryError> {
-        self.modify_with(device_id, false, |current| match current {
-            Some(record) => change(record),
-            None => Err(RegistryError::NotFound(device_id.to_owned())),
+        change: impl Fn(&DeviceRecord) -> Result<DeviceRecord, RegistryError> + Send + Sync + 'static,
+    ) -> Result<Modified, RegistryError> {
+        let id = device_id.to_owned();
+        self.store
+            .modify(
+                device_id,
+                Box::new(move |current| match current {
+                    Some(record) => change(record),
+                    None => Err(RegistryError::NotFound(id.clone())),
+                }),
+            )
+            .await
+    }
+
+    /// Renames a device; the name must be free within its account.
+    pub async fn rename(&self, device_id: &str, name: &str) -> Result<DeviceRecord, RegistryError> {
+        let name = name.to_owned();
+        let renamed = self
+            .modify(device_id, move |current| {
+                Ok(DeviceRecord {
+                    name: name.clone(),
+                    ..current.clone()
+                })
+            })
+            .await?;
+        Ok(renamed.after)
+    }
+
+    /// Gives a device a new secret, returned this once. Its old secret no
+    /// longer authenticates.
+    pub async fn rotate_secret(
+        &self,
+        master_key: &MasterKey,
+        device_id: &str,
+    ) -> Result<(DeviceRecord, DeviceSecret), RegistryError> {
+        let id = DeviceId::new(device_id).map_err(|_| RegistryError::NotFound(device_id.into()))?;
+        let secret = fresh_secret()?;
+        let sealed = master_key.seal(&id, &secret)?;
+        let rotated = self
+            .modify(device_id, move |current| {
+                Ok(DeviceRecord {
+                    sealed_secret: sealed.clone(),
+                    ..current.clone()
+                })
+            })
+            .await?;
+        Ok((rotated.after, secret))
+    }
+
+    /// Every device, or those of one account, in id (so registration) order.
+    pub async fn list(&self, account_id: Option<&str>) -> Result<Vec<DeviceRecord>, RegistryError> {
+        self.store.list(account_id).await
+    }
+
+    /// The stored record of `device_id`.
+    pub async fn get(&self, device_id: &str) -> Result<Option<DeviceRecord>, RegistryError> {
+        self.store.get(device_id).await
+    }
+
+    /// The credentials of `device_id`, unsealed, if it is registered.
+    pub async fn credentials(
+        &self,
+        master_key: &MasterKey,
+        device_id: &DeviceId,
+    ) -> Result<Option<DeviceCredentials>, RegistryError> {
+        let Some(record) = self.get(device_id.as_str()).await? else {
+            return Ok(None);
+        };
+        Ok(Some(DeviceCredentials {
+            secret: master_key.unseal(device_id, &record.sealed_secret)?,
+            revoked: record.revoked_at_ms.is_some(),
+        }))
+    }
+
+    /// Marks `device_id` revoked; it can no longer authenticate. Revoking
+    /// again keeps the first time.
+    pub async fn revoke(&self, device_id: &str) -> Result<DeviceRecord, RegistryError> {
+        let now = unix_ms();
+        let revoked = self
+            .modify(device_id, move |current| {
+                let mut record = current.clone();
+                record.revoked_at_ms.get_or_insert(now);
+                Ok(record)
+            })
+            .await?;
+        Ok(revoked.after)
+    }
+
+    /// Subscribes `device_id` to `channel`; returns whether it was newly
+    /// subscribed (subscribing twice changes nothing).
+    pub async fn subscribe(
+        &self,
+        device_id: &str,
+        channel: &ChannelName,
+    ) -> Result<bool, RegistryError> {
+        let name = channel.to_string();
+        let changed = self
+            .modify(device_id, move |current| {
+                let mut record = current.clone();
+                if !record.channels.contains(&name) {
+                    if record.channels.len() >= MAX_RESUME_POINTS {
+                        return Err(RegistryError::TooManyChannels);
+                    }
+                    record.channels.push(name.clone());
+                }
+                Ok(record)
+            })
+            .await?;
+        Ok(changed
+            .before
+            .is_some_and(|before| before.channels != changed.after.channels))
+    }
+
+    /// Unsubscribes `device_id` from `channel`; returns whether it was
+    /// subscribed.
+    pub async fn unsubscribe(
+        &self,
+        device_id: &str,
+        channel: &ChannelName,
+    ) -> Result<bool, RegistryError> {
+        let name = channel.to_string();
+        let changed = self
+            .modify(device_id, move |current| {
+                let mut record = current.clone();
+                record.channels.retain(|c| *c != name);
+                Ok(record)
+            })
+            .await?;
+        Ok(changed
+            .before
+            .is_some_and(|before| before.channels != changed.after.channels))
+    }
+}
+
+/// Devices in a sled tree keyed by device id, and an index of names per
+/// account that keeps names unique within an account.
+#[derive(Debug, Clone)]
+pub struct SledDeviceStore {
+    devices: sled::Tree,
+    names: sled::Tree,
+}
+
+impl SledDeviceStore {
+    /// Opens the `devices` and `device_names` trees of `db`.
+    pub fn open(db: &sled::Db) -> Result<Self, RegistryError> {
+        Ok(Self {
+            devices: db.open_tree("devices")?,
+            names: db.open_tree("device_names")?,
         })
     }
 
-    fn modify_with(
+    fn get_now(&self, device_id: &str) -> Result<Option<DeviceRecord>, RegistryError> {
+        self.devices
+            .get(device_id.as_bytes())?
+            .map(|bytes| decode(device_id, &bytes))
+            .transpose()
+    }
+
+    fn modify_now(
         &self,
         device_id: &str,
-        create: bool,
-        change: impl Fn(Option<&DeviceRecord>) -> Result<DeviceRecord, RegistryError>,
-    ) -> Result<DeviceRecord, RegistryError> {
+        change: &RecordChange,
+    ) -> Result<Modified, RegistryError> {
         use sled::Transactional;
         use sled::transaction::{ConflictableTransactionError, TransactionError};
 
@@ -146,12 +337,8 @@ impl DeviceRegistry {
         let outcome = (&self.devices, &self.names).transaction(|(devices, names)| {
             let abort = ConflictableTransactionError::Abort;
             let current = match devices.get(id)? {
-                Some(bytes) => Some(
-                    serde_json::from_slice::<DeviceRecord>(&bytes)
-                        .map_err(|_| abort(RegistryError::Corrupt(device_id.to_owned())))?,
-                ),
-                None if create => None,
-                None => return Err(abort(RegistryError::NotFound(device_id.to_owned()))),
+                Some(bytes) => Some(decode(device_id, &bytes).map_err(abort)?),
+                None => None,
             };
             let updated = change(current.as_ref()).map_err(abort)?;
             let name_key = name_key_of(&updated.account_id, &updated.name);
@@ -168,150 +355,59 @@ impl DeviceRegistry {
             }
             names.insert(name_key, id)?;
             devices.insert(id, encode(&updated))?;
-            Ok(updated)
+            Ok(Modified {
+                before: current,
+                after: updated,
+            })
         });
-        let updated = outcome.map_err(|e| match e {
+        let modified = outcome.map_err(|e| match e {
             TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => RegistryError::Store(e),
+            TransactionError::Storage(e) => RegistryError::Sled(e),
         })?;
+        // Both trees share one log: one flush makes the change durable.
         self.devices.flush()?;
-        Ok(updated)
-    }
-
-    /// Renames a device; the name must be free within its account.
-    pub fn rename(&self, device_id: &str, name: &str) -> Result<DeviceRecord, RegistryError> {
-        self.modify(device_id, |current| {
-            Ok(DeviceRecord {
-                name: name.to_owned(),
-                ..current.clone()
-            })
-        })
-    }
-
-    /// Gives a device a new secret, returned this once. Its old secret no
-    /// longer authenticates.
-    pub fn rotate_secret(
-        &self,
-        master_key: &MasterKey,
-        device_id: &str,
-    ) -> Result<(DeviceRecord, DeviceSecret), RegistryError> {
-        let id = DeviceId::new(device_id).map_err(|_| RegistryError::NotFound(device_id.into()))?;
-        let secret = fresh_secret()?;
-        let sealed = master_key.seal(&id, &secret)?;
-        let record = self.modify(device_id, |current| {
-            Ok(DeviceRecord {
-                sealed_secret: sealed.clone(),
-                ..current.clone()
-            })
-        })?;
-        Ok((record, secret))
-    }
-
-    /// Every device, or those of one account, in id (so registration) order.
-    pub fn list(&self, account_id: Option<&str>) -> Result<Vec<DeviceRecord>, RegistryError> {
-        let mut found = Vec::new();
-        for entry in self.devices.iter() {
-            let (key, value) = entry?;
-            let record: DeviceRecord = serde_json::from_slice(&value)
-                .map_err(|_| RegistryError::Corrupt(String::from_utf8_lossy(&key).into()))?;
-            if account_id.is_none_or(|account| account == record.account_id) {
-                found.push(record);
-            }
-        }
-        Ok(found)
-    }
-
-    /// Unsubscribes `device_id` from `channel`; returns whether it was
-    /// subscribed.
-    pub fn unsubscribe(
-        &self,
-        device_id: &str,
-        channel: &ChannelName,
-    ) -> Result<bool, RegistryError> {
-        let mut removed = false;
-        let updated = self.devices.update_and_fetch(device_id.as_bytes(), |old| {
-            let mut record: DeviceRecord = serde_json::from_slice(old?).ok()?;
-            let before = record.channels.len();
-            record.channels.retain(|c| c != channel.as_str());
-            removed = record.channels.len() != before;
-            Some(encode(&record))
-        })?;
-        if updated.is_none() {
-            return Err(RegistryError::NotFound(device_id.to_owned()));
-        }
-        self.devices.flush()?;
-        Ok(removed)
-    }
-
-    /// The stored record of `device_id`.
-    pub fn get(&self, device_id: &str) -> Result<Option<DeviceRecord>, RegistryError> {
-        self.devices
-            .get(device_id.as_bytes())?
-            .map(|bytes| {
-                serde_json::from_slice(&bytes)
-                    .map_err(|_| RegistryError::Corrupt(device_id.to_owned()))
-            })
-            .transpose()
-    }
-
-    /// The credentials of `device_id`, unsealed, if it is registered.
-    pub fn credentials(
-        &self,
-        master_key: &MasterKey,
-        device_id: &DeviceId,
-    ) -> Result<Option<DeviceCredentials>, RegistryError> {
-        let Some(record) = self.get(device_id.as_str())? else {
-            return Ok(None);
-        };
-        Ok(Some(DeviceCredentials {
-            secret: master_key.unseal(device_id, &record.sealed_secret)?,
-            revoked: record.revoked_at_ms.is_some(),
-        }))
-    }
-
-    /// Marks `device_id` revoked; it can no longer authenticate.
-    pub fn revoke(&self, device_id: &str) -> Result<DeviceRecord, RegistryError> {
-        let now = unix_ms();
-        let updated = self.devices.update_and_fetch(device_id.as_bytes(), |old| {
-            let mut record: DeviceRecord = serde_json::from_slice(old?).ok()?;
-            record.revoked_at_ms.get_or_insert(now);
-            Some(encode(&record))
-        })?;
-        self.devices.flush()?;
-        let bytes = updated.ok_or_else(|| RegistryError::NotFound(device_id.to_owned()))?;
-        serde_json::from_slice(&bytes).map_err(|_| RegistryError::Corrupt(device_id.to_owned()))
+        Ok(modified)
     }
 }
 
-impl DeviceRegistry {
-    /// Subscribes `device_id` to `channel`; returns whether it was newly
-    /// subscribed (subscribing twice changes nothing).
-    pub fn subscribe(&self, device_id: &str, channel: &ChannelName) -> Result<bool, RegistryError> {
-        let mut added = false;
-        let mut too_many = false;
-        let updated = self.devices.update_and_fetch(device_id.as_bytes(), |old| {
-            let mut record: DeviceRecord = serde_json::from_slice(old?).ok()?;
-            added = false;
-            too_many = false;
-            if !record.channels.iter().any(|c| c == channel.as_str()) {
-                if record.channels.len() >= MAX_RESUME_POINTS {
-                    too_many = true;
-                } else {
-                    record.channels.push(channel.to_string());
-                    added = true;
+impl DeviceStore for SledDeviceStore {
+    fn get<'a>(&'a self, device_id: &'a str) -> RegistryFuture<'a, Option<DeviceRecord>> {
+        // A read from sled's page cache: too quick to be worth a thread hop.
+        Box::pin(async move { self.get_now(device_id) })
+    }
+
+    fn list<'a>(&'a self, account_id: Option<&'a str>) -> RegistryFuture<'a, Vec<DeviceRecord>> {
+        Box::pin(async move {
+            let mut found = Vec::new();
+            for entry in self.devices.iter() {
+                let (key, value) = entry?;
+                let record = decode(&String::from_utf8_lossy(&key), &value)?;
+                if account_id.is_none_or(|account| account == record.account_id) {
+                    found.push(record);
                 }
             }
-            Some(encode(&record))
-        })?;
-        if updated.is_none() {
-            return Err(RegistryError::NotFound(device_id.to_owned()));
-        }
-        if too_many {
-            return Err(RegistryError::TooManyChannels);
-        }
-        self.devices.flush()?;
-        Ok(added)
+            Ok(found)
+        })
     }
+
+    fn modify<'a>(
+        &'a self,
+        device_id: &'a str,
+        change: RecordChange,
+    ) -> RegistryFuture<'a, Modified> {
+        let store = self.clone();
+        let device_id = device_id.to_owned();
+        // The flush waits for the disk: keep it off the runtime's threads.
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || store.modify_now(&device_id, &change))
+                .await
+                .map_err(|e| RegistryError::Corrupt(format!("registry task failed: {e}")))?
+        })
+    }
+}
+
+fn decode(device_id: &str, bytes: &[u8]) -> Result<DeviceRecord, RegistryError> {
+    serde_json::from_slice(bytes).map_err(|_| RegistryError::Corrupt(device_id.to_owned()))
 }
 
 /// 32 bytes from the operating system's CSPRNG.
@@ -322,7 +418,7 @@ fn fresh_secret() -> Result<DeviceSecret, RegistryError> {
 }
 
 /// Length-prefixed account then name, so no account can run into a name.
-fn name_key_of(account_id: &str, name: &str) -> Vec<u8> {
+pub(crate) fn name_key_of(account_id: &str, name: &str) -> Vec<u8> {
     let account = account_id.as_bytes();
     let mut key = Vec::with_capacity(2 + account.len() + name.len());
     key.extend_from_slice(&(account.len() as u16).to_be_bytes());
@@ -331,7 +427,7 @@ fn name_key_of(account_id: &str, name: &str) -> Vec<u8> {
     key
 }
 
-fn encode(record: &DeviceRecord) -> Vec<u8> {
+pub(crate) fn encode(record: &DeviceRecord) -> Vec<u8> {
     serde_json::to_vec(record).expect("a device record always serializes")
 }
 

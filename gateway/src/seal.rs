@@ -91,6 +91,19 @@ impl MasterKey {
         }
     }
 
+    /// A value that tells keys apart without revealing them: hex of the
+    /// first 16 bytes of SHA-256 over a fixed label and the key. Processes
+    /// sharing a Redis compare it at start, so one started with another key
+    /// refuses to run instead of failing every device's authentication.
+    pub fn check_value(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::new()
+            .chain_update(b"eagate/1 master key check:")
+            .chain_update(&self.0[..])
+            .finalize();
+        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     fn cipher(&self) -> ChaCha20Poly1305 {
         ChaCha20Poly1305::new(Key::from_slice(&self.0[..]))
     }

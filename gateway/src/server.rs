@@ -1,5 +1,6 @@
-//! Starting and stopping a gateway: opens the embedded store, loads the TLS
-//! identity and master key, binds the QUIC endpoint.
+//! Starting and stopping a gateway process: opens its stores (sled, or the
+//! deployment's Redis), loads the master key and TLS identity, binds what its
+//! role serves.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,13 +9,15 @@ use std::time::Duration;
 use crate::auth::AuthSettings;
 use crate::config::ServeConfig;
 use crate::http::tokens::TokenStore;
-use crate::nonces::SledNonceStore;
+use crate::nonces::{NonceStore, SledNonceStore};
+use crate::notices::Notices;
 use crate::quic::{self, SessionContext, close_code};
-use crate::registry::{DeviceRegistry, RegistryError};
+use crate::redis_store::RedisStores;
+use crate::registry::{DeviceRegistry, RegistryError, SledDeviceStore};
 use crate::reports::{ReportStore, SledReportStore};
 use crate::seal::{MasterKey, SealError};
 use crate::signals::{
-    DevicePositions, SignalDraft, SignalHub, SignalLog, SignalLogError, SledSignalLog,
+    PositionStore, SignalDraft, SignalHub, SignalLog, SignalLogError, SledPositions, SledSignalLog,
 };
 use crate::tls::{Fingerprint, IdentityError, ServerIdentity};
 use eagate_protocol::{ChannelName, Signal};
@@ -28,6 +31,18 @@ pub enum StartError {
     /// The embedded store could not be opened (another process holds it?).
     #[error("opening the store in {0}: {1}")]
     Store(std::path::PathBuf, sled::Error),
+    /// The shared Redis could not be reached.
+    #[error("connecting to Redis: {0}")]
+    Redis(redis::RedisError),
+    /// This role shares its state with other processes, so it needs Redis.
+    #[error("`eagate {0}` runs beside other processes and needs --redis-url")]
+    NeedsRedis(&'static str),
+    /// The deployment's Redis was set up with another master key.
+    #[error(
+        "this master key differs from the one the deployment's Redis was set up with: \
+         give every process the same EAGATE_MASTER_KEY"
+    )]
+    MasterKeyMismatch,
     /// The registry could not be opened.
     #[error(transparent)]
     Registry(#[from] RegistryError),
@@ -42,45 +57,142 @@ pub enum StartError {
     Bind(SocketAddr, std::io::Error),
 }
 
+/// What one process runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Role {
+    /// Devices and the HTTP sidecar (`eagate serve`).
+    #[default]
+    All,
+    /// Devices only (`eagate gateway`, one of several sharing a Redis).
+    Devices,
+    /// The HTTP sidecar only (`eagate sidecar`, once per deployment).
+    Sidecar,
+}
+
+impl Role {
+    fn serves_devices(self) -> bool {
+        matches!(self, Self::All | Self::Devices)
+    }
+
+    fn serves_http(self) -> bool {
+        matches!(self, Self::All | Self::Sidecar)
+    }
+}
+
+/// The stores a process runs on.
+struct Stores {
+    registry: DeviceRegistry,
+    nonces: Arc<dyn NonceStore>,
+    reports: Arc<dyn ReportStore>,
+    signals: Arc<dyn SignalLog>,
+    positions: Arc<dyn PositionStore>,
+    notices: Notices,
+    /// The embedded store, held until shutdown flushes it.
+    db: Option<sled::Db>,
+    /// Background upkeep: expired nonce purging (sled), or listening for
+    /// other processes' notices (Redis, started once the context exists).
+    upkeep: Vec<tokio::task::JoinHandle<()>>,
+    redis_client: Option<redis::Client>,
+}
+
+async fn open_stores(
+    config: &ServeConfig,
+    role: Role,
+    master_key: &MasterKey,
+) -> Result<Stores, StartError> {
+    let Some(url) = &config.redis_url else {
+        if role != Role::All {
+            return Err(StartError::NeedsRedis(match role {
+                Role::Sidecar => "sidecar",
+                _ => "gateway",
+            }));
+        }
+        let db_path = config.data_dir.join("db");
+        let db = sled::open(&db_path).map_err(|e| StartError::Store(db_path, e))?;
+        let sled_error = |e: sled::Error| StartError::Registry(RegistryError::from(e));
+        let nonces = SledNonceStore::open(&db).map_err(sled_error)?;
+        let purging = nonces.clone();
+        let purge = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                if let Err(e) = purging.purge_expired(crate::clock::unix_ms()) {
+                    tracing::warn!(error = %e, "purging expired nonces failed");
+                }
+            }
+        });
+        return Ok(Stores {
+            registry: DeviceRegistry::new(Arc::new(SledDeviceStore::open(&db)?)),
+            nonces: Arc::new(nonces),
+            reports: Arc::new(SledReportStore::open(&db).map_err(sled_error)?),
+            signals: Arc::new(SledSignalLog::open(&db).map_err(sled_error)?),
+            positions: Arc::new(SledPositions::open(&db).map_err(sled_error)?),
+            notices: Notices::Local,
+            db: Some(db),
+            upkeep: vec![purge],
+            redis_client: None,
+        });
+    };
+    let redis = Arc::new(
+        RedisStores::connect(url, &config.redis_prefix)
+            .await
+            .map_err(StartError::Redis)?,
+    );
+    if !redis
+        .same_master_key(&master_key.check_value())
+        .await
+        .map_err(StartError::Redis)?
+    {
+        return Err(StartError::MasterKeyMismatch);
+    }
+    Ok(Stores {
+        registry: DeviceRegistry::new(redis.clone()),
+        nonces: redis.clone(),
+        reports: redis.clone(),
+        signals: redis.clone(),
+        positions: redis.clone(),
+        notices: redis.notices(),
+        db: None,
+        upkeep: Vec::new(),
+        redis_client: Some(redis.client().clone()),
+    })
+}
+
 /// A running gateway.
 #[derive(Debug)]
 pub struct Gateway {
-    endpoint: quinn::Endpoint,
-    fingerprint: Fingerprint,
+    endpoint: Option<quinn::Endpoint>,
+    fingerprint: Option<Fingerprint>,
     context: Arc<SessionContext>,
-    db: sled::Db,
-    sessions: tokio::task::JoinHandle<()>,
-    http: tokio::task::JoinHandle<()>,
-    http_addr: SocketAddr,
-    purge: tokio::task::JoinHandle<()>,
+    db: Option<sled::Db>,
+    sessions: Option<tokio::task::JoinHandle<()>>,
+    http: Option<(tokio::task::JoinHandle<()>, SocketAddr)>,
+    upkeep: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Gateway {
-    /// Opens the store and starts accepting devices. Must run inside a tokio
-    /// runtime.
+    /// Starts everything in this process (`eagate serve`): devices and the
+    /// HTTP sidecar, on the embedded store or, given a Redis URL, on Redis.
+    /// Must run inside a tokio runtime.
     pub async fn start(config: &ServeConfig) -> Result<Self, StartError> {
+        Self::start_as(config, Role::All).await
+    }
+
+    /// Starts one role of a deployment.
+    pub async fn start_as(config: &ServeConfig, role: Role) -> Result<Self, StartError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
-        let db_path = config.data_dir.join("db");
-        let db = sled::open(&db_path).map_err(|e| StartError::Store(db_path, e))?;
-        let registry = DeviceRegistry::open(&db)?;
-        let nonces = SledNonceStore::open(&db).map_err(RegistryError::from)?;
         let master_key = MasterKey::load_or_create(&config.data_dir, config.master_key.as_deref())?;
-        let identity = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => ServerIdentity::from_pem_files(cert, key)?,
-            _ => ServerIdentity::load_or_generate(&config.data_dir, &config.hostnames)?,
-        };
-        let reports = Arc::new(SledReportStore::open(&db).map_err(RegistryError::from)?);
-        let signals = Arc::new(SledSignalLog::open(&db).map_err(RegistryError::from)?);
-        let positions = DevicePositions::open(&db).map_err(RegistryError::from)?;
+        let stores = open_stores(config, role, &master_key).await?;
         let mut context = SessionContext::new(
-            registry,
+            stores.registry,
             master_key,
-            Arc::new(nonces.clone()),
-            reports,
-            signals,
-            positions,
+            stores.nonces,
+            stores.reports,
+            stores.signals,
+            stores.positions,
         );
+        context.notices = stores.notices;
         context.hub = SignalHub::new(config.signal_queue_len as usize);
         context.auth = AuthSettings {
             skew_window: config.skew_window(),
@@ -88,63 +200,59 @@ impl Gateway {
         };
         context.auth_deadline = config.auth_deadline();
         let context = Arc::new(context);
-        let endpoint = quic::bind(&identity, config.quic_listen)
-            .map_err(|e| StartError::Bind(config.quic_listen, e))?;
-        let sessions = tokio::spawn(quic::serve(endpoint.clone(), context.clone()));
-        let http = tokio::net::TcpListener::bind(config.http_listen)
-            .await
-            .map_err(|e| StartError::Bind(config.http_listen, e))?;
-        let http_addr = http
-            .local_addr()
-            .map_err(|e| StartError::Bind(config.http_listen, e))?;
-        let app = crate::http::router(crate::http::AppState {
-            core: context.clone(),
-            tokens: Arc::new(TokenStore::open(&config.data_dir)),
-        });
-        let mut stopping = context.shutdown.subscribe();
-        let http = tokio::spawn(async move {
-            let serving = axum::serve(http, app).with_graceful_shutdown(async move {
-                let _ = stopping.wait_for(|stop| *stop).await;
-            });
-            if let Err(e) = serving.await {
-                tracing::error!(error = %e, "the HTTP sidecar failed");
-            }
-        });
-        let purge = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                tick.tick().await;
-                if let Err(e) = nonces.purge_expired(crate::clock::unix_ms()) {
-                    tracing::warn!(error = %e, "purging expired nonces failed");
-                }
-            }
-        });
+        let mut upkeep = stores.upkeep;
+        upkeep.push(tokio::spawn(
+            context.hub.clone().recheck(context.signals.clone()),
+        ));
+        if let Some(client) = stores.redis_client {
+            let channel = crate::notices::redis_channel(&config.redis_prefix);
+            upkeep.push(tokio::spawn(crate::notices::listen(
+                client,
+                channel,
+                context.clone(),
+            )));
+        }
+        let (endpoint, fingerprint, sessions) = if role.serves_devices() {
+            let identity = match (&config.tls_cert, &config.tls_key) {
+                (Some(cert), Some(key)) => ServerIdentity::from_pem_files(cert, key)?,
+                _ => ServerIdentity::load_or_generate(&config.data_dir, &config.hostnames)?,
+            };
+            let endpoint = quic::bind(&identity, config.quic_listen)
+                .map_err(|e| StartError::Bind(config.quic_listen, e))?;
+            let sessions = tokio::spawn(quic::serve(endpoint.clone(), context.clone()));
+            (Some(endpoint), Some(identity.fingerprint()), Some(sessions))
+        } else {
+            (None, None, None)
+        };
+        let http = if role.serves_http() {
+            Some(start_http(config, context.clone()).await?)
+        } else {
+            None
+        };
         Ok(Self {
             endpoint,
-            fingerprint: identity.fingerprint(),
+            fingerprint,
             context,
-            db,
+            db: stores.db,
             sessions,
             http,
-            http_addr,
-            purge,
+            upkeep,
         })
     }
 
-    /// Where devices connect.
-    pub fn quic_addr(&self) -> SocketAddr {
-        self.endpoint
-            .local_addr()
-            .expect("a bound endpoint has an address")
+    /// Where devices connect, when this process serves them.
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.endpoint.as_ref().and_then(|e| e.local_addr().ok())
     }
 
-    /// Where the HTTP sidecar listens.
-    pub fn http_addr(&self) -> SocketAddr {
-        self.http_addr
+    /// Where the HTTP sidecar listens, when this process serves it.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|(_, addr)| *addr)
     }
 
-    /// The SHA-256 fingerprint of the TLS certificate, for pinning.
-    pub fn fingerprint(&self) -> Fingerprint {
+    /// The SHA-256 fingerprint of the TLS certificate devices pin, when this
+    /// process serves devices.
+    pub fn fingerprint(&self) -> Option<Fingerprint> {
         self.fingerprint
     }
 
@@ -190,8 +298,8 @@ impl Gateway {
     }
 
     /// Revokes a device (see [`SessionContext::revoke`]).
-    pub fn revoke(&self, device_id: &str) -> Result<(), RegistryError> {
-        self.context.revoke(device_id).map(|_| ())
+    pub async fn revoke(&self, device_id: &str) -> Result<(), RegistryError> {
+        self.context.revoke(device_id).await.map(|_| ())
     }
 
     /// The state shared by the QUIC sessions and the HTTP sidecar.
@@ -203,25 +311,61 @@ impl Gateway {
     /// flushes the store.
     pub async fn shutdown(self) {
         self.context.shutdown.send_replace(true);
-        // Give sessions a moment to deliver their going-away and close.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while self.endpoint.open_connections() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Some(endpoint) = &self.endpoint {
+            // Give sessions a moment to deliver their going-away and close.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            while endpoint.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            endpoint.close(close_code::SHUTDOWN.into(), b"gateway shutting down");
+            endpoint.wait_idle().await;
         }
-        self.endpoint
-            .close(close_code::SHUTDOWN.into(), b"gateway shutting down");
-        self.endpoint.wait_idle().await;
-        self.purge.abort();
-        let _ = self.purge.await;
+        for task in self.upkeep {
+            task.abort();
+            let _ = task.await;
+        }
         // Sessions and the sidecar hold the store; they end now that their
         // connections are closed.
-        let _ = self.sessions.await;
-        let _ = self.http.await;
-        if let Err(e) = crate::durable::flush(&self.db).await {
-            tracing::error!(error = %e, "flushing the store at shutdown failed");
+        if let Some(sessions) = self.sessions {
+            let _ = sessions.await;
+        }
+        if let Some((http, _)) = self.http {
+            let _ = http.await;
+        }
+        if let Some(db) = &self.db {
+            if let Err(e) = crate::durable::flush(db).await {
+                tracing::error!(error = %e, "flushing the store at shutdown failed");
+            }
         }
         // The context holds the last handles on the store; dropping it here
         // releases the data directory's lock for the next process.
         drop(self.context);
     }
+}
+
+/// Binds the HTTP sidecar and serves it until shutdown.
+async fn start_http(
+    config: &ServeConfig,
+    context: Arc<SessionContext>,
+) -> Result<(tokio::task::JoinHandle<()>, SocketAddr), StartError> {
+    let listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|e| StartError::Bind(config.http_listen, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Bind(config.http_listen, e))?;
+    let mut stopping = context.shutdown.subscribe();
+    let app = crate::http::router(crate::http::AppState {
+        core: context,
+        tokens: Arc::new(TokenStore::open(&config.data_dir)),
+    });
+    let task = tokio::spawn(async move {
+        let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        });
+        if let Err(e) = serving.await {
+            tracing::error!(error = %e, "the HTTP sidecar failed");
+        }
+    });
+    Ok((task, addr))
 }

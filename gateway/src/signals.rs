@@ -351,14 +351,30 @@ fn new_signal_id(now_ms: u64) -> Result<SignalId, SignalLogError> {
     Ok(SignalId(id))
 }
 
-/// How long a follower waits for an announcement before rereading the log.
+/// How often the hub looks at the logs of followed channels for signals
+/// it was never told of.
 const LOG_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// One channel's live fan-out.
+#[derive(Debug)]
+struct Feed {
+    sender: broadcast::Sender<Arc<Signal>>,
+    /// The highest position announced (or found by a recheck).
+    announced: u64,
+}
 
 /// Live fan-out: one bounded broadcast per channel. Cheap to clone; clones
 /// share the channels.
+///
+/// An announcement can be missed: a publish whose caller vanished mid-way,
+/// another process's publish while the pub/sub connection was down. The log
+/// is the truth, so [`SignalHub::recheck`] looks at the head of every
+/// followed channel now and then (one read per channel, however many
+/// followers) and announces the newest signal if it is newer than anything
+/// announced; followers that see a gap reread the log.
 #[derive(Debug, Clone)]
 pub struct SignalHub {
-    channels: Arc<Mutex<HashMap<ChannelName, broadcast::Sender<Arc<Signal>>>>>,
+    channels: Arc<Mutex<HashMap<ChannelName, Feed>>>,
     capacity: usize,
 }
 
@@ -371,19 +387,63 @@ impl SignalHub {
         }
     }
 
-    fn sender(&self, channel: &ChannelName) -> broadcast::Sender<Arc<Signal>> {
+    /// A receiver of `channel`'s announcements, made under the lock so a
+    /// recheck can never drop the feed between creating and subscribing.
+    fn subscribe(&self, channel: &ChannelName) -> broadcast::Receiver<Arc<Signal>> {
         self.channels
             .lock()
             .expect("hub lock")
             .entry(channel.clone())
-            .or_insert_with(|| broadcast::channel(self.capacity).0)
-            .clone()
+            .or_insert_with(|| Feed {
+                sender: broadcast::channel(self.capacity).0,
+                announced: 0,
+            })
+            .sender
+            .subscribe()
     }
 
     /// Hands a published signal to every live follower of its channel.
     pub fn announce(&self, signal: Signal) {
-        // No receiver just means no device of this channel is connected.
-        let _ = self.sender(&signal.channel).send(Arc::new(signal));
+        let mut channels = self.channels.lock().expect("hub lock");
+        // Nobody follows the channel here: nothing to do, nothing to keep.
+        let Some(feed) = channels.get_mut(&signal.channel) else {
+            return;
+        };
+        feed.announced = feed.announced.max(signal.position);
+        // No receiver just means the last follower just left.
+        let _ = feed.sender.send(Arc::new(signal));
+    }
+
+    /// Every [`LOG_RECHECK`], announces the newest signal of each followed
+    /// channel whose log is ahead of its announcements, and forgets
+    /// channels nobody follows. Runs until aborted.
+    pub async fn recheck(self, log: Arc<dyn SignalLog>) {
+        let mut tick = tokio::time::interval(LOG_RECHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let followed: Vec<(ChannelName, u64)> = {
+                let mut channels = self.channels.lock().expect("hub lock");
+                channels.retain(|_, feed| feed.sender.receiver_count() > 0);
+                channels
+                    .iter()
+                    .map(|(channel, feed)| (channel.clone(), feed.announced))
+                    .collect()
+            };
+            for (channel, announced) in followed {
+                let newest = match log.head(&channel).await {
+                    Ok(head) if head > announced => log.read_after(&channel, head - 1, 1).await,
+                    Ok(_) => continue,
+                    Err(e) => Err(e),
+                };
+                match newest {
+                    Ok(batch) => batch.into_iter().for_each(|signal| self.announce(signal)),
+                    Err(e) => {
+                        tracing::warn!(%channel, error = %e, "rechecking a channel's log failed")
+                    }
+                }
+            }
+        }
     }
 
     /// Follows `channel` from the position after `after`: every signal in
@@ -398,7 +458,7 @@ impl SignalHub {
     ) -> Result<(), SignalLogError> {
         // Subscribe before reading the log, so nothing published in between
         // is missed.
-        let mut live = self.sender(&channel).subscribe();
+        let mut live = self.subscribe(&channel);
         let mut next = after.saturating_add(1);
         loop {
             // Catch up from the log.
@@ -414,15 +474,11 @@ impl SignalHub {
                     }
                 }
             }
-            // Then follow live until a gap or lag sends us back to the log,
-            // or a quiet spell: an announcement can be missed (a publish whose
-            // caller vanished mid-way, another gateway's publish), and the
-            // log is the truth, so a quiet follower rereads it now and then.
+            // Then follow live until a gap or lag sends us back to the log.
+            // A full `out` (a slow device) makes this follower lag, never
+            // the others, and its catching up reads the log, not memory.
             loop {
-                let Ok(received) = tokio::time::timeout(LOG_RECHECK, live.recv()).await else {
-                    break;
-                };
-                match received {
+                match live.recv().await {
                     Ok(signal) if signal.position < next => continue,
                     Ok(signal) if signal.position == next => {
                         next += 1;
@@ -440,52 +496,100 @@ impl SignalHub {
 
 /// The gateway's record of how far each device has got in each channel,
 /// from its reports. Used when a device names no resume point for a channel.
+pub trait PositionStore: Send + Sync + std::fmt::Debug {
+    /// The last position recorded for the device in the channel.
+    fn get<'a>(
+        &'a self,
+        device_id: &'a str,
+        channel: &'a ChannelName,
+    ) -> LogFuture<'a, Option<u64>>;
+
+    /// Sets the position, whatever was recorded before (a new subscription
+    /// starts from the channel's head).
+    fn set<'a>(
+        &'a self,
+        device_id: &'a str,
+        channel: &'a ChannelName,
+        position: u64,
+    ) -> LogFuture<'a, ()>;
+
+    /// Records `position` unless a later one is already recorded.
+    fn advance<'a>(
+        &'a self,
+        device_id: &'a str,
+        channel: &'a ChannelName,
+        position: u64,
+    ) -> LogFuture<'a, ()>;
+}
+
+/// Device positions in a sled tree.
 #[derive(Debug, Clone)]
-pub struct DevicePositions {
+pub struct SledPositions {
     positions: sled::Tree,
 }
 
-impl DevicePositions {
+impl SledPositions {
     /// Opens the `device_positions` tree of `db`.
     pub fn open(db: &sled::Db) -> sled::Result<Self> {
         Ok(Self {
             positions: db.open_tree("device_positions")?,
         })
     }
+}
 
-    /// The last position recorded for the device in the channel.
-    pub fn get(&self, device_id: &str, channel: &ChannelName) -> sled::Result<Option<u64>> {
-        Ok(self
-            .positions
-            .get(position_key(device_id, channel))?
-            .as_deref()
-            .map(read_u64))
+impl PositionStore for SledPositions {
+    fn get<'a>(
+        &'a self,
+        device_id: &'a str,
+        channel: &'a ChannelName,
+    ) -> LogFuture<'a, Option<u64>> {
+        Box::pin(async move {
+            Ok(self
+                .positions
+                .get(position_key(device_id, channel))?
+                .as_deref()
+                .map(read_u64))
+        })
     }
 
-    /// Sets the position, whatever was recorded before (a new subscription
-    /// starts from the channel's head).
-    pub fn set(&self, device_id: &str, channel: &ChannelName, position: u64) -> sled::Result<()> {
-        self.positions.insert(
-            position_key(device_id, channel),
-            &position.to_be_bytes()[..],
-        )?;
-        self.positions.flush()?;
-        Ok(())
-    }
-
-    /// Records `position` unless a later one is already recorded.
-    pub fn advance(
-        &self,
-        device_id: &str,
-        channel: &ChannelName,
+    fn set<'a>(
+        &'a self,
+        device_id: &'a str,
+        channel: &'a ChannelName,
         position: u64,
-    ) -> sled::Result<()> {
-        self.positions
-            .fetch_and_update(position_key(device_id, channel), |old| {
-                let current = old.map_or(0, read_u64);
-                Some(current.max(position).to_be_bytes().to_vec())
-            })?;
-        Ok(())
+    ) -> LogFuture<'a, ()> {
+        let positions = self.positions.clone();
+        let key = position_key(device_id, channel);
+        Box::pin(async move {
+            // A subscription's start must survive a crash: flush, off the
+            // runtime's threads.
+            tokio::task::spawn_blocking(move || {
+                positions.insert(key, &position.to_be_bytes()[..])?;
+                positions.flush()
+            })
+            .await
+            .map_err(|e| SignalLogError::Corrupt(format!("position task failed: {e}")))??;
+            Ok(())
+        })
+    }
+
+    fn advance<'a>(
+        &'a self,
+        device_id: &'a str,
+        channel: &'a ChannelName,
+        position: u64,
+    ) -> LogFuture<'a, ()> {
+        Box::pin(async move {
+            // Not flushed: the report that proves the position is durable,
+            // and a position lost in a crash only means the device is sent
+            // signals it already has, which it drops by position.
+            self.positions
+                .fetch_and_update(position_key(device_id, channel), |old| {
+                    let current = old.map_or(0, read_u64);
+                    Some(current.max(position).to_be_bytes().to_vec())
+                })?;
+            Ok(())
+        })
     }
 }
 

@@ -9,10 +9,10 @@ use eagate_gateway::quic::close_code;
 use eagate_gateway::server::Gateway;
 use eagate_protocol::*;
 
-#[tokio::test]
-async fn device_with_the_right_secret_is_accepted_with_the_gateway_time() {
-    let (gateway, dir) = start().await;
-    let device = register(&gateway);
+on_both_backends!(device_with_the_right_secret_is_accepted_with_the_gateway_time);
+async fn device_with_the_right_secret_is_accepted_with_the_gateway_time(backend: Backend) {
+    let (gateway, dir) = start_on(&backend).await;
+    let device = register(&gateway).await;
     let mut session = connect(&gateway, dir.path()).await;
     let before = now_ms();
     match session.authenticate(&device, fresh_nonce()).await {
@@ -31,10 +31,10 @@ async fn device_with_the_right_secret_is_accepted_with_the_gateway_time() {
     );
 }
 
-#[tokio::test]
-async fn wrong_secret_is_refused_generically_and_the_connection_closed() {
-    let (gateway, dir) = start().await;
-    let mut device = register(&gateway);
+on_both_backends!(wrong_secret_is_refused_generically_and_the_connection_closed);
+async fn wrong_secret_is_refused_generically_and_the_connection_closed(backend: Backend) {
+    let (gateway, dir) = start_on(&backend).await;
+    let mut device = register(&gateway).await;
     device.secret = DeviceSecret::from_bytes([9; 32]);
     let mut session = connect(&gateway, dir.path()).await;
     assert_eq!(
@@ -44,9 +44,9 @@ async fn wrong_secret_is_refused_generically_and_the_connection_closed() {
     assert_eq!(session.close_code().await, close_code::AUTH_REFUSED as u64);
 }
 
-#[tokio::test]
-async fn unknown_device_is_refused_with_the_same_generic_answer() {
-    let (gateway, dir) = start().await;
+on_both_backends!(unknown_device_is_refused_with_the_same_generic_answer);
+async fn unknown_device_is_refused_with_the_same_generic_answer(backend: Backend) {
+    let (gateway, dir) = start_on(&backend).await;
     let stranger = Device {
         id: DeviceId::new("dv_NOBODY").unwrap(),
         secret: DeviceSecret::from_bytes([1; 32]),
@@ -59,11 +59,11 @@ async fn unknown_device_is_refused_with_the_same_generic_answer() {
     assert_eq!(session.close_code().await, close_code::AUTH_REFUSED as u64);
 }
 
-#[tokio::test]
-async fn revoked_device_with_the_right_secret_is_told_it_is_revoked() {
-    let (gateway, dir) = start().await;
-    let device = register(&gateway);
-    gateway.registry().revoke(device.id.as_str()).unwrap();
+on_both_backends!(revoked_device_with_the_right_secret_is_told_it_is_revoked);
+async fn revoked_device_with_the_right_secret_is_told_it_is_revoked(backend: Backend) {
+    let (gateway, dir) = start_on(&backend).await;
+    let device = register(&gateway).await;
+    gateway.registry().revoke(device.id.as_str()).await.unwrap();
     let mut session = connect(&gateway, dir.path()).await;
     assert_eq!(
         session.authenticate(&device, fresh_nonce()).await,
@@ -71,10 +71,10 @@ async fn revoked_device_with_the_right_secret_is_told_it_is_revoked() {
     );
 }
 
-#[tokio::test]
-async fn timestamp_outside_the_window_gets_clock_skew_with_the_gateway_time() {
-    let (gateway, dir) = start().await;
-    let device = register(&gateway);
+on_both_backends!(timestamp_outside_the_window_gets_clock_skew_with_the_gateway_time);
+async fn timestamp_outside_the_window_gets_clock_skew_with_the_gateway_time(backend: Backend) {
+    let (gateway, dir) = start_on(&backend).await;
+    let device = register(&gateway).await;
     let mut session = connect(&gateway, dir.path()).await;
     let skewed = now_ms() - 31_000;
     let message = session.authenticate_message(&device, skewed, fresh_nonce());
@@ -87,11 +87,13 @@ async fn timestamp_outside_the_window_gets_clock_skew_with_the_gateway_time() {
     }
 }
 
-#[tokio::test]
-async fn replayed_nonce_is_refused_also_after_a_gateway_restart() {
+on_both_backends!(replayed_nonce_is_refused_also_after_a_gateway_restart);
+async fn replayed_nonce_is_refused_also_after_a_gateway_restart(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let gateway = Gateway::start(&config(dir.path())).await.unwrap();
-    let device = register(&gateway);
+    let gateway = Gateway::start(&config_on(&backend, dir.path()))
+        .await
+        .unwrap();
+    let device = register(&gateway).await;
     let nonce = fresh_nonce();
     let mut first = connect(&gateway, dir.path()).await;
     assert!(matches!(
@@ -107,7 +109,9 @@ async fn replayed_nonce_is_refused_also_after_a_gateway_restart() {
     drop((first, second));
     gateway.shutdown().await;
 
-    let restarted = Gateway::start(&config(dir.path())).await.unwrap();
+    let restarted = Gateway::start(&config_on(&backend, dir.path()))
+        .await
+        .unwrap();
     let mut third = connect(&restarted, dir.path()).await;
     assert_eq!(
         third.authenticate(&device, nonce).await,
@@ -120,10 +124,10 @@ async fn replayed_nonce_is_refused_also_after_a_gateway_restart() {
     ));
 }
 
-#[tokio::test]
-async fn authentication_captured_on_one_connection_is_refused_on_another() {
-    let (gateway, dir) = start().await;
-    let device = register(&gateway);
+on_both_backends!(authentication_captured_on_one_connection_is_refused_on_another);
+async fn authentication_captured_on_one_connection_is_refused_on_another(backend: Backend) {
+    let (gateway, dir) = start_on(&backend).await;
+    let device = register(&gateway).await;
     let victim = connect(&gateway, dir.path()).await;
     let captured = victim.authenticate_message(&device, now_ms(), fresh_nonce());
     let mut attacker = connect(&gateway, dir.path()).await;
@@ -134,10 +138,10 @@ async fn authentication_captured_on_one_connection_is_refused_on_another() {
     );
 }
 
-#[tokio::test]
-async fn garbage_closes_the_connection_and_the_gateway_keeps_serving() {
-    let (gateway, dir) = start().await;
-    let device = register(&gateway);
+on_both_backends!(garbage_closes_the_connection_and_the_gateway_keeps_serving);
+async fn garbage_closes_the_connection_and_the_gateway_keeps_serving(backend: Backend) {
+    let (gateway, dir) = start_on(&backend).await;
+    let device = register(&gateway).await;
     let mut garbage = connect(&gateway, dir.path()).await;
     garbage
         .send_raw(&[0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff])
@@ -154,9 +158,9 @@ async fn garbage_closes_the_connection_and_the_gateway_keeps_serving() {
     ));
 }
 
-#[tokio::test]
-async fn oversized_frame_is_refused_before_its_body_is_read() {
-    let (gateway, dir) = start().await;
+on_both_backends!(oversized_frame_is_refused_before_its_body_is_read);
+async fn oversized_frame_is_refused_before_its_body_is_read(backend: Backend) {
+    let (gateway, dir) = start_on(&backend).await;
     let mut session = connect(&gateway, dir.path()).await;
     session.send_raw(&u32::MAX.to_be_bytes()).await;
     assert_eq!(session.receive().await, None);
@@ -166,9 +170,9 @@ async fn oversized_frame_is_refused_before_its_body_is_read() {
     );
 }
 
-#[tokio::test]
-async fn anything_but_authenticate_first_is_a_protocol_violation() {
-    let (gateway, dir) = start().await;
+on_both_backends!(anything_but_authenticate_first_is_a_protocol_violation);
+async fn anything_but_authenticate_first_is_a_protocol_violation(backend: Backend) {
+    let (gateway, dir) = start_on(&backend).await;
     let mut session = connect(&gateway, dir.path()).await;
     session.send(&DeviceMessage::Ping(Ping { token: 1 })).await;
     assert_eq!(session.receive().await, None);
@@ -178,9 +182,9 @@ async fn anything_but_authenticate_first_is_a_protocol_violation() {
     );
 }
 
-#[tokio::test]
-async fn connection_that_does_not_authenticate_is_closed_at_the_deadline() {
-    let (gateway, dir) = start().await;
+on_both_backends!(connection_that_does_not_authenticate_is_closed_at_the_deadline);
+async fn connection_that_does_not_authenticate_is_closed_at_the_deadline(backend: Backend) {
+    let (gateway, dir) = start_on(&backend).await;
     let session = connect(&gateway, dir.path()).await;
     // Opened the stream but sends nothing; the deadline in the test config
     // is one second.
@@ -189,10 +193,10 @@ async fn connection_that_does_not_authenticate_is_closed_at_the_deadline() {
     assert!(started.elapsed() >= Duration::from_millis(900));
 }
 
-#[tokio::test]
-async fn unsupported_protocol_version_is_told_the_supported_range() {
-    let (gateway, dir) = start().await;
-    let device = register(&gateway);
+on_both_backends!(unsupported_protocol_version_is_told_the_supported_range);
+async fn unsupported_protocol_version_is_told_the_supported_range(backend: Backend) {
+    let (gateway, dir) = start_on(&backend).await;
+    let device = register(&gateway).await;
     let mut session = connect(&gateway, dir.path()).await;
     let DeviceMessage::Authenticate(mut auth) =
         session.authenticate_message(&device, now_ms(), fresh_nonce())
@@ -209,11 +213,11 @@ async fn unsupported_protocol_version_is_told_the_supported_range() {
     );
 }
 
-#[tokio::test]
-async fn revoking_a_connected_device_cuts_it_off_within_one_second() {
-    let (gateway, dir) = start().await;
-    let device = register(&gateway);
-    let bystander = register(&gateway);
+on_both_backends!(revoking_a_connected_device_cuts_it_off_within_one_second);
+async fn revoking_a_connected_device_cuts_it_off_within_one_second(backend: Backend) {
+    let (gateway, dir) = start_on(&backend).await;
+    let device = register(&gateway).await;
+    let bystander = register(&gateway).await;
     let mut session = connect(&gateway, dir.path()).await;
     let mut other = connect(&gateway, dir.path()).await;
     assert!(matches!(
@@ -225,7 +229,7 @@ async fn revoking_a_connected_device_cuts_it_off_within_one_second() {
         Some(GatewayMessage::AuthAccepted(_))
     ));
     let revoked_at = std::time::Instant::now();
-    gateway.revoke(device.id.as_str()).unwrap();
+    gateway.revoke(device.id.as_str()).await.unwrap();
     assert_eq!(
         session.receive().await,
         Some(GatewayMessage::GoingAway(GoingAway {
@@ -246,10 +250,10 @@ async fn revoking_a_connected_device_cuts_it_off_within_one_second() {
     );
 }
 
-#[tokio::test]
-async fn shutdown_tells_connected_devices_the_gateway_is_going_away() {
-    let (gateway, dir) = start().await;
-    let device = register(&gateway);
+on_both_backends!(shutdown_tells_connected_devices_the_gateway_is_going_away);
+async fn shutdown_tells_connected_devices_the_gateway_is_going_away(backend: Backend) {
+    let (gateway, dir) = start_on(&backend).await;
+    let device = register(&gateway).await;
     let mut session = connect(&gateway, dir.path()).await;
     assert!(matches!(
         session.authenticate(&device, fresh_nonce()).await,
@@ -266,16 +270,22 @@ async fn shutdown_tells_connected_devices_the_gateway_is_going_away() {
     stopping.await.unwrap();
 }
 
-#[tokio::test]
-async fn rotating_a_secret_ends_live_sessions_and_only_the_new_secret_authenticates() {
-    let (gateway, dir) = start().await;
-    let device = register(&gateway);
+on_both_backends!(rotating_a_secret_ends_live_sessions_and_only_the_new_secret_authenticates);
+async fn rotating_a_secret_ends_live_sessions_and_only_the_new_secret_authenticates(
+    backend: Backend,
+) {
+    let (gateway, dir) = start_on(&backend).await;
+    let device = register(&gateway).await;
     let mut session = connect(&gateway, dir.path()).await;
     assert!(matches!(
         session.authenticate(&device, fresh_nonce()).await,
         Some(GatewayMessage::AuthAccepted(_))
     ));
-    let (_, new_secret) = gateway.context().rotate_secret(device.id.as_str()).unwrap();
+    let (_, new_secret) = gateway
+        .context()
+        .rotate_secret(device.id.as_str())
+        .await
+        .unwrap();
     assert_eq!(
         session.receive().await,
         Some(GatewayMessage::GoingAway(GoingAway {

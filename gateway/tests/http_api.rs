@@ -23,8 +23,8 @@ struct Api {
     _dir: tempfile::TempDir,
 }
 
-async fn api() -> Api {
-    let (gateway, dir) = start().await;
+async fn api(backend: &Backend) -> Api {
+    let (gateway, dir) = start_on(backend).await;
     let admin = create_token(dir.path(), Scope::Admin).unwrap().to_string();
     let platform = create_token(dir.path(), Scope::Platform)
         .unwrap()
@@ -145,9 +145,9 @@ const V1_ROUTES: &[(&str, &str)] = &[
     ),
 ];
 
-#[tokio::test]
-async fn every_v1_route_without_a_valid_token_is_401() {
-    let api = api().await;
+on_both_backends!(every_v1_route_without_a_valid_token_is_401);
+async fn every_v1_route_without_a_valid_token_is_401(backend: Backend) {
+    let api = api(&backend).await;
     for (method, uri) in V1_ROUTES {
         for token in [None, Some("eat_not-a-real-token")] {
             let answer = api.call(method, uri, token, None).await;
@@ -156,9 +156,9 @@ async fn every_v1_route_without_a_valid_token_is_401() {
     }
 }
 
-#[tokio::test]
-async fn a_platform_token_cannot_manage_devices_403() {
-    let api = api().await;
+on_both_backends!(a_platform_token_cannot_manage_devices_403);
+async fn a_platform_token_cannot_manage_devices_403(backend: Backend) {
+    let api = api(&backend).await;
     let platform = api.platform.clone();
     for (method, uri) in &V1_ROUTES[..8] {
         let answer = api.call(method, uri, Some(&platform), None).await;
@@ -166,9 +166,9 @@ async fn a_platform_token_cannot_manage_devices_403() {
     }
 }
 
-#[tokio::test]
-async fn a_token_created_while_the_sidecar_runs_works_at_once() {
-    let api = api().await;
+on_both_backends!(a_token_created_while_the_sidecar_runs_works_at_once);
+async fn a_token_created_while_the_sidecar_runs_works_at_once(backend: Backend) {
+    let api = api(&backend).await;
     let dir = api._dir.path().to_owned();
     let fresh = create_token(&dir, Scope::Admin).unwrap().to_string();
     let answer = api.call("GET", "/v1/devices", Some(&fresh), None).await;
@@ -179,9 +179,9 @@ async fn a_token_created_while_the_sidecar_runs_works_at_once() {
     assert!(!stored.contains(&api.admin));
 }
 
-#[tokio::test]
-async fn registering_shows_the_secret_once_and_never_again() {
-    let api = api().await;
+on_both_backends!(registering_shows_the_secret_once_and_never_again);
+async fn registering_shows_the_secret_once_and_never_again(backend: Backend) {
+    let api = api(&backend).await;
     let created = api.register("acct-1", "London VPS").await;
     let secret = created["secret"].as_str().unwrap();
     DeviceSecret::parse(secret).expect("a valid egs_ secret");
@@ -199,9 +199,9 @@ async fn registering_shows_the_secret_once_and_never_again() {
     }
 }
 
-#[tokio::test]
-async fn listing_filters_by_account() {
-    let api = api().await;
+on_both_backends!(listing_filters_by_account);
+async fn listing_filters_by_account(backend: Backend) {
+    let api = api(&backend).await;
     api.register("acct-1", "a").await;
     api.register("acct-2", "b").await;
     let listed = api
@@ -212,9 +212,9 @@ async fn listing_filters_by_account() {
     assert_eq!(devices[0]["account_id"], "acct-2");
 }
 
-#[tokio::test]
-async fn a_duplicate_name_within_an_account_is_409_but_fine_in_another() {
-    let api = api().await;
+on_both_backends!(a_duplicate_name_within_an_account_is_409_but_fine_in_another);
+async fn a_duplicate_name_within_an_account_is_409_but_fine_in_another(backend: Backend) {
+    let api = api(&backend).await;
     api.register("acct-1", "VPS-1").await;
     let second = api.register("acct-1", "VPS-2").await;
     let id = second["device"]["device_id"].as_str().unwrap();
@@ -247,9 +247,9 @@ async fn a_duplicate_name_within_an_account_is_409_but_fine_in_another() {
     api.register("acct-1", "VPS-2").await;
 }
 
-#[tokio::test]
-async fn bad_device_input_is_422_with_a_clear_message() {
-    let api = api().await;
+on_both_backends!(bad_device_input_is_422_with_a_clear_message);
+async fn bad_device_input_is_422_with_a_clear_message(backend: Backend) {
+    let api = api(&backend).await;
     let cases = [
         (json!({"account_id": "a"}), "name"),
         (
@@ -285,9 +285,9 @@ async fn bad_device_input_is_422_with_a_clear_message() {
     assert_eq!(broken.content_type, "application/problem+json");
 }
 
-#[tokio::test]
-async fn an_oversized_body_is_413_and_changes_nothing() {
-    let api = api().await;
+on_both_backends!(an_oversized_body_is_413_and_changes_nothing);
+async fn an_oversized_body_is_413_and_changes_nothing(backend: Backend) {
+    let api = api(&backend).await;
     let huge = format!(r#"{{"account_id": "a", "name": "{}"}}"#, "x".repeat(70_000));
     let answer = api
         .call_raw("POST", "/v1/devices", Some(&api.admin.clone()), Some(huge))
@@ -297,9 +297,9 @@ async fn an_oversized_body_is_413_and_changes_nothing() {
     assert_eq!(listed.body.as_array().unwrap().len(), 0);
 }
 
-#[tokio::test]
-async fn unknown_devices_and_routes_are_404() {
-    let api = api().await;
+on_both_backends!(unknown_devices_and_routes_are_404);
+async fn unknown_devices_and_routes_are_404(backend: Backend) {
+    let api = api(&backend).await;
     for (method, uri) in [
         ("GET", "/v1/devices/dv_NOPE"),
         ("POST", "/v1/devices/dv_NOPE/revoke"),
@@ -317,9 +317,9 @@ async fn unknown_devices_and_routes_are_404() {
     assert_problem(&answer, StatusCode::NOT_FOUND, "no such route");
 }
 
-#[tokio::test]
-async fn revoking_and_rotating_a_device() {
-    let api = api().await;
+on_both_backends!(revoking_and_rotating_a_device);
+async fn revoking_and_rotating_a_device(backend: Backend) {
+    let api = api(&backend).await;
     let created = api.register("acct-1", "EA").await;
     let id = created["device"]["device_id"].as_str().unwrap();
     let rotated = api
@@ -335,9 +335,9 @@ async fn revoking_and_rotating_a_device() {
     assert!(revoked.body["revoked_at_ms"].as_u64().unwrap() > 0);
 }
 
-#[tokio::test]
-async fn subscriptions_are_added_removed_and_bounded() {
-    let api = api().await;
+on_both_backends!(subscriptions_are_added_removed_and_bounded);
+async fn subscriptions_are_added_removed_and_bounded(backend: Backend) {
+    let api = api(&backend).await;
     let created = api.register("acct-1", "EA").await;
     let id = created["device"]["device_id"].as_str().unwrap();
     let added = api
@@ -383,9 +383,9 @@ fn market_buy() -> Value {
     })
 }
 
-#[tokio::test]
-async fn publishing_a_signal_gives_it_a_position_and_an_id() {
-    let api = api().await;
+on_both_backends!(publishing_a_signal_gives_it_a_position_and_an_id);
+async fn publishing_a_signal_gives_it_a_position_and_an_id(backend: Backend) {
+    let api = api(&backend).await;
     let platform = api.platform.clone();
     for position in 1..=2 {
         let answer = api
@@ -403,9 +403,9 @@ async fn publishing_a_signal_gives_it_a_position_and_an_id() {
     }
 }
 
-#[tokio::test]
-async fn invalid_signals_are_422_with_a_clear_message_and_not_logged() {
-    let api = api().await;
+on_both_backends!(invalid_signals_are_422_with_a_clear_message_and_not_logged);
+async fn invalid_signals_are_422_with_a_clear_message_and_not_logged(backend: Backend) {
+    let api = api(&backend).await;
     let mut zero_volume = market_buy();
     zero_volume["volume"] = json!("0");
     let mut float_price = market_buy();
@@ -439,9 +439,9 @@ async fn invalid_signals_are_422_with_a_clear_message_and_not_logged() {
     assert_eq!(api.gateway.signals().head(&gold).await.unwrap(), 0);
 }
 
-#[tokio::test]
-async fn executions_show_each_subscribed_device_pending_received_or_filled() {
-    let api = api().await;
+on_both_backends!(executions_show_each_subscribed_device_pending_received_or_filled);
+async fn executions_show_each_subscribed_device_pending_received_or_filled(backend: Backend) {
+    let api = api(&backend).await;
     let mut ids = Vec::new();
     for name in ["a", "b", "c"] {
         let created = api.register("acct-1", name).await;
@@ -514,9 +514,9 @@ async fn executions_show_each_subscribed_device_pending_received_or_filled() {
     assert_problem(&malformed, StatusCode::UNPROCESSABLE_ENTITY, "signal id");
 }
 
-#[tokio::test]
-async fn health_and_readiness_need_no_token() {
-    let api = api().await;
+on_both_backends!(health_and_readiness_need_no_token);
+async fn health_and_readiness_need_no_token(backend: Backend) {
+    let api = api(&backend).await;
     assert_eq!(
         api.call("GET", "/healthz", None, None).await.status,
         StatusCode::OK
@@ -527,9 +527,9 @@ async fn health_and_readiness_need_no_token() {
     );
 }
 
-#[tokio::test]
-async fn a_device_registered_over_http_authenticates_over_quic() {
-    let api = api().await;
+on_both_backends!(a_device_registered_over_http_authenticates_over_quic);
+async fn a_device_registered_over_http_authenticates_over_quic(backend: Backend) {
+    let api = api(&backend).await;
     let created = api.register("acct-1", "EA").await;
     let device = Device {
         id: DeviceId::new(created["device"]["device_id"].as_str().unwrap()).unwrap(),
@@ -543,9 +543,9 @@ async fn a_device_registered_over_http_authenticates_over_quic() {
     assert!(shown.body["last_seen_ms"].as_u64().is_some());
 }
 
-#[tokio::test]
-async fn metrics_count_sessions_refusals_deliveries_and_reports() {
-    let api = api().await;
+on_both_backends!(metrics_count_sessions_refusals_deliveries_and_reports);
+async fn metrics_count_sessions_refusals_deliveries_and_reports(backend: Backend) {
+    let api = api(&backend).await;
     let created = api.register("acct-1", "EA").await;
     let id = created["device"]["device_id"].as_str().unwrap().to_owned();
     api.admin("PUT", &format!("/v1/devices/{id}/subscriptions/gold"), None)
@@ -598,9 +598,9 @@ async fn metrics_count_sessions_refusals_deliveries_and_reports() {
     }
 }
 
-#[tokio::test]
-async fn the_openapi_document_and_the_routes_agree_both_ways() {
-    let api = api().await;
+on_both_backends!(the_openapi_document_and_the_routes_agree_both_ways);
+async fn the_openapi_document_and_the_routes_agree_both_ways(backend: Backend) {
+    let api = api(&backend).await;
     let answer = api.call("GET", "/openapi.json", None, None).await;
     assert_eq!(answer.status, StatusCode::OK);
     let paths = answer.body["paths"].as_object().unwrap();
@@ -641,9 +641,9 @@ async fn the_openapi_document_and_the_routes_agree_both_ways() {
     }
 }
 
-#[tokio::test]
-async fn a_publish_retried_with_its_idempotency_key_returns_the_same_signal_once() {
-    let api = api().await;
+on_both_backends!(a_publish_retried_with_its_idempotency_key_returns_the_same_signal_once);
+async fn a_publish_retried_with_its_idempotency_key_returns_the_same_signal_once(backend: Backend) {
+    let api = api(&backend).await;
     let publish = |key: Option<&str>, body: Value| {
         let mut request = Request::builder()
             .method("POST")

@@ -25,10 +25,10 @@ fn fill(ticket: u64) -> ReportOutcome {
     })
 }
 
-#[tokio::test]
-async fn each_report_is_confirmed_once_it_is_stored() {
-    let (gateway, dir) = start().await;
-    let device = register(&gateway);
+on_both_backends!(each_report_is_confirmed_once_it_is_stored);
+async fn each_report_is_confirmed_once_it_is_stored(backend: Backend) {
+    let (gateway, dir) = start_on(&backend).await;
+    let device = register(&gateway).await;
     let (mut session, accepted) = Session::open(&gateway, dir.path(), &device).await;
     assert_eq!(accepted.confirmed_report_seq, 0);
     session.send(&report(1, 7, ReportOutcome::Received)).await;
@@ -58,11 +58,13 @@ async fn each_report_is_confirmed_once_it_is_stored() {
     assert_eq!(stored[1].device_id, device.id.as_str());
 }
 
-#[tokio::test]
-async fn reports_resent_after_a_lost_confirmation_are_stored_exactly_once() {
+on_both_backends!(reports_resent_after_a_lost_confirmation_are_stored_exactly_once);
+async fn reports_resent_after_a_lost_confirmation_are_stored_exactly_once(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let gateway = Gateway::start(&config(dir.path())).await.unwrap();
-    let device = register(&gateway);
+    let gateway = Gateway::start(&config_on(&backend, dir.path()))
+        .await
+        .unwrap();
+    let device = register(&gateway).await;
     let (mut session, _) = Session::open(&gateway, dir.path(), &device).await;
     for seq in 1..=3 {
         session.send(&report(seq, 9, fill(seq))).await;
@@ -106,7 +108,9 @@ async fn reports_resent_after_a_lost_confirmation_are_stored_exactly_once() {
 
     // And after a gateway restart, the watermark and the records are there.
     gateway.shutdown().await;
-    let restarted = Gateway::start(&config(dir.path())).await.unwrap();
+    let restarted = Gateway::start(&config_on(&backend, dir.path()))
+        .await
+        .unwrap();
     let (_session, accepted) = Session::open(&restarted, dir.path(), &device).await;
     assert_eq!(accepted.confirmed_report_seq, 4);
     assert_eq!(
@@ -120,10 +124,10 @@ async fn reports_resent_after_a_lost_confirmation_are_stored_exactly_once() {
     );
 }
 
-#[tokio::test]
-async fn a_report_with_sequence_zero_is_a_protocol_violation() {
-    let (gateway, dir) = start().await;
-    let device = register(&gateway);
+on_both_backends!(a_report_with_sequence_zero_is_a_protocol_violation);
+async fn a_report_with_sequence_zero_is_a_protocol_violation(backend: Backend) {
+    let (gateway, dir) = start_on(&backend).await;
+    let device = register(&gateway).await;
     let (mut session, _) = Session::open(&gateway, dir.path(), &device).await;
     session.send(&report(0, 1, ReportOutcome::Received)).await;
     assert_eq!(
@@ -142,10 +146,10 @@ async fn a_report_with_sequence_zero_is_a_protocol_violation() {
     );
 }
 
-#[tokio::test]
-async fn a_report_far_beyond_the_confirmed_sequence_is_a_protocol_violation() {
-    let (gateway, dir) = start().await;
-    let device = register(&gateway);
+on_both_backends!(a_report_far_beyond_the_confirmed_sequence_is_a_protocol_violation);
+async fn a_report_far_beyond_the_confirmed_sequence_is_a_protocol_violation(backend: Backend) {
+    let (gateway, dir) = start_on(&backend).await;
+    let device = register(&gateway).await;
     let (mut session, _) = Session::open(&gateway, dir.path(), &device).await;
     let too_far = eagate_gateway::reports::MAX_REPORT_GAP + 1;
     session

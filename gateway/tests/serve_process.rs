@@ -43,7 +43,7 @@ fn start(data_dir: &Path) -> (Serving, Vec<String>) {
     let child = Serving(Some(child));
     while !lines
         .iter()
-        .any(|l: &String| l.starts_with("Pin this fingerprint"))
+        .any(|l: &String| l.starts_with("Ctrl-C stops it."))
     {
         let mut line = String::new();
         assert!(

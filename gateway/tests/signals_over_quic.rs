@@ -79,12 +79,12 @@ fn comments(signals: &[Signal]) -> Vec<String> {
     signals.iter().map(|s| s.comment.to_string()).collect()
 }
 
-#[tokio::test]
-async fn published_signals_arrive_in_order_to_subscribed_devices_only() {
-    let (gateway, dir) = start().await;
+on_both_backends!(published_signals_arrive_in_order_to_subscribed_devices_only);
+async fn published_signals_arrive_in_order_to_subscribed_devices_only(backend: Backend) {
+    let (gateway, dir) = start_on(&backend).await;
     let gold = channel("gold");
-    let follower = register(&gateway);
-    let outsider = register(&gateway);
+    let follower = register(&gateway).await;
+    let outsider = register(&gateway).await;
     gateway
         .subscribe(follower.id.as_str(), &gold)
         .await
@@ -110,21 +110,25 @@ async fn published_signals_arrive_in_order_to_subscribed_devices_only() {
     );
 }
 
-#[tokio::test]
-async fn an_invalid_signal_is_refused_and_not_logged() {
-    let (gateway, _dir) = start().await;
+on_both_backends!(an_invalid_signal_is_refused_and_not_logged);
+async fn an_invalid_signal_is_refused_and_not_logged(backend: Backend) {
+    let (gateway, _dir) = start_on(&backend).await;
     let mut draft = market_buy("bad");
     draft.volume = Decimal::ZERO;
     assert!(gateway.publish(&channel("gold"), draft).await.is_err());
     assert_eq!(gateway.signals().head(&channel("gold")).await.unwrap(), 0);
 }
 
-#[tokio::test]
-async fn a_device_that_was_offline_resumes_without_a_gap_even_after_a_gateway_restart() {
+on_both_backends!(a_device_that_was_offline_resumes_without_a_gap_even_after_a_gateway_restart);
+async fn a_device_that_was_offline_resumes_without_a_gap_even_after_a_gateway_restart(
+    backend: Backend,
+) {
     let dir = tempfile::tempdir().unwrap();
     let gold = channel("gold");
-    let gateway = Gateway::start(&config(dir.path())).await.unwrap();
-    let device = register(&gateway);
+    let gateway = Gateway::start(&config_on(&backend, dir.path()))
+        .await
+        .unwrap();
+    let device = register(&gateway).await;
     gateway.subscribe(device.id.as_str(), &gold).await.unwrap();
     let (mut session, _) = Session::open(&gateway, dir.path(), &device).await;
     gateway.publish(&gold, market_buy("a")).await.unwrap();
@@ -136,7 +140,9 @@ async fn a_device_that_was_offline_resumes_without_a_gap_even_after_a_gateway_re
     gateway.publish(&gold, market_buy("c")).await.unwrap();
     gateway.publish(&gold, market_buy("d")).await.unwrap();
     gateway.shutdown().await;
-    let gateway = Gateway::start(&config(dir.path())).await.unwrap();
+    let gateway = Gateway::start(&config_on(&backend, dir.path()))
+        .await
+        .unwrap();
     gateway.publish(&gold, market_buy("e")).await.unwrap();
 
     let mut session =
@@ -146,11 +152,11 @@ async fn a_device_that_was_offline_resumes_without_a_gap_even_after_a_gateway_re
     assert_eq!(comments(&session.signals(1).await), ["f"]);
 }
 
-#[tokio::test]
-async fn without_a_resume_point_the_device_continues_after_what_it_reported() {
-    let (gateway, dir) = start().await;
+on_both_backends!(without_a_resume_point_the_device_continues_after_what_it_reported);
+async fn without_a_resume_point_the_device_continues_after_what_it_reported(backend: Backend) {
+    let (gateway, dir) = start_on(&backend).await;
     let gold = channel("gold");
-    let device = register(&gateway);
+    let device = register(&gateway).await;
     gateway.subscribe(device.id.as_str(), &gold).await.unwrap();
     let (mut session, _) = Session::open(&gateway, dir.path(), &device).await;
     for name in ["a", "b", "c"] {
@@ -177,28 +183,28 @@ async fn without_a_resume_point_the_device_continues_after_what_it_reported() {
     assert_eq!(comments(&session.signals(1).await), ["c"]);
 }
 
-#[tokio::test]
-async fn a_subscriber_starts_from_signals_published_after_it_subscribed() {
-    let (gateway, dir) = start().await;
+on_both_backends!(a_subscriber_starts_from_signals_published_after_it_subscribed);
+async fn a_subscriber_starts_from_signals_published_after_it_subscribed(backend: Backend) {
+    let (gateway, dir) = start_on(&backend).await;
     let gold = channel("gold");
     gateway.publish(&gold, market_buy("old")).await.unwrap();
-    let device = register(&gateway);
+    let device = register(&gateway).await;
     gateway.subscribe(device.id.as_str(), &gold).await.unwrap();
     let (mut session, _) = Session::open(&gateway, dir.path(), &device).await;
     gateway.publish(&gold, market_buy("new")).await.unwrap();
     assert_eq!(comments(&session.signals(1).await), ["new"]);
 }
 
-#[tokio::test]
-async fn a_slow_device_holds_back_no_one_and_still_gets_every_signal_in_order() {
+on_both_backends!(a_slow_device_holds_back_no_one_and_still_gets_every_signal_in_order);
+async fn a_slow_device_holds_back_no_one_and_still_gets_every_signal_in_order(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = config(dir.path());
+    let mut settings = config_on(&backend, dir.path());
     // A tiny live queue, so the slow device is certain to fall behind it.
     settings.signal_queue_len = 4;
     let gateway = Gateway::start(&settings).await.unwrap();
     let gold = channel("gold");
-    let slow = register(&gateway);
-    let fast = register(&gateway);
+    let slow = register(&gateway).await;
+    let fast = register(&gateway).await;
     for device in [&slow, &fast] {
         gateway.subscribe(device.id.as_str(), &gold).await.unwrap();
     }
@@ -225,11 +231,11 @@ async fn a_slow_device_holds_back_no_one_and_still_gets_every_signal_in_order() 
     assert_eq!(positions, (1..=COUNT as u64).collect::<Vec<_>>());
 }
 
-#[tokio::test]
-async fn re_subscribing_after_unsubscribing_starts_from_now_not_from_history() {
-    let (gateway, dir) = start().await;
+on_both_backends!(re_subscribing_after_unsubscribing_starts_from_now_not_from_history);
+async fn re_subscribing_after_unsubscribing_starts_from_now_not_from_history(backend: Backend) {
+    let (gateway, dir) = start_on(&backend).await;
     let gold = channel("gold");
-    let device = register(&gateway);
+    let device = register(&gateway).await;
     let core = gateway.context();
     gateway.subscribe(device.id.as_str(), &gold).await.unwrap();
     gateway
@@ -238,6 +244,7 @@ async fn re_subscribing_after_unsubscribing_starts_from_now_not_from_history() {
         .unwrap();
     core.registry
         .unsubscribe(device.id.as_str(), &gold)
+        .await
         .unwrap();
     gateway
         .publish(&gold, market_buy("while away"))

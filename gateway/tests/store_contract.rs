@@ -6,14 +6,20 @@ use std::sync::Arc;
 
 use eagate_gateway::nonces::{NonceStore, SledNonceStore};
 use eagate_gateway::redis_store::RedisStores;
+use eagate_gateway::registry::{DeviceRegistry, RegistryError, SledDeviceStore};
 use eagate_gateway::reports::{ReportStore, SledReportStore, StoredReport};
-use eagate_gateway::signals::{SignalDraft, SignalLog, SledSignalLog};
+use eagate_gateway::seal::MasterKey;
+use eagate_gateway::signals::{
+    PositionStore, SignalDraft, SignalLog, SledPositions, SledSignalLog,
+};
 use eagate_protocol::*;
 
 struct Stores {
     reports: Arc<dyn ReportStore>,
     signals: Arc<dyn SignalLog>,
     nonces: Arc<dyn NonceStore>,
+    registry: DeviceRegistry,
+    positions: Arc<dyn PositionStore>,
     _db: Option<sled::Db>,
 }
 
@@ -23,6 +29,8 @@ fn sled_stores() -> Stores {
         reports: Arc::new(SledReportStore::open(&db).unwrap()),
         signals: Arc::new(SledSignalLog::open(&db).unwrap()),
         nonces: Arc::new(SledNonceStore::open(&db).unwrap()),
+        registry: DeviceRegistry::new(Arc::new(SledDeviceStore::open(&db).unwrap())),
+        positions: Arc::new(SledPositions::open(&db).unwrap()),
         _db: Some(db),
     }
 }
@@ -43,7 +51,9 @@ async fn redis_stores() -> Stores {
     Stores {
         reports: stores.clone(),
         signals: stores.clone(),
-        nonces: stores,
+        nonces: stores.clone(),
+        registry: DeviceRegistry::new(stores.clone()),
+        positions: stores,
         _db: None,
     }
 }
@@ -456,3 +466,103 @@ async fn concurrent_retries_with_one_key_publish_once(stores: &Stores) {
     assert_eq!(stores.signals.head(&gold).await.unwrap(), 1);
 }
 on_both_backends!(concurrent_retries_with_one_key_publish_once);
+
+fn master_key() -> MasterKey {
+    MasterKey::from_hex(&"ab".repeat(32)).unwrap()
+}
+
+on_both_backends!(concurrent_registrations_of_one_name_in_an_account_admit_exactly_one);
+async fn concurrent_registrations_of_one_name_in_an_account_admit_exactly_one(stores: &Stores) {
+    let key = master_key();
+    let attempts = (0..8).map(|_| stores.registry.register(&key, "acct-9", "London VPS"));
+    let outcomes = futures_util::future::join_all(attempts).await;
+    let admitted = outcomes.iter().filter(|o| o.is_ok()).count();
+    assert_eq!(admitted, 1, "{outcomes:?}");
+    assert!(outcomes.iter().all(|o| match o {
+        Ok(_) => true,
+        Err(RegistryError::NameTaken(name)) => name == "London VPS",
+        Err(_) => false,
+    }));
+    // Another account may use the name.
+    stores
+        .registry
+        .register(&key, "acct-10", "London VPS")
+        .await
+        .unwrap();
+    assert_eq!(stores.registry.list(Some("acct-9")).await.unwrap().len(), 1);
+    assert_eq!(stores.registry.list(None).await.unwrap().len(), 2);
+}
+
+on_both_backends!(renaming_takes_the_new_name_and_frees_the_old_one);
+async fn renaming_takes_the_new_name_and_frees_the_old_one(stores: &Stores) {
+    let key = master_key();
+    let (first, _) = stores.registry.register(&key, "acct", "one").await.unwrap();
+    let (second, _) = stores.registry.register(&key, "acct", "two").await.unwrap();
+    assert!(matches!(
+        stores.registry.rename(&second.device_id, "one").await,
+        Err(RegistryError::NameTaken(_))
+    ));
+    let renamed = stores
+        .registry
+        .rename(&first.device_id, "uno")
+        .await
+        .unwrap();
+    assert_eq!(renamed.name, "uno");
+    stores
+        .registry
+        .rename(&second.device_id, "one")
+        .await
+        .unwrap();
+    let names: Vec<String> = stores
+        .registry
+        .list(Some("acct"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(names, ["uno", "one"]);
+}
+
+on_both_backends!(concurrent_changes_to_one_device_are_all_kept);
+async fn concurrent_changes_to_one_device_are_all_kept(stores: &Stores) {
+    let key = master_key();
+    let (device, _) = stores.registry.register(&key, "acct", "vps").await.unwrap();
+    let channels: Vec<ChannelName> = (0..8)
+        .map(|i| ChannelName::new(&format!("ch{i}")).unwrap())
+        .collect();
+    let id = device.device_id.as_str();
+    let subscribing = channels.iter().map(|c| stores.registry.subscribe(id, c));
+    let (added, revoked) = tokio::join!(
+        futures_util::future::join_all(subscribing),
+        stores.registry.revoke(id)
+    );
+    assert!(added.into_iter().all(|a| a.unwrap()));
+    revoked.unwrap();
+    let stored = stores.registry.get(id).await.unwrap().unwrap();
+    assert_eq!(stored.channels.len(), 8, "no subscription was overwritten");
+    assert!(
+        stored.revoked_at_ms.is_some(),
+        "the revocation was not overwritten"
+    );
+    let credentials = stores
+        .registry
+        .credentials(&key, &DeviceId::new(id).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(credentials.revoked);
+}
+
+on_both_backends!(a_device_position_only_moves_forward_unless_set);
+async fn a_device_position_only_moves_forward_unless_set(stores: &Stores) {
+    let gold = ChannelName::new("gold").unwrap();
+    let positions = &stores.positions;
+    assert_eq!(positions.get("dv_A", &gold).await.unwrap(), None);
+    positions.advance("dv_A", &gold, 5).await.unwrap();
+    positions.advance("dv_A", &gold, 3).await.unwrap();
+    assert_eq!(positions.get("dv_A", &gold).await.unwrap(), Some(5));
+    positions.set("dv_A", &gold, 2).await.unwrap();
+    assert_eq!(positions.get("dv_A", &gold).await.unwrap(), Some(2));
+    assert_eq!(positions.get("dv_B", &gold).await.unwrap(), None);
+}

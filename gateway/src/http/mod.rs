@@ -222,7 +222,8 @@ async fn register_device(
     let core = &state.core;
     let (record, secret) = core
         .registry
-        .register(&core.master_key, &new.account_id, &new.name)?;
+        .register(&core.master_key, &new.account_id, &new.name)
+        .await?;
     tracing::info!(device = %record.device_id, account = %record.account_id, "device registered");
     let secret = secret.to_text().to_string();
     Ok((
@@ -245,7 +246,11 @@ async fn list_devices(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<DeviceView>>, ApiError> {
     let Query(query) = query?;
-    let records = state.core.registry.list(query.account_id.as_deref())?;
+    let records = state
+        .core
+        .registry
+        .list(query.account_id.as_deref())
+        .await?;
     let mut views = Vec::with_capacity(records.len());
     for record in records {
         views.push(view(&state.core, record).await?);
@@ -262,7 +267,7 @@ async fn get_device(
     _: Admin,
     Path(device_id): Path<String>,
 ) -> Result<Json<DeviceView>, ApiError> {
-    let record = found(state.core.registry.get(&device_id)?, &device_id)?;
+    let record = found(state.core.registry.get(&device_id).await?, &device_id)?;
     Ok(Json(view(&state.core, record).await?))
 }
 
@@ -273,7 +278,7 @@ async fn rename_device(
     ApiJson(rename): ApiJson<Rename>,
 ) -> Result<Json<DeviceView>, ApiError> {
     check_text("name", &rename.name, 64)?;
-    let record = state.core.registry.rename(&device_id, &rename.name)?;
+    let record = state.core.registry.rename(&device_id, &rename.name).await?;
     Ok(Json(view(&state.core, record).await?))
 }
 
@@ -282,7 +287,7 @@ async fn revoke_device(
     _: Admin,
     Path(device_id): Path<String>,
 ) -> Result<Json<DeviceView>, ApiError> {
-    let record = state.core.revoke(&device_id)?;
+    let record = state.core.revoke(&device_id).await?;
     tracing::info!(device = %device_id, "device revoked");
     Ok(Json(view(&state.core, record).await?))
 }
@@ -293,7 +298,7 @@ async fn rotate_secret(
     Path(device_id): Path<String>,
 ) -> Result<Json<DeviceWithSecret>, ApiError> {
     let core = &state.core;
-    let (record, secret) = core.rotate_secret(&device_id)?;
+    let (record, secret) = core.rotate_secret(&device_id).await?;
     tracing::info!(device = %device_id, "device secret rotated");
     let secret = secret.to_text().to_string();
     Ok(Json(DeviceWithSecret {
@@ -314,7 +319,7 @@ async fn subscribe(
 ) -> Result<Json<DeviceView>, ApiError> {
     let channel = channel(&name)?;
     state.core.subscribe(&device_id, &channel).await?;
-    let record = found(state.core.registry.get(&device_id)?, &device_id)?;
+    let record = found(state.core.registry.get(&device_id).await?, &device_id)?;
     Ok(Json(view(&state.core, record).await?))
 }
 
@@ -324,8 +329,12 @@ async fn unsubscribe(
     Path((device_id, name)): Path<(String, String)>,
 ) -> Result<Json<DeviceView>, ApiError> {
     let channel = channel(&name)?;
-    state.core.registry.unsubscribe(&device_id, &channel)?;
-    let record = found(state.core.registry.get(&device_id)?, &device_id)?;
+    state
+        .core
+        .registry
+        .unsubscribe(&device_id, &channel)
+        .await?;
+    let record = found(state.core.registry.get(&device_id).await?, &device_id)?;
     Ok(Json(view(&state.core, record).await?))
 }
 
@@ -419,7 +428,8 @@ async fn signal_executions(
         .ok_or_else(|| ApiError::NotFound(format!("no signal {signal_id}")))?;
     let mut devices: BTreeMap<String, Vec<StoredReport>> = core
         .registry
-        .list(None)?
+        .list(None)
+        .await?
         .into_iter()
         .filter(|record| record.channels.iter().any(|c| c == channel.as_str()))
         .map(|record| (record.device_id, Vec::new()))
@@ -471,7 +481,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 
 async fn readyz(State(state): State<AppState>) -> Response {
     // Ready when the store answers.
-    match state.core.registry.get("readyz-probe") {
+    match state.core.registry.get("readyz-probe").await {
         Ok(_) => (StatusCode::OK, "ready\n").into_response(),
         Err(e) => ApiError::Internal(format!("store not ready: {e}")).into_response(),
     }

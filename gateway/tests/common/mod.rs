@@ -1,5 +1,5 @@
 //! A test device speaking the wire protocol to a real gateway over QUIC.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_macros, unused_imports)]
 
 use std::path::Path;
 use std::sync::Arc;
@@ -25,15 +25,80 @@ pub fn config(dir: &Path) -> ServeConfig {
         auth_deadline_secs: 1,
         signal_queue_len: 256,
         master_key: None,
+        redis_url: None,
+        redis_prefix: "eagate".into(),
+        signal_retention_hours: 168,
     }
 }
+
+/// Which stores a test's gateway runs on.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// The embedded default.
+    Sled,
+    /// The test command's private Redis, under a prefix of this test's own.
+    Redis { prefix: String },
+}
+
+impl Backend {
+    /// Redis under a fresh prefix, so tests share nothing.
+    pub fn redis() -> Self {
+        let mut random = [0u8; 6];
+        getrandom::fill(&mut random).unwrap();
+        let tag: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        Self::Redis {
+            prefix: format!("eagate-test-{tag}"),
+        }
+    }
+
+    /// A client of the Redis this backend uses.
+    pub fn redis_connection(&self) -> Option<(redis::Connection, String)> {
+        match self {
+            Self::Sled => None,
+            Self::Redis { prefix } => {
+                let client = redis::Client::open(eagate_tests::redis_url()).unwrap();
+                Some((client.get_connection().unwrap(), prefix.clone()))
+            }
+        }
+    }
+}
+
+/// The test configuration on `backend`; a given backend and directory give
+/// the same stores every time, so a test can restart its gateway.
+pub fn config_on(backend: &Backend, dir: &Path) -> ServeConfig {
+    let mut config = config(dir);
+    if let Backend::Redis { prefix } = backend {
+        config.redis_url = Some(eagate_tests::redis_url());
+        config.redis_prefix = prefix.clone();
+    }
+    config
+}
+
+/// Runs an async test fn taking a [`Backend`] as two tests: on sled and on
+/// the private Redis.
+macro_rules! on_both_backends {
+    ($test:ident) => {
+        mod $test {
+            #[tokio::test]
+            async fn on_sled() {
+                super::$test(super::Backend::Sled).await;
+            }
+
+            #[tokio::test]
+            async fn on_redis() {
+                super::$test(super::Backend::redis()).await;
+            }
+        }
+    };
+}
+pub(crate) use on_both_backends;
 
 pub struct Device {
     pub id: DeviceId,
     pub secret: DeviceSecret,
 }
 
-pub fn register(gateway: &Gateway) -> Device {
+pub async fn register(gateway: &Gateway) -> Device {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
     let name = format!(
         "VPS {}",
@@ -42,6 +107,7 @@ pub fn register(gateway: &Gateway) -> Device {
     let (record, secret) = gateway
         .registry()
         .register(gateway.master_key(), "acct-1", &name)
+        .await
         .unwrap();
     Device {
         id: DeviceId::new(&record.device_id).unwrap(),
@@ -72,7 +138,10 @@ pub async fn connect(gateway: &Gateway, data_dir: &Path) -> Session {
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
     let connection = endpoint
-        .connect(gateway.quic_addr(), "localhost")
+        .connect(
+            gateway.quic_addr().expect("the gateway serves devices"),
+            "localhost",
+        )
         .unwrap()
         .await
         .unwrap();
@@ -170,8 +239,14 @@ pub fn fresh_nonce() -> Nonce {
 }
 
 pub async fn start() -> (Gateway, tempfile::TempDir) {
+    start_on(&Backend::Sled).await
+}
+
+pub async fn start_on(backend: &Backend) -> (Gateway, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let gateway = Gateway::start(&config(dir.path())).await.unwrap();
+    let gateway = Gateway::start(&config_on(backend, dir.path()))
+        .await
+        .unwrap();
     (gateway, dir)
 }
 

@@ -1,0 +1,223 @@
+//! Several processes sharing one Redis, as a deployment runs them: two
+//! `gateway` roles and one `sidecar` role, each with its own data directory
+//! and TLS identity, sharing the master key. What one process does must reach
+//! devices on the others.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use eagate_gateway::server::{Gateway, Role, StartError};
+use eagate_gateway::signals::SignalDraft;
+use eagate_protocol::*;
+
+const MASTER_KEY: &str = "5ea1ed5ea1ed5ea1ed5ea1ed5ea1ed5ea1ed5ea1ed5ea1ed5ea1ed5ea1ed5ea1";
+
+struct Deployment {
+    sidecar: Gateway,
+    gateway_a: Gateway,
+    gateway_b: Gateway,
+    dirs: [tempfile::TempDir; 3],
+    backend: Backend,
+}
+
+async fn start_role(backend: &Backend, dir: &Path, role: Role) -> Gateway {
+    let mut config = config_on(backend, dir);
+    config.master_key = Some(MASTER_KEY.into());
+    Gateway::start_as(&config, role).await.unwrap()
+}
+
+async fn deployment() -> Deployment {
+    let backend = Backend::redis();
+    let dirs = [(); 3].map(|()| tempfile::tempdir().unwrap());
+    Deployment {
+        sidecar: start_role(&backend, dirs[0].path(), Role::Sidecar).await,
+        gateway_a: start_role(&backend, dirs[1].path(), Role::Devices).await,
+        gateway_b: start_role(&backend, dirs[2].path(), Role::Devices).await,
+        dirs,
+        backend,
+    }
+}
+
+fn gold() -> ChannelName {
+    ChannelName::new("gold").unwrap()
+}
+
+fn market_buy(comment: &str) -> SignalDraft {
+    SignalDraft {
+        symbol: Symbol::new("XAUUSD").unwrap(),
+        action: Action::OpenBuy,
+        order_type: OrderType::Market,
+        volume: "0.01".parse().unwrap(),
+        price: None,
+        stop_loss: None,
+        take_profit: None,
+        magic: 11,
+        comment: SignalComment::new(comment).unwrap(),
+        issued_at_ms: None,
+        expires_at_ms: None,
+        reference: None,
+    }
+}
+
+async fn next_signal(session: &mut Session) -> Signal {
+    match tokio::time::timeout(Duration::from_secs(5), session.receive()).await {
+        Ok(Some(GatewayMessage::Signal(signal))) => signal,
+        other => panic!("expected a signal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn roles_sharing_state_refuse_to_start_without_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    for role in [Role::Devices, Role::Sidecar] {
+        let refused = Gateway::start_as(&config(dir.path()), role).await;
+        assert!(
+            matches!(refused, Err(StartError::NeedsRedis(_))),
+            "{role:?} started without Redis"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_process_with_another_master_key_refuses_to_join_the_deployment() {
+    let deployment = deployment().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_on(&deployment.backend, dir.path());
+    config.master_key = Some("00".repeat(32));
+    let refused = Gateway::start_as(&config, Role::Devices).await;
+    assert!(matches!(refused, Err(StartError::MasterKeyMismatch)));
+}
+
+#[tokio::test]
+async fn a_device_registered_on_the_sidecar_authenticates_on_any_gateway() {
+    let deployment = deployment().await;
+    let device = register(&deployment.sidecar).await;
+    for (gateway, dir) in [
+        (&deployment.gateway_a, &deployment.dirs[1]),
+        (&deployment.gateway_b, &deployment.dirs[2]),
+    ] {
+        Session::open(gateway, dir.path(), &device).await;
+    }
+}
+
+#[tokio::test]
+async fn a_signal_published_on_the_sidecar_reaches_devices_on_every_gateway() {
+    let deployment = deployment().await;
+    let on_a = register(&deployment.sidecar).await;
+    let on_b = register(&deployment.sidecar).await;
+    for device in [&on_a, &on_b] {
+        deployment
+            .sidecar
+            .subscribe(device.id.as_str(), &gold())
+            .await
+            .unwrap();
+    }
+    let (mut session_a, _) =
+        Session::open(&deployment.gateway_a, deployment.dirs[1].path(), &on_a).await;
+    let (mut session_b, _) =
+        Session::open(&deployment.gateway_b, deployment.dirs[2].path(), &on_b).await;
+    for comment in ["first", "second", "third"] {
+        deployment
+            .sidecar
+            .publish(&gold(), market_buy(comment))
+            .await
+            .unwrap();
+    }
+    for session in [&mut session_a, &mut session_b] {
+        let mut received = Vec::new();
+        for _ in 0..3 {
+            let signal = next_signal(session).await;
+            received.push((signal.position, signal.comment.to_string()));
+        }
+        assert_eq!(
+            received,
+            [
+                (1, "first".to_owned()),
+                (2, "second".to_owned()),
+                (3, "third".to_owned())
+            ]
+        );
+    }
+}
+
+#[tokio::test]
+async fn revoking_on_the_sidecar_cuts_the_device_off_its_gateway_within_one_second() {
+    let deployment = deployment().await;
+    let device = register(&deployment.sidecar).await;
+    let (mut session, _) =
+        Session::open(&deployment.gateway_b, deployment.dirs[2].path(), &device).await;
+    let revoked_at = Instant::now();
+    deployment.sidecar.revoke(device.id.as_str()).await.unwrap();
+    let told = tokio::time::timeout(Duration::from_secs(1), session.receive())
+        .await
+        .expect("the gateway acts on the revocation within a second");
+    assert_eq!(
+        told,
+        Some(GatewayMessage::GoingAway(GoingAway {
+            reason: GoingAwayReason::Revoked
+        }))
+    );
+    assert!(revoked_at.elapsed() < Duration::from_secs(1));
+    // And it cannot come back through the other gateway either.
+    let mut again = connect(&deployment.gateway_a, deployment.dirs[1].path()).await;
+    assert_eq!(
+        again.authenticate(&device, fresh_nonce()).await,
+        Some(GatewayMessage::AuthRefused(Refusal::Revoked))
+    );
+}
+
+#[tokio::test]
+async fn a_device_moving_to_another_gateway_resumes_after_what_it_reported() {
+    let deployment = deployment().await;
+    let device = register(&deployment.sidecar).await;
+    deployment
+        .sidecar
+        .subscribe(device.id.as_str(), &gold())
+        .await
+        .unwrap();
+    let (mut session, _) =
+        Session::open(&deployment.gateway_a, deployment.dirs[1].path(), &device).await;
+    for comment in ["one", "two"] {
+        deployment
+            .sidecar
+            .publish(&gold(), market_buy(comment))
+            .await
+            .unwrap();
+    }
+    let signals = [
+        next_signal(&mut session).await,
+        next_signal(&mut session).await,
+    ];
+    for (seq, signal) in (1..).zip(&signals) {
+        session
+            .send(&DeviceMessage::Report(Report {
+                seq,
+                signal_id: signal.signal_id,
+                at_ms: now_ms(),
+                outcome: ReportOutcome::Received,
+            }))
+            .await;
+        assert_eq!(
+            session.receive().await,
+            Some(GatewayMessage::ReportsConfirmed(ReportsConfirmed {
+                up_to_seq: seq
+            }))
+        );
+    }
+    drop(session);
+    deployment
+        .sidecar
+        .publish(&gold(), market_buy("three"))
+        .await
+        .unwrap();
+
+    // No resume point: gateway B knows the position from the shared store.
+    let (mut session, accepted) =
+        Session::open(&deployment.gateway_b, deployment.dirs[2].path(), &device).await;
+    assert_eq!(accepted.confirmed_report_seq, 2);
+    let signal = next_signal(&mut session).await;
+    assert_eq!((signal.position, signal.comment.as_str()), (3, "three"));
+}
