@@ -95,6 +95,11 @@ pub struct PublishArgs {
     /// For close, modify, cancel: the signal id acted on.
     #[arg(long)]
     reference: Option<String>,
+    /// A key of your choosing (1 to 128 visible ASCII characters) that makes
+    /// retrying safe: publishing again with the same key and signal stores
+    /// nothing new and prints the signal the first attempt published.
+    #[arg(long)]
+    idempotency_key: Option<String>,
 }
 
 /// `--action` values.
@@ -162,6 +167,18 @@ impl Api {
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, CliError> {
+        self.call_with(method, path, body, None)
+            .map(|(_, value)| value)
+    }
+
+    /// A call with an optional `Idempotency-Key`; returns the status too.
+    fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        idempotency_key: Option<&str>,
+    ) -> Result<(u16, Value), CliError> {
         let url = format!("{}{path}", self.url);
         let auth = format!("Bearer {}", self.token);
         let unreachable = |e: ureq::Error| CliError::Unreachable {
@@ -170,12 +187,17 @@ impl Api {
         };
         let response = match (method, body) {
             ("GET", _) => self.agent.get(&url).header("Authorization", &auth).call(),
-            (_, Some(body)) => self
-                .agent
-                .post(&url)
-                .header("Authorization", &auth)
-                .content_type("application/json")
-                .send(body.to_string()),
+            (_, Some(body)) => {
+                let mut request = self
+                    .agent
+                    .post(&url)
+                    .header("Authorization", &auth)
+                    .content_type("application/json");
+                if let Some(key) = idempotency_key {
+                    request = request.header("Idempotency-Key", key);
+                }
+                request.send(body.to_string())
+            }
             ("PUT", None) => self
                 .agent
                 .put(&url)
@@ -198,7 +220,7 @@ impl Api {
                 .to_owned();
             return Err(CliError::Refused { status, detail });
         }
-        Ok(value)
+        Ok((status, value))
     }
 }
 
@@ -304,13 +326,20 @@ pub fn signal(args: &ApiArgs, command: SignalCommand) -> Result<String, CliError
         "comment": signal.comment,
         "reference": signal.reference,
     });
-    let published = api.call(
+    let (status, published) = api.call_with(
         "POST",
         &format!("/v1/channels/{}/signals", encode(&signal.channel)),
         Some(body),
+        signal.idempotency_key.as_deref(),
     )?;
+    // 201: stored now; 200: this key had already published it.
+    let verb = if status == 201 {
+        "published"
+    } else {
+        "already published (same idempotency key)"
+    };
     Ok(format!(
-        "published {} at position {} of {}\n",
+        "{verb} {} at position {} of {}\n",
         published["signal_id"].as_str().unwrap_or("?"),
         published["position"],
         signal.channel

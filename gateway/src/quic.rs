@@ -608,13 +608,56 @@ async fn decide(
     }
 }
 
-/// After authentication: stores and confirms reports, answers pings, ends on
-/// the device's going-away, on its revocation and on shutdown.
+/// How often a session records how far it has delivered each channel.
+/// Batched, not per signal: the record only serves the executions query
+/// ("delivered, not yet reported"), so it may lag by this much.
+const DELIVERY_RECORD_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The newest position written to the device per channel, not yet recorded.
+#[derive(Debug, Default)]
+struct Deliveries(HashMap<ChannelName, u64>);
+
+impl Deliveries {
+    fn note(&mut self, signal: &Signal) {
+        let newest = self.0.entry(signal.channel.clone()).or_default();
+        *newest = (*newest).max(signal.position);
+    }
+
+    async fn record(&mut self, device: &str, context: &SessionContext) {
+        for (channel, position) in self.0.drain() {
+            if let Err(e) = context
+                .positions
+                .mark_delivered(device, &channel, position)
+                .await
+            {
+                context.metrics.store_error();
+                warn!(device, %channel, error = %e, "recording a delivery failed");
+            }
+        }
+    }
+}
+
+/// After authentication: streams signals, stores and confirms reports,
+/// answers pings, ends on the device's going-away, on its revocation and on
+/// shutdown.
 async fn session_loop(
     auth: &Authenticate,
     send: &mut SendStream,
     reader: &mut FrameReader,
     context: &SessionContext,
+) -> Result<SessionEnd, SessionError> {
+    let mut deliveries = Deliveries::default();
+    let end = stream_and_ingest(auth, send, reader, context, &mut deliveries).await;
+    deliveries.record(auth.device_id.as_str(), context).await;
+    end
+}
+
+async fn stream_and_ingest(
+    auth: &Authenticate,
+    send: &mut SendStream,
+    reader: &mut FrameReader,
+    context: &SessionContext,
+    deliveries: &mut Deliveries,
 ) -> Result<SessionEnd, SessionError> {
     let device = auth.device_id.as_str();
     let mut revocations = context.revocations.subscribe();
@@ -669,8 +712,10 @@ async fn session_loop(
         });
     }
     drop(signal_tx);
+    let mut record_deliveries = tokio::time::interval(DELIVERY_RECORD_INTERVAL);
     loop {
         tokio::select! {
+            _ = record_deliveries.tick() => deliveries.record(device, context).await,
             // A follower only ends on a store failure: end the session, so
             // the device reconnects and resumes, rather than let it miss a
             // channel silently.
@@ -682,6 +727,7 @@ async fn session_loop(
             Some(signal) = signal_rx.recv() => {
                 write_message(send, &GatewayMessage::Signal(Signal::clone(&signal))).await?;
                 context.metrics.signal_delivered();
+                deliveries.note(&signal);
             }
             message = reader.next::<DeviceMessage>() => match message? {
                 DeviceMessage::Ping(ping) => {

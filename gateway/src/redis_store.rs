@@ -575,4 +575,35 @@ impl PositionStore for RedisStores {
             Ok(())
         })
     }
+
+    fn mark_delivered<'a>(
+        &'a self,
+        device_id: &'a str,
+        channel: &'a ChannelName,
+        position: u64,
+    ) -> LogFuture<'a, ()> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let _: i64 = ADVANCE_POSITION_SCRIPT
+                .key(self.device_key(device_id, "delivered"))
+                .arg(channel.as_str())
+                .arg(position)
+                .invoke_async(&mut connection)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn delivered<'a>(
+        &'a self,
+        device_id: &'a str,
+        channel: &'a ChannelName,
+    ) -> LogFuture<'a, Option<u64>> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            Ok(connection
+                .hget(self.device_key(device_id, "delivered"), channel.as_str())
+                .await?)
+        })
+    }
 }

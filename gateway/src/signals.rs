@@ -520,21 +520,51 @@ pub trait PositionStore: Send + Sync + std::fmt::Debug {
         channel: &'a ChannelName,
         position: u64,
     ) -> LogFuture<'a, ()>;
+
+    /// Records that the gateway has written the channel's signals up to
+    /// `position` to the device (whether or not it has reported on them
+    /// yet), unless a later one is already recorded.
+    fn mark_delivered<'a>(
+        &'a self,
+        device_id: &'a str,
+        channel: &'a ChannelName,
+        position: u64,
+    ) -> LogFuture<'a, ()>;
+
+    /// Up to which position the channel's signals were written to the
+    /// device.
+    fn delivered<'a>(
+        &'a self,
+        device_id: &'a str,
+        channel: &'a ChannelName,
+    ) -> LogFuture<'a, Option<u64>>;
 }
 
-/// Device positions in a sled tree.
+/// Device positions in sled trees: reported (`device_positions`) and
+/// delivered (`device_deliveries`).
 #[derive(Debug, Clone)]
 pub struct SledPositions {
     positions: sled::Tree,
+    deliveries: sled::Tree,
 }
 
 impl SledPositions {
-    /// Opens the `device_positions` tree of `db`.
+    /// Opens the trees of `db`.
     pub fn open(db: &sled::Db) -> sled::Result<Self> {
         Ok(Self {
             positions: db.open_tree("device_positions")?,
+            deliveries: db.open_tree("device_deliveries")?,
         })
     }
+}
+
+/// Raises the position under `key` in `tree`, never lowers it.
+fn raise(tree: &sled::Tree, key: Vec<u8>, position: u64) -> sled::Result<()> {
+    tree.fetch_and_update(key, |old| {
+        let current = old.map_or(0, read_u64);
+        Some(current.max(position).to_be_bytes().to_vec())
+    })?;
+    Ok(())
 }
 
 impl PositionStore for SledPositions {
@@ -583,12 +613,41 @@ impl PositionStore for SledPositions {
             // Not flushed: the report that proves the position is durable,
             // and a position lost in a crash only means the device is sent
             // signals it already has, which it drops by position.
-            self.positions
-                .fetch_and_update(position_key(device_id, channel), |old| {
-                    let current = old.map_or(0, read_u64);
-                    Some(current.max(position).to_be_bytes().to_vec())
-                })?;
-            Ok(())
+            Ok(raise(
+                &self.positions,
+                position_key(device_id, channel),
+                position,
+            )?)
+        })
+    }
+
+    fn mark_delivered<'a>(
+        &'a self,
+        device_id: &'a str,
+        channel: &'a ChannelName,
+        position: u64,
+    ) -> LogFuture<'a, ()> {
+        // Not flushed: a delivery lost in a crash only shows as pending.
+        Box::pin(async move {
+            Ok(raise(
+                &self.deliveries,
+                position_key(device_id, channel),
+                position,
+            )?)
+        })
+    }
+
+    fn delivered<'a>(
+        &'a self,
+        device_id: &'a str,
+        channel: &'a ChannelName,
+    ) -> LogFuture<'a, Option<u64>> {
+        Box::pin(async move {
+            Ok(self
+                .deliveries
+                .get(position_key(device_id, channel))?
+                .as_deref()
+                .map(read_u64))
         })
     }
 }

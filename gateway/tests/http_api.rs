@@ -439,20 +439,34 @@ async fn invalid_signals_are_422_with_a_clear_message_and_not_logged(backend: Ba
     assert_eq!(api.gateway.signals().head(&gold).await.unwrap(), 0);
 }
 
-on_both_backends!(executions_show_each_subscribed_device_pending_received_or_filled);
-async fn executions_show_each_subscribed_device_pending_received_or_filled(backend: Backend) {
+on_both_backends!(executions_show_each_subscribed_device_pending_delivered_received_or_filled);
+async fn executions_show_each_subscribed_device_pending_delivered_received_or_filled(
+    backend: Backend,
+) {
     let api = api(&backend).await;
     let mut ids = Vec::new();
-    for name in ["a", "b", "c"] {
+    let mut secrets = Vec::new();
+    for name in ["a", "b", "c", "d"] {
         let created = api.register("acct-1", name).await;
         let id = created["device"]["device_id"].as_str().unwrap().to_owned();
         api.admin("PUT", &format!("/v1/devices/{id}/subscriptions/gold"), None)
             .await;
         ids.push(id);
+        secrets.push(created["secret"].as_str().unwrap().to_owned());
     }
+    // Device d is online and is sent the signal, but reports nothing.
+    let online = Device {
+        id: DeviceId::new(&ids[3]).unwrap(),
+        secret: DeviceSecret::parse(&secrets[3]).unwrap(),
+    };
+    let (mut session, _) = Session::open(&api.gateway, api._dir.path(), &online).await;
     let published = api
         .admin("POST", "/v1/channels/gold/signals", Some(market_buy()))
         .await;
+    assert!(matches!(
+        session.receive().await,
+        Some(GatewayMessage::Signal(_))
+    ));
     let signal_id: SignalId = published.body["signal_id"]
         .as_str()
         .unwrap()
@@ -486,18 +500,21 @@ async fn executions_show_each_subscribed_device_pending_received_or_filled(backe
     });
     reports.ingest(&report(&ids[1], 2, fill)).await.unwrap();
 
-    let answer = api
-        .call(
-            "GET",
-            &format!("/v1/signals/{signal_id}/executions"),
-            Some(&api.platform.clone()),
-            None,
-        )
-        .await;
-    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
-    assert_eq!(answer.body["channel"], "gold");
-    let status_of = |id: &str| {
-        answer.body["devices"]
+    let executions = || async {
+        let answer = api
+            .call(
+                "GET",
+                &format!("/v1/signals/{signal_id}/executions"),
+                Some(&api.platform.clone()),
+                None,
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+        assert_eq!(answer.body["channel"], "gold");
+        answer.body
+    };
+    let status_of = |body: &Value, id: &str| {
+        body["devices"]
             .as_array()
             .unwrap()
             .iter()
@@ -505,9 +522,19 @@ async fn executions_show_each_subscribed_device_pending_received_or_filled(backe
             .map(|d| d["status"].as_str().unwrap().to_owned())
             .unwrap()
     };
-    assert_eq!(status_of(&ids[0]), "received");
-    assert_eq!(status_of(&ids[1]), "filled");
-    assert_eq!(status_of(&ids[2]), "pending");
+    // Sessions record deliveries in batches: wait for d's.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let body = loop {
+        let body = executions().await;
+        if status_of(&body, &ids[3]) == "delivered" || std::time::Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(status_of(&body, &ids[0]), "received");
+    assert_eq!(status_of(&body, &ids[1]), "filled");
+    assert_eq!(status_of(&body, &ids[2]), "pending");
+    assert_eq!(status_of(&body, &ids[3]), "delivered");
     let malformed = api
         .admin("GET", "/v1/signals/not-hex/executions", None)
         .await;

@@ -1,4 +1,6 @@
-//! `eagate serve` as an operator runs it: a real process, stopped by SIGTERM.
+//! `eagate` as an operator runs it: real processes, stopped by SIGTERM.
+
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -23,9 +25,16 @@ impl Drop for Serving {
 }
 
 fn start(data_dir: &Path) -> (Serving, Vec<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_eagate"))
+    start_as("serve", data_dir, &[])
+}
+
+/// Starts `eagate <command>` on loopback ports chosen by the system, and
+/// reads its readiness lines.
+fn start_as(command: &str, data_dir: &Path, env: &[(&str, &str)]) -> (Serving, Vec<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_eagate"));
+    child
         .args([
-            "serve",
+            command,
             "--quic-listen",
             "127.0.0.1:0",
             "--http-listen",
@@ -35,9 +44,11 @@ fn start(data_dir: &Path) -> (Serving, Vec<String>) {
         .arg(data_dir)
         .env("EAGATE_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("eagate starts");
+        .stderr(Stdio::null());
+    for (key, value) in env {
+        child.env(key, value);
+    }
+    let mut child = child.spawn().expect("eagate starts");
     let mut lines = Vec::new();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let child = Serving(Some(child));
@@ -329,4 +340,158 @@ fn a_config_file_with_an_unknown_key_or_a_value_out_of_range_is_refused_clearly(
         assert!(!ok, "{contents}");
         assert!(err.contains(mentions), "{contents}: {err}");
     }
+}
+
+fn printed(lines: &[String], label: &str) -> String {
+    lines
+        .iter()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .unwrap_or_else(|| panic!("no {label:?} in {lines:?}"))
+        .trim_end_matches(" (ALPN eagate/1)")
+        .to_owned()
+}
+
+#[test]
+fn a_gateway_or_sidecar_without_redis_refuses_to_start_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    for command in ["gateway", "sidecar"] {
+        let (ok, _, err) = eagate(&[command, "--data-dir", dir.path().to_str().unwrap()], &[]);
+        assert!(!ok);
+        assert!(err.contains("needs --redis-url"), "{command}: {err}");
+    }
+}
+
+#[test]
+fn a_sidecar_and_two_gateway_processes_share_one_redis() {
+    let redis_url = eagate_tests::redis_url();
+    let prefix = match common::Backend::redis() {
+        common::Backend::Redis { prefix } => prefix,
+        common::Backend::Sled => unreachable!(),
+    };
+    let master_key = "c0".repeat(32);
+    let env = [
+        ("EAGATE_REDIS_URL", redis_url.as_str()),
+        ("EAGATE_REDIS_PREFIX", prefix.as_str()),
+        ("EAGATE_MASTER_KEY", master_key.as_str()),
+    ];
+    let dirs = [(); 3].map(|()| tempfile::tempdir().unwrap());
+    let (sidecar, sidecar_lines) = start_as("sidecar", dirs[0].path(), &env);
+    let (gateway_1, lines_1) = start_as("gateway", dirs[1].path(), &env);
+    let (gateway_2, lines_2) = start_as("gateway", dirs[2].path(), &env);
+    assert!(
+        !sidecar_lines.iter().any(|l| l.contains("QUIC")),
+        "a sidecar serves no devices: {sidecar_lines:?}"
+    );
+    assert!(
+        !lines_1.iter().any(|l| l.contains("HTTP")),
+        "a gateway serves no HTTP: {lines_1:?}"
+    );
+    let api = printed(&sidecar_lines, "HTTP (admin API): ");
+    let quic_1: std::net::SocketAddr = printed(&lines_1, "QUIC (devices):   ").parse().unwrap();
+    let quic_2: std::net::SocketAddr = printed(&lines_2, "QUIC (devices):   ").parse().unwrap();
+
+    let (ok, token, _) = eagate(
+        &[
+            "token",
+            "create",
+            "--scope",
+            "admin",
+            "--data-dir",
+            dirs[0].path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(ok);
+    let cli = [
+        ("EAGATE_API_URL", api.as_str()),
+        ("EAGATE_TOKEN", token.trim()),
+    ];
+    let (ok, out, err) = eagate(
+        &["device", "register", "--account", "acct-1", "--name", "VPS"],
+        &cli,
+    );
+    assert!(ok, "{err}");
+    let device = common::Device {
+        id: eagate_protocol::DeviceId::new(
+            out.lines()
+                .find_map(|l| l.strip_prefix("device id: "))
+                .unwrap(),
+        )
+        .unwrap(),
+        secret: eagate_protocol::DeviceSecret::parse(
+            out.lines()
+                .find_map(|l| l.strip_prefix("secret:    "))
+                .unwrap(),
+        )
+        .unwrap(),
+    };
+    let (ok, _, err) = eagate(&["device", "subscribe", device.id.as_str(), "gold"], &cli);
+    assert!(ok, "{err}");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut session = common::connect_to(quic_1, dirs[1].path()).await;
+        assert!(matches!(
+            session.authenticate(&device, common::fresh_nonce()).await,
+            Some(eagate_protocol::GatewayMessage::AuthAccepted(_))
+        ));
+        let publish = [
+            "signal",
+            "publish",
+            "--channel",
+            "gold",
+            "--symbol",
+            "XAUUSD",
+            "--action",
+            "open-buy",
+            "--volume",
+            "0.10",
+            "--idempotency-key",
+            "order-7781",
+        ];
+        let (ok, first, err) = eagate(&publish, &cli);
+        assert!(ok, "{err}");
+        assert!(first.starts_with("published "), "{first}");
+        // A retry with the same key publishes nothing new.
+        let (ok, again, err) = eagate(&publish, &cli);
+        assert!(ok, "{err}");
+        assert!(again.starts_with("already published"), "{again}");
+        assert!(again.contains("at position 1 of gold"), "{again}");
+
+        match tokio::time::timeout(Duration::from_secs(5), session.receive()).await {
+            Ok(Some(eagate_protocol::GatewayMessage::Signal(signal))) => {
+                assert_eq!(signal.position, 1);
+                assert_eq!(signal.symbol.as_str(), "XAUUSD");
+            }
+            other => panic!("expected the published signal, got {other:?}"),
+        }
+
+        // Revoked through the sidecar: its gateway closes the session, and
+        // the other gateway will not take it.
+        let (ok, _, err) = eagate(&["device", "revoke", device.id.as_str()], &cli);
+        assert!(ok, "{err}");
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(1), session.receive())
+                .await
+                .expect("cut off within a second"),
+            Some(eagate_protocol::GatewayMessage::GoingAway(
+                eagate_protocol::GoingAway {
+                    reason: eagate_protocol::GoingAwayReason::Revoked
+                }
+            ))
+        );
+        let mut other = common::connect_to(quic_2, dirs[2].path()).await;
+        assert_eq!(
+            other.authenticate(&device, common::fresh_nonce()).await,
+            Some(eagate_protocol::GatewayMessage::AuthRefused(
+                eagate_protocol::Refusal::Revoked
+            ))
+        );
+    });
+    stop(gateway_2);
+    stop(gateway_1);
+    stop(sidecar);
 }

@@ -392,7 +392,8 @@ pub struct Executions {
 pub struct DeviceExecution {
     /// The device.
     pub device_id: String,
-    /// `pending` (nothing reported yet), `received`, `filled` or `rejected`.
+    /// `pending` (not sent yet), `delivered` (sent, nothing reported yet),
+    /// `received`, `filled` or `rejected`.
     pub status: ExecutionStatus,
     /// Every report, in sequence order.
     pub reports: Vec<StoredReport>,
@@ -402,8 +403,10 @@ pub struct DeviceExecution {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ExecutionStatus {
-    /// Nothing reported yet.
+    /// Not yet sent to the device (it is offline, or behind).
     Pending,
+    /// Sent to the device, which has not reported on it yet.
+    Delivered,
     /// Received, not (yet) filled or rejected.
     Received,
     /// Filled, at least partly.
@@ -440,22 +443,30 @@ async fn signal_executions(
             .or_default()
             .push(report);
     }
-    let devices = devices
-        .into_iter()
-        .map(|(device_id, reports)| DeviceExecution {
-            status: reports
-                .iter()
-                .map(|r| match r.kind {
-                    ReportKind::Received => ExecutionStatus::Received,
-                    ReportKind::Filled => ExecutionStatus::Filled,
-                    ReportKind::Rejected => ExecutionStatus::Rejected,
-                })
-                .max()
-                .unwrap_or(ExecutionStatus::Pending),
+    let mut executions = Vec::with_capacity(devices.len());
+    for (device_id, reports) in devices {
+        let reported = reports
+            .iter()
+            .map(|r| match r.kind {
+                ReportKind::Received => ExecutionStatus::Received,
+                ReportKind::Filled => ExecutionStatus::Filled,
+                ReportKind::Rejected => ExecutionStatus::Rejected,
+            })
+            .max();
+        let status = match reported {
+            Some(status) => status,
+            None => match core.positions.delivered(&device_id, &channel).await? {
+                Some(delivered) if delivered >= position => ExecutionStatus::Delivered,
+                _ => ExecutionStatus::Pending,
+            },
+        };
+        executions.push(DeviceExecution {
+            status,
             device_id,
             reports,
-        })
-        .collect();
+        });
+    }
+    let devices = executions;
     Ok(Json(Executions {
         signal_id,
         channel: channel.to_string(),

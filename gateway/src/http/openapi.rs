@@ -136,7 +136,7 @@ pub(super) fn document() -> Value {
                 "get": {
                     "summary": "What happened to a signal on every device (admin or platform token).",
                     "responses": auth_errors(json!({
-                        "200": ok("Per device: pending, received, filled or rejected.", "Executions"),
+                        "200": ok("Per device: pending, delivered, received, filled or rejected.", "Executions"),
                         "404": problem("No such signal."),
                         "422": problem("Malformed signal id.")
                     }))
@@ -181,7 +181,7 @@ pub(super) fn document() -> Value {
                     "signal_id": {"type": "string"}, "channel": {"type": "string"}, "position": {"type": "integer"},
                     "devices": {"type": "array", "items": {"type": "object", "properties": {
                         "device_id": {"type": "string"},
-                        "status": {"enum": ["pending", "received", "filled", "rejected"]},
+                        "status": {"enum": ["pending", "delivered", "received", "filled", "rejected"]},
                         "reports": {"type": "array", "items": {"type": "object"}}}}}}}
             }
         }

@@ -124,6 +124,16 @@ pub struct Session {
 }
 
 pub async fn connect(gateway: &Gateway, data_dir: &Path) -> Session {
+    connect_to(
+        gateway.quic_addr().expect("the gateway serves devices"),
+        data_dir,
+    )
+    .await
+}
+
+/// Connects to the gateway at `addr` whose data directory (holding its
+/// self-signed certificate) is `data_dir`.
+pub async fn connect_to(addr: std::net::SocketAddr, data_dir: &Path) -> Session {
     let cert = CertificateDer::from_pem_file(data_dir.join("tls/cert.pem")).unwrap();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert).unwrap();
@@ -137,14 +147,7 @@ pub async fn connect(gateway: &Gateway, data_dir: &Path) -> Session {
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    let connection = endpoint
-        .connect(
-            gateway.quic_addr().expect("the gateway serves devices"),
-            "localhost",
-        )
-        .unwrap()
-        .await
-        .unwrap();
+    let connection = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
     let mut binding = [0u8; 32];
     connection
         .export_keying_material(&mut binding, CHANNEL_BINDING_LABEL, b"")
