@@ -92,6 +92,57 @@ impl RedisStores {
     fn signal_index_key(&self) -> String {
         format!("{}:signal-index", self.prefix)
     }
+
+    fn channels_key(&self) -> String {
+        format!("{}:channels", self.prefix)
+    }
+
+    /// Trims one channel; see [`SignalLog::trim`].
+    async fn trim_channel(
+        &self,
+        channel: &ChannelName,
+        cutoff_ms: u64,
+    ) -> Result<u64, SignalLogError> {
+        let mut removed = 0;
+        loop {
+            let batch = self.read_after(channel, 0, 256).await?;
+            let expired: Vec<&Signal> = batch
+                .iter()
+                .take_while(|s| crate::signals::logged_at_ms(s.signal_id) < cutoff_ms)
+                .collect();
+            let Some(newest) = expired.last().map(|s| s.position) else {
+                return Ok(removed);
+            };
+            let mut connection = self.connection.clone();
+            // Keys first: a retry arriving mid-way publishes anew rather
+            // than find a key whose signal is gone.
+            let keys: Vec<(String, u64)> = connection
+                .hgetall(self.channel_key(channel, "publish-keys"))
+                .await?;
+            let stale: Vec<&String> = keys
+                .iter()
+                .filter(|(_, position)| *position <= newest)
+                .map(|(key, _)| key)
+                .collect();
+            if !stale.is_empty() {
+                let _: () = connection
+                    .hdel(self.channel_key(channel, "publish-keys"), stale)
+                    .await?;
+            }
+            let ids: Vec<String> = expired.iter().map(|s| s.signal_id.to_string()).collect();
+            let _: () = connection.hdel(self.signal_index_key(), &ids).await?;
+            let _: u64 = redis::cmd("XTRIM")
+                .arg(self.channel_key(channel, "signals"))
+                .arg("MINID")
+                .arg(format!("{}-0", newest + 1))
+                .query_async(&mut connection)
+                .await?;
+            removed += expired.len() as u64;
+            if expired.len() < batch.len() {
+                return Ok(removed);
+            }
+        }
+    }
 }
 
 /// Stores a report once: HSETNX is the exactly-once gate; only the first
@@ -303,14 +354,18 @@ impl SignalLog for RedisStores {
                     replayed: false,
                 }
             };
-            // Outside the script (another slot); set on replays too, which
-            // mends a crash between the two.
-            let _: () = connection
+            // Outside the script (other slots); done on replays too, which
+            // mends a crash in between.
+            let _: () = redis::pipe()
                 .hset(
                     self.signal_index_key(),
                     appended.signal.signal_id.to_string(),
                     format!("{channel} {}", appended.signal.position),
                 )
+                .ignore()
+                .sadd(self.channels_key(), channel.as_str())
+                .ignore()
+                .query_async(&mut connection)
                 .await?;
             Ok(appended)
         })
@@ -377,6 +432,21 @@ impl SignalLog for RedisStores {
             let mut connection = self.connection.clone();
             let head: Option<u64> = connection.get(self.channel_key(channel, "head")).await?;
             Ok(head.unwrap_or(0))
+        })
+    }
+
+    fn trim<'a>(&'a self, cutoff_ms: u64) -> LogFuture<'a, u64> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let channels: Vec<String> = connection.smembers(self.channels_key()).await?;
+            let mut removed = 0;
+            for channel in channels {
+                let Ok(channel) = ChannelName::new(&channel) else {
+                    continue;
+                };
+                removed += self.trim_channel(&channel, cutoff_ms).await?;
+            }
+            Ok(removed)
         })
     }
 }

@@ -204,6 +204,10 @@ impl Gateway {
         upkeep.push(tokio::spawn(
             context.hub.clone().recheck(context.signals.clone()),
         ));
+        upkeep.push(tokio::spawn(crate::signals::enforce_retention(
+            context.signals.clone(),
+            config.signal_retention(),
+        )));
         if let Some(client) = stores.redis_client {
             let channel = crate::notices::redis_channel(&config.redis_prefix);
             upkeep.push(tokio::spawn(crate::notices::listen(

@@ -194,6 +194,34 @@ pub trait SignalLog: Send + Sync + std::fmt::Debug {
 
     /// The position of the newest signal of `channel` (0 when empty).
     fn head<'a>(&'a self, channel: &'a ChannelName) -> LogFuture<'a, u64>;
+
+    /// Retention: removes, from the oldest end of every channel, the
+    /// signals logged before `cutoff_ms` (with their index entries and the
+    /// idempotency keys that published them). Positions are never reused: a
+    /// channel's head stays where it is. Returns how many were removed.
+    fn trim<'a>(&'a self, cutoff_ms: u64) -> LogFuture<'a, u64>;
+}
+
+/// When the log took a signal, Unix ms: the first 48 bits of its id.
+pub fn logged_at_ms(signal_id: SignalId) -> u64 {
+    let mut millis = [0u8; 8];
+    millis[2..].copy_from_slice(&signal_id.0[..6]);
+    u64::from_be_bytes(millis)
+}
+
+/// Removes signals logged before the retention window, now and every ten
+/// minutes, until aborted.
+pub async fn enforce_retention(log: Arc<dyn SignalLog>, retention: std::time::Duration) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(600));
+    loop {
+        tick.tick().await;
+        let cutoff = crate::clock::unix_ms().saturating_sub(retention.as_millis() as u64);
+        match log.trim(cutoff).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "signals past retention removed"),
+            Err(e) => tracing::warn!(error = %e, "removing signals past retention failed"),
+        }
+    }
 }
 
 /// Channel logs in sled: `signals` keyed by (channel, position),
@@ -326,6 +354,60 @@ impl SignalLog for SledSignalLog {
                 .as_deref()
                 .map_or(0, read_u64))
         })
+    }
+
+    fn trim<'a>(&'a self, cutoff_ms: u64) -> LogFuture<'a, u64> {
+        let log = self.clone();
+        Box::pin(async move {
+            let removed = tokio::task::spawn_blocking(move || log.trim_now(cutoff_ms))
+                .await
+                .map_err(|e| SignalLogError::Corrupt(format!("trimming task failed: {e}")))??;
+            crate::durable::flush(&self.db).await?;
+            Ok(removed)
+        })
+    }
+}
+
+impl SledSignalLog {
+    fn trim_now(&self, cutoff_ms: u64) -> Result<u64, SignalLogError> {
+        let mut removed = 0;
+        for head in self.heads.iter() {
+            let (name, _) = head?;
+            let Some(channel) = std::str::from_utf8(&name)
+                .ok()
+                .and_then(|name| ChannelName::new(name).ok())
+            else {
+                continue;
+            };
+            let mut expired = Vec::new();
+            let range = signal_key(&channel, 1)..=signal_key(&channel, u64::MAX);
+            for entry in self.signals.range(range) {
+                let (key, value) = entry?;
+                let signal: Signal = serde_json::from_slice(&value)
+                    .map_err(|e| SignalLogError::Corrupt(e.to_string()))?;
+                if logged_at_ms(signal.signal_id) >= cutoff_ms {
+                    break;
+                }
+                expired.push((key, signal.signal_id, signal.position));
+            }
+            let Some(&(_, _, newest)) = expired.last() else {
+                continue;
+            };
+            // Keys first: a retry arriving mid-way publishes anew rather
+            // than find a key whose signal is gone.
+            for entry in self.publish_keys.scan_prefix(signal_key(&channel, 0)) {
+                let (key, position) = entry?;
+                if read_u64(&position) <= newest {
+                    self.publish_keys.remove(key)?;
+                }
+            }
+            for (key, signal_id, _) in &expired {
+                self.signals.remove(key)?;
+                self.index.remove(signal_id.0)?;
+            }
+            removed += expired.len() as u64;
+        }
+        Ok(removed)
     }
 }
 
@@ -466,6 +548,16 @@ impl SignalHub {
                 let batch = log.read_after(&channel, next - 1, 256).await?;
                 if batch.is_empty() {
                     break;
+                }
+                if let Some(first) = batch.first().filter(|s| s.position > next) {
+                    // Only retention leaves holes: the device was away for
+                    // longer than signals are kept.
+                    tracing::warn!(
+                        %channel,
+                        expired_from = next,
+                        expired_to = first.position - 1,
+                        "signals expired before the device resumed"
+                    );
                 }
                 for signal in batch {
                     next = signal.position + 1;

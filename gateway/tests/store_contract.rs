@@ -513,7 +513,7 @@ async fn renaming_takes_the_new_name_and_frees_the_old_one(stores: &Stores) {
         .rename(&second.device_id, "one")
         .await
         .unwrap();
-    let names: Vec<String> = stores
+    let mut names: Vec<String> = stores
         .registry
         .list(Some("acct"))
         .await
@@ -521,7 +521,8 @@ async fn renaming_takes_the_new_name_and_frees_the_old_one(stores: &Stores) {
         .into_iter()
         .map(|d| d.name)
         .collect();
-    assert_eq!(names, ["uno", "one"]);
+    names.sort();
+    assert_eq!(names, ["one", "uno"]);
 }
 
 on_both_backends!(concurrent_changes_to_one_device_are_all_kept);
@@ -565,4 +566,79 @@ async fn a_device_position_only_moves_forward_unless_set(stores: &Stores) {
     positions.set("dv_A", &gold, 2).await.unwrap();
     assert_eq!(positions.get("dv_A", &gold).await.unwrap(), Some(2));
     assert_eq!(positions.get("dv_B", &gold).await.unwrap(), None);
+}
+
+on_both_backends!(retention_removes_the_oldest_signals_and_never_reuses_their_positions);
+async fn retention_removes_the_oldest_signals_and_never_reuses_their_positions(stores: &Stores) {
+    use eagate_gateway::signals::logged_at_ms;
+    let gold = ChannelName::new("gold").unwrap();
+    let silver = ChannelName::new("silver").unwrap();
+    let mut published = Vec::new();
+    for (i, comment) in ["old", "middle", "new"].into_iter().enumerate() {
+        let key = format!("order-{i}");
+        let appended = stores
+            .signals
+            .append(&gold, draft(comment), Some(&key))
+            .await
+            .unwrap();
+        published.push(appended.signal);
+        // Distinct log times, so a cutoff can fall between signals.
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    let kept_silver = stores
+        .signals
+        .append(&silver, draft("silver"), None)
+        .await
+        .unwrap()
+        .signal;
+    assert_eq!(
+        stores.signals.trim(0).await.unwrap(),
+        0,
+        "nothing is older than 0"
+    );
+
+    // Cut just before "middle" was logged: only "old" goes.
+    let cutoff = logged_at_ms(published[1].signal_id);
+    assert!(logged_at_ms(published[0].signal_id) < cutoff);
+    assert!(logged_at_ms(kept_silver.signal_id) > cutoff);
+    assert_eq!(stores.signals.trim(cutoff).await.unwrap(), 1);
+    let left: Vec<u64> = stores
+        .signals
+        .read_after(&gold, 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.position)
+        .collect();
+    assert_eq!(left, [2, 3], "a device resuming from 0 gets what is kept");
+    assert_eq!(
+        stores.signals.locate(published[0].signal_id).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        stores.signals.locate(published[1].signal_id).await.unwrap(),
+        Some((gold.clone(), 2))
+    );
+    assert_eq!(stores.signals.head(&gold).await.unwrap(), 3);
+    assert_eq!(
+        stores.signals.read_after(&silver, 0, 10).await.unwrap(),
+        [kept_silver]
+    );
+
+    // The removed signal's key is free again and a new signal takes the
+    // next position, not a removed one; the kept signal's key still replays.
+    let again = stores
+        .signals
+        .append(&gold, draft("old"), Some("order-0"))
+        .await
+        .unwrap();
+    assert!(!again.replayed);
+    assert_eq!(again.signal.position, 4);
+    let replayed = stores
+        .signals
+        .append(&gold, draft("middle"), Some("order-1"))
+        .await
+        .unwrap();
+    assert!(replayed.replayed);
+    assert_eq!(replayed.signal.position, 2);
 }
