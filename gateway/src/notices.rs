@@ -171,15 +171,7 @@ impl SessionContext {
     /// Ends the live sessions of connected devices that the registry says
     /// are revoked: what a lost revocation notice would have done.
     async fn end_revoked_sessions(&self) {
-        let connected: Vec<String> = self
-            .presence
-            .lock()
-            .expect("presence lock")
-            .iter()
-            .filter(|(_, presence)| presence.sessions > 0)
-            .map(|(device, _)| device.clone())
-            .collect();
-        for device_id in connected {
+        for device_id in self.connected_here() {
             match self.registry.get(&device_id).await {
                 Ok(Some(record)) if record.revoked_at_ms.is_some() => {
                     self.notifier().deliver_locally(Notice::SessionEnding {

@@ -74,8 +74,10 @@ pub struct SessionContext {
     pub revocations: tokio::sync::broadcast::Sender<SessionEnding>,
     /// Becomes `true` when the gateway shuts down.
     pub shutdown: tokio::sync::watch::Sender<bool>,
-    /// Which devices are connected, and when each was last seen.
+    /// Which devices are connected here, and when each was last seen.
     pub presence: Mutex<HashMap<String, Presence>>,
+    /// Presence shared with the deployment's other processes, on Redis.
+    pub shared_presence: Option<SharedPresence>,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
 }
@@ -192,8 +194,27 @@ impl SessionContext {
         Ok(record)
     }
 
-    /// The device's connection state.
-    pub fn presence_of(&self, device_id: &str) -> Presence {
+    /// The device's connection state: in this process, or, when processes
+    /// share a Redis, on every gateway of the deployment.
+    pub async fn presence_of(&self, device_id: &str) -> Presence {
+        let local = self.local_presence(device_id);
+        let Some(shared) = &self.shared_presence else {
+            return local;
+        };
+        match shared.stores.presence(device_id, unix_ms()).await {
+            Ok((gateways, last_seen)) => Presence {
+                sessions: gateways.max(local.sessions),
+                last_seen_ms: last_seen.unwrap_or(0).max(local.last_seen_ms),
+            },
+            Err(e) => {
+                self.metrics.store_error();
+                warn!(device = device_id, error = %e, "reading presence failed");
+                local
+            }
+        }
+    }
+
+    fn local_presence(&self, device_id: &str) -> Presence {
         self.presence
             .lock()
             .expect("presence lock")
@@ -202,20 +223,87 @@ impl SessionContext {
             .unwrap_or_default()
     }
 
-    fn session_started(&self, device_id: &str) {
-        self.metrics.connection(1);
-        let mut presence = self.presence.lock().expect("presence lock");
-        let entry = presence.entry(device_id.to_owned()).or_default();
-        entry.sessions += 1;
-        entry.last_seen_ms = unix_ms();
+    /// The devices with a live session in this process.
+    pub fn connected_here(&self) -> Vec<String> {
+        self.presence
+            .lock()
+            .expect("presence lock")
+            .iter()
+            .filter(|(_, presence)| presence.sessions > 0)
+            .map(|(device, _)| device.clone())
+            .collect()
     }
 
-    fn session_ended(&self, device_id: &str) {
+    async fn session_started(&self, device_id: &str) {
+        self.metrics.connection(1);
+        let now = unix_ms();
+        {
+            let mut presence = self.presence.lock().expect("presence lock");
+            let entry = presence.entry(device_id.to_owned()).or_default();
+            entry.sessions += 1;
+            entry.last_seen_ms = now;
+        }
+        self.share_presence(device_id, true, now).await;
+    }
+
+    async fn session_ended(&self, device_id: &str) {
         self.metrics.connection(-1);
-        let mut presence = self.presence.lock().expect("presence lock");
-        let entry = presence.entry(device_id.to_owned()).or_default();
-        entry.sessions = entry.sessions.saturating_sub(1);
-        entry.last_seen_ms = unix_ms();
+        let now = unix_ms();
+        let still_here = {
+            let mut presence = self.presence.lock().expect("presence lock");
+            let entry = presence.entry(device_id.to_owned()).or_default();
+            entry.sessions = entry.sessions.saturating_sub(1);
+            entry.last_seen_ms = now;
+            entry.sessions > 0
+        };
+        self.share_presence(device_id, still_here, now).await;
+    }
+
+    async fn share_presence(&self, device_id: &str, connected: bool, now_ms: u64) {
+        let Some(shared) = &self.shared_presence else {
+            return;
+        };
+        if let Err(e) = shared
+            .stores
+            .mark_presence(device_id, &shared.instance, connected, now_ms)
+            .await
+        {
+            // Only the status shown to admins suffers; it mends itself
+            // within the presence TTL.
+            self.metrics.store_error();
+            warn!(device = device_id, error = %e, "recording presence failed");
+        }
+    }
+}
+
+/// Presence shared through Redis, so the sidecar and every gateway see
+/// which devices are connected anywhere.
+#[derive(Debug, Clone)]
+pub struct SharedPresence {
+    /// The shared stores.
+    pub stores: Arc<crate::redis_store::RedisStores>,
+    /// This process's name in the presence records: random, per start.
+    pub instance: String,
+}
+
+impl SharedPresence {
+    /// Renews this process's presence records every third of their TTL,
+    /// until aborted.
+    pub async fn renew(self, context: Arc<SessionContext>) {
+        let every = Duration::from_millis(crate::redis_store::PRESENCE_TTL_MS / 3);
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let devices = context.connected_here();
+            if let Err(e) = self
+                .stores
+                .renew_presence(&devices, &self.instance, unix_ms())
+                .await
+            {
+                context.metrics.store_error();
+                warn!(error = %e, "renewing presence failed");
+            }
+        }
     }
 }
 
@@ -249,6 +337,7 @@ impl SessionContext {
             revocations: tokio::sync::broadcast::channel(1024).0,
             shutdown: tokio::sync::watch::channel(false).0,
             presence: Mutex::new(HashMap::new()),
+            shared_presence: None,
             metrics: Metrics::default(),
         }
     }
@@ -442,9 +531,9 @@ async fn run_session(connection: quinn::Connection, context: &SessionContext) {
     };
     let device = auth.device_id.as_str();
     info!(%remote, device, "device authenticated");
-    context.session_started(device);
+    context.session_started(device).await;
     let outcome = session_loop(&auth, &mut send, &mut reader, context).await;
-    context.session_ended(device);
+    context.session_ended(device).await;
     match outcome {
         Ok(SessionEnd::DeviceLeft) => connection.close(close_code::DONE.into(), b"bye"),
         Ok(SessionEnd::GatewayLeft(reason)) => {

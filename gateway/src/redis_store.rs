@@ -677,3 +677,76 @@ impl PositionStore for RedisStores {
         })
     }
 }
+
+/// How long a gateway's word that a device is connected lasts unless it is
+/// renewed: a gateway that dies stops renewing, and its devices show offline
+/// this long after.
+pub const PRESENCE_TTL_MS: u64 = 30_000;
+
+impl RedisStores {
+    /// Records that `device_id` is connected to the gateway `instance` (or
+    /// no longer is), and that it was seen now.
+    pub async fn mark_presence(
+        &self,
+        device_id: &str,
+        instance: &str,
+        connected: bool,
+        now_ms: u64,
+    ) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        if connected {
+            pipe.hset(
+                self.device_key(device_id, "presence"),
+                instance,
+                now_ms + PRESENCE_TTL_MS,
+            );
+        } else {
+            pipe.hdel(self.device_key(device_id, "presence"), instance);
+        }
+        pipe.ignore()
+            .set(self.device_key(device_id, "last-seen"), now_ms)
+            .ignore();
+        let mut connection = self.connection.clone();
+        pipe.query_async(&mut connection).await
+    }
+
+    /// Renews the presence of every device connected to `instance`.
+    pub async fn renew_presence(
+        &self,
+        devices: &[String],
+        instance: &str,
+        now_ms: u64,
+    ) -> redis::RedisResult<()> {
+        if devices.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for device_id in devices {
+            pipe.hset(
+                self.device_key(device_id, "presence"),
+                instance,
+                now_ms + PRESENCE_TTL_MS,
+            )
+            .ignore();
+        }
+        let mut connection = self.connection.clone();
+        pipe.query_async(&mut connection).await
+    }
+
+    /// How many gateways hold a live session of `device_id`, and when it
+    /// was last seen.
+    pub async fn presence(
+        &self,
+        device_id: &str,
+        now_ms: u64,
+    ) -> redis::RedisResult<(usize, Option<u64>)> {
+        let mut connection = self.connection.clone();
+        let (gateways, last_seen): (Vec<(String, u64)>, Option<u64>) = redis::pipe()
+            .hgetall(self.device_key(device_id, "presence"))
+            .get(self.device_key(device_id, "last-seen"))
+            .query_async(&mut connection)
+            .await?;
+        let live = gateways.iter().filter(|(_, until)| *until > now_ms).count();
+        Ok((live, last_seen))
+    }
+}

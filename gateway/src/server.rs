@@ -93,6 +93,7 @@ struct Stores {
     /// other processes' notices (Redis, started once the context exists).
     upkeep: Vec<tokio::task::JoinHandle<()>>,
     redis_client: Option<redis::Client>,
+    shared_presence: Option<crate::quic::SharedPresence>,
 }
 
 async fn open_stores(
@@ -131,6 +132,7 @@ async fn open_stores(
             db: Some(db),
             upkeep: vec![purge],
             redis_client: None,
+            shared_presence: None,
         });
     };
     let redis = Arc::new(
@@ -155,7 +157,18 @@ async fn open_stores(
         db: None,
         upkeep: Vec::new(),
         redis_client: Some(redis.client().clone()),
+        shared_presence: Some(crate::quic::SharedPresence {
+            stores: redis.clone(),
+            instance: instance_name()?,
+        }),
     })
+}
+
+/// A random name for this process in shared presence records.
+fn instance_name() -> Result<String, StartError> {
+    let mut random = [0u8; 8];
+    getrandom::fill(&mut random).map_err(|_| StartError::Registry(RegistryError::Random))?;
+    Ok(random.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// A running gateway.
@@ -193,6 +206,7 @@ impl Gateway {
             stores.positions,
         );
         context.notices = stores.notices;
+        context.shared_presence = stores.shared_presence.clone();
         context.hub = SignalHub::new(config.signal_queue_len as usize);
         context.auth = AuthSettings {
             skew_window: config.skew_window(),
@@ -208,6 +222,9 @@ impl Gateway {
             context.signals.clone(),
             config.signal_retention(),
         )));
+        if let Some(shared) = stores.shared_presence {
+            upkeep.push(tokio::spawn(shared.renew(context.clone())));
+        }
         if let Some(client) = stores.redis_client {
             let channel = crate::notices::redis_channel(&config.redis_prefix);
             upkeep.push(tokio::spawn(crate::notices::listen(

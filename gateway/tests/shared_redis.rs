@@ -221,3 +221,34 @@ async fn a_device_moving_to_another_gateway_resumes_after_what_it_reported() {
     let signal = next_signal(&mut session).await;
     assert_eq!((signal.position, signal.comment.as_str()), (3, "three"));
 }
+
+#[tokio::test]
+async fn the_sidecar_shows_a_device_online_while_any_gateway_holds_its_session() {
+    let deployment = deployment().await;
+    let device = register(&deployment.sidecar).await;
+    let id = device.id.as_str();
+    let sidecar = deployment.sidecar.context();
+    assert_eq!(sidecar.presence_of(id).await.sessions, 0);
+    assert_eq!(sidecar.presence_of(id).await.last_seen_ms, 0);
+
+    let (mut session, _) =
+        Session::open(&deployment.gateway_a, deployment.dirs[1].path(), &device).await;
+    let online = sidecar.presence_of(id).await;
+    assert_eq!(online.sessions, 1);
+    assert!(online.last_seen_ms > 0);
+
+    session
+        .send(&DeviceMessage::GoingAway(GoingAway {
+            reason: GoingAwayReason::Shutdown,
+        }))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sidecar.presence_of(id).await.sessions > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "still online after the device left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(sidecar.presence_of(id).await.last_seen_ms >= online.last_seen_ms);
+}

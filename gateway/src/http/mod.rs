@@ -156,7 +156,7 @@ pub struct DeviceView {
 }
 
 async fn view(core: &SessionContext, record: DeviceRecord) -> Result<DeviceView, ApiError> {
-    let presence = core.presence_of(&record.device_id);
+    let presence = core.presence_of(&record.device_id).await;
     let last_report_seq = core.reports.confirmed_up_to(&record.device_id).await?;
     Ok(DeviceView {
         online: presence.sessions > 0,
