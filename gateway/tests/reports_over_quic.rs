@@ -104,6 +104,20 @@ async fn reports_resent_after_a_lost_confirmation_are_stored_exactly_once(backen
         .unwrap();
     let seqs: Vec<u64> = stored.iter().map(|r| r.seq).collect();
     assert_eq!(seqs, [1, 2, 3, 4]);
+    // What an operator sees with a plain Redis client: one record and one
+    // stream entry per report, however often it was sent.
+    if let Some((mut redis, prefix)) = backend.redis_connection() {
+        let device_key = |what: &str| format!("{prefix}:{{dev:{}}}:{what}", device.id.as_str());
+        let records: u64 = redis::cmd("HLEN")
+            .arg(device_key("reports"))
+            .query(&mut redis)
+            .unwrap();
+        let entries: u64 = redis::cmd("XLEN")
+            .arg(device_key("executions"))
+            .query(&mut redis)
+            .unwrap();
+        assert_eq!((records, entries), (4, 4));
+    }
     drop(session);
 
     // And after a gateway restart, the watermark and the records are there.
