@@ -1,7 +1,8 @@
 //! How the processes of a deployment tell each other what just happened: a
 //! signal was published (so connected followers get it now rather than at
-//! their next look at the log), or a device's sessions must end (revoked, or
-//! its secret rotated).
+//! their next look at the log), a device's subscriptions changed (so its
+//! live session follows the new set at once), or a device's sessions must
+//! end (revoked, or its secret rotated).
 //!
 //! On one machine this is a direct hand-over inside the process. With Redis,
 //! every notice goes out on one pub/sub channel and comes back to the
@@ -59,6 +60,11 @@ impl std::fmt::Debug for Notices {
 pub enum Notice {
     /// A signal was appended to its channel's log.
     Signal(Box<Signal>),
+    /// A device's subscriptions changed.
+    SubscriptionsChanged {
+        /// The device.
+        device_id: String,
+    },
     /// A device's live sessions must end.
     SessionEnding {
         /// The device.
@@ -103,6 +109,8 @@ pub struct Notifier {
     pub hub: SignalHub,
     /// This process's sessions' ending orders.
     pub revocations: broadcast::Sender<SessionEnding>,
+    /// This process's sessions' subscription changes.
+    pub subscription_changes: broadcast::Sender<String>,
 }
 
 impl Notifier {
@@ -120,6 +128,13 @@ impl Notifier {
                 connection,
                 channel,
             } => {
+                // Orders to sessions act here at once, before the round trip
+                // through Redis (acting again when it comes back is
+                // harmless). Signals come back only once: followers would
+                // skip a duplicate, but announcing twice costs every one.
+                if !matches!(notice, Notice::Signal(_)) {
+                    self.deliver_locally(notice.clone());
+                }
                 let payload = serde_json::to_vec(&notice).expect("a notice always serializes");
                 let mut connection = connection.clone();
                 let published: redis::RedisResult<i64> =
@@ -128,7 +143,9 @@ impl Notifier {
                     Ok(_) => true,
                     Err(e) => {
                         warn!(error = %e, "publishing a notice failed; delivering it here only");
-                        self.deliver_locally(notice);
+                        if matches!(notice, Notice::Signal(_)) {
+                            self.deliver_locally(notice);
+                        }
                         false
                     }
                 }
@@ -140,6 +157,9 @@ impl Notifier {
     pub fn deliver_locally(&self, notice: Notice) {
         match notice {
             Notice::Signal(signal) => self.hub.announce(*signal),
+            Notice::SubscriptionsChanged { device_id } => {
+                let _ = self.subscription_changes.send(device_id);
+            }
             Notice::SessionEnding { device_id, reason } => {
                 // No receiver just means no session is live here.
                 let _ = self.revocations.send(SessionEnding {
@@ -158,6 +178,7 @@ impl SessionContext {
             notices: self.notices.clone(),
             hub: self.hub.clone(),
             revocations: self.revocations.clone(),
+            subscription_changes: self.subscription_changes.clone(),
         }
     }
 

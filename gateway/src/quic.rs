@@ -72,6 +72,9 @@ pub struct SessionContext {
     pub throttle: Mutex<FailureThrottle>,
     /// Devices whose live sessions must end now (revoked, or secret rotated).
     pub revocations: tokio::sync::broadcast::Sender<SessionEnding>,
+    /// Devices whose subscriptions changed: their live sessions start or
+    /// stop following channels at once.
+    pub subscription_changes: tokio::sync::broadcast::Sender<String>,
     /// Becomes `true` when the gateway shuts down.
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// Which devices are connected here, and when each was last seen.
@@ -133,8 +136,8 @@ impl SessionContext {
     }
 
     /// Subscribes a device to a channel from now on: it receives signals
-    /// published after this call, from its next connection. Subscribing again
-    /// changes nothing.
+    /// published after this call, at once if it is connected. Subscribing
+    /// again changes nothing.
     pub async fn subscribe(
         &self,
         device_id: &str,
@@ -161,7 +164,28 @@ impl SessionContext {
             .await
             .map_err(|e| RegistryError::Corrupt(e.to_string()))?;
         self.registry.subscribe(device_id, channel).await?;
+        self.notify(Notice::SubscriptionsChanged {
+            device_id: device_id.to_owned(),
+        })
+        .await;
         Ok(())
+    }
+
+    /// Unsubscribes a device from a channel; a live session stops following
+    /// it at once. Returns whether it was subscribed.
+    pub async fn unsubscribe(
+        &self,
+        device_id: &str,
+        channel: &ChannelName,
+    ) -> Result<bool, RegistryError> {
+        let removed = self.registry.unsubscribe(device_id, channel).await?;
+        if removed {
+            self.notify(Notice::SubscriptionsChanged {
+                device_id: device_id.to_owned(),
+            })
+            .await;
+        }
+        Ok(removed)
     }
 
     /// Gives a device a new secret (shown once) and ends its live sessions,
@@ -335,6 +359,7 @@ impl SessionContext {
             },
             throttle: Mutex::new(FailureThrottle::new(ThrottleSettings::default())),
             revocations: tokio::sync::broadcast::channel(1024).0,
+            subscription_changes: tokio::sync::broadcast::channel(1024).0,
             shutdown: tokio::sync::watch::channel(false).0,
             presence: Mutex::new(HashMap::new()),
             shared_presence: None,
@@ -755,68 +780,60 @@ async fn stream_and_ingest(
     if is_revoked(device, context).await {
         return Ok(SessionEnd::GatewayLeft(GoingAwayReason::Revoked));
     }
+    let mut subscription_changes = context.subscription_changes.subscribe();
     // One follower per subscribed channel feeds this bounded queue; the
     // followers end with the session when the set is dropped.
     let (signal_tx, mut signal_rx) = tokio::sync::mpsc::channel(64);
-    let mut followers = tokio::task::JoinSet::new();
+    let mut followers = Followers::new(signal_tx);
     // Without its subscriptions the session would look healthy and carry
     // nothing: end it, so the device reconnects when the store is back.
-    let channels = match subscribed_channels(device, context).await {
-        Ok(channels) => channels,
-        Err(e) => {
-            context.metrics.store_error();
-            warn!(device, error = %e, "reading subscriptions failed");
-            return Ok(SessionEnd::GatewayLeft(GoingAwayReason::Shutdown));
-        }
-    };
-    for channel in channels {
-        let after = match auth.resume.iter().find(|point| point.channel == channel) {
-            Some(point) => point.position,
-            None => match context.positions.get(device, &channel).await {
-                Ok(Some(position)) => position,
-                // Subscribing always records a start; without one, start
-                // from now rather than replay the channel's history.
-                Ok(None) => match context.signals.head(&channel).await {
-                    Ok(head) => head,
-                    Err(e) => {
-                        context.metrics.store_error();
-                        warn!(device, %channel, error = %e, "reading a channel head failed");
-                        return Ok(SessionEnd::GatewayLeft(GoingAwayReason::Shutdown));
-                    }
-                },
-                Err(e) => {
-                    context.metrics.store_error();
-                    warn!(device, %channel, error = %e, "reading a device position failed");
-                    return Ok(SessionEnd::GatewayLeft(GoingAwayReason::Shutdown));
-                }
-            },
-        };
-        let log = context.signals.clone();
-        let hub = context.hub.clone();
-        let out = signal_tx.clone();
-        followers.spawn(async move {
-            hub.follow(log, channel.clone(), after, out)
-                .await
-                .map_err(|e| (channel, e))
-        });
+    if let Err(e) = followers.match_subscriptions(auth, context).await {
+        context.metrics.store_error();
+        warn!(device, error = %e, "starting the session's channels failed");
+        return Ok(SessionEnd::GatewayLeft(GoingAwayReason::Shutdown));
     }
-    drop(signal_tx);
     let mut record_deliveries = tokio::time::interval(DELIVERY_RECORD_INTERVAL);
     loop {
+        // Biased, in this order: orders to end or change the session come
+        // before traffic, so a revocation or unsubscription is acted on
+        // before the next signal is written; a device's reports come before
+        // new signals, so a flood of signals cannot hold back confirmations.
         tokio::select! {
-            _ = record_deliveries.tick() => deliveries.record(device, context).await,
+            biased;
+            ending = revocations.recv() => match ending {
+                Ok(ending) if ending.device_id == device => {
+                    return Ok(SessionEnd::GatewayLeft(ending.reason));
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
+                // Missed some revocations: ask the registry instead.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    if is_revoked(device, context).await {
+                        return Ok(SessionEnd::GatewayLeft(GoingAwayReason::Revoked));
+                    }
+                }
+            },
+            changed = subscription_changes.recv() => match changed {
+                Ok(changed) if changed != device => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
+                // Ours, or perhaps ours among those missed: look again.
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    if let Err(e) = followers.match_subscriptions(auth, context).await {
+                        context.metrics.store_error();
+                        warn!(device, error = %e, "changing the session's channels failed");
+                        return Ok(SessionEnd::GatewayLeft(GoingAwayReason::Shutdown));
+                    }
+                }
+            },
+            () = stopping(&mut shutdown) => {
+                return Ok(SessionEnd::GatewayLeft(GoingAwayReason::Shutdown));
+            }
             // A follower only ends on a store failure: end the session, so
             // the device reconnects and resumes, rather than let it miss a
             // channel silently.
-            Some(Ok(Err((channel, e)))) = followers.join_next() => {
+            Some(Ok(Err((channel, e)))) = followers.tasks.join_next() => {
                 context.metrics.store_error();
                 warn!(device, %channel, error = %e, "following a channel failed; ending the session");
                 return Ok(SessionEnd::GatewayLeft(GoingAwayReason::Shutdown));
-            }
-            Some(signal) = signal_rx.recv() => {
-                write_message(send, &GatewayMessage::Signal(Signal::clone(&signal))).await?;
-                context.metrics.signal_delivered();
-                deliveries.note(&signal);
             }
             message = reader.next::<DeviceMessage>() => match message? {
                 DeviceMessage::Ping(ping) => {
@@ -850,22 +867,102 @@ async fn stream_and_ingest(
                     }
                 }
             },
-            ending = revocations.recv() => match ending {
-                Ok(ending) if ending.device_id == device => {
-                    return Ok(SessionEnd::GatewayLeft(ending.reason));
+            Some(signal) = signal_rx.recv() => {
+                // Queued before an unsubscription was acted on: not sent.
+                if !followers.running.contains_key(&signal.channel) {
+                    continue;
                 }
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
-                // Missed some revocations: ask the registry instead.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    if is_revoked(device, context).await {
-                        return Ok(SessionEnd::GatewayLeft(GoingAwayReason::Revoked));
-                    }
-                }
-            },
-            () = stopping(&mut shutdown) => {
-                return Ok(SessionEnd::GatewayLeft(GoingAwayReason::Shutdown));
+                write_message(send, &GatewayMessage::Signal(Signal::clone(&signal))).await?;
+                context.metrics.signal_delivered();
+                deliveries.note(&signal);
             }
+            _ = record_deliveries.tick() => deliveries.record(device, context).await,
         }
+    }
+}
+
+/// Why a session's channels could not be (re)started.
+#[derive(Debug, thiserror::Error)]
+enum FollowError {
+    #[error("reading subscriptions: {0}")]
+    Subscriptions(#[from] RegistryError),
+    #[error("reading where to start: {0}")]
+    Start(#[from] SignalLogError),
+}
+
+/// A session's channel followers, one per subscribed channel, all feeding
+/// the session's one bounded queue.
+struct Followers {
+    tasks: tokio::task::JoinSet<Result<(), (ChannelName, SignalLogError)>>,
+    running: HashMap<ChannelName, tokio::task::AbortHandle>,
+    out: tokio::sync::mpsc::Sender<Arc<Signal>>,
+}
+
+impl Followers {
+    fn new(out: tokio::sync::mpsc::Sender<Arc<Signal>>) -> Self {
+        Self {
+            tasks: tokio::task::JoinSet::new(),
+            running: HashMap::new(),
+            out,
+        }
+    }
+
+    /// Follows exactly the channels the device is subscribed to now: starts
+    /// the new ones, stops the dropped ones, leaves the rest running.
+    async fn match_subscriptions(
+        &mut self,
+        auth: &Authenticate,
+        context: &SessionContext,
+    ) -> Result<(), FollowError> {
+        let device = auth.device_id.as_str();
+        let wanted = subscribed_channels(device, context).await?;
+        self.running.retain(|channel, task| {
+            let keep = wanted.contains(channel);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for channel in wanted {
+            if self.running.contains_key(&channel) {
+                continue;
+            }
+            let after = start_after(auth, &channel, context).await?;
+            let log = context.signals.clone();
+            let hub = context.hub.clone();
+            let out = self.out.clone();
+            let follower = channel.clone();
+            let task = self.tasks.spawn(async move {
+                hub.follow(log, follower.clone(), after, out)
+                    .await
+                    .map_err(|e| (follower, e))
+            });
+            self.running.insert(channel, task);
+        }
+        Ok(())
+    }
+}
+
+/// Where a device's session starts in a channel: the resume point it named,
+/// else the position recorded for it (its last report, or where its
+/// subscription started), else the channel's head.
+async fn start_after(
+    auth: &Authenticate,
+    channel: &ChannelName,
+    context: &SessionContext,
+) -> Result<u64, SignalLogError> {
+    if let Some(point) = auth.resume.iter().find(|point| point.channel == *channel) {
+        return Ok(point.position);
+    }
+    match context
+        .positions
+        .get(auth.device_id.as_str(), channel)
+        .await?
+    {
+        Some(position) => Ok(position),
+        // Subscribing always records a start; without one, start from now
+        // rather than replay the channel's history.
+        None => context.signals.head(channel).await,
     }
 }
 

@@ -262,3 +262,44 @@ async fn re_subscribing_after_unsubscribing_starts_from_now_not_from_history(bac
         Some(GatewayMessage::Pong(Pong { token: 3 }))
     );
 }
+
+on_both_backends!(a_connected_device_follows_a_subscription_change_at_once);
+async fn a_connected_device_follows_a_subscription_change_at_once(backend: Backend) {
+    let (gateway, dir) = start_on(&backend).await;
+    let (gold, silver) = (channel("gold"), channel("silver"));
+    let device = register(&gateway).await;
+    let core = gateway.context();
+    gateway.subscribe(device.id.as_str(), &gold).await.unwrap();
+    let (mut session, _) = Session::open(&gateway, dir.path(), &device).await;
+
+    // Subscribed while connected: the session follows silver at once,
+    // from the moment of subscribing (not silver's history).
+    gateway
+        .publish(&silver, market_buy("silver before"))
+        .await
+        .unwrap();
+    gateway
+        .subscribe(device.id.as_str(), &silver)
+        .await
+        .unwrap();
+    gateway
+        .publish(&silver, market_buy("silver after"))
+        .await
+        .unwrap();
+    assert_eq!(comments(&session.signals(1).await), ["silver after"]);
+
+    // Unsubscribed while connected: gold stops at once.
+    assert!(core.unsubscribe(device.id.as_str(), &gold).await.unwrap());
+    gateway.publish(&gold, market_buy("gold")).await.unwrap();
+    gateway
+        .publish(&silver, market_buy("silver last"))
+        .await
+        .unwrap();
+    assert_eq!(comments(&session.signals(1).await), ["silver last"]);
+    session.send(&DeviceMessage::Ping(Ping { token: 9 })).await;
+    assert_eq!(
+        session.receive().await,
+        Some(GatewayMessage::Pong(Pong { token: 9 })),
+        "nothing from gold arrived in between"
+    );
+}

@@ -329,11 +329,7 @@ async fn unsubscribe(
     Path((device_id, name)): Path<(String, String)>,
 ) -> Result<Json<DeviceView>, ApiError> {
     let channel = channel(&name)?;
-    state
-        .core
-        .registry
-        .unsubscribe(&device_id, &channel)
-        .await?;
+    state.core.unsubscribe(&device_id, &channel).await?;
     let record = found(state.core.registry.get(&device_id).await?, &device_id)?;
     Ok(Json(view(&state.core, record).await?))
 }
