@@ -1,10 +1,35 @@
-//! The eagate device SDK for Rust trading bots.
+//! The eagate device SDK for Rust trading bots (and, through
+//! `eagate-ffi`, for MetaTrader EAs).
 //!
-//! Today it gives bots the wire protocol ([`protocol`]): the messages, the
-//! framing and the signed authentication. The sans-IO session core and the
-//! tokio + quinn client with reconnect and a durable outbox build on it.
+//! [`core`] is the sans-IO session: authentication, resume positions,
+//! report sequence numbers, the outbox of unconfirmed reports, pings,
+//! timeouts and reconnect backoff, driven by whatever carries the bytes. It
+//! needs no `std` and no heap. [`protocol`] is the wire protocol it speaks.
+//!
+//! ```
+//! use eagate_sdk::core::{SessionCore, State};
+//! use eagate_sdk::protocol::{DeviceId, DeviceSecret, ReportOutcome, SignalId, MAX_WIRE_LEN};
+//!
+//! // In a bot: DeviceSecret::parse("egs_…"), the secret printed at registration.
+//! let secret = DeviceSecret::from_bytes([7; 32]);
+//! let mut core = SessionCore::new(DeviceId::new("dv_01HZX3K9Q2M4T7VWB8C5N6PRSA").unwrap(), secret);
+//!
+//! // A report made while offline waits in the outbox with its sequence number.
+//! let seq = core.report(1_700_000_000_000, SignalId([1; 16]), ReportOutcome::Received).unwrap();
+//! assert_eq!((seq, core.unconfirmed()), (1, 1));
+//!
+//! // The driver connected (TLS done): the core asks it to send the signed
+//! // authentication, and will resend the outbox once accepted.
+//! core.handle_connected(1_700_000_000_000, [0; 32], [9; 16]);
+//! assert_eq!(core.state(), State::Authenticating);
+//! let mut frame = [0u8; MAX_WIRE_LEN];
+//! let len = core.poll_transmit(1_700_000_000_000, &mut frame).unwrap();
+//! assert!(len > 0);
+//! ```
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+pub mod core;
 
 pub use eagate_protocol as protocol;

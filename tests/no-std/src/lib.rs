@@ -4,8 +4,7 @@
 
 use core::panic::PanicInfo;
 
-// The SDK re-exports the protocol; linking it proves the SDK is std-free too.
-use eagate_sdk::protocol as _;
+use eagate_sdk::core::SessionCore;
 
 use eagate_protocol::{
     AuthTranscript, Decoded, DeviceId, DeviceMessage, DeviceSecret, MAX_WIRE_LEN, Ping,
@@ -32,4 +31,27 @@ pub extern "C" fn eagate_no_std_probe(token: u64) -> u8 {
     };
     let secret = DeviceSecret::from_bytes([7; 32]);
     AuthTranscript::new(&id, token, &[0; 16], &[0; 32]).mac(&secret)[0]
+}
+
+/// Drives the SDK's session core through a connection and a report; returns
+/// the length of the first frame it writes (the signed authentication).
+#[unsafe(no_mangle)]
+pub extern "C" fn eagate_no_std_session_probe(now_ms: u64) -> usize {
+    let Ok(id) = DeviceId::new("probe") else {
+        return 0;
+    };
+    let mut core = SessionCore::new(id, DeviceSecret::from_bytes([7; 32]));
+    if core
+        .report(
+            now_ms,
+            eagate_protocol::SignalId([1; 16]),
+            eagate_protocol::ReportOutcome::Received,
+        )
+        .is_err()
+    {
+        return 0;
+    }
+    core.handle_connected(now_ms, [0; 32], [1; 16]);
+    let mut buf = [0u8; MAX_WIRE_LEN];
+    core.poll_transmit(now_ms, &mut buf).unwrap_or(0)
 }
