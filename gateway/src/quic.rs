@@ -733,8 +733,13 @@ struct Deliveries(HashMap<ChannelName, u64>);
 
 impl Deliveries {
     fn note(&mut self, signal: &Signal) {
-        let newest = self.0.entry(signal.channel.clone()).or_default();
-        *newest = (*newest).max(signal.position);
+        // Per signal written: clone the channel name only for a new entry.
+        match self.0.get_mut(&signal.channel) {
+            Some(newest) => *newest = (*newest).max(signal.position),
+            None => {
+                self.0.insert(signal.channel.clone(), signal.position);
+            }
+        }
     }
 
     async fn record(&mut self, device: &str, context: &SessionContext) {
@@ -793,6 +798,7 @@ async fn stream_and_ingest(
         return Ok(SessionEnd::GatewayLeft(GoingAwayReason::Shutdown));
     }
     let mut record_deliveries = tokio::time::interval(DELIVERY_RECORD_INTERVAL);
+    record_deliveries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // Biased, in this order: orders to end or change the session come
         // before traffic, so a revocation or unsubscription is acted on
@@ -876,7 +882,11 @@ async fn stream_and_ingest(
                 context.metrics.signal_delivered();
                 deliveries.note(&signal);
             }
-            _ = record_deliveries.tick() => deliveries.record(device, context).await,
+            // Only armed while something awaits recording, so an idle
+            // session is not woken twice a second for nothing.
+            _ = record_deliveries.tick(), if !deliveries.0.is_empty() => {
+                deliveries.record(device, context).await;
+            }
         }
     }
 }

@@ -595,18 +595,46 @@ return 0
 ";
 static ADVANCE_POSITION_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ADVANCE_POSITION));
 
+impl RedisStores {
+    /// A device's position in a channel from its `what` hash.
+    async fn read_position(
+        &self,
+        what: &str,
+        device_id: &str,
+        channel: &ChannelName,
+    ) -> Result<Option<u64>, SignalLogError> {
+        let mut connection = self.connection.clone();
+        Ok(connection
+            .hget(self.device_key(device_id, what), channel.as_str())
+            .await?)
+    }
+
+    /// Raises a device's position in a channel in its `what` hash.
+    async fn raise_position(
+        &self,
+        what: &str,
+        device_id: &str,
+        channel: &ChannelName,
+        position: u64,
+    ) -> Result<(), SignalLogError> {
+        let mut connection = self.connection.clone();
+        let _: i64 = ADVANCE_POSITION_SCRIPT
+            .key(self.device_key(device_id, what))
+            .arg(channel.as_str())
+            .arg(position)
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(())
+    }
+}
+
 impl PositionStore for RedisStores {
     fn get<'a>(
         &'a self,
         device_id: &'a str,
         channel: &'a ChannelName,
     ) -> LogFuture<'a, Option<u64>> {
-        Box::pin(async move {
-            let mut connection = self.connection.clone();
-            Ok(connection
-                .hget(self.device_key(device_id, "positions"), channel.as_str())
-                .await?)
-        })
+        Box::pin(self.read_position("positions", device_id, channel))
     }
 
     fn set<'a>(
@@ -634,16 +662,7 @@ impl PositionStore for RedisStores {
         channel: &'a ChannelName,
         position: u64,
     ) -> LogFuture<'a, ()> {
-        Box::pin(async move {
-            let mut connection = self.connection.clone();
-            let _: i64 = ADVANCE_POSITION_SCRIPT
-                .key(self.device_key(device_id, "positions"))
-                .arg(channel.as_str())
-                .arg(position)
-                .invoke_async(&mut connection)
-                .await?;
-            Ok(())
-        })
+        Box::pin(self.raise_position("positions", device_id, channel, position))
     }
 
     fn mark_delivered<'a>(
@@ -652,16 +671,7 @@ impl PositionStore for RedisStores {
         channel: &'a ChannelName,
         position: u64,
     ) -> LogFuture<'a, ()> {
-        Box::pin(async move {
-            let mut connection = self.connection.clone();
-            let _: i64 = ADVANCE_POSITION_SCRIPT
-                .key(self.device_key(device_id, "delivered"))
-                .arg(channel.as_str())
-                .arg(position)
-                .invoke_async(&mut connection)
-                .await?;
-            Ok(())
-        })
+        Box::pin(self.raise_position("delivered", device_id, channel, position))
     }
 
     fn delivered<'a>(
@@ -669,12 +679,7 @@ impl PositionStore for RedisStores {
         device_id: &'a str,
         channel: &'a ChannelName,
     ) -> LogFuture<'a, Option<u64>> {
-        Box::pin(async move {
-            let mut connection = self.connection.clone();
-            Ok(connection
-                .hget(self.device_key(device_id, "delivered"), channel.as_str())
-                .await?)
-        })
+        Box::pin(self.read_position("delivered", device_id, channel))
     }
 }
 

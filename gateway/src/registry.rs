@@ -93,6 +93,15 @@ pub struct Modified {
     pub after: DeviceRecord,
 }
 
+impl Modified {
+    /// Whether the change altered an existing device's subscriptions.
+    fn channels_changed(&self) -> bool {
+        self.before
+            .as_ref()
+            .is_some_and(|before| before.channels != self.after.channels)
+    }
+}
+
 /// Where device records live: sled on one machine, Redis when gateways
 /// share. Stores only keep records and the per-account name index; the rules
 /// (fresh ids and secrets, sealing, channel limits) are in [`DeviceRegistry`],
@@ -275,9 +284,7 @@ impl DeviceRegistry {
                 Ok(record)
             })
             .await?;
-        Ok(changed
-            .before
-            .is_some_and(|before| before.channels != changed.after.channels))
+        Ok(changed.channels_changed())
     }
 
     /// Unsubscribes `device_id` from `channel`; returns whether it was
@@ -295,9 +302,7 @@ impl DeviceRegistry {
                 Ok(record)
             })
             .await?;
-        Ok(changed
-            .before
-            .is_some_and(|before| before.channels != changed.after.channels))
+        Ok(changed.channels_changed())
     }
 }
 

@@ -650,9 +650,26 @@ impl SledPositions {
     }
 }
 
-/// Raises the position under `key` in `tree`, never lowers it.
-fn raise(tree: &sled::Tree, key: Vec<u8>, position: u64) -> sled::Result<()> {
-    tree.fetch_and_update(key, |old| {
+/// A device's position in a channel, as recorded in `tree`.
+fn read_position(
+    tree: &sled::Tree,
+    device_id: &str,
+    channel: &ChannelName,
+) -> Result<Option<u64>, SignalLogError> {
+    Ok(tree
+        .get(position_key(device_id, channel))?
+        .as_deref()
+        .map(read_u64))
+}
+
+/// Raises a device's position in a channel in `tree`, never lowers it.
+fn raise(
+    tree: &sled::Tree,
+    device_id: &str,
+    channel: &ChannelName,
+    position: u64,
+) -> Result<(), SignalLogError> {
+    tree.fetch_and_update(position_key(device_id, channel), |old| {
         let current = old.map_or(0, read_u64);
         Some(current.max(position).to_be_bytes().to_vec())
     })?;
@@ -665,13 +682,7 @@ impl PositionStore for SledPositions {
         device_id: &'a str,
         channel: &'a ChannelName,
     ) -> LogFuture<'a, Option<u64>> {
-        Box::pin(async move {
-            Ok(self
-                .positions
-                .get(position_key(device_id, channel))?
-                .as_deref()
-                .map(read_u64))
-        })
+        Box::pin(async move { read_position(&self.positions, device_id, channel) })
     }
 
     fn set<'a>(
@@ -705,11 +716,7 @@ impl PositionStore for SledPositions {
             // Not flushed: the report that proves the position is durable,
             // and a position lost in a crash only means the device is sent
             // signals it already has, which it drops by position.
-            Ok(raise(
-                &self.positions,
-                position_key(device_id, channel),
-                position,
-            )?)
+            raise(&self.positions, device_id, channel, position)
         })
     }
 
@@ -720,13 +727,7 @@ impl PositionStore for SledPositions {
         position: u64,
     ) -> LogFuture<'a, ()> {
         // Not flushed: a delivery lost in a crash only shows as pending.
-        Box::pin(async move {
-            Ok(raise(
-                &self.deliveries,
-                position_key(device_id, channel),
-                position,
-            )?)
-        })
+        Box::pin(async move { raise(&self.deliveries, device_id, channel, position) })
     }
 
     fn delivered<'a>(
@@ -734,13 +735,7 @@ impl PositionStore for SledPositions {
         device_id: &'a str,
         channel: &'a ChannelName,
     ) -> LogFuture<'a, Option<u64>> {
-        Box::pin(async move {
-            Ok(self
-                .deliveries
-                .get(position_key(device_id, channel))?
-                .as_deref()
-                .map(read_u64))
-        })
+        Box::pin(async move { read_position(&self.deliveries, device_id, channel) })
     }
 }
 
