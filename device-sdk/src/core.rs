@@ -445,6 +445,30 @@ impl SessionCore {
         let _ = self.events.push_back(event);
     }
 
+    /// The report [`Self::report`] would accept now, with the sequence
+    /// number it would get, without accepting it. A driver with a journal
+    /// writes this durably first and then calls [`Self::report`] with the
+    /// same arguments, so a report is never in flight without being on disk.
+    pub fn draft_report(
+        &self,
+        at_ms: u64,
+        signal_id: SignalId,
+        outcome: ReportOutcome,
+    ) -> Result<Report, ReportError> {
+        if matches!(self.state, State::Revoked) {
+            return Err(ReportError::Stopped);
+        }
+        if self.outbox.is_full() {
+            return Err(ReportError::OutboxFull);
+        }
+        Ok(Report {
+            seq: self.next_seq,
+            signal_id,
+            at_ms,
+            outcome,
+        })
+    }
+
     /// Accepts a report about `signal_id` into the outbox and returns its
     /// sequence number. It is sent now if connected, else after the next
     /// authentication, and resent until the gateway confirms it.
@@ -454,19 +478,10 @@ impl SessionCore {
         signal_id: SignalId,
         outcome: ReportOutcome,
     ) -> Result<u64, ReportError> {
-        if matches!(self.state, State::Revoked) {
-            return Err(ReportError::Stopped);
-        }
-        let seq = self.next_seq;
-        let report = Report {
-            seq,
-            signal_id,
-            at_ms,
-            outcome,
-        };
-        self.outbox
-            .push_back(report)
-            .map_err(|_| ReportError::OutboxFull)?;
+        let report = self.draft_report(at_ms, signal_id, outcome)?;
+        let seq = report.seq;
+        // Cannot fail: the draft checked for room.
+        let _ = self.outbox.push_back(report);
         self.next_seq += 1;
         if self.state == State::Connected {
             let _ = self.pending.push_back(Pending::Report(seq));
