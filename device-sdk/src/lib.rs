@@ -26,10 +26,26 @@
 //! let len = core.poll_transmit(1_700_000_000_000, &mut frame).unwrap();
 //! assert!(len > 0);
 //! ```
-#![cfg_attr(not(test), no_std)]
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod core;
+
+#[cfg(feature = "std")]
+pub mod client;
+#[cfg(feature = "std")]
+mod journal;
+#[cfg(feature = "std")]
+pub mod trust;
+
+#[cfg(feature = "std")]
+pub use client::{
+    Client, ClientConfig, ClientState, ConfigError, ConnectError, Event, ReportError, StopReason,
+};
+#[cfg(feature = "std")]
+pub use journal::JournalError;
+#[cfg(feature = "std")]
+pub use trust::{CertFingerprint, ServerTrust};
 
 pub use eagate_protocol as protocol;

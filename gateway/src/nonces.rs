@@ -72,10 +72,10 @@ impl SledNonceStore {
         let expires = now_ms.saturating_add(ttl_ms).to_be_bytes();
         loop {
             let current = self.seen.get(&key)?;
-            if let Some(old) = &current {
-                if expiry(old) > now_ms {
-                    return Ok(false);
-                }
+            if let Some(old) = &current
+                && expiry(old) > now_ms
+            {
+                return Ok(false);
             }
             match self
                 .seen

@@ -347,10 +347,10 @@ impl SledDeviceStore {
             };
             let updated = change(current.as_ref()).map_err(abort)?;
             let name_key = name_key_of(&updated.account_id, &updated.name);
-            if let Some(holder) = names.get(&name_key)? {
-                if holder != id {
-                    return Err(abort(RegistryError::NameTaken(updated.name.clone())));
-                }
+            if let Some(holder) = names.get(&name_key)?
+                && holder != id
+            {
+                return Err(abort(RegistryError::NameTaken(updated.name.clone())));
             }
             if let Some(current) = &current {
                 let old_key = name_key_of(&current.account_id, &current.name);

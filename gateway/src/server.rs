@@ -353,10 +353,10 @@ impl Gateway {
         if let Some((http, _)) = self.http {
             let _ = http.await;
         }
-        if let Some(db) = &self.db {
-            if let Err(e) = crate::durable::flush(db).await {
-                tracing::error!(error = %e, "flushing the store at shutdown failed");
-            }
+        if let Some(db) = &self.db
+            && let Err(e) = crate::durable::flush(db).await
+        {
+            tracing::error!(error = %e, "flushing the store at shutdown failed");
         }
         // The context holds the last handles on the store; dropping it here
         // releases the data directory's lock for the next process.

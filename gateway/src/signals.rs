@@ -266,11 +266,11 @@ impl SignalLog for SledSignalLog {
                 idempotency_key.map(|key| [&signal_key(channel, 0)[..], key.as_bytes()].concat());
             let outcome = (&self.signals, &self.heads, &self.index, &self.publish_keys)
                 .transaction(|(signals, heads, index, keys)| {
-                    if let Some(publish_key) = &publish_key {
-                        if let Some(position) = keys.get(publish_key)? {
-                            let stored = signals.get(signal_key(channel, read_u64(&position)))?;
-                            return Ok((stored.map(|bytes| bytes.to_vec()), None));
-                        }
+                    if let Some(publish_key) = &publish_key
+                        && let Some(position) = keys.get(publish_key)?
+                    {
+                        let stored = signals.get(signal_key(channel, read_u64(&position)))?;
+                        return Ok((stored.map(|bytes| bytes.to_vec()), None));
                     }
                     let head = heads.get(name)?.as_deref().map_or(0, read_u64);
                     let position = head + 1;

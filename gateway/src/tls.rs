@@ -3,14 +3,12 @@
 //! directory, so its fingerprint (which EAs pin) stays the same across
 //! restarts.
 
-use std::fmt;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use sha2::{Digest, Sha256};
 
 /// A certificate chain and its private key.
 #[derive(Debug)]
@@ -45,28 +43,8 @@ pub enum IdentityError {
     Generate(#[from] rcgen::Error),
 }
 
-/// The SHA-256 fingerprint of the leaf certificate's DER bytes, printed as
-/// colon-separated uppercase hex like `openssl x509 -fingerprint -sha256`.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Fingerprint(pub [u8; 32]);
-
-impl fmt::Display for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, byte) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(":")?;
-            }
-            write!(f, "{byte:02X}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Fingerprint({self})")
-    }
-}
+/// The fingerprint devices pin: the same type they parse it into.
+pub use eagate_protocol::CertFingerprint as Fingerprint;
 
 const CERT_FILE: &str = "tls/cert.pem";
 const KEY_FILE: &str = "tls/key.pem";
@@ -115,7 +93,7 @@ impl ServerIdentity {
 
     /// The fingerprint clients pin.
     pub fn fingerprint(&self) -> Fingerprint {
-        Fingerprint(Sha256::digest(&self.cert_chain[0]).into())
+        Fingerprint::of(&self.cert_chain[0])
     }
 }
 

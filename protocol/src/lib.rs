@@ -35,6 +35,7 @@ mod tagged;
 
 pub mod auth;
 pub mod decimal;
+pub mod fingerprint;
 pub mod frame;
 pub mod message;
 pub mod secret;
@@ -42,6 +43,7 @@ pub mod text;
 
 pub use auth::{AuthTranscript, CHANNEL_BINDING_LABEL, ChannelBinding, Mac, Nonce};
 pub use decimal::{Decimal, DecimalError};
+pub use fingerprint::{CertFingerprint, FingerprintParseError};
 pub use frame::{
     DecodeError, Decoded, EncodeError, FRAME_HEADER_LEN, MAX_FRAME_LEN, MAX_WIRE_LEN, WireMessage,
     decode_frame, encode_frame,

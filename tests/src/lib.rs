@@ -36,3 +36,5 @@ pub fn redis_addr(url: &str) -> SocketAddr {
         .parse()
         .unwrap_or_else(|e| panic!("redis URL {url} has no host:port ({e})"))
 }
+
+pub mod process;

@@ -1,0 +1,536 @@
+//! The device's durable memory: an append-only journal of the reports it
+//! accepted, the confirmations it got and the signal positions it finished,
+//! so a bot killed at any instant resumes exactly where it was.
+//!
+//! ```text
+//! file   = magic "EAGATEJ1" || record*
+//! record = u32 LE body length || u32 LE CRC-32 of body || body (postcard Record)
+//! ```
+//!
+//! A report is written and `fsync`ed before the session core accepts it, so
+//! a report the application was told about is on disk. Confirmations are
+//! written without `fsync`: losing one only means the report is sent again,
+//! and the gateway stores each (device, sequence number) once. A torn record
+//! at the end (the process died mid-write) fails its length or checksum and
+//! is cut off on the next open; nothing after it was ever acknowledged.
+//!
+//! Compaction rewrites the live state (next sequence number, unconfirmed
+//! reports, positions) into a new file, `fsync`s it and renames it over the
+//! old one, so at every instant one complete journal exists.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use eagate_protocol::{DeviceId, MAX_RESUME_POINTS, MAX_WIRE_LEN, Report, ResumePoint};
+use serde::{Deserialize, Serialize};
+
+use crate::core::{OUTBOX_CAPACITY, Snapshot};
+
+const MAGIC: &[u8; 8] = b"EAGATEJ1";
+const RECORD_HEADER_LEN: usize = 8;
+/// Records appended since the last compaction after which the journal is
+/// rewritten: it never grows past a few hundred small records.
+const COMPACT_AFTER_RECORDS: usize = 1024;
+
+/// One entry of the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Record {
+    /// Opens a compacted journal: the next report sequence number.
+    Start { next_seq: u64 },
+    /// A report accepted into the outbox.
+    Accepted(Report),
+    /// The gateway stored every report up to this sequence number.
+    Confirmed { up_to_seq: u64 },
+    /// The application finished every signal of a channel up to here.
+    Position(ResumePoint),
+}
+
+/// Why the journal could not be opened or written.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// Reading, writing or syncing the file failed.
+    #[error("journal {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// Another process (or another client in this one) holds the journal.
+    #[error(
+        "journal {0} is in use by another client of the same device; \
+         two clients of one device would number reports twice"
+    )]
+    Locked(PathBuf),
+    /// A write failed and could not be undone; the journal refuses further
+    /// writes until it is opened again.
+    #[error("journal {0} failed earlier and refuses writes until reopened")]
+    Broken(PathBuf),
+}
+
+/// The live state the journal describes.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct JournalState {
+    pub(crate) next_seq: u64,
+    pub(crate) outbox: VecDeque<Report>,
+    pub(crate) positions: Vec<ResumePoint>,
+}
+
+impl JournalState {
+    fn apply(&mut self, record: &Record) {
+        match record {
+            Record::Start { next_seq } => {
+                *self = Self {
+                    next_seq: *next_seq,
+                    ..Self::default()
+                };
+            }
+            Record::Accepted(report) => {
+                self.next_seq = self.next_seq.max(report.seq + 1);
+                self.outbox.push_back(report.clone());
+            }
+            Record::Confirmed { up_to_seq } => {
+                self.outbox.retain(|report| report.seq > *up_to_seq);
+            }
+            Record::Position(point) => {
+                match self
+                    .positions
+                    .iter_mut()
+                    .find(|p| p.channel == point.channel)
+                {
+                    Some(known) => known.position = known.position.max(point.position),
+                    None => self.positions.push(point.clone()),
+                }
+            }
+        }
+    }
+
+    /// The state as the session core restores it.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let mut snapshot = Snapshot {
+            next_seq: self.next_seq,
+            ..Snapshot::default()
+        };
+        // The core holds at most OUTBOX_CAPACITY reports, and the journal
+        // only records what the core accepted, so everything fits; the
+        // newest would be the ones left out if it ever did not.
+        for report in self.outbox.iter().take(OUTBOX_CAPACITY) {
+            let _ = snapshot.outbox.push(report.clone());
+        }
+        for point in self.positions.iter().take(MAX_RESUME_POINTS) {
+            let _ = snapshot.positions.push(point.clone());
+        }
+        snapshot
+    }
+
+    fn records(&self) -> impl Iterator<Item = Record> + '_ {
+        std::iter::once(Record::Start {
+            next_seq: self.next_seq,
+        })
+        .chain(self.outbox.iter().cloned().map(Record::Accepted))
+        .chain(self.positions.iter().cloned().map(Record::Position))
+    }
+}
+
+/// An open journal, locked against a second client of the same device.
+#[derive(Debug)]
+pub(crate) struct Journal {
+    path: PathBuf,
+    file: File,
+    len: u64,
+    state: JournalState,
+    appended_since_compaction: usize,
+    broken: bool,
+    // Held for the lifetime of the journal; dropping it releases the lock.
+    _lock: File,
+}
+
+impl Journal {
+    /// The journal file of `device_id` in `dir`.
+    pub(crate) fn path_for(dir: &Path, device_id: &DeviceId) -> PathBuf {
+        dir.join(format!("{}.journal", file_stem(device_id)))
+    }
+
+    /// Opens (or creates) the journal of `device_id` in `dir`, replays it,
+    /// and cuts off a torn record at its end.
+    pub(crate) fn open(dir: &Path, device_id: &DeviceId) -> Result<Self, JournalError> {
+        let path = Self::path_for(dir, device_id);
+        let io_error = |source| JournalError::Io {
+            path: path.clone(),
+            source,
+        };
+        fs::create_dir_all(dir).map_err(io_error)?;
+        let lock_path = dir.join(format!("{}.lock", file_stem(device_id)));
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_error)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(JournalError::Locked(path)),
+            Err(fs::TryLockError::Error(e)) => return Err(io_error(e)),
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_error)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io_error)?;
+        let mut journal = if bytes.is_empty() {
+            Self {
+                path: path.clone(),
+                file,
+                len: 0,
+                state: JournalState::default(),
+                appended_since_compaction: 0,
+                broken: false,
+                _lock: lock,
+            }
+        } else {
+            let (state, good_len, records) = replay(&bytes);
+            if good_len < bytes.len() {
+                // A torn tail: the write that made it never returned, so
+                // nothing in it was acknowledged to anyone.
+                file.set_len(good_len as u64).map_err(io_error)?;
+                file.sync_data().map_err(io_error)?;
+                // Writing on from where the read stopped would leave a hole.
+                file.seek(SeekFrom::Start(good_len as u64))
+                    .map_err(io_error)?;
+            }
+            Self {
+                path: path.clone(),
+                file,
+                len: good_len as u64,
+                state,
+                appended_since_compaction: records,
+                broken: false,
+                _lock: lock,
+            }
+        };
+        if journal.len < MAGIC.len() as u64 {
+            // New, or not even the magic survived: start a clean file.
+            journal.compact()?;
+        }
+        Ok(journal)
+    }
+
+    /// What the journal holds.
+    pub(crate) fn state(&self) -> &JournalState {
+        &self.state
+    }
+
+    /// Appends `records`, `fsync`ed when `durable`. On failure the file is
+    /// cut back so no half record stays in front of later ones.
+    pub(crate) fn append(&mut self, records: &[Record], durable: bool) -> Result<(), JournalError> {
+        if self.broken {
+            return Err(JournalError::Broken(self.path.clone()));
+        }
+        let mut bytes = Vec::with_capacity(records.len() * 128);
+        for record in records {
+            encode_record(record, &mut bytes);
+        }
+        let written = self.file.write_all(&bytes).and_then(|()| {
+            if durable {
+                self.file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(source) = written {
+            // Undo, so the journal stays a clean sequence of records.
+            let undone = self
+                .file
+                .set_len(self.len)
+                .and_then(|()| self.file.seek(SeekFrom::Start(self.len)));
+            if undone.is_err() {
+                self.broken = true;
+            }
+            return Err(JournalError::Io {
+                path: self.path.clone(),
+                source,
+            });
+        }
+        self.len += bytes.len() as u64;
+        for record in records {
+            self.state.apply(record);
+        }
+        self.appended_since_compaction += records.len();
+        if self.appended_since_compaction >= COMPACT_AFTER_RECORDS
+            || (self.state.outbox.is_empty() && self.appended_since_compaction >= 64)
+        {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the journal's reports and next sequence number with the
+    /// session core's (after the core renumbered its outbox), durably.
+    pub(crate) fn replace_outbox(
+        &mut self,
+        next_seq: u64,
+        outbox: impl IntoIterator<Item = Report>,
+    ) -> Result<(), JournalError> {
+        let outbox: VecDeque<Report> = outbox.into_iter().collect();
+        if self.state.next_seq == next_seq && self.state.outbox == outbox {
+            return Ok(());
+        }
+        self.state.next_seq = next_seq;
+        self.state.outbox = outbox;
+        self.compact()
+    }
+
+    /// Rewrites the live state into a fresh file and renames it over the
+    /// journal: at every instant one complete journal exists.
+    pub(crate) fn compact(&mut self) -> Result<(), JournalError> {
+        if self.broken {
+            return Err(JournalError::Broken(self.path.clone()));
+        }
+        let io_error = |source| JournalError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut bytes = MAGIC.to_vec();
+        for record in self.state.records() {
+            encode_record(&record, &mut bytes);
+        }
+        let temporary = self.path.with_extension("journal.new");
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&temporary)
+            .map_err(io_error)?;
+        file.write_all(&bytes).map_err(io_error)?;
+        file.sync_all().map_err(io_error)?;
+        fs::rename(&temporary, &self.path).map_err(io_error)?;
+        sync_dir(&self.path).map_err(io_error)?;
+        self.file = file;
+        self.len = bytes.len() as u64;
+        self.appended_since_compaction = 0;
+        Ok(())
+    }
+}
+
+/// The journal's file name for a device id: ids may hold any printable
+/// text, so everything but ASCII letters, digits, `-` and `_` is escaped.
+fn file_stem(device_id: &DeviceId) -> String {
+    let mut stem = String::with_capacity(device_id.as_str().len() + 8);
+    for byte in device_id.as_str().bytes() {
+        if byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_' {
+            stem.push(byte as char);
+        } else {
+            stem.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    stem
+}
+
+fn encode_record(record: &Record, out: &mut Vec<u8>) {
+    let mut body = [0u8; MAX_WIRE_LEN];
+    // Every record is one protocol message's worth of fields at most.
+    let len = postcard::to_slice(record, &mut body)
+        .expect("a journal record fits one wire frame")
+        .len();
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&body[..len]).to_le_bytes());
+    out.extend_from_slice(&body[..len]);
+}
+
+/// Replays a journal file: the state, how many leading bytes are whole
+/// records, and how many records there were.
+fn replay(bytes: &[u8]) -> (JournalState, usize, usize) {
+    let mut state = JournalState::default();
+    if !bytes.starts_with(MAGIC) {
+        return (state, 0, 0);
+    }
+    let mut at = MAGIC.len();
+    let mut records = 0;
+    while let Some(header) = bytes.get(at..at + RECORD_HEADER_LEN) {
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        let start = at + RECORD_HEADER_LEN;
+        let Some(body) = bytes.get(start..start + len) else {
+            break;
+        };
+        if len > MAX_WIRE_LEN || crc32fast::hash(body) != crc {
+            break;
+        }
+        let Ok(record) = postcard::from_bytes::<Record>(body) else {
+            break;
+        };
+        state.apply(&record);
+        records += 1;
+        at = start + len;
+    }
+    (state, at, records)
+}
+
+#[cfg(unix)]
+fn sync_dir(file: &Path) -> io::Result<()> {
+    // The rename is durable only once the directory entry is.
+    match file.parent() {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_file: &Path) -> io::Result<()> {
+    // Windows cannot open a directory as a file; its rename of an open,
+    // synced file is as durable as the platform offers.
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eagate_protocol::{ChannelName, ReportOutcome, SignalId};
+
+    fn device() -> DeviceId {
+        DeviceId::new("dv/test 1").unwrap()
+    }
+
+    fn report(seq: u64) -> Report {
+        Report {
+            seq,
+            signal_id: SignalId([seq as u8; 16]),
+            at_ms: 1_700_000_000_000 + seq,
+            outcome: ReportOutcome::Received,
+        }
+    }
+
+    fn position(channel: &str, position: u64) -> Record {
+        Record::Position(ResumePoint {
+            channel: ChannelName::new(channel).unwrap(),
+            position,
+        })
+    }
+
+    #[test]
+    fn a_reopened_journal_holds_unconfirmed_reports_and_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut journal = Journal::open(dir.path(), &device()).unwrap();
+            for seq in 1..=3 {
+                journal
+                    .append(&[Record::Accepted(report(seq))], true)
+                    .unwrap();
+            }
+            journal
+                .append(
+                    &[Record::Confirmed { up_to_seq: 2 }, position("gold", 7)],
+                    true,
+                )
+                .unwrap();
+        }
+        let journal = Journal::open(dir.path(), &device()).unwrap();
+        let snapshot = journal.state().snapshot();
+        assert_eq!(snapshot.next_seq, 4);
+        assert_eq!(snapshot.outbox.as_slice(), &[report(3)]);
+        assert_eq!(snapshot.positions[0].position, 7);
+    }
+
+    #[test]
+    fn a_torn_last_record_is_cut_off_and_later_appends_survive() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Journal::path_for(dir.path(), &device());
+        {
+            let mut journal = Journal::open(dir.path(), &device()).unwrap();
+            journal
+                .append(&[Record::Accepted(report(1))], true)
+                .unwrap();
+            journal
+                .append(&[Record::Accepted(report(2))], true)
+                .unwrap();
+        }
+        // The process died in the middle of writing the second record.
+        let len = fs::metadata(&path).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        {
+            let mut journal = Journal::open(dir.path(), &device()).unwrap();
+            assert_eq!(journal.state().outbox, [report(1)]);
+            assert_eq!(journal.state().next_seq, 2);
+            journal
+                .append(&[Record::Accepted(report(2))], true)
+                .unwrap();
+        }
+        let journal = Journal::open(dir.path(), &device()).unwrap();
+        assert_eq!(journal.state().outbox, [report(1), report(2)]);
+    }
+
+    #[test]
+    fn a_flipped_bit_ends_the_replay_at_the_damaged_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Journal::path_for(dir.path(), &device());
+        {
+            let mut journal = Journal::open(dir.path(), &device()).unwrap();
+            journal
+                .append(&[Record::Accepted(report(1))], true)
+                .unwrap();
+            journal
+                .append(&[Record::Accepted(report(2))], true)
+                .unwrap();
+        }
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        fs::write(&path, &bytes).unwrap();
+        let journal = Journal::open(dir.path(), &device()).unwrap();
+        assert_eq!(journal.state().outbox, [report(1)]);
+    }
+
+    #[test]
+    fn compaction_keeps_the_live_state_and_shrinks_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Journal::path_for(dir.path(), &device());
+        let mut journal = Journal::open(dir.path(), &device()).unwrap();
+        for seq in 1..=200 {
+            journal
+                .append(&[Record::Accepted(report(seq))], false)
+                .unwrap();
+            journal
+                .append(&[Record::Confirmed { up_to_seq: seq - 1 }], false)
+                .unwrap();
+        }
+        journal.append(&[position("gold", 9)], false).unwrap();
+        let before = fs::metadata(&path).unwrap().len();
+        journal.compact().unwrap();
+        let after = fs::metadata(&path).unwrap().len();
+        assert!(after < before, "{after} < {before}");
+        drop(journal);
+        let journal = Journal::open(dir.path(), &device()).unwrap();
+        assert_eq!(journal.state().outbox, [report(200)]);
+        assert_eq!(journal.state().next_seq, 201);
+        assert_eq!(journal.state().positions[0].position, 9);
+    }
+
+    #[test]
+    fn a_second_client_of_the_same_device_is_refused_while_the_first_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Journal::open(dir.path(), &device()).unwrap();
+        assert!(matches!(
+            Journal::open(dir.path(), &device()),
+            Err(JournalError::Locked(_))
+        ));
+        drop(first);
+        Journal::open(dir.path(), &device()).unwrap();
+    }
+
+    #[test]
+    fn device_ids_with_path_characters_make_safe_file_names() {
+        assert_eq!(file_stem(&device()), "dv%2Ftest%201");
+    }
+}

@@ -1,0 +1,297 @@
+//! The Rust SDK's client against a real `eagate serve`, as a bot author
+//! runs it: bots killed with SIGKILL, gateways restarted under them, and
+//! every way of being turned away.
+
+use std::path::Path;
+use std::time::Duration;
+
+use eagate_sdk::{Client, ClientConfig, ClientState, ServerTrust, StopReason};
+use eagate_tests::process::{Bot, Gateway};
+use eagate_tests::redis_url;
+
+const BOT: &str = env!("CARGO_BIN_EXE_test-bot");
+const SOON: Duration = Duration::from_secs(20);
+/// A gateway killed without a goodbye is noticed by the bot's idle timeout
+/// (10 s) and then reconnected to after a backoff.
+const RECONNECT: Duration = Duration::from_secs(40);
+
+/// A Redis key prefix no other test uses.
+fn redis_args(prefix_of: &Path) -> Vec<String> {
+    let prefix = format!(
+        "e2e-{}",
+        prefix_of
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("x")
+            .replace('.', "-")
+    );
+    vec![
+        "--redis-url".to_owned(),
+        redis_url(),
+        "--redis-prefix".to_owned(),
+        prefix,
+    ]
+}
+
+fn start_bot(gateway: &Gateway, device: &(String, String), state: &Path) -> Bot {
+    let mut bot = Bot::start(
+        BOT.as_ref(),
+        &gateway.quic,
+        &gateway.fingerprint,
+        device,
+        state,
+    );
+    bot.lines.expect("connected", SOON);
+    bot
+}
+
+fn signal_id_of(line: &str) -> String {
+    line.split_whitespace()
+        .nth(1)
+        .expect("signal <id> …")
+        .to_owned()
+}
+
+fn killed_bot_with_unconfirmed_fills_delivers_each_exactly_once(extra: &[String]) {
+    let data = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let mut gateway = Gateway::start(data.path(), &extra);
+    let device = gateway.register("gold");
+    let mut bot = start_bot(&gateway, &device, state.path());
+
+    let published: Vec<String> = (0..3).map(|_| gateway.publish("gold")).collect();
+    for id in &published {
+        let line = bot.lines.expect("signal ", SOON);
+        assert_eq!(&signal_id_of(&line), id, "in publishing order");
+    }
+    // The first fill is confirmed while the gateway runs…
+    bot.send(&format!("fill {} 1001 2350.10 0.10", published[0]));
+    bot.lines.expect("accepted 1 ", SOON);
+    bot.lines.expect("confirmed 1", SOON);
+
+    // …the other two are accepted while it is down, so they are only in
+    // the bot's journal when the bot is killed.
+    gateway.kill();
+    bot.send(&format!("fill {} 1002 2350.20 0.10", published[1]));
+    bot.lines.expect("accepted 2 ", SOON);
+    bot.send(&format!("fill {} 1003 2350.30 0.10", published[2]));
+    bot.lines.expect("accepted 3 ", SOON);
+    bot.kill();
+
+    gateway.restart();
+    let mut bot = start_bot(&gateway, &device, state.path());
+    bot.lines.expect("confirmed 3", SOON);
+    for (n, id) in published.iter().enumerate() {
+        assert_eq!(
+            gateway.stored_reports(id, &device.0),
+            vec![(n as u64 + 1, "filled".to_owned())],
+            "signal {id}: its fill, stored once"
+        );
+    }
+    // Reported signals are done: none comes again after the restart.
+    let seen = bot.lines.drain(Duration::from_millis(500));
+    assert!(
+        !seen.iter().any(|l| l.starts_with("signal ")),
+        "no signal delivered twice: {seen:#?}"
+    );
+    // A second restart of the bot resends nothing: the journal is clean.
+    bot.send("close");
+    bot.lines.expect("closed", SOON);
+    let mut bot = start_bot(&gateway, &device, state.path());
+    bot.send(&format!("received {}", published[2]));
+    bot.lines.expect("accepted 4 ", SOON);
+    bot.lines.expect("confirmed 4", SOON);
+    for (n, id) in published.iter().enumerate().take(2) {
+        assert_eq!(gateway.stored_reports(id, &device.0).len(), 1, "{n}");
+    }
+}
+
+#[test]
+fn a_bot_killed_holding_unconfirmed_fills_stores_each_exactly_once_after_restart_on_sled() {
+    killed_bot_with_unconfirmed_fills_delivers_each_exactly_once(&[]);
+}
+
+#[test]
+fn a_bot_killed_holding_unconfirmed_fills_stores_each_exactly_once_after_restart_on_redis() {
+    let prefix = tempfile::tempdir().unwrap();
+    killed_bot_with_unconfirmed_fills_delivers_each_exactly_once(&redis_args(prefix.path()));
+}
+
+#[test]
+fn a_bot_killed_before_reporting_gets_the_signal_again_and_no_other() {
+    let data = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(data.path(), &[]);
+    let device = gateway.register("gold");
+    let step = [("EAGATE_TEST_BOT_STEP", "1")];
+    let mut bot = Bot::start_with(
+        BOT.as_ref(),
+        &gateway.quic,
+        &gateway.fingerprint,
+        &device,
+        state.path(),
+        &step,
+    );
+    bot.lines.expect("connected", SOON);
+    let first = gateway.publish("gold");
+    bot.lines.expect("signal ", SOON);
+    bot.send(&format!("fill {first} 7 1.1 0.10"));
+    bot.lines.expect("accepted 1 ", SOON);
+    bot.send("next");
+    let second = gateway.publish("gold");
+    let line = bot.lines.expect("signal ", SOON);
+    assert_eq!(signal_id_of(&line), second);
+    // Killed after taking the second signal, before acting on it.
+    bot.kill();
+
+    let mut bot = start_bot(&gateway, &device, state.path());
+    let line = bot.lines.expect("signal ", SOON);
+    assert_eq!(
+        signal_id_of(&line),
+        second,
+        "the unfinished signal comes again"
+    );
+    let seen = bot.lines.drain(Duration::from_millis(500));
+    assert_eq!(
+        seen.iter().filter(|l| l.starts_with("signal ")).count(),
+        1,
+        "the finished one does not: {seen:#?}"
+    );
+}
+
+#[test]
+fn a_restarted_gateway_is_reconnected_to_and_no_signal_is_missed_or_repeated() {
+    let data = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut gateway = Gateway::start(data.path(), &[]);
+    let device = gateway.register("gold");
+    let mut bot = start_bot(&gateway, &device, state.path());
+
+    let mut published: Vec<String> = (0..2).map(|_| gateway.publish("gold")).collect();
+    for _ in 0..2 {
+        bot.lines.expect("signal ", SOON);
+    }
+    gateway.kill();
+    gateway.restart();
+    published.extend((0..2).map(|_| gateway.publish("gold")));
+
+    // The bot notices by itself and comes back.
+    bot.lines.expect("disconnected", RECONNECT);
+    bot.lines.expect("connected", RECONNECT);
+    for _ in 0..2 {
+        bot.lines.expect("signal ", SOON);
+    }
+    let seen = bot.lines.drain(Duration::from_millis(500));
+    let delivered: Vec<String> = seen
+        .iter()
+        .filter(|l| l.starts_with("signal "))
+        .map(|l| signal_id_of(l))
+        .collect();
+    assert_eq!(delivered, published, "each once, in order");
+}
+
+#[test]
+fn a_wrong_secret_stops_the_bot_with_a_typed_error_and_no_retries() {
+    let data = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(data.path(), &[]);
+    let (device_id, _) = gateway.register("gold");
+    // A well-formed secret of another device.
+    let (_, other_secret) = gateway.register("gold");
+    let mut bot = Bot::start(
+        BOT.as_ref(),
+        &gateway.quic,
+        &gateway.fingerprint,
+        &(device_id, other_secret),
+        state.path(),
+    );
+    bot.lines.expect("stopped CredentialsRefused", SOON);
+    assert_eq!(bot.wait_exit(SOON), Some(3));
+    let attempts = bot
+        .lines
+        .seen()
+        .iter()
+        .filter(|l| l.as_str() == "state Connecting")
+        .count();
+    assert_eq!(attempts, 1, "one attempt: {:#?}", bot.lines.seen());
+}
+
+#[test]
+fn a_revoked_device_is_stopped_while_connected_and_when_it_comes_back() {
+    let data = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(data.path(), &[]);
+    let device = gateway.register("gold");
+    let mut bot = start_bot(&gateway, &device, state.path());
+    gateway.revoke(&device.0);
+    bot.lines.expect("stopped Revoked", SOON);
+    assert_eq!(bot.wait_exit(SOON), Some(3));
+
+    let mut bot = Bot::start(
+        BOT.as_ref(),
+        &gateway.quic,
+        &gateway.fingerprint,
+        &device,
+        state.path(),
+    );
+    bot.lines.expect("stopped Revoked", SOON);
+    assert_eq!(bot.wait_exit(SOON), Some(3));
+}
+
+#[test]
+fn a_wrong_pinned_fingerprint_stops_the_bot_before_it_sends_its_secret() {
+    let data = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(data.path(), &[]);
+    let device = gateway.register("gold");
+    let wrong = "AB:".repeat(31) + "AB";
+    let mut bot = Bot::start(BOT.as_ref(), &gateway.quic, &wrong, &device, state.path());
+    let line = bot.lines.expect("stopped Certificate", SOON);
+    assert!(
+        line.contains(&gateway.fingerprint),
+        "says what it saw: {line}"
+    );
+    assert_eq!(bot.wait_exit(SOON), Some(3));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_certificate_outside_the_trusted_roots_is_a_typed_stop() {
+    let data = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let gateway = tokio::task::block_in_place(|| Gateway::start(data.path(), &[]));
+    let device = tokio::task::block_in_place(|| gateway.register("gold"));
+    // Roots that do not include the gateway's self-signed certificate: the
+    // gateway is not "pinned" at all.
+    let roots = std::sync::Arc::new(rustls_roots_without_the_gateway());
+    let config = ClientConfig::new(
+        &gateway.quic,
+        &device.0,
+        &device.1,
+        ServerTrust::Roots(roots),
+        state.path(),
+    )
+    .unwrap();
+    let client = Client::connect(config).await.unwrap();
+    let mut states = client.watch_state();
+    let stopped = tokio::time::timeout(
+        SOON,
+        states.wait_for(|s| matches!(s, ClientState::Stopped(_))),
+    )
+    .await
+    .expect("stops in time")
+    .unwrap()
+    .clone();
+    let ClientState::Stopped(StopReason::Certificate(why)) = stopped else {
+        panic!("a certificate stop, not {stopped:?}");
+    };
+    assert!(why.contains("not trusted"), "{why}");
+}
+
+/// A root store holding some other self-signed certificate.
+fn rustls_roots_without_the_gateway() -> eagate_sdk::trust::RootCertStore {
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let mut roots = eagate_sdk::trust::RootCertStore::empty();
+    roots.add(other.cert.der().clone()).unwrap();
+    roots
+}
