@@ -1,10 +1,32 @@
 //! The eagate device SDK for Rust trading bots (and, through
 //! `eagate-ffi`, for MetaTrader EAs).
 //!
-//! [`core`] is the sans-IO session: authentication, resume positions,
-//! report sequence numbers, the outbox of unconfirmed reports, pings,
-//! timeouts and reconnect backoff, driven by whatever carries the bytes. It
-//! needs no `std` and no heap. [`protocol`] is the wire protocol it speaks.
+//! [`Client`] (feature `std`, on by default) is what a bot uses: it connects
+//! over QUIC, streams signals, and takes reports that survive a crash.
+//!
+//! ```no_run
+//! use eagate_sdk::protocol::Fill;
+//! use eagate_sdk::{Client, ClientConfig, ServerTrust};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let trust = ServerTrust::Pinned("SHA256 AB:CD:…as eagate serve prints it".parse()?);
+//! let config = ClientConfig::new("gw.example:7443", "dv_…", "egs_…", trust, "bot-state")?;
+//! let mut client = Client::connect(config).await?;
+//! while let Ok(signal) = client.next_signal().await {
+//!     // Place the order; then report it. `filled` returns once the report
+//!     // is on disk: it reaches the gateway exactly once, crash or not.
+//!     let fill = Fill { ticket: 1, price: "2350.10".parse()?, volume: signal.volume };
+//!     client.filled(signal.signal_id, fill).await?;
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`core`] is the sans-IO session underneath: authentication, resume
+//! positions, report sequence numbers, the outbox of unconfirmed reports,
+//! pings, timeouts and reconnect backoff, driven by whatever carries the
+//! bytes. It needs no `std` and no heap. [`protocol`] is the wire protocol
+//! it speaks.
 //!
 //! ```
 //! use eagate_sdk::core::{SessionCore, State};

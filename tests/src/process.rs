@@ -342,19 +342,25 @@ impl Bot {
         state_dir: &Path,
         env: &[(&str, &str)],
     ) -> Self {
-        let mut child = Command::new(binary);
-        child.envs(env.iter().copied());
-        let mut child = child
+        let mut command = Command::new(binary);
+        command
+            .envs(env.iter().copied())
             .arg(server)
             .arg(&device.0)
             .arg(fingerprint)
             .arg(state_dir)
-            .env("EAGATE_SECRET", &device.1)
+            .env("EAGATE_SECRET", &device.1);
+        Self::spawn(command)
+    }
+
+    /// Runs any bot command, with piped stdin and stdout.
+    pub fn spawn(mut command: Command) -> Self {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("the test bot starts");
+            .expect("the bot starts");
         let lines = Lines::new(child.stdout.take().expect("piped"));
         let stdin = child.stdin.take();
         Self {

@@ -295,3 +295,33 @@ fn rustls_roots_without_the_gateway() -> eagate_sdk::trust::RootCertStore {
     roots.add(other.cert.der().clone()).unwrap();
     roots
 }
+
+/// The README's walkthrough: `eagate serve`, a registered device, the
+/// example bot, a published signal, a stored paper fill.
+#[test]
+fn the_example_bot_fills_a_published_signal_on_paper_and_the_fill_is_stored() {
+    let data = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(data.path(), &[]);
+    let device = gateway.register("gold");
+    let mut bot = std::process::Command::new(eagate_tests::process::workspace_binary("bot"));
+    bot.args(["--server", &gateway.quic, "--device-id", &device.0])
+        .args(["--fingerprint", &format!("SHA256 {}", gateway.fingerprint)])
+        .arg("--state-dir")
+        .arg(state.path())
+        .env("EAGATE_SECRET", &device.1);
+    let mut bot = Bot::spawn(bot);
+    bot.lines.expect("connected", SOON);
+    let signal_id = gateway.publish("gold");
+    let line = bot.lines.expect("signal ", SOON);
+    assert!(
+        line.contains(&signal_id) && line.contains("buy 0.10 XAUUSD"),
+        "{line}"
+    );
+    bot.lines.expect("  filled on paper", SOON);
+    bot.lines.expect("gateway stored reports up to #1", SOON);
+    assert_eq!(
+        gateway.stored_reports(&signal_id, &device.0),
+        vec![(1, "filled".to_owned())]
+    );
+}
