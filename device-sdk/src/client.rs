@@ -239,22 +239,33 @@ pub struct Client {
 #[derive(Debug)]
 struct Shared {
     inner: Mutex<Inner>,
+    /// The last signal handed to the application and not yet done. Set and
+    /// taken without an `await`, so `next_event` stays cancel-safe.
+    handed_out: std::sync::Mutex<Option<(SignalId, ResumePoint)>>,
     /// Wakes the driver: reports wait to be sent.
     wake: Notify,
+}
+
+impl Shared {
+    fn handed_out(&self) -> std::sync::MutexGuard<'_, Option<(SignalId, ResumePoint)>> {
+        // A panic elsewhere while holding it leaves a plain value behind.
+        self.handed_out
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 #[derive(Debug)]
 struct Inner {
     core: SessionCore,
     journal: Journal,
-    /// The last signal handed to the application and not yet done.
-    handed_out: Option<(SignalId, ResumePoint)>,
 }
 
 impl Inner {
     /// Journals and accepts a report: on disk before the core has it.
     fn accept_report(
         &mut self,
+        handed_out: &mut Option<(SignalId, ResumePoint)>,
         at_ms: u64,
         signal_id: SignalId,
         outcome: ReportOutcome,
@@ -265,8 +276,7 @@ impl Inner {
             .map_err(map_report_error)?;
         let seq = draft.seq;
         let mut records = vec![Record::Accepted(draft)];
-        let done = self
-            .handed_out
+        let done = handed_out
             .as_ref()
             .filter(|(id, _)| *id == signal_id)
             .map(|(_, point)| point.clone());
@@ -277,7 +287,7 @@ impl Inner {
         }
         self.journal.append(&records, true)?;
         if done.is_some() {
-            self.handed_out = None;
+            *handed_out = None;
         }
         let accepted = self
             .core
@@ -285,16 +295,6 @@ impl Inner {
             .map_err(map_report_error)?;
         debug_assert_eq!(accepted, seq);
         Ok(accepted)
-    }
-
-    /// Records the handed-out signal as done.
-    fn finish_handed_out(&mut self) -> Result<(), JournalError> {
-        if let Some((_, point)) = &self.handed_out {
-            self.journal
-                .append(&[Record::Position(point.clone())], true)?;
-            self.handed_out = None;
-        }
-        Ok(())
     }
 }
 
@@ -327,11 +327,8 @@ impl Client {
         let verdict = Arc::new(CertificateVerdict::default());
         let quic = quic_config(&config.trust, verdict.clone())?;
         let shared = Arc::new(Shared {
-            inner: Mutex::new(Inner {
-                core,
-                journal,
-                handed_out: None,
-            }),
+            inner: Mutex::new(Inner { core, journal }),
+            handed_out: std::sync::Mutex::new(None),
             wake: Notify::new(),
         });
         let (events_tx, events) = mpsc::channel(EVENT_CAPACITY * 2);
@@ -361,17 +358,27 @@ impl Client {
 
     /// The next event. The signal handed out before is done from now on:
     /// it will not be delivered again, even after a restart. `None` after
-    /// [`Event::Stopped`].
+    /// [`Event::Stopped`]. Cancel-safe: dropping the future (in a
+    /// `select!`) loses no event.
     pub async fn next_event(&mut self) -> Option<Event> {
-        let shared = self.shared.clone();
-        // A failed write leaves the signal not done: it comes again after a
-        // restart, which is the safe side.
-        let _ =
-            tokio::task::spawn_blocking(move || shared.inner.blocking_lock().finish_handed_out())
-                .await;
+        // Taken now, written by a task that completes even if this call is
+        // cancelled. A failed write leaves the signal not done: it comes
+        // again after a restart, which is the safe side.
+        let done = self.shared.handed_out().take();
+        if let Some((_, point)) = done {
+            let shared = self.shared.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                shared
+                    .inner
+                    .blocking_lock()
+                    .journal
+                    .append(&[Record::Position(point)], true)
+            })
+            .await;
+        }
         let event = self.events.recv().await?;
         if let Event::Signal(signal) = &event {
-            self.shared.inner.lock().await.handed_out = Some((
+            *self.shared.handed_out() = Some((
                 signal.signal_id,
                 ResumePoint {
                     channel: signal.channel.clone(),
@@ -446,10 +453,9 @@ impl Client {
     ) -> Result<u64, ReportError> {
         let shared = self.shared.clone();
         let seq = tokio::task::spawn_blocking(move || {
-            shared
-                .inner
-                .blocking_lock()
-                .accept_report(at_ms, signal_id, outcome)
+            let mut inner = shared.inner.blocking_lock();
+            let mut handed_out = shared.handed_out();
+            inner.accept_report(&mut handed_out, at_ms, signal_id, outcome)
         })
         .await
         .map_err(|e| {
