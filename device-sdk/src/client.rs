@@ -227,6 +227,11 @@ pub enum ReportError {
 
 /// A connected (or connecting) device. Dropping it stops the session;
 /// [`Client::close`] stops it politely.
+///
+/// Read events continuously (one task looping on [`Client::next_event`]):
+/// they are the backpressure. While about 100 events wait unread, the
+/// client stops reading from the gateway, and a session left unread for its
+/// idle timeout is dropped by the gateway and resumed later.
 #[derive(Debug)]
 pub struct Client {
     shared: Arc<Shared>,
