@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every check and test of eagate. This is the README's test command and
 # what CI runs (.ci/run). On a fresh Debian machine with only Rust it installs
-# what the tests need from Debian's packages (redis-server), starts a private
-# Redis on a free loopback port in a throwaway directory, exports its URL as
-# EAGATE_TEST_REDIS_URL, and stops it on exit, whatever happens.
+# what the tests need from Debian's packages (redis-server, gcc, valgrind),
+# starts a private Redis on a free loopback port in a throwaway directory,
+# exports its URL as EAGATE_TEST_REDIS_URL, and stops it on exit, whatever
+# happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,9 @@ as_root() {
 need_packages=()
 command -v redis-server >/dev/null 2>&1 || need_packages+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need_packages+=(redis-tools)
+# The C library's harness compiles C programs and runs them under memcheck.
+command -v gcc >/dev/null 2>&1 || need_packages+=(gcc)
+command -v valgrind >/dev/null 2>&1 || need_packages+=(valgrind)
 if [ ${#need_packages[@]} -gt 0 ]; then
     step "installing ${need_packages[*]} from Debian's packages"
     as_root apt-get update -qq

@@ -1,5 +1,25 @@
 //! The C library (`eagate.dll` / `libeagate.so`) that MetaTrader 4/5 Expert
-//! Advisors import. It is built over the device SDK's client; its exported
-//! functions, header and MQL include files are developed in
-//! `device-sdk-ffi/`.
-#![forbid(unsafe_code)]
+//! Advisors import, built over the device SDK.
+//!
+//! Conventions of every export, chosen for MQL:
+//! - `extern "system"`: stdcall on 32-bit Windows (MT4), the C convention
+//!   everywhere else (MT5 is 64-bit).
+//! - Strings in are NUL-terminated UTF-16 (what MQL passes for `string`),
+//!   read during the call and never kept.
+//! - Strings out go into a buffer the caller reserved, with its length in
+//!   16-bit units (or bytes, for the `_utf8` variants), always
+//!   NUL-terminated, truncated if too small (and the call says so).
+//! - Every call returns an [`EagateResult`]; on failure,
+//!   [`eagate_last_error`] copies the reason. No call panics across the
+//!   boundary: a bug inside is caught and reported as
+//!   [`EagateResult::Internal`].
+//!
+//! The header `include/eagate.h` is generated from this crate by cbindgen;
+//! a test fails when it is out of date.
+
+mod boundary;
+mod diagnostics;
+mod text;
+
+pub use boundary::{EagateResult, eagate_last_error, eagate_last_error_utf8};
+pub use diagnostics::{eagate_auth_mac, eagate_version};
