@@ -394,6 +394,62 @@ impl Client {
         Some(event)
     }
 
+    /// The next event if one is waiting, without waiting: for callers on a
+    /// timer outside any async runtime (the C library inside MetaTrader).
+    /// The same contract as [`Client::next_event`]; finishing the signal
+    /// handed out before is written on this thread (one short `fsync`).
+    /// `None` when nothing waits, or when the session holds the journal
+    /// at this instant: call again on the next tick.
+    ///
+    /// # Panics
+    ///
+    /// When called from inside an async task: use `next_event` there.
+    pub fn try_next_event(&mut self) -> Option<Event> {
+        let done = self.shared.handed_out().take();
+        if let Some((signal_id, point)) = done {
+            let Ok(mut inner) = self.shared.inner.try_lock() else {
+                *self.shared.handed_out() = Some((signal_id, point));
+                return None;
+            };
+            // As in next_event: a failed write only means the signal may
+            // come again after a restart.
+            let _ = inner.journal.append(&[Record::Position(point)], true);
+        }
+        let event = self.events.try_recv().ok()?;
+        if let Event::Signal(signal) = &event {
+            *self.shared.handed_out() = Some((
+                signal.signal_id,
+                ResumePoint {
+                    channel: signal.channel.clone(),
+                    position: signal.position,
+                },
+            ));
+        }
+        Some(event)
+    }
+
+    /// [`Client::report`] for callers outside any async runtime: returns
+    /// once the report is `fsync`ed in the journal, waiting for nothing on
+    /// the network.
+    ///
+    /// # Panics
+    ///
+    /// When called from inside an async task: use `report` there.
+    pub fn report_blocking(
+        &self,
+        at_ms: u64,
+        signal_id: SignalId,
+        outcome: ReportOutcome,
+    ) -> Result<u64, ReportError> {
+        let seq = {
+            let mut inner = self.shared.inner.blocking_lock();
+            let mut handed_out = self.shared.handed_out();
+            inner.accept_report(&mut handed_out, at_ms, signal_id, outcome)?
+        };
+        self.shared.wake.notify_one();
+        Ok(seq)
+    }
+
     /// The next signal, skipping other events; `Err` once the client has
     /// stopped for good.
     pub async fn next_signal(&mut self) -> Result<Signal, StopReason> {

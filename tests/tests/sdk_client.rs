@@ -325,3 +325,63 @@ fn the_example_bot_fills_a_published_signal_on_paper_and_the_fill_is_stored() {
         vec![(1, "filled".to_owned())]
     );
 }
+
+/// How MetaTrader drives the client through the C library: from a plain
+/// thread on a timer, never blocking on the network.
+#[test]
+fn a_timer_driven_caller_polls_signals_and_reports_without_an_async_context() {
+    let data = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(data.path(), &[]);
+    let device = gateway.register("gold");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let config = ClientConfig::new(
+        &gateway.quic,
+        &device.0,
+        &device.1,
+        ServerTrust::Pinned(gateway.fingerprint.parse().unwrap()),
+        state.path(),
+    )
+    .unwrap();
+    let mut client = runtime.block_on(Client::connect(config)).unwrap();
+    let signal_id = gateway.publish("gold");
+
+    let deadline = std::time::Instant::now() + SOON;
+    let signal = loop {
+        match client.try_next_event() {
+            Some(eagate_sdk::Event::Signal(signal)) => break signal,
+            Some(_) => {}
+            None => {
+                assert!(std::time::Instant::now() < deadline, "no signal in time");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    };
+    assert_eq!(signal.signal_id.to_string(), signal_id);
+    let fill = eagate_sdk::protocol::Fill {
+        ticket: 9,
+        price: "2350.5".parse().unwrap(),
+        volume: signal.volume,
+    };
+    let seq = client
+        .report_blocking(
+            1_700_000_000_000,
+            signal.signal_id,
+            eagate_sdk::protocol::ReportOutcome::Filled(fill),
+        )
+        .unwrap();
+    assert_eq!(seq, 1);
+    let deadline = std::time::Instant::now() + SOON;
+    while gateway.stored_reports(&signal_id, &device.0).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fill is not stored"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        gateway.stored_reports(&signal_id, &device.0),
+        vec![(1, "filled".to_owned())]
+    );
+    runtime.block_on(client.close());
+}
