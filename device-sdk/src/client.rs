@@ -382,15 +382,7 @@ impl Client {
             .await;
         }
         let event = self.events.recv().await?;
-        if let Event::Signal(signal) = &event {
-            *self.shared.handed_out() = Some((
-                signal.signal_id,
-                ResumePoint {
-                    channel: signal.channel.clone(),
-                    position: signal.position,
-                },
-            ));
-        }
+        self.hand_out(&event);
         Some(event)
     }
 
@@ -416,15 +408,7 @@ impl Client {
             let _ = inner.journal.append(&[Record::Position(point)], true);
         }
         let event = self.events.try_recv().ok()?;
-        if let Event::Signal(signal) = &event {
-            *self.shared.handed_out() = Some((
-                signal.signal_id,
-                ResumePoint {
-                    channel: signal.channel.clone(),
-                    position: signal.position,
-                },
-            ));
-        }
+        self.hand_out(&event);
         Some(event)
     }
 
@@ -448,6 +432,20 @@ impl Client {
         };
         self.shared.wake.notify_one();
         Ok(seq)
+    }
+
+    /// Remembers a signal given to the application as not done yet, with
+    /// no `await`, so the event cannot be lost to a cancellation.
+    fn hand_out(&self, event: &Event) {
+        if let Event::Signal(signal) = event {
+            *self.shared.handed_out() = Some((
+                signal.signal_id,
+                ResumePoint {
+                    channel: signal.channel.clone(),
+                    position: signal.position,
+                },
+            ));
+        }
     }
 
     /// The next signal, skipping other events; `Err` once the client has
