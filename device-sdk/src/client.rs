@@ -321,9 +321,7 @@ impl Client {
     pub async fn connect(config: ClientConfig) -> Result<Client, ConnectError> {
         let state_dir = config.state_dir.clone();
         let device_id = config.device_id.clone();
-        let journal = tokio::task::spawn_blocking(move || Journal::open(&state_dir, &device_id))
-            .await
-            .map_err(|e| ConnectError::Tls(format!("the journal task failed: {e}")))??;
+        let journal = on_blocking_pool(move || Journal::open(&state_dir, &device_id)).await?;
         let core = SessionCore::restore(
             config.device_id.clone(),
             config.secret.clone(),
@@ -372,7 +370,7 @@ impl Client {
         let done = self.shared.handed_out().take();
         if let Some((_, point)) = done {
             let shared = self.shared.clone();
-            let _ = tokio::task::spawn_blocking(move || {
+            let _ = on_blocking_pool(move || {
                 shared
                     .inner
                     .blocking_lock()
@@ -511,18 +509,12 @@ impl Client {
         outcome: ReportOutcome,
     ) -> Result<u64, ReportError> {
         let shared = self.shared.clone();
-        let seq = tokio::task::spawn_blocking(move || {
+        let seq = on_blocking_pool(move || {
             let mut inner = shared.inner.blocking_lock();
             let mut handed_out = shared.handed_out();
             inner.accept_report(&mut handed_out, at_ms, signal_id, outcome)
         })
-        .await
-        .map_err(|e| {
-            ReportError::Journal(JournalError::Io {
-                path: PathBuf::new(),
-                source: std::io::Error::other(e.to_string()),
-            })
-        })??;
+        .await?;
         self.shared.wake.notify_one();
         Ok(seq)
     }
@@ -578,6 +570,15 @@ fn quic_config(
     ));
     quic.transport_config(Arc::new(transport));
     Ok(quic)
+}
+
+/// Runs journal work (file IO, `fsync`) off the async workers. A panic in
+/// it is a bug and is passed on as one; blocking tasks are never cancelled.
+async fn on_blocking_pool<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(error) => std::panic::resume_unwind(error.into_panic()),
+    }
 }
 
 /// The current time, Unix ms.

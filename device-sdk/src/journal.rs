@@ -265,7 +265,10 @@ impl Journal {
         if self.appended_since_compaction >= COMPACT_AFTER_RECORDS
             || (self.state.outbox.is_empty() && self.appended_since_compaction >= 64)
         {
-            self.compact()?;
+            // The records are durable already: a failed compaction leaves a
+            // longer but complete journal and is tried again later, so it
+            // must not turn an accepted report into a refused one.
+            let _ = self.compact();
         }
         Ok(())
     }
@@ -281,14 +284,26 @@ impl Journal {
         if self.state.next_seq == next_seq && self.state.outbox == outbox {
             return Ok(());
         }
-        self.state.next_seq = next_seq;
-        self.state.outbox = outbox;
-        self.compact()
+        let replaced = JournalState {
+            next_seq,
+            outbox,
+            positions: self.state.positions.clone(),
+        };
+        // Adopted only once on disk: after a failure the next call sees the
+        // difference again and writes it again.
+        self.write_compacted(&replaced)?;
+        self.state = replaced;
+        Ok(())
     }
 
     /// Rewrites the live state into a fresh file and renames it over the
     /// journal: at every instant one complete journal exists.
     pub(crate) fn compact(&mut self) -> Result<(), JournalError> {
+        let state = self.state.clone();
+        self.write_compacted(&state)
+    }
+
+    fn write_compacted(&mut self, state: &JournalState) -> Result<(), JournalError> {
         if self.broken {
             return Err(JournalError::Broken(self.path.clone()));
         }
@@ -297,7 +312,7 @@ impl Journal {
             source,
         };
         let mut bytes = MAGIC.to_vec();
-        for record in self.state.records() {
+        for record in state.records() {
             encode_record(&record, &mut bytes);
         }
         let temporary = self.path.with_extension("journal.new");
@@ -311,11 +326,12 @@ impl Journal {
         file.write_all(&bytes).map_err(io_error)?;
         file.sync_all().map_err(io_error)?;
         fs::rename(&temporary, &self.path).map_err(io_error)?;
-        sync_dir(&self.path).map_err(io_error)?;
+        // From the rename on, the new file is the journal: appends must go
+        // to it even if syncing the directory fails below.
         self.file = file;
         self.len = bytes.len() as u64;
         self.appended_since_compaction = 0;
-        Ok(())
+        sync_dir(&self.path).map_err(io_error)
     }
 }
 
