@@ -21,8 +21,22 @@
 #endif
 
 /**
- * What a call did. Zero is success; negative values are failures whose
- * reason [`eagate_last_error`] copies out.
+ * UTF-16 units a symbol buffer must hold (the longest symbol and the
+ * NUL). A symbol of n UTF-8 bytes never needs more than n UTF-16 units.
+ */
+#define EAGATE_SYMBOL_CAPACITY 33
+
+/**
+ * UTF-16 units a comment buffer must hold (the longest comment and the
+ * NUL).
+ */
+#define EAGATE_COMMENT_CAPACITY 65
+
+/**
+ * What a call did. Zero is success, positive values are normal outcomes
+ * that are not success (no signal waiting), negative values are failures
+ * whose reason [`eagate_last_error`] (and, for a call on a handle,
+ * `eagate_handle_last_error`) copies out.
  */
 enum EagateResult
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
@@ -34,6 +48,10 @@ enum EagateResult
    */
   EAGATE_RESULT_OK = 0,
   /**
+   * No signal is waiting; poll again on the next timer tick.
+   */
+  EAGATE_RESULT_NO_SIGNAL = 1,
+  /**
    * An argument is missing (null), malformed or out of range.
    */
   EAGATE_RESULT_INVALID_ARGUMENT = -1,
@@ -41,6 +59,27 @@ enum EagateResult
    * The output buffer is too small; it holds as much as fits.
    */
   EAGATE_RESULT_BUFFER_TOO_SMALL = -2,
+  /**
+   * No session has this handle: it was closed, or never returned by
+   * `eagate_connect`.
+   */
+  EAGATE_RESULT_UNKNOWN_HANDLE = -3,
+  /**
+   * The state directory cannot be used: it cannot be created, read or
+   * written (disk full, permissions), or another EA or program in use
+   * of the same device holds its journal. Nothing was stored.
+   */
+  EAGATE_RESULT_STATE_DIRECTORY = -4,
+  /**
+   * Too many reports wait for the gateway's confirmation; nothing was
+   * stored. Report again once the session is connected.
+   */
+  EAGATE_RESULT_OUTBOX_FULL = -5,
+  /**
+   * The session stopped for good (revoked, credentials or certificate
+   * refused); `eagate_state` says why. Close the handle.
+   */
+  EAGATE_RESULT_STOPPED = -6,
   /**
    * A bug in eagate was caught at the boundary; the call did nothing
    * further. Please report it with the last error text.
@@ -54,6 +93,223 @@ typedef enum EagateResult EagateResult;
 typedef int32_t EagateResult;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
+
+/**
+ * Where a session stands, as `eagate_state` reports it. Values from 10 up
+ * mean the session stopped for good: close the handle.
+ */
+enum EagateState
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Connecting and authenticating.
+   */
+  EAGATE_STATE_CONNECTING = 1,
+  /**
+   * Authenticated: signals arrive, reports are sent.
+   */
+  EAGATE_STATE_CONNECTED = 2,
+  /**
+   * The last attempt failed or the connection was lost; the session
+   * tries again by itself (`eagate_state_text` says when and why).
+   */
+  EAGATE_STATE_BACKING_OFF = 3,
+  /**
+   * Closed by the EA.
+   */
+  EAGATE_STATE_CLOSED = 10,
+  /**
+   * The platform revoked the device: it must never trade again.
+   */
+  EAGATE_STATE_REVOKED = 11,
+  /**
+   * The gateway refused the device id or secret.
+   */
+  EAGATE_STATE_CREDENTIALS_REFUSED = 12,
+  /**
+   * The gateway does not speak this library's protocol version: update
+   * the DLL.
+   */
+  EAGATE_STATE_UNSUPPORTED_VERSION = 13,
+  /**
+   * The server's certificate is not the pinned fingerprint: it may not
+   * be the gateway.
+   */
+  EAGATE_STATE_CERTIFICATE_REFUSED = 14,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum EagateState EagateState;
+#else
+typedef int32_t EagateState;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * What a signal asks the EA to do.
+ */
+enum EagateAction
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Open a long position or place a buy order.
+   */
+  EAGATE_ACTION_OPEN_BUY = 1,
+  /**
+   * Open a short position or place a sell order.
+   */
+  EAGATE_ACTION_OPEN_SELL = 2,
+  /**
+   * Close (part of) the position opened by the referenced signal.
+   */
+  EAGATE_ACTION_CLOSE = 3,
+  /**
+   * Change price, stop loss or take profit of the referenced signal's
+   * order or position.
+   */
+  EAGATE_ACTION_MODIFY = 4,
+  /**
+   * Delete the pending order placed by the referenced signal.
+   */
+  EAGATE_ACTION_CANCEL = 5,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum EagateAction EagateAction;
+#else
+typedef int32_t EagateAction;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * How an opening order is placed.
+ */
+enum EagateOrderType
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * At the current market price.
+   */
+  EAGATE_ORDER_TYPE_MARKET = 1,
+  /**
+   * A pending order at `price` or better.
+   */
+  EAGATE_ORDER_TYPE_LIMIT = 2,
+  /**
+   * A pending order triggered at `price`.
+   */
+  EAGATE_ORDER_TYPE_STOP = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum EagateOrderType EagateOrderType;
+#else
+typedef int32_t EagateOrderType;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * A trade signal, filled by `eagate_poll_signal`.
+ *
+ * Every 8-byte field comes before every 4-byte one and the size is a
+ * multiple of 8, so the layout has no padding: MQL's structs (packed on
+ * one byte) and C's natural layout agree, 128 bytes on 32 and 64 bits.
+ *
+ * Prices and volumes are exact decimals, `mantissa / 10^scale` (`0.10` lots
+ * is mantissa 10, scale 2); a scale of -1 means the value is absent.
+ * Signal ids are 16 bytes shown as 32 hex digits: `hi` holds the first 16
+ * digits, `lo` the last 16 (`%016llx%016llx`).
+ */
+typedef struct EagateSignal {
+  /**
+   * Its position in its channel: 1, 2, 3, … with no gaps.
+   */
+  uint64_t position;
+  /**
+   * The signal's id, first half; reports name it.
+   */
+  uint64_t signal_id_hi;
+  /**
+   * The signal's id, second half.
+   */
+  uint64_t signal_id_lo;
+  /**
+   * For close, modify and cancel: the id (first half) of the signal
+   * that opened the position or placed the order; see `has_reference`.
+   */
+  uint64_t reference_hi;
+  /**
+   * The referenced signal's id, second half.
+   */
+  uint64_t reference_lo;
+  /**
+   * Lots; for a close, how much to close (zero closes all).
+   */
+  int64_t volume_mantissa;
+  /**
+   * The limit or stop price (absent for market orders).
+   */
+  int64_t price_mantissa;
+  /**
+   * The stop loss price, if any.
+   */
+  int64_t stop_loss_mantissa;
+  /**
+   * The take profit price, if any.
+   */
+  int64_t take_profit_mantissa;
+  /**
+   * The magic number for the order (MT4 keeps the low 31 bits).
+   */
+  uint64_t magic;
+  /**
+   * When the provider issued it, Unix milliseconds (UTC).
+   */
+  uint64_t issued_at_ms;
+  /**
+   * After this instant (Unix ms, UTC) the EA must not act on it; 0: no
+   * expiry.
+   */
+  uint64_t expires_at_ms;
+  /**
+   * What to do.
+   */
+  EagateAction action;
+  /**
+   * How to place an opening order.
+   */
+  EagateOrderType order_type;
+  /**
+   * Decimal places of `volume_mantissa`.
+   */
+  int32_t volume_scale;
+  /**
+   * Decimal places of `price_mantissa`; -1: no price.
+   */
+  int32_t price_scale;
+  /**
+   * Decimal places of `stop_loss_mantissa`; -1: no stop loss.
+   */
+  int32_t stop_loss_scale;
+  /**
+   * Decimal places of `take_profit_mantissa`; -1: no take profit.
+   */
+  int32_t take_profit_scale;
+  /**
+   * 1 if `reference_hi`/`reference_lo` name a signal, 0 if not.
+   */
+  int32_t has_reference;
+  /**
+   * Always 0; keeps the size a multiple of 8.
+   */
+  int32_t reserved;
+} EagateSignal;
 
 #ifdef __cplusplus
 extern "C" {
@@ -115,6 +371,171 @@ EagateResult eagate_auth_mac(const uint16_t *device_id,
                              const uint8_t *nonce,
                              const uint8_t *binding,
                              uint8_t *mac_out);
+
+/**
+ * Starts a session for one device and returns its handle in `handle_out`
+ * at once: the session connects in the background (watch
+ * `eagate_state`), and keeps reconnecting until closed.
+ *
+ * - `server`: the gateway's QUIC address, `host:port`.
+ * - `device_id`, `secret`: as printed when the device was registered.
+ * - `fingerprint`: the gateway's certificate fingerprint as `eagate serve`
+ *   prints it (`SHA256 AB:CD:…`; the prefix and colons are optional).
+ * - `state_dir`: a directory that survives restarts (created if missing),
+ *   such as `MQL5\Files\eagate`, for the device's journal of unconfirmed
+ *   reports and positions. One directory can serve several EAs, each with
+ *   its own device.
+ *
+ * Returns [`EagateResult::InvalidArgument`] for a malformed argument,
+ * [`EagateResult::StateDirectory`] when the journal cannot be opened or
+ * is held by another EA of the same device.
+ *
+ * # Safety
+ *
+ * The strings must be NUL-terminated UTF-16 (or null); `handle_out` must
+ * point to 8 writable bytes (or be null).
+ */
+EAGATE_CALL
+EagateResult eagate_connect(const uint16_t *server,
+                            const uint16_t *device_id,
+                            const uint16_t *secret,
+                            const uint16_t *fingerprint,
+                            const uint16_t *state_dir,
+                            int64_t *handle_out);
+
+/**
+ * Writes where the session of `handle` stands into `state_out`.
+ *
+ * # Safety
+ *
+ * `state_out` must point to 4 writable bytes (or be null).
+ */
+EAGATE_CALL
+EagateResult eagate_state(int64_t handle,
+                          EagateState *state_out);
+
+/**
+ * Copies a sentence on where the session stands, for the EA's log and
+ * chart comment: whom it is connected to, or why it is reconnecting and
+ * when, or why it stopped and what to do. `capacity` in UTF-16 units.
+ *
+ * # Safety
+ *
+ * `buffer` must point to `capacity` writable 16-bit units (or be null).
+ */
+EAGATE_CALL
+EagateResult eagate_state_text(int64_t handle,
+                               uint16_t *buffer,
+                               int32_t capacity);
+
+/**
+ * Takes the next signal if one is waiting, without waiting: call it on
+ * every timer tick until it returns [`EagateResult::NoSignal`].
+ *
+ * Fills `signal_out`, and copies the symbol and comment into `symbol`
+ * ([`EAGATE_SYMBOL_CAPACITY`] units at least) and `comment`
+ * ([`EAGATE_COMMENT_CAPACITY`] at least); smaller buffers are refused
+ * before any signal is taken.
+ *
+ * A signal is done once the EA reports on it or polls again: it is not
+ * delivered again, even after a restart. A signal the EA has not finished
+ * when the terminal dies comes again on the next run.
+ *
+ * Returns [`EagateResult::Ok`] with a signal, [`EagateResult::NoSignal`],
+ * or [`EagateResult::Stopped`] once the session has stopped for good and
+ * every signal before the stop was taken.
+ *
+ * # Safety
+ *
+ * `signal_out` must point to a writable `EagateSignal` (any alignment);
+ * `symbol` and `comment` to their capacities in writable 16-bit units.
+ * Null pointers are refused.
+ */
+EAGATE_CALL
+EagateResult eagate_poll_signal(int64_t handle,
+                                struct EagateSignal *signal_out,
+                                uint16_t *symbol,
+                                int32_t symbol_capacity,
+                                uint16_t *comment,
+                                int32_t comment_capacity);
+
+/**
+ * Reports that the EA has the signal and is acting on it.
+ */
+EAGATE_CALL
+EagateResult eagate_report_received(int64_t handle,
+                                    uint64_t signal_id_hi,
+                                    uint64_t signal_id_lo);
+
+/**
+ * Reports an execution of the signal: the terminal's ticket (order or
+ * deal), the price and the lots as decimal text (`"1.08525"`, `"0.10"`).
+ * A partial fill is followed by more reports for the same signal.
+ *
+ * # Safety
+ *
+ * `price` and `volume` must be NUL-terminated UTF-16 (or null).
+ */
+EAGATE_CALL
+EagateResult eagate_report_filled(int64_t handle,
+                                  uint64_t signal_id_hi,
+                                  uint64_t signal_id_lo,
+                                  uint64_t ticket,
+                                  const uint16_t *price,
+                                  const uint16_t *volume);
+
+/**
+ * Reports that the terminal or the broker refused the signal, with
+ * MetaTrader's own error code (`GetLastError()` in MQL4, the trade
+ * server's retcode in MQL5) and its description (cut to 128 bytes).
+ *
+ * # Safety
+ *
+ * `text` must be NUL-terminated UTF-16 (or null).
+ */
+EAGATE_CALL
+EagateResult eagate_report_rejected(int64_t handle,
+                                    uint64_t signal_id_hi,
+                                    uint64_t signal_id_lo,
+                                    uint32_t code,
+                                    const uint16_t *text);
+
+/**
+ * Closes the session: tells the gateway, and returns within about 1.7 s
+ * whatever the network does (MetaTrader cuts `OnDeinit` off at 2.5 s).
+ * Reports the gateway has not confirmed stay in the journal and are sent
+ * by the next session of the device. The handle is invalid afterwards,
+ * and the device's journal free for the next `eagate_connect`.
+ */
+EAGATE_CALL
+EagateResult eagate_close(int64_t handle);
+
+/**
+ * Copies the reason for the last failed call on `handle` (from any
+ * thread) into `buffer`, `capacity` UTF-16 units with the NUL; empty if
+ * none failed. [`EagateResult::UnknownHandle`] once the handle is closed:
+ * use `eagate_last_error` for the close itself.
+ *
+ * # Safety
+ *
+ * `buffer` must point to `capacity` writable 16-bit units (or be null).
+ */
+EAGATE_CALL
+EagateResult eagate_handle_last_error(int64_t handle,
+                                      uint16_t *buffer,
+                                      int32_t capacity);
+
+/**
+ * [`eagate_handle_last_error`] in UTF-8, `capacity` bytes with the NUL.
+ *
+ * # Safety
+ *
+ * `buffer` must point to `capacity` writable bytes (or be null).
+ */
+EAGATE_CALL
+EagateResult eagate_handle_last_error_utf8(int64_t handle,
+                                           uint8_t *buffer,
+                                           int32_t capacity);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -6,17 +6,34 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::text::{write_utf8, write_utf16};
 
-/// What a call did. Zero is success; negative values are failures whose
-/// reason [`eagate_last_error`] copies out.
+/// What a call did. Zero is success, positive values are normal outcomes
+/// that are not success (no signal waiting), negative values are failures
+/// whose reason [`eagate_last_error`] (and, for a call on a handle,
+/// `eagate_handle_last_error`) copies out.
 #[repr(i32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EagateResult {
     /// Done.
     Ok = 0,
+    /// No signal is waiting; poll again on the next timer tick.
+    NoSignal = 1,
     /// An argument is missing (null), malformed or out of range.
     InvalidArgument = -1,
     /// The output buffer is too small; it holds as much as fits.
     BufferTooSmall = -2,
+    /// No session has this handle: it was closed, or never returned by
+    /// `eagate_connect`.
+    UnknownHandle = -3,
+    /// The state directory cannot be used: it cannot be created, read or
+    /// written (disk full, permissions), or another EA or program in use
+    /// of the same device holds its journal. Nothing was stored.
+    StateDirectory = -4,
+    /// Too many reports wait for the gateway's confirmation; nothing was
+    /// stored. Report again once the session is connected.
+    OutboxFull = -5,
+    /// The session stopped for good (revoked, credentials or certificate
+    /// refused); `eagate_state` says why. Close the handle.
+    Stopped = -6,
     /// A bug in eagate was caught at the boundary; the call did nothing
     /// further. Please report it with the last error text.
     Internal = -99,
@@ -30,11 +47,15 @@ pub(crate) struct Failure {
 }
 
 impl Failure {
-    pub(crate) fn invalid(message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: EagateResult, message: impl Into<String>) -> Self {
         Self {
-            code: EagateResult::InvalidArgument,
+            code,
             message: message.into(),
         }
+    }
+
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
+        Self::new(EagateResult::InvalidArgument, message)
     }
 }
 

@@ -19,7 +19,17 @@
 
 mod boundary;
 mod diagnostics;
+mod session;
+mod signal;
 mod text;
 
 pub use boundary::{EagateResult, eagate_last_error, eagate_last_error_utf8};
 pub use diagnostics::{eagate_auth_mac, eagate_version};
+pub use session::{
+    EagateState, eagate_close, eagate_connect, eagate_handle_last_error,
+    eagate_handle_last_error_utf8, eagate_poll_signal, eagate_report_filled,
+    eagate_report_received, eagate_report_rejected, eagate_state, eagate_state_text,
+};
+pub use signal::{
+    EAGATE_COMMENT_CAPACITY, EAGATE_SYMBOL_CAPACITY, EagateAction, EagateOrderType, EagateSignal,
+};

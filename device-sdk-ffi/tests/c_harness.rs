@@ -6,6 +6,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use eagate_tests::process::{Bot, Gateway};
 
 fn crate_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -72,19 +75,31 @@ fn compile(name: &str, out_dir: &Path) -> PathBuf {
     exe
 }
 
-/// Runs `exe` under memcheck with `input` on stdin; its stdout.
-fn run_under_valgrind(exe: &Path, input: &str) -> String {
-    let mut child = Command::new("valgrind")
+/// `exe` under memcheck: an invalid access or a definite or indirect leak
+/// makes it exit with 99.
+fn under_valgrind(exe: &Path) -> Command {
+    let mut command = Command::new("valgrind");
+    command
         .args([
             "--quiet",
             "--error-exitcode=99",
             "--leak-check=full",
             "--errors-for-leak-kinds=definite,indirect",
         ])
+        .arg(format!(
+            "--suppressions={}",
+            crate_dir().join("tests/valgrind.supp").display()
+        ))
         .arg(exe)
         // Cargo points LD_LIBRARY_PATH at target/<profile>, whose
         // libeagate.so may be stale; it would win over the rpath.
-        .env("LD_LIBRARY_PATH", library_dir())
+        .env("LD_LIBRARY_PATH", library_dir());
+    command
+}
+
+/// Runs `exe` under memcheck with `input` on stdin; its stdout.
+fn run_under_valgrind(exe: &Path, input: &str) -> String {
+    let mut child = under_valgrind(exe)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -149,4 +164,256 @@ fn c_computes_every_spec_vector_mac_through_the_library_under_valgrind() {
         "{out}"
     );
     assert!(out.contains("refused: secret"), "{out}");
+}
+
+/// Generous: everything runs under valgrind, many times slower than native.
+const SLOW: Duration = Duration::from_secs(90);
+
+/// What MetaTrader gives `OnDeinit`.
+const DEINIT_LIMIT_MS: u64 = 2_500;
+
+/// The copier (tests/c/copier.c) under memcheck, for `gateway`.
+fn start_copier(exe: &Path, server: &str, fingerprint: &str, state_dir: &Path) -> Bot {
+    let mut command = under_valgrind(exe);
+    command.arg(server).arg(fingerprint).arg(state_dir);
+    Bot::spawn(command)
+}
+
+/// Waits until `n` lines starting with `prefix` were printed (lines of
+/// several slots interleave, so none is skipped); those lines.
+fn await_lines(copier: &mut Bot, prefix: &str, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + SLOW;
+    loop {
+        let found: Vec<String> = copier
+            .lines
+            .seen()
+            .iter()
+            .filter(|line| line.starts_with(prefix))
+            .cloned()
+            .collect();
+        if found.len() >= n {
+            return found;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "{n} lines starting with {prefix:?} expected within {SLOW:?}; printed: {:#?}",
+            copier.lines.seen()
+        );
+        copier.lines.expect("", left);
+    }
+}
+
+/// The signal id in a copier line `<verb> <slot> <id> …`.
+fn id_of(line: &str) -> &str {
+    line.split_whitespace().nth(2).expect("an id")
+}
+
+/// Waits for the gateway to hold exactly `kinds` for a device's reports on
+/// a signal.
+fn expect_stored(gateway: &Gateway, signal_id: &str, device_id: &str, kinds: &[&str]) {
+    let deadline = Instant::now() + SLOW;
+    loop {
+        let stored: Vec<String> = gateway
+            .stored_reports(signal_id, device_id)
+            .into_iter()
+            .map(|(_, kind)| kind)
+            .collect();
+        if stored == kinds {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "device {device_id} on signal {signal_id}: stored {stored:?}, expected {kinds:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Milliseconds a `closed SLOT MS CODE` line reports, after checking the
+/// close succeeded.
+fn close_ms(line: &str) -> u64 {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields.get(3), Some(&"0"), "close succeeded: {line}");
+    fields[2].parse().expect("milliseconds")
+}
+
+#[test]
+fn c_copier_receives_signals_and_reports_fills_and_rejections_stored_once_on_many_handles() {
+    let data = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(data.path(), &[]);
+    let devices: Vec<(String, String)> = (0..4).map(|_| gateway.register("gold")).collect();
+    let state = tempfile::tempdir().unwrap();
+    let exe = compile("copier", state.path());
+    let mut copier = start_copier(&exe, &gateway.quic, &gateway.fingerprint, state.path());
+
+    for (slot, (id, secret)) in devices.iter().enumerate() {
+        copier.send(&format!("connect {slot} {id} {secret}"));
+    }
+    for slot in 0..devices.len() {
+        await_lines(&mut copier, &format!("state {slot} 2 connected"), 1);
+    }
+    copier.send("reject 3");
+    await_lines(&mut copier, "rejecting 3", 1);
+
+    let limit = gateway.eagate_ok(&[
+        "signal",
+        "publish",
+        "--channel",
+        "gold",
+        "--symbol",
+        "XAUUSD",
+        "--action",
+        "open-buy",
+        "--order-type",
+        "limit",
+        "--volume",
+        "0.10",
+        "--price",
+        "2350.10",
+        "--stop-loss",
+        "2340.00",
+        "--take-profit",
+        "2370.5",
+        "--magic",
+        "77",
+        "--comment",
+        "gold breakout",
+    ]);
+    let limit = limit.split_whitespace().nth(1).expect("an id").to_owned();
+    let market = gateway.publish("gold");
+
+    for slot in 0..devices.len() {
+        let signals = await_lines(&mut copier, &format!("signal {slot} "), 2);
+        assert_eq!(id_of(&signals[0]), limit, "in channel order: {signals:?}");
+        assert!(
+            signals[0].ends_with(
+                "pos=1 symbol=XAUUSD action=1 type=2 volume=0.10 price=2350.10 sl=2340.00 \
+                 tp=2370.5 magic=77 ref=0 comment=gold breakout"
+            ),
+            "every field through the packed struct and the buffers: {}",
+            signals[0]
+        );
+        assert_eq!(id_of(&signals[1]), market, "{}", signals[1]);
+        assert!(
+            signals[1].contains("type=1 volume=0.10 price=- sl=- tp=-"),
+            "{}",
+            signals[1]
+        );
+    }
+    for (slot, (device, _)) in devices.iter().enumerate() {
+        let expected: &[&str] = if slot == 3 {
+            &["received", "rejected"]
+        } else {
+            &["received", "filled"]
+        };
+        for signal in [&limit, &market] {
+            expect_stored(&gateway, signal, device, expected);
+        }
+    }
+    let executions = gateway.executions(&limit);
+    let reports = |device: &str| {
+        executions["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["device_id"] == device)
+            .unwrap_or_else(|| panic!("{device} reported: {executions}"))["reports"]
+            .clone()
+    };
+    let fill = &reports(&devices[0].0)[1];
+    assert_eq!(
+        (&fill["ticket"], &fill["price"], &fill["volume"]),
+        (
+            &serde_json::json!(1),
+            &serde_json::json!("2350.10"),
+            &serde_json::json!("0.10")
+        ),
+        "{fill}"
+    );
+    let rejection = &reports(&devices[3].0)[1];
+    assert_eq!(rejection["error_code"], 10019, "{rejection}");
+
+    // Misuse fails with reasons and harms nothing.
+    copier.send("misuse 1");
+    assert_eq!(await_lines(&mut copier, "misuse 1 ", 1), ["misuse 1 ok"]);
+
+    // An EA re-initialised (a timeframe change) closes and connects again
+    // at once: the device's journal is free, and done signals stay done.
+    copier.send("close 0");
+    let closed = await_lines(&mut copier, "closed 0 ", 1);
+    assert!(close_ms(&closed[0]) < DEINIT_LIMIT_MS, "{closed:?}");
+    copier.send(&format!("connect 0 {} {}", devices[0].0, devices[0].1));
+    await_lines(&mut copier, "state 0 2 connected", 2);
+    // A second EA on a device already in use is refused, not run twice.
+    copier.send(&format!("connect 5 {} {}", devices[1].0, devices[1].1));
+    let refused = await_lines(&mut copier, "connect-failed 5 ", 1);
+    assert!(
+        refused[0].starts_with("connect-failed 5 -4 "),
+        "{refused:?}"
+    );
+    assert!(refused[0].contains("in use"), "{refused:?}");
+
+    let third = gateway.publish("gold");
+    for slot in 0..devices.len() {
+        let signals = await_lines(&mut copier, &format!("signal {slot} "), 3);
+        assert_eq!(
+            id_of(&signals[2]),
+            third,
+            "only the new signal: {signals:?}"
+        );
+    }
+    expect_stored(&gateway, &third, &devices[0].0, &["received", "filled"]);
+
+    copier.send("quit");
+    let bye = await_lines(&mut copier, "bye ", 1);
+    assert_eq!(bye, ["bye 0"], "{:#?}", copier.lines.seen());
+    assert_eq!(
+        copier.wait_exit(SLOW),
+        Some(0),
+        "memcheck found no error or leak (exit 99 if it did)"
+    );
+    for slot in 0..devices.len() {
+        let signals = await_lines(&mut copier, &format!("signal {slot} "), 3);
+        assert_eq!(signals.len(), 3, "each signal once: {signals:#?}");
+    }
+    for line in await_lines(&mut copier, "closed ", devices.len() + 1) {
+        assert!(close_ms(&line) < DEINIT_LIMIT_MS, "{line}");
+    }
+}
+
+#[test]
+fn c_close_returns_within_deinit_limit_when_the_gateway_is_gone_or_never_answered() {
+    let data = tempfile::tempdir().unwrap();
+    let mut gateway = Gateway::start(data.path(), &[]);
+    let connected = gateway.register("gold");
+    let (wrong_id, _) = gateway.register("gold");
+    let late = gateway.register("gold");
+    let state = tempfile::tempdir().unwrap();
+    let exe = compile("copier", state.path());
+    let mut copier = start_copier(&exe, &gateway.quic, &gateway.fingerprint, state.path());
+
+    copier.send(&format!("connect 0 {} {}", connected.0, connected.1));
+    await_lines(&mut copier, "state 0 2 connected", 1);
+    // A wrong secret stops that session for good, with advice.
+    let wrong_secret = format!("egs_{}", "A".repeat(43));
+    copier.send(&format!("connect 1 {wrong_id} {wrong_secret}"));
+    let refused = await_lines(&mut copier, "state 1 12 ", 1);
+    assert!(refused[0].contains("secret"), "{refused:?}");
+
+    // The gateway dies without a goodbye: slot 0 still believes it is
+    // connected, and its goodbye will never be answered.
+    gateway.kill();
+    // Slot 2 connects to where nothing listens any more.
+    copier.send(&format!("connect 2 {} {}", late.0, late.1));
+    await_lines(&mut copier, "state 2 ", 1);
+
+    for slot in 0..3 {
+        copier.send(&format!("close {slot}"));
+        let closed = await_lines(&mut copier, &format!("closed {slot} "), 1);
+        assert!(close_ms(&closed[0]) < DEINIT_LIMIT_MS, "{closed:?}");
+    }
+    copier.send("quit");
+    assert_eq!(await_lines(&mut copier, "bye ", 1), ["bye 0"]);
+    assert_eq!(copier.wait_exit(SLOW), Some(0), "memcheck is clean");
 }

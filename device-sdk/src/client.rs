@@ -33,8 +33,12 @@ use crate::trust::{self, CertificateVerdict, ServerTrust};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long [`Client::close`] waits for the gateway before giving up; it
-/// returns within this and a little more whatever the network does.
+/// returns within this and a little more whatever the network does (a
+/// MetaTrader EA has 2.5 s in `OnDeinit`).
 pub const CLOSE_TIMEOUT: Duration = Duration::from_millis(1_500);
+
+/// The part of [`CLOSE_TIMEOUT`] spent handing the goodbye to QUIC.
+const GOODBYE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Everything needed to connect a device.
 #[derive(Debug, Clone)]
@@ -530,11 +534,15 @@ impl Client {
     pub async fn close(mut self) {
         let _ = self.closing.send(true);
         if let Some(mut driver) = self.driver.take()
-            && tokio::time::timeout(CLOSE_TIMEOUT + Duration::from_millis(500), &mut driver)
+            && tokio::time::timeout(CLOSE_TIMEOUT, &mut driver)
                 .await
                 .is_err()
         {
             driver.abort();
+            // Wait for the cancelled task to be dropped: it holds the
+            // journal, whose lock must be free when this returns (an EA
+            // re-initialised on a timeframe change connects again at once).
+            let _ = driver.await;
         }
     }
 }
@@ -753,7 +761,9 @@ impl Driver {
             SessionEnd::Closing => {
                 self.say_goodbye(&mut send).await;
                 connection.close(0u32.into(), b"closing");
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, endpoint.wait_idle()).await;
+                // What is left of the close budget after the goodbye.
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT - GOODBYE_TIMEOUT, endpoint.wait_idle())
+                    .await;
                 Err(StopReason::Closed)
             }
             SessionEnd::Lost(why) => {
@@ -913,7 +923,7 @@ impl Driver {
                 frames.extend_from_slice(&frame[..len]);
             }
         }
-        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
             let _ = send.write_all(&frames).await;
             let _ = send.finish();
         })
