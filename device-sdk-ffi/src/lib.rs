@@ -14,6 +14,14 @@
 //!   boundary: a bug inside is caught and reported as
 //!   [`EagateResult::Internal`].
 //!
+//! An EA starts a session with `eagate_connect`, which returns an integer
+//! handle at once; the session runs on the library's own threads. On its
+//! timer the EA polls `eagate_poll_signal` and reports with
+//! `eagate_report_received` / `_filled` / `_rejected` (each returns once the
+//! report is on disk); `eagate_close` ends it within MetaTrader's 2.5 s.
+//! No call waits on the network. `docs/metatrader.md` has the whole story,
+//! `mql/` the MQL side.
+//!
 //! The header `include/eagate.h` is generated from this crate by cbindgen;
 //! a test fails when it is out of date.
 

@@ -1,0 +1,174 @@
+//+------------------------------------------------------------------+
+//| eagate.mqh: the eagate library for MQL5 (and, through            |
+//| eagate4.mqh, MQL4). Copy to MQL5\Include (MQL4\Include), and     |
+//| eagate.dll to MQL5\Libraries (MQL4\Libraries).                   |
+//|                                                                  |
+//| Mirrors include/eagate.h: the same functions, parameter types    |
+//| and struct layout (device-sdk-ffi/tests/mql.rs checks it). The   |
+//| C harness (tests/c/copier.c) drives the library with exactly     |
+//| these calls, buffers and struct against a real gateway.          |
+//|                                                                  |
+//| Every call returns at once: the session runs inside the DLL.     |
+//| Strings go in as MQL strings (UTF-16); text comes out in ushort  |
+//| arrays sized by the caller. Signal ids are two ulongs.           |
+//+------------------------------------------------------------------+
+#property strict
+
+// Results (EagateResult). 0 is success, 1 means nothing waits,
+// negative values are failures: EagateLastError() says why.
+#define EAGATE_RESULT_OK                 0
+#define EAGATE_RESULT_NO_SIGNAL          1
+#define EAGATE_RESULT_INVALID_ARGUMENT  -1
+#define EAGATE_RESULT_BUFFER_TOO_SMALL  -2
+#define EAGATE_RESULT_UNKNOWN_HANDLE    -3
+#define EAGATE_RESULT_STATE_DIRECTORY   -4
+#define EAGATE_RESULT_OUTBOX_FULL       -5
+#define EAGATE_RESULT_STOPPED           -6
+#define EAGATE_RESULT_INTERNAL         -99
+
+// Session states (EagateState). From 10 up: stopped for good.
+#define EAGATE_STATE_CONNECTING           1
+#define EAGATE_STATE_CONNECTED            2
+#define EAGATE_STATE_BACKING_OFF          3
+#define EAGATE_STATE_CLOSED              10
+#define EAGATE_STATE_REVOKED             11
+#define EAGATE_STATE_CREDENTIALS_REFUSED 12
+#define EAGATE_STATE_UNSUPPORTED_VERSION 13
+#define EAGATE_STATE_CERTIFICATE_REFUSED 14
+
+// What a signal asks for (EagateAction).
+#define EAGATE_ACTION_OPEN_BUY  1
+#define EAGATE_ACTION_OPEN_SELL 2
+#define EAGATE_ACTION_CLOSE     3
+#define EAGATE_ACTION_MODIFY    4
+#define EAGATE_ACTION_CANCEL    5
+
+// How an opening order is placed (EagateOrderType).
+#define EAGATE_ORDER_TYPE_MARKET 1
+#define EAGATE_ORDER_TYPE_LIMIT  2
+#define EAGATE_ORDER_TYPE_STOP   3
+
+// Characters the symbol and comment buffers must hold, NUL included.
+#define EAGATE_SYMBOL_CAPACITY  33
+#define EAGATE_COMMENT_CAPACITY 65
+
+// A trade signal: 8-byte fields first, then 4-byte ones, 128 bytes with
+// no padding, so MQL's one-byte packing matches the DLL's layout.
+// Decimals are mantissa / 10^scale; scale -1 means absent.
+struct EagateSignal
+  {
+   ulong             position;
+   ulong             signal_id_hi;
+   ulong             signal_id_lo;
+   ulong             reference_hi;
+   ulong             reference_lo;
+   long              volume_mantissa;
+   long              price_mantissa;
+   long              stop_loss_mantissa;
+   long              take_profit_mantissa;
+   ulong             magic;
+   ulong             issued_at_ms;
+   ulong             expires_at_ms;
+   int               action;
+   int               order_type;
+   int               volume_scale;
+   int               price_scale;
+   int               stop_loss_scale;
+   int               take_profit_scale;
+   int               has_reference;
+   int               reserved;
+  };
+
+#import "eagate.dll"
+uint eagate_version();
+int  eagate_last_error(ushort &buffer[], int capacity);
+int  eagate_last_error_utf8(uchar &buffer[], int capacity);
+int  eagate_auth_mac(string device_id, string secret, ulong timestamp_ms, const uchar &nonce[], const uchar &binding[], uchar &mac_out[]);
+int  eagate_connect(string server, string device_id, string secret, string fingerprint, string state_dir, long &handle_out);
+int  eagate_state(long handle, int &state_out);
+int  eagate_state_text(long handle, ushort &buffer[], int capacity);
+int  eagate_poll_signal(long handle, EagateSignal &signal_out, ushort &symbol[], int symbol_capacity, ushort &comment[], int comment_capacity);
+int  eagate_report_received(long handle, ulong signal_id_hi, ulong signal_id_lo);
+int  eagate_report_filled(long handle, ulong signal_id_hi, ulong signal_id_lo, ulong ticket, string price, string volume);
+int  eagate_report_rejected(long handle, ulong signal_id_hi, ulong signal_id_lo, uint code, string text);
+int  eagate_close(long handle);
+int  eagate_handle_last_error(long handle, ushort &buffer[], int capacity);
+int  eagate_handle_last_error_utf8(long handle, uchar &buffer[], int capacity);
+#import
+
+#define EAGATE_TEXT_CAPACITY 512
+
+// Why the last call on this thread failed.
+string EagateLastError()
+  {
+   ushort buffer[];
+   ArrayResize(buffer, EAGATE_TEXT_CAPACITY);
+   eagate_last_error(buffer, EAGATE_TEXT_CAPACITY);
+   return ShortArrayToString(buffer);
+  }
+
+// Why the last call on this session failed.
+string EagateHandleError(const long handle)
+  {
+   ushort buffer[];
+   ArrayResize(buffer, EAGATE_TEXT_CAPACITY);
+   if(eagate_handle_last_error(handle, buffer, EAGATE_TEXT_CAPACITY) != EAGATE_RESULT_OK)
+      return EagateLastError();
+   return ShortArrayToString(buffer);
+  }
+
+// A sentence on where the session stands, for the log and the chart.
+string EagateStateText(const long handle)
+  {
+   ushort buffer[];
+   ArrayResize(buffer, EAGATE_TEXT_CAPACITY);
+   eagate_state_text(handle, buffer, EAGATE_TEXT_CAPACITY);
+   return ShortArrayToString(buffer);
+  }
+
+// The session's state, or -1 if the handle is unknown.
+int EagateState(const long handle)
+  {
+   int state = 0;
+   if(eagate_state(handle, state) != EAGATE_RESULT_OK)
+      return -1;
+   return state;
+  }
+
+bool EagateIsStopped(const int state)
+  {
+   return state >= EAGATE_STATE_CLOSED;
+  }
+
+// Takes the next waiting signal: EAGATE_RESULT_OK with the signal,
+// EAGATE_RESULT_NO_SIGNAL, or a failure. Call on every timer tick.
+int EagatePollSignal(const long handle, EagateSignal &signal, string &symbol, string &comment)
+  {
+   ushort symbol_units[];
+   ushort comment_units[];
+   ArrayResize(symbol_units, EAGATE_SYMBOL_CAPACITY);
+   ArrayResize(comment_units, EAGATE_COMMENT_CAPACITY);
+   int result = eagate_poll_signal(handle, signal, symbol_units, EAGATE_SYMBOL_CAPACITY,
+                                   comment_units, EAGATE_COMMENT_CAPACITY);
+   if(result == EAGATE_RESULT_OK)
+     {
+      symbol = ShortArrayToString(symbol_units);
+      comment = ShortArrayToString(comment_units);
+     }
+   return result;
+  }
+
+// An exact decimal as the double MQL's trade functions take; 0 if absent.
+double EagateDecimal(const long mantissa, const int scale)
+  {
+   if(scale < 0)
+      return 0.0;
+   return (double)mantissa / MathPow(10.0, scale);
+  }
+
+// The signal id as people see it: 32 hex digits.
+string EagateSignalId(const ulong hi, const ulong lo)
+  {
+   return StringFormat("%016I64x%016I64x", hi, lo);
+  }
+//+------------------------------------------------------------------+

@@ -1,0 +1,272 @@
+//! The MQL files against the header and the C harness.
+//!
+//! MetaEditor (MQL's only compiler) does not run here, so this is what
+//! checks `mql/`: every function of `include/eagate.h` is imported by
+//! `eagate.mqh` with the MQL types that pass the same bytes, the signal
+//! struct has the same fields in the same order and sizes, the constants
+//! agree, and the EAs call only functions the C harness (which runs
+//! against a real gateway under valgrind) calls too.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+fn read(relative: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A parameter as (normalised type, name).
+type Param = (String, String);
+
+/// `name -> (return type, parameters)` of the header's functions.
+fn header_functions(header: &str) -> BTreeMap<String, (String, Vec<Param>)> {
+    let mut functions = BTreeMap::new();
+    // At a line's start: not the `#define EAGATE_CALL` lines.
+    for chunk in header.split("\nEAGATE_CALL\n").skip(1) {
+        let declaration = chunk.split(';').next().unwrap();
+        let declaration = declaration.split_whitespace().collect::<Vec<_>>().join(" ");
+        let (head, params) = declaration.split_once('(').unwrap();
+        let (ret, name) = head.trim().rsplit_once(' ').unwrap();
+        let params = params.trim_end_matches(')');
+        let params = if params == "void" {
+            Vec::new()
+        } else {
+            params
+                .split(',')
+                .map(|param| {
+                    let param = param.trim();
+                    let (ty, name) = param.rsplit_once(' ').unwrap();
+                    let pointer = if name.starts_with('*') { " *" } else { "" };
+                    (
+                        format!("{ty}{pointer}")
+                            .replace(" *", "*")
+                            .replace("* ", "*"),
+                        name.trim_start_matches('*').to_owned(),
+                    )
+                })
+                .collect()
+        };
+        functions.insert(name.to_owned(), (ret.to_owned(), params));
+    }
+    functions
+}
+
+/// The same from MQL's `#import "eagate.dll"` block.
+fn mql_imports(mqh: &str) -> BTreeMap<String, (String, Vec<Param>)> {
+    let block = mqh
+        .split("#import \"eagate.dll\"")
+        .nth(1)
+        .expect("an #import \"eagate.dll\" block")
+        .split("#import")
+        .next()
+        .unwrap();
+    let mut functions = BTreeMap::new();
+    for line in block.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let line = line.trim_end_matches(';');
+        let (head, params) = line.split_once('(').unwrap();
+        let (ret, name) = head.trim().split_once(' ').unwrap();
+        let params = params.trim_end_matches(')');
+        let params = if params.trim().is_empty() {
+            Vec::new()
+        } else {
+            params
+                .split(',')
+                .map(|param| {
+                    let words: Vec<&str> = param.split_whitespace().collect();
+                    let (name, ty) = words.split_last().unwrap();
+                    let mut ty = ty.join(" ");
+                    let mut name = *name;
+                    if let Some(rest) = name.strip_prefix('&') {
+                        ty.push_str(" &");
+                        name = rest;
+                    }
+                    if let Some(rest) = name.strip_suffix("[]") {
+                        ty.push_str("[]");
+                        name = rest;
+                    }
+                    (ty, name.to_owned())
+                })
+                .collect()
+        };
+        functions.insert(name.trim().to_owned(), (ret.trim().to_owned(), params));
+    }
+    functions
+}
+
+/// The MQL type passing the same bytes as a C type.
+fn mql_type(c: &str) -> &'static str {
+    match c {
+        "EagateResult" | "int32_t" => "int",
+        "uint32_t" => "uint",
+        "int64_t" => "long",
+        "uint64_t" => "ulong",
+        // MQL passes a string argument as a pointer to its UTF-16 units.
+        "const uint16_t*" => "string",
+        "uint16_t*" => "ushort &[]",
+        "uint8_t*" => "uchar &[]",
+        "const uint8_t*" => "const uchar &[]",
+        "int64_t*" => "long &",
+        "EagateState*" => "int &",
+        "struct EagateSignal*" => "EagateSignal &",
+        "EagateAction" | "EagateOrderType" => "int",
+        other => panic!("no MQL type for C type {other:?}: extend this map"),
+    }
+}
+
+fn struct_fields<'a>(text: &'a str, open: &str, close: &str) -> Vec<(&'a str, &'a str)> {
+    let body = text
+        .split(open)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {open:?}"))
+        .split(close)
+        .next()
+        .unwrap();
+    body.lines()
+        .map(str::trim)
+        .filter(|l| l.ends_with(';') && !l.starts_with('*') && !l.starts_with("//"))
+        .map(|l| {
+            let (ty, name) = l
+                .trim_end_matches(';')
+                .rsplit_once(char::is_whitespace)
+                .unwrap();
+            (ty.trim(), name.trim())
+        })
+        .collect()
+}
+
+/// Every `EAGATE_…` constant with its value: `#define`s and enum variants.
+fn constants(text: &str) -> BTreeMap<String, i64> {
+    let mut found = BTreeMap::new();
+    for line in text.lines().map(str::trim) {
+        let line = line.trim_end_matches(',');
+        let (name, value) = if let Some(rest) = line.strip_prefix("#define ") {
+            match rest.split_once(char::is_whitespace) {
+                Some((name, value)) => (name, value.trim()),
+                None => continue,
+            }
+        } else if let Some((name, value)) = line.split_once(" = ") {
+            (name, value)
+        } else {
+            continue;
+        };
+        if let (true, Ok(value)) = (name.starts_with("EAGATE_"), value.parse::<i64>()) {
+            found.insert(name.to_owned(), value);
+        }
+    }
+    found
+}
+
+/// The `eagate_…` functions a source calls (outside any `#import` block).
+fn calls(source: &str) -> BTreeSet<String> {
+    let source = match source.split_once("#import \"eagate.dll\"") {
+        Some((before, after)) => format!("{before}{}", after.split_once("#import").unwrap().1),
+        None => source.to_owned(),
+    };
+    let mut called = BTreeSet::new();
+    let mut rest = source.as_str();
+    while let Some(at) = rest.find("eagate_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        if rest.trim_start().starts_with('(') {
+            called.insert(name);
+        }
+    }
+    called
+}
+
+#[test]
+fn mql_imports_every_header_function_with_types_passing_the_same_bytes() {
+    let header = header_functions(&read("include/eagate.h"));
+    let imports = mql_imports(&read("mql/eagate.mqh"));
+    assert!(header.len() >= 14, "{header:#?}");
+    assert_eq!(
+        header.keys().collect::<Vec<_>>(),
+        imports.keys().collect::<Vec<_>>(),
+        "the same functions"
+    );
+    for (name, (ret, params)) in &header {
+        let (mql_ret, mql_params) = &imports[name];
+        assert_eq!(mql_type(ret), mql_ret, "{name} returns");
+        let expected: Vec<(String, String)> = params
+            .iter()
+            .map(|(ty, param)| (mql_type(ty).to_owned(), param.clone()))
+            .collect();
+        assert_eq!(&expected, mql_params, "{name}'s parameters");
+    }
+}
+
+#[test]
+fn mql_signal_struct_has_the_headers_fields_in_order() {
+    let header = read("include/eagate.h");
+    let mqh = read("mql/eagate.mqh");
+    let c = struct_fields(&header, "typedef struct EagateSignal {", "} EagateSignal;");
+    let mql = struct_fields(&mqh, "struct EagateSignal\n  {", "  };");
+    assert_eq!(c.len(), 20, "{c:?}");
+    let c: Vec<(&str, &str)> = c.iter().map(|(ty, name)| (mql_type(ty), *name)).collect();
+    assert_eq!(c, mql);
+}
+
+#[test]
+fn mql_constants_equal_the_headers() {
+    let header = constants(&read("include/eagate.h"));
+    let mqh = constants(&read("mql/eagate.mqh"));
+    assert!(header.len() >= 27, "{header:#?}");
+    for (name, value) in &header {
+        assert_eq!(mqh.get(name), Some(value), "{name}");
+    }
+}
+
+#[test]
+fn mql_code_calls_only_functions_the_c_harness_exercises() {
+    let harness: BTreeSet<String> = ["tests/c/copier.c", "tests/c/auth_vectors.c"]
+        .iter()
+        .flat_map(|file| calls(&read(file)))
+        .collect();
+    let mut used = BTreeSet::new();
+    for file in [
+        "mql/eagate.mqh",
+        "mql/eagate4.mqh",
+        "mql/EagateCopier.mq5",
+        "mql/EagateCopier.mq4",
+    ] {
+        let called = calls(&read(file));
+        for name in &called {
+            assert!(
+                harness.contains(name),
+                "{file} calls {name}, which no C harness program exercises"
+            );
+        }
+        used.extend(called);
+    }
+    for needed in [
+        "eagate_connect",
+        "eagate_poll_signal",
+        "eagate_report_received",
+        "eagate_report_filled",
+        "eagate_report_rejected",
+        "eagate_close",
+    ] {
+        assert!(used.contains(needed), "the MQL side never calls {needed}");
+    }
+    for (ea, include) in [
+        ("mql/EagateCopier.mq5", "#include <eagate.mqh>"),
+        ("mql/EagateCopier.mq4", "#include <eagate4.mqh>"),
+        ("mql/eagate4.mqh", "#include <eagate.mqh>"),
+    ] {
+        assert!(read(ea).contains(include), "{ea} includes {include}");
+    }
+    for ea in ["mql/EagateCopier.mq5", "mql/EagateCopier.mq4"] {
+        let ea = read(ea);
+        for needed in [
+            "TERMINAL_DLLS_ALLOWED",
+            "EventSetMillisecondTimer",
+            "void OnDeinit",
+            "eagate_close",
+        ] {
+            assert!(ea.contains(needed), "{needed}");
+        }
+    }
+}
