@@ -5,8 +5,8 @@
 //! EA could keep after closing), never reused within a process; every call
 //! returns without waiting on the network (the sessions run on a small
 //! tokio runtime in the background); the runtime starts with the first
-//! session and stops with the last, so no thread of ours runs while the
-//! terminal may unload the DLL.
+//! session and stops with the last, and on Windows the DLL pins itself
+//! once it has started threads, so no thread of ours can outlive its code.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -81,8 +81,8 @@ fn library() -> MutexGuard<'static, Library> {
 
 impl Library {
     /// The runtime, started if need be, for a connect or close about to run
-    /// outside the lock; [`finish_busy`] ends it.
-    fn start_busy(&mut self) -> Result<Handle, Failure> {
+    /// outside the lock; it keeps running until the returned guard drops.
+    fn start_busy(&mut self) -> Result<Busy, Failure> {
         if self.runtime.is_none() {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(WORKER_THREADS)
@@ -95,29 +95,66 @@ impl Library {
                         format!("cannot start eagate's network threads: {e}"),
                     )
                 })?;
+            pin_library();
             self.runtime = Some(runtime);
         }
         self.busy += 1;
-        Ok(self
-            .runtime
-            .as_ref()
-            .expect("started above")
-            .handle()
-            .clone())
+        let runtime = self.runtime.as_ref().expect("started above").handle();
+        Ok(Busy {
+            runtime: runtime.clone(),
+        })
     }
 }
 
-/// Ends a connect or close; stops the runtime when no session is left.
-fn finish_busy(mut library: MutexGuard<'static, Library>) {
-    library.busy -= 1;
-    if library.busy == 0 && library.sessions.is_empty() {
-        let runtime = library.runtime.take();
-        drop(library);
-        if let Some(runtime) = runtime {
-            runtime.shutdown_timeout(SHUTDOWN_TIMEOUT);
+/// A connect or close using the runtime outside the lock. Dropping it (also
+/// when a bug unwinds through) stops the runtime if no session is left.
+struct Busy {
+    runtime: Handle,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut library = library();
+        library.busy -= 1;
+        if library.busy == 0 && library.sessions.is_empty() {
+            let runtime = library.runtime.take();
+            drop(library);
+            if let Some(runtime) = runtime {
+                runtime.shutdown_timeout(SHUTDOWN_TIMEOUT);
+            }
         }
     }
 }
+
+/// Keeps the DLL loaded until the process exits, once it has started
+/// threads: a thread stuck in a blocking call the runtime's shutdown gave
+/// up on (a slow DNS lookup) would crash the terminal if the DLL's code
+/// were unmapped under it. Windows only; elsewhere nothing unloads us
+/// behind our back (and no test here runs Windows).
+#[cfg(windows)]
+fn pin_library() {
+    use std::ffi::c_void;
+    // From the Windows SDK (libloaderapi.h).
+    const GET_MODULE_HANDLE_EX_FLAG_PIN: u32 = 0x1;
+    const GET_MODULE_HANDLE_EX_FLAG_FROM_ADDRESS: u32 = 0x4;
+    unsafe extern "system" {
+        fn GetModuleHandleExW(flags: u32, name: *const u16, module: *mut *mut c_void) -> i32;
+    }
+    let mut module = std::ptr::null_mut();
+    // SAFETY: with FROM_ADDRESS, `name` is an address inside this DLL (this
+    // function's); `module` is a valid out pointer. A failure only leaves
+    // the DLL unpinned, as before.
+    unsafe {
+        GetModuleHandleExW(
+            GET_MODULE_HANDLE_EX_FLAG_PIN | GET_MODULE_HANDLE_EX_FLAG_FROM_ADDRESS,
+            pin_library as *const u16,
+            &mut module,
+        );
+    }
+}
+
+#[cfg(not(windows))]
+fn pin_library() {}
 
 struct Session {
     server: String,
@@ -275,8 +312,8 @@ pub unsafe extern "system" fn eagate_connect(
             state_dir,
         )
         .map_err(|e| Failure::invalid(e.to_string()))?;
-        let runtime = library().start_busy()?;
-        let connected = runtime.block_on(Client::connect(config));
+        let busy = library().start_busy()?;
+        let connected = busy.runtime.block_on(Client::connect(config));
         let mut library = library();
         let handle = connected.map(|client| {
             let handle = library.next_handle;
@@ -289,7 +326,8 @@ pub unsafe extern "system" fn eagate_connect(
             library.sessions.insert(handle, Arc::new(session));
             handle
         });
-        finish_busy(library);
+        drop(library);
+        drop(busy);
         let handle = handle.map_err(|error| match error {
             ConnectError::Journal(JournalError::Locked(path)) => Failure::new(
                 EagateResult::StateDirectory,
@@ -612,7 +650,7 @@ pub unsafe extern "system" fn eagate_report_rejected(
 #[unsafe(no_mangle)]
 pub extern "system" fn eagate_close(handle: i64) -> EagateResult {
     guard(|| {
-        let (session, runtime) = {
+        let (session, busy) = {
             let mut library = library();
             let session = library
                 .sessions
@@ -622,9 +660,9 @@ pub extern "system" fn eagate_close(handle: i64) -> EagateResult {
         };
         let client = session.client().take();
         if let Some(client) = client {
-            runtime.block_on(client.close());
+            busy.runtime.block_on(client.close());
         }
-        finish_busy(library());
+        drop(busy);
         Ok(EagateResult::Ok)
     })
 }

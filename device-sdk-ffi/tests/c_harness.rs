@@ -367,6 +367,11 @@ fn c_copier_receives_signals_and_reports_fills_and_rejections_stored_once_on_man
 
     copier.send("quit");
     let bye = await_lines(&mut copier, "bye ", 1);
+    assert_eq!(
+        await_lines(&mut copier, "threads ", 1),
+        ["threads 1"],
+        "the library's threads stop with its last session"
+    );
     assert_eq!(bye, ["bye 0"], "{:#?}", copier.lines.seen());
     assert_eq!(
         copier.wait_exit(SLOW),
@@ -415,5 +420,6 @@ fn c_close_returns_within_deinit_limit_when_the_gateway_is_gone_or_never_answere
     }
     copier.send("quit");
     assert_eq!(await_lines(&mut copier, "bye ", 1), ["bye 0"]);
+    assert_eq!(await_lines(&mut copier, "threads ", 1), ["threads 1"]);
     assert_eq!(copier.wait_exit(SLOW), Some(0), "memcheck is clean");
 }

@@ -66,6 +66,10 @@ struct Slot {
     int rejecting;
     int stopped_said;
     uint64_t tickets;
+    /* A signal whose report failed (outbox full, disk): retried before
+     * polling again, since polling again would finish it unreported. */
+    int holding;
+    struct MqlSignal held;
 };
 
 static struct Slot slots[SLOTS];
@@ -199,15 +203,20 @@ static void do_misuse(int slot) {
     printf("misuse %d ok\n", slot);
 }
 
-static void report(int slot, const struct MqlSignal *signal) {
+/* Reports a signal; 0 (and the signal held for the next tick) if the
+ * library could not store the report. */
+static int report(int slot, const struct MqlSignal *signal) {
     struct Slot *s = &slots[slot];
     EagateResult result =
         eagate_report_received(s->handle, signal->signal_id_hi, signal->signal_id_lo);
     if (result != EAGATE_RESULT_OK) {
         printf("report-failed %d %d %s\n", slot, (int)result, handle_error(s->handle));
+        s->held = *signal;
+        s->holding = 1;
         failures++;
-        return;
+        return 0;
     }
+    s->holding = 0;
     uint16_t a[TEXT], b[TEXT];
     if (s->rejecting) {
         result = eagate_report_rejected(s->handle, signal->signal_id_hi, signal->signal_id_lo,
@@ -231,6 +240,7 @@ static void report(int slot, const struct MqlSignal *signal) {
                (unsigned long long)signal->signal_id_lo, price, volume, (int)result);
     }
     if (result != EAGATE_RESULT_OK) failures++;
+    return 1;
 }
 
 /* One OnTimer: state, then every waiting signal. */
@@ -249,6 +259,7 @@ static void tick(int slot) {
         printf("state %d %d %s\n", slot, (int)state, narrow(units, text, TEXT));
         s->state = state;
     }
+    if (s->holding && !report(slot, &s->held)) return;
     for (;;) {
         /* MQL places structs at whatever address; so does this. */
         unsigned char arena[1 + sizeof(struct MqlSignal)];
@@ -289,8 +300,19 @@ static void tick(int slot) {
                narrow(symbol, sym, sizeof sym), (int)signal->action, (int)signal->order_type,
                volume, price, sl, tp, (unsigned long long)signal->magic, (int)signal->has_reference,
                narrow(comment, com, sizeof com));
-        report(slot, signal);
+        if (!report(slot, signal)) return;
     }
+}
+
+/* Threads in this process: 1 once the library has stopped its own. */
+static int thread_count(void) {
+    FILE *status = fopen("/proc/self/status", "r");
+    char line[256];
+    int threads = -1;
+    while (status != NULL && fgets(line, sizeof line, status) != NULL)
+        if (sscanf(line, "Threads: %d", &threads) == 1) break;
+    if (status != NULL) fclose(status);
+    return threads;
 }
 
 static int command(char *line) {
@@ -351,6 +373,7 @@ int main(int argc, char **argv) {
     }
     for (int slot = 0; slot < SLOTS; slot++)
         if (slots[slot].handle != 0) do_close(slot);
+    printf("threads %d\n", thread_count());
     printf("bye %d\n", failures);
     return failures == 0 ? 0 : 1;
 }
