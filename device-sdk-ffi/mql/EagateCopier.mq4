@@ -23,11 +23,20 @@ long g_session = 0;
 int  g_state   = 0;
 
 // Which ticket each signal opened, so close, modify and cancel signals
-// find it; pending ones are reported as filled when they trigger.
+// find it; pending ones are reported as filled when they trigger. Kept for
+// this run of the EA only.
 ulong g_opened_hi[];
 ulong g_opened_lo[];
 int   g_opened_ticket[];
 int   g_opened_pending[];
+
+// A signal whose "received" report the library could not store (outbox
+// full, disk trouble): retried before polling again, because polling again
+// would finish it unreported.
+bool         g_holding = false;
+EagateSignal g_held;
+string       g_held_symbol;
+string       g_held_comment;
 
 int OnInit()
   {
@@ -73,6 +82,10 @@ void OnTimer()
       Comment("eagate: ", text);
      }
    CheckPendingFills();
+   if(!EagateFlushReports(g_session))
+      return;
+   if(g_holding && !Execute(g_held, g_held_symbol, g_held_comment))
+      return;
    EagateSignal signal;
    string symbol, comment;
    for(int i = 0; i < 32; i++)
@@ -93,27 +106,35 @@ void OnTimer()
          Print("eagate: polling failed: ", EagateHandleError(g_session));
          break;
         }
-      Execute(signal, symbol, comment);
+      if(!Execute(signal, symbol, comment))
+         break;
      }
   }
 
-void Execute(const EagateSignal &s, const string symbol, const string comment)
+// Acts on a signal. False if its "received" report could not be stored:
+// the signal is then held and retried on the next tick.
+bool Execute(const EagateSignal &s, const string symbol, const string comment)
   {
    string id = EagateSignalId(s.signal_id_hi, s.signal_id_lo);
    if(eagate_report_received(g_session, s.signal_id_hi, s.signal_id_lo) != EAGATE_RESULT_OK)
      {
-      Print("eagate: cannot record signal ", id, ": ", EagateHandleError(g_session));
-      return;
+      Print("eagate: cannot record signal ", id, " yet: ", EagateHandleError(g_session));
+      g_held = s;
+      g_held_symbol = symbol;
+      g_held_comment = comment;
+      g_holding = true;
+      return false;
      }
+   g_holding = false;
    if(s.expires_at_ms != 0 && (ulong)TimeGMT() * 1000 > s.expires_at_ms)
      {
       Reject(s, 0, "the signal expired before it reached the terminal");
-      return;
+      return true;
      }
    if(!SymbolSelect(symbol, true))
      {
       Reject(s, GetLastError(), "unknown symbol " + symbol);
-      return;
+      return true;
      }
    RefreshRates();
    int    digits = (int)MarketInfo(symbol, MODE_DIGITS);
@@ -121,8 +142,6 @@ void Execute(const EagateSignal &s, const string symbol, const string comment)
    double price  = NormalizeDouble(EagateDecimal(s.price_mantissa, s.price_scale), digits);
    double sl     = NormalizeDouble(EagateDecimal(s.stop_loss_mantissa, s.stop_loss_scale), digits);
    double tp     = NormalizeDouble(EagateDecimal(s.take_profit_mantissa, s.take_profit_scale), digits);
-   int    magic  = EagateMagic4(s.magic);
-   string note   = EagateComment4(comment);
    int    ticket = -1;
    bool   done   = false;
    switch(s.action)
@@ -141,42 +160,59 @@ void Execute(const EagateSignal &s, const string symbol, const string comment)
             cmd = buy ? OP_BUYLIMIT : OP_SELLLIMIT;
          else
             cmd = buy ? OP_BUYSTOP : OP_SELLSTOP;
-         ticket = OrderSend(symbol, cmd, volume, price, InpSlippagePoints, sl, tp, note, magic, 0, clrNONE);
+         ticket = OrderSend(symbol, cmd, volume, price, InpSlippagePoints, sl, tp,
+                            EagateComment4(comment), EagateMagic4(s.magic), 0, clrNONE);
          if(ticket < 0)
             break;
          Remember(s.signal_id_hi, s.signal_id_lo, ticket, cmd > OP_SELL);
          if(cmd <= OP_SELL)
-            ReportFill(s.signal_id_hi, s.signal_id_lo, ticket);
+            ReportOrderFill(s.signal_id_hi, s.signal_id_lo, ticket, false, 0.0);
          done = true;
          break;
         }
       case EAGATE_ACTION_CLOSE:
         {
          if(!Find(s, ticket))
-            return;
+            return true;
          double lots = s.volume_mantissa == 0 ? OrderLots() : volume;
-         double close_price = OrderType() == OP_BUY ? MarketInfo(symbol, MODE_BID) : MarketInfo(symbol, MODE_ASK);
+         double close_price = OrderType() == OP_BUY ? MarketInfo(OrderSymbol(), MODE_BID)
+                                                    : MarketInfo(OrderSymbol(), MODE_ASK);
          done = OrderClose(ticket, lots, close_price, InpSlippagePoints, clrNONE);
          if(done)
-            ReportCloseFill(s, ticket, lots);
+           {
+            ReportOrderFill(s.signal_id_hi, s.signal_id_lo, ticket, true, lots);
+            FollowPartialClose(s.reference_hi, s.reference_lo, ticket);
+           }
          break;
         }
       case EAGATE_ACTION_MODIFY:
+        {
          if(!Find(s, ticket))
-            return;
-         done = OrderModify(ticket, OrderType() > OP_SELL && s.price_scale >= 0 ? price : OrderOpenPrice(), sl, tp, 0, clrNONE);
+            return true;
+         // An absent value stays as it is.
+         double open = OrderType() > OP_SELL && s.price_scale >= 0 ? price : OrderOpenPrice();
+         if(s.stop_loss_scale < 0)
+            sl = OrderStopLoss();
+         if(s.take_profit_scale < 0)
+            tp = OrderTakeProfit();
+         done = OrderModify(ticket, open, sl, tp, 0, clrNONE);
          break;
+        }
       case EAGATE_ACTION_CANCEL:
          if(!Find(s, ticket))
-            return;
+            return true;
          done = OrderDelete(ticket, clrNONE);
          break;
+      default:
+         Reject(s, 0, "this copier does not know action " + IntegerToString(s.action));
+         return true;
      }
    if(!done)
      {
       int error = GetLastError();
       Reject(s, error, ErrorDescription(error));
      }
+   return true;
   }
 
 // Pending orders that became positions since the last tick.
@@ -188,51 +224,58 @@ void CheckPendingFills()
          continue;
       if(OrderType() <= OP_SELL)
         {
-         ReportFill(g_opened_hi[i], g_opened_lo[i], g_opened_ticket[i]);
+         ReportOrderFill(g_opened_hi[i], g_opened_lo[i], g_opened_ticket[i], false, 0.0);
          g_opened_pending[i] = 0;
         }
      }
   }
 
-// Selects the order a close, modify or cancel signal refers to.
+// Selects the open order a close, modify or cancel signal refers to.
 bool Find(const EagateSignal &s, int &ticket)
   {
    if(s.has_reference != 0)
       for(int i = 0; i < ArraySize(g_opened_ticket); i++)
-         if(g_opened_hi[i] == s.reference_hi && g_opened_lo[i] == s.reference_lo && OrderSelect(g_opened_ticket[i], SELECT_BY_TICKET))
+         if(g_opened_hi[i] == s.reference_hi && g_opened_lo[i] == s.reference_lo
+            && OrderSelect(g_opened_ticket[i], SELECT_BY_TICKET) && OrderCloseTime() == 0)
            {
             ticket = g_opened_ticket[i];
             return true;
            }
-   Reject(s, ERR_INVALID_TICKET, "no order of signal " + EagateSignalId(s.reference_hi, s.reference_lo) + " in this terminal");
+   Reject(s, ERR_INVALID_TICKET, "no open order of signal " + EagateSignalId(s.reference_hi, s.reference_lo) + " in this terminal");
    return false;
   }
 
-void ReportFill(const ulong hi, const ulong lo, const int ticket)
+// MT4 gives what is left after a partial close a new ticket, commented
+// "from #<old ticket>": the signal's position lives on under it.
+void FollowPartialClose(const ulong hi, const ulong lo, const int closed)
   {
-   if(!OrderSelect(ticket, SELECT_BY_TICKET))
-      return;
-   int digits = (int)MarketInfo(OrderSymbol(), MODE_DIGITS);
-   int result = eagate_report_filled(g_session, hi, lo, (ulong)ticket, DoubleToString(OrderOpenPrice(), digits), DoubleToString(OrderLots(), 2));
-   if(result != EAGATE_RESULT_OK)
-      Print("eagate: fill of ", EagateSignalId(hi, lo), " not recorded: ", EagateHandleError(g_session));
+   string mark = "from #" + IntegerToString(closed);
+   for(int i = OrdersTotal() - 1; i >= 0; i--)
+      if(OrderSelect(i, SELECT_BY_POS, MODE_TRADES) && StringFind(OrderComment(), mark) >= 0)
+        {
+         Remember(hi, lo, OrderTicket(), false);
+         return;
+        }
   }
 
-void ReportCloseFill(const EagateSignal &s, const int ticket, const double lots)
+// Reports an order's execution: its open price and lots, or for a close the
+// close price and the lots closed.
+void ReportOrderFill(const ulong hi, const ulong lo, const int ticket, const bool closing, const double lots)
   {
    if(!OrderSelect(ticket, SELECT_BY_TICKET))
       return;
    int digits = (int)MarketInfo(OrderSymbol(), MODE_DIGITS);
-   int result = eagate_report_filled(g_session, s.signal_id_hi, s.signal_id_lo, (ulong)ticket, DoubleToString(OrderClosePrice(), digits), DoubleToString(lots, 2));
-   if(result != EAGATE_RESULT_OK)
-      Print("eagate: close of ", EagateSignalId(s.signal_id_hi, s.signal_id_lo), " not recorded: ", EagateHandleError(g_session));
+   double price = closing ? OrderClosePrice() : OrderOpenPrice();
+   double volume = closing ? lots : OrderLots();
+   EagateQueueFill(hi, lo, (ulong)ticket, DoubleToString(price, digits), DoubleToString(volume, 2));
+   EagateFlushReports(g_session);
   }
 
 void Reject(const EagateSignal &s, const int code, const string text)
   {
    Print("eagate: signal ", EagateSignalId(s.signal_id_hi, s.signal_id_lo), " rejected (", code, "): ", text);
-   if(eagate_report_rejected(g_session, s.signal_id_hi, s.signal_id_lo, (uint)code, text) != EAGATE_RESULT_OK)
-      Print("eagate: rejection not recorded: ", EagateHandleError(g_session));
+   EagateQueueRejection(s.signal_id_hi, s.signal_id_lo, (uint)code, text);
+   EagateFlushReports(g_session);
   }
 
 double NormalizeVolume(const string symbol, const double volume)
@@ -243,9 +286,17 @@ double NormalizeVolume(const string symbol, const double volume)
    return MathRound(volume / step) * step;
   }
 
+// Records the ticket of a signal, replacing an earlier one.
 void Remember(const ulong hi, const ulong lo, const int ticket, const bool pending)
   {
    int n = ArraySize(g_opened_ticket);
+   for(int i = 0; i < n; i++)
+      if(g_opened_hi[i] == hi && g_opened_lo[i] == lo)
+        {
+         g_opened_ticket[i] = ticket;
+         g_opened_pending[i] = pending ? 1 : 0;
+         return;
+        }
    ArrayResize(g_opened_hi, n + 1);
    ArrayResize(g_opened_lo, n + 1);
    ArrayResize(g_opened_ticket, n + 1);

@@ -23,8 +23,9 @@ long   g_session = 0;
 int    g_state   = 0;
 CTrade g_trade;
 
-// Which terminal ticket each signal opened, so close, modify and cancel
-// signals find their position or order. Kept for this run of the EA.
+// Which terminal ticket each signal opened (a position, or a pending
+// order until it triggers), so close, modify and cancel signals find it.
+// Kept for this run of the EA only.
 ulong  g_opened_hi[];
 ulong  g_opened_lo[];
 ulong  g_opened_ticket[];
@@ -32,6 +33,14 @@ ulong  g_opened_ticket[];
 ulong  g_pending_hi[];
 ulong  g_pending_lo[];
 ulong  g_pending_order[];
+
+// A signal whose "received" report the library could not store (outbox
+// full, disk trouble): it is retried before polling again, because polling
+// again would finish it unreported.
+bool         g_holding = false;
+EagateSignal g_held;
+string       g_held_symbol;
+string       g_held_comment;
 
 int OnInit()
   {
@@ -79,6 +88,10 @@ void OnTimer()
       Print("eagate: ", text);
       Comment("eagate: ", text);
      }
+   if(!EagateFlushReports(g_session))
+      return;
+   if(g_holding && !Execute(g_held, g_held_symbol, g_held_comment))
+      return;
    EagateSignal signal;
    string symbol, comment;
    // A bounded batch per tick keeps the terminal responsive.
@@ -100,11 +113,13 @@ void OnTimer()
          Print("eagate: polling failed: ", EagateHandleError(g_session));
          break;
         }
-      Execute(signal, symbol, comment);
+      if(!Execute(signal, symbol, comment))
+         break;
      }
   }
 
-// A pending order placed for a signal has triggered: report its deal.
+// A pending order placed for a signal has triggered: report its deals (one
+// per partial fill) and track the position it opened.
 void OnTradeTransaction(const MqlTradeTransaction &trans, const MqlTradeRequest &request, const MqlTradeResult &result)
   {
    if(g_session == 0 || trans.type != TRADE_TRANSACTION_DEAL_ADD)
@@ -113,35 +128,45 @@ void OnTradeTransaction(const MqlTradeTransaction &trans, const MqlTradeRequest 
      {
       if(g_pending_order[i] != trans.order)
          continue;
-      ReportFill(g_pending_hi[i], g_pending_lo[i], trans.deal, trans.symbol, trans.price, trans.volume);
+      ReportDeal(g_pending_hi[i], g_pending_lo[i], trans.deal);
       Remember(g_opened_hi, g_opened_lo, g_opened_ticket, g_pending_hi[i], g_pending_lo[i], trans.position);
-      Forget(g_pending_hi, g_pending_lo, g_pending_order, i);
+      // Still an active order: more partial fills may follow.
+      if(!OrderSelect(trans.order))
+         Forget(g_pending_hi, g_pending_lo, g_pending_order, i);
      }
   }
 
-void Execute(const EagateSignal &s, const string symbol, const string comment)
+// Acts on a signal. False if its "received" report could not be stored:
+// the signal is then held and retried on the next tick.
+bool Execute(const EagateSignal &s, const string symbol, const string comment)
   {
    string id = EagateSignalId(s.signal_id_hi, s.signal_id_lo);
    if(eagate_report_received(g_session, s.signal_id_hi, s.signal_id_lo) != EAGATE_RESULT_OK)
      {
-      Print("eagate: cannot record signal ", id, ": ", EagateHandleError(g_session));
-      return;
+      Print("eagate: cannot record signal ", id, " yet: ", EagateHandleError(g_session));
+      g_held = s;
+      g_held_symbol = symbol;
+      g_held_comment = comment;
+      g_holding = true;
+      return false;
      }
+   g_holding = false;
    if(s.expires_at_ms != 0 && (ulong)TimeGMT() * 1000 > s.expires_at_ms)
      {
       Reject(s, 0, "the signal expired before it reached the terminal");
-      return;
+      return true;
      }
    if(!SymbolSelect(symbol, true))
      {
       Reject(s, GetLastError(), "unknown symbol " + symbol);
-      return;
+      return true;
      }
    double volume = NormalizeVolume(symbol, EagateDecimal(s.volume_mantissa, s.volume_scale));
    double price  = EagateDecimal(s.price_mantissa, s.price_scale);
    double sl     = EagateDecimal(s.stop_loss_mantissa, s.stop_loss_scale);
    double tp     = EagateDecimal(s.take_profit_mantissa, s.take_profit_scale);
    g_trade.SetExpertMagicNumber(s.magic);
+   g_trade.SetTypeFillingBySymbol(symbol);
    bool sent = false;
    ulong ticket = 0;
    switch(s.action)
@@ -163,41 +188,66 @@ void Execute(const EagateSignal &s, const string symbol, const string comment)
         }
       case EAGATE_ACTION_CLOSE:
          if(!Find(s, ticket))
-            return;
+            return true;
          sent = s.volume_mantissa == 0 ? g_trade.PositionClose(ticket)
                                        : g_trade.PositionClosePartial(ticket, volume);
          break;
       case EAGATE_ACTION_MODIFY:
          if(!Find(s, ticket))
-            return;
-         sent = PositionSelectByTicket(ticket) ? g_trade.PositionModify(ticket, sl, tp)
-                                               : g_trade.OrderModify(ticket, price, sl, tp, ORDER_TIME_GTC, 0);
+            return true;
+         // An absent value stays as it is.
+         if(PositionSelectByTicket(ticket))
+           {
+            if(s.stop_loss_scale < 0)
+               sl = PositionGetDouble(POSITION_SL);
+            if(s.take_profit_scale < 0)
+               tp = PositionGetDouble(POSITION_TP);
+            sent = g_trade.PositionModify(ticket, sl, tp);
+           }
+         else
+            if(OrderSelect(ticket))
+              {
+               if(s.price_scale < 0)
+                  price = OrderGetDouble(ORDER_PRICE_OPEN);
+               if(s.stop_loss_scale < 0)
+                  sl = OrderGetDouble(ORDER_SL);
+               if(s.take_profit_scale < 0)
+                  tp = OrderGetDouble(ORDER_TP);
+               sent = g_trade.OrderModify(ticket, price, sl, tp, ORDER_TIME_GTC, 0);
+              }
          break;
       case EAGATE_ACTION_CANCEL:
          if(!Find(s, ticket))
-            return;
+            return true;
          sent = g_trade.OrderDelete(ticket);
          break;
+      default:
+         Reject(s, 0, "this copier does not know action " + IntegerToString(s.action));
+         return true;
      }
    uint retcode = g_trade.ResultRetcode();
    if(!sent || (retcode != TRADE_RETCODE_DONE && retcode != TRADE_RETCODE_DONE_PARTIAL && retcode != TRADE_RETCODE_PLACED))
      {
       Reject(s, retcode, g_trade.ResultRetcodeDescription());
-      return;
+      return true;
      }
-   if(retcode == TRADE_RETCODE_PLACED && s.action != EAGATE_ACTION_MODIFY && s.action != EAGATE_ACTION_CANCEL)
+   bool opening = s.action == EAGATE_ACTION_OPEN_BUY || s.action == EAGATE_ACTION_OPEN_SELL;
+   if(opening && retcode == TRADE_RETCODE_PLACED)
      {
-      // A pending order: its fill is reported when it triggers.
+      // A pending order: its fills are reported when it triggers.
       Remember(g_pending_hi, g_pending_lo, g_pending_order, s.signal_id_hi, s.signal_id_lo, g_trade.ResultOrder());
       Remember(g_opened_hi, g_opened_lo, g_opened_ticket, s.signal_id_hi, s.signal_id_lo, g_trade.ResultOrder());
-      return;
+      return true;
      }
-   if(g_trade.ResultDeal() != 0)
+   ulong deal = g_trade.ResultDeal();
+   if(deal != 0)
      {
-      ReportFill(s.signal_id_hi, s.signal_id_lo, g_trade.ResultDeal(), symbol, g_trade.ResultPrice(), g_trade.ResultVolume());
-      if(s.action == EAGATE_ACTION_OPEN_BUY || s.action == EAGATE_ACTION_OPEN_SELL)
-         Remember(g_opened_hi, g_opened_lo, g_opened_ticket, s.signal_id_hi, s.signal_id_lo, PositionTicketOfDeal(g_trade.ResultDeal()));
+      ReportDeal(s.signal_id_hi, s.signal_id_lo, deal);
+      if(opening && HistoryDealSelect(deal))
+         Remember(g_opened_hi, g_opened_lo, g_opened_ticket, s.signal_id_hi, s.signal_id_lo,
+                  (ulong)HistoryDealGetInteger(deal, DEAL_POSITION_ID));
      }
+   return true;
   }
 
 // The position or order a close, modify or cancel signal refers to.
@@ -214,26 +264,27 @@ bool Find(const EagateSignal &s, ulong &ticket)
    return false;
   }
 
-ulong PositionTicketOfDeal(const ulong deal)
+// Reports a deal with the price and volume the trade server recorded.
+void ReportDeal(const ulong hi, const ulong lo, const ulong deal)
   {
-   if(HistoryDealSelect(deal))
-      return (ulong)HistoryDealGetInteger(deal, DEAL_POSITION_ID);
-   return deal;
-  }
-
-void ReportFill(const ulong hi, const ulong lo, const ulong ticket, const string symbol, const double price, const double volume)
-  {
+   if(!HistoryDealSelect(deal))
+     {
+      Print("eagate: deal ", deal, " of ", EagateSignalId(hi, lo), " is not in the history; not reported");
+      return;
+     }
+   string symbol = HistoryDealGetString(deal, DEAL_SYMBOL);
    int digits = (int)SymbolInfoInteger(symbol, SYMBOL_DIGITS);
-   int result = eagate_report_filled(g_session, hi, lo, ticket, DoubleToString(price, digits), DoubleToString(volume, 2));
-   if(result != EAGATE_RESULT_OK)
-      Print("eagate: fill of ", EagateSignalId(hi, lo), " not recorded: ", EagateHandleError(g_session));
+   EagateQueueFill(hi, lo, deal,
+                   DoubleToString(HistoryDealGetDouble(deal, DEAL_PRICE), digits),
+                   DoubleToString(HistoryDealGetDouble(deal, DEAL_VOLUME), 2));
+   EagateFlushReports(g_session);
   }
 
 void Reject(const EagateSignal &s, const uint code, const string text)
   {
    Print("eagate: signal ", EagateSignalId(s.signal_id_hi, s.signal_id_lo), " rejected (", code, "): ", text);
-   if(eagate_report_rejected(g_session, s.signal_id_hi, s.signal_id_lo, code, text) != EAGATE_RESULT_OK)
-      Print("eagate: rejection not recorded: ", EagateHandleError(g_session));
+   EagateQueueRejection(s.signal_id_hi, s.signal_id_lo, code, text);
+   EagateFlushReports(g_session);
   }
 
 double NormalizeVolume(const string symbol, const double volume)
@@ -244,9 +295,16 @@ double NormalizeVolume(const string symbol, const double volume)
    return MathRound(volume / step) * step;
   }
 
+// Records the ticket of a signal, replacing an earlier one.
 void Remember(ulong &his[], ulong &los[], ulong &tickets[], const ulong hi, const ulong lo, const ulong ticket)
   {
    int n = ArraySize(tickets);
+   for(int i = 0; i < n; i++)
+      if(his[i] == hi && los[i] == lo)
+        {
+         tickets[i] = ticket;
+         return;
+        }
    ArrayResize(his, n + 1);
    ArrayResize(los, n + 1);
    ArrayResize(tickets, n + 1);

@@ -171,4 +171,93 @@ string EagateSignalId(const ulong hi, const ulong lo)
   {
    return StringFormat("%016I64x%016I64x", hi, lo);
   }
+// Fills and rejections not yet stored by the library (outbox full, disk
+// trouble), kept in order and handed over again by EagateFlushReports: a
+// report is never dropped because one call failed. Lost only if the
+// terminal dies before the library takes them.
+int    g_eagate_unsent_kind[];   // 1: fill, 2: rejection
+ulong  g_eagate_unsent_hi[];
+ulong  g_eagate_unsent_lo[];
+ulong  g_eagate_unsent_ticket[];
+uint   g_eagate_unsent_code[];
+string g_eagate_unsent_price[];
+string g_eagate_unsent_volume[];
+string g_eagate_unsent_text[];
+
+int EagateQueueReport(const int kind, const ulong hi, const ulong lo)
+  {
+   int n = ArraySize(g_eagate_unsent_kind);
+   ArrayResize(g_eagate_unsent_kind, n + 1);
+   ArrayResize(g_eagate_unsent_hi, n + 1);
+   ArrayResize(g_eagate_unsent_lo, n + 1);
+   ArrayResize(g_eagate_unsent_ticket, n + 1);
+   ArrayResize(g_eagate_unsent_code, n + 1);
+   ArrayResize(g_eagate_unsent_price, n + 1);
+   ArrayResize(g_eagate_unsent_volume, n + 1);
+   ArrayResize(g_eagate_unsent_text, n + 1);
+   g_eagate_unsent_kind[n] = kind;
+   g_eagate_unsent_hi[n] = hi;
+   g_eagate_unsent_lo[n] = lo;
+   g_eagate_unsent_ticket[n] = 0;
+   g_eagate_unsent_code[n] = 0;
+   g_eagate_unsent_price[n] = "";
+   g_eagate_unsent_volume[n] = "";
+   g_eagate_unsent_text[n] = "";
+   return n;
+  }
+
+// Queues a fill: the terminal's ticket, price and lots as decimal text
+// (DoubleToString(price, digits), DoubleToString(lots, 2)).
+void EagateQueueFill(const ulong hi, const ulong lo, const ulong ticket, const string price, const string volume)
+  {
+   int n = EagateQueueReport(1, hi, lo);
+   g_eagate_unsent_ticket[n] = ticket;
+   g_eagate_unsent_price[n] = price;
+   g_eagate_unsent_volume[n] = volume;
+  }
+
+// Queues a rejection with MetaTrader's error code and its description.
+void EagateQueueRejection(const ulong hi, const ulong lo, const uint code, const string text)
+  {
+   int n = EagateQueueReport(2, hi, lo);
+   g_eagate_unsent_code[n] = code;
+   g_eagate_unsent_text[n] = text;
+  }
+
+// Hands the queued reports to the library, oldest first; true when none
+// is left. Call before polling for new signals.
+bool EagateFlushReports(const long handle)
+  {
+   int n = ArraySize(g_eagate_unsent_kind);
+   int done = 0;
+   for(; done < n; done++)
+     {
+      int result;
+      if(g_eagate_unsent_kind[done] == 1)
+         result = eagate_report_filled(handle, g_eagate_unsent_hi[done], g_eagate_unsent_lo[done],
+                                       g_eagate_unsent_ticket[done], g_eagate_unsent_price[done],
+                                       g_eagate_unsent_volume[done]);
+      else
+         result = eagate_report_rejected(handle, g_eagate_unsent_hi[done], g_eagate_unsent_lo[done],
+                                         g_eagate_unsent_code[done], g_eagate_unsent_text[done]);
+      if(result != EAGATE_RESULT_OK)
+        {
+         Print("eagate: report of ", EagateSignalId(g_eagate_unsent_hi[done], g_eagate_unsent_lo[done]),
+               " waits: ", EagateHandleError(handle));
+         break;
+        }
+     }
+   if(done > 0)
+     {
+      ArrayRemove(g_eagate_unsent_kind, 0, done);
+      ArrayRemove(g_eagate_unsent_hi, 0, done);
+      ArrayRemove(g_eagate_unsent_lo, 0, done);
+      ArrayRemove(g_eagate_unsent_ticket, 0, done);
+      ArrayRemove(g_eagate_unsent_code, 0, done);
+      ArrayRemove(g_eagate_unsent_price, 0, done);
+      ArrayRemove(g_eagate_unsent_volume, 0, done);
+      ArrayRemove(g_eagate_unsent_text, 0, done);
+     }
+   return done == n;
+  }
 //+------------------------------------------------------------------+
