@@ -49,7 +49,8 @@ int OnInit()
       Alert("eagate: allow DLL imports (Tools > Options > Expert Advisors, and the EA's Dependencies tab)");
       return INIT_FAILED;
      }
-   Print("eagate library ", eagate_version() >> 16, ".", (eagate_version() >> 8) & 0xFF, ".", eagate_version() & 0xFF);
+   uint version = eagate_version();
+   Print("eagate library ", version >> 16, ".", (version >> 8) & 0xFF, ".", version & 0xFF);
    string state_dir = TerminalInfoString(TERMINAL_DATA_PATH) + "\\MQL5\\Files\\" + InpStateDir;
    int result = eagate_connect(InpServer, InpDeviceId, InpSecret, InpFingerprint, state_dir, g_session);
    if(result != EAGATE_RESULT_OK)

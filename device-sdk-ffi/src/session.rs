@@ -199,17 +199,22 @@ fn unknown_handle(handle: i64) -> Failure {
     )
 }
 
+/// The session of `handle`.
+fn session(handle: i64) -> Result<Arc<Session>, Failure> {
+    library()
+        .sessions
+        .get(&handle)
+        .cloned()
+        .ok_or_else(|| unknown_handle(handle))
+}
+
 /// Runs `body` on the session of `handle`; its failure also becomes the
 /// handle's last error.
 fn on_session(
     handle: i64,
     body: impl FnOnce(&Session) -> Result<EagateResult, Failure>,
 ) -> Result<EagateResult, Failure> {
-    let session = library()
-        .sessions
-        .get(&handle)
-        .cloned()
-        .ok_or_else(|| unknown_handle(handle))?;
+    let session = session(handle)?;
     let result = body(&session);
     if let Err(failure) = &result {
         session.news().last_error.clone_from(&failure.message);
@@ -711,11 +716,7 @@ pub unsafe extern "system" fn eagate_handle_last_error_utf8(
 /// Read without `guard` or `on_session`: reading an error must not
 /// replace one.
 fn handle_last_error(handle: i64) -> Result<String, Failure> {
-    let session = library()
-        .sessions
-        .get(&handle)
-        .cloned()
-        .ok_or_else(|| unknown_handle(handle))?;
+    let session = session(handle)?;
     let text = session.news().last_error.clone();
     Ok(text)
 }

@@ -454,19 +454,23 @@ mod tests {
         assert_eq!(snapshot.positions[0].position, 7);
     }
 
+    /// A journal holding reports 1 and 2, each in a record of its own; its
+    /// path.
+    fn with_two_reports(dir: &Path) -> PathBuf {
+        let mut journal = Journal::open(dir, &device()).unwrap();
+        journal
+            .append(&[Record::Accepted(report(1))], true)
+            .unwrap();
+        journal
+            .append(&[Record::Accepted(report(2))], true)
+            .unwrap();
+        Journal::path_for(dir, &device())
+    }
+
     #[test]
     fn a_torn_last_record_is_cut_off_and_later_appends_survive() {
         let dir = tempfile::tempdir().unwrap();
-        let path = Journal::path_for(dir.path(), &device());
-        {
-            let mut journal = Journal::open(dir.path(), &device()).unwrap();
-            journal
-                .append(&[Record::Accepted(report(1))], true)
-                .unwrap();
-            journal
-                .append(&[Record::Accepted(report(2))], true)
-                .unwrap();
-        }
+        let path = with_two_reports(dir.path());
         // The process died in the middle of writing the second record.
         let len = fs::metadata(&path).unwrap().len();
         OpenOptions::new()
@@ -490,16 +494,7 @@ mod tests {
     #[test]
     fn a_flipped_bit_ends_the_replay_at_the_damaged_record() {
         let dir = tempfile::tempdir().unwrap();
-        let path = Journal::path_for(dir.path(), &device());
-        {
-            let mut journal = Journal::open(dir.path(), &device()).unwrap();
-            journal
-                .append(&[Record::Accepted(report(1))], true)
-                .unwrap();
-            journal
-                .append(&[Record::Accepted(report(2))], true)
-                .unwrap();
-        }
+        let path = with_two_reports(dir.path());
         let mut bytes = fs::read(&path).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 0x01;

@@ -125,6 +125,14 @@ static void decimal_text(int64_t mantissa, int32_t scale, char *out, size_t capa
     }
 }
 
+/* The same, or "-" when absent (scale -1). */
+static void optional_decimal(int64_t mantissa, int32_t scale, char *out, size_t capacity) {
+    if (scale >= 0)
+        decimal_text(mantissa, scale, out, capacity);
+    else
+        snprintf(out, capacity, "-");
+}
+
 static void do_connect(int slot, const char *device_id, const char *secret) {
     uint16_t w_server[TEXT], w_device[TEXT], w_secret[TEXT], w_fingerprint[TEXT], w_dir[TEXT];
     int64_t handle = 0;
@@ -281,18 +289,9 @@ static void tick(int slot) {
         }
         char sym[64], com[128], volume[64], price[64], sl[64], tp[64];
         decimal_text(signal->volume_mantissa, signal->volume_scale, volume, sizeof volume);
-        if (signal->price_scale >= 0)
-            decimal_text(signal->price_mantissa, signal->price_scale, price, sizeof price);
-        else
-            snprintf(price, sizeof price, "-");
-        if (signal->stop_loss_scale >= 0)
-            decimal_text(signal->stop_loss_mantissa, signal->stop_loss_scale, sl, sizeof sl);
-        else
-            snprintf(sl, sizeof sl, "-");
-        if (signal->take_profit_scale >= 0)
-            decimal_text(signal->take_profit_mantissa, signal->take_profit_scale, tp, sizeof tp);
-        else
-            snprintf(tp, sizeof tp, "-");
+        optional_decimal(signal->price_mantissa, signal->price_scale, price, sizeof price);
+        optional_decimal(signal->stop_loss_mantissa, signal->stop_loss_scale, sl, sizeof sl);
+        optional_decimal(signal->take_profit_mantissa, signal->take_profit_scale, tp, sizeof tp);
         printf("signal %d %016llx%016llx pos=%llu symbol=%s action=%d type=%d volume=%s "
                "price=%s sl=%s tp=%s magic=%llu ref=%d comment=%s\n",
                slot, (unsigned long long)signal->signal_id_hi,
