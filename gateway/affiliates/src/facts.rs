@@ -1,0 +1,239 @@
+//! Facts: what the programme decided, in the order it decided it. The
+//! journal stores them (append-only: it is also the audit log of every
+//! change of money), and replaying them rebuilds the state exactly, because
+//! each fact carries the amounts, rates and dates it was decided with.
+
+use serde::{Deserialize, Serialize};
+
+use crate::code::ReferralCode;
+use crate::money::{Bps, Currency, Minor};
+
+/// Who referred a user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Referrer {
+    /// An affiliate: earns commission.
+    Affiliate {
+        /// The affiliate.
+        affiliate_id: String,
+    },
+    /// A customer: earns account credit.
+    Customer {
+        /// The referring customer's platform user id.
+        user_id: String,
+    },
+}
+
+/// What a commission is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CommissionKind {
+    /// A share of a subscription payment for a billing period.
+    Subscription {
+        /// The billing period (1 is the first month).
+        billing_period: u32,
+    },
+    /// The one-off bonus on the first payment, when the user first trades.
+    FirstTradeBonus,
+}
+
+/// Why a customer got credit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CreditReason {
+    /// They referred a customer who reached the threshold.
+    ReferredACustomer,
+    /// They were referred and reached the threshold.
+    WasReferred,
+}
+
+/// One decided change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "fact", rename_all = "snake_case")]
+pub enum Fact {
+    /// A platform user became an affiliate.
+    AffiliateEnrolled {
+        /// `af_…`.
+        affiliate_id: String,
+        /// The platform user.
+        user_id: String,
+        /// Their referral code.
+        code: ReferralCode,
+        /// SHA-256 (hex) of their API token; the token is never stored.
+        token_sha256: String,
+        /// When.
+        at_ms: u64,
+    },
+    /// An affiliate's API token was replaced.
+    AffiliateTokenReplaced {
+        /// The affiliate.
+        affiliate_id: String,
+        /// SHA-256 (hex) of the new token.
+        token_sha256: String,
+        /// When.
+        at_ms: u64,
+    },
+    /// A customer got a referral code for referral credits.
+    CustomerCodeIssued {
+        /// The customer's platform user id.
+        user_id: String,
+        /// The code.
+        code: ReferralCode,
+        /// When.
+        at_ms: u64,
+    },
+    /// A referral link was followed.
+    Clicked {
+        /// `ck_…`, passed on to the landing page.
+        click_id: String,
+        /// The code in the link.
+        code: ReferralCode,
+        /// The visitor's address.
+        source_address: String,
+        /// The visitor's user agent, cut to 256 bytes.
+        user_agent: String,
+        /// When.
+        at_ms: u64,
+    },
+    /// A signup was attributed to a referrer.
+    Referred {
+        /// The new platform user.
+        user_id: String,
+        /// Who referred them.
+        referrer: Referrer,
+        /// The code used.
+        code: ReferralCode,
+        /// The click it came from, if the platform passed it on.
+        click_id: Option<String>,
+        /// The address the signup came from.
+        source_address: String,
+        /// SHA-256 (hex) of the normalised email address.
+        email_sha256: String,
+        /// Whether the email was verified at signup.
+        email_verified: bool,
+        /// When.
+        at_ms: u64,
+    },
+    /// A user verified their email address.
+    EmailVerified {
+        /// The user.
+        user_id: String,
+        /// When.
+        at_ms: u64,
+    },
+    /// A subscription payment.
+    PaymentReceived {
+        /// The platform's id of the payment.
+        payment_id: String,
+        /// Who paid.
+        user_id: String,
+        /// How much.
+        amount_minor: Minor,
+        /// In what.
+        currency: Currency,
+        /// Which billing period (1 is the first month).
+        billing_period: u32,
+        /// When.
+        at_ms: u64,
+    },
+    /// A refund of (part of) a payment.
+    RefundReceived {
+        /// The platform's id of the refund.
+        refund_id: String,
+        /// The payment refunded.
+        payment_id: String,
+        /// How much.
+        amount_minor: Minor,
+        /// In what.
+        currency: Currency,
+        /// When.
+        at_ms: u64,
+    },
+    /// A referred user's first fill, from the gateway's execution reports.
+    FirstTrade {
+        /// The user (the device's account).
+        user_id: String,
+        /// The device that reported the fill.
+        device_id: String,
+        /// When the fill was stored.
+        at_ms: u64,
+    },
+    /// A commission, pending until `payable_at_ms`.
+    CommissionEarned {
+        /// The ledger entry.
+        entry_id: u64,
+        /// Who earns it.
+        affiliate_id: String,
+        /// The referred user.
+        user_id: String,
+        /// The payment it is a share of.
+        payment_id: String,
+        /// What for.
+        kind: CommissionKind,
+        /// The rate applied.
+        rate: Bps,
+        /// The amount it was applied to.
+        base_minor: Minor,
+        /// The commission, rounded half up.
+        amount_minor: Minor,
+        /// When it stops being pending.
+        payable_at_ms: u64,
+        /// When.
+        at_ms: u64,
+    },
+    /// (Part of) an unpaid commission taken back by a refund.
+    CommissionReversed {
+        /// The commission.
+        entry_id: u64,
+        /// The refund.
+        refund_id: String,
+        /// How much, positive.
+        amount_minor: Minor,
+        /// When.
+        at_ms: u64,
+    },
+    /// (Part of) a paid commission taken back by a refund: a negative entry,
+    /// netted against the next payout.
+    ClawbackEntered {
+        /// The new (negative) ledger entry.
+        entry_id: u64,
+        /// The paid commission it claws back.
+        of_entry: u64,
+        /// The affiliate.
+        affiliate_id: String,
+        /// The refund.
+        refund_id: String,
+        /// Negative.
+        amount_minor: Minor,
+        /// When.
+        at_ms: u64,
+    },
+    /// A payout of every payable entry of an affiliate.
+    PayoutMade {
+        /// The payout's id, given by whoever made it.
+        payout_id: String,
+        /// The affiliate.
+        affiliate_id: String,
+        /// The net amount paid.
+        amount_minor: Minor,
+        /// The entries it settled.
+        entries: Vec<u64>,
+        /// When.
+        at_ms: u64,
+    },
+    /// Account credit for a customer.
+    CreditGranted {
+        /// The credit ledger entry.
+        credit_id: u64,
+        /// Who gets it.
+        user_id: String,
+        /// How much.
+        amount_minor: Minor,
+        /// Why.
+        reason: CreditReason,
+        /// The referred customer whose spend earned it.
+        referred_user_id: String,
+        /// When.
+        at_ms: u64,
+    },
+}

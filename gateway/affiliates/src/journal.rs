@@ -1,0 +1,142 @@
+//! The IO driver: the programme's facts in a sled tree (append-only, one
+//! key per fact in decision order), replayed into a [`Programme`] on open.
+//!
+//! Writes are serialised by one async lock: decide against the state,
+//! append the facts, apply them, then flush to disk *after* releasing the
+//! lock, so concurrent writers share one fsync. A write is acknowledged only
+//! once flushed. Reads take a short read lock on the state and never wait
+//! for a disk.
+
+use std::path::Path;
+use std::sync::{RwLock, RwLockReadGuard};
+
+use crate::config::ProgrammeConfig;
+use crate::facts::Fact;
+use crate::programme::{Decided, Programme};
+
+/// Why the journal failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// sled failed.
+    #[error("affiliate journal: {0}")]
+    Sled(#[from] sled::Error),
+    /// A stored fact could not be read back.
+    #[error("affiliate journal entry {seq} is damaged: {detail}")]
+    Corrupt {
+        /// Its position.
+        seq: u64,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+/// What a write produced: the operation's own refusal, or a journal failure.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError<E> {
+    /// The programme refused the request; nothing was written.
+    #[error(transparent)]
+    Refused(E),
+    /// The journal failed.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// The programme, kept in memory, journaled in sled.
+#[derive(Debug)]
+pub struct Ledger {
+    db: sled::Db,
+    facts: sled::Tree,
+    state: RwLock<Programme>,
+    writer: tokio::sync::Mutex<u64>,
+}
+
+impl Ledger {
+    /// Opens (or creates) the journal at `path` and replays it under
+    /// `config`.
+    pub fn open(path: &Path, config: ProgrammeConfig) -> Result<Self, JournalError> {
+        let db = sled::open(path)?;
+        Self::on(db, config)
+    }
+
+    /// The ledger in an already opened sled database.
+    pub fn on(db: sled::Db, config: ProgrammeConfig) -> Result<Self, JournalError> {
+        let facts = db.open_tree("affiliate_facts")?;
+        let mut programme = Programme::new(config);
+        let mut last = 0;
+        for item in facts.iter() {
+            let (key, value) = item?;
+            let seq =
+                u64::from_be_bytes(key.as_ref().try_into().map_err(|_| JournalError::Corrupt {
+                    seq: last + 1,
+                    detail: "key is not 8 bytes".into(),
+                })?);
+            let fact: Fact = serde_json::from_slice(&value).map_err(|e| JournalError::Corrupt {
+                seq,
+                detail: e.to_string(),
+            })?;
+            programme.apply(&fact);
+            last = seq;
+        }
+        Ok(Self {
+            db,
+            facts,
+            state: RwLock::new(programme),
+            writer: tokio::sync::Mutex::new(last),
+        })
+    }
+
+    /// The state, for reading. Hold it briefly: writers wait for it.
+    pub fn read(&self) -> RwLockReadGuard<'_, Programme> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Decides with `decide` against the current state and, unless it
+    /// refuses, journals and applies the facts; returns once they are on
+    /// disk. Concurrent writes are decided one at a time, so two requests
+    /// racing for the same grant see each other.
+    pub async fn write<E>(
+        &self,
+        decide: impl FnOnce(&Programme) -> Result<Decided, E>,
+    ) -> Result<Decided, WriteError<E>> {
+        let decided = {
+            let mut last = self.writer.lock().await;
+            let decided = decide(&self.read()).map_err(WriteError::Refused)?;
+            if decided.facts.is_empty() {
+                decided
+            } else {
+                let mut batch = sled::Batch::default();
+                for (i, fact) in decided.facts.iter().enumerate() {
+                    let seq = *last + 1 + i as u64;
+                    let value = serde_json::to_vec(fact).expect("a fact always serializes");
+                    batch.insert(&seq.to_be_bytes(), value);
+                }
+                self.facts.apply_batch(batch).map_err(JournalError::from)?;
+                *last += decided.facts.len() as u64;
+                let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+                for fact in &decided.facts {
+                    state.apply(fact);
+                }
+                decided
+            }
+        };
+        // Retries of an already applied request flush too: the first
+        // attempt's flush may have failed.
+        self.db.flush_async().await.map_err(JournalError::from)?;
+        Ok(decided)
+    }
+
+    /// Every fact in the journal, in order: the audit log.
+    pub fn facts(&self) -> Result<Vec<Fact>, JournalError> {
+        self.facts
+            .iter()
+            .map(|item| {
+                let (key, value) = item?;
+                let seq = u64::from_be_bytes(key.as_ref().try_into().unwrap_or([0; 8]));
+                serde_json::from_slice(&value).map_err(|e| JournalError::Corrupt {
+                    seq,
+                    detail: e.to_string(),
+                })
+            })
+            .collect()
+    }
+}
