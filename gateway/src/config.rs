@@ -84,6 +84,68 @@ pub struct ServeConfig {
     /// hours. A device away longer resumes from the oldest signal kept.
     #[arg(long, env = "EAGATE_SIGNAL_RETENTION_HOURS", default_value_t = 168, value_parser = clap::value_parser!(u64).range(1..=87_600))]
     pub signal_retention_hours: u64,
+
+    /// Where `GET /r/{code}` sends visitors, with `ref=<code>&click=<id>`
+    /// added: the platform's signup or landing page.
+    #[arg(
+        long,
+        env = "EAGATE_REFERRAL_LANDING_PAGE",
+        default_value = "https://example.com/signup"
+    )]
+    pub referral_landing_page: String,
+
+    /// The public base address of this sidecar's `/r/{code}`, for the
+    /// referral links shown to affiliates.
+    #[arg(
+        long,
+        env = "EAGATE_REFERRAL_LINK_BASE",
+        default_value = "http://localhost:7080"
+    )]
+    pub referral_link_base: String,
+
+    /// The affiliate programme's currency (ISO 4217); payments in any other
+    /// are refused.
+    #[arg(long, env = "EAGATE_AFFILIATE_CURRENCY", default_value = "GBP")]
+    pub affiliate_currency: String,
+
+    /// Commission on a referred user's first month, in basis points.
+    #[arg(long, env = "EAGATE_FIRST_MONTH_COMMISSION_BPS", default_value_t = 3_000, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub first_month_commission_bps: u64,
+
+    /// Commission on each later month, in basis points.
+    #[arg(long, env = "EAGATE_LATER_MONTHS_COMMISSION_BPS", default_value_t = 1_500, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub later_months_commission_bps: u64,
+
+    /// Bonus on the first payment when the referred user first trades, in
+    /// basis points.
+    #[arg(long, env = "EAGATE_FIRST_TRADE_BONUS_BPS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub first_trade_bonus_bps: u64,
+
+    /// Days a commission stays pending before it can be paid (the refund
+    /// window).
+    #[arg(long, env = "EAGATE_HOLDING_PERIOD_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=365))]
+    pub holding_period_days: u64,
+
+    /// Days after a click that a signup from it is still attributed.
+    #[arg(long, env = "EAGATE_ATTRIBUTION_WINDOW_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=365))]
+    pub attribution_window_days: u64,
+
+    /// Net spend, in minor units, after which a customer referred by a
+    /// customer earns both of them credit (with a verified email).
+    #[arg(long, env = "EAGATE_CREDIT_THRESHOLD_MINOR", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
+    pub credit_threshold_minor: u64,
+
+    /// Credit for the referring customer, in minor units.
+    #[arg(long, env = "EAGATE_REFERRER_CREDIT_MINOR", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
+    pub referrer_credit_minor: u64,
+
+    /// Credit for the referred customer, in minor units.
+    #[arg(long, env = "EAGATE_REFERRED_CREDIT_MINOR", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
+    pub referred_credit_minor: u64,
+
+    /// Most customers one customer may refer per UTC day.
+    #[arg(long, env = "EAGATE_DAILY_REFERRAL_LIMIT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub daily_referral_limit: u64,
 }
 
 /// Why the configuration file could not be used.
@@ -128,6 +190,18 @@ struct FileConfig {
     redis_url: Option<String>,
     redis_prefix: Option<String>,
     signal_retention_hours: Option<u64>,
+    referral_landing_page: Option<String>,
+    referral_link_base: Option<String>,
+    affiliate_currency: Option<String>,
+    first_month_commission_bps: Option<u64>,
+    later_months_commission_bps: Option<u64>,
+    first_trade_bonus_bps: Option<u64>,
+    holding_period_days: Option<u64>,
+    attribution_window_days: Option<u64>,
+    credit_threshold_minor: Option<u64>,
+    referrer_credit_minor: Option<u64>,
+    referred_credit_minor: Option<u64>,
+    daily_referral_limit: Option<u64>,
 }
 
 impl ServeConfig {
@@ -196,6 +270,18 @@ impl ServeConfig {
         take!(redis_url, optional);
         take!(redis_prefix);
         take!(signal_retention_hours, 1, 87_600);
+        take!(referral_landing_page);
+        take!(referral_link_base);
+        take!(affiliate_currency);
+        take!(first_month_commission_bps, 0, 10_000);
+        take!(later_months_commission_bps, 0, 10_000);
+        take!(first_trade_bonus_bps, 0, 10_000);
+        take!(holding_period_days, 0, 365);
+        take!(attribution_window_days, 1, 365);
+        take!(credit_threshold_minor, 0, 1_000_000_000);
+        take!(referrer_credit_minor, 0, 1_000_000_000);
+        take!(referred_credit_minor, 0, 1_000_000_000);
+        take!(daily_referral_limit, 1, 10_000);
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::Parse(
                 path,
@@ -220,6 +306,40 @@ impl ServeConfig {
         Duration::from_secs(self.auth_deadline_secs)
     }
 
+    /// The affiliate programme's rules, checked.
+    pub fn programme(&self) -> Result<eagate_affiliates::ProgrammeConfig, String> {
+        use eagate_affiliates::config::DAY_MS;
+        use eagate_affiliates::{Bps, Currency};
+        let currency: Currency = self
+            .affiliate_currency
+            .parse()
+            .map_err(|e| format!("affiliate_currency: {e}"))?;
+        for (key, url) in [
+            ("referral_landing_page", &self.referral_landing_page),
+            ("referral_link_base", &self.referral_link_base),
+        ] {
+            if !(url.starts_with("https://") || url.starts_with("http://"))
+                || url.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(format!("{key} must be an http(s) URL, not {url:?}"));
+            }
+        }
+        // Ranges are checked by clap and the file reader; these fit.
+        let bps = |value: u64| Bps(value as u32);
+        Ok(eagate_affiliates::ProgrammeConfig {
+            currency,
+            first_month_rate: bps(self.first_month_commission_bps),
+            later_months_rate: bps(self.later_months_commission_bps),
+            first_trade_bonus_rate: bps(self.first_trade_bonus_bps),
+            holding_period_ms: self.holding_period_days * DAY_MS,
+            attribution_window_ms: self.attribution_window_days * DAY_MS,
+            credit_threshold: self.credit_threshold_minor as i64,
+            referrer_credit: self.referrer_credit_minor as i64,
+            referred_credit: self.referred_credit_minor as i64,
+            daily_referral_limit: self.daily_referral_limit as u32,
+        })
+    }
+
     /// The effective settings as `key = value` lines, secrets masked.
     pub fn show(&self) -> String {
         let path = |p: &Option<PathBuf>| {
@@ -229,7 +349,7 @@ impl ServeConfig {
                 })
         };
         format!(
-            "config_file = {}\ndata_dir = {}\nquic_listen = {}\nhttp_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nsignal_queue_len = {}\nsignal_retention_hours = {}\nmaster_key = {}\nredis_url = {}\nredis_prefix = {}\n",
+            "config_file = {}\ndata_dir = {}\nquic_listen = {}\nhttp_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nsignal_queue_len = {}\nsignal_retention_hours = {}\nmaster_key = {}\nredis_url = {}\nredis_prefix = {}\nreferral_landing_page = {}\nreferral_link_base = {}\naffiliate_currency = {}\nfirst_month_commission_bps = {}\nlater_months_commission_bps = {}\nfirst_trade_bonus_bps = {}\nholding_period_days = {}\nattribution_window_days = {}\ncredit_threshold_minor = {}\nreferrer_credit_minor = {}\nreferred_credit_minor = {}\ndaily_referral_limit = {}\n",
             self.config_file
                 .as_ref()
                 .map_or("(none)".to_owned(), |p| p.display().to_string()),
@@ -252,6 +372,18 @@ impl ServeConfig {
                 .as_deref()
                 .map_or("(none: embedded store)".to_owned(), mask_password),
             self.redis_prefix,
+            self.referral_landing_page,
+            self.referral_link_base,
+            self.affiliate_currency,
+            self.first_month_commission_bps,
+            self.later_months_commission_bps,
+            self.first_trade_bonus_bps,
+            self.holding_period_days,
+            self.attribution_window_days,
+            self.credit_threshold_minor,
+            self.referrer_credit_minor,
+            self.referred_credit_minor,
+            self.daily_referral_limit,
         )
     }
 }

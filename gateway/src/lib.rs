@@ -5,6 +5,7 @@
 //! `main.rs` only parses the command line; each subsystem has its module.
 #![forbid(unsafe_code)]
 
+pub mod affiliates;
 pub mod auth;
 pub mod cli;
 pub mod clock;

@@ -16,7 +16,8 @@ use crate::registry::{
     DeviceRecord, DeviceStore, Modified, RecordChange, RegistryError, RegistryFuture, encode,
 };
 use crate::reports::{
-    Ingested, MAX_REPORT_GAP, ReportKind, ReportStore, ReportStoreError, StoreFuture, StoredReport,
+    FeedFill, Ingested, MAX_REPORT_GAP, ReportKind, ReportStore, ReportStoreError, StoreFuture,
+    StoredReport,
 };
 use crate::signals::{Appended, LogFuture, PositionStore, SignalDraft, SignalLog, SignalLogError};
 
@@ -87,6 +88,10 @@ impl RedisStores {
 
     fn signal_reports_key(&self, signal_id: SignalId) -> String {
         format!("{}:signal:{signal_id}:reports", self.prefix)
+    }
+
+    fn fill_feed_key(&self) -> String {
+        format!("{}:fill-feed", self.prefix)
     }
 
     fn signal_index_key(&self) -> String {
@@ -238,6 +243,23 @@ impl ReportStore for RedisStores {
                     format!("{} {}", report.device_id, report.seq),
                 )
                 .await?;
+            // The fill feed, on every attempt for the same reason: a
+            // duplicate entry is harmless (its reader is idempotent), a
+            // missing one would lose a first trade.
+            if report.kind == ReportKind::Filled {
+                let fill = FeedFill::of(report);
+                let _: String = connection
+                    .xadd(
+                        self.fill_feed_key(),
+                        "*",
+                        &[
+                            ("device_id", fill.device_id),
+                            ("seq", fill.seq.to_string()),
+                            ("stored_at_ms", fill.stored_at_ms.to_string()),
+                        ],
+                    )
+                    .await?;
+            }
             if let Some(existing) = existing {
                 crate::reports::note_resend(existing.as_bytes(), report)?;
             }
@@ -285,6 +307,58 @@ impl ReportStore for RedisStores {
                 }
             }
             Ok(found)
+        })
+    }
+
+    fn unclaimed_fills(&self, limit: usize) -> StoreFuture<'_, Vec<FeedFill>> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let reply: redis::streams::StreamRangeReply = connection
+                .xrange_count(self.fill_feed_key(), "-", "+", limit)
+                .await?;
+            reply
+                .ids
+                .into_iter()
+                .map(|entry| {
+                    let field = |name: &str| -> Result<String, ReportStoreError> {
+                        entry.get::<String>(name).ok_or_else(|| {
+                            ReportStoreError::Corrupt(format!(
+                                "fill feed entry {} has no {name}",
+                                entry.id
+                            ))
+                        })
+                    };
+                    let number = |name: &str| -> Result<u64, ReportStoreError> {
+                        field(name)?.parse().map_err(|_| {
+                            ReportStoreError::Corrupt(format!(
+                                "fill feed entry {}: bad {name}",
+                                entry.id
+                            ))
+                        })
+                    };
+                    Ok(FeedFill {
+                        device_id: field("device_id")?,
+                        seq: number("seq")?,
+                        stored_at_ms: number("stored_at_ms")?,
+                        mark: entry.id.clone().into_bytes(),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn claim_fills<'a>(&'a self, fills: &'a [FeedFill]) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            if fills.is_empty() {
+                return Ok(());
+            }
+            let ids: Vec<String> = fills
+                .iter()
+                .map(|fill| String::from_utf8_lossy(&fill.mark).into_owned())
+                .collect();
+            let mut connection = self.connection.clone();
+            let _: u64 = connection.xdel(self.fill_feed_key(), &ids).await?;
+            Ok(())
         })
     }
 }

@@ -174,6 +174,41 @@ pub trait ReportStore: Send + Sync + std::fmt::Debug {
 
     /// Every stored report about `signal_id`, by device then sequence.
     fn for_signal<'a>(&'a self, signal_id: SignalId) -> StoreFuture<'a, Vec<StoredReport>>;
+
+    /// Up to `limit` stored fills the fill feed's reader has not claimed,
+    /// oldest first. The affiliate programme reads first trades from here.
+    /// A fill may appear twice (a resend after a crash); readers are
+    /// idempotent.
+    fn unclaimed_fills(&self, limit: usize) -> StoreFuture<'_, Vec<FeedFill>>;
+
+    /// Removes fills the reader has handled from the feed.
+    fn claim_fills<'a>(&'a self, fills: &'a [FeedFill]) -> StoreFuture<'a, ()>;
+}
+
+/// A fill in the feed: which device filled, and the feed's own mark for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedFill {
+    /// The store's position of the fill in the feed.
+    #[serde(skip)]
+    pub mark: Vec<u8>,
+    /// The device that reported the fill.
+    pub device_id: String,
+    /// Its report sequence.
+    pub seq: u64,
+    /// When the gateway stored it, Unix ms.
+    pub stored_at_ms: u64,
+}
+
+impl FeedFill {
+    /// The feed entry of a stored fill.
+    pub fn of(report: &StoredReport) -> Self {
+        Self {
+            mark: Vec::new(),
+            device_id: report.device_id.clone(),
+            seq: report.seq,
+            stored_at_ms: report.stored_at_ms,
+        }
+    }
 }
 
 /// Reports in sled: `reports` keyed by (device, seq), `signal_reports`
@@ -184,6 +219,7 @@ pub struct SledReportStore {
     reports: sled::Tree,
     by_signal: sled::Tree,
     watermarks: sled::Tree,
+    fills: sled::Tree,
 }
 
 impl SledReportStore {
@@ -194,6 +230,7 @@ impl SledReportStore {
             reports: db.open_tree("reports")?,
             by_signal: db.open_tree("signal_reports")?,
             watermarks: db.open_tree("report_watermarks")?,
+            fills: db.open_tree("fill_feed")?,
         })
     }
 
@@ -208,31 +245,47 @@ impl SledReportStore {
         let value = serde_json::to_vec(report).expect("a report always serializes");
         let index_key = [&report.signal_id.0[..], &key].concat();
         let device = report.device_id.as_bytes();
-        let outcome = (&self.reports, &self.by_signal, &self.watermarks).transaction(
-            |(reports, by_signal, watermarks)| {
-                let watermark = watermarks.get(device)?.as_deref().map_or(0, read_u64);
-                if report.seq > watermark.saturating_add(MAX_REPORT_GAP) {
-                    return Err(ConflictableTransactionError::Abort(watermark));
-                }
-                if let Some(existing) = reports.get(&key)? {
-                    return Ok((false, watermark, Some(existing)));
-                }
-                reports.insert(&key[..], &value[..])?;
-                by_signal.insert(&index_key[..], &[][..])?;
-                // Advance the watermark over every contiguous stored seq.
-                let mut up_to = watermark;
-                while reports
-                    .get(report_key(&report.device_id, up_to + 1))?
-                    .is_some()
-                {
-                    up_to += 1;
-                }
-                if up_to != watermark {
-                    watermarks.insert(device, &up_to.to_be_bytes()[..])?;
-                }
-                Ok::<_, ConflictableTransactionError<u64>>((true, up_to, None))
-            },
+        // Only a fill goes to the feed; its key is taken before the
+        // transaction (the feed is a queue, so order does not matter).
+        let feed_entry = match report.kind {
+            ReportKind::Filled => Some((
+                self.db.generate_id()?.to_be_bytes(),
+                serde_json::to_vec(&FeedFill::of(report)).expect("a fill always serializes"),
+            )),
+            _ => None,
+        };
+        let trees = (
+            &self.reports,
+            &self.by_signal,
+            &self.watermarks,
+            &self.fills,
         );
+        let outcome = trees.transaction(|(reports, by_signal, watermarks, fills)| {
+            let watermark = watermarks.get(device)?.as_deref().map_or(0, read_u64);
+            if report.seq > watermark.saturating_add(MAX_REPORT_GAP) {
+                return Err(ConflictableTransactionError::Abort(watermark));
+            }
+            if let Some(existing) = reports.get(&key)? {
+                return Ok((false, watermark, Some(existing)));
+            }
+            reports.insert(&key[..], &value[..])?;
+            by_signal.insert(&index_key[..], &[][..])?;
+            if let Some((feed_key, feed_value)) = &feed_entry {
+                fills.insert(&feed_key[..], &feed_value[..])?;
+            }
+            // Advance the watermark over every contiguous stored seq.
+            let mut up_to = watermark;
+            while reports
+                .get(report_key(&report.device_id, up_to + 1))?
+                .is_some()
+            {
+                up_to += 1;
+            }
+            if up_to != watermark {
+                watermarks.insert(device, &up_to.to_be_bytes()[..])?;
+            }
+            Ok::<_, ConflictableTransactionError<u64>>((true, up_to, None))
+        });
         let (newly_stored, confirmed_up_to, existing) = outcome.map_err(|e| match e {
             TransactionError::Storage(e) => ReportStoreError::Sled(e),
             TransactionError::Abort(confirmed) => ReportStoreError::TooFarAhead {
@@ -287,6 +340,32 @@ impl ReportStore for SledReportStore {
                 }
             }
             Ok(found)
+        })
+    }
+
+    fn unclaimed_fills(&self, limit: usize) -> StoreFuture<'_, Vec<FeedFill>> {
+        Box::pin(async move {
+            let mut found = Vec::new();
+            for entry in self.fills.iter().take(limit) {
+                let (key, value) = entry?;
+                let mut fill: FeedFill = serde_json::from_slice(&value)
+                    .map_err(|e| ReportStoreError::Corrupt(e.to_string()))?;
+                fill.mark = key.to_vec();
+                found.push(fill);
+            }
+            Ok(found)
+        })
+    }
+
+    fn claim_fills<'a>(&'a self, fills: &'a [FeedFill]) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut batch = sled::Batch::default();
+            for fill in fills {
+                batch.remove(&fill.mark[..]);
+            }
+            self.fills.apply_batch(batch)?;
+            crate::durable::flush(&self.db).await?;
+            Ok(())
         })
     }
 }

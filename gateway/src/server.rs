@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::affiliates::AffiliateDesk;
 use crate::auth::AuthSettings;
 use crate::config::ServeConfig;
 use crate::http::tokens::TokenStore;
@@ -52,6 +53,9 @@ pub enum StartError {
     /// The TLS identity could not be loaded or created.
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    /// The affiliate programme could not start.
+    #[error(transparent)]
+    Affiliates(#[from] crate::affiliates::DeskError),
     /// A listener could not bind.
     #[error("binding {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
@@ -180,6 +184,7 @@ pub struct Gateway {
     db: Option<sled::Db>,
     sessions: Option<tokio::task::JoinHandle<()>>,
     http: Option<(tokio::task::JoinHandle<()>, SocketAddr)>,
+    affiliates: Option<AffiliateDesk>,
     upkeep: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -245,10 +250,14 @@ impl Gateway {
         } else {
             (None, None, None)
         };
-        let http = if role.serves_http() {
-            Some(start_http(config, context.clone()).await?)
+        // The affiliate programme lives with the sidecar: one per deployment.
+        let (http, affiliates) = if role.serves_http() {
+            let desk = AffiliateDesk::open(config)?;
+            upkeep.push(tokio::spawn(desk.clone().follow_fills(context.clone())));
+            let http = start_http(config, context.clone(), desk.clone()).await?;
+            (Some(http), Some(desk))
         } else {
-            None
+            (None, None)
         };
         Ok(Self {
             endpoint,
@@ -257,6 +266,7 @@ impl Gateway {
             db: stores.db,
             sessions,
             http,
+            affiliates,
             upkeep,
         })
     }
@@ -323,6 +333,11 @@ impl Gateway {
         self.context.revoke(device_id).await.map(|_| ())
     }
 
+    /// The affiliate programme, when this process serves the sidecar.
+    pub fn affiliates(&self) -> Option<&AffiliateDesk> {
+        self.affiliates.as_ref()
+    }
+
     /// The state shared by the QUIC sessions and the HTTP sidecar.
     pub fn context(&self) -> Arc<SessionContext> {
         self.context.clone()
@@ -368,6 +383,7 @@ impl Gateway {
 async fn start_http(
     config: &ServeConfig,
     context: Arc<SessionContext>,
+    affiliates: AffiliateDesk,
 ) -> Result<(tokio::task::JoinHandle<()>, SocketAddr), StartError> {
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
@@ -379,8 +395,11 @@ async fn start_http(
     let app = crate::http::router(crate::http::AppState {
         core: context,
         tokens: Arc::new(TokenStore::open(&config.data_dir)),
+        affiliates,
     });
     let task = tokio::spawn(async move {
+        // Peer addresses are recorded with referral clicks.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = stopping.wait_for(|stop| *stop).await;
         });

@@ -32,6 +32,10 @@ async fn api(backend: &Backend) -> Api {
     let app = router(AppState {
         core: gateway.context(),
         tokens: std::sync::Arc::new(TokenStore::open(dir.path())),
+        affiliates: gateway
+            .affiliates()
+            .expect("serve runs the programme")
+            .clone(),
     });
     Api {
         gateway,
@@ -143,6 +147,19 @@ const V1_ROUTES: &[(&str, &str)] = &[
         "GET",
         "/v1/signals/00000000000000000000000000000000/executions",
     ),
+    ("POST", "/v1/affiliates"),
+    ("GET", "/v1/affiliates/af_X"),
+    ("POST", "/v1/affiliates/af_X/token"),
+    ("GET", "/v1/affiliates/af_X/stats"),
+    ("GET", "/v1/affiliates/af_X/commissions"),
+    ("POST", "/v1/affiliates/af_X/payouts"),
+    ("GET", "/v1/referral-codes/K7QM2XR4HD"),
+    ("POST", "/v1/referrals"),
+    ("POST", "/v1/payments"),
+    ("POST", "/v1/refunds"),
+    ("POST", "/v1/email-verifications"),
+    ("POST", "/v1/customers/cust_X/referral-code"),
+    ("GET", "/v1/customers/cust_X/credits"),
 ];
 
 on_both_backends!(every_v1_route_without_a_valid_token_is_401);
@@ -645,7 +662,10 @@ async fn the_openapi_document_and_the_routes_agree_both_ways(backend: Backend) {
             .replace("dv_X", "{device_id}")
             .replace("/subscriptions/gold", "/subscriptions/{channel}")
             .replace("/channels/gold/", "/channels/{channel}/")
-            .replace("00000000000000000000000000000000", "{signal_id}");
+            .replace("00000000000000000000000000000000", "{signal_id}")
+            .replace("af_X", "{affiliate_id}")
+            .replace("K7QM2XR4HD", "{code}")
+            .replace("cust_X", "{user_id}");
         assert!(
             documented.contains(&(method.to_string(), template.clone())),
             "{method} {template} is not documented"
@@ -656,7 +676,10 @@ async fn the_openapi_document_and_the_routes_agree_both_ways(backend: Backend) {
         let uri = path
             .replace("{device_id}", "dv_X")
             .replace("{channel}", "gold")
-            .replace("{signal_id}", "00000000000000000000000000000000");
+            .replace("{signal_id}", "00000000000000000000000000000000")
+            .replace("{affiliate_id}", "af_X")
+            .replace("{code}", "K7QM2XR4HD")
+            .replace("{user_id}", "cust_X");
         let answer = api.admin(method, &uri, None).await;
         assert_ne!(
             answer.status,

@@ -65,6 +65,18 @@ pub fn month_start(day: i64) -> i64 {
     day_number(y, m, 1).unwrap_or(day)
 }
 
+/// A Unix-ms instant as `YYYY-MM-DDTHH:MM:SSZ`, for CSV exports.
+pub fn format_instant(at_ms: u64) -> String {
+    let seconds = (at_ms % DAY_MS) / 1_000;
+    format!(
+        "{}T{:02}:{:02}:{:02}Z",
+        format_date(day_of(at_ms)),
+        seconds / 3_600,
+        seconds / 60 % 60,
+        seconds % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,6 +86,7 @@ mod tests {
         assert_eq!(day_number(1970, 1, 1), Some(0));
         assert_eq!(day_number(2000, 3, 1), Some(11_017));
         assert_eq!(format_date(20_415), "2025-11-23");
+        assert_eq!(format_instant(1_763_900_000_123), "2025-11-23T12:13:20Z");
         assert_eq!(parse_date("2024-02-29"), Some(19_782));
         assert_eq!(parse_date("2023-02-29"), None);
         assert_eq!(parse_date("2024-13-01"), None);

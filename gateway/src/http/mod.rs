@@ -2,6 +2,7 @@
 //! executions, health. `router(state)` builds the service without binding a
 //! socket, so tests drive it with `oneshot`.
 
+pub mod affiliates;
 mod openapi;
 mod problem;
 pub mod tokens;
@@ -18,6 +19,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use eagate_protocol::{ChannelName, Signal, SignalId};
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 pub use problem::ApiError;
 use tokens::{Scope, TokenStore};
@@ -37,6 +39,8 @@ pub struct AppState {
     pub core: Arc<SessionContext>,
     /// Accepted bearer tokens.
     pub tokens: Arc<TokenStore>,
+    /// The affiliate programme.
+    pub affiliates: crate::affiliates::AffiliateDesk,
 }
 
 /// The sidecar's routes.
@@ -52,9 +56,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/channels/{channel}/signals", post(publish_signal))
         .route("/signals/{signal_id}/executions", get(signal_executions))
+        .merge(affiliates::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .nest("/v1", v1)
+        .merge(affiliates::click_route())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -64,20 +70,20 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The scope of the request's bearer token; every `/v1` request has one.
-#[derive(Debug, Clone, Copy)]
-struct Caller(Scope);
+/// Who the request's bearer token belongs to; every `/v1` request has one.
+#[derive(Debug, Clone)]
+enum Caller {
+    /// An admin or platform token.
+    Token(Scope),
+    /// An affiliate's own token: reads that affiliate's data only.
+    Affiliate(String),
+}
 
 fn caller_scope(parts: &Parts, allowed: &[Scope]) -> Result<(), ApiError> {
-    let Caller(scope) = parts
-        .extensions
-        .get::<Caller>()
-        .copied()
-        .ok_or(ApiError::Unauthorized)?;
-    if allowed.contains(&scope) {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden)
+    match parts.extensions.get::<Caller>() {
+        None => Err(ApiError::Unauthorized),
+        Some(Caller::Token(scope)) if allowed.contains(scope) => Ok(()),
+        Some(_) => Err(ApiError::Forbidden),
     }
 }
 
@@ -115,8 +121,22 @@ async fn authenticate(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
         .ok_or(ApiError::Unauthorized)?;
-    let scope = state.tokens.scope_of(token).ok_or(ApiError::Unauthorized)?;
-    request.extensions_mut().insert(Caller(scope));
+    let caller = match state.tokens.scope_of(token) {
+        Some(scope) => Caller::Token(scope),
+        None => {
+            // Affiliate tokens are kept (hashed) in the programme's ledger.
+            let hash: String = sha2::Sha256::digest(token.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let programme = state.affiliates.ledger.read();
+            let affiliate = programme
+                .affiliate_of_token(&hash)
+                .ok_or(ApiError::Unauthorized)?;
+            Caller::Affiliate(affiliate.affiliate_id.clone())
+        }
+    };
+    request.extensions_mut().insert(caller);
     Ok(next.run(request).await)
 }
 

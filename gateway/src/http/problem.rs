@@ -30,6 +30,9 @@ pub enum ApiError {
     /// The request is well-formed HTTP but its content is not valid.
     #[error("{0}")]
     Unprocessable(String),
+    /// A limit was reached; the detail says when it resets.
+    #[error("{0}")]
+    TooManyRequests(String),
     /// The body is larger than the API accepts.
     #[error("the request body is larger than {} bytes", super::MAX_BODY_BYTES)]
     PayloadTooLarge,
@@ -57,6 +60,11 @@ impl IntoResponse for ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid-request",
                 "Invalid request",
+            ),
+            Self::TooManyRequests(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "limit-reached",
+                "Limit reached",
             ),
             Self::PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -28,6 +28,18 @@ pub fn config(dir: &Path) -> ServeConfig {
         redis_url: None,
         redis_prefix: "eagate".into(),
         signal_retention_hours: 168,
+        referral_landing_page: "https://platform.example/signup".into(),
+        referral_link_base: "https://partners.example".into(),
+        affiliate_currency: "GBP".into(),
+        first_month_commission_bps: 3_000,
+        later_months_commission_bps: 1_500,
+        first_trade_bonus_bps: 500,
+        holding_period_days: 30,
+        attribution_window_days: 30,
+        credit_threshold_minor: 5_000,
+        referrer_credit_minor: 1_000,
+        referred_credit_minor: 1_000,
+        daily_referral_limit: 10,
     }
 }
 

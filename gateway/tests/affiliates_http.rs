@@ -1,0 +1,951 @@
+//! The affiliate programme through the sidecar's router, on a real gateway
+//! (its ledger in the data directory's sled), with a clock the test moves.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use common::*;
+use eagate_gateway::http::tokens::{Scope, TokenStore, create_token};
+use eagate_gateway::http::{AppState, router};
+use eagate_gateway::reports::StoredReport;
+use eagate_gateway::server::Gateway;
+use eagate_protocol::{Decimal, Fill, Report, ReportOutcome, SignalId};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const DAY_MS: u64 = 86_400_000;
+/// 2026-11-02T09:00:00Z.
+const START_MS: u64 = 1_793_610_000_000;
+const EMAIL: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+struct Desk {
+    gateway: Gateway,
+    app: axum::Router,
+    admin: String,
+    platform: String,
+    clock: Arc<AtomicU64>,
+    dir: tempfile::TempDir,
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+    text: String,
+}
+
+async fn desk_on(backend: &Backend) -> Desk {
+    let (gateway, dir) = start_on(backend).await;
+    let admin = create_token(dir.path(), Scope::Admin).unwrap().to_string();
+    let platform = create_token(dir.path(), Scope::Platform)
+        .unwrap()
+        .to_string();
+    let clock = Arc::new(AtomicU64::new(START_MS));
+    let app = app(&gateway, dir.path(), &clock);
+    Desk {
+        gateway,
+        app,
+        admin,
+        platform,
+        clock,
+        dir,
+    }
+}
+
+fn app(gateway: &Gateway, dir: &std::path::Path, clock: &Arc<AtomicU64>) -> axum::Router {
+    let time = clock.clone();
+    router(AppState {
+        core: gateway.context(),
+        tokens: Arc::new(TokenStore::open(dir)),
+        affiliates: gateway
+            .affiliates()
+            .expect("serve runs the programme")
+            .with_clock(Arc::new(move || time.load(Ordering::SeqCst))),
+    })
+}
+
+async fn desk() -> Desk {
+    desk_on(&Backend::Sled).await
+}
+
+impl Desk {
+    fn advance_days(&self, days: u64) {
+        self.clock.fetch_add(days * DAY_MS, Ordering::SeqCst);
+    }
+
+    async fn send(&self, request: Request<Body>) -> Answer {
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Answer {
+            status,
+            headers,
+            body,
+            text,
+        }
+    }
+
+    async fn call(&self, method: &str, uri: &str, token: &str, body: Option<Value>) -> Answer {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"));
+        let body = match body {
+            Some(value) => {
+                request = request.header(header::CONTENT_TYPE, "application/json");
+                Body::from(value.to_string())
+            }
+            None => Body::empty(),
+        };
+        self.send(request.body(body).unwrap()).await
+    }
+
+    async fn platform(&self, uri: &str, body: Value) -> Answer {
+        let token = self.platform.clone();
+        self.call("POST", uri, &token, Some(body)).await
+    }
+
+    async fn admin_get(&self, uri: &str) -> Answer {
+        let token = self.admin.clone();
+        self.call("GET", uri, &token, None).await
+    }
+
+    /// Enrols `user_id`; returns (affiliate id, code, token).
+    async fn enrol(&self, user_id: &str) -> (String, String, String) {
+        let answer = self
+            .platform("/v1/affiliates", json!({"user_id": user_id}))
+            .await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text);
+        let affiliate = &answer.body["affiliate"];
+        (
+            affiliate["affiliate_id"].as_str().unwrap().to_owned(),
+            affiliate["code"].as_str().unwrap().to_owned(),
+            answer.body["token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Follows a referral link from `ip`; returns the click id.
+    async fn click(&self, code: &str, ip: &str) -> String {
+        let mut request = Request::builder()
+            .uri(format!("/r/{code}"))
+            .header(header::USER_AGENT, "Mozilla/5.0 (test)")
+            .body(Body::empty())
+            .unwrap();
+        let peer: SocketAddr = format!("{ip}:50000").parse().unwrap();
+        request.extensions_mut().insert(ConnectInfo(peer));
+        let answer = self.send(request).await;
+        assert_eq!(answer.status, StatusCode::SEE_OTHER);
+        let location = answer.headers[header::LOCATION]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let plain = code.replace('-', "");
+        let prefix = format!("https://platform.example/signup?ref={plain}&click=");
+        assert!(location.starts_with(&prefix), "{location}");
+        location[prefix.len()..].to_owned()
+    }
+
+    async fn signup(&self, user_id: &str, code: &str, click_id: Option<&str>) -> Answer {
+        self.signup_verified(user_id, code, click_id, false).await
+    }
+
+    async fn signup_verified(
+        &self,
+        user_id: &str,
+        code: &str,
+        click_id: Option<&str>,
+        verified: bool,
+    ) -> Answer {
+        let mut body = json!({
+            "user_id": user_id, "code": code, "source_address": "203.0.113.9",
+            "email_sha256": EMAIL, "email_verified": verified
+        });
+        if let Some(click_id) = click_id {
+            body["click_id"] = json!(click_id);
+        }
+        self.platform("/v1/referrals", body).await
+    }
+
+    async fn pay(&self, payment_id: &str, user_id: &str, amount: i64, period: u32) -> Answer {
+        self.platform(
+            "/v1/payments",
+            json!({"payment_id": payment_id, "user_id": user_id, "amount_minor": amount,
+                   "currency": "GBP", "billing_period": period}),
+        )
+        .await
+    }
+
+    async fn refund(&self, refund_id: &str, payment_id: &str, amount: i64) -> Answer {
+        self.platform(
+            "/v1/refunds",
+            json!({"refund_id": refund_id, "payment_id": payment_id, "amount_minor": amount, "currency": "GBP"}),
+        )
+        .await
+    }
+
+    async fn payout(&self, affiliate_id: &str, payout_id: &str) -> Answer {
+        let token = self.admin.clone();
+        self.call(
+            "POST",
+            &format!("/v1/affiliates/{affiliate_id}/payouts"),
+            &token,
+            Some(json!({"payout_id": payout_id})),
+        )
+        .await
+    }
+
+    async fn totals(&self, affiliate_id: &str) -> Value {
+        let answer = self
+            .admin_get(&format!("/v1/affiliates/{affiliate_id}/stats"))
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+        answer.body["totals"].clone()
+    }
+
+    async fn entries(&self, affiliate_id: &str) -> Vec<Value> {
+        let answer = self
+            .admin_get(&format!("/v1/affiliates/{affiliate_id}/commissions"))
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+        answer.body["items"].as_array().unwrap().clone()
+    }
+}
+
+fn assert_problem(answer: &Answer, status: StatusCode, detail_contains: &str) {
+    assert_eq!(answer.status, status, "{}", answer.text);
+    assert_eq!(
+        answer.headers[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+    let detail = answer.body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(detail_contains),
+        "{detail:?} should mention {detail_contains:?}"
+    );
+}
+
+/// Asserts the ledger identity and the five balances.
+fn assert_balances(
+    totals: &Value,
+    earned: i64,
+    pending: i64,
+    payable: i64,
+    paid: i64,
+    reversed: i64,
+) {
+    let get = |k: &str| totals[k].as_i64().unwrap();
+    assert_eq!(
+        [
+            get("earned_minor"),
+            get("pending_minor"),
+            get("payable_minor"),
+            get("paid_minor"),
+            get("reversed_minor")
+        ],
+        [earned, pending, payable, paid, reversed],
+        "{totals}"
+    );
+    assert_eq!(
+        get("earned_minor"),
+        get("pending_minor") + get("payable_minor") + get("paid_minor") + get("reversed_minor")
+    );
+}
+
+#[tokio::test]
+async fn a_shared_link_a_tracked_signup_and_two_months_earn_30_then_15_percent() {
+    let desk = desk().await;
+    let (affiliate, code, _) = desk.enrol("alice").await;
+    let shown = desk.admin_get(&format!("/v1/affiliates/{affiliate}")).await;
+    assert_eq!(shown.body["currency"], "GBP");
+    assert_eq!(
+        shown.body["link"],
+        format!("https://partners.example/r/{}", code.replace('-', ""))
+    );
+
+    let click = desk.click(&code, "198.51.100.7").await;
+    desk.advance_days(2);
+    let signup = desk.signup("bob", &code, Some(&click)).await;
+    assert_eq!(signup.status, StatusCode::CREATED, "{}", signup.text);
+    assert_eq!(
+        signup.body["facts"][0]["referrer"]["affiliate_id"],
+        affiliate
+    );
+
+    // Month one: 30% of GBP 29.99 = 8.997, rounded half up to 9.00.
+    let month1 = desk.pay("pay-1", "bob", 2_999, 1).await;
+    assert_eq!(month1.status, StatusCode::CREATED, "{}", month1.text);
+    let commission = &month1.body["facts"][1];
+    assert_eq!(commission["fact"], "commission_earned");
+    assert_eq!(commission["amount_minor"], 900);
+    assert_eq!(commission["rate"], 3_000);
+
+    // Month two: 15% of GBP 29.99 = 4.4985 → 4.50.
+    desk.advance_days(30);
+    let month2 = desk.pay("pay-2", "bob", 2_999, 2).await;
+    assert_eq!(month2.body["facts"][1]["amount_minor"], 450);
+
+    // Month one's commission has served its 30-day hold; month two's has not.
+    let totals = desk.totals(&affiliate).await;
+    assert_eq!(totals["clicks"], 1);
+    assert_eq!(totals["signups"], 1);
+    assert_eq!(totals["conversions"], 1);
+    assert_eq!(totals["conversion_rate_bps"], 10_000);
+    assert_balances(&totals, 1_350, 450, 900, 0, 0);
+    let statuses: Vec<_> = desk
+        .entries(&affiliate)
+        .await
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].clone(),
+                e["billing_period"].clone(),
+                e["status"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            (json!("subscription"), json!(1), json!("payable")),
+            (json!("subscription"), json!(2), json!("pending")),
+        ]
+    );
+
+    // Per month: the click and signup in November, earnings by the month earned.
+    let stats = desk
+        .admin_get(&format!(
+            "/v1/affiliates/{affiliate}/stats?granularity=month&from=2026-11-01&to=2026-12-31"
+        ))
+        .await;
+    let periods = stats.body["periods"].as_array().unwrap();
+    assert_eq!(periods.len(), 2);
+    assert_eq!(periods[0]["period"], "2026-11");
+    assert_eq!(periods[0]["clicks"], 1);
+    assert_eq!(periods[0]["earned_minor"], 900);
+    assert_eq!(periods[1]["period"], "2026-12");
+    assert_eq!(periods[1]["earned_minor"], 450);
+    assert_eq!(periods[1]["pending_minor"], 450);
+}
+
+#[tokio::test]
+async fn a_refund_inside_the_holding_period_reverses_the_commission_to_the_penny() {
+    let desk = desk().await;
+    let (affiliate, code, _) = desk.enrol("alice").await;
+    desk.signup("bob", &code, None).await;
+    desk.pay("pay-1", "bob", 2_999, 1).await;
+    desk.advance_days(5);
+    // A third back first: 900 × 1000 / 2999 = 300.1 → 300.
+    let partial = desk.refund("ref-1", "pay-1", 1_000).await;
+    assert_eq!(partial.status, StatusCode::CREATED, "{}", partial.text);
+    assert_eq!(partial.body["facts"][1]["fact"], "commission_reversed");
+    assert_eq!(partial.body["facts"][1]["amount_minor"], 300);
+    assert_balances(&desk.totals(&affiliate).await, 900, 600, 0, 0, 300);
+    // The rest: exactly what is left of the stored 900, not a recomputation.
+    desk.refund("ref-2", "pay-1", 1_999).await;
+    assert_balances(&desk.totals(&affiliate).await, 900, 0, 0, 0, 900);
+    assert_eq!(desk.entries(&affiliate).await[0]["status"], "reversed");
+    // More than was paid is refused, and changes nothing.
+    let too_much = desk.refund("ref-3", "pay-1", 1).await;
+    assert_problem(
+        &too_much,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "only 0 minor units left",
+    );
+    // Nothing left to pay, even after the hold.
+    desk.advance_days(40);
+    assert_problem(
+        &desk.payout(&affiliate, "po-1").await,
+        StatusCode::CONFLICT,
+        "nothing to pay",
+    );
+}
+
+#[tokio::test]
+async fn a_refund_after_payout_is_netted_against_the_next_payout() {
+    let desk = desk().await;
+    let (affiliate, code, _) = desk.enrol("alice").await;
+    desk.signup("bob", &code, None).await;
+    desk.pay("pay-1", "bob", 2_999, 1).await; // 900
+    desk.advance_days(10);
+    assert_problem(
+        &desk.payout(&affiliate, "po-0").await,
+        StatusCode::CONFLICT,
+        "900 still pending",
+    );
+    desk.advance_days(21);
+    let first = desk.payout(&affiliate, "po-1").await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+    assert_eq!(first.body["facts"][0]["amount_minor"], 900);
+    // Paying the same payout again pays nothing.
+    let again = desk.payout(&affiliate, "po-1").await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.body["replayed"], true);
+
+    desk.pay("pay-2", "bob", 9_999, 2).await; // 15% = 1499.85 → 1500
+    desk.advance_days(2);
+    let refund = desk.refund("ref-1", "pay-1", 2_999).await;
+    assert_eq!(refund.body["facts"][1]["fact"], "clawback_entered");
+    assert_eq!(refund.body["facts"][1]["amount_minor"], -900);
+    assert_balances(&desk.totals(&affiliate).await, 2_400, 1_500, -900, 900, 900);
+    // The clawback alone is not a payout.
+    assert_problem(
+        &desk.payout(&affiliate, "po-2").await,
+        StatusCode::CONFLICT,
+        "-900",
+    );
+
+    desk.advance_days(30);
+    let second = desk.payout(&affiliate, "po-3").await;
+    assert_eq!(second.status, StatusCode::CREATED, "{}", second.text);
+    assert_eq!(second.body["facts"][0]["amount_minor"], 600);
+    assert_balances(&desk.totals(&affiliate).await, 2_400, 0, 0, 1_500, 900);
+    let entries = desk.entries(&affiliate).await;
+    assert_eq!(entries.len(), 3);
+    assert_eq!(entries[2]["kind"], "clawback");
+    assert_eq!(entries[2]["of_entry"], 1);
+    assert!(entries.iter().all(|e| e["status"] == "paid"));
+}
+
+on_both_backends!(the_first_fill_on_any_device_of_the_account_earns_the_bonus_once);
+async fn the_first_fill_on_any_device_of_the_account_earns_the_bonus_once(backend: Backend) {
+    let desk = desk_on(&backend).await;
+    let (affiliate, code, _) = desk.enrol("alice").await;
+    desk.signup("acct-7", &code, None).await;
+    desk.pay("pay-1", "acct-7", 2_999, 1).await;
+    let registry = desk.gateway.registry();
+    let key = desk.gateway.master_key();
+    let (laptop, _) = registry.register(key, "acct-7", "Laptop").await.unwrap();
+    let (vps, _) = registry.register(key, "acct-7", "VPS").await.unwrap();
+    let fill = |device: &str, seq: u64| {
+        let report = Report {
+            seq,
+            signal_id: SignalId([seq as u8; 16]),
+            at_ms: now_ms(),
+            outcome: ReportOutcome::Filled(Fill {
+                ticket: 1_000 + seq,
+                price: "1.08543".parse::<Decimal>().unwrap(),
+                volume: "0.10".parse::<Decimal>().unwrap(),
+            }),
+        };
+        StoredReport::new(device, &report, now_ms())
+    };
+    // Received-only reports are not trades.
+    let received = StoredReport {
+        kind: eagate_gateway::reports::ReportKind::Received,
+        ticket: None,
+        price: None,
+        volume: None,
+        ..fill(&laptop.device_id, 1)
+    };
+    let reports = desk.gateway.context().reports.clone();
+    reports.ingest(&received).await.unwrap();
+    // The fill comes from the second device of the account; resent twice.
+    let first_fill = fill(&vps.device_id, 1);
+    reports.ingest(&first_fill).await.unwrap();
+    reports.ingest(&first_fill).await.unwrap();
+    let bonus = wait_for_bonus(&desk, &affiliate).await;
+    // 5% of the first payment, GBP 29.99 → 1.4995 → 1.50.
+    assert_eq!(bonus["amount_minor"], 150);
+    assert_eq!(bonus["rate_bps"], 500);
+    assert_eq!(bonus["payment_id"], "pay-1");
+    // More fills, on both devices: no second bonus.
+    reports.ingest(&fill(&laptop.device_id, 2)).await.unwrap();
+    reports.ingest(&fill(&vps.device_id, 2)).await.unwrap();
+    let desk_core = desk.gateway.context();
+    let programme = desk.gateway.affiliates().unwrap();
+    // Drain the feed now rather than waiting for the background reader.
+    while programme.take_fills(&desk_core).await.unwrap() > 0 {}
+    let bonuses = desk
+        .entries(&affiliate)
+        .await
+        .into_iter()
+        .filter(|e| e["kind"] == "first_trade_bonus")
+        .count();
+    assert_eq!(bonuses, 1);
+    assert!(reports.unclaimed_fills(10).await.unwrap().is_empty());
+}
+
+async fn wait_for_bonus(desk: &Desk, affiliate: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(bonus) = desk
+            .entries(affiliate)
+            .await
+            .into_iter()
+            .find(|e| e["kind"] == "first_trade_bonus")
+        {
+            return bonus;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the fill feed reader never saw the fill"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn unknown_or_expired_codes_are_422_and_the_first_referrer_wins() {
+    let desk = desk().await;
+    let (first, code, _) = desk.enrol("alice").await;
+    let (_, other_code, _) = desk.enrol("carol").await;
+
+    let unknown = desk.signup("bob", "ZZZZZ-ZZZZZ", None).await;
+    assert_problem(
+        &unknown,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "ZZZZZ-ZZZZZ is not known",
+    );
+    let malformed = desk.signup("bob", "HELLO", None).await;
+    assert_problem(
+        &malformed,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "not a referral code",
+    );
+
+    let old_click = desk.click(&code, "198.51.100.7").await;
+    desk.advance_days(31);
+    let expired = desk.signup("bob", &code, Some(&old_click)).await;
+    assert_problem(&expired, StatusCode::UNPROCESSABLE_ENTITY, "expired");
+    assert_problem(&expired, StatusCode::UNPROCESSABLE_ENTITY, "31 days ago");
+    let other_click = desk.click(&other_code, "198.51.100.7").await;
+    let mismatched = desk.signup("bob", &code, Some(&other_click)).await;
+    assert_problem(
+        &mismatched,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "was on referral code",
+    );
+    let own = desk.signup("alice", &code, None).await;
+    assert_problem(&own, StatusCode::UNPROCESSABLE_ENTITY, "own referral code");
+
+    // Codes are forgiving to type: lower case, no hyphen.
+    let typed = code.replace('-', "").to_lowercase();
+    let signup = desk.signup("bob", &typed, None).await;
+    assert_eq!(signup.status, StatusCode::CREATED, "{}", signup.text);
+    let retried = desk.signup("bob", &code, None).await;
+    assert_eq!(retried.status, StatusCode::OK);
+    assert_eq!(retried.body["replayed"], true);
+    let second = desk.signup("bob", &other_code, None).await;
+    assert_problem(&second, StatusCode::CONFLICT, "first referral stands");
+    assert_eq!(desk.totals(&first).await["signups"], 1);
+    // A payment earns the first referrer's commission only.
+    let paid = desk.pay("pay-1", "bob", 1_000, 1).await;
+    assert_eq!(paid.body["facts"][1]["affiliate_id"], first);
+}
+
+#[tokio::test]
+async fn an_affiliate_token_reads_only_its_own_data_and_writes_nothing() {
+    let desk = desk().await;
+    let (alice, _, alice_token) = desk.enrol("alice").await;
+    let (carol, _, _) = desk.enrol("carol").await;
+    for path in ["", "/stats", "/commissions"] {
+        let own = desk
+            .call(
+                "GET",
+                &format!("/v1/affiliates/{alice}{path}"),
+                &alice_token,
+                None,
+            )
+            .await;
+        assert_eq!(own.status, StatusCode::OK, "{path}: {}", own.text);
+        let other = desk
+            .call(
+                "GET",
+                &format!("/v1/affiliates/{carol}{path}"),
+                &alice_token,
+                None,
+            )
+            .await;
+        assert_problem(&other, StatusCode::FORBIDDEN, "scope");
+        // The platform writes events; it does not read affiliates' ledgers.
+        let platform = desk.platform.clone();
+        let by_platform = desk
+            .call(
+                "GET",
+                &format!("/v1/affiliates/{alice}{path}"),
+                &platform,
+                None,
+            )
+            .await;
+        assert_problem(&by_platform, StatusCode::FORBIDDEN, "scope");
+        let by_admin = desk
+            .admin_get(&format!("/v1/affiliates/{carol}{path}"))
+            .await;
+        assert_eq!(by_admin.status, StatusCode::OK);
+    }
+    let writes = [
+        ("POST", "/v1/payments".to_owned()),
+        ("POST", "/v1/refunds".to_owned()),
+        ("POST", "/v1/referrals".to_owned()),
+        ("POST", "/v1/affiliates".to_owned()),
+        ("POST", format!("/v1/affiliates/{alice}/payouts")),
+        ("POST", format!("/v1/affiliates/{alice}/token")),
+        ("GET", "/v1/devices".to_owned()),
+        ("GET", "/v1/customers/bob/credits".to_owned()),
+    ];
+    for (method, uri) in &writes {
+        let answer = desk.call(method, uri, &alice_token, Some(json!({}))).await;
+        assert_problem(&answer, StatusCode::FORBIDDEN, "scope");
+    }
+    // Replacing the token retires the old one.
+    let replaced = desk
+        .call(
+            "POST",
+            &format!("/v1/affiliates/{alice}/token"),
+            &desk.admin.clone(),
+            None,
+        )
+        .await;
+    assert_eq!(replaced.status, StatusCode::OK);
+    let new_token = replaced.body["token"].as_str().unwrap();
+    let old = desk
+        .call(
+            "GET",
+            &format!("/v1/affiliates/{alice}"),
+            &alice_token,
+            None,
+        )
+        .await;
+    assert_problem(&old, StatusCode::UNAUTHORIZED, "bearer token");
+    let new = desk
+        .call("GET", &format!("/v1/affiliates/{alice}"), new_token, None)
+        .await;
+    assert_eq!(new.status, StatusCode::OK);
+    // Tokens are kept only as hashes.
+    let journal = desk.gateway.affiliates().unwrap().ledger.facts().unwrap();
+    let journal = serde_json::to_string(&journal).unwrap();
+    assert!(!journal.contains(&alice_token) && !journal.contains(new_token));
+}
+
+#[tokio::test]
+async fn retried_events_count_once_and_bad_money_is_refused_with_a_reason() {
+    let desk = desk().await;
+    let (affiliate, code, _) = desk.enrol("alice").await;
+    desk.signup("bob", &code, None).await;
+    assert_eq!(
+        desk.pay("pay-1", "bob", 2_999, 1).await.status,
+        StatusCode::CREATED
+    );
+    let retry = desk.pay("pay-1", "bob", 2_999, 1).await;
+    assert_eq!(retry.status, StatusCode::OK);
+    assert_eq!(retry.body, json!({"replayed": true, "facts": []}));
+    let reused = desk.pay("pay-1", "bob", 3_000, 1).await;
+    assert_problem(&reused, StatusCode::CONFLICT, "different details");
+
+    let bad = [
+        (json!(0), "GBP", 1, "between 1 and"),
+        (json!(-500), "GBP", 1, "between 1 and"),
+        (json!(1_000_000_000_001_i64), "GBP", 1, "between 1 and"),
+        (json!(29.99), "GBP", 1, "amount_minor"),
+        (json!("2999"), "GBP", 1, "amount_minor"),
+        (json!(2_999), "EUR", 1, "runs in GBP"),
+        (json!(2_999), "gbp", 1, "ISO 4217"),
+        (json!(2_999), "GBP", 0, "billing_period"),
+    ];
+    for (i, (amount, currency, period, reason)) in bad.into_iter().enumerate() {
+        let answer = desk
+            .platform(
+                "/v1/payments",
+                json!({"payment_id": format!("bad-{i}"), "user_id": "bob", "amount_minor": amount,
+                       "currency": currency, "billing_period": period}),
+            )
+            .await;
+        assert_problem(&answer, StatusCode::UNPROCESSABLE_ENTITY, reason);
+    }
+    let unknown = desk.refund("ref-1", "pay-404", 100).await;
+    assert_problem(
+        &unknown,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "pay-404 is not known",
+    );
+    let huge = "x".repeat(70_000);
+    let oversized = desk
+        .platform("/v1/payments", json!({"payment_id": huge}))
+        .await;
+    assert_eq!(oversized.status, StatusCode::PAYLOAD_TOO_LARGE);
+    // Only the one good payment counted.
+    assert_balances(&desk.totals(&affiliate).await, 900, 900, 0, 0, 0);
+}
+
+#[tokio::test]
+async fn commissions_page_filter_and_export_as_csv() {
+    let desk = desk().await;
+    let (affiliate, code, token) = desk.enrol("alice").await;
+    for user in ["u1", "u2", "u3"] {
+        desk.signup(user, &code, None).await;
+    }
+    desk.pay("p1", "u1", 1_000, 1).await; // 300
+    desk.pay("p2", "u2", 2_000, 1).await; // 600
+    desk.advance_days(31);
+    desk.pay("p3", "u3", 3_000, 1).await; // 900, pending
+    desk.pay("p4", "u1", 1_000, 2).await; // 150, pending
+
+    let base = format!("/v1/affiliates/{affiliate}/commissions");
+    let page1 = desk
+        .call("GET", &format!("{base}?limit=3"), &token, None)
+        .await;
+    let items = page1.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    assert_eq!(page1.body["next_after"], 3);
+    let page2 = desk
+        .call("GET", &format!("{base}?limit=3&after=3"), &token, None)
+        .await;
+    assert_eq!(page2.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(page2.body["items"][0]["amount_minor"], 150);
+    assert_eq!(page2.body["next_after"], Value::Null);
+
+    let payable = desk
+        .call("GET", &format!("{base}?status=payable"), &token, None)
+        .await;
+    let amounts: Vec<_> = payable.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["amount_minor"].as_i64().unwrap())
+        .collect();
+    assert_eq!(amounts, [300, 600]);
+    let december = desk
+        .call(
+            "GET",
+            &format!("{base}?from=2026-12-01&to=2026-12-31"),
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!(december.body["items"].as_array().unwrap().len(), 2);
+    for bad in [
+        "status=owed",
+        "limit=0",
+        "limit=5000",
+        "from=2026-13-01",
+        "kind=tip",
+        "format=xml",
+    ] {
+        let answer = desk
+            .call("GET", &format!("{base}?{bad}"), &token, None)
+            .await;
+        assert_problem(&answer, StatusCode::UNPROCESSABLE_ENTITY, "");
+    }
+
+    let csv = desk
+        .call("GET", &format!("{base}?format=csv"), &token, None)
+        .await;
+    assert_eq!(csv.status, StatusCode::OK);
+    assert!(
+        csv.headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    let lines: Vec<&str> = csv.text.lines().collect();
+    assert_eq!(lines.len(), 5);
+    assert!(lines[0].starts_with("entry_id,created_at,kind,billing_period,user_id,payment_id"));
+    assert!(
+        lines[1].starts_with(
+            "1,2026-11-02T09:00:00Z,subscription,1,u1,p1,3000,1000,300,3.00,0,payable,"
+        ),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[1].ends_with(",GBP"));
+    let by_accept = desk
+        .send(
+            Request::builder()
+                .uri(format!("{base}?status=pending"))
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .header(header::ACCEPT, "text/csv")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(by_accept.text.lines().count(), 3);
+}
+
+#[tokio::test]
+async fn credits_need_the_threshold_and_a_verified_email_then_both_customers_get_them_once() {
+    let desk = desk().await;
+    let issued = desk
+        .platform("/v1/customers/carol/referral-code", json!({}))
+        .await;
+    assert_eq!(issued.status, StatusCode::CREATED, "{}", issued.text);
+    let code = issued.body["code"].as_str().unwrap().to_owned();
+    let again = desk
+        .platform("/v1/customers/carol/referral-code", json!({}))
+        .await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.body["code"], code);
+    let owner = desk.admin_get(&format!("/v1/referral-codes/{code}")).await;
+    assert_eq!(owner.body["kind"], "customer");
+
+    assert_eq!(
+        desk.signup("dave", &code, None).await.status,
+        StatusCode::CREATED
+    );
+    // Threshold GBP 50.00: 30.00, then a 10.00 refund, then 29.99 = 49.99.
+    desk.pay("d1", "dave", 3_000, 1).await;
+    desk.refund("r1", "d1", 1_000).await;
+    let below = desk.pay("d2", "dave", 2_999, 2).await;
+    assert_eq!(below.body["facts"].as_array().unwrap().len(), 1);
+    // Over the threshold, but the email is not verified yet.
+    let over = desk.pay("d3", "dave", 1, 3).await;
+    assert_eq!(over.body["facts"].as_array().unwrap().len(), 1);
+    let balance = |user: &'static str| {
+        let desk = &desk;
+        async move {
+            let answer = desk
+                .admin_get(&format!("/v1/customers/{user}/credits"))
+                .await;
+            assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+            answer.body
+        }
+    };
+    assert_eq!(balance("carol").await["balance_minor"], 0);
+    // Verification opens the second gate: both get GBP 10.00, once.
+    let verified = desk
+        .platform("/v1/email-verifications", json!({"user_id": "dave"}))
+        .await;
+    let granted: Vec<_> = verified.body["facts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["fact"] == "credit_granted")
+        .map(|f| (f["user_id"].clone(), f["amount_minor"].clone()))
+        .collect();
+    assert_eq!(
+        granted,
+        [
+            (json!("carol"), json!(1_000)),
+            (json!("dave"), json!(1_000))
+        ]
+    );
+    desk.pay("d4", "dave", 10_000, 4).await;
+    let again = desk
+        .platform("/v1/email-verifications", json!({"user_id": "dave"}))
+        .await;
+    assert_eq!(again.body["replayed"], true);
+    let carol = balance("carol").await;
+    assert_eq!(carol["balance_minor"], 1_000);
+    assert_eq!(carol["items"][0]["reason"], "referred_a_customer");
+    assert_eq!(carol["items"][0]["referred_user_id"], "dave");
+    assert_eq!(balance("dave").await["balance_minor"], 1_000);
+    let csv = desk
+        .admin_get("/v1/customers/carol/credits?format=csv")
+        .await;
+    assert_eq!(
+        csv.text.lines().nth(1).unwrap().split(',').nth(5),
+        Some("1000")
+    );
+}
+
+#[tokio::test]
+async fn the_eleventh_customer_referral_of_a_day_is_refused_until_the_next_day() {
+    let desk = desk().await;
+    let issued = desk
+        .platform("/v1/customers/carol/referral-code", json!({}))
+        .await;
+    let code = issued.body["code"].as_str().unwrap().to_owned();
+    for i in 0..10 {
+        let answer = desk.signup(&format!("friend-{i}"), &code, None).await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text);
+    }
+    let eleventh = desk.signup("friend-10", &code, None).await;
+    assert_problem(&eleventh, StatusCode::TOO_MANY_REQUESTS, "daily limit");
+    // A retry of one already counted is still fine.
+    assert_eq!(
+        desk.signup("friend-3", &code, None).await.status,
+        StatusCode::OK
+    );
+    desk.advance_days(1);
+    assert_eq!(
+        desk.signup("friend-10", &code, None).await.status,
+        StatusCode::CREATED
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_payments_and_verifications_never_grant_a_credit_twice() {
+    let desk = desk().await;
+    let issued = desk
+        .platform("/v1/customers/carol/referral-code", json!({}))
+        .await;
+    let code = issued.body["code"].as_str().unwrap().to_owned();
+    desk.signup("dave", &code, None).await;
+    let desk = Arc::new(desk);
+    let mut racers = Vec::new();
+    for i in 0..24 {
+        let desk = desk.clone();
+        racers.push(tokio::spawn(async move {
+            if i % 3 == 0 {
+                desk.platform("/v1/email-verifications", json!({"user_id": "dave"}))
+                    .await
+                    .status
+            } else {
+                // Each of these alone crosses the threshold; half are retries.
+                desk.pay(&format!("d{}", i % 6), "dave", 6_000, 1)
+                    .await
+                    .status
+            }
+        }));
+    }
+    for racer in racers {
+        let status = racer.await.unwrap();
+        assert!(
+            status == StatusCode::CREATED || status == StatusCode::OK,
+            "{status}"
+        );
+    }
+    for user in ["carol", "dave"] {
+        let answer = desk
+            .admin_get(&format!("/v1/customers/{user}/credits"))
+            .await;
+        assert_eq!(answer.body["balance_minor"], 1_000, "{user}");
+        assert_eq!(answer.body["items"].as_array().unwrap().len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn the_ledger_is_on_disk_and_survives_a_restart() {
+    let desk = desk().await;
+    let (affiliate, code, token) = desk.enrol("alice").await;
+    desk.signup("bob", &code, None).await;
+    desk.pay("pay-1", "bob", 2_999, 1).await;
+    let before = desk.totals(&affiliate).await;
+    let Desk {
+        gateway,
+        app: old_app,
+        clock,
+        dir,
+        admin,
+        ..
+    } = desk;
+    drop(old_app);
+    gateway.shutdown().await;
+    let gateway = Gateway::start(&config(dir.path())).await.unwrap();
+    let app = app(&gateway, dir.path(), &clock);
+    let desk = Desk {
+        gateway,
+        app,
+        admin,
+        platform: String::new(),
+        clock,
+        dir,
+    };
+    assert_eq!(desk.totals(&affiliate).await, before);
+    let own = desk
+        .call("GET", &format!("/v1/affiliates/{affiliate}"), &token, None)
+        .await;
+    assert_eq!(own.status, StatusCode::OK);
+    assert_eq!(own.body["code"], code);
+    let _ = &desk.dir;
+}
