@@ -112,10 +112,24 @@ impl AffiliateDesk {
     pub async fn take_fills(&self, core: &SessionContext) -> Result<usize, FeedError> {
         let fills = core.reports.unclaimed_fills(FEED_BATCH).await?;
         for fill in &fills {
+            // A damaged entry (logged by the store) has no device; claimed
+            // with the rest so it cannot stall the feed.
+            if fill.device_id.is_empty() {
+                continue;
+            }
             let Some(device) = core.registry.get(&fill.device_id).await? else {
                 continue;
             };
             let now = self.now_ms();
+            // Most fills are not anyone's first trade: decide under a read
+            // lock, and write (and fsync) only when there is something new.
+            let first = self
+                .ledger
+                .read()
+                .first_trade(&device.account_id, &fill.device_id, now);
+            if first.facts.is_empty() {
+                continue;
+            }
             let written = self
                 .ledger
                 .write(|programme| {

@@ -226,6 +226,25 @@ impl ReportStore for RedisStores {
                 script.arg(name).arg(value);
             }
             let mut connection = self.connection.clone();
+            // The fill feed first, on every attempt: once the script has
+            // run, the watermark may confirm this report to the device, which
+            // then never resends it; a feed entry written after it could be
+            // lost to a crash. A duplicate entry is harmless (the reader is
+            // idempotent).
+            if report.kind == ReportKind::Filled {
+                let fill = FeedFill::of(report);
+                let _: String = connection
+                    .xadd(
+                        self.fill_feed_key(),
+                        "*",
+                        &[
+                            ("device_id", fill.device_id),
+                            ("seq", fill.seq.to_string()),
+                            ("stored_at_ms", fill.stored_at_ms.to_string()),
+                        ],
+                    )
+                    .await?;
+            }
             let (stored, watermark, existing): (i8, u64, Option<String>) =
                 script.invoke_async(&mut connection).await?;
             if stored < 0 {
@@ -243,23 +262,6 @@ impl ReportStore for RedisStores {
                     format!("{} {}", report.device_id, report.seq),
                 )
                 .await?;
-            // The fill feed, on every attempt for the same reason: a
-            // duplicate entry is harmless (its reader is idempotent), a
-            // missing one would lose a first trade.
-            if report.kind == ReportKind::Filled {
-                let fill = FeedFill::of(report);
-                let _: String = connection
-                    .xadd(
-                        self.fill_feed_key(),
-                        "*",
-                        &[
-                            ("device_id", fill.device_id),
-                            ("seq", fill.seq.to_string()),
-                            ("stored_at_ms", fill.stored_at_ms.to_string()),
-                        ],
-                    )
-                    .await?;
-            }
             if let Some(existing) = existing {
                 crate::reports::note_resend(existing.as_bytes(), report)?;
             }
@@ -316,34 +318,28 @@ impl ReportStore for RedisStores {
             let reply: redis::streams::StreamRangeReply = connection
                 .xrange_count(self.fill_feed_key(), "-", "+", limit)
                 .await?;
-            reply
+            Ok(reply
                 .ids
                 .into_iter()
                 .map(|entry| {
-                    let field = |name: &str| -> Result<String, ReportStoreError> {
-                        entry.get::<String>(name).ok_or_else(|| {
-                            ReportStoreError::Corrupt(format!(
-                                "fill feed entry {} has no {name}",
-                                entry.id
-                            ))
+                    let field = |name: &str| entry.get::<String>(name);
+                    let number = |name: &str| field(name)?.parse::<u64>().ok();
+                    let read = || {
+                        Some(FeedFill {
+                            device_id: field("device_id")?,
+                            seq: number("seq")?,
+                            stored_at_ms: number("stored_at_ms")?,
+                            mark: Vec::new(),
                         })
                     };
-                    let number = |name: &str| -> Result<u64, ReportStoreError> {
-                        field(name)?.parse().map_err(|_| {
-                            ReportStoreError::Corrupt(format!(
-                                "fill feed entry {}: bad {name}",
-                                entry.id
-                            ))
-                        })
-                    };
-                    Ok(FeedFill {
-                        device_id: field("device_id")?,
-                        seq: number("seq")?,
-                        stored_at_ms: number("stored_at_ms")?,
-                        mark: entry.id.clone().into_bytes(),
-                    })
+                    let mut fill = read().unwrap_or_else(|| {
+                        tracing::error!(entry = %entry.id, "a fill feed entry is damaged; skipping it");
+                        FeedFill::damaged()
+                    });
+                    fill.mark = entry.id.clone().into_bytes();
+                    fill
                 })
-                .collect()
+                .collect())
         })
     }
 

@@ -200,6 +200,17 @@ pub struct FeedFill {
 }
 
 impl FeedFill {
+    /// A feed entry that could not be read: no device, so readers skip it,
+    /// but it can be claimed like any other.
+    pub fn damaged() -> Self {
+        Self {
+            mark: Vec::new(),
+            device_id: String::new(),
+            seq: 0,
+            stored_at_ms: 0,
+        }
+    }
+
     /// The feed entry of a stored fill.
     pub fn of(report: &StoredReport) -> Self {
         Self {
@@ -348,8 +359,10 @@ impl ReportStore for SledReportStore {
             let mut found = Vec::new();
             for entry in self.fills.iter().take(limit) {
                 let (key, value) = entry?;
-                let mut fill: FeedFill = serde_json::from_slice(&value)
-                    .map_err(|e| ReportStoreError::Corrupt(e.to_string()))?;
+                let mut fill = serde_json::from_slice(&value).unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "a fill feed entry is damaged; skipping it");
+                    FeedFill::damaged()
+                });
                 fill.mark = key.to_vec();
                 found.push(fill);
             }

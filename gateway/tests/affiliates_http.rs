@@ -539,6 +539,11 @@ async fn unknown_or_expired_codes_are_422_and_the_first_referrer_wins() {
     let second = desk.signup("bob", &other_code, None).await;
     assert_problem(&second, StatusCode::CONFLICT, "first referral stands");
     assert_eq!(desk.totals(&first).await["signups"], 1);
+    // A user who paid before any referral was reported cannot be referred:
+    // that payment was decided without a referrer.
+    desk.pay("early-1", "erin", 2_999, 1).await;
+    let late = desk.signup("erin", &code, None).await;
+    assert_problem(&late, StatusCode::CONFLICT, "already paid");
     // A payment earns the first referrer's commission only.
     let paid = desk.pay("pay-1", "bob", 1_000, 1).await;
     assert_eq!(paid.body["facts"][1]["affiliate_id"], first);
@@ -839,6 +844,15 @@ async fn credits_need_the_threshold_and_a_verified_email_then_both_customers_get
     assert_eq!(carol["items"][0]["reason"], "referred_a_customer");
     assert_eq!(carol["items"][0]["referred_user_id"], "dave");
     assert_eq!(balance("dave").await["balance_minor"], 1_000);
+    let filtered = desk
+        .admin_get("/v1/customers/carol/credits?kind=was_referred&from=2026-11-01")
+        .await;
+    assert_eq!(filtered.body["items"], json!([]));
+    assert_eq!(filtered.body["balance_minor"], 1_000);
+    let bad = desk
+        .admin_get("/v1/customers/carol/credits?status=paid")
+        .await;
+    assert_problem(&bad, StatusCode::UNPROCESSABLE_ENTITY, "no status");
     let csv = desk
         .admin_get("/v1/customers/carol/credits?format=csv")
         .await;

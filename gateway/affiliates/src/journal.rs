@@ -20,6 +20,17 @@ pub enum JournalError {
     /// sled failed.
     #[error("affiliate journal: {0}")]
     Sled(#[from] sled::Error),
+    /// The journal holds money in another currency than the programme's.
+    #[error(
+        "the affiliate ledger holds amounts in {journal}, but the programme is set to {configured}: \
+         amounts cannot change currency; set affiliate_currency back to {journal}"
+    )]
+    CurrencyChanged {
+        /// The journal's currency.
+        journal: crate::money::Currency,
+        /// The configured one.
+        configured: crate::money::Currency,
+    },
     /// A stored fact could not be read back.
     #[error("affiliate journal entry {seq} is damaged: {detail}")]
     Corrupt {
@@ -74,6 +85,15 @@ impl Ledger {
                 seq,
                 detail: e.to_string(),
             })?;
+            if let Fact::PaymentReceived { currency, .. } | Fact::RefundReceived { currency, .. } =
+                &fact
+                && *currency != programme.config().currency
+            {
+                return Err(JournalError::CurrencyChanged {
+                    journal: *currency,
+                    configured: programme.config().currency,
+                });
+            }
             programme.apply(&fact);
             last = seq;
         }
@@ -121,8 +141,21 @@ impl Ledger {
         };
         // Retries of an already applied request flush too: the first
         // attempt's flush may have failed.
-        self.db.flush_async().await.map_err(JournalError::from)?;
+        self.flush().await?;
         Ok(decided)
+    }
+
+    /// sled's synchronous flush on a blocking thread: its `flush_async`
+    /// can stall when several flushes overlap (sled 0.34), and flushes here
+    /// overlap by design.
+    async fn flush(&self) -> Result<(), JournalError> {
+        let db = self.db.clone();
+        match tokio::task::spawn_blocking(move || db.flush()).await {
+            Ok(flushed) => flushed.map(|_| ()).map_err(JournalError::from),
+            Err(e) => Err(JournalError::Sled(sled::Error::Io(std::io::Error::other(
+                e.to_string(),
+            )))),
+        }
     }
 
     /// Every fact in the journal, in order: the audit log.

@@ -350,6 +350,11 @@ pub enum ReferralError {
         /// The code that referred them.
         code: ReferralCode,
     },
+    /// The user paid before the referral was reported.
+    #[error(
+        "user {0} has already paid; a referral must be reported at signup, before the user's first payment"
+    )]
+    PaidBeforeReferral(String),
     /// The referring customer reached today's limit.
     #[error(
         "customer {user_id} has already referred {limit} customers today (UTC), the daily limit; try again after midnight UTC"
@@ -605,11 +610,8 @@ impl Programme {
             .codes
             .get(&signup.code)
             .ok_or(ReferralError::UnknownCode(signup.code))?;
-        if let Some(referral) = self
-            .customers
-            .get(&signup.user_id)
-            .and_then(|c| c.referral.as_ref())
-        {
+        let customer = self.customers.get(&signup.user_id);
+        if let Some(referral) = customer.and_then(|c| c.referral.as_ref()) {
             return if referral.code == signup.code {
                 Ok(Decided::replay())
             } else {
@@ -618,6 +620,11 @@ impl Programme {
                     code: referral.code,
                 })
             };
+        }
+        // Payments before the referral were decided without a referrer; a
+        // referral now would earn a bonus and credits on unattributed money.
+        if customer.is_some_and(|c| c.first_payment.is_some()) {
+            return Err(ReferralError::PaidBeforeReferral(signup.user_id.clone()));
         }
         let referrer = match owner {
             CodeOwner::Affiliate(affiliate_id) => {

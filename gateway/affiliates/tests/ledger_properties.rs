@@ -281,6 +281,73 @@ fn check_invariants(programme: &Programme, facts: &[Fact], now: u64) -> Result<(
             _ => {}
         }
     }
+    // A payment refunded in full gives back exactly each stored commission
+    // on it, however the refunds were split (reversed before payout plus
+    // clawed back after).
+    let mut paid_amount: HashMap<&str, i64> = HashMap::new();
+    let mut refunded: HashMap<&str, i64> = HashMap::new();
+    let mut earned_on: HashMap<u64, (&str, i64)> = HashMap::new();
+    let mut given_back: HashMap<u64, i64> = HashMap::new();
+    for fact in facts {
+        match fact {
+            Fact::PaymentReceived {
+                payment_id,
+                amount_minor,
+                ..
+            } => {
+                paid_amount.insert(payment_id, *amount_minor);
+            }
+            Fact::RefundReceived {
+                payment_id,
+                amount_minor,
+                ..
+            } => {
+                *refunded.entry(payment_id).or_default() += amount_minor;
+            }
+            Fact::CommissionEarned {
+                entry_id,
+                payment_id,
+                amount_minor,
+                ..
+            } => {
+                earned_on.insert(*entry_id, (payment_id, *amount_minor));
+            }
+            Fact::CommissionReversed {
+                entry_id,
+                amount_minor,
+                ..
+            } => {
+                *given_back.entry(*entry_id).or_default() += amount_minor;
+            }
+            Fact::ClawbackEntered {
+                of_entry,
+                amount_minor,
+                ..
+            } => {
+                *given_back.entry(*of_entry).or_default() -= amount_minor;
+            }
+            _ => {}
+        }
+    }
+    for (entry_id, (payment_id, amount)) in &earned_on {
+        let back = given_back.get(entry_id).copied().unwrap_or(0);
+        prop_assert!(
+            back <= *amount,
+            "entry {} gave back {} of {}",
+            entry_id,
+            back,
+            amount
+        );
+        if refunded.get(payment_id) == paid_amount.get(payment_id) {
+            prop_assert_eq!(
+                back,
+                *amount,
+                "entry {} of fully refunded {}",
+                entry_id,
+                payment_id
+            );
+        }
+    }
     prop_assert!(payments.values().all(|&n| n == 1));
     prop_assert_eq!(payments.len(), programme.payment_count());
     prop_assert!(per_payment.values().all(|&n| n == 1));

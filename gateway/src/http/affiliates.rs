@@ -286,26 +286,27 @@ async fn enrol(
     check_text("user_id", &new.user_id, 128)?;
     let (token, token_hash) = new_token()?;
     // A fresh code and id collide with an existing one about never; if they
-    // do, draw again.
+    // do, draw again. A journal failure is not retried here: the request
+    // fails, and the platform's retry finds the user enrolled or not.
     let mut attempts = 0;
     let affiliate_id = loop {
         attempts += 1;
         let affiliate_id = format!("af_{}", random_hex(8)?);
         let code = new_code()?;
         let now = state.affiliates.now_ms();
-        let written = write(
-            &state,
-            |p| p.enrol_affiliate(&new.user_id, &affiliate_id, code, &token_hash, now),
-            |e| match e {
-                EnrolError::AlreadyAffiliate { .. } => ApiError::Conflict(e.to_string()),
-                EnrolError::Collision => ApiError::Internal(e.to_string()),
-            },
-        )
-        .await;
+        let written = state
+            .affiliates
+            .ledger
+            .write(|p| p.enrol_affiliate(&new.user_id, &affiliate_id, code, &token_hash, now))
+            .await;
         match written {
             Ok(_) => break affiliate_id,
-            Err(ApiError::Internal(_)) if attempts < 8 => continue,
-            Err(e) => return Err(e),
+            Err(WriteError::Refused(EnrolError::Collision)) if attempts < 8 => continue,
+            Err(WriteError::Refused(e @ EnrolError::AlreadyAffiliate { .. })) => {
+                return Err(ApiError::Conflict(e.to_string()));
+            }
+            Err(WriteError::Refused(e)) => return Err(ApiError::Internal(e.to_string())),
+            Err(WriteError::Journal(e)) => return Err(ApiError::Internal(e.to_string())),
         }
     };
     tracing::info!(affiliate = %affiliate_id, user = %new.user_id, "affiliate enrolled");
@@ -464,7 +465,9 @@ async fn refer(
         &state,
         |p| p.refer(&signup, now),
         |e| match e {
-            ReferralError::AlreadyReferred { .. } => ApiError::Conflict(e.to_string()),
+            ReferralError::AlreadyReferred { .. } | ReferralError::PaidBeforeReferral(_) => {
+                ApiError::Conflict(e.to_string())
+            }
             ReferralError::DailyLimit { .. } => ApiError::TooManyRequests(e.to_string()),
             ReferralError::SelfReferral(_) => {
                 tracing::warn!(user = %signup.user_id, "self-referral refused");
@@ -626,15 +629,16 @@ async fn customer_code(
         attempts += 1;
         let code = new_code()?;
         let now = state.affiliates.now_ms();
-        let written = write(
-            &state,
-            |p| p.issue_customer_code(&user_id, code, now),
-            |e: CustomerCodeError| ApiError::Internal(e.to_string()),
-        )
-        .await;
+        let written = state
+            .affiliates
+            .ledger
+            .write(|p| p.issue_customer_code(&user_id, code, now))
+            .await;
         match written {
-            Err(ApiError::Internal(_)) if attempts < 8 => continue,
-            other => break other?,
+            Ok(decided) => break decided,
+            Err(WriteError::Refused(CustomerCodeError::Collision)) if attempts < 8 => continue,
+            Err(WriteError::Refused(e)) => return Err(ApiError::Internal(e.to_string())),
+            Err(WriteError::Journal(e)) => return Err(ApiError::Internal(e.to_string())),
         }
     };
     let code = state
@@ -710,12 +714,22 @@ fn date_bound(field: &str, value: Option<&str>) -> Result<Option<i64>, ApiError>
         .transpose()
 }
 
-/// One CSV field, quoted when it must be.
+/// One CSV field, quoted when it must be. Text a spreadsheet would run as
+/// a formula (`=`, `+`, `-`, `@` first) gets a leading `'`; numbers, even
+/// negative ones, are left alone.
 fn csv_field(text: &str) -> String {
+    let formula = text.starts_with(['=', '+', '@', '\t', '\r'])
+        || (text.starts_with('-')
+            && !(text.len() > 1 && text[1..].bytes().all(|b| b.is_ascii_digit() || b == b'.')));
+    let text = if formula {
+        format!("'{text}")
+    } else {
+        text.to_owned()
+    };
     if text.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", text.replace('"', "\"\""))
     } else {
-        text.to_owned()
+        text
     }
 }
 
@@ -785,9 +799,29 @@ async fn credits(
     let programme = state.affiliates.ledger.read();
     let currency = programme.config().currency;
     let balance_minor = programme.credits_of(&user_id).map(|c| c.amount_minor).sum();
+    if query.status.is_some() {
+        return Err(ApiError::Unprocessable(
+            "credits have no status: filter them by kind, from or to".to_owned(),
+        ));
+    }
+    let reason = match query.kind.as_deref() {
+        None => None,
+        Some("referred_a_customer") => Some(CreditReason::ReferredACustomer),
+        Some("was_referred") => Some(CreditReason::WasReferred),
+        Some(other) => {
+            return Err(ApiError::Unprocessable(format!(
+                "kind must be referred_a_customer or was_referred, not {other:?}"
+            )));
+        }
+    };
+    let from = date_bound("from", query.from.as_deref())?;
+    let to = date_bound("to", query.to.as_deref())?;
     let mut matching = programme
         .credits_of(&user_id)
-        .filter(|c| c.credit_id > after);
+        .filter(|c| c.credit_id > after)
+        .filter(|c| reason.is_none_or(|r| c.reason == r))
+        .filter(|c| from.is_none_or(|d| day_of(c.at_ms) >= d))
+        .filter(|c| to.is_none_or(|d| day_of(c.at_ms) <= d));
     let items: Vec<_> = matching.by_ref().take(limit).collect();
     let more = matching.next().is_some();
     if csv {
@@ -1160,4 +1194,21 @@ async fn stats(
             .map(|(period, s)| period_view(period.clone(), s))
             .collect(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_field;
+
+    #[test]
+    fn csv_fields_are_quoted_and_formulas_defused_but_numbers_kept() {
+        assert_eq!(csv_field("u1"), "u1");
+        assert_eq!(csv_field("-900"), "-900");
+        assert_eq!(csv_field("-9.00"), "-9.00");
+        assert_eq!(csv_field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+        assert_eq!(csv_field("+1"), "'+1");
+        assert_eq!(csv_field("@sum"), "'@sum");
+        assert_eq!(csv_field("-cmd"), "'-cmd");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+    }
 }
