@@ -4,6 +4,7 @@
 //! reader of the fill feed that turns a referred user's first fill into
 //! their first trade.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,13 +112,25 @@ impl AffiliateDesk {
     /// were read.
     pub async fn take_fills(&self, core: &SessionContext) -> Result<usize, FeedError> {
         let fills = core.reports.unclaimed_fills(FEED_BATCH).await?;
+        // A device's account never changes: one registry read per device
+        // per batch, however many fills it reported.
+        let mut accounts: HashMap<&str, Option<String>> = HashMap::new();
         for fill in &fills {
             // A damaged entry (logged by the store) has no device; claimed
             // with the rest so it cannot stall the feed.
             if fill.device_id.is_empty() {
                 continue;
             }
-            let Some(device) = core.registry.get(&fill.device_id).await? else {
+            let account = match accounts.get(fill.device_id.as_str()) {
+                Some(account) => account.clone(),
+                None => {
+                    let record = core.registry.get(&fill.device_id).await?;
+                    let account = record.map(|device| device.account_id);
+                    accounts.insert(&fill.device_id, account.clone());
+                    account
+                }
+            };
+            let Some(account_id) = account else {
                 continue;
             };
             let now = self.now_ms();
@@ -126,18 +139,14 @@ impl AffiliateDesk {
             let first = self
                 .ledger
                 .read()
-                .first_trade(&device.account_id, &fill.device_id, now);
+                .first_trade(&account_id, &fill.device_id, now);
             if first.facts.is_empty() {
                 continue;
             }
             let written = self
                 .ledger
                 .write(|programme| {
-                    Ok::<_, Infallible>(programme.first_trade(
-                        &device.account_id,
-                        &fill.device_id,
-                        now,
-                    ))
+                    Ok::<_, Infallible>(programme.first_trade(&account_id, &fill.device_id, now))
                 })
                 .await;
             match written {

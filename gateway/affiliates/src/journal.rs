@@ -75,16 +75,7 @@ impl Ledger {
         let mut programme = Programme::new(config);
         let mut last = 0;
         for item in facts.iter() {
-            let (key, value) = item?;
-            let seq =
-                u64::from_be_bytes(key.as_ref().try_into().map_err(|_| JournalError::Corrupt {
-                    seq: last + 1,
-                    detail: "key is not 8 bytes".into(),
-                })?);
-            let fact: Fact = serde_json::from_slice(&value).map_err(|e| JournalError::Corrupt {
-                seq,
-                detail: e.to_string(),
-            })?;
+            let (seq, fact) = decode(item?)?;
             if let Fact::PaymentReceived { currency, .. } | Fact::RefundReceived { currency, .. } =
                 &fact
                 && *currency != programme.config().currency
@@ -160,16 +151,19 @@ impl Ledger {
 
     /// Every fact in the journal, in order: the audit log.
     pub fn facts(&self) -> Result<Vec<Fact>, JournalError> {
-        self.facts
-            .iter()
-            .map(|item| {
-                let (key, value) = item?;
-                let seq = u64::from_be_bytes(key.as_ref().try_into().unwrap_or([0; 8]));
-                serde_json::from_slice(&value).map_err(|e| JournalError::Corrupt {
-                    seq,
-                    detail: e.to_string(),
-                })
-            })
-            .collect()
+        self.facts.iter().map(|item| Ok(decode(item?)?.1)).collect()
     }
+}
+
+/// A journal entry: its big-endian position and its fact as JSON.
+fn decode((key, value): (sled::IVec, sled::IVec)) -> Result<(u64, Fact), JournalError> {
+    let seq = u64::from_be_bytes(key.as_ref().try_into().map_err(|_| JournalError::Corrupt {
+        seq: 0,
+        detail: format!("key {key:?} is not 8 bytes"),
+    })?);
+    let fact = serde_json::from_slice(&value).map_err(|e| JournalError::Corrupt {
+        seq,
+        detail: e.to_string(),
+    })?;
+    Ok((seq, fact))
 }

@@ -983,11 +983,8 @@ impl Programme {
             ) {
                 // A payment already partly refunded gives its share of the
                 // bonus back at once, as if the bonus had been there first.
-                let amount = match &bonus {
-                    Fact::CommissionEarned { amount_minor, .. } => *amount_minor,
-                    _ => 0,
-                };
                 facts.push(bonus);
+                let amount = commission(payment.amount, self.config.first_trade_bonus_rate);
                 let owed_back = share_of(amount, payment.refunded, payment.amount);
                 if let (true, Some(refund_id)) = (owed_back > 0, &payment.last_refund) {
                     facts.push(Fact::CommissionReversed {
@@ -1453,23 +1450,18 @@ impl Programme {
         }
         let mut totals = PeriodStats::default();
         let in_range = |day: i64| (from_day..=to_day).contains(&day);
-        let counters = [
-            (&affiliate.clicks_by_day, 0),
-            (&affiliate.signups_by_day, 1),
-            (&affiliate.conversions_by_day, 2),
+        type Count = fn(&mut PeriodStats, u64);
+        let counters: [(&BTreeMap<i64, u64>, Count); 3] = [
+            (&affiliate.clicks_by_day, |s, n| s.clicks += n),
+            (&affiliate.signups_by_day, |s, n| s.signups += n),
+            (&affiliate.conversions_by_day, |s, n| s.conversions += n),
         ];
-        for (by_day, which) in counters {
-            for (&day, &count) in by_day.range(from_day..=to_day) {
-                for stats in [periods.get_mut(&period_of(day)), Some(&mut totals)]
-                    .into_iter()
-                    .flatten()
-                {
-                    match which {
-                        0 => stats.clicks += count,
-                        1 => stats.signups += count,
-                        _ => stats.conversions += count,
-                    }
+        for (by_day, count) in counters {
+            for (&day, &n) in by_day.range(from_day..=to_day) {
+                if let Some(stats) = periods.get_mut(&period_of(day)) {
+                    count(stats, n);
                 }
+                count(&mut totals, n);
             }
         }
         for entry in self.entries_of(affiliate_id) {

@@ -23,10 +23,9 @@ use eagate_affiliates::{
     Fact, Granularity, PaymentEvent, ReferralCode, RefundEvent, Signup, WriteError,
 };
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use super::{ApiError, ApiJson, AppState, Caller, check_text};
-use crate::http::tokens::Scope;
+use super::{ApiError, ApiJson, AppState, Caller, PlatformOrAdmin, check_text};
+use crate::http::tokens::{self, Scope};
 
 /// The `/v1` routes of the programme (behind bearer authentication).
 pub(super) fn routes() -> Router<AppState> {
@@ -52,17 +51,6 @@ pub(super) fn click_route() -> Router<AppState> {
 }
 
 // ---- who is calling ------------------------------------------------------
-
-/// A caller that may write the platform's events: platform or admin.
-pub(super) struct EventWriter;
-
-impl<S: Send + Sync> FromRequestParts<S> for EventWriter {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        super::caller_scope(parts, &[Scope::Admin, Scope::Platform]).map(|()| Self)
-    }
-}
 
 /// A caller that may read an affiliate's data: admin (any affiliate) or the
 /// affiliate itself.
@@ -168,18 +156,11 @@ fn random_hex(bytes: usize) -> Result<String, ApiError> {
     let mut random = vec![0u8; bytes];
     getrandom::fill(&mut random)
         .map_err(|e| ApiError::Internal(format!("random source failed: {e}")))?;
-    Ok(random.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(tokens::hex(&random))
 }
 
 fn new_code() -> Result<ReferralCode, ApiError> {
     ReferralCode::generate().map_err(|e| ApiError::Internal(format!("random source failed: {e}")))
-}
-
-fn sha256_hex(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Writes through the ledger, mapping the operation's refusal with `refused`.
@@ -274,13 +255,13 @@ pub struct AffiliateWithToken {
 
 fn new_token() -> Result<(String, String), ApiError> {
     let token = format!("eaf_{}", random_hex(32)?);
-    let hash = sha256_hex(&token);
+    let hash = tokens::token_sha256(&token);
     Ok((token, hash))
 }
 
 async fn enrol(
     State(state): State<AppState>,
-    _: EventWriter,
+    _: PlatformOrAdmin,
     ApiJson(new): ApiJson<NewAffiliate>,
 ) -> Result<(StatusCode, Json<AffiliateWithToken>), ApiError> {
     check_text("user_id", &new.user_id, 128)?;
@@ -368,7 +349,7 @@ pub struct CodeOwnerView {
 
 async fn code_owner(
     State(state): State<AppState>,
-    _: EventWriter,
+    _: PlatformOrAdmin,
     Path(code): Path<String>,
 ) -> Result<Json<CodeOwnerView>, ApiError> {
     let code = parse_code(&code)?;
@@ -437,7 +418,7 @@ struct NewReferral {
 
 async fn refer(
     State(state): State<AppState>,
-    _: EventWriter,
+    _: PlatformOrAdmin,
     ApiJson(new): ApiJson<NewReferral>,
 ) -> Result<(StatusCode, Json<Recorded>), ApiError> {
     check_text("user_id", &new.user_id, 128)?;
@@ -494,7 +475,7 @@ struct NewPayment {
 
 async fn pay(
     State(state): State<AppState>,
-    _: EventWriter,
+    _: PlatformOrAdmin,
     ApiJson(new): ApiJson<NewPayment>,
 ) -> Result<(StatusCode, Json<Recorded>), ApiError> {
     check_text("payment_id", &new.payment_id, 128)?;
@@ -530,7 +511,7 @@ struct NewRefund {
 
 async fn refund(
     State(state): State<AppState>,
-    _: EventWriter,
+    _: PlatformOrAdmin,
     ApiJson(new): ApiJson<NewRefund>,
 ) -> Result<(StatusCode, Json<Recorded>), ApiError> {
     check_text("refund_id", &new.refund_id, 128)?;
@@ -562,7 +543,7 @@ struct EmailVerification {
 
 async fn verify_email(
     State(state): State<AppState>,
-    _: EventWriter,
+    _: PlatformOrAdmin,
     ApiJson(new): ApiJson<EmailVerification>,
 ) -> Result<(StatusCode, Json<Recorded>), ApiError> {
     check_text("user_id", &new.user_id, 128)?;
@@ -620,7 +601,7 @@ pub struct CustomerCodeView {
 
 async fn customer_code(
     State(state): State<AppState>,
-    _: EventWriter,
+    _: PlatformOrAdmin,
     Path(user_id): Path<String>,
 ) -> Result<(StatusCode, Json<CustomerCodeView>), ApiError> {
     check_text("user_id", &user_id, 128)?;
@@ -787,7 +768,7 @@ pub struct Credits {
 
 async fn credits(
     State(state): State<AppState>,
-    _: EventWriter,
+    _: PlatformOrAdmin,
     Path(user_id): Path<String>,
     headers: HeaderMap,
     query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,

@@ -19,7 +19,6 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use eagate_protocol::{ChannelName, Signal, SignalId};
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 
 pub use problem::ApiError;
 use tokens::{Scope, TokenStore};
@@ -99,10 +98,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Admin {
     }
 }
 
-/// A caller that may publish signals and read executions: admin or platform.
-struct Publisher;
+/// A caller with an admin or platform token: publishes signals, reads
+/// executions, writes the platform's affiliate events.
+struct PlatformOrAdmin;
 
-impl<S: Send + Sync> FromRequestParts<S> for Publisher {
+impl<S: Send + Sync> FromRequestParts<S> for PlatformOrAdmin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
@@ -125,10 +125,7 @@ async fn authenticate(
         Some(scope) => Caller::Token(scope),
         None => {
             // Affiliate tokens are kept (hashed) in the programme's ledger.
-            let hash: String = sha2::Sha256::digest(token.as_bytes())
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let hash = tokens::token_sha256(token);
             let programme = state.affiliates.ledger.read();
             let affiliate = programme
                 .affiliate_of_token(&hash)
@@ -359,7 +356,7 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 async fn publish_signal(
     State(state): State<AppState>,
-    _: Publisher,
+    _: PlatformOrAdmin,
     Path(name): Path<String>,
     headers: axum::http::HeaderMap,
     ApiJson(draft): ApiJson<SignalDraft>,
@@ -433,7 +430,7 @@ pub enum ExecutionStatus {
 
 async fn signal_executions(
     State(state): State<AppState>,
-    _: Publisher,
+    _: PlatformOrAdmin,
     Path(signal_id): Path<String>,
 ) -> Result<Json<Executions>, ApiError> {
     let signal_id: SignalId = signal_id

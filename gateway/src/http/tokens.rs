@@ -62,7 +62,7 @@ pub fn create_token(data_dir: &Path, scope: Scope) -> std::io::Result<Zeroizing<
     writeln!(
         file,
         "{} {} {}",
-        hex(&Sha256::digest(token.as_bytes())),
+        token_sha256(&token),
         scope.as_str(),
         crate::clock::unix_ms()
     )?;
@@ -70,8 +70,14 @@ pub fn create_token(data_dir: &Path, scope: Scope) -> std::io::Result<Zeroizing<
     Ok(token)
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What is kept of a bearer token (admin, platform or affiliate): its
+/// SHA-256 as lower-case hex.
+pub(crate) fn token_sha256(token: &str) -> String {
+    hex(&Sha256::digest(token.as_bytes()))
 }
 
 /// The tokens a gateway accepts, reloaded when the file changes.
@@ -100,7 +106,7 @@ impl TokenStore {
     pub fn scope_of(&self, token: &str) -> Option<Scope> {
         // Looked up by hash: the lookup's timing depends on the hash, not on
         // how much of a guessed token is right.
-        let hash = hex(&Sha256::digest(token.as_bytes()));
+        let hash = token_sha256(token);
         let mut loaded = self.loaded.lock().expect("token lock");
         let modified = fs::metadata(&self.path).and_then(|m| m.modified()).ok();
         if modified != loaded.modified {
