@@ -9,10 +9,14 @@
 
 use std::path::Path;
 use std::sync::{RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
 use crate::config::ProgrammeConfig;
 use crate::facts::Fact;
 use crate::programme::{Decided, Programme};
+
+/// How long opening waits for a just-closed ledger's lock.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 /// Why the journal failed.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +69,22 @@ impl Ledger {
     /// Opens (or creates) the journal at `path` and replays it under
     /// `config`.
     pub fn open(path: &Path, config: ProgrammeConfig) -> Result<Self, JournalError> {
-        let db = sled::open(path)?;
+        // sled's background writer threads may hold the directory's lock for
+        // a moment after the last handle of a previous opening is dropped
+        // (a restart in the same process); wait for that, briefly, before
+        // reporting the directory as taken by another process.
+        let deadline = Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match sled::open(path) {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                opened => break opened?,
+            }
+        };
         Self::on(db, config)
     }
 
