@@ -83,6 +83,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Event::ClockCorrected { offset_ms } => {
                 println!("this machine's clock is {offset_ms} ms behind the gateway; corrected");
             }
+            Event::ReportsRenumbered {
+                from_seq,
+                to_seq,
+                count,
+            } => {
+                println!(
+                    "another installation of this device used report numbers from #{from_seq}: \
+                     {count} report(s) resent as #{to_seq} on"
+                );
+            }
             Event::Disconnected { reason, retry_in } => {
                 println!("disconnected ({reason}); retrying in {retry_in:.1?}");
             }

@@ -138,6 +138,17 @@ enum EagateState
    * be the gateway.
    */
   EAGATE_STATE_CERTIFICATE_REFUSED = 14,
+  /**
+   * The same device connected from elsewhere (another chart, terminal or
+   * VPS with the same device id) and took over: this session stopped
+   * and does not reconnect by itself. Run the device in one place only.
+   */
+  EAGATE_STATE_REPLACED = 15,
+  /**
+   * The device's secret was rotated on the platform: enter the new
+   * secret and start the EA again.
+   */
+  EAGATE_STATE_SECRET_ROTATED = 16,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

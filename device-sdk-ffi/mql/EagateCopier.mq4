@@ -95,7 +95,15 @@ void OnTimer()
          break;
       if(result == EAGATE_RESULT_STOPPED)
         {
-         Alert("eagate: ", EagateStateText(g_session));
+         // The state sentence (left on the chart) says why and what to do.
+         // Replaced: the same device id runs on another chart, terminal or
+         // VPS, which now has the session; this copy stops for good rather
+         // than take it back (two copies would trade every signal twice).
+         if(EagateState(g_session) == EAGATE_STATE_REPLACED)
+            Alert("eagate: this device connected from elsewhere and took over; "
+                  "this EA stopped. Run it in one place only.");
+         else
+            Alert("eagate: ", EagateStateText(g_session));
          eagate_close(g_session);
          g_session = 0;
          EventKillTimer();

@@ -48,6 +48,13 @@ pub enum EagateState {
     /// The server's certificate is not the pinned fingerprint: it may not
     /// be the gateway.
     CertificateRefused = 14,
+    /// The same device connected from elsewhere (another chart, terminal or
+    /// VPS with the same device id) and took over: this session stopped
+    /// and does not reconnect by itself. Run the device in one place only.
+    Replaced = 15,
+    /// The device's secret was rotated on the platform: enter the new
+    /// secret and start the EA again.
+    SecretRotated = 16,
 }
 
 /// Worker threads for all sessions of a terminal: sessions are idle most of
@@ -187,7 +194,10 @@ impl Session {
             Event::Connected { .. } => news.trouble = None,
             Event::Disconnected { reason, .. } => news.trouble = Some(reason.clone()),
             Event::Stopped(reason) => news.stopped = Some(reason.clone()),
-            Event::Signal(_) | Event::ReportsConfirmed { .. } | Event::ClockCorrected { .. } => {}
+            Event::Signal(_)
+            | Event::ReportsConfirmed { .. }
+            | Event::ClockCorrected { .. }
+            | Event::ReportsRenumbered { .. } => {}
         }
     }
 }
@@ -367,6 +377,8 @@ fn state_of(state: &ClientState) -> EagateState {
             StopReason::CredentialsRefused => EagateState::CredentialsRefused,
             StopReason::UnsupportedVersion { .. } => EagateState::UnsupportedVersion,
             StopReason::Certificate(_) => EagateState::CertificateRefused,
+            StopReason::Replaced => EagateState::Replaced,
+            StopReason::SecretRotated => EagateState::SecretRotated,
         },
     }
 }
@@ -439,6 +451,13 @@ fn describe(session: &Session, state: &ClientState) -> String {
                 StopReason::UnsupportedVersion { .. } => "; install the DLL the gateway supports",
                 StopReason::Certificate(_) => {
                     "; check the fingerprint input against the one eagate serve prints"
+                }
+                StopReason::Replaced => {
+                    "; another chart, terminal or VPS uses this device id: run the EA in one \
+                     place only, then restart it there"
+                }
+                StopReason::SecretRotated => {
+                    "; enter the device's new secret in the EA's inputs and restart it"
                 }
                 StopReason::Closed => "",
             };

@@ -145,6 +145,17 @@ pub enum StopReason {
     /// the configured roots: the server may not be the gateway.
     #[error("certificate refused: {0}")]
     Certificate(String),
+    /// The same device connected from elsewhere (another chart, terminal or
+    /// machine) and the gateway gave it this device's session. The client
+    /// does not reconnect on its own: two installations would replace each
+    /// other for ever. Run the device in one place; start this client again
+    /// only where it should trade.
+    #[error("this device connected from elsewhere and took over the session")]
+    Replaced,
+    /// The device's secret was rotated on the platform: start the client
+    /// again with the new secret.
+    #[error("the device's secret was rotated; connect with the new secret")]
+    SecretRotated,
     /// The application closed the client (or dropped it).
     #[error("the client was closed")]
     Closed,
@@ -189,6 +200,17 @@ pub enum Event {
     ClockCorrected {
         /// Gateway time minus device time, in ms.
         offset_ms: i64,
+    },
+    /// Reports had numbers another installation of this device used first;
+    /// the gateway said so, and they are sent again under new numbers
+    /// (already in the journal). Nothing was lost.
+    ReportsRenumbered {
+        /// The first number that was taken.
+        from_seq: u64,
+        /// Its new number; the reports after it follow in order.
+        to_seq: u64,
+        /// How many reports were renumbered.
+        count: usize,
     },
     /// The session was lost or an attempt failed; the client retries.
     Disconnected {
@@ -652,6 +674,8 @@ impl Driver {
             match state {
                 core::State::Revoked => break StopReason::Revoked,
                 core::State::Refused(refusal) => break refusal.into(),
+                core::State::Replaced => break StopReason::Replaced,
+                core::State::SecretRotated => break StopReason::SecretRotated,
                 core::State::BackingOff { until_ms } => {
                     let retry_in = Duration::from_millis(until_ms.saturating_sub(now_ms()));
                     self.set_state(ClientState::BackingOff {
@@ -869,9 +893,11 @@ impl Driver {
         while let Some(event) = inner.core.poll_event() {
             let event = match event {
                 core::Event::Connected { gateway_time_ms } => {
-                    // The core may have renumbered its outbox after the
-                    // gateway's confirmed sequence number: the journal must
-                    // hold the new numbers before any is sent.
+                    // The journal must hold the outbox as the core will send
+                    // it (renumbered after a report conflict, whose own
+                    // write may have failed) and the next number (raised
+                    // above the gateway's) before anything is sent: a
+                    // failure here ends the session before it sends.
                     let snapshot = inner.core.snapshot();
                     inner
                         .journal
@@ -889,12 +915,33 @@ impl Driver {
                     Event::ReportsConfirmed { up_to_seq }
                 }
                 core::Event::ClockCorrected { offset_ms } => Event::ClockCorrected { offset_ms },
+                core::Event::ReportsRenumbered {
+                    from_seq,
+                    to_seq,
+                    count,
+                } => {
+                    // The new numbers are durable before the reconnect that
+                    // sends them.
+                    let snapshot = inner.core.snapshot();
+                    inner
+                        .journal
+                        .replace_outbox(snapshot.next_seq, snapshot.outbox)
+                        .map_err(|e| e.to_string())?;
+                    Event::ReportsRenumbered {
+                        from_seq,
+                        to_seq,
+                        count,
+                    }
+                }
                 core::Event::Disconnected { reconnect_at_ms } => Event::Disconnected {
                     reason: self.reason.clone(),
                     retry_in: Duration::from_millis(reconnect_at_ms.saturating_sub(now_ms())),
                 },
                 // The run loop reports the stop once, with its reason.
-                core::Event::Revoked | core::Event::Refused(_) => continue,
+                core::Event::Revoked
+                | core::Event::Refused(_)
+                | core::Event::Replaced
+                | core::Event::SecretRotated => continue,
             };
             self.outgoing.push_back(event);
         }

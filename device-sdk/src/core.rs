@@ -16,9 +16,10 @@
 use heapless::{Deque, Vec};
 
 use eagate_protocol::{
-    Authenticate, ChannelBinding, DecodeError, Decoded, DeviceId, DeviceMessage, DeviceSecret,
-    GatewayMessage, GoingAway, GoingAwayReason, MAX_RESUME_POINTS, MAX_WIRE_LEN, Nonce, Ping, Pong,
-    Refusal, Report, ReportOutcome, ResumePoint, Signal, SignalId, decode_frame, encode_frame,
+    Authenticate, ChannelBinding, ChannelName, DecodeError, Decoded, DeviceId, DeviceMessage,
+    DeviceSecret, GatewayMessage, GoingAway, GoingAwayReason, MAX_RESUME_POINTS, MAX_WIRE_LEN,
+    Nonce, Ping, Pong, Refusal, Report, ReportOutcome, ResumePoint, Signal, SignalId, decode_frame,
+    encode_frame,
 };
 
 /// How many unconfirmed reports the outbox holds. A device that has this
@@ -58,6 +59,13 @@ pub enum State {
     /// The gateway refused the device for good (wrong secret, unknown
     /// device, unsupported version): fix the configuration.
     Refused(Refusal),
+    /// The same device connected from elsewhere (another chart, terminal or
+    /// machine) and took over: do not reconnect on our own, or the two
+    /// would replace each other for ever.
+    Replaced,
+    /// The device's secret was rotated: connect again only with the new
+    /// secret.
+    SecretRotated,
 }
 
 /// Something the application should know.
@@ -94,6 +102,23 @@ pub enum Event {
     Revoked,
     /// The gateway refused the device for good; the core stops.
     Refused(Refusal),
+    /// The same device connected from elsewhere and took over; the core
+    /// stops.
+    Replaced,
+    /// The device's secret was rotated; the core stops.
+    SecretRotated,
+    /// Reports had sequence numbers that another installation of this
+    /// device used first (the gateway said so): they now carry new numbers
+    /// and are sent again. A driver with a journal persists the new
+    /// numbers before anything more is sent.
+    ReportsRenumbered {
+        /// The first number that was taken.
+        from_seq: u64,
+        /// Its new number; the reports after it follow in order.
+        to_seq: u64,
+        /// How many reports were renumbered.
+        count: usize,
+    },
 }
 
 /// Why the connection must be closed now.
@@ -112,6 +137,10 @@ pub enum SessionError {
     /// The gateway is going away (shutdown, revoked, replaced).
     #[error("the gateway closed the session: {0:?}")]
     GatewayLeft(GoingAwayReason),
+    /// The gateway holds another report under this sequence number; the
+    /// core renumbered its own and reconnects.
+    #[error("report {0} conflicts with the one the gateway stored under its number")]
+    ReportConflict(u64),
 }
 
 /// Why a report was not accepted into the outbox.
@@ -120,7 +149,7 @@ pub enum ReportError {
     /// The outbox holds [`OUTBOX_CAPACITY`] unconfirmed reports.
     #[error("the outbox is full; wait for the gateway to confirm reports")]
     OutboxFull,
-    /// The core has stopped (revoked or refused).
+    /// The core has stopped (revoked).
     #[error("the session has stopped for good")]
     Stopped,
 }
@@ -171,6 +200,9 @@ pub struct SessionCore {
     last_sent_ms: u64,
     connected_at_ms: u64,
     next_ping_token: u64,
+    /// Channels that sent a signal on this connection: the first signal of
+    /// a channel at or below the position named shows its log restarted.
+    heard_from: Vec<ChannelName, MAX_RESUME_POINTS>,
 }
 
 impl SessionCore {
@@ -211,6 +243,7 @@ impl SessionCore {
             last_sent_ms: 0,
             connected_at_ms: 0,
             next_ping_token: 1,
+            heard_from: Vec::new(),
         }
     }
 
@@ -247,13 +280,14 @@ impl SessionCore {
     /// `binding`; `nonce` must be fresh random bytes. Queues the signed
     /// authentication.
     pub fn handle_connected(&mut self, now_ms: u64, binding: ChannelBinding, nonce: Nonce) {
-        if matches!(self.state, State::Revoked | State::Refused(_)) {
+        if self.is_stopped() {
             return;
         }
         self.binding = binding;
         self.nonce = nonce;
         self.inbound.clear();
         self.pending.clear();
+        self.heard_from.clear();
         self.state = State::Authenticating;
         self.connected_at_ms = now_ms;
         self.last_heard_ms = now_ms;
@@ -262,7 +296,7 @@ impl SessionCore {
 
     /// The transport went away (or the driver closed it after an error).
     pub fn handle_disconnected(&mut self, now_ms: u64, jitter: u32) {
-        if matches!(self.state, State::Revoked | State::Refused(_)) {
+        if self.is_stopped() {
             return;
         }
         if self.state == State::Connected {
@@ -325,20 +359,17 @@ impl SessionCore {
                 self.failures = 0;
                 self.ping_interval_ms = u64::from(accepted.session.ping_interval_ms).max(100);
                 self.idle_timeout_ms = u64::from(accepted.session.idle_timeout_ms).max(1_000);
-                let confirmed = accepted.confirmed_report_seq;
-                if confirmed >= self.next_seq {
-                    // The gateway has more of our reports than we ever
-                    // numbered: this device's journal was lost or it is a
-                    // reinstall. What we hold now was never sent under these
-                    // numbers, so renumber it after the gateway's, lest the
-                    // gateway take it for resends of what it has.
-                    self.next_seq = confirmed + 1;
-                    for report in self.outbox.iter_mut() {
-                        report.seq = self.next_seq;
-                        self.next_seq += 1;
-                    }
-                }
-                self.confirm(confirmed);
+                // New reports are numbered above everything the gateway
+                // holds for this device (a lost journal, a reinstall, or
+                // another installation may have used numbers we never
+                // did). What the outbox holds is resent as it is, even at or
+                // below the gateway's number: only the gateway can tell
+                // whether it stored our report under that number or another
+                // installation's, and it confirms ours or says
+                // `ReportConflict`.
+                self.next_seq = self
+                    .next_seq
+                    .max(accepted.confirmed_report_seq.saturating_add(1));
                 for report in &self.outbox {
                     let _ = self.pending.push_back(Pending::Report(report.seq));
                 }
@@ -366,6 +397,10 @@ impl SessionCore {
                 }
                 Ok(())
             }
+            (State::Connected, GatewayMessage::ReportConflict(conflict)) => {
+                self.renumber_from(conflict.seq);
+                Err(SessionError::ReportConflict(conflict.seq))
+            }
             (State::Connected, GatewayMessage::Signal(signal)) => {
                 if self.is_new(&signal) {
                     self.push_event(Event::Signal(signal));
@@ -385,8 +420,16 @@ impl SessionCore {
             }
             (State::Connected, GatewayMessage::Pong(_)) => Ok(()),
             (_, GatewayMessage::GoingAway(GoingAway { reason })) => {
-                if reason == GoingAwayReason::Revoked {
-                    self.stop_revoked();
+                match reason {
+                    GoingAwayReason::Revoked => self.stop_revoked(),
+                    GoingAwayReason::Replaced => self.stop(State::Replaced, Event::Replaced),
+                    GoingAwayReason::SecretRotated => {
+                        self.stop(State::SecretRotated, Event::SecretRotated);
+                    }
+                    GoingAwayReason::Shutdown
+                    | GoingAwayReason::ProtocolViolation
+                    | GoingAwayReason::AuthTimeout
+                    | GoingAwayReason::IdleTimeout => {}
                 }
                 Err(SessionError::GatewayLeft(reason))
             }
@@ -395,21 +438,64 @@ impl SessionCore {
     }
 
     fn stop_revoked(&mut self) {
-        if self.state != State::Revoked {
-            self.state = State::Revoked;
-            self.push_event(Event::Revoked);
+        self.stop(State::Revoked, Event::Revoked);
+    }
+
+    fn stop(&mut self, state: State, event: Event) {
+        if self.state != state {
+            self.state = state;
+            self.push_event(event);
+        }
+    }
+
+    /// Whether the core has stopped for good.
+    fn is_stopped(&self) -> bool {
+        matches!(
+            self.state,
+            State::Revoked | State::Refused(_) | State::Replaced | State::SecretRotated
+        )
+    }
+
+    /// The gateway holds another installation's report under `seq`: ours
+    /// was never stored under it, nor was any later one (the gateway stores
+    /// a session's reports in order and stopped at this one). They get new
+    /// numbers after everything numbered so far, in the same order.
+    fn renumber_from(&mut self, seq: u64) {
+        let to_seq = self.next_seq;
+        let mut count = 0;
+        for report in self.outbox.iter_mut().filter(|report| report.seq >= seq) {
+            report.seq = self.next_seq;
+            self.next_seq += 1;
+            count += 1;
+        }
+        if count > 0 {
+            self.push_event(Event::ReportsRenumbered {
+                from_seq: seq,
+                to_seq,
+                count,
+            });
         }
     }
 
     /// Whether a signal is after the position reached in its channel; if
     /// so, records it as reached.
+    ///
+    /// The gateway starts each channel after the position named (or later),
+    /// so the first signal of a channel on a connection at or below it
+    /// means the gateway's log restarted below the device (a new store, or
+    /// another deployment): it is new, and the position follows the log.
     fn is_new(&mut self, signal: &Signal) -> bool {
+        let first_heard = !self.heard_from.contains(&signal.channel);
+        if first_heard {
+            // As many channels fit as positions are kept.
+            let _ = self.heard_from.push(signal.channel.clone());
+        }
         if let Some(point) = self
             .positions
             .iter_mut()
             .find(|p| p.channel == signal.channel)
         {
-            if signal.position <= point.position {
+            if signal.position <= point.position && !first_heard {
                 return false;
             }
             point.position = signal.position;
@@ -455,6 +541,8 @@ impl SessionCore {
         signal_id: SignalId,
         outcome: ReportOutcome,
     ) -> Result<Report, ReportError> {
+        // Only a revoked device may not report: a replaced or refused one
+        // keeps its reports for when it is started again.
         if matches!(self.state, State::Revoked) {
             return Err(ReportError::Stopped);
         }
@@ -507,7 +595,10 @@ impl SessionCore {
                 if now_ms >= self.last_heard_ms + self.idle_timeout_ms {
                     return Err(SessionError::TimedOut);
                 }
-                if now_ms >= self.last_sent_ms.max(self.last_heard_ms) + self.ping_interval_ms {
+                // The liveness contract: the device sends something every
+                // ping interval, however much it hears (the gateway drops a
+                // device it has not heard from for the idle timeout).
+                if now_ms >= self.last_sent_ms + self.ping_interval_ms {
                     let token = self.next_ping_token;
                     self.next_ping_token += 1;
                     let _ = self.pending.push_back(Pending::Ping(token));
@@ -530,7 +621,7 @@ impl SessionCore {
             State::Authenticating => Some(self.connected_at_ms + AUTH_TIMEOUT_MS),
             State::Connected => Some(
                 (self.last_heard_ms + self.idle_timeout_ms)
-                    .min(self.last_sent_ms.max(self.last_heard_ms) + self.ping_interval_ms),
+                    .min(self.last_sent_ms + self.ping_interval_ms),
             ),
             State::BackingOff { until_ms } => Some(until_ms),
             _ => None,

@@ -13,7 +13,10 @@ const SECRET_HEX: [u8; 32] = [7; 32];
 
 /// The gateway's side, reduced to its rules: verifies authentication with
 /// its own clock and window, stores each report once, confirms what it
-/// stores, and streams signals from per-channel logs.
+/// stores (never above the report just handled), answers a report under a
+/// number that holds another with `ReportConflict` and ends the session, and
+/// streams signals from per-channel logs (from their start when the device
+/// names a position beyond the head).
 struct FakeGateway {
     secret: DeviceSecret,
     binding: ChannelBinding,
@@ -26,6 +29,9 @@ struct FakeGateway {
     authenticated: Option<Authenticate>,
     /// Drop the next confirmation on the way to the device.
     lose_confirmation: bool,
+    /// The session ended (after a conflict): nothing more is handled until
+    /// the next authentication.
+    ended: bool,
 }
 
 impl FakeGateway {
@@ -41,6 +47,7 @@ impl FakeGateway {
             inbound: Vec::new(),
             authenticated: None,
             lose_confirmation: false,
+            ended: false,
         }
     }
 
@@ -82,8 +89,12 @@ impl FakeGateway {
             decode_frame::<DeviceMessage>(&self.inbound).unwrap()
         {
             self.inbound.drain(..consumed);
+            if self.ended && !matches!(message, DeviceMessage::Authenticate(_)) {
+                continue;
+            }
             match message {
                 DeviceMessage::Authenticate(auth) => {
+                    self.ended = false;
                     let valid = auth
                         .transcript(&self.binding)
                         .verify(&self.secret, &auth.mac);
@@ -106,11 +117,18 @@ impl FakeGateway {
                             },
                             confirmed_report_seq: self.confirmed(),
                         }));
-                        let after = auth
+                        let named = auth
                             .resume
                             .iter()
                             .find(|p| p.channel.as_str() == "gold")
                             .map_or(0, |p| p.position);
+                        // Beyond the head: a position of a log that is
+                        // gone; the device gets the whole log there is.
+                        let after = if named > self.log.len() as u64 {
+                            0
+                        } else {
+                            named
+                        };
                         for signal in self.log.iter().filter(|s| s.position > after) {
                             answers.push(GatewayMessage::Signal(signal.clone()));
                         }
@@ -120,12 +138,22 @@ impl FakeGateway {
                     answers.push(GatewayMessage::AuthRefused(answer));
                 }
                 DeviceMessage::Report(report) => {
-                    self.stored.entry(report.seq).or_insert(report);
+                    let seq = report.seq;
+                    if self
+                        .stored
+                        .get(&seq)
+                        .is_some_and(|stored| *stored != report)
+                    {
+                        answers.push(GatewayMessage::ReportConflict(ReportConflict { seq }));
+                        self.ended = true;
+                        continue;
+                    }
+                    self.stored.entry(seq).or_insert(report);
                     if std::mem::take(&mut self.lose_confirmation) {
                         continue;
                     }
                     answers.push(GatewayMessage::ReportsConfirmed(ReportsConfirmed {
-                        up_to_seq: self.confirmed(),
+                        up_to_seq: self.confirmed().min(seq),
                     }));
                 }
                 DeviceMessage::Ping(ping) => {
@@ -480,10 +508,11 @@ fn bytes_split_anywhere_decode_the_same() {
 }
 
 #[test]
-fn a_device_that_lost_its_journal_numbers_new_reports_after_the_gateways() {
+fn a_report_under_a_number_another_installation_used_is_renumbered_and_stored_once() {
     let (mut core, mut gateway) = (device(), FakeGateway::new());
     let signal = gateway.publish("buy");
-    // An earlier install of this device stored reports 1 to 3.
+    // Another installation of this device (a second VPS, or an earlier
+    // install whose journal is gone) stored reports 1 to 3.
     for seq in 1..=3 {
         gateway.stored.insert(
             seq,
@@ -502,16 +531,182 @@ fn a_device_that_lost_its_journal_numbers_new_reports_after_the_gateways() {
     });
     assert_eq!(core.report(9, signal.signal_id, fill.clone()), Ok(1));
     let now = gateway.clock_ms;
-    connect(&mut core, &mut gateway, now, 1);
+    core.handle_connected(now, gateway.binding, [1; 16]);
+    // Our #1 is not theirs: the gateway refuses to confirm it.
     assert_eq!(
-        gateway.stored.len(),
-        4,
-        "the fill was not taken for a resend"
+        exchange(&mut core, &mut gateway, now),
+        Err(SessionError::ReportConflict(1))
     );
-    assert_eq!(gateway.stored[&4].outcome, fill);
+    assert_eq!(gateway.stored[&1].outcome, ReportOutcome::Received);
+    assert!(events(&mut core).contains(&Event::ReportsRenumbered {
+        from_seq: 1,
+        to_seq: 4,
+        count: 1
+    }));
+    assert_eq!(core.snapshot().outbox[0].seq, 4);
+    core.handle_disconnected(now, 0);
+    let later = core.poll_timeout().unwrap();
+    core.handle_timeout(later).unwrap();
+    connect(&mut core, &mut gateway, later, 2);
+    assert_eq!(gateway.stored.len(), 4);
+    assert_eq!(gateway.stored[&4].outcome, fill, "stored once, under #4");
     assert_eq!(core.unconfirmed(), 0);
     assert_eq!(
         core.report(10, signal.signal_id, ReportOutcome::Received),
         Ok(5)
     );
+}
+
+#[test]
+fn a_report_stored_before_its_confirmation_was_lost_is_confirmed_even_below_the_gateways_number() {
+    let (mut core, mut gateway) = (device(), FakeGateway::new());
+    let signal = gateway.publish("buy");
+    let now = gateway.clock_ms;
+    connect(&mut core, &mut gateway, now, 1);
+    core.report(now, signal.signal_id, ReportOutcome::Received)
+        .unwrap();
+    gateway.lose_confirmation = true;
+    exchange(&mut core, &mut gateway, now).unwrap();
+    // Meanwhile another installation stored #2 and #3.
+    for seq in 2..=3 {
+        gateway.stored.insert(
+            seq,
+            Report {
+                seq,
+                signal_id: signal.signal_id,
+                at_ms: 1,
+                outcome: ReportOutcome::Received,
+            },
+        );
+    }
+    core.handle_disconnected(now, 0);
+    let later = core.poll_timeout().unwrap();
+    core.handle_timeout(later).unwrap();
+    connect(&mut core, &mut gateway, later, 2);
+    // #1 is ours and stored: resent, matched, confirmed; nothing renumbered.
+    assert_eq!(core.unconfirmed(), 0);
+    assert!(
+        !events(&mut core)
+            .iter()
+            .any(|e| matches!(e, Event::ReportsRenumbered { .. }))
+    );
+    assert_eq!(gateway.stored.len(), 3);
+    // New reports go above every number the gateway holds.
+    assert_eq!(
+        core.report(later, signal.signal_id, ReportOutcome::Received),
+        Ok(4)
+    );
+}
+
+#[test]
+fn a_device_replaced_by_another_installation_stops_and_keeps_its_reports() {
+    let (mut core, mut gateway) = (device(), FakeGateway::new());
+    let signal = gateway.publish("buy");
+    let now = gateway.clock_ms;
+    connect(&mut core, &mut gateway, now, 1);
+    events(&mut core);
+    let goodbye = encode(&[GatewayMessage::GoingAway(GoingAway {
+        reason: GoingAwayReason::Replaced,
+    })]);
+    assert_eq!(
+        core.handle_bytes(now, &goodbye),
+        Err(SessionError::GatewayLeft(GoingAwayReason::Replaced))
+    );
+    core.handle_disconnected(now, 0);
+    assert_eq!(core.state(), State::Replaced);
+    assert_eq!(events(&mut core), [Event::Replaced]);
+    // It does not come back by itself…
+    assert_eq!(core.poll_timeout(), None);
+    core.handle_connected(now, gateway.binding, [2; 16]);
+    assert_eq!(core.state(), State::Replaced);
+    // …and what it reports now is kept for when it is started again.
+    assert_eq!(
+        core.report(now, signal.signal_id, ReportOutcome::Received),
+        Ok(1)
+    );
+    assert_eq!(core.unconfirmed(), 1);
+}
+
+#[test]
+fn a_rotated_secret_stops_the_device_but_idle_and_shutdown_endings_reconnect() {
+    let gateway = FakeGateway::new();
+    let now = gateway.clock_ms;
+    for (reason, stops) in [
+        (GoingAwayReason::SecretRotated, Some(State::SecretRotated)),
+        (GoingAwayReason::IdleTimeout, None),
+        (GoingAwayReason::Shutdown, None),
+        (GoingAwayReason::ProtocolViolation, None),
+    ] {
+        let (mut core, mut gateway) = (device(), FakeGateway::new());
+        connect(&mut core, &mut gateway, now, 1);
+        let goodbye = encode(&[GatewayMessage::GoingAway(GoingAway { reason })]);
+        assert!(core.handle_bytes(now, &goodbye).is_err());
+        core.handle_disconnected(now, 0);
+        match stops {
+            Some(state) => {
+                assert_eq!(core.state(), state);
+                assert_eq!(core.poll_timeout(), None, "{reason:?}");
+            }
+            None => assert!(
+                matches!(core.state(), State::BackingOff { .. }),
+                "{reason:?}"
+            ),
+        }
+    }
+}
+
+#[test]
+fn the_device_pings_every_interval_even_while_signals_keep_arriving() {
+    let (mut core, mut gateway) = (device(), FakeGateway::new());
+    let start = gateway.clock_ms;
+    connect(&mut core, &mut gateway, start, 1);
+    let mut pings = 0;
+    let mut buf = [0u8; MAX_WIRE_LEN];
+    // A signal every 2 s for 20 s; the device reports nothing.
+    for second in (2..=20).step_by(2) {
+        let now = start + second * 1_000;
+        let signal = gateway.publish("tick");
+        core.handle_bytes(now, &encode(&[GatewayMessage::Signal(signal)]))
+            .unwrap();
+        core.handle_timeout(now).unwrap();
+        while let Some(len) = core.poll_transmit(now, &mut buf) {
+            if let Decoded::Frame {
+                message: DeviceMessage::Ping(_),
+                ..
+            } = decode_frame::<DeviceMessage>(&buf[..len]).unwrap()
+            {
+                pings += 1;
+            }
+        }
+    }
+    // Every 5 s (the gateway's ping interval): the gateway, which drops a
+    // device it has not heard from for 10 s, keeps hearing from it.
+    assert!(pings >= 3, "{pings} pings in 20 s");
+}
+
+#[test]
+fn a_log_restarted_below_the_devices_position_is_followed_not_ignored() {
+    let (mut core, mut gateway) = (device(), FakeGateway::new());
+    for comment in ["one", "two", "three"] {
+        gateway.publish(comment);
+    }
+    let now = gateway.clock_ms;
+    connect(&mut core, &mut gateway, now, 1);
+    assert_eq!(signal_comments(&events(&mut core)), ["one", "two", "three"]);
+    // The operator starts over with an empty log: positions begin at 1.
+    gateway.log.clear();
+    gateway.publish("fresh");
+    gateway.publish("fresher");
+    core.handle_disconnected(now, 0);
+    let later = core.poll_timeout().unwrap();
+    core.handle_timeout(later).unwrap();
+    connect(&mut core, &mut gateway, later, 2);
+    assert_eq!(signal_comments(&events(&mut core)), ["fresh", "fresher"]);
+    // Within the connection, a repeat is still a repeat.
+    let repeat = gateway.log[0].clone();
+    core.handle_bytes(later, &encode(&[GatewayMessage::Signal(repeat)]))
+        .unwrap();
+    assert!(signal_comments(&events(&mut core)).is_empty());
+    // And the next connection resumes after it.
+    assert_eq!(core.snapshot().positions[0].position, 2);
 }

@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use eagate_protocol::{
-    Authenticate, ChannelBinding, ClockSkew, DeviceSecret, PROTOCOL_VERSION, Refusal,
-    SupportedVersions,
+    Authenticate, ChannelBinding, ClockSkew, DeviceSecret, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    Refusal, SupportedVersions,
 };
 
 use crate::registry::DeviceCredentials;
@@ -111,10 +111,10 @@ pub fn assess(
     now_ms: u64,
     settings: &AuthSettings,
 ) -> Assessment {
-    if auth.protocol_version != PROTOCOL_VERSION {
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&auth.protocol_version) {
         return Assessment::Refuse(
             Refusal::UnsupportedVersion(SupportedVersions {
-                min: PROTOCOL_VERSION,
+                min: MIN_PROTOCOL_VERSION,
                 max: PROTOCOL_VERSION,
             }),
             FailureReason::UnsupportedVersion,

@@ -21,5 +21,6 @@ pub mod registry;
 pub mod reports;
 pub mod seal;
 pub mod server;
+pub mod sessions;
 pub mod signals;
 pub mod tls;

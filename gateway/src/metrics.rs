@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use crate::auth::FailureReason;
+use crate::quic::close_code;
+use crate::reports::Ingested;
 
 /// Upper bounds of the ingest latency buckets, in microseconds.
 const LATENCY_BOUNDS_US: [u64; 11] = [
@@ -20,6 +22,11 @@ pub struct Metrics {
     signals_delivered: AtomicU64,
     reports_stored: AtomicU64,
     reports_duplicate: AtomicU64,
+    reports_conflicting: AtomicU64,
+    reports_superseded: AtomicU64,
+    reports_unknown_signal: AtomicU64,
+    resumes_beyond_head: AtomicU64,
+    session_endings: [AtomicU64; close_code::NAMES.len()],
     store_errors: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BOUNDS_US.len()],
     latency_count: AtomicU64,
@@ -42,14 +49,16 @@ impl Metrics {
         self.signals_delivered.fetch_add(1, Relaxed);
     }
 
-    /// A report was offered to the store: newly stored or a duplicate, and
-    /// how long from its arrival until it was durable.
-    pub fn report_ingested(&self, newly_stored: bool, latency: Duration) {
-        if newly_stored {
-            self.reports_stored.fetch_add(1, Relaxed);
-        } else {
-            self.reports_duplicate.fetch_add(1, Relaxed);
-        }
+    /// A report was offered to the store, with what came of it and how
+    /// long from its arrival until the store answered.
+    pub fn report_ingested(&self, ingested: &Ingested, latency: Duration) {
+        let counter = match ingested {
+            Ingested::Stored { .. } => &self.reports_stored,
+            Ingested::AlreadyStored { .. } => &self.reports_duplicate,
+            Ingested::Conflict { .. } => &self.reports_conflicting,
+            Ingested::Superseded => &self.reports_superseded,
+        };
+        counter.fetch_add(1, Relaxed);
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         // Buckets are cumulative in the text format; here each holds its own
         // range and rendering adds them up.
@@ -58,6 +67,24 @@ impl Metrics {
         }
         self.latency_count.fetch_add(1, Relaxed);
         self.latency_sum_us.fetch_add(micros, Relaxed);
+    }
+
+    /// A report named a signal the log does not hold (expired, or never
+    /// published); it was stored all the same.
+    pub fn report_about_unknown_signal(&self) {
+        self.reports_unknown_signal.fetch_add(1, Relaxed);
+    }
+
+    /// A device named a resume position beyond its channel's head.
+    pub fn resume_beyond_head(&self) {
+        self.resumes_beyond_head.fetch_add(1, Relaxed);
+    }
+
+    /// A device connection closed with `code` (see [`close_code`]).
+    pub fn session_ended(&self, code: u32) {
+        if let Some(counter) = self.session_endings.get(code as usize) {
+            counter.fetch_add(1, Relaxed);
+        }
     }
 
     /// A store operation failed.
@@ -110,12 +137,53 @@ impl Metrics {
             "counter",
             "Device reports offered to the store, by outcome.",
         );
+        for (outcome, counter) in [
+            ("stored", &self.reports_stored),
+            ("duplicate", &self.reports_duplicate),
+            ("conflict", &self.reports_conflicting),
+            ("superseded", &self.reports_superseded),
+        ] {
+            let _ = writeln!(
+                out,
+                "eagate_reports_ingested_total{{outcome=\"{outcome}\"}} {}",
+                counter.load(Relaxed)
+            );
+        }
+        header(
+            &mut out,
+            "eagate_reports_about_unknown_signals_total",
+            "counter",
+            "Reports stored about a signal the log does not hold (expired or never published).",
+        );
         let _ = writeln!(
             out,
-            "eagate_reports_ingested_total{{outcome=\"stored\"}} {}\neagate_reports_ingested_total{{outcome=\"duplicate\"}} {}",
-            self.reports_stored.load(Relaxed),
-            self.reports_duplicate.load(Relaxed)
+            "eagate_reports_about_unknown_signals_total {}",
+            self.reports_unknown_signal.load(Relaxed)
         );
+        header(
+            &mut out,
+            "eagate_resumes_beyond_head_total",
+            "counter",
+            "Resume points beyond their channel's head (a reset log, or a device of another deployment).",
+        );
+        let _ = writeln!(
+            out,
+            "eagate_resumes_beyond_head_total {}",
+            self.resumes_beyond_head.load(Relaxed)
+        );
+        header(
+            &mut out,
+            "eagate_device_connections_closed_total",
+            "counter",
+            "Device connections closed by the gateway or the device, by close code.",
+        );
+        for (name, counter) in close_code::NAMES.iter().zip(&self.session_endings) {
+            let _ = writeln!(
+                out,
+                "eagate_device_connections_closed_total{{reason=\"{name}\"}} {}",
+                counter.load(Relaxed)
+            );
+        }
         header(
             &mut out,
             "eagate_report_ingest_seconds",
@@ -168,9 +236,11 @@ mod tests {
     #[test]
     fn latency_buckets_are_cumulative_and_the_sum_is_exact() {
         let metrics = Metrics::default();
-        metrics.report_ingested(true, Duration::from_micros(400));
-        metrics.report_ingested(true, Duration::from_micros(3_000));
-        metrics.report_ingested(false, Duration::from_secs(2));
+        let stored = Ingested::Stored { confirmed_up_to: 1 };
+        let duplicate = Ingested::AlreadyStored { confirmed_up_to: 1 };
+        metrics.report_ingested(&stored, Duration::from_micros(400));
+        metrics.report_ingested(&stored, Duration::from_micros(3_000));
+        metrics.report_ingested(&duplicate, Duration::from_secs(2));
         let text = metrics.render();
         assert!(text.contains("eagate_report_ingest_seconds_bucket{le=\"0.000500\"} 1\n"));
         assert!(text.contains("eagate_report_ingest_seconds_bucket{le=\"0.005000\"} 2\n"));
@@ -179,6 +249,21 @@ mod tests {
         assert!(text.contains("eagate_report_ingest_seconds_sum 2.003400\n"));
         assert!(text.contains("eagate_reports_ingested_total{outcome=\"stored\"} 2\n"));
         assert!(text.contains("eagate_reports_ingested_total{outcome=\"duplicate\"} 1\n"));
+        assert!(text.contains("eagate_reports_ingested_total{outcome=\"conflict\"} 0\n"));
+    }
+
+    #[test]
+    fn connections_closed_are_counted_by_the_name_of_their_close_code() {
+        let metrics = Metrics::default();
+        metrics.session_ended(close_code::REPLACED);
+        metrics.session_ended(close_code::REPLACED);
+        metrics.session_ended(close_code::REPORT_CONFLICT);
+        let text = metrics.render();
+        assert!(text.contains("eagate_device_connections_closed_total{reason=\"replaced\"} 2\n"));
+        assert!(
+            text.contains("eagate_device_connections_closed_total{reason=\"report_conflict\"} 1\n")
+        );
+        assert!(text.contains("eagate_device_connections_closed_total{reason=\"done\"} 0\n"));
     }
 
     #[test]

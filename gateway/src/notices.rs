@@ -1,8 +1,9 @@
 //! How the processes of a deployment tell each other what just happened: a
 //! signal was published (so connected followers get it now rather than at
 //! their next look at the log), a device's subscriptions changed (so its
-//! live session follows the new set at once), or a device's sessions must
-//! end (revoked, or its secret rotated).
+//! live session follows the new set at once), a device's sessions must end
+//! (revoked, or its secret rotated), or a device connected again (so its
+//! older sessions end).
 //!
 //! On one machine this is a direct hand-over inside the process. With Redis,
 //! every notice goes out on one pub/sub channel and comes back to the
@@ -12,7 +13,8 @@
 //! Pub/sub delivers at most once: a notice can be lost while a listener
 //! reconnects. Neither kind depends on it alone: signals are in the log,
 //! which followers reread, and after every (re)subscription the listener
-//! checks each connected device against the registry.
+//! checks each connected device against the registry and the report
+//! store's session epochs (as the presence renewal does periodically).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +29,7 @@ use tracing::{info, warn};
 use tokio::sync::broadcast;
 
 use crate::quic::{SessionContext, SessionEnding};
+use crate::reports::SessionEpoch;
 use crate::signals::SignalHub;
 
 /// Where notices go.
@@ -69,9 +72,17 @@ pub enum Notice {
     SessionEnding {
         /// The device.
         device_id: String,
-        /// Why: `revoked` (do not come back) or `replaced` (reconnect with
-        /// the new secret).
+        /// Why: `revoked` (do not come back) or its secret was rotated
+        /// (come back only with the new one).
         reason: EndingReason,
+    },
+    /// A device authenticated again: every session of it older than
+    /// `epoch` must end.
+    SessionReplaced {
+        /// The device.
+        device_id: String,
+        /// The new session's epoch.
+        epoch: u64,
     },
 }
 
@@ -81,15 +92,17 @@ pub enum Notice {
 pub enum EndingReason {
     /// The device was revoked.
     Revoked,
-    /// The device's secret was rotated.
-    Replaced,
+    /// The device's secret was rotated. (Named `replaced` in notices, as
+    /// processes of earlier versions know it.)
+    #[serde(rename = "replaced")]
+    SecretRotated,
 }
 
 impl From<EndingReason> for GoingAwayReason {
     fn from(reason: EndingReason) -> Self {
         match reason {
             EndingReason::Revoked => GoingAwayReason::Revoked,
-            EndingReason::Replaced => GoingAwayReason::Replaced,
+            EndingReason::SecretRotated => GoingAwayReason::SecretRotated,
         }
     }
 }
@@ -165,6 +178,14 @@ impl Notifier {
                 let _ = self.revocations.send(SessionEnding {
                     device_id,
                     reason: reason.into(),
+                    older_than: None,
+                });
+            }
+            Notice::SessionReplaced { device_id, epoch } => {
+                let _ = self.revocations.send(SessionEnding {
+                    device_id,
+                    reason: GoingAwayReason::Replaced,
+                    older_than: Some(SessionEpoch(epoch)),
                 });
             }
         }
@@ -186,23 +207,6 @@ impl SessionContext {
     pub async fn notify(&self, notice: Notice) {
         if !self.notifier().send(notice).await {
             self.metrics.store_error();
-        }
-    }
-
-    /// Ends the live sessions of connected devices that the registry says
-    /// are revoked: what a lost revocation notice would have done.
-    async fn end_revoked_sessions(&self) {
-        for device_id in self.connected_here() {
-            match self.registry.get(&device_id).await {
-                Ok(Some(record)) if record.revoked_at_ms.is_some() => {
-                    self.notifier().deliver_locally(Notice::SessionEnding {
-                        device_id,
-                        reason: EndingReason::Revoked,
-                    });
-                }
-                Ok(_) => {}
-                Err(e) => warn!(device = %device_id, error = %e, "checking a revocation failed"),
-            }
         }
     }
 }
@@ -228,8 +232,8 @@ pub async fn listen(client: redis::Client, channel: String, context: Arc<Session
         }
         info!(%channel, "listening for notices");
         // Anything sent while we were not listening is lost to us: make up
-        // for the revocations now (signals are reread from the log anyway).
-        context.end_revoked_sessions().await;
+        // for the endings now (signals are reread from the log anyway).
+        context.end_stale_sessions().await;
         let notifier = context.notifier();
         let mut messages = pubsub.into_on_message();
         while let Some(message) = messages.next().await {

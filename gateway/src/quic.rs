@@ -1,7 +1,7 @@
 //! The QUIC endpoint and the device session driver: a thin IO loop around
 //! the framing of `eagate-protocol` and the decisions of [`crate::auth`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use eagate_protocol::{
     ALPN, AuthAccepted, Authenticate, CHANNEL_BINDING_LABEL, ChannelName, DecodeError, Decoded,
     DeviceMessage, GatewayMessage, GoingAway, GoingAwayReason, MAX_FRAME_LEN, MAX_WIRE_LEN, Pong,
-    Refusal, ReportsConfirmed, SessionParams, Signal, WireMessage, decode_frame, encode_frame,
+    Refusal, Report, ReportConflict, ReportsConfirmed, SessionParams, Signal, WireMessage,
+    decode_frame, encode_frame,
 };
 use quinn::{RecvStream, SendStream, VarInt};
 use tracing::{debug, info, warn};
@@ -22,25 +23,78 @@ use crate::metrics::Metrics;
 use crate::nonces::NonceStore;
 use crate::notices::{EndingReason, Notice, Notices};
 use crate::registry::{DeviceRecord, DeviceRegistry, RegistryError};
-use crate::reports::{ReportStore, StoredReport};
+use crate::reports::{Ingested, ReportStore, ReportStoreError, SessionEpoch, StoredReport};
 use crate::seal::MasterKey;
+use crate::sessions::{LiveSessions, SharedPresence};
 use crate::signals::{Appended, PositionStore, SignalDraft, SignalHub, SignalLog, SignalLogError};
 use crate::tls::ServerIdentity;
 use eagate_protocol::DeviceSecret;
 
-/// QUIC application close codes the gateway uses. A device sees them as the
-/// connection's close reason.
+/// QUIC application close codes the gateway uses: every way a connection
+/// ends has its own, so a device (or a capture) can tell why without
+/// decoding the stream. Where the stream is open, the gateway first sends
+/// the message named here, then finishes the stream and closes.
 pub mod close_code {
-    /// Normal end of a session.
+    /// The device said `GoingAway`: the session ended normally.
     pub const DONE: u32 = 0;
-    /// The peer sent something the protocol does not allow.
+    /// The device broke the protocol: a malformed, oversized or truncated
+    /// frame, a first message other than `Authenticate`, a second
+    /// `Authenticate`, report sequence 0 or too far ahead, or a report
+    /// about a signal of a channel the device never followed. After
+    /// `GoingAway(ProtocolViolation)`.
     pub const PROTOCOL_VIOLATION: u32 = 1;
-    /// Authentication was refused.
-    pub const AUTH_REFUSED: u32 = 2;
-    /// No authentication arrived within the deadline.
+    /// Authentication failed (`AuthRefused(Failed)`).
+    pub const AUTH_FAILED: u32 = 2;
+    /// No `Authenticate` within the deadline; after `GoingAway(AuthTimeout)`
+    /// when the device had opened its stream.
     pub const AUTH_TIMEOUT: u32 = 3;
-    /// The gateway is shutting down.
+    /// The gateway is shutting down; after `GoingAway(Shutdown)`.
     pub const SHUTDOWN: u32 = 4;
+    /// The device is revoked: after `AuthRefused(Revoked)`, or
+    /// `GoingAway(Revoked)` when revoked while connected.
+    pub const REVOKED: u32 = 5;
+    /// The device's clock is outside the window; after
+    /// `AuthRefused(ClockSkew)`.
+    pub const CLOCK_SKEW: u32 = 6;
+    /// The device speaks an unsupported protocol version; after
+    /// `AuthRefused(UnsupportedVersion)`.
+    pub const UNSUPPORTED_VERSION: u32 = 7;
+    /// A newer session of the same device took over; after
+    /// `GoingAway(Replaced)`.
+    pub const REPLACED: u32 = 8;
+    /// The device's secret was rotated; after `GoingAway(SecretRotated)`
+    /// (`GoingAway(Replaced)` in protocol version 1).
+    pub const SECRET_ROTATED: u32 = 9;
+    /// A report's sequence number holds another report; after
+    /// `ReportConflict` (`GoingAway(ProtocolViolation)` in version 1).
+    pub const REPORT_CONFLICT: u32 = 10;
+    /// Nothing arrived from the device for the idle timeout; after
+    /// `GoingAway(IdleTimeout)` (`GoingAway(ProtocolViolation)` in version 1).
+    pub const IDLE_TIMEOUT: u32 = 11;
+    /// The gateway could not reach its store; after `GoingAway(Shutdown)`.
+    /// Reconnect with backoff.
+    pub const STORE_UNAVAILABLE: u32 = 12;
+    /// The device did not read what the gateway sent for 10 s; nothing more
+    /// can be sent on the stream.
+    pub const SLOW_READER: u32 = 13;
+
+    /// Every code's name, by code, for metrics and logs.
+    pub const NAMES: [&str; 14] = [
+        "done",
+        "protocol_violation",
+        "auth_failed",
+        "auth_timeout",
+        "shutdown",
+        "revoked",
+        "clock_skew",
+        "unsupported_version",
+        "replaced",
+        "secret_rotated",
+        "report_conflict",
+        "idle_timeout",
+        "store_unavailable",
+        "slow_reader",
+    ];
 }
 
 /// Everything a session needs, shared by all connections.
@@ -77,8 +131,8 @@ pub struct SessionContext {
     pub subscription_changes: tokio::sync::broadcast::Sender<String>,
     /// Becomes `true` when the gateway shuts down.
     pub shutdown: tokio::sync::watch::Sender<bool>,
-    /// Which devices are connected here, and when each was last seen.
-    pub presence: Mutex<HashMap<String, Presence>>,
+    /// The device sessions live in this process.
+    pub live: LiveSessions,
     /// Presence shared with the deployment's other processes, on Redis.
     pub shared_presence: Option<SharedPresence>,
     /// Counters for `/metrics`.
@@ -90,18 +144,18 @@ pub struct SessionContext {
 pub struct SessionEnding {
     /// The device.
     pub device_id: String,
-    /// `Revoked` (do not come back) or `Replaced` (reconnect with the new
-    /// secret).
+    /// `Revoked` (do not come back), `SecretRotated` (come back with the new
+    /// secret) or `Replaced` (a newer session took over).
     pub reason: GoingAwayReason,
+    /// Only sessions older than this epoch end; `None` for all.
+    pub older_than: Option<SessionEpoch>,
 }
 
-/// A device's connection state, kept in memory since the gateway started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Presence {
-    /// Live authenticated sessions.
-    pub sessions: usize,
-    /// When the device last authenticated or disconnected, Unix ms.
-    pub last_seen_ms: u64,
+impl SessionEnding {
+    /// Whether this order ends `device_id`'s session under `epoch`.
+    fn ends(&self, device_id: &str, epoch: SessionEpoch) -> bool {
+        self.device_id == device_id && self.older_than.is_none_or(|newer| epoch < newer)
+    }
 }
 
 impl SessionContext {
@@ -160,7 +214,7 @@ impl SessionContext {
             .await
             .map_err(|e| RegistryError::Corrupt(e.to_string()))?;
         self.positions
-            .set(device_id, channel, head)
+            .start_subscription(device_id, channel, head)
             .await
             .map_err(|e| RegistryError::Corrupt(e.to_string()))?;
         self.registry.subscribe(device_id, channel).await?;
@@ -200,7 +254,7 @@ impl SessionContext {
             .await?;
         self.notify(Notice::SessionEnding {
             device_id: device_id.to_owned(),
-            reason: EndingReason::Replaced,
+            reason: EndingReason::SecretRotated,
         })
         .await;
         Ok(rotated)
@@ -216,118 +270,6 @@ impl SessionContext {
         })
         .await;
         Ok(record)
-    }
-
-    /// The device's connection state: in this process, or, when processes
-    /// share a Redis, on every gateway of the deployment.
-    pub async fn presence_of(&self, device_id: &str) -> Presence {
-        let local = self.local_presence(device_id);
-        let Some(shared) = &self.shared_presence else {
-            return local;
-        };
-        match shared.stores.presence(device_id, unix_ms()).await {
-            Ok((gateways, last_seen)) => Presence {
-                sessions: gateways.max(local.sessions),
-                last_seen_ms: last_seen.unwrap_or(0).max(local.last_seen_ms),
-            },
-            Err(e) => {
-                self.metrics.store_error();
-                warn!(device = device_id, error = %e, "reading presence failed");
-                local
-            }
-        }
-    }
-
-    fn local_presence(&self, device_id: &str) -> Presence {
-        self.presence
-            .lock()
-            .expect("presence lock")
-            .get(device_id)
-            .copied()
-            .unwrap_or_default()
-    }
-
-    /// The devices with a live session in this process.
-    pub fn connected_here(&self) -> Vec<String> {
-        self.presence
-            .lock()
-            .expect("presence lock")
-            .iter()
-            .filter(|(_, presence)| presence.sessions > 0)
-            .map(|(device, _)| device.clone())
-            .collect()
-    }
-
-    async fn session_started(&self, device_id: &str) {
-        self.metrics.connection(1);
-        let now = unix_ms();
-        {
-            let mut presence = self.presence.lock().expect("presence lock");
-            let entry = presence.entry(device_id.to_owned()).or_default();
-            entry.sessions += 1;
-            entry.last_seen_ms = now;
-        }
-        self.share_presence(device_id, true, now).await;
-    }
-
-    async fn session_ended(&self, device_id: &str) {
-        self.metrics.connection(-1);
-        let now = unix_ms();
-        let still_here = {
-            let mut presence = self.presence.lock().expect("presence lock");
-            let entry = presence.entry(device_id.to_owned()).or_default();
-            entry.sessions = entry.sessions.saturating_sub(1);
-            entry.last_seen_ms = now;
-            entry.sessions > 0
-        };
-        self.share_presence(device_id, still_here, now).await;
-    }
-
-    async fn share_presence(&self, device_id: &str, connected: bool, now_ms: u64) {
-        let Some(shared) = &self.shared_presence else {
-            return;
-        };
-        if let Err(e) = shared
-            .stores
-            .mark_presence(device_id, &shared.instance, connected, now_ms)
-            .await
-        {
-            // Only the status shown to admins suffers; it mends itself
-            // within the presence TTL.
-            self.metrics.store_error();
-            warn!(device = device_id, error = %e, "recording presence failed");
-        }
-    }
-}
-
-/// Presence shared through Redis, so the sidecar and every gateway see
-/// which devices are connected anywhere.
-#[derive(Debug, Clone)]
-pub struct SharedPresence {
-    /// The shared stores.
-    pub stores: Arc<crate::redis_store::RedisStores>,
-    /// This process's name in the presence records: random, per start.
-    pub instance: String,
-}
-
-impl SharedPresence {
-    /// Renews this process's presence records every third of their TTL,
-    /// until aborted.
-    pub async fn renew(self, context: Arc<SessionContext>) {
-        let every = Duration::from_millis(crate::redis_store::PRESENCE_TTL_MS / 3);
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tick.tick().await;
-            let devices = context.connected_here();
-            if let Err(e) = self
-                .stores
-                .renew_presence(&devices, &self.instance, unix_ms())
-                .await
-            {
-                context.metrics.store_error();
-                warn!(error = %e, "renewing presence failed");
-            }
-        }
     }
 }
 
@@ -361,7 +303,7 @@ impl SessionContext {
             revocations: tokio::sync::broadcast::channel(1024).0,
             subscription_changes: tokio::sync::broadcast::channel(1024).0,
             shutdown: tokio::sync::watch::channel(false).0,
-            presence: Mutex::new(HashMap::new()),
+            live: LiveSessions::default(),
             shared_presence: None,
             metrics: Metrics::default(),
         }
@@ -434,7 +376,7 @@ pub async fn serve(endpoint: quinn::Endpoint, context: Arc<SessionContext>) {
     while sessions.join_next().await.is_some() {}
 }
 
-/// Why a session ended early.
+/// Why a session (or an attempt at one) failed.
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
     #[error("connection lost: {0}")]
@@ -447,28 +389,47 @@ enum SessionError {
     Frame(#[from] DecodeError),
     #[error("the stream ended")]
     Ended,
+    #[error("the stream ended inside a frame")]
+    Truncated,
     #[error("the first message was not Authenticate")]
     NotAuthenticate,
     #[error("Authenticate sent on an authenticated session")]
     AuthenticatedTwice,
     #[error(transparent)]
-    Store(#[from] crate::reports::ReportStoreError),
+    Report(ReportStoreError),
+    #[error("a report about a signal of channel {0}, which the device never followed")]
+    ForeignChannel(ChannelName),
     #[error("the device has not read for {:?}", WRITE_TIMEOUT)]
     WriteTimeout,
 }
 
 impl SessionError {
+    /// The device broke the protocol (as opposed to the connection or the
+    /// gateway failing).
     fn is_protocol_violation(&self) -> bool {
         matches!(
             self,
             Self::Frame(_)
+                | Self::Truncated
                 | Self::NotAuthenticate
                 | Self::AuthenticatedTwice
-                | Self::Store(
-                    crate::reports::ReportStoreError::ZeroSequence
-                        | crate::reports::ReportStoreError::TooFarAhead { .. }
+                | Self::ForeignChannel(_)
+                | Self::Report(
+                    ReportStoreError::ZeroSequence | ReportStoreError::TooFarAhead { .. }
                 )
         )
+    }
+
+    /// How a session that failed this way ends.
+    fn ending(&self) -> Ending {
+        match self {
+            _ if self.is_protocol_violation() => Ending::going_away(
+                GoingAwayReason::ProtocolViolation,
+                close_code::PROTOCOL_VIOLATION,
+            ),
+            Self::WriteTimeout => Ending::Silent(close_code::SLOW_READER),
+            _ => Ending::Gone,
+        }
     }
 }
 
@@ -502,7 +463,8 @@ impl FrameReader {
                     let mut chunk = [0u8; 2048];
                     match self.recv.read(&mut chunk).await? {
                         Some(n) => self.buffer.extend_from_slice(&chunk[..n]),
-                        None => return Err(SessionError::Ended),
+                        None if self.buffer.is_empty() => return Err(SessionError::Ended),
+                        None => return Err(SessionError::Truncated),
                     }
                 }
             }
@@ -515,113 +477,299 @@ impl FrameReader {
 /// meanwhile its session cannot miss a revocation or a shutdown.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn write_message(
-    stream: &mut SendStream,
-    message: &GatewayMessage,
-) -> Result<(), SessionError> {
-    let mut frame = [0u8; MAX_WIRE_LEN];
-    let len = encode_frame(message, &mut frame).expect("gateway messages always fit a frame");
-    tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&frame[..len]))
-        .await
-        .map_err(|_| SessionError::WriteTimeout)??;
-    Ok(())
+/// The gateway's half of a session stream, speaking the device's protocol
+/// version (version 1 until `Authenticate` says otherwise).
+struct DeviceStream {
+    send: SendStream,
+    version: u16,
+}
+
+impl DeviceStream {
+    async fn write(&mut self, message: GatewayMessage) -> Result<(), SessionError> {
+        let mut frame = [0u8; MAX_WIRE_LEN];
+        let len = encode_frame(&message.for_version(self.version), &mut frame)
+            .expect("gateway messages always fit a frame");
+        tokio::time::timeout(WRITE_TIMEOUT, self.send.write_all(&frame[..len]))
+            .await
+            .map_err(|_| SessionError::WriteTimeout)??;
+        Ok(())
+    }
+}
+
+/// How a session, or an attempt at one, ends: what the device is told on
+/// its stream, when it can be, and the connection's close code.
+#[derive(Debug)]
+enum Ending {
+    /// Tell the device this, then close with the code.
+    Tell(LastWord, u32),
+    /// Close with the code, saying nothing on the stream (there is none, or
+    /// it cannot be written).
+    Silent(u32),
+    /// The connection is already gone.
+    Gone,
+}
+
+/// The last message of a session.
+#[derive(Debug, Clone, Copy)]
+enum LastWord {
+    GoingAway(GoingAwayReason),
+    Refused(Refusal),
+    ReportConflict(u64),
+}
+
+impl From<LastWord> for GatewayMessage {
+    fn from(word: LastWord) -> Self {
+        match word {
+            LastWord::GoingAway(reason) => Self::GoingAway(GoingAway { reason }),
+            LastWord::Refused(refusal) => Self::AuthRefused(refusal),
+            LastWord::ReportConflict(seq) => Self::ReportConflict(ReportConflict { seq }),
+        }
+    }
+}
+
+impl Ending {
+    fn going_away(reason: GoingAwayReason, code: u32) -> Self {
+        Self::Tell(LastWord::GoingAway(reason), code)
+    }
+
+    /// The gateway ends a session on an order (revoked, replaced, rotated)
+    /// or at shutdown.
+    fn ordered(reason: GoingAwayReason) -> Self {
+        let code = match reason {
+            GoingAwayReason::Revoked => close_code::REVOKED,
+            GoingAwayReason::Replaced => close_code::REPLACED,
+            GoingAwayReason::SecretRotated => close_code::SECRET_ROTATED,
+            GoingAwayReason::IdleTimeout => close_code::IDLE_TIMEOUT,
+            GoingAwayReason::AuthTimeout => close_code::AUTH_TIMEOUT,
+            GoingAwayReason::ProtocolViolation => close_code::PROTOCOL_VIOLATION,
+            GoingAwayReason::Shutdown => close_code::SHUTDOWN,
+        };
+        Self::going_away(reason, code)
+    }
+
+    /// The store failed under a session: the device should come back soon.
+    fn store_unavailable() -> Self {
+        Self::going_away(GoingAwayReason::Shutdown, close_code::STORE_UNAVAILABLE)
+    }
+
+    fn refused(refusal: Refusal) -> Self {
+        let code = match refusal {
+            Refusal::Failed => close_code::AUTH_FAILED,
+            Refusal::ClockSkew(_) => close_code::CLOCK_SKEW,
+            Refusal::Revoked => close_code::REVOKED,
+            Refusal::UnsupportedVersion(_) => close_code::UNSUPPORTED_VERSION,
+        };
+        Self::Tell(LastWord::Refused(refusal), code)
+    }
+
+    /// Carries it out: the message (if the stream can take it), the end of
+    /// the stream, a moment for both to reach the device (closing at once
+    /// would discard unsent stream data), then the close.
+    async fn carry_out(
+        self,
+        connection: &quinn::Connection,
+        stream: Option<&mut DeviceStream>,
+        metrics: &Metrics,
+    ) {
+        let code = match self {
+            Self::Gone => return,
+            Self::Silent(code) => code,
+            Self::Tell(word, code) => {
+                if let Some(stream) = stream
+                    && stream.write(word.into()).await.is_ok()
+                {
+                    let _ = stream.send.finish();
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), stream.send.stopped()).await;
+                }
+                code
+            }
+        };
+        metrics.session_ended(code);
+        let name = close_code::NAMES.get(code as usize).copied().unwrap_or("");
+        connection.close(code.into(), name.as_bytes());
+    }
+}
+
+/// An authenticated session, ready to run.
+struct Accepted {
+    auth: Authenticate,
+    epoch: SessionEpoch,
+    stream: DeviceStream,
+    reader: FrameReader,
 }
 
 async fn run_session(connection: quinn::Connection, context: &SessionContext) {
     let remote = connection.remote_address();
-    let authenticated =
-        tokio::time::timeout(context.auth_deadline, authenticate(&connection, context)).await;
-    let (auth, mut send, mut reader) = match authenticated {
-        Ok(Ok(Some(session))) => session,
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => {
-            debug!(%remote, error = %e, "closing before authentication");
-            if e.is_protocol_violation() {
-                context.metrics.auth_failure(FailureReason::Malformed);
-            }
-            let code = if e.is_protocol_violation() {
-                close_code::PROTOCOL_VIOLATION
-            } else {
-                close_code::AUTH_REFUSED
-            };
-            connection.close(code.into(), b"authentication failed");
-            return;
-        }
-        Err(_elapsed) => {
-            debug!(%remote, reason = FailureReason::Timeout.as_str(), "authentication deadline");
-            context.metrics.auth_failure(FailureReason::Timeout);
-            connection.close(close_code::AUTH_TIMEOUT.into(), b"authentication deadline");
+    // Subscribed before the session takes its epoch, so no order to end it
+    // (a newer session's takeover among them) can slip in between.
+    let endings = context.revocations.subscribe();
+    let mut stream = None;
+    let accepted = authenticate(&connection, context, &mut stream).await;
+    let Accepted {
+        auth,
+        epoch,
+        mut stream,
+        mut reader,
+    } = match accepted {
+        Ok(accepted) => accepted,
+        Err(ending) => {
+            ending
+                .carry_out(&connection, stream.as_mut(), &context.metrics)
+                .await;
             return;
         }
     };
     let device = auth.device_id.as_str();
-    info!(%remote, device, "device authenticated");
+    info!(%remote, device, epoch = epoch.0, version = stream.version, "device authenticated");
     context.session_started(device).await;
-    let outcome = session_loop(&auth, &mut send, &mut reader, context).await;
-    context.session_ended(device).await;
-    match outcome {
-        Ok(SessionEnd::DeviceLeft) => connection.close(close_code::DONE.into(), b"bye"),
-        Ok(SessionEnd::GatewayLeft(reason)) => {
-            info!(device = %device, ?reason, "ending session");
-            let code = match reason {
-                GoingAwayReason::Shutdown => close_code::SHUTDOWN,
-                _ => close_code::AUTH_REFUSED,
-            };
-            say_goodbye(&connection, &mut send, reason, code).await;
-        }
-        Err(e) if e.is_protocol_violation() => {
-            warn!(device = %device, error = %e, "protocol violation");
-            say_goodbye(
-                &connection,
-                &mut send,
-                GoingAwayReason::ProtocolViolation,
-                close_code::PROTOCOL_VIOLATION,
-            )
-            .await;
-        }
-        Err(e) => debug!(device = %device, error = %e, "session ended"),
+    let mut session = DeviceSession {
+        auth: &auth,
+        epoch,
+        context,
+        stream: &mut stream,
+        reader: &mut reader,
+        deliveries: Deliveries::default(),
+        followed: HashSet::new(),
+    };
+    let ending = session.run(endings).await;
+    session.deliveries.record(device, context).await;
+    context.session_ended(device, epoch, true).await;
+    match &ending {
+        Ending::Tell(word, _) => info!(device, ?word, "ending session"),
+        Ending::Silent(code) => info!(device, code, "closing session"),
+        Ending::Gone => debug!(device, "session ended"),
     }
+    ending
+        .carry_out(&connection, Some(&mut stream), &context.metrics)
+        .await;
 }
 
-/// How a session that did not fail ended.
-#[derive(Debug)]
-enum SessionEnd {
-    /// The device said goodbye.
-    DeviceLeft,
-    /// The gateway ends it, telling the device why.
-    GatewayLeft(GoingAwayReason),
-}
-
-/// Tells the device why the gateway ends the session, lets that reach it
-/// (closing at once would discard unsent stream data), then closes.
-async fn say_goodbye(
-    connection: &quinn::Connection,
-    send: &mut SendStream,
-    reason: GoingAwayReason,
-    code: u32,
-) {
-    let _ = write_message(send, &GatewayMessage::GoingAway(GoingAway { reason })).await;
-    let _ = send.finish();
-    let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
-    connection.close(code.into(), b"going away");
-}
-
-/// Runs the checks; on success returns the device id and the stream halves.
-/// On refusal it answers, closes, and returns `None`.
+/// Runs the checks. On success the device's session is the only live one
+/// (older ones are ending) and it has been told `AuthAccepted`; otherwise
+/// the returned ending says what to tell it. The stream, once the device
+/// opened it, is left in `opened` for telling.
 async fn authenticate(
     connection: &quinn::Connection,
     context: &SessionContext,
-) -> Result<Option<(Authenticate, SendStream, FrameReader)>, SessionError> {
-    let (mut send, recv) = connection.accept_bi().await?;
-    let mut reader = FrameReader::new(recv);
-    let DeviceMessage::Authenticate(auth) = reader.next::<DeviceMessage>().await? else {
-        return Err(SessionError::NotAuthenticate);
+    opened: &mut Option<DeviceStream>,
+) -> Result<Accepted, Ending> {
+    let deadline = tokio::time::Instant::now() + context.auth_deadline;
+    let timed_out = || {
+        debug!(remote = %connection.remote_address(), "authentication deadline");
+        context.metrics.auth_failure(FailureReason::Timeout);
     };
-    let mut binding = [0u8; 32];
-    connection
-        .export_keying_material(&mut binding, CHANNEL_BINDING_LABEL, b"")
-        .map_err(|_| SessionError::Ended)?;
+    let (send, recv) = match tokio::time::timeout_at(deadline, connection.accept_bi()).await {
+        Ok(Ok(halves)) => halves,
+        Ok(Err(_lost)) => return Err(Ending::Gone),
+        Err(_elapsed) => {
+            timed_out();
+            return Err(Ending::Silent(close_code::AUTH_TIMEOUT));
+        }
+    };
+    let stream = opened.insert(DeviceStream { send, version: 1 });
+    let mut reader = FrameReader::new(recv);
+    let auth = match tokio::time::timeout_at(deadline, reader.next::<DeviceMessage>()).await {
+        Err(_elapsed) => {
+            timed_out();
+            return Err(Ending::going_away(
+                GoingAwayReason::AuthTimeout,
+                close_code::AUTH_TIMEOUT,
+            ));
+        }
+        Ok(Ok(DeviceMessage::Authenticate(auth))) => auth,
+        Ok(Ok(_)) => {
+            return Err(malformed(
+                connection,
+                context,
+                SessionError::NotAuthenticate,
+            ));
+        }
+        // Opened its stream and finished it without a word: as broken as a
+        // cut-off frame.
+        Ok(Err(SessionError::Ended)) => {
+            return Err(malformed(connection, context, SessionError::Truncated));
+        }
+        Ok(Err(e)) if e.is_protocol_violation() => return Err(malformed(connection, context, e)),
+        Ok(Err(_lost)) => return Err(Ending::Gone),
+    };
+    let device = auth.device_id.as_str();
+    // The checks have a deadline of their own: the device has done its
+    // part, and a gateway whose store does not answer must not hold
+    // connections open without end.
+    match tokio::time::timeout(context.auth_deadline, check(connection, context, &auth)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(ending)) => return Err(ending),
+        Err(_elapsed) => {
+            context.metrics.store_error();
+            warn!(device, "the authentication checks did not finish in time");
+            return Err(Ending::store_unavailable());
+        }
+    }
+    let begun = tokio::time::timeout(context.auth_deadline, context.reports.begin_session(device));
+    let (epoch, confirmed_report_seq) = match begun.await {
+        Ok(Ok(begun)) => begun,
+        Ok(Err(e)) => {
+            context.metrics.store_error();
+            warn!(device, error = %e, "beginning a session failed");
+            return Err(Ending::store_unavailable());
+        }
+        Err(_elapsed) => {
+            context.metrics.store_error();
+            warn!(device, "beginning a session did not finish in time");
+            return Err(Ending::store_unavailable());
+        }
+    };
+    if !context.take_over(device, epoch).await {
+        warn!(
+            device,
+            "an older session of the device did not close in time; its reports are fenced off"
+        );
+    }
+    stream.version = auth.protocol_version;
+    let welcome = GatewayMessage::AuthAccepted(AuthAccepted {
+        gateway_time_ms: unix_ms(),
+        session: context.session,
+        confirmed_report_seq,
+    });
+    if stream.write(welcome).await.is_err() {
+        context.session_ended(device, epoch, false).await;
+        return Err(Ending::Gone);
+    }
+    let stream = opened.take().expect("the stream was opened above");
+    Ok(Accepted {
+        auth,
+        epoch,
+        stream,
+        reader,
+    })
+}
 
+/// A broken first frame: counted, and answered as a protocol violation.
+fn malformed(connection: &quinn::Connection, context: &SessionContext, e: SessionError) -> Ending {
+    debug!(remote = %connection.remote_address(), error = %e, "closing before authentication");
+    context.metrics.auth_failure(FailureReason::Malformed);
+    Ending::going_away(
+        GoingAwayReason::ProtocolViolation,
+        close_code::PROTOCOL_VIOLATION,
+    )
+}
+
+/// The checks of `DEVICE-AUTH.md` after the frame, with the slow-down of
+/// repeated failures; a refusal is the ending that tells the device.
+async fn check(
+    connection: &quinn::Connection,
+    context: &SessionContext,
+    auth: &Authenticate,
+) -> Result<(), Ending> {
+    let mut binding = [0u8; 32];
+    if connection
+        .export_keying_material(&mut binding, CHANNEL_BINDING_LABEL, b"")
+        .is_err()
+    {
+        // Cannot happen with TLS 1.3; without a binding nothing can be checked.
+        return Err(Ending::refused(Refusal::Failed));
+    }
     let source = ThrottleKey::Source(connection.remote_address().ip());
     // Per (device, source): failures from one address cannot slow the
     // device's logins from another.
@@ -637,30 +785,14 @@ async fn authenticate(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-
-    let verdict = decide(&auth, &binding, context).await;
-    match verdict {
+    match decide(auth, &binding, context).await {
         Ok(()) => {
             context
                 .throttle
                 .lock()
                 .expect("throttle lock")
                 .record_success(&device_key);
-            let confirmed_report_seq = context
-                .reports
-                .confirmed_up_to(auth.device_id.as_str())
-                .await
-                .map_err(SessionError::Store)?;
-            write_message(
-                &mut send,
-                &GatewayMessage::AuthAccepted(AuthAccepted {
-                    gateway_time_ms: unix_ms(),
-                    session: context.session,
-                    confirmed_report_seq,
-                }),
-            )
-            .await?;
-            Ok(Some((auth, send, reader)))
+            Ok(())
         }
         Err((refusal, reason)) => {
             {
@@ -676,12 +808,7 @@ async fn authenticate(
                 reason = reason.as_str(),
                 "authentication refused"
             );
-            write_message(&mut send, &GatewayMessage::AuthRefused(refusal)).await?;
-            let _ = send.finish();
-            // Let the refusal reach the device before the connection closes.
-            let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
-            connection.close(close_code::AUTH_REFUSED.into(), b"authentication refused");
-            Ok(None)
+            Err(Ending::refused(refusal))
         }
     }
 }
@@ -756,138 +883,293 @@ impl Deliveries {
     }
 }
 
-/// After authentication: streams signals, stores and confirms reports,
-/// answers pings, ends on the device's going-away, on its revocation and on
-/// shutdown.
-async fn session_loop(
-    auth: &Authenticate,
-    send: &mut SendStream,
-    reader: &mut FrameReader,
-    context: &SessionContext,
-) -> Result<SessionEnd, SessionError> {
-    let mut deliveries = Deliveries::default();
-    let end = stream_and_ingest(auth, send, reader, context, &mut deliveries).await;
-    deliveries.record(auth.device_id.as_str(), context).await;
-    end
+/// One authenticated device session: streams signals, stores and confirms
+/// reports, answers pings, and ends on the device's going-away, its
+/// silence, an order (revoked, replaced, rotated), or shutdown.
+struct DeviceSession<'a> {
+    auth: &'a Authenticate,
+    epoch: SessionEpoch,
+    context: &'a SessionContext,
+    stream: &'a mut DeviceStream,
+    reader: &'a mut FrameReader,
+    deliveries: Deliveries,
+    /// Channels the device follows or has followed: a report about one of
+    /// their signals is one it may have received.
+    followed: HashSet<ChannelName>,
 }
 
-async fn stream_and_ingest(
-    auth: &Authenticate,
-    send: &mut SendStream,
-    reader: &mut FrameReader,
-    context: &SessionContext,
-    deliveries: &mut Deliveries,
-) -> Result<SessionEnd, SessionError> {
-    let device = auth.device_id.as_str();
-    let mut revocations = context.revocations.subscribe();
-    let mut shutdown = context.shutdown.subscribe();
-    // Revoked between the registry check and the subscription above?
-    if is_revoked(device, context).await {
-        return Ok(SessionEnd::GatewayLeft(GoingAwayReason::Revoked));
+impl DeviceSession<'_> {
+    fn device(&self) -> &str {
+        self.auth.device_id.as_str()
     }
-    let mut subscription_changes = context.subscription_changes.subscribe();
-    // One follower per subscribed channel feeds this bounded queue; the
-    // followers end with the session when the set is dropped.
-    let (signal_tx, mut signal_rx) = tokio::sync::mpsc::channel(64);
-    let mut followers = Followers::new(signal_tx);
-    // Without its subscriptions the session would look healthy and carry
-    // nothing: end it, so the device reconnects when the store is back.
-    if let Err(e) = followers.match_subscriptions(auth, context).await {
-        context.metrics.store_error();
-        warn!(device, error = %e, "starting the session's channels failed");
-        return Ok(SessionEnd::GatewayLeft(GoingAwayReason::Shutdown));
-    }
-    let mut record_deliveries = tokio::time::interval(DELIVERY_RECORD_INTERVAL);
-    record_deliveries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        // Biased, in this order: orders to end or change the session come
-        // before traffic, so a revocation or unsubscription is acted on
-        // before the next signal is written; a device's reports come before
-        // new signals, so a flood of signals cannot hold back confirmations.
-        tokio::select! {
-            biased;
-            ending = revocations.recv() => match ending {
-                Ok(ending) if ending.device_id == device => {
-                    return Ok(SessionEnd::GatewayLeft(ending.reason));
+
+    async fn run(&mut self, endings: tokio::sync::broadcast::Receiver<SessionEnding>) -> Ending {
+        match self.stream_and_ingest(endings).await {
+            Ok(ending) => ending,
+            Err(e) => {
+                if e.is_protocol_violation() {
+                    warn!(device = self.device(), error = %e, "protocol violation");
+                } else {
+                    debug!(device = self.device(), error = %e, "session failed");
                 }
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
-                // Missed some revocations: ask the registry instead.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    if is_revoked(device, context).await {
-                        return Ok(SessionEnd::GatewayLeft(GoingAwayReason::Revoked));
-                    }
-                }
-            },
-            changed = subscription_changes.recv() => match changed {
-                Ok(changed) if changed != device => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
-                // Ours, or perhaps ours among those missed: look again.
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    if let Err(e) = followers.match_subscriptions(auth, context).await {
-                        context.metrics.store_error();
-                        warn!(device, error = %e, "changing the session's channels failed");
-                        return Ok(SessionEnd::GatewayLeft(GoingAwayReason::Shutdown));
-                    }
-                }
-            },
-            () = stopping(&mut shutdown) => {
-                return Ok(SessionEnd::GatewayLeft(GoingAwayReason::Shutdown));
-            }
-            // A follower only ends on a store failure: end the session, so
-            // the device reconnects and resumes, rather than let it miss a
-            // channel silently.
-            Some(Ok(Err((channel, e)))) = followers.tasks.join_next() => {
-                context.metrics.store_error();
-                warn!(device, %channel, error = %e, "following a channel failed; ending the session");
-                return Ok(SessionEnd::GatewayLeft(GoingAwayReason::Shutdown));
-            }
-            message = reader.next::<DeviceMessage>() => match message? {
-                DeviceMessage::Ping(ping) => {
-                    write_message(send, &GatewayMessage::Pong(Pong { token: ping.token })).await?;
-                }
-                DeviceMessage::Pong(_) => {}
-                DeviceMessage::GoingAway(_) => return Ok(SessionEnd::DeviceLeft),
-                DeviceMessage::Authenticate(_) => return Err(SessionError::AuthenticatedTwice),
-                DeviceMessage::Report(report) => {
-                    let arrived = Instant::now();
-                    let stored = StoredReport::new(device, &report, unix_ms());
-                    match context.reports.ingest(&stored).await {
-                        Ok(ingested) => {
-                            context.metrics.report_ingested(ingested.newly_stored, arrived.elapsed());
-                            // Before confirming, and on resends too: advancing
-                            // keeps the maximum, so repeating it is harmless.
-                            record_position(device, &report, context).await;
-                            let confirmed = ReportsConfirmed { up_to_seq: ingested.confirmed_up_to };
-                            write_message(send, &GatewayMessage::ReportsConfirmed(confirmed)).await?;
-                        }
-                        Err(e @ (crate::reports::ReportStoreError::ZeroSequence
-                        | crate::reports::ReportStoreError::TooFarAhead { .. })) => {
-                            return Err(e.into());
-                        }
-                        // Not confirmed: the device keeps the report in its
-                        // outbox and resends it, so nothing is lost.
-                        Err(e) => {
-                            context.metrics.store_error();
-                            warn!(device, seq = report.seq, error = %e, "storing a report failed");
-                        }
-                    }
-                }
-            },
-            Some(signal) = signal_rx.recv() => {
-                // Queued before an unsubscription was acted on: not sent.
-                if !followers.running.contains_key(&signal.channel) {
-                    continue;
-                }
-                write_message(send, &GatewayMessage::Signal(Signal::clone(&signal))).await?;
-                context.metrics.signal_delivered();
-                deliveries.note(&signal);
-            }
-            // Only armed while something awaits recording, so an idle
-            // session is not woken twice a second for nothing.
-            _ = record_deliveries.tick(), if !deliveries.0.is_empty() => {
-                deliveries.record(device, context).await;
+                e.ending()
             }
         }
+    }
+
+    async fn stream_and_ingest(
+        &mut self,
+        mut endings: tokio::sync::broadcast::Receiver<SessionEnding>,
+    ) -> Result<Ending, SessionError> {
+        let context = self.context;
+        let device = self.auth.device_id.as_str();
+        let epoch = self.epoch;
+        let mut shutdown = context.shutdown.subscribe();
+        // Revoked or replaced between the checks and the subscriptions above?
+        if let Some(reason) = ended_meanwhile(device, epoch, context).await {
+            return Ok(Ending::ordered(reason));
+        }
+        let mut subscription_changes = context.subscription_changes.subscribe();
+        // One follower per subscribed channel feeds this bounded queue; the
+        // followers end with the session when the set is dropped.
+        let (signal_tx, mut signal_rx) = tokio::sync::mpsc::channel(64);
+        let mut followers = Followers::new(signal_tx);
+        // Without its subscriptions the session would look healthy and carry
+        // nothing: end it, so the device reconnects when the store is back.
+        if let Err(e) = self.follow_subscriptions(&mut followers).await {
+            context.metrics.store_error();
+            warn!(device, error = %e, "starting the session's channels failed");
+            return Ok(Ending::store_unavailable());
+        }
+        let mut record_deliveries = tokio::time::interval(DELIVERY_RECORD_INTERVAL);
+        record_deliveries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The liveness contract: a device sends something at least every
+        // ping interval, so silence for the idle timeout means it is gone
+        // (QUIC keep-alives alone would hold a dead EA's connection open).
+        let idle_timeout = Duration::from_millis(u64::from(context.session.idle_timeout_ms));
+        let idle = tokio::time::sleep(idle_timeout);
+        tokio::pin!(idle);
+        loop {
+            // Biased, in this order: orders to end or change the session come
+            // before traffic, so a revocation, takeover or unsubscription is
+            // acted on before the next signal is written; a device's reports
+            // come before new signals, so a flood of signals cannot hold back
+            // confirmations.
+            tokio::select! {
+                biased;
+                ending = endings.recv() => match ending {
+                    Ok(ending) if ending.ends(device, epoch) => {
+                        return Ok(Ending::ordered(ending.reason));
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
+                    // Missed some orders: ask the stores instead.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        if let Some(reason) = ended_meanwhile(device, epoch, context).await {
+                            return Ok(Ending::ordered(reason));
+                        }
+                    }
+                },
+                changed = subscription_changes.recv() => match changed {
+                    Ok(changed) if changed != device => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
+                    // Ours, or perhaps ours among those missed: look again.
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        if let Err(e) = self.follow_subscriptions(&mut followers).await {
+                            context.metrics.store_error();
+                            warn!(device, error = %e, "changing the session's channels failed");
+                            return Ok(Ending::store_unavailable());
+                        }
+                    }
+                },
+                () = stopping(&mut shutdown) => {
+                    return Ok(Ending::ordered(GoingAwayReason::Shutdown));
+                }
+                // A follower only ends on a store failure: end the session, so
+                // the device reconnects and resumes, rather than let it miss a
+                // channel silently.
+                Some(Ok(Err((channel, e)))) = followers.tasks.join_next() => {
+                    context.metrics.store_error();
+                    warn!(device, %channel, error = %e, "following a channel failed; ending the session");
+                    return Ok(Ending::store_unavailable());
+                }
+                message = self.reader.next::<DeviceMessage>() => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
+                    match message? {
+                        DeviceMessage::Ping(ping) => {
+                            self.stream.write(GatewayMessage::Pong(Pong { token: ping.token })).await?;
+                        }
+                        DeviceMessage::Pong(_) => {}
+                        DeviceMessage::GoingAway(_) => return Ok(Ending::Silent(close_code::DONE)),
+                        DeviceMessage::Authenticate(_) => return Err(SessionError::AuthenticatedTwice),
+                        DeviceMessage::Report(report) => {
+                            if let Some(ending) = self.ingest(report).await? {
+                                return Ok(ending);
+                            }
+                        }
+                    }
+                },
+                Some(signal) = signal_rx.recv() => {
+                    // Queued before an unsubscription was acted on: not sent.
+                    if !followers.running.contains_key(&signal.channel) {
+                        continue;
+                    }
+                    self.stream.write(GatewayMessage::Signal(Signal::clone(&signal))).await?;
+                    context.metrics.signal_delivered();
+                    self.deliveries.note(&signal);
+                }
+                // Only armed while something awaits recording, so an idle
+                // session is not woken twice a second for nothing.
+                _ = record_deliveries.tick(), if !self.deliveries.0.is_empty() => {
+                    self.deliveries.record(device, context).await;
+                }
+                () = &mut idle => {
+                    return Ok(Ending::ordered(GoingAwayReason::IdleTimeout));
+                }
+            }
+        }
+    }
+
+    /// Stores a report and confirms it, or refuses it. Returns how the
+    /// session ends when the report ends it.
+    async fn ingest(&mut self, report: Report) -> Result<Option<Ending>, SessionError> {
+        let context = self.context;
+        let device = self.auth.device_id.as_str();
+        let arrived = Instant::now();
+        if report.seq == 0 {
+            return Err(SessionError::Report(ReportStoreError::ZeroSequence));
+        }
+        // Where the signal sits: to check the device could have received it,
+        // and to record its position once the report is stored. Not
+        // confirmed while the store cannot tell: the device keeps the report
+        // and resends it after reconnecting.
+        let place = match context.signals.locate(report.signal_id).await {
+            Ok(place) => place,
+            Err(e) => {
+                context.metrics.store_error();
+                warn!(device, seq = report.seq, error = %e, "locating a reported signal failed");
+                return Ok(None);
+            }
+        };
+        match &place {
+            Some((channel, _)) => match self.has_followed(channel).await {
+                Ok(true) => {}
+                Ok(false) => return Err(SessionError::ForeignChannel(channel.clone())),
+                Err(e) => {
+                    context.metrics.store_error();
+                    warn!(device, seq = report.seq, error = %e, "reading a subscription failed");
+                    return Ok(None);
+                }
+            },
+            // Expired from the log while the device was away, or never
+            // published at all: either way the report is the device's record
+            // of what its terminal did, and is kept.
+            None => {
+                context.metrics.report_about_unknown_signal();
+                info!(device, seq = report.seq, signal = %report.signal_id, "a report about a signal not in the log");
+            }
+        }
+        let stored = StoredReport::new(device, &report, unix_ms());
+        let ingested = match context.reports.ingest(&stored, Some(self.epoch)).await {
+            Ok(ingested) => ingested,
+            Err(e @ (ReportStoreError::ZeroSequence | ReportStoreError::TooFarAhead { .. })) => {
+                return Err(SessionError::Report(e));
+            }
+            Err(e) => {
+                context.metrics.store_error();
+                warn!(device, seq = report.seq, error = %e, "storing a report failed");
+                return Ok(None);
+            }
+        };
+        context
+            .metrics
+            .report_ingested(&ingested, arrived.elapsed());
+        let confirmed_up_to = match ingested {
+            Ingested::Stored { confirmed_up_to } | Ingested::AlreadyStored { confirmed_up_to } => {
+                confirmed_up_to
+            }
+            Ingested::Conflict { stored } => {
+                warn!(
+                    device,
+                    seq = report.seq,
+                    stored = %serde_json::to_string(&stored).unwrap_or_default(),
+                    offered = %serde_json::to_string(&StoredReport { stored_at_ms: 0, ..StoredReport::new(device, &report, 0) }).unwrap_or_default(),
+                    "a report conflicts with the one stored under its number; not confirmed"
+                );
+                return Ok(Some(Ending::Tell(
+                    LastWord::ReportConflict(report.seq),
+                    close_code::REPORT_CONFLICT,
+                )));
+            }
+            // A newer session took over; its order may still be on its way.
+            Ingested::Superseded => return Ok(Some(Ending::ordered(GoingAwayReason::Replaced))),
+        };
+        if let Some((channel, position)) = place {
+            // Before confirming, and on resends too: advancing keeps the
+            // maximum, so repeating it is harmless.
+            if let Err(e) = context.positions.advance(device, &channel, position).await {
+                warn!(device, error = %e, "recording a device position failed");
+            }
+        }
+        // Never above this report: a higher watermark may hold reports of
+        // another installation of the device that this session has not sent,
+        // and which this device must not take for its own.
+        let up_to_seq = confirmed_up_to.min(report.seq);
+        self.stream
+            .write(GatewayMessage::ReportsConfirmed(ReportsConfirmed {
+                up_to_seq,
+            }))
+            .await?;
+        Ok(None)
+    }
+
+    /// Whether the device follows, or ever followed, `channel`.
+    async fn has_followed(&mut self, channel: &ChannelName) -> Result<bool, SignalLogError> {
+        if self.followed.contains(channel) {
+            return Ok(true);
+        }
+        let ever = self
+            .context
+            .positions
+            .subscription_start(self.device(), channel)
+            .await?
+            .is_some();
+        if ever {
+            self.followed.insert(channel.clone());
+        }
+        Ok(ever)
+    }
+
+    /// Follows exactly the channels the device is subscribed to now: starts
+    /// the new ones, stops the dropped ones, leaves the rest running.
+    async fn follow_subscriptions(&mut self, followers: &mut Followers) -> Result<(), FollowError> {
+        let context = self.context;
+        let device = self.device();
+        let wanted = subscribed_channels(device, context).await?;
+        followers.running.retain(|channel, task| {
+            let keep = wanted.contains(channel);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for channel in wanted {
+            if followers.running.contains_key(&channel) {
+                continue;
+            }
+            let after = start_after(self.auth, &channel, context).await?;
+            let log = context.signals.clone();
+            let hub = context.hub.clone();
+            let out = followers.out.clone();
+            let follower = channel.clone();
+            let task = followers.tasks.spawn(async move {
+                hub.follow(log, follower.clone(), after, out)
+                    .await
+                    .map_err(|e| (follower, e))
+            });
+            self.followed.insert(channel.clone());
+            followers.running.insert(channel, task);
+        }
+        Ok(())
     }
 }
 
@@ -916,64 +1198,60 @@ impl Followers {
             out,
         }
     }
-
-    /// Follows exactly the channels the device is subscribed to now: starts
-    /// the new ones, stops the dropped ones, leaves the rest running.
-    async fn match_subscriptions(
-        &mut self,
-        auth: &Authenticate,
-        context: &SessionContext,
-    ) -> Result<(), FollowError> {
-        let device = auth.device_id.as_str();
-        let wanted = subscribed_channels(device, context).await?;
-        self.running.retain(|channel, task| {
-            let keep = wanted.contains(channel);
-            if !keep {
-                task.abort();
-            }
-            keep
-        });
-        for channel in wanted {
-            if self.running.contains_key(&channel) {
-                continue;
-            }
-            let after = start_after(auth, &channel, context).await?;
-            let log = context.signals.clone();
-            let hub = context.hub.clone();
-            let out = self.out.clone();
-            let follower = channel.clone();
-            let task = self.tasks.spawn(async move {
-                hub.follow(log, follower.clone(), after, out)
-                    .await
-                    .map_err(|e| (follower, e))
-            });
-            self.running.insert(channel, task);
-        }
-        Ok(())
-    }
 }
 
-/// Where a device's session starts in a channel: the resume point it named,
-/// else the position recorded for it (its last report, or where its
-/// subscription started), else the channel's head.
+/// Where a device's session starts in a channel: after the resume point it
+/// named, else after the position recorded for it (its last report, or
+/// where its subscription started); never before its subscription's start,
+/// whatever it names.
+///
+/// A position beyond the channel's head comes from a log that no longer
+/// exists (the store was reset, or the device's journal is another
+/// deployment's): the device has seen nothing of this log, and is sent it
+/// from its subscription's start (or the log's first signal), as after any
+/// absence. Waiting for the log to pass that position would withhold every
+/// signal until then.
 async fn start_after(
     auth: &Authenticate,
     channel: &ChannelName,
     context: &SessionContext,
 ) -> Result<u64, SignalLogError> {
-    if let Some(point) = auth.resume.iter().find(|point| point.channel == *channel) {
-        return Ok(point.position);
-    }
-    match context
+    let device = auth.device_id.as_str();
+    let named = auth
+        .resume
+        .iter()
+        .find(|point| point.channel == *channel)
+        .map(|point| point.position);
+    let start = context
         .positions
-        .get(auth.device_id.as_str(), channel)
+        .subscription_start(device, channel)
         .await?
-    {
-        Some(position) => Ok(position),
-        // Subscribing always records a start; without one, start from now
-        // rather than replay the channel's history.
-        None => context.signals.head(channel).await,
+        .unwrap_or(0);
+    let head = context.signals.head(channel).await?;
+    let wanted = match named {
+        Some(position) => position,
+        None => match context.positions.get(device, channel).await? {
+            Some(position) => position,
+            // Subscribing always records a start; without one, start from
+            // now rather than replay the channel's history.
+            None => head,
+        },
+    };
+    let after = wanted.max(start);
+    if after <= head {
+        return Ok(after);
     }
+    context.metrics.resume_beyond_head();
+    let restart = if start <= head { start } else { 0 };
+    warn!(
+        device,
+        %channel,
+        resume = after,
+        head,
+        from = restart,
+        "a resume point beyond the channel's head; sending the log from the subscription's start"
+    );
+    Ok(restart)
 }
 
 /// Resolves when the gateway starts shutting down (drops the watch guard
@@ -996,23 +1274,21 @@ async fn subscribed_channels(
     })
 }
 
-/// A report about a signal shows the device has it: remember the position,
-/// for when the device reconnects without naming the channel.
-async fn record_position(device: &str, report: &eagate_protocol::Report, context: &SessionContext) {
-    match context.signals.locate(report.signal_id).await {
-        Ok(Some((channel, position))) => {
-            if let Err(e) = context.positions.advance(device, &channel, position).await {
-                warn!(device, error = %e, "recording a device position failed");
-            }
-        }
-        Ok(None) => {}
-        Err(e) => warn!(device, error = %e, "locating a reported signal failed"),
-    }
-}
-
-async fn is_revoked(device: &str, context: &SessionContext) -> bool {
-    matches!(
+/// Whether the device's session under `epoch` should have ended already, by
+/// what the stores say now: revoked, or replaced by a newer session.
+async fn ended_meanwhile(
+    device: &str,
+    epoch: SessionEpoch,
+    context: &SessionContext,
+) -> Option<GoingAwayReason> {
+    if matches!(
         context.registry.get(device).await,
         Ok(Some(record)) if record.revoked_at_ms.is_some()
-    )
+    ) {
+        return Some(GoingAwayReason::Revoked);
+    }
+    match context.reports.current_session(device).await {
+        Ok(newest) if newest > epoch => Some(GoingAwayReason::Replaced),
+        _ => None,
+    }
 }

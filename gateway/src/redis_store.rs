@@ -16,8 +16,8 @@ use crate::registry::{
     DeviceRecord, DeviceStore, Modified, RecordChange, RegistryError, RegistryFuture, encode,
 };
 use crate::reports::{
-    FeedFill, Ingested, MAX_REPORT_GAP, ReportKind, ReportStore, ReportStoreError, StoreFuture,
-    StoredReport,
+    FeedFill, Ingested, MAX_REPORT_GAP, ReportKind, ReportStore, ReportStoreError, SessionEpoch,
+    StoreFuture, StoredReport,
 };
 use crate::signals::{Appended, LogFuture, PositionStore, SignalDraft, SignalLog, SignalLogError};
 
@@ -150,29 +150,11 @@ impl RedisStores {
     }
 }
 
-/// Stores a report once: HSETNX is the exactly-once gate; only the first
-/// store appends the stream entry and advances the watermark.
-const INGEST: &str = r"
-local watermark = tonumber(redis.call('GET', KEYS[2]) or '0')
-if tonumber(ARGV[1]) > watermark + tonumber(ARGV[3]) then
-  return {-1, watermark, false}
-end
-local stored = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
-if stored == 0 then
-  return {0, watermark, redis.call('HGET', KEYS[1], ARGV[1])}
-end
-local fields = {}
-for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('XADD', KEYS[3], '*', unpack(fields))
-while redis.call('HEXISTS', KEYS[1], tostring(watermark + 1)) == 1 do
-  watermark = watermark + 1
-end
-redis.call('SET', KEYS[2], watermark)
-return {1, watermark, false}
-";
-
 /// Hashed once; invoked by EVALSHA, loaded on a NOSCRIPT answer.
-static INGEST_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(INGEST));
+static INGEST_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("redis_scripts/ingest_report.lua")));
+static BEGIN_SESSION_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("redis_scripts/begin_session.lua")));
 static APPEND_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(APPEND));
 
 fn stream_fields(report: &StoredReport) -> Vec<(String, String)> {
@@ -208,7 +190,11 @@ fn stream_fields(report: &StoredReport) -> Vec<(String, String)> {
 }
 
 impl ReportStore for RedisStores {
-    fn ingest<'a>(&'a self, report: &'a StoredReport) -> StoreFuture<'a, Ingested> {
+    fn ingest<'a>(
+        &'a self,
+        report: &'a StoredReport,
+        epoch: Option<SessionEpoch>,
+    ) -> StoreFuture<'a, Ingested> {
         Box::pin(async move {
             if report.seq == 0 {
                 return Err(ReportStoreError::ZeroSequence);
@@ -219,9 +205,11 @@ impl ReportStore for RedisStores {
                 .key(self.device_key(&report.device_id, "reports"))
                 .key(self.device_key(&report.device_id, "watermark"))
                 .key(self.device_key(&report.device_id, "executions"))
+                .key(self.device_key(&report.device_id, "session"))
                 .arg(report.seq)
                 .arg(json)
-                .arg(MAX_REPORT_GAP);
+                .arg(MAX_REPORT_GAP)
+                .arg(epoch.map_or(0, |SessionEpoch(epoch)| epoch));
             for (name, value) in stream_fields(report) {
                 script.arg(name).arg(value);
             }
@@ -230,7 +218,10 @@ impl ReportStore for RedisStores {
             // run, the watermark may confirm this report to the device, which
             // then never resends it; a feed entry written after it could be
             // lost to a crash. A duplicate entry is harmless (the reader is
-            // idempotent).
+            // idempotent), and so is the entry of a fill the script then
+            // refuses (a replaced session's, or one under a number taken by
+            // another installation): it is a real trade of the device's
+            // account, which the device stores later under a number of its own.
             if report.kind == ReportKind::Filled {
                 let fill = FeedFill::of(report);
                 let _: String = connection
@@ -247,28 +238,60 @@ impl ReportStore for RedisStores {
             }
             let (stored, watermark, existing): (i8, u64, Option<String>) =
                 script.invoke_async(&mut connection).await?;
-            if stored < 0 {
-                return Err(ReportStoreError::TooFarAhead {
-                    seq: report.seq,
-                    confirmed: watermark,
-                });
+            match stored {
+                -2 => return Ok(Ingested::Superseded),
+                -1 => {
+                    return Err(ReportStoreError::TooFarAhead {
+                        seq: report.seq,
+                        confirmed: watermark,
+                    });
+                }
+                _ => {}
             }
+            let ingested = match existing {
+                Some(existing) => {
+                    crate::reports::resend_outcome(existing.as_bytes(), report, watermark)?
+                }
+                None => Ingested::Stored {
+                    confirmed_up_to: watermark,
+                },
+            };
             // Outside the script: the index key is in another slot. Added on
-            // every attempt, so a crash between the two is mended by the
-            // device's resend of the unconfirmed report.
-            let _: () = connection
-                .sadd(
-                    self.signal_reports_key(report.signal_id),
-                    format!("{} {}", report.device_id, report.seq),
-                )
-                .await?;
-            if let Some(existing) = existing {
-                crate::reports::note_resend(existing.as_bytes(), report)?;
+            // every attempt that finds the report stored, so a crash between
+            // the two is mended by the device's resend of the unconfirmed
+            // report; never for a conflict, whose number holds another
+            // signal's report.
+            if !matches!(ingested, Ingested::Conflict { .. }) {
+                let _: () = connection
+                    .sadd(
+                        self.signal_reports_key(report.signal_id),
+                        format!("{} {}", report.device_id, report.seq),
+                    )
+                    .await?;
             }
-            Ok(Ingested {
-                newly_stored: stored == 1,
-                confirmed_up_to: watermark,
-            })
+            Ok(ingested)
+        })
+    }
+
+    fn begin_session<'a>(&'a self, device_id: &'a str) -> StoreFuture<'a, (SessionEpoch, u64)> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let (epoch, watermark): (u64, u64) = BEGIN_SESSION_SCRIPT
+                .key(self.device_key(device_id, "session"))
+                .key(self.device_key(device_id, "watermark"))
+                .invoke_async(&mut connection)
+                .await?;
+            Ok((SessionEpoch(epoch), watermark))
+        })
+    }
+
+    fn current_session<'a>(&'a self, device_id: &'a str) -> StoreFuture<'a, SessionEpoch> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let epoch: Option<u64> = connection
+                .get(self.device_key(device_id, "session"))
+                .await?;
+            Ok(SessionEpoch(epoch.unwrap_or(0)))
         })
     }
 
@@ -707,7 +730,7 @@ impl PositionStore for RedisStores {
         Box::pin(self.read_position("positions", device_id, channel))
     }
 
-    fn set<'a>(
+    fn start_subscription<'a>(
         &'a self,
         device_id: &'a str,
         channel: &'a ChannelName,
@@ -715,14 +738,41 @@ impl PositionStore for RedisStores {
     ) -> LogFuture<'a, ()> {
         Box::pin(async move {
             let mut connection = self.connection.clone();
-            let _: () = connection
+            let _: () = redis::pipe()
+                .atomic()
                 .hset(
                     self.device_key(device_id, "positions"),
                     channel.as_str(),
                     position,
                 )
+                .ignore()
+                .hset(
+                    self.device_key(device_id, "starts"),
+                    channel.as_str(),
+                    position,
+                )
+                .ignore()
+                .query_async(&mut connection)
                 .await?;
             Ok(())
+        })
+    }
+
+    fn subscription_start<'a>(
+        &'a self,
+        device_id: &'a str,
+        channel: &'a ChannelName,
+    ) -> LogFuture<'a, Option<u64>> {
+        Box::pin(async move {
+            // Subscriptions made before starts were recorded have only the
+            // position recorded at subscription: they started at most there.
+            match self.read_position("starts", device_id, channel).await? {
+                Some(start) => Ok(Some(start)),
+                None => Ok(self
+                    .read_position("positions", device_id, channel)
+                    .await?
+                    .map(|_| 0)),
+            }
         })
     }
 
@@ -806,6 +856,38 @@ impl RedisStores {
         }
         let mut connection = self.connection.clone();
         pipe.query_async(&mut connection).await
+    }
+
+    /// The newest session epoch of each device, in order.
+    pub async fn session_epochs(&self, devices: &[&str]) -> redis::RedisResult<Vec<SessionEpoch>> {
+        let mut pipe = redis::pipe();
+        for device_id in devices {
+            pipe.get(self.device_key(device_id, "session"));
+        }
+        let mut connection = self.connection.clone();
+        let epochs: Vec<Option<u64>> = pipe.query_async(&mut connection).await?;
+        Ok(epochs
+            .into_iter()
+            .map(|epoch| SessionEpoch(epoch.unwrap_or(0)))
+            .collect())
+    }
+
+    /// How many gateways other than `instance` hold a live session of
+    /// `device_id` now.
+    pub async fn presence_elsewhere(
+        &self,
+        device_id: &str,
+        instance: &str,
+        now_ms: u64,
+    ) -> redis::RedisResult<usize> {
+        let mut connection = self.connection.clone();
+        let gateways: Vec<(String, u64)> = connection
+            .hgetall(self.device_key(device_id, "presence"))
+            .await?;
+        Ok(gateways
+            .iter()
+            .filter(|(gateway, until)| gateway != instance && *until > now_ms)
+            .count())
     }
 
     /// How many gateways hold a live session of `device_id`, and when it

@@ -103,13 +103,47 @@ impl StoredReport {
     }
 }
 
+/// Which of a device's sessions may write its reports. Every successful
+/// authentication takes a new, higher epoch ([`ReportStore::begin_session`]);
+/// a write under an older one is refused, atomically with the write, so a
+/// replaced session can never store (nor have confirmed) a report once its
+/// successor has started, on this gateway or any other sharing the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SessionEpoch(pub u64);
+
 /// What happened when a report was offered to the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ingested {
-    /// `false` when (device, seq) was already stored; nothing was written.
-    pub newly_stored: bool,
-    /// Every report of the device up to this sequence number is stored.
-    pub confirmed_up_to: u64,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ingested {
+    /// Newly stored.
+    Stored {
+        /// Every report of the device up to this sequence number is stored.
+        confirmed_up_to: u64,
+    },
+    /// The same report was stored before (a resend); nothing was written.
+    AlreadyStored {
+        /// Every report of the device up to this sequence number is stored.
+        confirmed_up_to: u64,
+    },
+    /// Another report is stored under this (device, seq); nothing was
+    /// written, and this one must not be confirmed.
+    Conflict {
+        /// The report stored under the number.
+        stored: Box<StoredReport>,
+    },
+    /// A newer session of the device has begun; nothing was written.
+    Superseded,
+}
+
+impl Ingested {
+    /// The device's watermark, when the report is stored (now or before).
+    pub fn confirmed_up_to(&self) -> Option<u64> {
+        match self {
+            Self::Stored { confirmed_up_to } | Self::AlreadyStored { confirmed_up_to } => {
+                Some(*confirmed_up_to)
+            }
+            Self::Conflict { .. } | Self::Superseded => None,
+        }
+    }
 }
 
 /// Why the report store failed.
@@ -143,20 +177,23 @@ pub enum ReportStoreError {
 /// the store hold; an SDK keeps at most this many unconfirmed reports.
 pub const MAX_REPORT_GAP: u64 = 4096;
 
-/// A resend found `existing` (the stored JSON) in place. The first stored
-/// version stands; a resend that differs from it is logged, as it points to
-/// a device that reuses sequence numbers.
-pub(crate) fn note_resend(existing: &[u8], report: &StoredReport) -> Result<(), ReportStoreError> {
+/// The outcome of offering `report` where `existing` (the stored JSON) is
+/// already in place: the same report resent, or another report under the
+/// same number. The first stored version always stands.
+pub(crate) fn resend_outcome(
+    existing: &[u8],
+    report: &StoredReport,
+    confirmed_up_to: u64,
+) -> Result<Ingested, ReportStoreError> {
     let existing: StoredReport =
         serde_json::from_slice(existing).map_err(|e| ReportStoreError::Corrupt(e.to_string()))?;
-    if !existing.same_report(report) {
-        tracing::warn!(
-            device = %report.device_id,
-            seq = report.seq,
-            "a resent report differs from the stored one; keeping the first"
-        );
-    }
-    Ok(())
+    Ok(if existing.same_report(report) {
+        Ingested::AlreadyStored { confirmed_up_to }
+    } else {
+        Ingested::Conflict {
+            stored: Box::new(existing),
+        }
+    })
 }
 
 /// A boxed future, so stores can be used as `dyn ReportStore`.
@@ -166,8 +203,24 @@ pub type StoreFuture<'a, T> =
 /// Where reports are kept. Implementations store each (device, seq) once and
 /// return from [`ReportStore::ingest`] only when the report is durable.
 pub trait ReportStore: Send + Sync + std::fmt::Debug {
-    /// Stores `report` unless its (device, seq) is already stored.
-    fn ingest<'a>(&'a self, report: &'a StoredReport) -> StoreFuture<'a, Ingested>;
+    /// Stores `report` unless its (device, seq) is already stored. With a
+    /// session epoch, only while that epoch is the device's newest: the
+    /// check and the write are one atomic step. Without one (reports that
+    /// arrive outside a device session) nothing is fenced.
+    fn ingest<'a>(
+        &'a self,
+        report: &'a StoredReport,
+        epoch: Option<SessionEpoch>,
+    ) -> StoreFuture<'a, Ingested>;
+
+    /// Begins a new session of the device: takes the next epoch, which
+    /// fences off every earlier session's writes, and returns it with the
+    /// device's confirmed watermark as of that moment (durable), which no
+    /// earlier session can move any more.
+    fn begin_session<'a>(&'a self, device_id: &'a str) -> StoreFuture<'a, (SessionEpoch, u64)>;
+
+    /// The device's newest session epoch (0 before its first session).
+    fn current_session<'a>(&'a self, device_id: &'a str) -> StoreFuture<'a, SessionEpoch>;
 
     /// The device's confirmed watermark: 0 before its first report.
     fn confirmed_up_to<'a>(&'a self, device_id: &'a str) -> StoreFuture<'a, u64>;
@@ -223,7 +276,8 @@ impl FeedFill {
 }
 
 /// Reports in sled: `reports` keyed by (device, seq), `signal_reports`
-/// indexing them by signal, `report_watermarks` per device.
+/// indexing them by signal, `report_watermarks` and `device_sessions` (the
+/// newest session epoch) per device.
 #[derive(Debug, Clone)]
 pub struct SledReportStore {
     db: sled::Db,
@@ -231,6 +285,13 @@ pub struct SledReportStore {
     by_signal: sled::Tree,
     watermarks: sled::Tree,
     fills: sled::Tree,
+    sessions: sled::Tree,
+}
+
+/// Why a sled ingest transaction stopped without writing.
+enum Refused {
+    TooFarAhead(u64),
+    Superseded,
 }
 
 impl SledReportStore {
@@ -242,10 +303,15 @@ impl SledReportStore {
             by_signal: db.open_tree("signal_reports")?,
             watermarks: db.open_tree("report_watermarks")?,
             fills: db.open_tree("fill_feed")?,
+            sessions: db.open_tree("device_sessions")?,
         })
     }
 
-    fn ingest_now(&self, report: &StoredReport) -> Result<Ingested, ReportStoreError> {
+    fn ingest_now(
+        &self,
+        report: &StoredReport,
+        epoch: Option<SessionEpoch>,
+    ) -> Result<Ingested, ReportStoreError> {
         use sled::Transactional;
         use sled::transaction::{ConflictableTransactionError, TransactionError};
 
@@ -270,11 +336,20 @@ impl SledReportStore {
             &self.by_signal,
             &self.watermarks,
             &self.fills,
+            &self.sessions,
         );
-        let outcome = trees.transaction(|(reports, by_signal, watermarks, fills)| {
+        let outcome = trees.transaction(|(reports, by_signal, watermarks, fills, sessions)| {
+            if let Some(SessionEpoch(epoch)) = epoch {
+                let newest = sessions.get(device)?.as_deref().map_or(0, read_u64);
+                if newest != epoch {
+                    return Err(ConflictableTransactionError::Abort(Refused::Superseded));
+                }
+            }
             let watermark = watermarks.get(device)?.as_deref().map_or(0, read_u64);
             if report.seq > watermark.saturating_add(MAX_REPORT_GAP) {
-                return Err(ConflictableTransactionError::Abort(watermark));
+                return Err(ConflictableTransactionError::Abort(Refused::TooFarAhead(
+                    watermark,
+                )));
             }
             if let Some(existing) = reports.get(&key)? {
                 return Ok((false, watermark, Some(existing)));
@@ -295,34 +370,87 @@ impl SledReportStore {
             if up_to != watermark {
                 watermarks.insert(device, &up_to.to_be_bytes()[..])?;
             }
-            Ok::<_, ConflictableTransactionError<u64>>((true, up_to, None))
+            Ok::<_, ConflictableTransactionError<Refused>>((true, up_to, None))
         });
-        let (newly_stored, confirmed_up_to, existing) = outcome.map_err(|e| match e {
-            TransactionError::Storage(e) => ReportStoreError::Sled(e),
-            TransactionError::Abort(confirmed) => ReportStoreError::TooFarAhead {
-                seq: report.seq,
-                confirmed,
-            },
-        })?;
-        if let Some(existing) = existing {
-            note_resend(&existing, report)?;
+        let (_, confirmed_up_to, existing) = match outcome {
+            Ok(outcome) => outcome,
+            Err(TransactionError::Storage(e)) => return Err(ReportStoreError::Sled(e)),
+            Err(TransactionError::Abort(Refused::Superseded)) => return Ok(Ingested::Superseded),
+            Err(TransactionError::Abort(Refused::TooFarAhead(confirmed))) => {
+                return Err(ReportStoreError::TooFarAhead {
+                    seq: report.seq,
+                    confirmed,
+                });
+            }
+        };
+        match existing {
+            Some(existing) => resend_outcome(&existing, report, confirmed_up_to),
+            None => Ok(Ingested::Stored { confirmed_up_to }),
         }
-        Ok(Ingested {
-            newly_stored,
-            confirmed_up_to,
-        })
+    }
+
+    fn begin_session_now(&self, device_id: &str) -> Result<(SessionEpoch, u64), ReportStoreError> {
+        use sled::Transactional;
+        use sled::transaction::TransactionError;
+
+        let device = device_id.as_bytes();
+        // One transaction with the ingest's reads of both trees: an ingest
+        // under the old epoch either committed before (and is in the
+        // watermark read here) or sees the new epoch and writes nothing.
+        (&self.sessions, &self.watermarks)
+            .transaction(|(sessions, watermarks)| {
+                let epoch = sessions.get(device)?.as_deref().map_or(0, read_u64) + 1;
+                sessions.insert(device, &epoch.to_be_bytes()[..])?;
+                let watermark = watermarks.get(device)?.as_deref().map_or(0, read_u64);
+                Ok::<_, sled::transaction::ConflictableTransactionError<()>>((
+                    SessionEpoch(epoch),
+                    watermark,
+                ))
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => ReportStoreError::Sled(e),
+                TransactionError::Abort(()) => {
+                    ReportStoreError::Corrupt("a session transaction aborted".into())
+                }
+            })
     }
 }
 
 impl ReportStore for SledReportStore {
-    fn ingest<'a>(&'a self, report: &'a StoredReport) -> StoreFuture<'a, Ingested> {
+    fn ingest<'a>(
+        &'a self,
+        report: &'a StoredReport,
+        epoch: Option<SessionEpoch>,
+    ) -> StoreFuture<'a, Ingested> {
         Box::pin(async move {
-            let ingested = self.ingest_now(report)?;
+            let ingested = self.ingest_now(report, epoch)?;
             // Durable before it is confirmed, resends included: the first
             // attempt's flush may have failed or been cut short. A flush with
             // nothing pending costs little.
             crate::durable::flush(&self.db).await?;
             Ok(ingested)
+        })
+    }
+
+    fn begin_session<'a>(&'a self, device_id: &'a str) -> StoreFuture<'a, (SessionEpoch, u64)> {
+        Box::pin(async move {
+            let begun = self.begin_session_now(device_id)?;
+            // The watermark announced must be on disk (another session's
+            // last report may still be on its way there). The epoch need not
+            // be: after a crash no session of the old process is left.
+            crate::durable::flush(&self.db).await?;
+            Ok(begun)
+        })
+    }
+
+    fn current_session<'a>(&'a self, device_id: &'a str) -> StoreFuture<'a, SessionEpoch> {
+        Box::pin(async move {
+            Ok(SessionEpoch(
+                self.sessions
+                    .get(device_id.as_bytes())?
+                    .as_deref()
+                    .map_or(0, read_u64),
+            ))
         })
     }
 
@@ -421,10 +549,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_resent_report_is_stored_once_and_the_first_content_kept() {
+    async fn a_resend_is_already_stored_and_another_report_under_its_number_a_conflict() {
         let store = store();
         let first = report(1, ReportOutcome::Received);
-        assert!(store.ingest(&first).await.unwrap().newly_stored);
+        assert_eq!(
+            store.ingest(&first, None).await.unwrap(),
+            Ingested::Stored { confirmed_up_to: 1 }
+        );
+        assert_eq!(
+            store.ingest(&first, None).await.unwrap(),
+            Ingested::AlreadyStored { confirmed_up_to: 1 }
+        );
         let altered = report(
             1,
             ReportOutcome::Rejected(Rejection {
@@ -432,9 +567,12 @@ mod tests {
                 text: RejectionText::lossy("no money"),
             }),
         );
-        let again = store.ingest(&altered).await.unwrap();
-        assert!(!again.newly_stored);
-        assert_eq!(again.confirmed_up_to, 1);
+        assert_eq!(
+            store.ingest(&altered, None).await.unwrap(),
+            Ingested::Conflict {
+                stored: Box::new(first.clone())
+            }
+        );
         assert_eq!(
             store.for_signal(first.signal_id).await.unwrap(),
             vec![first]
@@ -442,15 +580,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_watermark_waits_for_a_gap_and_jumps_when_it_fills() {
+    async fn a_write_under_an_older_session_epoch_is_refused_and_stores_nothing() {
         let store = store();
-        let received = |seq| report(seq, ReportOutcome::Received);
-        assert_eq!(store.ingest(&received(1)).await.unwrap().confirmed_up_to, 1);
-        assert_eq!(store.ingest(&received(3)).await.unwrap().confirmed_up_to, 1);
-        assert_eq!(store.ingest(&received(4)).await.unwrap().confirmed_up_to, 1);
-        assert_eq!(store.ingest(&received(2)).await.unwrap().confirmed_up_to, 4);
-        assert_eq!(store.confirmed_up_to("dv_A").await.unwrap(), 4);
-        assert_eq!(store.confirmed_up_to("dv_B").await.unwrap(), 0);
+        let (old, watermark) = store.begin_session("dv_A").await.unwrap();
+        assert_eq!(watermark, 0);
+        let first = report(1, ReportOutcome::Received);
+        assert!(matches!(
+            store.ingest(&first, Some(old)).await.unwrap(),
+            Ingested::Stored { .. }
+        ));
+        let (new, watermark) = store.begin_session("dv_A").await.unwrap();
+        assert!(new > old);
+        assert_eq!(watermark, 1);
+        assert_eq!(store.current_session("dv_A").await.unwrap(), new);
+        let late = report(2, ReportOutcome::Received);
+        assert_eq!(
+            store.ingest(&late, Some(old)).await.unwrap(),
+            Ingested::Superseded
+        );
+        assert_eq!(store.confirmed_up_to("dv_A").await.unwrap(), 1);
+        assert!(store.for_signal(late.signal_id).await.unwrap().is_empty());
+        assert!(matches!(
+            store.ingest(&late, Some(new)).await.unwrap(),
+            Ingested::Stored { confirmed_up_to: 2 }
+        ));
     }
 
     #[tokio::test]
@@ -468,7 +621,12 @@ mod tests {
             .map(|_| {
                 let store = store.clone();
                 let fill = fill.clone();
-                tokio::spawn(async move { store.ingest(&fill).await.unwrap().newly_stored })
+                tokio::spawn(async move {
+                    matches!(
+                        store.ingest(&fill, None).await.unwrap(),
+                        Ingested::Stored { .. }
+                    )
+                })
             })
             .collect();
         let mut stored = 0;
@@ -482,7 +640,9 @@ mod tests {
     #[tokio::test]
     async fn sequence_zero_is_refused() {
         assert!(matches!(
-            store().ingest(&report(0, ReportOutcome::Received)).await,
+            store()
+                .ingest(&report(0, ReportOutcome::Received), None)
+                .await,
             Err(ReportStoreError::ZeroSequence)
         ));
     }

@@ -97,7 +97,7 @@ struct Stores {
     /// other processes' notices (Redis, started once the context exists).
     upkeep: Vec<tokio::task::JoinHandle<()>>,
     redis_client: Option<redis::Client>,
-    shared_presence: Option<crate::quic::SharedPresence>,
+    shared_presence: Option<crate::sessions::SharedPresence>,
 }
 
 async fn open_stores(
@@ -161,7 +161,7 @@ async fn open_stores(
         db: None,
         upkeep: Vec::new(),
         redis_client: Some(redis.client().clone()),
-        shared_presence: Some(crate::quic::SharedPresence {
+        shared_presence: Some(crate::sessions::SharedPresence {
             stores: redis.clone(),
             instance: instance_name()?,
         }),

@@ -596,14 +596,25 @@ pub trait PositionStore: Send + Sync + std::fmt::Debug {
         channel: &'a ChannelName,
     ) -> LogFuture<'a, Option<u64>>;
 
-    /// Sets the position, whatever was recorded before (a new subscription
-    /// starts from the channel's head).
-    fn set<'a>(
+    /// Records that the device's subscription to the channel starts after
+    /// `position` (the channel's head when it subscribed): durably, as the
+    /// position recorded for it whatever was recorded before, and as the
+    /// subscription's start, below which the device is never sent anything
+    /// whatever resume point it names.
+    fn start_subscription<'a>(
         &'a self,
         device_id: &'a str,
         channel: &'a ChannelName,
         position: u64,
     ) -> LogFuture<'a, ()>;
+
+    /// Where the device's current (or last) subscription to the channel
+    /// started; `None` if it never subscribed to it.
+    fn subscription_start<'a>(
+        &'a self,
+        device_id: &'a str,
+        channel: &'a ChannelName,
+    ) -> LogFuture<'a, Option<u64>>;
 
     /// Records `position` unless a later one is already recorded.
     fn advance<'a>(
@@ -632,20 +643,25 @@ pub trait PositionStore: Send + Sync + std::fmt::Debug {
     ) -> LogFuture<'a, Option<u64>>;
 }
 
-/// Device positions in sled trees: reported (`device_positions`) and
-/// delivered (`device_deliveries`).
+/// Device positions in sled trees: reported (`device_positions`),
+/// delivered (`device_deliveries`) and where subscriptions started
+/// (`device_subscription_starts`).
 #[derive(Debug, Clone)]
 pub struct SledPositions {
+    db: sled::Db,
     positions: sled::Tree,
     deliveries: sled::Tree,
+    starts: sled::Tree,
 }
 
 impl SledPositions {
     /// Opens the trees of `db`.
     pub fn open(db: &sled::Db) -> sled::Result<Self> {
         Ok(Self {
+            db: db.clone(),
             positions: db.open_tree("device_positions")?,
             deliveries: db.open_tree("device_deliveries")?,
+            starts: db.open_tree("device_subscription_starts")?,
         })
     }
 }
@@ -685,24 +701,35 @@ impl PositionStore for SledPositions {
         Box::pin(async move { read_position(&self.positions, device_id, channel) })
     }
 
-    fn set<'a>(
+    fn start_subscription<'a>(
         &'a self,
         device_id: &'a str,
         channel: &'a ChannelName,
         position: u64,
     ) -> LogFuture<'a, ()> {
-        let positions = self.positions.clone();
         let key = position_key(device_id, channel);
         Box::pin(async move {
-            // A subscription's start must survive a crash: flush, off the
-            // runtime's threads.
-            tokio::task::spawn_blocking(move || {
-                positions.insert(key, &position.to_be_bytes()[..])?;
-                positions.flush()
-            })
-            .await
-            .map_err(|e| SignalLogError::Corrupt(format!("position task failed: {e}")))??;
+            let value = position.to_be_bytes();
+            self.positions.insert(&key, &value[..])?;
+            self.starts.insert(&key, &value[..])?;
+            // A subscription's start must survive a crash.
+            crate::durable::flush(&self.db).await?;
             Ok(())
+        })
+    }
+
+    fn subscription_start<'a>(
+        &'a self,
+        device_id: &'a str,
+        channel: &'a ChannelName,
+    ) -> LogFuture<'a, Option<u64>> {
+        Box::pin(async move {
+            // Subscriptions made before starts were recorded have only the
+            // position recorded at subscription: they started at most there.
+            match read_position(&self.starts, device_id, channel)? {
+                Some(start) => Ok(Some(start)),
+                None => Ok(read_position(&self.positions, device_id, channel)?.map(|_| 0)),
+            }
         })
     }
 

@@ -449,19 +449,25 @@ async fn the_first_fill_on_any_device_of_the_account_earns_the_bonus_once(backen
         ..fill(&laptop.device_id, 1)
     };
     let reports = desk.gateway.context().reports.clone();
-    reports.ingest(&received).await.unwrap();
+    reports.ingest(&received, None).await.unwrap();
     // The fill comes from the second device of the account; resent twice.
     let first_fill = fill(&vps.device_id, 1);
-    reports.ingest(&first_fill).await.unwrap();
-    reports.ingest(&first_fill).await.unwrap();
+    reports.ingest(&first_fill, None).await.unwrap();
+    reports.ingest(&first_fill, None).await.unwrap();
     let bonus = wait_for_bonus(&desk, &affiliate).await;
     // 5% of the first payment, GBP 29.99 → 1.4995 → 1.50.
     assert_eq!(bonus["amount_minor"], 150);
     assert_eq!(bonus["rate_bps"], 500);
     assert_eq!(bonus["payment_id"], "pay-1");
     // More fills, on both devices: no second bonus.
-    reports.ingest(&fill(&laptop.device_id, 2)).await.unwrap();
-    reports.ingest(&fill(&vps.device_id, 2)).await.unwrap();
+    reports
+        .ingest(&fill(&laptop.device_id, 2), None)
+        .await
+        .unwrap();
+    reports
+        .ingest(&fill(&vps.device_id, 2), None)
+        .await
+        .unwrap();
     let desk_core = desk.gateway.context();
     let programme = desk.gateway.affiliates().unwrap();
     // Drain the feed now rather than waiting for the background reader.

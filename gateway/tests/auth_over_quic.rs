@@ -41,7 +41,7 @@ async fn wrong_secret_is_refused_generically_and_the_connection_closed(backend: 
         session.authenticate(&device, fresh_nonce()).await,
         Some(GatewayMessage::AuthRefused(Refusal::Failed))
     );
-    assert_eq!(session.close_code().await, close_code::AUTH_REFUSED as u64);
+    assert_eq!(session.close_code().await, close_code::AUTH_FAILED as u64);
 }
 
 on_both_backends!(unknown_device_is_refused_with_the_same_generic_answer);
@@ -56,7 +56,7 @@ async fn unknown_device_is_refused_with_the_same_generic_answer(backend: Backend
         session.authenticate(&stranger, fresh_nonce()).await,
         Some(GatewayMessage::AuthRefused(Refusal::Failed))
     );
-    assert_eq!(session.close_code().await, close_code::AUTH_REFUSED as u64);
+    assert_eq!(session.close_code().await, close_code::AUTH_FAILED as u64);
 }
 
 on_both_backends!(revoked_device_with_the_right_secret_is_told_it_is_revoked);
@@ -146,7 +146,12 @@ async fn garbage_closes_the_connection_and_the_gateway_keeps_serving(backend: Ba
     garbage
         .send_raw(&[0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff])
         .await;
-    assert_eq!(garbage.receive().await, None);
+    assert_eq!(
+        garbage.receive().await,
+        Some(GatewayMessage::GoingAway(GoingAway {
+            reason: GoingAwayReason::ProtocolViolation
+        }))
+    );
     assert_eq!(
         garbage.close_code().await,
         close_code::PROTOCOL_VIOLATION as u64
@@ -163,7 +168,12 @@ async fn oversized_frame_is_refused_before_its_body_is_read(backend: Backend) {
     let (gateway, dir) = start_on(&backend).await;
     let mut session = connect(&gateway, dir.path()).await;
     session.send_raw(&u32::MAX.to_be_bytes()).await;
-    assert_eq!(session.receive().await, None);
+    assert_eq!(
+        session.receive().await,
+        Some(GatewayMessage::GoingAway(GoingAway {
+            reason: GoingAwayReason::ProtocolViolation
+        }))
+    );
     assert_eq!(
         session.close_code().await,
         close_code::PROTOCOL_VIOLATION as u64
@@ -175,7 +185,12 @@ async fn anything_but_authenticate_first_is_a_protocol_violation(backend: Backen
     let (gateway, dir) = start_on(&backend).await;
     let mut session = connect(&gateway, dir.path()).await;
     session.send(&DeviceMessage::Ping(Ping { token: 1 })).await;
-    assert_eq!(session.receive().await, None);
+    assert_eq!(
+        session.receive().await,
+        Some(GatewayMessage::GoingAway(GoingAway {
+            reason: GoingAwayReason::ProtocolViolation
+        }))
+    );
     assert_eq!(
         session.close_code().await,
         close_code::PROTOCOL_VIOLATION as u64
@@ -203,13 +218,17 @@ async fn unsupported_protocol_version_is_told_the_supported_range(backend: Backe
     else {
         unreachable!()
     };
-    auth.protocol_version = 2;
+    auth.protocol_version = 3;
     session.send(&DeviceMessage::Authenticate(auth)).await;
     assert_eq!(
         session.receive().await,
         Some(GatewayMessage::AuthRefused(Refusal::UnsupportedVersion(
-            SupportedVersions { min: 1, max: 1 }
+            SupportedVersions { min: 1, max: 2 }
         )))
+    );
+    assert_eq!(
+        session.close_code().await,
+        close_code::UNSUPPORTED_VERSION as u64
     );
 }
 
@@ -289,8 +308,12 @@ async fn rotating_a_secret_ends_live_sessions_and_only_the_new_secret_authentica
     assert_eq!(
         session.receive().await,
         Some(GatewayMessage::GoingAway(GoingAway {
-            reason: GoingAwayReason::Replaced
+            reason: GoingAwayReason::SecretRotated
         }))
+    );
+    assert_eq!(
+        session.close_code().await,
+        close_code::SECRET_ROTATED as u64
     );
     let mut with_old = connect(&gateway, dir.path()).await;
     assert_eq!(

@@ -503,11 +503,11 @@ async fn executions_show_each_subscribed_device_pending_delivered_received_or_fi
         )
     };
     reports
-        .ingest(&report(&ids[0], 1, ReportOutcome::Received))
+        .ingest(&report(&ids[0], 1, ReportOutcome::Received), None)
         .await
         .unwrap();
     reports
-        .ingest(&report(&ids[1], 1, ReportOutcome::Received))
+        .ingest(&report(&ids[1], 1, ReportOutcome::Received), None)
         .await
         .unwrap();
     let fill = ReportOutcome::Filled(Fill {
@@ -515,7 +515,10 @@ async fn executions_show_each_subscribed_device_pending_delivered_received_or_fi
         price: "1.08543".parse().unwrap(),
         volume: "0.10".parse().unwrap(),
     });
-    reports.ingest(&report(&ids[1], 2, fill)).await.unwrap();
+    reports
+        .ingest(&report(&ids[1], 2, fill), None)
+        .await
+        .unwrap();
 
     let executions = || async {
         let answer = api

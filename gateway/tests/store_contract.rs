@@ -7,7 +7,7 @@ use std::sync::Arc;
 use eagate_gateway::nonces::{NonceStore, SledNonceStore};
 use eagate_gateway::redis_store::RedisStores;
 use eagate_gateway::registry::{DeviceRegistry, RegistryError, SledDeviceStore};
-use eagate_gateway::reports::{ReportStore, SledReportStore, StoredReport};
+use eagate_gateway::reports::{Ingested, ReportStore, SledReportStore, StoredReport};
 use eagate_gateway::seal::MasterKey;
 use eagate_gateway::signals::{
     PositionStore, SignalDraft, SignalLog, SledPositions, SledSignalLog,
@@ -98,37 +98,63 @@ fn fill(ticket: u64) -> ReportOutcome {
 
 async fn resent_reports_are_stored_once_and_the_first_content_is_kept(stores: &Stores) {
     let first = report("dv_A", 1, 7, fill(1));
-    assert!(stores.reports.ingest(&first).await.unwrap().newly_stored);
+    assert_eq!(
+        stores.reports.ingest(&first, None).await.unwrap(),
+        Ingested::Stored { confirmed_up_to: 1 }
+    );
     for _ in 0..3 {
-        let resent = report("dv_A", 1, 7, fill(999));
-        let again = stores.reports.ingest(&resent).await.unwrap();
-        assert!(!again.newly_stored);
-        assert_eq!(again.confirmed_up_to, 1);
+        assert_eq!(
+            stores.reports.ingest(&first, None).await.unwrap(),
+            Ingested::AlreadyStored { confirmed_up_to: 1 }
+        );
     }
+    // Another report under the same number is a conflict, never taken for
+    // a resend: it is not stored, and the store says what it holds.
+    let other = report("dv_A", 1, 7, fill(999));
+    assert_eq!(
+        stores.reports.ingest(&other, None).await.unwrap(),
+        Ingested::Conflict {
+            stored: Box::new(first.clone())
+        }
+    );
     assert_eq!(
         stores.reports.for_signal(SignalId([7; 16])).await.unwrap(),
         vec![first]
+    );
+    // Nor is it indexed under its own signal.
+    let elsewhere = report("dv_A", 1, 8, fill(1));
+    assert!(matches!(
+        stores.reports.ingest(&elsewhere, None).await.unwrap(),
+        Ingested::Conflict { .. }
+    ));
+    assert!(
+        stores
+            .reports
+            .for_signal(SignalId([8; 16]))
+            .await
+            .unwrap()
+            .is_empty()
     );
 }
 on_both_backends!(resent_reports_are_stored_once_and_the_first_content_is_kept);
 
 async fn the_watermark_waits_for_a_gap_and_jumps_when_it_fills(stores: &Stores) {
     let received = |seq| report("dv_A", seq, 1, ReportOutcome::Received);
-    let watermark = |ingested: eagate_gateway::reports::Ingested| ingested.confirmed_up_to;
+    let watermark = |ingested: Ingested| ingested.confirmed_up_to().unwrap();
     assert_eq!(
-        watermark(stores.reports.ingest(&received(1)).await.unwrap()),
+        watermark(stores.reports.ingest(&received(1), None).await.unwrap()),
         1
     );
     assert_eq!(
-        watermark(stores.reports.ingest(&received(3)).await.unwrap()),
+        watermark(stores.reports.ingest(&received(3), None).await.unwrap()),
         1
     );
     assert_eq!(
-        watermark(stores.reports.ingest(&received(4)).await.unwrap()),
+        watermark(stores.reports.ingest(&received(4), None).await.unwrap()),
         1
     );
     assert_eq!(
-        watermark(stores.reports.ingest(&received(2)).await.unwrap()),
+        watermark(stores.reports.ingest(&received(2), None).await.unwrap()),
         4
     );
     assert_eq!(stores.reports.confirmed_up_to("dv_A").await.unwrap(), 4);
@@ -141,11 +167,13 @@ async fn concurrent_resends_of_one_report_store_it_exactly_once(stores: &Stores)
         .map(|_| {
             let reports = stores.reports.clone();
             tokio::spawn(async move {
-                reports
-                    .ingest(&report("dv_A", 5, 9, fill(5)))
-                    .await
-                    .unwrap()
-                    .newly_stored
+                matches!(
+                    reports
+                        .ingest(&report("dv_A", 5, 9, fill(5)), None)
+                        .await
+                        .unwrap(),
+                    Ingested::Stored { .. }
+                )
             })
         })
         .collect();
@@ -170,13 +198,13 @@ async fn a_signals_reports_are_listed_by_device_then_sequence(stores: &Stores) {
     for (device, seq) in [("dv_B", 2), ("dv_A", 2), ("dv_B", 1), ("dv_A", 1)] {
         stores
             .reports
-            .ingest(&report(device, seq, 3, ReportOutcome::Received))
+            .ingest(&report(device, seq, 3, ReportOutcome::Received), None)
             .await
             .unwrap();
     }
     stores
         .reports
-        .ingest(&report("dv_A", 3, 4, ReportOutcome::Received))
+        .ingest(&report("dv_A", 3, 4, ReportOutcome::Received), None)
         .await
         .unwrap();
     let listed: Vec<(String, u64)> = stores
@@ -199,7 +227,7 @@ async fn sequence_zero_is_refused(stores: &Stores) {
     assert!(
         stores
             .reports
-            .ingest(&report("dv_A", 0, 1, ReportOutcome::Received))
+            .ingest(&report("dv_A", 0, 1, ReportOutcome::Received), None)
             .await
             .is_err()
     );
@@ -340,7 +368,7 @@ async fn redis_keeps_one_readable_stream_entry_per_report_however_often_it_is_re
     let stores = RedisStores::connect(&url, &prefix).await.unwrap();
     for seq in [1, 2, 2, 1, 3, 3, 3] {
         stores
-            .ingest(&report("dv_A", seq, 8, fill(seq)))
+            .ingest(&report("dv_A", seq, 8, fill(seq)), None)
             .await
             .unwrap();
     }
@@ -381,10 +409,13 @@ async fn redis_keeps_one_readable_stream_entry_per_report_however_often_it_is_re
 async fn a_report_too_far_above_the_watermark_is_refused_and_not_stored(stores: &Stores) {
     use eagate_gateway::reports::{MAX_REPORT_GAP, ReportStoreError};
     let at_limit = report("dv_A", MAX_REPORT_GAP, 6, ReportOutcome::Received);
-    assert!(stores.reports.ingest(&at_limit).await.unwrap().newly_stored);
+    assert!(matches!(
+        stores.reports.ingest(&at_limit, None).await.unwrap(),
+        Ingested::Stored { .. }
+    ));
     let beyond = report("dv_A", MAX_REPORT_GAP + 1, 6, ReportOutcome::Received);
     assert!(matches!(
-        stores.reports.ingest(&beyond).await,
+        stores.reports.ingest(&beyond, None).await,
         Err(ReportStoreError::TooFarAhead { confirmed: 0, .. })
     ));
     assert_eq!(
@@ -555,17 +586,86 @@ async fn concurrent_changes_to_one_device_are_all_kept(stores: &Stores) {
     assert!(credentials.revoked);
 }
 
-on_both_backends!(a_device_position_only_moves_forward_unless_set);
-async fn a_device_position_only_moves_forward_unless_set(stores: &Stores) {
+on_both_backends!(a_device_position_only_moves_forward_unless_a_subscription_starts);
+async fn a_device_position_only_moves_forward_unless_a_subscription_starts(stores: &Stores) {
     let gold = ChannelName::new("gold").unwrap();
     let positions = &stores.positions;
     assert_eq!(positions.get("dv_A", &gold).await.unwrap(), None);
+    assert_eq!(
+        positions.subscription_start("dv_A", &gold).await.unwrap(),
+        None
+    );
     positions.advance("dv_A", &gold, 5).await.unwrap();
     positions.advance("dv_A", &gold, 3).await.unwrap();
     assert_eq!(positions.get("dv_A", &gold).await.unwrap(), Some(5));
-    positions.set("dv_A", &gold, 2).await.unwrap();
+    positions
+        .start_subscription("dv_A", &gold, 2)
+        .await
+        .unwrap();
     assert_eq!(positions.get("dv_A", &gold).await.unwrap(), Some(2));
+    assert_eq!(
+        positions.subscription_start("dv_A", &gold).await.unwrap(),
+        Some(2)
+    );
+    // Reports move the position on, never the subscription's start.
+    positions.advance("dv_A", &gold, 9).await.unwrap();
+    assert_eq!(
+        positions.subscription_start("dv_A", &gold).await.unwrap(),
+        Some(2)
+    );
     assert_eq!(positions.get("dv_B", &gold).await.unwrap(), None);
+}
+
+on_both_backends!(a_newer_session_fences_off_every_report_write_of_an_older_one);
+async fn a_newer_session_fences_off_every_report_write_of_an_older_one(stores: &Stores) {
+    let reports = &stores.reports;
+    let (first, watermark) = reports.begin_session("dv_A").await.unwrap();
+    assert_eq!(watermark, 0);
+    assert_eq!(reports.current_session("dv_A").await.unwrap(), first);
+    assert!(matches!(
+        reports
+            .ingest(&report("dv_A", 1, 1, fill(1)), Some(first))
+            .await
+            .unwrap(),
+        Ingested::Stored { confirmed_up_to: 1 }
+    ));
+    let (second, watermark) = reports.begin_session("dv_A").await.unwrap();
+    assert!(second > first);
+    assert_eq!(watermark, 1, "what the older session stored counts");
+    // The older session can no longer write, not even a resend.
+    for seq in [1, 2] {
+        assert_eq!(
+            reports
+                .ingest(&report("dv_A", seq, 2, fill(seq)), Some(first))
+                .await
+                .unwrap(),
+            Ingested::Superseded
+        );
+    }
+    assert!(
+        reports
+            .for_signal(SignalId([2; 16]))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(reports.confirmed_up_to("dv_A").await.unwrap(), 1);
+    assert!(matches!(
+        reports
+            .ingest(&report("dv_A", 2, 2, fill(2)), Some(second))
+            .await
+            .unwrap(),
+        Ingested::Stored { confirmed_up_to: 2 }
+    ));
+    // Other devices have sessions of their own.
+    assert!(reports.current_session("dv_B").await.unwrap() < first);
+    assert!(matches!(
+        reports
+            .ingest(&report("dv_B", 1, 3, fill(1)), Some(first))
+            .await
+            .unwrap(),
+        Ingested::Superseded
+    ));
 }
 
 on_both_backends!(retention_removes_the_oldest_signals_and_never_reuses_their_positions);

@@ -96,6 +96,12 @@ pub enum Malformed {
     /// field's rules refuse (empty id, bad characters, scale above 18).
     #[error("a field's value is not allowed (unknown tag, length over its bound, or invalid)")]
     InvalidValue,
+    /// A value written in more bytes than its shortest form (a varint
+    /// padded with `0x80` continuation bytes). Refused so that every
+    /// message has exactly one encoding, which implementations in other
+    /// languages can rely on and captures can be compared by bytes.
+    #[error("a varint is not in its shortest form")]
+    NonCanonical,
 }
 
 impl From<postcard::Error> for Malformed {
@@ -148,10 +154,47 @@ pub fn decode_frame<M: WireMessage>(input: &[u8]) -> Result<Decoded<M>, DecodeEr
     if !rest.is_empty() {
         return Err(DecodeError::TrailingBytes(rest.len()));
     }
+    if !encodes_to(&message, body) {
+        return Err(DecodeError::Malformed(Malformed::NonCanonical));
+    }
     Ok(Decoded::Frame {
         message,
         consumed: frame_len,
     })
+}
+
+/// Whether `message` encodes to exactly `body`. The only fields with more
+/// than one accepted encoding are varints (postcard's decoder takes padded
+/// forms), so a decoded message that re-encodes to other bytes was sent in a
+/// non-shortest form. Compared byte by byte as the encoder produces them:
+/// no buffer, nothing allocated.
+fn encodes_to<M: WireMessage>(message: &M, body: &[u8]) -> bool {
+    struct SameBytes<'a> {
+        expected: &'a [u8],
+        at: usize,
+    }
+
+    impl postcard::ser_flavors::Flavor for SameBytes<'_> {
+        type Output = usize;
+
+        fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+            if self.expected.get(self.at) != Some(&byte) {
+                return Err(postcard::Error::SerializeBufferFull);
+            }
+            self.at += 1;
+            Ok(())
+        }
+
+        fn finalize(self) -> postcard::Result<usize> {
+            Ok(self.at)
+        }
+    }
+
+    let same = SameBytes {
+        expected: body,
+        at: 0,
+    };
+    postcard::serialize_with_flavor(message, same).is_ok_and(|len| len == body.len())
 }
 
 /// Encodes `message` as one frame at the front of `out`; returns the frame's

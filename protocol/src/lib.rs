@@ -52,9 +52,16 @@ pub use message::*;
 pub use secret::{DeviceSecret, SecretParseError};
 pub use text::{ChannelName, DeviceId, RejectionText, SignalComment, SignalId, Symbol, TextError};
 
-/// The protocol version a device announces in [`Authenticate`]. The gateway
-/// refuses any other with [`Refusal::UnsupportedVersion`].
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this crate speaks, which devices announce in
+/// [`Authenticate`]. Version 2 adds [`GatewayMessage::ReportConflict`] and
+/// the going-away reasons `IdleTimeout` and `SecretRotated` to version 1.
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// The oldest protocol version a gateway still speaks. It answers a device
+/// outside `MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION` with
+/// [`Refusal::UnsupportedVersion`], and speaks each session in the device's
+/// version ([`GatewayMessage::for_version`]).
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
 /// The TLS ALPN protocol id. Its number changes only when the framing itself
 /// changes; message-level changes are negotiated with [`PROTOCOL_VERSION`].

@@ -60,6 +60,39 @@ tagged_enum! {
         Pong(Pong) = 0x46,
         /// The gateway is closing the session, and why.
         GoingAway(GoingAway) = 0x47,
+        /// Version 2: a report's sequence number already holds a different
+        /// report. The gateway stored nothing and ends the session after
+        /// this message; the device renumbers that report and every later
+        /// one after its newest number, and reconnects.
+        ReportConflict(ReportConflict) = 0x48,
+    }
+}
+
+impl GatewayMessage {
+    /// This message as a session of protocol `version` can receive it.
+    ///
+    /// A version 1 device knows neither [`GatewayMessage::ReportConflict`]
+    /// nor the going-away reasons added in version 2; it is told the
+    /// nearest version 1 meaning instead (a conflict and an idle session
+    /// are protocol violations there, a rotated secret replaces the
+    /// session's credentials). Every other message is the same in both.
+    pub fn for_version(self, version: u16) -> Self {
+        if version >= 2 {
+            return self;
+        }
+        match self {
+            Self::ReportConflict(_) => Self::GoingAway(GoingAway {
+                reason: GoingAwayReason::ProtocolViolation,
+            }),
+            Self::GoingAway(GoingAway { reason }) => Self::GoingAway(GoingAway {
+                reason: match reason {
+                    GoingAwayReason::IdleTimeout => GoingAwayReason::ProtocolViolation,
+                    GoingAwayReason::SecretRotated => GoingAwayReason::Replaced,
+                    other => other,
+                },
+            }),
+            other => other,
+        }
     }
 }
 
@@ -134,8 +167,10 @@ pub struct AuthAccepted {
     /// Timing and size rules for this session.
     pub session: SessionParams,
     /// The highest report sequence number stored for this device with no
-    /// gap below it (0 if none): the device drops these from its outbox and
-    /// resends everything after.
+    /// gap below it (0 if none). A device numbers its next new report above
+    /// it. Reports it still holds unconfirmed, at or below this number too,
+    /// it resends: the number may hold a report of another installation of
+    /// the same device, which only a resend can tell.
     pub confirmed_report_seq: u64,
 }
 
@@ -390,11 +425,21 @@ pub struct Rejection {
 }
 
 /// The gateway has durably stored every report of this device up to and
-/// including `up_to_seq`.
+/// including `up_to_seq`, each with the content this session sent for it.
+/// It never confirms a number above the newest report the session sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReportsConfirmed {
     /// The highest confirmed sequence number.
     pub up_to_seq: u64,
+}
+
+/// Version 2: the report the device sent with `seq` differs from the report
+/// already stored under that number (another installation of the device
+/// used it). Nothing was stored and the session ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportConflict {
+    /// The sequence number that holds another report.
+    pub seq: u64,
 }
 
 /// A liveness probe.
@@ -422,7 +467,8 @@ tagged_enum! {
     /// Why a session is being closed.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
     pub enum GoingAwayReason {
-        /// The sender is shutting down; reconnect (to another gateway) later.
+        /// The sender is shutting down, or (from the gateway) lost its store
+        /// for a moment; reconnect (to another gateway) later.
         Shutdown = 1,
         /// The device was revoked; do not reconnect.
         Revoked = 2,
@@ -430,9 +476,16 @@ tagged_enum! {
         ProtocolViolation = 3,
         /// No authentication arrived within the deadline.
         AuthTimeout = 4,
-        /// The session's credentials were replaced (the secret was rotated,
-        /// or the same device connected again); reconnect with the current
-        /// secret.
+        /// Another session of the same device took over (the device
+        /// connected again, from another terminal or machine). Do not
+        /// reconnect on your own: two installations replacing each other
+        /// would never stop. In version 1 this also meant a rotated secret.
         Replaced = 5,
+        /// Version 2: nothing arrived from the peer for the session's idle
+        /// timeout.
+        IdleTimeout = 6,
+        /// Version 2: the device's secret was rotated; reconnect only with
+        /// the new secret.
+        SecretRotated = 7,
     }
 }

@@ -5,7 +5,8 @@
 //! ```
 //!
 //! It prints one line per event (`signal <id> <channel> <position>`,
-//! `confirmed <seq>`, `state <state>`, `stopped <reason>`, …) and takes
+//! `confirmed <seq>`, `renumbered <from> <to> <count>`, `state <state>`,
+//! `stopped <reason>`, …) and takes
 //! commands on stdin: `fill <signal-id> <ticket> <price> <volume>`,
 //! `received <signal-id>`, `close`. Each report prints
 //! `accepted <seq> <signal-id>` once the client has it in its journal.
@@ -71,6 +72,9 @@ async fn main() {
                 Some(Event::Connected { .. }) => say("connected"),
                 Some(Event::ReportsConfirmed { up_to_seq }) => say(&format!("confirmed {up_to_seq}")),
                 Some(Event::ClockCorrected { offset_ms }) => say(&format!("clock {offset_ms}")),
+                Some(Event::ReportsRenumbered { from_seq, to_seq, count }) => {
+                    say(&format!("renumbered {from_seq} {to_seq} {count}"));
+                }
                 Some(Event::Disconnected { reason, .. }) => say(&format!("disconnected {reason}")),
                 Some(Event::Stopped(reason)) => {
                     say(&format!("stopped {reason:?}"));
