@@ -634,7 +634,6 @@ async fn run_session(connection: quinn::Connection, context: &SessionContext) {
     };
     let ending = session.run(endings).await;
     session.deliveries.record(device, context).await;
-    context.session_ended(device, epoch, true).await;
     match &ending {
         Ending::Tell(word, _) => info!(device, ?word, "ending session"),
         Ending::Silent(code) => info!(device, code, "closing session"),
@@ -643,6 +642,9 @@ async fn run_session(connection: quinn::Connection, context: &SessionContext) {
     ending
         .carry_out(&connection, Some(&mut stream), &context.metrics)
         .await;
+    // Only now, with the connection closed: a newer session of the device
+    // waits for this before it is accepted.
+    context.session_ended(device, epoch, true).await;
 }
 
 /// Runs the checks. On success the device's session is the only live one

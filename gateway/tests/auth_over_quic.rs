@@ -330,3 +330,118 @@ async fn rotating_a_secret_ends_live_sessions_and_only_the_new_secret_authentica
         Some(GatewayMessage::AuthAccepted(_))
     ));
 }
+
+on_both_backends!(
+    a_frame_cut_off_by_the_end_of_the_stream_is_a_protocol_violation_said_on_the_stream
+);
+async fn a_frame_cut_off_by_the_end_of_the_stream_is_a_protocol_violation_said_on_the_stream(
+    backend: Backend,
+) {
+    let (gateway, dir) = start_on(&backend).await;
+    let device = register(&gateway).await;
+    let mut session = connect(&gateway, dir.path()).await;
+    let message = session.authenticate_message(&device, now_ms(), fresh_nonce());
+    let mut frame = [0u8; MAX_WIRE_LEN];
+    let len = encode_frame(&message, &mut frame).unwrap();
+    // Half a frame, then the end of the device's stream.
+    session.send_raw(&frame[..len / 2]).await;
+    session.finish();
+    assert_eq!(
+        session.receive().await,
+        Some(GatewayMessage::GoingAway(GoingAway {
+            reason: GoingAwayReason::ProtocolViolation
+        }))
+    );
+    assert_eq!(
+        session.close_code().await,
+        close_code::PROTOCOL_VIOLATION as u64
+    );
+}
+
+on_both_backends!(a_varint_in_more_bytes_than_its_shortest_form_is_a_protocol_violation);
+async fn a_varint_in_more_bytes_than_its_shortest_form_is_a_protocol_violation(backend: Backend) {
+    let (gateway, dir) = start_on(&backend).await;
+    let device = register(&gateway).await;
+    let (mut session, _) = Session::open(&gateway, dir.path(), &device).await;
+    // Ping { token: 1 } with the token padded to two bytes.
+    session.send_raw(&[0, 0, 0, 3, 0x03, 0x81, 0x00]).await;
+    assert_eq!(
+        session.receive().await,
+        Some(GatewayMessage::GoingAway(GoingAway {
+            reason: GoingAwayReason::ProtocolViolation
+        }))
+    );
+    assert_eq!(
+        session.close_code().await,
+        close_code::PROTOCOL_VIOLATION as u64
+    );
+}
+
+on_both_backends!(the_authentication_deadline_is_said_on_the_stream_before_the_close);
+async fn the_authentication_deadline_is_said_on_the_stream_before_the_close(backend: Backend) {
+    let (gateway, dir) = start_on(&backend).await;
+    let mut session = connect(&gateway, dir.path()).await;
+    // The stream opens only with the first bytes sent on it: one byte of a
+    // frame, and then nothing.
+    session.send_raw(&[0]).await;
+    assert_eq!(
+        session.receive().await,
+        Some(GatewayMessage::GoingAway(GoingAway {
+            reason: GoingAwayReason::AuthTimeout
+        }))
+    );
+    assert_eq!(session.close_code().await, close_code::AUTH_TIMEOUT as u64);
+}
+
+on_both_backends!(each_refusal_closes_with_its_own_code);
+async fn each_refusal_closes_with_its_own_code(backend: Backend) {
+    let (gateway, dir) = start_on(&backend).await;
+    let device = register(&gateway).await;
+    let mut skewed = connect(&gateway, dir.path()).await;
+    let message = skewed.authenticate_message(&device, now_ms() - 60_000, fresh_nonce());
+    skewed.send(&message).await;
+    assert!(matches!(
+        skewed.receive().await,
+        Some(GatewayMessage::AuthRefused(Refusal::ClockSkew(_)))
+    ));
+    assert_eq!(skewed.close_code().await, close_code::CLOCK_SKEW as u64);
+
+    gateway.registry().revoke(device.id.as_str()).await.unwrap();
+    let mut revoked = connect(&gateway, dir.path()).await;
+    assert_eq!(
+        revoked.authenticate(&device, fresh_nonce()).await,
+        Some(GatewayMessage::AuthRefused(Refusal::Revoked))
+    );
+    assert_eq!(revoked.close_code().await, close_code::REVOKED as u64);
+    let metrics = gateway.context().metrics.render();
+    for reason in ["clock_skew", "revoked"] {
+        assert!(
+            metrics.contains(&format!(
+                "eagate_device_connections_closed_total{{reason=\"{reason}\"}} 1\n"
+            )),
+            "{reason}"
+        );
+    }
+}
+
+on_both_backends!(a_version_1_device_is_told_a_rotated_secret_as_replaced);
+async fn a_version_1_device_is_told_a_rotated_secret_as_replaced(backend: Backend) {
+    let (gateway, dir) = start_on(&backend).await;
+    let device = register(&gateway).await;
+    let (mut session, _) = Session::open_as(&gateway, dir.path(), &device, 1, &[]).await;
+    gateway
+        .context()
+        .rotate_secret(device.id.as_str())
+        .await
+        .unwrap();
+    assert_eq!(
+        session.receive().await,
+        Some(GatewayMessage::GoingAway(GoingAway {
+            reason: GoingAwayReason::Replaced
+        }))
+    );
+    assert_eq!(
+        session.close_code().await,
+        close_code::SECRET_ROTATED as u64
+    );
+}

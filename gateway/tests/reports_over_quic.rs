@@ -186,3 +186,82 @@ async fn a_report_far_beyond_the_confirmed_sequence_is_a_protocol_violation(back
             .is_empty()
     );
 }
+
+on_both_backends!(a_report_about_a_signal_of_a_channel_never_followed_is_a_protocol_violation);
+async fn a_report_about_a_signal_of_a_channel_never_followed_is_a_protocol_violation(
+    backend: Backend,
+) {
+    let (gateway, dir) = start_on(&backend).await;
+    let silver = ChannelName::new("silver").unwrap();
+    let foreign = gateway
+        .publish(
+            &silver,
+            eagate_gateway::signals::SignalDraft {
+                symbol: Symbol::new("XAGUSD").unwrap(),
+                action: Action::OpenBuy,
+                order_type: OrderType::Market,
+                volume: "1".parse().unwrap(),
+                price: None,
+                stop_loss: None,
+                take_profit: None,
+                magic: 0,
+                comment: SignalComment::new("").unwrap(),
+                issued_at_ms: None,
+                expires_at_ms: None,
+                reference: None,
+            },
+        )
+        .await
+        .unwrap();
+    let device = register(&gateway).await;
+    let (mut session, _) = Session::open(&gateway, dir.path(), &device).await;
+    session
+        .send(&DeviceMessage::Report(Report {
+            seq: 1,
+            signal_id: foreign.signal_id,
+            at_ms: 1,
+            outcome: fill(1),
+        }))
+        .await;
+    assert_eq!(
+        session.receive().await,
+        Some(GatewayMessage::GoingAway(GoingAway {
+            reason: GoingAwayReason::ProtocolViolation
+        }))
+    );
+    assert!(
+        gateway
+            .reports()
+            .for_signal(foreign.signal_id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+on_both_backends!(a_report_about_a_signal_the_log_does_not_hold_is_kept_and_counted);
+async fn a_report_about_a_signal_the_log_does_not_hold_is_kept_and_counted(backend: Backend) {
+    let (gateway, dir) = start_on(&backend).await;
+    let device = register(&gateway).await;
+    let (mut session, _) = Session::open(&gateway, dir.path(), &device).await;
+    // Expired from the log while the device was away (or never published):
+    // the report is the only record of what the terminal did.
+    session.send(&report(1, 0xee, fill(77))).await;
+    assert_eq!(
+        session.receive().await,
+        Some(GatewayMessage::ReportsConfirmed(ReportsConfirmed {
+            up_to_seq: 1
+        }))
+    );
+    assert_eq!(
+        gateway
+            .reports()
+            .for_signal(SignalId([0xee; 16]))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let metrics = gateway.context().metrics.render();
+    assert!(metrics.contains("eagate_reports_about_unknown_signals_total 1\n"));
+}

@@ -252,3 +252,145 @@ async fn the_sidecar_shows_a_device_online_while_any_gateway_holds_its_session()
     }
     assert!(sidecar.presence_of(id).await.last_seen_ms >= online.last_seen_ms);
 }
+
+#[tokio::test]
+async fn a_device_connecting_through_another_gateway_replaces_its_session_on_the_first() {
+    let deployment = deployment().await;
+    let device = register(&deployment.sidecar).await;
+    deployment
+        .sidecar
+        .subscribe(device.id.as_str(), &gold())
+        .await
+        .unwrap();
+    let (mut on_a, _) =
+        Session::open(&deployment.gateway_a, deployment.dirs[1].path(), &device).await;
+    // The same device from a second VPS, through gateway B.
+    let (mut on_b, _) =
+        Session::open(&deployment.gateway_b, deployment.dirs[2].path(), &device).await;
+    // Gateway A closed its session before B accepted the new one.
+    tokio::time::timeout(Duration::from_millis(100), on_a.connection.closed())
+        .await
+        .expect("the session on gateway A was closed before gateway B accepted");
+    assert_eq!(
+        on_a.receive().await,
+        Some(GatewayMessage::GoingAway(GoingAway {
+            reason: GoingAwayReason::Replaced
+        }))
+    );
+    deployment
+        .sidecar
+        .publish(&gold(), market_buy("once"))
+        .await
+        .unwrap();
+    assert_eq!(next_signal(&mut on_b).await.comment.as_str(), "once");
+    assert_eq!(on_a.receive().await, None);
+    let presence = deployment
+        .sidecar
+        .context()
+        .presence_of(device.id.as_str())
+        .await;
+    assert_eq!(presence.sessions, 1, "online on one gateway only");
+}
+
+#[tokio::test]
+async fn reports_of_one_number_from_two_gateways_are_stored_and_confirmed_once() {
+    let deployment = deployment().await;
+    let device = register(&deployment.sidecar).await;
+    let signal = deployment
+        .sidecar
+        .publish(&gold(), market_buy("buy"))
+        .await
+        .unwrap();
+    deployment
+        .sidecar
+        .subscribe(device.id.as_str(), &gold())
+        .await
+        .unwrap();
+    let fill = |ticket: u64| {
+        DeviceMessage::Report(Report {
+            seq: 1,
+            signal_id: signal.signal_id,
+            at_ms: 1_700_000_000_000 + ticket,
+            outcome: ReportOutcome::Filled(Fill {
+                ticket,
+                price: "2350.10".parse().unwrap(),
+                volume: "0.10".parse().unwrap(),
+            }),
+        })
+    };
+    let (mut on_a, _) =
+        Session::open(&deployment.gateway_a, deployment.dirs[1].path(), &device).await;
+    on_a.send(&fill(111)).await;
+    assert_eq!(
+        on_a.receive().await,
+        Some(GatewayMessage::ReportsConfirmed(ReportsConfirmed {
+            up_to_seq: 1
+        }))
+    );
+    let (mut on_b, accepted) =
+        Session::open(&deployment.gateway_b, deployment.dirs[2].path(), &device).await;
+    assert_eq!(accepted.confirmed_report_seq, 1);
+    on_b.send(&fill(222)).await;
+    assert_eq!(
+        on_b.receive().await,
+        Some(GatewayMessage::ReportConflict(ReportConflict { seq: 1 }))
+    );
+    let stored = deployment
+        .sidecar
+        .reports()
+        .for_signal(signal.signal_id)
+        .await
+        .unwrap();
+    let tickets: Vec<(u64, Option<u64>)> = stored.iter().map(|r| (r.seq, r.ticket)).collect();
+    assert_eq!(tickets, [(1, Some(111))]);
+}
+
+#[tokio::test]
+async fn a_replaced_session_on_a_gateway_that_missed_the_notice_cannot_store_a_report() {
+    let deployment = deployment().await;
+    let device = register(&deployment.sidecar).await;
+    let signal = deployment
+        .sidecar
+        .publish(&gold(), market_buy("buy"))
+        .await
+        .unwrap();
+    deployment
+        .sidecar
+        .subscribe(device.id.as_str(), &gold())
+        .await
+        .unwrap();
+    let (mut on_a, _) =
+        Session::open(&deployment.gateway_a, deployment.dirs[1].path(), &device).await;
+    // A newer session begins without any gateway being told (as when the
+    // notice is lost): the store's fence alone must stop session A.
+    let (newer, _) = deployment
+        .gateway_b
+        .reports()
+        .begin_session(device.id.as_str())
+        .await
+        .unwrap();
+    assert!(newer.0 >= 2);
+    on_a.send(&DeviceMessage::Report(Report {
+        seq: 1,
+        signal_id: signal.signal_id,
+        at_ms: 1,
+        outcome: ReportOutcome::Received,
+    }))
+    .await;
+    assert_eq!(
+        on_a.receive().await,
+        Some(GatewayMessage::GoingAway(GoingAway {
+            reason: GoingAwayReason::Replaced
+        })),
+        "not confirmed: told it was replaced"
+    );
+    assert!(
+        deployment
+            .sidecar
+            .reports()
+            .for_signal(signal.signal_id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -33,45 +33,19 @@ fn market_buy(comment: &str) -> SignalDraft {
 }
 
 impl Session {
-    async fn signals(&mut self, count: usize) -> Vec<Signal> {
-        let mut signals = Vec::new();
-        while signals.len() < count {
-            match self.receive().await {
-                Some(GatewayMessage::Signal(signal)) => signals.push(signal),
-                other => panic!("expected a signal, got {other:?}"),
-            }
-        }
-        signals
-    }
-
     async fn open_resuming(
         gateway: &Gateway,
         data_dir: &Path,
         device: &Device,
         resume: &[(ChannelName, u64)],
     ) -> Self {
-        let mut session = connect(gateway, data_dir).await;
-        let points = resume
+        let points: Vec<(&str, u64)> = resume
             .iter()
-            .map(|(channel, position)| ResumePoint {
-                channel: channel.clone(),
-                position: *position,
-            })
+            .map(|(channel, position)| (channel.as_str(), *position))
             .collect();
-        let auth = Authenticate::sign(
-            device.id.clone(),
-            &device.secret,
-            now_ms(),
-            fresh_nonce(),
-            &session.binding,
-            points,
-        );
-        session.send(&DeviceMessage::Authenticate(auth)).await;
-        assert!(matches!(
-            session.receive().await,
-            Some(GatewayMessage::AuthAccepted(_))
-        ));
-        session
+        Session::open_as(gateway, data_dir, device, PROTOCOL_VERSION, &points)
+            .await
+            .0
     }
 }
 
@@ -301,5 +275,101 @@ async fn a_connected_device_follows_a_subscription_change_at_once(backend: Backe
         session.receive().await,
         Some(GatewayMessage::Pong(Pong { token: 9 })),
         "nothing from gold arrived in between"
+    );
+}
+
+on_both_backends!(resume_position_zero_starts_at_the_subscription_not_the_channels_history);
+async fn resume_position_zero_starts_at_the_subscription_not_the_channels_history(
+    backend: Backend,
+) {
+    let (gateway, dir) = start_on(&backend).await;
+    let gold = channel("gold");
+    gateway.publish(&gold, market_buy("history")).await.unwrap();
+    let device = register(&gateway).await;
+    gateway.subscribe(device.id.as_str(), &gold).await.unwrap();
+    gateway.publish(&gold, market_buy("after")).await.unwrap();
+    let mut session = Session::open_resuming(&gateway, dir.path(), &device, &[(gold, 0)]).await;
+    assert_eq!(comments(&session.signals(1).await), ["after"]);
+    session.send(&DeviceMessage::Ping(Ping { token: 1 })).await;
+    assert_eq!(
+        session.receive().await,
+        Some(GatewayMessage::Pong(Pong { token: 1 })),
+        "nothing from before the subscription"
+    );
+}
+
+on_both_backends!(a_resume_position_beyond_the_head_gets_the_log_from_the_subscriptions_start);
+async fn a_resume_position_beyond_the_head_gets_the_log_from_the_subscriptions_start(
+    backend: Backend,
+) {
+    let (gateway, dir) = start_on(&backend).await;
+    let gold = channel("gold");
+    gateway.publish(&gold, market_buy("history")).await.unwrap();
+    let device = register(&gateway).await;
+    gateway.subscribe(device.id.as_str(), &gold).await.unwrap();
+    for name in ["a", "b"] {
+        gateway.publish(&gold, market_buy(name)).await.unwrap();
+    }
+    // Position 50 of a log that is gone (a reset store): the device gets
+    // this log's signals since it subscribed, not silence until 51.
+    let mut session =
+        Session::open_resuming(&gateway, dir.path(), &device, &[(gold.clone(), 50)]).await;
+    let signals = session.signals(2).await;
+    assert_eq!(comments(&signals), ["a", "b"]);
+    assert_eq!(signals[0].position, 2);
+    gateway.publish(&gold, market_buy("c")).await.unwrap();
+    assert_eq!(comments(&session.signals(1).await), ["c"]);
+    let metrics = gateway.context().metrics.render();
+    assert!(metrics.contains("eagate_resumes_beyond_head_total 1\n"));
+}
+
+on_both_backends!(a_resume_point_for_a_channel_the_device_does_not_follow_is_ignored);
+async fn a_resume_point_for_a_channel_the_device_does_not_follow_is_ignored(backend: Backend) {
+    let (gateway, dir) = start_on(&backend).await;
+    let (gold, silver) = (channel("gold"), channel("silver"));
+    gateway
+        .publish(&silver, market_buy("silver"))
+        .await
+        .unwrap();
+    let device = register(&gateway).await;
+    gateway.subscribe(device.id.as_str(), &gold).await.unwrap();
+    let mut session =
+        Session::open_resuming(&gateway, dir.path(), &device, &[(silver.clone(), 0)]).await;
+    gateway
+        .publish(&silver, market_buy("silver 2"))
+        .await
+        .unwrap();
+    gateway.publish(&gold, market_buy("gold")).await.unwrap();
+    assert_eq!(comments(&session.signals(1).await), ["gold"]);
+}
+
+on_both_backends!(the_gateways_record_of_a_position_starts_where_the_subscription_started);
+async fn the_gateways_record_of_a_position_starts_where_the_subscription_started(backend: Backend) {
+    let (gateway, dir) = start_on(&backend).await;
+    let gold = channel("gold");
+    for name in ["one", "two"] {
+        gateway.publish(&gold, market_buy(name)).await.unwrap();
+    }
+    let device = register(&gateway).await;
+    gateway.subscribe(device.id.as_str(), &gold).await.unwrap();
+    let positions = &gateway.context().positions;
+    assert_eq!(
+        positions.get(device.id.as_str(), &gold).await.unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        positions
+            .subscription_start(device.id.as_str(), &gold)
+            .await
+            .unwrap(),
+        Some(2)
+    );
+    gateway.publish(&gold, market_buy("three")).await.unwrap();
+    // No resume point: from the record, so from the subscription.
+    let (mut session, _) = Session::open(&gateway, dir.path(), &device).await;
+    let signals = session.signals(1).await;
+    assert_eq!(
+        (signals[0].position, signals[0].comment.as_str()),
+        (3, "three")
     );
 }

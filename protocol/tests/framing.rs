@@ -343,3 +343,77 @@ fn signal_ids_print_and_parse_as_32_hex_digits() {
         format!("\"{}\"", "ab".repeat(16))
     );
 }
+
+#[test]
+fn a_varint_padded_beyond_its_shortest_form_is_refused() {
+    // Ping { token: 1 }: shortest 0x01; padded 0x81 0x00 and 0x81 0x80 0x00.
+    assert!(matches!(
+        decode_frame::<DeviceMessage>(&[0, 0, 0, 2, 0x03, 0x01]),
+        Ok(Decoded::Frame { .. })
+    ));
+    for padded in [
+        &[0, 0, 0, 3, 0x03, 0x81, 0x00][..],
+        &[0, 0, 0, 4, 0x03, 0x81, 0x80, 0x00],
+    ] {
+        assert_eq!(
+            decode_frame::<DeviceMessage>(padded),
+            Err(DecodeError::Malformed(Malformed::NonCanonical)),
+            "{padded:02x?}"
+        );
+    }
+    // A padded tag and a padded text length are refused too.
+    assert_eq!(
+        decode_frame::<DeviceMessage>(&[0, 0, 0, 3, 0x83, 0x00, 0x01]),
+        Err(DecodeError::Malformed(Malformed::NonCanonical))
+    );
+    let rejected = frame(&DeviceMessage::Report(Report {
+        seq: 1,
+        signal_id: SignalId([1; 16]),
+        at_ms: 1,
+        outcome: ReportOutcome::Rejected(Rejection {
+            code: 1,
+            text: RejectionText::new("x").unwrap(),
+        }),
+    }));
+    // The body ends with the text: length 0x01, then "x". Pad the length.
+    let body = &rejected[FRAME_HEADER_LEN..];
+    let mut padded = body[..body.len() - 2].to_vec();
+    padded.extend_from_slice(&[0x81, 0x00, b'x']);
+    let mut bytes = (padded.len() as u32).to_be_bytes().to_vec();
+    bytes.extend_from_slice(&padded);
+    assert_eq!(
+        decode_frame::<DeviceMessage>(&bytes),
+        Err(DecodeError::Malformed(Malformed::NonCanonical))
+    );
+}
+
+#[test]
+fn version_2_additions_are_told_to_a_version_1_device_in_version_1_terms() {
+    let conflict = GatewayMessage::ReportConflict(ReportConflict { seq: 7 });
+    let going = |reason| GatewayMessage::GoingAway(GoingAway { reason });
+    for (v2, v1) in [
+        (conflict.clone(), going(GoingAwayReason::ProtocolViolation)),
+        (
+            going(GoingAwayReason::IdleTimeout),
+            going(GoingAwayReason::ProtocolViolation),
+        ),
+        (
+            going(GoingAwayReason::SecretRotated),
+            going(GoingAwayReason::Replaced),
+        ),
+        (
+            going(GoingAwayReason::Replaced),
+            going(GoingAwayReason::Replaced),
+        ),
+        (
+            GatewayMessage::Pong(Pong { token: 1 }),
+            GatewayMessage::Pong(Pong { token: 1 }),
+        ),
+    ] {
+        assert_eq!(v2.clone().for_version(1), v1);
+        assert_eq!(v2.clone().for_version(2), v2);
+    }
+    assert_eq!(frame(&conflict)[FRAME_HEADER_LEN..], [0x48, 7]);
+    assert_eq!(MIN_PROTOCOL_VERSION, 1);
+    assert_eq!(PROTOCOL_VERSION, 2);
+}

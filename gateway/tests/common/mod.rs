@@ -185,9 +185,19 @@ impl Session {
         self.send.write_all(bytes).await.unwrap();
     }
 
+    /// Ends the device's side of the stream.
+    pub fn finish(&mut self) {
+        self.send.finish().unwrap();
+    }
+
     /// The next message, or `None` when the gateway ended the stream or the
     /// connection.
     pub async fn receive(&mut self) -> Option<GatewayMessage> {
+        self.receive_within(Duration::from_secs(5)).await
+    }
+
+    /// [`Session::receive`], allowing the gateway `within` to answer.
+    pub async fn receive_within(&mut self, within: Duration) -> Option<GatewayMessage> {
         loop {
             if let Decoded::Frame { message, consumed } =
                 decode_frame::<GatewayMessage>(&self.buffer).expect("gateway frames are valid")
@@ -196,9 +206,9 @@ impl Session {
                 return Some(message);
             }
             let mut chunk = [0u8; 4096];
-            match tokio::time::timeout(Duration::from_secs(5), self.recv.read(&mut chunk))
+            match tokio::time::timeout(within, self.recv.read(&mut chunk))
                 .await
-                .expect("the gateway answers or closes within 5 s")
+                .unwrap_or_else(|_| panic!("the gateway answers or closes within {within:?}"))
             {
                 Ok(Some(n)) => self.buffer.extend_from_slice(&chunk[..n]),
                 Ok(None) | Err(_) => return None,
@@ -268,10 +278,54 @@ pub async fn start_on(backend: &Backend) -> (Gateway, tempfile::TempDir) {
 impl Session {
     /// Authenticates and returns the accepted answer, failing the test otherwise.
     pub async fn open(gateway: &Gateway, data_dir: &Path, device: &Device) -> (Self, AuthAccepted) {
+        Self::open_as(gateway, data_dir, device, PROTOCOL_VERSION, &[]).await
+    }
+
+    /// Authenticates speaking protocol `version` and naming `resume`
+    /// points; returns the accepted answer, failing the test otherwise.
+    pub async fn open_as(
+        gateway: &Gateway,
+        data_dir: &Path,
+        device: &Device,
+        version: u16,
+        resume: &[(&str, u64)],
+    ) -> (Self, AuthAccepted) {
         let mut session = connect(gateway, data_dir).await;
-        match session.authenticate(device, fresh_nonce()).await {
+        let DeviceMessage::Authenticate(mut auth) =
+            session.authenticate_message(device, now_ms(), fresh_nonce())
+        else {
+            unreachable!()
+        };
+        auth.protocol_version = version;
+        for (channel, position) in resume {
+            auth.resume
+                .push(ResumePoint {
+                    channel: ChannelName::new(channel).unwrap(),
+                    position: *position,
+                })
+                .unwrap();
+        }
+        session.send(&DeviceMessage::Authenticate(auth)).await;
+        match session.receive().await {
             Some(GatewayMessage::AuthAccepted(accepted)) => (session, accepted),
             other => panic!("expected AuthAccepted, got {other:?}"),
         }
+    }
+
+    /// The next `n` messages, which must all be signals.
+    pub async fn signals(&mut self, n: usize) -> Vec<Signal> {
+        let mut signals = Vec::new();
+        while signals.len() < n {
+            match self.receive().await {
+                Some(GatewayMessage::Signal(signal)) => signals.push(signal),
+                other => panic!("expected a signal, got {other:?}"),
+            }
+        }
+        signals
+    }
+
+    /// Whether the gateway has closed the connection.
+    pub fn is_closed(&self) -> bool {
+        self.connection.close_reason().is_some()
     }
 }
