@@ -423,3 +423,63 @@ fn c_close_returns_within_deinit_limit_when_the_gateway_is_gone_or_never_answere
     assert_eq!(await_lines(&mut copier, "threads ", 1), ["threads 1"]);
     assert_eq!(copier.wait_exit(SLOW), Some(0), "memcheck is clean");
 }
+
+#[test]
+fn c_a_second_terminal_with_the_same_device_takes_over_and_the_first_stops_for_good() {
+    let data = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(data.path(), &[]);
+    let (id, secret) = gateway.register("gold");
+    // Two terminals (two processes, each with its own journal) given the
+    // same device id and secret.
+    let (first_state, second_state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let exe = compile("copier", first_state.path());
+    let mut first = start_copier(
+        &exe,
+        &gateway.quic,
+        &gateway.fingerprint,
+        first_state.path(),
+    );
+    first.send(&format!("connect 0 {id} {secret}"));
+    await_lines(&mut first, "state 0 2 connected", 1);
+    let mut second = start_copier(
+        &exe,
+        &gateway.quic,
+        &gateway.fingerprint,
+        second_state.path(),
+    );
+    second.send(&format!("connect 0 {id} {secret}"));
+    await_lines(&mut second, "state 0 2 connected", 1);
+    let replaced = await_lines(&mut first, "state 0 15 ", 1);
+    assert!(
+        replaced[0].contains("connected from elsewhere") && replaced[0].contains("one place"),
+        "the state sentence says what happened and what to do: {replaced:?}"
+    );
+    await_lines(&mut first, "stopped 0 ", 1);
+
+    // The replaced terminal does not fight back: the newer one keeps the
+    // session and alone receives the next signal.
+    let (first_before, second_before) = (first.lines.seen().len(), second.lines.seen().len());
+    let signal = gateway.publish("gold");
+    let received = await_lines(&mut second, "signal 0 ", 1);
+    assert_eq!(id_of(&received[0]), signal);
+    std::thread::sleep(Duration::from_secs(3));
+    let first_after = first.lines.drain(Duration::from_millis(100))[first_before..].to_vec();
+    assert!(
+        !first_after
+            .iter()
+            .any(|line| line.starts_with("signal 0 ") || line.starts_with("state 0 ")),
+        "the first terminal neither trades nor reconnects: {first_after:#?}"
+    );
+    let second_after = second.lines.drain(Duration::from_millis(100))[second_before..].to_vec();
+    assert!(
+        !second_after.iter().any(|line| line.starts_with("state 0 ")),
+        "the second stays connected: {second_after:#?}"
+    );
+    expect_stored(&gateway, &signal, &id, &["received", "filled"]);
+
+    for copier in [&mut first, &mut second] {
+        copier.send("quit");
+        assert_eq!(await_lines(copier, "bye ", 1), ["bye 0"]);
+        assert_eq!(copier.wait_exit(SLOW), Some(0), "memcheck is clean");
+    }
+}
