@@ -203,6 +203,9 @@ pub struct SessionCore {
     /// Channels that sent a signal on this connection: the first signal of
     /// a channel at or below the position named shows its log restarted.
     heard_from: Vec<ChannelName, MAX_RESUME_POINTS>,
+    /// `AuthAccepted.confirmed_report_seq` of this connection: every number
+    /// up to it is taken at the gateway.
+    gateway_confirmed: u64,
 }
 
 impl SessionCore {
@@ -244,6 +247,7 @@ impl SessionCore {
             connected_at_ms: 0,
             next_ping_token: 1,
             heard_from: Vec::new(),
+            gateway_confirmed: 0,
         }
     }
 
@@ -367,6 +371,7 @@ impl SessionCore {
                 // whether it stored our report under that number or another
                 // installation's, and it confirms ours or says
                 // `ReportConflict`.
+                self.gateway_confirmed = accepted.confirmed_report_seq;
                 self.next_seq = self
                     .next_seq
                     .max(accepted.confirmed_report_seq.saturating_add(1));
@@ -459,16 +464,21 @@ impl SessionCore {
     /// The gateway holds another installation's report under `seq`: ours
     /// was never stored under it, nor was any later one (the gateway stores
     /// a session's reports in order and stopped at this one). They get new
-    /// numbers after everything numbered so far, in the same order.
+    /// numbers, in the same order, right after both that number and every
+    /// number the gateway had when the session began: the first numbers
+    /// nobody can hold, so the gateway's confirmed number can reach them
+    /// without a hole below.
     fn renumber_from(&mut self, seq: u64) {
-        let to_seq = self.next_seq;
+        let to_seq = seq.max(self.gateway_confirmed).saturating_add(1);
+        let mut next = to_seq;
         let mut count = 0;
         for report in self.outbox.iter_mut().filter(|report| report.seq >= seq) {
-            report.seq = self.next_seq;
-            self.next_seq += 1;
+            report.seq = next;
+            next += 1;
             count += 1;
         }
         if count > 0 {
+            self.next_seq = self.next_seq.max(next);
             self.push_event(Event::ReportsRenumbered {
                 from_seq: seq,
                 to_seq,

@@ -710,3 +710,53 @@ fn a_log_restarted_below_the_devices_position_is_followed_not_ignored() {
     // And the next connection resumes after it.
     assert_eq!(core.snapshot().positions[0].position, 2);
 }
+
+#[test]
+fn reports_renumbered_after_a_conflict_leave_no_hole_for_the_confirmations_to_stop_at() {
+    let (mut core, mut gateway) = (device(), FakeGateway::new());
+    let signal = gateway.publish("buy");
+    let received = |seq| Report {
+        seq,
+        signal_id: signal.signal_id,
+        at_ms: 1,
+        outcome: ReportOutcome::Received,
+    };
+    // This installation stored #1, then made #2 and #3 offline; another
+    // installation meanwhile stored its own #2.
+    let now = gateway.clock_ms;
+    connect(&mut core, &mut gateway, now, 1);
+    core.report(now, signal.signal_id, ReportOutcome::Received)
+        .unwrap();
+    exchange(&mut core, &mut gateway, now).unwrap();
+    core.handle_disconnected(now, 0);
+    for at in [10, 11] {
+        core.report(at, signal.signal_id, ReportOutcome::Received)
+            .unwrap();
+    }
+    gateway.stored.insert(2, received(2));
+    let later = core.poll_timeout().unwrap();
+    core.handle_timeout(later).unwrap();
+    core.handle_connected(later, gateway.binding, [2; 16]);
+    assert_eq!(
+        exchange(&mut core, &mut gateway, later),
+        Err(SessionError::ReportConflict(2))
+    );
+    assert!(events(&mut core).contains(&Event::ReportsRenumbered {
+        from_seq: 2,
+        to_seq: 3,
+        count: 2
+    }));
+    core.handle_disconnected(later, 0);
+    let again = core.poll_timeout().unwrap();
+    core.handle_timeout(again).unwrap();
+    connect(&mut core, &mut gateway, again, 3);
+    // Both stored, right after the gateway's #2, and both confirmed.
+    assert_eq!(gateway.confirmed(), 4);
+    assert_eq!(gateway.stored[&3].at_ms, 10);
+    assert_eq!(gateway.stored[&4].at_ms, 11);
+    assert_eq!(core.unconfirmed(), 0);
+    assert_eq!(
+        core.report(again, signal.signal_id, ReportOutcome::Received),
+        Ok(5)
+    );
+}

@@ -26,10 +26,9 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use tokio::sync::broadcast;
-
-use crate::quic::{SessionContext, SessionEnding};
+use crate::quic::SessionContext;
 use crate::reports::SessionEpoch;
+use crate::sessions::LiveSessions;
 use crate::signals::SignalHub;
 
 /// Where notices go.
@@ -120,10 +119,8 @@ pub struct Notifier {
     pub notices: Notices,
     /// This process's signal fan-out.
     pub hub: SignalHub,
-    /// This process's sessions' ending orders.
-    pub revocations: broadcast::Sender<SessionEnding>,
-    /// This process's sessions' subscription changes.
-    pub subscription_changes: broadcast::Sender<String>,
+    /// This process's sessions, which take the orders.
+    pub live: Arc<LiveSessions>,
 }
 
 impl Notifier {
@@ -170,23 +167,19 @@ impl Notifier {
     pub fn deliver_locally(&self, notice: Notice) {
         match notice {
             Notice::Signal(signal) => self.hub.announce(*signal),
+            // A device with no session here takes no order.
             Notice::SubscriptionsChanged { device_id } => {
-                let _ = self.subscription_changes.send(device_id);
+                self.live.order_follow_subscriptions(&device_id);
             }
             Notice::SessionEnding { device_id, reason } => {
-                // No receiver just means no session is live here.
-                let _ = self.revocations.send(SessionEnding {
-                    device_id,
-                    reason: reason.into(),
-                    older_than: None,
-                });
+                self.live.order_end(&device_id, reason.into(), None);
             }
             Notice::SessionReplaced { device_id, epoch } => {
-                let _ = self.revocations.send(SessionEnding {
-                    device_id,
-                    reason: GoingAwayReason::Replaced,
-                    older_than: Some(SessionEpoch(epoch)),
-                });
+                self.live.order_end(
+                    &device_id,
+                    GoingAwayReason::Replaced,
+                    Some(SessionEpoch(epoch)),
+                );
             }
         }
     }
@@ -198,8 +191,7 @@ impl SessionContext {
         Notifier {
             notices: self.notices.clone(),
             hub: self.hub.clone(),
-            revocations: self.revocations.clone(),
-            subscription_changes: self.subscription_changes.clone(),
+            live: self.live.clone(),
         }
     }
 

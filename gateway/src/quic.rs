@@ -25,7 +25,7 @@ use crate::notices::{EndingReason, Notice, Notices};
 use crate::registry::{DeviceRecord, DeviceRegistry, RegistryError};
 use crate::reports::{Ingested, ReportStore, ReportStoreError, SessionEpoch, StoredReport};
 use crate::seal::MasterKey;
-use crate::sessions::{LiveSessions, SharedPresence};
+use crate::sessions::{LiveSession, LiveSessions, Mailbox, SharedPresence};
 use crate::signals::{Appended, PositionStore, SignalDraft, SignalHub, SignalLog, SignalLogError};
 use crate::tls::ServerIdentity;
 use eagate_protocol::DeviceSecret;
@@ -124,38 +124,15 @@ pub struct SessionContext {
     pub session: SessionParams,
     /// Repeated failure slow-down.
     pub throttle: Mutex<FailureThrottle>,
-    /// Devices whose live sessions must end now (revoked, or secret rotated).
-    pub revocations: tokio::sync::broadcast::Sender<SessionEnding>,
-    /// Devices whose subscriptions changed: their live sessions start or
-    /// stop following channels at once.
-    pub subscription_changes: tokio::sync::broadcast::Sender<String>,
     /// Becomes `true` when the gateway shuts down.
     pub shutdown: tokio::sync::watch::Sender<bool>,
-    /// The device sessions live in this process.
-    pub live: LiveSessions,
+    /// The device sessions live in this process, which take orders (end,
+    /// follow the subscriptions again) by device.
+    pub live: Arc<LiveSessions>,
     /// Presence shared with the deployment's other processes, on Redis.
     pub shared_presence: Option<SharedPresence>,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
-}
-
-/// An order to end a device's live sessions, and what to tell the device.
-#[derive(Debug, Clone)]
-pub struct SessionEnding {
-    /// The device.
-    pub device_id: String,
-    /// `Revoked` (do not come back), `SecretRotated` (come back with the new
-    /// secret) or `Replaced` (a newer session took over).
-    pub reason: GoingAwayReason,
-    /// Only sessions older than this epoch end; `None` for all.
-    pub older_than: Option<SessionEpoch>,
-}
-
-impl SessionEnding {
-    /// Whether this order ends `device_id`'s session under `epoch`.
-    fn ends(&self, device_id: &str, epoch: SessionEpoch) -> bool {
-        self.device_id == device_id && self.older_than.is_none_or(|newer| epoch < newer)
-    }
 }
 
 impl SessionContext {
@@ -300,10 +277,8 @@ impl SessionContext {
                 max_frame_len: MAX_FRAME_LEN as u32,
             },
             throttle: Mutex::new(FailureThrottle::new(ThrottleSettings::default())),
-            revocations: tokio::sync::broadcast::channel(1024).0,
-            subscription_changes: tokio::sync::broadcast::channel(1024).0,
             shutdown: tokio::sync::watch::channel(false).0,
-            live: LiveSessions::default(),
+            live: Arc::new(LiveSessions::default()),
             shared_presence: None,
             metrics: Metrics::default(),
         }
@@ -592,23 +567,20 @@ impl Ending {
 }
 
 /// An authenticated session, ready to run.
-struct Accepted {
+struct Accepted<'a> {
     auth: Authenticate,
-    epoch: SessionEpoch,
+    live: LiveSession<'a>,
     stream: DeviceStream,
     reader: FrameReader,
 }
 
 async fn run_session(connection: quinn::Connection, context: &SessionContext) {
     let remote = connection.remote_address();
-    // Subscribed before the session takes its epoch, so no order to end it
-    // (a newer session's takeover among them) can slip in between.
-    let endings = context.revocations.subscribe();
     let mut stream = None;
     let accepted = authenticate(&connection, context, &mut stream).await;
     let Accepted {
         auth,
-        epoch,
+        live,
         mut stream,
         mut reader,
     } = match accepted {
@@ -621,18 +593,20 @@ async fn run_session(connection: quinn::Connection, context: &SessionContext) {
         }
     };
     let device = auth.device_id.as_str();
+    let epoch = live.epoch();
     info!(%remote, device, epoch = epoch.0, version = stream.version, "device authenticated");
     context.session_started(device).await;
     let mut session = DeviceSession {
         auth: &auth,
         epoch,
+        mailbox: live.mailbox(),
         context,
         stream: &mut stream,
         reader: &mut reader,
         deliveries: Deliveries::default(),
         followed: HashSet::new(),
     };
-    let ending = session.run(endings).await;
+    let ending = session.run().await;
     session.deliveries.record(device, context).await;
     match &ending {
         Ending::Tell(word, _) => info!(device, ?word, "ending session"),
@@ -644,18 +618,18 @@ async fn run_session(connection: quinn::Connection, context: &SessionContext) {
         .await;
     // Only now, with the connection closed: a newer session of the device
     // waits for this before it is accepted.
-    context.session_ended(device, epoch, true).await;
+    context.session_ended(live, true).await;
 }
 
 /// Runs the checks. On success the device's session is the only live one
 /// (older ones are ending) and it has been told `AuthAccepted`; otherwise
 /// the returned ending says what to tell it. The stream, once the device
 /// opened it, is left in `opened` for telling.
-async fn authenticate(
+async fn authenticate<'a>(
     connection: &quinn::Connection,
-    context: &SessionContext,
+    context: &'a SessionContext,
     opened: &mut Option<DeviceStream>,
-) -> Result<Accepted, Ending> {
+) -> Result<Accepted<'a>, Ending> {
     let deadline = tokio::time::Instant::now() + context.auth_deadline;
     let timed_out = || {
         debug!(remote = %connection.remote_address(), "authentication deadline");
@@ -696,33 +670,29 @@ async fn authenticate(
         Ok(Err(_lost)) => return Err(Ending::Gone),
     };
     let device = auth.device_id.as_str();
-    // The checks have a deadline of their own: the device has done its
-    // part, and a gateway whose store does not answer must not hold
-    // connections open without end.
-    match tokio::time::timeout(context.auth_deadline, check(connection, context, &auth)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(ending)) => return Err(ending),
-        Err(_elapsed) => {
-            context.metrics.store_error();
-            warn!(device, "the authentication checks did not finish in time");
-            return Err(Ending::store_unavailable());
-        }
-    }
-    let begun = tokio::time::timeout(context.auth_deadline, context.reports.begin_session(device));
-    let (epoch, confirmed_report_seq) = match begun.await {
-        Ok(Ok(begun)) => begun,
-        Ok(Err(e)) => {
+    // The checks and the new session's epoch have a deadline of their own:
+    // the device has done its part, and a gateway whose store does not
+    // answer must not hold connections open without end.
+    let checked = async {
+        check(connection, context, &auth).await?;
+        context.reports.begin_session(device).await.map_err(|e| {
             context.metrics.store_error();
             warn!(device, error = %e, "beginning a session failed");
-            return Err(Ending::store_unavailable());
-        }
-        Err(_elapsed) => {
-            context.metrics.store_error();
-            warn!(device, "beginning a session did not finish in time");
-            return Err(Ending::store_unavailable());
-        }
+            Ending::store_unavailable()
+        })
     };
-    if !context.take_over(device, epoch).await {
+    let (epoch, confirmed_report_seq) =
+        match tokio::time::timeout(context.auth_deadline, checked).await {
+            Ok(Ok(begun)) => begun,
+            Ok(Err(ending)) => return Err(ending),
+            Err(_elapsed) => {
+                context.metrics.store_error();
+                warn!(device, "the authentication checks did not finish in time");
+                return Err(Ending::store_unavailable());
+            }
+        };
+    let (live, alone) = context.take_over(device, epoch).await;
+    if !alone {
         warn!(
             device,
             "an older session of the device did not close in time; its reports are fenced off"
@@ -735,13 +705,13 @@ async fn authenticate(
         confirmed_report_seq,
     });
     if stream.write(welcome).await.is_err() {
-        context.session_ended(device, epoch, false).await;
+        context.session_ended(live, false).await;
         return Err(Ending::Gone);
     }
     let stream = opened.take().expect("the stream was opened above");
     Ok(Accepted {
         auth,
-        epoch,
+        live,
         stream,
         reader,
     })
@@ -796,7 +766,10 @@ async fn check(
                 .record_success(&device_key);
             Ok(())
         }
-        Err((refusal, reason)) => {
+        // Not the device's failure: it comes back when the store does, and
+        // is neither refused (the SDK would stop for good) nor slowed down.
+        Err(Denied::StoreTrouble) => Err(Ending::store_unavailable()),
+        Err(Denied::Refused(refusal, reason)) => {
             {
                 let mut throttle = context.throttle.lock().expect("throttle lock");
                 let now = Instant::now();
@@ -815,11 +788,19 @@ async fn check(
     }
 }
 
+/// Why an authentication did not pass the checks.
+enum Denied {
+    /// The device is refused, with this answer.
+    Refused(Refusal, FailureReason),
+    /// The store could not be asked.
+    StoreTrouble,
+}
+
 async fn decide(
     auth: &Authenticate,
     binding: &[u8; 32],
     context: &SessionContext,
-) -> Result<(), (Refusal, FailureReason)> {
+) -> Result<(), Denied> {
     let credentials = context
         .registry
         .credentials(&context.master_key, &auth.device_id)
@@ -827,11 +808,11 @@ async fn decide(
         .map_err(|e| {
             context.metrics.store_error();
             warn!(error = %e, "device lookup failed");
-            (Refusal::Failed, FailureReason::UnknownDevice)
+            Denied::StoreTrouble
         })?;
     let now_ms = unix_ms();
     match auth::assess(auth, credentials.as_ref(), binding, now_ms, &context.auth) {
-        Assessment::Refuse(refusal, reason) => Err((refusal, reason)),
+        Assessment::Refuse(refusal, reason) => Err(Denied::Refused(refusal, reason)),
         Assessment::ClaimNonce => {
             let ttl = context.auth.nonce_ttl.as_millis() as u64;
             match context
@@ -840,11 +821,14 @@ async fn decide(
                 .await
             {
                 Ok(true) => Ok(()),
-                Ok(false) => Err((Refusal::Failed, FailureReason::ReplayedNonce)),
+                Ok(false) => Err(Denied::Refused(
+                    Refusal::Failed,
+                    FailureReason::ReplayedNonce,
+                )),
                 Err(e) => {
                     context.metrics.store_error();
                     warn!(error = %e, "nonce store failed");
-                    Err((Refusal::Failed, FailureReason::ReplayedNonce))
+                    Err(Denied::StoreTrouble)
                 }
             }
         }
@@ -891,6 +875,9 @@ impl Deliveries {
 struct DeviceSession<'a> {
     auth: &'a Authenticate,
     epoch: SessionEpoch,
+    /// Where orders for this session arrive (end it, follow the
+    /// subscriptions again).
+    mailbox: &'a Mailbox,
     context: &'a SessionContext,
     stream: &'a mut DeviceStream,
     reader: &'a mut FrameReader,
@@ -905,8 +892,8 @@ impl DeviceSession<'_> {
         self.auth.device_id.as_str()
     }
 
-    async fn run(&mut self, endings: tokio::sync::broadcast::Receiver<SessionEnding>) -> Ending {
-        match self.stream_and_ingest(endings).await {
+    async fn run(&mut self) -> Ending {
+        match self.stream_and_ingest().await {
             Ok(ending) => ending,
             Err(e) => {
                 if e.is_protocol_violation() {
@@ -919,19 +906,17 @@ impl DeviceSession<'_> {
         }
     }
 
-    async fn stream_and_ingest(
-        &mut self,
-        mut endings: tokio::sync::broadcast::Receiver<SessionEnding>,
-    ) -> Result<Ending, SessionError> {
+    async fn stream_and_ingest(&mut self) -> Result<Ending, SessionError> {
         let context = self.context;
         let device = self.auth.device_id.as_str();
         let epoch = self.epoch;
+        let mailbox = self.mailbox;
         let mut shutdown = context.shutdown.subscribe();
-        // Revoked or replaced between the checks and the subscriptions above?
+        // Revoked or replaced between the checks and the session taking
+        // orders (orders since are in its mailbox)?
         if let Some(reason) = ended_meanwhile(device, epoch, context).await {
             return Ok(Ending::ordered(reason));
         }
-        let mut subscription_changes = context.subscription_changes.subscribe();
         // One follower per subscribed channel feeds this bounded queue; the
         // followers end with the session when the set is dropped.
         let (signal_tx, mut signal_rx) = tokio::sync::mpsc::channel(64);
@@ -959,30 +944,18 @@ impl DeviceSession<'_> {
             // confirmations.
             tokio::select! {
                 biased;
-                ending = endings.recv() => match ending {
-                    Ok(ending) if ending.ends(device, epoch) => {
-                        return Ok(Ending::ordered(ending.reason));
+                orders = mailbox.next() => {
+                    if let Some(reason) = orders.end {
+                        return Ok(Ending::ordered(reason));
                     }
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
-                    // Missed some orders: ask the stores instead.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        if let Some(reason) = ended_meanwhile(device, epoch, context).await {
-                            return Ok(Ending::ordered(reason));
-                        }
+                    if orders.follow_subscriptions
+                        && let Err(e) = self.follow_subscriptions(&mut followers).await
+                    {
+                        context.metrics.store_error();
+                        warn!(device, error = %e, "changing the session's channels failed");
+                        return Ok(Ending::store_unavailable());
                     }
-                },
-                changed = subscription_changes.recv() => match changed {
-                    Ok(changed) if changed != device => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
-                    // Ours, or perhaps ours among those missed: look again.
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        if let Err(e) = self.follow_subscriptions(&mut followers).await {
-                            context.metrics.store_error();
-                            warn!(device, error = %e, "changing the session's channels failed");
-                            return Ok(Ending::store_unavailable());
-                        }
-                    }
-                },
+                }
                 () = stopping(&mut shutdown) => {
                     return Ok(Ending::ordered(GoingAwayReason::Shutdown));
                 }
@@ -1040,27 +1013,26 @@ impl DeviceSession<'_> {
         if report.seq == 0 {
             return Err(SessionError::Report(ReportStoreError::ZeroSequence));
         }
+        // A report the store cannot take now ends the session: the device
+        // keeps it and resends it, with every later one, after reconnecting.
+        // Going on to the next report instead would store reports after a
+        // gap, and a later confirmation could cover the one skipped.
+        let store_failed = |what: &str, e: &dyn std::fmt::Display| {
+            context.metrics.store_error();
+            warn!(device, seq = report.seq, error = %e, "{what} failed; ending the session");
+            Ok(Some(Ending::store_unavailable()))
+        };
         // Where the signal sits: to check the device could have received it,
-        // and to record its position once the report is stored. Not
-        // confirmed while the store cannot tell: the device keeps the report
-        // and resends it after reconnecting.
+        // and to record its position once the report is stored.
         let place = match context.signals.locate(report.signal_id).await {
             Ok(place) => place,
-            Err(e) => {
-                context.metrics.store_error();
-                warn!(device, seq = report.seq, error = %e, "locating a reported signal failed");
-                return Ok(None);
-            }
+            Err(e) => return store_failed("locating a reported signal", &e),
         };
         match &place {
             Some((channel, _)) => match self.has_followed(channel).await {
                 Ok(true) => {}
                 Ok(false) => return Err(SessionError::ForeignChannel(channel.clone())),
-                Err(e) => {
-                    context.metrics.store_error();
-                    warn!(device, seq = report.seq, error = %e, "reading a subscription failed");
-                    return Ok(None);
-                }
+                Err(e) => return store_failed("reading a subscription", &e),
             },
             // Expired from the log while the device was away, or never
             // published at all: either way the report is the device's record
@@ -1076,11 +1048,7 @@ impl DeviceSession<'_> {
             Err(e @ (ReportStoreError::ZeroSequence | ReportStoreError::TooFarAhead { .. })) => {
                 return Err(SessionError::Report(e));
             }
-            Err(e) => {
-                context.metrics.store_error();
-                warn!(device, seq = report.seq, error = %e, "storing a report failed");
-                return Ok(None);
-            }
+            Err(e) => return store_failed("storing a report", &e),
         };
         context
             .metrics

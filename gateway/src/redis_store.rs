@@ -155,6 +155,8 @@ static INGEST_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("redis_scripts/ingest_report.lua")));
 static BEGIN_SESSION_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("redis_scripts/begin_session.lua")));
+const RENEW_PRESENCE: &str = include_str!("redis_scripts/renew_presence.lua");
+static RENEW_PRESENCE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW_PRESENCE));
 static APPEND_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(APPEND));
 
 fn stream_fields(report: &StoredReport) -> Vec<(String, String)> {
@@ -835,7 +837,9 @@ impl RedisStores {
         pipe.query_async(&mut connection).await
     }
 
-    /// Renews the presence of every device connected to `instance`.
+    /// Renews the presence of every device connected to `instance`, one
+    /// script call each in one pipeline; a device whose entry is already
+    /// gone (its session just ended) is left out.
     pub async fn renew_presence(
         &self,
         devices: &[String],
@@ -845,16 +849,23 @@ impl RedisStores {
         if devices.is_empty() {
             return Ok(());
         }
+        let mut connection = self.connection.clone();
+        // Loaded first, so the pipelined EVALSHAs find it.
+        let _: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(RENEW_PRESENCE)
+            .query_async(&mut connection)
+            .await?;
         let mut pipe = redis::pipe();
         for device_id in devices {
-            pipe.hset(
-                self.device_key(device_id, "presence"),
-                instance,
-                now_ms + PRESENCE_TTL_MS,
-            )
-            .ignore();
+            pipe.cmd("EVALSHA")
+                .arg(RENEW_PRESENCE_SCRIPT.get_hash())
+                .arg(1)
+                .arg(self.device_key(device_id, "presence"))
+                .arg(instance)
+                .arg(now_ms + PRESENCE_TTL_MS)
+                .ignore();
         }
-        let mut connection = self.connection.clone();
         pipe.query_async(&mut connection).await
     }
 

@@ -1,7 +1,7 @@
-//! One live session per device: the sessions this process holds, the
-//! takeover when a device authenticates while an older session of it is
-//! live (here or on another gateway sharing the store), and the presence
-//! admins see.
+//! One live session per device: the sessions this process holds, the orders
+//! they take (end, follow the subscriptions again), the takeover when a
+//! device authenticates while an older session of it is live (here or on
+//! another gateway sharing the store), and the presence admins see.
 //!
 //! Traders connect one device twice: a second chart with the same inputs,
 //! the EA on a second VPS. Two live sessions would both receive every
@@ -19,13 +19,15 @@
 //!    answers `AuthAccepted`, so the device receives nothing while the old
 //!    session could still be sending.
 //!
+//! Orders reach a session through its own [`Mailbox`], found by device:
+//! delivering one costs the same with ten sessions or twenty thousand.
+//!
 //! If an older session is missed anyway (its gateway lost the notice), the
 //! fence of step 1 still keeps its reports out of the store, and it ends at
 //! its next report, when its gateway renews its notice subscription, or at
-//! the periodic presence renewal, within [`PRESENCE_TTL_MS`]` / 3`.
+//! the epoch check every [`EPOCH_CHECK`], which the takeover outwaits.
 //!
 //! [`ReportStore::begin_session`]: crate::reports::ReportStore::begin_session
-//! [`PRESENCE_TTL_MS`]: crate::redis_store::PRESENCE_TTL_MS
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -37,14 +39,19 @@ use tracing::warn;
 
 use crate::clock::unix_ms;
 use crate::notices::Notice;
-use crate::quic::{SessionContext, SessionEnding};
+use crate::quic::SessionContext;
 use crate::reports::SessionEpoch;
 
+/// How often a gateway sharing Redis checks that each of its sessions is
+/// still its device's newest, in case a takeover notice was lost.
+pub const EPOCH_CHECK: Duration = Duration::from_secs(2);
+
 /// The longest a new session waits for the older ones to close before it
-/// answers the device anyway. Older sessions on a live gateway close in
-/// milliseconds; one on a gateway that died only ever shows in the presence
-/// records until they expire, and cannot deliver anything.
-pub const TAKEOVER_WAIT: Duration = Duration::from_secs(2);
+/// answers the device anyway: longer than [`EPOCH_CHECK`], so an older
+/// session whose gateway missed the notice has ended by then. Older sessions
+/// on a live gateway close in milliseconds; one on a gateway that died only
+/// shows in the presence records until they expire, and delivers nothing.
+pub const TAKEOVER_WAIT: Duration = Duration::from_secs(3);
 
 /// How often a new session looks at the shared presence records while it
 /// waits for an older session on another gateway to close.
@@ -59,6 +66,54 @@ pub struct Presence {
     pub last_seen_ms: u64,
 }
 
+/// What the rest of the deployment has told one session to do, not yet
+/// acted on. Orders coalesce: a session needs to know only whether to end
+/// (and why) and whether its subscriptions changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Orders {
+    /// End the session, telling the device this.
+    pub end: Option<GoingAwayReason>,
+    /// Follow the device's subscriptions as they are now.
+    pub follow_subscriptions: bool,
+}
+
+/// One session's orders: a slot and a wake-up, a few dozen bytes a session.
+#[derive(Debug, Default)]
+pub struct Mailbox {
+    orders: Mutex<Orders>,
+    wake: Notify,
+}
+
+impl Mailbox {
+    fn post(&self, post: impl FnOnce(&mut Orders)) {
+        post(&mut self.orders.lock().expect("mailbox lock"));
+        // One waiter (its session); a permit is kept if it is not waiting.
+        self.wake.notify_one();
+    }
+
+    fn post_end(&self, reason: GoingAwayReason) {
+        // The first reason stands, but a revocation overrides any: the
+        // device must learn it may not come back.
+        self.post(|orders| {
+            if orders.end.is_none() || reason == GoingAwayReason::Revoked {
+                orders.end = Some(reason);
+            }
+        });
+    }
+
+    /// The orders posted since the last call, waiting for some. Cancel-safe:
+    /// orders are only taken when returned.
+    pub async fn next(&self) -> Orders {
+        loop {
+            let orders = std::mem::take(&mut *self.orders.lock().expect("mailbox lock"));
+            if orders != Orders::default() {
+                return orders;
+            }
+            self.wake.notified().await;
+        }
+    }
+}
+
 /// The device sessions of this process, by device and epoch.
 #[derive(Debug, Default)]
 pub struct LiveSessions {
@@ -69,8 +124,47 @@ pub struct LiveSessions {
 
 #[derive(Debug, Default)]
 struct DeviceSessions {
-    epochs: Vec<SessionEpoch>,
+    live: Vec<(SessionEpoch, Arc<Mailbox>)>,
     last_seen_ms: u64,
+}
+
+/// A session's place in [`LiveSessions`], given up when it is dropped, so a
+/// session that ends in any way (a panic included) leaves nothing behind.
+#[derive(Debug)]
+pub struct LiveSession<'a> {
+    sessions: &'a LiveSessions,
+    device_id: String,
+    epoch: SessionEpoch,
+    mailbox: Arc<Mailbox>,
+    /// Whether another session of the device was still live here when this
+    /// one was given up.
+    still_here: Option<bool>,
+}
+
+impl LiveSession<'_> {
+    /// The session's epoch.
+    pub fn epoch(&self) -> SessionEpoch {
+        self.epoch
+    }
+
+    /// Where the session's orders arrive.
+    pub fn mailbox(&self) -> &Mailbox {
+        &self.mailbox
+    }
+
+    /// Gives the place up now; whether another session of the device is
+    /// still live here.
+    fn give_up(&mut self) -> bool {
+        *self
+            .still_here
+            .get_or_insert_with(|| self.sessions.remove(&self.device_id, self.epoch, unix_ms()))
+    }
+}
+
+impl Drop for LiveSession<'_> {
+    fn drop(&mut self) {
+        self.give_up();
+    }
 }
 
 impl LiveSessions {
@@ -79,25 +173,60 @@ impl LiveSessions {
     }
 
     /// Records a session of `device_id` under `epoch`, seen at `now_ms`.
-    pub fn begin(&self, device_id: &str, epoch: SessionEpoch, now_ms: u64) {
+    pub fn register(&self, device_id: &str, epoch: SessionEpoch, now_ms: u64) -> LiveSession<'_> {
+        let mailbox = Arc::new(Mailbox::default());
         let mut devices = self.lock();
         let device = devices.entry(device_id.to_owned()).or_default();
-        device.epochs.push(epoch);
+        device.live.push((epoch, mailbox.clone()));
         device.last_seen_ms = now_ms;
+        LiveSession {
+            sessions: self,
+            device_id: device_id.to_owned(),
+            epoch,
+            mailbox,
+            still_here: None,
+        }
     }
 
     /// Forgets the session of `device_id` under `epoch`; returns whether
     /// another session of the device is still live here.
-    pub fn end(&self, device_id: &str, epoch: SessionEpoch, now_ms: u64) -> bool {
+    fn remove(&self, device_id: &str, epoch: SessionEpoch, now_ms: u64) -> bool {
         let still_here = {
             let mut devices = self.lock();
             let device = devices.entry(device_id.to_owned()).or_default();
-            device.epochs.retain(|live| *live != epoch);
+            device.live.retain(|(live, _)| *live != epoch);
             device.last_seen_ms = now_ms;
-            !device.epochs.is_empty()
+            !device.live.is_empty()
         };
         self.ended.notify_waiters();
         still_here
+    }
+
+    /// Orders the device's sessions here older than `older_than` (all of
+    /// them for `None`) to end, telling the device `reason`.
+    pub fn order_end(
+        &self,
+        device_id: &str,
+        reason: GoingAwayReason,
+        older_than: Option<SessionEpoch>,
+    ) {
+        if let Some(device) = self.lock().get(device_id) {
+            for (epoch, mailbox) in &device.live {
+                if older_than.is_none_or(|newer| *epoch < newer) {
+                    mailbox.post_end(reason);
+                }
+            }
+        }
+    }
+
+    /// Orders the device's sessions here to follow its subscriptions as
+    /// they are now.
+    pub fn order_follow_subscriptions(&self, device_id: &str) {
+        if let Some(device) = self.lock().get(device_id) {
+            for (_, mailbox) in &device.live {
+                mailbox.post(|orders| orders.follow_subscriptions = true);
+            }
+        }
     }
 
     /// The device's presence in this process.
@@ -105,7 +234,7 @@ impl LiveSessions {
         self.lock()
             .get(device_id)
             .map(|device| Presence {
-                sessions: device.epochs.len(),
+                sessions: device.live.len(),
                 last_seen_ms: device.last_seen_ms,
             })
             .unwrap_or_default()
@@ -117,10 +246,19 @@ impl LiveSessions {
             .iter()
             .flat_map(|(device, sessions)| {
                 sessions
-                    .epochs
+                    .live
                     .iter()
-                    .map(move |epoch| (device.clone(), *epoch))
+                    .map(move |(epoch, _)| (device.clone(), *epoch))
             })
+            .collect()
+    }
+
+    /// The devices with a live session here.
+    pub fn devices(&self) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|(_, sessions)| !sessions.live.is_empty())
+            .map(|(device, _)| device.clone())
             .collect()
     }
 
@@ -129,8 +267,8 @@ impl LiveSessions {
     fn standing(&self, device_id: &str, epoch: SessionEpoch) -> (bool, bool) {
         self.lock().get(device_id).map_or((false, false), |device| {
             (
-                device.epochs.iter().any(|live| *live < epoch),
-                device.epochs.iter().any(|live| *live > epoch),
+                device.live.iter().any(|(live, _)| *live < epoch),
+                device.live.iter().any(|(live, _)| *live > epoch),
             )
         })
     }
@@ -172,25 +310,34 @@ pub struct SharedPresence {
 }
 
 impl SharedPresence {
-    /// Every third of the presence TTL: renews this process's presence
-    /// records, and ends the sessions a missed takeover notice left behind
-    /// (their devices connected again elsewhere; a missed revocation is
-    /// caught when the notice subscription is renewed). Runs until aborted.
+    /// Every [`EPOCH_CHECK`], ends the sessions a lost takeover notice left
+    /// behind (their devices connected again elsewhere; a lost revocation is
+    /// caught when the notice subscription is renewed); every third of the
+    /// presence TTL, renews this process's presence records. Runs until
+    /// aborted.
     pub async fn renew(self, context: Arc<SessionContext>) {
-        let every = Duration::from_millis(crate::redis_store::PRESENCE_TTL_MS / 3);
-        let mut tick = tokio::time::interval(every);
+        let mut check = tokio::time::interval(EPOCH_CHECK);
+        let mut renew = tokio::time::interval(Duration::from_millis(
+            crate::redis_store::PRESENCE_TTL_MS / 3,
+        ));
+        for tick in [&mut check, &mut renew] {
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
         loop {
-            tick.tick().await;
-            let devices = context.connected_here();
-            if let Err(e) = self
-                .stores
-                .renew_presence(&devices, &self.instance, unix_ms())
-                .await
-            {
-                context.metrics.store_error();
-                warn!(error = %e, "renewing presence failed");
+            tokio::select! {
+                _ = check.tick() => self.end_superseded_sessions(&context).await,
+                _ = renew.tick() => {
+                    let devices = context.live.devices();
+                    if let Err(e) = self
+                        .stores
+                        .renew_presence(&devices, &self.instance, unix_ms())
+                        .await
+                    {
+                        context.metrics.store_error();
+                        warn!(error = %e, "renewing presence failed");
+                    }
+                }
             }
-            self.end_superseded_sessions(&context).await;
         }
     }
 
@@ -210,13 +357,11 @@ impl SharedPresence {
                 return;
             }
         };
-        for ((device_id, epoch), newest) in live.into_iter().zip(newest) {
-            if newest > epoch {
-                context.end_here(SessionEnding {
-                    device_id,
-                    reason: GoingAwayReason::Replaced,
-                    older_than: Some(newest),
-                });
+        for ((device_id, epoch), newest) in live.iter().zip(newest) {
+            if newest > *epoch {
+                context
+                    .live
+                    .order_end(device_id, GoingAwayReason::Replaced, Some(newest));
             }
         }
     }
@@ -245,53 +390,62 @@ impl SessionContext {
 
     /// The devices with a live session in this process.
     pub fn connected_here(&self) -> Vec<String> {
-        let mut devices: Vec<String> = self
-            .live
-            .all()
-            .into_iter()
-            .map(|(device, _)| device)
-            .collect();
-        devices.dedup();
-        devices
+        self.live.devices()
     }
 
     /// Makes the session of `device_id` under `epoch` (just taken from the
-    /// report store) the device's only one: ends every older session, here
-    /// and on other gateways, and waits up to [`TAKEOVER_WAIT`] for them to
-    /// close. Returns whether they all did in time; if not, the fence on
+    /// report store) the device's only one: registers it, ends every older
+    /// session, here and on other gateways, and waits up to
+    /// [`TAKEOVER_WAIT`] for them to close. Returns the session's place and
+    /// whether the older ones all closed in time; if not, the fence on
     /// report writes still holds them off.
-    pub async fn take_over(&self, device_id: &str, epoch: SessionEpoch) -> bool {
-        self.live.begin(device_id, epoch, unix_ms());
-        self.notify(Notice::SessionReplaced {
-            device_id: device_id.to_owned(),
-            epoch: epoch.0,
-        })
-        .await;
+    pub async fn take_over(&self, device_id: &str, epoch: SessionEpoch) -> (LiveSession<'_>, bool) {
+        let session = self.live.register(device_id, epoch, unix_ms());
         let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
+        let told = tokio::time::timeout_at(
+            deadline,
+            self.notify(Notice::SessionReplaced {
+                device_id: device_id.to_owned(),
+                epoch: epoch.0,
+            }),
+        )
+        .await;
+        if told.is_err() {
+            self.metrics.store_error();
+            warn!(
+                device = device_id,
+                "announcing a takeover did not finish in time"
+            );
+        }
         if !self.live.wait_for_older(device_id, epoch, deadline).await {
-            return false;
+            return (session, false);
         }
         let Some(shared) = &self.shared_presence else {
-            return true;
+            return (session, true);
         };
         // Older sessions on other gateways: their presence records go when
         // they close.
         loop {
-            match shared
-                .stores
-                .presence_elsewhere(device_id, &shared.instance, unix_ms())
-                .await
-            {
-                Ok(0) => return true,
-                Ok(_) => {}
-                Err(e) => {
+            let elsewhere = tokio::time::timeout_at(
+                deadline,
+                shared
+                    .stores
+                    .presence_elsewhere(device_id, &shared.instance, unix_ms()),
+            )
+            .await;
+            match elsewhere {
+                Ok(Ok(0)) => return (session, true),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    // Waited out like a live session: the record may show
+                    // one that is closing.
                     self.metrics.store_error();
                     warn!(device = device_id, error = %e, "reading presence failed");
-                    return false;
                 }
+                Err(_elapsed) => return (session, false),
             }
             if tokio::time::Instant::now() + TAKEOVER_POLL > deadline {
-                return false;
+                return (session, false);
             }
             tokio::time::sleep(TAKEOVER_POLL).await;
         }
@@ -306,13 +460,13 @@ impl SessionContext {
 
     /// A session registered by [`SessionContext::take_over`] is over;
     /// `accepted` says whether [`SessionContext::session_started`] counted it.
-    pub(crate) async fn session_ended(&self, device_id: &str, epoch: SessionEpoch, accepted: bool) {
-        let now = unix_ms();
-        let still_here = self.live.end(device_id, epoch, now);
+    pub(crate) async fn session_ended(&self, mut session: LiveSession<'_>, accepted: bool) {
+        let still_here = session.give_up();
         if accepted {
             self.metrics.connection(-1);
         }
-        self.share_presence(device_id, still_here, now).await;
+        self.share_presence(&session.device_id, still_here, unix_ms())
+            .await;
     }
 
     async fn share_presence(&self, device_id: &str, connected: bool, now_ms: u64) {
@@ -337,11 +491,8 @@ impl SessionContext {
         for (device_id, epoch) in self.live.all() {
             match self.registry.get(&device_id).await {
                 Ok(Some(record)) if record.revoked_at_ms.is_some() => {
-                    self.end_here(SessionEnding {
-                        device_id,
-                        reason: GoingAwayReason::Revoked,
-                        older_than: None,
-                    });
+                    self.live
+                        .order_end(&device_id, GoingAwayReason::Revoked, None);
                     continue;
                 }
                 Ok(_) => {}
@@ -350,11 +501,10 @@ impl SessionContext {
                 }
             }
             match self.reports.current_session(&device_id).await {
-                Ok(newest) if newest > epoch => self.end_here(SessionEnding {
-                    device_id,
-                    reason: GoingAwayReason::Replaced,
-                    older_than: Some(newest),
-                }),
+                Ok(newest) if newest > epoch => {
+                    self.live
+                        .order_end(&device_id, GoingAwayReason::Replaced, Some(newest));
+                }
                 Ok(_) => {}
                 Err(e) => {
                     warn!(device = %device_id, error = %e, "checking a session's epoch failed");
@@ -362,9 +512,72 @@ impl SessionContext {
             }
         }
     }
+}
 
-    pub(crate) fn end_here(&self, ending: SessionEnding) {
-        // No receiver just means no session is live here any more.
-        let _ = self.revocations.send(ending);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn orders_reach_only_the_sessions_they_name_and_coalesce() {
+        let live = LiveSessions::default();
+        let old = live.register("dv_A", SessionEpoch(1), 0);
+        let new = live.register("dv_A", SessionEpoch(2), 0);
+        let other = live.register("dv_B", SessionEpoch(1), 0);
+        live.order_end("dv_A", GoingAwayReason::Replaced, Some(SessionEpoch(2)));
+        live.order_follow_subscriptions("dv_A");
+        live.order_follow_subscriptions("dv_A");
+        assert_eq!(
+            old.mailbox().next().await,
+            Orders {
+                end: Some(GoingAwayReason::Replaced),
+                follow_subscriptions: true
+            }
+        );
+        assert_eq!(
+            new.mailbox().next().await,
+            Orders {
+                end: None,
+                follow_subscriptions: true
+            }
+        );
+        // Nothing for the other device.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), other.mailbox().next())
+                .await
+                .is_err()
+        );
+        // A revocation overrides a replacement not yet acted on.
+        live.order_end("dv_A", GoingAwayReason::Replaced, None);
+        live.order_end("dv_A", GoingAwayReason::Revoked, None);
+        assert_eq!(
+            new.mailbox().next().await.end,
+            Some(GoingAwayReason::Revoked)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_session_dropped_in_any_way_leaves_no_trace() {
+        let live = LiveSessions::default();
+        {
+            let _session = live.register("dv_A", SessionEpoch(1), 5);
+            assert_eq!(live.presence("dv_A").sessions, 1);
+        }
+        assert_eq!(live.presence("dv_A").sessions, 0);
+        assert!(live.presence("dv_A").last_seen_ms > 0);
+        assert!(live.devices().is_empty());
+        // A takeover waiting on an older session is released by its end.
+        let older = live.register("dv_A", SessionEpoch(1), 0);
+        let _newer = live.register("dv_A", SessionEpoch(2), 0);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let (gone, ()) = tokio::join!(
+            live.wait_for_older("dv_A", SessionEpoch(2), deadline),
+            async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                drop(older);
+            }
+        );
+        assert!(gone);
+        assert!(tokio::time::Instant::now() < deadline);
     }
 }

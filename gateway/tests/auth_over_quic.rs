@@ -445,3 +445,29 @@ async fn a_version_1_device_is_told_a_rotated_secret_as_replaced(backend: Backen
         close_code::SECRET_ROTATED as u64
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_gone_during_authentication_is_no_refusal_and_says_so() {
+    let mut redis = eagate_tests::PrivateRedis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.redis_url = Some(redis.url.clone());
+    let gateway = Gateway::start(&config).await.unwrap();
+    let device = register(&gateway).await;
+    redis.stop();
+    let mut session = connect(&gateway, dir.path()).await;
+    // Not `AuthRefused(Failed)`, which stops a client for good: the device
+    // is told to come back later.
+    assert_eq!(
+        session.authenticate(&device, fresh_nonce()).await,
+        Some(GatewayMessage::GoingAway(GoingAway {
+            reason: GoingAwayReason::Shutdown
+        }))
+    );
+    assert_eq!(
+        session.close_code().await,
+        close_code::STORE_UNAVAILABLE as u64
+    );
+    let metrics = gateway.context().metrics.render();
+    assert!(metrics.contains("eagate_auth_failures_total{reason=\"unknown_device\"} 0\n"));
+}

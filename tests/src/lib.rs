@@ -38,3 +38,62 @@ pub fn redis_addr(url: &str) -> SocketAddr {
 }
 
 pub mod process;
+
+/// A Redis of one test's own, on a free loopback port, stopped (killed)
+/// when dropped: for tests that take Redis away under a gateway.
+#[derive(Debug)]
+pub struct PrivateRedis {
+    child: std::process::Child,
+    /// Its URL.
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateRedis {
+    /// Starts `redis-server` (installed by the test command) and waits until
+    /// it answers.
+    ///
+    /// # Panics
+    ///
+    /// When it cannot be started: the test fails rather than skips.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server runs (scripts/test.sh installs it)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not listen on port {port}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Self {
+            child,
+            url: format!("redis://127.0.0.1:{port}/"),
+            _dir: dir,
+        }
+    }
+
+    /// Kills it now.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
