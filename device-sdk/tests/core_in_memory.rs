@@ -220,6 +220,16 @@ fn signal_comments(events: &[Event]) -> Vec<String> {
         .collect()
 }
 
+/// The connection dropped at `now_ms`: waits out the backoff and connects
+/// again; the time it connected.
+fn reconnect(core: &mut SessionCore, gateway: &mut FakeGateway, now_ms: u64, nonce: u8) -> u64 {
+    core.handle_disconnected(now_ms, 0);
+    let later = core.poll_timeout().unwrap();
+    core.handle_timeout(later).unwrap();
+    connect(core, gateway, later, nonce);
+    later
+}
+
 fn connect(core: &mut SessionCore, gateway: &mut FakeGateway, now_ms: u64, nonce: u8) {
     core.handle_connected(now_ms, gateway.binding, [nonce; 16]);
     exchange(core, gateway, now_ms).unwrap();
@@ -544,10 +554,7 @@ fn a_report_under_a_number_another_installation_used_is_renumbered_and_stored_on
         count: 1
     }));
     assert_eq!(core.snapshot().outbox[0].seq, 4);
-    core.handle_disconnected(now, 0);
-    let later = core.poll_timeout().unwrap();
-    core.handle_timeout(later).unwrap();
-    connect(&mut core, &mut gateway, later, 2);
+    reconnect(&mut core, &mut gateway, now, 2);
     assert_eq!(gateway.stored.len(), 4);
     assert_eq!(gateway.stored[&4].outcome, fill, "stored once, under #4");
     assert_eq!(core.unconfirmed(), 0);
@@ -579,10 +586,7 @@ fn a_report_stored_before_its_confirmation_was_lost_is_confirmed_even_below_the_
             },
         );
     }
-    core.handle_disconnected(now, 0);
-    let later = core.poll_timeout().unwrap();
-    core.handle_timeout(later).unwrap();
-    connect(&mut core, &mut gateway, later, 2);
+    let later = reconnect(&mut core, &mut gateway, now, 2);
     // #1 is ours and stored: resent, matched, confirmed; nothing renumbered.
     assert_eq!(core.unconfirmed(), 0);
     assert!(
@@ -697,10 +701,7 @@ fn a_log_restarted_below_the_devices_position_is_followed_not_ignored() {
     gateway.log.clear();
     gateway.publish("fresh");
     gateway.publish("fresher");
-    core.handle_disconnected(now, 0);
-    let later = core.poll_timeout().unwrap();
-    core.handle_timeout(later).unwrap();
-    connect(&mut core, &mut gateway, later, 2);
+    let later = reconnect(&mut core, &mut gateway, now, 2);
     assert_eq!(signal_comments(&events(&mut core)), ["fresh", "fresher"]);
     // Within the connection, a repeat is still a repeat.
     let repeat = gateway.log[0].clone();
@@ -746,10 +747,7 @@ fn reports_renumbered_after_a_conflict_leave_no_hole_for_the_confirmations_to_st
         to_seq: 3,
         count: 2
     }));
-    core.handle_disconnected(later, 0);
-    let again = core.poll_timeout().unwrap();
-    core.handle_timeout(again).unwrap();
-    connect(&mut core, &mut gateway, again, 3);
+    let again = reconnect(&mut core, &mut gateway, later, 3);
     // Both stored, right after the gateway's #2, and both confirmed.
     assert_eq!(gateway.confirmed(), 4);
     assert_eq!(gateway.stored[&3].at_ms, 10);

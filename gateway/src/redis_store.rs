@@ -760,22 +760,12 @@ impl PositionStore for RedisStores {
         })
     }
 
-    fn subscription_start<'a>(
+    fn recorded_start<'a>(
         &'a self,
         device_id: &'a str,
         channel: &'a ChannelName,
     ) -> LogFuture<'a, Option<u64>> {
-        Box::pin(async move {
-            // Subscriptions made before starts were recorded have only the
-            // position recorded at subscription: they started at most there.
-            match self.read_position("starts", device_id, channel).await? {
-                Some(start) => Ok(Some(start)),
-                None => Ok(self
-                    .read_position("positions", device_id, channel)
-                    .await?
-                    .map(|_| 0)),
-            }
-        })
+        Box::pin(self.read_position("starts", device_id, channel))
     }
 
     fn advance<'a>(

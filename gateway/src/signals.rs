@@ -608,13 +608,29 @@ pub trait PositionStore: Send + Sync + std::fmt::Debug {
         position: u64,
     ) -> LogFuture<'a, ()>;
 
+    /// The start recorded by [`PositionStore::start_subscription`], if any.
+    fn recorded_start<'a>(
+        &'a self,
+        device_id: &'a str,
+        channel: &'a ChannelName,
+    ) -> LogFuture<'a, Option<u64>>;
+
     /// Where the device's current (or last) subscription to the channel
     /// started; `None` if it never subscribed to it.
     fn subscription_start<'a>(
         &'a self,
         device_id: &'a str,
         channel: &'a ChannelName,
-    ) -> LogFuture<'a, Option<u64>>;
+    ) -> LogFuture<'a, Option<u64>> {
+        Box::pin(async move {
+            // Subscriptions made before starts were recorded have only the
+            // position recorded at subscription: they started at most there.
+            match self.recorded_start(device_id, channel).await? {
+                Some(start) => Ok(Some(start)),
+                None => Ok(self.get(device_id, channel).await?.map(|_| 0)),
+            }
+        })
+    }
 
     /// Records `position` unless a later one is already recorded.
     fn advance<'a>(
@@ -718,19 +734,12 @@ impl PositionStore for SledPositions {
         })
     }
 
-    fn subscription_start<'a>(
+    fn recorded_start<'a>(
         &'a self,
         device_id: &'a str,
         channel: &'a ChannelName,
     ) -> LogFuture<'a, Option<u64>> {
-        Box::pin(async move {
-            // Subscriptions made before starts were recorded have only the
-            // position recorded at subscription: they started at most there.
-            match read_position(&self.starts, device_id, channel)? {
-                Some(start) => Ok(Some(start)),
-                None => Ok(read_position(&self.positions, device_id, channel)?.map(|_| 0)),
-            }
-        })
+        Box::pin(async move { read_position(&self.starts, device_id, channel) })
     }
 
     fn advance<'a>(

@@ -146,16 +146,12 @@ async fn garbage_closes_the_connection_and_the_gateway_keeps_serving(backend: Ba
     garbage
         .send_raw(&[0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff])
         .await;
-    assert_eq!(
-        garbage.receive().await,
-        Some(GatewayMessage::GoingAway(GoingAway {
-            reason: GoingAwayReason::ProtocolViolation
-        }))
-    );
-    assert_eq!(
-        garbage.close_code().await,
-        close_code::PROTOCOL_VIOLATION as u64
-    );
+    garbage
+        .expect_goodbye(
+            GoingAwayReason::ProtocolViolation,
+            close_code::PROTOCOL_VIOLATION,
+        )
+        .await;
     let mut honest = connect(&gateway, dir.path()).await;
     assert!(matches!(
         honest.authenticate(&device, fresh_nonce()).await,
@@ -168,16 +164,12 @@ async fn oversized_frame_is_refused_before_its_body_is_read(backend: Backend) {
     let (gateway, dir) = start_on(&backend).await;
     let mut session = connect(&gateway, dir.path()).await;
     session.send_raw(&u32::MAX.to_be_bytes()).await;
-    assert_eq!(
-        session.receive().await,
-        Some(GatewayMessage::GoingAway(GoingAway {
-            reason: GoingAwayReason::ProtocolViolation
-        }))
-    );
-    assert_eq!(
-        session.close_code().await,
-        close_code::PROTOCOL_VIOLATION as u64
-    );
+    session
+        .expect_goodbye(
+            GoingAwayReason::ProtocolViolation,
+            close_code::PROTOCOL_VIOLATION,
+        )
+        .await;
 }
 
 on_both_backends!(anything_but_authenticate_first_is_a_protocol_violation);
@@ -185,16 +177,12 @@ async fn anything_but_authenticate_first_is_a_protocol_violation(backend: Backen
     let (gateway, dir) = start_on(&backend).await;
     let mut session = connect(&gateway, dir.path()).await;
     session.send(&DeviceMessage::Ping(Ping { token: 1 })).await;
-    assert_eq!(
-        session.receive().await,
-        Some(GatewayMessage::GoingAway(GoingAway {
-            reason: GoingAwayReason::ProtocolViolation
-        }))
-    );
-    assert_eq!(
-        session.close_code().await,
-        close_code::PROTOCOL_VIOLATION as u64
-    );
+    session
+        .expect_goodbye(
+            GoingAwayReason::ProtocolViolation,
+            close_code::PROTOCOL_VIOLATION,
+        )
+        .await;
 }
 
 on_both_backends!(connection_that_does_not_authenticate_is_closed_at_the_deadline);
@@ -279,13 +267,9 @@ async fn shutdown_tells_connected_devices_the_gateway_is_going_away(backend: Bac
         Some(GatewayMessage::AuthAccepted(_))
     ));
     let stopping = tokio::spawn(gateway.shutdown());
-    assert_eq!(
-        session.receive().await,
-        Some(GatewayMessage::GoingAway(GoingAway {
-            reason: GoingAwayReason::Shutdown
-        }))
-    );
-    assert_eq!(session.close_code().await, close_code::SHUTDOWN as u64);
+    session
+        .expect_goodbye(GoingAwayReason::Shutdown, close_code::SHUTDOWN)
+        .await;
     stopping.await.unwrap();
 }
 
@@ -305,16 +289,9 @@ async fn rotating_a_secret_ends_live_sessions_and_only_the_new_secret_authentica
         .rotate_secret(device.id.as_str())
         .await
         .unwrap();
-    assert_eq!(
-        session.receive().await,
-        Some(GatewayMessage::GoingAway(GoingAway {
-            reason: GoingAwayReason::SecretRotated
-        }))
-    );
-    assert_eq!(
-        session.close_code().await,
-        close_code::SECRET_ROTATED as u64
-    );
+    session
+        .expect_goodbye(GoingAwayReason::SecretRotated, close_code::SECRET_ROTATED)
+        .await;
     let mut with_old = connect(&gateway, dir.path()).await;
     assert_eq!(
         with_old.authenticate(&device, fresh_nonce()).await,
@@ -346,16 +323,12 @@ async fn a_frame_cut_off_by_the_end_of_the_stream_is_a_protocol_violation_said_o
     // Half a frame, then the end of the device's stream.
     session.send_raw(&frame[..len / 2]).await;
     session.finish();
-    assert_eq!(
-        session.receive().await,
-        Some(GatewayMessage::GoingAway(GoingAway {
-            reason: GoingAwayReason::ProtocolViolation
-        }))
-    );
-    assert_eq!(
-        session.close_code().await,
-        close_code::PROTOCOL_VIOLATION as u64
-    );
+    session
+        .expect_goodbye(
+            GoingAwayReason::ProtocolViolation,
+            close_code::PROTOCOL_VIOLATION,
+        )
+        .await;
 }
 
 on_both_backends!(a_varint_in_more_bytes_than_its_shortest_form_is_a_protocol_violation);
@@ -365,16 +338,12 @@ async fn a_varint_in_more_bytes_than_its_shortest_form_is_a_protocol_violation(b
     let (mut session, _) = Session::open(&gateway, dir.path(), &device).await;
     // Ping { token: 1 } with the token padded to two bytes.
     session.send_raw(&[0, 0, 0, 3, 0x03, 0x81, 0x00]).await;
-    assert_eq!(
-        session.receive().await,
-        Some(GatewayMessage::GoingAway(GoingAway {
-            reason: GoingAwayReason::ProtocolViolation
-        }))
-    );
-    assert_eq!(
-        session.close_code().await,
-        close_code::PROTOCOL_VIOLATION as u64
-    );
+    session
+        .expect_goodbye(
+            GoingAwayReason::ProtocolViolation,
+            close_code::PROTOCOL_VIOLATION,
+        )
+        .await;
 }
 
 on_both_backends!(the_authentication_deadline_is_said_on_the_stream_before_the_close);
@@ -384,13 +353,9 @@ async fn the_authentication_deadline_is_said_on_the_stream_before_the_close(back
     // The stream opens only with the first bytes sent on it: one byte of a
     // frame, and then nothing.
     session.send_raw(&[0]).await;
-    assert_eq!(
-        session.receive().await,
-        Some(GatewayMessage::GoingAway(GoingAway {
-            reason: GoingAwayReason::AuthTimeout
-        }))
-    );
-    assert_eq!(session.close_code().await, close_code::AUTH_TIMEOUT as u64);
+    session
+        .expect_goodbye(GoingAwayReason::AuthTimeout, close_code::AUTH_TIMEOUT)
+        .await;
 }
 
 on_both_backends!(each_refusal_closes_with_its_own_code);
@@ -434,16 +399,9 @@ async fn a_version_1_device_is_told_a_rotated_secret_as_replaced(backend: Backen
         .rotate_secret(device.id.as_str())
         .await
         .unwrap();
-    assert_eq!(
-        session.receive().await,
-        Some(GatewayMessage::GoingAway(GoingAway {
-            reason: GoingAwayReason::Replaced
-        }))
-    );
-    assert_eq!(
-        session.close_code().await,
-        close_code::SECRET_ROTATED as u64
-    );
+    session
+        .expect_goodbye(GoingAwayReason::Replaced, close_code::SECRET_ROTATED)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

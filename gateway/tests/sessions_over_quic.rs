@@ -11,28 +11,25 @@ use std::time::Duration;
 use common::*;
 use eagate_gateway::quic::close_code;
 use eagate_gateway::reports::StoredReport;
-use eagate_gateway::signals::SignalDraft;
 use eagate_protocol::*;
 
 fn gold() -> ChannelName {
     ChannelName::new("gold").unwrap()
 }
 
-fn market_buy(comment: &str) -> SignalDraft {
-    SignalDraft {
-        symbol: Symbol::new("XAUUSD").unwrap(),
-        action: Action::OpenBuy,
-        order_type: OrderType::Market,
-        volume: "0.10".parse().unwrap(),
-        price: None,
-        stop_loss: None,
-        take_profit: None,
-        magic: 1,
-        comment: SignalComment::new(comment).unwrap(),
-        issued_at_ms: None,
-        expires_at_ms: None,
-        reference: None,
-    }
+/// A device following `gold`, and a signal of `gold` published before it
+/// subscribed: never sent to it, but of a channel it follows, so one it may
+/// report on (as after an earlier subscription).
+async fn device_with_a_signal_to_report_on(
+    gateway: &eagate_gateway::server::Gateway,
+) -> (Device, Signal) {
+    let device = register(gateway).await;
+    let signal = gateway.publish(&gold(), market_buy("buy")).await.unwrap();
+    gateway
+        .subscribe(device.id.as_str(), &gold())
+        .await
+        .unwrap();
+    (device, signal)
 }
 
 fn fill(seq: u64, signal_id: SignalId, ticket: u64) -> DeviceMessage {
@@ -131,8 +128,9 @@ async fn a_device_connecting_again_replaces_its_older_session_before_the_new_one
     tokio::time::timeout(Duration::from_millis(100), first.connection.closed())
         .await
         .expect("the older connection was closed before the newer one was accepted");
-    assert_eq!(first.receive().await, going_away(GoingAwayReason::Replaced));
-    assert_eq!(first.close_code().await, close_code::REPLACED as u64);
+    first
+        .expect_goodbye(GoingAwayReason::Replaced, close_code::REPLACED)
+        .await;
     // Only the live session trades the next signal.
     gateway.publish(&gold(), market_buy("once")).await.unwrap();
     assert_eq!(second.signals(1).await[0].comment.as_str(), "once");
@@ -156,14 +154,7 @@ async fn two_sessions_reporting_seq_1_with_different_tickets_get_only_the_stored
     let logs = CapturedLogs::default();
     let _capturing = tracing::subscriber::set_default(logs.subscriber());
     let (gateway, dir) = start_on(&backend).await;
-    let device = register(&gateway).await;
-    // Published before the device subscribed: never sent to it, but about
-    // a channel it follows, so it may report on it.
-    let signal = gateway.publish(&gold(), market_buy("buy")).await.unwrap();
-    gateway
-        .subscribe(device.id.as_str(), &gold())
-        .await
-        .unwrap();
+    let (device, signal) = device_with_a_signal_to_report_on(&gateway).await;
     let (mut first, _) = Session::open(&gateway, dir.path(), &device).await;
     first.send(&fill(1, signal.signal_id, 111)).await;
     assert_eq!(
@@ -220,14 +211,7 @@ async fn two_sessions_reporting_seq_1_with_different_tickets_get_only_the_stored
 on_both_backends!(a_version_1_device_is_told_a_conflict_as_a_protocol_violation);
 async fn a_version_1_device_is_told_a_conflict_as_a_protocol_violation(backend: Backend) {
     let (gateway, dir) = start_on(&backend).await;
-    let device = register(&gateway).await;
-    // Published before the device subscribed: never sent to it, but about
-    // a channel it follows, so it may report on it.
-    let signal = gateway.publish(&gold(), market_buy("buy")).await.unwrap();
-    gateway
-        .subscribe(device.id.as_str(), &gold())
-        .await
-        .unwrap();
+    let (device, signal) = device_with_a_signal_to_report_on(&gateway).await;
     let (mut first, _) = Session::open_as(&gateway, dir.path(), &device, 1, &[]).await;
     first.send(&fill(1, signal.signal_id, 111)).await;
     assert!(matches!(
@@ -255,14 +239,7 @@ async fn reports_racing_a_takeover_are_confirmed_only_when_stored_with_that_sess
     backend: Backend,
 ) {
     let (gateway, dir) = start_on(&backend).await;
-    let device = register(&gateway).await;
-    // Published before the device subscribed: never sent to it, but about
-    // a channel it follows, so it may report on it.
-    let signal = gateway.publish(&gold(), market_buy("buy")).await.unwrap();
-    gateway
-        .subscribe(device.id.as_str(), &gold())
-        .await
-        .unwrap();
+    let (device, signal) = device_with_a_signal_to_report_on(&gateway).await;
     let (mut old, _) = Session::open(&gateway, dir.path(), &device).await;
     // The old session streams fills 1..=200 (tickets 1000 + seq) without
     // waiting, while a second installation takes over.
@@ -310,14 +287,7 @@ async fn reports_racing_a_takeover_are_confirmed_only_when_stored_with_that_sess
 on_both_backends!(confirmations_never_go_above_the_report_just_handled);
 async fn confirmations_never_go_above_the_report_just_handled(backend: Backend) {
     let (gateway, dir) = start_on(&backend).await;
-    let device = register(&gateway).await;
-    // Published before the device subscribed: never sent to it, but about
-    // a channel it follows, so it may report on it.
-    let signal = gateway.publish(&gold(), market_buy("buy")).await.unwrap();
-    gateway
-        .subscribe(device.id.as_str(), &gold())
-        .await
-        .unwrap();
+    let (device, signal) = device_with_a_signal_to_report_on(&gateway).await;
     let (mut first, _) = Session::open(&gateway, dir.path(), &device).await;
     for seq in 1..=3 {
         first.send(&fill(seq, signal.signal_id, seq)).await;

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use eagate_gateway::server::{Gateway, Role, StartError};
-use eagate_gateway::signals::SignalDraft;
 use eagate_protocol::*;
 
 const MASTER_KEY: &str = "5ea1ed5ea1ed5ea1ed5ea1ed5ea1ed5ea1ed5ea1ed5ea1ed5ea1ed5ea1ed5ea1";
@@ -43,23 +42,6 @@ async fn deployment() -> Deployment {
 
 fn gold() -> ChannelName {
     ChannelName::new("gold").unwrap()
-}
-
-fn market_buy(comment: &str) -> SignalDraft {
-    SignalDraft {
-        symbol: Symbol::new("XAUUSD").unwrap(),
-        action: Action::OpenBuy,
-        order_type: OrderType::Market,
-        volume: "0.01".parse().unwrap(),
-        price: None,
-        stop_loss: None,
-        take_profit: None,
-        magic: 11,
-        comment: SignalComment::new(comment).unwrap(),
-        issued_at_ms: None,
-        expires_at_ms: None,
-        reference: None,
-    }
 }
 
 async fn next_signal(session: &mut Session) -> Signal {

@@ -8,28 +8,10 @@ use std::time::Duration;
 
 use common::*;
 use eagate_gateway::server::Gateway;
-use eagate_gateway::signals::SignalDraft;
 use eagate_protocol::*;
 
 fn channel(name: &str) -> ChannelName {
     ChannelName::new(name).unwrap()
-}
-
-fn market_buy(comment: &str) -> SignalDraft {
-    SignalDraft {
-        symbol: Symbol::new("EURUSD").unwrap(),
-        action: Action::OpenBuy,
-        order_type: OrderType::Market,
-        volume: "0.10".parse().unwrap(),
-        price: None,
-        stop_loss: Some("1.07500".parse().unwrap()),
-        take_profit: None,
-        magic: 7,
-        comment: SignalComment::new(comment).unwrap(),
-        issued_at_ms: None,
-        expires_at_ms: None,
-        reference: None,
-    }
 }
 
 impl Session {

@@ -291,8 +291,8 @@ impl Gateway {
     }
 
     /// The reports of `device_id` on `signal_id` stored by the gateway, as
-    /// (seq, kind) pairs.
-    pub fn stored_reports(&self, signal_id: &str, device_id: &str) -> Vec<(u64, String)> {
+    /// the executions query shows them.
+    pub fn stored(&self, signal_id: &str, device_id: &str) -> Vec<serde_json::Value> {
         let executions = self.executions(signal_id);
         executions["devices"]
             .as_array()
@@ -300,6 +300,14 @@ impl Gateway {
             .iter()
             .filter(|d| d["device_id"] == device_id)
             .flat_map(|d| d["reports"].as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+
+    /// The reports of `device_id` on `signal_id` stored by the gateway, as
+    /// (seq, kind) pairs.
+    pub fn stored_reports(&self, signal_id: &str, device_id: &str) -> Vec<(u64, String)> {
+        self.stored(signal_id, device_id)
+            .iter()
             .map(|r| {
                 (
                     r["seq"].as_u64().expect("seq"),

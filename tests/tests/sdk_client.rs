@@ -388,12 +388,9 @@ fn a_timer_driven_caller_polls_signals_and_reports_without_an_async_context() {
 
 /// Each stored report of `device_id` on `signal_id`, as (seq, ticket).
 fn stored_fills(gateway: &Gateway, signal_id: &str, device_id: &str) -> Vec<(u64, u64)> {
-    gateway.executions(signal_id)["devices"]
-        .as_array()
-        .expect("devices")
+    gateway
+        .stored(signal_id, device_id)
         .iter()
-        .filter(|d| d["device_id"] == device_id)
-        .flat_map(|d| d["reports"].as_array().cloned().unwrap_or_default())
         .map(|r| {
             (
                 r["seq"].as_u64().expect("seq"),

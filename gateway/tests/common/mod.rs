@@ -250,6 +250,24 @@ impl Session {
     }
 }
 
+/// A market buy of 0.10 XAUUSD with `comment`, as a provider publishes it.
+pub fn market_buy(comment: &str) -> eagate_gateway::signals::SignalDraft {
+    eagate_gateway::signals::SignalDraft {
+        symbol: Symbol::new("XAUUSD").unwrap(),
+        action: Action::OpenBuy,
+        order_type: OrderType::Market,
+        volume: "0.10".parse().unwrap(),
+        price: None,
+        stop_loss: Some("2300.00".parse().unwrap()),
+        take_profit: None,
+        magic: 7,
+        comment: SignalComment::new(comment).unwrap(),
+        issued_at_ms: None,
+        expires_at_ms: None,
+        reference: None,
+    }
+}
+
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -322,6 +340,16 @@ impl Session {
             }
         }
         signals
+    }
+
+    /// Expects the gateway's last word, `GoingAway(reason)`, then the close
+    /// with `code`.
+    pub async fn expect_goodbye(&mut self, reason: GoingAwayReason, code: u32) {
+        assert_eq!(
+            self.receive().await,
+            Some(GatewayMessage::GoingAway(GoingAway { reason }))
+        );
+        assert_eq!(self.close_code().await, u64::from(code));
     }
 
     /// Whether the gateway has closed the connection.
