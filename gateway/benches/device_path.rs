@@ -12,25 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use criterion::{Criterion, criterion_group, criterion_main};
-use eagate_gateway::signals::SignalDraft;
 use eagate_protocol::*;
-
-fn draft() -> SignalDraft {
-    SignalDraft {
-        symbol: Symbol::new("XAUUSD").unwrap(),
-        action: Action::OpenBuy,
-        order_type: OrderType::Market,
-        volume: "0.10".parse().unwrap(),
-        price: None,
-        stop_loss: Some("2300.00".parse().unwrap()),
-        take_profit: None,
-        magic: 1,
-        comment: SignalComment::new("bench").unwrap(),
-        issued_at_ms: None,
-        expires_at_ms: None,
-        reference: None,
-    }
-}
 
 fn device_path(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -59,7 +41,10 @@ fn device_path(c: &mut Criterion) {
                 for _ in 0..iterations {
                     keep_alive(&mut session, &mut last_ping).await;
                     let started = Instant::now();
-                    gateway.publish(&channel, draft()).await.unwrap();
+                    gateway
+                        .publish(&channel, market_buy("bench"))
+                        .await
+                        .unwrap();
                     match session.receive().await {
                         Some(GatewayMessage::Signal(_)) => {}
                         other => panic!("expected a signal, got {other:?}"),
