@@ -376,3 +376,87 @@ async fn a_replaced_session_on_a_gateway_that_missed_the_notice_cannot_store_a_r
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn a_session_whose_takeover_notice_was_lost_is_ended_by_the_epoch_check() {
+    let deployment = deployment().await;
+    let device = register(&deployment.sidecar).await;
+    let (mut on_a, _) =
+        Session::open(&deployment.gateway_a, deployment.dirs[1].path(), &device).await;
+    // The session is past its start (a ping answered)…
+    on_a.send(&DeviceMessage::Ping(Ping { token: 1 })).await;
+    assert_eq!(
+        on_a.receive().await,
+        Some(GatewayMessage::Pong(Pong { token: 1 }))
+    );
+    // …when a newer session begins and no gateway is told.
+    let begun = Instant::now();
+    deployment
+        .gateway_b
+        .reports()
+        .begin_session(device.id.as_str())
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(
+        eagate_gateway::sessions::EPOCH_CHECK + Duration::from_secs(2),
+        on_a.receive(),
+    )
+    .await
+    .expect("ended within one epoch check");
+    assert!(
+        begun.elapsed() > Duration::from_millis(50),
+        "by the check, not at once"
+    );
+    assert_eq!(
+        ended,
+        Some(GatewayMessage::GoingAway(GoingAway {
+            reason: GoingAwayReason::Replaced
+        }))
+    );
+}
+
+#[tokio::test]
+async fn presence_renewal_keeps_live_devices_and_never_brings_back_one_that_left() {
+    let backend = Backend::redis();
+    let Backend::Redis { prefix } = &backend else {
+        unreachable!()
+    };
+    let stores =
+        eagate_gateway::redis_store::RedisStores::connect(&eagate_tests::redis_url(), prefix)
+            .await
+            .unwrap();
+    stores
+        .mark_presence("dv_here", "gw1", true, 1_000)
+        .await
+        .unwrap();
+    stores
+        .mark_presence("dv_left", "gw1", true, 1_000)
+        .await
+        .unwrap();
+    // dv_left's session ends between the renewal's list and its write.
+    stores
+        .mark_presence("dv_left", "gw1", false, 2_000)
+        .await
+        .unwrap();
+    stores
+        .renew_presence(&["dv_here".to_owned(), "dv_left".to_owned()], "gw1", 50_000)
+        .await
+        .unwrap();
+    let now = 50_000 + eagate_gateway::redis_store::PRESENCE_TTL_MS - 1;
+    assert_eq!(stores.presence("dv_here", now).await.unwrap().0, 1);
+    assert_eq!(stores.presence("dv_left", now).await.unwrap().0, 0);
+    assert_eq!(
+        stores
+            .presence_elsewhere("dv_here", "gw2", now)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        stores
+            .presence_elsewhere("dv_here", "gw1", now)
+            .await
+            .unwrap(),
+        0
+    );
+}
