@@ -607,7 +607,7 @@ async fn run_session(connection: quinn::Connection, context: &SessionContext) {
         followed: HashSet::new(),
     };
     let ending = session.run().await;
-    session.deliveries.record(device, context).await;
+    let mut deliveries = std::mem::take(&mut session.deliveries);
     match &ending {
         Ending::Tell(word, _) => info!(device, ?word, "ending session"),
         Ending::Silent(code) => info!(device, code, "closing session"),
@@ -619,6 +619,8 @@ async fn run_session(connection: quinn::Connection, context: &SessionContext) {
     // Only now, with the connection closed: a newer session of the device
     // waits for this before it is accepted.
     context.session_ended(live, true).await;
+    // Bookkeeping for the executions query, after the takeover was let go.
+    deliveries.record(device, context).await;
 }
 
 /// Runs the checks. On success the device's session is the only live one
