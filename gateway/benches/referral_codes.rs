@@ -100,7 +100,7 @@ fn main() {
 
         let admin = create_token(dir.path(), Scope::Admin).unwrap().to_string();
         let app = router(AppState {
-            core: gateway.context(),
+            core: gateway.core(),
             tokens: Arc::new(TokenStore::open(dir.path())),
             affiliates: desk.clone(),
         });

@@ -12,7 +12,7 @@ use std::time::Duration;
 use eagate_affiliates::{JournalError, Ledger, ReferralCode, WriteError};
 
 use crate::config::ServeConfig;
-use crate::quic::SessionContext;
+use crate::core::Core;
 use crate::registry::RegistryError;
 use crate::reports::ReportStoreError;
 
@@ -110,7 +110,7 @@ impl AffiliateDesk {
     /// ledger has it on disk, so a crash between the two rereads it (and
     /// the programme ignores a second first trade). Returns how many fills
     /// were read.
-    pub async fn take_fills(&self, core: &SessionContext) -> Result<usize, FeedError> {
+    pub async fn take_fills(&self, core: &Core) -> Result<usize, FeedError> {
         let fills = core.reports.unclaimed_fills(FEED_BATCH).await?;
         // A device's account never changes: one registry read per device
         // per batch, however many fills it reported.
@@ -160,7 +160,7 @@ impl AffiliateDesk {
     }
 
     /// Reads the fill feed until the process stops.
-    pub async fn follow_fills(self, core: Arc<SessionContext>) {
+    pub async fn follow_fills(self, core: Arc<Core>) {
         let mut tick = tokio::time::interval(FEED_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

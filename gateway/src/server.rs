@@ -7,20 +7,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::affiliates::AffiliateDesk;
-use crate::auth::AuthSettings;
 use crate::config::ServeConfig;
+use crate::core::Core;
+use crate::core::checks::AuthSettings;
+use crate::core::fanout::SignalHub;
+use crate::core::notices::NoticeBus;
+use crate::core::sessions::SharedPresence;
 use crate::http::tokens::TokenStore;
-use crate::nonces::{NonceStore, SledNonceStore};
-use crate::notices::Notices;
-use crate::quic::{self, SessionContext, close_code};
-use crate::redis_store::RedisStores;
-use crate::registry::{DeviceRegistry, RegistryError, SledDeviceStore};
-use crate::reports::{ReportStore, SledReportStore};
+use crate::nonces::NonceStore;
+use crate::registry::{DeviceRegistry, RegistryError};
+use crate::reports::ReportStore;
 use crate::seal::{MasterKey, SealError};
-use crate::signals::{
-    PositionStore, SignalDraft, SignalHub, SignalLog, SignalLogError, SledPositions, SledSignalLog,
+use crate::signals::{PositionStore, SignalDraft, SignalLog, SignalLogError};
+use crate::store::redis::RedisStores;
+use crate::store::sled::{
+    SledDeviceStore, SledNonceStore, SledPositions, SledReportStore, SledSignalLog,
 };
 use crate::tls::{Fingerprint, IdentityError, ServerIdentity};
+use crate::transport::quic::{self, close_code};
 use eagate_protocol::{ChannelName, Signal};
 
 /// Why a gateway could not start.
@@ -90,14 +94,14 @@ struct Stores {
     reports: Arc<dyn ReportStore>,
     signals: Arc<dyn SignalLog>,
     positions: Arc<dyn PositionStore>,
-    notices: Notices,
+    notices: Option<Arc<dyn NoticeBus>>,
     /// The embedded store, held until shutdown flushes it.
     db: Option<sled::Db>,
     /// Background upkeep: expired nonce purging (sled), or listening for
-    /// other processes' notices (Redis, started once the context exists).
+    /// other processes' notices (Redis, started once the core exists).
     upkeep: Vec<tokio::task::JoinHandle<()>>,
     redis_client: Option<redis::Client>,
-    shared_presence: Option<crate::sessions::SharedPresence>,
+    shared_presence: Option<SharedPresence>,
 }
 
 async fn open_stores(
@@ -132,7 +136,7 @@ async fn open_stores(
             reports: Arc::new(SledReportStore::open(&db).map_err(sled_error)?),
             signals: Arc::new(SledSignalLog::open(&db).map_err(sled_error)?),
             positions: Arc::new(SledPositions::open(&db).map_err(sled_error)?),
-            notices: Notices::Local,
+            notices: None,
             db: Some(db),
             upkeep: vec![purge],
             redis_client: None,
@@ -157,11 +161,11 @@ async fn open_stores(
         reports: redis.clone(),
         signals: redis.clone(),
         positions: redis.clone(),
-        notices: redis.notices(),
+        notices: Some(Arc::new(redis.notice_bus())),
         db: None,
         upkeep: Vec::new(),
         redis_client: Some(redis.client().clone()),
-        shared_presence: Some(crate::sessions::SharedPresence {
+        shared_presence: Some(SharedPresence {
             stores: redis.clone(),
             instance: instance_name()?,
         }),
@@ -180,7 +184,7 @@ fn instance_name() -> Result<String, StartError> {
 pub struct Gateway {
     endpoint: Option<quinn::Endpoint>,
     fingerprint: Option<Fingerprint>,
-    context: Arc<SessionContext>,
+    core: Arc<Core>,
     db: Option<sled::Db>,
     sessions: Option<tokio::task::JoinHandle<()>>,
     http: Option<(tokio::task::JoinHandle<()>, SocketAddr)>,
@@ -202,7 +206,7 @@ impl Gateway {
             .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
         let master_key = MasterKey::load_or_create(&config.data_dir, config.master_key.as_deref())?;
         let stores = open_stores(config, role, &master_key).await?;
-        let mut context = SessionContext::new(
+        let mut core = Core::new(
             stores.registry,
             master_key,
             stores.nonces,
@@ -210,32 +214,30 @@ impl Gateway {
             stores.signals,
             stores.positions,
         );
-        context.notices = stores.notices;
-        context.shared_presence = stores.shared_presence.clone();
-        context.hub = SignalHub::new(config.signal_queue_len as usize);
-        context.auth = AuthSettings {
+        core.notices = stores.notices;
+        core.shared_presence = stores.shared_presence.clone();
+        core.hub = SignalHub::new(config.signal_queue_len as usize);
+        core.auth = AuthSettings {
             skew_window: config.skew_window(),
             nonce_ttl: config.skew_window() * 4,
         };
-        context.auth_deadline = config.auth_deadline();
-        let context = Arc::new(context);
+        core.auth_deadline = config.auth_deadline();
+        let core = Arc::new(core);
         let mut upkeep = stores.upkeep;
-        upkeep.push(tokio::spawn(
-            context.hub.clone().recheck(context.signals.clone()),
-        ));
+        upkeep.push(tokio::spawn(core.hub.clone().recheck(core.signals.clone())));
         upkeep.push(tokio::spawn(crate::signals::enforce_retention(
-            context.signals.clone(),
+            core.signals.clone(),
             config.signal_retention(),
         )));
         if let Some(shared) = stores.shared_presence {
-            upkeep.push(tokio::spawn(shared.renew(context.clone())));
+            upkeep.push(tokio::spawn(shared.renew(core.clone())));
         }
         if let Some(client) = stores.redis_client {
-            let channel = crate::notices::redis_channel(&config.redis_prefix);
-            upkeep.push(tokio::spawn(crate::notices::listen(
+            let channel = format!("{}:notices", config.redis_prefix);
+            upkeep.push(tokio::spawn(crate::store::redis::listen(
                 client,
                 channel,
-                context.clone(),
+                core.clone(),
             )));
         }
         let (endpoint, fingerprint, sessions) = if role.serves_devices() {
@@ -245,7 +247,7 @@ impl Gateway {
             };
             let endpoint = quic::bind(&identity, config.quic_listen)
                 .map_err(|e| StartError::Bind(config.quic_listen, e))?;
-            let sessions = tokio::spawn(quic::serve(endpoint.clone(), context.clone()));
+            let sessions = tokio::spawn(quic::serve(endpoint.clone(), core.clone()));
             (Some(endpoint), Some(identity.fingerprint()), Some(sessions))
         } else {
             (None, None, None)
@@ -253,8 +255,8 @@ impl Gateway {
         // The affiliate programme lives with the sidecar: one per deployment.
         let (http, affiliates) = if role.serves_http() {
             let desk = AffiliateDesk::open(config)?;
-            upkeep.push(tokio::spawn(desk.clone().follow_fills(context.clone())));
-            let http = start_http(config, context.clone(), desk.clone()).await?;
+            upkeep.push(tokio::spawn(desk.clone().follow_fills(core.clone())));
+            let http = start_http(config, core.clone(), desk.clone()).await?;
             (Some(http), Some(desk))
         } else {
             (None, None)
@@ -262,7 +264,7 @@ impl Gateway {
         Ok(Self {
             endpoint,
             fingerprint,
-            context,
+            core,
             db: stores.db,
             sessions,
             http,
@@ -289,26 +291,26 @@ impl Gateway {
 
     /// The device registry.
     pub fn registry(&self) -> &DeviceRegistry {
-        &self.context.registry
+        &self.core.registry
     }
 
     /// The execution reports stored.
     pub fn reports(&self) -> &dyn ReportStore {
-        self.context.reports.as_ref()
+        self.core.reports.as_ref()
     }
 
     /// The master key sealing device secrets.
     pub fn master_key(&self) -> &MasterKey {
-        &self.context.master_key
+        &self.core.master_key
     }
 
-    /// Publishes a signal (see [`SessionContext::publish`]).
+    /// Publishes a signal (see [`Core::publish`]).
     pub async fn publish(
         &self,
         channel: &ChannelName,
         draft: SignalDraft,
     ) -> Result<Signal, SignalLogError> {
-        self.context
+        self.core
             .publish(channel, draft, None)
             .await
             .map(|appended| appended.signal)
@@ -316,21 +318,21 @@ impl Gateway {
 
     /// The channels' signal logs.
     pub fn signals(&self) -> &dyn SignalLog {
-        self.context.signals.as_ref()
+        self.core.signals.as_ref()
     }
 
-    /// Subscribes a device to a channel (see [`SessionContext::subscribe`]).
+    /// Subscribes a device to a channel (see [`Core::subscribe`]).
     pub async fn subscribe(
         &self,
         device_id: &str,
         channel: &ChannelName,
     ) -> Result<(), RegistryError> {
-        self.context.subscribe(device_id, channel).await
+        self.core.subscribe(device_id, channel).await
     }
 
-    /// Revokes a device (see [`SessionContext::revoke`]).
+    /// Revokes a device (see [`Core::revoke`]).
     pub async fn revoke(&self, device_id: &str) -> Result<(), RegistryError> {
-        self.context.revoke(device_id).await.map(|_| ())
+        self.core.revoke(device_id).await.map(|_| ())
     }
 
     /// The affiliate programme, when this process serves the sidecar.
@@ -339,14 +341,14 @@ impl Gateway {
     }
 
     /// The state shared by the QUIC sessions and the HTTP sidecar.
-    pub fn context(&self) -> Arc<SessionContext> {
-        self.context.clone()
+    pub fn core(&self) -> Arc<Core> {
+        self.core.clone()
     }
 
     /// Tells every device `GoingAway(Shutdown)`, closes every connection and
     /// flushes the store.
     pub async fn shutdown(self) {
-        self.context.shutdown.send_replace(true);
+        self.core.shutdown.send_replace(true);
         if let Some(endpoint) = &self.endpoint {
             // Give sessions a moment to deliver their going-away and close.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
@@ -373,16 +375,16 @@ impl Gateway {
         {
             tracing::error!(error = %e, "flushing the store at shutdown failed");
         }
-        // The context holds the last handles on the store; dropping it here
+        // The core holds the last handles on the store; dropping it here
         // releases the data directory's lock for the next process.
-        drop(self.context);
+        drop(self.core);
     }
 }
 
 /// Binds the HTTP sidecar and serves it until shutdown.
 async fn start_http(
     config: &ServeConfig,
-    context: Arc<SessionContext>,
+    core: Arc<Core>,
     affiliates: AffiliateDesk,
 ) -> Result<(tokio::task::JoinHandle<()>, SocketAddr), StartError> {
     let listener = tokio::net::TcpListener::bind(config.http_listen)
@@ -391,9 +393,9 @@ async fn start_http(
     let addr = listener
         .local_addr()
         .map_err(|e| StartError::Bind(config.http_listen, e))?;
-    let mut stopping = context.shutdown.subscribe();
+    let mut stopping = core.shutdown.subscribe();
     let app = crate::http::router(crate::http::AppState {
-        core: context,
+        core,
         tokens: Arc::new(TokenStore::open(&config.data_dir)),
         affiliates,
     });

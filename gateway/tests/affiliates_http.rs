@@ -63,7 +63,7 @@ async fn desk_on(backend: &Backend) -> Desk {
 fn app(gateway: &Gateway, dir: &std::path::Path, clock: &Arc<AtomicU64>) -> axum::Router {
     let time = clock.clone();
     router(AppState {
-        core: gateway.context(),
+        core: gateway.core(),
         tokens: Arc::new(TokenStore::open(dir)),
         affiliates: gateway
             .affiliates()
@@ -448,7 +448,7 @@ async fn the_first_fill_on_any_device_of_the_account_earns_the_bonus_once(backen
         volume: None,
         ..fill(&laptop.device_id, 1)
     };
-    let reports = desk.gateway.context().reports.clone();
+    let reports = desk.gateway.core().reports.clone();
     reports.ingest(&received, None).await.unwrap();
     // The fill comes from the second device of the account; resent twice.
     let first_fill = fill(&vps.device_id, 1);
@@ -468,7 +468,7 @@ async fn the_first_fill_on_any_device_of_the_account_earns_the_bonus_once(backen
         .ingest(&fill(&vps.device_id, 2), None)
         .await
         .unwrap();
-    let desk_core = desk.gateway.context();
+    let desk_core = desk.gateway.core();
     let programme = desk.gateway.affiliates().unwrap();
     // Drain the feed now rather than waiting for the background reader.
     while programme.take_fills(&desk_core).await.unwrap() > 0 {}

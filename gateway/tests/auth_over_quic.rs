@@ -5,8 +5,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use eagate_gateway::quic::close_code;
 use eagate_gateway::server::Gateway;
+use eagate_gateway::transport::quic::close_code;
 use eagate_protocol::*;
 
 on_both_backends!(device_with_the_right_secret_is_accepted_with_the_gateway_time);
@@ -285,7 +285,7 @@ async fn rotating_a_secret_ends_live_sessions_and_only_the_new_secret_authentica
         Some(GatewayMessage::AuthAccepted(_))
     ));
     let (_, new_secret) = gateway
-        .context()
+        .core()
         .rotate_secret(device.id.as_str())
         .await
         .unwrap();
@@ -378,7 +378,7 @@ async fn each_refusal_closes_with_its_own_code(backend: Backend) {
         Some(GatewayMessage::AuthRefused(Refusal::Revoked))
     );
     assert_eq!(revoked.close_code().await, close_code::REVOKED as u64);
-    let metrics = gateway.context().metrics.render();
+    let metrics = gateway.core().metrics.render();
     for reason in ["clock_skew", "revoked"] {
         assert!(
             metrics.contains(&format!(
@@ -395,7 +395,7 @@ async fn a_version_1_device_is_told_a_rotated_secret_as_replaced(backend: Backen
     let device = register(&gateway).await;
     let (mut session, _) = Session::open_as(&gateway, dir.path(), &device, 1, &[]).await;
     gateway
-        .context()
+        .core()
         .rotate_secret(device.id.as_str())
         .await
         .unwrap();
@@ -426,6 +426,6 @@ async fn a_store_gone_during_authentication_is_no_refusal_and_says_so() {
         session.close_code().await,
         close_code::STORE_UNAVAILABLE as u64
     );
-    let metrics = gateway.context().metrics.render();
+    let metrics = gateway.core().metrics.render();
     assert!(metrics.contains("eagate_auth_failures_total{reason=\"unknown_device\"} 0\n"));
 }

@@ -30,7 +30,7 @@ async fn api(backend: &Backend) -> Api {
         .unwrap()
         .to_string();
     let app = router(AppState {
-        core: gateway.context(),
+        core: gateway.core(),
         tokens: std::sync::Arc::new(TokenStore::open(dir.path())),
         affiliates: gateway
             .affiliates()
@@ -489,7 +489,7 @@ async fn executions_show_each_subscribed_device_pending_delivered_received_or_fi
         .unwrap()
         .parse()
         .unwrap();
-    let reports = api.gateway.context().reports.clone();
+    let reports = api.gateway.core().reports.clone();
     let report = |device: &str, seq, outcome| {
         StoredReport::new(
             device,

@@ -262,6 +262,6 @@ async fn a_report_about_a_signal_the_log_does_not_hold_is_kept_and_counted(backe
             .len(),
         1
     );
-    let metrics = gateway.context().metrics.render();
+    let metrics = gateway.core().metrics.render();
     assert!(metrics.contains("eagate_reports_about_unknown_signals_total 1\n"));
 }

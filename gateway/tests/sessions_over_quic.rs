@@ -9,8 +9,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use eagate_gateway::quic::close_code;
 use eagate_gateway::reports::StoredReport;
+use eagate_gateway::transport::quic::close_code;
 use eagate_protocol::*;
 
 fn gold() -> ChannelName {
@@ -119,7 +119,7 @@ async fn a_device_connecting_again_replaces_its_older_session_before_the_new_one
     // session.
     assert_eq!(
         gateway
-            .context()
+            .core()
             .presence_of(device.id.as_str())
             .await
             .sessions,
@@ -135,7 +135,7 @@ async fn a_device_connecting_again_replaces_its_older_session_before_the_new_one
     gateway.publish(&gold(), market_buy("once")).await.unwrap();
     assert_eq!(second.signals(1).await[0].comment.as_str(), "once");
     assert_eq!(first.receive().await, None);
-    let presence = gateway.context().presence_of(device.id.as_str()).await;
+    let presence = gateway.core().presence_of(device.id.as_str()).await;
     assert_eq!(presence.sessions, 1);
     // The newer session is not replaced by its own takeover.
     second.send(&DeviceMessage::Ping(Ping { token: 3 })).await;
@@ -179,7 +179,7 @@ async fn two_sessions_reporting_seq_1_with_different_tickets_get_only_the_stored
         close_code::REPORT_CONFLICT as u64
     );
     assert_eq!(stored_tickets(&gateway, signal.signal_id).await, [(1, 111)]);
-    let metrics = gateway.context().metrics.render();
+    let metrics = gateway.core().metrics.render();
     assert!(metrics.contains("eagate_reports_ingested_total{outcome=\"conflict\"} 1\n"));
     let warning = logs
         .lines()

@@ -209,7 +209,7 @@ async fn the_sidecar_shows_a_device_online_while_any_gateway_holds_its_session()
     let deployment = deployment().await;
     let device = register(&deployment.sidecar).await;
     let id = device.id.as_str();
-    let sidecar = deployment.sidecar.context();
+    let sidecar = deployment.sidecar.core();
     assert_eq!(sidecar.presence_of(id).await.sessions, 0);
     assert_eq!(sidecar.presence_of(id).await.last_seen_ms, 0);
 
@@ -268,7 +268,7 @@ async fn a_device_connecting_through_another_gateway_replaces_its_session_on_the
     assert_eq!(on_a.receive().await, None);
     let presence = deployment
         .sidecar
-        .context()
+        .core()
         .presence_of(device.id.as_str())
         .await;
     assert_eq!(presence.sessions, 1, "online on one gateway only");
@@ -398,7 +398,7 @@ async fn a_session_whose_takeover_notice_was_lost_is_ended_by_the_epoch_check() 
         .await
         .unwrap();
     let ended = tokio::time::timeout(
-        eagate_gateway::sessions::EPOCH_CHECK + Duration::from_secs(2),
+        eagate_gateway::core::sessions::EPOCH_CHECK + Duration::from_secs(2),
         on_a.receive(),
     )
     .await
@@ -417,46 +417,26 @@ async fn a_session_whose_takeover_notice_was_lost_is_ended_by_the_epoch_check() 
 
 #[tokio::test]
 async fn presence_renewal_keeps_live_devices_and_never_brings_back_one_that_left() {
+    use eagate_gateway::presence::PresenceStore;
     let backend = Backend::redis();
     let Backend::Redis { prefix } = &backend else {
         unreachable!()
     };
     let stores =
-        eagate_gateway::redis_store::RedisStores::connect(&eagate_tests::redis_url(), prefix)
+        eagate_gateway::store::redis::RedisStores::connect(&eagate_tests::redis_url(), prefix)
             .await
             .unwrap();
-    stores
-        .mark_presence("dv_here", "gw1", true, 1_000)
-        .await
-        .unwrap();
-    stores
-        .mark_presence("dv_left", "gw1", true, 1_000)
-        .await
-        .unwrap();
+    stores.mark("dv_here", "gw1", true, 1_000).await.unwrap();
+    stores.mark("dv_left", "gw1", true, 1_000).await.unwrap();
     // dv_left's session ends between the renewal's list and its write.
+    stores.mark("dv_left", "gw1", false, 2_000).await.unwrap();
     stores
-        .mark_presence("dv_left", "gw1", false, 2_000)
+        .renew(&["dv_here".to_owned(), "dv_left".to_owned()], "gw1", 50_000)
         .await
         .unwrap();
-    stores
-        .renew_presence(&["dv_here".to_owned(), "dv_left".to_owned()], "gw1", 50_000)
-        .await
-        .unwrap();
-    let now = 50_000 + eagate_gateway::redis_store::PRESENCE_TTL_MS - 1;
+    let now = 50_000 + eagate_gateway::presence::PRESENCE_TTL_MS - 1;
     assert_eq!(stores.presence("dv_here", now).await.unwrap().0, 1);
     assert_eq!(stores.presence("dv_left", now).await.unwrap().0, 0);
-    assert_eq!(
-        stores
-            .presence_elsewhere("dv_here", "gw2", now)
-            .await
-            .unwrap(),
-        1
-    );
-    assert_eq!(
-        stores
-            .presence_elsewhere("dv_here", "gw1", now)
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(stores.elsewhere("dv_here", "gw2", now).await.unwrap(), 1);
+    assert_eq!(stores.elsewhere("dv_here", "gw1", now).await.unwrap(), 0);
 }

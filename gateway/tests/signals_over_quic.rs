@@ -192,7 +192,7 @@ async fn re_subscribing_after_unsubscribing_starts_from_now_not_from_history(bac
     let (gateway, dir) = start_on(&backend).await;
     let gold = channel("gold");
     let device = register(&gateway).await;
-    let core = gateway.context();
+    let core = gateway.core();
     gateway.subscribe(device.id.as_str(), &gold).await.unwrap();
     gateway
         .publish(&gold, market_buy("while subscribed"))
@@ -224,7 +224,7 @@ async fn a_connected_device_follows_a_subscription_change_at_once(backend: Backe
     let (gateway, dir) = start_on(&backend).await;
     let (gold, silver) = (channel("gold"), channel("silver"));
     let device = register(&gateway).await;
-    let core = gateway.context();
+    let core = gateway.core();
     gateway.subscribe(device.id.as_str(), &gold).await.unwrap();
     let (mut session, _) = Session::open(&gateway, dir.path(), &device).await;
 
@@ -301,7 +301,7 @@ async fn a_resume_position_beyond_the_head_gets_the_log_from_the_subscriptions_s
     assert_eq!(signals[0].position, 2);
     gateway.publish(&gold, market_buy("c")).await.unwrap();
     assert_eq!(comments(&session.signals(1).await), ["c"]);
-    let metrics = gateway.context().metrics.render();
+    let metrics = gateway.core().metrics.render();
     assert!(metrics.contains("eagate_resumes_beyond_head_total 1\n"));
 }
 
@@ -334,7 +334,7 @@ async fn the_gateways_record_of_a_position_starts_where_the_subscription_started
     }
     let device = register(&gateway).await;
     gateway.subscribe(device.id.as_str(), &gold).await.unwrap();
-    let positions = &gateway.context().positions;
+    let positions = &gateway.core().positions;
     assert_eq!(
         positions.get(device.id.as_str(), &gold).await.unwrap(),
         Some(2)

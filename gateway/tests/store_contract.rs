@@ -4,13 +4,14 @@
 
 use std::sync::Arc;
 
-use eagate_gateway::nonces::{NonceStore, SledNonceStore};
-use eagate_gateway::redis_store::RedisStores;
-use eagate_gateway::registry::{DeviceRegistry, RegistryError, SledDeviceStore};
-use eagate_gateway::reports::{Ingested, ReportStore, SledReportStore, StoredReport};
+use eagate_gateway::nonces::NonceStore;
+use eagate_gateway::registry::{DeviceRegistry, RegistryError};
+use eagate_gateway::reports::{Ingested, ReportStore, StoredReport};
 use eagate_gateway::seal::MasterKey;
-use eagate_gateway::signals::{
-    PositionStore, SignalDraft, SignalLog, SledPositions, SledSignalLog,
+use eagate_gateway::signals::{PositionStore, SignalDraft, SignalLog};
+use eagate_gateway::store::redis::RedisStores;
+use eagate_gateway::store::sled::{
+    SledDeviceStore, SledNonceStore, SledPositions, SledReportStore, SledSignalLog,
 };
 use eagate_protocol::*;
 

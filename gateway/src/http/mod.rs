@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use problem::ApiError;
 use tokens::{Scope, TokenStore};
 
-use crate::quic::SessionContext;
+use crate::core::Core;
 use crate::registry::DeviceRecord;
 use crate::reports::{ReportKind, StoredReport};
 use crate::signals::SignalDraft;
@@ -35,7 +35,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct AppState {
     /// The device path's state: registry, logs, stores, live sessions.
-    pub core: Arc<SessionContext>,
+    pub core: Arc<Core>,
     /// Accepted bearer tokens.
     pub tokens: Arc<TokenStore>,
     /// The affiliate programme.
@@ -172,7 +172,7 @@ pub struct DeviceView {
     pub last_report_seq: u64,
 }
 
-async fn view(core: &SessionContext, record: DeviceRecord) -> Result<DeviceView, ApiError> {
+async fn view(core: &Core, record: DeviceRecord) -> Result<DeviceView, ApiError> {
     let presence = core.presence_of(&record.device_id).await;
     let last_report_seq = core.reports.confirmed_up_to(&record.device_id).await?;
     Ok(DeviceView {

@@ -37,9 +37,10 @@ use eagate_protocol::GoingAwayReason;
 use tokio::sync::Notify;
 use tracing::warn;
 
+use super::Core;
+use super::notices::Notice;
 use crate::clock::unix_ms;
-use crate::notices::Notice;
-use crate::quic::SessionContext;
+use crate::presence::PresenceStore;
 use crate::reports::SessionEpoch;
 
 /// How often a gateway sharing Redis checks that each of its sessions is
@@ -303,8 +304,8 @@ impl LiveSessions {
 /// which devices are connected anywhere.
 #[derive(Debug, Clone)]
 pub struct SharedPresence {
-    /// The shared stores.
-    pub stores: Arc<crate::redis_store::RedisStores>,
+    /// Where the gateways say which devices they hold.
+    pub stores: Arc<dyn PresenceStore>,
     /// This process's name in the presence records: random, per start.
     pub instance: String,
 }
@@ -315,11 +316,10 @@ impl SharedPresence {
     /// caught when the notice subscription is renewed); every third of the
     /// presence TTL, renews this process's presence records. Runs until
     /// aborted.
-    pub async fn renew(self, context: Arc<SessionContext>) {
+    pub async fn renew(self, context: Arc<Core>) {
         let mut check = tokio::time::interval(EPOCH_CHECK);
-        let mut renew = tokio::time::interval(Duration::from_millis(
-            crate::redis_store::PRESENCE_TTL_MS / 3,
-        ));
+        let mut renew =
+            tokio::time::interval(Duration::from_millis(crate::presence::PRESENCE_TTL_MS / 3));
         for tick in [&mut check, &mut renew] {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
@@ -330,7 +330,7 @@ impl SharedPresence {
                     let devices = context.live.devices();
                     if let Err(e) = self
                         .stores
-                        .renew_presence(&devices, &self.instance, unix_ms())
+                        .renew(&devices, &self.instance, unix_ms())
                         .await
                     {
                         context.metrics.store_error();
@@ -343,13 +343,13 @@ impl SharedPresence {
 
     /// Ends the sessions here whose device has begun a newer session since
     /// (a takeover notice that never arrived): one round trip for all.
-    async fn end_superseded_sessions(&self, context: &SessionContext) {
+    async fn end_superseded_sessions(&self, context: &Core) {
         let live = context.live.all();
         if live.is_empty() {
             return;
         }
         let devices: Vec<&str> = live.iter().map(|(device, _)| device.as_str()).collect();
-        let newest = match self.stores.session_epochs(&devices).await {
+        let newest = match context.reports.current_sessions(&devices).await {
             Ok(newest) => newest,
             Err(e) => {
                 context.metrics.store_error();
@@ -367,7 +367,7 @@ impl SharedPresence {
     }
 }
 
-impl SessionContext {
+impl Core {
     /// The device's connection state: in this process, or, when processes
     /// share a Redis, on every gateway of the deployment.
     pub async fn presence_of(&self, device_id: &str) -> Presence {
@@ -430,7 +430,7 @@ impl SessionContext {
                 deadline,
                 shared
                     .stores
-                    .presence_elsewhere(device_id, &shared.instance, unix_ms()),
+                    .elsewhere(device_id, &shared.instance, unix_ms()),
             )
             .await;
             match elsewhere {
@@ -451,15 +451,15 @@ impl SessionContext {
         }
     }
 
-    /// A session that [`SessionContext::take_over`] registered has been
+    /// A session that [`Core::take_over`] registered has been
     /// accepted: counted, and shown as connected to the deployment.
     pub(crate) async fn session_started(&self, device_id: &str) {
         self.metrics.connection(1);
         self.share_presence(device_id, true, unix_ms()).await;
     }
 
-    /// A session registered by [`SessionContext::take_over`] is over;
-    /// `accepted` says whether [`SessionContext::session_started`] counted it.
+    /// A session registered by [`Core::take_over`] is over;
+    /// `accepted` says whether [`Core::session_started`] counted it.
     pub(crate) async fn session_ended(&self, mut session: LiveSession<'_>, accepted: bool) {
         let still_here = session.give_up();
         if accepted {
@@ -475,7 +475,7 @@ impl SessionContext {
         };
         if let Err(e) = shared
             .stores
-            .mark_presence(device_id, &shared.instance, connected, now_ms)
+            .mark(device_id, &shared.instance, connected, now_ms)
             .await
         {
             // Only the status shown to admins suffers; it mends itself

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::auth::FailureReason;
-use crate::quic::close_code;
+use super::checks::FailureReason;
+use super::close::Close;
 use crate::reports::Ingested;
 
 /// Upper bounds of the ingest latency buckets, in microseconds.
@@ -26,7 +26,7 @@ pub struct Metrics {
     reports_superseded: AtomicU64,
     reports_unknown_signal: AtomicU64,
     resumes_beyond_head: AtomicU64,
-    session_endings: [AtomicU64; close_code::NAMES.len()],
+    session_endings: [AtomicU64; Close::NAMES.len()],
     store_errors: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BOUNDS_US.len()],
     latency_count: AtomicU64,
@@ -80,11 +80,9 @@ impl Metrics {
         self.resumes_beyond_head.fetch_add(1, Relaxed);
     }
 
-    /// A device connection closed with `code` (see [`close_code`]).
-    pub fn session_ended(&self, code: u32) {
-        if let Some(counter) = self.session_endings.get(code as usize) {
-            counter.fetch_add(1, Relaxed);
-        }
+    /// A device connection closed, ending as `close` says.
+    pub fn session_ended(&self, close: Close) {
+        self.session_endings[close.index()].fetch_add(1, Relaxed);
     }
 
     /// A store operation failed.
@@ -177,7 +175,7 @@ impl Metrics {
             "counter",
             "Device connections closed by the gateway or the device, by close code.",
         );
-        for (name, counter) in close_code::NAMES.iter().zip(&self.session_endings) {
+        for (name, counter) in Close::NAMES.iter().zip(&self.session_endings) {
             let _ = writeln!(
                 out,
                 "eagate_device_connections_closed_total{{reason=\"{name}\"}} {}",
@@ -253,11 +251,11 @@ mod tests {
     }
 
     #[test]
-    fn connections_closed_are_counted_by_the_name_of_their_close_code() {
+    fn connections_closed_are_counted_by_the_name_of_their_ending() {
         let metrics = Metrics::default();
-        metrics.session_ended(close_code::REPLACED);
-        metrics.session_ended(close_code::REPLACED);
-        metrics.session_ended(close_code::REPORT_CONFLICT);
+        metrics.session_ended(Close::Replaced);
+        metrics.session_ended(Close::Replaced);
+        metrics.session_ended(Close::ReportConflict { seq: 7 });
         let text = metrics.render();
         assert!(text.contains("eagate_device_connections_closed_total{reason=\"replaced\"} 2\n"));
         assert!(

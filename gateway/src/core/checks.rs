@@ -1,7 +1,8 @@
-//! The authentication decision, without IO: given the message, what the
+//! The authentication checks, without IO: given the message, what the
 //! registry knows about the device, the connection's channel binding and the
-//! time, what should the gateway answer? The driver supplies the facts and
-//! performs the one stateful step, claiming the nonce, when told to.
+//! time, what should the gateway answer? And the slow-down of repeated
+//! failures. Admission (`super::admission`) supplies the facts and performs
+//! the one stateful step, claiming the nonce, when told to.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

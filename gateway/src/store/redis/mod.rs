@@ -1,0 +1,97 @@
+//! The shared backend: every store in one Redis (or a Redis Cluster), for
+//! any number of gateways and one sidecar sharing it. One file per domain
+//! here; the Lua scripts are in `scripts/`, each with its keys and
+//! arguments in a header comment.
+//!
+//! Every key of one device, or of one channel, carries the same hash tag
+//! (`{dev:…}`, `{ch:…}`), so each script touches one slot. The keys and how to
+//! read them with `redis-cli` are in docs/redis.md.
+
+mod nonces;
+mod notices;
+mod positions;
+mod presence;
+mod registry;
+mod reports;
+mod signals;
+
+pub use notices::{RedisNoticeBus, listen};
+
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+
+use eagate_protocol::{ChannelName, SignalId};
+
+/// A connection to the shared Redis, and the prefix of every key.
+#[derive(Clone)]
+pub struct RedisStores {
+    client: redis::Client,
+    connection: ConnectionManager,
+    prefix: String,
+}
+
+impl std::fmt::Debug for RedisStores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStores")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStores {
+    /// Connects to `url` (`redis://host:port/db`); every key starts with
+    /// `prefix` (default `eagate`), so deployments or tests can share a Redis.
+    pub async fn connect(url: &str, prefix: &str) -> redis::RedisResult<Self> {
+        let client = redis::Client::open(url)?;
+        Ok(Self {
+            connection: ConnectionManager::new(client.clone()).await?,
+            client,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// The client, for connections of their own (pub/sub).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    /// The prefix of every key.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Records `check` (a [`crate::seal::MasterKey::check_value`]) as the
+    /// deployment's master key on first use; returns whether it matches the
+    /// one recorded.
+    pub async fn same_master_key(&self, check: &str) -> redis::RedisResult<bool> {
+        let key = format!("{}:master-key-check", self.prefix);
+        let mut connection = self.connection.clone();
+        let _: bool = connection.set_nx(&key, check).await?;
+        let recorded: String = connection.get(&key).await?;
+        Ok(recorded == check)
+    }
+
+    pub(super) fn device_key(&self, device_id: &str, what: &str) -> String {
+        format!("{}:{{dev:{device_id}}}:{what}", self.prefix)
+    }
+
+    fn channel_key(&self, channel: &ChannelName, what: &str) -> String {
+        format!("{}:{{ch:{channel}}}:{what}", self.prefix)
+    }
+
+    fn signal_reports_key(&self, signal_id: SignalId) -> String {
+        format!("{}:signal:{signal_id}:reports", self.prefix)
+    }
+
+    fn fill_feed_key(&self) -> String {
+        format!("{}:fill-feed", self.prefix)
+    }
+
+    fn signal_index_key(&self) -> String {
+        format!("{}:signal-index", self.prefix)
+    }
+
+    fn channels_key(&self) -> String {
+        format!("{}:channels", self.prefix)
+    }
+}

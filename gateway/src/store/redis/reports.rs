@@ -1,0 +1,265 @@
+//! Execution reports in Redis: per device a hash of reports by sequence
+//! number (the exactly-once record), the confirmed watermark, a stream of
+//! stored reports and the newest session epoch; per signal a set indexing
+//! its reports; the fill feed the affiliate programme reads.
+
+use std::sync::LazyLock;
+
+use redis::{AsyncCommands, Script};
+
+use eagate_protocol::SignalId;
+
+use super::RedisStores;
+use crate::reports::{
+    FeedFill, Ingested, MAX_REPORT_GAP, ReportKind, ReportStore, ReportStoreError, SessionEpoch,
+    StoreFuture, StoredReport,
+};
+
+/// Hashed once; invoked by EVALSHA, loaded on a NOSCRIPT answer.
+static INGEST_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/ingest_report.lua")));
+static BEGIN_SESSION_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/begin_session.lua")));
+
+fn stream_fields(report: &StoredReport) -> Vec<(String, String)> {
+    let mut fields = vec![
+        ("device_id".to_owned(), report.device_id.clone()),
+        ("seq".to_owned(), report.seq.to_string()),
+        ("signal_id".to_owned(), report.signal_id.to_string()),
+        (
+            "kind".to_owned(),
+            match report.kind {
+                ReportKind::Received => "received",
+                ReportKind::Filled => "filled",
+                ReportKind::Rejected => "rejected",
+            }
+            .to_owned(),
+        ),
+        ("at_ms".to_owned(), report.at_ms.to_string()),
+        ("stored_at_ms".to_owned(), report.stored_at_ms.to_string()),
+    ];
+    let optional = [
+        ("ticket", report.ticket.map(|t| t.to_string())),
+        ("price", report.price.map(|p| p.to_string())),
+        ("volume", report.volume.map(|v| v.to_string())),
+        ("error_code", report.error_code.map(|c| c.to_string())),
+        ("error_text", report.error_text.clone()),
+    ];
+    fields.extend(
+        optional
+            .into_iter()
+            .filter_map(|(name, value)| Some((name.to_owned(), value?))),
+    );
+    fields
+}
+
+impl ReportStore for RedisStores {
+    fn ingest<'a>(
+        &'a self,
+        report: &'a StoredReport,
+        epoch: Option<SessionEpoch>,
+    ) -> StoreFuture<'a, Ingested> {
+        Box::pin(async move {
+            if report.seq == 0 {
+                return Err(ReportStoreError::ZeroSequence);
+            }
+            let json = serde_json::to_string(report).expect("a report always serializes");
+            let mut script = INGEST_SCRIPT.prepare_invoke();
+            script
+                .key(self.device_key(&report.device_id, "reports"))
+                .key(self.device_key(&report.device_id, "watermark"))
+                .key(self.device_key(&report.device_id, "executions"))
+                .key(self.device_key(&report.device_id, "session"))
+                .arg(report.seq)
+                .arg(json)
+                .arg(MAX_REPORT_GAP)
+                .arg(epoch.map_or(0, |SessionEpoch(epoch)| epoch));
+            for (name, value) in stream_fields(report) {
+                script.arg(name).arg(value);
+            }
+            let mut connection = self.connection.clone();
+            // The fill feed first, on every attempt: once the script has
+            // run, the watermark may confirm this report to the device, which
+            // then never resends it; a feed entry written after it could be
+            // lost to a crash. A duplicate entry is harmless (the reader is
+            // idempotent), and so is the entry of a fill the script then
+            // refuses (a replaced session's, or one under a number taken by
+            // another installation): it is a real trade of the device's
+            // account, which the device stores later under a number of its own.
+            if report.kind == ReportKind::Filled {
+                let fill = FeedFill::of(report);
+                let _: String = connection
+                    .xadd(
+                        self.fill_feed_key(),
+                        "*",
+                        &[
+                            ("device_id", fill.device_id),
+                            ("seq", fill.seq.to_string()),
+                            ("stored_at_ms", fill.stored_at_ms.to_string()),
+                        ],
+                    )
+                    .await?;
+            }
+            let (stored, watermark, existing): (i8, u64, Option<String>) =
+                script.invoke_async(&mut connection).await?;
+            match stored {
+                -2 => return Ok(Ingested::Superseded),
+                -1 => {
+                    return Err(ReportStoreError::TooFarAhead {
+                        seq: report.seq,
+                        confirmed: watermark,
+                    });
+                }
+                _ => {}
+            }
+            let ingested = match existing {
+                Some(existing) => {
+                    crate::reports::resend_outcome(existing.as_bytes(), report, watermark)?
+                }
+                None => Ingested::Stored {
+                    confirmed_up_to: watermark,
+                },
+            };
+            // Outside the script: the index key is in another slot. Added on
+            // every attempt that finds the report stored, so a crash between
+            // the two is mended by the device's resend of the unconfirmed
+            // report; never for a conflict, whose number holds another
+            // signal's report.
+            if !matches!(ingested, Ingested::Conflict { .. }) {
+                let _: () = connection
+                    .sadd(
+                        self.signal_reports_key(report.signal_id),
+                        format!("{} {}", report.device_id, report.seq),
+                    )
+                    .await?;
+            }
+            Ok(ingested)
+        })
+    }
+
+    fn begin_session<'a>(&'a self, device_id: &'a str) -> StoreFuture<'a, (SessionEpoch, u64)> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let (epoch, watermark): (u64, u64) = BEGIN_SESSION_SCRIPT
+                .key(self.device_key(device_id, "session"))
+                .key(self.device_key(device_id, "watermark"))
+                .invoke_async(&mut connection)
+                .await?;
+            Ok((SessionEpoch(epoch), watermark))
+        })
+    }
+
+    fn current_sessions<'a>(
+        &'a self,
+        devices: &'a [&'a str],
+    ) -> StoreFuture<'a, Vec<SessionEpoch>> {
+        Box::pin(async move {
+            let mut pipe = redis::pipe();
+            for device_id in devices {
+                pipe.get(self.device_key(device_id, "session"));
+            }
+            let mut connection = self.connection.clone();
+            let epochs: Vec<Option<u64>> = pipe.query_async(&mut connection).await?;
+            Ok(epochs
+                .into_iter()
+                .map(|epoch| SessionEpoch(epoch.unwrap_or(0)))
+                .collect())
+        })
+    }
+
+    fn current_session<'a>(&'a self, device_id: &'a str) -> StoreFuture<'a, SessionEpoch> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let epoch: Option<u64> = connection
+                .get(self.device_key(device_id, "session"))
+                .await?;
+            Ok(SessionEpoch(epoch.unwrap_or(0)))
+        })
+    }
+
+    fn confirmed_up_to<'a>(&'a self, device_id: &'a str) -> StoreFuture<'a, u64> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let watermark: Option<u64> = connection
+                .get(self.device_key(device_id, "watermark"))
+                .await?;
+            Ok(watermark.unwrap_or(0))
+        })
+    }
+
+    fn for_signal<'a>(&'a self, signal_id: SignalId) -> StoreFuture<'a, Vec<StoredReport>> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let members: Vec<String> = connection
+                .smembers(self.signal_reports_key(signal_id))
+                .await?;
+            let mut places: Vec<(String, u64)> = members
+                .iter()
+                .filter_map(|m| {
+                    let (device, seq) = m.rsplit_once(' ')?;
+                    Some((device.to_owned(), seq.parse().ok()?))
+                })
+                .collect();
+            places.sort();
+            let mut found = Vec::with_capacity(places.len());
+            for (device, seq) in places {
+                let json: Option<String> = connection
+                    .hget(self.device_key(&device, "reports"), seq)
+                    .await?;
+                if let Some(json) = json {
+                    found.push(
+                        serde_json::from_str(&json)
+                            .map_err(|e| ReportStoreError::Corrupt(e.to_string()))?,
+                    );
+                }
+            }
+            Ok(found)
+        })
+    }
+
+    fn unclaimed_fills(&self, limit: usize) -> StoreFuture<'_, Vec<FeedFill>> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let reply: redis::streams::StreamRangeReply = connection
+                .xrange_count(self.fill_feed_key(), "-", "+", limit)
+                .await?;
+            Ok(reply
+                .ids
+                .into_iter()
+                .map(|entry| {
+                    let field = |name: &str| entry.get::<String>(name);
+                    let number = |name: &str| field(name)?.parse::<u64>().ok();
+                    let read = || {
+                        Some(FeedFill {
+                            device_id: field("device_id")?,
+                            seq: number("seq")?,
+                            stored_at_ms: number("stored_at_ms")?,
+                            mark: Vec::new(),
+                        })
+                    };
+                    let mut fill = read().unwrap_or_else(|| {
+                        tracing::error!(entry = %entry.id, "a fill feed entry is damaged; skipping it");
+                        FeedFill::damaged()
+                    });
+                    fill.mark = entry.id.clone().into_bytes();
+                    fill
+                })
+                .collect())
+        })
+    }
+
+    fn claim_fills<'a>(&'a self, fills: &'a [FeedFill]) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            if fills.is_empty() {
+                return Ok(());
+            }
+            let ids: Vec<String> = fills
+                .iter()
+                .map(|fill| String::from_utf8_lossy(&fill.mark).into_owned())
+                .collect();
+            let mut connection = self.connection.clone();
+            let _: u64 = connection.xdel(self.fill_feed_key(), &ids).await?;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,126 @@
+//! The device registry in sled: records in the `devices` tree keyed by
+//! device id, and the `device_names` index that keeps names unique within an
+//! account, changed together in one transaction.
+
+use crate::registry::{
+    DeviceRecord, DeviceStore, Modified, RecordChange, RegistryError, RegistryFuture, encode,
+};
+
+/// Devices in a sled tree keyed by device id, and an index of names per
+/// account that keeps names unique within an account.
+#[derive(Debug, Clone)]
+pub struct SledDeviceStore {
+    devices: sled::Tree,
+    names: sled::Tree,
+}
+
+impl SledDeviceStore {
+    /// Opens the `devices` and `device_names` trees of `db`.
+    pub fn open(db: &sled::Db) -> Result<Self, RegistryError> {
+        Ok(Self {
+            devices: db.open_tree("devices")?,
+            names: db.open_tree("device_names")?,
+        })
+    }
+
+    fn get_now(&self, device_id: &str) -> Result<Option<DeviceRecord>, RegistryError> {
+        self.devices
+            .get(device_id.as_bytes())?
+            .map(|bytes| decode(device_id, &bytes))
+            .transpose()
+    }
+
+    fn modify_now(
+        &self,
+        device_id: &str,
+        change: &RecordChange,
+    ) -> Result<Modified, RegistryError> {
+        use sled::Transactional;
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+        let id = device_id.as_bytes();
+        let outcome = (&self.devices, &self.names).transaction(|(devices, names)| {
+            let abort = ConflictableTransactionError::Abort;
+            let current = match devices.get(id)? {
+                Some(bytes) => Some(decode(device_id, &bytes).map_err(abort)?),
+                None => None,
+            };
+            let updated = change(current.as_ref()).map_err(abort)?;
+            let name_key = name_key_of(&updated.account_id, &updated.name);
+            if let Some(holder) = names.get(&name_key)?
+                && holder != id
+            {
+                return Err(abort(RegistryError::NameTaken(updated.name.clone())));
+            }
+            if let Some(current) = &current {
+                let old_key = name_key_of(&current.account_id, &current.name);
+                if old_key != name_key {
+                    names.remove(old_key)?;
+                }
+            }
+            names.insert(name_key, id)?;
+            devices.insert(id, encode(&updated))?;
+            Ok(Modified {
+                before: current,
+                after: updated,
+            })
+        });
+        let modified = outcome.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => RegistryError::Sled(e),
+        })?;
+        // Both trees share one log: one flush makes the change durable.
+        self.devices.flush()?;
+        Ok(modified)
+    }
+}
+
+impl DeviceStore for SledDeviceStore {
+    fn get<'a>(&'a self, device_id: &'a str) -> RegistryFuture<'a, Option<DeviceRecord>> {
+        // A read from sled's page cache: too quick to be worth a thread hop.
+        Box::pin(async move { self.get_now(device_id) })
+    }
+
+    fn list<'a>(&'a self, account_id: Option<&'a str>) -> RegistryFuture<'a, Vec<DeviceRecord>> {
+        Box::pin(async move {
+            let mut found = Vec::new();
+            for entry in self.devices.iter() {
+                let (key, value) = entry?;
+                let record = decode(&String::from_utf8_lossy(&key), &value)?;
+                if account_id.is_none_or(|account| account == record.account_id) {
+                    found.push(record);
+                }
+            }
+            Ok(found)
+        })
+    }
+
+    fn modify<'a>(
+        &'a self,
+        device_id: &'a str,
+        change: RecordChange,
+    ) -> RegistryFuture<'a, Modified> {
+        let store = self.clone();
+        let device_id = device_id.to_owned();
+        // The flush waits for the disk: keep it off the runtime's threads.
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || store.modify_now(&device_id, &change))
+                .await
+                .map_err(|e| RegistryError::Corrupt(format!("registry task failed: {e}")))?
+        })
+    }
+}
+
+fn decode(device_id: &str, bytes: &[u8]) -> Result<DeviceRecord, RegistryError> {
+    serde_json::from_slice(bytes).map_err(|_| RegistryError::Corrupt(device_id.to_owned()))
+}
+
+/// Length-prefixed account then name, so no account can run into a name.
+fn name_key_of(account_id: &str, name: &str) -> Vec<u8> {
+    let account = account_id.as_bytes();
+    let mut key = Vec::with_capacity(2 + account.len() + name.len());
+    key.extend_from_slice(&(account.len() as u16).to_be_bytes());
+    key.extend_from_slice(account);
+    key.extend_from_slice(name.as_bytes());
+    key
+}

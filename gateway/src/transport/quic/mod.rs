@@ -1,0 +1,185 @@
+//! The QUIC transport: the endpoint (TLS 1.3, ALPN `eagate/1`, transport
+//! settings sized for many small sessions), the connection loop, and the
+//! close codes by which every ending is told. Each connection's session is
+//! driven by `session`, over the frames of `wire`.
+
+mod session;
+mod wire;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use eagate_protocol::ALPN;
+use quinn::VarInt;
+use tracing::debug;
+
+use crate::core::{Close, Core};
+use crate::tls::ServerIdentity;
+
+/// QUIC application close codes the gateway uses: every way a connection
+/// ends has its own, so a device (or a capture) can tell why without
+/// decoding the stream. Where the stream is open, the gateway first sends
+/// the message named here, then finishes the stream and closes. The numbers
+/// are those of docs/protocol.md.
+pub mod close_code {
+    /// The device said `GoingAway`: the session ended normally.
+    pub const DONE: u32 = 0;
+    /// The device broke the protocol: a malformed, oversized or truncated
+    /// frame, a first message other than `Authenticate`, a second
+    /// `Authenticate`, report sequence 0 or too far ahead, or a report
+    /// about a signal of a channel the device never followed. After
+    /// `GoingAway(ProtocolViolation)`.
+    pub const PROTOCOL_VIOLATION: u32 = 1;
+    /// Authentication failed (`AuthRefused(Failed)`).
+    pub const AUTH_FAILED: u32 = 2;
+    /// No `Authenticate` within the deadline; after `GoingAway(AuthTimeout)`
+    /// when the device had opened its stream.
+    pub const AUTH_TIMEOUT: u32 = 3;
+    /// The gateway is shutting down; after `GoingAway(Shutdown)`.
+    pub const SHUTDOWN: u32 = 4;
+    /// The device is revoked: after `AuthRefused(Revoked)`, or
+    /// `GoingAway(Revoked)` when revoked while connected.
+    pub const REVOKED: u32 = 5;
+    /// The device's clock is outside the window; after
+    /// `AuthRefused(ClockSkew)`.
+    pub const CLOCK_SKEW: u32 = 6;
+    /// The device speaks an unsupported protocol version; after
+    /// `AuthRefused(UnsupportedVersion)`.
+    pub const UNSUPPORTED_VERSION: u32 = 7;
+    /// A newer session of the same device took over; after
+    /// `GoingAway(Replaced)`.
+    pub const REPLACED: u32 = 8;
+    /// The device's secret was rotated; after `GoingAway(SecretRotated)`
+    /// (`GoingAway(Replaced)` in protocol version 1).
+    pub const SECRET_ROTATED: u32 = 9;
+    /// A report's sequence number holds another report; after
+    /// `ReportConflict` (`GoingAway(ProtocolViolation)` in version 1).
+    pub const REPORT_CONFLICT: u32 = 10;
+    /// Nothing arrived from the device for the idle timeout; after
+    /// `GoingAway(IdleTimeout)` (`GoingAway(ProtocolViolation)` in version 1).
+    pub const IDLE_TIMEOUT: u32 = 11;
+    /// The gateway could not reach its store; after `GoingAway(Shutdown)`.
+    /// Reconnect with backoff.
+    pub const STORE_UNAVAILABLE: u32 = 12;
+    /// The device did not read what the gateway sent for 10 s; nothing more
+    /// can be sent on the stream.
+    pub const SLOW_READER: u32 = 13;
+}
+
+/// The close code of an ending.
+pub fn close_code_of(close: Close) -> u32 {
+    use close_code::*;
+    match close {
+        Close::DeviceLeft => DONE,
+        Close::ProtocolViolation => PROTOCOL_VIOLATION,
+        Close::AuthFailed => AUTH_FAILED,
+        Close::AuthTimeout => AUTH_TIMEOUT,
+        Close::Shutdown => SHUTDOWN,
+        Close::Revoked => REVOKED,
+        Close::ClockSkew => CLOCK_SKEW,
+        Close::UnsupportedVersion => UNSUPPORTED_VERSION,
+        Close::Replaced => REPLACED,
+        Close::SecretRotated => SECRET_ROTATED,
+        Close::ReportConflict { .. } => REPORT_CONFLICT,
+        Close::IdleTimeout => IDLE_TIMEOUT,
+        Close::StoreUnavailable => STORE_UNAVAILABLE,
+        Close::SlowReader => SLOW_READER,
+    }
+}
+
+/// QUIC's own idle timeout: a connection that carries no packet at all for
+/// this long is gone. (The session's liveness rule is the core's.)
+const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The gateway probes a quiet connection this often, so a live but idle EA
+/// never reaches the idle timeout and a dead one is found within it.
+const KEEP_ALIVE: Duration = Duration::from_secs(3);
+
+/// The QUIC server configuration.
+///
+/// quinn's defaults suit a few connections moving bulk data (megabytes of
+/// flow-control window per connection, 100 concurrent streams). A gateway
+/// serves many devices that each exchange small messages on one stream, so
+/// windows are small (memory per connection stays in the tens of KiB), a
+/// device may open exactly one bidirectional stream and no unidirectional
+/// ones, 0-RTT is off (it would allow replays), and idle detection is quick.
+pub fn server_config(identity: &ServerIdentity) -> Result<quinn::ServerConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(identity.cert_chain.clone(), identity.key.clone_key())?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.max_early_data_size = 0;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(VarInt::from_u32(1))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .stream_receive_window(VarInt::from_u32(64 * 1024))
+        .receive_window(VarInt::from_u32(64 * 1024))
+        .send_window(256 * 1024)
+        .max_idle_timeout(Some(QUIC_IDLE_TIMEOUT.try_into().expect("10 s fits")))
+        .keep_alive_interval(Some(KEEP_ALIVE))
+        .datagram_receive_buffer_size(None);
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// Binds the endpoint.
+pub fn bind(identity: &ServerIdentity, addr: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    let config = server_config(identity).map_err(std::io::Error::other)?;
+    quinn::Endpoint::server(config, addr)
+}
+
+/// Accepts connections until the endpoint is closed, each in its own task,
+/// and returns once every session has ended, so the store they share is
+/// released when this returns.
+pub async fn serve(endpoint: quinn::Endpoint, core: Arc<Core>) {
+    let mut sessions = tokio::task::JoinSet::new();
+    while let Some(incoming) = endpoint.accept().await {
+        // Reap finished sessions so the set stays as small as the live ones.
+        while sessions.try_join_next().is_some() {}
+        let core = core.clone();
+        sessions.spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(connection) => session::run(connection, &core).await,
+                Err(e) => debug!(%remote, error = %e, "handshake failed"),
+            }
+        });
+    }
+    while sessions.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_ending_closes_with_the_code_of_its_number_in_the_protocol_document() {
+        let all = [
+            Close::DeviceLeft,
+            Close::ProtocolViolation,
+            Close::AuthFailed,
+            Close::AuthTimeout,
+            Close::Shutdown,
+            Close::Revoked,
+            Close::ClockSkew,
+            Close::UnsupportedVersion,
+            Close::Replaced,
+            Close::SecretRotated,
+            Close::ReportConflict { seq: 1 },
+            Close::IdleTimeout,
+            Close::StoreUnavailable,
+            Close::SlowReader,
+        ];
+        assert_eq!(all.len(), Close::NAMES.len());
+        for close in all {
+            assert_eq!(close_code_of(close) as usize, close.index(), "{close:?}");
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! One QUIC connection's device session: a thin IO loop around the core.
+//! It reads the device's first frame within the authentication deadline,
+//! computes the connection's channel binding and asks the core to admit the
+//! claim; then it writes the signals the core hands it, passes on the
+//! device's reports and writes their confirmations, answers pings, applies
+//! the liveness rule, and closes the connection with the code of however
+//! the session ended.
+
+use std::time::Duration;
+
+use eagate_protocol::{
+    CHANNEL_BINDING_LABEL, DeviceMessage, GatewayMessage, Pong, Refusal, ReportsConfirmed,
+};
+use tracing::{debug, info, warn};
+
+use super::close_code_of;
+use super::wire::{DeviceStream, FrameReader, WireError};
+use crate::core::checks::FailureReason;
+use crate::core::{Close, Core, Denial, DeviceSession, Next};
+
+/// How a connection ends: what the device is told on its stream, when it
+/// can be, and how it closes.
+#[derive(Debug)]
+enum Ending {
+    /// Tell the device this, then close (boxed: a session ends once).
+    Tell(Box<GatewayMessage>, Close),
+    /// Close, saying nothing on the stream (there is none, or it cannot be
+    /// written, or the ending has no last word).
+    Silent(Close),
+    /// The connection is already gone.
+    Gone,
+}
+
+impl Ending {
+    /// The ending of a session the core ends (or a device that left): its
+    /// last word, if it has one.
+    fn of(close: Close) -> Self {
+        match close.last_word() {
+            Some(word) => Self::Tell(Box::new(word), close),
+            None => Self::Silent(close),
+        }
+    }
+
+    fn denied(denial: Denial) -> Self {
+        match denial {
+            Denial::Refused(refusal) => Self::Tell(
+                Box::new(GatewayMessage::AuthRefused(refusal)),
+                denial.close(),
+            ),
+            Denial::StoreUnavailable => Self::of(Close::StoreUnavailable),
+        }
+    }
+
+    /// How a failure of the stream ends the connection.
+    fn of_wire(error: &WireError) -> Self {
+        match error {
+            _ if error.is_protocol_violation() => Self::of(Close::ProtocolViolation),
+            WireError::WriteTimeout => Self::Silent(Close::SlowReader),
+            _ => Self::Gone,
+        }
+    }
+
+    /// Carries it out: the message (if the stream can take it), the end of
+    /// the stream, a moment for both to reach the device (closing at once
+    /// would discard unsent stream data), then the close.
+    async fn carry_out(
+        self,
+        connection: &quinn::Connection,
+        stream: Option<&mut DeviceStream>,
+        core: &Core,
+    ) {
+        let close = match self {
+            Self::Gone => return,
+            Self::Silent(close) => close,
+            Self::Tell(word, close) => {
+                if let Some(stream) = stream
+                    && stream.write(*word).await.is_ok()
+                {
+                    let _ = stream.send.finish();
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), stream.send.stopped()).await;
+                }
+                close
+            }
+        };
+        core.metrics.session_ended(close);
+        connection.close(close_code_of(close).into(), close.name().as_bytes());
+    }
+}
+
+/// Runs the session of one connection until it ends.
+pub(super) async fn run(connection: quinn::Connection, core: &Core) {
+    let remote = connection.remote_address();
+    let mut opened = None;
+    let (mut session, mut reader) = match admit(&connection, core, &mut opened).await {
+        Ok(admitted) => admitted,
+        Err(ending) => {
+            ending.carry_out(&connection, opened.as_mut(), core).await;
+            return;
+        }
+    };
+    let mut stream = opened.take().expect("an admitted session's stream is open");
+    info!(
+        %remote,
+        device = %session.device_id(),
+        epoch = session.epoch().0,
+        version = stream.version,
+        "device authenticated"
+    );
+    let ending = match session.start().await {
+        Ok(()) => stream_and_ingest(&mut session, &mut stream, &mut reader, core).await,
+        Err(close) => Ending::of(close),
+    };
+    let device = session.device_id().clone();
+    match &ending {
+        Ending::Tell(word, close) => info!(%device, ?word, reason = close.name(), "ending session"),
+        Ending::Silent(close) => info!(%device, reason = close.name(), "closing session"),
+        Ending::Gone => debug!(%device, "session ended"),
+    }
+    ending.carry_out(&connection, Some(&mut stream), core).await;
+    // Only now, with the connection closed: a newer session of the device
+    // waits for this before it is accepted.
+    session.finish().await;
+}
+
+/// Reads the device's claim within the authentication deadline and has the
+/// core admit it. On success the device has been told `AuthAccepted`;
+/// otherwise the ending says what to tell it. The stream, once the device
+/// opened it, is left in `opened`.
+async fn admit<'a>(
+    connection: &quinn::Connection,
+    core: &'a Core,
+    opened: &mut Option<DeviceStream>,
+) -> Result<(DeviceSession<'a>, FrameReader), Ending> {
+    let deadline = tokio::time::Instant::now() + core.auth_deadline;
+    let timed_out = || {
+        debug!(remote = %connection.remote_address(), "authentication deadline");
+        core.metrics.auth_failure(FailureReason::Timeout);
+    };
+    let (send, recv) = match tokio::time::timeout_at(deadline, connection.accept_bi()).await {
+        Ok(Ok(halves)) => halves,
+        Ok(Err(_lost)) => return Err(Ending::Gone),
+        Err(_elapsed) => {
+            timed_out();
+            return Err(Ending::Silent(Close::AuthTimeout));
+        }
+    };
+    let stream = opened.insert(DeviceStream { send, version: 1 });
+    let mut reader = FrameReader::new(recv);
+    let malformed = |why: &dyn std::fmt::Display| {
+        debug!(remote = %connection.remote_address(), error = %why, "closing before authentication");
+        core.metrics.auth_failure(FailureReason::Malformed);
+        Ending::of(Close::ProtocolViolation)
+    };
+    let claim = match tokio::time::timeout_at(deadline, reader.next::<DeviceMessage>()).await {
+        Err(_elapsed) => {
+            timed_out();
+            return Err(Ending::of(Close::AuthTimeout));
+        }
+        Ok(Ok(DeviceMessage::Authenticate(claim))) => claim,
+        Ok(Ok(_)) => return Err(malformed(&"the first message was not Authenticate")),
+        // Opened its stream and finished it without a word: as broken as a
+        // cut-off frame.
+        Ok(Err(WireError::Ended)) => return Err(malformed(&WireError::Truncated)),
+        Ok(Err(e)) if e.is_protocol_violation() => return Err(malformed(&e)),
+        Ok(Err(_lost)) => return Err(Ending::Gone),
+    };
+    let mut binding = [0u8; 32];
+    if connection
+        .export_keying_material(&mut binding, CHANNEL_BINDING_LABEL, b"")
+        .is_err()
+    {
+        // Cannot happen with TLS 1.3; without a binding nothing can be checked.
+        return Err(Ending::denied(Denial::Refused(Refusal::Failed)));
+    }
+    let version = claim.protocol_version;
+    let admitted = core
+        .admit(claim, &binding, connection.remote_address().ip())
+        .await
+        .map_err(Ending::denied)?;
+    stream.version = version;
+    if stream
+        .write(GatewayMessage::AuthAccepted(admitted.accepted))
+        .await
+        .is_err()
+    {
+        admitted.session.finish().await;
+        return Err(Ending::Gone);
+    }
+    Ok((admitted.session, reader))
+}
+
+/// After admission: writes what the core hands out, passes on what the
+/// device sends, answers pings, and ends on the device's going-away, its
+/// silence, or whatever the core decides.
+async fn stream_and_ingest(
+    session: &mut DeviceSession<'_>,
+    stream: &mut DeviceStream,
+    reader: &mut FrameReader,
+    core: &Core,
+) -> Ending {
+    // The liveness contract: a device sends something at least every ping
+    // interval, so silence for the idle timeout means it is gone (QUIC
+    // keep-alives alone would hold a dead EA's connection open).
+    let idle_timeout = Duration::from_millis(u64::from(core.session.idle_timeout_ms));
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
+    loop {
+        // The core orders the work: its orders, then what the device said,
+        // then signals; the device is dropped only when nothing else is due.
+        let step = tokio::select! {
+            biased;
+            next = session.next(reader.next::<DeviceMessage>()) => next,
+            () = &mut idle => return Ending::of(Close::IdleTimeout),
+        };
+        if matches!(step, Next::Device(_)) {
+            idle.as_mut()
+                .reset(tokio::time::Instant::now() + idle_timeout);
+        }
+        let written = match step {
+            Next::End(close) => return Ending::of(close),
+            Next::Signal(signal) => {
+                let written = stream
+                    .write(GatewayMessage::Signal((*signal).clone()))
+                    .await;
+                if written.is_ok() {
+                    session.sent(&signal);
+                }
+                written
+            }
+            Next::Device(Err(e)) => {
+                if e.is_protocol_violation() {
+                    warn!(device = %session.device_id(), error = %e, "protocol violation");
+                }
+                return Ending::of_wire(&e);
+            }
+            Next::Device(Ok(message)) => match message {
+                DeviceMessage::Ping(ping) => {
+                    stream
+                        .write(GatewayMessage::Pong(Pong { token: ping.token }))
+                        .await
+                }
+                DeviceMessage::Pong(_) => Ok(()),
+                DeviceMessage::GoingAway(_) => return Ending::of(Close::DeviceLeft),
+                DeviceMessage::Authenticate(_) => {
+                    warn!(device = %session.device_id(), "Authenticate sent on an authenticated session");
+                    return Ending::of(Close::ProtocolViolation);
+                }
+                DeviceMessage::Report(report) => match session.report(report).await {
+                    Ok(up_to_seq) => {
+                        stream
+                            .write(GatewayMessage::ReportsConfirmed(ReportsConfirmed {
+                                up_to_seq,
+                            }))
+                            .await
+                    }
+                    Err(close) => return Ending::of(close),
+                },
+            },
+        };
+        if let Err(e) = written {
+            debug!(device = %session.device_id(), error = %e, "session failed");
+            return Ending::of_wire(&e);
+        }
+    }
+}
