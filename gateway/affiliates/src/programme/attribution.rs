@@ -1,0 +1,174 @@
+//! Attribution: a signup that came with a referral code is credited to the
+//! code's owner, within the attribution window of its click, never to the
+//! user themselves, and only once: the first referrer wins.
+
+use super::{CodeOwner, Decided, Programme};
+use crate::calendar::day_of;
+use crate::code::ReferralCode;
+use crate::config::DAY_MS;
+use crate::facts::{Fact, Referrer};
+
+/// Why a signup was not attributed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReferralError {
+    /// No affiliate or customer has this code.
+    #[error("referral code {0} is not known")]
+    UnknownCode(ReferralCode),
+    /// The click id was never issued.
+    #[error("click {0} is not known")]
+    UnknownClick(String),
+    /// The click was on another code's link.
+    #[error("click {click_id} was on referral code {clicked}, not {code}")]
+    ClickForAnotherCode {
+        /// The click.
+        click_id: String,
+        /// Its code.
+        clicked: ReferralCode,
+        /// The code in the signup.
+        code: ReferralCode,
+    },
+    /// The click is older than the attribution window.
+    #[error(
+        "referral code {code} expired for this signup: its link was followed {age_days} days ago and the attribution window is {window_days} days"
+    )]
+    Expired {
+        /// The code.
+        code: ReferralCode,
+        /// Days since the click.
+        age_days: u64,
+        /// The window.
+        window_days: u64,
+    },
+    /// A user cannot refer themselves.
+    #[error("user {0} cannot use their own referral code")]
+    SelfReferral(String),
+    /// The user was already referred, by another code: the first one wins.
+    #[error("user {user_id} was already referred with code {code}; the first referral stands")]
+    AlreadyReferred {
+        /// The user.
+        user_id: String,
+        /// The code that referred them.
+        code: ReferralCode,
+    },
+    /// The user paid before the referral was reported.
+    #[error(
+        "user {0} has already paid; a referral must be reported at signup, before the user's first payment"
+    )]
+    PaidBeforeReferral(String),
+    /// The referring customer reached today's limit.
+    #[error(
+        "customer {user_id} has already referred {limit} customers today (UTC), the daily limit; try again after midnight UTC"
+    )]
+    DailyLimit {
+        /// The referring customer.
+        user_id: String,
+        /// The limit.
+        limit: u32,
+    },
+}
+
+/// A signup as the platform reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signup {
+    /// The new platform user.
+    pub user_id: String,
+    /// The referral code they came with.
+    pub code: ReferralCode,
+    /// The click id from the landing page, if any.
+    pub click_id: Option<String>,
+    /// The signup's source address.
+    pub source_address: String,
+    /// SHA-256 (hex) of the normalised email address.
+    pub email_sha256: String,
+    /// Whether the email is verified already.
+    pub email_verified: bool,
+}
+
+impl Programme {
+    /// Attributes a signup to the code's owner. The first valid referral of
+    /// a user stands; the same referral again is a replay.
+    pub fn refer(&self, signup: &Signup, now_ms: u64) -> Result<Decided, ReferralError> {
+        let owner = self
+            .codes
+            .get(&signup.code)
+            .ok_or(ReferralError::UnknownCode(signup.code))?;
+        let customer = self.customers.get(&signup.user_id);
+        if let Some(referral) = customer.and_then(|c| c.referral.as_ref()) {
+            return if referral.code == signup.code {
+                Ok(Decided::replay())
+            } else {
+                Err(ReferralError::AlreadyReferred {
+                    user_id: signup.user_id.clone(),
+                    code: referral.code,
+                })
+            };
+        }
+        // Payments before the referral were decided without a referrer; a
+        // referral now would earn a bonus and credits on unattributed money.
+        if customer.is_some_and(|c| c.first_payment.is_some()) {
+            return Err(ReferralError::PaidBeforeReferral(signup.user_id.clone()));
+        }
+        let referrer = match owner {
+            CodeOwner::Affiliate(affiliate_id) => {
+                if self.affiliates[affiliate_id].user_id == signup.user_id {
+                    return Err(ReferralError::SelfReferral(signup.user_id.clone()));
+                }
+                Referrer::Affiliate {
+                    affiliate_id: affiliate_id.clone(),
+                }
+            }
+            CodeOwner::Customer(user_id) => {
+                if *user_id == signup.user_id {
+                    return Err(ReferralError::SelfReferral(signup.user_id.clone()));
+                }
+                Referrer::Customer {
+                    user_id: user_id.clone(),
+                }
+            }
+        };
+        if let Some(click_id) = &signup.click_id {
+            let click = self
+                .clicks
+                .get(click_id)
+                .ok_or_else(|| ReferralError::UnknownClick(click_id.clone()))?;
+            if click.code != signup.code {
+                return Err(ReferralError::ClickForAnotherCode {
+                    click_id: click_id.clone(),
+                    clicked: click.code,
+                    code: signup.code,
+                });
+            }
+            let age = now_ms.saturating_sub(click.at_ms);
+            if age > self.config.attribution_window_ms {
+                return Err(ReferralError::Expired {
+                    code: signup.code,
+                    age_days: age / DAY_MS,
+                    window_days: self.config.attribution_window_ms / DAY_MS,
+                });
+            }
+        }
+        if let Referrer::Customer { user_id } = &referrer {
+            let today = self
+                .referrals_by_day
+                .get(&(user_id.clone(), day_of(now_ms)))
+                .copied()
+                .unwrap_or(0);
+            if today >= self.config.daily_referral_limit {
+                return Err(ReferralError::DailyLimit {
+                    user_id: user_id.clone(),
+                    limit: self.config.daily_referral_limit,
+                });
+            }
+        }
+        Ok(Decided::new(vec![Fact::Referred {
+            user_id: signup.user_id.clone(),
+            referrer,
+            code: signup.code,
+            click_id: signup.click_id.clone(),
+            source_address: signup.source_address.clone(),
+            email_sha256: signup.email_sha256.clone(),
+            email_verified: signup.email_verified,
+            at_ms: now_ms,
+        }]))
+    }
+}

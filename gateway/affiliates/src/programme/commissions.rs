@@ -1,0 +1,161 @@
+//! An affiliate's commission ledger: its lines (commissions and the
+//! clawbacks of paid ones), where each stands at a given moment, and the
+//! balances they add up to.
+
+use super::Programme;
+use crate::facts::CommissionKind;
+use crate::money::Minor;
+
+/// A line of an affiliate's ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// 1, 2, 3, … across the programme.
+    pub entry_id: u64,
+    /// The affiliate.
+    pub affiliate_id: String,
+    /// The referred user.
+    pub user_id: String,
+    /// The payment it comes from.
+    pub payment_id: String,
+    /// A commission, or a clawback of one.
+    pub kind: EntryKind,
+    /// The amount: positive for commissions, negative for clawbacks.
+    pub amount_minor: Minor,
+    /// How much of a commission was reversed before it was paid.
+    pub reversed_minor: Minor,
+    /// How much of a paid commission later clawbacks took back.
+    pub clawed_back_minor: Minor,
+    /// When the entry was made.
+    pub created_at_ms: u64,
+    /// When the commission it belongs to was earned: the stats period.
+    pub earned_at_ms: u64,
+    /// When it stops being pending (clawbacks: at once).
+    pub payable_at_ms: u64,
+    /// The payout that settled it.
+    pub payout_id: Option<String>,
+    /// When that payout was made.
+    pub paid_at_ms: Option<u64>,
+}
+
+/// What a ledger entry is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A commission.
+    Commission {
+        /// What for.
+        kind: CommissionKind,
+        /// The rate, in basis points.
+        rate_bps: u32,
+        /// The amount the rate was applied to.
+        base_minor: Minor,
+    },
+    /// Money taken back from a paid commission.
+    Clawback {
+        /// The commission.
+        of_entry: u64,
+        /// The refund that caused it.
+        refund_id: String,
+    },
+}
+
+/// Where an entry's money stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EntryStatus {
+    /// In the holding period.
+    Pending,
+    /// Due at the next payout (clawbacks: to be netted against it).
+    Payable,
+    /// Settled by a payout.
+    Paid,
+    /// Entirely taken back before it was paid.
+    Reversed,
+}
+
+impl EntryStatus {
+    /// The lower-case name used by the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Payable => "payable",
+            Self::Paid => "paid",
+            Self::Reversed => "reversed",
+        }
+    }
+}
+
+impl Entry {
+    /// Where the entry stands at `now`.
+    pub fn status(&self, now_ms: u64) -> EntryStatus {
+        if self.payout_id.is_some() {
+            EntryStatus::Paid
+        } else if matches!(self.kind, EntryKind::Clawback { .. }) {
+            EntryStatus::Payable
+        } else if self.amount_minor == self.reversed_minor {
+            EntryStatus::Reversed
+        } else if now_ms < self.payable_at_ms {
+            EntryStatus::Pending
+        } else {
+            EntryStatus::Payable
+        }
+    }
+
+    /// What is left of a commission after reversals; a clawback's amount.
+    pub fn remaining_minor(&self) -> Minor {
+        self.amount_minor - self.reversed_minor
+    }
+}
+
+/// An affiliate's money, by where it stands. Always
+/// `earned = pending + payable + paid + reversed`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Balances {
+    /// Every commission ever earned.
+    pub earned: Minor,
+    /// In the holding period.
+    pub pending: Minor,
+    /// Due at the next payout, net of clawbacks not yet settled.
+    pub payable: Minor,
+    /// Paid out, net of clawbacks settled by later payouts.
+    pub paid: Minor,
+    /// Taken back by refunds, before or after payout.
+    pub reversed: Minor,
+}
+
+impl Balances {
+    pub(super) fn add(&mut self, entry: &Entry, now_ms: u64) {
+        match entry.kind {
+            EntryKind::Commission { .. } => {
+                self.earned += entry.amount_minor;
+                self.reversed += entry.reversed_minor;
+            }
+            EntryKind::Clawback { .. } => self.reversed -= entry.amount_minor,
+        }
+        let remaining = entry.remaining_minor();
+        match entry.status(now_ms) {
+            EntryStatus::Pending => self.pending += remaining,
+            EntryStatus::Payable => self.payable += remaining,
+            EntryStatus::Paid => self.paid += remaining,
+            EntryStatus::Reversed => {}
+        }
+    }
+}
+
+impl Programme {
+    /// An affiliate's ledger, oldest first.
+    pub fn entries_of(&self, affiliate_id: &str) -> impl Iterator<Item = &Entry> {
+        self.affiliates
+            .get(affiliate_id)
+            .into_iter()
+            .flat_map(|a| a.entries.iter().map(|&id| self.entry(id)))
+    }
+
+    /// An affiliate's balances at `now`.
+    pub fn balances(&self, affiliate_id: &str, now_ms: u64) -> Option<Balances> {
+        self.affiliates.get(affiliate_id)?;
+        let mut balances = Balances::default();
+        for entry in self.entries_of(affiliate_id) {
+            balances.add(entry, now_ms);
+        }
+        Some(balances)
+    }
+}

@@ -1,0 +1,109 @@
+//! Joining the programme and sharing its links: an affiliate enrols with a
+//! referral code and an API token (only its hash is kept), replaces that
+//! token, and visitors follow referral links (clicks). Also the reads of
+//! who owns a code and of affiliates.
+
+use super::{Affiliate, CodeOwner, Decided, Programme};
+use crate::code::ReferralCode;
+use crate::facts::Fact;
+
+/// Why a user could not become an affiliate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnrolError {
+    /// The user already is one.
+    #[error("user {user_id} is already affiliate {affiliate_id}")]
+    AlreadyAffiliate {
+        /// The user.
+        user_id: String,
+        /// Their affiliate id.
+        affiliate_id: String,
+    },
+    /// The generated code or id is taken; draw another and retry.
+    #[error("the generated referral code or id is taken")]
+    Collision,
+}
+
+impl Programme {
+    /// `user_id` becomes affiliate `affiliate_id` with `code`; only the
+    /// SHA-256 of their API token is kept.
+    pub fn enrol_affiliate(
+        &self,
+        user_id: &str,
+        affiliate_id: &str,
+        code: ReferralCode,
+        token_sha256: &str,
+        now_ms: u64,
+    ) -> Result<Decided, EnrolError> {
+        if let Some(existing) = self.affiliate_by_user.get(user_id) {
+            return Err(EnrolError::AlreadyAffiliate {
+                user_id: user_id.to_owned(),
+                affiliate_id: existing.clone(),
+            });
+        }
+        if self.codes.contains_key(&code) || self.affiliates.contains_key(affiliate_id) {
+            return Err(EnrolError::Collision);
+        }
+        Ok(Decided::new(vec![Fact::AffiliateEnrolled {
+            affiliate_id: affiliate_id.to_owned(),
+            user_id: user_id.to_owned(),
+            code,
+            token_sha256: token_sha256.to_owned(),
+            at_ms: now_ms,
+        }]))
+    }
+
+    /// Replaces an affiliate's API token (the old one stops working).
+    pub fn replace_token(
+        &self,
+        affiliate_id: &str,
+        token_sha256: &str,
+        now_ms: u64,
+    ) -> Option<Decided> {
+        self.affiliates.get(affiliate_id)?;
+        Some(Decided::new(vec![Fact::AffiliateTokenReplaced {
+            affiliate_id: affiliate_id.to_owned(),
+            token_sha256: token_sha256.to_owned(),
+            at_ms: now_ms,
+        }]))
+    }
+
+    /// A referral link was followed; `None` if no one has the code.
+    pub fn click(
+        &self,
+        code: ReferralCode,
+        click_id: &str,
+        source_address: &str,
+        user_agent: &str,
+        now_ms: u64,
+    ) -> Option<Decided> {
+        self.codes.get(&code)?;
+        Some(Decided::new(vec![Fact::Clicked {
+            click_id: click_id.to_owned(),
+            code,
+            source_address: source_address.to_owned(),
+            user_agent: user_agent.to_owned(),
+            at_ms: now_ms,
+        }]))
+    }
+
+    /// Who owns `code`. A hash map lookup: constant time however many codes.
+    pub fn code_owner(&self, code: &ReferralCode) -> Option<&CodeOwner> {
+        self.codes.get(code)
+    }
+
+    /// An affiliate.
+    pub fn affiliate(&self, affiliate_id: &str) -> Option<&Affiliate> {
+        self.affiliates.get(affiliate_id)
+    }
+
+    /// The affiliate whose API token has this SHA-256 (hex).
+    pub fn affiliate_of_token(&self, token_sha256: &str) -> Option<&Affiliate> {
+        self.affiliates
+            .get(self.affiliate_by_token.get(token_sha256)?)
+    }
+
+    /// Every affiliate id, in no particular order.
+    pub fn affiliate_ids(&self) -> impl Iterator<Item = &str> {
+        self.affiliates.keys().map(String::as_str)
+    }
+}

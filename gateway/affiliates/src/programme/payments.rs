@@ -1,0 +1,344 @@
+//! The platform's money events: a subscription payment earns the
+//! referring affiliate a commission (and the first-trade bonus), a refund
+//! takes back each commission's share (reversed if unpaid, clawed back if
+//! paid), and a referred user's first trade may earn the bonus late.
+
+use super::{Decided, Programme};
+use crate::facts::{CommissionKind, Fact, Referrer};
+use crate::money::{Currency, MAX_AMOUNT, Minor, commission, share_of};
+
+/// Why a payment was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PaymentError {
+    /// Zero, negative or absurdly large.
+    #[error("amount_minor must be between 1 and {MAX_AMOUNT} minor units, not {0}")]
+    InvalidAmount(Minor),
+    /// Not the programme's currency.
+    #[error("the programme runs in {expected}; a payment in {given} cannot be counted")]
+    WrongCurrency {
+        /// The programme's currency.
+        expected: Currency,
+        /// The payment's.
+        given: Currency,
+    },
+    /// Billing periods start at 1.
+    #[error("billing_period starts at 1 (the first month)")]
+    InvalidPeriod,
+    /// The id was used for a different payment.
+    #[error("payment {0} was already recorded with different details")]
+    IdReused(String),
+}
+
+/// Why a refund was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefundError {
+    /// Zero, negative or absurdly large.
+    #[error("amount_minor must be between 1 and {MAX_AMOUNT} minor units, not {0}")]
+    InvalidAmount(Minor),
+    /// Not the programme's currency.
+    #[error("the programme runs in {expected}; a refund in {given} cannot be counted")]
+    WrongCurrency {
+        /// The programme's currency.
+        expected: Currency,
+        /// The refund's.
+        given: Currency,
+    },
+    /// The payment was never recorded.
+    #[error("payment {0} is not known; send the payment before its refund")]
+    UnknownPayment(String),
+    /// More than what is left of the payment.
+    #[error("payment {payment_id} has only {refundable} minor units left to refund, not {amount}")]
+    ExceedsPayment {
+        /// The payment.
+        payment_id: String,
+        /// What is left.
+        refundable: Minor,
+        /// The refund asked for.
+        amount: Minor,
+    },
+    /// The id was used for a different refund.
+    #[error("refund {0} was already recorded with different details")]
+    IdReused(String),
+}
+
+/// A subscription payment as the platform reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentEvent {
+    /// The platform's payment id.
+    pub payment_id: String,
+    /// Who paid.
+    pub user_id: String,
+    /// How much.
+    pub amount_minor: Minor,
+    /// In what.
+    pub currency: Currency,
+    /// Billing period, 1 for the first month.
+    pub billing_period: u32,
+}
+
+/// A refund as the platform reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundEvent {
+    /// The platform's refund id.
+    pub refund_id: String,
+    /// The payment refunded.
+    pub payment_id: String,
+    /// How much.
+    pub amount_minor: Minor,
+    /// In what.
+    pub currency: Currency,
+}
+
+fn validate_amount(amount: Minor) -> bool {
+    (1..=MAX_AMOUNT).contains(&amount)
+}
+
+impl Programme {
+    /// A subscription payment: commission for the referring affiliate (and
+    /// the first-trade bonus, if the user traded before paying), or credit
+    /// for a referring customer once the threshold is reached.
+    pub fn pay(&self, payment: &PaymentEvent, now_ms: u64) -> Result<Decided, PaymentError> {
+        if !validate_amount(payment.amount_minor) {
+            return Err(PaymentError::InvalidAmount(payment.amount_minor));
+        }
+        if payment.currency != self.config.currency {
+            return Err(PaymentError::WrongCurrency {
+                expected: self.config.currency,
+                given: payment.currency,
+            });
+        }
+        if payment.billing_period == 0 {
+            return Err(PaymentError::InvalidPeriod);
+        }
+        if let Some(existing) = self.payments.get(&payment.payment_id) {
+            return if existing.user_id == payment.user_id
+                && existing.amount == payment.amount_minor
+                && existing.billing_period == payment.billing_period
+            {
+                Ok(Decided::replay())
+            } else {
+                Err(PaymentError::IdReused(payment.payment_id.clone()))
+            };
+        }
+        let mut facts = vec![Fact::PaymentReceived {
+            payment_id: payment.payment_id.clone(),
+            user_id: payment.user_id.clone(),
+            amount_minor: payment.amount_minor,
+            currency: payment.currency,
+            billing_period: payment.billing_period,
+            at_ms: now_ms,
+        }];
+        let customer = self.customers.get(&payment.user_id);
+        let referrer = customer
+            .and_then(|c| c.referral.as_ref())
+            .map(|r| &r.referrer);
+        match referrer {
+            Some(Referrer::Affiliate { affiliate_id }) => {
+                let rate = if payment.billing_period == 1 {
+                    self.config.first_month_rate
+                } else {
+                    self.config.later_months_rate
+                };
+                let kind = CommissionKind::Subscription {
+                    billing_period: payment.billing_period,
+                };
+                let mut next_entry = self.entries.len() as u64 + 1;
+                let earned = self.earn(
+                    next_entry,
+                    affiliate_id,
+                    &payment.payment_id,
+                    &payment.user_id,
+                    kind,
+                    rate,
+                    payment.amount_minor,
+                    now_ms,
+                );
+                if let Some(fact) = earned {
+                    facts.push(fact);
+                    next_entry += 1;
+                }
+                let first_payment = customer.is_some_and(|c| c.first_payment.is_none());
+                if first_payment && customer.is_some_and(|c| c.first_trade) {
+                    facts.extend(self.earn(
+                        next_entry,
+                        affiliate_id,
+                        &payment.payment_id,
+                        &payment.user_id,
+                        CommissionKind::FirstTradeBonus,
+                        self.config.first_trade_bonus_rate,
+                        payment.amount_minor,
+                        now_ms,
+                    ));
+                }
+            }
+            Some(Referrer::Customer { .. }) => {
+                let customer = customer.expect("a referral belongs to a customer");
+                self.credits_due(
+                    &payment.user_id,
+                    customer.spent + payment.amount_minor,
+                    customer.email_verified,
+                    now_ms,
+                    &mut facts,
+                );
+            }
+            None => {}
+        }
+        Ok(Decided::new(facts))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn earn(
+        &self,
+        entry_id: u64,
+        affiliate_id: &str,
+        payment_id: &str,
+        user_id: &str,
+        kind: CommissionKind,
+        rate: crate::money::Bps,
+        base: Minor,
+        now_ms: u64,
+    ) -> Option<Fact> {
+        let amount = commission(base, rate);
+        (amount > 0).then(|| Fact::CommissionEarned {
+            entry_id,
+            affiliate_id: affiliate_id.to_owned(),
+            user_id: user_id.to_owned(),
+            payment_id: payment_id.to_owned(),
+            kind,
+            rate,
+            base_minor: base,
+            amount_minor: amount,
+            payable_at_ms: now_ms.saturating_add(self.config.holding_period_ms),
+            at_ms: now_ms,
+        })
+    }
+
+    /// A refund: each commission on the payment gives back its share of the
+    /// refund (of its stored amount, rounded half up, so that refunds adding
+    /// up to the whole payment give back exactly the whole commission).
+    /// Unpaid: reversed. Paid: a negative entry for the next payout.
+    pub fn refund(&self, refund: &RefundEvent, now_ms: u64) -> Result<Decided, RefundError> {
+        if !validate_amount(refund.amount_minor) {
+            return Err(RefundError::InvalidAmount(refund.amount_minor));
+        }
+        if refund.currency != self.config.currency {
+            return Err(RefundError::WrongCurrency {
+                expected: self.config.currency,
+                given: refund.currency,
+            });
+        }
+        if let Some(existing) = self.refunds.get(&refund.refund_id) {
+            return if existing.payment_id == refund.payment_id
+                && existing.amount == refund.amount_minor
+            {
+                Ok(Decided::replay())
+            } else {
+                Err(RefundError::IdReused(refund.refund_id.clone()))
+            };
+        }
+        let payment = self
+            .payments
+            .get(&refund.payment_id)
+            .ok_or_else(|| RefundError::UnknownPayment(refund.payment_id.clone()))?;
+        let refundable = payment.amount - payment.refunded;
+        if refund.amount_minor > refundable {
+            return Err(RefundError::ExceedsPayment {
+                payment_id: refund.payment_id.clone(),
+                refundable,
+                amount: refund.amount_minor,
+            });
+        }
+        let mut facts = vec![Fact::RefundReceived {
+            refund_id: refund.refund_id.clone(),
+            payment_id: refund.payment_id.clone(),
+            amount_minor: refund.amount_minor,
+            currency: refund.currency,
+            at_ms: now_ms,
+        }];
+        let refunded = payment.refunded + refund.amount_minor;
+        let mut next_entry = self.entries.len() as u64 + 1;
+        for &entry_id in &payment.entries {
+            let entry = self.entry(entry_id);
+            let owed_back = share_of(entry.amount_minor, refunded, payment.amount);
+            let delta = owed_back - entry.reversed_minor - entry.clawed_back_minor;
+            if delta <= 0 {
+                continue;
+            }
+            if entry.payout_id.is_none() {
+                facts.push(Fact::CommissionReversed {
+                    entry_id,
+                    refund_id: refund.refund_id.clone(),
+                    amount_minor: delta,
+                    at_ms: now_ms,
+                });
+            } else {
+                facts.push(Fact::ClawbackEntered {
+                    entry_id: next_entry,
+                    of_entry: entry_id,
+                    affiliate_id: entry.affiliate_id.clone(),
+                    refund_id: refund.refund_id.clone(),
+                    amount_minor: -delta,
+                    at_ms: now_ms,
+                });
+                next_entry += 1;
+            }
+        }
+        Ok(Decided::new(facts))
+    }
+
+    /// A fill on a device of `user_id`'s account: the first one of a
+    /// referred user is recorded, and earns the bonus on their first payment
+    /// if they have paid already. Later fills decide nothing.
+    pub fn first_trade(&self, user_id: &str, device_id: &str, now_ms: u64) -> Decided {
+        let Some(customer) = self.customers.get(user_id) else {
+            return Decided::replay();
+        };
+        let Some(referral) = &customer.referral else {
+            return Decided::replay();
+        };
+        if customer.first_trade {
+            return Decided::replay();
+        }
+        let mut facts = vec![Fact::FirstTrade {
+            user_id: user_id.to_owned(),
+            device_id: device_id.to_owned(),
+            at_ms: now_ms,
+        }];
+        if let (Referrer::Affiliate { affiliate_id }, Some(payment_id)) =
+            (&referral.referrer, &customer.first_payment)
+        {
+            let payment = &self.payments[payment_id];
+            let entry_id = self.entries.len() as u64 + 1;
+            if let Some(bonus) = self.earn(
+                entry_id,
+                affiliate_id,
+                payment_id,
+                user_id,
+                CommissionKind::FirstTradeBonus,
+                self.config.first_trade_bonus_rate,
+                payment.amount,
+                now_ms,
+            ) {
+                // A payment already partly refunded gives its share of the
+                // bonus back at once, as if the bonus had been there first.
+                facts.push(bonus);
+                let amount = commission(payment.amount, self.config.first_trade_bonus_rate);
+                let owed_back = share_of(amount, payment.refunded, payment.amount);
+                if let (true, Some(refund_id)) = (owed_back > 0, &payment.last_refund) {
+                    facts.push(Fact::CommissionReversed {
+                        entry_id,
+                        refund_id: refund_id.clone(),
+                        amount_minor: owed_back,
+                        at_ms: now_ms,
+                    });
+                }
+            }
+        }
+        Decided::new(facts)
+    }
+
+    /// How many payments were recorded (each id once).
+    pub fn payment_count(&self) -> usize {
+        self.payments.len()
+    }
+}

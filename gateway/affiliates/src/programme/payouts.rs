@@ -1,0 +1,73 @@
+//! Payouts: an affiliate is paid everything payable at once, clawbacks
+//! netted, and a payout id is recorded so that a retry pays nothing twice.
+
+use super::{Decided, EntryStatus, Programme};
+use crate::facts::Fact;
+use crate::money::Minor;
+
+/// Why a payout was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayoutError {
+    /// No such affiliate.
+    #[error("no affiliate {0}")]
+    UnknownAffiliate(String),
+    /// Nothing, or less than nothing, is payable.
+    #[error(
+        "nothing to pay: the payable balance is {payable} minor units ({pending} still pending)"
+    )]
+    NothingPayable {
+        /// The payable balance (may be negative after clawbacks).
+        payable: Minor,
+        /// What is still in the holding period.
+        pending: Minor,
+    },
+    /// The id was used for another affiliate's payout.
+    #[error("payout {0} was already made for another affiliate")]
+    IdReused(String),
+}
+
+impl Programme {
+    /// Pays every payable entry of an affiliate, clawbacks netted, if the
+    /// net is positive. The same payout id again is a replay.
+    pub fn pay_out(
+        &self,
+        affiliate_id: &str,
+        payout_id: &str,
+        now_ms: u64,
+    ) -> Result<Decided, PayoutError> {
+        if let Some(existing) = self.payouts.get(payout_id) {
+            return if existing.affiliate_id == affiliate_id {
+                Ok(Decided::replay())
+            } else {
+                Err(PayoutError::IdReused(payout_id.to_owned()))
+            };
+        }
+        let affiliate = self
+            .affiliates
+            .get(affiliate_id)
+            .ok_or_else(|| PayoutError::UnknownAffiliate(affiliate_id.to_owned()))?;
+        let mut settled = Vec::new();
+        let mut amount = 0;
+        for &entry_id in &affiliate.entries {
+            let entry = self.entry(entry_id);
+            if entry.status(now_ms) == EntryStatus::Payable {
+                settled.push(entry_id);
+                amount += entry.remaining_minor();
+            }
+        }
+        if amount <= 0 {
+            let balances = self.balances(affiliate_id, now_ms).unwrap_or_default();
+            return Err(PayoutError::NothingPayable {
+                payable: balances.payable,
+                pending: balances.pending,
+            });
+        }
+        Ok(Decided::new(vec![Fact::PayoutMade {
+            payout_id: payout_id.to_owned(),
+            affiliate_id: affiliate_id.to_owned(),
+            amount_minor: amount,
+            entries: settled,
+            at_ms: now_ms,
+        }]))
+    }
+}

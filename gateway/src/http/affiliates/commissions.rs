@@ -1,0 +1,212 @@
+//! An affiliate's commission ledger, as the affiliate (or admin) reads it:
+//! commissions and clawbacks with where each stands now, filtered, paged or
+//! as CSV.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use eagate_affiliates::calendar::{day_of, format_instant};
+use eagate_affiliates::money::format_major;
+use eagate_affiliates::{CommissionKind, Currency, Entry, EntryKind, EntryStatus};
+use serde::{Deserialize, Serialize};
+
+use super::AffiliateReader;
+use super::pages::{PageQuery, csv_response, date_bound, page_limit, wants_csv};
+use crate::http::{ApiError, AppState};
+
+/// A ledger line as the API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EntryView {
+    /// The entry.
+    pub entry_id: u64,
+    /// `subscription`, `first_trade_bonus` or `clawback`.
+    pub kind: String,
+    /// Subscriptions: the billing period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing_period: Option<u32>,
+    /// Commissions: the rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_bps: Option<u32>,
+    /// Commissions: the amount the rate was applied to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_minor: Option<i64>,
+    /// Positive for commissions, negative for clawbacks.
+    pub amount_minor: i64,
+    /// How much of a commission was reversed before payout.
+    pub reversed_minor: i64,
+    /// `pending`, `payable`, `paid` or `reversed`, now.
+    pub status: String,
+    /// The referred user.
+    pub user_id: String,
+    /// The payment it comes from.
+    pub payment_id: String,
+    /// Clawbacks: the commission clawed back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub of_entry: Option<u64>,
+    /// Clawbacks: the refund.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refund_id: Option<String>,
+    /// When it was made, Unix ms.
+    pub created_at_ms: u64,
+    /// When it stops being pending, Unix ms.
+    pub payable_at_ms: u64,
+    /// The payout that settled it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payout_id: Option<String>,
+    /// When that payout was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paid_at_ms: Option<u64>,
+}
+
+fn entry_view(entry: &Entry, now: u64) -> EntryView {
+    let (kind, billing_period, rate_bps, base_minor, of_entry, refund_id) = match &entry.kind {
+        EntryKind::Commission {
+            kind,
+            rate_bps,
+            base_minor,
+        } => {
+            let (name, period) = match kind {
+                CommissionKind::Subscription { billing_period } => {
+                    ("subscription", Some(*billing_period))
+                }
+                CommissionKind::FirstTradeBonus => ("first_trade_bonus", None),
+            };
+            (name, period, Some(*rate_bps), Some(*base_minor), None, None)
+        }
+        EntryKind::Clawback {
+            of_entry,
+            refund_id,
+        } => (
+            "clawback",
+            None,
+            None,
+            None,
+            Some(*of_entry),
+            Some(refund_id.clone()),
+        ),
+    };
+    EntryView {
+        entry_id: entry.entry_id,
+        kind: kind.to_owned(),
+        billing_period,
+        rate_bps,
+        base_minor,
+        amount_minor: entry.amount_minor,
+        reversed_minor: entry.reversed_minor,
+        status: entry.status(now).as_str().to_owned(),
+        user_id: entry.user_id.clone(),
+        payment_id: entry.payment_id.clone(),
+        of_entry,
+        refund_id,
+        created_at_ms: entry.created_at_ms,
+        payable_at_ms: entry.payable_at_ms,
+        payout_id: entry.payout_id.clone(),
+        paid_at_ms: entry.paid_at_ms,
+    }
+}
+
+/// A page of an affiliate's ledger.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Commissions {
+    /// The affiliate.
+    pub affiliate_id: String,
+    /// The programme's currency.
+    pub currency: Currency,
+    /// Oldest first.
+    pub items: Vec<EntryView>,
+    /// Pass as `after` for the next page; absent on the last.
+    pub next_after: Option<u64>,
+}
+
+pub(super) async fn commissions(
+    State(state): State<AppState>,
+    reader: AffiliateReader,
+    Path(affiliate_id): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    reader.may_read(&affiliate_id)?;
+    let Query(query) = query?;
+    let csv = wants_csv(&query, &headers)?;
+    let limit = page_limit(&query, csv)?;
+    let status = match query.status.as_deref() {
+        None => None,
+        Some("pending") => Some(EntryStatus::Pending),
+        Some("payable") => Some(EntryStatus::Payable),
+        Some("paid") => Some(EntryStatus::Paid),
+        Some("reversed") => Some(EntryStatus::Reversed),
+        Some(other) => {
+            return Err(ApiError::Unprocessable(format!(
+                "status must be pending, payable, paid or reversed, not {other:?}"
+            )));
+        }
+    };
+    if let Some(kind) = query.kind.as_deref()
+        && !["subscription", "first_trade_bonus", "clawback"].contains(&kind)
+    {
+        return Err(ApiError::Unprocessable(format!(
+            "kind must be subscription, first_trade_bonus or clawback, not {kind:?}"
+        )));
+    }
+    let from = date_bound("from", query.from.as_deref())?;
+    let to = date_bound("to", query.to.as_deref())?;
+    let after = query.after.unwrap_or(0);
+    let now = state.affiliates.now_ms();
+    let programme = state.affiliates.ledger.read();
+    if programme.affiliate(&affiliate_id).is_none() {
+        return Err(ApiError::NotFound(format!("no affiliate {affiliate_id}")));
+    }
+    let currency = programme.config().currency;
+    let mut matching = programme
+        .entries_of(&affiliate_id)
+        .filter(|e| e.entry_id > after)
+        .filter(|e| status.is_none_or(|s| e.status(now) == s))
+        .filter(|e| from.is_none_or(|d| day_of(e.created_at_ms) >= d))
+        .filter(|e| to.is_none_or(|d| day_of(e.created_at_ms) <= d))
+        .map(|e| entry_view(e, now))
+        .filter(|v| query.kind.as_deref().is_none_or(|k| v.kind == k));
+    let items: Vec<EntryView> = matching.by_ref().take(limit).collect();
+    let more = matching.next().is_some();
+    if csv {
+        let opt = |v: Option<String>| v.unwrap_or_default();
+        let rows = items
+            .into_iter()
+            .map(|v| {
+                vec![
+                    v.entry_id.to_string(),
+                    format_instant(v.created_at_ms),
+                    v.kind,
+                    opt(v.billing_period.map(|p| p.to_string())),
+                    v.user_id,
+                    v.payment_id,
+                    opt(v.rate_bps.map(|r| r.to_string())),
+                    opt(v.base_minor.map(|b| b.to_string())),
+                    v.amount_minor.to_string(),
+                    format_major(v.amount_minor),
+                    v.reversed_minor.to_string(),
+                    v.status,
+                    format_instant(v.payable_at_ms),
+                    opt(v.payout_id),
+                    opt(v.paid_at_ms.map(format_instant)),
+                    opt(v.of_entry.map(|e| e.to_string())),
+                    opt(v.refund_id),
+                    currency.to_string(),
+                ]
+            })
+            .collect();
+        return Ok(csv_response(
+            "commissions.csv",
+            "entry_id,created_at,kind,billing_period,user_id,payment_id,rate_bps,base_minor,amount_minor,amount,reversed_minor,status,payable_at,payout_id,paid_at,of_entry,refund_id,currency",
+            rows,
+        ));
+    }
+    let next_after = more.then(|| items.last().map(|v| v.entry_id)).flatten();
+    Ok(Json(Commissions {
+        affiliate_id: affiliate_id.clone(),
+        currency,
+        items,
+        next_after,
+    })
+    .into_response())
+}

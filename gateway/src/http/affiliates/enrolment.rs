@@ -1,0 +1,214 @@
+//! Enrolment and links: an affiliate joins (and gets its code, link and
+//! API token, shown once), reads itself, gets a new token; who owns a code;
+//! and the public click route that records a followed link and lands the
+//! visitor with the code and click id.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use eagate_affiliates::programme::EnrolError;
+use eagate_affiliates::{CodeOwner, Currency, ReferralCode, WriteError};
+use serde::{Deserialize, Serialize};
+
+use super::{AffiliateReader, Visitor, new_code, parse_code, random_hex, write};
+use crate::http::tokens;
+use crate::http::{Admin, ApiError, ApiJson, AppState, PlatformOrAdmin, check_text};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewAffiliate {
+    user_id: String,
+}
+
+/// An affiliate as the API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AffiliateView {
+    /// `af_…`.
+    pub affiliate_id: String,
+    /// The platform user.
+    pub user_id: String,
+    /// The referral code, as people type it: `K7QM2-XR4HD`.
+    pub code: String,
+    /// The referral link to share.
+    pub link: String,
+    /// The programme's currency.
+    pub currency: Currency,
+    /// When they joined, Unix ms.
+    pub enrolled_at_ms: u64,
+}
+
+fn affiliate_view(state: &AppState, affiliate_id: &str) -> Result<AffiliateView, ApiError> {
+    let programme = state.affiliates.ledger.read();
+    let affiliate = programme
+        .affiliate(affiliate_id)
+        .ok_or_else(|| ApiError::NotFound(format!("no affiliate {affiliate_id}")))?;
+    Ok(AffiliateView {
+        affiliate_id: affiliate.affiliate_id.clone(),
+        user_id: affiliate.user_id.clone(),
+        code: affiliate.code.to_string(),
+        link: state.affiliates.link(&affiliate.code),
+        currency: programme.config().currency,
+        enrolled_at_ms: affiliate.enrolled_at_ms,
+    })
+}
+
+/// An affiliate with its API token: the one answer that shows the token.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AffiliateWithToken {
+    /// The affiliate.
+    pub affiliate: AffiliateView,
+    /// `eaf_…`: reads this affiliate's stats and commissions; shown once.
+    pub token: String,
+}
+
+fn new_token() -> Result<(String, String), ApiError> {
+    let token = format!("eaf_{}", random_hex(32)?);
+    let hash = tokens::token_sha256(&token);
+    Ok((token, hash))
+}
+
+pub(super) async fn enrol(
+    State(state): State<AppState>,
+    _: PlatformOrAdmin,
+    ApiJson(new): ApiJson<NewAffiliate>,
+) -> Result<(StatusCode, Json<AffiliateWithToken>), ApiError> {
+    check_text("user_id", &new.user_id, 128)?;
+    let (token, token_hash) = new_token()?;
+    // A fresh code and id collide with an existing one about never; if they
+    // do, draw again. A journal failure is not retried here: the request
+    // fails, and the platform's retry finds the user enrolled or not.
+    let mut attempts = 0;
+    let affiliate_id = loop {
+        attempts += 1;
+        let affiliate_id = format!("af_{}", random_hex(8)?);
+        let code = new_code()?;
+        let now = state.affiliates.now_ms();
+        let written = state
+            .affiliates
+            .ledger
+            .write(|p| p.enrol_affiliate(&new.user_id, &affiliate_id, code, &token_hash, now))
+            .await;
+        match written {
+            Ok(_) => break affiliate_id,
+            Err(WriteError::Refused(EnrolError::Collision)) if attempts < 8 => continue,
+            Err(WriteError::Refused(e @ EnrolError::AlreadyAffiliate { .. })) => {
+                return Err(ApiError::Conflict(e.to_string()));
+            }
+            Err(WriteError::Refused(e)) => return Err(ApiError::Internal(e.to_string())),
+            Err(WriteError::Journal(e)) => return Err(ApiError::Internal(e.to_string())),
+        }
+    };
+    tracing::info!(affiliate = %affiliate_id, user = %new.user_id, "affiliate enrolled");
+    Ok((
+        StatusCode::CREATED,
+        Json(AffiliateWithToken {
+            affiliate: affiliate_view(&state, &affiliate_id)?,
+            token,
+        }),
+    ))
+}
+
+pub(super) async fn affiliate(
+    State(state): State<AppState>,
+    reader: AffiliateReader,
+    Path(affiliate_id): Path<String>,
+) -> Result<Json<AffiliateView>, ApiError> {
+    reader.may_read(&affiliate_id)?;
+    Ok(Json(affiliate_view(&state, &affiliate_id)?))
+}
+
+pub(super) async fn replace_token(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(affiliate_id): Path<String>,
+) -> Result<Json<AffiliateWithToken>, ApiError> {
+    let (token, token_hash) = new_token()?;
+    let now = state.affiliates.now_ms();
+    write(
+        &state,
+        |p| {
+            p.replace_token(&affiliate_id, &token_hash, now)
+                .ok_or_else(|| format!("no affiliate {affiliate_id}"))
+        },
+        ApiError::NotFound,
+    )
+    .await?;
+    tracing::info!(affiliate = %affiliate_id, "affiliate token replaced");
+    Ok(Json(AffiliateWithToken {
+        affiliate: affiliate_view(&state, &affiliate_id)?,
+        token,
+    }))
+}
+
+/// Who owns a referral code.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CodeOwnerView {
+    /// The code, as people type it.
+    pub code: String,
+    /// `affiliate` (commission) or `customer` (referral credit).
+    pub kind: String,
+    /// The affiliate, for affiliate codes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affiliate_id: Option<String>,
+    /// The customer, for customer codes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+}
+
+pub(super) async fn code_owner(
+    State(state): State<AppState>,
+    _: PlatformOrAdmin,
+    Path(code): Path<String>,
+) -> Result<Json<CodeOwnerView>, ApiError> {
+    let code = parse_code(&code)?;
+    let programme = state.affiliates.ledger.read();
+    let owner = programme
+        .code_owner(&code)
+        .ok_or_else(|| ApiError::NotFound(format!("referral code {code} is not known")))?;
+    let (kind, affiliate_id, user_id) = match owner {
+        CodeOwner::Affiliate(id) => ("affiliate", Some(id.clone()), None),
+        CodeOwner::Customer(user) => ("customer", None, Some(user.clone())),
+    };
+    Ok(Json(CodeOwnerView {
+        code: code.to_string(),
+        kind: kind.to_owned(),
+        affiliate_id,
+        user_id,
+    }))
+}
+
+// ---- clicks and signups --------------------------------------------------
+
+pub(super) async fn click(
+    State(state): State<AppState>,
+    Path(code): Path<String>,
+    visitor: Visitor,
+) -> Result<Response, ApiError> {
+    let landing = &state.affiliates.landing_page;
+    let joiner = if landing.contains('?') { '&' } else { '?' };
+    // A mistyped or unknown code still lands the visitor, without a code:
+    // a broken link must not lose them.
+    let Ok(code) = code.parse::<ReferralCode>() else {
+        return Ok(Redirect::to(landing).into_response());
+    };
+    let click_id = format!("ck_{}", random_hex(12)?);
+    let now = state.affiliates.now_ms();
+    let written = state
+        .affiliates
+        .ledger
+        .write(|p| {
+            p.click(code, &click_id, &visitor.address, &visitor.user_agent, now)
+                .ok_or(())
+        })
+        .await;
+    match written {
+        Ok(_) => Ok(Redirect::to(&format!(
+            "{landing}{joiner}ref={}&click={click_id}",
+            code.as_str()
+        ))
+        .into_response()),
+        Err(WriteError::Refused(())) => Ok(Redirect::to(landing).into_response()),
+        Err(WriteError::Journal(e)) => Err(ApiError::Internal(e.to_string())),
+    }
+}
