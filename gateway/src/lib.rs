@@ -13,12 +13,14 @@
 //! - [`affiliates`]: the sidecar's affiliate desk (the `eagate-affiliates`
 //!   ledger, fed by the fill feed);
 //! - [`server`] starts a process's parts, [`config`] and [`cli`] read what
-//!   to start; [`seal`], [`tls`], [`durable`] and [`clock`] serve them all.
+//!   to start; [`seal`], [`tls`], [`durable`] and [`clock`] serve them all;
+//!   [`api_schema`] describes the other crates' types the sidecar shows.
 //!
 //! `main.rs` only parses the command line.
 #![forbid(unsafe_code)]
 
 pub mod affiliates;
+pub mod api_schema;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -11,16 +11,20 @@ use std::pin::Pin;
 
 use eagate_protocol::{Decimal, Report, ReportOutcome, SignalId};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::api_schema;
 
 /// A report as stored: flat, so that it reads the same as JSON in sled and as
 /// the fields of a Redis stream entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct StoredReport {
     /// The reporting device.
     pub device_id: String,
     /// The device's report sequence number.
     pub seq: u64,
     /// The signal it is about.
+    #[schema(value_type = api_schema::SignalId)]
     pub signal_id: SignalId,
     /// `received`, `filled` or `rejected`.
     pub kind: ReportKind,
@@ -33,9 +37,11 @@ pub struct StoredReport {
     pub ticket: Option<u64>,
     /// Fills: the execution price.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<api_schema::Decimal>)]
     pub price: Option<Decimal>,
     /// Fills: the executed lots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<api_schema::Decimal>)]
     pub volume: Option<Decimal>,
     /// Rejections: MetaTrader's error code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -46,7 +52,7 @@ pub struct StoredReport {
 }
 
 /// What a report says happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ReportKind {
     /// The device has the signal.

@@ -117,7 +117,9 @@ async fn open_stores(
             }));
         }
         let db_path = config.data_dir.join("db");
-        let db = sled::open(&db_path).map_err(|e| StartError::Store(db_path, e))?;
+        let db = crate::durable::open(&db_path)
+            .await
+            .map_err(|e| StartError::Store(db_path, e))?;
         let sled_error = |e: sled::Error| StartError::Registry(RegistryError::from(e));
         let nonces = SledNonceStore::open(&db).map_err(sled_error)?;
         let purging = nonces.clone();

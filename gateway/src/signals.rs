@@ -11,36 +11,46 @@ use eagate_protocol::{
     Action, ChannelName, Decimal, OrderType, Signal, SignalComment, SignalError, SignalId, Symbol,
 };
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
+use crate::api_schema;
 use crate::clock::unix_ms;
 
 /// A signal as a provider publishes it: everything but the channel, the
 /// position and the id, which the gateway assigns.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignalDraft {
     /// The instrument.
+    #[schema(value_type = String, min_length = 1, max_length = 32)]
     pub symbol: Symbol,
     /// What to do.
+    #[schema(value_type = api_schema::Action)]
     pub action: Action,
     /// How to place an opening order.
+    #[schema(value_type = api_schema::OrderType)]
     pub order_type: OrderType,
     /// Lots.
+    #[schema(value_type = api_schema::Decimal)]
     pub volume: Decimal,
     /// Limit or stop price.
     #[serde(default)]
+    #[schema(value_type = Option<api_schema::Decimal>)]
     pub price: Option<Decimal>,
     /// Stop loss.
     #[serde(default)]
+    #[schema(value_type = Option<api_schema::Decimal>)]
     pub stop_loss: Option<Decimal>,
     /// Take profit.
     #[serde(default)]
+    #[schema(value_type = Option<api_schema::Decimal>)]
     pub take_profit: Option<Decimal>,
     /// The EA's magic number.
     #[serde(default)]
     pub magic: u64,
     /// Order comment.
     #[serde(default = "empty_comment")]
+    #[schema(value_type = String, max_length = 64)]
     pub comment: SignalComment,
     /// When the provider issued it; the gateway's time when absent.
     #[serde(default)]
@@ -50,6 +60,7 @@ pub struct SignalDraft {
     pub expires_at_ms: Option<u64>,
     /// The signal a close, modify or cancel acts on.
     #[serde(default)]
+    #[schema(value_type = Option<api_schema::SignalId>)]
     pub reference: Option<SignalId>,
 }
 

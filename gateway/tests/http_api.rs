@@ -694,6 +694,93 @@ async fn the_openapi_document_and_the_routes_agree_both_ways(backend: Backend) {
     }
 }
 
+/// Every `$ref` anywhere below `value`.
+fn references<'a>(value: &'a Value, found: &mut Vec<&'a str>) {
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map {
+                match (key.as_str(), inner) {
+                    ("$ref", Value::String(target)) => found.push(target),
+                    _ => references(inner, found),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|item| references(item, found)),
+        _ => {}
+    }
+}
+
+on_both_backends!(the_document_is_derived_from_the_types_the_routes_read);
+async fn the_document_is_derived_from_the_types_the_routes_read(backend: Backend) {
+    let api = api(&backend).await;
+    let document = api.call("GET", "/openapi.json", None, None).await.body;
+    let schemas = document["components"]["schemas"].as_object().unwrap();
+
+    // Every reference resolves to a schema the document holds.
+    let mut found = Vec::new();
+    references(&document, &mut found);
+    assert!(found.len() > 50, "only {} references", found.len());
+    for target in found {
+        let name = target
+            .strip_prefix("#/components/schemas/")
+            .unwrap_or_else(|| panic!("{target} points outside the schemas"));
+        assert!(schemas.contains_key(name), "{target} does not resolve");
+    }
+
+    // The register body's schema is the type the route reads: exactly its
+    // documented properties are accepted, each is required, and nothing
+    // else is allowed.
+    let new_device = &schemas["NewDevice"];
+    let properties: Vec<&String> = new_device["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    let mut required: Vec<&str> = new_device["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|name| name.as_str().unwrap())
+        .collect();
+    required.sort_unstable();
+    assert_eq!(required, ["account_id", "name"]);
+    assert_eq!(properties, required);
+    assert_eq!(new_device["additionalProperties"], false);
+    let body = |fields: &[&str]| -> Value {
+        fields
+            .iter()
+            .map(|field| (field.to_string(), json!("documented")))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    let registered = api
+        .admin("POST", "/v1/devices", Some(body(&required)))
+        .await;
+    assert_eq!(
+        registered.status,
+        StatusCode::CREATED,
+        "{:?}",
+        registered.body
+    );
+    for left_out in &required {
+        let rest: Vec<&str> = required.iter().copied().filter(|f| f != left_out).collect();
+        let answer = api.admin("POST", "/v1/devices", Some(body(&rest))).await;
+        assert_problem(
+            &answer,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &format!("missing field `{left_out}`"),
+        );
+    }
+    let mut extra = body(&required);
+    extra["colour"] = json!("red");
+    let answer = api.admin("POST", "/v1/devices", Some(extra)).await;
+    assert_problem(
+        &answer,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown field `colour`",
+    );
+}
+
 on_both_backends!(a_publish_retried_with_its_idempotency_key_returns_the_same_signal_once);
 async fn a_publish_retried_with_its_idempotency_key_returns_the_same_signal_once(backend: Backend) {
     let api = api(&backend).await;

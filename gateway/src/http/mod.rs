@@ -1,32 +1,43 @@
 //! The HTTP sidecar for admins and the platform backend: devices, signals,
-//! executions, health. `router(state)` builds the service without binding a
-//! socket, so tests drive it with `oneshot`.
+//! executions, the affiliate programme, health. `router(state)` builds the
+//! service without binding a socket, so tests drive it with `oneshot`.
+//!
+//! This file holds the route table, the shared state, the bearer-token
+//! layer and the extractors that say who is calling and read bodies; the
+//! handlers sit beside it by concern. Every route is registered from its
+//! handler's `#[utoipa::path]`, so the OpenAPI document served at
+//! `/openapi.json` lists exactly the routes there are.
 
 pub mod affiliates;
+mod devices;
+mod health;
 mod openapi;
 mod problem;
+mod signals;
 pub mod tokens;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
-use eagate_protocol::{ChannelName, Signal, SignalId};
-use serde::{Deserialize, Serialize};
+use axum::response::Response;
+use axum::{Extension, Json, Router};
+use eagate_protocol::ChannelName;
+use serde::Deserialize;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::response::Response as DocumentedResponse;
+use utoipa::{IntoParams, IntoResponses, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+pub use devices::DeviceView;
 pub use problem::ApiError;
+pub use signals::{DeviceExecution, ExecutionStatus, Executions};
 use tokens::{Scope, TokenStore};
 
 use crate::core::Core;
-use crate::registry::DeviceRecord;
-use crate::reports::{ReportKind, StoredReport};
-use crate::signals::SignalDraft;
 
 /// The largest request body accepted; every valid request is far smaller.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -42,30 +53,23 @@ pub struct AppState {
     pub affiliates: crate::affiliates::AffiliateDesk,
 }
 
-/// The sidecar's routes.
+/// The sidecar's routes, and the document that describes them.
 pub fn router(state: AppState) -> Router {
-    let v1 = Router::new()
-        .route("/devices", post(register_device).get(list_devices))
-        .route("/devices/{device_id}", get(get_device).patch(rename_device))
-        .route("/devices/{device_id}/revoke", post(revoke_device))
-        .route("/devices/{device_id}/rotate-secret", post(rotate_secret))
-        .route(
-            "/devices/{device_id}/subscriptions/{channel}",
-            put(subscribe).delete(unsubscribe),
-        )
-        .route("/channels/{channel}/signals", post(publish_signal))
-        .route("/signals/{signal_id}/executions", get(signal_executions))
+    let v1 = OpenApiRouter::new()
+        .merge(devices::routes())
+        .merge(signals::routes())
         .merge(affiliates::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
-    Router::new()
+    let (routes, document) = OpenApiRouter::with_openapi(openapi::Sidecar::openapi())
         .nest("/v1", v1)
         .merge(affiliates::click_route())
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(|| async { Json(openapi::document()) }))
+        .merge(health::routes())
+        .routes(routes!(openapi::openapi_document))
+        .split_for_parts();
+    routes
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(Extension(openapi::Served::new(document)))
         .with_state(state)
 }
 
@@ -86,6 +90,22 @@ fn caller_scope(parts: &Parts, allowed: &[Scope]) -> Result<(), ApiError> {
     }
 }
 
+/// What a route behind the bearer-token layer refuses with, whichever of
+/// the callers below it wants: the operations list these by naming their
+/// caller among their responses.
+fn refusals() -> BTreeMap<String, RefOr<DocumentedResponse>> {
+    BTreeMap::from([
+        (
+            "401".to_owned(),
+            DocumentedResponse::new("No valid bearer token.").into(),
+        ),
+        (
+            "403".to_owned(),
+            DocumentedResponse::new("The token's scope does not allow this.").into(),
+        ),
+    ])
+}
+
 /// A caller with an admin token. As an extractor it runs before the body is
 /// read, so a wrong scope is 403 whatever the body holds.
 struct Admin;
@@ -98,6 +118,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Admin {
     }
 }
 
+impl IntoResponses for Admin {
+    fn responses() -> BTreeMap<String, RefOr<DocumentedResponse>> {
+        refusals()
+    }
+}
+
 /// A caller with an admin or platform token: publishes signals, reads
 /// executions, writes the platform's affiliate events.
 struct PlatformOrAdmin;
@@ -107,6 +133,12 @@ impl<S: Send + Sync> FromRequestParts<S> for PlatformOrAdmin {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         caller_scope(parts, &[Scope::Admin, Scope::Platform]).map(|()| Self)
+    }
+}
+
+impl IntoResponses for PlatformOrAdmin {
+    fn responses() -> BTreeMap<String, RefOr<DocumentedResponse>> {
+        refusals()
     }
 }
 
@@ -149,66 +181,6 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<
     }
 }
 
-/// A device as the API shows it: never its secret.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct DeviceView {
-    /// The gateway-issued id.
-    pub device_id: String,
-    /// The platform user it belongs to.
-    pub account_id: String,
-    /// Its name, unique within the account.
-    pub name: String,
-    /// Registration time, Unix ms.
-    pub created_at_ms: u64,
-    /// Revocation time, if revoked.
-    pub revoked_at_ms: Option<u64>,
-    /// Subscribed channels.
-    pub channels: Vec<String>,
-    /// Whether it has a live session now.
-    pub online: bool,
-    /// When it last connected or disconnected (since the gateway started).
-    pub last_seen_ms: Option<u64>,
-    /// Its highest report sequence stored with no gap below it.
-    pub last_report_seq: u64,
-}
-
-async fn view(core: &Core, record: DeviceRecord) -> Result<DeviceView, ApiError> {
-    let presence = core.presence_of(&record.device_id).await;
-    let last_report_seq = core.reports.confirmed_up_to(&record.device_id).await?;
-    Ok(DeviceView {
-        online: presence.sessions > 0,
-        last_seen_ms: (presence.last_seen_ms > 0).then_some(presence.last_seen_ms),
-        last_report_seq,
-        device_id: record.device_id,
-        account_id: record.account_id,
-        name: record.name,
-        created_at_ms: record.created_at_ms,
-        revoked_at_ms: record.revoked_at_ms,
-        channels: record.channels,
-    })
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewDevice {
-    account_id: String,
-    name: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Rename {
-    name: String,
-}
-
-/// A device with its secret: the one answer that shows the secret.
-#[derive(Debug, Serialize)]
-struct DeviceWithSecret {
-    device: DeviceView,
-    /// `egs_…`, shown this once; store it in the EA's inputs now.
-    secret: String,
-}
-
 fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     if value.trim().is_empty() {
         return Err(ApiError::Unprocessable(format!(
@@ -229,284 +201,20 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn register_device(
-    State(state): State<AppState>,
-    _: Admin,
-    ApiJson(new): ApiJson<NewDevice>,
-) -> Result<(StatusCode, Json<DeviceWithSecret>), ApiError> {
-    check_text("account_id", &new.account_id, 128)?;
-    check_text("name", &new.name, 64)?;
-    let core = &state.core;
-    let (record, secret) = core
-        .registry
-        .register(&core.master_key, &new.account_id, &new.name)
-        .await?;
-    tracing::info!(device = %record.device_id, account = %record.account_id, "device registered");
-    let secret = secret.to_text().to_string();
-    Ok((
-        StatusCode::CREATED,
-        Json(DeviceWithSecret {
-            device: view(core, record).await?,
-            secret,
-        }),
-    ))
+/// A signal channel named in the path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct ChannelPath {
+    /// 1 to 64 of A-Z a-z 0-9 . _ -
+    #[param(pattern = "^[A-Za-z0-9._-]{1,64}$")]
+    channel: String,
 }
 
-#[derive(Debug, Deserialize)]
-struct ListQuery {
-    account_id: Option<String>,
-}
-
-async fn list_devices(
-    State(state): State<AppState>,
-    _: Admin,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Vec<DeviceView>>, ApiError> {
-    let Query(query) = query?;
-    let records = state
-        .core
-        .registry
-        .list(query.account_id.as_deref())
-        .await?;
-    let mut views = Vec::with_capacity(records.len());
-    for record in records {
-        views.push(view(&state.core, record).await?);
-    }
-    Ok(Json(views))
-}
-
-fn found(record: Option<DeviceRecord>, device_id: &str) -> Result<DeviceRecord, ApiError> {
-    record.ok_or_else(|| ApiError::NotFound(format!("no device {device_id}")))
-}
-
-async fn get_device(
-    State(state): State<AppState>,
-    _: Admin,
-    Path(device_id): Path<String>,
-) -> Result<Json<DeviceView>, ApiError> {
-    let record = found(state.core.registry.get(&device_id).await?, &device_id)?;
-    Ok(Json(view(&state.core, record).await?))
-}
-
-async fn rename_device(
-    State(state): State<AppState>,
-    _: Admin,
-    Path(device_id): Path<String>,
-    ApiJson(rename): ApiJson<Rename>,
-) -> Result<Json<DeviceView>, ApiError> {
-    check_text("name", &rename.name, 64)?;
-    let record = state.core.registry.rename(&device_id, &rename.name).await?;
-    Ok(Json(view(&state.core, record).await?))
-}
-
-async fn revoke_device(
-    State(state): State<AppState>,
-    _: Admin,
-    Path(device_id): Path<String>,
-) -> Result<Json<DeviceView>, ApiError> {
-    let record = state.core.revoke(&device_id).await?;
-    tracing::info!(device = %device_id, "device revoked");
-    Ok(Json(view(&state.core, record).await?))
-}
-
-async fn rotate_secret(
-    State(state): State<AppState>,
-    _: Admin,
-    Path(device_id): Path<String>,
-) -> Result<Json<DeviceWithSecret>, ApiError> {
-    let core = &state.core;
-    let (record, secret) = core.rotate_secret(&device_id).await?;
-    tracing::info!(device = %device_id, "device secret rotated");
-    let secret = secret.to_text().to_string();
-    Ok(Json(DeviceWithSecret {
-        device: view(core, record).await?,
-        secret,
-    }))
-}
-
-fn channel(name: &str) -> Result<ChannelName, ApiError> {
-    ChannelName::new(name)
-        .map_err(|e| ApiError::Unprocessable(format!("channel name {name:?} {e}")))
-}
-
-async fn subscribe(
-    State(state): State<AppState>,
-    _: Admin,
-    Path((device_id, name)): Path<(String, String)>,
-) -> Result<Json<DeviceView>, ApiError> {
-    let channel = channel(&name)?;
-    state.core.subscribe(&device_id, &channel).await?;
-    let record = found(state.core.registry.get(&device_id).await?, &device_id)?;
-    Ok(Json(view(&state.core, record).await?))
-}
-
-async fn unsubscribe(
-    State(state): State<AppState>,
-    _: Admin,
-    Path((device_id, name)): Path<(String, String)>,
-) -> Result<Json<DeviceView>, ApiError> {
-    let channel = channel(&name)?;
-    state.core.unsubscribe(&device_id, &channel).await?;
-    let record = found(state.core.registry.get(&device_id).await?, &device_id)?;
-    Ok(Json(view(&state.core, record).await?))
-}
-
-/// The header that makes a publish safe to retry.
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
-
-async fn publish_signal(
-    State(state): State<AppState>,
-    _: PlatformOrAdmin,
-    Path(name): Path<String>,
-    headers: axum::http::HeaderMap,
-    ApiJson(draft): ApiJson<SignalDraft>,
-) -> Result<(StatusCode, Json<Signal>), ApiError> {
-    let channel = channel(&name)?;
-    let key = match headers.get(IDEMPOTENCY_KEY) {
-        None => None,
-        Some(value) => {
-            let key = value
-                .to_str()
-                .ok()
-                .filter(|key| !key.is_empty() && key.len() <= 128)
-                .ok_or_else(|| {
-                    ApiError::Unprocessable(
-                        "Idempotency-Key must be 1 to 128 visible ASCII characters".into(),
-                    )
-                })?;
-            Some(key.to_owned())
-        }
-    };
-    let appended = state.core.publish(&channel, draft, key).await?;
-    // A replay answers like the original, with 200 instead of 201.
-    let status = if appended.replayed {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
-    Ok((status, Json(appended.signal)))
-}
-
-/// What happened to one signal on every device that should have it.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Executions {
-    /// The signal.
-    pub signal_id: SignalId,
-    /// Its channel.
-    pub channel: String,
-    /// Its position in the channel.
-    pub position: u64,
-    /// One entry per subscribed or reporting device.
-    pub devices: Vec<DeviceExecution>,
-}
-
-/// One device's handling of a signal.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct DeviceExecution {
-    /// The device.
-    pub device_id: String,
-    /// `pending` (not sent yet), `delivered` (sent, nothing reported yet),
-    /// `received`, `filled` or `rejected`.
-    pub status: ExecutionStatus,
-    /// Every report, in sequence order.
-    pub reports: Vec<StoredReport>,
-}
-
-/// How far a device got with a signal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ExecutionStatus {
-    /// Not yet sent to the device (it is offline, or behind).
-    Pending,
-    /// Sent to the device, which has not reported on it yet.
-    Delivered,
-    /// Received, not (yet) filled or rejected.
-    Received,
-    /// Filled, at least partly.
-    Filled,
-    /// Rejected.
-    Rejected,
-}
-
-async fn signal_executions(
-    State(state): State<AppState>,
-    _: PlatformOrAdmin,
-    Path(signal_id): Path<String>,
-) -> Result<Json<Executions>, ApiError> {
-    let signal_id: SignalId = signal_id
-        .parse()
-        .map_err(|e| ApiError::Unprocessable(format!("signal id: {e}")))?;
-    let core = &state.core;
-    let (channel, position) = core
-        .signals
-        .locate(signal_id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no signal {signal_id}")))?;
-    let mut devices: BTreeMap<String, Vec<StoredReport>> = core
-        .registry
-        .list(None)
-        .await?
-        .into_iter()
-        .filter(|record| record.channels.iter().any(|c| c == channel.as_str()))
-        .map(|record| (record.device_id, Vec::new()))
-        .collect();
-    for report in core.reports.for_signal(signal_id).await? {
-        devices
-            .entry(report.device_id.clone())
-            .or_default()
-            .push(report);
-    }
-    let mut executions = Vec::with_capacity(devices.len());
-    for (device_id, reports) in devices {
-        let reported = reports
-            .iter()
-            .map(|r| match r.kind {
-                ReportKind::Received => ExecutionStatus::Received,
-                ReportKind::Filled => ExecutionStatus::Filled,
-                ReportKind::Rejected => ExecutionStatus::Rejected,
-            })
-            .max();
-        let status = match reported {
-            Some(status) => status,
-            None => match core.positions.delivered(&device_id, &channel).await? {
-                Some(delivered) if delivered >= position => ExecutionStatus::Delivered,
-                _ => ExecutionStatus::Pending,
-            },
-        };
-        executions.push(DeviceExecution {
-            status,
-            device_id,
-            reports,
-        });
-    }
-    let devices = executions;
-    Ok(Json(Executions {
-        signal_id,
-        channel: channel.to_string(),
-        position,
-        devices,
-    }))
-}
-
-async fn healthz() -> &'static str {
-    "ok\n"
-}
-
-async fn metrics(State(state): State<AppState>) -> Response {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.core.metrics.render(),
-    )
-        .into_response()
-}
-
-async fn readyz(State(state): State<AppState>) -> Response {
-    // Ready when the store answers.
-    match state.core.registry.get("readyz-probe").await {
-        Ok(_) => (StatusCode::OK, "ready\n").into_response(),
-        Err(e) => ApiError::Internal(format!("store not ready: {e}")).into_response(),
+impl ChannelPath {
+    /// The channel, or 422 for a name no channel can have.
+    fn parse(&self) -> Result<ChannelName, ApiError> {
+        let name = &self.channel;
+        ChannelName::new(name)
+            .map_err(|e| ApiError::Unprocessable(format!("channel name {name:?} {e}")))
     }
 }

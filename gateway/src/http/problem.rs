@@ -7,6 +7,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::registry::RegistryError;
 use crate::reports::ReportStoreError;
@@ -41,11 +42,16 @@ pub enum ApiError {
     Internal(String),
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
-    r#type: &'a str,
-    title: &'a str,
+/// RFC 9457 problem details: the body of every error answer.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Problem {
+    /// `/problems/<kind>`, one per kind of error.
+    r#type: String,
+    /// The kind of error, for people.
+    title: &'static str,
+    /// The HTTP status code.
     status: u16,
+    /// What went wrong with this request.
     detail: String,
 }
 
@@ -81,7 +87,7 @@ impl IntoResponse for ApiError {
             }
         };
         let problem = Problem {
-            r#type: &format!("/problems/{kind}"),
+            r#type: format!("/problems/{kind}"),
             title,
             status: status.as_u16(),
             detail: self.to_string(),

@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use eagate_affiliates::Signup;
 use eagate_affiliates::programme::ReferralError;
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::{Recorded, parse_code, recorded, write};
 use crate::http::{ApiError, ApiJson, AppState, PlatformOrAdmin, check_text};
@@ -28,18 +29,43 @@ fn check_sha256(field: &str, value: &str) -> Result<(), ApiError> {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// A signup that came with a referral code.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NewReferral {
+    /// The new platform user.
+    #[schema(max_length = 128)]
     user_id: String,
+    /// The referral code they signed up with.
     code: String,
+    /// The click parameter the landing page received; its click must be
+    /// within the attribution window.
     #[serde(default)]
+    #[schema(max_length = 64)]
     click_id: Option<String>,
+    /// The signup's IP address.
     source_address: String,
+    /// SHA-256 of the user's normalised email, as 64 lower-case hex digits.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     email_sha256: String,
+    /// Whether the user has verified that email yet.
     email_verified: bool,
 }
 
+#[utoipa::path(
+    post,
+    path = "/referrals",
+    summary = "A signup with a referral code (platform or admin token). The first valid referral of a user stands; the same one again changes nothing.",
+    request_body = NewReferral,
+    responses(
+        (status = 201, description = "Attributed.", body = Recorded),
+        (status = 200, description = "Already attributed to this code.", body = Recorded),
+        (status = 409, description = "The user was already referred with another code."),
+        (status = 422, description = "Unknown or expired code, self-referral, or invalid input."),
+        (status = 429, description = "The referring customer reached today's referral limit."),
+        PlatformOrAdmin,
+    )
+)]
 pub(super) async fn refer(
     State(state): State<AppState>,
     _: PlatformOrAdmin,

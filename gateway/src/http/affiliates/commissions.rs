@@ -3,6 +3,7 @@
 //! as CSV.
 
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -10,18 +11,56 @@ use eagate_affiliates::calendar::{day_of, format_instant};
 use eagate_affiliates::money::format_major;
 use eagate_affiliates::{CommissionKind, Currency, Entry, EntryKind, EntryStatus};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use super::AffiliateReader;
-use super::pages::{PageQuery, csv_response, date_bound, page_limit, wants_csv};
+use super::pages::{PageQuery, csv_response, date_bound, json_name, page_limit, wants_csv};
+use super::{AffiliatePath, AffiliateReader};
 use crate::http::{ApiError, AppState};
 
+/// What a ledger line is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKindView {
+    /// Commission on a subscription payment.
+    Subscription,
+    /// The bonus for a referred user's first trade.
+    FirstTradeBonus,
+    /// A paid commission taken back after a refund.
+    Clawback,
+}
+
+/// Where a ledger line's money stands now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryStatusView {
+    /// In the holding period.
+    Pending,
+    /// Due at the next payout (clawbacks: to be netted against it).
+    Payable,
+    /// Settled by a payout.
+    Paid,
+    /// Entirely taken back before it was paid.
+    Reversed,
+}
+
+impl From<EntryStatus> for EntryStatusView {
+    fn from(status: EntryStatus) -> Self {
+        match status {
+            EntryStatus::Pending => Self::Pending,
+            EntryStatus::Payable => Self::Payable,
+            EntryStatus::Paid => Self::Paid,
+            EntryStatus::Reversed => Self::Reversed,
+        }
+    }
+}
+
 /// A ledger line as the API shows it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct EntryView {
     /// The entry.
     pub entry_id: u64,
     /// `subscription`, `first_trade_bonus` or `clawback`.
-    pub kind: String,
+    pub kind: EntryKindView,
     /// Subscriptions: the billing period.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub billing_period: Option<u32>,
@@ -36,7 +75,7 @@ pub struct EntryView {
     /// How much of a commission was reversed before payout.
     pub reversed_minor: i64,
     /// `pending`, `payable`, `paid` or `reversed`, now.
-    pub status: String,
+    pub status: EntryStatusView,
     /// The referred user.
     pub user_id: String,
     /// The payment it comes from.
@@ -68,9 +107,9 @@ fn entry_view(entry: &Entry, now: u64) -> EntryView {
         } => {
             let (name, period) = match kind {
                 CommissionKind::Subscription { billing_period } => {
-                    ("subscription", Some(*billing_period))
+                    (EntryKindView::Subscription, Some(*billing_period))
                 }
-                CommissionKind::FirstTradeBonus => ("first_trade_bonus", None),
+                CommissionKind::FirstTradeBonus => (EntryKindView::FirstTradeBonus, None),
             };
             (name, period, Some(*rate_bps), Some(*base_minor), None, None)
         }
@@ -78,7 +117,7 @@ fn entry_view(entry: &Entry, now: u64) -> EntryView {
             of_entry,
             refund_id,
         } => (
-            "clawback",
+            EntryKindView::Clawback,
             None,
             None,
             None,
@@ -88,13 +127,13 @@ fn entry_view(entry: &Entry, now: u64) -> EntryView {
     };
     EntryView {
         entry_id: entry.entry_id,
-        kind: kind.to_owned(),
+        kind,
         billing_period,
         rate_bps,
         base_minor,
         amount_minor: entry.amount_minor,
         reversed_minor: entry.reversed_minor,
-        status: entry.status(now).as_str().to_owned(),
+        status: entry.status(now).into(),
         user_id: entry.user_id.clone(),
         payment_id: entry.payment_id.clone(),
         of_entry,
@@ -107,11 +146,12 @@ fn entry_view(entry: &Entry, now: u64) -> EntryView {
 }
 
 /// A page of an affiliate's ledger.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Commissions {
     /// The affiliate.
     pub affiliate_id: String,
     /// The programme's currency.
+    #[schema(value_type = String)]
     pub currency: Currency,
     /// Oldest first.
     pub items: Vec<EntryView>,
@@ -119,39 +159,48 @@ pub struct Commissions {
     pub next_after: Option<u64>,
 }
 
+/// Which of an affiliate's entries to read.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct EntryFilter {
+    /// Only entries whose money stands so now.
+    #[param(inline)]
+    status: Option<EntryStatusView>,
+    /// Only entries of this kind.
+    #[param(inline)]
+    kind: Option<EntryKindView>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/affiliates/{affiliate_id}/commissions",
+    summary = "The affiliate's ledger: commissions and clawbacks, paginated and filterable, as JSON or CSV (admin, or the affiliate's own token).",
+    params(AffiliatePath, PageQuery, EntryFilter),
+    responses(
+        (status = 200, description = "A page of entries, or every matching entry as CSV.", content(
+            (Commissions = "application/json"),
+            (String = "text/csv"),
+        )),
+        (status = 404, description = "No such affiliate."),
+        (status = 422, description = "Invalid filter."),
+        AffiliateReader,
+    )
+)]
 pub(super) async fn commissions(
     State(state): State<AppState>,
     reader: AffiliateReader,
-    Path(affiliate_id): Path<String>,
+    Path(AffiliatePath { affiliate_id }): Path<AffiliatePath>,
     headers: HeaderMap,
-    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+    page: Result<Query<PageQuery>, QueryRejection>,
+    filter: Result<Query<EntryFilter>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     reader.may_read(&affiliate_id)?;
-    let Query(query) = query?;
-    let csv = wants_csv(&query, &headers)?;
-    let limit = page_limit(&query, csv)?;
-    let status = match query.status.as_deref() {
-        None => None,
-        Some("pending") => Some(EntryStatus::Pending),
-        Some("payable") => Some(EntryStatus::Payable),
-        Some("paid") => Some(EntryStatus::Paid),
-        Some("reversed") => Some(EntryStatus::Reversed),
-        Some(other) => {
-            return Err(ApiError::Unprocessable(format!(
-                "status must be pending, payable, paid or reversed, not {other:?}"
-            )));
-        }
-    };
-    if let Some(kind) = query.kind.as_deref()
-        && !["subscription", "first_trade_bonus", "clawback"].contains(&kind)
-    {
-        return Err(ApiError::Unprocessable(format!(
-            "kind must be subscription, first_trade_bonus or clawback, not {kind:?}"
-        )));
-    }
-    let from = date_bound("from", query.from.as_deref())?;
-    let to = date_bound("to", query.to.as_deref())?;
-    let after = query.after.unwrap_or(0);
+    let (Query(page), Query(filter)) = (page?, filter?);
+    let csv = wants_csv(&page, &headers);
+    let limit = page_limit(&page, csv)?;
+    let from = date_bound("from", page.from.as_deref())?;
+    let to = date_bound("to", page.to.as_deref())?;
+    let after = page.after.unwrap_or(0);
     let now = state.affiliates.now_ms();
     let programme = state.affiliates.ledger.read();
     if programme.affiliate(&affiliate_id).is_none() {
@@ -161,11 +210,15 @@ pub(super) async fn commissions(
     let mut matching = programme
         .entries_of(&affiliate_id)
         .filter(|e| e.entry_id > after)
-        .filter(|e| status.is_none_or(|s| e.status(now) == s))
+        .filter(|e| {
+            filter
+                .status
+                .is_none_or(|s| EntryStatusView::from(e.status(now)) == s)
+        })
         .filter(|e| from.is_none_or(|d| day_of(e.created_at_ms) >= d))
         .filter(|e| to.is_none_or(|d| day_of(e.created_at_ms) <= d))
         .map(|e| entry_view(e, now))
-        .filter(|v| query.kind.as_deref().is_none_or(|k| v.kind == k));
+        .filter(|v| filter.kind.is_none_or(|k| v.kind == k));
     let items: Vec<EntryView> = matching.by_ref().take(limit).collect();
     let more = matching.next().is_some();
     if csv {
@@ -176,7 +229,7 @@ pub(super) async fn commissions(
                 vec![
                     v.entry_id.to_string(),
                     format_instant(v.created_at_ms),
-                    v.kind,
+                    json_name(v.kind),
                     opt(v.billing_period.map(|p| p.to_string())),
                     v.user_id,
                     v.payment_id,
@@ -185,7 +238,7 @@ pub(super) async fn commissions(
                     v.amount_minor.to_string(),
                     format_major(v.amount_minor),
                     v.reversed_minor.to_string(),
-                    v.status,
+                    json_name(v.status),
                     format_instant(v.payable_at_ms),
                     opt(v.payout_id),
                     opt(v.paid_at_ms.map(format_instant)),

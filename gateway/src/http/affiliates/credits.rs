@@ -2,6 +2,7 @@
 //! credit), a customer's own referral code, and their credit ledger.
 
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -10,17 +11,42 @@ use eagate_affiliates::money::format_major;
 use eagate_affiliates::programme::CustomerCodeError;
 use eagate_affiliates::{CreditReason, Currency, WriteError};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use super::pages::{PageQuery, csv_response, date_bound, page_limit, wants_csv};
+use super::pages::{PageQuery, csv_response, date_bound, json_name, page_limit, wants_csv};
 use super::{Recorded, new_code, recorded, write};
+use crate::api_schema;
 use crate::http::{ApiError, ApiJson, AppState, PlatformOrAdmin, check_text};
 
-#[derive(Debug, Deserialize)]
+/// A user who verified their email.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct EmailVerification {
+    /// The platform user.
+    #[schema(max_length = 128)]
     user_id: String,
 }
 
+/// A platform user named in the path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(super) struct CustomerPath {
+    /// The platform's user id.
+    user_id: String,
+}
+
+#[utoipa::path(
+    post,
+    path = "/email-verifications",
+    summary = "A user verified their email (platform or admin token); may release referral credits.",
+    request_body = EmailVerification,
+    responses(
+        (status = 201, description = "Recorded.", body = Recorded),
+        (status = 200, description = "Already verified.", body = Recorded),
+        (status = 422, description = "Invalid input."),
+        PlatformOrAdmin,
+    )
+)]
 pub(super) async fn verify_email(
     State(state): State<AppState>,
     _: PlatformOrAdmin,
@@ -38,7 +64,8 @@ pub(super) async fn verify_email(
 }
 
 /// A customer's referral code.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = CustomerCode)]
 pub struct CustomerCodeView {
     /// The customer.
     pub user_id: String,
@@ -48,10 +75,22 @@ pub struct CustomerCodeView {
     pub link: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/customers/{user_id}/referral-code",
+    summary = "A customer's referral code for referral credits; a customer keeps the code they have (platform or admin token).",
+    params(CustomerPath),
+    responses(
+        (status = 201, description = "Issued.", body = CustomerCodeView),
+        (status = 200, description = "The code the customer already has.", body = CustomerCodeView),
+        (status = 422, description = "Invalid user id."),
+        PlatformOrAdmin,
+    )
+)]
 pub(super) async fn customer_code(
     State(state): State<AppState>,
     _: PlatformOrAdmin,
-    Path(user_id): Path<String>,
+    Path(CustomerPath { user_id }): Path<CustomerPath>,
 ) -> Result<(StatusCode, Json<CustomerCodeView>), ApiError> {
     check_text("user_id", &user_id, 128)?;
     let mut attempts = 0;
@@ -93,13 +132,14 @@ pub(super) async fn customer_code(
 }
 
 /// A credit ledger line as the API shows it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CreditView {
     /// The ledger entry.
     pub credit_id: u64,
     /// How much.
     pub amount_minor: i64,
     /// `referred_a_customer` or `was_referred`.
+    #[schema(value_type = api_schema::CreditReason)]
     pub reason: CreditReason,
     /// The referred customer whose spend earned it.
     pub referred_user_id: String,
@@ -108,11 +148,12 @@ pub struct CreditView {
 }
 
 /// A customer's credit balance and a page of its history.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Credits {
     /// The customer.
     pub user_id: String,
     /// The programme's currency.
+    #[schema(value_type = String)]
     pub currency: Currency,
     /// Every credit ever granted, summed.
     pub balance_minor: i64,
@@ -122,37 +163,55 @@ pub struct Credits {
     pub next_after: Option<u64>,
 }
 
+/// Which of a customer's credits to read.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct CreditFilter {
+    /// Credits have no status; asking for one is refused, not ignored.
+    #[param(ignore)]
+    status: Option<String>,
+    /// Only credits for this reason.
+    #[param(value_type = Option<api_schema::CreditReason>, inline)]
+    kind: Option<CreditReason>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/customers/{user_id}/credits",
+    summary = "A customer's credit balance and credit ledger, paginated, as JSON or CSV (platform or admin token).",
+    params(CustomerPath, PageQuery, CreditFilter),
+    responses(
+        (status = 200, description = "Balance and a page of entries, or every entry as CSV.", content(
+            (Credits = "application/json"),
+            (String = "text/csv"),
+        )),
+        (status = 422, description = "Invalid paging or filter."),
+        PlatformOrAdmin,
+    )
+)]
 pub(super) async fn credits(
     State(state): State<AppState>,
     _: PlatformOrAdmin,
-    Path(user_id): Path<String>,
+    Path(CustomerPath { user_id }): Path<CustomerPath>,
     headers: HeaderMap,
-    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+    page: Result<Query<PageQuery>, QueryRejection>,
+    filter: Result<Query<CreditFilter>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query?;
-    let csv = wants_csv(&query, &headers)?;
-    let limit = page_limit(&query, csv)?;
-    let after = query.after.unwrap_or(0);
+    let (Query(page), Query(filter)) = (page?, filter?);
+    let csv = wants_csv(&page, &headers);
+    let limit = page_limit(&page, csv)?;
+    let after = page.after.unwrap_or(0);
     let programme = state.affiliates.ledger.read();
     let currency = programme.config().currency;
     let balance_minor = programme.credits_of(&user_id).map(|c| c.amount_minor).sum();
-    if query.status.is_some() {
+    if filter.status.is_some() {
         return Err(ApiError::Unprocessable(
             "credits have no status: filter them by kind, from or to".to_owned(),
         ));
     }
-    let reason = match query.kind.as_deref() {
-        None => None,
-        Some("referred_a_customer") => Some(CreditReason::ReferredACustomer),
-        Some("was_referred") => Some(CreditReason::WasReferred),
-        Some(other) => {
-            return Err(ApiError::Unprocessable(format!(
-                "kind must be referred_a_customer or was_referred, not {other:?}"
-            )));
-        }
-    };
-    let from = date_bound("from", query.from.as_deref())?;
-    let to = date_bound("to", query.to.as_deref())?;
+    let reason = filter.kind;
+    let from = date_bound("from", page.from.as_deref())?;
+    let to = date_bound("to", page.to.as_deref())?;
     let mut matching = programme
         .credits_of(&user_id)
         .filter(|c| c.credit_id > after)
@@ -169,7 +228,7 @@ pub(super) async fn credits(
                     c.credit_id.to_string(),
                     format_instant(c.at_ms),
                     user_id.clone(),
-                    reason_name(c.reason).to_owned(),
+                    json_name(c.reason),
                     c.referred_user_id.clone(),
                     c.amount_minor.to_string(),
                     format_major(c.amount_minor),
@@ -202,11 +261,4 @@ pub(super) async fn credits(
         next_after,
     })
     .into_response())
-}
-
-fn reason_name(reason: CreditReason) -> &'static str {
-    match reason {
-        CreditReason::ReferredACustomer => "referred_a_customer",
-        CreditReason::WasReferred => "was_referred",
-    }
 }

@@ -10,29 +10,36 @@ use axum::response::{IntoResponse, Redirect, Response};
 use eagate_affiliates::programme::EnrolError;
 use eagate_affiliates::{CodeOwner, Currency, ReferralCode, WriteError};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use super::{AffiliateReader, Visitor, new_code, parse_code, random_hex, write};
+use super::{AffiliatePath, AffiliateReader, Visitor, new_code, parse_code, random_hex, write};
 use crate::http::tokens;
 use crate::http::{Admin, ApiError, ApiJson, AppState, PlatformOrAdmin, check_text};
 
-#[derive(Debug, Deserialize)]
+/// A platform user who becomes an affiliate.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NewAffiliate {
+    /// The platform user.
+    #[schema(max_length = 128)]
     user_id: String,
 }
 
 /// An affiliate as the API shows it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = Affiliate)]
 pub struct AffiliateView {
     /// `af_…`.
     pub affiliate_id: String,
     /// The platform user.
     pub user_id: String,
     /// The referral code, as people type it: `K7QM2-XR4HD`.
+    #[schema(examples("K7QM2-XR4HD"))]
     pub code: String,
     /// The referral link to share.
     pub link: String,
     /// The programme's currency.
+    #[schema(value_type = String)]
     pub currency: Currency,
     /// When they joined, Unix ms.
     pub enrolled_at_ms: u64,
@@ -54,7 +61,7 @@ fn affiliate_view(state: &AppState, affiliate_id: &str) -> Result<AffiliateView,
 }
 
 /// An affiliate with its API token: the one answer that shows the token.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AffiliateWithToken {
     /// The affiliate.
     pub affiliate: AffiliateView,
@@ -68,6 +75,19 @@ fn new_token() -> Result<(String, String), ApiError> {
     Ok((token, hash))
 }
 
+#[utoipa::path(
+    post,
+    path = "/affiliates",
+    summary = "A platform user becomes an affiliate: a referral code, a link, and an API token shown once (platform or admin token).",
+    request_body = NewAffiliate,
+    responses(
+        (status = 201, description = "Enrolled; the answer shows the affiliate's token, once.", body = AffiliateWithToken),
+        (status = 409, description = "The user already is an affiliate."),
+        (status = 413, description = "Body too large."),
+        (status = 422, description = "Invalid input."),
+        PlatformOrAdmin,
+    )
+)]
 pub(super) async fn enrol(
     State(state): State<AppState>,
     _: PlatformOrAdmin,
@@ -109,19 +129,41 @@ pub(super) async fn enrol(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/affiliates/{affiliate_id}",
+    summary = "An affiliate: code and link (admin, or the affiliate's own token).",
+    params(AffiliatePath),
+    responses(
+        (status = 200, description = "The affiliate.", body = AffiliateView),
+        (status = 404, description = "No such affiliate."),
+        AffiliateReader,
+    )
+)]
 pub(super) async fn affiliate(
     State(state): State<AppState>,
     reader: AffiliateReader,
-    Path(affiliate_id): Path<String>,
+    Path(AffiliatePath { affiliate_id }): Path<AffiliatePath>,
 ) -> Result<Json<AffiliateView>, ApiError> {
     reader.may_read(&affiliate_id)?;
     Ok(Json(affiliate_view(&state, &affiliate_id)?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/affiliates/{affiliate_id}/token",
+    summary = "Replace an affiliate's API token; the old one stops working, the new one is shown once (admin).",
+    params(AffiliatePath),
+    responses(
+        (status = 200, description = "Replaced.", body = AffiliateWithToken),
+        (status = 404, description = "No such affiliate."),
+        Admin,
+    )
+)]
 pub(super) async fn replace_token(
     State(state): State<AppState>,
     _: Admin,
-    Path(affiliate_id): Path<String>,
+    Path(AffiliatePath { affiliate_id }): Path<AffiliatePath>,
 ) -> Result<Json<AffiliateWithToken>, ApiError> {
     let (token, token_hash) = new_token()?;
     let now = state.affiliates.now_ms();
@@ -142,12 +184,13 @@ pub(super) async fn replace_token(
 }
 
 /// Who owns a referral code.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = CodeOwner)]
 pub struct CodeOwnerView {
     /// The code, as people type it.
     pub code: String,
     /// `affiliate` (commission) or `customer` (referral credit).
-    pub kind: String,
+    pub kind: CodeOwnerKind,
     /// The affiliate, for affiliate codes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affiliate_id: Option<String>,
@@ -156,10 +199,41 @@ pub struct CodeOwnerView {
     pub user_id: Option<String>,
 }
 
+/// What a referral code earns its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CodeOwnerKind {
+    /// An affiliate's code: commissions.
+    Affiliate,
+    /// A customer's code: referral credits.
+    Customer,
+}
+
+/// A referral code named in the path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(super) struct CodePath {
+    /// A referral code, as in the link; case, spaces and hyphens do not
+    /// matter.
+    code: String,
+}
+
+#[utoipa::path(
+    get,
+    path = "/referral-codes/{code}",
+    summary = "Who owns a referral code, for the signup form (platform or admin token).",
+    params(CodePath),
+    responses(
+        (status = 200, description = "The owner.", body = CodeOwnerView),
+        (status = 404, description = "No one has this code."),
+        (status = 422, description = "Not a referral code."),
+        PlatformOrAdmin,
+    )
+)]
 pub(super) async fn code_owner(
     State(state): State<AppState>,
     _: PlatformOrAdmin,
-    Path(code): Path<String>,
+    Path(CodePath { code }): Path<CodePath>,
 ) -> Result<Json<CodeOwnerView>, ApiError> {
     let code = parse_code(&code)?;
     let programme = state.affiliates.ledger.read();
@@ -167,12 +241,12 @@ pub(super) async fn code_owner(
         .code_owner(&code)
         .ok_or_else(|| ApiError::NotFound(format!("referral code {code} is not known")))?;
     let (kind, affiliate_id, user_id) = match owner {
-        CodeOwner::Affiliate(id) => ("affiliate", Some(id.clone()), None),
-        CodeOwner::Customer(user) => ("customer", None, Some(user.clone())),
+        CodeOwner::Affiliate(id) => (CodeOwnerKind::Affiliate, Some(id.clone()), None),
+        CodeOwner::Customer(user) => (CodeOwnerKind::Customer, None, Some(user.clone())),
     };
     Ok(Json(CodeOwnerView {
         code: code.to_string(),
-        kind: kind.to_owned(),
+        kind,
         affiliate_id,
         user_id,
     }))
@@ -180,9 +254,20 @@ pub(super) async fn code_owner(
 
 // ---- clicks and signups --------------------------------------------------
 
+#[utoipa::path(
+    get,
+    path = "/r/{code}",
+    summary = "A referral link: records the click (time, source address, user agent) and redirects to the landing page with ref=<code>&click=<click id>. An unknown code redirects without them.",
+    params(CodePath),
+    security(),
+    responses(
+        (status = 303, description = "To the landing page.", headers(("Location" = String, description = "The landing page, with ref and click when the code is known."))),
+        (status = 500, description = "The click could not be recorded."),
+    )
+)]
 pub(super) async fn click(
     State(state): State<AppState>,
-    Path(code): Path<String>,
+    Path(CodePath { code }): Path<CodePath>,
     visitor: Visitor,
 ) -> Result<Response, ApiError> {
     let landing = &state.affiliates.landing_page;

@@ -18,53 +18,51 @@ mod payments;
 mod payouts;
 mod stats;
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
+use axum::Json;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use eagate_affiliates::{Decided, Fact, ReferralCode, WriteError};
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::response::Response as DocumentedResponse;
+use utoipa::{IntoParams, IntoResponses, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::{ApiError, AppState, Caller};
+use super::{ApiError, AppState, Caller, refusals};
 use crate::http::tokens::{self, Scope};
-use attribution::refer;
-use commissions::commissions;
-use credits::{credits, customer_code, verify_email};
-use enrolment::{affiliate, click, code_owner, enrol, replace_token};
-use payments::{pay, refund};
-use payouts::pay_out;
-use stats::stats;
 
 // The answers keep the paths they had when this was one file.
-pub use commissions::{Commissions, EntryView};
+pub use commissions::{Commissions, EntryKindView, EntryStatusView, EntryView};
 pub use credits::{CreditView, Credits, CustomerCodeView};
-pub use enrolment::{AffiliateView, AffiliateWithToken, CodeOwnerView};
-pub use stats::{PeriodView, StatsView};
+pub use enrolment::{AffiliateView, AffiliateWithToken, CodeOwnerKind, CodeOwnerView};
+pub use stats::{PeriodView, StatsGranularity, StatsView};
 
 /// The `/v1` routes of the programme (behind bearer authentication).
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/affiliates", post(enrol))
-        .route("/affiliates/{affiliate_id}", get(affiliate))
-        .route("/affiliates/{affiliate_id}/token", post(replace_token))
-        .route("/affiliates/{affiliate_id}/stats", get(stats))
-        .route("/affiliates/{affiliate_id}/commissions", get(commissions))
-        .route("/affiliates/{affiliate_id}/payouts", post(pay_out))
-        .route("/referral-codes/{code}", get(code_owner))
-        .route("/referrals", post(refer))
-        .route("/payments", post(pay))
-        .route("/refunds", post(refund))
-        .route("/email-verifications", post(verify_email))
-        .route("/customers/{user_id}/referral-code", post(customer_code))
-        .route("/customers/{user_id}/credits", get(credits))
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(enrolment::enrol))
+        .routes(routes!(enrolment::affiliate))
+        .routes(routes!(enrolment::replace_token))
+        .routes(routes!(stats::stats))
+        .routes(routes!(commissions::commissions))
+        .routes(routes!(payouts::pay_out))
+        .routes(routes!(enrolment::code_owner))
+        .routes(routes!(attribution::refer))
+        .routes(routes!(payments::pay))
+        .routes(routes!(payments::refund))
+        .routes(routes!(credits::verify_email))
+        .routes(routes!(credits::customer_code))
+        .routes(routes!(credits::credits))
 }
 
 /// The public click route, `GET /r/{code}`.
-pub(super) fn click_route() -> Router<AppState> {
-    Router::new().route("/r/{code}", get(click))
+pub(super) fn click_route() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(enrolment::click))
 }
 
 // ---- who is calling ------------------------------------------------------
@@ -86,6 +84,12 @@ impl<S: Send + Sync> FromRequestParts<S> for AffiliateReader {
             Some(Caller::Affiliate(id)) => Ok(Self::Own(id.clone())),
             Some(Caller::Token(_)) => Err(ApiError::Forbidden),
         }
+    }
+}
+
+impl IntoResponses for AffiliateReader {
+    fn responses() -> BTreeMap<String, RefOr<DocumentedResponse>> {
+        refusals()
     }
 }
 
@@ -179,12 +183,23 @@ async fn write<E>(
 }
 
 /// What a write recorded: the facts it added, or none for a retry.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Recorded {
-    /// The request repeats one already recorded; nothing changed.
+    /// true when this request repeats one already recorded: nothing changed.
     pub replayed: bool,
-    /// The facts recorded, in order (commissions, reversals, credits…).
+    /// The facts recorded, in order, each an object tagged by `fact`
+    /// (payment_received, commission_earned, commission_reversed,
+    /// clawback_entered, payout_made, credit_granted, referred, …).
+    #[schema(value_type = Vec<Object>)]
     pub facts: Vec<Fact>,
+}
+
+/// An affiliate named in the path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct AffiliatePath {
+    /// The affiliate's id (af_…).
+    affiliate_id: String,
 }
 
 fn recorded(decided: Decided) -> (StatusCode, Json<Recorded>) {

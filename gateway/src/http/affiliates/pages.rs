@@ -4,36 +4,62 @@
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use eagate_affiliates::calendar;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::http::ApiError;
 
-#[derive(Debug, Deserialize)]
+/// Which page of a ledger, from which days, and in which form. A ledger's
+/// other filters are its own query type, read from the same query string.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct PageQuery {
+    /// The next_after of the previous page.
     pub(super) after: Option<u64>,
+    /// 1 to 1000 per JSON page (default 100); CSV has every matching row
+    /// unless limited.
+    #[param(minimum = 1)]
     limit: Option<usize>,
-    format: Option<String>,
-    pub(super) status: Option<String>,
-    pub(super) kind: Option<String>,
+    /// csv for a CSV export (or send Accept: text/csv).
+    #[param(inline)]
+    format: Option<LedgerFormat>,
+    /// Only rows made on or after this UTC day, YYYY-MM-DD.
+    #[param(format = Date)]
     pub(super) from: Option<String>,
+    /// Only rows made on or before this UTC day, YYYY-MM-DD.
+    #[param(format = Date)]
     pub(super) to: Option<String>,
+}
+
+/// The forms a ledger is read in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum LedgerFormat {
+    /// A page of JSON.
+    Json,
+    /// Every matching row as CSV.
+    Csv,
 }
 
 /// The most rows one JSON page holds.
 const MAX_PAGE: usize = 1_000;
 
 /// Whether the caller asked for CSV (`?format=csv` or `Accept: text/csv`).
-pub(super) fn wants_csv(query: &PageQuery, headers: &HeaderMap) -> Result<bool, ApiError> {
-    match query.format.as_deref() {
-        Some("csv") => Ok(true),
-        Some("json") => Ok(false),
-        Some(other) => Err(ApiError::Unprocessable(format!(
-            "format must be json or csv, not {other:?}"
-        ))),
-        None => Ok(headers
+pub(super) fn wants_csv(query: &PageQuery, headers: &HeaderMap) -> bool {
+    match query.format {
+        Some(format) => format == LedgerFormat::Csv,
+        None => headers
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("text/csv"))),
+            .is_some_and(|v| v.contains("text/csv")),
+    }
+}
+
+/// The name JSON gives an enum's value, for the same column in CSV.
+pub(super) fn json_name(value: impl Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => String::new(),
     }
 }
 

@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use eagate_affiliates::programme::{PaymentError, RefundError};
 use eagate_affiliates::{Currency, PaymentEvent, RefundEvent};
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::{Recorded, recorded, write};
 use crate::http::{ApiError, ApiJson, AppState, PlatformOrAdmin, check_text};
@@ -16,16 +17,40 @@ fn parse_currency(text: &str) -> Result<Currency, ApiError> {
         .map_err(|e: eagate_affiliates::money::BadCurrency| ApiError::Unprocessable(e.to_string()))
 }
 
-#[derive(Debug, Deserialize)]
+/// A subscription payment, as the platform took it.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NewPayment {
+    /// The platform's id of the payment; the same id again changes nothing.
+    #[schema(max_length = 128)]
     payment_id: String,
+    /// The paying user.
+    #[schema(max_length = 128)]
     user_id: String,
+    /// How much, in minor units (pence) of `currency`.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
     amount_minor: i64,
+    /// ISO 4217; the programme's currency.
+    #[schema(pattern = "^[A-Z]{3}$")]
     currency: String,
+    /// Which billing period of the subscription: 1 for the first.
+    #[schema(minimum = 1)]
     billing_period: u32,
 }
 
+#[utoipa::path(
+    post,
+    path = "/payments",
+    summary = "A subscription payment (platform or admin token); idempotent on payment_id.",
+    request_body = NewPayment,
+    responses(
+        (status = 201, description = "Recorded, with any commission or credit it earned.", body = Recorded),
+        (status = 200, description = "Already recorded.", body = Recorded),
+        (status = 409, description = "payment_id was recorded with other details."),
+        (status = 422, description = "Invalid amount, currency or period."),
+        PlatformOrAdmin,
+    )
+)]
 pub(super) async fn pay(
     State(state): State<AppState>,
     _: PlatformOrAdmin,
@@ -53,15 +78,38 @@ pub(super) async fn pay(
     Ok(recorded(decided))
 }
 
-#[derive(Debug, Deserialize)]
+/// A full or partial refund of a payment.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NewRefund {
+    /// The platform's id of the refund; the same id again changes nothing.
+    #[schema(max_length = 128)]
     refund_id: String,
+    /// The payment refunded.
+    #[schema(max_length = 128)]
     payment_id: String,
+    /// How much, in minor units of `currency`; at most what is left of the
+    /// payment.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
     amount_minor: i64,
+    /// ISO 4217; the payment's currency.
+    #[schema(pattern = "^[A-Z]{3}$")]
     currency: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/refunds",
+    summary = "A full or partial refund (platform or admin token); idempotent on refund_id. Claws back the matching commission.",
+    request_body = NewRefund,
+    responses(
+        (status = 201, description = "Recorded, with the reversals or clawbacks it caused.", body = Recorded),
+        (status = 200, description = "Already recorded.", body = Recorded),
+        (status = 409, description = "refund_id was recorded with other details."),
+        (status = 422, description = "Unknown payment, more than is left to refund, or invalid input."),
+        PlatformOrAdmin,
+    )
+)]
 pub(super) async fn refund(
     State(state): State<AppState>,
     _: PlatformOrAdmin,

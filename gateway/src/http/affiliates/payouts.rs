@@ -6,20 +6,39 @@ use axum::http::StatusCode;
 use eagate_affiliates::Fact;
 use eagate_affiliates::programme::PayoutError;
 use serde::Deserialize;
+use utoipa::ToSchema;
 
-use super::{Recorded, recorded, write};
+use super::{AffiliatePath, Recorded, recorded, write};
 use crate::http::{Admin, ApiError, ApiJson, AppState, check_text};
 
-#[derive(Debug, Deserialize)]
+/// A payout to record.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NewPayout {
+    /// The payout's id; the same id again changes nothing.
+    #[schema(max_length = 128)]
     payout_id: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/affiliates/{affiliate_id}/payouts",
+    summary = "Record a payout of every payable entry, clawbacks netted (admin). The same payout_id again changes nothing.",
+    params(AffiliatePath),
+    request_body = NewPayout,
+    responses(
+        (status = 201, description = "Paid; the PayoutMade fact holds the net amount.", body = Recorded),
+        (status = 200, description = "This payout was already recorded.", body = Recorded),
+        (status = 404, description = "No such affiliate."),
+        (status = 409, description = "Nothing payable, or the payout id belongs to another affiliate."),
+        (status = 422, description = "Invalid input."),
+        Admin,
+    )
+)]
 pub(super) async fn pay_out(
     State(state): State<AppState>,
     _: Admin,
-    Path(affiliate_id): Path<String>,
+    Path(AffiliatePath { affiliate_id }): Path<AffiliatePath>,
     ApiJson(new): ApiJson<NewPayout>,
 ) -> Result<(StatusCode, Json<Recorded>), ApiError> {
     check_text("payout_id", &new.payout_id, 128)?;

@@ -5,22 +5,43 @@ use axum::extract::{Path, Query, State};
 use eagate_affiliates::calendar::{self, day_of};
 use eagate_affiliates::{Currency, Granularity};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use super::AffiliateReader;
 use super::pages::date_bound;
+use super::{AffiliatePath, AffiliateReader};
 use crate::http::{ApiError, AppState};
 
-#[derive(Debug, Deserialize)]
+/// The range and grouping of stats.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct StatsQuery {
-    granularity: Option<String>,
+    /// Per day or per month.
+    #[param(inline)]
+    granularity: Option<StatsGranularity>,
+    /// First UTC day, YYYY-MM-DD (default: 30 days or 12 months back).
+    #[param(format = Date)]
     from: Option<String>,
+    /// Last UTC day, YYYY-MM-DD (default: today).
+    #[param(format = Date)]
     to: Option<String>,
+}
+
+/// How stats are grouped into periods.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[schema(default = StatsGranularity::default)]
+pub enum StatsGranularity {
+    /// By UTC day, at most 366 per request.
+    Day,
+    /// By UTC calendar month, at most about ten years per request.
+    #[default]
+    Month,
 }
 
 /// One period of an affiliate's stats. Earnings are of the commissions
 /// earned in the period, by where they stand now.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct PeriodView {
     /// `YYYY-MM` or `YYYY-MM-DD`; `total` for the whole range.
     pub period: String,
@@ -30,9 +51,10 @@ pub struct PeriodView {
     pub signups: u64,
     /// Referred users' first payments.
     pub conversions: u64,
-    /// Conversions per signup, in basis points (2500 = 25%).
+    /// Conversions per signup, in basis points (2500 = 25%), rounded down.
     pub conversion_rate_bps: u32,
-    /// Commissions earned.
+    /// Commissions earned, in minor units (pence) of the programme's
+    /// currency, like every `_minor` amount.
     pub earned_minor: i64,
     /// Still in the holding period.
     pub pending_minor: i64,
@@ -45,14 +67,16 @@ pub struct PeriodView {
 }
 
 /// An affiliate's stats.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = AffiliateStats)]
 pub struct StatsView {
     /// The affiliate.
     pub affiliate_id: String,
     /// The programme's currency.
+    #[schema(value_type = String)]
     pub currency: Currency,
     /// `day` or `month`.
-    pub granularity: String,
+    pub granularity: StatsGranularity,
     /// First day of the range.
     pub from: String,
     /// Last day of the range.
@@ -78,22 +102,30 @@ fn period_view(period: String, stats: &eagate_affiliates::programme::PeriodStats
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/affiliates/{affiliate_id}/stats",
+    summary = "Clicks, signups, conversions, conversion rate and earnings (pending, payable, paid, reversed), in total and per period (admin, or the affiliate's own token).",
+    params(AffiliatePath, StatsQuery),
+    responses(
+        (status = 200, description = "Stats; money in minor units of the programme's currency.", body = StatsView),
+        (status = 404, description = "No such affiliate."),
+        (status = 422, description = "Invalid range or granularity."),
+        AffiliateReader,
+    )
+)]
 pub(super) async fn stats(
     State(state): State<AppState>,
     reader: AffiliateReader,
-    Path(affiliate_id): Path<String>,
+    Path(AffiliatePath { affiliate_id }): Path<AffiliatePath>,
     query: Result<Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<StatsView>, ApiError> {
     reader.may_read(&affiliate_id)?;
     let Query(query) = query?;
-    let (granularity, max_days) = match query.granularity.as_deref() {
-        None | Some("month") => (Granularity::Month, 3_660),
-        Some("day") => (Granularity::Day, 366),
-        Some(other) => {
-            return Err(ApiError::Unprocessable(format!(
-                "granularity must be day or month, not {other:?}"
-            )));
-        }
+    let shown = query.granularity.unwrap_or_default();
+    let (granularity, max_days) = match shown {
+        StatsGranularity::Month => (Granularity::Month, 3_660),
+        StatsGranularity::Day => (Granularity::Day, 366),
     };
     let now = state.affiliates.now_ms();
     let to = date_bound("to", query.to.as_deref())?.unwrap_or(day_of(now));
@@ -118,11 +150,7 @@ pub(super) async fn stats(
     Ok(Json(StatsView {
         affiliate_id,
         currency: stats.currency,
-        granularity: match granularity {
-            Granularity::Day => "day",
-            Granularity::Month => "month",
-        }
-        .to_owned(),
+        granularity: shown,
         from: calendar::format_date(from),
         to: calendar::format_date(to),
         totals: period_view("total".to_owned(), &stats.totals),

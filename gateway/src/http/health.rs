@@ -1,0 +1,67 @@
+//! What operators and their probes read without a token: liveness,
+//! readiness (the store answers) and Prometheus metrics.
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::{ApiError, AppState};
+
+/// The health routes, outside `/v1` and its tokens.
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+}
+
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    summary = "Liveness.",
+    security(),
+    responses((status = 200, description = "Alive.", body = String))
+)]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    summary = "Readiness: the store answers.",
+    security(),
+    responses(
+        (status = 200, description = "Ready.", body = String),
+        (status = 500, description = "Store not ready."),
+    )
+)]
+async fn readyz(State(state): State<AppState>) -> Response {
+    // Ready when the store answers.
+    match state.core.registry.get("readyz-probe").await {
+        Ok(_) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => ApiError::Internal(format!("store not ready: {e}")).into_response(),
+    }
+}
+
+/// The Prometheus text exposition format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    summary = "Prometheus metrics.",
+    security(),
+    responses(
+        (status = 200, description = "Prometheus text format.", body = String, content_type = PROMETHEUS_TEXT),
+    )
+)]
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+        state.core.metrics.render(),
+    )
+        .into_response()
+}
