@@ -23,7 +23,7 @@ use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, St
 use axum::http::request::Parts;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use eagate_protocol::ChannelName;
 use serde::Deserialize;
 use utoipa::openapi::RefOr;
@@ -66,10 +66,10 @@ pub fn router(state: AppState) -> Router {
         .merge(health::routes())
         .routes(routes!(openapi::openapi_document))
         .split_for_parts();
+    openapi::serve(document);
     routes
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(Extension(openapi::Served::new(document)))
         .with_state(state)
 }
 

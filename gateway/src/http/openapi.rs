@@ -5,7 +5,8 @@
 //! holds only what belongs to no handler: the document's root, and how it
 //! is served.
 
-use axum::Extension;
+use std::sync::OnceLock;
+
 use axum::body::Bytes;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -79,18 +80,21 @@ fn with_problem_bodies(document: &mut Document) {
     }
 }
 
-/// The finished document, serialized once when the router is built.
-#[derive(Debug, Clone)]
-pub(super) struct Served(Bytes);
+/// The finished document, serialized once: it is the same for every router
+/// the process builds, since it is derived from the code alone.
+static SERVED: OnceLock<Bytes> = OnceLock::new();
 
-impl Served {
-    pub(super) fn new(mut document: Document) -> Self {
+/// Finishes `document` and keeps it for serving (the first one built wins;
+/// every later one is the same).
+pub(super) fn serve(mut document: Document) {
+    SERVED.get_or_init(|| {
         with_problem_bodies(&mut document);
-        let json = document
-            .to_json()
-            .expect("an OpenAPI document always serializes");
-        Self(Bytes::from(json))
-    }
+        Bytes::from(
+            document
+                .to_json()
+                .expect("an OpenAPI document always serializes"),
+        )
+    });
 }
 
 #[utoipa::path(
@@ -100,6 +104,7 @@ impl Served {
     security(),
     responses((status = 200, description = "OpenAPI 3.1.", body = Object, content_type = "application/json"))
 )]
-pub(super) async fn openapi_document(Extension(Served(json)): Extension<Served>) -> Response {
+pub(super) async fn openapi_document() -> Response {
+    let json = SERVED.get().cloned().unwrap_or_default();
     ([(header::CONTENT_TYPE, "application/json")], json).into_response()
 }
