@@ -201,3 +201,31 @@ async fn a_device_session_runs_through_the_core_alone_and_resumes_after_it_was_a
     }
     second.finish().await;
 }
+
+#[tokio::test]
+async fn a_session_revoked_before_it_starts_ends_without_starting_and_never_panics() {
+    let (core, _db) = core();
+    let (record, secret) = core
+        .registry
+        .register(&core.master_key, "acct-1", "VPS")
+        .await
+        .unwrap();
+    let id = DeviceId::new(&record.device_id).unwrap();
+    let binding = [7; 32];
+    let admitted = core
+        .admit(claim(&id, &secret, &binding, 1, &[]), &binding, SOURCE)
+        .await
+        .unwrap();
+    let mut session = admitted.session;
+    // Revoked between admission and the welcome reaching the device.
+    core.revoke(id.as_str()).await.unwrap();
+    assert_eq!(session.start().await, Err(Close::Revoked));
+    // A transport that carries on anyway is told the same, not a panic.
+    assert!(matches!(
+        session.next(std::future::ready(())).await,
+        Next::End(Close::Revoked)
+    ));
+    session.stop();
+    session.finish().await;
+    assert_eq!(core.presence_of(id.as_str()).await.sessions, 0);
+}

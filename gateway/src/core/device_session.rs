@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use super::Core;
 use super::close::Close;
-use super::sessions::LiveSession;
+use super::sessions::{LiveSession, Orders};
 use crate::clock::unix_ms;
 use crate::registry::RegistryError;
 use crate::reports::{Ingested, ReportStoreError, SessionEpoch, StoredReport};
@@ -49,7 +49,10 @@ pub struct DeviceSession<'a> {
     /// Whether the device was told it is accepted (and is counted as
     /// connected).
     started: bool,
-    feed: Option<Feed>,
+    feed: Feed,
+    /// Orders taken from the mailbox and not yet carried out: kept here, so
+    /// a `next` dropped half-way through one carries it out next time.
+    unhandled: Orders,
     deliveries: Deliveries,
     /// Channels the device follows or has followed: a report about one of
     /// their signals is one it may have received.
@@ -70,7 +73,7 @@ struct Feed {
 
 /// What woke a session waiting for its next step.
 enum Woke {
-    Orders(super::sessions::Orders),
+    Orders(Orders),
     Stopping,
     FollowerFailed(ChannelName, SignalLogError),
     Signal(Arc<Signal>),
@@ -86,6 +89,18 @@ enum FollowError {
     Start(#[from] SignalLogError),
 }
 
+impl Feed {
+    fn new() -> Self {
+        let (out, signals) = tokio::sync::mpsc::channel(64);
+        Self {
+            tasks: tokio::task::JoinSet::new(),
+            running: HashMap::new(),
+            out,
+            signals,
+        }
+    }
+}
+
 impl<'a> DeviceSession<'a> {
     pub(super) fn new(core: &'a Core, claim: Authenticate, live: LiveSession<'a>) -> Self {
         let mut record_deliveries = tokio::time::interval(DELIVERY_RECORD_INTERVAL);
@@ -95,7 +110,8 @@ impl<'a> DeviceSession<'a> {
             claim,
             live,
             started: false,
-            feed: None,
+            feed: Feed::new(),
+            unhandled: Orders::default(),
             deliveries: Deliveries::default(),
             followed: HashSet::new(),
             shutdown: core.shutdown.subscribe(),
@@ -135,13 +151,6 @@ impl<'a> DeviceSession<'a> {
         }
         // Without its subscriptions the session would look healthy and carry
         // nothing: end it, so the device reconnects when the store is back.
-        let (out, signals) = tokio::sync::mpsc::channel(64);
-        self.feed = Some(Feed {
-            tasks: tokio::task::JoinSet::new(),
-            running: HashMap::new(),
-            out,
-            signals,
-        });
         if let Err(e) = self.follow_subscriptions().await {
             self.core.metrics.store_error();
             warn!(device = self.device(), error = %e, "starting the session's channels failed");
@@ -163,9 +172,20 @@ impl<'a> DeviceSession<'a> {
     pub async fn next<T>(&mut self, device: impl std::future::Future<Output = T>) -> Next<T> {
         tokio::pin!(device);
         loop {
+            if let Some(reason) = self.unhandled.end {
+                return Next::End(Close::ordered(reason));
+            }
+            if self.unhandled.follow_subscriptions {
+                if let Err(e) = self.follow_subscriptions().await {
+                    self.core.metrics.store_error();
+                    warn!(device = self.device(), error = %e, "changing the session's channels failed");
+                    return Next::End(Close::StoreUnavailable);
+                }
+                self.unhandled.follow_subscriptions = false;
+            }
             let woke = {
                 let mailbox = self.live.mailbox();
-                let feed = self.feed.as_mut().expect("the session was started");
+                let feed = &mut self.feed;
                 tokio::select! {
                     biased;
                     orders = mailbox.next() => Woke::Orders(orders),
@@ -184,18 +204,7 @@ impl<'a> DeviceSession<'a> {
                 }
             };
             match woke {
-                Woke::Orders(orders) => {
-                    if let Some(reason) = orders.end {
-                        return Next::End(Close::ordered(reason));
-                    }
-                    if orders.follow_subscriptions
-                        && let Err(e) = self.follow_subscriptions().await
-                    {
-                        self.core.metrics.store_error();
-                        warn!(device = self.device(), error = %e, "changing the session's channels failed");
-                        return Next::End(Close::StoreUnavailable);
-                    }
-                }
+                Woke::Orders(orders) => self.unhandled.add(orders),
                 Woke::Stopping => return Next::End(Close::Shutdown),
                 // End the session, so the device reconnects and resumes,
                 // rather than let it miss a channel silently.
@@ -206,8 +215,7 @@ impl<'a> DeviceSession<'a> {
                 }
                 Woke::Signal(signal) => {
                     // Queued before an unsubscription was acted on: not sent.
-                    let feed = self.feed.as_ref().expect("the session was started");
-                    if feed.running.contains_key(&signal.channel) {
+                    if self.feed.running.contains_key(&signal.channel) {
                         return Next::Signal(signal);
                     }
                 }
@@ -218,6 +226,13 @@ impl<'a> DeviceSession<'a> {
                 }
             }
         }
+    }
+
+    /// The session sends nothing more: its channel followers stop now,
+    /// rather than read the log while the transport says goodbye.
+    pub fn stop(&mut self) {
+        self.feed.tasks.abort_all();
+        self.feed.running.clear();
     }
 
     /// The transport wrote `signal` to the device.
@@ -341,7 +356,7 @@ impl<'a> DeviceSession<'a> {
     async fn follow_subscriptions(&mut self) -> Result<(), FollowError> {
         let core = self.core;
         let wanted = subscribed_channels(self.device(), core).await?;
-        let feed = self.feed.as_mut().expect("the session was started");
+        let feed = &mut self.feed;
         feed.running.retain(|channel, task| {
             let keep = wanted.contains(channel);
             if !keep {

@@ -78,6 +78,24 @@ pub struct Orders {
     pub follow_subscriptions: bool,
 }
 
+impl Orders {
+    /// Adds an order to end. The first reason stands, but a revocation
+    /// overrides any: the device must learn it may not come back.
+    pub fn add_end(&mut self, reason: GoingAwayReason) {
+        if self.end.is_none() || reason == GoingAwayReason::Revoked {
+            self.end = Some(reason);
+        }
+    }
+
+    /// Adds `other`'s orders to these.
+    pub fn add(&mut self, other: Orders) {
+        if let Some(reason) = other.end {
+            self.add_end(reason);
+        }
+        self.follow_subscriptions |= other.follow_subscriptions;
+    }
+}
+
 /// One session's orders: a slot and a wake-up, a few dozen bytes a session.
 #[derive(Debug, Default)]
 pub struct Mailbox {
@@ -93,13 +111,7 @@ impl Mailbox {
     }
 
     fn post_end(&self, reason: GoingAwayReason) {
-        // The first reason stands, but a revocation overrides any: the
-        // device must learn it may not come back.
-        self.post(|orders| {
-            if orders.end.is_none() || reason == GoingAwayReason::Revoked {
-                orders.end = Some(reason);
-            }
-        });
+        self.post(|orders| orders.add_end(reason));
     }
 
     /// The orders posted since the last call, waiting for some. Cancel-safe:

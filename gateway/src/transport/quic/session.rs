@@ -111,6 +111,7 @@ pub(super) async fn run(connection: quinn::Connection, core: &Core) {
         Ok(()) => stream_and_ingest(&mut session, &mut stream, &mut reader, core).await,
         Err(close) => Ending::of(close),
     };
+    session.stop();
     let device = session.device_id().clone();
     match &ending {
         Ending::Tell(word, close) => info!(%device, ?word, reason = close.name(), "ending session"),
@@ -207,18 +208,25 @@ async fn stream_and_ingest(
     tokio::pin!(idle);
     loop {
         // The core orders the work: its orders, then what the device said,
-        // then signals; the device is dropped only when nothing else is due.
-        let step = tokio::select! {
-            biased;
-            next = session.next(reader.next::<DeviceMessage>()) => next,
-            () = &mut idle => return Ending::of(Close::IdleTimeout),
+        // then signals. The device's silence is part of "what the device
+        // said", so it is only judged when the core looks at the device (not
+        // while the core waits on its store) and after any message already
+        // read.
+        let heard = async {
+            tokio::select! {
+                biased;
+                message = reader.next::<DeviceMessage>() => Some(message),
+                () = &mut idle => None,
+            }
         };
-        if matches!(step, Next::Device(_)) {
+        let step = session.next(heard).await;
+        if matches!(step, Next::Device(Some(_))) {
             idle.as_mut()
                 .reset(tokio::time::Instant::now() + idle_timeout);
         }
         let written = match step {
             Next::End(close) => return Ending::of(close),
+            Next::Device(None) => return Ending::of(Close::IdleTimeout),
             Next::Signal(signal) => {
                 let written = stream
                     .write(GatewayMessage::Signal((*signal).clone()))
@@ -228,13 +236,13 @@ async fn stream_and_ingest(
                 }
                 written
             }
-            Next::Device(Err(e)) => {
+            Next::Device(Some(Err(e))) => {
                 if e.is_protocol_violation() {
                     warn!(device = %session.device_id(), error = %e, "protocol violation");
                 }
                 return Ending::of_wire(&e);
             }
-            Next::Device(Ok(message)) => match message {
+            Next::Device(Some(Ok(message))) => match message {
                 DeviceMessage::Ping(ping) => {
                     stream
                         .write(GatewayMessage::Pong(Pong { token: ping.token }))
