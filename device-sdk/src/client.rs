@@ -575,6 +575,14 @@ impl Drop for Client {
     }
 }
 
+/// The QUIC client configuration the [`Client`] connects with (TLS 1.3, ALPN
+/// `eagate/1`, the certificate checked as `trust` says), for a driver of
+/// [`core::SessionCore`] of its own, such as a load harness running many
+/// devices over one UDP socket.
+pub fn quic_client_config(trust: &ServerTrust) -> Result<quinn::ClientConfig, ConnectError> {
+    quic_config(trust, Arc::new(CertificateVerdict::default()))
+}
+
 fn quic_config(
     trust: &ServerTrust,
     verdict: Arc<CertificateVerdict>,

@@ -64,6 +64,7 @@ pub mod trust;
 #[cfg(feature = "std")]
 pub use client::{
     Client, ClientConfig, ClientState, ConfigError, ConnectError, Event, ReportError, StopReason,
+    quic_client_config,
 };
 #[cfg(feature = "std")]
 pub use journal::JournalError;
