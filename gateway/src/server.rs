@@ -96,7 +96,7 @@ struct Stores {
     positions: Arc<dyn PositionStore>,
     notices: Option<Arc<dyn NoticeBus>>,
     /// The embedded store, held until shutdown flushes it.
-    db: Option<sled::Db>,
+    db: Option<crate::durable::Durable>,
     /// Background upkeep: expired nonce purging (sled), or listening for
     /// other processes' notices (Redis, started once the core exists).
     upkeep: Vec<tokio::task::JoinHandle<()>>,
@@ -117,7 +117,7 @@ async fn open_stores(
             }));
         }
         let db_path = config.data_dir.join("db");
-        let db = crate::durable::open(&db_path)
+        let db = crate::durable::Durable::open(&db_path)
             .await
             .map_err(|e| StartError::Store(db_path, e))?;
         let sled_error = |e: sled::Error| StartError::Registry(RegistryError::from(e));
@@ -187,7 +187,7 @@ pub struct Gateway {
     endpoint: Option<quinn::Endpoint>,
     fingerprint: Option<Fingerprint>,
     core: Arc<Core>,
-    db: Option<sled::Db>,
+    db: Option<crate::durable::Durable>,
     sessions: Option<tokio::task::JoinHandle<()>>,
     http: Option<(tokio::task::JoinHandle<()>, SocketAddr)>,
     affiliates: Option<AffiliateDesk>,
@@ -373,7 +373,7 @@ impl Gateway {
             let _ = http.await;
         }
         if let Some(db) = &self.db
-            && let Err(e) = crate::durable::flush(db).await
+            && let Err(e) = db.durable().await
         {
             tracing::error!(error = %e, "flushing the store at shutdown failed");
         }

@@ -20,8 +20,10 @@ use eagate_protocol::*;
 const SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// A core on a temporary sled database; no endpoint, no listener.
-fn core() -> (Core, sled::Db) {
-    let db = sled::Config::new().temporary(true).open().unwrap();
+fn core() -> (Core, eagate_gateway::durable::Durable) {
+    let db =
+        eagate_gateway::durable::Durable::new(sled::Config::new().temporary(true).open().unwrap())
+            .unwrap();
     let core = Core::new(
         DeviceRegistry::new(Arc::new(SledDeviceStore::open(&db).unwrap())),
         MasterKey::from_hex(&"ab".repeat(32)).unwrap(),

@@ -21,11 +21,13 @@ struct Stores {
     nonces: Arc<dyn NonceStore>,
     registry: DeviceRegistry,
     positions: Arc<dyn PositionStore>,
-    _db: Option<sled::Db>,
+    _db: Option<eagate_gateway::durable::Durable>,
 }
 
 fn sled_stores() -> Stores {
-    let db = sled::Config::new().temporary(true).open().unwrap();
+    let db =
+        eagate_gateway::durable::Durable::new(sled::Config::new().temporary(true).open().unwrap())
+            .unwrap();
     Stores {
         reports: Arc::new(SledReportStore::open(&db).unwrap()),
         signals: Arc::new(SledSignalLog::open(&db).unwrap()),

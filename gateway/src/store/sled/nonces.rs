@@ -3,12 +3,14 @@
 
 use eagate_protocol::{DeviceId, Nonce};
 
+use crate::durable::Durable;
 use crate::nonces::{NonceFuture, NonceStore};
 
 /// Nonces in a sled tree, with expiry times as values.
 #[derive(Debug, Clone)]
 pub struct SledNonceStore {
     seen: sled::Tree,
+    durable: Durable,
 }
 
 impl NonceStore for SledNonceStore {
@@ -25,9 +27,10 @@ impl NonceStore for SledNonceStore {
 
 impl SledNonceStore {
     /// Opens the `auth_nonces` tree of `db`.
-    pub fn open(db: &sled::Db) -> sled::Result<Self> {
+    pub fn open(durable: &Durable) -> sled::Result<Self> {
         Ok(Self {
-            seen: db.open_tree("auth_nonces")?,
+            seen: durable.db().open_tree("auth_nonces")?,
+            durable: durable.clone(),
         })
     }
 
@@ -55,7 +58,7 @@ impl SledNonceStore {
                 Err(_) => continue,
             }
         }
-        crate::durable::flush(&self.seen).await?;
+        self.durable.durable().await?;
         Ok(true)
     }
 
@@ -108,7 +111,7 @@ mod tests {
     #[tokio::test]
     async fn a_nonce_is_claimed_once_until_it_expires() {
         let db = sled::Config::new().temporary(true).open().unwrap();
-        let store = SledNonceStore::open(&db).unwrap();
+        let store = SledNonceStore::open(&Durable::new(db).unwrap()).unwrap();
         let device = DeviceId::new("dv_1").unwrap();
         let nonce = [9; 16];
         assert!(store.claim(&device, &nonce, 1_000, 100).await.unwrap());

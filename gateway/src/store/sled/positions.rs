@@ -4,6 +4,7 @@
 use eagate_protocol::ChannelName;
 
 use super::read_u64;
+use crate::durable::Durable;
 use crate::signals::{LogFuture, PositionStore, SignalLogError};
 
 /// Device positions in sled trees: reported (`device_positions`),
@@ -11,7 +12,7 @@ use crate::signals::{LogFuture, PositionStore, SignalLogError};
 /// (`device_subscription_starts`).
 #[derive(Debug, Clone)]
 pub struct SledPositions {
-    db: sled::Db,
+    durable: Durable,
     positions: sled::Tree,
     deliveries: sled::Tree,
     starts: sled::Tree,
@@ -19,9 +20,10 @@ pub struct SledPositions {
 
 impl SledPositions {
     /// Opens the trees of `db`.
-    pub fn open(db: &sled::Db) -> sled::Result<Self> {
+    pub fn open(durable: &Durable) -> sled::Result<Self> {
+        let db = durable.db();
         Ok(Self {
-            db: db.clone(),
+            durable: durable.clone(),
             positions: db.open_tree("device_positions")?,
             deliveries: db.open_tree("device_deliveries")?,
             starts: db.open_tree("device_subscription_starts")?,
@@ -76,7 +78,7 @@ impl PositionStore for SledPositions {
             self.positions.insert(&key, &value[..])?;
             self.starts.insert(&key, &value[..])?;
             // A subscription's start must survive a crash.
-            crate::durable::flush(&self.db).await?;
+            self.durable.durable().await?;
             Ok(())
         })
     }

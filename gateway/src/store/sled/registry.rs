@@ -2,6 +2,7 @@
 //! device id, and the `device_names` index that keeps names unique within an
 //! account, changed together in one transaction.
 
+use crate::durable::Durable;
 use crate::registry::{
     DeviceRecord, DeviceStore, Modified, RecordChange, RegistryError, RegistryFuture, encode,
 };
@@ -12,14 +13,17 @@ use crate::registry::{
 pub struct SledDeviceStore {
     devices: sled::Tree,
     names: sled::Tree,
+    durable: Durable,
 }
 
 impl SledDeviceStore {
     /// Opens the `devices` and `device_names` trees of `db`.
-    pub fn open(db: &sled::Db) -> Result<Self, RegistryError> {
+    pub fn open(durable: &Durable) -> Result<Self, RegistryError> {
+        let db = durable.db();
         Ok(Self {
             devices: db.open_tree("devices")?,
             names: db.open_tree("device_names")?,
+            durable: durable.clone(),
         })
     }
 
@@ -65,13 +69,10 @@ impl SledDeviceStore {
                 after: updated,
             })
         });
-        let modified = outcome.map_err(|e| match e {
+        outcome.map_err(|e| match e {
             TransactionError::Abort(e) => e,
             TransactionError::Storage(e) => RegistryError::Sled(e),
-        })?;
-        // Both trees share one log: one flush makes the change durable.
-        self.devices.flush()?;
-        Ok(modified)
+        })
     }
 }
 
@@ -100,13 +101,11 @@ impl DeviceStore for SledDeviceStore {
         device_id: &'a str,
         change: RecordChange,
     ) -> RegistryFuture<'a, Modified> {
-        let store = self.clone();
-        let device_id = device_id.to_owned();
-        // The flush waits for the disk: keep it off the runtime's threads.
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || store.modify_now(&device_id, &change))
-                .await
-                .map_err(|e| RegistryError::Corrupt(format!("registry task failed: {e}")))?
+            let modified = self.modify_now(device_id, &change)?;
+            // Both trees share one log: one flush makes the change durable.
+            self.durable.durable().await?;
+            Ok(modified)
         })
     }
 }

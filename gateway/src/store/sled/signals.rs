@@ -5,6 +5,7 @@
 use eagate_protocol::{ChannelName, Signal, SignalId};
 
 use super::read_u64;
+use crate::durable::Durable;
 use crate::signals::{
     Appended, LogFuture, SignalDraft, SignalLog, SignalLogError, logged_at_ms, prepare, replay,
 };
@@ -13,7 +14,7 @@ use crate::signals::{
 /// `channel_heads`, and `signal_index` from signal id to its place.
 #[derive(Debug, Clone)]
 pub struct SledSignalLog {
-    db: sled::Db,
+    durable: Durable,
     signals: sled::Tree,
     heads: sled::Tree,
     index: sled::Tree,
@@ -22,9 +23,10 @@ pub struct SledSignalLog {
 
 impl SledSignalLog {
     /// Opens the trees in `db`.
-    pub fn open(db: &sled::Db) -> sled::Result<Self> {
+    pub fn open(durable: &Durable) -> sled::Result<Self> {
+        let db = durable.db();
         Ok(Self {
-            db: db.clone(),
+            durable: durable.clone(),
             signals: db.open_tree("signals")?,
             heads: db.open_tree("channel_heads")?,
             index: db.open_tree("signal_index")?,
@@ -75,7 +77,7 @@ impl SignalLog for SledSignalLog {
                     TransactionError::Storage(e) => SignalLogError::Sled(e),
                     TransactionError::Abort(()) => SignalLogError::Corrupt("aborted".into()),
                 })?;
-            crate::durable::flush(&self.db).await?;
+            self.durable.durable().await?;
             match outcome {
                 (_, Some(signal)) => Ok(Appended {
                     signal,
@@ -147,7 +149,7 @@ impl SignalLog for SledSignalLog {
             let removed = tokio::task::spawn_blocking(move || log.trim_now(cutoff_ms))
                 .await
                 .map_err(|e| SignalLogError::Corrupt(format!("trimming task failed: {e}")))??;
-            crate::durable::flush(&self.db).await?;
+            self.durable.durable().await?;
             Ok(removed)
         })
     }
