@@ -307,7 +307,7 @@ async fn measure(
     args: &Args,
 ) -> anyhow::Result<Outcome> {
     let endpoints: Vec<quinn::Endpoint> = (0..args.sockets.max(1))
-        .map(|_| quinn::Endpoint::client("127.0.0.1:0".parse().expect("an address")))
+        .map(|_| client_endpoint())
         .collect::<Result<_, _>>()?;
     // ingest reports about a signal of the devices' channel, published
     // before they connect (so they receive it too).
@@ -355,6 +355,25 @@ async fn measure(
     .await?;
     let stored = stored_counts(platform, devices, &ran.stats).await?;
     Ok(ran.outcome(args, stored))
+}
+
+/// A client endpoint on a loopback UDP socket with big buffers: the
+/// harness's own sockets must not be where datagrams are dropped.
+fn client_endpoint() -> anyhow::Result<quinn::Endpoint> {
+    use socket2::{Domain, Protocol, Socket, Type};
+
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    // The kernel grants what net.core.rmem_max allows.
+    let _ = socket.set_recv_buffer_size(8 << 20);
+    let _ = socket.set_send_buffer_size(8 << 20);
+    socket.bind(&"127.0.0.1:0".parse::<SocketAddr>()?.into())?;
+    let runtime = quinn::default_runtime().context("no runtime")?;
+    Ok(quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket.into(),
+        runtime,
+    )?)
 }
 
 /// A run's devices and what was seen of it.

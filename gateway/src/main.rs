@@ -168,6 +168,13 @@ fn serve(
         if let Some(addr) = gateway.quic_addr() {
             println!("  QUIC (devices):   {addr} (ALPN eagate/1)");
         }
+        if let Some(buffers) = gateway.socket_buffers() {
+            println!(
+                "  UDP buffers:      receive {} KiB, send {} KiB (as the kernel granted)",
+                buffers.receive / 1024,
+                buffers.send / 1024
+            );
+        }
         if let Some(addr) = gateway.http_addr() {
             println!("  HTTP (admin API): http://{addr}");
         }

@@ -185,6 +185,8 @@ fn instance_name() -> Result<String, StartError> {
 #[derive(Debug)]
 pub struct Gateway {
     endpoint: Option<quinn::Endpoint>,
+    /// What the kernel granted the QUIC socket.
+    socket_buffers: Option<quic::SocketBuffers>,
     fingerprint: Option<Fingerprint>,
     core: Arc<Core>,
     db: Option<crate::durable::Durable>,
@@ -242,13 +244,22 @@ impl Gateway {
                 core.clone(),
             )));
         }
+        let mut socket_buffers = None;
         let (endpoint, fingerprint, sessions) = if role.serves_devices() {
             let identity = match (&config.tls_cert, &config.tls_key) {
                 (Some(cert), Some(key)) => ServerIdentity::from_pem_files(cert, key)?,
                 _ => ServerIdentity::load_or_generate(&config.data_dir, &config.hostnames)?,
             };
-            let endpoint = quic::bind(&identity, config.quic_listen)
+            let (endpoint, buffers) = quic::bind(&identity, config.quic_listen)
                 .map_err(|e| StartError::Bind(config.quic_listen, e))?;
+            socket_buffers = Some(buffers);
+            if buffers.receive < quic::SOCKET_BUFFER_ASKED {
+                tracing::warn!(
+                    granted = buffers.receive,
+                    asked = quic::SOCKET_BUFFER_ASKED,
+                    "the kernel granted the QUIC socket a smaller receive buffer than asked; raise net.core.rmem_max (and wmem_max) for connect storms of thousands of devices"
+                );
+            }
             let sessions = tokio::spawn(quic::serve(endpoint.clone(), core.clone()));
             (Some(endpoint), Some(identity.fingerprint()), Some(sessions))
         } else {
@@ -265,6 +276,7 @@ impl Gateway {
         };
         Ok(Self {
             endpoint,
+            socket_buffers,
             fingerprint,
             core,
             db: stores.db,
@@ -278,6 +290,11 @@ impl Gateway {
     /// Where devices connect, when this process serves them.
     pub fn quic_addr(&self) -> Option<SocketAddr> {
         self.endpoint.as_ref().and_then(|e| e.local_addr().ok())
+    }
+
+    /// The QUIC socket's buffer sizes, as the kernel granted them.
+    pub fn socket_buffers(&self) -> Option<quic::SocketBuffers> {
+        self.socket_buffers
     }
 
     /// Where the HTTP sidecar listens, when this process serves it.

@@ -129,10 +129,67 @@ pub fn server_config(identity: &ServerIdentity) -> Result<quinn::ServerConfig, r
     Ok(config)
 }
 
-/// Binds the endpoint.
-pub fn bind(identity: &ServerIdentity, addr: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+/// The UDP buffer sizes asked of the kernel for the gateway's socket.
+///
+/// Every device's packets arrive on this one socket. The kernel's default
+/// receive buffer (208 KiB, a hundred or so datagrams once the kernel's
+/// overhead is counted) overflows in a connect storm of a few hundred
+/// devices, and each datagram dropped costs its device a retransmission
+/// timeout (hundreds of ms in a handshake). Linux grants at most
+/// `net.core.rmem_max` / `wmem_max` (doubled, for its bookkeeping); what it
+/// granted is in [`SocketBuffers`].
+pub const SOCKET_BUFFER_ASKED: usize = 8 * 1024 * 1024;
+
+/// The buffer sizes the kernel granted the QUIC socket, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketBuffers {
+    /// SO_RCVBUF as the kernel reports it.
+    pub receive: usize,
+    /// SO_SNDBUF as the kernel reports it.
+    pub send: usize,
+}
+
+/// Binds the endpoint on a UDP socket with buffers sized for thousands of
+/// devices (see [`SOCKET_BUFFER_ASKED`]); the endpoint and the buffers the
+/// kernel granted.
+pub fn bind(
+    identity: &ServerIdentity,
+    addr: SocketAddr,
+) -> std::io::Result<(quinn::Endpoint, SocketBuffers)> {
     let config = server_config(identity).map_err(std::io::Error::other)?;
-    quinn::Endpoint::server(config, addr)
+    let (socket, buffers) = udp_socket(addr)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| std::io::Error::other("no async runtime to run QUIC on"))?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket,
+        runtime,
+    )?;
+    Ok((endpoint, buffers))
+}
+
+/// A UDP socket bound to `addr`, with the biggest buffers the kernel grants
+/// up to [`SOCKET_BUFFER_ASKED`].
+pub fn udp_socket(addr: SocketAddr) -> std::io::Result<(std::net::UdpSocket, SocketBuffers)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // As std binds: an IPv6 wildcard takes IPv4 too where the system
+        // allows it.
+        let _ = socket.set_only_v6(false);
+    }
+    // Asking for more than the system allows is not an error: the kernel
+    // grants its maximum, and what it granted is read back below.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_ASKED);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER_ASKED);
+    socket.bind(&addr.into())?;
+    let buffers = SocketBuffers {
+        receive: socket.recv_buffer_size()?,
+        send: socket.send_buffer_size()?,
+    };
+    Ok((socket.into(), buffers))
 }
 
 /// Accepts connections until the endpoint is closed, each in its own task,
@@ -158,6 +215,22 @@ pub async fn serve(endpoint: quinn::Endpoint, core: Arc<Core>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_quic_socket_gets_buffers_bigger_than_the_kernel_default() {
+        let (_, buffers) = udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let default = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let default = socket2::SockRef::from(&default).recv_buffer_size().unwrap();
+        // Whatever rmem_max is, asking grants at least the default, and at
+        // least rmem_max where the system allows more than the default.
+        let allowed = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|max| max.trim().parse::<usize>().ok())
+            .unwrap_or(default);
+        assert!(buffers.receive >= default);
+        assert!(buffers.receive >= allowed.min(SOCKET_BUFFER_ASKED));
+        assert!(buffers.send > 0);
+    }
 
     #[test]
     fn each_ending_closes_with_the_code_of_its_number_in_the_protocol_document() {
