@@ -130,9 +130,11 @@ impl Durable {
         &self.db
     }
 
-    /// Returns once everything written before the call is on disk, sharing
-    /// one flush with every other writer waiting at the time.
-    pub async fn durable(&self) -> sled::Result<()> {
+    /// Resolves once everything written before the call is on disk,
+    /// sharing one flush with every other writer waiting at the time. The
+    /// flush is asked for at the call, not when the future is first polled,
+    /// so a writer may hold several of these while it goes on writing.
+    pub fn durable(&self) -> impl Future<Output = sled::Result<()>> + Send + 'static {
         let (ticket, wake) = {
             let mut requests = self.commit.shared.lock();
             requests.requested += 1;
@@ -147,18 +149,20 @@ impl Durable {
             self.commit.shared.wake.notify_one();
         }
         let mut flushed = self.commit.flushed.clone();
-        let outcome = flushed
-            .wait_for(|f| f.through >= ticket || f.failure.is_some())
-            .await
-            .map(|f| (f.through, f.failure.clone()));
-        match outcome {
-            Ok((through, _)) if through >= ticket => Ok(()),
-            Ok((_, Some(failure))) => Err(sled::Error::Io(std::io::Error::other(format!(
-                "the embedded store failed to flush earlier ({failure}); nothing more is confirmed until the gateway restarts"
-            )))),
-            _ => Err(sled::Error::Io(std::io::Error::other(
-                "the embedded store's flusher stopped",
-            ))),
+        async move {
+            let outcome = flushed
+                .wait_for(|f| f.through >= ticket || f.failure.is_some())
+                .await
+                .map(|f| (f.through, f.failure.clone()));
+            match outcome {
+                Ok((through, _)) if through >= ticket => Ok(()),
+                Ok((_, Some(failure))) => Err(sled::Error::Io(std::io::Error::other(format!(
+                    "the embedded store failed to flush earlier ({failure}); nothing more is confirmed until the gateway restarts"
+                )))),
+                _ => Err(sled::Error::Io(std::io::Error::other(
+                    "the embedded store's flusher stopped",
+                ))),
+            }
         }
     }
 }

@@ -206,18 +206,70 @@ pub(crate) fn resend_outcome(
 pub type StoreFuture<'a, T> =
     Pin<Box<dyn Future<Output = Result<T, ReportStoreError>> + Send + 'a>>;
 
-/// Where reports are kept. Implementations store each (device, seq) once and
-/// return from [`ReportStore::ingest`] only when the report is durable.
+/// Resolves once a written report is durable; owns what it needs, so a
+/// session can hold several while it goes on with its work.
+pub type Durability = Pin<Box<dyn Future<Output = Result<(), ReportStoreError>> + Send>>;
+
+/// A report written: what happened, and when it is durable (which is when
+/// it may be confirmed).
+pub struct Written {
+    /// What the write found and did.
+    pub ingested: Ingested,
+    /// Resolves once the write (or, for a resend, the first write) is
+    /// durable.
+    pub durable: Durability,
+}
+
+impl Written {
+    /// A write that needs nothing more: refused, or a conflict (nothing to
+    /// confirm, nothing to wait for).
+    pub fn final_outcome(ingested: Ingested) -> Self {
+        Self {
+            ingested,
+            durable: Box::pin(std::future::ready(Ok(()))),
+        }
+    }
+}
+
+impl std::fmt::Debug for Written {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Written")
+            .field("ingested", &self.ingested)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where reports are kept. Implementations store each (device, seq) once;
+/// a report is confirmed only once durable.
 pub trait ReportStore: Send + Sync + std::fmt::Debug {
-    /// Stores `report` unless its (device, seq) is already stored. With a
-    /// session epoch, only while that epoch is the device's newest: the
+    /// Writes `report` unless its (device, seq) is already stored, and
+    /// returns once the outcome is known, before the write is durable. With
+    /// a session epoch, only while that epoch is the device's newest: the
     /// check and the write are one atomic step. Without one (reports that
     /// arrive outside a device session) nothing is fenced.
+    ///
+    /// Writes one caller makes one after another become durable in that
+    /// order, so a session can write its next report while the previous one
+    /// is on its way to disk, and confirm each in turn.
+    fn write<'a>(
+        &'a self,
+        report: &'a StoredReport,
+        epoch: Option<SessionEpoch>,
+    ) -> StoreFuture<'a, Written>;
+
+    /// Writes `report` as [`ReportStore::write`] does and returns once it is
+    /// durable.
     fn ingest<'a>(
         &'a self,
         report: &'a StoredReport,
         epoch: Option<SessionEpoch>,
-    ) -> StoreFuture<'a, Ingested>;
+    ) -> StoreFuture<'a, Ingested> {
+        Box::pin(async move {
+            let written = self.write(report, epoch).await?;
+            written.durable.await?;
+            Ok(written.ingested)
+        })
+    }
 
     /// Begins a new session of the device: takes the next epoch, which
     /// fences off every earlier session's writes, and returns it with the

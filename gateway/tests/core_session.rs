@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use eagate_gateway::core::{Close, Core, Denial, DeviceSession, Next};
 use eagate_gateway::registry::DeviceRegistry;
+use eagate_gateway::reports::{
+    FeedFill, ReportStore, ReportStoreError, SessionEpoch, StoreFuture, StoredReport, Written,
+};
 use eagate_gateway::seal::MasterKey;
 use eagate_gateway::signals::SignalDraft;
 use eagate_gateway::store::sled::{
@@ -21,6 +24,13 @@ const SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// A core on a temporary sled database; no endpoint, no listener.
 fn core() -> (Core, eagate_gateway::durable::Durable) {
+    core_with(|db| Arc::new(SledReportStore::open(db).unwrap()))
+}
+
+/// A core on a temporary sled database, its reports kept by `reports`.
+fn core_with(
+    reports: impl FnOnce(&eagate_gateway::durable::Durable) -> Arc<dyn ReportStore>,
+) -> (Core, eagate_gateway::durable::Durable) {
     let db =
         eagate_gateway::durable::Durable::new(sled::Config::new().temporary(true).open().unwrap())
             .unwrap();
@@ -28,11 +38,23 @@ fn core() -> (Core, eagate_gateway::durable::Durable) {
         DeviceRegistry::new(Arc::new(SledDeviceStore::open(&db).unwrap())),
         MasterKey::from_hex(&"ab".repeat(32)).unwrap(),
         Arc::new(SledNonceStore::open(&db).unwrap()),
-        Arc::new(SledReportStore::open(&db).unwrap()),
+        reports(&db),
         Arc::new(SledSignalLog::open(&db).unwrap()),
         Arc::new(SledPositions::open(&db).unwrap()),
     );
     (core, db)
+}
+
+/// A device registered and subscribed to gold.
+async fn gold_follower(core: &Core) -> (DeviceId, DeviceSecret) {
+    let (record, secret) = core
+        .registry
+        .register(&core.master_key, "acct-1", "VPS")
+        .await
+        .unwrap();
+    let id = DeviceId::new(&record.device_id).unwrap();
+    core.subscribe(id.as_str(), &gold()).await.unwrap();
+    (id, secret)
 }
 
 fn gold() -> ChannelName {
@@ -111,13 +133,7 @@ async fn next_signal(session: &mut DeviceSession<'_>) -> std::sync::Arc<Signal> 
 #[tokio::test]
 async fn a_device_session_runs_through_the_core_alone_and_resumes_after_it_was_away() {
     let (core, _db) = core();
-    let (record, secret) = core
-        .registry
-        .register(&core.master_key, "acct-1", "VPS")
-        .await
-        .unwrap();
-    let id = DeviceId::new(&record.device_id).unwrap();
-    core.subscribe(id.as_str(), &gold()).await.unwrap();
+    let (id, secret) = gold_follower(&core).await;
     core.publish(&gold(), market_buy("one"), None)
         .await
         .unwrap();
@@ -156,7 +172,9 @@ async fn a_device_session_runs_through_the_core_alone_and_resumes_after_it_was_a
             at_ms: 1_000 + seq,
             outcome,
         };
-        assert_eq!(session.report(report).await, Ok(seq));
+        assert_eq!(session.report(report).await, Ok(()));
+        // Confirmed once durable, by the session's next step.
+        assert!(matches!(next(&mut session).await, Next::Confirm(up_to) if up_to == seq));
     }
     // What the device said comes through the session as it arrives.
     match session.next(async { "ping" }).await {
@@ -207,12 +225,7 @@ async fn a_device_session_runs_through_the_core_alone_and_resumes_after_it_was_a
 #[tokio::test]
 async fn a_session_revoked_before_it_starts_ends_without_starting_and_never_panics() {
     let (core, _db) = core();
-    let (record, secret) = core
-        .registry
-        .register(&core.master_key, "acct-1", "VPS")
-        .await
-        .unwrap();
-    let id = DeviceId::new(&record.device_id).unwrap();
+    let (id, secret) = gold_follower(&core).await;
     let binding = [7; 32];
     let admitted = core
         .admit(claim(&id, &secret, &binding, 1, &[]), &binding, SOURCE)
@@ -230,4 +243,135 @@ async fn a_session_revoked_before_it_starts_ends_without_starting_and_never_pani
     session.stop();
     session.finish().await;
     assert_eq!(core.presence_of(id.as_str()).await.sessions, 0);
+}
+
+/// A report store whose writes become durable only when the test says:
+/// sled underneath, its durability held back by a gate.
+#[derive(Debug)]
+struct HeldDurability {
+    inner: SledReportStore,
+    gate: tokio::sync::watch::Sender<Gate>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    Held,
+    Durable,
+    Failing,
+}
+
+impl ReportStore for HeldDurability {
+    fn write<'a>(
+        &'a self,
+        report: &'a StoredReport,
+        epoch: Option<SessionEpoch>,
+    ) -> StoreFuture<'a, Written> {
+        let mut gate = self.gate.subscribe();
+        Box::pin(async move {
+            let written = self.inner.write(report, epoch).await?;
+            let inner = written.durable;
+            Ok(Written {
+                ingested: written.ingested,
+                durable: Box::pin(async move {
+                    inner.await?;
+                    let gate = *gate.wait_for(|g| *g != Gate::Held).await.unwrap();
+                    match gate {
+                        Gate::Failing => Err(ReportStoreError::Corrupt("the disk is gone".into())),
+                        _ => Ok(()),
+                    }
+                }),
+            })
+        })
+    }
+    fn begin_session<'a>(&'a self, device_id: &'a str) -> StoreFuture<'a, (SessionEpoch, u64)> {
+        self.inner.begin_session(device_id)
+    }
+    fn current_session<'a>(&'a self, device_id: &'a str) -> StoreFuture<'a, SessionEpoch> {
+        self.inner.current_session(device_id)
+    }
+    fn confirmed_up_to<'a>(&'a self, device_id: &'a str) -> StoreFuture<'a, u64> {
+        self.inner.confirmed_up_to(device_id)
+    }
+    fn for_signal<'a>(&'a self, signal_id: SignalId) -> StoreFuture<'a, Vec<StoredReport>> {
+        self.inner.for_signal(signal_id)
+    }
+    fn unclaimed_fills(&self, limit: usize) -> StoreFuture<'_, Vec<FeedFill>> {
+        self.inner.unclaimed_fills(limit)
+    }
+    fn claim_fills<'a>(&'a self, fills: &'a [FeedFill]) -> StoreFuture<'a, ()> {
+        self.inner.claim_fills(fills)
+    }
+}
+
+/// What the session says within `wait`, if anything.
+async fn next_within(session: &mut DeviceSession<'_>, wait: Duration) -> Option<Next<()>> {
+    tokio::time::timeout(wait, session.next(std::future::pending::<()>()))
+        .await
+        .ok()
+}
+
+#[tokio::test]
+async fn reports_on_their_way_to_disk_are_confirmed_in_order_once_durable_and_never_before() {
+    let (gate, _) = tokio::sync::watch::channel(Gate::Held);
+    let gate_handle = gate.clone();
+    let (core, _db) = core_with(|db| {
+        Arc::new(HeldDurability {
+            inner: SledReportStore::open(db).unwrap(),
+            gate,
+        })
+    });
+    let (id, secret) = gold_follower(&core).await;
+    let signal = core
+        .publish(&gold(), market_buy("one"), None)
+        .await
+        .unwrap();
+    let binding = [7; 32];
+    let mut session = core
+        .admit(claim(&id, &secret, &binding, 1, &[]), &binding, SOURCE)
+        .await
+        .unwrap()
+        .session;
+    session.start().await.unwrap();
+    next_signal(&mut session).await;
+    let report = |seq| Report {
+        seq,
+        signal_id: signal.signal.signal_id,
+        at_ms: 1_000 + seq,
+        outcome: ReportOutcome::Received,
+    };
+
+    // Three reports taken while none is durable: none confirmed yet.
+    for seq in 1..=3 {
+        assert_eq!(session.report(report(seq)).await, Ok(()));
+    }
+    assert!(
+        next_within(&mut session, Duration::from_millis(300))
+            .await
+            .is_none(),
+        "nothing is confirmed before it is durable"
+    );
+    // Durable: all three confirmed, in one confirmation of the newest.
+    gate_handle.send_replace(Gate::Durable);
+    assert!(matches!(next(&mut session).await, Next::Confirm(3)));
+
+    // A write whose durability fails is never confirmed: the session ends
+    // (the device resends it after reconnecting).
+    gate_handle.send_replace(Gate::Held);
+    assert_eq!(session.report(report(4)).await, Ok(()));
+    gate_handle.send_replace(Gate::Failing);
+    assert!(matches!(
+        next(&mut session).await,
+        Next::End(Close::StoreUnavailable)
+    ));
+    session.finish().await;
+    // Written all the same: the device's resend finds it and is confirmed
+    // once durable, stored once.
+    assert_eq!(
+        core.reports
+            .for_signal(signal.signal.signal_id)
+            .await
+            .unwrap()
+            .len(),
+        4
+    );
 }

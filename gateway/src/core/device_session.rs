@@ -20,13 +20,22 @@ use super::close::Close;
 use super::sessions::{LiveSession, Orders};
 use crate::clock::unix_ms;
 use crate::registry::RegistryError;
-use crate::reports::{Ingested, ReportStoreError, SessionEpoch, StoredReport};
+use crate::reports::{Durability, Ingested, ReportStoreError, SessionEpoch, StoredReport};
 use crate::signals::SignalLogError;
 
-/// How often a session records how far it has delivered each channel.
-/// Batched, not per signal: the record only serves the executions query
-/// ("delivered, not yet reported"), so it may lag by this much.
+/// How often a session records how far it has delivered each channel, and
+/// up to where the device has reported on each. Batched, not per signal or
+/// report: the delivery record only serves the executions query
+/// ("delivered, not yet reported"), and the reported position only where to
+/// start a device that names no resume point (the SDK and the C library
+/// always name theirs); each may lag by this much, and is recorded at the
+/// session's end before a newer session can start.
 const DELIVERY_RECORD_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How many reports a session may have written and not yet confirmed (on
+/// their way to disk). At this many it reads nothing more from the device
+/// until the oldest is durable; the SDK keeps at most 256 unconfirmed.
+pub const REPORTS_IN_FLIGHT: usize = 256;
 
 /// What a session does next.
 #[derive(Debug, Clone)]
@@ -37,6 +46,10 @@ pub enum Next<T> {
     Device(T),
     /// Send the device this signal (then call [`DeviceSession::sent`]).
     Signal(Arc<Signal>),
+    /// Tell the device its reports up to this sequence are stored
+    /// (`ReportsConfirmed`): every report the session took up to here is
+    /// durable.
+    Confirm(u64),
 }
 
 /// One admitted device's session. Made by [`Core::admit`]; the device's
@@ -53,7 +66,12 @@ pub struct DeviceSession<'a> {
     /// Orders taken from the mailbox and not yet carried out: kept here, so
     /// a `next` dropped half-way through one carries it out next time.
     unhandled: Orders,
-    deliveries: Deliveries,
+    deliveries: Marks,
+    /// Up to where the device reported on each channel, not yet recorded.
+    reported: Marks,
+    /// Reports written and not yet durable, oldest first: confirmed in
+    /// order as each becomes durable.
+    in_flight: std::collections::VecDeque<InFlight>,
     /// Channels the device follows or has followed: a report about one of
     /// their signals is one it may have received.
     followed: HashSet<ChannelName>,
@@ -71,9 +89,30 @@ struct Feed {
     signals: tokio::sync::mpsc::Receiver<Arc<Signal>>,
 }
 
+/// A report written and on its way to disk.
+struct InFlight {
+    durable: Durability,
+    /// What to confirm once durable.
+    confirm: u64,
+    /// Where its signal sits, to record as the device's position.
+    place: Option<(ChannelName, u64)>,
+    arrived: Instant,
+    ingested: Ingested,
+}
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InFlight")
+            .field("confirm", &self.confirm)
+            .field("place", &self.place)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What woke a session waiting for its next step.
 enum Woke {
     Orders(Orders),
+    Durable(Result<(), ReportStoreError>),
     Stopping,
     FollowerFailed(ChannelName, SignalLogError),
     Signal(Arc<Signal>),
@@ -112,7 +151,9 @@ impl<'a> DeviceSession<'a> {
             started: false,
             feed: Feed::new(),
             unhandled: Orders::default(),
-            deliveries: Deliveries::default(),
+            deliveries: Marks::default(),
+            reported: Marks::default(),
+            in_flight: std::collections::VecDeque::new(),
             followed: HashSet::new(),
             shutdown: core.shutdown.subscribe(),
             record_deliveries,
@@ -186,6 +227,9 @@ impl<'a> DeviceSession<'a> {
             let woke = {
                 let mailbox = self.live.mailbox();
                 let feed = &mut self.feed;
+                let in_flight = &mut self.in_flight;
+                let room = in_flight.len() < REPORTS_IN_FLIGHT;
+                let recording = !self.deliveries.0.is_empty() || !self.reported.0.is_empty();
                 tokio::select! {
                     biased;
                     orders = mailbox.next() => Woke::Orders(orders),
@@ -194,17 +238,28 @@ impl<'a> DeviceSession<'a> {
                     Some(Ok(Err((channel, e)))) = feed.tasks.join_next() => {
                         Woke::FollowerFailed(channel, e)
                     }
-                    said = &mut device => return Next::Device(said),
+                    // Confirmations before more of the device's messages:
+                    // each is one frame, and frees room for more reports.
+                    durable = oldest_durable(in_flight), if !in_flight.is_empty() => {
+                        Woke::Durable(durable)
+                    }
+                    said = &mut device, if room => return Next::Device(said),
                     Some(signal) = feed.signals.recv() => Woke::Signal(signal),
                     // Only armed while something awaits recording, so an
                     // idle session is not woken twice a second for nothing.
-                    _ = self.record_deliveries.tick(), if !self.deliveries.0.is_empty() => {
+                    _ = self.record_deliveries.tick(), if recording => {
                         Woke::RecordDeliveries
                     }
                 }
             };
             match woke {
                 Woke::Orders(orders) => self.unhandled.add(orders),
+                Woke::Durable(Err(e)) => {
+                    self.core.metrics.store_error();
+                    warn!(device = self.device(), error = %e, "making a report durable failed; ending the session");
+                    return Next::End(Close::StoreUnavailable);
+                }
+                Woke::Durable(Ok(())) => return Next::Confirm(self.confirm_durable()),
                 Woke::Stopping => return Next::End(Close::Shutdown),
                 // End the session, so the device reconnects and resumes,
                 // rather than let it miss a channel silently.
@@ -220,8 +275,12 @@ impl<'a> DeviceSession<'a> {
                     }
                 }
                 Woke::RecordDeliveries => {
+                    let device = self.claim.device_id.as_str();
+                    self.reported
+                        .record(device, self.core, Mark::Reported)
+                        .await;
                     self.deliveries
-                        .record(self.claim.device_id.as_str(), self.core)
+                        .record(device, self.core, Mark::Delivered)
                         .await;
                 }
             }
@@ -238,18 +297,21 @@ impl<'a> DeviceSession<'a> {
     /// The transport wrote `signal` to the device.
     pub fn sent(&mut self, signal: &Signal) {
         self.core.metrics.signal_delivered();
-        self.deliveries.note(signal);
+        self.deliveries.note(&signal.channel, signal.position);
     }
 
-    /// Stores a report from the device. `Ok(up_to_seq)` is what to confirm
-    /// (`ReportsConfirmed`); an error is how the session ends (a protocol
-    /// violation, a conflict, a newer session, a store that failed).
+    /// Takes a report from the device: checks it and writes it to the
+    /// store. Its confirmation comes later, from [`DeviceSession::next`]
+    /// ([`Next::Confirm`]), once it is durable; meanwhile the session goes
+    /// on (up to [`REPORTS_IN_FLIGHT`] reports on their way to disk). An
+    /// error is how the session ends (a protocol violation, a conflict, a
+    /// newer session, a store that failed).
     ///
     /// A report the store cannot take now ends the session: the device keeps
     /// it and resends it, with every later one, after reconnecting. Going on
     /// to the next report instead would store reports after a gap, and a
     /// later confirmation could cover the one skipped.
-    pub async fn report(&mut self, report: Report) -> Result<u64, Close> {
+    pub async fn report(&mut self, report: Report) -> Result<(), Close> {
         let core = self.core;
         let arrived = Instant::now();
         let device = self.claim.device_id.as_str();
@@ -292,19 +354,20 @@ impl<'a> DeviceSession<'a> {
             }
         }
         let stored = StoredReport::new(device, &report, unix_ms());
-        let ingested = match core.reports.ingest(&stored, Some(self.epoch())).await {
-            Ok(ingested) => ingested,
+        let written = match core.reports.write(&stored, Some(self.epoch())).await {
+            Ok(written) => written,
             Err(e @ (ReportStoreError::ZeroSequence | ReportStoreError::TooFarAhead { .. })) => {
                 return Err(violation(&e));
             }
             Err(e) => return Err(store_failed("storing a report", &e)),
         };
-        core.metrics.report_ingested(&ingested, arrived.elapsed());
-        let confirmed_up_to = match ingested {
+        let confirmed_up_to = match &written.ingested {
             Ingested::Stored { confirmed_up_to } | Ingested::AlreadyStored { confirmed_up_to } => {
-                confirmed_up_to
+                *confirmed_up_to
             }
             Ingested::Conflict { stored } => {
+                core.metrics
+                    .report_ingested(&written.ingested, arrived.elapsed());
                 let offered = StoredReport {
                     stored_at_ms: 0,
                     ..StoredReport::new(device, &report, 0)
@@ -312,26 +375,57 @@ impl<'a> DeviceSession<'a> {
                 warn!(
                     device,
                     seq = report.seq,
-                    stored = %serde_json::to_string(&stored).unwrap_or_default(),
+                    stored = %serde_json::to_string(stored).unwrap_or_default(),
                     offered = %serde_json::to_string(&offered).unwrap_or_default(),
                     "a report conflicts with the one stored under its number; not confirmed"
                 );
                 return Err(Close::ReportConflict { seq: report.seq });
             }
             // A newer session took over; its order may still be on its way.
-            Ingested::Superseded => return Err(Close::Replaced),
-        };
-        if let Some((channel, position)) = place {
-            // Before confirming, and on resends too: advancing keeps the
-            // maximum, so repeating it is harmless.
-            if let Err(e) = core.positions.advance(device, &channel, position).await {
-                warn!(device, error = %e, "recording a device position failed");
+            Ingested::Superseded => {
+                core.metrics
+                    .report_ingested(&written.ingested, arrived.elapsed());
+                return Err(Close::Replaced);
             }
+        };
+        self.in_flight.push_back(InFlight {
+            durable: written.durable,
+            // Never above this report: a higher watermark may hold reports
+            // of another installation of the device that this session has
+            // not sent, and which this device must not take for its own.
+            confirm: confirmed_up_to.min(report.seq),
+            place,
+            arrived,
+            ingested: written.ingested,
+        });
+        Ok(())
+    }
+
+    /// The oldest report in flight is durable: takes it, and every later one
+    /// already durable too, noting their positions; what to confirm.
+    fn confirm_durable(&mut self) -> u64 {
+        let mut confirm = 0;
+        while let Some(front) = self.in_flight.front_mut() {
+            // The first is known durable; the rest only if already so.
+            if confirm != 0 {
+                match futures_util::FutureExt::now_or_never(&mut front.durable) {
+                    Some(Ok(())) => {}
+                    // Not yet, or failed: the next `next` finds out.
+                    _ => break,
+                }
+            }
+            let Some(done) = self.in_flight.pop_front() else {
+                break;
+            };
+            self.core
+                .metrics
+                .report_ingested(&done.ingested, done.arrived.elapsed());
+            if let Some((channel, position)) = &done.place {
+                self.reported.note(channel, *position);
+            }
+            confirm = confirm.max(done.confirm);
         }
-        // Never above this report: a higher watermark may hold reports of
-        // another installation of the device that this session has not sent,
-        // and which this device must not take for its own.
-        Ok(confirmed_up_to.min(report.seq))
+        confirm
     }
 
     /// The session is over (the transport has closed its connection): gives
@@ -344,11 +438,16 @@ impl<'a> DeviceSession<'a> {
             live,
             started,
             mut deliveries,
+            mut reported,
             ..
         } = self;
+        let device = claim.device_id.as_str();
+        // Where a newer session that names no resume point starts: recorded
+        // before it can start.
+        reported.record(device, core, Mark::Reported).await;
         core.session_ended(live, started).await;
         // Bookkeeping for the executions query, after the takeover was let go.
-        deliveries.record(claim.device_id.as_str(), core).await;
+        deliveries.record(device, core, Mark::Delivered).await;
     }
 
     /// Follows exactly the channels the device is subscribed to now: starts
@@ -385,8 +484,9 @@ impl<'a> DeviceSession<'a> {
     }
 
     /// Whether the session should have ended already, by what the stores
-    /// say now: revoked, or replaced by a newer session.
-    async fn ended_meanwhile(&self) -> Option<GoingAwayReason> {
+    /// say now: revoked, or replaced by a newer session. (`&mut`: the
+    /// session holds futures that are `Send` but not `Sync`.)
+    async fn ended_meanwhile(&mut self) -> Option<GoingAwayReason> {
         let device = self.device();
         if matches!(
             self.core.registry.get(device).await,
@@ -401,42 +501,67 @@ impl<'a> DeviceSession<'a> {
     }
 }
 
-/// The newest position written to the device per channel, not yet recorded.
+/// The newest position per channel of something a session records in
+/// batches (what it delivered, what the device reported on), not yet
+/// recorded.
 #[derive(Debug, Default)]
-struct Deliveries(HashMap<ChannelName, u64>);
+struct Marks(HashMap<ChannelName, u64>);
 
-impl Deliveries {
-    fn note(&mut self, signal: &Signal) {
-        // Per signal written: clone the channel name only for a new entry.
-        match self.0.get_mut(&signal.channel) {
-            Some(newest) => *newest = (*newest).max(signal.position),
+/// Which position a [`Marks`] records.
+#[derive(Debug, Clone, Copy)]
+enum Mark {
+    Delivered,
+    Reported,
+}
+
+impl Marks {
+    fn note(&mut self, channel: &ChannelName, position: u64) {
+        // Per signal or report: clone the channel name only for a new entry.
+        match self.0.get_mut(channel) {
+            Some(newest) => *newest = (*newest).max(position),
             None => {
-                self.0.insert(signal.channel.clone(), signal.position);
+                self.0.insert(channel.clone(), position);
             }
         }
     }
 
     /// Records what was noted. Cancel-safe: an entry is forgotten only
-    /// once recorded (recording one again is harmless).
-    async fn record(&mut self, device: &str, core: &Core) {
+    /// once recorded (recording one again is harmless: positions only
+    /// advance).
+    async fn record(&mut self, device: &str, core: &Core, mark: Mark) {
         let noted: Vec<(ChannelName, u64)> = self
             .0
             .iter()
             .map(|(channel, position)| (channel.clone(), *position))
             .collect();
         for (channel, position) in noted {
-            if let Err(e) = core
-                .positions
-                .mark_delivered(device, &channel, position)
-                .await
-            {
+            let recorded = match mark {
+                Mark::Delivered => {
+                    core.positions
+                        .mark_delivered(device, &channel, position)
+                        .await
+                }
+                Mark::Reported => core.positions.advance(device, &channel, position).await,
+            };
+            if let Err(e) = recorded {
                 core.metrics.store_error();
-                warn!(device, %channel, error = %e, "recording a delivery failed");
+                warn!(device, %channel, error = %e, ?mark, "recording a position failed");
             }
             if self.0.get(&channel) == Some(&position) {
                 self.0.remove(&channel);
             }
         }
+    }
+}
+
+/// Resolves when the oldest report in flight is durable (cancel-safe: the
+/// future stays in the queue).
+async fn oldest_durable(
+    in_flight: &mut std::collections::VecDeque<InFlight>,
+) -> Result<(), ReportStoreError> {
+    match in_flight.front_mut() {
+        Some(front) => (&mut front.durable).await,
+        None => std::future::pending().await,
     }
 }
 

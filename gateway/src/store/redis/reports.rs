@@ -12,7 +12,7 @@ use eagate_protocol::SignalId;
 use super::RedisStores;
 use crate::reports::{
     FeedFill, Ingested, MAX_REPORT_GAP, ReportKind, ReportStore, ReportStoreError, SessionEpoch,
-    StoreFuture, StoredReport,
+    StoreFuture, StoredReport, Written,
 };
 
 /// Hashed once; invoked by EVALSHA, loaded on a NOSCRIPT answer.
@@ -54,11 +54,11 @@ fn stream_fields(report: &StoredReport) -> Vec<(String, String)> {
 }
 
 impl ReportStore for RedisStores {
-    fn ingest<'a>(
+    fn write<'a>(
         &'a self,
         report: &'a StoredReport,
         epoch: Option<SessionEpoch>,
-    ) -> StoreFuture<'a, Ingested> {
+    ) -> StoreFuture<'a, Written> {
         Box::pin(async move {
             if report.seq == 0 {
                 return Err(ReportStoreError::ZeroSequence);
@@ -103,7 +103,7 @@ impl ReportStore for RedisStores {
             let (stored, watermark, existing): (i8, u64, Option<String>) =
                 script.invoke_async(&mut connection).await?;
             match stored {
-                -2 => return Ok(Ingested::Superseded),
+                -2 => return Ok(Written::final_outcome(Ingested::Superseded)),
                 -1 => {
                     return Err(ReportStoreError::TooFarAhead {
                         seq: report.seq,
@@ -120,20 +120,26 @@ impl ReportStore for RedisStores {
                     confirmed_up_to: watermark,
                 },
             };
+            if matches!(ingested, Ingested::Conflict { .. }) {
+                // Never indexed: its number holds another signal's report.
+                return Ok(Written::final_outcome(ingested));
+            }
             // Outside the script: the index key is in another slot. Added on
             // every attempt that finds the report stored, so a crash between
             // the two is mended by the device's resend of the unconfirmed
-            // report; never for a conflict, whose number holds another
-            // signal's report.
-            if !matches!(ingested, Ingested::Conflict { .. }) {
-                let _: () = connection
-                    .sadd(
-                        self.signal_reports_key(report.signal_id),
-                        format!("{} {}", report.device_id, report.seq),
-                    )
-                    .await?;
-            }
-            Ok(ingested)
+            // report; part of being durable, so the session writes its next
+            // report meanwhile. (Redis's own durability is its
+            // configuration's: an acknowledged write is as durable as the
+            // AOF policy makes it.)
+            let index = self.signal_reports_key(report.signal_id);
+            let member = format!("{} {}", report.device_id, report.seq);
+            Ok(Written {
+                ingested,
+                durable: Box::pin(async move {
+                    let _: () = connection.sadd(index, member).await?;
+                    Ok(())
+                }),
+            })
         })
     }
 

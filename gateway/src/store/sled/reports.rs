@@ -9,7 +9,7 @@ use super::read_u64;
 use crate::durable::Durable;
 use crate::reports::{
     FeedFill, Ingested, MAX_REPORT_GAP, ReportKind, ReportStore, ReportStoreError, SessionEpoch,
-    StoreFuture, StoredReport, resend_outcome,
+    StoreFuture, StoredReport, Written, resend_outcome,
 };
 
 /// Reports in sled: `reports` keyed by (device, seq), `signal_reports`
@@ -181,19 +181,24 @@ impl SledReportStore {
 }
 
 impl ReportStore for SledReportStore {
-    fn ingest<'a>(
+    fn write<'a>(
         &'a self,
         report: &'a StoredReport,
         epoch: Option<SessionEpoch>,
-    ) -> StoreFuture<'a, Ingested> {
-        Box::pin(async move {
-            let ingested = self.ingest_now(report, epoch)?;
-            // Durable before it is confirmed, resends included: the first
-            // attempt's flush may have failed or been cut short. A flush with
-            // nothing pending costs little.
-            self.durable.durable().await?;
-            Ok(ingested)
-        })
+    ) -> StoreFuture<'a, Written> {
+        // Written at once, in the order of the calls (the future is ready
+        // when returned): the durability of each is the group commit's.
+        let written = self.ingest_now(report, epoch).map(|ingested| {
+            // Asked for now, after the write: the flush that answers covers
+            // it. Resends too: the first attempt's flush may have failed or
+            // still be running. A flush with nothing pending costs little.
+            let flushed = self.durable.durable();
+            Written {
+                ingested,
+                durable: Box::pin(async move { Ok(flushed.await?) }),
+            }
+        });
+        Box::pin(std::future::ready(written))
     }
 
     fn begin_session<'a>(&'a self, device_id: &'a str) -> StoreFuture<'a, (SessionEpoch, u64)> {

@@ -191,9 +191,10 @@ async fn admit<'a>(
     Ok((admitted.session, reader))
 }
 
-/// After admission: writes what the core hands out, passes on what the
-/// device sends, answers pings, and ends on the device's going-away, its
-/// silence, or whatever the core decides.
+/// After admission: writes what the core hands out (signals, confirmations
+/// of reports once durable), passes on what the device sends, answers
+/// pings, and ends on the device's going-away, its silence, or whatever the
+/// core decides.
 async fn stream_and_ingest(
     session: &mut DeviceSession<'_>,
     stream: &mut DeviceStream,
@@ -227,6 +228,13 @@ async fn stream_and_ingest(
         let written = match step {
             Next::End(close) => return Ending::of(close),
             Next::Device(None) => return Ending::of(Close::IdleTimeout),
+            Next::Confirm(up_to_seq) => {
+                stream
+                    .write(GatewayMessage::ReportsConfirmed(ReportsConfirmed {
+                        up_to_seq,
+                    }))
+                    .await
+            }
             Next::Signal(signal) => {
                 let written = stream
                     .write(GatewayMessage::Signal((*signal).clone()))
@@ -254,14 +262,9 @@ async fn stream_and_ingest(
                     warn!(device = %session.device_id(), "Authenticate sent on an authenticated session");
                     return Ending::of(Close::ProtocolViolation);
                 }
+                // Confirmed later, once durable (`Next::Confirm`).
                 DeviceMessage::Report(report) => match session.report(report).await {
-                    Ok(up_to_seq) => {
-                        stream
-                            .write(GatewayMessage::ReportsConfirmed(ReportsConfirmed {
-                                up_to_seq,
-                            }))
-                            .await
-                    }
+                    Ok(()) => Ok(()),
                     Err(close) => return Ending::of(close),
                 },
             },
