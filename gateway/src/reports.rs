@@ -207,7 +207,9 @@ pub type StoreFuture<'a, T> =
     Pin<Box<dyn Future<Output = Result<T, ReportStoreError>> + Send + 'a>>;
 
 /// Resolves once a written report is durable; owns what it needs, so a
-/// session can hold several while it goes on with its work.
+/// session can hold several while it goes on with its work. It must make
+/// progress without being polled (work on a thread or task of its own, or
+/// a wait for one): a session polls only the oldest it holds.
 pub type Durability = Pin<Box<dyn Future<Output = Result<(), ReportStoreError>> + Send>>;
 
 /// A report written: what happened, and when it is durable (which is when

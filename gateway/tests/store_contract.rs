@@ -197,6 +197,62 @@ async fn concurrent_resends_of_one_report_store_it_exactly_once(stores: &Stores)
 }
 on_both_backends!(concurrent_resends_of_one_report_store_it_exactly_once);
 
+/// Many writers, each holding the durability of its writes in flight and
+/// polling only its oldest (as a device session does), the rest polled once
+/// and left: every write goes through and becomes durable; none stalls
+/// another (a durability future that waited to be polled to get a slot of a
+/// shared connection would stall them all).
+async fn writers_with_many_writes_in_flight_never_stall_each_other(stores: &Stores) {
+    let writers: Vec<_> = (0..50)
+        .map(|writer| {
+            let reports = stores.reports.clone();
+            tokio::spawn(async move {
+                let device = format!("dv_{writer}");
+                let mut in_flight = std::collections::VecDeque::new();
+                for seq in 1..=100 {
+                    let written = reports
+                        .write(&report(&device, seq, 9, ReportOutcome::Received), None)
+                        .await
+                        .unwrap();
+                    let mut durable = written.durable;
+                    if let Some(done) = futures_util::FutureExt::now_or_never(&mut durable) {
+                        done.unwrap();
+                    } else {
+                        in_flight.push_back(durable);
+                    }
+                    if in_flight.len() > 32 {
+                        in_flight.pop_front().unwrap().await.unwrap();
+                    }
+                }
+                for durable in in_flight {
+                    durable.await.unwrap();
+                }
+            })
+        })
+        .collect();
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        for writer in writers {
+            writer.await.unwrap();
+        }
+    })
+    .await
+    .expect("every writer finishes");
+    for writer in 0..50 {
+        let device = format!("dv_{writer}");
+        assert_eq!(stores.reports.confirmed_up_to(&device).await.unwrap(), 100);
+    }
+    assert_eq!(
+        stores
+            .reports
+            .for_signal(SignalId([9; 16]))
+            .await
+            .unwrap()
+            .len(),
+        5_000
+    );
+}
+on_both_backends!(writers_with_many_writes_in_flight_never_stall_each_other);
+
 async fn a_signals_reports_are_listed_by_device_then_sequence(stores: &Stores) {
     for (device, seq) in [("dv_B", 2), ("dv_A", 2), ("dv_B", 1), ("dv_A", 1)] {
         stores

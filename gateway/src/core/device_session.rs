@@ -410,8 +410,13 @@ impl<'a> DeviceSession<'a> {
             if confirm != 0 {
                 match futures_util::FutureExt::now_or_never(&mut front.durable) {
                     Some(Ok(())) => {}
-                    // Not yet, or failed: the next `next` finds out.
-                    _ => break,
+                    None => break,
+                    // Kept for the next `next` to find (the future itself is
+                    // spent).
+                    Some(Err(e)) => {
+                        front.durable = Box::pin(std::future::ready(Err(e)));
+                        break;
+                    }
                 }
             }
             let Some(done) = self.in_flight.pop_front() else {

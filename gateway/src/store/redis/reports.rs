@@ -130,14 +130,29 @@ impl ReportStore for RedisStores {
             // report; part of being durable, so the session writes its next
             // report meanwhile. (Redis's own durability is its
             // configuration's: an acknowledged write is as durable as the
-            // AOF policy makes it.)
+            // AOF policy makes it.) A task of its own: a durability future
+            // must make progress unpolled, as a session polls only its
+            // oldest, and a command future of the shared connection that is
+            // polled once and then left holds a slot of the connection's
+            // queue until polled again, which with many sessions stalls them
+            // all.
             let index = self.signal_reports_key(report.signal_id);
             let member = format!("{} {}", report.device_id, report.seq);
+            let indexed = tokio::spawn(async move {
+                let _: () = connection.sadd(index, member).await?;
+                Ok::<_, redis::RedisError>(())
+            });
             Ok(Written {
                 ingested,
                 durable: Box::pin(async move {
-                    let _: () = connection.sadd(index, member).await?;
-                    Ok(())
+                    match indexed.await {
+                        Ok(indexed) => Ok(indexed?),
+                        Err(e) => Err(ReportStoreError::Redis(redis::RedisError::from((
+                            redis::ErrorKind::IoError,
+                            "indexing a report stopped",
+                            e.to_string(),
+                        )))),
+                    }
                 }),
             })
         })
