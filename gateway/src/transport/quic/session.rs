@@ -92,10 +92,14 @@ impl Ending {
 pub(super) async fn run(connection: quinn::Connection, core: &Core) {
     let remote = connection.remote_address();
     let mut opened = None;
-    let (mut session, mut reader) = match admit(&connection, core, &mut opened).await {
+    // Every step is boxed: held inline, each would make this future (which
+    // every session holds for its whole life) as large as the largest step's
+    // state, and the compiler laid them out to 48 KB; boxed, a session holds
+    // the task's 5 KB and the streaming's 6 KB while it waits.
+    let (mut session, mut reader) = match Box::pin(admit(&connection, core, &mut opened)).await {
         Ok(admitted) => admitted,
         Err(ending) => {
-            ending.carry_out(&connection, opened.as_mut(), core).await;
+            Box::pin(ending.carry_out(&connection, opened.as_mut(), core)).await;
             return;
         }
     };
@@ -107,8 +111,16 @@ pub(super) async fn run(connection: quinn::Connection, core: &Core) {
         version = stream.version,
         "device authenticated"
     );
-    let ending = match session.start().await {
-        Ok(()) => stream_and_ingest(&mut session, &mut stream, &mut reader, core).await,
+    let ending = match Box::pin(session.start()).await {
+        Ok(()) => {
+            Box::pin(stream_and_ingest(
+                &mut session,
+                &mut stream,
+                &mut reader,
+                core,
+            ))
+            .await
+        }
         Err(close) => Ending::of(close),
     };
     session.stop();
@@ -118,10 +130,10 @@ pub(super) async fn run(connection: quinn::Connection, core: &Core) {
         Ending::Silent(close) => info!(%device, reason = close.name(), "closing session"),
         Ending::Gone => debug!(%device, "session ended"),
     }
-    ending.carry_out(&connection, Some(&mut stream), core).await;
+    Box::pin(ending.carry_out(&connection, Some(&mut stream), core)).await;
     // Only now, with the connection closed: a newer session of the device
     // waits for this before it is accepted.
-    session.finish().await;
+    Box::pin(session.finish()).await;
 }
 
 /// Reads the device's claim within the authentication deadline and has the

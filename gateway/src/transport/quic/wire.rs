@@ -43,11 +43,15 @@ pub(super) struct FrameReader {
     buffer: Vec<u8>,
 }
 
+/// A reader's buffer grown past this by a big frame is let go once empty,
+/// so an idle session holds none.
+const BUFFER_KEPT: usize = 1024;
+
 impl FrameReader {
     pub(super) fn new(recv: RecvStream) -> Self {
         Self {
             recv,
-            buffer: Vec::with_capacity(1024),
+            buffer: Vec::new(),
         }
     }
 
@@ -56,22 +60,41 @@ impl FrameReader {
     /// `select!` beside the session's other work.
     pub(super) async fn next<M: WireMessage>(&mut self) -> Result<M, WireError> {
         loop {
-            match decode_frame::<M>(&self.buffer)? {
-                Decoded::Frame { message, consumed } => {
-                    self.buffer.drain(..consumed);
-                    return Ok(message);
-                }
-                Decoded::Incomplete { .. } => {
-                    // The decoder has already refused an oversized frame, so
-                    // the buffer never holds more than one frame and a chunk.
-                    let mut chunk = [0u8; 2048];
-                    match self.recv.read(&mut chunk).await? {
-                        Some(n) => self.buffer.extend_from_slice(&chunk[..n]),
-                        None if self.buffer.is_empty() => return Err(WireError::Ended),
-                        None => return Err(WireError::Truncated),
-                    }
-                }
+            if let Some(message) = self.decode()? {
+                return Ok(message);
             }
+            self.fill().await?;
+        }
+    }
+
+    /// The next whole message already received, if there is one. Apart from
+    /// the waiting, so no message is held in the waiting future: a session
+    /// waits there most of its life, and every byte of that future is held
+    /// by every idle session.
+    fn decode<M: WireMessage>(&mut self) -> Result<Option<M>, WireError> {
+        match decode_frame::<M>(&self.buffer)? {
+            Decoded::Frame { message, consumed } => {
+                self.buffer.drain(..consumed);
+                if self.buffer.is_empty() && self.buffer.capacity() > BUFFER_KEPT {
+                    self.buffer = Vec::new();
+                }
+                Ok(Some(message))
+            }
+            Decoded::Incomplete { .. } => Ok(None),
+        }
+    }
+
+    /// Waits for more bytes. The decoder has already refused an oversized
+    /// frame, so the buffer never holds more than one frame and a chunk;
+    /// the chunk is quinn's own, not a buffer in this future.
+    async fn fill(&mut self) -> Result<(), WireError> {
+        match self.recv.read_chunk(MAX_WIRE_LEN, true).await? {
+            Some(chunk) => {
+                self.buffer.extend_from_slice(&chunk.bytes);
+                Ok(())
+            }
+            None if self.buffer.is_empty() => Err(WireError::Ended),
+            None => Err(WireError::Truncated),
         }
     }
 }
@@ -90,12 +113,27 @@ pub(super) struct DeviceStream {
 
 impl DeviceStream {
     pub(super) async fn write(&mut self, message: GatewayMessage) -> Result<(), WireError> {
-        let mut frame = [0u8; MAX_WIRE_LEN];
-        let len = encode_frame(&message.for_version(self.version), &mut frame)
-            .expect("gateway messages always fit a frame");
-        tokio::time::timeout(WRITE_TIMEOUT, self.send.write_all(&frame[..len]))
+        let frame = encode(&message.for_version(self.version));
+        tokio::time::timeout(WRITE_TIMEOUT, self.send.write_chunk(frame))
             .await
             .map_err(|_| WireError::WriteTimeout)??;
         Ok(())
     }
+}
+
+thread_local! {
+    /// Where frames are encoded before they are copied out at their size.
+    static SCRATCH: std::cell::RefCell<Box<[u8; MAX_WIRE_LEN]>> =
+        std::cell::RefCell::new(Box::new([0; MAX_WIRE_LEN]));
+}
+
+/// `message` as one frame, in an allocation of its own size: quinn keeps it
+/// until the device acknowledges it, and a frame-sized buffer in the
+/// writing future would sit in every session's future, idle or not.
+fn encode(message: &GatewayMessage) -> bytes::Bytes {
+    SCRATCH.with_borrow_mut(|scratch| {
+        let len =
+            encode_frame(message, &mut scratch[..]).expect("gateway messages always fit a frame");
+        bytes::Bytes::copy_from_slice(&scratch[..len])
+    })
 }
