@@ -25,8 +25,9 @@ pub type NonceFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, NonceStoreEr
 pub trait NonceStore: Send + Sync + std::fmt::Debug {
     /// Records (device, nonce) for `ttl_ms`. Returns `false`, recording
     /// nothing, if the pair was already seen and has not expired. Atomic: of
-    /// two concurrent claims of one pair exactly one wins; durable before it
-    /// returns.
+    /// two concurrent claims of one pair exactly one wins. Durable by the
+    /// time the device's session begins (`ReportStore::begin_session`, on
+    /// the same store), not necessarily when this returns.
     fn claim<'a>(
         &'a self,
         device_id: &'a DeviceId,

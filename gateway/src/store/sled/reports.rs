@@ -204,10 +204,15 @@ impl ReportStore for SledReportStore {
     fn begin_session<'a>(&'a self, device_id: &'a str) -> StoreFuture<'a, (SessionEpoch, u64)> {
         Box::pin(async move {
             let begun = self.begin_session_now(device_id)?;
-            // The watermark announced must be on disk (another session's
-            // last report may still be on its way there). The epoch need not
-            // be: after a crash no session of the old process is left.
-            self.durable.durable().await?;
+            // The reports under the watermark announced must be on disk
+            // (another session's last report may still be on its way there),
+            // and so must this authentication's nonce claim: each asked for
+            // its flush when written, so waiting for the flushes asked for so
+            // far suffices, and costs nothing when none is outstanding. The
+            // epoch need not be on disk: after a crash no session of the old
+            // process is left, and sled recovers writes in order, so no
+            // report written under this epoch survives without it.
+            self.durable.flushed_so_far().await?;
             Ok(begun)
         })
     }
