@@ -120,9 +120,13 @@ persistence false
 max_queued_messages 0
 max_inflight_messages 0
 EOF
+    # Started as root, mosquitto drops to its own user, which must be able
+    # to read its throwaway key and certificates.
+    chmod 755 "$work" "$dir"
+    chmod 644 "$dir"/*.pem "$dir"/*.key
     mosquitto -c "$dir/mosquitto.conf" >"$dir/mosquitto.log" 2>&1 &
     server_pid=$!; pids+=("$server_pid")
-    sleep 0.5
+    wait_for mosquitto grep -q "mosquitto version .* running" "$dir/mosquitto.log"
     target_args=(--target "mqtts://127.0.0.1:$port" --mqtt-ca "$dir/ca.pem")
 }
 

@@ -355,3 +355,59 @@ async fn the_gateways_record_of_a_position_starts_where_the_subscription_started
         (3, "three")
     );
 }
+
+on_both_backends!(a_device_that_writes_reports_without_reading_never_stalls_its_session);
+/// A device that sends a long burst of reports while it reads nothing (as
+/// an EA or bot writing all it has before reading does), with many signals
+/// waiting for it: the gateway keeps reading its reports while the signals
+/// wait for the device to read, so neither side stalls for the other; once
+/// the device reads, every signal arrives in order and every report is
+/// confirmed.
+async fn a_device_that_writes_reports_without_reading_never_stalls_its_session(backend: Backend) {
+    let (gateway, dir) = start_on(&backend).await;
+    let gold = channel("gold");
+    let device = register(&gateway).await;
+    gateway.subscribe(device.id.as_str(), &gold).await.unwrap();
+    // It takes 8 KiB ahead of reading: far less than what waits for it.
+    let (mut session, _) = Session::open_with_window(&gateway, dir.path(), &device, 8 * 1024).await;
+    const SIGNALS: usize = 400;
+    const REPORTS: u64 = 3_000;
+    for i in 1..=SIGNALS {
+        gateway
+            .publish(&gold, market_buy(&format!("s{i}")))
+            .await
+            .unwrap();
+    }
+    // Far more than the gateway takes ahead of reading (64 KiB): written
+    // only if the gateway goes on reading while its signals wait.
+    let mut burst = Vec::new();
+    for seq in 1..=REPORTS {
+        let mut frame = [0u8; MAX_WIRE_LEN];
+        let report = DeviceMessage::Report(Report {
+            seq,
+            signal_id: SignalId([7; 16]),
+            at_ms: 1_700_000_000_000 + seq,
+            outcome: ReportOutcome::Received,
+        });
+        let len = encode_frame(&report, &mut frame).unwrap();
+        burst.extend_from_slice(&frame[..len]);
+    }
+    tokio::time::timeout(Duration::from_secs(20), session.send_raw(&burst))
+        .await
+        .expect("the gateway reads reports while signals wait for the device");
+    let mut signals = Vec::new();
+    let mut confirmed = 0;
+    while signals.len() < SIGNALS || confirmed < REPORTS {
+        match session.receive().await {
+            Some(GatewayMessage::Signal(signal)) => signals.push(signal),
+            Some(GatewayMessage::ReportsConfirmed(c)) => {
+                assert!(c.up_to_seq > confirmed);
+                confirmed = c.up_to_seq;
+            }
+            other => panic!("expected signals and confirmations, got {other:?}"),
+        }
+    }
+    let positions: Vec<u64> = signals.iter().map(|s| s.position).collect();
+    assert_eq!(positions, (1..=SIGNALS as u64).collect::<Vec<_>>());
+    assert_eq!(confirmed, REPORTS);
+}

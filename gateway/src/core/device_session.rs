@@ -72,6 +72,8 @@ pub struct DeviceSession<'a> {
     /// Reports written and not yet durable, oldest first: confirmed in
     /// order as each becomes durable.
     in_flight: std::collections::VecDeque<InFlight>,
+    /// The transport has too much waiting for the device: no signals now.
+    signals_held: bool,
     /// Channels the device follows or has followed: a report about one of
     /// their signals is one it may have received.
     followed: HashSet<ChannelName>,
@@ -154,6 +156,7 @@ impl<'a> DeviceSession<'a> {
             deliveries: Marks::default(),
             reported: Marks::default(),
             in_flight: std::collections::VecDeque::new(),
+            signals_held: false,
             followed: HashSet::new(),
             shutdown: core.shutdown.subscribe(),
             record_deliveries,
@@ -244,7 +247,7 @@ impl<'a> DeviceSession<'a> {
                         Woke::Durable(durable)
                     }
                     said = &mut device, if room => return Next::Device(said),
-                    Some(signal) = feed.signals.recv() => Woke::Signal(signal),
+                    Some(signal) = feed.signals.recv(), if !self.signals_held => Woke::Signal(signal),
                     // Only armed while something awaits recording, so an
                     // idle session is not woken twice a second for nothing.
                     _ = self.record_deliveries.tick(), if recording => {
@@ -294,7 +297,16 @@ impl<'a> DeviceSession<'a> {
         self.feed.running.clear();
     }
 
-    /// The transport wrote `signal` to the device.
+    /// Whether [`DeviceSession::next`] holds back signals (the transport
+    /// has as much waiting for the device as it will hold) or hands them
+    /// out again. Orders, confirmations and the device's messages go on
+    /// either way; held signals wait in the channel's log, in order.
+    pub fn hold_signals(&mut self, held: bool) {
+        self.signals_held = held;
+    }
+
+    /// The transport took `signal` for the device (written, or queued in
+    /// order behind what is being written).
     pub fn sent(&mut self, signal: &Signal) {
         self.core.metrics.signal_delivered();
         self.deliveries.note(&signal.channel, signal.position);

@@ -146,6 +146,16 @@ pub async fn connect(gateway: &Gateway, data_dir: &Path) -> Session {
 /// Connects to the gateway at `addr` whose data directory (holding its
 /// self-signed certificate) is `data_dir`.
 pub async fn connect_to(addr: std::net::SocketAddr, data_dir: &Path) -> Session {
+    connect_with_window(addr, data_dir, None).await
+}
+
+/// [`connect_to`], the device taking at most `stream_window` bytes of its
+/// stream ahead of reading them (quinn's default when `None`).
+pub async fn connect_with_window(
+    addr: std::net::SocketAddr,
+    data_dir: &Path,
+    stream_window: Option<u32>,
+) -> Session {
     let cert = CertificateDer::from_pem_file(data_dir.join("tls/cert.pem")).unwrap();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert).unwrap();
@@ -158,7 +168,15 @@ pub async fn connect_to(addr: std::net::SocketAddr, data_dir: &Path) -> Session 
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    if let Some(window) = stream_window {
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .stream_receive_window(window.into())
+            .receive_window(window.into());
+        client.transport_config(Arc::new(transport));
+    }
+    endpoint.set_default_client_config(client);
     let connection = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
     let mut binding = [0u8; 32];
     connection
@@ -308,7 +326,30 @@ impl Session {
         version: u16,
         resume: &[(&str, u64)],
     ) -> (Self, AuthAccepted) {
-        let mut session = connect(gateway, data_dir).await;
+        let session = connect(gateway, data_dir).await;
+        session.accepted_as(device, version, resume).await
+    }
+
+    /// [`Session::open`] for a device that takes at most `window` bytes
+    /// ahead of reading them.
+    pub async fn open_with_window(
+        gateway: &Gateway,
+        data_dir: &Path,
+        device: &Device,
+        window: u32,
+    ) -> (Self, AuthAccepted) {
+        let addr = gateway.quic_addr().expect("the gateway serves devices");
+        let session = connect_with_window(addr, data_dir, Some(window)).await;
+        session.accepted_as(device, PROTOCOL_VERSION, &[]).await
+    }
+
+    async fn accepted_as(
+        self,
+        device: &Device,
+        version: u16,
+        resume: &[(&str, u64)],
+    ) -> (Self, AuthAccepted) {
+        let mut session = self;
         let DeviceMessage::Authenticate(mut auth) =
             session.authenticate_message(device, now_ms(), fresh_nonce())
         else {

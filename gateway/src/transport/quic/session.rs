@@ -14,7 +14,7 @@ use eagate_protocol::{
 use tracing::{debug, info, warn};
 
 use super::close_code_of;
-use super::wire::{DeviceStream, FrameReader, WireError};
+use super::wire::{DeviceStream, FrameReader, QUEUE_LIMIT, WireError};
 use crate::core::checks::FailureReason;
 use crate::core::{Close, Core, Denial, DeviceSession, Next};
 
@@ -158,7 +158,7 @@ async fn admit<'a>(
             return Err(Ending::Silent(Close::AuthTimeout));
         }
     };
-    let stream = opened.insert(DeviceStream { send, version: 1 });
+    let stream = opened.insert(DeviceStream::new(send));
     let mut reader = FrameReader::new(recv);
     let malformed = |why: &dyn std::fmt::Display| {
         debug!(remote = %connection.remote_address(), error = %why, "closing before authentication");
@@ -206,7 +206,9 @@ async fn admit<'a>(
 /// After admission: writes what the core hands out (signals, confirmations
 /// of reports once durable), passes on what the device sends, answers
 /// pings, and ends on the device's going-away, its silence, or whatever the
-/// core decides.
+/// core decides. Frames are queued and written while the session waits, so
+/// it never stops reading the device to write to it; a device that reads
+/// slowly gets no more signals once [`QUEUE_LIMIT`] bytes wait for it.
 async fn stream_and_ingest(
     session: &mut DeviceSession<'_>,
     stream: &mut DeviceStream,
@@ -220,70 +222,68 @@ async fn stream_and_ingest(
     let idle = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle);
     loop {
+        session.hold_signals(stream.queued() >= QUEUE_LIMIT);
         // The core orders the work: its orders, then what the device said,
         // then signals. The device's silence is part of "what the device
         // said", so it is only judged when the core looks at the device (not
         // while the core waits on its store) and after any message already
-        // read.
+        // read. Meanwhile the queue is written as the device takes it.
         let heard = async {
-            tokio::select! {
-                biased;
-                message = reader.next::<DeviceMessage>() => Some(message),
-                () = &mut idle => None,
+            loop {
+                tokio::select! {
+                    biased;
+                    message = reader.next::<DeviceMessage>() => return Some(message),
+                    () = &mut idle => return None,
+                    written = stream.write_queued(), if stream.queued() > 0 => {
+                        if let Err(e) = written {
+                            return Some(Err(e));
+                        }
+                    }
+                }
             }
         };
         let step = session.next(heard).await;
-        if matches!(step, Next::Device(Some(_))) {
+        if matches!(step, Next::Device(Some(Ok(_)))) {
             idle.as_mut()
                 .reset(tokio::time::Instant::now() + idle_timeout);
         }
-        let written = match step {
+        match step {
             Next::End(close) => return Ending::of(close),
             Next::Device(None) => return Ending::of(Close::IdleTimeout),
             Next::Confirm(up_to_seq) => {
-                stream
-                    .write(GatewayMessage::ReportsConfirmed(ReportsConfirmed {
-                        up_to_seq,
-                    }))
-                    .await
+                stream.queue(GatewayMessage::ReportsConfirmed(ReportsConfirmed {
+                    up_to_seq,
+                }));
             }
             Next::Signal(signal) => {
-                let written = stream
-                    .write(GatewayMessage::Signal((*signal).clone()))
-                    .await;
-                if written.is_ok() {
-                    session.sent(&signal);
-                }
-                written
+                stream.queue(GatewayMessage::Signal((*signal).clone()));
+                session.sent(&signal);
             }
             Next::Device(Some(Err(e))) => {
                 if e.is_protocol_violation() {
                     warn!(device = %session.device_id(), error = %e, "protocol violation");
+                } else {
+                    debug!(device = %session.device_id(), error = %e, "session failed");
                 }
                 return Ending::of_wire(&e);
             }
             Next::Device(Some(Ok(message))) => match message {
                 DeviceMessage::Ping(ping) => {
-                    stream
-                        .write(GatewayMessage::Pong(Pong { token: ping.token }))
-                        .await
+                    stream.queue(GatewayMessage::Pong(Pong { token: ping.token }));
                 }
-                DeviceMessage::Pong(_) => Ok(()),
+                DeviceMessage::Pong(_) => {}
                 DeviceMessage::GoingAway(_) => return Ending::of(Close::DeviceLeft),
                 DeviceMessage::Authenticate(_) => {
                     warn!(device = %session.device_id(), "Authenticate sent on an authenticated session");
                     return Ending::of(Close::ProtocolViolation);
                 }
                 // Confirmed later, once durable (`Next::Confirm`).
-                DeviceMessage::Report(report) => match session.report(report).await {
-                    Ok(()) => Ok(()),
-                    Err(close) => return Ending::of(close),
-                },
+                DeviceMessage::Report(report) => {
+                    if let Err(close) = session.report(report).await {
+                        return Ending::of(close);
+                    }
+                }
             },
-        };
-        if let Err(e) = written {
-            debug!(device = %session.device_id(), error = %e, "session failed");
-            return Ending::of_wire(&e);
         }
     }
 }

@@ -104,36 +104,94 @@ impl FrameReader {
 /// meanwhile its session cannot miss a revocation or a shutdown.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How many bytes of frames a session queues for a device that reads
+/// slower than they come: past this it takes no more signals until the
+/// device has read some (it keeps reading the device meanwhile).
+pub(super) const QUEUE_LIMIT: usize = 64 * 1024;
+
 /// The gateway's half of a session stream, speaking the device's protocol
-/// version (version 1 until `Authenticate` says otherwise).
+/// version (version 1 until `Authenticate` says otherwise). Frames are
+/// queued and written as the device takes them, from inside the session's
+/// wait for the device: a session blocked in a write would stop reading,
+/// and a device blocked writing its reports to it would stop reading too,
+/// each waiting for the other until both gave up.
 pub(super) struct DeviceStream {
     pub(super) send: SendStream,
     pub(super) version: u16,
+    /// Encoded frames quinn has not taken yet, in order; a frame may be
+    /// partly taken.
+    queued: bytes::BytesMut,
+    /// Since when the device has taken nothing of what is queued.
+    stalled_since: tokio::time::Instant,
 }
 
 impl DeviceStream {
-    pub(super) async fn write(&mut self, message: GatewayMessage) -> Result<(), WireError> {
-        let frame = encode(&message.for_version(self.version));
-        tokio::time::timeout(WRITE_TIMEOUT, self.send.write_chunk(frame))
+    pub(super) fn new(send: SendStream) -> Self {
+        Self {
+            send,
+            version: 1,
+            queued: bytes::BytesMut::new(),
+            stalled_since: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Queues `message` after what is queued; [`DeviceStream::write_queued`]
+    /// writes it.
+    pub(super) fn queue(&mut self, message: GatewayMessage) {
+        if self.queued.is_empty() {
+            self.stalled_since = tokio::time::Instant::now();
+        }
+        encode_into(&message.for_version(self.version), &mut self.queued);
+    }
+
+    /// Bytes queued and not yet taken by quinn.
+    pub(super) fn queued(&self) -> usize {
+        self.queued.len()
+    }
+
+    /// Writes as much of the queue as quinn takes now, waiting until it
+    /// takes something. Cancel-safe: what quinn took is off the queue,
+    /// nothing else is; so it can sit in a `select!`. Fails once the device
+    /// has taken nothing for [`WRITE_TIMEOUT`].
+    pub(super) async fn write_queued(&mut self) -> Result<(), WireError> {
+        let stalled_until = self.stalled_since + WRITE_TIMEOUT;
+        let taken = tokio::time::timeout_at(stalled_until, self.send.write(&self.queued))
             .await
             .map_err(|_| WireError::WriteTimeout)??;
+        let _ = self.queued.split_to(taken);
+        self.stalled_since = tokio::time::Instant::now();
+        if self.queued.is_empty() && self.queued.capacity() > QUEUE_KEPT {
+            // An idle session holds no buffer from a burst.
+            self.queued = bytes::BytesMut::new();
+        }
+        Ok(())
+    }
+
+    /// Queues `message` and writes the whole queue, waiting as long as the
+    /// device takes something at least every [`WRITE_TIMEOUT`].
+    pub(super) async fn write(&mut self, message: GatewayMessage) -> Result<(), WireError> {
+        self.queue(message);
+        while !self.queued.is_empty() {
+            self.write_queued().await?;
+        }
         Ok(())
     }
 }
 
+/// A queue's buffer grown past this by a burst is let go once empty.
+const QUEUE_KEPT: usize = 4096;
+
 thread_local! {
-    /// Where frames are encoded before they are copied out at their size.
+    /// Where frames are encoded before they are copied into a queue.
     static SCRATCH: std::cell::RefCell<Box<[u8; MAX_WIRE_LEN]>> =
         std::cell::RefCell::new(Box::new([0; MAX_WIRE_LEN]));
 }
 
-/// `message` as one frame, in an allocation of its own size: quinn keeps it
-/// until the device acknowledges it, and a frame-sized buffer in the
-/// writing future would sit in every session's future, idle or not.
-fn encode(message: &GatewayMessage) -> bytes::Bytes {
+/// Appends `message` as one frame to `out`.
+fn encode_into(message: &GatewayMessage, out: &mut bytes::BytesMut) {
     SCRATCH.with_borrow_mut(|scratch| {
         let len =
             encode_frame(message, &mut scratch[..]).expect("gateway messages always fit a frame");
-        bytes::Bytes::copy_from_slice(&scratch[..len])
-    })
+        out.extend_from_slice(&scratch[..len]);
+    });
 }
