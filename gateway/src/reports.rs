@@ -223,8 +223,9 @@ pub struct Written {
 }
 
 impl Written {
-    /// A write that needs nothing more: refused, or a conflict (nothing to
-    /// confirm, nothing to wait for).
+    /// A write that needs nothing more: durable once acknowledged (Redis,
+    /// as its AOF policy makes it), or one that stored nothing (refused, a
+    /// conflict).
     pub fn final_outcome(ingested: Ingested) -> Self {
         Self {
             ingested,

@@ -421,6 +421,37 @@ async fn a_nonce_is_claimed_once_per_device_until_it_expires(stores: &Stores) {
 on_both_backends!(a_nonce_is_claimed_once_per_device_until_it_expires);
 
 #[tokio::test]
+async fn redis_stores_a_report_once_after_its_scripts_were_flushed() {
+    // A Redis of its own: flushing the scripts of the shared one would
+    // reach into the other tests.
+    let redis = eagate_tests::PrivateRedis::start();
+    let stores = RedisStores::connect(&redis.url, &unique_prefix())
+        .await
+        .unwrap();
+    // A first write loads the script; then what a Redis restart does to
+    // loaded scripts.
+    stores
+        .ingest(&report("dv_B", 1, 8, ReportOutcome::Received), None)
+        .await
+        .unwrap();
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let fill_one = report("dv_A", 1, 8, fill(1));
+    assert_eq!(
+        stores.ingest(&fill_one, None).await.unwrap(),
+        Ingested::Stored { confirmed_up_to: 1 }
+    );
+    let listed = stores.for_signal(SignalId([8; 16])).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.contains(&fill_one));
+}
+
+#[tokio::test]
 async fn redis_keeps_one_readable_stream_entry_per_report_however_often_it_is_resent() {
     let prefix = unique_prefix();
     let url = eagate_tests::redis_url();

@@ -77,31 +77,53 @@ impl ReportStore for RedisStores {
             for (name, value) in stream_fields(report) {
                 script.arg(name).arg(value);
             }
-            let mut connection = self.connection.clone();
-            // The fill feed first, on every attempt: once the script has
-            // run, the watermark may confirm this report to the device, which
-            // then never resends it; a feed entry written after it could be
-            // lost to a crash. A duplicate entry is harmless (the reader is
-            // idempotent), and so is the entry of a fill the script then
-            // refuses (a replaced session's, or one under a number taken by
-            // another installation): it is a real trade of the device's
-            // account, which the device stores later under a number of its own.
+            let index = self.signal_reports_key(report.signal_id);
+            let member = format!("{} {}", report.device_id, report.seq);
+            // One round trip for the whole write, so the gateway's cost per
+            // report is one request, one answer:
+            // - the fill feed first, on every attempt: once the script has
+            //   run, the watermark may confirm this report to the device,
+            //   which then never resends it; a feed entry written after it
+            //   could be lost to a crash. A duplicate entry is harmless (the
+            //   reader is idempotent), and so is the entry of a fill the
+            //   script then refuses (a replaced session's, or one under a
+            //   number taken by another installation): it is a real trade of
+            //   the device's account, which the device stores later under a
+            //   number of its own;
+            // - the script, which stores the report or says why not;
+            // - the signal's index (outside the script: its key is in
+            //   another slot), on every attempt, whatever the script
+            //   decided: a crash between the two is mended by the device's
+            //   resend, and an entry whose number holds another signal's
+            //   report, or none, is skipped by `for_signal`.
+            let mut pipe = redis::pipe();
             if report.kind == ReportKind::Filled {
                 let fill = FeedFill::of(report);
-                let _: String = connection
-                    .xadd(
-                        self.fill_feed_key(),
-                        "*",
-                        &[
-                            ("device_id", fill.device_id),
-                            ("seq", fill.seq.to_string()),
-                            ("stored_at_ms", fill.stored_at_ms.to_string()),
-                        ],
-                    )
-                    .await?;
+                pipe.xadd(
+                    self.fill_feed_key(),
+                    "*",
+                    &[
+                        ("device_id", fill.device_id),
+                        ("seq", fill.seq.to_string()),
+                        ("stored_at_ms", fill.stored_at_ms.to_string()),
+                    ],
+                )
+                .ignore();
             }
-            let (stored, watermark, existing): (i8, u64, Option<String>) =
-                script.invoke_async(&mut connection).await?;
+            pipe.invoke_script(&script).sadd(index, member).ignore();
+            let mut connection = self.connection.clone();
+            let answered: Result<((i8, u64, Option<String>),), _> =
+                pipe.query_async(&mut connection).await;
+            let ((stored, watermark, existing),) = match answered {
+                // Redis restarted (or the script was flushed): load it and
+                // write again; the feed entry and the index entry repeat
+                // harmlessly.
+                Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
+                    let _: String = script.load_async(&mut connection).await?;
+                    pipe.query_async(&mut connection).await?
+                }
+                answered => answered?,
+            };
             match stored {
                 -2 => return Ok(Written::final_outcome(Ingested::Superseded)),
                 -1 => {
@@ -120,41 +142,9 @@ impl ReportStore for RedisStores {
                     confirmed_up_to: watermark,
                 },
             };
-            if matches!(ingested, Ingested::Conflict { .. }) {
-                // Never indexed: its number holds another signal's report.
-                return Ok(Written::final_outcome(ingested));
-            }
-            // Outside the script: the index key is in another slot. Added on
-            // every attempt that finds the report stored, so a crash between
-            // the two is mended by the device's resend of the unconfirmed
-            // report; part of being durable, so the session writes its next
-            // report meanwhile. (Redis's own durability is its
-            // configuration's: an acknowledged write is as durable as the
-            // AOF policy makes it.) A task of its own: a durability future
-            // must make progress unpolled, as a session polls only its
-            // oldest, and a command future of the shared connection that is
-            // polled once and then left holds a slot of the connection's
-            // queue until polled again, which with many sessions stalls them
-            // all.
-            let index = self.signal_reports_key(report.signal_id);
-            let member = format!("{} {}", report.device_id, report.seq);
-            let indexed = tokio::spawn(async move {
-                let _: () = connection.sadd(index, member).await?;
-                Ok::<_, redis::RedisError>(())
-            });
-            Ok(Written {
-                ingested,
-                durable: Box::pin(async move {
-                    match indexed.await {
-                        Ok(indexed) => Ok(indexed?),
-                        Err(e) => Err(ReportStoreError::Redis(redis::RedisError::from((
-                            redis::ErrorKind::IoError,
-                            "indexing a report stopped",
-                            e.to_string(),
-                        )))),
-                    }
-                }),
-            })
+            // Durable as Redis's configuration makes an acknowledged write
+            // (its AOF policy): nothing more to wait for.
+            Ok(Written::final_outcome(ingested))
         })
     }
 
@@ -228,10 +218,13 @@ impl ReportStore for RedisStores {
                     .hget(self.device_key(&device, "reports"), seq)
                     .await?;
                 if let Some(json) = json {
-                    found.push(
-                        serde_json::from_str(&json)
-                            .map_err(|e| ReportStoreError::Corrupt(e.to_string()))?,
-                    );
+                    let stored: StoredReport = serde_json::from_str(&json)
+                        .map_err(|e| ReportStoreError::Corrupt(e.to_string()))?;
+                    // The index also names attempts that stored nothing
+                    // under their number (a conflict, a refusal).
+                    if stored.signal_id == signal_id {
+                        found.push(stored);
+                    }
                 }
             }
             Ok(found)
