@@ -411,3 +411,28 @@ async fn a_device_that_writes_reports_without_reading_never_stalls_its_session(b
     assert_eq!(positions, (1..=SIGNALS as u64).collect::<Vec<_>>());
     assert_eq!(confirmed, REPORTS);
 }
+
+on_both_backends!(signals_held_back_for_a_slow_reader_flow_again_once_it_reads_without_it_sending);
+/// Far more signals than the gateway queues for one device, to a device that
+/// reads slowly (8 KiB ahead) and sends nothing: once it has read what was
+/// queued, the rest flows at once, in order, without waiting for the device
+/// to say something.
+async fn signals_held_back_for_a_slow_reader_flow_again_once_it_reads_without_it_sending(
+    backend: Backend,
+) {
+    let (gateway, dir) = start_on(&backend).await;
+    let gold = channel("gold");
+    let device = register(&gateway).await;
+    gateway.subscribe(device.id.as_str(), &gold).await.unwrap();
+    const SIGNALS: usize = 1_500;
+    for i in 1..=SIGNALS {
+        gateway
+            .publish(&gold, market_buy(&format!("s{i}")))
+            .await
+            .unwrap();
+    }
+    let (mut session, _) = Session::open_with_window(&gateway, dir.path(), &device, 8 * 1024).await;
+    let received = session.signals(SIGNALS).await;
+    let positions: Vec<u64> = received.iter().map(|s| s.position).collect();
+    assert_eq!(positions, (1..=SIGNALS as u64).collect::<Vec<_>>());
+}

@@ -203,6 +203,19 @@ async fn admit<'a>(
     Ok((admitted.session, reader))
 }
 
+/// What the session's wait for the device ended with. (Its size is the
+/// device message's, as the `Option` it replaces was: moved once per
+/// message and never held, where boxing would allocate per message.)
+#[allow(clippy::large_enum_variant)]
+enum Heard {
+    /// A message, or why none could be read (or written).
+    Message(Result<DeviceMessage, WireError>),
+    /// Nothing for the idle timeout.
+    Silence,
+    /// The queue for the device has room again: signals may flow.
+    Room,
+}
+
 /// After admission: writes what the core hands out (signals, confirmations
 /// of reports once durable), passes on what the device sends, answers
 /// pings, and ends on the device's going-away, its silence, or whatever the
@@ -222,34 +235,39 @@ async fn stream_and_ingest(
     let idle = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle);
     loop {
-        session.hold_signals(stream.queued() >= QUEUE_LIMIT);
+        let held = stream.queued() >= QUEUE_LIMIT;
+        session.hold_signals(held);
         // The core orders the work: its orders, then what the device said,
         // then signals. The device's silence is part of "what the device
         // said", so it is only judged when the core looks at the device (not
         // while the core waits on its store) and after any message already
-        // read. Meanwhile the queue is written as the device takes it.
+        // read. Meanwhile the queue is written as the device takes it
+        // (first: a device that sends without pause must not starve it), and
+        // signals held back are let through again as soon as it has room.
         let heard = async {
             loop {
                 tokio::select! {
                     biased;
-                    message = reader.next::<DeviceMessage>() => return Some(message),
-                    () = &mut idle => return None,
-                    written = stream.write_queued(), if stream.queued() > 0 => {
-                        if let Err(e) = written {
-                            return Some(Err(e));
-                        }
-                    }
+                    written = stream.write_queued(), if stream.queued() > 0 => match written {
+                        Err(e) => return Heard::Message(Err(e)),
+                        Ok(()) if held && stream.queued() < QUEUE_LIMIT => return Heard::Room,
+                        Ok(()) => {}
+                    },
+                    message = reader.next::<DeviceMessage>() => return Heard::Message(message),
+                    () = &mut idle => return Heard::Silence,
                 }
             }
         };
         let step = session.next(heard).await;
-        if matches!(step, Next::Device(Some(Ok(_)))) {
+        if matches!(step, Next::Device(Heard::Message(Ok(_)))) {
             idle.as_mut()
                 .reset(tokio::time::Instant::now() + idle_timeout);
         }
         match step {
             Next::End(close) => return Ending::of(close),
-            Next::Device(None) => return Ending::of(Close::IdleTimeout),
+            Next::Device(Heard::Silence) => return Ending::of(Close::IdleTimeout),
+            // Signals are let through again on the next turn.
+            Next::Device(Heard::Room) => {}
             Next::Confirm(up_to_seq) => {
                 stream.queue(GatewayMessage::ReportsConfirmed(ReportsConfirmed {
                     up_to_seq,
@@ -259,7 +277,7 @@ async fn stream_and_ingest(
                 stream.queue(GatewayMessage::Signal((*signal).clone()));
                 session.sent(&signal);
             }
-            Next::Device(Some(Err(e))) => {
+            Next::Device(Heard::Message(Err(e))) => {
                 if e.is_protocol_violation() {
                     warn!(device = %session.device_id(), error = %e, "protocol violation");
                 } else {
@@ -267,7 +285,7 @@ async fn stream_and_ingest(
                 }
                 return Ending::of_wire(&e);
             }
-            Next::Device(Some(Ok(message))) => match message {
+            Next::Device(Heard::Message(Ok(message))) => match message {
                 DeviceMessage::Ping(ping) => {
                     stream.queue(GatewayMessage::Pong(Pong { token: ping.token }));
                 }
