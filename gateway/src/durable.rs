@@ -130,22 +130,6 @@ impl Durable {
         &self.db
     }
 
-    /// Asks for a flush of everything written before the call, without
-    /// waiting for it: a later [`Durable::flushed_so_far`] waits for it.
-    pub fn flush_soon(&self) {
-        // The ticket is taken at the call; the waiting is what is dropped.
-        drop(self.durable());
-    }
-
-    /// Resolves once every flush asked for before the call is done,
-    /// asking for none: at once when none is outstanding. Writes that took
-    /// a ticket after they were made (as report writes do, at once) are on
-    /// disk when it resolves.
-    pub fn flushed_so_far(&self) -> impl Future<Output = sled::Result<()>> + Send + 'static {
-        let ticket = self.commit.shared.lock().requested;
-        self.until_flushed(ticket)
-    }
-
     /// Resolves once everything written before the call is on disk,
     /// sharing one flush with every other writer waiting at the time. The
     /// flush is asked for at the call, not when the future is first polled,
@@ -164,14 +148,6 @@ impl Durable {
         if wake {
             self.commit.shared.wake.notify_one();
         }
-        self.until_flushed(ticket)
-    }
-
-    /// Resolves once the flusher has flushed through `ticket`.
-    fn until_flushed(
-        &self,
-        ticket: u64,
-    ) -> impl Future<Output = sled::Result<()>> + Send + 'static {
         let mut flushed = self.commit.flushed.clone();
         async move {
             let outcome = flushed
@@ -284,24 +260,6 @@ mod tests {
         // Nothing is left waiting: one more write is flushed on its own.
         tree.insert(b"last", &b"y"[..]).unwrap();
         durable.durable().await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn waiting_for_the_flushes_asked_so_far_covers_a_flush_asked_without_waiting() {
-        let durable = temporary();
-        let tree = durable.db().open_tree("t").unwrap();
-        // Nothing outstanding: resolves at once, asking for nothing.
-        let idle = futures_util::FutureExt::now_or_never(durable.flushed_so_far());
-        assert!(matches!(idle, Some(Ok(()))));
-        assert_eq!(durable.commit.shared.lock().requested, 0);
-        tree.insert(b"nonce", &b"x"[..]).unwrap();
-        durable.flush_soon();
-        let asked = durable.commit.shared.lock().requested;
-        assert_eq!(asked, 1);
-        durable.flushed_so_far().await.unwrap();
-        assert!(durable.commit.flushed.borrow().through >= asked);
-        // It asked for no flush of its own.
-        assert_eq!(durable.commit.shared.lock().requested, asked);
     }
 
     #[tokio::test]

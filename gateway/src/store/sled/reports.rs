@@ -206,13 +206,14 @@ impl ReportStore for SledReportStore {
             let begun = self.begin_session_now(device_id)?;
             // The reports under the watermark announced must be on disk
             // (another session's last report may still be on its way there),
-            // and so must this authentication's nonce claim: each asked for
-            // its flush when written, so waiting for the flushes asked for so
-            // far suffices, and costs nothing when none is outstanding. The
-            // epoch need not be on disk: after a crash no session of the old
-            // process is left, and sled recovers writes in order, so no
-            // report written under this epoch survives without it.
-            self.durable.flushed_so_far().await?;
+            // and so must this authentication's nonce claim: a flush asked
+            // for after the read covers both (one asked for before it would
+            // miss a report written under the old epoch whose own flush is
+            // not asked for yet). The epoch need not be on disk: after a
+            // crash no session of the old process is left, and sled recovers
+            // writes in order, so no report written under this epoch
+            // survives without it.
+            self.durable.durable().await?;
             Ok(begun)
         })
     }
