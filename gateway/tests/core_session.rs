@@ -375,3 +375,32 @@ async fn reports_on_their_way_to_disk_are_confirmed_in_order_once_durable_and_ne
         4
     );
 }
+
+#[tokio::test]
+async fn a_signal_located_once_keeps_its_place_after_it_expires_from_the_log() {
+    let (core, _db) = core();
+    let appended = core.publish(&gold(), market_buy("a"), None).await.unwrap();
+    let id = appended.signal.signal_id;
+    let place = Some((gold(), appended.signal.position));
+    assert_eq!(core.places.locate(&*core.signals, id).await.unwrap(), place);
+    // Expired from the log: the log no longer knows it, the places do (the
+    // channel it was published on does not change).
+    assert_eq!(core.signals.trim(u64::MAX).await.unwrap(), 1);
+    assert_eq!(core.signals.locate(id).await.unwrap(), None);
+    assert_eq!(core.places.locate(&*core.signals, id).await.unwrap(), place);
+    // Other signals are not taken for it.
+    let later = core.publish(&gold(), market_buy("b"), None).await.unwrap();
+    let mut unknown = later.signal.signal_id;
+    unknown.0[15] ^= 1;
+    assert_eq!(
+        core.places.locate(&*core.signals, unknown).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        core.places
+            .locate(&*core.signals, later.signal.signal_id)
+            .await
+            .unwrap(),
+        Some((gold(), later.signal.position))
+    );
+}

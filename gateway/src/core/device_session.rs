@@ -342,8 +342,8 @@ impl<'a> DeviceSession<'a> {
         // Where the signal sits: to check the device could have received it,
         // and to record its position once the report is stored.
         let place = core
-            .signals
-            .locate(report.signal_id)
+            .places
+            .locate(&*core.signals, report.signal_id)
             .await
             .map_err(|e| store_failed("locating a reported signal", &e))?;
         match &place {

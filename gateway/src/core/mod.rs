@@ -17,6 +17,7 @@ pub mod device_session;
 pub mod fanout;
 pub mod metrics;
 pub mod notices;
+pub mod places;
 pub mod sessions;
 
 use std::sync::{Arc, Mutex};
@@ -37,6 +38,7 @@ use checks::{AuthSettings, FailureThrottle, ThrottleSettings};
 use fanout::SignalHub;
 use metrics::Metrics;
 use notices::{EndingReason, Notice, NoticeBus};
+use places::SignalPlaces;
 use sessions::{LiveSessions, SharedPresence};
 
 /// The gateway's state and its operations, shared by every transport and
@@ -55,6 +57,8 @@ pub struct Core {
     pub signals: Arc<dyn SignalLog>,
     /// Live fan-out of new signals.
     pub hub: SignalHub,
+    /// Where the signals reported on lately sit in their channels.
+    pub places: SignalPlaces,
     /// How far each device has got in each channel, from its reports.
     pub positions: Arc<dyn PositionStore>,
     /// How the deployment's other processes hear of what happens here
@@ -211,6 +215,7 @@ impl Core {
             reports,
             signals,
             hub: SignalHub::new(256),
+            places: SignalPlaces::default(),
             positions,
             notices: None,
             auth: AuthSettings::default(),
