@@ -832,3 +832,123 @@ async fn retention_removes_the_oldest_signals_and_never_reuses_their_positions(s
     assert!(replayed.replayed);
     assert_eq!(replayed.signal.position, 2);
 }
+
+#[tokio::test]
+async fn redis_a_report_that_fails_fails_alone_however_its_batch_was_gathered() {
+    let prefix = unique_prefix();
+    let url = eagate_tests::redis_url();
+    let stores = RedisStores::connect(&url, &prefix).await.unwrap();
+    // One device's reports hash is damaged (a string where a hash belongs):
+    // its script fails inside Redis.
+    let client = redis::Client::open(url).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let () = redis::cmd("SET")
+        .arg(format!("{prefix}:{{dev:dv_damaged}}:reports"))
+        .arg("not a hash")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    // Its writes race many others', so batches hold both kinds.
+    let writers: Vec<_> = (0..40)
+        .map(|writer| {
+            let stores = stores.clone();
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                for seq in 1..=25 {
+                    let device = if writer % 8 == 0 {
+                        "dv_damaged".to_owned()
+                    } else {
+                        format!("dv_{writer}")
+                    };
+                    let report = report(&device, seq, 5, ReportOutcome::Received);
+                    outcomes.push((device, stores.ingest(&report, None).await));
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let (mut failed, mut stored) = (0, 0);
+    for writer in writers {
+        for (device, outcome) in writer.await.unwrap() {
+            if device == "dv_damaged" {
+                assert!(
+                    outcome.is_err(),
+                    "a damaged device's write failed: {outcome:?}"
+                );
+                failed += 1;
+            } else {
+                assert!(
+                    matches!(outcome, Ok(Ingested::Stored { .. })),
+                    "{device}: {outcome:?}"
+                );
+                stored += 1;
+            }
+        }
+    }
+    assert_eq!((failed, stored), (125, 875));
+    for writer in (0..40).filter(|writer| writer % 8 != 0) {
+        let device = format!("dv_{writer}");
+        assert_eq!(stores.confirmed_up_to(&device).await.unwrap(), 25);
+    }
+}
+
+#[tokio::test]
+async fn redis_reports_of_a_signal_whose_index_is_damaged_fail_without_failing_others() {
+    let prefix = unique_prefix();
+    let url = eagate_tests::redis_url();
+    let stores = RedisStores::connect(&url, &prefix).await.unwrap();
+    // Signal 6's index is damaged: the pipeline's SADD fails, outside the
+    // script, for reports about it.
+    let client = redis::Client::open(url).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let damaged = SignalId([6; 16]);
+    let () = redis::cmd("SET")
+        .arg(format!("{prefix}:signal:{damaged}:reports"))
+        .arg("not a set")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let writers: Vec<_> = (0..30)
+        .map(|writer| {
+            let stores = stores.clone();
+            tokio::spawn(async move {
+                let signal = if writer % 6 == 0 { 6 } else { 5 };
+                let device = format!("dv_{writer}");
+                let mut outcomes = Vec::new();
+                for seq in 1..=20 {
+                    let report = report(&device, seq, signal, ReportOutcome::Received);
+                    outcomes.push(stores.ingest(&report, None).await);
+                    if signal == 6 {
+                        // Its first report stays unconfirmed; go no further.
+                        break;
+                    }
+                }
+                (signal, outcomes)
+            })
+        })
+        .collect();
+    for writer in writers {
+        let (signal, outcomes) = writer.await.unwrap();
+        for outcome in outcomes {
+            if signal == 6 {
+                assert!(outcome.is_err(), "{outcome:?}");
+            } else {
+                // Stored, or already stored by a batch sent again report
+                // by report: confirmed either way.
+                assert!(
+                    matches!(
+                        outcome,
+                        Ok(Ingested::Stored { .. } | Ingested::AlreadyStored { .. })
+                    ),
+                    "{outcome:?}"
+                );
+            }
+        }
+    }
+    let listed = stores.for_signal(SignalId([5; 16])).await.unwrap();
+    assert_eq!(listed.len(), 25 * 20);
+    for writer in (0..30).filter(|writer| writer % 6 != 0) {
+        let device = format!("dv_{writer}");
+        assert_eq!(stores.confirmed_up_to(&device).await.unwrap(), 20);
+    }
+}

@@ -7,6 +7,7 @@
 //! (`{dev:…}`, `{ch:…}`), so each script touches one slot. The keys and how to
 //! read them with `redis-cli` are in docs/redis.md.
 
+mod batches;
 mod nonces;
 mod notices;
 mod positions;
@@ -28,6 +29,8 @@ pub struct RedisStores {
     client: redis::Client,
     connection: ConnectionManager,
     prefix: String,
+    /// Reports of every session, written to Redis in batches.
+    report_batches: batches::ReportBatches,
 }
 
 impl std::fmt::Debug for RedisStores {
@@ -41,10 +44,14 @@ impl std::fmt::Debug for RedisStores {
 impl RedisStores {
     /// Connects to `url` (`redis://host:port/db`); every key starts with
     /// `prefix` (default `eagate`), so deployments or tests can share a Redis.
+    /// Starts, on the current runtime, the task that writes reports in
+    /// batches; it ends with the last clone.
     pub async fn connect(url: &str, prefix: &str) -> redis::RedisResult<Self> {
         let client = redis::Client::open(url)?;
+        let connection = ConnectionManager::new(client.clone()).await?;
         Ok(Self {
-            connection: ConnectionManager::new(client.clone()).await?,
+            report_batches: batches::ReportBatches::start(connection.clone()),
+            connection,
             client,
             prefix: prefix.to_owned(),
         })

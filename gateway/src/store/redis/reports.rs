@@ -10,13 +10,14 @@ use redis::{AsyncCommands, Script};
 use eagate_protocol::SignalId;
 
 use super::RedisStores;
+use super::batches::ReportCommands;
 use crate::reports::{
     FeedFill, Ingested, MAX_REPORT_GAP, ReportKind, ReportStore, ReportStoreError, SessionEpoch,
     StoreFuture, StoredReport, Written,
 };
 
 /// Hashed once; invoked by EVALSHA, loaded on a NOSCRIPT answer.
-static INGEST_SCRIPT: LazyLock<Script> =
+pub(super) static INGEST_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/ingest_report.lua")));
 static BEGIN_SESSION_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/begin_session.lua")));
@@ -64,12 +65,14 @@ impl ReportStore for RedisStores {
                 return Err(ReportStoreError::ZeroSequence);
             }
             let json = serde_json::to_string(report).expect("a report always serializes");
-            let mut script = INGEST_SCRIPT.prepare_invoke();
+            let mut script = redis::cmd("EVALSHA");
             script
-                .key(self.device_key(&report.device_id, "reports"))
-                .key(self.device_key(&report.device_id, "watermark"))
-                .key(self.device_key(&report.device_id, "executions"))
-                .key(self.device_key(&report.device_id, "session"))
+                .arg(INGEST_SCRIPT.get_hash())
+                .arg(4)
+                .arg(self.device_key(&report.device_id, "reports"))
+                .arg(self.device_key(&report.device_id, "watermark"))
+                .arg(self.device_key(&report.device_id, "executions"))
+                .arg(self.device_key(&report.device_id, "session"))
                 .arg(report.seq)
                 .arg(json)
                 .arg(MAX_REPORT_GAP)
@@ -77,10 +80,8 @@ impl ReportStore for RedisStores {
             for (name, value) in stream_fields(report) {
                 script.arg(name).arg(value);
             }
-            let index = self.signal_reports_key(report.signal_id);
-            let member = format!("{} {}", report.device_id, report.seq);
-            // One round trip for the whole write, so the gateway's cost per
-            // report is one request, one answer:
+            // Sent with other sessions' reports in one pipeline (see
+            // `batches`), in this order:
             // - the fill feed first, on every attempt: once the script has
             //   run, the watermark may confirm this report to the device,
             //   which then never resends it; a feed entry written after it
@@ -96,35 +97,39 @@ impl ReportStore for RedisStores {
             //   decided: a crash between the two is mended by the device's
             //   resend, and an entry whose number holds another signal's
             //   report, or none, is skipped by `for_signal`.
-            let mut pipe = redis::pipe();
-            if report.kind == ReportKind::Filled {
+            let feed = (report.kind == ReportKind::Filled).then(|| {
                 let fill = FeedFill::of(report);
-                pipe.xadd(
-                    self.fill_feed_key(),
-                    "*",
-                    &[
-                        ("device_id", fill.device_id),
-                        ("seq", fill.seq.to_string()),
-                        ("stored_at_ms", fill.stored_at_ms.to_string()),
-                    ],
-                )
-                .ignore();
-            }
-            pipe.invoke_script(&script).sadd(index, member).ignore();
-            let mut connection = self.connection.clone();
-            let answered: Result<((i8, u64, Option<String>),), _> =
-                pipe.query_async(&mut connection).await;
-            let ((stored, watermark, existing),) = match answered {
-                // Redis restarted (or the script was flushed): load it and
-                // write again; the feed entry and the index entry repeat
-                // harmlessly.
-                Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
-                    let _: String = script.load_async(&mut connection).await?;
-                    pipe.query_async(&mut connection).await?
-                }
-                answered => answered?,
-            };
+                let mut feed = redis::cmd("XADD");
+                feed.arg(self.fill_feed_key())
+                    .arg("*")
+                    .arg("device_id")
+                    .arg(fill.device_id)
+                    .arg("seq")
+                    .arg(fill.seq)
+                    .arg("stored_at_ms")
+                    .arg(fill.stored_at_ms);
+                feed
+            });
+            let mut index = redis::cmd("SADD");
+            index
+                .arg(self.signal_reports_key(report.signal_id))
+                .arg(format!("{} {}", report.device_id, report.seq));
+            let (stored, watermark, existing) = self
+                .report_batches
+                .write(ReportCommands {
+                    feed,
+                    script,
+                    index,
+                })
+                .await?;
             match stored {
+                -3 => {
+                    return Err(ReportStoreError::Redis(redis::RedisError::from((
+                        redis::ErrorKind::ResponseError,
+                        "the ingest script failed",
+                        existing.unwrap_or_default(),
+                    ))));
+                }
                 -2 => return Ok(Written::final_outcome(Ingested::Superseded)),
                 -1 => {
                     return Err(ReportStoreError::TooFarAhead {

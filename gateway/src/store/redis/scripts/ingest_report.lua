@@ -13,25 +13,39 @@
 -- Returns {outcome, watermark, stored JSON or false}:
 --   1 stored now; 0 already stored (the JSON stored, for the caller to
 --   compare); -1 seq too far above the watermark; -2 a newer session of the
---   device has begun, nothing written.
+--   device has begun, nothing written; -3 a command failed (a damaged key),
+--   with Redis's error in place of the JSON. Answered rather than raised:
+--   the script runs in a pipeline with other devices' reports, which an
+--   error would fail too.
 -- HSETNX is the exactly-once gate: only the first store appends the stream
 -- entry and moves the watermark. All keys share the device's hash tag.
-local watermark = tonumber(redis.call('GET', KEYS[2]) or '0')
-if ARGV[4] ~= '0' and (redis.call('GET', KEYS[4]) or '0') ~= ARGV[4] then
-  return {-2, watermark, false}
+local function ingest()
+  local watermark = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if ARGV[4] ~= '0' and (redis.call('GET', KEYS[4]) or '0') ~= ARGV[4] then
+    return {-2, watermark, false}
+  end
+  if tonumber(ARGV[1]) > watermark + tonumber(ARGV[3]) then
+    return {-1, watermark, false}
+  end
+  local stored = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+  if stored == 0 then
+    return {0, watermark, redis.call('HGET', KEYS[1], ARGV[1])}
+  end
+  local fields = {}
+  for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+  redis.call('XADD', KEYS[3], '*', unpack(fields))
+  while redis.call('HEXISTS', KEYS[1], tostring(watermark + 1)) == 1 do
+    watermark = watermark + 1
+  end
+  redis.call('SET', KEYS[2], watermark)
+  return {1, watermark, false}
 end
-if tonumber(ARGV[1]) > watermark + tonumber(ARGV[3]) then
-  return {-1, watermark, false}
+
+local ok, answer = pcall(ingest)
+if ok then
+  return answer
 end
-local stored = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
-if stored == 0 then
-  return {0, watermark, redis.call('HGET', KEYS[1], ARGV[1])}
+if type(answer) == 'table' and answer.err then
+  answer = answer.err
 end
-local fields = {}
-for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('XADD', KEYS[3], '*', unpack(fields))
-while redis.call('HEXISTS', KEYS[1], tostring(watermark + 1)) == 1 do
-  watermark = watermark + 1
-end
-redis.call('SET', KEYS[2], watermark)
-return {1, watermark, false}
+return {-3, 0, tostring(answer)}

@@ -1,0 +1,178 @@
+//! Group commit on Redis: the reports of every session written together.
+//!
+//! A report is a few commands (its fill feed entry, the ingest script, its
+//! signal's index entry). Sent as a pipeline per report, each cost a request
+//! of the shared connection (a queue entry, an answer channel, a wake-up of
+//! its driver) and Redis a read and a reply of its own. Here writers queue
+//! their commands and one task sends what has gathered as one pipeline. A
+//! batch closes when nothing more is waiting, or at [`BATCH_MAX`] reports:
+//! it never waits for more. While [`IN_FLIGHT`] batches are on their way,
+//! reports gather for the next, so batches grow with the load and a lone
+//! report on a quiet gateway goes at once.
+//!
+//! Each report still gets its own answer. The script answers its own
+//! failures (one device's damaged key) instead of raising them, so they do
+//! not fail the pipeline. A batch Redis refuses because its script cache
+//! was lost (a restart) is sent again once the script is loaded; one that
+//! fails otherwise (a damaged feed or index key) is sent again report by
+//! report, so a failure is only its own report's. Sending again is
+//! harmless: the script's `HSETNX` is the exactly-once gate (a report the
+//! failed batch stored is answered as already stored, and confirmed the
+//! same), and a feed or index entry written twice is read once.
+//!
+//! The queue needs no bound of its own: a session waits for its write's
+//! answer before it writes again, so at most one report per session waits.
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use redis::aio::ConnectionManager;
+use redis::{Cmd, RedisResult};
+use tokio::sync::{mpsc, oneshot};
+
+use super::reports::INGEST_SCRIPT;
+
+/// The most reports one pipeline carries.
+pub(super) const BATCH_MAX: usize = 256;
+
+/// How many batches may be on their way to Redis at once.
+pub(super) const IN_FLIGHT: usize = 4;
+
+/// The ingest script's answer: the outcome, the device's watermark, and the
+/// report already stored under the number (JSON), if any.
+pub(super) type ScriptAnswer = (i8, u64, Option<String>);
+
+/// One report's commands. The answer is the script's; the entries'
+/// answers only say they were written.
+pub(super) struct ReportCommands {
+    /// The fill feed's entry, for fills: before the script, which may
+    /// confirm the report.
+    pub(super) feed: Option<Cmd>,
+    /// `EVALSHA` of [`INGEST_SCRIPT`].
+    pub(super) script: Cmd,
+    /// The signal's index entry.
+    pub(super) index: Cmd,
+}
+
+struct Queued {
+    commands: ReportCommands,
+    answer: oneshot::Sender<RedisResult<ScriptAnswer>>,
+}
+
+/// The writers' end of the batching task; the task ends once every handle
+/// is dropped and what was queued is sent.
+#[derive(Clone)]
+pub(super) struct ReportBatches {
+    queue: mpsc::UnboundedSender<Queued>,
+}
+
+impl ReportBatches {
+    /// Starts the batching task on the current runtime.
+    pub(super) fn start(connection: ConnectionManager) -> Self {
+        let (queue, waiting) = mpsc::unbounded_channel();
+        tokio::spawn(run(waiting, connection));
+        Self { queue }
+    }
+
+    /// Sends a report's commands with the next batch; the script's answer.
+    pub(super) async fn write(&self, commands: ReportCommands) -> RedisResult<ScriptAnswer> {
+        let (answer, answered) = oneshot::channel();
+        self.queue
+            .send(Queued { commands, answer })
+            .map_err(|_| stopped())?;
+        answered.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::IoError,
+        "the report writer stopped (the gateway is shutting down)",
+    ))
+}
+
+async fn run(mut waiting: mpsc::UnboundedReceiver<Queued>, connection: ConnectionManager) {
+    let mut sending = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            biased;
+            // Answers first: each frees a place for the next batch.
+            Some(()) = sending.next(), if !sending.is_empty() => {}
+            first = waiting.recv(), if sending.len() < IN_FLIGHT => {
+                let Some(first) = first else { break };
+                let mut batch = Vec::with_capacity(waiting.len().min(BATCH_MAX - 1) + 1);
+                batch.push(first);
+                while batch.len() < BATCH_MAX {
+                    match waiting.try_recv() {
+                        Ok(queued) => batch.push(queued),
+                        Err(_) => break,
+                    }
+                }
+                sending.push(send(batch, connection.clone()));
+            }
+        }
+    }
+    while sending.next().await.is_some() {}
+}
+
+/// Sends `batch` and answers each of its writers.
+async fn send(batch: Vec<Queued>, mut connection: ConnectionManager) {
+    let commands: Vec<&ReportCommands> = batch.iter().map(|queued| &queued.commands).collect();
+    match query(&commands, &mut connection).await {
+        Ok(answers) => {
+            for (queued, answer) in batch.into_iter().zip(answers) {
+                let _ = queued.answer.send(Ok(answer));
+            }
+        }
+        Err(e) if batch.len() == 1 => {
+            if let Some(queued) = batch.into_iter().next() {
+                let _ = queued.answer.send(Err(e));
+            }
+        }
+        // Each on its own, so each gets its own outcome.
+        Err(_) => {
+            let alone = batch.into_iter().map(|queued| {
+                let mut connection = connection.clone();
+                async move {
+                    let answer = query(&[&queued.commands], &mut connection)
+                        .await
+                        .and_then(|answers| answers.into_iter().next().ok_or_else(unanswered));
+                    let _ = queued.answer.send(answer);
+                }
+            });
+            futures_util::future::join_all(alone).await;
+        }
+    }
+}
+
+fn unanswered() -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::ResponseError,
+        "Redis answered a pipeline without the script's answer",
+    ))
+}
+
+/// One pipeline of `reports`' commands; the scripts' answers, in order.
+async fn query(
+    reports: &[&ReportCommands],
+    connection: &mut ConnectionManager,
+) -> RedisResult<Vec<ScriptAnswer>> {
+    let mut pipe = redis::pipe();
+    for report in reports {
+        if let Some(feed) = &report.feed {
+            pipe.add_command(feed.clone()).ignore();
+        }
+        pipe.add_command(report.script.clone());
+        pipe.add_command(report.index.clone()).ignore();
+    }
+    match pipe.query_async(connection).await {
+        // Redis restarted (or its scripts were flushed): load the script
+        // and send the batch again.
+        Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
+            let _: String = INGEST_SCRIPT
+                .prepare_invoke()
+                .load_async(connection)
+                .await?;
+            pipe.query_async(connection).await
+        }
+        answered => answered,
+    }
+}
