@@ -833,6 +833,19 @@ async fn retention_removes_the_oldest_signals_and_never_reuses_their_positions(s
     assert_eq!(replayed.signal.position, 2);
 }
 
+/// Puts a string where Redis holds a hash, set or stream: every command of
+/// the wrong type on `key` fails.
+async fn damage(url: &str, key: &str) {
+    let client = redis::Client::open(url).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let () = redis::cmd("SET")
+        .arg(key)
+        .arg("damaged")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn redis_a_report_that_fails_fails_alone_however_its_batch_was_gathered() {
     let prefix = unique_prefix();
@@ -840,14 +853,7 @@ async fn redis_a_report_that_fails_fails_alone_however_its_batch_was_gathered() 
     let stores = RedisStores::connect(&url, &prefix).await.unwrap();
     // One device's reports hash is damaged (a string where a hash belongs):
     // its script fails inside Redis.
-    let client = redis::Client::open(url).unwrap();
-    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let () = redis::cmd("SET")
-        .arg(format!("{prefix}:{{dev:dv_damaged}}:reports"))
-        .arg("not a hash")
-        .query_async(&mut connection)
-        .await
-        .unwrap();
+    damage(&url, &format!("{prefix}:{{dev:dv_damaged}}:reports")).await;
     // Its writes race many others', so batches hold both kinds.
     let writers: Vec<_> = (0..40)
         .map(|writer| {
@@ -899,15 +905,11 @@ async fn redis_reports_of_a_signal_whose_index_is_damaged_fail_without_failing_o
     let stores = RedisStores::connect(&url, &prefix).await.unwrap();
     // Signal 6's index is damaged: the pipeline's SADD fails, outside the
     // script, for reports about it.
-    let client = redis::Client::open(url).unwrap();
-    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let damaged = SignalId([6; 16]);
-    let () = redis::cmd("SET")
-        .arg(format!("{prefix}:signal:{damaged}:reports"))
-        .arg("not a set")
-        .query_async(&mut connection)
-        .await
-        .unwrap();
+    damage(
+        &url,
+        &format!("{prefix}:signal:{}:reports", SignalId([6; 16])),
+    )
+    .await;
     let writers: Vec<_> = (0..30)
         .map(|writer| {
             let stores = stores.clone();
