@@ -309,3 +309,25 @@ pub trait PositionStore: Send + Sync + std::fmt::Debug {
         channel: &'a ChannelName,
     ) -> LogFuture<'a, Option<u64>>;
 }
+
+/// A market buy of gold at position 7, for unit tests.
+#[cfg(test)]
+pub(crate) fn sample_signal() -> Signal {
+    Signal {
+        channel: ChannelName::new("gold").expect("a valid name"),
+        position: 7,
+        signal_id: SignalId([3; 16]),
+        symbol: eagate_protocol::Symbol::new("XAUUSD").expect("a valid symbol"),
+        action: eagate_protocol::Action::OpenBuy,
+        order_type: eagate_protocol::OrderType::Market,
+        volume: "0.10".parse().expect("a valid volume"),
+        price: None,
+        stop_loss: Some("2300.00".parse().expect("a valid price")),
+        take_profit: None,
+        magic: 7,
+        comment: SignalComment::new("t1").expect("a valid comment"),
+        issued_at_ms: 1_700_000_000_000,
+        expires_at_ms: None,
+        reference: None,
+    }
+}

@@ -120,7 +120,9 @@ async fn next(session: &mut DeviceSession<'_>) -> Next<()> {
     .expect("the core has something within 5 s")
 }
 
-async fn next_signal(session: &mut DeviceSession<'_>) -> std::sync::Arc<Signal> {
+async fn next_signal(
+    session: &mut DeviceSession<'_>,
+) -> std::sync::Arc<eagate_gateway::core::fanout::OutgoingSignal> {
     match next(session).await {
         Next::Signal(signal) => {
             session.sent(&signal);

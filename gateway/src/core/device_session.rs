@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use super::Core;
 use super::close::Close;
+use super::fanout::OutgoingSignal;
 use super::sessions::{LiveSession, Orders};
 use crate::clock::unix_ms;
 use crate::registry::RegistryError;
@@ -45,7 +46,7 @@ pub enum Next<T> {
     /// The device said something (what the transport's read returned).
     Device(T),
     /// Send the device this signal (then call [`DeviceSession::sent`]).
-    Signal(Arc<Signal>),
+    Signal(Arc<OutgoingSignal>),
     /// Tell the device its reports up to this sequence are stored
     /// (`ReportsConfirmed`): every report the session took up to here is
     /// durable.
@@ -87,8 +88,8 @@ pub struct DeviceSession<'a> {
 struct Feed {
     tasks: tokio::task::JoinSet<Result<(), (ChannelName, SignalLogError)>>,
     running: HashMap<ChannelName, tokio::task::AbortHandle>,
-    out: tokio::sync::mpsc::Sender<Arc<Signal>>,
-    signals: tokio::sync::mpsc::Receiver<Arc<Signal>>,
+    out: tokio::sync::mpsc::Sender<Arc<OutgoingSignal>>,
+    signals: tokio::sync::mpsc::Receiver<Arc<OutgoingSignal>>,
 }
 
 /// A report written and on its way to disk.
@@ -117,7 +118,7 @@ enum Woke {
     Durable(Result<(), ReportStoreError>),
     Stopping,
     FollowerFailed(ChannelName, SignalLogError),
-    Signal(Arc<Signal>),
+    Signal(Arc<OutgoingSignal>),
     RecordDeliveries,
 }
 

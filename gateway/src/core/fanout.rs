@@ -4,7 +4,7 @@
 //! every signal in order, once.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use eagate_protocol::{ChannelName, Signal};
 use tokio::sync::{broadcast, mpsc};
@@ -15,10 +15,46 @@ use crate::signals::{SignalLog, SignalLogError};
 /// it was never told of.
 const LOG_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// A signal on its way to devices, shared by every session that sends it,
+/// with its frame in the device protocol encoded once, by the first session
+/// that sends it: a signal fanned out to a thousand devices was copied and
+/// encoded a thousand times.
+#[derive(Debug)]
+pub struct OutgoingSignal {
+    signal: Signal,
+    frame: OnceLock<bytes::Bytes>,
+}
+
+impl OutgoingSignal {
+    /// `signal`, not encoded yet.
+    pub fn new(signal: Signal) -> Self {
+        Self {
+            signal,
+            frame: OnceLock::new(),
+        }
+    }
+
+    /// The signal's frame in the device protocol, encoded by `encode` the
+    /// first time it is asked for. One frame serves every protocol version
+    /// (signals are the same in all of them); the QUIC transport is the
+    /// only one asking.
+    pub fn frame(&self, encode: impl FnOnce(&Signal) -> bytes::Bytes) -> bytes::Bytes {
+        self.frame.get_or_init(|| encode(&self.signal)).clone()
+    }
+}
+
+impl std::ops::Deref for OutgoingSignal {
+    type Target = Signal;
+
+    fn deref(&self) -> &Signal {
+        &self.signal
+    }
+}
+
 /// One channel's live fan-out.
 #[derive(Debug)]
 struct Feed {
-    sender: broadcast::Sender<Arc<Signal>>,
+    sender: broadcast::Sender<Arc<OutgoingSignal>>,
     /// The highest position announced (or found by a recheck).
     announced: u64,
 }
@@ -49,7 +85,7 @@ impl SignalHub {
 
     /// A receiver of `channel`'s announcements, made under the lock so a
     /// recheck can never drop the feed between creating and subscribing.
-    fn subscribe(&self, channel: &ChannelName) -> broadcast::Receiver<Arc<Signal>> {
+    fn subscribe(&self, channel: &ChannelName) -> broadcast::Receiver<Arc<OutgoingSignal>> {
         self.channels
             .lock()
             .expect("hub lock")
@@ -71,7 +107,7 @@ impl SignalHub {
         };
         feed.announced = feed.announced.max(signal.position);
         // No receiver just means the last follower just left.
-        let _ = feed.sender.send(Arc::new(signal));
+        let _ = feed.sender.send(Arc::new(OutgoingSignal::new(signal)));
     }
 
     /// Every [`LOG_RECHECK`], announces the newest signal of each followed
@@ -114,7 +150,7 @@ impl SignalHub {
         log: Arc<dyn SignalLog>,
         channel: ChannelName,
         after: u64,
-        out: mpsc::Sender<Arc<Signal>>,
+        out: mpsc::Sender<Arc<OutgoingSignal>>,
     ) -> Result<(), SignalLogError> {
         // Subscribe before reading the log, so nothing published in between
         // is missed.
@@ -139,7 +175,11 @@ impl SignalHub {
                 }
                 for signal in batch {
                     next = signal.position + 1;
-                    if out.send(Arc::new(signal)).await.is_err() {
+                    if out
+                        .send(Arc::new(OutgoingSignal::new(signal)))
+                        .await
+                        .is_err()
+                    {
                         return Ok(());
                     }
                 }
@@ -161,5 +201,26 @@ impl SignalHub {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signal_sent_to_many_devices_is_encoded_once() {
+        let outgoing = OutgoingSignal::new(crate::signals::sample_signal());
+        let mut encoded = 0;
+        let frames: Vec<_> = (0..1_000)
+            .map(|_| {
+                outgoing.frame(|signal| {
+                    encoded += 1;
+                    bytes::Bytes::from(signal.position.to_be_bytes().to_vec())
+                })
+            })
+            .collect();
+        assert_eq!(encoded, 1);
+        assert!(frames.iter().all(|frame| frame[..] == 7u64.to_be_bytes()));
     }
 }

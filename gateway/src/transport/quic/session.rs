@@ -14,7 +14,7 @@ use eagate_protocol::{
 use tracing::{debug, info, warn};
 
 use super::close_code_of;
-use super::wire::{DeviceStream, FrameReader, QUEUE_LIMIT, WireError};
+use super::wire::{DeviceStream, FrameReader, QUEUE_LIMIT, WireError, signal_frame};
 use crate::core::checks::FailureReason;
 use crate::core::{Close, Core, Denial, DeviceSession, Next};
 
@@ -274,7 +274,7 @@ async fn stream_and_ingest(
                 }));
             }
             Next::Signal(signal) => {
-                stream.queue(GatewayMessage::Signal((*signal).clone()));
+                stream.queue_frame(&signal.frame(signal_frame));
                 session.sent(&signal);
             }
             Next::Device(Heard::Message(Err(e))) => {

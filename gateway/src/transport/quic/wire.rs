@@ -144,6 +144,15 @@ impl DeviceStream {
         encode_into(&message.for_version(self.version), &mut self.queued);
     }
 
+    /// Queues a frame encoded already (a signal's, encoded once for every
+    /// device it goes to) after what is queued.
+    pub(super) fn queue_frame(&mut self, frame: &[u8]) {
+        if self.queued.is_empty() {
+            self.stalled_since = tokio::time::Instant::now();
+        }
+        self.queued.extend_from_slice(frame);
+    }
+
     /// Bytes queued and not yet taken by quinn.
     pub(super) fn queued(&self) -> usize {
         self.queued.len()
@@ -187,6 +196,13 @@ thread_local! {
         std::cell::RefCell::new(Box::new([0; MAX_WIRE_LEN]));
 }
 
+/// `signal`'s frame, the same in every protocol version.
+pub(super) fn signal_frame(signal: &eagate_protocol::Signal) -> bytes::Bytes {
+    let mut frame = bytes::BytesMut::new();
+    encode_into(&GatewayMessage::Signal(signal.clone()), &mut frame);
+    frame.freeze()
+}
+
 /// Appends `message` as one frame to `out`.
 fn encode_into(message: &GatewayMessage, out: &mut bytes::BytesMut) {
     SCRATCH.with_borrow_mut(|scratch| {
@@ -194,4 +210,24 @@ fn encode_into(message: &GatewayMessage, out: &mut bytes::BytesMut) {
             encode_frame(message, &mut scratch[..]).expect("gateway messages always fit a frame");
         out.extend_from_slice(&scratch[..len]);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eagate_protocol::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
+
+    #[test]
+    fn one_signal_frame_is_what_every_protocol_version_would_encode() {
+        let signal = crate::signals::sample_signal();
+        let shared = signal_frame(&signal);
+        for version in MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION {
+            let mut own = bytes::BytesMut::new();
+            encode_into(
+                &GatewayMessage::Signal(signal.clone()).for_version(version),
+                &mut own,
+            );
+            assert_eq!(shared, own.freeze(), "version {version}");
+        }
+    }
 }
