@@ -301,6 +301,19 @@ pub trait ReportStore: Send + Sync + std::fmt::Debug {
     /// The device's confirmed watermark: 0 before its first report.
     fn confirmed_up_to<'a>(&'a self, device_id: &'a str) -> StoreFuture<'a, u64>;
 
+    /// The confirmed watermark of each of `devices`, in order (a device
+    /// list's): backends answer all at once, with one flush or one round
+    /// trip rather than one per device.
+    fn confirmed_up_to_each<'a>(&'a self, devices: &'a [&'a str]) -> StoreFuture<'a, Vec<u64>> {
+        Box::pin(async move {
+            let mut watermarks = Vec::with_capacity(devices.len());
+            for device_id in devices {
+                watermarks.push(self.confirmed_up_to(device_id).await?);
+            }
+            Ok(watermarks)
+        })
+    }
+
     /// Every stored report about `signal_id`, by device then sequence.
     fn for_signal<'a>(&'a self, signal_id: SignalId) -> StoreFuture<'a, Vec<StoredReport>>;
 

@@ -954,3 +954,28 @@ async fn redis_reports_of_a_signal_whose_index_is_damaged_fail_without_failing_o
         assert_eq!(stores.confirmed_up_to(&device).await.unwrap(), 20);
     }
 }
+
+async fn watermarks_of_many_devices_are_read_at_once_in_their_order(stores: &Stores) {
+    for (device, up_to) in [("dv_A", 3), ("dv_C", 1)] {
+        for seq in 1..=up_to {
+            stores
+                .reports
+                .ingest(&report(device, seq, 4, ReportOutcome::Received), None)
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(
+        stores
+            .reports
+            .confirmed_up_to_each(&["dv_C", "dv_unknown", "dv_A", "dv_C"])
+            .await
+            .unwrap(),
+        vec![1, 0, 3, 1]
+    );
+    assert_eq!(
+        stores.reports.confirmed_up_to_each(&[]).await.unwrap(),
+        Vec::<u64>::new()
+    );
+}
+on_both_backends!(watermarks_of_many_devices_are_read_at_once_in_their_order);

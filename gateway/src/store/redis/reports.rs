@@ -193,6 +193,23 @@ impl ReportStore for RedisStores {
         })
     }
 
+    fn confirmed_up_to_each<'a>(&'a self, devices: &'a [&'a str]) -> StoreFuture<'a, Vec<u64>> {
+        Box::pin(async move {
+            // GETs in a pipeline, not one MGET: the keys are in as many
+            // slots as devices.
+            let mut pipe = redis::pipe();
+            for device_id in devices {
+                pipe.get(self.device_key(device_id, "watermark"));
+            }
+            let mut connection = self.connection.clone();
+            let watermarks: Vec<Option<u64>> = pipe.query_async(&mut connection).await?;
+            Ok(watermarks
+                .into_iter()
+                .map(|watermark| watermark.unwrap_or(0))
+                .collect())
+        })
+    }
+
     fn confirmed_up_to<'a>(&'a self, device_id: &'a str) -> StoreFuture<'a, u64> {
         Box::pin(async move {
             let mut connection = self.connection.clone();

@@ -231,13 +231,28 @@ impl ReportStore for SledReportStore {
 
     fn confirmed_up_to<'a>(&'a self, device_id: &'a str) -> StoreFuture<'a, u64> {
         Box::pin(async move {
-            // What is announced as confirmed must be on disk.
+            let mut watermarks = self.confirmed_up_to_each(&[device_id]).await?;
+            Ok(watermarks.pop().unwrap_or(0))
+        })
+    }
+
+    fn confirmed_up_to_each<'a>(&'a self, devices: &'a [&'a str]) -> StoreFuture<'a, Vec<u64>> {
+        Box::pin(async move {
+            let watermarks = devices
+                .iter()
+                .map(|device_id| {
+                    Ok(self
+                        .watermarks
+                        .get(device_id.as_bytes())?
+                        .as_deref()
+                        .map_or(0, read_u64))
+                })
+                .collect::<Result<Vec<u64>, ReportStoreError>>()?;
+            // What is announced as confirmed must be on disk: a flush asked
+            // for after the reads covers every write they saw (asked for
+            // before them, it could miss one made in between).
             self.durable.durable().await?;
-            Ok(self
-                .watermarks
-                .get(device_id.as_bytes())?
-                .as_deref()
-                .map_or(0, read_u64))
+            Ok(watermarks)
         })
     }
 
