@@ -54,6 +54,25 @@ fn stream_fields(report: &StoredReport) -> Vec<(String, String)> {
     fields
 }
 
+impl RedisStores {
+    /// The number each of `devices` holds under `what` (0 where none), in
+    /// one round trip: GETs in a pipeline, not one MGET, since the keys are
+    /// in as many slots as devices.
+    async fn numbers_of_each(
+        &self,
+        devices: &[&str],
+        what: &str,
+    ) -> Result<Vec<u64>, ReportStoreError> {
+        let mut pipe = redis::pipe();
+        for device_id in devices {
+            pipe.get(self.device_key(device_id, what));
+        }
+        let mut connection = self.connection.clone();
+        let numbers: Vec<Option<u64>> = pipe.query_async(&mut connection).await?;
+        Ok(numbers.into_iter().map(|n| n.unwrap_or(0)).collect())
+    }
+}
+
 impl ReportStore for RedisStores {
     fn write<'a>(
         &'a self,
@@ -170,16 +189,8 @@ impl ReportStore for RedisStores {
         devices: &'a [&'a str],
     ) -> StoreFuture<'a, Vec<SessionEpoch>> {
         Box::pin(async move {
-            let mut pipe = redis::pipe();
-            for device_id in devices {
-                pipe.get(self.device_key(device_id, "session"));
-            }
-            let mut connection = self.connection.clone();
-            let epochs: Vec<Option<u64>> = pipe.query_async(&mut connection).await?;
-            Ok(epochs
-                .into_iter()
-                .map(|epoch| SessionEpoch(epoch.unwrap_or(0)))
-                .collect())
+            let epochs = self.numbers_of_each(devices, "session").await?;
+            Ok(epochs.into_iter().map(SessionEpoch).collect())
         })
     }
 
@@ -194,20 +205,7 @@ impl ReportStore for RedisStores {
     }
 
     fn confirmed_up_to_each<'a>(&'a self, devices: &'a [&'a str]) -> StoreFuture<'a, Vec<u64>> {
-        Box::pin(async move {
-            // GETs in a pipeline, not one MGET: the keys are in as many
-            // slots as devices.
-            let mut pipe = redis::pipe();
-            for device_id in devices {
-                pipe.get(self.device_key(device_id, "watermark"));
-            }
-            let mut connection = self.connection.clone();
-            let watermarks: Vec<Option<u64>> = pipe.query_async(&mut connection).await?;
-            Ok(watermarks
-                .into_iter()
-                .map(|watermark| watermark.unwrap_or(0))
-                .collect())
-        })
+        Box::pin(self.numbers_of_each(devices, "watermark"))
     }
 
     fn confirmed_up_to<'a>(&'a self, device_id: &'a str) -> StoreFuture<'a, u64> {
