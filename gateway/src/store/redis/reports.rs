@@ -22,36 +22,41 @@ pub(super) static INGEST_SCRIPT: LazyLock<Script> =
 static BEGIN_SESSION_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/begin_session.lua")));
 
-fn stream_fields(report: &StoredReport) -> Vec<(String, String)> {
-    let mut fields = vec![
-        ("device_id".to_owned(), report.device_id.clone()),
-        ("seq".to_owned(), report.seq.to_string()),
-        ("signal_id".to_owned(), report.signal_id.to_string()),
-        (
-            "kind".to_owned(),
-            match report.kind {
-                ReportKind::Received => "received",
-                ReportKind::Filled => "filled",
-                ReportKind::Rejected => "rejected",
-            }
-            .to_owned(),
-        ),
-        ("at_ms".to_owned(), report.at_ms.to_string()),
-        ("stored_at_ms".to_owned(), report.stored_at_ms.to_string()),
-    ];
-    let optional = [
-        ("ticket", report.ticket.map(|t| t.to_string())),
-        ("price", report.price.map(|p| p.to_string())),
-        ("volume", report.volume.map(|v| v.to_string())),
-        ("error_code", report.error_code.map(|c| c.to_string())),
-        ("error_text", report.error_text.clone()),
-    ];
-    fields.extend(
-        optional
-            .into_iter()
-            .filter_map(|(name, value)| Some((name.to_owned(), value?))),
-    );
-    fields
+/// Appends the report's executions stream entry, name then value, to
+/// `cmd`: straight into the command, no string of its own per field (this
+/// runs once per report).
+fn push_stream_fields(cmd: &mut redis::Cmd, report: &StoredReport) {
+    cmd.arg("device_id")
+        .arg(&report.device_id)
+        .arg("seq")
+        .arg(report.seq)
+        .arg("signal_id")
+        .arg(report.signal_id.to_string())
+        .arg("kind")
+        .arg(match report.kind {
+            ReportKind::Received => "received",
+            ReportKind::Filled => "filled",
+            ReportKind::Rejected => "rejected",
+        })
+        .arg("at_ms")
+        .arg(report.at_ms)
+        .arg("stored_at_ms")
+        .arg(report.stored_at_ms);
+    if let Some(ticket) = report.ticket {
+        cmd.arg("ticket").arg(ticket);
+    }
+    if let Some(price) = &report.price {
+        cmd.arg("price").arg(price.to_string());
+    }
+    if let Some(volume) = &report.volume {
+        cmd.arg("volume").arg(volume.to_string());
+    }
+    if let Some(code) = report.error_code {
+        cmd.arg("error_code").arg(code);
+    }
+    if let Some(text) = &report.error_text {
+        cmd.arg("error_text").arg(text);
+    }
 }
 
 impl RedisStores {
@@ -83,22 +88,23 @@ impl ReportStore for RedisStores {
             if report.seq == 0 {
                 return Err(ReportStoreError::ZeroSequence);
             }
-            let json = serde_json::to_string(report).expect("a report always serializes");
-            let mut script = redis::cmd("EVALSHA");
+            let json = serde_json::to_vec(report).expect("a report always serializes");
+            // One buffer for the device's four keys: the command copies each.
+            let mut key = self.device_key(&report.device_id, "");
+            let base = key.len();
+            let mut script = redis::Cmd::with_capacity(30, 256 + json.len() * 2);
+            script.arg("EVALSHA").arg(INGEST_SCRIPT.get_hash()).arg(4);
+            for what in ["reports", "watermark", "executions", "session"] {
+                key.truncate(base);
+                key.push_str(what);
+                script.arg(&key);
+            }
             script
-                .arg(INGEST_SCRIPT.get_hash())
-                .arg(4)
-                .arg(self.device_key(&report.device_id, "reports"))
-                .arg(self.device_key(&report.device_id, "watermark"))
-                .arg(self.device_key(&report.device_id, "executions"))
-                .arg(self.device_key(&report.device_id, "session"))
                 .arg(report.seq)
                 .arg(json)
                 .arg(MAX_REPORT_GAP)
                 .arg(epoch.map_or(0, |SessionEpoch(epoch)| epoch));
-            for (name, value) in stream_fields(report) {
-                script.arg(name).arg(value);
-            }
+            push_stream_fields(&mut script, report);
             // Sent with other sessions' reports in one pipeline (see
             // `batches`), in this order:
             // - the fill feed first, on every attempt: once the script has
