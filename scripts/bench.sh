@@ -12,7 +12,9 @@
 # Environment: EAGATE_BIN (a gateway binary to measure instead of this
 # tree's, for before/after comparisons), TARGETS (a subset of
 # "sled redis mosquitto"), SCENARIOS (a subset of
-# "fanout100 fanout1000 latency1000 connect ingest").
+# "fanout100 fanout1000 latency1000 connect ingest"), PROFILE=1 (records
+# the server with perf during each run and draws a flamegraph of it,
+# <target>-<run>.flame.svg; installs perf and inferno if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -35,6 +37,12 @@ command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+
+profile=${PROFILE:-0}
+if [ "$profile" = 1 ]; then
+    command -v perf >/dev/null || { as_root apt-get update -qq; as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf; }
+    command -v inferno-flamegraph >/dev/null || cargo install --locked --quiet inferno
 fi
 
 echo "==> building (release)"
@@ -139,9 +147,22 @@ stop_server() {
 run() {
     local target=$1 name=$2; shift 2
     echo "==> $target: $name ($*)"
+    local perf_pid=
+    if [ "$profile" = 1 ]; then
+        perf record -F 199 --call-graph dwarf,16384 -p "$server_pid" -o "$out/$target-$name.perf" 2>/dev/null &
+        perf_pid=$!
+    fi
+    local failed=false
     "$loadgen" "$@" "${target_args[@]}" --server-pid "$server_pid" --json \
         --plot "$out/$target-$name.svg" >"$out/$target-$name.json" 2>"$out/$target-$name.log" \
-        || { echo "   failed: see $out/$target-$name.log"; tail -3 "$out/$target-$name.log"; return 0; }
+        || failed=true
+    if [ -n "$perf_pid" ]; then
+        kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
+        perf script -i "$out/$target-$name.perf" 2>/dev/null | inferno-collapse-perf \
+            | inferno-flamegraph --title "$target $name: $*" >"$out/$target-$name.flame.svg" \
+            && echo "   flamegraph: $out/$target-$name.flame.svg"
+    fi
+    $failed && { echo "   failed: see $out/$target-$name.log"; tail -3 "$out/$target-$name.log"; return 0; }
     python3 - "$out/$target-$name.json" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
