@@ -260,6 +260,40 @@ pub trait ReportStore: Send + Sync + std::fmt::Debug {
         epoch: Option<SessionEpoch>,
     ) -> StoreFuture<'a, Written>;
 
+    /// Writes a run of one device's reports, in order, each as
+    /// [`ReportStore::write`] does, and stops after the first that is not
+    /// stored anew: one refused, in conflict, of a replaced session, or
+    /// that failed, so nothing is stored after a report the device must
+    /// hear about first (it renumbers after a conflict). Backends that
+    /// cannot compare a resend with what is stored stop after one found
+    /// already stored too. Returns an outcome per report attempted, in
+    /// order, at least one; the caller writes the rest again once it has
+    /// looked at the last. Backends with round trips write a run at once.
+    fn write_run<'a>(
+        &'a self,
+        reports: &'a [StoredReport],
+        epoch: Option<SessionEpoch>,
+    ) -> StoreFuture<'a, Vec<Result<Written, ReportStoreError>>> {
+        Box::pin(async move {
+            let mut outcomes = Vec::with_capacity(reports.len());
+            for report in reports {
+                let written = self.write(report, epoch).await;
+                let stored_anew = matches!(
+                    written,
+                    Ok(Written {
+                        ingested: Ingested::Stored { .. },
+                        ..
+                    })
+                );
+                outcomes.push(written);
+                if !stored_anew {
+                    break;
+                }
+            }
+            Ok(outcomes)
+        })
+    }
+
     /// Writes `report` as [`ReportStore::write`] does and returns once it is
     /// durable.
     fn ingest<'a>(

@@ -979,3 +979,86 @@ async fn watermarks_of_many_devices_are_read_at_once_in_their_order(stores: &Sto
     );
 }
 on_both_backends!(watermarks_of_many_devices_are_read_at_once_in_their_order);
+
+/// What `write_run` did with each report it attempted.
+async fn run_outcomes(
+    stores: &Stores,
+    run: &[StoredReport],
+    epoch: Option<eagate_gateway::reports::SessionEpoch>,
+) -> Vec<Ingested> {
+    stores
+        .reports
+        .write_run(run, epoch)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|written| written.unwrap().ingested)
+        .collect()
+}
+
+async fn a_run_of_reports_is_stored_in_order_and_stops_at_a_conflict(stores: &Stores) {
+    let run: Vec<_> = (1..=5)
+        .map(|seq| report("dv_A", seq, 2, fill(seq)))
+        .collect();
+    assert_eq!(
+        run_outcomes(stores, &run, None).await,
+        (1..=5)
+            .map(|seq| Ingested::Stored {
+                confirmed_up_to: seq
+            })
+            .collect::<Vec<_>>()
+    );
+    // Report 7 is stored already; a run offers 6, another 7, then 8.
+    stores
+        .reports
+        .ingest(&report("dv_A", 7, 2, fill(70)), None)
+        .await
+        .unwrap();
+    let run = [
+        report("dv_A", 6, 2, fill(6)),
+        report("dv_A", 7, 2, fill(7)),
+        report("dv_A", 8, 2, fill(8)),
+    ];
+    let outcomes = run_outcomes(stores, &run, None).await;
+    assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+    assert_eq!(outcomes[0], Ingested::Stored { confirmed_up_to: 7 });
+    assert!(
+        matches!(outcomes[1], Ingested::Conflict { .. }),
+        "{outcomes:?}"
+    );
+    // 8 came after the conflict: not stored, so the device can renumber it.
+    assert_eq!(stores.reports.confirmed_up_to("dv_A").await.unwrap(), 7);
+    let listed = stores.reports.for_signal(SignalId([2; 16])).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (1..=7).collect::<Vec<_>>()
+    );
+}
+on_both_backends!(a_run_of_reports_is_stored_in_order_and_stops_at_a_conflict);
+
+async fn a_run_stops_after_a_resend_and_stores_nothing_for_a_replaced_session(stores: &Stores) {
+    let first = report("dv_A", 1, 3, ReportOutcome::Received);
+    stores.reports.ingest(&first, None).await.unwrap();
+    let run = [first, report("dv_A", 2, 3, ReportOutcome::Received)];
+    // The resend is answered; the caller writes the rest again.
+    assert_eq!(
+        run_outcomes(stores, &run, None).await,
+        vec![Ingested::AlreadyStored { confirmed_up_to: 1 }]
+    );
+    assert_eq!(
+        run_outcomes(stores, &run[1..], None).await,
+        vec![Ingested::Stored { confirmed_up_to: 2 }]
+    );
+    let (old, _) = stores.reports.begin_session("dv_A").await.unwrap();
+    stores.reports.begin_session("dv_A").await.unwrap();
+    let late = [
+        report("dv_A", 3, 3, ReportOutcome::Received),
+        report("dv_A", 4, 3, ReportOutcome::Received),
+    ];
+    assert_eq!(
+        run_outcomes(stores, &late, Some(old)).await,
+        vec![Ingested::Superseded]
+    );
+    assert_eq!(stores.reports.confirmed_up_to("dv_A").await.unwrap(), 2);
+}
+on_both_backends!(a_run_stops_after_a_resend_and_stores_nothing_for_a_replaced_session);

@@ -21,7 +21,7 @@ use super::fanout::OutgoingSignal;
 use super::sessions::{LiveSession, Orders};
 use crate::clock::unix_ms;
 use crate::registry::RegistryError;
-use crate::reports::{Durability, Ingested, ReportStoreError, SessionEpoch, StoredReport};
+use crate::reports::{Durability, Ingested, ReportStoreError, SessionEpoch, StoredReport, Written};
 use crate::signals::SignalLogError;
 
 /// How often a session records how far it has delivered each channel, and
@@ -313,32 +313,84 @@ impl<'a> DeviceSession<'a> {
         self.deliveries.note(&signal.channel, signal.position);
     }
 
-    /// Takes a report from the device: checks it and writes it to the
-    /// store. Its confirmation comes later, from [`DeviceSession::next`]
-    /// ([`Next::Confirm`]), once it is durable; meanwhile the session goes
-    /// on (up to [`REPORTS_IN_FLIGHT`] reports on their way to disk). An
-    /// error is how the session ends (a protocol violation, a conflict, a
-    /// newer session, a store that failed).
+    /// How many more reports the session takes before it waits for some
+    /// to be durable.
+    pub fn room_for_reports(&self) -> usize {
+        REPORTS_IN_FLIGHT.saturating_sub(self.in_flight.len())
+    }
+
+    /// Takes a report from the device: [`DeviceSession::reports`] of one.
+    pub async fn report(&mut self, report: Report) -> Result<(), Close> {
+        self.reports(vec![report]).await
+    }
+
+    /// Takes a run of reports from the device, in the order it sent them
+    /// (every report already read, so the store writes them at once):
+    /// checks each and writes them to the store. Their confirmations come
+    /// later, from [`DeviceSession::next`] ([`Next::Confirm`]), once
+    /// durable; meanwhile the session goes on (up to [`REPORTS_IN_FLIGHT`]
+    /// reports on their way to disk). An error is how the session ends (a
+    /// protocol violation, a conflict, a newer session, a store that
+    /// failed); the reports before the one that ended it are written first,
+    /// as they would have been one by one.
     ///
     /// A report the store cannot take now ends the session: the device keeps
     /// it and resends it, with every later one, after reconnecting. Going on
     /// to the next report instead would store reports after a gap, and a
     /// later confirmation could cover the one skipped.
-    pub async fn report(&mut self, report: Report) -> Result<(), Close> {
-        let core = self.core;
+    pub async fn reports(&mut self, reports: Vec<Report>) -> Result<(), Close> {
         let arrived = Instant::now();
+        let mut checked = Vec::with_capacity(reports.len());
+        let mut refused = None;
+        for report in reports {
+            match self.check(&report).await {
+                Ok(place) => checked.push((report, place)),
+                Err(close) => {
+                    refused = Some(close);
+                    break;
+                }
+            }
+        }
+        let core = self.core;
+        let device = self.claim.device_id.clone();
+        let now = unix_ms();
+        let stored: Vec<StoredReport> = checked
+            .iter()
+            .map(|(report, _)| StoredReport::new(device.as_str(), report, now))
+            .collect();
+        let mut checked = checked.into_iter();
+        let mut at = 0;
+        while at < stored.len() {
+            let outcomes = core
+                .reports
+                .write_run(&stored[at..], Some(self.epoch()))
+                .await
+                .map_err(|e| {
+                    store_failed(core, device.as_str(), stored[at].seq, "storing reports", &e)
+                })?;
+            for written in outcomes {
+                let Some((report, place)) = checked.next() else {
+                    break;
+                };
+                at += 1;
+                self.take_written(report, place, written, arrived)?;
+            }
+        }
+        refused.map_or(Ok(()), Err)
+    }
+
+    /// Whether `report` may be stored: a sequence number, and a signal of a
+    /// channel the device followed (or one the log no longer holds). Where
+    /// its signal sits, to record its position once stored.
+    async fn check(&mut self, report: &Report) -> Result<Option<(ChannelName, u64)>, Close> {
+        let core = self.core;
         let device = self.claim.device_id.as_str();
-        let violation = |why: &dyn std::fmt::Display| {
-            warn!(device, seq = report.seq, error = %why, "protocol violation");
-            Close::ProtocolViolation
-        };
-        let store_failed = |what: &str, e: &dyn std::fmt::Display| {
-            core.metrics.store_error();
-            warn!(device, seq = report.seq, error = %e, "{what} failed; ending the session");
-            Close::StoreUnavailable
-        };
         if report.seq == 0 {
-            return Err(violation(&ReportStoreError::ZeroSequence));
+            return Err(violation(
+                device,
+                report.seq,
+                &ReportStoreError::ZeroSequence,
+            ));
         }
         // Where the signal sits: to check the device could have received it,
         // and to record its position once the report is stored.
@@ -346,16 +398,24 @@ impl<'a> DeviceSession<'a> {
             .places
             .locate(&*core.signals, report.signal_id)
             .await
-            .map_err(|e| store_failed("locating a reported signal", &e))?;
+            .map_err(|e| {
+                store_failed(core, device, report.seq, "locating a reported signal", &e)
+            })?;
         match &place {
             Some((channel, _)) => {
                 let followed = has_followed(core, device, &mut self.followed, channel)
                     .await
-                    .map_err(|e| store_failed("reading a subscription", &e))?;
+                    .map_err(|e| {
+                        store_failed(core, device, report.seq, "reading a subscription", &e)
+                    })?;
                 if !followed {
-                    return Err(violation(&format!(
-                        "a report about a signal of channel {channel}, which the device never followed"
-                    )));
+                    return Err(violation(
+                        device,
+                        report.seq,
+                        &format!(
+                            "a report about a signal of channel {channel}, which the device never followed"
+                        ),
+                    ));
                 }
             }
             // Expired from the log while the device was away, or never
@@ -366,13 +426,34 @@ impl<'a> DeviceSession<'a> {
                 info!(device, seq = report.seq, signal = %report.signal_id, "a report about a signal not in the log");
             }
         }
-        let stored = StoredReport::new(device, &report, unix_ms());
-        let written = match core.reports.write(&stored, Some(self.epoch())).await {
+        Ok(place)
+    }
+
+    /// Acts on what the store did with `report`: holds it until durable, or
+    /// ends the session.
+    fn take_written(
+        &mut self,
+        report: Report,
+        place: Option<(ChannelName, u64)>,
+        written: Result<Written, ReportStoreError>,
+        arrived: Instant,
+    ) -> Result<(), Close> {
+        let core = self.core;
+        let device = self.claim.device_id.as_str();
+        let written = match written {
             Ok(written) => written,
             Err(e @ (ReportStoreError::ZeroSequence | ReportStoreError::TooFarAhead { .. })) => {
-                return Err(violation(&e));
+                return Err(violation(device, report.seq, &e));
             }
-            Err(e) => return Err(store_failed("storing a report", &e)),
+            Err(e) => {
+                return Err(store_failed(
+                    core,
+                    device,
+                    report.seq,
+                    "storing a report",
+                    &e,
+                ));
+            }
         };
         let confirmed_up_to = match &written.ingested {
             Ingested::Stored { confirmed_up_to } | Ingested::AlreadyStored { confirmed_up_to } => {
@@ -570,6 +651,26 @@ impl Marks {
             }
         }
     }
+}
+
+/// A report broke the protocol: logged; the session ends.
+fn violation(device: &str, seq: u64, why: &dyn std::fmt::Display) -> Close {
+    warn!(device, seq, error = %why, "protocol violation");
+    Close::ProtocolViolation
+}
+
+/// The store failed `what`: counted and logged; the session ends, and the
+/// device resends after reconnecting.
+fn store_failed(
+    core: &Core,
+    device: &str,
+    seq: u64,
+    what: &str,
+    e: &dyn std::fmt::Display,
+) -> Close {
+    core.metrics.store_error();
+    warn!(device, seq, error = %e, "{what} failed; ending the session");
+    Close::StoreUnavailable
 }
 
 /// Resolves when the oldest report in flight is durable (cancel-safe: the

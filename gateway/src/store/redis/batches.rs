@@ -1,27 +1,29 @@
 //! Group commit on Redis: the reports of every session written together.
 //!
-//! A report is a few commands (its fill feed entry, the ingest script, its
-//! signal's index entry). Sent as a pipeline per report, each cost a request
-//! of the shared connection (a queue entry, an answer channel, a wake-up of
-//! its driver) and Redis a read and a reply of its own. Here writers queue
-//! their commands and one task sends what has gathered as one pipeline. A
-//! batch closes when nothing more is waiting, or at [`BATCH_MAX`] reports:
-//! it never waits for more. While [`IN_FLIGHT`] batches are on their way,
-//! reports gather for the next, so batches grow with the load and a lone
-//! report on a quiet gateway goes at once.
+//! A session writes its device's reports in runs (every report already
+//! read from the device, at once), and a run is a few commands (fill feed
+//! entries, the ingest script, the signals' index entries). Sent as a
+//! pipeline each, runs cost a request of the shared connection (a queue
+//! entry, an answer channel, a wake-up of its driver) and Redis a read and
+//! a reply of its own. Here writers queue their commands and one task sends
+//! what has gathered as one pipeline. A batch closes when nothing more is
+//! waiting, or at [`BATCH_MAX`] runs: it never waits for more. While
+//! [`IN_FLIGHT`] batches are on their way, runs gather for the next, so
+//! batches grow with the load and a lone report on a quiet gateway goes at
+//! once.
 //!
-//! Each report still gets its own answer. The script answers its own
+//! Each run still gets its own answers. The script answers its own
 //! failures (one device's damaged key) instead of raising them, so they do
 //! not fail the pipeline. A batch Redis refuses because its script cache
 //! was lost (a restart) is sent again once the script is loaded; one that
-//! fails otherwise (a damaged feed or index key) is sent again report by
-//! report, so a failure is only its own report's. Sending again is
+//! fails otherwise (a damaged feed or index key) is sent again run by
+//! run, so a failure is only its own run's. Sending again is
 //! harmless: the script's `HSETNX` is the exactly-once gate (a report the
 //! failed batch stored is answered as already stored, and confirmed the
 //! same), and a feed or index entry written twice is read once.
 //!
 //! The queue needs no bound of its own: a session waits for its write's
-//! answer before it writes again, so at most one report per session waits.
+//! answer before it writes again, so at most one run per session waits.
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use redis::aio::ConnectionManager;
@@ -30,7 +32,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::reports::INGEST_SCRIPT;
 
-/// The most reports one pipeline carries.
+/// The most runs (each of one or more reports of one device) one pipeline
+/// carries.
 pub(super) const BATCH_MAX: usize = 256;
 
 /// How many batches may be on their way to Redis at once.
@@ -40,21 +43,21 @@ pub(super) const IN_FLIGHT: usize = 4;
 /// report already stored under the number (JSON), if any.
 pub(super) type ScriptAnswer = (i8, u64, Option<String>);
 
-/// One report's commands. The answer is the script's; the entries'
-/// answers only say they were written.
+/// The commands of one run of a device's reports. The answer is the
+/// script's; the entries' answers only say they were written.
 pub(super) struct ReportCommands {
-    /// The fill feed's entry, for fills: before the script, which may
-    /// confirm the report.
-    pub(super) feed: Option<Cmd>,
+    /// The fill feed's entries, for fills: before the script, which may
+    /// confirm them.
+    pub(super) feed: Vec<Cmd>,
     /// `EVALSHA` of [`INGEST_SCRIPT`].
     pub(super) script: Cmd,
-    /// The signal's index entry.
-    pub(super) index: Cmd,
+    /// The signals' index entries.
+    pub(super) index: Vec<Cmd>,
 }
 
 struct Queued {
     commands: ReportCommands,
-    answer: oneshot::Sender<RedisResult<ScriptAnswer>>,
+    answer: oneshot::Sender<RedisResult<Vec<ScriptAnswer>>>,
 }
 
 /// The writers' end of the batching task; the task ends once every handle
@@ -72,8 +75,8 @@ impl ReportBatches {
         Self { queue }
     }
 
-    /// Sends a report's commands with the next batch; the script's answer.
-    pub(super) async fn write(&self, commands: ReportCommands) -> RedisResult<ScriptAnswer> {
+    /// Sends a run's commands with the next batch; the script's answers.
+    pub(super) async fn write(&self, commands: ReportCommands) -> RedisResult<Vec<ScriptAnswer>> {
         let (answer, answered) = oneshot::channel();
         self.queue
             .send(Queued { commands, answer })
@@ -150,18 +153,20 @@ fn unanswered() -> redis::RedisError {
     ))
 }
 
-/// One pipeline of `reports`' commands; the scripts' answers, in order.
+/// One pipeline of `runs`' commands; the scripts' answers, in order.
 async fn query(
-    reports: &[&ReportCommands],
+    runs: &[&ReportCommands],
     connection: &mut ConnectionManager,
-) -> RedisResult<Vec<ScriptAnswer>> {
+) -> RedisResult<Vec<Vec<ScriptAnswer>>> {
     let mut pipe = redis::pipe();
-    for report in reports {
-        if let Some(feed) = &report.feed {
-            pipe.add_command(feed.clone()).ignore();
+    for run in runs {
+        for entry in &run.feed {
+            pipe.add_command(entry.clone()).ignore();
         }
-        pipe.add_command(report.script.clone());
-        pipe.add_command(report.index.clone()).ignore();
+        pipe.add_command(run.script.clone());
+        for entry in &run.index {
+            pipe.add_command(entry.clone()).ignore();
+        }
     }
     match pipe.query_async(connection).await {
         // Redis restarted (or its scripts were flushed): load the script

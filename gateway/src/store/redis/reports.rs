@@ -10,7 +10,7 @@ use redis::{AsyncCommands, Script};
 use eagate_protocol::SignalId;
 
 use super::RedisStores;
-use super::batches::ReportCommands;
+use super::batches::{ReportCommands, ScriptAnswer};
 use crate::reports::{
     FeedFill, Ingested, MAX_REPORT_GAP, ReportKind, ReportStore, ReportStoreError, SessionEpoch,
     StoreFuture, StoredReport, Written,
@@ -18,9 +18,21 @@ use crate::reports::{
 
 /// Hashed once; invoked by EVALSHA, loaded on a NOSCRIPT answer.
 pub(super) static INGEST_SCRIPT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/ingest_report.lua")));
+    LazyLock::new(|| Script::new(include_str!("scripts/ingest_reports.lua")));
 static BEGIN_SESSION_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/begin_session.lua")));
+
+/// How many names and values [`push_stream_fields`] appends.
+fn stream_field_count(report: &StoredReport) -> usize {
+    let optional = [
+        report.ticket.is_some(),
+        report.price.is_some(),
+        report.volume.is_some(),
+        report.error_code.is_some(),
+        report.error_text.is_some(),
+    ];
+    2 * (6 + optional.into_iter().filter(|&present| present).count())
+}
 
 /// Appends the report's executions stream entry, name then value, to
 /// `cmd`: straight into the command, no string of its own per field (this
@@ -78,54 +90,56 @@ impl RedisStores {
     }
 }
 
-impl ReportStore for RedisStores {
-    fn write<'a>(
-        &'a self,
-        report: &'a StoredReport,
+impl RedisStores {
+    /// The commands that write `reports`, a run of one device's, in this
+    /// order (sent with other sessions' in one pipeline, see `batches`):
+    /// - the fill feed's entries first, on every attempt: once the script
+    ///   has run, the watermark may confirm a fill to the device, which then
+    ///   never resends it; a feed entry written after it could be lost to a
+    ///   crash. A duplicate entry is harmless (the reader is idempotent),
+    ///   and so is the entry of a fill the script then refuses or does not
+    ///   reach: it is a real trade of the device's account, which the device
+    ///   stores later, under this number or one of its own;
+    /// - the script, which stores the run or says where and why it stopped;
+    /// - the signals' index entries (outside the script: their keys are in
+    ///   other slots), on every attempt, whatever the script decided: a
+    ///   crash between the two is mended by the device's resend, and an
+    ///   entry whose number holds another signal's report, or none, is
+    ///   skipped by `for_signal`.
+    fn run_commands(
+        &self,
+        reports: &[StoredReport],
         epoch: Option<SessionEpoch>,
-    ) -> StoreFuture<'a, Written> {
-        Box::pin(async move {
-            if report.seq == 0 {
-                return Err(ReportStoreError::ZeroSequence);
-            }
+    ) -> ReportCommands {
+        let device_id = reports.first().map_or("", |r| r.device_id.as_str());
+        // One buffer for the device's four keys: the command copies each.
+        let mut key = self.device_key(device_id, "");
+        let base = key.len();
+        let mut script =
+            redis::Cmd::with_capacity(8 + 20 * reports.len(), 256 + 640 * reports.len());
+        script.arg("EVALSHA").arg(INGEST_SCRIPT.get_hash()).arg(4);
+        for what in ["reports", "watermark", "executions", "session"] {
+            key.truncate(base);
+            key.push_str(what);
+            script.arg(&key);
+        }
+        script
+            .arg(MAX_REPORT_GAP)
+            .arg(epoch.map_or(0, |SessionEpoch(epoch)| epoch));
+        let mut feed = Vec::new();
+        let mut index = Vec::with_capacity(reports.len());
+        for report in reports {
             let json = serde_json::to_vec(report).expect("a report always serializes");
-            // One buffer for the device's four keys: the command copies each.
-            let mut key = self.device_key(&report.device_id, "");
-            let base = key.len();
-            let mut script = redis::Cmd::with_capacity(30, 256 + json.len() * 2);
-            script.arg("EVALSHA").arg(INGEST_SCRIPT.get_hash()).arg(4);
-            for what in ["reports", "watermark", "executions", "session"] {
-                key.truncate(base);
-                key.push_str(what);
-                script.arg(&key);
-            }
             script
                 .arg(report.seq)
                 .arg(json)
-                .arg(MAX_REPORT_GAP)
-                .arg(epoch.map_or(0, |SessionEpoch(epoch)| epoch));
+                .arg(stream_field_count(report));
             push_stream_fields(&mut script, report);
-            // Sent with other sessions' reports in one pipeline (see
-            // `batches`), in this order:
-            // - the fill feed first, on every attempt: once the script has
-            //   run, the watermark may confirm this report to the device,
-            //   which then never resends it; a feed entry written after it
-            //   could be lost to a crash. A duplicate entry is harmless (the
-            //   reader is idempotent), and so is the entry of a fill the
-            //   script then refuses (a replaced session's, or one under a
-            //   number taken by another installation): it is a real trade of
-            //   the device's account, which the device stores later under a
-            //   number of its own;
-            // - the script, which stores the report or says why not;
-            // - the signal's index (outside the script: its key is in
-            //   another slot), on every attempt, whatever the script
-            //   decided: a crash between the two is mended by the device's
-            //   resend, and an entry whose number holds another signal's
-            //   report, or none, is skipped by `for_signal`.
-            let feed = (report.kind == ReportKind::Filled).then(|| {
+            if report.kind == ReportKind::Filled {
                 let fill = FeedFill::of(report);
-                let mut feed = redis::cmd("XADD");
-                feed.arg(self.fill_feed_key())
+                let mut entry = redis::cmd("XADD");
+                entry
+                    .arg(self.fill_feed_key())
                     .arg("*")
                     .arg("device_id")
                     .arg(fill.device_id)
@@ -133,48 +147,91 @@ impl ReportStore for RedisStores {
                     .arg(fill.seq)
                     .arg("stored_at_ms")
                     .arg(fill.stored_at_ms);
-                feed
-            });
-            let mut index = redis::cmd("SADD");
-            index
+                feed.push(entry);
+            }
+            let mut entry = redis::cmd("SADD");
+            entry
                 .arg(self.signal_reports_key(report.signal_id))
                 .arg(format!("{} {}", report.device_id, report.seq));
-            let (stored, watermark, existing) = self
-                .report_batches
-                .write(ReportCommands {
-                    feed,
-                    script,
-                    index,
-                })
-                .await?;
-            match stored {
-                -3 => {
-                    return Err(ReportStoreError::Redis(redis::RedisError::from((
-                        redis::ErrorKind::ResponseError,
-                        "the ingest script failed",
-                        existing.unwrap_or_default(),
-                    ))));
-                }
-                -2 => return Ok(Written::final_outcome(Ingested::Superseded)),
-                -1 => {
-                    return Err(ReportStoreError::TooFarAhead {
-                        seq: report.seq,
-                        confirmed: watermark,
-                    });
-                }
-                _ => {}
+            index.push(entry);
+        }
+        ReportCommands {
+            feed,
+            script,
+            index,
+        }
+    }
+}
+
+/// What the script's answer about `report` means.
+fn outcome_of(report: &StoredReport, answer: ScriptAnswer) -> Result<Written, ReportStoreError> {
+    let (stored, watermark, existing) = answer;
+    let ingested = match stored {
+        -3 => {
+            return Err(ReportStoreError::Redis(redis::RedisError::from((
+                redis::ErrorKind::ResponseError,
+                "the ingest script failed",
+                existing.unwrap_or_default(),
+            ))));
+        }
+        -2 => Ingested::Superseded,
+        -1 => {
+            return Err(ReportStoreError::TooFarAhead {
+                seq: report.seq,
+                confirmed: watermark,
+            });
+        }
+        _ => match existing {
+            Some(existing) => {
+                crate::reports::resend_outcome(existing.as_bytes(), report, watermark)?
             }
-            let ingested = match existing {
-                Some(existing) => {
-                    crate::reports::resend_outcome(existing.as_bytes(), report, watermark)?
-                }
-                None => Ingested::Stored {
-                    confirmed_up_to: watermark,
-                },
-            };
-            // Durable as Redis's configuration makes an acknowledged write
-            // (its AOF policy): nothing more to wait for.
-            Ok(Written::final_outcome(ingested))
+            None => Ingested::Stored {
+                confirmed_up_to: watermark,
+            },
+        },
+    };
+    // Durable as Redis's configuration makes an acknowledged write (its AOF
+    // policy): nothing more to wait for.
+    Ok(Written::final_outcome(ingested))
+}
+
+impl ReportStore for RedisStores {
+    fn write<'a>(
+        &'a self,
+        report: &'a StoredReport,
+        epoch: Option<SessionEpoch>,
+    ) -> StoreFuture<'a, Written> {
+        Box::pin(async move {
+            let mut outcomes = self.write_run(std::slice::from_ref(report), epoch).await?;
+            outcomes.pop().unwrap_or_else(|| Err(unanswered()))
+        })
+    }
+
+    fn write_run<'a>(
+        &'a self,
+        reports: &'a [StoredReport],
+        epoch: Option<SessionEpoch>,
+    ) -> StoreFuture<'a, Vec<Result<Written, ReportStoreError>>> {
+        Box::pin(async move {
+            // A zero ends the run where it stands, before anything of it is
+            // sent.
+            let valid = reports.iter().take_while(|r| r.seq != 0).count();
+            if valid == 0 {
+                return Ok(vec![Err(ReportStoreError::ZeroSequence)]);
+            }
+            let run = &reports[..valid];
+            let answers = self
+                .report_batches
+                .write(self.run_commands(run, epoch))
+                .await?;
+            if answers.is_empty() || answers.len() > run.len() {
+                return Err(unanswered());
+            }
+            Ok(run
+                .iter()
+                .zip(answers)
+                .map(|(report, answer)| outcome_of(report, answer))
+                .collect())
         })
     }
 
@@ -302,4 +359,11 @@ impl ReportStore for RedisStores {
             Ok(())
         })
     }
+}
+
+fn unanswered() -> ReportStoreError {
+    ReportStoreError::Redis(redis::RedisError::from((
+        redis::ErrorKind::ResponseError,
+        "Redis answered a run of reports with no answer, or too many",
+    )))
 }

@@ -216,6 +216,9 @@ enum Heard {
     Room,
 }
 
+/// The most reports written as one run.
+const REPORT_RUN: usize = 64;
+
 /// After admission: writes what the core hands out (signals, confirmations
 /// of reports once durable), passes on what the device sends, answers
 /// pings, and ends on the device's going-away, its silence, or whatever the
@@ -297,7 +300,15 @@ async fn stream_and_ingest(
                 }
                 // Confirmed later, once durable (`Next::Confirm`).
                 DeviceMessage::Report(report) => {
-                    if let Err(close) = session.report(report).await {
+                    // With every report already here behind it: one store
+                    // write, and their confirmations leave together.
+                    let mut run = vec![report];
+                    while run.len() < session.room_for_reports().min(REPORT_RUN)
+                        && let Some(report) = reader.report_now()
+                    {
+                        run.push(report);
+                    }
+                    if let Err(close) = session.reports(run).await {
                         return Ending::of(close);
                     }
                 }

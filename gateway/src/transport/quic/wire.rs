@@ -84,6 +84,25 @@ impl FrameReader {
         }
     }
 
+    /// The next message if it is a report already received whole, so a run
+    /// of reports the device sent together is taken at once; anything else
+    /// (another message, a malformed frame) stays for [`FrameReader::next`].
+    pub(super) fn report_now(&mut self) -> Option<eagate_protocol::Report> {
+        match decode_frame::<eagate_protocol::DeviceMessage>(&self.buffer) {
+            Ok(Decoded::Frame {
+                message: eagate_protocol::DeviceMessage::Report(report),
+                consumed,
+            }) => {
+                self.buffer.drain(..consumed);
+                if self.buffer.is_empty() && self.buffer.capacity() > BUFFER_KEPT {
+                    self.buffer = Vec::new();
+                }
+                Some(report)
+            }
+            _ => None,
+        }
+    }
+
     /// Waits for more bytes. The decoder has already refused an oversized
     /// frame, so the buffer never holds more than one frame and a chunk;
     /// the chunk is quinn's own, not a buffer in this future.

@@ -1,5 +1,5 @@
 -- Begins a new session of one device: takes the next epoch, which fences
--- off every earlier session's report writes (ingest_report.lua), and reads
+-- off every earlier session's report writes (ingest_reports.lua), and reads
 -- the watermark in the same step, so no earlier session can move it after.
 --
 -- KEYS[1]  <prefix>:{dev:<id>}:session    the device's newest session epoch
