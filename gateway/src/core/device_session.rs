@@ -368,6 +368,18 @@ impl<'a> DeviceSession<'a> {
                 .map_err(|e| {
                     store_failed(core, device.as_str(), stored[at].seq, "storing reports", &e)
                 })?;
+            if outcomes.is_empty() {
+                // A store answers at least the first of a run; going round
+                // again would never end.
+                let e = "the store answered a run of reports with nothing";
+                return Err(store_failed(
+                    core,
+                    device.as_str(),
+                    stored[at].seq,
+                    "storing reports",
+                    &e,
+                ));
+            }
             for written in outcomes {
                 let Some((report, place)) = checked.next() else {
                     break;
