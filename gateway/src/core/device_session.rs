@@ -352,33 +352,27 @@ impl<'a> DeviceSession<'a> {
             }
         }
         let core = self.core;
-        let device = self.claim.device_id.clone();
         let now = unix_ms();
         let stored: Vec<StoredReport> = checked
             .iter()
-            .map(|(report, _)| StoredReport::new(device.as_str(), report, now))
+            .map(|(report, _)| StoredReport::new(self.claim.device_id.as_str(), report, now))
             .collect();
         let mut checked = checked.into_iter();
         let mut at = 0;
         while at < stored.len() {
+            let failed = |e: &dyn std::fmt::Display| {
+                let report = &stored[at];
+                store_failed(core, &report.device_id, report.seq, "storing reports", e)
+            };
             let outcomes = core
                 .reports
                 .write_run(&stored[at..], Some(self.epoch()))
                 .await
-                .map_err(|e| {
-                    store_failed(core, device.as_str(), stored[at].seq, "storing reports", &e)
-                })?;
+                .map_err(|e| failed(&e))?;
             if outcomes.is_empty() {
                 // A store answers at least the first of a run; going round
                 // again would never end.
-                let e = "the store answered a run of reports with nothing";
-                return Err(store_failed(
-                    core,
-                    device.as_str(),
-                    stored[at].seq,
-                    "storing reports",
-                    &e,
-                ));
+                return Err(failed(&"the store answered a run of reports with nothing"));
             }
             for written in outcomes {
                 let Some((report, place)) = checked.next() else {

@@ -118,56 +118,79 @@ async fn run(mut waiting: mpsc::UnboundedReceiver<Queued>, connection: Connectio
 
 /// Sends `batch` and answers each of its writers.
 async fn send(batch: Vec<Queued>, mut connection: ConnectionManager) {
-    let commands: Vec<&ReportCommands> = batch.iter().map(|queued| &queued.commands).collect();
-    match query(&commands, &mut connection).await {
-        Ok(answers) => {
-            for (queued, answer) in batch.into_iter().zip(answers) {
-                let _ = queued.answer.send(Ok(answer));
+    let (runs, answers): (Vec<ReportCommands>, Vec<_>) = batch
+        .into_iter()
+        .map(|queued| (queued.commands, queued.answer))
+        .unzip();
+    // The commands move into the pipeline: a report's are copied only if
+    // the batch fails and its runs are sent again alone.
+    let shapes: Vec<(usize, usize)> = runs
+        .iter()
+        .map(|run| (run.feed.len(), run.index.len()))
+        .collect();
+    let pipe = pipeline(runs);
+    match query(&pipe, &mut connection).await {
+        Ok(answered) => {
+            for (answer, answered) in answers.into_iter().zip(answered) {
+                let _ = answer.send(Ok(answered));
             }
         }
-        Err(e) if batch.len() == 1 => {
-            if let Some(queued) = batch.into_iter().next() {
-                let _ = queued.answer.send(Err(e));
+        Err(e) if answers.len() == 1 => {
+            if let Some(answer) = answers.into_iter().next() {
+                let _ = answer.send(Err(e));
             }
         }
         // Each on its own, so each gets its own outcome.
         Err(_) => {
-            let alone = batch.into_iter().map(|queued| {
-                let mut connection = connection.clone();
-                async move {
-                    let answer = query(&[&queued.commands], &mut connection)
-                        .await
-                        .and_then(|answers| answers.into_iter().next().ok_or_else(unanswered));
-                    let _ = queued.answer.send(answer);
-                }
-            });
+            let mut commands = pipe.cmd_iter().cloned();
+            let alone = answers
+                .into_iter()
+                .zip(shapes)
+                .filter_map(|(answer, (feed, index))| {
+                    let feed = commands.by_ref().take(feed).collect();
+                    // Always there (the shapes are the pipeline's); were it not,
+                    // the dropped answer tells the writer its write failed.
+                    let script = commands.next()?;
+                    let index = commands.by_ref().take(index).collect();
+                    let run = ReportCommands {
+                        feed,
+                        script,
+                        index,
+                    };
+                    let mut connection = connection.clone();
+                    Some(async move {
+                        let answered = query(&pipeline([run]), &mut connection)
+                            .await
+                            .map(|answered| answered.into_iter().next().unwrap_or_default());
+                        let _ = answer.send(answered);
+                    })
+                });
             futures_util::future::join_all(alone).await;
         }
     }
 }
 
-fn unanswered() -> redis::RedisError {
-    redis::RedisError::from((
-        redis::ErrorKind::ResponseError,
-        "Redis answered a pipeline without the script's answer",
-    ))
-}
-
-/// One pipeline of `runs`' commands; the scripts' answers, in order.
-async fn query(
-    runs: &[&ReportCommands],
-    connection: &mut ConnectionManager,
-) -> RedisResult<Vec<Vec<ScriptAnswer>>> {
+/// One pipeline of `runs`' commands: each run's script answered, its
+/// entries' answers ignored.
+fn pipeline(runs: impl IntoIterator<Item = ReportCommands>) -> redis::Pipeline {
     let mut pipe = redis::pipe();
     for run in runs {
-        for entry in &run.feed {
-            pipe.add_command(entry.clone()).ignore();
+        for entry in run.feed {
+            pipe.add_command(entry).ignore();
         }
-        pipe.add_command(run.script.clone());
-        for entry in &run.index {
-            pipe.add_command(entry.clone()).ignore();
+        pipe.add_command(run.script);
+        for entry in run.index {
+            pipe.add_command(entry).ignore();
         }
     }
+    pipe
+}
+
+/// Sends `pipe`; the scripts' answers, in order.
+async fn query(
+    pipe: &redis::Pipeline,
+    connection: &mut ConnectionManager,
+) -> RedisResult<Vec<Vec<ScriptAnswer>>> {
     match pipe.query_async(connection).await {
         // Redis restarted (or its scripts were flushed): load the script
         // and send the batch again.

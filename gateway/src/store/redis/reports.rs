@@ -88,9 +88,7 @@ impl RedisStores {
         let numbers: Vec<Option<u64>> = pipe.query_async(&mut connection).await?;
         Ok(numbers.into_iter().map(|n| n.unwrap_or(0)).collect())
     }
-}
 
-impl RedisStores {
     /// The commands that write `reports`, a run of one device's, in this
     /// order (sent with other sessions' in one pipeline, see `batches`):
     /// - the fill feed's entries first, on every attempt: once the script
@@ -366,4 +364,45 @@ fn unanswered() -> ReportStoreError {
         redis::ErrorKind::ResponseError,
         "Redis answered a run of reports with no answer, or too many",
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reports::ReportKind;
+
+    fn fields_pushed(report: &StoredReport) -> usize {
+        let mut cmd = redis::Cmd::new();
+        push_stream_fields(&mut cmd, report);
+        cmd.args_iter().count()
+    }
+
+    #[test]
+    fn the_stream_field_count_sent_before_the_fields_is_how_many_follow() {
+        let bare = StoredReport {
+            device_id: "dv_A".into(),
+            seq: 1,
+            signal_id: SignalId([1; 16]),
+            kind: ReportKind::Received,
+            at_ms: 1,
+            stored_at_ms: 2,
+            ticket: None,
+            price: None,
+            volume: None,
+            error_code: None,
+            error_text: None,
+        };
+        let full = StoredReport {
+            ticket: Some(7),
+            price: Some("1.5".parse().unwrap()),
+            volume: Some("0.1".parse().unwrap()),
+            error_code: Some(10_019),
+            error_text: Some("no money".into()),
+            ..bare.clone()
+        };
+        for report in [&bare, &full] {
+            assert_eq!(stream_field_count(report), fields_pushed(report));
+        }
+        assert_eq!(stream_field_count(&full), 22);
+    }
 }

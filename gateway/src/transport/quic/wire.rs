@@ -74,10 +74,7 @@ impl FrameReader {
     fn decode<M: WireMessage>(&mut self) -> Result<Option<M>, WireError> {
         match decode_frame::<M>(&self.buffer)? {
             Decoded::Frame { message, consumed } => {
-                self.buffer.drain(..consumed);
-                if self.buffer.is_empty() && self.buffer.capacity() > BUFFER_KEPT {
-                    self.buffer = Vec::new();
-                }
+                self.consume(consumed);
                 Ok(Some(message))
             }
             Decoded::Incomplete { .. } => Ok(None),
@@ -93,13 +90,19 @@ impl FrameReader {
                 message: eagate_protocol::DeviceMessage::Report(report),
                 consumed,
             }) => {
-                self.buffer.drain(..consumed);
-                if self.buffer.is_empty() && self.buffer.capacity() > BUFFER_KEPT {
-                    self.buffer = Vec::new();
-                }
+                self.consume(consumed);
                 Some(report)
             }
             _ => None,
+        }
+    }
+
+    /// Drops a decoded frame's bytes; a buffer grown by a big frame is let
+    /// go once empty, so an idle session holds none.
+    fn consume(&mut self, consumed: usize) {
+        self.buffer.drain(..consumed);
+        if self.buffer.is_empty() && self.buffer.capacity() > BUFFER_KEPT {
+            self.buffer = Vec::new();
         }
     }
 
@@ -157,19 +160,22 @@ impl DeviceStream {
     /// Queues `message` after what is queued; [`DeviceStream::write_queued`]
     /// writes it.
     pub(super) fn queue(&mut self, message: GatewayMessage) {
-        if self.queued.is_empty() {
-            self.stalled_since = tokio::time::Instant::now();
-        }
-        encode_into(&message.for_version(self.version), &mut self.queued);
+        encode_into(&message.for_version(self.version), self.queue_end());
     }
 
     /// Queues a frame encoded already (a signal's, encoded once for every
     /// device it goes to) after what is queued.
     pub(super) fn queue_frame(&mut self, frame: &[u8]) {
+        self.queue_end().extend_from_slice(frame);
+    }
+
+    /// The queue, to append to; the device's wait for it starts now if
+    /// nothing was waiting.
+    fn queue_end(&mut self) -> &mut bytes::BytesMut {
         if self.queued.is_empty() {
             self.stalled_since = tokio::time::Instant::now();
         }
-        self.queued.extend_from_slice(frame);
+        &mut self.queued
     }
 
     /// Bytes queued and not yet taken by quinn.
