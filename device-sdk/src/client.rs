@@ -275,6 +275,10 @@ struct Shared {
     handed_out: std::sync::Mutex<Option<(SignalId, ResumePoint)>>,
     /// Wakes the driver: reports wait to be sent.
     wake: Notify,
+    /// Taken by the one caller syncing the journal; the callers queued
+    /// behind it find their reports made durable by its sync, or start the
+    /// next one for everything written meanwhile (the group commit).
+    syncing: std::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -290,17 +294,22 @@ impl Shared {
 struct Inner {
     core: SessionCore,
     journal: Journal,
+    /// The journal ticket of each report the core holds back until it is
+    /// durable, oldest first, in the core's order.
+    held: VecDeque<u64>,
 }
 
 impl Inner {
-    /// Journals and accepts a report: on disk before the core has it.
-    fn accept_report(
+    /// Journals a report (written, not yet synced) and has the core hold
+    /// it; returns its sequence number and journal ticket. It is sent, and
+    /// its caller told it was accepted, once the ticket is durable.
+    fn stage_report(
         &mut self,
         handed_out: &mut Option<(SignalId, ResumePoint)>,
         at_ms: u64,
         signal_id: SignalId,
         outcome: ReportOutcome,
-    ) -> Result<u64, ReportError> {
+    ) -> Result<(u64, u64), ReportError> {
         let draft = self
             .core
             .draft_report(at_ms, signal_id, outcome.clone())
@@ -316,16 +325,104 @@ impl Inner {
             // the report and the position are on disk together or not at all.
             records.push(Record::Position(point));
         }
-        self.journal.append(&records, true)?;
+        self.journal.append(&records, false)?;
         if done.is_some() {
             *handed_out = None;
         }
-        let accepted = self
+        let held = self
             .core
-            .report(at_ms, signal_id, outcome)
+            .hold_report(at_ms, signal_id, outcome)
             .map_err(map_report_error)?;
-        debug_assert_eq!(accepted, seq);
-        Ok(accepted)
+        debug_assert_eq!(held, seq);
+        let ticket = self.journal.written();
+        self.held.push_back(ticket);
+        // The append may have compacted the journal, which syncs it all.
+        self.release_durable();
+        Ok((seq, ticket))
+    }
+
+    /// Lets the core send every held report whose journal record is
+    /// durable now; drops the held reports when the journal broke and they
+    /// never will be.
+    fn release_durable(&mut self) {
+        // The core may have let go of a held report the gateway confirmed
+        // (it never should): those are the oldest.
+        while self.held.len() > self.core.held() {
+            self.held.pop_front();
+        }
+        let mut durable = 0;
+        for ticket in &self.held {
+            match self.journal.is_durable(*ticket) {
+                Ok(true) => durable += 1,
+                Ok(false) => break,
+                Err(_) => {
+                    // Cut off the disk by the failed sync: the callers
+                    // waiting on them are told, and nothing goes out.
+                    self.core.release_held(durable);
+                    self.core.discard_held();
+                    self.held.clear();
+                    return;
+                }
+            }
+        }
+        self.held.drain(..durable);
+        self.core.release_held(durable);
+    }
+
+    /// Appends records `fsync`ed at once (with every report written before
+    /// them), releasing what that made durable.
+    fn append_durable(&mut self, records: &[Record]) -> Result<(), JournalError> {
+        let appended = self.journal.append(records, true);
+        self.release_durable();
+        appended
+    }
+}
+
+impl Shared {
+    /// Journals and accepts a report, returning once it is durable. Every
+    /// caller writes its own record; syncs are shared: while one caller
+    /// syncs, the others write theirs and queue, and the next sync makes
+    /// all of them durable at once. Runs on a blocking thread.
+    fn accept_report(
+        &self,
+        at_ms: u64,
+        signal_id: SignalId,
+        outcome: ReportOutcome,
+    ) -> Result<u64, ReportError> {
+        let (seq, ticket) = {
+            let mut inner = self.inner.blocking_lock();
+            let mut handed_out = self.handed_out();
+            inner.stage_report(&mut handed_out, at_ms, signal_id, outcome)?
+        };
+        // A panic while syncing leaves nothing half done behind the lock.
+        let _turn = self
+            .syncing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let sync = {
+            let mut inner = self.inner.blocking_lock();
+            match inner.journal.is_durable(ticket) {
+                // The sync before this caller's turn covered it.
+                Ok(true) => return Ok(seq),
+                Ok(false) => inner.journal.begin_sync(),
+                Err(broken) => Err(broken),
+            }
+            .inspect_err(|_| inner.release_durable())?
+        };
+        let Some(sync) = sync else {
+            // Compacted meanwhile, which synced everything.
+            return Ok(seq);
+        };
+        // The journal is free meanwhile: other callers write their reports
+        // and queue for the next sync.
+        let synced = sync.run();
+        let mut inner = self.inner.blocking_lock();
+        let finished = inner.journal.finish_sync(sync, synced);
+        inner.release_durable();
+        drop(inner);
+        self.wake.notify_one();
+        finished?;
+        Ok(seq)
     }
 }
 
@@ -356,9 +453,14 @@ impl Client {
         let verdict = Arc::new(CertificateVerdict::default());
         let quic = quic_config(&config.trust, verdict.clone())?;
         let shared = Arc::new(Shared {
-            inner: Mutex::new(Inner { core, journal }),
+            inner: Mutex::new(Inner {
+                core,
+                journal,
+                held: VecDeque::new(),
+            }),
             handed_out: std::sync::Mutex::new(None),
             wake: Notify::new(),
+            syncing: std::sync::Mutex::new(()),
         });
         let (events_tx, events) = mpsc::channel(EVENT_CAPACITY * 2);
         let (state_tx, state) = watch::channel(ClientState::Connecting);
@@ -400,8 +502,7 @@ impl Client {
                 shared
                     .inner
                     .blocking_lock()
-                    .journal
-                    .append(&[Record::Position(point)], true)
+                    .append_durable(&[Record::Position(point)])
             })
             .await;
         }
@@ -429,7 +530,7 @@ impl Client {
             };
             // As in next_event: a failed write only means the signal may
             // come again after a restart.
-            let _ = inner.journal.append(&[Record::Position(point)], true);
+            let _ = inner.append_durable(&[Record::Position(point)]);
         }
         let event = self.events.try_recv().ok()?;
         self.hand_out(&event);
@@ -449,11 +550,7 @@ impl Client {
         signal_id: SignalId,
         outcome: ReportOutcome,
     ) -> Result<u64, ReportError> {
-        let seq = {
-            let mut inner = self.shared.inner.blocking_lock();
-            let mut handed_out = self.shared.handed_out();
-            inner.accept_report(&mut handed_out, at_ms, signal_id, outcome)?
-        };
+        let seq = self.shared.accept_report(at_ms, signal_id, outcome)?;
         self.shared.wake.notify_one();
         Ok(seq)
     }
@@ -535,12 +632,7 @@ impl Client {
         outcome: ReportOutcome,
     ) -> Result<u64, ReportError> {
         let shared = self.shared.clone();
-        let seq = on_blocking_pool(move || {
-            let mut inner = shared.inner.blocking_lock();
-            let mut handed_out = shared.handed_out();
-            inner.accept_report(&mut handed_out, at_ms, signal_id, outcome)
-        })
-        .await?;
+        let seq = on_blocking_pool(move || shared.accept_report(at_ms, signal_id, outcome)).await?;
         self.shared.wake.notify_one();
         Ok(seq)
     }
@@ -911,6 +1003,7 @@ impl Driver {
                         .journal
                         .replace_outbox(snapshot.next_seq, snapshot.outbox)
                         .map_err(|e| e.to_string())?;
+                    inner.release_durable();
                     Event::Connected { gateway_time_ms }
                 }
                 core::Event::Signal(signal) => Event::Signal(signal),
@@ -935,6 +1028,7 @@ impl Driver {
                         .journal
                         .replace_outbox(snapshot.next_seq, snapshot.outbox)
                         .map_err(|e| e.to_string())?;
+                    inner.release_durable();
                     Event::ReportsRenumbered {
                         from_seq,
                         to_seq,

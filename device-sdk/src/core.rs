@@ -189,6 +189,9 @@ pub struct SessionCore {
     positions: Vec<ResumePoint, MAX_RESUME_POINTS>,
     next_seq: u64,
     outbox: Deque<Report, OUTBOX_CAPACITY>,
+    /// The newest `held` reports of the outbox wait to be made durable by
+    /// the driver and are not sent until [`Self::release_held`].
+    held: usize,
     confirmed_seq: u64,
     pending: Deque<Pending, { OUTBOX_CAPACITY + 8 }>,
     events: Deque<Event, EVENT_CAPACITY>,
@@ -235,6 +238,7 @@ impl SessionCore {
             positions: snapshot.positions,
             next_seq,
             outbox,
+            held: 0,
             confirmed_seq: 0,
             pending: Deque::new(),
             events: Deque::new(),
@@ -375,7 +379,9 @@ impl SessionCore {
                 self.next_seq = self
                     .next_seq
                     .max(accepted.confirmed_report_seq.saturating_add(1));
-                for report in &self.outbox {
+                // Held reports follow when the driver releases them.
+                let sendable = self.outbox.len() - self.held;
+                for report in self.outbox.iter().take(sendable) {
                     let _ = self.pending.push_back(Pending::Report(report.seq));
                 }
                 self.push_event(Event::Connected {
@@ -529,6 +535,9 @@ impl SessionCore {
         {
             self.outbox.pop_front();
         }
+        // Held reports are the newest and never sent, so none should be
+        // confirmed; if one ever were, it is no longer held either.
+        self.held = self.held.min(self.outbox.len());
     }
 
     fn push_event(&mut self, event: Event) {
@@ -569,8 +578,30 @@ impl SessionCore {
 
     /// Accepts a report about `signal_id` into the outbox and returns its
     /// sequence number. It is sent now if connected, else after the next
-    /// authentication, and resent until the gateway confirms it.
+    /// authentication, and resent until the gateway confirms it. While
+    /// reports are held it is held too, behind them: reports go out in
+    /// sequence order.
     pub fn report(
+        &mut self,
+        at_ms: u64,
+        signal_id: SignalId,
+        outcome: ReportOutcome,
+    ) -> Result<u64, ReportError> {
+        let held = self.held > 0;
+        let seq = self.hold_report(at_ms, signal_id, outcome)?;
+        if !held {
+            self.release_held(1);
+        }
+        Ok(seq)
+    }
+
+    /// Accepts a report like [`Self::report`] but holds it back from the
+    /// wire until [`Self::release_held`]: for a driver that writes reports
+    /// to its journal one by one and makes them durable in groups, one
+    /// `fsync` for all the reports waiting on it. Held reports are in the
+    /// outbox (and in [`Self::snapshot`]) and keep their place in the
+    /// sequence.
+    pub fn hold_report(
         &mut self,
         at_ms: u64,
         signal_id: SignalId,
@@ -581,10 +612,37 @@ impl SessionCore {
         // Cannot fail: the draft checked for room.
         let _ = self.outbox.push_back(report);
         self.next_seq += 1;
-        if self.state == State::Connected {
-            let _ = self.pending.push_back(Pending::Report(seq));
-        }
+        self.held += 1;
         Ok(seq)
+    }
+
+    /// How many reports are held back from the wire.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// The oldest `count` held reports are durable: they are sent now if
+    /// connected, else after the next authentication.
+    pub fn release_held(&mut self, count: usize) {
+        let count = count.min(self.held);
+        let first = self.outbox.len() - self.held;
+        self.held -= count;
+        if self.state == State::Connected {
+            for report in self.outbox.iter().skip(first).take(count) {
+                let _ = self.pending.push_back(Pending::Report(report.seq));
+            }
+        }
+    }
+
+    /// The held reports could not be made durable: they are dropped, never
+    /// having been sent, and their sequence numbers are given out again.
+    pub fn discard_held(&mut self) {
+        for _ in 0..self.held {
+            if let Some(report) = self.outbox.pop_back() {
+                self.next_seq = report.seq;
+            }
+        }
+        self.held = 0;
     }
 
     /// Closes the session on purpose: queues a going-away for the gateway.

@@ -7,8 +7,14 @@
 //! record = u32 LE body length || u32 LE CRC-32 of body || body (postcard Record)
 //! ```
 //!
-//! A report is written and `fsync`ed before the session core accepts it, so
-//! a report the application was told about is on disk. Confirmations are
+//! A report is written and `fsync`ed before it is sent and before the
+//! application is told it was accepted, so a report anyone heard of is on
+//! disk. Reports written by several callers at once share one `fsync`
+//! (a group commit): each append gets a ticket, and one sync makes every
+//! ticket written before it durable. A failed `fsync` may have lost any
+//! write not yet durable (the kernel drops the dirty pages and marks them
+//! clean), so the journal cuts back to its last durable length and refuses
+//! further writes until it is opened again. Confirmations are
 //! written without `fsync`: losing one only means the report is sent again,
 //! and the gateway stores each (device, sequence number) once. A torn record
 //! at the end (the process died mid-write) fails its length or checksum and
@@ -142,6 +148,16 @@ pub(crate) struct Journal {
     len: u64,
     state: JournalState,
     appended_since_compaction: usize,
+    /// Appends so far: the ticket of the latest one.
+    written: u64,
+    /// Every append up to this ticket is durable.
+    durable: u64,
+    /// The file's length at the last durable point: what a failed sync cuts
+    /// back to.
+    durable_len: u64,
+    /// Compactions so far: a sync started on a file since replaced says
+    /// nothing about the journal, which compaction made durable anyway.
+    generation: u64,
     broken: bool,
     // Held for the lifetime of the journal; dropping it releases the lock.
     _lock: File,
@@ -190,6 +206,10 @@ impl Journal {
                 len: 0,
                 state: JournalState::default(),
                 appended_since_compaction: 0,
+                written: 0,
+                durable: 0,
+                durable_len: 0,
+                generation: 0,
                 broken: false,
                 _lock: lock,
             }
@@ -210,6 +230,10 @@ impl Journal {
                 len: good_len as u64,
                 state,
                 appended_since_compaction: records,
+                written: 0,
+                durable: 0,
+                durable_len: good_len as u64,
+                generation: 0,
                 broken: false,
                 _lock: lock,
             }
@@ -226,8 +250,9 @@ impl Journal {
         &self.state
     }
 
-    /// Appends `records`, `fsync`ed when `durable`. On failure the file is
-    /// cut back so no half record stays in front of later ones.
+    /// Appends `records`, `fsync`ed (with every append before them) when
+    /// `durable`. A failed write is cut back so no half record stays in
+    /// front of later ones; a failed `fsync` breaks the journal.
     pub(crate) fn append(&mut self, records: &[Record], durable: bool) -> Result<(), JournalError> {
         if self.broken {
             return Err(JournalError::Broken(self.path.clone()));
@@ -236,15 +261,9 @@ impl Journal {
         for record in records {
             encode_record(record, &mut bytes);
         }
-        let written = self.file.write_all(&bytes).and_then(|()| {
-            if durable {
-                self.file.sync_data()
-            } else {
-                Ok(())
-            }
-        });
-        if let Err(source) = written {
-            // Undo, so the journal stays a clean sequence of records.
+        if let Err(source) = self.file.write_all(&bytes) {
+            // Undo, so the journal stays a clean sequence of records. What
+            // other callers wrote before is untouched and still to be synced.
             let undone = self
                 .file
                 .set_len(self.len)
@@ -258,8 +277,16 @@ impl Journal {
             });
         }
         self.len += bytes.len() as u64;
+        self.written += 1;
         for record in records {
             self.state.apply(record);
+        }
+        if durable {
+            if let Err(source) = self.file.sync_data() {
+                return Err(self.sync_failed(source));
+            }
+            self.durable = self.written;
+            self.durable_len = self.len;
         }
         self.appended_since_compaction += records.len();
         if self.appended_since_compaction >= COMPACT_AFTER_RECORDS
@@ -271,6 +298,83 @@ impl Journal {
             let _ = self.compact();
         }
         Ok(())
+    }
+
+    /// The ticket of the latest append.
+    pub(crate) fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Whether the append with `ticket` is durable; an error when it never
+    /// will be (a sync failed since, and the journal cut it off).
+    pub(crate) fn is_durable(&self, ticket: u64) -> Result<bool, JournalError> {
+        if ticket <= self.durable {
+            Ok(true)
+        } else if self.broken {
+            Err(JournalError::Broken(self.path.clone()))
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// Starts making every append so far durable: the returned sync runs
+    /// without the journal (so appends go on meanwhile) and is handed back
+    /// to [`Self::finish_sync`]. `None` when everything is durable already.
+    pub(crate) fn begin_sync(&self) -> Result<Option<PendingSync>, JournalError> {
+        if self.broken {
+            return Err(JournalError::Broken(self.path.clone()));
+        }
+        if self.durable >= self.written {
+            return Ok(None);
+        }
+        let file = self.file.try_clone().map_err(|source| JournalError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(Some(PendingSync {
+            file,
+            up_to: self.written,
+            len: self.len,
+            generation: self.generation,
+        }))
+    }
+
+    /// Records how a sync from [`Self::begin_sync`] went.
+    pub(crate) fn finish_sync(
+        &mut self,
+        sync: PendingSync,
+        synced: io::Result<()>,
+    ) -> Result<(), JournalError> {
+        if sync.generation != self.generation {
+            // Compaction replaced the file meanwhile, and wrote and synced
+            // everything appended before it.
+            return Ok(());
+        }
+        match synced {
+            Ok(()) => {
+                self.durable = self.durable.max(sync.up_to);
+                self.durable_len = self.durable_len.max(sync.len);
+                Ok(())
+            }
+            Err(source) => Err(self.sync_failed(source)),
+        }
+    }
+
+    /// A sync failed: the kernel may have dropped any write not yet durable
+    /// while marking it clean, so a later sync proves nothing. The file is
+    /// cut back to its last durable length, so what the callers were told
+    /// failed is not found there on the next open, and the journal refuses
+    /// writes until then.
+    fn sync_failed(&mut self, source: io::Error) -> JournalError {
+        self.broken = true;
+        let _ = self
+            .file
+            .set_len(self.durable_len)
+            .and_then(|()| self.file.sync_data());
+        JournalError::Io {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     /// Replaces the journal's reports and next sequence number with the
@@ -331,7 +435,29 @@ impl Journal {
         self.file = file;
         self.len = bytes.len() as u64;
         self.appended_since_compaction = 0;
-        sync_dir(&self.path).map_err(io_error)
+        self.generation += 1;
+        sync_dir(&self.path).map_err(io_error)?;
+        // The new file holds every append so far, synced, under the name.
+        self.durable = self.written;
+        self.durable_len = self.len;
+        Ok(())
+    }
+}
+
+/// A sync begun by [`Journal::begin_sync`], run without holding the journal.
+#[derive(Debug)]
+pub(crate) struct PendingSync {
+    file: File,
+    up_to: u64,
+    len: u64,
+    generation: u64,
+}
+
+impl PendingSync {
+    /// Makes the file durable up to where it was when the sync began (and
+    /// perhaps beyond, which the journal does not count on).
+    pub(crate) fn run(&self) -> io::Result<()> {
+        self.file.sync_data()
     }
 }
 
@@ -526,6 +652,88 @@ mod tests {
         assert_eq!(journal.state().outbox, [report(200)]);
         assert_eq!(journal.state().next_seq, 201);
         assert_eq!(journal.state().positions[0].position, 9);
+    }
+
+    #[test]
+    fn one_sync_makes_every_append_written_before_it_durable_and_none_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Journal::open(dir.path(), &device()).unwrap();
+        let mut tickets = Vec::new();
+        for seq in 1..=3 {
+            journal
+                .append(&[Record::Accepted(report(seq))], false)
+                .unwrap();
+            tickets.push(journal.written());
+        }
+        assert!(!journal.is_durable(tickets[0]).unwrap());
+        let sync = journal.begin_sync().unwrap().expect("appends to sync");
+        // Written while the sync runs: not covered by it.
+        journal
+            .append(&[Record::Accepted(report(4))], false)
+            .unwrap();
+        let late = journal.written();
+        let synced = sync.run();
+        journal.finish_sync(sync, synced).unwrap();
+        for ticket in tickets {
+            assert!(journal.is_durable(ticket).unwrap());
+        }
+        assert!(!journal.is_durable(late).unwrap());
+        let sync = journal.begin_sync().unwrap().expect("the late append");
+        let synced = sync.run();
+        journal.finish_sync(sync, synced).unwrap();
+        assert!(journal.is_durable(late).unwrap());
+        assert!(journal.begin_sync().unwrap().is_none(), "nothing left");
+    }
+
+    #[test]
+    fn a_failed_sync_cuts_the_journal_back_to_what_was_durable_and_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut journal = Journal::open(dir.path(), &device()).unwrap();
+            journal
+                .append(&[Record::Accepted(report(1))], true)
+                .unwrap();
+            journal
+                .append(&[Record::Accepted(report(2))], false)
+                .unwrap();
+            let lost = journal.written();
+            let sync = journal.begin_sync().unwrap().unwrap();
+            let failed = journal.finish_sync(sync, Err(io::Error::other("EIO")));
+            assert!(matches!(failed, Err(JournalError::Io { .. })));
+            assert!(matches!(
+                journal.is_durable(lost),
+                Err(JournalError::Broken(_))
+            ));
+            assert!(journal.is_durable(1).unwrap(), "durable before stays so");
+            assert!(matches!(
+                journal.append(&[Record::Accepted(report(3))], false),
+                Err(JournalError::Broken(_))
+            ));
+        }
+        // The report whose caller was told it failed is not resent.
+        let journal = Journal::open(dir.path(), &device()).unwrap();
+        assert_eq!(journal.state().outbox, [report(1)]);
+        assert_eq!(journal.state().next_seq, 2);
+    }
+
+    #[test]
+    fn a_sync_of_a_file_compaction_replaced_meanwhile_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Journal::open(dir.path(), &device()).unwrap();
+        journal
+            .append(&[Record::Accepted(report(1))], false)
+            .unwrap();
+        let ticket = journal.written();
+        let sync = journal.begin_sync().unwrap().unwrap();
+        journal.compact().unwrap();
+        assert!(journal.is_durable(ticket).unwrap(), "compaction syncs");
+        // Even a failure on the replaced file says nothing about the journal.
+        journal
+            .finish_sync(sync, Err(io::Error::other("EIO")))
+            .unwrap();
+        journal
+            .append(&[Record::Accepted(report(2))], true)
+            .unwrap();
     }
 
     #[test]

@@ -758,3 +758,65 @@ fn reports_renumbered_after_a_conflict_leave_no_hole_for_the_confirmations_to_st
         Ok(5)
     );
 }
+
+#[test]
+fn held_reports_wait_for_their_release_and_then_go_out_in_sequence_order() {
+    let (mut core, mut gateway) = (device(), FakeGateway::new());
+    let signal = gateway.publish("buy");
+    let now = gateway.clock_ms;
+    connect(&mut core, &mut gateway, now, 1);
+    let id = signal.signal_id;
+    assert_eq!(core.hold_report(now, id, ReportOutcome::Received), Ok(1));
+    assert_eq!(core.hold_report(now, id, ReportOutcome::Received), Ok(2));
+    // Accepted while others are held: it queues behind them.
+    assert_eq!(core.report(now, id, ReportOutcome::Received), Ok(3));
+    exchange(&mut core, &mut gateway, now).unwrap();
+    assert!(gateway.stored.is_empty(), "nothing held went out");
+    assert_eq!((core.held(), core.unconfirmed()), (3, 3));
+
+    core.release_held(2);
+    exchange(&mut core, &mut gateway, now).unwrap();
+    assert_eq!(gateway.stored.keys().copied().collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(core.held(), 1);
+    core.release_held(5);
+    exchange(&mut core, &mut gateway, now).unwrap();
+    assert_eq!(
+        gateway.stored.keys().copied().collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert_eq!((core.held(), core.unconfirmed()), (0, 0));
+}
+
+#[test]
+fn held_reports_are_not_resent_on_reconnecting_until_released() {
+    let (mut core, mut gateway) = (device(), FakeGateway::new());
+    let signal = gateway.publish("buy");
+    let id = signal.signal_id;
+    core.report(1, id, ReportOutcome::Received).unwrap();
+    core.hold_report(2, id, ReportOutcome::Received).unwrap();
+    let now = gateway.clock_ms;
+    connect(&mut core, &mut gateway, now, 1);
+    assert_eq!(gateway.stored.keys().copied().collect::<Vec<_>>(), [1]);
+    assert_eq!(core.snapshot().outbox.len(), 1, "the held report is kept");
+    core.release_held(1);
+    exchange(&mut core, &mut gateway, now).unwrap();
+    assert_eq!(gateway.stored.keys().copied().collect::<Vec<_>>(), [1, 2]);
+}
+
+#[test]
+fn discarded_held_reports_are_never_sent_and_their_numbers_are_given_out_again() {
+    let (mut core, mut gateway) = (device(), FakeGateway::new());
+    let signal = gateway.publish("buy");
+    let id = signal.signal_id;
+    core.report(1, id, ReportOutcome::Received).unwrap();
+    core.hold_report(2, id, ReportOutcome::Received).unwrap();
+    core.hold_report(3, id, ReportOutcome::Received).unwrap();
+    core.discard_held();
+    assert_eq!((core.held(), core.unconfirmed()), (0, 1));
+    // The next report takes the first discarded number: no hole.
+    assert_eq!(core.report(4, id, ReportOutcome::Received), Ok(2));
+    let now = gateway.clock_ms;
+    connect(&mut core, &mut gateway, now, 1);
+    assert_eq!(gateway.stored.keys().copied().collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(gateway.stored[&2].at_ms, 4);
+}

@@ -45,6 +45,19 @@ fn start_bot(gateway: &Gateway, device: &(String, String), state: &Path) -> Bot 
     bot
 }
 
+/// The client configuration of `device`, trusting `gateway`'s pinned
+/// certificate, with its journal in `state`.
+fn pinned_config(gateway: &Gateway, device: &(String, String), state: &Path) -> ClientConfig {
+    ClientConfig::new(
+        &gateway.quic,
+        &device.0,
+        &device.1,
+        ServerTrust::Pinned(gateway.fingerprint.parse().unwrap()),
+        state,
+    )
+    .unwrap()
+}
+
 fn signal_id_of(line: &str) -> String {
     line.split_whitespace()
         .nth(1)
@@ -335,14 +348,7 @@ fn a_timer_driven_caller_polls_signals_and_reports_without_an_async_context() {
     let gateway = Gateway::start(data.path(), &[]);
     let device = gateway.register("gold");
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let config = ClientConfig::new(
-        &gateway.quic,
-        &device.0,
-        &device.1,
-        ServerTrust::Pinned(gateway.fingerprint.parse().unwrap()),
-        state.path(),
-    )
-    .unwrap();
+    let config = pinned_config(&gateway, &device, state.path());
     let mut client = runtime.block_on(Client::connect(config)).unwrap();
     let signal_id = gateway.publish("gold");
 
@@ -384,6 +390,74 @@ fn a_timer_driven_caller_polls_signals_and_reports_without_an_async_context() {
         vec![(1, "filled".to_owned())]
     );
     runtime.block_on(client.close());
+}
+
+/// A bot whose strategies report from many tasks at once: the client's
+/// journal syncs for all of them together, and every fill is numbered once,
+/// sent in order and stored once.
+#[test]
+fn fills_reported_from_many_tasks_at_once_are_numbered_once_each_and_all_stored() {
+    const TASKS: u64 = 16;
+    const EACH: u64 = 8;
+    let data = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(data.path(), &[]);
+    let device = gateway.register("gold");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let config = pinned_config(&gateway, &device, state.path());
+    let signal_id = gateway.publish("gold");
+    let mut seqs = runtime.block_on(async {
+        let mut client = Client::connect(config.clone()).await.unwrap();
+        let signal = client.next_signal().await.unwrap();
+        let client = std::sync::Arc::new(client);
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|task| {
+                let client = client.clone();
+                let signal = signal.clone();
+                tokio::spawn(async move {
+                    let mut seqs = Vec::new();
+                    for n in 0..EACH {
+                        let fill = eagate_sdk::protocol::Fill {
+                            ticket: 1_000 + task * EACH + n,
+                            price: "2350.5".parse().unwrap(),
+                            volume: signal.volume,
+                        };
+                        seqs.push(client.filled(signal.signal_id, fill).await.unwrap());
+                    }
+                    seqs
+                })
+            })
+            .collect();
+        let mut seqs = Vec::new();
+        for task in tasks {
+            seqs.extend(task.await.unwrap());
+        }
+        let deadline = tokio::time::Instant::now() + SOON;
+        while client.unconfirmed().await > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "not all confirmed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        std::sync::Arc::into_inner(client).unwrap().close().await;
+        seqs
+    });
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=TASKS * EACH).collect::<Vec<_>>());
+    let mut stored = stored_fills(&gateway, &signal_id, &device.0);
+    stored.sort_unstable_by_key(|(_, ticket)| *ticket);
+    assert_eq!(stored.len() as u64, TASKS * EACH, "each fill stored once");
+    assert_eq!(
+        stored.iter().map(|(_, ticket)| *ticket).collect::<Vec<_>>(),
+        (1_000..1_000 + TASKS * EACH).collect::<Vec<_>>()
+    );
+    let mut stored_seqs: Vec<u64> = stored.iter().map(|(seq, _)| *seq).collect();
+    stored_seqs.sort_unstable();
+    assert_eq!(stored_seqs, seqs, "under the numbers the tasks were given");
+    // The journal agrees: reopened, nothing waits to be sent again.
+    runtime.block_on(async {
+        let client = Client::connect(config).await.unwrap();
+        assert_eq!(client.unconfirmed().await, 0);
+        client.close().await;
+    });
 }
 
 /// Each stored report of `device_id` on `signal_id`, as (seq, ticket).
