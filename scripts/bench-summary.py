@@ -48,6 +48,7 @@ rows = [
     ("devices connected in the connect run", "connect", field("connected")),
     ("server memory per idle device (bytes)", "connect", field("server_rss_per_device_bytes")),
     ("server CPU per delivery + report (µs), 1,000 devices", "fanout1000", field("server_cpu_us_per_message")),
+    ("client CPU per delivery + report (µs; SDK client with journal vs MQTT client library), 100 devices at 20/s", "client100", field("harness_cpu_us_per_message")),
     ("confirmed reports/s (ingest, {devices} devices)", "ingest", field("confirmed_per_s")),
     ("confirmed but not stored (must be 0)", "ingest", field("confirmed_not_stored")),
     ("repeated or out of order, 1,000 devices (must be 0)", "fanout1000", field("gaps")),

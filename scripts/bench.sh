@@ -12,7 +12,9 @@
 # Environment: EAGATE_BIN (a gateway binary to measure instead of this
 # tree's, for before/after comparisons), TARGETS (a subset of
 # "sled redis mosquitto"), SCENARIOS (a subset of
-# "fanout100 fanout1000 latency1000 connect ingest"), PROFILE=1 (records
+# "fanout100 fanout1000 latency1000 connect ingest client100"; client100
+# is what a device costs on the client side: eagate's SDK client with its
+# journal against an MQTT client library), PROFILE=1 (records
 # the server with perf during each run and draws a flamegraph of it,
 # <target>-<run>.flame.svg; installs perf and inferno if missing).
 set -euo pipefail
@@ -22,7 +24,7 @@ root=$(pwd)
 quick=false
 [ "${1:-}" = "--quick" ] && quick=true
 targets=${TARGETS:-"sled redis mosquitto"}
-scenarios=${SCENARIOS:-"fanout100 fanout1000 latency1000 connect ingest"}
+scenarios=${SCENARIOS:-"fanout100 fanout1000 latency1000 connect ingest client100"}
 if $quick; then
     duration=8; connect_devices=2000; ingest_devices=200
 else
@@ -168,7 +170,7 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 keys = ["connected", "failures", "sessions_per_s", "deliveries_per_s", "missing_deliveries",
         "gaps", "confirmed_per_s", "confirmed_not_stored", "server_rss_per_device_bytes",
-        "server_cpu_us_per_message"]
+        "server_cpu_us_per_message", "harness_cpu_us_per_message"]
 print("   " + ", ".join(f"{k}={r[k]}" for k in keys if k in r))
 for h in ("latency", "confirmation"):
     if h in r:
@@ -193,6 +195,13 @@ scenario_runs() { # $1 target
             run "$target" latency1000 fanout --devices 1000 --rate "$rate" --duration "$duration" ;;
         connect) run "$target" connect connect --devices "$connect_devices" --duration 5 --concurrency 512 --sockets 16 ;;
         ingest) run "$target" ingest ingest --devices "$ingest_devices" --window 64 --duration "$duration" ;;
+        client100)
+            # The harness's own CPU per message: the SDK's whole client
+            # (journal fsync per report) against eagate, rumqttc against
+            # Mosquitto.
+            local bots=()
+            [ "$target" != mosquitto ] && bots=(--sdk-client)
+            run "$target" client100 fanout --devices 100 --rate 20 --duration "$duration" "${bots[@]}" ;;
         esac
     done
 }

@@ -1008,11 +1008,10 @@ impl Driver {
                 }
                 core::Event::Signal(signal) => Event::Signal(signal),
                 core::Event::ReportsConfirmed { up_to_seq } => {
-                    // Not synced: a confirmation lost in a crash only means
-                    // a resend, which the gateway stores once.
-                    let _ = inner
-                        .journal
-                        .append(&[Record::Confirmed { up_to_seq }], false);
+                    // Written with the next record, not synced: a
+                    // confirmation lost in a crash only means a resend,
+                    // which the gateway stores once.
+                    inner.journal.confirm(up_to_seq);
                     Event::ReportsConfirmed { up_to_seq }
                 }
                 core::Event::ClockCorrected { offset_ms } => Event::ClockCorrected { offset_ms },

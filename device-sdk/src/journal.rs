@@ -14,9 +14,12 @@
 //! ticket written before it durable. A failed `fsync` may have lost any
 //! write not yet durable (the kernel drops the dirty pages and marks them
 //! clean), so the journal cuts back to its last durable length and refuses
-//! further writes until it is opened again. Confirmations are
-//! written without `fsync`: losing one only means the report is sent again,
-//! and the gateway stores each (device, sequence number) once. A torn record
+//! further writes until it is opened again. Confirmations are written
+//! without `fsync`, and not even at once: each rides in front of the next
+//! record written (or is written when the journal is closed). Losing one
+//! only means the report is sent again, and the gateway stores each
+//! (device, sequence number) once; and since it is written before any later
+//! report, the file never holds more unconfirmed reports than the outbox. A torn record
 //! at the end (the process died mid-write) fails its length or checksum and
 //! is cut off on the next open; nothing after it was ever acknowledged.
 //!
@@ -37,7 +40,8 @@ use crate::core::{OUTBOX_CAPACITY, Snapshot};
 const MAGIC: &[u8; 8] = b"EAGATEJ1";
 const RECORD_HEADER_LEN: usize = 8;
 /// Records appended since the last compaction after which the journal is
-/// rewritten: it never grows past a few hundred small records.
+/// rewritten: it never grows past about a thousand small records (tens of
+/// KB). Each compaction costs two `fsync`s and a rename, so not more often.
 const COMPACT_AFTER_RECORDS: usize = 1024;
 
 /// One entry of the journal.
@@ -148,6 +152,9 @@ pub(crate) struct Journal {
     len: u64,
     state: JournalState,
     appended_since_compaction: usize,
+    /// A confirmation applied to the state and not yet written: it goes in
+    /// front of the next record.
+    unwritten_confirmation: Option<u64>,
     /// Appends so far: the ticket of the latest one.
     written: u64,
     /// Every append up to this ticket is durable.
@@ -206,6 +213,7 @@ impl Journal {
                 len: 0,
                 state: JournalState::default(),
                 appended_since_compaction: 0,
+                unwritten_confirmation: None,
                 written: 0,
                 durable: 0,
                 durable_len: 0,
@@ -230,6 +238,7 @@ impl Journal {
                 len: good_len as u64,
                 state,
                 appended_since_compaction: records,
+                unwritten_confirmation: None,
                 written: 0,
                 durable: 0,
                 durable_len: good_len as u64,
@@ -257,7 +266,10 @@ impl Journal {
         if self.broken {
             return Err(JournalError::Broken(self.path.clone()));
         }
-        let mut bytes = Vec::with_capacity(records.len() * 128);
+        let mut bytes = Vec::with_capacity(records.len() * 128 + 16);
+        if let Some(up_to_seq) = self.unwritten_confirmation {
+            encode_record(&Record::Confirmed { up_to_seq }, &mut bytes);
+        }
         for record in records {
             encode_record(record, &mut bytes);
         }
@@ -278,6 +290,7 @@ impl Journal {
         }
         self.len += bytes.len() as u64;
         self.written += 1;
+        self.unwritten_confirmation = None;
         for record in records {
             self.state.apply(record);
         }
@@ -289,15 +302,25 @@ impl Journal {
             self.durable_len = self.len;
         }
         self.appended_since_compaction += records.len();
-        if self.appended_since_compaction >= COMPACT_AFTER_RECORDS
-            || (self.state.outbox.is_empty() && self.appended_since_compaction >= 64)
-        {
+        if self.appended_since_compaction >= COMPACT_AFTER_RECORDS {
             // The records are durable already: a failed compaction leaves a
             // longer but complete journal and is tried again later, so it
             // must not turn an accepted report into a refused one.
             let _ = self.compact();
         }
         Ok(())
+    }
+
+    /// The gateway stored every report up to `up_to_seq`: the state says so
+    /// at once, the file with the next record written.
+    pub(crate) fn confirm(&mut self, up_to_seq: u64) {
+        let record = Record::Confirmed { up_to_seq };
+        self.state.apply(&record);
+        self.unwritten_confirmation = Some(
+            self.unwritten_confirmation
+                .map_or(up_to_seq, |known| known.max(up_to_seq)),
+        );
+        self.appended_since_compaction += 1;
     }
 
     /// The ticket of the latest append.
@@ -435,12 +458,28 @@ impl Journal {
         self.file = file;
         self.len = bytes.len() as u64;
         self.appended_since_compaction = 0;
+        // The new file's state has every confirmation applied.
+        self.unwritten_confirmation = None;
         self.generation += 1;
         sync_dir(&self.path).map_err(io_error)?;
         // The new file holds every append so far, synced, under the name.
         self.durable = self.written;
         self.durable_len = self.len;
         Ok(())
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        // A clean close keeps its last confirmation, so the next run does
+        // not send confirmed reports again. Unsynced, as every confirmation.
+        if let Some(up_to_seq) = self.unwritten_confirmation
+            && !self.broken
+        {
+            let mut bytes = Vec::new();
+            encode_record(&Record::Confirmed { up_to_seq }, &mut bytes);
+            let _ = self.file.write_all(&bytes);
+        }
     }
 }
 
@@ -734,6 +773,31 @@ mod tests {
         journal
             .append(&[Record::Accepted(report(2))], true)
             .unwrap();
+    }
+
+    #[test]
+    fn a_confirmation_is_written_in_front_of_the_next_record_and_on_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Journal::path_for(dir.path(), &device());
+        let on_disk = || replay(&fs::read(&path).unwrap()).0.outbox;
+        let mut journal = Journal::open(dir.path(), &device()).unwrap();
+        for seq in 1..=2 {
+            journal
+                .append(&[Record::Accepted(report(seq))], true)
+                .unwrap();
+        }
+        journal.confirm(1);
+        assert_eq!(journal.state().outbox, [report(2)], "known at once");
+        assert_eq!(on_disk(), [report(1), report(2)], "not written yet");
+        journal
+            .append(&[Record::Accepted(report(3))], true)
+            .unwrap();
+        assert_eq!(on_disk(), [report(2), report(3)]);
+        journal.confirm(3);
+        drop(journal);
+        let journal = Journal::open(dir.path(), &device()).unwrap();
+        assert!(journal.state().outbox.is_empty());
+        assert_eq!(journal.state().next_seq, 4);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use eagate_protocol::{
     CHANNEL_BINDING_LABEL, ChannelName, DeviceId, DeviceSecret, MAX_WIRE_LEN, ReportOutcome,
-    SignalId,
+    Signal, SignalId,
 };
 use eagate_sdk::core::{Event, ReportError, SessionCore};
 use hdrhistogram::Histogram;
@@ -94,6 +94,60 @@ impl DeviceStats {
             last_seq: 0,
             confirmed_seq: 0,
             drained: false,
+        }
+    }
+}
+
+impl DeviceStats {
+    /// Counts a signal received: its latency from publication (carried in
+    /// its comment as `t<unix µs>`), and a gap or repeat in its channel.
+    pub(crate) fn signal_seen(
+        &mut self,
+        live: &Live,
+        positions: &mut HashMap<ChannelName, u64>,
+        signal: &Signal,
+    ) {
+        self.signals += 1;
+        live.delivered();
+        if let Some(sent) = signal
+            .comment
+            .as_str()
+            .strip_prefix('t')
+            .and_then(|t| t.parse::<u64>().ok())
+        {
+            let _ = self
+                .latency
+                .record(unix_micros().saturating_sub(sent).max(1));
+        }
+        let last = positions.entry(signal.channel.clone()).or_insert(0);
+        if signal.position <= *last {
+            self.repeats += 1;
+        } else {
+            if *last != 0 {
+                self.gaps += signal.position - *last - 1;
+            }
+            *last = signal.position;
+        }
+    }
+
+    /// Counts the reports in flight (sequence number, when sent) that a
+    /// confirmation up to `up_to_seq` covers.
+    pub(crate) fn confirmed_up_to(
+        &mut self,
+        live: &Live,
+        in_flight: &mut VecDeque<(u64, Instant)>,
+        up_to_seq: u64,
+    ) {
+        self.confirmed_seq = self.confirmed_seq.max(up_to_seq);
+        while let Some(&(seq, at)) = in_flight.front()
+            && seq <= up_to_seq
+        {
+            in_flight.pop_front();
+            self.confirmed += 1;
+            live.confirmed();
+            let _ = self
+                .confirmation
+                .record((at.elapsed().as_micros() as u64).max(1));
         }
     }
 }
@@ -203,49 +257,15 @@ impl Tracking<'_> {
                     self.turn.end();
                 }
                 Event::Signal(signal) => {
-                    self.stats.signals += 1;
-                    self.live.delivered();
-                    if let Some(sent) = signal
-                        .comment
-                        .as_str()
-                        .strip_prefix('t')
-                        .and_then(|t| t.parse::<u64>().ok())
-                    {
-                        let _ = self
-                            .stats
-                            .latency
-                            .record(unix_micros().saturating_sub(sent).max(1));
-                    }
-                    let last = self.positions.entry(signal.channel.clone()).or_insert(0);
-                    if signal.position <= *last {
-                        self.stats.repeats += 1;
-                    } else {
-                        if *last != 0 {
-                            self.stats.gaps += signal.position - *last - 1;
-                        }
-                        *last = signal.position;
-                    }
+                    self.stats
+                        .signal_seen(self.live, &mut self.positions, &signal);
                     if self.mode.acknowledges() {
                         self.waiting.push_back(signal.signal_id);
                     }
                 }
                 Event::ReportsConfirmed { up_to_seq } => {
-                    self.stats.confirmed_seq = self.stats.confirmed_seq.max(up_to_seq);
-                    while self
-                        .in_flight
-                        .front()
-                        .is_some_and(|(seq, _)| *seq <= up_to_seq)
-                    {
-                        let Some((_, at)) = self.in_flight.pop_front() else {
-                            break;
-                        };
-                        self.stats.confirmed += 1;
-                        self.live.confirmed();
-                        let _ = self
-                            .stats
-                            .confirmation
-                            .record((at.elapsed().as_micros() as u64).max(1));
-                    }
+                    self.stats
+                        .confirmed_up_to(self.live, &mut self.in_flight, up_to_seq);
                 }
                 Event::Disconnected { .. } => return Err("disconnected".into()),
                 Event::Revoked | Event::Refused(_) | Event::Replaced | Event::SecretRotated => {

@@ -17,6 +17,11 @@
 //!   reports per second, confirmation latency, stored count against sent;
 //! - `mixed`: `fanout` and `ingest` at once, for a soak.
 //!
+//! With `--sdk-client` each device is instead the SDK's whole client, as a
+//! bot runs it (journal and all), and the harness's own CPU per message is
+//! what the SDK costs a bot; against an MQTT broker the same figure is an
+//! MQTT client library's.
+//!
 //! At the end every device stops making reports of its own and waits until
 //! all it sent is confirmed (the drain), so that the stored count can be
 //! compared with the sent count exactly.
@@ -25,6 +30,7 @@
 //! cargo run --release --example eagate-loadgen -- --help
 //! ```
 
+mod bot;
 mod device;
 mod live;
 mod mqtt;
@@ -110,6 +116,12 @@ pub(crate) struct Args {
     /// The server's process id, to read its memory and CPU time.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// eagate, `connect` and `fanout`: each device is the SDK's whole
+    /// client as a bot runs it (a journal `fsync`ing every report, its own
+    /// QUIC endpoint), not the bare session core: the harness's CPU per
+    /// message is then what the SDK costs a bot.
+    #[arg(long)]
+    sdk_client: bool,
     /// The channel (eagate) or topic prefix (MQTT) the devices follow.
     #[arg(long, default_value = "loadgen")]
     channel: String,
@@ -162,7 +174,7 @@ async fn run_eagate(args: &Args) -> anyhow::Result<Outcome> {
     let account = format!("loadgen-{}", live::unix_micros());
     eprintln!("registering {} devices…", args.devices);
     let devices = provision(&platform, &account, args).await?;
-    let outcome = measure(client, &platform, &devices, args).await;
+    let outcome = measure((client, &trust), &platform, &devices, args).await;
     if !args.keep {
         eprintln!("revoking the devices…");
         let ids: Vec<String> = devices.iter().map(|(id, _)| id.to_string()).collect();
@@ -301,7 +313,7 @@ impl ServerUsage {
 const USER_HZ: u64 = 100;
 
 async fn measure(
-    client: quinn::ClientConfig,
+    (client, trust): (quinn::ClientConfig, &ServerTrust),
     platform: &Platform,
     devices: &[(DeviceId, DeviceSecret)],
     args: &Args,
@@ -330,29 +342,55 @@ async fn measure(
         },
     };
     let signals_before = u64::from(matches!(mode, Mode::Mixed { .. }));
-    let ran = drive(
-        args,
-        devices.len(),
-        signals_before,
-        |i, turn, live, phases| {
-            let link = Link {
-                endpoint: endpoints[i % endpoints.len()].clone(),
-                client: client.clone(),
-                gateway: args.quic,
-            };
-            device::run(link, devices[i].clone(), mode, turn, live, phases)
-        },
-        async {
-            match args.scenario {
-                Scenario::Connect | Scenario::Ingest => {
-                    tokio::time::sleep(Duration::from_secs(args.duration)).await;
-                    Ok(0)
-                }
-                Scenario::Fanout | Scenario::Mixed => publish(platform, args).await,
+    let measured_part = async {
+        match args.scenario {
+            Scenario::Connect | Scenario::Ingest => {
+                tokio::time::sleep(Duration::from_secs(args.duration)).await;
+                Ok(0)
             }
-        },
-    )
-    .await?;
+            Scenario::Fanout | Scenario::Mixed => publish(platform, args).await,
+        }
+    };
+    let ran = if args.sdk_client {
+        if mode.flood().is_some() {
+            bail!("--sdk-client runs the connect and fanout scenarios only");
+        }
+        // The bots' journals, removed afterwards.
+        let state = std::env::temp_dir().join(format!("eagate-loadgen-{}", std::process::id()));
+        let link = bot::BotLink {
+            server: args.quic.to_string(),
+            trust: trust.clone(),
+            state_dir: &state,
+        };
+        let ran = drive(
+            args,
+            devices.len(),
+            signals_before,
+            |i, turn, live, phases| {
+                bot::run(link.config(devices[i].clone()), mode, turn, live, phases)
+            },
+            measured_part,
+        )
+        .await;
+        let _ = std::fs::remove_dir_all(&state);
+        ran?
+    } else {
+        drive(
+            args,
+            devices.len(),
+            signals_before,
+            |i, turn, live, phases| {
+                let link = Link {
+                    endpoint: endpoints[i % endpoints.len()].clone(),
+                    client: client.clone(),
+                    gateway: args.quic,
+                };
+                device::run(link, devices[i].clone(), mode, turn, live, phases)
+            },
+            measured_part,
+        )
+        .await?
+    };
     let stored = stored_counts(platform, devices, &ran.stats).await?;
     Ok(ran.outcome(args, stored))
 }
@@ -433,12 +471,14 @@ where
     }
     let connecting = started.elapsed();
     let usage_connected = args.server_pid.and_then(ServerUsage::read);
+    let harness_connected = ServerUsage::read(std::process::id());
     let measure_from = Instant::now();
     let at_start = live.totals();
     let published = measured_part.await?;
     let measured = measure_from.elapsed();
     let at_end = live.totals();
     let usage_after = args.server_pid.and_then(ServerUsage::read);
+    let harness_after = ServerUsage::read(std::process::id());
     // The drain: every device answers what it was sent and waits for its
     // confirmations; those that cannot in time are stopped.
     let drain_from = Instant::now();
@@ -472,6 +512,7 @@ where
             before: usage_before,
             connected: usage_connected,
             after: usage_after,
+            harness: (harness_connected, harness_after),
         },
         live,
     })

@@ -35,6 +35,10 @@ pub(crate) struct Server {
     pub(crate) before: Option<ServerUsage>,
     pub(crate) connected: Option<ServerUsage>,
     pub(crate) after: Option<ServerUsage>,
+    /// The harness's own usage over the measured part: what its devices
+    /// (the SDK's core, its whole client with `--sdk-client`, or an MQTT
+    /// client library) cost per message.
+    pub(crate) harness: (Option<ServerUsage>, Option<ServerUsage>),
 }
 
 /// One device's reports, as counted at the end: how many the server
@@ -166,16 +170,23 @@ impl Outcome {
             );
             add("server_rss_kib", json!(connected_usage.rss_kib));
         }
-        if let (Some(connected_usage), Some(after)) = (server.connected, server.after)
-            && reports
-        {
-            let cpu_ms = after.cpu_ms.saturating_sub(connected_usage.cpu_ms);
-            let work = if fans_out { delivered } else { confirmed };
-            add("server_cpu_ms", json!(cpu_ms));
-            add(
-                "server_cpu_us_per_message",
-                json!((cpu_ms as f64 * 1_000.0 / work.max(1) as f64 * 100.0).round() / 100.0),
-            );
+        // CPU over the measured part per message (a delivery with its
+        // report, or a confirmed report), the server's and the harness's.
+        let work = if fans_out { delivered } else { confirmed };
+        for (who, usage) in [
+            ("server", (server.connected, server.after)),
+            ("harness", server.harness),
+        ] {
+            if let (Some(connected_usage), Some(after)) = usage
+                && reports
+            {
+                let cpu_ms = after.cpu_ms.saturating_sub(connected_usage.cpu_ms);
+                add(&format!("{who}_cpu_ms"), json!(cpu_ms));
+                add(
+                    &format!("{who}_cpu_us_per_message"),
+                    json!((cpu_ms as f64 * 1_000.0 / work.max(1) as f64 * 100.0).round() / 100.0),
+                );
+            }
         }
         Self {
             summary,
@@ -233,7 +244,7 @@ impl Outcome {
 
 /// The table's rows, in the order a reader wants them; those a scenario
 /// does not have are left out.
-const ORDER: [&str; 32] = [
+const ORDER: [&str; 34] = [
     "devices",
     "connected",
     "failures",
@@ -266,6 +277,8 @@ const ORDER: [&str; 32] = [
     "server_rss_per_device_bytes",
     "server_cpu_ms",
     "server_cpu_us_per_message",
+    "harness_cpu_ms",
+    "harness_cpu_us_per_message",
 ];
 
 fn micros(value: &Value) -> String {
