@@ -406,3 +406,54 @@ async fn a_signal_located_once_keeps_its_place_after_it_expires_from_the_log() {
         Some((gold(), later.signal.position))
     );
 }
+
+#[tokio::test]
+async fn a_follower_held_back_past_the_broadcast_catches_up_from_the_log_in_order_once() {
+    use eagate_gateway::core::fanout::SignalHub;
+    use eagate_gateway::signals::SignalLog;
+
+    let db =
+        eagate_gateway::durable::Durable::new(sled::Config::new().temporary(true).open().unwrap())
+            .unwrap();
+    let log: Arc<dyn SignalLog> = Arc::new(SledSignalLog::open(&db).unwrap());
+    let hub = SignalHub::new(2);
+    let publish = |n: u32| {
+        let (log, hub) = (log.clone(), hub.clone());
+        async move {
+            let appended = log
+                .append(&gold(), market_buy(&format!("s{n}")), None)
+                .await;
+            hub.announce(appended.unwrap().signal);
+        }
+    };
+    for n in 1..=3 {
+        publish(n).await;
+    }
+    // From the log first (1..3), then live. The session takes one and then
+    // holds the follower back (its queue of one is full) while 5 more are
+    // announced into a broadcast holding 2.
+    let (out, mut signals) = tokio::sync::mpsc::channel(1);
+    let follower = tokio::spawn({
+        let (hub, log) = (hub.clone(), log.clone());
+        async move { hub.follow(log, gold(), 0, out).await }
+    });
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(5), signals.recv())
+            .await
+            .expect("a signal in time")
+            .expect("the follower runs")
+            .position
+    };
+    let mut positions = vec![next().await];
+    for n in 4..=8 {
+        publish(n).await;
+    }
+    while positions.len() < 8 {
+        positions.push(next().await);
+    }
+    assert_eq!(positions, (1..=8).collect::<Vec<u64>>());
+    // Live again: the next announcement comes straight through.
+    publish(9).await;
+    assert_eq!(next().await, 9);
+    follower.abort();
+}
