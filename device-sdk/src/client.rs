@@ -919,6 +919,15 @@ impl Driver {
                 if let Err(why) = self.pump(&mut inner, now, &mut backlog) {
                     return SessionEnd::Lost(why);
                 }
+                // Due now, whatever else is ready: the select below takes
+                // its timer branch last, and under a steady flood of
+                // signals it would never get there, and the device would
+                // stop pinging.
+                if inner.core.poll_timeout().is_some_and(|at| at <= now)
+                    && let Err(e) = inner.core.handle_timeout(now)
+                {
+                    return SessionEnd::Lost(e.to_string());
+                }
                 let mut frame = [0u8; MAX_WIRE_LEN];
                 while let Some(len) = inner.core.poll_transmit(now, &mut frame) {
                     frames.extend_from_slice(&frame[..len]);
