@@ -368,14 +368,6 @@ impl Inner {
         self.held.drain(..durable);
         self.core.release_held(durable);
     }
-
-    /// Appends records `fsync`ed at once (with every report written before
-    /// them), releasing what that made durable.
-    fn append_durable(&mut self, records: &[Record]) -> Result<(), JournalError> {
-        let appended = self.journal.append(records, true);
-        self.release_durable();
-        appended
-    }
 }
 
 impl Shared {
@@ -394,35 +386,71 @@ impl Shared {
             let mut handed_out = self.handed_out();
             inner.stage_report(&mut handed_out, at_ms, signal_id, outcome)?
         };
+        self.sync_through(ticket)?;
+        Ok(seq)
+    }
+
+    /// Finishes a signal handed out before: its position is written and
+    /// made durable with whatever else waits (a failed write only means the
+    /// signal may come again after a restart, the safe side). `false` when
+    /// the journal was busy and `wait` is false: try again later.
+    fn finish_signal(&self, point: ResumePoint, wait: bool) -> bool {
+        let ticket = {
+            let mut inner = if wait {
+                self.inner.blocking_lock()
+            } else {
+                match self.inner.try_lock() {
+                    Ok(inner) => inner,
+                    Err(_) => return false,
+                }
+            };
+            inner
+                .journal
+                .append(&[Record::Position(point)], false)
+                .map(|()| inner.journal.written())
+        };
+        if let Ok(ticket) = ticket {
+            let _ = self.sync_through(ticket);
+        }
+        true
+    }
+
+    /// Returns once the journal append with `ticket` is durable, or with
+    /// why it never will be. Every `fsync` of the journal happens here, one
+    /// at a time: whoever holds the turn syncs everything written so far,
+    /// and the callers queued behind find theirs done or start the next
+    /// sync for everything written meanwhile (the group commit). Ok or not
+    /// is decided by the journal's own record of what is durable, not by
+    /// how one sync went.
+    fn sync_through(&self, ticket: u64) -> Result<(), JournalError> {
         // A panic while syncing leaves nothing half done behind the lock.
         let _turn = self
             .syncing
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let sync = {
+        loop {
+            let sync = {
+                let mut inner = self.inner.blocking_lock();
+                match inner.journal.is_durable(ticket) {
+                    // The sync before this caller's turn covered it.
+                    Ok(true) => return Ok(()),
+                    Ok(false) => inner.journal.begin_sync(),
+                    Err(broken) => Err(broken),
+                }
+                .inspect_err(|_| inner.release_durable())?
+            };
+            // The journal is free meanwhile: other callers write their
+            // records and queue for the next sync.
+            let synced = sync.run();
             let mut inner = self.inner.blocking_lock();
-            match inner.journal.is_durable(ticket) {
-                // The sync before this caller's turn covered it.
-                Ok(true) => return Ok(seq),
-                Ok(false) => inner.journal.begin_sync(),
-                Err(broken) => Err(broken),
-            }
-            .inspect_err(|_| inner.release_durable())?
-        };
-        let Some(sync) = sync else {
-            // Compacted meanwhile, which synced everything.
-            return Ok(seq);
-        };
-        // The journal is free meanwhile: other callers write their reports
-        // and queue for the next sync.
-        let synced = sync.run();
-        let mut inner = self.inner.blocking_lock();
-        let finished = inner.journal.finish_sync(sync, synced);
-        inner.release_durable();
-        drop(inner);
-        self.wake.notify_one();
-        finished?;
-        Ok(seq)
+            let finished = inner.journal.finish_sync(sync, synced);
+            inner.release_durable();
+            drop(inner);
+            self.wake.notify_one();
+            finished?;
+            // Durable now, or the file was replaced meanwhile by a
+            // compaction that failed to make it so: then sync again.
+        }
     }
 }
 
@@ -498,13 +526,7 @@ impl Client {
         let done = self.shared.handed_out().take();
         if let Some((_, point)) = done {
             let shared = self.shared.clone();
-            let _ = on_blocking_pool(move || {
-                shared
-                    .inner
-                    .blocking_lock()
-                    .append_durable(&[Record::Position(point)])
-            })
-            .await;
+            on_blocking_pool(move || shared.finish_signal(point, true)).await;
         }
         let event = self.events.recv().await?;
         self.hand_out(&event);
@@ -523,14 +545,11 @@ impl Client {
     /// When called from inside an async task: use `next_event` there.
     pub fn try_next_event(&mut self) -> Option<Event> {
         let done = self.shared.handed_out().take();
-        if let Some((signal_id, point)) = done {
-            let Ok(mut inner) = self.shared.inner.try_lock() else {
-                *self.shared.handed_out() = Some((signal_id, point));
-                return None;
-            };
-            // As in next_event: a failed write only means the signal may
-            // come again after a restart.
-            let _ = inner.append_durable(&[Record::Position(point)]);
+        if let Some((signal_id, point)) = done
+            && !self.shared.finish_signal(point.clone(), false)
+        {
+            *self.shared.handed_out() = Some((signal_id, point));
+            return None;
         }
         let event = self.events.try_recv().ok()?;
         self.hand_out(&event);

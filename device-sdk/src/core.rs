@@ -635,7 +635,8 @@ impl SessionCore {
     }
 
     /// The held reports could not be made durable: they are dropped, never
-    /// having been sent, and their sequence numbers are given out again.
+    /// having been sent, and their sequence numbers are given out again
+    /// (those above every number the gateway holds).
     pub fn discard_held(&mut self) {
         for _ in 0..self.held {
             if let Some(report) = self.outbox.pop_back() {
@@ -643,6 +644,9 @@ impl SessionCore {
             }
         }
         self.held = 0;
+        // Never back to numbers the gateway holds (authentication may have
+        // raised the count above the held reports' numbers).
+        self.next_seq = self.next_seq.max(self.gateway_confirmed.saturating_add(1));
     }
 
     /// Closes the session on purpose: queues a going-away for the gateway.

@@ -237,14 +237,20 @@ impl Journal {
             broken: false,
             _lock: lock,
         };
-        // After the last whole record there are only zeros, unless a write
-        // was torn (the process died in it, so nothing in it was
-        // acknowledged to anyone) or the file is new or damaged: then the
-        // journal is rewritten from what replayed, so no half record waits
-        // behind the next one.
-        let clean = good_len >= MAGIC.len() && bytes[good_len..].iter().all(|byte| *byte == 0);
-        if !clean {
+        if good_len < MAGIC.len() {
+            // New, or not even the magic survived: start a clean file.
             journal.compact()?;
+        } else if let Some(last) = bytes[good_len..].iter().rposition(|byte| *byte != 0) {
+            // After the last whole record there are only zeros, unless a
+            // write was torn (the process died in it, so nothing in it was
+            // acknowledged to anyone) or damaged: zeroed in place (no new
+            // space needed, on a disk that may be full), so no half record
+            // waits behind the next one.
+            let file = &mut journal.file;
+            file.write_all(&vec![0; last + 1])
+                .and_then(|()| file.sync_data())
+                .and_then(|()| file.seek(SeekFrom::Start(good_len as u64)).map(drop))
+                .map_err(io_error)?;
         }
         Ok(journal)
     }
@@ -364,24 +370,23 @@ impl Journal {
 
     /// Starts making every append so far durable: the returned sync runs
     /// without the journal (so appends go on meanwhile) and is handed back
-    /// to [`Self::finish_sync`]. `None` when everything is durable already.
-    pub(crate) fn begin_sync(&self) -> Result<Option<PendingSync>, JournalError> {
+    /// to [`Self::finish_sync`]. One sync at a time: the caller holds the
+    /// turn (the client's `syncing` lock). Failing to start is a failed
+    /// sync: what is not durable never will be, so no caller told it
+    /// failed finds its report sent later by someone else's sync.
+    pub(crate) fn begin_sync(&mut self) -> Result<PendingSync, JournalError> {
         if self.broken {
             return Err(JournalError::Broken(self.path.clone()));
         }
-        if self.durable >= self.written {
-            return Ok(None);
+        match self.file.try_clone() {
+            Ok(file) => Ok(PendingSync {
+                file,
+                up_to: self.written,
+                len: self.len,
+                generation: self.generation,
+            }),
+            Err(source) => Err(self.sync_failed(source)),
         }
-        let file = self.file.try_clone().map_err(|source| JournalError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
-        Ok(Some(PendingSync {
-            file,
-            up_to: self.written,
-            len: self.len,
-            generation: self.generation,
-        }))
     }
 
     /// Records how a sync from [`Self::begin_sync`] went.
@@ -390,6 +395,11 @@ impl Journal {
         sync: PendingSync,
         synced: io::Result<()>,
     ) -> Result<(), JournalError> {
+        if self.broken {
+            // Something failed meanwhile and zeroed what was not durable,
+            // whatever this sync says.
+            return Err(JournalError::Broken(self.path.clone()));
+        }
         if sync.generation != self.generation {
             // Compaction replaced the file meanwhile, and wrote and synced
             // everything appended before it.
@@ -412,7 +422,7 @@ impl Journal {
     /// refuses writes until then.
     fn sync_failed(&mut self, source: io::Error) -> JournalError {
         self.broken = true;
-        let undurable = (self.len - self.durable_len) as usize;
+        let undurable = self.len.saturating_sub(self.durable_len) as usize;
         let _ = self
             .file
             .seek(SeekFrom::Start(self.durable_len))
@@ -490,7 +500,12 @@ impl Journal {
         // The new file's state has every confirmation applied.
         self.unwritten_confirmation = None;
         self.generation += 1;
-        sync_dir(&self.path).map_err(io_error)?;
+        if let Err(source) = sync_dir(&self.path) {
+            // Which file a crash would leave under the name is unknown: as
+            // with a failed sync, nothing more is written until reopened.
+            self.broken = true;
+            return Err(io_error(source));
+        }
         // The new file holds every append so far, synced, under the name.
         self.durable = self.written;
         self.durable_len = self.len;
@@ -684,6 +699,10 @@ mod tests {
             let mut journal = Journal::open(dir.path(), &device()).unwrap();
             assert_eq!(journal.state().outbox, [report(1)]);
             assert_eq!(journal.state().next_seq, 2);
+            // Zeroed in place, in a file of the same size.
+            let bytes = fs::read(&path).unwrap();
+            assert_eq!(bytes.len() as u64, EXTEND_BY);
+            assert!(bytes[records_end(&bytes)..].iter().all(|byte| *byte == 0));
             journal
                 .append(&[Record::Accepted(report(2))], true)
                 .unwrap();
@@ -741,7 +760,7 @@ mod tests {
             tickets.push(journal.written());
         }
         assert!(!journal.is_durable(tickets[0]).unwrap());
-        let sync = journal.begin_sync().unwrap().expect("appends to sync");
+        let sync = journal.begin_sync().unwrap();
         // Written while the sync runs: not covered by it.
         journal
             .append(&[Record::Accepted(report(4))], false)
@@ -753,11 +772,10 @@ mod tests {
             assert!(journal.is_durable(ticket).unwrap());
         }
         assert!(!journal.is_durable(late).unwrap());
-        let sync = journal.begin_sync().unwrap().expect("the late append");
+        let sync = journal.begin_sync().unwrap();
         let synced = sync.run();
         journal.finish_sync(sync, synced).unwrap();
         assert!(journal.is_durable(late).unwrap());
-        assert!(journal.begin_sync().unwrap().is_none(), "nothing left");
     }
 
     #[test]
@@ -772,7 +790,7 @@ mod tests {
                 .append(&[Record::Accepted(report(2))], false)
                 .unwrap();
             let lost = journal.written();
-            let sync = journal.begin_sync().unwrap().unwrap();
+            let sync = journal.begin_sync().unwrap();
             let failed = journal.finish_sync(sync, Err(io::Error::other("EIO")));
             assert!(matches!(failed, Err(JournalError::Io { .. })));
             assert!(matches!(
@@ -792,6 +810,37 @@ mod tests {
     }
 
     #[test]
+    fn a_sync_that_succeeds_after_another_failed_is_no_longer_believed() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut journal = Journal::open(dir.path(), &device()).unwrap();
+            journal
+                .append(&[Record::Accepted(report(1))], true)
+                .unwrap();
+            journal
+                .append(&[Record::Accepted(report(2))], false)
+                .unwrap();
+            let ticket = journal.written();
+            let first = journal.begin_sync().unwrap();
+            let second = journal.begin_sync().unwrap();
+            // The second fails and zeroes what was not durable, report 2
+            // among it; the first then says it synced report 2.
+            assert!(
+                journal
+                    .finish_sync(second, Err(io::Error::other("EIO")))
+                    .is_err()
+            );
+            assert!(matches!(
+                journal.finish_sync(first, Ok(())),
+                Err(JournalError::Broken(_))
+            ));
+            assert!(journal.is_durable(ticket).is_err());
+        }
+        let journal = Journal::open(dir.path(), &device()).unwrap();
+        assert_eq!(journal.state().outbox, [report(1)]);
+    }
+
+    #[test]
     fn a_sync_of_a_file_compaction_replaced_meanwhile_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let mut journal = Journal::open(dir.path(), &device()).unwrap();
@@ -799,7 +848,7 @@ mod tests {
             .append(&[Record::Accepted(report(1))], false)
             .unwrap();
         let ticket = journal.written();
-        let sync = journal.begin_sync().unwrap().unwrap();
+        let sync = journal.begin_sync().unwrap();
         journal.compact().unwrap();
         assert!(journal.is_durable(ticket).unwrap(), "compaction syncs");
         // Even a failure on the replaced file says nothing about the journal.

@@ -820,3 +820,26 @@ fn discarded_held_reports_are_never_sent_and_their_numbers_are_given_out_again()
     assert_eq!(gateway.stored.keys().copied().collect::<Vec<_>>(), [1, 2]);
     assert_eq!(gateway.stored[&2].at_ms, 4);
 }
+
+#[test]
+fn discarded_held_reports_never_give_back_numbers_the_gateway_holds() {
+    let (mut core, mut gateway) = (device(), FakeGateway::new());
+    let signal = gateway.publish("buy");
+    let id = signal.signal_id;
+    // Another installation's reports hold numbers 1 to 5 at the gateway.
+    for seq in 1..=5 {
+        let report = Report {
+            seq,
+            signal_id: id,
+            at_ms: 1,
+            outcome: ReportOutcome::Received,
+        };
+        gateway.stored.insert(seq, report);
+    }
+    assert_eq!(core.hold_report(2, id, ReportOutcome::Received), Ok(1));
+    assert_eq!(core.hold_report(3, id, ReportOutcome::Received), Ok(2));
+    let now = gateway.clock_ms;
+    connect(&mut core, &mut gateway, now, 1);
+    core.discard_held();
+    assert_eq!(core.report(4, id, ReportOutcome::Received), Ok(6));
+}
