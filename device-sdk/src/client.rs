@@ -536,9 +536,11 @@ impl Client {
     /// The next event if one is waiting, without waiting: for callers on a
     /// timer outside any async runtime (the C library inside MetaTrader).
     /// The same contract as [`Client::next_event`]; finishing the signal
-    /// handed out before is written on this thread (one short `fsync`).
-    /// `None` when nothing waits, or when the session holds the journal
-    /// at this instant: call again on the next tick.
+    /// handed out before is written on this thread (one short `fsync`,
+    /// shared with any report being made durable at the same moment, so it
+    /// may wait for that one to finish). `None` when nothing waits, or when
+    /// the session holds the journal at this instant: call again on the
+    /// next tick.
     ///
     /// # Panics
     ///

@@ -32,7 +32,9 @@
 //!
 //! Compaction rewrites the live state (next sequence number, unconfirmed
 //! reports, positions) into a new file, `fsync`s it and renames it over the
-//! old one, so at every instant one complete journal exists.
+//! old one, so at every instant one complete journal exists. It runs after a
+//! sync that left every append durable, so no caller is waiting on a record
+//! the new file holds when it fails halfway.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -178,6 +180,9 @@ pub(crate) struct Journal {
     /// nothing about the journal, which compaction made durable anyway.
     generation: u64,
     broken: bool,
+    /// What was not durable was zeroed (a sync or a write failed): no sync
+    /// finishing later makes any of it durable.
+    cut: bool,
     // Held for the lifetime of the journal; dropping it releases the lock.
     _lock: File,
 }
@@ -235,6 +240,7 @@ impl Journal {
             durable_len: good_len as u64,
             generation: 0,
             broken: false,
+            cut: false,
             _lock: lock,
         };
         if good_len < MAGIC.len() {
@@ -286,21 +292,28 @@ impl Journal {
         for record in records {
             self.state.apply(record);
         }
+        self.appended_since_compaction += records.len();
         if durable {
             if let Err(source) = self.file.sync_data() {
                 return Err(self.sync_failed(source));
             }
             self.durable = self.written;
             self.durable_len = self.len;
-        }
-        self.appended_since_compaction += records.len();
-        if self.appended_since_compaction >= COMPACT_AFTER_RECORDS {
-            // The records are durable already: a failed compaction leaves a
-            // longer but complete journal and is tried again later, so it
-            // must not turn an accepted report into a refused one.
-            let _ = self.compact();
+            self.compact_if_due();
         }
         Ok(())
+    }
+
+    /// Compacts once enough records piled up, and only when every append
+    /// is durable: a compaction that failed halfway (its directory not
+    /// synced) must find no caller waiting to be told about a report the
+    /// new file already holds.
+    fn compact_if_due(&mut self) {
+        if self.appended_since_compaction >= COMPACT_AFTER_RECORDS && self.durable == self.written {
+            // A failed compaction leaves a longer but complete journal and
+            // is tried again later; it refuses nothing already accepted.
+            let _ = self.compact();
+        }
     }
 
     /// Writes `bytes` after the records, extending the file first if they do
@@ -332,7 +345,10 @@ impl Journal {
                 .and_then(|_| self.file.write_all(&vec![0; bytes.len()]))
                 .and_then(|()| self.file.seek(SeekFrom::Start(self.len)));
             if undone.is_err() {
-                self.broken = true;
+                // The failed write's bytes may stay behind: everything not
+                // durable is cut, as after a failed sync.
+                self.len += bytes.len() as u64;
+                let _ = self.sync_failed(io::Error::other("undoing a failed write"));
             }
             return Err(error);
         }
@@ -395,7 +411,7 @@ impl Journal {
         sync: PendingSync,
         synced: io::Result<()>,
     ) -> Result<(), JournalError> {
-        if self.broken {
+        if self.cut {
             // Something failed meanwhile and zeroed what was not durable,
             // whatever this sync says.
             return Err(JournalError::Broken(self.path.clone()));
@@ -409,6 +425,7 @@ impl Journal {
             Ok(()) => {
                 self.durable = self.durable.max(sync.up_to);
                 self.durable_len = self.durable_len.max(sync.len);
+                self.compact_if_due();
                 Ok(())
             }
             Err(source) => Err(self.sync_failed(source)),
@@ -422,6 +439,7 @@ impl Journal {
     /// refuses writes until then.
     fn sync_failed(&mut self, source: io::Error) -> JournalError {
         self.broken = true;
+        self.cut = true;
         let undurable = self.len.saturating_sub(self.durable_len) as usize;
         let _ = self
             .file
@@ -838,6 +856,31 @@ mod tests {
         }
         let journal = Journal::open(dir.path(), &device()).unwrap();
         assert_eq!(journal.state().outbox, [report(1)]);
+    }
+
+    #[test]
+    fn compaction_waits_until_every_append_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Journal::open(dir.path(), &device()).unwrap();
+        let opened = journal.generation;
+        let mut seq = 0;
+        while journal.appended_since_compaction < COMPACT_AFTER_RECORDS + 10 {
+            seq += 1;
+            journal
+                .append(&[Record::Accepted(report(seq))], false)
+                .unwrap();
+            journal.confirm(seq);
+        }
+        assert_eq!(journal.generation, opened, "nothing was durable yet");
+        let sync = journal.begin_sync().unwrap();
+        let synced = sync.run();
+        journal.finish_sync(sync, synced).unwrap();
+        assert_eq!(journal.generation, opened + 1, "compacted once all durable");
+        assert!(journal.is_durable(journal.written()).unwrap());
+        drop(journal);
+        let journal = Journal::open(dir.path(), &device()).unwrap();
+        assert!(journal.state().outbox.is_empty());
+        assert_eq!(journal.state().next_seq, seq + 1);
     }
 
     #[test]
