@@ -26,6 +26,15 @@ pub struct ServeConfig {
     #[arg(long, env = "EAGATE_QUIC_LISTEN", default_value = "0.0.0.0:7443")]
     pub quic_listen: SocketAddr,
 
+    /// QUIC endpoints sharing the listener's port (SO_REUSEPORT, Linux),
+    /// each with its own socket and driver task: more than one spreads the
+    /// packet work over cores. With more than one, a device whose address
+    /// changes mid-connection (NAT rebinding) reconnects instead of
+    /// migrating, and a second process binding the same port joins the
+    /// group instead of failing: see docs/benchmarks.md.
+    #[arg(long, env = "EAGATE_QUIC_ENDPOINTS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub quic_endpoints: u64,
+
     /// TCP address of the HTTP sidecar (admin and platform API). Loopback by
     /// default: expose it only behind something that terminates TLS.
     #[arg(long, env = "EAGATE_HTTP_LISTEN", default_value = "127.0.0.1:7080")]
@@ -180,6 +189,7 @@ pub enum ConfigError {
 struct FileConfig {
     data_dir: Option<PathBuf>,
     quic_listen: Option<SocketAddr>,
+    quic_endpoints: Option<u64>,
     http_listen: Option<SocketAddr>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -260,6 +270,7 @@ impl ServeConfig {
         }
         take!(data_dir);
         take!(quic_listen);
+        take!(quic_endpoints, 1, 64);
         take!(http_listen);
         take!(tls_cert, optional);
         take!(tls_key, optional);
@@ -349,12 +360,13 @@ impl ServeConfig {
                 })
         };
         format!(
-            "config_file = {}\ndata_dir = {}\nquic_listen = {}\nhttp_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nsignal_queue_len = {}\nsignal_retention_hours = {}\nmaster_key = {}\nredis_url = {}\nredis_prefix = {}\nreferral_landing_page = {}\nreferral_link_base = {}\naffiliate_currency = {}\nfirst_month_commission_bps = {}\nlater_months_commission_bps = {}\nfirst_trade_bonus_bps = {}\nholding_period_days = {}\nattribution_window_days = {}\ncredit_threshold_minor = {}\nreferrer_credit_minor = {}\nreferred_credit_minor = {}\ndaily_referral_limit = {}\n",
+            "config_file = {}\ndata_dir = {}\nquic_listen = {}\nquic_endpoints = {}\nhttp_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nsignal_queue_len = {}\nsignal_retention_hours = {}\nmaster_key = {}\nredis_url = {}\nredis_prefix = {}\nreferral_landing_page = {}\nreferral_link_base = {}\naffiliate_currency = {}\nfirst_month_commission_bps = {}\nlater_months_commission_bps = {}\nfirst_trade_bonus_bps = {}\nholding_period_days = {}\nattribution_window_days = {}\ncredit_threshold_minor = {}\nreferrer_credit_minor = {}\nreferred_credit_minor = {}\ndaily_referral_limit = {}\n",
             self.config_file
                 .as_ref()
                 .map_or("(none)".to_owned(), |p| p.display().to_string()),
             self.data_dir.display(),
             self.quic_listen,
+            self.quic_endpoints,
             self.http_listen,
             path(&self.tls_cert),
             path(&self.tls_key),

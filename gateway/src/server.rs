@@ -184,7 +184,9 @@ fn instance_name() -> Result<String, StartError> {
 /// A running gateway.
 #[derive(Debug)]
 pub struct Gateway {
-    endpoint: Option<quinn::Endpoint>,
+    /// Every QUIC endpoint on the listener's port (none when this process
+    /// serves no devices).
+    endpoints: Vec<quinn::Endpoint>,
     /// What the kernel granted the QUIC socket.
     socket_buffers: Option<quic::SocketBuffers>,
     fingerprint: Option<Fingerprint>,
@@ -245,13 +247,17 @@ impl Gateway {
             )));
         }
         let mut socket_buffers = None;
-        let (endpoint, fingerprint, sessions) = if role.serves_devices() {
+        let (endpoints, fingerprint, sessions) = if role.serves_devices() {
             let identity = match (&config.tls_cert, &config.tls_key) {
                 (Some(cert), Some(key)) => ServerIdentity::from_pem_files(cert, key)?,
                 _ => ServerIdentity::load_or_generate(&config.data_dir, &config.hostnames)?,
             };
-            let (endpoint, buffers) = quic::bind(&identity, config.quic_listen)
-                .map_err(|e| StartError::Bind(config.quic_listen, e))?;
+            let (endpoints, buffers) = quic::bind(
+                &identity,
+                config.quic_listen,
+                config.quic_endpoints as usize,
+            )
+            .map_err(|e| StartError::Bind(config.quic_listen, e))?;
             socket_buffers = Some(buffers);
             if buffers.receive < quic::SOCKET_BUFFER_ASKED {
                 tracing::warn!(
@@ -260,10 +266,16 @@ impl Gateway {
                     "the kernel granted the QUIC socket a smaller receive buffer than asked; raise net.core.rmem_max (and wmem_max) for connect storms of thousands of devices"
                 );
             }
-            let sessions = tokio::spawn(quic::serve(endpoint.clone(), core.clone()));
-            (Some(endpoint), Some(identity.fingerprint()), Some(sessions))
+            let serving: Vec<_> = endpoints
+                .iter()
+                .map(|endpoint| quic::serve(endpoint.clone(), core.clone()))
+                .collect();
+            let sessions = tokio::spawn(async move {
+                futures_util::future::join_all(serving).await;
+            });
+            (endpoints, Some(identity.fingerprint()), Some(sessions))
         } else {
-            (None, None, None)
+            (Vec::new(), None, None)
         };
         // The affiliate programme lives with the sidecar: one per deployment.
         let (http, affiliates) = if role.serves_http() {
@@ -275,7 +287,7 @@ impl Gateway {
             (None, None)
         };
         Ok(Self {
-            endpoint,
+            endpoints,
             socket_buffers,
             fingerprint,
             core,
@@ -289,7 +301,16 @@ impl Gateway {
 
     /// Where devices connect, when this process serves them.
     pub fn quic_addr(&self) -> Option<SocketAddr> {
-        self.endpoint.as_ref().and_then(|e| e.local_addr().ok())
+        self.endpoints.first().and_then(|e| e.local_addr().ok())
+    }
+
+    /// How many connections each QUIC endpoint holds (`quic_endpoints` of
+    /// them share the port).
+    pub fn connections_per_endpoint(&self) -> Vec<usize> {
+        self.endpoints
+            .iter()
+            .map(|e| e.open_connections())
+            .collect()
     }
 
     /// The QUIC socket's buffer sizes, as the kernel granted them.
@@ -368,13 +389,17 @@ impl Gateway {
     /// flushes the store.
     pub async fn shutdown(self) {
         self.core.shutdown.send_replace(true);
-        if let Some(endpoint) = &self.endpoint {
-            // Give sessions a moment to deliver their going-away and close.
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-            while endpoint.open_connections() > 0 && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+        // Give sessions a moment to deliver their going-away and close.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while self.endpoints.iter().any(|e| e.open_connections() > 0)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for endpoint in &self.endpoints {
             endpoint.close(close_code::SHUTDOWN.into(), b"gateway shutting down");
+        }
+        for endpoint in &self.endpoints {
             endpoint.wait_idle().await;
         }
         for task in self.upkeep {

@@ -436,3 +436,41 @@ async fn signals_held_back_for_a_slow_reader_flow_again_once_it_reads_without_it
     let positions: Vec<u64> = received.iter().map(|s| s.position).collect();
     assert_eq!(positions, (1..=SIGNALS as u64).collect::<Vec<_>>());
 }
+
+/// `quic_endpoints = 4`: four sockets share the port, the kernel spreads
+/// the devices over them, and every device gets every signal as with one.
+#[tokio::test]
+async fn devices_spread_over_several_endpoints_on_one_port_each_get_every_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = config(dir.path());
+    settings.quic_endpoints = 4;
+    let gateway = Gateway::start(&settings).await.unwrap();
+    let gold = channel("gold");
+    let mut sessions = Vec::new();
+    for _ in 0..16 {
+        let device = register(&gateway).await;
+        gateway.subscribe(device.id.as_str(), &gold).await.unwrap();
+        sessions.push(Session::open(&gateway, dir.path(), &device).await.0);
+    }
+    let per_endpoint = gateway.connections_per_endpoint();
+    assert_eq!(per_endpoint.len(), 4);
+    assert_eq!(per_endpoint.iter().sum::<usize>(), 16);
+    // 16 devices on one of four sockets by chance: about 1 in 10^9.
+    assert!(
+        per_endpoint.iter().filter(|n| **n > 0).count() > 1,
+        "{per_endpoint:?}"
+    );
+    for i in 1..=3 {
+        gateway
+            .publish(&gold, market_buy(&format!("s{i}")))
+            .await
+            .unwrap();
+    }
+    for session in &mut sessions {
+        assert_eq!(comments(&session.signals(3).await), ["s1", "s2", "s3"]);
+    }
+    gateway.shutdown().await;
+    for session in &sessions {
+        assert!(session.connection.close_reason().is_some(), "closed");
+    }
+}

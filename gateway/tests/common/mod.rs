@@ -17,6 +17,7 @@ pub fn config(dir: &Path) -> ServeConfig {
         config_file: None,
         data_dir: dir.to_owned(),
         quic_listen: "127.0.0.1:0".parse().unwrap(),
+        quic_endpoints: 1,
         http_listen: "127.0.0.1:0".parse().unwrap(),
         tls_cert: None,
         tls_key: None,

@@ -149,29 +149,53 @@ pub struct SocketBuffers {
     pub send: usize,
 }
 
-/// Binds the endpoint on a UDP socket with buffers sized for thousands of
-/// devices (see [`SOCKET_BUFFER_ASKED`]); the endpoint and the buffers the
-/// kernel granted.
+/// Binds `count` endpoints on UDP sockets with buffers sized for thousands
+/// of devices (see [`SOCKET_BUFFER_ASKED`]), all on `addr`'s port; the
+/// endpoints and the buffers the kernel granted each.
+///
+/// One endpoint is one socket drained by one task: under a flood of
+/// packets it can fall behind and the kernel drops datagrams. More than one
+/// share the port through `SO_REUSEPORT` (Linux): the kernel spreads the
+/// devices over them by address, so each connection stays on one endpoint,
+/// unless its address changes (NAT rebinding), when it lands on another
+/// that does not know it and the device reconnects and resumes.
 pub fn bind(
     identity: &ServerIdentity,
     addr: SocketAddr,
-) -> std::io::Result<(quinn::Endpoint, SocketBuffers)> {
+    count: usize,
+) -> std::io::Result<(Vec<quinn::Endpoint>, SocketBuffers)> {
     let config = server_config(identity).map_err(std::io::Error::other)?;
-    let (socket, buffers) = udp_socket(addr)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("no async runtime to run QUIC on"))?;
-    let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(config),
-        socket,
-        runtime,
-    )?;
-    Ok((endpoint, buffers))
+    let shared = count > 1;
+    let (first, buffers) = udp_socket(addr, shared)?;
+    // Port 0 binds the first socket to a free port; the others take it.
+    let addr = first.local_addr()?;
+    let mut sockets = vec![first];
+    for _ in 1..count {
+        sockets.push(udp_socket(addr, shared)?.0);
+    }
+    let endpoints = sockets
+        .into_iter()
+        .map(|socket| {
+            quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                Some(config.clone()),
+                socket,
+                runtime.clone(),
+            )
+        })
+        .collect::<std::io::Result<_>>()?;
+    Ok((endpoints, buffers))
 }
 
 /// A UDP socket bound to `addr`, with the biggest buffers the kernel grants
-/// up to [`SOCKET_BUFFER_ASKED`].
-pub fn udp_socket(addr: SocketAddr) -> std::io::Result<(std::net::UdpSocket, SocketBuffers)> {
+/// up to [`SOCKET_BUFFER_ASKED`]; sharing its port with the process's other
+/// endpoints when `shared`.
+pub fn udp_socket(
+    addr: SocketAddr,
+    shared: bool,
+) -> std::io::Result<(std::net::UdpSocket, SocketBuffers)> {
     use socket2::{Domain, Protocol, Socket, Type};
 
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -179,6 +203,9 @@ pub fn udp_socket(addr: SocketAddr) -> std::io::Result<(std::net::UdpSocket, Soc
         // As std binds: an IPv6 wildcard takes IPv4 too where the system
         // allows it.
         let _ = socket.set_only_v6(false);
+    }
+    if shared {
+        reuse_port(&socket)?;
     }
     // Asking for more than the system allows is not an error: the kernel
     // grants its maximum, and what it granted is read back below.
@@ -190,6 +217,19 @@ pub fn udp_socket(addr: SocketAddr) -> std::io::Result<(std::net::UdpSocket, Soc
         send: socket.send_buffer_size()?,
     };
     Ok((socket.into(), buffers))
+}
+
+#[cfg(unix)]
+fn reuse_port(socket: &socket2::Socket) -> std::io::Result<()> {
+    socket.set_reuse_port(true)
+}
+
+#[cfg(not(unix))]
+fn reuse_port(_socket: &socket2::Socket) -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "more than one QUIC endpoint needs SO_REUSEPORT (Linux)",
+    ))
 }
 
 /// Accepts connections until the endpoint is closed, each in its own task,
@@ -218,7 +258,7 @@ mod tests {
 
     #[test]
     fn the_quic_socket_gets_buffers_bigger_than_the_kernel_default() {
-        let (_, buffers) = udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let (_, buffers) = udp_socket("127.0.0.1:0".parse().unwrap(), false).unwrap();
         let default = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let default = socket2::SockRef::from(&default).recv_buffer_size().unwrap();
         // Whatever rmem_max is, asking grants at least the default, and at
