@@ -30,8 +30,9 @@ pub struct ServeConfig {
     /// each with its own socket and driver task: more than one spreads the
     /// packet work over cores. With more than one, a device whose address
     /// changes mid-connection (NAT rebinding) reconnects instead of
-    /// migrating, and a second process binding the same port joins the
-    /// group instead of failing: see docs/benchmarks.md.
+    /// migrating, and a second gateway started on the same port with more
+    /// than one endpoint too joins the group instead of failing: see
+    /// docs/benchmarks.md.
     #[arg(long, env = "EAGATE_QUIC_ENDPOINTS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub quic_endpoints: u64,
 
