@@ -175,11 +175,17 @@ pub fn bind(
     for _ in 1..count {
         sockets.push(udp_socket(addr, shared)?.0);
     }
+    // One endpoint configuration for all: their stateless-reset key is the
+    // same, so when a device's packets reach an endpoint that does not know
+    // its connection (its address changed), that endpoint's reset is one
+    // the device accepts, and it reconnects at once instead of after its
+    // idle timeout.
+    let endpoint_config = quinn::EndpointConfig::default();
     let endpoints = sockets
         .into_iter()
         .map(|socket| {
             quinn::Endpoint::new(
-                quinn::EndpointConfig::default(),
+                endpoint_config.clone(),
                 Some(config.clone()),
                 socket,
                 runtime.clone(),
@@ -219,12 +225,14 @@ pub fn udp_socket(
     Ok((socket.into(), buffers))
 }
 
-#[cfg(unix)]
+// Linux spreads a port's datagrams over the sockets sharing it; other
+// systems accept the option but do not.
+#[cfg(target_os = "linux")]
 fn reuse_port(socket: &socket2::Socket) -> std::io::Result<()> {
     socket.set_reuse_port(true)
 }
 
-#[cfg(not(unix))]
+#[cfg(not(target_os = "linux"))]
 fn reuse_port(_socket: &socket2::Socket) -> std::io::Result<()> {
     Err(std::io::Error::new(
         std::io::ErrorKind::Unsupported,
