@@ -166,7 +166,13 @@ fn serve(
             None => println!("  store:            embedded (sled)"),
         }
         if let Some(addr) = gateway.quic_addr() {
-            println!("  QUIC (devices):   {addr} (ALPN eagate/1)");
+            let endpoints = gateway.connections_per_endpoint().len();
+            let shared = if endpoints > 1 {
+                format!(", {endpoints} endpoints sharing the port")
+            } else {
+                String::new()
+            };
+            println!("  QUIC (devices):   {addr} (ALPN eagate/1{shared})");
         }
         if let Some(buffers) = gateway.socket_buffers() {
             println!(
