@@ -51,14 +51,11 @@ impl PresenceStore for RedisStores {
                 return Ok(());
             }
             let mut connection = self.connection.clone();
-            // Loaded first, so the pipelined EVALSHAs find it.
-            let _: String = redis::cmd("SCRIPT")
-                .arg("LOAD")
-                .arg(RENEW_PRESENCE)
-                .query_async(&mut connection)
-                .await?;
-            // One script call a device (each touches one slot), one pipeline.
+            // One round trip: the script is loaded first in the pipeline (a
+            // no-op when Redis has it), so the EVALSHAs after it find it;
+            // then one script call a device (each touches one slot).
             let mut pipe = redis::pipe();
+            pipe.cmd("SCRIPT").arg("LOAD").arg(RENEW_PRESENCE).ignore();
             for device_id in devices {
                 pipe.cmd("EVALSHA")
                     .arg(RENEW_PRESENCE_SCRIPT.get_hash())
