@@ -325,7 +325,7 @@ impl Inner {
             // the report and the position are on disk together or not at all.
             records.push(Record::Position(point));
         }
-        self.journal.append(&records, false)?;
+        self.journal.append(&records)?;
         if done.is_some() {
             *handed_out = None;
         }
@@ -336,8 +336,6 @@ impl Inner {
         debug_assert_eq!(held, seq);
         let ticket = self.journal.written();
         self.held.push_back(ticket);
-        // The append may have compacted the journal, which syncs it all.
-        self.release_durable();
         Ok((seq, ticket))
     }
 
@@ -406,7 +404,7 @@ impl Shared {
             };
             inner
                 .journal
-                .append(&[Record::Position(point)], false)
+                .append(&[Record::Position(point)])
                 .map(|()| inner.journal.written())
         };
         if let Ok(ticket) = ticket {
@@ -571,9 +569,8 @@ impl Client {
         signal_id: SignalId,
         outcome: ReportOutcome,
     ) -> Result<u64, ReportError> {
-        let seq = self.shared.accept_report(at_ms, signal_id, outcome)?;
-        self.shared.wake.notify_one();
-        Ok(seq)
+        // Sent once durable: the sync that made it so woke the driver.
+        self.shared.accept_report(at_ms, signal_id, outcome)
     }
 
     /// Remembers a signal given to the application as not done yet, with
@@ -653,9 +650,8 @@ impl Client {
         outcome: ReportOutcome,
     ) -> Result<u64, ReportError> {
         let shared = self.shared.clone();
-        let seq = on_blocking_pool(move || shared.accept_report(at_ms, signal_id, outcome)).await?;
-        self.shared.wake.notify_one();
-        Ok(seq)
+        // Sent once durable: the sync that made it so woke the driver.
+        on_blocking_pool(move || shared.accept_report(at_ms, signal_id, outcome)).await
     }
 
     /// How many reports wait for the gateway's confirmation.
