@@ -3,6 +3,7 @@
 //! close codes by which every ending is told. Each connection's session is
 //! driven by `session`, over the frames of `wire`.
 
+mod quic_thread;
 mod session;
 mod wire;
 
@@ -16,6 +17,7 @@ use tracing::debug;
 
 use crate::core::{Close, Core};
 use crate::tls::ServerIdentity;
+use quic_thread::QuicThread;
 
 /// QUIC application close codes the gateway uses: every way a connection
 /// ends has its own, so a device (or a capture) can tell why without
@@ -153,8 +155,9 @@ pub struct SocketBuffers {
 /// of devices (see [`SOCKET_BUFFER_ASKED`]), all on `addr`'s port; the
 /// endpoints and the buffers the kernel granted each.
 ///
-/// One endpoint is one socket drained by one task: under a flood of
-/// packets it can fall behind and the kernel drops datagrams. More than one
+/// Each endpoint and its connections run on a thread of their own (see
+/// `quic_thread`), so the socket is drained however busy the sessions are;
+/// one such thread is about one core of QUIC work. More than one endpoint
 /// share the port through `SO_REUSEPORT` (Linux): the kernel spreads the
 /// devices over them by address, so each connection stays on one endpoint,
 /// unless its address changes (NAT rebinding), when it lands on another
@@ -165,8 +168,6 @@ pub fn bind(
     count: usize,
 ) -> std::io::Result<(Vec<quinn::Endpoint>, SocketBuffers)> {
     let config = server_config(identity).map_err(std::io::Error::other)?;
-    let runtime = quinn::default_runtime()
-        .ok_or_else(|| std::io::Error::other("no async runtime to run QUIC on"))?;
     let shared = count > 1;
     let (first, buffers) = udp_socket(addr, shared)?;
     // Port 0 binds the first socket to a free port; the others take it.
@@ -183,12 +184,13 @@ pub fn bind(
     let endpoint_config = quinn::EndpointConfig::default();
     let endpoints = sockets
         .into_iter()
-        .map(|socket| {
+        .enumerate()
+        .map(|(n, socket)| {
             quinn::Endpoint::new(
                 endpoint_config.clone(),
                 Some(config.clone()),
                 socket,
-                runtime.clone(),
+                QuicThread::new(format!("eagate-quic-{n}"))?,
             )
         })
         .collect::<std::io::Result<_>>()?;
