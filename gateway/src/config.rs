@@ -27,8 +27,8 @@ pub struct ServeConfig {
     pub quic_listen: SocketAddr,
 
     /// QUIC endpoints sharing the listener's port (SO_REUSEPORT, Linux),
-    /// each with its own socket and driver task: more than one spreads the
-    /// packet work over cores. With more than one, a device whose address
+    /// each with its own socket and thread for its QUIC work: more than one
+    /// spreads the packet work over cores. With more than one, a device whose address
     /// changes mid-connection (NAT rebinding) reconnects instead of
     /// migrating, and a second gateway started on the same port with more
     /// than one endpoint too joins the group instead of failing: see
