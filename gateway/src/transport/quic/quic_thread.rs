@@ -58,6 +58,18 @@ impl QuicThread {
     }
 }
 
+impl Drop for QuicThread {
+    fn drop(&mut self) {
+        // Still here only if no driver ever took it (the endpoint failed
+        // to start). Dropping a runtime blocks, which tokio forbids on its
+        // own threads, where this is dropped: let it go in the background.
+        let runtime = self.runtime.get_mut().map(Option::take);
+        if let Ok(Some(runtime)) = runtime {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 impl Runtime for QuicThread {
     fn new_timer(&self, at: Instant) -> Pin<Box<dyn AsyncTimer>> {
         // On this runtime's clock whoever asks: a connection's timers are
@@ -101,6 +113,16 @@ impl Runtime for QuicThread {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_runtime_no_endpoint_took_is_let_go_on_a_tokio_thread_without_panicking() {
+        let runtime = QuicThread::new("eagate-quic-test".into()).unwrap();
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // Wrapped, as an endpoint that then failed to start would have.
+        let _wrapped = runtime.wrap_udp_socket(socket).unwrap();
+        assert!(runtime.runtime.lock().unwrap().is_some());
+        drop(runtime);
+    }
 
     #[tokio::test]
     async fn an_endpoint_and_its_connections_run_on_the_endpoints_own_thread() {
