@@ -23,50 +23,61 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use quinn::{AsyncTimer, AsyncUdpSocket, Runtime, TokioRuntime};
 
 /// quinn's [`Runtime`] for one endpoint: a single-threaded tokio runtime
-/// that registers the endpoint's socket and runs its driver and its
-/// connections, on a thread of its own from the moment the endpoint's
-/// driver is spawned until it ends (the endpoint closed and every
-/// connection gone).
+/// on a thread of its own, which registers the endpoint's socket and runs
+/// its driver and its connections. The thread runs until this is let go:
+/// quinn holds it in the endpoint and in every connection, and their
+/// drivers on the thread hold it until they end, so it outlives them all
+/// (a driver that ends on a socket error leaves its connections running
+/// until they have seen the endpoint go and woken whoever waits on them).
 #[derive(Debug)]
 pub(super) struct QuicThread {
-    /// The runtime, until the endpoint's driver takes it to its thread.
-    runtime: Mutex<Option<tokio::runtime::Runtime>>,
-    /// Where the connections are spawned and their timers made.
+    /// Where everything is spawned and timers are made.
     handle: tokio::runtime::Handle,
-    /// What the thread is called.
-    thread_name: String,
+    /// Dropped with this, which ends the thread.
+    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl QuicThread {
-    /// A runtime for one endpoint, run by a thread called `thread_name`.
+    /// Starts a thread called `thread_name` running a runtime for one
+    /// endpoint.
     pub(super) fn new(thread_name: String) -> io::Result<Arc<Self>> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (started, handle) = std::sync::mpsc::sync_channel(1);
+        // The runtime is made, run and dropped on its thread: dropping one
+        // blocks, which tokio forbids on the threads this is called from.
+        std::thread::Builder::new()
+            .name(thread_name)
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .enable_time()
+                    .build();
+                let runtime = match runtime {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = started.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = started.send(Ok(runtime.handle().clone()));
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+            })?;
+        // Waits for the thread's first steps only: microseconds, at start.
+        let handle = handle
+            .recv()
+            .map_err(|_| io::Error::other("the QUIC thread ended before it started"))??;
         Ok(Arc::new(Self {
-            handle: runtime.handle().clone(),
-            runtime: Mutex::new(Some(runtime)),
-            thread_name,
+            handle,
+            _stop: stop,
         }))
-    }
-}
-
-impl Drop for QuicThread {
-    fn drop(&mut self) {
-        // Still here only if no driver ever took it (the endpoint failed
-        // to start). Dropping a runtime blocks, which tokio forbids on its
-        // own threads, where this is dropped: let it go in the background.
-        let runtime = self.runtime.get_mut().map(Option::take);
-        if let Ok(Some(runtime)) = runtime {
-            runtime.shutdown_background();
-        }
     }
 }
 
@@ -79,23 +90,7 @@ impl Runtime for QuicThread {
     }
 
     fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) {
-        // quinn spawns the endpoint's driver first, once, right after
-        // wrapping its socket: it takes the runtime to the thread, which
-        // runs it (and every connection spawned onto it) until the driver
-        // ends. Every later future is a connection's driver.
-        let runtime = self.runtime.lock().expect("QUIC runtime lock").take();
-        let Some(runtime) = runtime else {
-            self.handle.spawn(future);
-            return;
-        };
-        let started = std::thread::Builder::new()
-            .name(self.thread_name.clone())
-            .spawn(move || runtime.block_on(future));
-        if let Err(e) = started {
-            // The driver went down with the thread that was never made:
-            // the endpoint reports itself gone and accepts nothing.
-            tracing::error!(error = %e, "no thread for a QUIC endpoint");
-        }
+        self.handle.spawn(future);
     }
 
     fn wrap_udp_socket(&self, socket: std::net::UdpSocket) -> io::Result<Arc<dyn AsyncUdpSocket>> {
@@ -115,16 +110,6 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_runtime_no_endpoint_took_is_let_go_on_a_tokio_thread_without_panicking() {
-        let runtime = QuicThread::new("eagate-quic-test".into()).unwrap();
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        // Wrapped, as an endpoint that then failed to start would have.
-        let _wrapped = runtime.wrap_udp_socket(socket).unwrap();
-        assert!(runtime.runtime.lock().unwrap().is_some());
-        drop(runtime);
-    }
-
-    #[tokio::test]
     async fn an_endpoint_and_its_connections_run_on_the_endpoints_own_thread() {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let runtime = QuicThread::new("eagate-quic-test".into()).unwrap();
@@ -135,14 +120,37 @@ mod tests {
             runtime.clone(),
         )
         .unwrap();
-        // The driver took the runtime to its thread.
-        assert!(runtime.runtime.lock().unwrap().is_none());
-        // A later spawn (a connection's driver) runs on that thread too.
+        // A connection's driver runs on that thread.
         let (tx, rx) = tokio::sync::oneshot::channel();
         runtime.spawn(Box::pin(async move {
             let _ = tx.send(std::thread::current().name().map(str::to_owned));
         }));
         assert_eq!(rx.await.unwrap().as_deref(), Some("eagate-quic-test"));
         drop(endpoint);
+    }
+
+    #[tokio::test]
+    async fn the_thread_stops_when_the_runtime_is_let_go_on_a_tokio_thread() {
+        /// Says when the task holding it is dropped by its runtime.
+        struct Dropped(std::sync::mpsc::Sender<()>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                let _ = self.0.send(());
+            }
+        }
+        let runtime = QuicThread::new("eagate-quic-test".into()).unwrap();
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let _wrapped = runtime.wrap_udp_socket(socket).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let held = Dropped(tx);
+        runtime.spawn(Box::pin(async move {
+            let _held = held;
+            std::future::pending::<()>().await;
+        }));
+        // Let go here, on a tokio thread: no panic, and the thread ends,
+        // dropping what its runtime still ran.
+        drop(runtime);
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the QUIC thread's runtime stopped");
     }
 }
