@@ -156,6 +156,13 @@ pub struct ServeConfig {
     /// Most customers one customer may refer per UTC day.
     #[arg(long, env = "EAGATE_DAILY_REFERRAL_LIMIT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub daily_referral_limit: u64,
+
+    /// Days after it happened (its `occurred_at`) that a platform event
+    /// (signup, payment, refund, email verification) is still taken. At
+    /// most 27: a first month of subscription is at least 28 days, so no
+    /// payment that late can change the month of one already rated.
+    #[arg(long, env = "EAGATE_MAX_EVENT_AGE_DAYS", default_value_t = 27, value_parser = clap::value_parser!(u64).range(1..=27))]
+    pub max_event_age_days: u64,
 }
 
 /// Why the configuration file could not be used.
@@ -213,6 +220,7 @@ struct FileConfig {
     referrer_credit_minor: Option<u64>,
     referred_credit_minor: Option<u64>,
     daily_referral_limit: Option<u64>,
+    max_event_age_days: Option<u64>,
 }
 
 impl ServeConfig {
@@ -294,6 +302,11 @@ impl ServeConfig {
         take!(referrer_credit_minor, 0, 1_000_000_000);
         take!(referred_credit_minor, 0, 1_000_000_000);
         take!(daily_referral_limit, 1, 10_000);
+        take!(
+            max_event_age_days,
+            1,
+            eagate_affiliates::config::LONGEST_EVENT_AGE_DAYS
+        );
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::Parse(
                 path,
@@ -349,6 +362,7 @@ impl ServeConfig {
             referrer_credit: self.referrer_credit_minor as i64,
             referred_credit: self.referred_credit_minor as i64,
             daily_referral_limit: self.daily_referral_limit as u32,
+            max_event_age_ms: self.max_event_age_days * DAY_MS,
         })
     }
 
@@ -361,7 +375,7 @@ impl ServeConfig {
                 })
         };
         format!(
-            "config_file = {}\ndata_dir = {}\nquic_listen = {}\nquic_endpoints = {}\nhttp_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nsignal_queue_len = {}\nsignal_retention_hours = {}\nmaster_key = {}\nredis_url = {}\nredis_prefix = {}\nreferral_landing_page = {}\nreferral_link_base = {}\naffiliate_currency = {}\nfirst_month_commission_bps = {}\nlater_months_commission_bps = {}\nfirst_trade_bonus_bps = {}\nholding_period_days = {}\nattribution_window_days = {}\ncredit_threshold_minor = {}\nreferrer_credit_minor = {}\nreferred_credit_minor = {}\ndaily_referral_limit = {}\n",
+            "config_file = {}\ndata_dir = {}\nquic_listen = {}\nquic_endpoints = {}\nhttp_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nsignal_queue_len = {}\nsignal_retention_hours = {}\nmaster_key = {}\nredis_url = {}\nredis_prefix = {}\nreferral_landing_page = {}\nreferral_link_base = {}\naffiliate_currency = {}\nfirst_month_commission_bps = {}\nlater_months_commission_bps = {}\nfirst_trade_bonus_bps = {}\nholding_period_days = {}\nattribution_window_days = {}\ncredit_threshold_minor = {}\nreferrer_credit_minor = {}\nreferred_credit_minor = {}\ndaily_referral_limit = {}\nmax_event_age_days = {}\n",
             self.config_file
                 .as_ref()
                 .map_or("(none)".to_owned(), |p| p.display().to_string()),
@@ -397,6 +411,7 @@ impl ServeConfig {
             self.referrer_credit_minor,
             self.referred_credit_minor,
             self.daily_referral_limit,
+            self.max_event_age_days,
         )
     }
 }

@@ -12,6 +12,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use common::*;
+use eagate_affiliates::calendar::format_instant;
 use eagate_gateway::http::tokens::{Scope, TokenStore, create_token};
 use eagate_gateway::http::{AppState, router};
 use eagate_gateway::reports::StoredReport;
@@ -81,6 +82,11 @@ impl Desk {
         self.clock.fetch_add(days * DAY_MS, Ordering::SeqCst);
     }
 
+    /// The desk's clock `days` ago, as the platform writes a time.
+    fn days_ago(&self, days: u64) -> String {
+        format_instant(self.clock.load(Ordering::SeqCst) - days * DAY_MS)
+    }
+
     async fn send(&self, request: Request<Body>) -> Answer {
         let response = self.app.clone().oneshot(request).await.unwrap();
         let status = response.status();
@@ -111,7 +117,18 @@ impl Desk {
         self.send(request.body(body).unwrap()).await
     }
 
-    async fn platform(&self, uri: &str, body: Value) -> Answer {
+    /// The platform's events happen when they are reported, unless the
+    /// test says when (`occurred_at`).
+    async fn platform(&self, uri: &str, mut body: Value) -> Answer {
+        const EVENTS: [&str; 4] = [
+            "/v1/referrals",
+            "/v1/payments",
+            "/v1/refunds",
+            "/v1/email-verifications",
+        ];
+        if EVENTS.contains(&uri) && body.get("occurred_at").is_none() {
+            body["occurred_at"] = json!(self.days_ago(0));
+        }
         let token = self.platform.clone();
         self.call("POST", uri, &token, Some(body)).await
     }
@@ -336,6 +353,207 @@ async fn a_shared_link_a_tracked_signup_and_two_months_earn_30_then_15_percent()
     assert_eq!(periods[1]["period"], "2026-12");
     assert_eq!(periods[1]["earned_minor"], 450);
     assert_eq!(periods[1]["pending_minor"], 450);
+}
+
+async fn pay_at(
+    desk: &Desk,
+    payment_id: &str,
+    user_id: &str,
+    period: u32,
+    occurred_at: &str,
+) -> Answer {
+    desk.platform(
+        "/v1/payments",
+        json!({"payment_id": payment_id, "user_id": user_id, "amount_minor": 10_000,
+               "currency": "GBP", "billing_period": period, "occurred_at": occurred_at}),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_payment_reported_late_is_held_and_counted_from_the_day_it_was_taken() {
+    let desk = desk().await;
+    let (affiliate, code, _) = desk.enrol("alice").await;
+    assert_eq!(
+        desk.signup("bob", &code, None).await.status,
+        StatusCode::CREATED
+    );
+    desk.advance_days(5);
+    // Taken three days ago, on 2026-11-04; the platform's retry lands today.
+    let paid = pay_at(&desk, "pay-1", "bob", 1, &desk.days_ago(3)).await;
+    assert_eq!(paid.status, StatusCode::CREATED, "{}", paid.text);
+    assert_eq!(
+        paid.body["facts"][0]["occurred_at_ms"],
+        START_MS + 2 * DAY_MS
+    );
+    assert_eq!(paid.body["facts"][0]["at_ms"], START_MS + 5 * DAY_MS);
+    let entry = &desk.entries(&affiliate).await[0];
+    assert_eq!(entry["earned_at_ms"], START_MS + 2 * DAY_MS);
+    assert_eq!(entry["payable_at_ms"], START_MS + 32 * DAY_MS);
+    // The 30-day hold ends 30 days after the payment, not after its report.
+    desk.advance_days(26);
+    assert_balances(&desk.totals(&affiliate).await, 3_000, 3_000, 0, 0, 0);
+    desk.advance_days(1);
+    assert_balances(&desk.totals(&affiliate).await, 3_000, 0, 3_000, 0, 0);
+    let stats = desk
+        .admin_get(&format!(
+            "/v1/affiliates/{affiliate}/stats?from=2026-11-04&to=2026-11-04"
+        ))
+        .await;
+    assert_eq!(stats.body["totals"]["conversions"], 1, "{}", stats.text);
+    assert_eq!(stats.body["totals"]["earned_minor"], 3_000);
+}
+
+#[tokio::test]
+async fn the_first_month_rate_follows_the_customers_payment_dates_not_the_callers_period() {
+    let desk = desk().await;
+    let (affiliate, code, _) = desk.enrol("alice").await;
+    assert_eq!(
+        desk.signup("bob", &code, None).await.status,
+        StatusCode::CREATED
+    );
+    let rate = |answer: &Answer| answer.body["facts"][1]["rate"].as_i64().unwrap();
+
+    // Bob's first payment, whatever period the caller calls it: month one.
+    desk.advance_days(10);
+    let first = pay_at(&desk, "pay-a", "bob", 3, &desk.days_ago(0)).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+    assert_eq!(rate(&first), 3_000);
+    // A payment taken 9 days before it, reported after it: also month one.
+    let earlier = pay_at(&desk, "pay-b", "bob", 2, &desk.days_ago(9)).await;
+    assert_eq!(rate(&earlier), 3_000);
+    // A calendar month after bob's first payment (2026-11-03 09:00Z),
+    // "billing period 1" again and again earns the later months' rate.
+    desk.advance_days(21);
+    let next = pay_at(&desk, "pay-c", "bob", 1, "2026-12-03T09:00:00Z").await;
+    assert_eq!(next.status, StatusCode::CREATED, "{}", next.text);
+    assert_eq!(rate(&next), 1_500);
+    // The last moment of month one still is month one.
+    let edge = pay_at(&desk, "pay-d", "bob", 1, "2026-12-03T08:59:59.999Z").await;
+    assert_eq!(rate(&edge), 3_000);
+    desk.advance_days(30);
+    let again = pay_at(&desk, "pay-e", "bob", 1, &desk.days_ago(0)).await;
+    assert_eq!(rate(&again), 1_500);
+    let totals = desk.totals(&affiliate).await;
+    assert_eq!(
+        totals["earned_minor"],
+        3_000 + 3_000 + 1_500 + 3_000 + 1_500
+    );
+}
+
+#[tokio::test]
+async fn events_from_the_future_too_old_or_without_a_time_are_refused_and_store_nothing() {
+    let desk = desk().await;
+    let (affiliate, code, _) = desk.enrol("alice").await;
+    assert_eq!(
+        desk.signup("bob", &code, None).await.status,
+        StatusCode::CREATED
+    );
+    desk.advance_days(30);
+    let ahead = format_instant(desk.clock.load(Ordering::SeqCst) + 6 * 60 * 1_000);
+    assert_problem(
+        &pay_at(&desk, "pay-1", "bob", 1, &ahead).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "ahead of the gateway's clock",
+    );
+    assert_problem(
+        &pay_at(&desk, "pay-1", "bob", 1, &desk.days_ago(28)).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "events older than 27 days are refused",
+    );
+    assert_problem(
+        &pay_at(&desk, "pay-1", "bob", 1, "yesterday").await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "is not an RFC 3339 time",
+    );
+    let untimed = desk
+        .call(
+            "POST",
+            "/v1/payments",
+            &desk.platform.clone(),
+            Some(
+                json!({"payment_id": "pay-1", "user_id": "bob", "amount_minor": 100,
+                        "currency": "GBP", "billing_period": 1}),
+            ),
+        )
+        .await;
+    assert_eq!(
+        untimed.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        untimed.text
+    );
+    assert!(untimed.text.contains("occurred_at"), "{}", untimed.text);
+    // Four minutes ahead is within the clocks' accepted difference.
+    let close = format_instant(desk.clock.load(Ordering::SeqCst) + 4 * 60 * 1_000);
+    let paid = pay_at(&desk, "pay-1", "bob", 1, &close).await;
+    assert_eq!(paid.status, StatusCode::CREATED, "{}", paid.text);
+    // A refund cannot come before its payment.
+    let refund = desk
+        .platform(
+            "/v1/refunds",
+            json!({"refund_id": "ref-1", "payment_id": "pay-1", "amount_minor": 100,
+                   "currency": "GBP", "occurred_at": desk.days_ago(1)}),
+        )
+        .await;
+    assert_problem(
+        &refund,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "before its payment",
+    );
+    // Nothing refused was counted: one payment, one commission.
+    assert_balances(&desk.totals(&affiliate).await, 3_000, 3_000, 0, 0, 0);
+    // A retry of the recorded payment, however late, is answered as before.
+    desk.advance_days(40);
+    let retry = pay_at(&desk, "pay-1", "bob", 1, &close).await;
+    assert_eq!(retry.status, StatusCode::OK, "{}", retry.text);
+}
+
+#[tokio::test]
+async fn a_click_window_runs_to_the_signup_and_a_late_code_only_signup_is_refused() {
+    let desk = desk().await;
+    let (affiliate, code, _) = desk.enrol("alice").await;
+    let click = desk.click(&code, "198.51.100.7").await;
+    // Signed up on day 29 of the 30-day window, reported on day 31.
+    desk.advance_days(31);
+    let late = desk
+        .platform(
+            "/v1/referrals",
+            json!({"user_id": "bob", "code": code, "click_id": click,
+                   "source_address": "203.0.113.9", "email_sha256": EMAIL,
+                   "email_verified": false, "occurred_at": desk.days_ago(2)}),
+        )
+        .await;
+    assert_eq!(late.status, StatusCode::CREATED, "{}", late.text);
+    // The same click, for a signup on day 31: outside its window.
+    let expired = desk
+        .platform(
+            "/v1/referrals",
+            json!({"user_id": "carol", "code": code, "click_id": click,
+                   "source_address": "203.0.113.9", "email_sha256": EMAIL,
+                   "email_verified": false}),
+        )
+        .await;
+    assert_problem(&expired, StatusCode::UNPROCESSABLE_ENTITY, "expired");
+    // A code typed at signup, without a click, reported 61 days later.
+    desk.advance_days(61);
+    let stale = desk
+        .platform(
+            "/v1/referrals",
+            json!({"user_id": "dave", "code": code, "source_address": "203.0.113.9",
+                   "email_sha256": EMAIL, "email_verified": false,
+                   "occurred_at": desk.days_ago(61)}),
+        )
+        .await;
+    assert_problem(&stale, StatusCode::UNPROCESSABLE_ENTITY, "61 days ago");
+    // The signup counts on the day it happened.
+    let stats = desk
+        .admin_get(&format!(
+            "/v1/affiliates/{affiliate}/stats?from=2026-12-01&to=2026-12-01"
+        ))
+        .await;
+    assert_eq!(stats.body["totals"]["signups"], 1, "{}", stats.text);
+    assert_eq!(desk.totals(&affiliate).await["signups"], 1);
 }
 
 #[tokio::test]
@@ -769,7 +987,12 @@ async fn commissions_page_filter_and_export_as_csv() {
         "{}",
         lines[1]
     );
-    assert!(lines[1].ends_with(",GBP"));
+    assert!(lines[0].ends_with(",currency,earned_at"), "{}", lines[0]);
+    assert!(
+        lines[1].ends_with(",GBP,2026-11-02T09:00:00Z"),
+        "{}",
+        lines[1]
+    );
     let by_accept = desk
         .send(
             Request::builder()
@@ -887,6 +1110,21 @@ async fn the_eleventh_customer_referral_of_a_day_is_refused_until_the_next_day()
         StatusCode::OK
     );
     desk.advance_days(1);
+    // Each signup counts on the day it happened: one from yesterday,
+    // reported today, is over yesterday's limit.
+    let reported_late = desk
+        .platform(
+            "/v1/referrals",
+            json!({"user_id": "friend-11", "code": code, "source_address": "203.0.113.9",
+                   "email_sha256": EMAIL, "email_verified": false,
+                   "occurred_at": desk.days_ago(1)}),
+        )
+        .await;
+    assert_problem(
+        &reported_late,
+        StatusCode::TOO_MANY_REQUESTS,
+        "referred 10 customers on 2026-11-02 (UTC)",
+    );
     assert_eq!(
         desk.signup("friend-10", &code, None).await.status,
         StatusCode::CREATED

@@ -6,6 +6,18 @@ use crate::money::{Bps, Currency, Minor};
 /// One day in milliseconds.
 pub const DAY_MS: u64 = 86_400_000;
 
+/// How far ahead of the gateway's clock an event's `occurred_at` may be:
+/// the platform's and the gateway's clocks differ a little, but an event
+/// cannot have happened in the future.
+pub const EVENT_CLOCK_SKEW_MS: u64 = 5 * 60 * 1_000;
+
+/// The most [`ProgrammeConfig::max_event_age_ms`] may be, in days. The
+/// shortest first month of a subscription is 28 days (from a first payment
+/// in February); an event at most 27 days and a clock skew late cannot
+/// arrive after a payment more than a month younger than it, so no late
+/// payment can change which month a payment already rated fell in.
+pub const LONGEST_EVENT_AGE_DAYS: u64 = 27;
+
 /// The programme's rules. Changing them affects only what is decided after
 /// the change: every fact keeps the rate, amount and dates it was decided
 /// with, so a restart never recomputes history.
@@ -34,6 +46,9 @@ pub struct ProgrammeConfig {
     pub referred_credit: Minor,
     /// Most customers one customer may refer per UTC day (default 10).
     pub daily_referral_limit: u32,
+    /// How old an event's `occurred_at` may be when it arrives (default and
+    /// at most [`LONGEST_EVENT_AGE_DAYS`]); older events are refused.
+    pub max_event_age_ms: u64,
 }
 
 impl Default for ProgrammeConfig {
@@ -49,6 +64,7 @@ impl Default for ProgrammeConfig {
             referrer_credit: 1_000,
             referred_credit: 1_000,
             daily_referral_limit: 10,
+            max_event_age_ms: LONGEST_EVENT_AGE_DAYS * DAY_MS,
         }
     }
 }

@@ -111,14 +111,22 @@ pub enum Fact {
         email_sha256: String,
         /// Whether the email was verified at signup.
         email_verified: bool,
-        /// When.
+        /// When it happened, as the platform said (absent in facts written
+        /// before events carried their time: then `at_ms`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        occurred_at_ms: Option<u64>,
+        /// When it arrived.
         at_ms: u64,
     },
     /// A user verified their email address.
     EmailVerified {
         /// The user.
         user_id: String,
-        /// When.
+        /// When it happened, as the platform said (absent in facts written
+        /// before events carried their time: then `at_ms`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        occurred_at_ms: Option<u64>,
+        /// When it arrived.
         at_ms: u64,
     },
     /// A subscription payment.
@@ -133,7 +141,11 @@ pub enum Fact {
         currency: Currency,
         /// Which billing period (1 is the first month).
         billing_period: u32,
-        /// When.
+        /// When it happened, as the platform said (absent in facts written
+        /// before events carried their time: then `at_ms`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        occurred_at_ms: Option<u64>,
+        /// When it arrived.
         at_ms: u64,
     },
     /// A refund of (part of) a payment.
@@ -146,7 +158,11 @@ pub enum Fact {
         amount_minor: Minor,
         /// In what.
         currency: Currency,
-        /// When.
+        /// When it happened, as the platform said (absent in facts written
+        /// before events carried their time: then `at_ms`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        occurred_at_ms: Option<u64>,
+        /// When it arrived.
         at_ms: u64,
     },
     /// A referred user's first fill, from the gateway's execution reports.
@@ -178,7 +194,11 @@ pub enum Fact {
         amount_minor: Minor,
         /// When it stops being pending.
         payable_at_ms: u64,
-        /// When.
+        /// When it was earned: the payment's `occurred_at` (absent in facts
+        /// written before events carried their time: then `at_ms`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        earned_at_ms: Option<u64>,
+        /// When it was decided.
         at_ms: u64,
     },
     /// (Part of) an unpaid commission taken back by a refund.

@@ -131,6 +131,7 @@ fn decide(programme: &Programme, op: &Op, now: u64) -> Option<Decided> {
                     source_address: "192.0.2.1".into(),
                     email_sha256: format!("{user:064x}"),
                     email_verified: *verified,
+                    occurred_at_ms: now,
                 },
                 now,
             )
@@ -148,6 +149,7 @@ fn decide(programme: &Programme, op: &Op, now: u64) -> Option<Decided> {
                     amount_minor: *amount,
                     currency: Currency::GBP,
                     billing_period: *period,
+                    occurred_at_ms: now,
                 },
                 now,
             )
@@ -163,12 +165,15 @@ fn decide(programme: &Programme, op: &Op, now: u64) -> Option<Decided> {
                     payment_id: format!("pay-{payment}"),
                     amount_minor: *amount,
                     currency: Currency::GBP,
+                    occurred_at_ms: now,
                 },
                 now,
             )
             .ok(),
         Op::Trade { user } => Some(programme.first_trade(&format!("user-{user}"), "dv_1", now)),
-        Op::Verify { user } => Some(programme.verify_email(&format!("user-{user}"), now)),
+        Op::Verify { user } => programme
+            .verify_email(&format!("user-{user}"), now, now)
+            .ok(),
         Op::Advance { .. } => None,
         Op::Payout { affiliate, payout } => programme
             .pay_out(

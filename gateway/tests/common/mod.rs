@@ -41,6 +41,7 @@ pub fn config(dir: &Path) -> ServeConfig {
         referrer_credit_minor: 1_000,
         referred_credit_minor: 1_000,
         daily_referral_limit: 10,
+        max_event_age_days: 27,
     }
 }
 

@@ -1,16 +1,24 @@
 //! Attribution: a signup that came with a referral code is credited to the
 //! code's owner, within the attribution window of its click, never to the
 //! user themselves, and only once: the first referrer wins.
+//!
+//! Every time here is the signup's own `occurred_at`: a click's window is
+//! measured from the click to the signup, not to when the platform reported
+//! it. A code typed at signup without a click is attributed by the code
+//! alone; the age limit on every event keeps a late report of it out.
 
-use super::{CodeOwner, Decided, Programme};
-use crate::calendar::day_of;
+use super::{CodeOwner, Decided, EventTimeError, Programme};
+use crate::calendar::{day_of, format_instant};
 use crate::code::ReferralCode;
-use crate::config::DAY_MS;
+use crate::config::{DAY_MS, EVENT_CLOCK_SKEW_MS};
 use crate::facts::{Fact, Referrer};
 
 /// Why a signup was not attributed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReferralError {
+    /// The signup's time is not one the programme takes.
+    #[error(transparent)]
+    Time(#[from] EventTimeError),
     /// No affiliate or customer has this code.
     #[error("referral code {0} is not known")]
     UnknownCode(ReferralCode),
@@ -26,6 +34,16 @@ pub enum ReferralError {
         clicked: ReferralCode,
         /// The code in the signup.
         code: ReferralCode,
+    },
+    /// The signup happened before the click it names.
+    #[error("the signup at {signup_at} is before its click {click_id} at {clicked_at}")]
+    BeforeClick {
+        /// The click.
+        click_id: String,
+        /// When the click was, RFC 3339.
+        clicked_at: String,
+        /// When the signup was, RFC 3339.
+        signup_at: String,
     },
     /// The click is older than the attribution window.
     #[error(
@@ -57,11 +75,13 @@ pub enum ReferralError {
     PaidBeforeReferral(String),
     /// The referring customer reached today's limit.
     #[error(
-        "customer {user_id} has already referred {limit} customers today (UTC), the daily limit; try again after midnight UTC"
+        "customer {user_id} has already referred {limit} customers on {day} (UTC), the daily limit"
     )]
     DailyLimit {
         /// The referring customer.
         user_id: String,
+        /// The signup's UTC day.
+        day: String,
         /// The limit.
         limit: u32,
     },
@@ -82,6 +102,8 @@ pub struct Signup {
     pub email_sha256: String,
     /// Whether the email is verified already.
     pub email_verified: bool,
+    /// When the user signed up, as the platform says (Unix ms).
+    pub occurred_at_ms: u64,
 }
 
 impl Programme {
@@ -103,6 +125,8 @@ impl Programme {
                 })
             };
         }
+        // After the replay: a retry answers as the first time, however late.
+        self.check_occurred(signup.occurred_at_ms, now_ms)?;
         // Payments before the referral were decided without a referrer; a
         // referral now would earn a bonus and credits on unattributed money.
         if customer.is_some_and(|c| c.first_payment.is_some()) {
@@ -138,7 +162,16 @@ impl Programme {
                     code: signup.code,
                 });
             }
-            let age = now_ms.saturating_sub(click.at_ms);
+            // The clocks of the platform and the gateway (which stamped the
+            // click) may differ by the skew the programme accepts.
+            if signup.occurred_at_ms.saturating_add(EVENT_CLOCK_SKEW_MS) < click.at_ms {
+                return Err(ReferralError::BeforeClick {
+                    click_id: click_id.clone(),
+                    clicked_at: format_instant(click.at_ms),
+                    signup_at: format_instant(signup.occurred_at_ms),
+                });
+            }
+            let age = signup.occurred_at_ms.saturating_sub(click.at_ms);
             if age > self.config.attribution_window_ms {
                 return Err(ReferralError::Expired {
                     code: signup.code,
@@ -148,14 +181,16 @@ impl Programme {
             }
         }
         if let Referrer::Customer { user_id } = &referrer {
-            let today = self
+            let day = day_of(signup.occurred_at_ms);
+            let that_day = self
                 .referrals_by_day
-                .get(&(user_id.clone(), day_of(now_ms)))
+                .get(&(user_id.clone(), day))
                 .copied()
                 .unwrap_or(0);
-            if today >= self.config.daily_referral_limit {
+            if that_day >= self.config.daily_referral_limit {
                 return Err(ReferralError::DailyLimit {
                     user_id: user_id.clone(),
+                    day: crate::calendar::format_date(day),
                     limit: self.config.daily_referral_limit,
                 });
             }
@@ -168,6 +203,7 @@ impl Programme {
             source_address: signup.source_address.clone(),
             email_sha256: signup.email_sha256.clone(),
             email_verified: signup.email_verified,
+            occurred_at_ms: Some(signup.occurred_at_ms),
             at_ms: now_ms,
         }]))
     }

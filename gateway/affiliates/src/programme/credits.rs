@@ -2,7 +2,7 @@
 //! own, and when the customer they referred has verified their email and
 //! spent the threshold, both are credited once, in an append-only ledger.
 
-use super::{Decided, Programme};
+use super::{Decided, EventTimeError, Programme};
 use crate::code::ReferralCode;
 use crate::facts::{CreditReason, Fact, Referrer};
 use crate::money::Minor;
@@ -55,18 +55,25 @@ impl Programme {
     }
 
     /// A user verified their email: may release referral credits.
-    pub fn verify_email(&self, user_id: &str, now_ms: u64) -> Decided {
+    pub fn verify_email(
+        &self,
+        user_id: &str,
+        occurred_at_ms: u64,
+        now_ms: u64,
+    ) -> Result<Decided, EventTimeError> {
         let customer = self.customers.get(user_id);
         if customer.is_some_and(|c| c.email_verified) {
-            return Decided::replay();
+            return Ok(Decided::replay());
         }
+        self.check_occurred(occurred_at_ms, now_ms)?;
         let mut facts = vec![Fact::EmailVerified {
             user_id: user_id.to_owned(),
+            occurred_at_ms: Some(occurred_at_ms),
             at_ms: now_ms,
         }];
         let spent = customer.map_or(0, |c| c.spent);
         self.credits_due(user_id, spent, true, now_ms, &mut facts);
-        Decided::new(facts)
+        Ok(Decided::new(facts))
     }
 
     /// Credits for a customer-referred user whose net spend is `spent` and

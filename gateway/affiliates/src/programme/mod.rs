@@ -16,6 +16,7 @@ mod attribution;
 mod commissions;
 mod credits;
 mod enrolment;
+mod event_time;
 mod payments;
 mod payouts;
 mod stats;
@@ -34,6 +35,7 @@ pub use attribution::{ReferralError, Signup};
 pub use commissions::{Balances, Entry, EntryKind, EntryStatus};
 pub use credits::{CreditEntry, CustomerCodeError};
 pub use enrolment::EnrolError;
+pub use event_time::EventTimeError;
 pub use payments::{PaymentError, PaymentEvent, RefundError, RefundEvent};
 pub use payouts::PayoutError;
 pub use stats::{Granularity, PeriodStats, Stats};
@@ -104,6 +106,9 @@ struct Customer {
     referral: Option<Referral>,
     email_verified: bool,
     first_payment: Option<String>,
+    /// The earliest `occurred_at` of their payments: their first month of
+    /// subscription starts here.
+    first_paid_at_ms: Option<u64>,
     first_trade: bool,
     /// Payments net of refunds.
     spent: Minor,
@@ -113,6 +118,7 @@ struct Customer {
 struct Payment {
     user_id: String,
     amount: Minor,
+    occurred_at_ms: u64,
     billing_period: u32,
     refunded: Minor,
     last_refund: Option<String>,
@@ -256,9 +262,11 @@ impl Programme {
                 referrer,
                 code,
                 email_verified,
+                occurred_at_ms,
                 at_ms,
                 ..
             } => {
+                let day = day_of(occurred_at_ms.unwrap_or(*at_ms));
                 let customer = self.customers.entry(user_id.clone()).or_default();
                 customer.referral = Some(Referral {
                     referrer: referrer.clone(),
@@ -269,13 +277,13 @@ impl Programme {
                 match referrer {
                     Referrer::Affiliate { affiliate_id } => {
                         if let Some(affiliate) = self.affiliates.get_mut(affiliate_id) {
-                            *affiliate.signups_by_day.entry(day_of(*at_ms)).or_default() += 1;
+                            *affiliate.signups_by_day.entry(day).or_default() += 1;
                         }
                     }
                     Referrer::Customer { user_id } => {
                         *self
                             .referrals_by_day
-                            .entry((user_id.clone(), day_of(*at_ms)))
+                            .entry((user_id.clone(), day))
                             .or_default() += 1;
                     }
                 }
@@ -291,14 +299,17 @@ impl Programme {
                 user_id,
                 amount_minor,
                 billing_period,
+                occurred_at_ms,
                 at_ms,
                 ..
             } => {
+                let occurred_at_ms = occurred_at_ms.unwrap_or(*at_ms);
                 self.payments.insert(
                     payment_id.clone(),
                     Payment {
                         user_id: user_id.clone(),
                         amount: *amount_minor,
+                        occurred_at_ms,
                         billing_period: *billing_period,
                         refunded: 0,
                         last_refund: None,
@@ -307,6 +318,11 @@ impl Programme {
                 );
                 let customer = self.customers.entry(user_id.clone()).or_default();
                 customer.spent += amount_minor;
+                customer.first_paid_at_ms = Some(
+                    customer
+                        .first_paid_at_ms
+                        .map_or(occurred_at_ms, |first| first.min(occurred_at_ms)),
+                );
                 if customer.first_payment.is_none() {
                     customer.first_payment = Some(payment_id.clone());
                     if let Some(Referral {
@@ -317,7 +333,7 @@ impl Programme {
                     {
                         *affiliate
                             .conversions_by_day
-                            .entry(day_of(*at_ms))
+                            .entry(day_of(occurred_at_ms))
                             .or_default() += 1;
                     }
                 }
@@ -359,6 +375,7 @@ impl Programme {
                 base_minor,
                 amount_minor,
                 payable_at_ms,
+                earned_at_ms,
                 at_ms,
             } => {
                 self.push_entry(Entry {
@@ -375,7 +392,7 @@ impl Programme {
                     reversed_minor: 0,
                     clawed_back_minor: 0,
                     created_at_ms: *at_ms,
-                    earned_at_ms: *at_ms,
+                    earned_at_ms: earned_at_ms.unwrap_or(*at_ms),
                     payable_at_ms: *payable_at_ms,
                     payout_id: None,
                     paid_at_ms: None,

@@ -3,13 +3,18 @@
 //! takes back each commission's share (reversed if unpaid, clawed back if
 //! paid), and a referred user's first trade may earn the bonus late.
 
-use super::{Decided, Programme};
+use super::{Decided, EventTimeError, Programme};
+use crate::calendar::{format_instant, one_month_after};
+use crate::config::EVENT_CLOCK_SKEW_MS;
 use crate::facts::{CommissionKind, Fact, Referrer};
 use crate::money::{Currency, MAX_AMOUNT, Minor, commission, share_of};
 
 /// Why a payment was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PaymentError {
+    /// The payment's time is not one the programme takes.
+    #[error(transparent)]
+    Time(#[from] EventTimeError),
     /// Zero, negative or absurdly large.
     #[error("amount_minor must be between 1 and {MAX_AMOUNT} minor units, not {0}")]
     InvalidAmount(Minor),
@@ -32,6 +37,19 @@ pub enum PaymentError {
 /// Why a refund was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RefundError {
+    /// The refund's time is not one the programme takes.
+    #[error(transparent)]
+    Time(#[from] EventTimeError),
+    /// The refund is said to have happened before its payment.
+    #[error("the refund at {refunded_at} is before its payment {payment_id} at {paid_at}")]
+    BeforePayment {
+        /// The payment.
+        payment_id: String,
+        /// When it was paid, RFC 3339.
+        paid_at: String,
+        /// When the refund was, RFC 3339.
+        refunded_at: String,
+    },
     /// Zero, negative or absurdly large.
     #[error("amount_minor must be between 1 and {MAX_AMOUNT} minor units, not {0}")]
     InvalidAmount(Minor),
@@ -72,8 +90,12 @@ pub struct PaymentEvent {
     pub amount_minor: Minor,
     /// In what.
     pub currency: Currency,
-    /// Billing period, 1 for the first month.
+    /// Billing period as the platform numbers it, 1 for the first month:
+    /// kept for display; the commission's month is decided from the
+    /// customer's own payment dates.
     pub billing_period: u32,
+    /// When the payment was taken, as the platform says (Unix ms).
+    pub occurred_at_ms: u64,
 }
 
 /// A refund as the platform reports it.
@@ -87,6 +109,8 @@ pub struct RefundEvent {
     pub amount_minor: Minor,
     /// In what.
     pub currency: Currency,
+    /// When the refund was made, as the platform says (Unix ms).
+    pub occurred_at_ms: u64,
 }
 
 fn validate_amount(amount: Minor) -> bool {
@@ -97,6 +121,11 @@ impl Programme {
     /// A subscription payment: commission for the referring affiliate (and
     /// the first-trade bonus, if the user traded before paying), or credit
     /// for a referring customer once the threshold is reached.
+    ///
+    /// The commission's rate is the first month's when the payment was
+    /// taken within one calendar month of the customer's first payment
+    /// (by `occurred_at`, whichever order they arrive in), the later
+    /// months' otherwise; the caller's billing period decides nothing.
     pub fn pay(&self, payment: &PaymentEvent, now_ms: u64) -> Result<Decided, PaymentError> {
         if !validate_amount(payment.amount_minor) {
             return Err(PaymentError::InvalidAmount(payment.amount_minor));
@@ -120,12 +149,15 @@ impl Programme {
                 Err(PaymentError::IdReused(payment.payment_id.clone()))
             };
         }
+        // After the replay: a retry answers as the first time, however late.
+        self.check_occurred(payment.occurred_at_ms, now_ms)?;
         let mut facts = vec![Fact::PaymentReceived {
             payment_id: payment.payment_id.clone(),
             user_id: payment.user_id.clone(),
             amount_minor: payment.amount_minor,
             currency: payment.currency,
             billing_period: payment.billing_period,
+            occurred_at_ms: Some(payment.occurred_at_ms),
             at_ms: now_ms,
         }];
         let customer = self.customers.get(&payment.user_id);
@@ -134,7 +166,11 @@ impl Programme {
             .map(|r| &r.referrer);
         match referrer {
             Some(Referrer::Affiliate { affiliate_id }) => {
-                let rate = if payment.billing_period == 1 {
+                let paid_at = payment.occurred_at_ms;
+                let first_paid_at = customer
+                    .and_then(|c| c.first_paid_at_ms)
+                    .map_or(paid_at, |first| first.min(paid_at));
+                let rate = if paid_at < one_month_after(first_paid_at) {
                     self.config.first_month_rate
                 } else {
                     self.config.later_months_rate
@@ -151,6 +187,7 @@ impl Programme {
                     kind,
                     rate,
                     payment.amount_minor,
+                    paid_at,
                     now_ms,
                 );
                 if let Some(fact) = earned {
@@ -167,6 +204,7 @@ impl Programme {
                         CommissionKind::FirstTradeBonus,
                         self.config.first_trade_bonus_rate,
                         payment.amount_minor,
+                        paid_at,
                         now_ms,
                     ));
                 }
@@ -196,6 +234,7 @@ impl Programme {
         kind: CommissionKind,
         rate: crate::money::Bps,
         base: Minor,
+        earned_at_ms: u64,
         now_ms: u64,
     ) -> Option<Fact> {
         let amount = commission(base, rate);
@@ -208,7 +247,8 @@ impl Programme {
             rate,
             base_minor: base,
             amount_minor: amount,
-            payable_at_ms: now_ms.saturating_add(self.config.holding_period_ms),
+            payable_at_ms: earned_at_ms.saturating_add(self.config.holding_period_ms),
+            earned_at_ms: Some(earned_at_ms),
             at_ms: now_ms,
         })
     }
@@ -240,6 +280,14 @@ impl Programme {
             .payments
             .get(&refund.payment_id)
             .ok_or_else(|| RefundError::UnknownPayment(refund.payment_id.clone()))?;
+        self.check_occurred(refund.occurred_at_ms, now_ms)?;
+        if refund.occurred_at_ms.saturating_add(EVENT_CLOCK_SKEW_MS) < payment.occurred_at_ms {
+            return Err(RefundError::BeforePayment {
+                payment_id: refund.payment_id.clone(),
+                paid_at: format_instant(payment.occurred_at_ms),
+                refunded_at: format_instant(refund.occurred_at_ms),
+            });
+        }
         let refundable = payment.amount - payment.refunded;
         if refund.amount_minor > refundable {
             return Err(RefundError::ExceedsPayment {
@@ -253,6 +301,7 @@ impl Programme {
             payment_id: refund.payment_id.clone(),
             amount_minor: refund.amount_minor,
             currency: refund.currency,
+            occurred_at_ms: Some(refund.occurred_at_ms),
             at_ms: now_ms,
         }];
         let refunded = payment.refunded + refund.amount_minor;
@@ -317,6 +366,7 @@ impl Programme {
                 CommissionKind::FirstTradeBonus,
                 self.config.first_trade_bonus_rate,
                 payment.amount,
+                now_ms,
                 now_ms,
             ) {
                 // A payment already partly refunded gives its share of the

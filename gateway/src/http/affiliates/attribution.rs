@@ -12,7 +12,7 @@ use eagate_affiliates::programme::ReferralError;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::{Recorded, parse_code, recorded, write};
+use super::{Recorded, parse_code, parse_occurred_at, recorded, write};
 use crate::http::{ApiError, ApiJson, AppState, PlatformOrAdmin, check_text};
 
 fn check_sha256(field: &str, value: &str) -> Result<(), ApiError> {
@@ -50,6 +50,12 @@ pub(super) struct NewReferral {
     email_sha256: String,
     /// Whether the user has verified that email yet.
     email_verified: bool,
+    /// When the user signed up, as the platform recorded it (RFC 3339, such as
+    /// `2026-11-29T16:15:54Z`): every rule that depends on time uses it. At
+    /// most 5 minutes ahead of the gateway's clock, and no older than the
+    /// programme's event age limit.
+    #[schema(format = DateTime, example = "2026-11-29T16:15:54Z")]
+    occurred_at: String,
 }
 
 #[utoipa::path(
@@ -61,7 +67,7 @@ pub(super) struct NewReferral {
         (status = 201, description = "Attributed.", body = Recorded),
         (status = 200, description = "Already attributed to this code.", body = Recorded),
         (status = 409, description = "The user was already referred with another code."),
-        (status = 422, description = "Unknown or expired code, self-referral, or invalid input."),
+        (status = 422, description = "Unknown or expired code, self-referral, a signup too old or in the future, or invalid input."),
         (status = 429, description = "The referring customer reached today's referral limit."),
         PlatformOrAdmin,
     )
@@ -83,6 +89,7 @@ pub(super) async fn refer(
         ))
     })?;
     check_sha256("email_sha256", &new.email_sha256)?;
+    let occurred_at_ms = parse_occurred_at(&new.occurred_at)?;
     let signup = Signup {
         user_id: new.user_id,
         code,
@@ -90,6 +97,7 @@ pub(super) async fn refer(
         source_address: source.to_string(),
         email_sha256: new.email_sha256,
         email_verified: new.email_verified,
+        occurred_at_ms,
     };
     let now = state.affiliates.now_ms();
     let decided = write(

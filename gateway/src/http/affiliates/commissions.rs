@@ -88,6 +88,9 @@ pub struct EntryView {
     pub refund_id: Option<String>,
     /// When it was made, Unix ms.
     pub created_at_ms: u64,
+    /// When it was earned, Unix ms: the payment's `occurred_at` (for a
+    /// clawback, its commission's). Stats count it on this day.
+    pub earned_at_ms: u64,
     /// When it stops being pending, Unix ms.
     pub payable_at_ms: u64,
     /// The payout that settled it.
@@ -139,6 +142,7 @@ fn entry_view(entry: &Entry, now: u64) -> EntryView {
         of_entry,
         refund_id,
         created_at_ms: entry.created_at_ms,
+        earned_at_ms: entry.earned_at_ms,
         payable_at_ms: entry.payable_at_ms,
         payout_id: entry.payout_id.clone(),
         paid_at_ms: entry.paid_at_ms,
@@ -245,12 +249,13 @@ pub(super) async fn commissions(
                     opt(v.of_entry.map(|e| e.to_string())),
                     opt(v.refund_id),
                     currency.to_string(),
+                    format_instant(v.earned_at_ms),
                 ]
             })
             .collect();
         return Ok(csv_response(
             "commissions.csv",
-            "entry_id,created_at,kind,billing_period,user_id,payment_id,rate_bps,base_minor,amount_minor,amount,reversed_minor,status,payable_at,payout_id,paid_at,of_entry,refund_id,currency",
+            "entry_id,created_at,kind,billing_period,user_id,payment_id,rate_bps,base_minor,amount_minor,amount,reversed_minor,status,payable_at,payout_id,paid_at,of_entry,refund_id,currency,earned_at",
             rows,
         ));
     }

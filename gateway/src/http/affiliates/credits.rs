@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::pages::{PageQuery, csv_response, date_bound, json_name, page_limit, wants_csv};
-use super::{Recorded, new_code, recorded, write};
+use super::{Recorded, new_code, parse_occurred_at, recorded, write};
 use crate::api_schema;
 use crate::http::{ApiError, ApiJson, AppState, PlatformOrAdmin, check_text};
 
@@ -25,6 +25,12 @@ pub(super) struct EmailVerification {
     /// The platform user.
     #[schema(max_length = 128)]
     user_id: String,
+    /// When the user verified it, as the platform recorded it (RFC 3339, such as
+    /// `2026-11-29T16:15:54Z`): every rule that depends on time uses it. At
+    /// most 5 minutes ahead of the gateway's clock, and no older than the
+    /// programme's event age limit.
+    #[schema(format = DateTime, example = "2026-11-29T16:15:54Z")]
+    occurred_at: String,
 }
 
 /// A platform user named in the path.
@@ -43,7 +49,7 @@ pub(super) struct CustomerPath {
     responses(
         (status = 201, description = "Recorded.", body = Recorded),
         (status = 200, description = "Already verified.", body = Recorded),
-        (status = 422, description = "Invalid input."),
+        (status = 422, description = "A verification too old or in the future, or invalid input."),
         PlatformOrAdmin,
     )
 )]
@@ -53,11 +59,12 @@ pub(super) async fn verify_email(
     ApiJson(new): ApiJson<EmailVerification>,
 ) -> Result<(StatusCode, Json<Recorded>), ApiError> {
     check_text("user_id", &new.user_id, 128)?;
+    let occurred_at_ms = parse_occurred_at(&new.occurred_at)?;
     let now = state.affiliates.now_ms();
     let decided = write(
         &state,
-        |p| Ok::<_, std::convert::Infallible>(p.verify_email(&new.user_id, now)),
-        |never| match never {},
+        |p| p.verify_email(&new.user_id, occurred_at_ms, now),
+        |e| ApiError::Unprocessable(e.to_string()),
     )
     .await?;
     Ok(recorded(decided))

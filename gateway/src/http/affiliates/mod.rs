@@ -154,6 +154,15 @@ fn parse_code(text: &str) -> Result<ReferralCode, ApiError> {
         .map_err(|e: eagate_affiliates::code::BadCode| ApiError::Unprocessable(e.to_string()))
 }
 
+/// An event's `occurred_at`: when it happened, as the platform says.
+fn parse_occurred_at(text: &str) -> Result<u64, ApiError> {
+    eagate_affiliates::calendar::parse_instant(text).ok_or_else(|| {
+        ApiError::Unprocessable(format!(
+            "occurred_at {text:?} is not an RFC 3339 time such as 2026-11-29T16:15:54Z"
+        ))
+    })
+}
+
 fn random_hex(bytes: usize) -> Result<String, ApiError> {
     let mut random = vec![0u8; bytes];
     getrandom::fill(&mut random)

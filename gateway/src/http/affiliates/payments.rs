@@ -9,7 +9,7 @@ use eagate_affiliates::{Currency, PaymentEvent, RefundEvent};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::{Recorded, recorded, write};
+use super::{Recorded, parse_occurred_at, recorded, write};
 use crate::http::{ApiError, ApiJson, AppState, PlatformOrAdmin, check_text};
 
 fn parse_currency(text: &str) -> Result<Currency, ApiError> {
@@ -33,9 +33,17 @@ pub(super) struct NewPayment {
     /// ISO 4217; the programme's currency.
     #[schema(pattern = "^[A-Z]{3}$")]
     currency: String,
-    /// Which billing period of the subscription: 1 for the first.
+    /// Which billing period of the subscription, 1 for the first: kept for
+    /// display only. The commission's month is decided from the customer's
+    /// own payment dates (`occurred_at`).
     #[schema(minimum = 1)]
     billing_period: u32,
+    /// When the payment was taken, as the platform recorded it (RFC 3339, such as
+    /// `2026-11-29T16:15:54Z`): every rule that depends on time uses it. At
+    /// most 5 minutes ahead of the gateway's clock, and no older than the
+    /// programme's event age limit.
+    #[schema(format = DateTime, example = "2026-11-29T16:15:54Z")]
+    occurred_at: String,
 }
 
 #[utoipa::path(
@@ -47,7 +55,7 @@ pub(super) struct NewPayment {
         (status = 201, description = "Recorded, with any commission or credit it earned.", body = Recorded),
         (status = 200, description = "Already recorded.", body = Recorded),
         (status = 409, description = "payment_id was recorded with other details."),
-        (status = 422, description = "Invalid amount, currency or period."),
+        (status = 422, description = "Invalid amount, currency or period, or a payment too old or in the future."),
         PlatformOrAdmin,
     )
 )]
@@ -58,12 +66,14 @@ pub(super) async fn pay(
 ) -> Result<(StatusCode, Json<Recorded>), ApiError> {
     check_text("payment_id", &new.payment_id, 128)?;
     check_text("user_id", &new.user_id, 128)?;
+    let occurred_at_ms = parse_occurred_at(&new.occurred_at)?;
     let payment = PaymentEvent {
         currency: parse_currency(&new.currency)?,
         payment_id: new.payment_id,
         user_id: new.user_id,
         amount_minor: new.amount_minor,
         billing_period: new.billing_period,
+        occurred_at_ms,
     };
     let now = state.affiliates.now_ms();
     let decided = write(
@@ -95,6 +105,12 @@ pub(super) struct NewRefund {
     /// ISO 4217; the payment's currency.
     #[schema(pattern = "^[A-Z]{3}$")]
     currency: String,
+    /// When the refund was made, as the platform recorded it (RFC 3339, such as
+    /// `2026-11-29T16:15:54Z`): every rule that depends on time uses it. At
+    /// most 5 minutes ahead of the gateway's clock, and no older than the
+    /// programme's event age limit.
+    #[schema(format = DateTime, example = "2026-11-29T16:15:54Z")]
+    occurred_at: String,
 }
 
 #[utoipa::path(
@@ -106,7 +122,7 @@ pub(super) struct NewRefund {
         (status = 201, description = "Recorded, with the reversals or clawbacks it caused.", body = Recorded),
         (status = 200, description = "Already recorded.", body = Recorded),
         (status = 409, description = "refund_id was recorded with other details."),
-        (status = 422, description = "Unknown payment, more than is left to refund, or invalid input."),
+        (status = 422, description = "Unknown payment, more than is left to refund, a refund too old, in the future or before its payment, or invalid input."),
         PlatformOrAdmin,
     )
 )]
@@ -117,11 +133,13 @@ pub(super) async fn refund(
 ) -> Result<(StatusCode, Json<Recorded>), ApiError> {
     check_text("refund_id", &new.refund_id, 128)?;
     check_text("payment_id", &new.payment_id, 128)?;
+    let occurred_at_ms = parse_occurred_at(&new.occurred_at)?;
     let refund = RefundEvent {
         currency: parse_currency(&new.currency)?,
         refund_id: new.refund_id,
         payment_id: new.payment_id,
         amount_minor: new.amount_minor,
+        occurred_at_ms,
     };
     let now = state.affiliates.now_ms();
     let decided = write(
