@@ -157,6 +157,11 @@ pub struct ServeConfig {
     #[arg(long, env = "EAGATE_DAILY_REFERRAL_LIMIT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub daily_referral_limit: u64,
 
+    /// The smallest payout, in minor units of the programme's currency: a
+    /// payable balance below it waits for more.
+    #[arg(long, env = "EAGATE_PAYOUT_MINIMUM_MINOR", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+    pub payout_minimum_minor: u64,
+
     /// Days after it happened (its `occurred_at`) that a platform event
     /// (signup, payment, refund, email verification) is still taken. At
     /// most 27: a first month of subscription is at least 28 days, so no
@@ -220,6 +225,7 @@ struct FileConfig {
     referrer_credit_minor: Option<u64>,
     referred_credit_minor: Option<u64>,
     daily_referral_limit: Option<u64>,
+    payout_minimum_minor: Option<u64>,
     max_event_age_days: Option<u64>,
 }
 
@@ -302,6 +308,7 @@ impl ServeConfig {
         take!(referrer_credit_minor, 0, 1_000_000_000);
         take!(referred_credit_minor, 0, 1_000_000_000);
         take!(daily_referral_limit, 1, 10_000);
+        take!(payout_minimum_minor, 1, 1_000_000_000);
         take!(
             max_event_age_days,
             1,
@@ -362,6 +369,7 @@ impl ServeConfig {
             referrer_credit: self.referrer_credit_minor as i64,
             referred_credit: self.referred_credit_minor as i64,
             daily_referral_limit: self.daily_referral_limit as u32,
+            payout_minimum: self.payout_minimum_minor as i64,
             max_event_age_ms: self.max_event_age_days * DAY_MS,
         })
     }
@@ -375,7 +383,7 @@ impl ServeConfig {
                 })
         };
         format!(
-            "config_file = {}\ndata_dir = {}\nquic_listen = {}\nquic_endpoints = {}\nhttp_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nsignal_queue_len = {}\nsignal_retention_hours = {}\nmaster_key = {}\nredis_url = {}\nredis_prefix = {}\nreferral_landing_page = {}\nreferral_link_base = {}\naffiliate_currency = {}\nfirst_month_commission_bps = {}\nlater_months_commission_bps = {}\nfirst_trade_bonus_bps = {}\nholding_period_days = {}\nattribution_window_days = {}\ncredit_threshold_minor = {}\nreferrer_credit_minor = {}\nreferred_credit_minor = {}\ndaily_referral_limit = {}\nmax_event_age_days = {}\n",
+            "config_file = {}\ndata_dir = {}\nquic_listen = {}\nquic_endpoints = {}\nhttp_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nsignal_queue_len = {}\nsignal_retention_hours = {}\nmaster_key = {}\nredis_url = {}\nredis_prefix = {}\nreferral_landing_page = {}\nreferral_link_base = {}\naffiliate_currency = {}\nfirst_month_commission_bps = {}\nlater_months_commission_bps = {}\nfirst_trade_bonus_bps = {}\nholding_period_days = {}\nattribution_window_days = {}\ncredit_threshold_minor = {}\nreferrer_credit_minor = {}\nreferred_credit_minor = {}\ndaily_referral_limit = {}\npayout_minimum_minor = {}\nmax_event_age_days = {}\n",
             self.config_file
                 .as_ref()
                 .map_or("(none)".to_owned(), |p| p.display().to_string()),
@@ -411,6 +419,7 @@ impl ServeConfig {
             self.referrer_credit_minor,
             self.referred_credit_minor,
             self.daily_referral_limit,
+            self.payout_minimum_minor,
             self.max_event_age_days,
         )
     }

@@ -45,6 +45,20 @@ struct Answer {
 
 async fn desk_on(backend: &Backend) -> Desk {
     let (gateway, dir) = start_on(backend).await;
+    desk_for(gateway, dir)
+}
+
+/// A desk whose programme pays out from `minimum` minor units (the
+/// default, and every other desk's, is GBP 100.00).
+async fn desk_paying_from(minimum: u64) -> Desk {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.payout_minimum_minor = minimum;
+    let gateway = Gateway::start(&config).await.unwrap();
+    desk_for(gateway, dir)
+}
+
+fn desk_for(gateway: Gateway, dir: tempfile::TempDir) -> Desk {
     let admin = create_token(dir.path(), Scope::Admin).unwrap().to_string();
     let platform = create_token(dir.path(), Scope::Platform)
         .unwrap()
@@ -591,7 +605,8 @@ async fn a_refund_inside_the_holding_period_reverses_the_commission_to_the_penny
 
 #[tokio::test]
 async fn a_refund_after_payout_is_netted_against_the_next_payout() {
-    let desk = desk().await;
+    // Pennies, to keep the arithmetic readable: any payout is allowed.
+    let desk = desk_paying_from(1).await;
     let (affiliate, code, _) = desk.enrol("alice").await;
     desk.signup("bob", &code, None).await;
     desk.pay("pay-1", "bob", 2_999, 1).await; // 900
@@ -633,6 +648,27 @@ async fn a_refund_after_payout_is_netted_against_the_next_payout() {
     assert_eq!(entries[2]["kind"], "clawback");
     assert_eq!(entries[2]["of_entry"], 1);
     assert!(entries.iter().all(|e| e["status"] == "paid"));
+}
+
+#[tokio::test]
+async fn a_payout_below_the_minimum_is_refused_until_the_balance_reaches_it() {
+    let desk = desk().await;
+    let (affiliate, code, _) = desk.enrol("alice").await;
+    desk.signup("bob", &code, None).await;
+    desk.pay("pay-1", "bob", 20_000, 1).await; // 30%: 6,000
+    desk.advance_days(31);
+    assert_problem(
+        &desk.payout(&affiliate, "po-1").await,
+        StatusCode::CONFLICT,
+        "6000 minor units is below the payout minimum of 10000",
+    );
+    assert_balances(&desk.totals(&affiliate).await, 6_000, 0, 6_000, 0, 0);
+    desk.pay("pay-2", "bob", 30_000, 2).await; // 15%: 4,500
+    desk.advance_days(30);
+    let paid = desk.payout(&affiliate, "po-1").await;
+    assert_eq!(paid.status, StatusCode::CREATED, "{}", paid.text);
+    assert_eq!(paid.body["facts"][0]["amount_minor"], 10_500);
+    assert_balances(&desk.totals(&affiliate).await, 10_500, 0, 0, 10_500, 0);
 }
 
 on_both_backends!(the_first_fill_on_any_device_of_the_account_earns_the_bonus_once);

@@ -46,6 +46,9 @@ pub struct ProgrammeConfig {
     pub referred_credit: Minor,
     /// Most customers one customer may refer per UTC day (default 10).
     pub daily_referral_limit: u32,
+    /// The smallest payout: a payable balance below it waits for more
+    /// (default GBP 100.00, in the programme's minor units).
+    pub payout_minimum: Minor,
     /// How old an event's `occurred_at` may be when it arrives (default and
     /// at most [`LONGEST_EVENT_AGE_DAYS`]); older events are refused.
     pub max_event_age_ms: u64,
@@ -64,6 +67,7 @@ impl Default for ProgrammeConfig {
             referrer_credit: 1_000,
             referred_credit: 1_000,
             daily_referral_limit: 10,
+            payout_minimum: 10_000,
             max_event_age_ms: LONGEST_EVENT_AGE_DAYS * DAY_MS,
         }
     }

@@ -21,6 +21,16 @@ pub enum PayoutError {
         /// What is still in the holding period.
         pending: Minor,
     },
+    /// The payable balance is positive but below the programme's minimum.
+    #[error(
+        "the payable balance of {payable} minor units is below the payout minimum of {minimum}; it is paid once it reaches it"
+    )]
+    BelowMinimum {
+        /// The payable balance.
+        payable: Minor,
+        /// The minimum payout.
+        minimum: Minor,
+    },
     /// The id was used for another affiliate's payout.
     #[error("payout {0} was already made for another affiliate")]
     IdReused(String),
@@ -28,7 +38,8 @@ pub enum PayoutError {
 
 impl Programme {
     /// Pays every payable entry of an affiliate, clawbacks netted, if the
-    /// net is positive. The same payout id again is a replay.
+    /// net is at least the programme's payout minimum. The same payout id
+    /// again is a replay.
     pub fn pay_out(
         &self,
         affiliate_id: &str,
@@ -60,6 +71,12 @@ impl Programme {
             return Err(PayoutError::NothingPayable {
                 payable: balances.payable,
                 pending: balances.pending,
+            });
+        }
+        if amount < self.config.payout_minimum {
+            return Err(PayoutError::BelowMinimum {
+                payable: amount,
+                minimum: self.config.payout_minimum,
             });
         }
         Ok(Decided::new(vec![Fact::PayoutMade {

@@ -30,7 +30,7 @@ pub(super) struct NewPayout {
         (status = 201, description = "Paid; the PayoutMade fact holds the net amount.", body = Recorded),
         (status = 200, description = "This payout was already recorded.", body = Recorded),
         (status = 404, description = "No such affiliate."),
-        (status = 409, description = "Nothing payable, or the payout id belongs to another affiliate."),
+        (status = 409, description = "Nothing payable, a payable balance below the payout minimum, or the payout id belongs to another affiliate."),
         (status = 422, description = "Invalid input."),
         Admin,
     )
