@@ -13,6 +13,7 @@ use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use common::*;
 use eagate_affiliates::calendar::format_instant;
+use eagate_gateway::config::ServeConfig;
 use eagate_gateway::http::tokens::{Scope, TokenStore, create_token};
 use eagate_gateway::http::{AppState, router};
 use eagate_gateway::reports::StoredReport;
@@ -48,12 +49,11 @@ async fn desk_on(backend: &Backend) -> Desk {
     desk_for(gateway, dir)
 }
 
-/// A desk whose programme pays out from `minimum` minor units (the
-/// default, and every other desk's, is GBP 100.00).
-async fn desk_paying_from(minimum: u64) -> Desk {
+/// A desk on sled whose settings `change` changed from the tests' own.
+async fn desk_with(change: impl FnOnce(&mut ServeConfig)) -> Desk {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path());
-    config.payout_minimum_minor = minimum;
+    change(&mut config);
     let gateway = Gateway::start(&config).await.unwrap();
     desk_for(gateway, dir)
 }
@@ -606,7 +606,7 @@ async fn a_refund_inside_the_holding_period_reverses_the_commission_to_the_penny
 #[tokio::test]
 async fn a_refund_after_payout_is_netted_against_the_next_payout() {
     // Pennies, to keep the arithmetic readable: any payout is allowed.
-    let desk = desk_paying_from(1).await;
+    let desk = desk_with(|config| config.payout_minimum_minor = 1).await;
     let (affiliate, code, _) = desk.enrol("alice").await;
     desk.signup("bob", &code, None).await;
     desk.pay("pay-1", "bob", 2_999, 1).await; // 900
@@ -916,6 +916,12 @@ async fn retried_events_count_once_and_bad_money_is_refused_with_a_reason() {
         (json!("2999"), "GBP", 1, "amount_minor"),
         (json!(2_999), "EUR", 1, "runs in GBP"),
         (json!(2_999), "gbp", 1, "ISO 4217"),
+        (
+            json!(2_999),
+            "ZZZ",
+            1,
+            "not an active ISO 4217 currency code",
+        ),
         (json!(2_999), "GBP", 0, "billing_period"),
     ];
     for (i, (amount, currency, period, reason)) in bad.into_iter().enumerate() {
@@ -1040,6 +1046,30 @@ async fn commissions_page_filter_and_export_as_csv() {
         )
         .await;
     assert_eq!(by_accept.text.lines().count(), 3);
+}
+
+#[tokio::test]
+async fn amounts_are_shown_with_their_currencys_minor_digits() {
+    let desk = desk_with(|config| config.affiliate_currency = "JPY".into()).await;
+    let (affiliate, code, _) = desk.enrol("alice").await;
+    desk.signup("bob", &code, None).await;
+    let paid = desk
+        .platform(
+            "/v1/payments",
+            json!({"payment_id": "pay-1", "user_id": "bob", "amount_minor": 10_000,
+                   "currency": "JPY", "billing_period": 1}),
+        )
+        .await;
+    assert_eq!(paid.status, StatusCode::CREATED, "{}", paid.text);
+    let csv = desk
+        .admin_get(&format!(
+            "/v1/affiliates/{affiliate}/commissions?format=csv"
+        ))
+        .await;
+    let row = csv.text.lines().nth(1).unwrap().to_owned();
+    // 30% of 10,000 yen is 3,000 yen: "3000", not "30.00".
+    assert!(row.contains(",3000,3000,0,pending,"), "{row}");
+    assert!(row.contains(",JPY,"), "{row}");
 }
 
 #[tokio::test]

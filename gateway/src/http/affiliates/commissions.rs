@@ -8,7 +8,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use eagate_affiliates::calendar::{day_of, format_instant};
-use eagate_affiliates::money::format_major;
 use eagate_affiliates::{CommissionKind, Currency, Entry, EntryKind, EntryStatus};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -240,7 +239,7 @@ pub(super) async fn commissions(
                     opt(v.rate_bps.map(|r| r.to_string())),
                     opt(v.base_minor.map(|b| b.to_string())),
                     v.amount_minor.to_string(),
-                    format_major(v.amount_minor),
+                    currency.format_major(v.amount_minor),
                     v.reversed_minor.to_string(),
                     json_name(v.status),
                     format_instant(v.payable_at_ms),

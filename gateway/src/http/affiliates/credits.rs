@@ -7,7 +7,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use eagate_affiliates::calendar::{day_of, format_instant};
-use eagate_affiliates::money::format_major;
 use eagate_affiliates::programme::CustomerCodeError;
 use eagate_affiliates::{CreditReason, Currency, WriteError};
 use serde::{Deserialize, Serialize};
@@ -238,7 +237,7 @@ pub(super) async fn credits(
                     json_name(c.reason),
                     c.referred_user_id.clone(),
                     c.amount_minor.to_string(),
-                    format_major(c.amount_minor),
+                    currency.format_major(c.amount_minor),
                     currency.to_string(),
                 ]
             })
