@@ -7,6 +7,8 @@
 //! [`journal`] keeps the facts in sled and replays them. The HTTP routes
 //! live in the gateway's sidecar.
 #![forbid(unsafe_code)]
+// Money is integer minor units: a float anywhere in the ledger is a bug.
+#![deny(clippy::float_arithmetic)]
 
 pub mod calendar;
 pub mod code;

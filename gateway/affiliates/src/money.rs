@@ -21,6 +21,32 @@ pub type Minor = i64;
 /// `amount × 10 000` never overflows.
 pub const MAX_AMOUNT: Minor = 1_000_000_000_000;
 
+/// The largest running total the ledger keeps, either sign: 10^15 minor
+/// units (GBP 10 trillion). A customer's spend, an affiliate's earnings and
+/// every balance and payout made of them stay within it, far inside `i64`;
+/// an event that would take a total past it is refused, never wrapped.
+pub const MAX_TOTAL: Minor = 1_000_000_000_000_000;
+
+/// A running total would pass [`MAX_TOTAL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "a running total would pass {MAX_TOTAL} minor units, the most the ledger keeps; nothing was recorded"
+)]
+pub struct TotalOutOfRange;
+
+/// `a + b`, or an error past [`MAX_TOTAL`] (the release build has no
+/// overflow checks: a plain `+` would wrap).
+pub fn total(a: Minor, b: Minor) -> Result<Minor, TotalOutOfRange> {
+    a.checked_add(b)
+        .filter(|sum| sum.unsigned_abs() <= MAX_TOTAL.unsigned_abs())
+        .ok_or(TotalOutOfRange)
+}
+
+/// The sum of `amounts`, or an error past [`MAX_TOTAL`].
+pub fn sum(amounts: impl IntoIterator<Item = Minor>) -> Result<Minor, TotalOutOfRange> {
+    amounts.into_iter().try_fold(0, total)
+}
+
 /// A rate in basis points: 1 bp = 0.01%, 10 000 bp = 100%.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -336,6 +362,18 @@ mod tests {
         assert_eq!(share_of(901, 1, 2), 451);
         assert_eq!(share_of(900, 0, 2_999), 0);
         assert_eq!(share_of(1, 1, 3), 0);
+    }
+
+    #[test]
+    fn totals_past_the_limit_are_errors_not_wraps() {
+        assert_eq!(total(MAX_TOTAL - 1, 1), Ok(MAX_TOTAL));
+        assert_eq!(total(MAX_TOTAL, 1), Err(TotalOutOfRange));
+        assert_eq!(total(-MAX_TOTAL, -1), Err(TotalOutOfRange));
+        assert_eq!(total(i64::MAX, 1), Err(TotalOutOfRange));
+        assert_eq!(total(i64::MIN, -1), Err(TotalOutOfRange));
+        assert_eq!(sum([MAX_AMOUNT; 1_000]), Ok(1_000 * MAX_AMOUNT));
+        assert_eq!(sum([MAX_AMOUNT; 1_001]), Err(TotalOutOfRange));
+        assert_eq!(sum([5, -7, 2]), Ok(0));
     }
 
     #[test]

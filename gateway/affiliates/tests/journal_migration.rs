@@ -27,13 +27,13 @@ fn a_journal_from_before_event_times_replays_to_the_same_balances_and_credits() 
     // What the version that wrote the fixture reported for it.
     assert_eq!(
         state.balances("af_1", WRITTEN_UNTIL_MS + 1_000),
-        Some(Balances {
+        Ok(Some(Balances {
             earned: 2_500,
             pending: 750,
             payable: -1_400,
             paid: 1_400,
             reversed: 1_750,
-        })
+        }))
     );
     let credits: Vec<_> = state
         .all_credits()

@@ -247,7 +247,10 @@ fn check_invariants(programme: &Programme, facts: &[Fact], now: u64) -> Result<(
     let tally = tally(facts);
     for i in 0..AFFILIATES {
         let id = affiliate_id(i);
-        let b: Balances = programme.balances(&id, now).expect("affiliate");
+        let b: Balances = programme
+            .balances(&id, now)
+            .expect("in range")
+            .expect("affiliate");
         prop_assert_eq!(
             b.earned,
             b.pending + b.payable + b.paid + b.reversed,

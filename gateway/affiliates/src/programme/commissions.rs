@@ -4,7 +4,7 @@
 
 use super::Programme;
 use crate::facts::CommissionKind;
-use crate::money::Minor;
+use crate::money::{Minor, TotalOutOfRange, total};
 
 /// A line of an affiliate's ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,7 +101,8 @@ impl Entry {
 
     /// What is left of a commission after reversals; a clawback's amount.
     pub fn remaining_minor(&self) -> Minor {
-        self.amount_minor - self.reversed_minor
+        // Both within 0..=MAX_AMOUNT: reversals never exceed the amount.
+        self.amount_minor.saturating_sub(self.reversed_minor)
     }
 }
 
@@ -122,21 +123,26 @@ pub struct Balances {
 }
 
 impl Balances {
-    pub(super) fn add(&mut self, entry: &Entry, now_ms: u64) {
+    /// Counts `entry` in, or refuses past [`MAX_TOTAL`](crate::money::MAX_TOTAL).
+    pub(super) fn add(&mut self, entry: &Entry, now_ms: u64) -> Result<(), TotalOutOfRange> {
         match entry.kind {
             EntryKind::Commission { .. } => {
-                self.earned += entry.amount_minor;
-                self.reversed += entry.reversed_minor;
+                self.earned = total(self.earned, entry.amount_minor)?;
+                self.reversed = total(self.reversed, entry.reversed_minor)?;
             }
-            EntryKind::Clawback { .. } => self.reversed -= entry.amount_minor,
+            EntryKind::Clawback { .. } => {
+                self.reversed = total(self.reversed, -entry.amount_minor)?;
+            }
         }
         let remaining = entry.remaining_minor();
-        match entry.status(now_ms) {
-            EntryStatus::Pending => self.pending += remaining,
-            EntryStatus::Payable => self.payable += remaining,
-            EntryStatus::Paid => self.paid += remaining,
-            EntryStatus::Reversed => {}
-        }
+        let bucket = match entry.status(now_ms) {
+            EntryStatus::Pending => &mut self.pending,
+            EntryStatus::Payable => &mut self.payable,
+            EntryStatus::Paid => &mut self.paid,
+            EntryStatus::Reversed => return Ok(()),
+        };
+        *bucket = total(*bucket, remaining)?;
+        Ok(())
     }
 }
 
@@ -149,13 +155,19 @@ impl Programme {
             .flat_map(|a| a.entries.iter().map(|&id| self.entry(id)))
     }
 
-    /// An affiliate's balances at `now`.
-    pub fn balances(&self, affiliate_id: &str, now_ms: u64) -> Option<Balances> {
-        self.affiliates.get(affiliate_id)?;
+    /// An affiliate's balances at `now`; `None` for no such affiliate.
+    pub fn balances(
+        &self,
+        affiliate_id: &str,
+        now_ms: u64,
+    ) -> Result<Option<Balances>, TotalOutOfRange> {
+        if !self.affiliates.contains_key(affiliate_id) {
+            return Ok(None);
+        }
         let mut balances = Balances::default();
         for entry in self.entries_of(affiliate_id) {
-            balances.add(entry, now_ms);
+            balances.add(entry, now_ms)?;
         }
-        Some(balances)
+        Ok(Some(balances))
     }
 }

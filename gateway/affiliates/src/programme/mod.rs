@@ -88,6 +88,8 @@ pub struct Affiliate {
     pub enrolled_at_ms: u64,
     token_sha256: String,
     entries: Vec<u64>,
+    /// Every commission ever earned: bounded by [`MAX_TOTAL`](crate::money::MAX_TOTAL) when decided.
+    earned: Minor,
     clicks_by_day: BTreeMap<i64, u64>,
     signups_by_day: BTreeMap<i64, u64>,
     conversions_by_day: BTreeMap<i64, u64>,
@@ -191,6 +193,12 @@ impl Programme {
     }
 
     /// Folds a decided (or replayed) fact into the state.
+    ///
+    /// Its sums saturate rather than wrap: each decision already refused
+    /// any event that would take a running total past
+    /// [`MAX_TOTAL`](crate::money::MAX_TOTAL), so they never reach the
+    /// ends of `i64`; saturating keeps even a damaged journal from turning
+    /// a total's sign.
     pub fn apply(&mut self, fact: &Fact) {
         match fact {
             Fact::AffiliateEnrolled {
@@ -215,6 +223,7 @@ impl Programme {
                         enrolled_at_ms: *at_ms,
                         token_sha256: token_sha256.clone(),
                         entries: Vec::new(),
+                        earned: 0,
                         clicks_by_day: BTreeMap::new(),
                         signups_by_day: BTreeMap::new(),
                         conversions_by_day: BTreeMap::new(),
@@ -317,7 +326,7 @@ impl Programme {
                     },
                 );
                 let customer = self.customers.entry(user_id.clone()).or_default();
-                customer.spent += amount_minor;
+                customer.spent = customer.spent.saturating_add(*amount_minor);
                 customer.first_paid_at_ms = Some(
                     customer
                         .first_paid_at_ms
@@ -352,10 +361,10 @@ impl Programme {
                     },
                 );
                 if let Some(payment) = self.payments.get_mut(payment_id) {
-                    payment.refunded += amount_minor;
+                    payment.refunded = payment.refunded.saturating_add(*amount_minor);
                     payment.last_refund = Some(refund_id.clone());
                     if let Some(customer) = self.customers.get_mut(&payment.user_id) {
-                        customer.spent -= amount_minor;
+                        customer.spent = customer.spent.saturating_sub(*amount_minor);
                     }
                 }
             }
@@ -400,6 +409,9 @@ impl Programme {
                 if let Some(payment) = self.payments.get_mut(payment_id) {
                     payment.entries.push(*entry_id);
                 }
+                if let Some(affiliate) = self.affiliates.get_mut(affiliate_id) {
+                    affiliate.earned = affiliate.earned.saturating_add(*amount_minor);
+                }
             }
             Fact::CommissionReversed {
                 entry_id,
@@ -407,7 +419,7 @@ impl Programme {
                 ..
             } => {
                 if let Some(entry) = self.entry_mut(*entry_id) {
-                    entry.reversed_minor += amount_minor;
+                    entry.reversed_minor = entry.reversed_minor.saturating_add(*amount_minor);
                 }
             }
             Fact::ClawbackEntered {
@@ -421,7 +433,8 @@ impl Programme {
                 let Some(original) = self.entry_mut(*of_entry) else {
                     return;
                 };
-                original.clawed_back_minor -= amount_minor;
+                original.clawed_back_minor =
+                    original.clawed_back_minor.saturating_sub(*amount_minor);
                 let (user_id, payment_id, earned_at_ms) = (
                     original.user_id.clone(),
                     original.payment_id.clone(),

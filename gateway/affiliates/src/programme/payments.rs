@@ -7,11 +7,17 @@ use super::{Decided, EventTimeError, Programme};
 use crate::calendar::{format_instant, one_month_after};
 use crate::config::EVENT_CLOCK_SKEW_MS;
 use crate::facts::{CommissionKind, Fact, Referrer};
-use crate::money::{Currency, MAX_AMOUNT, Minor, commission, share_of};
+use crate::money::{
+    Currency, MAX_AMOUNT, Minor, TotalOutOfRange, commission, share_of, sum, total,
+};
 
 /// Why a payment was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PaymentError {
+    /// The customer's spend or the affiliate's earnings would pass the
+    /// ledger's limit.
+    #[error(transparent)]
+    TotalOutOfRange(#[from] TotalOutOfRange),
     /// The payment's time is not one the programme takes.
     #[error(transparent)]
     Time(#[from] EventTimeError),
@@ -37,6 +43,9 @@ pub enum PaymentError {
 /// Why a refund was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RefundError {
+    /// A running total would pass the ledger's limit.
+    #[error(transparent)]
+    TotalOutOfRange(#[from] TotalOutOfRange),
     /// The refund's time is not one the programme takes.
     #[error(transparent)]
     Time(#[from] EventTimeError),
@@ -161,6 +170,7 @@ impl Programme {
             at_ms: now_ms,
         }];
         let customer = self.customers.get(&payment.user_id);
+        let spent = total(customer.map_or(0, |c| c.spent), payment.amount_minor)?;
         let referrer = customer
             .and_then(|c| c.referral.as_ref())
             .map(|r| &r.referrer);
@@ -213,13 +223,20 @@ impl Programme {
                 let customer = customer.expect("a referral belongs to a customer");
                 self.credits_due(
                     &payment.user_id,
-                    customer.spent + payment.amount_minor,
+                    spent,
                     customer.email_verified,
                     now_ms,
                     &mut facts,
                 );
             }
             None => {}
+        }
+        if let Some(Referrer::Affiliate { affiliate_id }) = referrer {
+            let earned_now = facts.iter().filter_map(|fact| match fact {
+                Fact::CommissionEarned { amount_minor, .. } => Some(*amount_minor),
+                _ => None,
+            });
+            total(self.affiliates[affiliate_id].earned, sum(earned_now)?)?;
         }
         Ok(Decided::new(facts))
     }
@@ -288,7 +305,8 @@ impl Programme {
                 refunded_at: format_instant(refund.occurred_at_ms),
             });
         }
-        let refundable = payment.amount - payment.refunded;
+        // Both within 0..=MAX_AMOUNT: refunds never exceed their payment.
+        let refundable = payment.amount.saturating_sub(payment.refunded);
         if refund.amount_minor > refundable {
             return Err(RefundError::ExceedsPayment {
                 payment_id: refund.payment_id.clone(),
@@ -304,12 +322,13 @@ impl Programme {
             occurred_at_ms: Some(refund.occurred_at_ms),
             at_ms: now_ms,
         }];
-        let refunded = payment.refunded + refund.amount_minor;
+        let refunded = total(payment.refunded, refund.amount_minor)?;
         let mut next_entry = self.entries.len() as u64 + 1;
         for &entry_id in &payment.entries {
             let entry = self.entry(entry_id);
             let owed_back = share_of(entry.amount_minor, refunded, payment.amount);
-            let delta = owed_back - entry.reversed_minor - entry.clawed_back_minor;
+            let taken_back = total(entry.reversed_minor, entry.clawed_back_minor)?;
+            let delta = total(owed_back, -taken_back)?;
             if delta <= 0 {
                 continue;
             }

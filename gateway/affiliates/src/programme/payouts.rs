@@ -3,11 +3,14 @@
 
 use super::{Decided, EntryStatus, Programme};
 use crate::facts::Fact;
-use crate::money::Minor;
+use crate::money::{Minor, TotalOutOfRange, total};
 
 /// Why a payout was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PayoutError {
+    /// The sum would pass the ledger's limit.
+    #[error(transparent)]
+    TotalOutOfRange(#[from] TotalOutOfRange),
     /// No such affiliate.
     #[error("no affiliate {0}")]
     UnknownAffiliate(String),
@@ -63,11 +66,11 @@ impl Programme {
             let entry = self.entry(entry_id);
             if entry.status(now_ms) == EntryStatus::Payable {
                 settled.push(entry_id);
-                amount += entry.remaining_minor();
+                amount = total(amount, entry.remaining_minor())?;
             }
         }
         if amount <= 0 {
-            let balances = self.balances(affiliate_id, now_ms).unwrap_or_default();
+            let balances = self.balances(affiliate_id, now_ms)?.unwrap_or_default();
             return Err(PayoutError::NothingPayable {
                 payable: balances.payable,
                 pending: balances.pending,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::{Balances, Programme};
 use crate::calendar::{self, day_of};
-use crate::money::Currency;
+use crate::money::{Currency, TotalOutOfRange};
 
 impl Programme {
     /// An affiliate's stats over `[from_day, to_day]`, by day or by month,
@@ -19,8 +19,10 @@ impl Programme {
         from_day: i64,
         to_day: i64,
         now_ms: u64,
-    ) -> Option<Stats> {
-        let affiliate = self.affiliates.get(affiliate_id)?;
+    ) -> Result<Option<Stats>, TotalOutOfRange> {
+        let Some(affiliate) = self.affiliates.get(affiliate_id) else {
+            return Ok(None);
+        };
         let period_of = |day: i64| match granularity {
             Granularity::Day => day,
             Granularity::Month => calendar::month_start(day),
@@ -56,22 +58,22 @@ impl Programme {
                 continue;
             }
             if let Some(stats) = periods.get_mut(&period_of(day)) {
-                stats.earnings.add(entry, now_ms);
+                stats.earnings.add(entry, now_ms)?;
             }
-            totals.earnings.add(entry, now_ms);
+            totals.earnings.add(entry, now_ms)?;
         }
         let label = |day: i64| match granularity {
             Granularity::Day => calendar::format_date(day),
             Granularity::Month => calendar::format_date(day)[..7].to_owned(),
         };
-        Some(Stats {
+        Ok(Some(Stats {
             currency: self.config.currency,
             totals: totals.with_rate(),
             periods: periods
                 .into_iter()
                 .map(|(day, stats)| (label(day), stats.with_rate()))
                 .collect(),
-        })
+        }))
     }
 }
 

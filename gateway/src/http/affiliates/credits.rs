@@ -209,7 +209,9 @@ pub(super) async fn credits(
     let after = page.after.unwrap_or(0);
     let programme = state.affiliates.ledger.read();
     let currency = programme.config().currency;
-    let balance_minor = programme.credits_of(&user_id).map(|c| c.amount_minor).sum();
+    let balance_minor =
+        eagate_affiliates::money::sum(programme.credits_of(&user_id).map(|c| c.amount_minor))
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
     if filter.status.is_some() {
         return Err(ApiError::Unprocessable(
             "credits have no status: filter them by kind, from or to".to_owned(),

@@ -146,6 +146,7 @@ pub(super) async fn stats(
     let programme = state.affiliates.ledger.read();
     let stats = programme
         .stats(&affiliate_id, granularity, from, to, now)
+        .map_err(|e| ApiError::Internal(e.to_string()))?
         .ok_or_else(|| ApiError::NotFound(format!("no affiliate {affiliate_id}")))?;
     Ok(Json(StatsView {
         affiliate_id,
