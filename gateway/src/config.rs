@@ -163,10 +163,11 @@ pub struct ServeConfig {
     pub payout_minimum_minor: u64,
 
     /// Days after it happened (its `occurred_at`) that a platform event
-    /// (signup, payment, refund, email verification) is still taken. At
-    /// most 27: a first month of subscription is at least 28 days, so no
-    /// payment that late can change the month of one already rated.
-    #[arg(long, env = "EAGATE_MAX_EVENT_AGE_DAYS", default_value_t = 27, value_parser = clap::value_parser!(u64).range(1..=27))]
+    /// (signup, payment, email verification; refunds at any age) is still
+    /// taken. At most 26: a first month of subscription is at least 28
+    /// days, so no payment that late can change the month of one already
+    /// rated.
+    #[arg(long, env = "EAGATE_MAX_EVENT_AGE_DAYS", default_value_t = 26, value_parser = clap::value_parser!(u64).range(1..=26))]
     pub max_event_age_days: u64,
 }
 

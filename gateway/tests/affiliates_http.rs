@@ -442,16 +442,29 @@ async fn the_first_month_rate_follows_the_customers_payment_dates_not_the_caller
     let next = pay_at(&desk, "pay-c", "bob", 1, "2026-12-03T09:00:00Z").await;
     assert_eq!(next.status, StatusCode::CREATED, "{}", next.text);
     assert_eq!(rate(&next), 1_500);
-    // The last moment of month one still is month one.
-    let edge = pay_at(&desk, "pay-d", "bob", 1, "2026-12-03T08:59:59.999Z").await;
+    // Month one ends with the UTC day before that day: the renewal in the
+    // small hours of 3 December is month two, 23:59 on 2 December month one.
+    let renewal = pay_at(&desk, "pay-r", "bob", 1, "2026-12-03T00:05:00Z").await;
+    assert_eq!(rate(&renewal), 1_500);
+    let edge = pay_at(&desk, "pay-d", "bob", 1, "2026-12-02T23:59:59.999Z").await;
     assert_eq!(rate(&edge), 3_000);
+    // The conversion counts on the day of bob's earliest payment.
+    let day = |date: &str| format!("/v1/affiliates/{affiliate}/stats?from={date}&to={date}");
+    assert_eq!(
+        desk.admin_get(&day("2026-11-03")).await.body["totals"]["conversions"],
+        1
+    );
+    assert_eq!(
+        desk.admin_get(&day("2026-11-12")).await.body["totals"]["conversions"],
+        0
+    );
     desk.advance_days(30);
     let again = pay_at(&desk, "pay-e", "bob", 1, &desk.days_ago(0)).await;
     assert_eq!(rate(&again), 1_500);
     let totals = desk.totals(&affiliate).await;
     assert_eq!(
         totals["earned_minor"],
-        3_000 + 3_000 + 1_500 + 3_000 + 1_500
+        3_000 + 3_000 + 1_500 + 1_500 + 3_000 + 1_500
     );
 }
 
@@ -473,7 +486,7 @@ async fn events_from_the_future_too_old_or_without_a_time_are_refused_and_store_
     assert_problem(
         &pay_at(&desk, "pay-1", "bob", 1, &desk.days_ago(28)).await,
         StatusCode::UNPROCESSABLE_ENTITY,
-        "events older than 27 days are refused",
+        "events older than 26 days are refused",
     );
     assert_problem(
         &pay_at(&desk, "pay-1", "bob", 1, "yesterday").await,
@@ -517,10 +530,48 @@ async fn events_from_the_future_too_old_or_without_a_time_are_refused_and_store_
     );
     // Nothing refused was counted: one payment, one commission.
     assert_balances(&desk.totals(&affiliate).await, 3_000, 3_000, 0, 0, 0);
-    // A retry of the recorded payment, however late, is answered as before.
+    // A retry of the recorded payment, however late, is answered as before;
+    // the same id with another time is another payment's details.
     desk.advance_days(40);
     let retry = pay_at(&desk, "pay-1", "bob", 1, &close).await;
     assert_eq!(retry.status, StatusCode::OK, "{}", retry.text);
+    let moved = pay_at(&desk, "pay-1", "bob", 1, &desk.days_ago(41)).await;
+    assert_problem(&moved, StatusCode::CONFLICT, "different details");
+}
+
+#[tokio::test]
+async fn a_refund_reported_late_still_takes_back_the_unpaid_commission() {
+    let desk = desk().await;
+    let (affiliate, code, _) = desk.enrol("alice").await;
+    desk.signup("bob", &code, None).await;
+    assert_eq!(
+        pay_at(&desk, "pay-1", "bob", 1, &desk.days_ago(0))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    // Refunded the next day; the platform reports it four weeks later,
+    // past the age limit for other events, before the commission is paid.
+    desk.advance_days(29);
+    let refund = desk
+        .platform(
+            "/v1/refunds",
+            json!({"refund_id": "ref-1", "payment_id": "pay-1", "amount_minor": 10_000,
+                   "currency": "GBP", "occurred_at": desk.days_ago(28)}),
+        )
+        .await;
+    assert_eq!(refund.status, StatusCode::CREATED, "{}", refund.text);
+    assert_eq!(refund.body["facts"][1]["fact"], "commission_reversed");
+    desk.advance_days(5);
+    assert_balances(&desk.totals(&affiliate).await, 3_000, 0, 0, 0, 3_000);
+    let retry_moved = desk
+        .platform(
+            "/v1/refunds",
+            json!({"refund_id": "ref-1", "payment_id": "pay-1", "amount_minor": 10_000,
+                   "currency": "GBP", "occurred_at": desk.days_ago(0)}),
+        )
+        .await;
+    assert_problem(&retry_moved, StatusCode::CONFLICT, "different details");
 }
 
 #[tokio::test]

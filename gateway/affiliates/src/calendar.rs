@@ -46,6 +46,18 @@ pub fn day_number(year: i64, month: u32, day: u32) -> Option<i64> {
 
 /// `YYYY-MM-DD` as a day number.
 pub fn parse_date(text: &str) -> Option<i64> {
+    // Digits only (`str::parse` alone would take a `+`).
+    let shape_ok = text.len() == 10
+        && text.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
+    if !shape_ok {
+        return None;
+    }
     let mut parts = text.splitn(3, '-');
     let year = parts.next().filter(|p| p.len() == 4)?.parse().ok()?;
     let month = parts.next().filter(|p| p.len() == 2)?.parse().ok()?;
@@ -195,6 +207,9 @@ mod tests {
             "2025-02-30T12:13:20Z",
             "1969-12-31T23:59:59Z",
             "2025-11-23T1a:13:20Z",
+            "2025-+1-23T12:13:20Z",
+            "2025-11-+3T12:13:20Z",
+            "+025-11-23T12:13:20Z",
         ] {
             assert_eq!(parse_instant(bad), None, "{bad}");
         }

@@ -11,12 +11,14 @@ pub const DAY_MS: u64 = 86_400_000;
 /// cannot have happened in the future.
 pub const EVENT_CLOCK_SKEW_MS: u64 = 5 * 60 * 1_000;
 
-/// The most [`ProgrammeConfig::max_event_age_ms`] may be, in days. The
-/// shortest first month of a subscription is 28 days (from a first payment
-/// in February); an event at most 27 days and a clock skew late cannot
-/// arrive after a payment more than a month younger than it, so no late
-/// payment can change which month a payment already rated fell in.
-pub const LONGEST_EVENT_AGE_DAYS: u64 = 27;
+/// The most [`ProgrammeConfig::max_event_age_ms`] may be, in days. A
+/// payment's commission month is decided by UTC day, and the shortest first
+/// month is 28 days (from a first payment in February). A payment at most
+/// 26 days and a clock skew late falls at most 27 calendar days before one
+/// already rated, so it can never move that payment out of its first month
+/// (nor into it: the month's end only moves earlier as the first payment
+/// does).
+pub const LONGEST_EVENT_AGE_DAYS: u64 = 26;
 
 /// The programme's rules. Changing them affects only what is decided after
 /// the change: every fact keeps the rate, amount and dates it was decided

@@ -42,7 +42,7 @@ pub fn config(dir: &Path) -> ServeConfig {
         referred_credit_minor: 1_000,
         daily_referral_limit: 10,
         payout_minimum_minor: 10_000,
-        max_event_age_days: 27,
+        max_event_age_days: 26,
     }
 }
 

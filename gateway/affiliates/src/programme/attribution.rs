@@ -116,7 +116,11 @@ impl Programme {
             .ok_or(ReferralError::UnknownCode(signup.code))?;
         let customer = self.customers.get(&signup.user_id);
         if let Some(referral) = customer.and_then(|c| c.referral.as_ref()) {
-            return if referral.code == signup.code {
+            return if referral.code == signup.code
+                && referral
+                    .stated_at_ms
+                    .is_none_or(|at| at == signup.occurred_at_ms)
+            {
                 Ok(Decided::replay())
             } else {
                 Err(ReferralError::AlreadyReferred {

@@ -100,6 +100,9 @@ struct Referral {
     referrer: Referrer,
     code: ReferralCode,
     credited: bool,
+    /// The platform's time of the signup, if the fact has one (retries must
+    /// repeat it).
+    stated_at_ms: Option<u64>,
 }
 
 /// What the programme knows of a platform user as a referred customer.
@@ -120,7 +123,9 @@ struct Customer {
 struct Payment {
     user_id: String,
     amount: Minor,
-    occurred_at_ms: u64,
+    /// When it was taken, if the fact says (facts written before events
+    /// carried their time do not): retries must repeat it.
+    stated_at_ms: Option<u64>,
     billing_period: u32,
     refunded: Minor,
     last_refund: Option<String>,
@@ -132,6 +137,8 @@ struct Payment {
 struct Refund {
     payment_id: String,
     amount: Minor,
+    /// The platform's time, if the fact has one (retries must repeat it).
+    stated_at_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -281,6 +288,7 @@ impl Programme {
                     referrer: referrer.clone(),
                     code: *code,
                     credited: false,
+                    stated_at_ms: *occurred_at_ms,
                 });
                 customer.email_verified |= *email_verified;
                 match referrer {
@@ -308,17 +316,17 @@ impl Programme {
                 user_id,
                 amount_minor,
                 billing_period,
-                occurred_at_ms,
+                occurred_at_ms: stated_at_ms,
                 at_ms,
                 ..
             } => {
-                let occurred_at_ms = occurred_at_ms.unwrap_or(*at_ms);
+                let occurred_at_ms = stated_at_ms.unwrap_or(*at_ms);
                 self.payments.insert(
                     payment_id.clone(),
                     Payment {
                         user_id: user_id.clone(),
                         amount: *amount_minor,
-                        occurred_at_ms,
+                        stated_at_ms: *stated_at_ms,
                         billing_period: *billing_period,
                         refunded: 0,
                         last_refund: None,
@@ -327,30 +335,33 @@ impl Programme {
                 );
                 let customer = self.customers.entry(user_id.clone()).or_default();
                 customer.spent = customer.spent.saturating_add(*amount_minor);
-                customer.first_paid_at_ms = Some(
-                    customer
-                        .first_paid_at_ms
-                        .map_or(occurred_at_ms, |first| first.min(occurred_at_ms)),
-                );
+                // A conversion counts on the day of the customer's earliest
+                // payment: it moves when an earlier one arrives late.
+                let earlier = customer.first_paid_at_ms;
+                let first = earlier.map_or(occurred_at_ms, |at| at.min(occurred_at_ms));
+                customer.first_paid_at_ms = Some(first);
                 if customer.first_payment.is_none() {
                     customer.first_payment = Some(payment_id.clone());
-                    if let Some(Referral {
+                }
+                if earlier != Some(first)
+                    && let Some(Referral {
                         referrer: Referrer::Affiliate { affiliate_id },
                         ..
                     }) = &customer.referral
-                        && let Some(affiliate) = self.affiliates.get_mut(affiliate_id)
-                    {
-                        *affiliate
-                            .conversions_by_day
-                            .entry(day_of(occurred_at_ms))
-                            .or_default() += 1;
+                    && let Some(affiliate) = self.affiliates.get_mut(affiliate_id)
+                {
+                    let by_day = &mut affiliate.conversions_by_day;
+                    if let Some(count) = earlier.and_then(|at| by_day.get_mut(&day_of(at))) {
+                        *count = count.saturating_sub(1);
                     }
+                    *by_day.entry(day_of(first)).or_default() += 1;
                 }
             }
             Fact::RefundReceived {
                 refund_id,
                 payment_id,
                 amount_minor,
+                occurred_at_ms,
                 ..
             } => {
                 self.refunds.insert(
@@ -358,6 +369,7 @@ impl Programme {
                     Refund {
                         payment_id: payment_id.clone(),
                         amount: *amount_minor,
+                        stated_at_ms: *occurred_at_ms,
                     },
                 );
                 if let Some(payment) = self.payments.get_mut(payment_id) {

@@ -3,8 +3,9 @@
 //! takes back each commission's share (reversed if unpaid, clawed back if
 //! paid), and a referred user's first trade may earn the bonus late.
 
+use super::event_time::check_not_ahead;
 use super::{Decided, EventTimeError, Programme};
-use crate::calendar::{format_instant, one_month_after};
+use crate::calendar::{day_of, format_instant, one_month_after};
 use crate::config::EVENT_CLOCK_SKEW_MS;
 use crate::facts::{CommissionKind, Fact, Referrer};
 use crate::money::{
@@ -132,9 +133,10 @@ impl Programme {
     /// for a referring customer once the threshold is reached.
     ///
     /// The commission's rate is the first month's when the payment was
-    /// taken within one calendar month of the customer's first payment
-    /// (by `occurred_at`, whichever order they arrive in), the later
-    /// months' otherwise; the caller's billing period decides nothing.
+    /// taken on a UTC day before the same day of the next month after the
+    /// customer's earliest payment (by `occurred_at`, whichever order they
+    /// arrive in), the later months' otherwise; the caller's billing period
+    /// decides nothing.
     pub fn pay(&self, payment: &PaymentEvent, now_ms: u64) -> Result<Decided, PaymentError> {
         if !validate_amount(payment.amount_minor) {
             return Err(PaymentError::InvalidAmount(payment.amount_minor));
@@ -152,6 +154,9 @@ impl Programme {
             return if existing.user_id == payment.user_id
                 && existing.amount == payment.amount_minor
                 && existing.billing_period == payment.billing_period
+                && existing
+                    .stated_at_ms
+                    .is_none_or(|at| at == payment.occurred_at_ms)
             {
                 Ok(Decided::replay())
             } else {
@@ -180,7 +185,10 @@ impl Programme {
                 let first_paid_at = customer
                     .and_then(|c| c.first_paid_at_ms)
                     .map_or(paid_at, |first| first.min(paid_at));
-                let rate = if paid_at < one_month_after(first_paid_at) {
+                // By UTC day: a renewal on the same day next month is month
+                // two, whatever the time of day of either payment.
+                let month_one_ends = day_of(one_month_after(first_paid_at));
+                let rate = if day_of(paid_at) < month_one_ends {
                     self.config.first_month_rate
                 } else {
                     self.config.later_months_rate
@@ -287,6 +295,9 @@ impl Programme {
         if let Some(existing) = self.refunds.get(&refund.refund_id) {
             return if existing.payment_id == refund.payment_id
                 && existing.amount == refund.amount_minor
+                && existing
+                    .stated_at_ms
+                    .is_none_or(|at| at == refund.occurred_at_ms)
             {
                 Ok(Decided::replay())
             } else {
@@ -297,11 +308,16 @@ impl Programme {
             .payments
             .get(&refund.payment_id)
             .ok_or_else(|| RefundError::UnknownPayment(refund.payment_id.clone()))?;
-        self.check_occurred(refund.occurred_at_ms, now_ms)?;
-        if refund.occurred_at_ms.saturating_add(EVENT_CLOCK_SKEW_MS) < payment.occurred_at_ms {
+        // At any age: see `check_not_ahead`. Before its payment only when
+        // the platform said when the payment was (a payment from before
+        // events carried their time is dated by its arrival).
+        check_not_ahead(refund.occurred_at_ms, now_ms)?;
+        if let Some(paid_at) = payment.stated_at_ms
+            && refund.occurred_at_ms.saturating_add(EVENT_CLOCK_SKEW_MS) < paid_at
+        {
             return Err(RefundError::BeforePayment {
                 payment_id: refund.payment_id.clone(),
-                paid_at: format_instant(payment.occurred_at_ms),
+                paid_at: format_instant(paid_at),
                 refunded_at: format_instant(refund.occurred_at_ms),
             });
         }
