@@ -1073,10 +1073,10 @@ async fn commissions_page_filter_and_export_as_csv() {
     let lines: Vec<&str> = csv.text.lines().collect();
     assert_eq!(lines.len(), 5);
     assert!(lines[0].starts_with("entry_id,created_at,kind,billing_period,user_id,payment_id"));
+    // The affiliate's own export names customers by pseudonym.
     assert!(
-        lines[1].starts_with(
-            "1,2026-11-02T09:00:00Z,subscription,1,u1,p1,3000,1000,300,3.00,0,payable,"
-        ),
+        lines[1].starts_with("1,2026-11-02T09:00:00Z,subscription,1,cu_")
+            && lines[1].contains(",p1,3000,1000,300,3.00,0,payable,"),
         "{}",
         lines[1]
     );
@@ -1296,6 +1296,9 @@ async fn the_ledger_is_on_disk_and_survives_a_restart() {
     desk.signup("bob", &code, None).await;
     desk.pay("pay-1", "bob", 2_999, 1).await;
     let before = desk.totals(&affiliate).await;
+    let commissions = format!("/v1/affiliates/{affiliate}/commissions");
+    let pseudonym_before =
+        desk.call("GET", &commissions, &token, None).await.body["items"][0]["user_id"].clone();
     let Desk {
         gateway,
         app: old_app,
@@ -1322,5 +1325,65 @@ async fn the_ledger_is_on_disk_and_survives_a_restart() {
         .await;
     assert_eq!(own.status, StatusCode::OK);
     assert_eq!(own.body["code"], code);
+    // The affiliate's name for bob is the same after the restart.
+    let pseudonym_after =
+        desk.call("GET", &commissions, &token, None).await.body["items"][0]["user_id"].clone();
+    assert!(pseudonym_before.as_str().unwrap().starts_with("cu_"));
+    assert_eq!(pseudonym_after, pseudonym_before);
     let _ = &desk.dir;
+}
+
+#[tokio::test]
+async fn an_affiliate_sees_a_stable_pseudonym_for_each_customer_and_an_admin_the_id() {
+    let desk = desk().await;
+    let (affiliate, code, token) = desk.enrol("alice").await;
+    let (other, other_code, other_token) = desk.enrol("zoe").await;
+    for (user, code) in [("bob", &code), ("carol", &code), ("dave", &other_code)] {
+        assert_eq!(
+            desk.signup(user, code, None).await.status,
+            StatusCode::CREATED
+        );
+    }
+    desk.pay("pay-1", "bob", 2_999, 1).await;
+    desk.pay("pay-2", "bob", 2_999, 1).await;
+    desk.pay("pay-3", "carol", 2_999, 1).await;
+    desk.pay("pay-4", "dave", 2_999, 1).await;
+    let names = |answer: &Answer| -> Vec<String> {
+        answer.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["user_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let uri = format!("/v1/affiliates/{affiliate}/commissions");
+    let own = names(&desk.call("GET", &uri, &token, None).await);
+    assert_eq!(own.len(), 3);
+    assert!(
+        own.iter().all(|n| n.starts_with("cu_") && n.len() == 23),
+        "{own:?}"
+    );
+    assert_eq!(own[0], own[1], "one customer, one name");
+    assert_ne!(own[0], own[2], "two customers, two names");
+    let csv = desk
+        .call("GET", &format!("{uri}?format=csv"), &token, None)
+        .await
+        .text;
+    assert!(csv.contains(&own[0]) && csv.contains(&own[2]), "{csv}");
+    assert!(!csv.contains("bob") && !csv.contains("carol"), "{csv}");
+    // Admins see the platform's ids.
+    assert_eq!(names(&desk.admin_get(&uri).await), ["bob", "bob", "carol"]);
+    // Another affiliate's customers get names of that affiliate's own.
+    let theirs = names(
+        &desk
+            .call(
+                "GET",
+                &format!("/v1/affiliates/{other}/commissions"),
+                &other_token,
+                None,
+            )
+            .await,
+    );
+    assert_eq!(theirs.len(), 1);
+    assert!(!own.contains(&theirs[0]));
 }

@@ -56,13 +56,25 @@ pub enum WriteError<E> {
     Journal(#[from] JournalError),
 }
 
+/// Where the key of customer pseudonyms is kept, beside the journal.
+const META_TREE: &str = "ledger_meta";
+const PSEUDONYM_KEY: &str = "customer_pseudonym_key";
+
 /// The programme, kept in memory, journaled in sled.
-#[derive(Debug)]
 pub struct Ledger {
     db: sled::Db,
     facts: sled::Tree,
+    /// Keys the pseudonyms affiliates see for their customers: random, made
+    /// once per ledger, never shown.
+    pseudonym_key: [u8; 32],
     state: RwLock<Programme>,
     writer: tokio::sync::Mutex<u64>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger").finish_non_exhaustive()
+    }
 }
 
 impl Ledger {
@@ -107,9 +119,11 @@ impl Ledger {
             programme.apply(&fact);
             last = seq;
         }
+        let pseudonym_key = pseudonym_key(&db)?;
         Ok(Self {
             db,
             facts,
+            pseudonym_key,
             state: RwLock::new(programme),
             writer: tokio::sync::Mutex::new(last),
         })
@@ -168,10 +182,54 @@ impl Ledger {
         }
     }
 
+    /// The name an affiliate sees for a customer they referred: `cu_` and
+    /// 20 hex digits, the same for the same pair every time (across
+    /// restarts), different between affiliates, and not to be turned back
+    /// into the platform's user id without the ledger's key.
+    pub fn customer_pseudonym(&self, affiliate_id: &str, user_id: &str) -> String {
+        use hmac::{KeyInit, Mac};
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.pseudonym_key)
+            .expect("HMAC takes a key of any length");
+        // The affiliate id never holds a NUL: it separates the two ids.
+        mac.update(affiliate_id.as_bytes());
+        mac.update(&[0]);
+        mac.update(user_id.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let hex: String = digest[..10].iter().map(|b| format!("{b:02x}")).collect();
+        format!("cu_{hex}")
+    }
+
     /// Every fact in the journal, in order: the audit log.
     pub fn facts(&self) -> Result<Vec<Fact>, JournalError> {
         self.facts.iter().map(|item| Ok(decode(item?)?.1)).collect()
     }
+}
+
+/// The ledger's pseudonym key, made (and flushed) on first use.
+fn pseudonym_key(db: &sled::Db) -> Result<[u8; 32], JournalError> {
+    let meta = db.open_tree(META_TREE)?;
+    if let Some(stored) = meta.get(PSEUDONYM_KEY)? {
+        return stored
+            .as_ref()
+            .try_into()
+            .map_err(|_| JournalError::Corrupt {
+                seq: 0,
+                detail: format!(
+                    "the customer pseudonym key is {} bytes, not 32",
+                    stored.len()
+                ),
+            });
+    }
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key).map_err(|e| {
+        JournalError::Sled(sled::Error::Io(std::io::Error::other(format!(
+            "random source failed: {e}"
+        ))))
+    })?;
+    // Another opener cannot race this one: sled locks the directory.
+    meta.insert(PSEUDONYM_KEY, &key)?;
+    db.flush()?;
+    Ok(key)
 }
 
 /// A journal entry: its big-endian position and its fact as JSON.

@@ -75,7 +75,9 @@ pub struct EntryView {
     pub reversed_minor: i64,
     /// `pending`, `payable`, `paid` or `reversed`, now.
     pub status: EntryStatusView,
-    /// The referred user.
+    /// The referred user: the platform's id for an admin; for the
+    /// affiliate itself a stable pseudonym (`cu_…`), the same for the same
+    /// customer on every row and every read.
     pub user_id: String,
     /// The payment it comes from.
     pub payment_id: String,
@@ -220,7 +222,18 @@ pub(super) async fn commissions(
         })
         .filter(|e| from.is_none_or(|d| day_of(e.created_at_ms) >= d))
         .filter(|e| to.is_none_or(|d| day_of(e.created_at_ms) <= d))
-        .map(|e| entry_view(e, now))
+        .map(|e| {
+            let mut view = entry_view(e, now);
+            // An affiliate sees a pseudonym for each customer; admins the
+            // platform's id.
+            if let AffiliateReader::Own(_) = reader {
+                view.user_id = state
+                    .affiliates
+                    .ledger
+                    .customer_pseudonym(&affiliate_id, &view.user_id);
+            }
+            view
+        })
         .filter(|v| filter.kind.is_none_or(|k| v.kind == k));
     let items: Vec<EntryView> = matching.by_ref().take(limit).collect();
     let more = matching.next().is_some();
