@@ -225,6 +225,17 @@ impl Desk {
         .await
     }
 
+    async fn adjust(&self, affiliate_id: &str, id: &str, amount: i64, reason: &str) -> Answer {
+        let token = self.admin.clone();
+        self.call(
+            "POST",
+            &format!("/v1/affiliates/{affiliate_id}/adjustments"),
+            &token,
+            Some(json!({"adjustment_id": id, "amount_minor": amount, "reason": reason})),
+        )
+        .await
+    }
+
     async fn payout(&self, affiliate_id: &str, payout_id: &str) -> Answer {
         let token = self.admin.clone();
         self.call(
@@ -722,6 +733,78 @@ async fn a_payout_below_the_minimum_is_refused_until_the_balance_reaches_it() {
     assert_balances(&desk.totals(&affiliate).await, 10_500, 0, 0, 10_500, 0);
 }
 
+#[tokio::test]
+async fn an_admin_adjustment_corrects_the_balance_once_and_is_netted_at_payout() {
+    let desk = desk().await;
+    let (affiliate, code, token) = desk.enrol("alice").await;
+    desk.signup("bob", &code, None).await;
+    desk.pay("pay-1", "bob", 40_000, 1).await; // 30%: 12,000, pending
+    // A bonus owed by hand: payable at once, next to the pending commission.
+    let bonus = desk
+        .adjust(&affiliate, "adj-1", 2_500, "launch bonus agreed by email")
+        .await;
+    assert_eq!(bonus.status, StatusCode::CREATED, "{}", bonus.text);
+    assert_eq!(bonus.body["facts"][0]["fact"], "adjustment_entered");
+    let again = desk
+        .adjust(&affiliate, "adj-1", 2_500, "launch bonus agreed by email")
+        .await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.body["replayed"], true);
+    assert_problem(
+        &desk
+            .adjust(&affiliate, "adj-1", 2_600, "launch bonus agreed by email")
+            .await,
+        StatusCode::CONFLICT,
+        "different details",
+    );
+    for (amount, reason, why) in [
+        (0, "nothing", "not zero"),
+        (1_000_000_000_001, "too much", "between"),
+        (100, "", "reason must not be empty"),
+    ] {
+        assert_problem(
+            &desk.adjust(&affiliate, "adj-bad", amount, reason).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            why,
+        );
+    }
+    let unknown = desk
+        .call(
+            "POST",
+            "/v1/affiliates/af_nobody/adjustments",
+            &desk.admin.clone(),
+            Some(json!({"adjustment_id": "adj-9", "amount_minor": 1, "reason": "x"})),
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{}", unknown.text);
+    // A correction the other way: owed by the affiliate.
+    let fix = desk
+        .adjust(&affiliate, "adj-2", -500, "duplicate bonus in October")
+        .await;
+    assert_eq!(fix.status, StatusCode::CREATED, "{}", fix.text);
+    assert_balances(&desk.totals(&affiliate).await, 14_000, 12_000, 2_000, 0, 0);
+    // The affiliate sees the lines and their reasons.
+    let rows = desk
+        .call(
+            "GET",
+            &format!("/v1/affiliates/{affiliate}/commissions?kind=adjustment"),
+            &token,
+            None,
+        )
+        .await;
+    let items = rows.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{}", rows.text);
+    assert_eq!(items[0]["reason"], "launch bonus agreed by email");
+    assert_eq!(items[1]["amount_minor"], -500);
+    assert_eq!(items[1]["status"], "payable");
+    // After the hold, one payout pays the commission and both adjustments.
+    desk.advance_days(30);
+    let paid = desk.payout(&affiliate, "po-1").await;
+    assert_eq!(paid.status, StatusCode::CREATED, "{}", paid.text);
+    assert_eq!(paid.body["facts"][0]["amount_minor"], 14_000);
+    assert_balances(&desk.totals(&affiliate).await, 14_000, 0, 0, 14_000, 0);
+}
+
 on_both_backends!(the_first_fill_on_any_device_of_the_account_earns_the_bonus_once);
 async fn the_first_fill_on_any_device_of_the_account_earns_the_bonus_once(backend: Backend) {
     let desk = desk_on(&backend).await;
@@ -906,6 +989,7 @@ async fn an_affiliate_token_reads_only_its_own_data_and_writes_nothing() {
         ("POST", "/v1/referrals".to_owned()),
         ("POST", "/v1/affiliates".to_owned()),
         ("POST", format!("/v1/affiliates/{alice}/payouts")),
+        ("POST", format!("/v1/affiliates/{alice}/adjustments")),
         ("POST", format!("/v1/affiliates/{alice}/token")),
         ("GET", "/v1/devices".to_owned()),
         ("GET", "/v1/customers/bob/credits".to_owned()),
@@ -1080,9 +1164,13 @@ async fn commissions_page_filter_and_export_as_csv() {
         "{}",
         lines[1]
     );
-    assert!(lines[0].ends_with(",currency,earned_at"), "{}", lines[0]);
     assert!(
-        lines[1].ends_with(",GBP,2026-11-02T09:00:00Z"),
+        lines[0].ends_with(",currency,earned_at,adjustment_id,reason"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].ends_with(",GBP,2026-11-02T09:00:00Z,,"),
         "{}",
         lines[1]
     );

@@ -153,6 +153,7 @@ const V1_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/affiliates/af_X/stats"),
     ("GET", "/v1/affiliates/af_X/commissions"),
     ("POST", "/v1/affiliates/af_X/payouts"),
+    ("POST", "/v1/affiliates/af_X/adjustments"),
     ("GET", "/v1/referral-codes/K7QM2XR4HD"),
     ("POST", "/v1/referrals"),
     ("POST", "/v1/payments"),

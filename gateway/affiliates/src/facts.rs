@@ -241,6 +241,22 @@ pub enum Fact {
         /// When.
         at_ms: u64,
     },
+    /// An admin's correction of an affiliate's balance: a ledger line of
+    /// its own, payable at once.
+    AdjustmentEntered {
+        /// The new ledger entry.
+        entry_id: u64,
+        /// The admin's id for it; the same id again changes nothing.
+        adjustment_id: String,
+        /// The affiliate.
+        affiliate_id: String,
+        /// Signed: positive is owed to the affiliate, negative by them.
+        amount_minor: Minor,
+        /// Why, in the admin's words.
+        reason: String,
+        /// When.
+        at_ms: u64,
+    },
     /// Account credit for a customer.
     CreditGranted {
         /// The credit ledger entry.

@@ -1,6 +1,6 @@
-//! An affiliate's commission ledger: its lines (commissions and the
-//! clawbacks of paid ones), where each stands at a given moment, and the
-//! balances they add up to.
+//! An affiliate's commission ledger: its lines (commissions, the clawbacks
+//! of paid ones, admins' adjustments), where each stands at a given moment,
+//! and the balances they add up to.
 
 use super::Programme;
 use crate::facts::CommissionKind;
@@ -56,6 +56,13 @@ pub enum EntryKind {
         /// The refund that caused it.
         refund_id: String,
     },
+    /// An admin's correction, either sign.
+    Adjustment {
+        /// The admin's id for it.
+        adjustment_id: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Where an entry's money stands.
@@ -88,7 +95,10 @@ impl Entry {
     pub fn status(&self, now_ms: u64) -> EntryStatus {
         if self.payout_id.is_some() {
             EntryStatus::Paid
-        } else if matches!(self.kind, EntryKind::Clawback { .. }) {
+        } else if matches!(
+            self.kind,
+            EntryKind::Clawback { .. } | EntryKind::Adjustment { .. }
+        ) {
             EntryStatus::Payable
         } else if self.amount_minor == self.reversed_minor {
             EntryStatus::Reversed
@@ -132,6 +142,10 @@ impl Balances {
             }
             EntryKind::Clawback { .. } => {
                 self.reversed = total(self.reversed, -entry.amount_minor)?;
+            }
+            // Counted as earned with its sign, so the balances still add up.
+            EntryKind::Adjustment { .. } => {
+                self.earned = total(self.earned, entry.amount_minor)?;
             }
         }
         let remaining = entry.remaining_minor();

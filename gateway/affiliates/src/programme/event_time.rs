@@ -27,7 +27,7 @@ pub enum EventTimeError {
     },
     /// Older than the programme takes events.
     #[error(
-        "occurred_at {occurred_at} is {age_days} days ago; events older than {limit_days} days are refused"
+        "occurred_at {occurred_at} is {age_days} days ago; events older than {limit_days} days are refused; an admin corrects what they would have changed with an adjustment"
     )]
     TooOld {
         /// The event's time, RFC 3339.

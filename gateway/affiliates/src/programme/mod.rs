@@ -12,6 +12,7 @@
 //! payments and refunds, payouts, customer credits), with the reads of the
 //! commission ledger and of stats.
 
+mod adjustments;
 mod attribution;
 mod commissions;
 mod credits;
@@ -31,6 +32,7 @@ use crate::money::Minor;
 
 // Every type keeps the path it had when this was one file:
 // `eagate_affiliates::programme::X`.
+pub use adjustments::AdjustmentError;
 pub use attribution::{ReferralError, Signup};
 pub use commissions::{Balances, Entry, EntryKind, EntryStatus};
 pub use credits::{CreditEntry, CustomerCodeError};
@@ -166,6 +168,7 @@ pub struct Programme {
     payments: HashMap<String, Payment>,
     refunds: HashMap<String, Refund>,
     payouts: HashMap<String, Payout>,
+    adjustments: HashMap<String, adjustments::Adjustment>,
     entries: Vec<Entry>,
     credits: Vec<CreditEntry>,
     credits_by_user: HashMap<String, Vec<u64>>,
@@ -187,6 +190,7 @@ impl Programme {
             payments: HashMap::new(),
             refunds: HashMap::new(),
             payouts: HashMap::new(),
+            adjustments: HashMap::new(),
             entries: Vec::new(),
             credits: Vec::new(),
             credits_by_user: HashMap::new(),
@@ -489,6 +493,44 @@ impl Programme {
                         entry.payout_id = Some(payout_id.clone());
                         entry.paid_at_ms = Some(*at_ms);
                     }
+                }
+            }
+            Fact::AdjustmentEntered {
+                entry_id,
+                adjustment_id,
+                affiliate_id,
+                amount_minor,
+                reason,
+                at_ms,
+            } => {
+                self.adjustments.insert(
+                    adjustment_id.clone(),
+                    adjustments::Adjustment {
+                        affiliate_id: affiliate_id.clone(),
+                        amount: *amount_minor,
+                        reason: reason.clone(),
+                    },
+                );
+                self.push_entry(Entry {
+                    entry_id: *entry_id,
+                    affiliate_id: affiliate_id.clone(),
+                    user_id: String::new(),
+                    payment_id: String::new(),
+                    kind: EntryKind::Adjustment {
+                        adjustment_id: adjustment_id.clone(),
+                        reason: reason.clone(),
+                    },
+                    amount_minor: *amount_minor,
+                    reversed_minor: 0,
+                    clawed_back_minor: 0,
+                    created_at_ms: *at_ms,
+                    earned_at_ms: *at_ms,
+                    payable_at_ms: *at_ms,
+                    payout_id: None,
+                    paid_at_ms: None,
+                });
+                if let Some(affiliate) = self.affiliates.get_mut(affiliate_id) {
+                    affiliate.earned = affiliate.earned.saturating_add(*amount_minor);
                 }
             }
             Fact::CreditGranted {

@@ -26,6 +26,8 @@ pub enum EntryKindView {
     FirstTradeBonus,
     /// A paid commission taken back after a refund.
     Clawback,
+    /// An admin's correction, either sign.
+    Adjustment,
 }
 
 /// Where a ledger line's money stands now.
@@ -77,9 +79,9 @@ pub struct EntryView {
     pub status: EntryStatusView,
     /// The referred user: the platform's id for an admin; for the
     /// affiliate itself a stable pseudonym (`cu_…`), the same for the same
-    /// customer on every row and every read.
+    /// customer on every row and every read. Empty for adjustments.
     pub user_id: String,
-    /// The payment it comes from.
+    /// The payment it comes from (empty for adjustments).
     pub payment_id: String,
     /// Clawbacks: the commission clawed back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -100,6 +102,12 @@ pub struct EntryView {
     /// When that payout was made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paid_at_ms: Option<u64>,
+    /// Adjustments: the admin's id for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adjustment_id: Option<String>,
+    /// Adjustments: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 fn entry_view(entry: &Entry, now: u64) -> EntryView {
@@ -128,6 +136,14 @@ fn entry_view(entry: &Entry, now: u64) -> EntryView {
             Some(*of_entry),
             Some(refund_id.clone()),
         ),
+        EntryKind::Adjustment { .. } => (EntryKindView::Adjustment, None, None, None, None, None),
+    };
+    let (adjustment_id, reason) = match &entry.kind {
+        EntryKind::Adjustment {
+            adjustment_id,
+            reason,
+        } => (Some(adjustment_id.clone()), Some(reason.clone())),
+        _ => (None, None),
     };
     EntryView {
         entry_id: entry.entry_id,
@@ -147,6 +163,8 @@ fn entry_view(entry: &Entry, now: u64) -> EntryView {
         payable_at_ms: entry.payable_at_ms,
         payout_id: entry.payout_id.clone(),
         paid_at_ms: entry.paid_at_ms,
+        adjustment_id,
+        reason,
     }
 }
 
@@ -226,7 +244,9 @@ pub(super) async fn commissions(
             let mut view = entry_view(e, now);
             // An affiliate sees a pseudonym for each customer; admins the
             // platform's id.
-            if let AffiliateReader::Own(_) = reader {
+            if let AffiliateReader::Own(_) = reader
+                && !view.user_id.is_empty()
+            {
                 view.user_id = state
                     .affiliates
                     .ledger
@@ -262,12 +282,14 @@ pub(super) async fn commissions(
                     opt(v.refund_id),
                     currency.to_string(),
                     format_instant(v.earned_at_ms),
+                    opt(v.adjustment_id),
+                    opt(v.reason),
                 ]
             })
             .collect();
         return Ok(csv_response(
             "commissions.csv",
-            "entry_id,created_at,kind,billing_period,user_id,payment_id,rate_bps,base_minor,amount_minor,amount,reversed_minor,status,payable_at,payout_id,paid_at,of_entry,refund_id,currency,earned_at",
+            "entry_id,created_at,kind,billing_period,user_id,payment_id,rate_bps,base_minor,amount_minor,amount,reversed_minor,status,payable_at,payout_id,paid_at,of_entry,refund_id,currency,earned_at,adjustment_id,reason",
             rows,
         ));
     }

@@ -9,6 +9,7 @@
 //! and the way every write goes through the ledger; the handlers sit beside
 //! it by the same concerns as the programme's core.
 
+mod adjustments;
 mod attribution;
 mod commissions;
 mod credits;
@@ -51,6 +52,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(stats::stats))
         .routes(routes!(commissions::commissions))
         .routes(routes!(payouts::pay_out))
+        .routes(routes!(adjustments::adjust))
         .routes(routes!(enrolment::code_owner))
         .routes(routes!(attribution::refer))
         .routes(routes!(payments::pay))
