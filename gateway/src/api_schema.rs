@@ -60,8 +60,8 @@ stands_for! {
 }
 
 stands_for! {
-    /// Stands for `eagate_affiliates::CreditReason`.
-    CreditReason => names_of::<eagate_affiliates::CreditReason>("Why a customer got credit.")
+    /// Stands for `eagate_affiliates::programme::CreditKind`.
+    CreditKind => names_of::<eagate_affiliates::programme::CreditKind>("What a line of a customer's credit ledger is.")
 }
 
 /// A string schema with a description.
@@ -123,8 +123,8 @@ mod tests {
             ["Market", "Limit", "Stop"]
         );
         assert_eq!(
-            variant_names::<eagate_affiliates::CreditReason>(),
-            ["referred_a_customer", "was_referred"]
+            variant_names::<eagate_affiliates::programme::CreditKind>(),
+            ["referred_a_customer", "was_referred", "reversal", "spend"]
         );
         for name in variant_names::<eagate_protocol::Action>() {
             let parsed: eagate_protocol::Action =

@@ -993,6 +993,7 @@ async fn an_affiliate_token_reads_only_its_own_data_and_writes_nothing() {
         ("POST", format!("/v1/affiliates/{alice}/token")),
         ("GET", "/v1/devices".to_owned()),
         ("GET", "/v1/customers/bob/credits".to_owned()),
+        ("POST", "/v1/customers/bob/credit-spends".to_owned()),
     ];
     for (method, uri) in &writes {
         let answer = desk.call(method, uri, &alice_token, Some(json!({}))).await;
@@ -1286,7 +1287,7 @@ async fn credits_need_the_threshold_and_a_verified_email_then_both_customers_get
     let bad = desk
         .admin_get("/v1/customers/carol/credits?status=paid")
         .await;
-    assert_problem(&bad, StatusCode::UNPROCESSABLE_ENTITY, "no status");
+    assert_problem(&bad, StatusCode::UNPROCESSABLE_ENTITY, "filtered by kind");
     let csv = desk
         .admin_get("/v1/customers/carol/credits?format=csv")
         .await;
@@ -1294,6 +1295,147 @@ async fn credits_need_the_threshold_and_a_verified_email_then_both_customers_get
         csv.text.lines().nth(1).unwrap().split(',').nth(5),
         Some("1000")
     );
+}
+
+/// Carol, a customer, refers dave, who signs up verified.
+async fn carol_refers_dave(desk: &Desk) {
+    let issued = desk
+        .platform("/v1/customers/carol/referral-code", json!({}))
+        .await;
+    let code = issued.body["code"].as_str().unwrap().to_owned();
+    let signup = desk.signup_verified("dave", &code, None, true).await;
+    assert_eq!(signup.status, StatusCode::CREATED, "{}", signup.text);
+}
+
+async fn credits_of(desk: &Desk, user: &str) -> Value {
+    let answer = desk
+        .admin_get(&format!("/v1/customers/{user}/credits"))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    answer.body
+}
+
+fn assert_credit(body: &Value, pending: i64, available: i64) {
+    assert_eq!(
+        [
+            &body["pending_minor"],
+            &body["available_minor"],
+            &body["balance_minor"]
+        ],
+        [
+            &json!(pending),
+            &json!(available),
+            &json!(pending + available)
+        ],
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_payment_refunded_within_the_hold_takes_both_pending_credits_back() {
+    let desk = desk().await;
+    carol_refers_dave(&desk).await;
+    let paid = desk.pay("d1", "dave", 5_000, 1).await;
+    let grants = paid.body["facts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["fact"] == "credit_granted")
+        .count();
+    assert_eq!(grants, 2, "{}", paid.text);
+    assert_credit(&credits_of(&desk, "carol").await, 1_000, 0);
+    // Pending credit cannot be spent.
+    let early = desk
+        .platform(
+            "/v1/customers/carol/credit-spends",
+            json!({"spend_id": "sp-0", "amount_minor": 1, "currency": "GBP"}),
+        )
+        .await;
+    assert_problem(
+        &early,
+        StatusCode::CONFLICT,
+        "0 minor units of credit available (1000 still pending)",
+    );
+    // Refunded minutes later: both grants are reversed, nothing leaks.
+    let refund = desk.refund("r1", "d1", 5_000).await;
+    assert_eq!(refund.status, StatusCode::CREATED, "{}", refund.text);
+    let reversals: Vec<_> = refund.body["facts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["fact"] == "credit_reversed")
+        .map(|f| f["user_id"].clone())
+        .collect();
+    assert_eq!(reversals, [json!("carol"), json!("dave")]);
+    for user in ["carol", "dave"] {
+        let body = credits_of(&desk, user).await;
+        assert_credit(&body, 0, 0);
+        assert_eq!(body["items"][0]["status"], "reversed");
+        assert_eq!(body["items"][1]["reason"], "reversal");
+        assert_eq!(body["items"][1]["amount_minor"], -1_000);
+        assert_eq!(body["items"][1]["refund_id"], "r1");
+    }
+    // Paying again earns them again, held again.
+    desk.pay("d2", "dave", 5_000, 2).await;
+    assert_credit(&credits_of(&desk, "carol").await, 1_000, 0);
+    desk.advance_days(30);
+    assert_credit(&credits_of(&desk, "carol").await, 0, 1_000);
+}
+
+#[tokio::test]
+async fn available_credit_is_spent_once_per_spend_id_and_never_below_zero() {
+    let desk = desk().await;
+    carol_refers_dave(&desk).await;
+    desk.pay("d1", "dave", 6_000, 1).await;
+    desk.advance_days(30);
+    let spend = |id: &'static str, amount: i64| {
+        let desk = &desk;
+        async move {
+            desk.platform(
+                "/v1/customers/carol/credit-spends",
+                json!({"spend_id": id, "amount_minor": amount, "currency": "GBP"}),
+            )
+            .await
+        }
+    };
+    let first = spend("sp-1", 600).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+    assert_eq!(spend("sp-1", 600).await.body["replayed"], true);
+    assert_problem(
+        &spend("sp-1", 700).await,
+        StatusCode::CONFLICT,
+        "different details",
+    );
+    assert_problem(
+        &spend("sp-2", 401).await,
+        StatusCode::CONFLICT,
+        "400 minor units of credit available",
+    );
+    assert_problem(
+        &spend("sp-3", 0).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "between 1 and",
+    );
+    assert_eq!(spend("sp-4", 400).await.status, StatusCode::CREATED);
+    let carol = credits_of(&desk, "carol").await;
+    assert_credit(&carol, 0, 0);
+    let spends: Vec<_> = carol["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["reason"] == "spend")
+        .map(|c| (c["spend_id"].clone(), c["amount_minor"].clone()))
+        .collect();
+    assert_eq!(
+        spends,
+        [(json!("sp-1"), json!(-600)), (json!("sp-4"), json!(-400))]
+    );
+    // A refund after the hold leaves spent credit alone: nothing to reverse.
+    let late = desk.refund("r1", "d1", 6_000).await;
+    assert_eq!(late.status, StatusCode::CREATED, "{}", late.text);
+    assert!(!late.text.contains("credit_reversed"), "{}", late.text);
+    assert_credit(&credits_of(&desk, "carol").await, 0, 0);
+    assert_credit(&credits_of(&desk, "dave").await, 0, 1_000);
 }
 
 #[tokio::test]

@@ -161,6 +161,7 @@ const V1_ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/email-verifications"),
     ("POST", "/v1/customers/cust_X/referral-code"),
     ("GET", "/v1/customers/cust_X/credits"),
+    ("POST", "/v1/customers/cust_X/credit-spends"),
 ];
 
 on_both_backends!(every_v1_route_without_a_valid_token_is_401);

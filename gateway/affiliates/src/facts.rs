@@ -269,6 +269,41 @@ pub enum Fact {
         reason: CreditReason,
         /// The referred customer whose spend earned it.
         referred_user_id: String,
+        /// When it may be spent: pending until then, and reversed if a
+        /// refund takes the referred customer's spend back under the
+        /// threshold before it (absent in facts written before credits were
+        /// held: then `at_ms`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        available_at_ms: Option<u64>,
+        /// When.
+        at_ms: u64,
+    },
+    /// A pending credit taken back by a refund.
+    CreditReversed {
+        /// The new credit ledger entry.
+        credit_id: u64,
+        /// The grant reversed.
+        of_credit: u64,
+        /// Whose credit it was.
+        user_id: String,
+        /// The refund.
+        refund_id: String,
+        /// How much, positive: the whole grant.
+        amount_minor: Minor,
+        /// When.
+        at_ms: u64,
+    },
+    /// A customer spent available credit.
+    CreditSpent {
+        /// The new credit ledger entry.
+        credit_id: u64,
+        /// The platform's id for the spend; the same id again changes
+        /// nothing.
+        spend_id: String,
+        /// Whose credit.
+        user_id: String,
+        /// How much, positive.
+        amount_minor: Minor,
         /// When.
         at_ms: u64,
     },

@@ -48,6 +48,12 @@ enum Op {
         affiliate: u8,
         payout: u8,
     },
+    /// A customer (`cust-…` below CUSTOMERS, else `user-…`) spends credit.
+    Spend {
+        customer: u8,
+        spend: u8,
+        amount: i64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -77,6 +83,13 @@ fn op() -> impl Strategy<Value = Op> {
         (0..40u64).prop_map(|days| Op::Advance { days }),
         (0..AFFILIATES as u8, 0..6u8)
             .prop_map(|(affiliate, payout)| Op::Payout { affiliate, payout }),
+        (0..(CUSTOMERS + 8) as u8, 0..6u8, 1..1_500i64).prop_map(|(customer, spend, amount)| {
+            Op::Spend {
+                customer,
+                spend,
+                amount,
+            }
+        }),
     ]
 }
 
@@ -183,6 +196,19 @@ fn decide(programme: &Programme, op: &Op, now: u64) -> Option<Decided> {
         Op::Verify { user } => programme
             .verify_email(&format!("user-{user}"), now, now)
             .ok(),
+        Op::Spend {
+            customer,
+            spend,
+            amount,
+        } => programme
+            .spend_credit(
+                &customer_id(*customer),
+                &format!("sp-{spend}"),
+                *amount,
+                Currency::GBP,
+                now,
+            )
+            .ok(),
         Op::Advance { .. } => None,
         Op::Payout { affiliate, payout } => programme
             .pay_out(
@@ -191,6 +217,15 @@ fn decide(programme: &Programme, op: &Op, now: u64) -> Option<Decided> {
                 now,
             )
             .ok(),
+    }
+}
+
+/// Who spends in `Op::Spend`: the code-owning customers, then the users.
+fn customer_id(n: u8) -> String {
+    if usize::from(n) < CUSTOMERS {
+        format!("cust-{n}")
+    } else {
+        format!("user-{}", usize::from(n) - CUSTOMERS)
     }
 }
 
@@ -268,7 +303,9 @@ fn check_invariants(programme: &Programme, facts: &[Fact], now: u64) -> Result<(
     let mut payments = HashMap::new();
     let mut per_payment: HashMap<(String, bool), u32> = HashMap::new();
     let mut bonus_per_user: HashMap<String, u32> = HashMap::new();
-    let mut credits: HashMap<(String, String), u32> = HashMap::new();
+    // Grants less reversals, per customer and referred customer.
+    let mut credits: HashMap<(String, String), i32> = HashMap::new();
+    let mut grant_of: HashMap<u64, (String, String)> = HashMap::new();
     for fact in facts {
         match fact {
             Fact::PaymentReceived { payment_id, .. } => {
@@ -287,13 +324,17 @@ fn check_invariants(programme: &Programme, facts: &[Fact], now: u64) -> Result<(
                 }
             }
             Fact::CreditGranted {
+                credit_id,
                 user_id,
                 referred_user_id,
                 ..
             } => {
-                *credits
-                    .entry((user_id.clone(), referred_user_id.clone()))
-                    .or_default() += 1;
+                let key = (user_id.clone(), referred_user_id.clone());
+                *credits.entry(key.clone()).or_default() += 1;
+                grant_of.insert(*credit_id, key);
+            }
+            Fact::CreditReversed { of_credit, .. } => {
+                *credits.entry(grant_of[of_credit].clone()).or_default() -= 1;
             }
             _ => {}
         }
@@ -369,7 +410,19 @@ fn check_invariants(programme: &Programme, facts: &[Fact], now: u64) -> Result<(
     prop_assert_eq!(payments.len(), programme.payment_count());
     prop_assert!(per_payment.values().all(|&n| n == 1));
     prop_assert!(bonus_per_user.values().all(|&n| n == 1));
-    prop_assert!(credits.values().all(|&n| n == 1), "{:?}", credits);
+    // Credits once per referral: a grant again only after its reversal.
+    prop_assert!(credits.values().all(|&n| n == 0 || n == 1), "{:?}", credits);
+    // No credit balance below zero, and the lines add up to it.
+    for n in 0..(CUSTOMERS + 8) as u8 {
+        let user = customer_id(n);
+        let balance = programme.credit_balance(&user, now).expect("in range");
+        prop_assert!(
+            balance.available >= 0 && balance.pending >= 0,
+            "{user}: {balance:?}"
+        );
+        let lines: i64 = programme.credits_of(&user).map(|c| c.amount_minor).sum();
+        prop_assert_eq!(lines, balance.pending + balance.available);
+    }
     Ok(())
 }
 

@@ -1,18 +1,96 @@
 //! Customer referral credits: a customer gets a referral code of their
 //! own, and when the customer they referred has verified their email and
 //! spent the threshold, both are credited once, in an append-only ledger.
+//!
+//! A credit is pending through the holding period (from the referred
+//! customer's latest payment): a refund that takes their spend back under
+//! the threshold meanwhile reverses both credits, and only available credit
+//! can be spent. Grants, reversals and spends are lines of the same ledger;
+//! a balance never goes below zero.
+
+use serde::{Deserialize, Serialize};
 
 use super::{Decided, EventTimeError, Programme};
 use crate::code::ReferralCode;
 use crate::facts::{CreditReason, Fact, Referrer};
-use crate::money::Minor;
+use crate::money::{Currency, MAX_AMOUNT, Minor, TotalOutOfRange, total};
 
-/// Why a customer could not get a referral code.
+/// Why a customer code could not be issued.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CustomerCodeError {
-    /// The generated code is taken; draw another and retry.
+    /// The random code belongs to someone else; draw another.
     #[error("the generated referral code is taken")]
     Collision,
+}
+
+/// Why credit could not be spent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CreditSpendError {
+    /// Zero, negative or absurdly large.
+    #[error("amount_minor must be between 1 and {MAX_AMOUNT} minor units, not {0}")]
+    InvalidAmount(Minor),
+    /// Not the programme's currency.
+    #[error("credits are in {expected}, not {given}")]
+    WrongCurrency {
+        /// The programme's currency.
+        expected: Currency,
+        /// The spend's.
+        given: Currency,
+    },
+    /// More than the available balance (pending credit cannot be spent).
+    #[error(
+        "customer {user_id} has {available} minor units of credit available ({pending} still pending), not {amount}"
+    )]
+    Insufficient {
+        /// The customer.
+        user_id: String,
+        /// What may be spent now.
+        available: Minor,
+        /// What is still in the holding period.
+        pending: Minor,
+        /// The spend asked for.
+        amount: Minor,
+    },
+    /// The id was used for a different spend.
+    #[error("credit spend {0} was already recorded with different details")]
+    IdReused(String),
+    /// A running total would pass the ledger's limit.
+    #[error(transparent)]
+    TotalOutOfRange(#[from] TotalOutOfRange),
+}
+
+/// What a line of a customer's credit ledger is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CreditKind {
+    /// Granted: they referred a customer who reached the threshold.
+    ReferredACustomer,
+    /// Granted: they were referred and reached the threshold.
+    WasReferred,
+    /// A pending grant taken back by a refund.
+    Reversal,
+    /// Credit spent on the platform.
+    Spend,
+}
+
+impl From<CreditReason> for CreditKind {
+    fn from(reason: CreditReason) -> Self {
+        match reason {
+            CreditReason::ReferredACustomer => Self::ReferredACustomer,
+            CreditReason::WasReferred => Self::WasReferred,
+        }
+    }
+}
+
+/// Where a grant stands at a given moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreditStatus {
+    /// In the holding period: counted, not yet spendable.
+    Pending,
+    /// Spendable.
+    Available,
+    /// Taken back by a refund.
+    Reversed,
 }
 
 /// A line of a customer's credit ledger.
@@ -20,21 +98,70 @@ pub enum CustomerCodeError {
 pub struct CreditEntry {
     /// 1, 2, 3, … across the programme.
     pub credit_id: u64,
-    /// The customer credited.
+    /// Whose credit.
     pub user_id: String,
-    /// How much.
+    /// Signed: grants positive, reversals and spends negative.
     pub amount_minor: Minor,
-    /// Why.
-    pub reason: CreditReason,
-    /// The referred customer whose spend earned it.
+    /// What the line is.
+    pub kind: CreditKind,
+    /// Grants and reversals: the referred customer whose spend earned the
+    /// grant; spends: empty.
     pub referred_user_id: String,
-    /// When.
+    /// Reversals: the refund; spends: the platform's spend id.
+    pub reference: Option<String>,
+    /// Reversals: the grant they take back.
+    pub of_credit: Option<u64>,
+    /// Grants: when they stop being pending.
+    pub available_at_ms: u64,
+    /// Grants: taken back by a refund.
+    pub reversed: bool,
+    /// When the line was written.
     pub at_ms: u64,
 }
 
+impl CreditEntry {
+    /// Whether the line is a grant.
+    pub fn is_grant(&self) -> bool {
+        matches!(
+            self.kind,
+            CreditKind::ReferredACustomer | CreditKind::WasReferred
+        )
+    }
+
+    /// A grant's standing at `now`; `None` for other lines.
+    pub fn status(&self, now_ms: u64) -> Option<CreditStatus> {
+        if !self.is_grant() {
+            None
+        } else if self.reversed {
+            Some(CreditStatus::Reversed)
+        } else if now_ms < self.available_at_ms {
+            Some(CreditStatus::Pending)
+        } else {
+            Some(CreditStatus::Available)
+        }
+    }
+}
+
+/// A customer's credit at a given moment. The ledger's lines add up to
+/// `pending + available`: a reversed grant and its reversal cancel out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CreditBalance {
+    /// Granted and still in the holding period.
+    pub pending: Minor,
+    /// Spendable: available grants less spends. Never below zero.
+    pub available: Minor,
+}
+
+/// A spend already recorded, to recognise its retries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Spend {
+    pub(super) user_id: String,
+    pub(super) amount: Minor,
+}
+
 impl Programme {
-    /// Gives a customer a referral code for credits; a customer who has one
-    /// keeps it (replayed).
+    /// Gives a customer a referral code for referral credits; a customer
+    /// keeps the code they have (a replay).
     pub fn issue_customer_code(
         &self,
         user_id: &str,
@@ -72,18 +199,20 @@ impl Programme {
             at_ms: now_ms,
         }];
         let spent = customer.map_or(0, |c| c.spent);
-        self.credits_due(user_id, spent, true, now_ms, &mut facts);
+        let last_paid = customer.and_then(|c| c.last_paid_at_ms);
+        self.credits_due(user_id, spent, true, last_paid, now_ms, &mut facts);
         Ok(Decided::new(facts))
     }
 
-    /// Credits for a customer-referred user whose net spend is `spent` and
-    /// whose email is (or is about to be) `verified`, if both gates are
-    /// open and no credit was granted for them yet.
+    /// The grants due when a customer referred by a customer has verified
+    /// their email and spent the threshold: pending for the holding period
+    /// from their latest payment (`last_paid_at_ms`).
     pub(super) fn credits_due(
         &self,
         user_id: &str,
         spent: Minor,
         verified: bool,
+        last_paid_at_ms: Option<u64>,
         now_ms: u64,
         facts: &mut Vec<Fact>,
     ) {
@@ -103,6 +232,9 @@ impl Programme {
         if referral.credited || !verified || spent < self.config.credit_threshold {
             return;
         }
+        let available_at_ms = last_paid_at_ms
+            .unwrap_or(now_ms)
+            .saturating_add(self.config.holding_period_ms);
         let first_id = self.credits.len() as u64 + 1;
         for (credit_id, (to, amount, reason)) in (first_id..).zip([
             (
@@ -122,9 +254,107 @@ impl Programme {
                 amount_minor: amount,
                 reason,
                 referred_user_id: user_id.to_owned(),
+                available_at_ms: Some(available_at_ms),
                 at_ms: now_ms,
             });
         }
+    }
+
+    /// The reversals due when a refund takes `referred_user_id`'s spend to
+    /// `spent_after`: every grant their spend earned that is still pending,
+    /// if they are now under the threshold. Grants already available stay.
+    pub(super) fn credit_reversals_due(
+        &self,
+        referred_user_id: &str,
+        spent_after: Minor,
+        refund_id: &str,
+        now_ms: u64,
+        facts: &mut Vec<Fact>,
+    ) {
+        if spent_after >= self.config.credit_threshold {
+            return;
+        }
+        let mut next_id = self.credits.len() as u64 + 1;
+        for &grant_id in self.grants_for.get(referred_user_id).into_iter().flatten() {
+            let grant = self.credit(grant_id);
+            if grant.status(now_ms) == Some(CreditStatus::Pending) {
+                facts.push(Fact::CreditReversed {
+                    credit_id: next_id,
+                    of_credit: grant_id,
+                    user_id: grant.user_id.clone(),
+                    refund_id: refund_id.to_owned(),
+                    amount_minor: grant.amount_minor,
+                    at_ms: now_ms,
+                });
+                next_id += 1;
+            }
+        }
+    }
+
+    /// Spends `amount_minor` of a customer's available credit, identified by
+    /// the platform's `spend_id` (the same spend again is a replay).
+    pub fn spend_credit(
+        &self,
+        user_id: &str,
+        spend_id: &str,
+        amount_minor: Minor,
+        currency: Currency,
+        now_ms: u64,
+    ) -> Result<Decided, CreditSpendError> {
+        if !(1..=MAX_AMOUNT).contains(&amount_minor) {
+            return Err(CreditSpendError::InvalidAmount(amount_minor));
+        }
+        if currency != self.config.currency {
+            return Err(CreditSpendError::WrongCurrency {
+                expected: self.config.currency,
+                given: currency,
+            });
+        }
+        if let Some(existing) = self.spends.get(spend_id) {
+            return if existing.user_id == user_id && existing.amount == amount_minor {
+                Ok(Decided::replay())
+            } else {
+                Err(CreditSpendError::IdReused(spend_id.to_owned()))
+            };
+        }
+        let balance = self.credit_balance(user_id, now_ms)?;
+        if amount_minor > balance.available {
+            return Err(CreditSpendError::Insufficient {
+                user_id: user_id.to_owned(),
+                available: balance.available,
+                pending: balance.pending,
+                amount: amount_minor,
+            });
+        }
+        Ok(Decided::new(vec![Fact::CreditSpent {
+            credit_id: self.credits.len() as u64 + 1,
+            spend_id: spend_id.to_owned(),
+            user_id: user_id.to_owned(),
+            amount_minor,
+            at_ms: now_ms,
+        }]))
+    }
+
+    /// A customer's credit at `now`.
+    pub fn credit_balance(
+        &self,
+        user_id: &str,
+        now_ms: u64,
+    ) -> Result<CreditBalance, TotalOutOfRange> {
+        let mut balance = CreditBalance::default();
+        for entry in self.credits_of(user_id) {
+            match (entry.kind, entry.status(now_ms)) {
+                (_, Some(CreditStatus::Pending)) => {
+                    balance.pending = total(balance.pending, entry.amount_minor)?;
+                }
+                (_, Some(CreditStatus::Available)) | (CreditKind::Spend, None) => {
+                    balance.available = total(balance.available, entry.amount_minor)?;
+                }
+                // A reversed grant and its reversal cancel out.
+                (_, Some(CreditStatus::Reversed)) | (_, None) => {}
+            }
+        }
+        Ok(balance)
     }
 
     /// A customer's referral code, if they have one.
@@ -138,11 +368,15 @@ impl Programme {
             .get(user_id)
             .into_iter()
             .flatten()
-            .map(|&id| &self.credits[(id - 1) as usize])
+            .map(|&id| self.credit(id))
     }
 
-    /// Every credit ever granted.
+    /// Every credit ledger line, in order.
     pub fn all_credits(&self) -> &[CreditEntry] {
         &self.credits
+    }
+
+    pub(super) fn credit(&self, credit_id: u64) -> &CreditEntry {
+        &self.credits[(credit_id - 1) as usize]
     }
 }

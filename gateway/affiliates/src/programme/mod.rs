@@ -35,7 +35,9 @@ use crate::money::Minor;
 pub use adjustments::AdjustmentError;
 pub use attribution::{ReferralError, Signup};
 pub use commissions::{Balances, Entry, EntryKind, EntryStatus};
-pub use credits::{CreditEntry, CustomerCodeError};
+pub use credits::{
+    CreditBalance, CreditEntry, CreditKind, CreditSpendError, CreditStatus, CustomerCodeError,
+};
 pub use enrolment::EnrolError;
 pub use event_time::EventTimeError;
 pub use payments::{PaymentError, PaymentEvent, RefundError, RefundEvent};
@@ -116,6 +118,9 @@ struct Customer {
     /// The earliest `occurred_at` of their payments: their first month of
     /// subscription starts here.
     first_paid_at_ms: Option<u64>,
+    /// The latest `occurred_at` of their payments: their credits' holding
+    /// period runs from here.
+    last_paid_at_ms: Option<u64>,
     first_trade: bool,
     /// Payments net of refunds.
     spent: Minor,
@@ -172,6 +177,9 @@ pub struct Programme {
     entries: Vec<Entry>,
     credits: Vec<CreditEntry>,
     credits_by_user: HashMap<String, Vec<u64>>,
+    /// Grants by the referred customer whose spend earned them.
+    grants_for: HashMap<String, Vec<u64>>,
+    spends: HashMap<String, credits::Spend>,
     referrals_by_day: HashMap<(String, i64), u32>,
 }
 
@@ -194,6 +202,8 @@ impl Programme {
             entries: Vec::new(),
             credits: Vec::new(),
             credits_by_user: HashMap::new(),
+            grants_for: HashMap::new(),
+            spends: HashMap::new(),
             referrals_by_day: HashMap::new(),
         }
     }
@@ -344,6 +354,11 @@ impl Programme {
                 let earlier = customer.first_paid_at_ms;
                 let first = earlier.map_or(occurred_at_ms, |at| at.min(occurred_at_ms));
                 customer.first_paid_at_ms = Some(first);
+                customer.last_paid_at_ms = Some(
+                    customer
+                        .last_paid_at_ms
+                        .map_or(occurred_at_ms, |at| at.max(occurred_at_ms)),
+                );
                 if customer.first_payment.is_none() {
                     customer.first_payment = Some(payment_id.clone());
                 }
@@ -539,18 +554,23 @@ impl Programme {
                 amount_minor,
                 reason,
                 referred_user_id,
+                available_at_ms,
                 at_ms,
             } => {
-                self.credits.push(CreditEntry {
+                self.push_credit(CreditEntry {
                     credit_id: *credit_id,
                     user_id: user_id.clone(),
                     amount_minor: *amount_minor,
-                    reason: *reason,
+                    kind: (*reason).into(),
                     referred_user_id: referred_user_id.clone(),
+                    reference: None,
+                    of_credit: None,
+                    available_at_ms: available_at_ms.unwrap_or(*at_ms),
+                    reversed: false,
                     at_ms: *at_ms,
                 });
-                self.credits_by_user
-                    .entry(user_id.clone())
+                self.grants_for
+                    .entry(referred_user_id.clone())
                     .or_default()
                     .push(*credit_id);
                 if let Some(referral) = self
@@ -561,7 +581,80 @@ impl Programme {
                     referral.credited = true;
                 }
             }
+            Fact::CreditReversed {
+                credit_id,
+                of_credit,
+                user_id,
+                refund_id,
+                amount_minor,
+                at_ms,
+            } => {
+                let Some(grant) = of_credit
+                    .checked_sub(1)
+                    .and_then(|at| self.credits.get_mut(at as usize))
+                else {
+                    return;
+                };
+                grant.reversed = true;
+                let referred_user_id = grant.referred_user_id.clone();
+                // Spending the threshold again earns the credits again.
+                if let Some(referral) = self
+                    .customers
+                    .get_mut(&referred_user_id)
+                    .and_then(|c| c.referral.as_mut())
+                {
+                    referral.credited = false;
+                }
+                self.push_credit(CreditEntry {
+                    credit_id: *credit_id,
+                    user_id: user_id.clone(),
+                    amount_minor: amount_minor.saturating_neg(),
+                    kind: CreditKind::Reversal,
+                    referred_user_id,
+                    reference: Some(refund_id.clone()),
+                    of_credit: Some(*of_credit),
+                    available_at_ms: *at_ms,
+                    reversed: false,
+                    at_ms: *at_ms,
+                });
+            }
+            Fact::CreditSpent {
+                credit_id,
+                spend_id,
+                user_id,
+                amount_minor,
+                at_ms,
+            } => {
+                self.spends.insert(
+                    spend_id.clone(),
+                    credits::Spend {
+                        user_id: user_id.clone(),
+                        amount: *amount_minor,
+                    },
+                );
+                self.push_credit(CreditEntry {
+                    credit_id: *credit_id,
+                    user_id: user_id.clone(),
+                    amount_minor: amount_minor.saturating_neg(),
+                    kind: CreditKind::Spend,
+                    referred_user_id: String::new(),
+                    reference: Some(spend_id.clone()),
+                    of_credit: None,
+                    available_at_ms: *at_ms,
+                    reversed: false,
+                    at_ms: *at_ms,
+                });
+            }
         }
+    }
+
+    fn push_credit(&mut self, entry: CreditEntry) {
+        debug_assert_eq!(entry.credit_id, self.credits.len() as u64 + 1);
+        self.credits_by_user
+            .entry(entry.user_id.clone())
+            .or_default()
+            .push(entry.credit_id);
+        self.credits.push(entry);
     }
 
     fn push_entry(&mut self, entry: Entry) {

@@ -229,10 +229,14 @@ impl Programme {
             }
             Some(Referrer::Customer { .. }) => {
                 let customer = customer.expect("a referral belongs to a customer");
+                let last_paid = customer
+                    .last_paid_at_ms
+                    .map_or(payment.occurred_at_ms, |at| at.max(payment.occurred_at_ms));
                 self.credits_due(
                     &payment.user_id,
                     spent,
                     customer.email_verified,
+                    Some(last_paid),
                     now_ms,
                     &mut facts,
                 );
@@ -366,6 +370,21 @@ impl Programme {
                 });
                 next_entry += 1;
             }
+        }
+        if let Some(customer) = self.customers.get(&payment.user_id)
+            && let Some(super::Referral {
+                referrer: Referrer::Customer { .. },
+                ..
+            }) = &customer.referral
+        {
+            let spent_after = total(customer.spent, -refund.amount_minor)?;
+            self.credit_reversals_due(
+                &payment.user_id,
+                spent_after,
+                &refund.refund_id,
+                now_ms,
+                &mut facts,
+            );
         }
         Ok(Decided::new(facts))
     }

@@ -39,7 +39,7 @@ use crate::http::tokens::{self, Scope};
 
 // The answers keep the paths they had when this was one file.
 pub use commissions::{Commissions, EntryKindView, EntryStatusView, EntryView};
-pub use credits::{CreditView, Credits, CustomerCodeView};
+pub use credits::{CreditStatusView, CreditView, Credits, CustomerCodeView};
 pub use enrolment::{AffiliateView, AffiliateWithToken, CodeOwnerKind, CodeOwnerView};
 pub use stats::{PeriodView, StatsGranularity, StatsView};
 
@@ -60,6 +60,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(credits::verify_email))
         .routes(routes!(credits::customer_code))
         .routes(routes!(credits::credits))
+        .routes(routes!(credits::spend_credit))
 }
 
 /// The public click route, `GET /r/{code}`.
