@@ -37,6 +37,8 @@ pub struct AffiliateDesk {
     pub landing_page: String,
     /// The public base of `/r/{code}` links.
     pub link_base: String,
+    /// Clicks per source address per minute.
+    pub click_limit: Arc<crate::click_limit::ClickLimit>,
     clock: Clock,
 }
 
@@ -83,6 +85,9 @@ impl AffiliateDesk {
             ledger: Arc::new(ledger),
             landing_page: config.referral_landing_page.clone(),
             link_base: config.referral_link_base.trim_end_matches('/').to_owned(),
+            click_limit: Arc::new(crate::click_limit::ClickLimit::new(
+                config.click_rate_per_minute as u32,
+            )),
             clock: Arc::new(crate::clock::unix_ms),
         })
     }

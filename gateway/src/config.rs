@@ -157,6 +157,16 @@ pub struct ServeConfig {
     #[arg(long, env = "EAGATE_DAILY_REFERRAL_LIMIT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub daily_referral_limit: u64,
 
+    /// Minutes within which repeated clicks on one referral link from one
+    /// address count once (and get the first click's id).
+    #[arg(long, env = "EAGATE_CLICK_DEDUPE_MINUTES", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=1_440))]
+    pub click_dedupe_minutes: u64,
+
+    /// Referral-link clicks one source address may make per minute; more
+    /// are answered 429.
+    #[arg(long, env = "EAGATE_CLICK_RATE_PER_MINUTE", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub click_rate_per_minute: u64,
+
     /// The smallest payout, in minor units of the programme's currency: a
     /// payable balance below it waits for more.
     #[arg(long, env = "EAGATE_PAYOUT_MINIMUM_MINOR", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
@@ -226,6 +236,8 @@ struct FileConfig {
     referrer_credit_minor: Option<u64>,
     referred_credit_minor: Option<u64>,
     daily_referral_limit: Option<u64>,
+    click_dedupe_minutes: Option<u64>,
+    click_rate_per_minute: Option<u64>,
     payout_minimum_minor: Option<u64>,
     max_event_age_days: Option<u64>,
 }
@@ -309,6 +321,8 @@ impl ServeConfig {
         take!(referrer_credit_minor, 0, 1_000_000_000);
         take!(referred_credit_minor, 0, 1_000_000_000);
         take!(daily_referral_limit, 1, 10_000);
+        take!(click_dedupe_minutes, 1, 1_440);
+        take!(click_rate_per_minute, 1, 100_000);
         take!(payout_minimum_minor, 1, 1_000_000_000);
         take!(
             max_event_age_days,
@@ -370,6 +384,7 @@ impl ServeConfig {
             referrer_credit: self.referrer_credit_minor as i64,
             referred_credit: self.referred_credit_minor as i64,
             daily_referral_limit: self.daily_referral_limit as u32,
+            click_dedupe_ms: self.click_dedupe_minutes * 60 * 1_000,
             payout_minimum: self.payout_minimum_minor as i64,
             max_event_age_ms: self.max_event_age_days * DAY_MS,
         })
@@ -384,7 +399,7 @@ impl ServeConfig {
                 })
         };
         format!(
-            "config_file = {}\ndata_dir = {}\nquic_listen = {}\nquic_endpoints = {}\nhttp_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nsignal_queue_len = {}\nsignal_retention_hours = {}\nmaster_key = {}\nredis_url = {}\nredis_prefix = {}\nreferral_landing_page = {}\nreferral_link_base = {}\naffiliate_currency = {}\nfirst_month_commission_bps = {}\nlater_months_commission_bps = {}\nfirst_trade_bonus_bps = {}\nholding_period_days = {}\nattribution_window_days = {}\ncredit_threshold_minor = {}\nreferrer_credit_minor = {}\nreferred_credit_minor = {}\ndaily_referral_limit = {}\npayout_minimum_minor = {}\nmax_event_age_days = {}\n",
+            "config_file = {}\ndata_dir = {}\nquic_listen = {}\nquic_endpoints = {}\nhttp_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nsignal_queue_len = {}\nsignal_retention_hours = {}\nmaster_key = {}\nredis_url = {}\nredis_prefix = {}\nreferral_landing_page = {}\nreferral_link_base = {}\naffiliate_currency = {}\nfirst_month_commission_bps = {}\nlater_months_commission_bps = {}\nfirst_trade_bonus_bps = {}\nholding_period_days = {}\nattribution_window_days = {}\ncredit_threshold_minor = {}\nreferrer_credit_minor = {}\nreferred_credit_minor = {}\ndaily_referral_limit = {}\nclick_dedupe_minutes = {}\nclick_rate_per_minute = {}\npayout_minimum_minor = {}\nmax_event_age_days = {}\n",
             self.config_file
                 .as_ref()
                 .map_or("(none)".to_owned(), |p| p.display().to_string()),
@@ -420,6 +435,8 @@ impl ServeConfig {
             self.referrer_credit_minor,
             self.referred_credit_minor,
             self.daily_referral_limit,
+            self.click_dedupe_minutes,
+            self.click_rate_per_minute,
             self.payout_minimum_minor,
             self.max_event_age_days,
         )

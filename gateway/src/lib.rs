@@ -22,6 +22,7 @@
 pub mod affiliates;
 pub mod api_schema;
 pub mod cli;
+pub mod click_limit;
 pub mod clock;
 pub mod config;
 pub mod core;

@@ -166,8 +166,8 @@ impl Desk {
         )
     }
 
-    /// Follows a referral link from `ip`; returns the click id.
-    async fn click(&self, code: &str, ip: &str) -> String {
+    /// Follows a referral link from `ip`: the answer, whatever it is.
+    async fn follow_link(&self, code: &str, ip: &str) -> Answer {
         let mut request = Request::builder()
             .uri(format!("/r/{code}"))
             .header(header::USER_AGENT, "Mozilla/5.0 (test)")
@@ -175,8 +175,13 @@ impl Desk {
             .unwrap();
         let peer: SocketAddr = format!("{ip}:50000").parse().unwrap();
         request.extensions_mut().insert(ConnectInfo(peer));
-        let answer = self.send(request).await;
-        assert_eq!(answer.status, StatusCode::SEE_OTHER);
+        self.send(request).await
+    }
+
+    /// Follows a referral link from `ip`; returns the click id.
+    async fn click(&self, code: &str, ip: &str) -> String {
+        let answer = self.follow_link(code, ip).await;
+        assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.text);
         let location = answer.headers[header::LOCATION]
             .to_str()
             .unwrap()
@@ -887,6 +892,63 @@ async fn wait_for_bonus(desk: &Desk, affiliate: &str) -> Value {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn repeated_clicks_from_one_address_count_once_and_keep_the_first_click_id() {
+    let desk = desk().await;
+    let (affiliate, code, _) = desk.enrol("alice").await;
+    let first = desk.click(&code, "198.51.100.7").await;
+    for _ in 0..20 {
+        assert_eq!(desk.click(&code, "198.51.100.7").await, first);
+    }
+    let elsewhere = desk.click(&code, "203.0.113.9").await;
+    assert_ne!(elsewhere, first);
+    assert_eq!(desk.totals(&affiliate).await["clicks"], 2);
+    // An hour later the same visitor's click counts again, with a new id.
+    desk.clock.fetch_add(61 * 60 * 1_000, Ordering::SeqCst);
+    let later = desk.click(&code, "198.51.100.7").await;
+    assert_ne!(later, first);
+    assert_eq!(desk.totals(&affiliate).await["clicks"], 3);
+    // Only the counted clicks were journaled.
+    let ledger = &desk.gateway.affiliates().unwrap().ledger;
+    let journaled = ledger
+        .facts()
+        .unwrap()
+        .iter()
+        .filter(|f| matches!(f, eagate_affiliates::Fact::Clicked { .. }))
+        .count();
+    assert_eq!(journaled, 3);
+    // The repeated click's id attributes the signup like the first.
+    let signup = desk.signup("bob", &code, Some(&first)).await;
+    assert_eq!(signup.status, StatusCode::CREATED, "{}", signup.text);
+}
+
+#[tokio::test]
+async fn a_click_flood_from_one_address_is_429_with_retry_after_and_others_pass() {
+    let desk = desk().await;
+    let (affiliate, code, _) = desk.enrol("alice").await;
+    // 09:00:00 on the desk's clock: a fresh minute.
+    for _ in 0..60 {
+        let answer = desk.follow_link(&code, "198.51.100.7").await;
+        assert_eq!(answer.status, StatusCode::SEE_OTHER);
+    }
+    let flooded = desk.follow_link(&code, "198.51.100.7").await;
+    assert_problem(&flooded, StatusCode::TOO_MANY_REQUESTS, "try again in 60 s");
+    assert_eq!(flooded.headers[header::RETRY_AFTER], "60");
+    // Unknown codes count against the same limit: a scan is a flood too.
+    let scan = desk.follow_link("AAAAA-AAAAA", "198.51.100.7").await;
+    assert_eq!(scan.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        desk.follow_link(&code, "203.0.113.9").await.status,
+        StatusCode::SEE_OTHER
+    );
+    desk.clock.fetch_add(60 * 1_000, Ordering::SeqCst);
+    assert_eq!(
+        desk.follow_link(&code, "198.51.100.7").await.status,
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(desk.totals(&affiliate).await["clicks"], 2);
 }
 
 #[tokio::test]

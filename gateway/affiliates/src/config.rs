@@ -48,12 +48,25 @@ pub struct ProgrammeConfig {
     pub referred_credit: Minor,
     /// Most customers one customer may refer per UTC day (default 10).
     pub daily_referral_limit: u32,
+    /// Repeated clicks on one link from one address within this long count
+    /// once, and get the first click's id (default 1 hour).
+    pub click_dedupe_ms: u64,
     /// The smallest payout: a payable balance below it waits for more
     /// (default GBP 100.00, in the programme's minor units).
     pub payout_minimum: Minor,
     /// How old an event's `occurred_at` may be when it arrives (default and
     /// at most [`LONGEST_EVENT_AGE_DAYS`]); older events are refused.
     pub max_event_age_ms: u64,
+}
+
+impl ProgrammeConfig {
+    /// How long a click is kept for attribution: its window, plus how late
+    /// the signup may be reported and the clocks' difference.
+    pub fn click_retention_ms(&self) -> u64 {
+        self.attribution_window_ms
+            .saturating_add(self.max_event_age_ms.min(LONGEST_EVENT_AGE_DAYS * DAY_MS))
+            .saturating_add(EVENT_CLOCK_SKEW_MS)
+    }
 }
 
 impl Default for ProgrammeConfig {
@@ -69,6 +82,7 @@ impl Default for ProgrammeConfig {
             referrer_credit: 1_000,
             referred_credit: 1_000,
             daily_referral_limit: 10,
+            click_dedupe_ms: 60 * 60 * 1_000,
             payout_minimum: 10_000,
             max_event_age_ms: LONGEST_EVENT_AGE_DAYS * DAY_MS,
         }

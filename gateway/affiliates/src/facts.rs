@@ -308,3 +308,29 @@ pub enum Fact {
         at_ms: u64,
     },
 }
+
+impl Fact {
+    /// When the programme decided it (its arrival, for the platform's
+    /// events).
+    pub fn at_ms(&self) -> u64 {
+        match self {
+            Self::AffiliateEnrolled { at_ms, .. }
+            | Self::AffiliateTokenReplaced { at_ms, .. }
+            | Self::CustomerCodeIssued { at_ms, .. }
+            | Self::Clicked { at_ms, .. }
+            | Self::Referred { at_ms, .. }
+            | Self::EmailVerified { at_ms, .. }
+            | Self::PaymentReceived { at_ms, .. }
+            | Self::RefundReceived { at_ms, .. }
+            | Self::FirstTrade { at_ms, .. }
+            | Self::CommissionEarned { at_ms, .. }
+            | Self::CommissionReversed { at_ms, .. }
+            | Self::ClawbackEntered { at_ms, .. }
+            | Self::PayoutMade { at_ms, .. }
+            | Self::AdjustmentEntered { at_ms, .. }
+            | Self::CreditGranted { at_ms, .. }
+            | Self::CreditReversed { at_ms, .. }
+            | Self::CreditSpent { at_ms, .. } => *at_ms,
+        }
+    }
+}

@@ -34,6 +34,13 @@ pub enum ApiError {
     /// A limit was reached; the detail says when it resets.
     #[error("{0}")]
     TooManyRequests(String),
+    /// Too many requests from one source for now; `Retry-After` says when
+    /// to come back.
+    #[error("too many requests from this address; try again in {retry_after_s} s")]
+    RateLimited {
+        /// Seconds until the limit lets the source in again.
+        retry_after_s: u64,
+    },
     /// The body is larger than the API accepts.
     #[error("the request body is larger than {} bytes", super::MAX_BODY_BYTES)]
     PayloadTooLarge,
@@ -72,6 +79,11 @@ impl IntoResponse for ApiError {
                 "limit-reached",
                 "Limit reached",
             ),
+            Self::RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+            ),
             Self::PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload-too-large",
@@ -97,6 +109,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Self::RateLimited { retry_after_s } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

@@ -41,6 +41,8 @@ pub fn config(dir: &Path) -> ServeConfig {
         referrer_credit_minor: 1_000,
         referred_credit_minor: 1_000,
         daily_referral_limit: 10,
+        click_dedupe_minutes: 60,
+        click_rate_per_minute: 60,
         payout_minimum_minor: 10_000,
         max_event_age_days: 26,
     }

@@ -22,8 +22,9 @@ pub enum ReferralError {
     /// No affiliate or customer has this code.
     #[error("referral code {0} is not known")]
     UnknownCode(ReferralCode),
-    /// The click id was never issued.
-    #[error("click {0} is not known")]
+    /// The click id was never issued, or is past the time clicks are kept
+    /// (the attribution window, plus how late a signup may be reported).
+    #[error("click {0} is not known (or older than clicks are kept)")]
     UnknownClick(String),
     /// The click was on another code's link.
     #[error("click {click_id} was on referral code {clicked}, not {code}")]

@@ -206,7 +206,7 @@ impl Programme {
 
     /// The grants due when a customer referred by a customer has verified
     /// their email and spent the threshold: pending for the holding period
-    /// from their latest payment (`last_paid_at_ms`).
+    /// from the grant (or from their latest payment, if that is later).
     pub(super) fn credits_due(
         &self,
         user_id: &str,
@@ -232,8 +232,12 @@ impl Programme {
         if referral.credited || !verified || spent < self.config.credit_threshold {
             return;
         }
+        // Held from the grant, whatever triggered it: a verification long
+        // after the payment must not make credit spendable at once, before a
+        // refund could take it back.
         let available_at_ms = last_paid_at_ms
             .unwrap_or(now_ms)
+            .max(now_ms)
             .saturating_add(self.config.holding_period_ms);
         let first_id = self.credits.len() as u64 + 1;
         for (credit_id, (to, amount, reason)) in (first_id..).zip([
@@ -274,6 +278,7 @@ impl Programme {
         if spent_after >= self.config.credit_threshold {
             return;
         }
+        let now_ms = self.not_before_latest(now_ms);
         let mut next_id = self.credits.len() as u64 + 1;
         for &grant_id in self.grants_for.get(referred_user_id).into_iter().flatten() {
             let grant = self.credit(grant_id);
@@ -317,7 +322,7 @@ impl Programme {
                 Err(CreditSpendError::IdReused(spend_id.to_owned()))
             };
         }
-        let balance = self.credit_balance(user_id, now_ms)?;
+        let balance = self.credit_balance(user_id, self.not_before_latest(now_ms))?;
         if amount_minor > balance.available {
             return Err(CreditSpendError::Insufficient {
                 user_id: user_id.to_owned(),

@@ -67,7 +67,9 @@ impl Programme {
         }]))
     }
 
-    /// A referral link was followed; `None` if no one has the code.
+    /// A referral link was followed; `None` if no one has the code. A
+    /// repeat from the same address within the dedupe interval is a replay
+    /// (counted once; [`Programme::recent_click`] has the id to hand out).
     pub fn click(
         &self,
         code: ReferralCode,
@@ -77,6 +79,9 @@ impl Programme {
         now_ms: u64,
     ) -> Option<Decided> {
         self.codes.get(&code)?;
+        if self.recent_click(source_address, code, now_ms).is_some() {
+            return Some(Decided::replay());
+        }
         Some(Decided::new(vec![Fact::Clicked {
             click_id: click_id.to_owned(),
             code,
@@ -84,6 +89,23 @@ impl Programme {
             user_agent: user_agent.to_owned(),
             at_ms: now_ms,
         }]))
+    }
+
+    /// The id of the click counted for `source_address` on `code` within
+    /// the dedupe interval before `now_ms`, if any.
+    pub fn recent_click(
+        &self,
+        source_address: &str,
+        code: ReferralCode,
+        now_ms: u64,
+    ) -> Option<&str> {
+        let (click_id, at) = self.recent_clicks.get(&(source_address.to_owned(), code))?;
+        (now_ms.saturating_sub(*at) < self.config.click_dedupe_ms).then_some(click_id.as_str())
+    }
+
+    /// How many clicks are kept for attribution.
+    pub fn clicks_kept(&self) -> usize {
+        self.clicks.len()
     }
 
     /// Who owns `code`. A hash map lookup: constant time however many codes.

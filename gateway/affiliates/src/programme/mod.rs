@@ -22,7 +22,7 @@ mod payments;
 mod payouts;
 mod stats;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::calendar::day_of;
 use crate::code::ReferralCode;
@@ -168,7 +168,14 @@ pub struct Programme {
     affiliate_by_token: HashMap<String, String>,
     codes: HashMap<ReferralCode, CodeOwner>,
     customer_codes: HashMap<String, ReferralCode>,
+    /// Clicks by id, kept for [`ProgrammeConfig::click_retention_ms`].
     clicks: HashMap<String, Click>,
+    /// Click ids oldest first, to let go of clicks past their retention.
+    click_order: VecDeque<(u64, String)>,
+    /// The latest counted click per (source address, code), to count a
+    /// repeat within the dedupe interval once.
+    recent_clicks: HashMap<(String, ReferralCode), (String, u64)>,
+    recent_order: VecDeque<(u64, String, ReferralCode)>,
     customers: HashMap<String, Customer>,
     payments: HashMap<String, Payment>,
     refunds: HashMap<String, Refund>,
@@ -181,6 +188,10 @@ pub struct Programme {
     grants_for: HashMap<String, Vec<u64>>,
     spends: HashMap<String, credits::Spend>,
     referrals_by_day: HashMap<(String, i64), u32>,
+    /// The latest decision time folded in: decisions never look at the
+    /// programme from before it (a request that read the clock, then waited
+    /// for the journal's lock behind a later one, sees the later state).
+    latest_at_ms: u64,
 }
 
 impl Programme {
@@ -194,6 +205,9 @@ impl Programme {
             codes: HashMap::new(),
             customer_codes: HashMap::new(),
             clicks: HashMap::new(),
+            click_order: VecDeque::new(),
+            recent_clicks: HashMap::new(),
+            recent_order: VecDeque::new(),
             customers: HashMap::new(),
             payments: HashMap::new(),
             refunds: HashMap::new(),
@@ -205,7 +219,17 @@ impl Programme {
             grants_for: HashMap::new(),
             spends: HashMap::new(),
             referrals_by_day: HashMap::new(),
+            latest_at_ms: 0,
         }
+    }
+
+    /// `now_ms`, or the latest decision time already folded in if that is
+    /// later: what a decision that depends on where money stands at a
+    /// moment must use, so that a request that waited behind a later one
+    /// cannot undo what the later one saw (a grant seen available and
+    /// spent must not look pending to a refund decided after it).
+    fn not_before_latest(&self, now_ms: u64) -> u64 {
+        now_ms.max(self.latest_at_ms)
     }
 
     /// The rules.
@@ -221,6 +245,7 @@ impl Programme {
     /// ends of `i64`; saturating keeps even a damaged journal from turning
     /// a total's sign.
     pub fn apply(&mut self, fact: &Fact) {
+        self.latest_at_ms = self.latest_at_ms.max(fact.at_ms());
         match fact {
             Fact::AffiliateEnrolled {
                 affiliate_id,
@@ -271,9 +296,11 @@ impl Programme {
             Fact::Clicked {
                 click_id,
                 code,
+                source_address,
                 at_ms,
                 ..
             } => {
+                self.forget_clicks_before(*at_ms);
                 self.clicks.insert(
                     click_id.clone(),
                     Click {
@@ -281,6 +308,11 @@ impl Programme {
                         at_ms: *at_ms,
                     },
                 );
+                self.click_order.push_back((*at_ms, click_id.clone()));
+                self.recent_clicks
+                    .insert((source_address.clone(), *code), (click_id.clone(), *at_ms));
+                self.recent_order
+                    .push_back((*at_ms, source_address.clone(), *code));
                 if let Some(CodeOwner::Affiliate(id)) = self.codes.get(code)
                     && let Some(affiliate) = self.affiliates.get_mut(id)
                 {
@@ -565,7 +597,10 @@ impl Programme {
                     referred_user_id: referred_user_id.clone(),
                     reference: None,
                     of_credit: None,
-                    available_at_ms: available_at_ms.unwrap_or(*at_ms),
+                    // Grants from before credits were held could not be
+                    // spent; they are held from when they were granted.
+                    available_at_ms: available_at_ms
+                        .unwrap_or_else(|| at_ms.saturating_add(self.config.holding_period_ms)),
                     reversed: false,
                     at_ms: *at_ms,
                 });
@@ -655,6 +690,37 @@ impl Programme {
             .or_default()
             .push(entry.credit_id);
         self.credits.push(entry);
+    }
+
+    /// Lets go of clicks past their retention and of dedupe entries past
+    /// their interval, as of `now_ms` (a click's own time: clicks are
+    /// stamped under the journal's lock, so in order, and a replay lets go
+    /// of the same ones).
+    fn forget_clicks_before(&mut self, now_ms: u64) {
+        let kept_from = now_ms.saturating_sub(self.config.click_retention_ms());
+        while let Some((at, _)) = self.click_order.front()
+            && *at < kept_from
+        {
+            if let Some((_, click_id)) = self.click_order.pop_front() {
+                self.clicks.remove(&click_id);
+            }
+        }
+        let deduped_from = now_ms.saturating_sub(self.config.click_dedupe_ms);
+        while let Some((at, _, _)) = self.recent_order.front()
+            && *at < deduped_from
+        {
+            if let Some((at, address, code)) = self.recent_order.pop_front() {
+                let key = (address, code);
+                // A later click of the same key replaced this one: keep it.
+                if self
+                    .recent_clicks
+                    .get(&key)
+                    .is_some_and(|(_, latest)| *latest == at)
+                {
+                    self.recent_clicks.remove(&key);
+                }
+            }
+        }
     }
 
     fn push_entry(&mut self, entry: Entry) {

@@ -262,6 +262,7 @@ pub(super) async fn code_owner(
     security(),
     responses(
         (status = 303, description = "To the landing page.", headers(("Location" = String, description = "The landing page, with ref and click when the code is known."))),
+        (status = 429, description = "Too many clicks from this address this minute; Retry-After says when to come back."),
         (status = 500, description = "The click could not be recorded."),
     )
 )]
@@ -270,17 +271,38 @@ pub(super) async fn click(
     Path(CodePath { code }): Path<CodePath>,
     visitor: Visitor,
 ) -> Result<Response, ApiError> {
-    let landing = &state.affiliates.landing_page;
+    let desk = &state.affiliates;
+    let now = desk.now_ms();
+    if let Err(retry_after_s) = desk.click_limit.admit(&visitor.address, now) {
+        return Err(ApiError::RateLimited { retry_after_s });
+    }
+    let landing = &desk.landing_page;
     let joiner = if landing.contains('?') { '&' } else { '?' };
+    let to_landing = |click_id: &str, code: ReferralCode| {
+        Redirect::to(&format!(
+            "{landing}{joiner}ref={}&click={click_id}",
+            code.as_str()
+        ))
+        .into_response()
+    };
     // A mistyped or unknown code still lands the visitor, without a code:
     // a broken link must not lose them.
     let Ok(code) = code.parse::<ReferralCode>() else {
         return Ok(Redirect::to(landing).into_response());
     };
+    // The same visitor again within the dedupe interval: counted once, the
+    // first click's id again, and nothing written.
+    let recent = |desk: &crate::affiliates::AffiliateDesk| {
+        desk.ledger
+            .read()
+            .recent_click(&visitor.address, code, now)
+            .map(str::to_owned)
+    };
+    if let Some(click_id) = recent(desk) {
+        return Ok(to_landing(&click_id, code));
+    }
     let click_id = format!("ck_{}", random_hex(12)?);
-    let now = state.affiliates.now_ms();
-    let written = state
-        .affiliates
+    let written = desk
         .ledger
         .write(|p| {
             p.click(code, &click_id, &visitor.address, &visitor.user_agent, now)
@@ -288,11 +310,12 @@ pub(super) async fn click(
         })
         .await;
     match written {
-        Ok(_) => Ok(Redirect::to(&format!(
-            "{landing}{joiner}ref={}&click={click_id}",
-            code.as_str()
-        ))
-        .into_response()),
+        // Another request from this visitor counted it first.
+        Ok(decided) if decided.replayed => match recent(desk) {
+            Some(first) => Ok(to_landing(&first, code)),
+            None => Ok(Redirect::to(landing).into_response()),
+        },
+        Ok(_) => Ok(to_landing(&click_id, code)),
         Err(WriteError::Refused(())) => Ok(Redirect::to(landing).into_response()),
         Err(WriteError::Journal(e)) => Err(ApiError::Internal(e.to_string())),
     }
