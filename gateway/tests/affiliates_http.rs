@@ -810,6 +810,106 @@ async fn an_admin_adjustment_corrects_the_balance_once_and_is_netted_at_payout()
     assert_balances(&desk.totals(&affiliate).await, 14_000, 0, 0, 14_000, 0);
 }
 
+#[tokio::test]
+async fn payday_lists_show_who_is_owed_what_and_every_payout() {
+    let desk = desk_with(|config| config.payout_minimum_minor = 1).await;
+    let (alice, alice_code, alice_token) = desk.enrol("alice").await;
+    let (zoe, zoe_code, zoe_token) = desk.enrol("zoe").await;
+    let (yan, _, _) = desk.enrol("yan").await;
+    desk.signup("c1", &alice_code, None).await;
+    desk.signup("c2", &zoe_code, None).await;
+    desk.pay("p1", "c1", 10_000, 1).await; // alice 3,000
+    desk.pay("p2", "c2", 2_000, 1).await; // zoe 600
+    desk.advance_days(31);
+    assert_eq!(
+        desk.payout(&alice, "po-1").await.status,
+        StatusCode::CREATED
+    );
+    desk.adjust(&zoe, "adj-1", -1_000, "bonus paid twice").await;
+    desk.pay("p3", "c1", 10_000, 2).await; // alice 1,500, pending
+    let list = |query: &str| {
+        let desk = &desk;
+        let uri = format!("/v1/affiliates{query}");
+        async move {
+            let answer = desk.admin_get(&uri).await;
+            assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+            answer.body
+        }
+    };
+    let all = list("").await;
+    let rows: Vec<_> = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["affiliate_id"].as_str().unwrap().to_owned(),
+                r["status"].as_str().unwrap().to_owned(),
+                r["pending_minor"].as_i64().unwrap(),
+                r["payable_minor"].as_i64().unwrap(),
+                r["paid_minor"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (alice.clone(), "pending".into(), 1_500, 0, 3_000),
+            (zoe.clone(), "negative".into(), 0, -400, 0),
+            (yan.clone(), "settled".into(), 0, 0, 0),
+        ]
+    );
+    assert!(all["items"][0]["last_paid_at_ms"].is_u64());
+    assert_eq!(
+        list("?status=negative").await["items"][0]["affiliate_id"],
+        zoe
+    );
+    assert_eq!(list("?min_payable_minor=1").await["items"], json!([]));
+    let first = list("?limit=1").await;
+    assert_eq!(first["items"][0]["affiliate_id"], alice);
+    assert_eq!(first["next_after"], 1);
+    assert_eq!(
+        list("?after=1&limit=1").await["items"][0]["affiliate_id"],
+        zoe
+    );
+    let csv = desk.admin_get("/v1/affiliates?format=csv").await.text;
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 4, "{csv}");
+    assert!(
+        lines[2].contains(",negative,") && lines[2].contains(",-400,-4.00,"),
+        "{csv}"
+    );
+
+    let payouts = desk.admin_get("/v1/payouts").await;
+    assert_eq!(
+        payouts.body["items"].as_array().unwrap().len(),
+        1,
+        "{}",
+        payouts.text
+    );
+    assert_eq!(payouts.body["items"][0]["payout_id"], "po-1");
+    assert_eq!(payouts.body["items"][0]["amount_minor"], 3_000);
+    let own_uri = format!("/v1/affiliates/{alice}/payouts");
+    let own = desk.call("GET", &own_uri, &alice_token, None).await;
+    assert_eq!(own.body["items"][0]["payout_id"], "po-1", "{}", own.text);
+    let other = desk.call("GET", &own_uri, &zoe_token, None).await;
+    assert_eq!(other.status, StatusCode::FORBIDDEN);
+    let zoes = desk
+        .call(
+            "GET",
+            &format!("/v1/affiliates/{zoe}/payouts"),
+            &zoe_token,
+            None,
+        )
+        .await;
+    assert_eq!(zoes.body["items"], json!([]));
+    // The lists are the admin's: an affiliate's token cannot read them.
+    for uri in ["/v1/affiliates", "/v1/payouts"] {
+        let answer = desk.call("GET", uri, &alice_token, None).await;
+        assert_eq!(answer.status, StatusCode::FORBIDDEN, "{uri}");
+    }
+}
+
 on_both_backends!(the_first_fill_on_any_device_of_the_account_earns_the_bonus_once);
 async fn the_first_fill_on_any_device_of_the_account_earns_the_bonus_once(backend: Backend) {
     let desk = desk_on(&backend).await;

@@ -124,8 +124,8 @@ impl Programme {
             .get(self.affiliate_by_token.get(token_sha256)?)
     }
 
-    /// Every affiliate id, in no particular order.
+    /// Every affiliate id, in the order they enrolled.
     pub fn affiliate_ids(&self) -> impl Iterator<Item = &str> {
-        self.affiliates.keys().map(String::as_str)
+        self.affiliate_order.iter().map(String::as_str)
     }
 }

@@ -41,7 +41,7 @@ pub use credits::{
 pub use enrolment::EnrolError;
 pub use event_time::EventTimeError;
 pub use payments::{PaymentError, PaymentEvent, RefundError, RefundEvent};
-pub use payouts::PayoutError;
+pub use payouts::{PayoutError, PayoutRecord};
 pub use stats::{Granularity, PeriodStats, Stats};
 
 /// What a decision added. An empty list with `replayed` set means the same
@@ -151,6 +151,9 @@ struct Refund {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Payout {
     affiliate_id: String,
+    amount: Minor,
+    entries: usize,
+    at_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -180,6 +183,10 @@ pub struct Programme {
     payments: HashMap<String, Payment>,
     refunds: HashMap<String, Refund>,
     payouts: HashMap<String, Payout>,
+    /// Payout ids in the order they were made.
+    payout_order: Vec<String>,
+    /// Affiliate ids in the order they enrolled.
+    affiliate_order: Vec<String>,
     adjustments: HashMap<String, adjustments::Adjustment>,
     entries: Vec<Entry>,
     credits: Vec<CreditEntry>,
@@ -212,6 +219,8 @@ impl Programme {
             payments: HashMap::new(),
             refunds: HashMap::new(),
             payouts: HashMap::new(),
+            payout_order: Vec::new(),
+            affiliate_order: Vec::new(),
             adjustments: HashMap::new(),
             entries: Vec::new(),
             credits: Vec::new(),
@@ -254,6 +263,7 @@ impl Programme {
                 token_sha256,
                 at_ms,
             } => {
+                self.affiliate_order.push(affiliate_id.clone());
                 self.affiliate_by_user
                     .insert(user_id.clone(), affiliate_id.clone());
                 self.affiliate_by_token
@@ -525,16 +535,20 @@ impl Programme {
             Fact::PayoutMade {
                 payout_id,
                 affiliate_id,
+                amount_minor,
                 entries,
                 at_ms,
-                ..
             } => {
                 self.payouts.insert(
                     payout_id.clone(),
                     Payout {
                         affiliate_id: affiliate_id.clone(),
+                        amount: *amount_minor,
+                        entries: entries.len(),
+                        at_ms: *at_ms,
                     },
                 );
+                self.payout_order.push(payout_id.clone());
                 for entry_id in entries {
                     if let Some(entry) = self.entry_mut(*entry_id) {
                         entry.payout_id = Some(payout_id.clone());

@@ -39,7 +39,39 @@ pub enum PayoutError {
     IdReused(String),
 }
 
+/// A payout as the history shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayoutRecord<'a> {
+    /// 1, 2, 3, … in the order payouts were made.
+    pub seq: u64,
+    /// Its id.
+    pub payout_id: &'a str,
+    /// Who was paid.
+    pub affiliate_id: &'a str,
+    /// The net amount paid.
+    pub amount_minor: Minor,
+    /// How many ledger lines it settled.
+    pub entries: usize,
+    /// When.
+    pub at_ms: u64,
+}
+
 impl Programme {
+    /// Every payout, oldest first.
+    pub fn payouts(&self) -> impl Iterator<Item = PayoutRecord<'_>> {
+        (1u64..).zip(&self.payout_order).map(|(seq, payout_id)| {
+            let payout = &self.payouts[payout_id];
+            PayoutRecord {
+                seq,
+                payout_id,
+                affiliate_id: &payout.affiliate_id,
+                amount_minor: payout.amount,
+                entries: payout.entries,
+                at_ms: payout.at_ms,
+            }
+        })
+    }
+
     /// Pays every payable entry of an affiliate, clawbacks netted, if the
     /// net is at least the programme's payout minimum. The same payout id
     /// again is a replay.

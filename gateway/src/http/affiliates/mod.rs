@@ -14,6 +14,7 @@ mod attribution;
 mod commissions;
 mod credits;
 mod enrolment;
+mod lists;
 mod pages;
 mod payments;
 mod payouts;
@@ -41,17 +42,19 @@ use crate::http::tokens::{self, Scope};
 pub use commissions::{Commissions, EntryKindView, EntryStatusView, EntryView};
 pub use credits::{CreditStatusView, CreditView, Credits, CustomerCodeView};
 pub use enrolment::{AffiliateView, AffiliateWithToken, CodeOwnerKind, CodeOwnerView};
+pub use lists::{AffiliateList, AffiliateRow, OwedStatus, PayoutHistory, PayoutRow};
 pub use stats::{PeriodView, StatsGranularity, StatsView};
 
 /// The `/v1` routes of the programme (behind bearer authentication).
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(enrolment::enrol))
+        .routes(routes!(enrolment::enrol, lists::affiliates))
         .routes(routes!(enrolment::affiliate))
         .routes(routes!(enrolment::replace_token))
         .routes(routes!(stats::stats))
         .routes(routes!(commissions::commissions))
-        .routes(routes!(payouts::pay_out))
+        .routes(routes!(payouts::pay_out, lists::payouts_of))
+        .routes(routes!(lists::payouts))
         .routes(routes!(adjustments::adjust))
         .routes(routes!(enrolment::code_owner))
         .routes(routes!(attribution::refer))

@@ -1,0 +1,360 @@
+//! The lists an affiliate manager works from on payday: every affiliate
+//! with what they are owed, and the payouts made, overall or for one
+//! affiliate. Pages of JSON or CSV.
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use eagate_affiliates::calendar::{day_of, format_instant};
+use eagate_affiliates::{Balances, Currency};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::pages::{PageQuery, csv_response, date_bound, json_name, page_limit, wants_csv};
+use super::{AffiliatePath, AffiliateReader};
+use crate::http::{Admin, ApiError, AppState};
+
+/// Where an affiliate's money stands now, as the list filters it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OwedStatus {
+    /// A positive payable balance.
+    Owed,
+    /// Clawbacks or adjustments exceed what is payable: owed by them.
+    Negative,
+    /// Nothing payable, something in the holding period.
+    Pending,
+    /// Nothing payable or pending.
+    Settled,
+}
+
+impl OwedStatus {
+    fn of(balances: &Balances) -> Self {
+        if balances.payable > 0 {
+            Self::Owed
+        } else if balances.payable < 0 {
+            Self::Negative
+        } else if balances.pending > 0 {
+            Self::Pending
+        } else {
+            Self::Settled
+        }
+    }
+}
+
+/// An affiliate and what they are owed now.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AffiliateRow {
+    /// Its place in enrolment order: pass the last as `after`.
+    pub seq: u64,
+    /// The affiliate.
+    pub affiliate_id: String,
+    /// The platform user.
+    pub user_id: String,
+    /// Their referral code.
+    pub code: String,
+    /// When they enrolled, Unix ms.
+    pub enrolled_at_ms: u64,
+    /// `owed`, `negative`, `pending` or `settled`, now.
+    pub status: OwedStatus,
+    /// Every commission and adjustment.
+    pub earned_minor: i64,
+    /// In the holding period.
+    pub pending_minor: i64,
+    /// Due at the next payout; negative when they owe.
+    pub payable_minor: i64,
+    /// Paid out.
+    pub paid_minor: i64,
+    /// Taken back by refunds.
+    pub reversed_minor: i64,
+    /// When they were last paid, Unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_paid_at_ms: Option<u64>,
+}
+
+/// A page of affiliates.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AffiliateList {
+    /// The programme's currency.
+    #[schema(value_type = String)]
+    pub currency: Currency,
+    /// In enrolment order.
+    pub items: Vec<AffiliateRow>,
+    /// Pass as `after` for the next page; absent on the last.
+    pub next_after: Option<u64>,
+}
+
+/// Which affiliates to list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct AffiliateFilter {
+    /// Only affiliates whose money stands so now.
+    #[param(inline)]
+    status: Option<OwedStatus>,
+    /// Only affiliates with at least this payable balance (minor units).
+    min_payable_minor: Option<i64>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/affiliates",
+    summary = "Every affiliate with what they are owed now (earned, pending, payable, paid, reversed), filtered by status or payable balance, in enrolment order; JSON pages or CSV (admin). `from`/`to` filter by enrolment day.",
+    params(PageQuery, AffiliateFilter),
+    responses(
+        (status = 200, description = "A page of affiliates, or every matching one as CSV.", content(
+            (AffiliateList = "application/json"),
+            (String = "text/csv"),
+        )),
+        (status = 422, description = "Invalid paging or filter."),
+        Admin,
+    )
+)]
+pub(super) async fn affiliates(
+    State(state): State<AppState>,
+    _: Admin,
+    headers: HeaderMap,
+    page: Result<Query<PageQuery>, QueryRejection>,
+    filter: Result<Query<AffiliateFilter>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let (Query(page), Query(filter)) = (page?, filter?);
+    let csv = wants_csv(&page, &headers);
+    let limit = page_limit(&page, csv)?;
+    let from = date_bound("from", page.from.as_deref())?;
+    let to = date_bound("to", page.to.as_deref())?;
+    let after = page.after.unwrap_or(0);
+    let now = state.affiliates.now_ms();
+    let programme = state.affiliates.ledger.read();
+    let currency = programme.config().currency;
+    let mut last_paid = std::collections::HashMap::new();
+    for payout in programme.payouts() {
+        last_paid.insert(payout.affiliate_id, payout.at_ms);
+    }
+    let mut rows = Vec::new();
+    let mut more = false;
+    for (seq, affiliate_id) in (1u64..).zip(programme.affiliate_ids()) {
+        if seq <= after {
+            continue;
+        }
+        let Some(affiliate) = programme.affiliate(affiliate_id) else {
+            continue;
+        };
+        let day = day_of(affiliate.enrolled_at_ms);
+        if from.is_some_and(|d| day < d) || to.is_some_and(|d| day > d) {
+            continue;
+        }
+        let balances = programme
+            .balances(affiliate_id, now)
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .unwrap_or_default();
+        let status = OwedStatus::of(&balances);
+        if filter.status.is_some_and(|s| s != status)
+            || filter
+                .min_payable_minor
+                .is_some_and(|m| balances.payable < m)
+        {
+            continue;
+        }
+        if rows.len() == limit {
+            more = true;
+            break;
+        }
+        rows.push(AffiliateRow {
+            seq,
+            affiliate_id: affiliate_id.to_owned(),
+            user_id: affiliate.user_id.clone(),
+            code: affiliate.code.to_string(),
+            enrolled_at_ms: affiliate.enrolled_at_ms,
+            status,
+            earned_minor: balances.earned,
+            pending_minor: balances.pending,
+            payable_minor: balances.payable,
+            paid_minor: balances.paid,
+            reversed_minor: balances.reversed,
+            last_paid_at_ms: last_paid.get(affiliate_id).copied(),
+        });
+    }
+    if csv {
+        let rows = rows
+            .into_iter()
+            .map(|r| {
+                vec![
+                    r.seq.to_string(),
+                    r.affiliate_id,
+                    r.user_id,
+                    r.code,
+                    format_instant(r.enrolled_at_ms),
+                    json_name(r.status),
+                    r.earned_minor.to_string(),
+                    r.pending_minor.to_string(),
+                    r.payable_minor.to_string(),
+                    currency.format_major(r.payable_minor),
+                    r.paid_minor.to_string(),
+                    r.reversed_minor.to_string(),
+                    r.last_paid_at_ms.map(format_instant).unwrap_or_default(),
+                    currency.to_string(),
+                ]
+            })
+            .collect();
+        return Ok(csv_response(
+            "affiliates.csv",
+            "seq,affiliate_id,user_id,code,enrolled_at,status,earned_minor,pending_minor,payable_minor,payable,paid_minor,reversed_minor,last_paid_at,currency",
+            rows,
+        ));
+    }
+    let next_after = more.then(|| rows.last().map(|r| r.seq)).flatten();
+    Ok(Json(AffiliateList {
+        currency,
+        items: rows,
+        next_after,
+    })
+    .into_response())
+}
+
+/// A payout made.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PayoutRow {
+    /// Its place in the order payouts were made: pass the last as `after`.
+    pub seq: u64,
+    /// Its id.
+    pub payout_id: String,
+    /// Who was paid.
+    pub affiliate_id: String,
+    /// The net amount paid (clawbacks and adjustments netted).
+    pub amount_minor: i64,
+    /// How many ledger lines it settled.
+    pub entries: usize,
+    /// When, Unix ms.
+    pub paid_at_ms: u64,
+}
+
+/// A page of payouts.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PayoutHistory {
+    /// The programme's currency.
+    #[schema(value_type = String)]
+    pub currency: Currency,
+    /// Oldest first.
+    pub items: Vec<PayoutRow>,
+    /// Pass as `after` for the next page; absent on the last.
+    pub next_after: Option<u64>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/payouts",
+    summary = "Every payout made, oldest first; JSON pages or CSV (admin). `from`/`to` filter by the payout's day.",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of payouts, or every matching one as CSV.", content(
+            (PayoutHistory = "application/json"),
+            (String = "text/csv"),
+        )),
+        (status = 422, description = "Invalid paging."),
+        Admin,
+    )
+)]
+pub(super) async fn payouts(
+    State(state): State<AppState>,
+    _: Admin,
+    headers: HeaderMap,
+    page: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    payout_history(&state, &headers, page?.0, None)
+}
+
+#[utoipa::path(
+    get,
+    path = "/affiliates/{affiliate_id}/payouts",
+    summary = "An affiliate's payouts, oldest first; JSON pages or CSV (admin, or the affiliate's own token).",
+    params(AffiliatePath, PageQuery),
+    responses(
+        (status = 200, description = "A page of payouts, or every matching one as CSV.", content(
+            (PayoutHistory = "application/json"),
+            (String = "text/csv"),
+        )),
+        (status = 404, description = "No such affiliate."),
+        (status = 422, description = "Invalid paging."),
+        AffiliateReader,
+    )
+)]
+pub(super) async fn payouts_of(
+    State(state): State<AppState>,
+    reader: AffiliateReader,
+    Path(AffiliatePath { affiliate_id }): Path<AffiliatePath>,
+    headers: HeaderMap,
+    page: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    reader.may_read(&affiliate_id)?;
+    if state
+        .affiliates
+        .ledger
+        .read()
+        .affiliate(&affiliate_id)
+        .is_none()
+    {
+        return Err(ApiError::NotFound(format!("no affiliate {affiliate_id}")));
+    }
+    payout_history(&state, &headers, page?.0, Some(&affiliate_id))
+}
+
+fn payout_history(
+    state: &AppState,
+    headers: &HeaderMap,
+    page: PageQuery,
+    affiliate: Option<&str>,
+) -> Result<Response, ApiError> {
+    let csv = wants_csv(&page, headers);
+    let limit = page_limit(&page, csv)?;
+    let from = date_bound("from", page.from.as_deref())?;
+    let to = date_bound("to", page.to.as_deref())?;
+    let after = page.after.unwrap_or(0);
+    let programme = state.affiliates.ledger.read();
+    let currency = programme.config().currency;
+    let mut matching = programme
+        .payouts()
+        .filter(|p| p.seq > after)
+        .filter(|p| affiliate.is_none_or(|a| p.affiliate_id == a))
+        .filter(|p| from.is_none_or(|d| day_of(p.at_ms) >= d))
+        .filter(|p| to.is_none_or(|d| day_of(p.at_ms) <= d))
+        .map(|p| PayoutRow {
+            seq: p.seq,
+            payout_id: p.payout_id.to_owned(),
+            affiliate_id: p.affiliate_id.to_owned(),
+            amount_minor: p.amount_minor,
+            entries: p.entries,
+            paid_at_ms: p.at_ms,
+        });
+    let items: Vec<PayoutRow> = matching.by_ref().take(limit).collect();
+    let more = matching.next().is_some();
+    if csv {
+        let rows = items
+            .into_iter()
+            .map(|p| {
+                vec![
+                    p.seq.to_string(),
+                    p.payout_id,
+                    p.affiliate_id,
+                    p.amount_minor.to_string(),
+                    currency.format_major(p.amount_minor),
+                    currency.to_string(),
+                    p.entries.to_string(),
+                    format_instant(p.paid_at_ms),
+                ]
+            })
+            .collect();
+        return Ok(csv_response(
+            "payouts.csv",
+            "seq,payout_id,affiliate_id,amount_minor,amount,currency,entries,paid_at",
+            rows,
+        ));
+    }
+    let next_after = more.then(|| items.last().map(|p| p.seq)).flatten();
+    Ok(Json(PayoutHistory {
+        currency,
+        items,
+        next_after,
+    })
+    .into_response())
+}
