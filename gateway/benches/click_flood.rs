@@ -71,6 +71,8 @@ async fn run(flood: &Flood) {
                     user_id: "flood-owner".into(),
                     code,
                     token_sha256: "ab".repeat(32),
+                    email_sha256: None,
+                    source_address: None,
                     at_ms: 1_793_610_000_000,
                 }],
                 replayed: false,

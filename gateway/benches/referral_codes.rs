@@ -77,6 +77,8 @@ fn main() {
                         user_id: format!("user-{n}"),
                         code: *code,
                         token_sha256: format!("{n:064x}"),
+                        email_sha256: None,
+                        source_address: None,
                         at_ms: 1_793_610_000_000,
                     }
                 })

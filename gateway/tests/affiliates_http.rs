@@ -203,8 +203,11 @@ impl Desk {
         click_id: Option<&str>,
         verified: bool,
     ) -> Answer {
+        // Each user signs up from an address of their own (the
+        // shared-address fraud check holds the fourth from one address).
+        let host = user_id.bytes().map(u32::from).sum::<u32>() % 250 + 1;
         let mut body = json!({
-            "user_id": user_id, "code": code, "source_address": "203.0.113.9",
+            "user_id": user_id, "code": code, "source_address": format!("203.0.113.{host}"),
             "email_sha256": EMAIL, "email_verified": verified
         });
         if let Some(click_id) = click_id {
@@ -305,7 +308,11 @@ fn assert_balances(
     );
     assert_eq!(
         get("earned_minor"),
-        get("pending_minor") + get("payable_minor") + get("paid_minor") + get("reversed_minor")
+        get("pending_minor")
+            + get("held_minor")
+            + get("payable_minor")
+            + get("paid_minor")
+            + get("reversed_minor")
     );
 }
 
@@ -910,6 +917,207 @@ async fn payday_lists_show_who_is_owed_what_and_every_payout() {
     }
 }
 
+const ALICE_EMAIL: &str = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
+
+async fn signup_from(desk: &Desk, user: &str, code: &str, email: &str, address: &str) -> Answer {
+    desk.platform(
+        "/v1/referrals",
+        json!({"user_id": user, "code": code, "source_address": address,
+               "email_sha256": email, "email_verified": true}),
+    )
+    .await
+}
+
+async fn fraud_cases(desk: &Desk, query: &str) -> Vec<Value> {
+    let answer = desk.admin_get(&format!("/v1/fraud-cases{query}")).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    answer.body["items"].as_array().unwrap().clone()
+}
+
+async fn decide_case(desk: &Desk, case_id: u64, decision: &str, reason: &str) -> Answer {
+    let admin = desk.admin.clone();
+    desk.call(
+        "POST",
+        &format!("/v1/fraud-cases/{case_id}/decision"),
+        &admin,
+        Some(json!({"decision": decision, "reason": reason})),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_self_referral_is_refused_and_opens_a_case_in_the_review_queue() {
+    let desk = desk().await;
+    let enrolled = desk
+        .platform(
+            "/v1/affiliates",
+            json!({"user_id": "alice", "email_sha256": ALICE_EMAIL,
+                   "source_address": "198.51.100.20"}),
+        )
+        .await;
+    assert_eq!(enrolled.status, StatusCode::CREATED, "{}", enrolled.text);
+    let affiliate = enrolled.body["affiliate"]["affiliate_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let code = enrolled.body["affiliate"]["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let refusals = [
+        ("alice", EMAIL, "192.0.2.1", "the code is their own"),
+        (
+            "bob",
+            ALICE_EMAIL,
+            "192.0.2.2",
+            "email hash is the affiliate's",
+        ),
+        (
+            "carol",
+            EMAIL,
+            "198.51.100.20",
+            "the address the affiliate enrolled from",
+        ),
+    ];
+    for (user, email, address, why) in refusals {
+        let answer = signup_from(&desk, user, &code, email, address).await;
+        assert_problem(&answer, StatusCode::UNPROCESSABLE_ENTITY, why);
+        assert_problem(
+            &answer,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "a fraud case is open",
+        );
+    }
+    // A retry is refused again and opens no second case.
+    let retry = signup_from(&desk, "bob", &code, ALICE_EMAIL, "192.0.2.2").await;
+    assert_eq!(retry.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let open = fraud_cases(&desk, "").await;
+    assert_eq!(open.len(), 3, "{open:?}");
+    assert!(open.iter().all(|c| c["kind"] == "self_referral"
+        && c["refused"] == true
+        && c["affiliate_id"] == affiliate.as_str()));
+    assert_eq!(open[1]["user_id"], "bob");
+    assert!(
+        open[2]["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("198.51.100.20")
+    );
+    // An admin closes one, recorded with who and why; the referral stays
+    // refused (nothing was attributed).
+    let decided = decide_case(&desk, 2, "confirmed", "second account of the affiliate").await;
+    assert_eq!(decided.status, StatusCode::CREATED, "{}", decided.text);
+    let closed = fraud_cases(&desk, "?status=decided").await;
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0]["status"], "confirmed");
+    assert_eq!(closed[0]["reason"], "second account of the affiliate");
+    assert!(
+        closed[0]["decided_by"]
+            .as_str()
+            .unwrap()
+            .starts_with("token:")
+    );
+    assert!(
+        !closed[0]["decided_by"]
+            .as_str()
+            .unwrap()
+            .contains(&desk.admin)
+    );
+    assert_eq!(fraud_cases(&desk, "").await.len(), 2);
+    assert_eq!(desk.totals(&affiliate).await["signups"], 0);
+}
+
+#[tokio::test]
+async fn several_signups_from_one_address_hold_the_later_referrals_until_reviewed() {
+    let desk = desk_with(|config| config.payout_minimum_minor = 1).await;
+    let (affiliate, code, _) = desk.enrol("alice").await;
+    for n in 1..=5 {
+        let user = format!("c{n}");
+        let answer = signup_from(&desk, &user, &code, EMAIL, "192.0.2.50").await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text);
+        let held = answer.body["facts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["fact"] == "case_opened");
+        assert_eq!(held, n > 3, "signup {n}");
+        desk.pay(&format!("p{n}"), &user, 10_000, 1).await; // 3,000 each
+    }
+    let open = fraud_cases(&desk, &format!("?affiliate_id={affiliate}")).await;
+    let held: Vec<_> = open.iter().map(|c| c["user_id"].clone()).collect();
+    assert_eq!(held, [json!("c4"), json!("c5")]);
+    assert!(
+        open[0]["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("signup number 4 from 192.0.2.50")
+    );
+    // After the hold, only the three not under review are paid.
+    desk.advance_days(31);
+    let totals = desk.totals(&affiliate).await;
+    assert_eq!(totals["held_minor"], 6_000, "{totals}");
+    assert_balances(&totals, 15_000, 0, 9_000, 0, 0);
+    let first = desk.payout(&affiliate, "po-1").await;
+    assert_eq!(
+        first.body["facts"][0]["amount_minor"], 9_000,
+        "{}",
+        first.text
+    );
+    let statuses: Vec<_> = desk
+        .entries(&affiliate)
+        .await
+        .iter()
+        .map(|e| e["status"].clone())
+        .collect();
+    assert_eq!(statuses[3..], [json!("held"), json!("held")]);
+    // Cleared: c4's commission is released. Confirmed: c5's is reversed and
+    // c5 earns nothing more.
+    let (c4, c5) = (
+        open[0]["case_id"].as_u64().unwrap(),
+        open[1]["case_id"].as_u64().unwrap(),
+    );
+    assert_eq!(
+        decide_case(&desk, c4, "cleared", "a family, checked by phone")
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let confirmed = decide_case(&desk, c5, "confirmed", "farmed accounts").await;
+    assert_eq!(confirmed.status, StatusCode::CREATED, "{}", confirmed.text);
+    assert_eq!(confirmed.body["facts"][1]["fact"], "commission_reversed");
+    assert_eq!(
+        decide_case(&desk, c5, "confirmed", "farmed accounts")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_problem(
+        &decide_case(&desk, c5, "cleared", "changed my mind").await,
+        StatusCode::CONFLICT,
+        "a decision stands",
+    );
+    assert_problem(
+        &decide_case(&desk, 99, "cleared", "x").await,
+        StatusCode::NOT_FOUND,
+        "no fraud case 99",
+    );
+    let later = desk.pay("p6", "c5", 10_000, 2).await;
+    assert_eq!(
+        later.body["facts"].as_array().unwrap().len(),
+        1,
+        "{}",
+        later.text
+    );
+    let second = desk.payout(&affiliate, "po-2").await;
+    assert_eq!(
+        second.body["facts"][0]["amount_minor"], 3_000,
+        "{}",
+        second.text
+    );
+    assert_balances(&desk.totals(&affiliate).await, 15_000, 0, 0, 12_000, 3_000);
+    assert_eq!(fraud_cases(&desk, "").await, Vec::<Value>::new());
+}
+
 on_both_backends!(the_first_fill_on_any_device_of_the_account_earns_the_bonus_once);
 async fn the_first_fill_on_any_device_of_the_account_earns_the_bonus_once(backend: Backend) {
     let desk = desk_on(&backend).await;
@@ -1083,7 +1291,11 @@ async fn unknown_or_expired_codes_are_422_and_the_first_referrer_wins() {
         "was on referral code",
     );
     let own = desk.signup("alice", &code, None).await;
-    assert_problem(&own, StatusCode::UNPROCESSABLE_ENTITY, "own referral code");
+    assert_problem(
+        &own,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "the code is their own",
+    );
 
     // Codes are forgiving to type: lower case, no hyphen.
     let typed = code.replace('-', "").to_lowercase();

@@ -156,6 +156,8 @@ const V1_ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/affiliates/af_X/adjustments"),
     ("GET", "/v1/affiliates"),
     ("GET", "/v1/payouts"),
+    ("GET", "/v1/fraud-cases"),
+    ("POST", "/v1/fraud-cases/1/decision"),
     ("GET", "/v1/affiliates/af_X/payouts"),
     ("GET", "/v1/referral-codes/K7QM2XR4HD"),
     ("POST", "/v1/referrals"),
@@ -673,7 +675,8 @@ async fn the_openapi_document_and_the_routes_agree_both_ways(backend: Backend) {
             .replace("00000000000000000000000000000000", "{signal_id}")
             .replace("af_X", "{affiliate_id}")
             .replace("K7QM2XR4HD", "{code}")
-            .replace("cust_X", "{user_id}");
+            .replace("cust_X", "{user_id}")
+            .replace("/fraud-cases/1/", "/fraud-cases/{case_id}/");
         assert!(
             documented.contains(&(method.to_string(), template.clone())),
             "{method} {template} is not documented"
@@ -686,6 +689,7 @@ async fn the_openapi_document_and_the_routes_agree_both_ways(backend: Backend) {
             .replace("{channel}", "gold")
             .replace("{signal_id}", "00000000000000000000000000000000")
             .replace("{affiliate_id}", "af_X")
+            .replace("{case_id}", "1")
             .replace("{code}", "K7QM2XR4HD")
             .replace("{user_id}", "cust_X");
         let answer = api.admin(method, &uri, None).await;

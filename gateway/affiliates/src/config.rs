@@ -51,6 +51,12 @@ pub struct ProgrammeConfig {
     /// Repeated clicks on one link from one address within this long count
     /// once, and get the first click's id (default 1 hour).
     pub click_dedupe_ms: u64,
+    /// Most signups from one source address within
+    /// [`ProgrammeConfig::shared_address_window_ms`]; the referrals after
+    /// them are held for review (default 3).
+    pub shared_address_limit: u32,
+    /// The window of the shared-address check (default 24 hours).
+    pub shared_address_window_ms: u64,
     /// The smallest payout: a payable balance below it waits for more
     /// (default GBP 100.00, in the programme's minor units).
     pub payout_minimum: Minor,
@@ -83,6 +89,8 @@ impl Default for ProgrammeConfig {
             referred_credit: 1_000,
             daily_referral_limit: 10,
             click_dedupe_ms: 60 * 60 * 1_000,
+            shared_address_limit: 3,
+            shared_address_window_ms: DAY_MS,
             payout_minimum: 10_000,
             max_event_age_ms: LONGEST_EVENT_AGE_DAYS * DAY_MS,
         }

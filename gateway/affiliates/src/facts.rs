@@ -37,6 +37,28 @@ pub enum CommissionKind {
     FirstTradeBonus,
 }
 
+/// Which fraud check opened a case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaseKind {
+    /// The referred customer is the referrer, or shares their email hash or
+    /// enrolment address: refused at signup.
+    SelfReferral,
+    /// More signups from one source address within the window than the
+    /// programme allows: the later referrals are held.
+    SharedAddress,
+}
+
+/// How an admin decided a case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaseDecision {
+    /// Not fraud: held money is released.
+    Cleared,
+    /// Fraud: unpaid commissions reversed, the referral blocked.
+    Confirmed,
+}
+
 /// Why a customer got credit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -61,6 +83,14 @@ pub enum Fact {
         code: ReferralCode,
         /// SHA-256 (hex) of their API token; the token is never stored.
         token_sha256: String,
+        /// SHA-256 (hex) of their normalised email, if the platform gave it:
+        /// a signup with the same is a self-referral.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        email_sha256: Option<String>,
+        /// The address they enrolled from, if the platform gave it: a signup
+        /// from it is a self-referral.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source_address: Option<String>,
         /// When.
         at_ms: u64,
     },
@@ -257,6 +287,38 @@ pub enum Fact {
         /// When.
         at_ms: u64,
     },
+    /// A fraud check opened a case for review.
+    CaseOpened {
+        /// 1, 2, 3, … across the programme.
+        case_id: u64,
+        /// Which check.
+        kind: CaseKind,
+        /// The referred customer it is about.
+        user_id: String,
+        /// The affiliate or customer whose referral it is.
+        referrer: Referrer,
+        /// What the check saw, for the reviewer.
+        evidence: String,
+        /// Whether the referral was refused (a self-referral) rather than
+        /// held: a refused one has no money to hold.
+        refused: bool,
+        /// When.
+        at_ms: u64,
+    },
+    /// An admin decided a case.
+    CaseDecided {
+        /// The case.
+        case_id: u64,
+        /// Cleared (money released) or confirmed (commissions reversed,
+        /// referral blocked).
+        decision: CaseDecision,
+        /// Who decided: the admin token's id.
+        by: String,
+        /// Why, in their words.
+        reason: String,
+        /// When.
+        at_ms: u64,
+    },
     /// Account credit for a customer.
     CreditGranted {
         /// The credit ledger entry.
@@ -330,7 +392,9 @@ impl Fact {
             | Self::AdjustmentEntered { at_ms, .. }
             | Self::CreditGranted { at_ms, .. }
             | Self::CreditReversed { at_ms, .. }
-            | Self::CreditSpent { at_ms, .. } => *at_ms,
+            | Self::CreditSpent { at_ms, .. }
+            | Self::CaseOpened { at_ms, .. }
+            | Self::CaseDecided { at_ms, .. } => *at_ms,
         }
     }
 }

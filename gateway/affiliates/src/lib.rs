@@ -20,7 +20,7 @@ pub mod programme;
 
 pub use code::ReferralCode;
 pub use config::ProgrammeConfig;
-pub use facts::{CommissionKind, CreditReason, Fact, Referrer};
+pub use facts::{CaseDecision, CaseKind, CommissionKind, CreditReason, Fact, Referrer};
 pub use journal::{JournalError, Ledger, WriteError};
 pub use money::{Bps, Currency, Minor};
 pub use programme::{

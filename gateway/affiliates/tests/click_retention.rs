@@ -22,7 +22,14 @@ fn clicks_past_their_retention_are_let_go_and_no_longer_attribute() {
     let mut programme = Programme::new(config);
     let code = ReferralCode::from_random(3);
     let enrolled = programme
-        .enrol_affiliate("aff", "af_1", code, &"ab".repeat(32), T0)
+        .enrol_affiliate(
+            "aff",
+            "af_1",
+            code,
+            &"ab".repeat(32),
+            &Default::default(),
+            T0,
+        )
         .unwrap();
     enrolled.facts.iter().for_each(|f| programme.apply(f));
     clicked(&mut programme, code, "ck_old", "192.0.2.1", T0);

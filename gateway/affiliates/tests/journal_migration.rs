@@ -30,6 +30,7 @@ fn a_journal_from_before_event_times_replays_to_the_same_balances_and_credits() 
         Ok(Some(Balances {
             earned: 2_500,
             pending: 750,
+            held: 0,
             payable: -1_400,
             paid: 1_400,
             reversed: 1_750,

@@ -112,6 +112,7 @@ fn setup_facts(programme: &Programme) -> Vec<Vec<Fact>> {
                 &affiliate_id(i),
                 code(i),
                 &format!("{i:064x}"),
+                &Default::default(),
                 START_MS,
             )
             .expect("enrol");
@@ -288,7 +289,7 @@ fn check_invariants(programme: &Programme, facts: &[Fact], now: u64) -> Result<(
             .expect("affiliate");
         prop_assert_eq!(
             b.earned,
-            b.pending + b.payable + b.paid + b.reversed,
+            b.pending + b.held + b.payable + b.paid + b.reversed,
             "{} {:?}",
             id,
             b
@@ -296,7 +297,13 @@ fn check_invariants(programme: &Programme, facts: &[Fact], now: u64) -> Result<(
         prop_assert_eq!(b.earned, tally.earned.get(&id).copied().unwrap_or(0));
         prop_assert_eq!(b.paid, tally.paid.get(&id).copied().unwrap_or(0));
         prop_assert_eq!(b.reversed, tally.reversed.get(&id).copied().unwrap_or(0));
-        prop_assert!(b.pending >= 0 && b.paid >= 0 && b.reversed >= 0 && b.reversed <= b.earned);
+        prop_assert!(
+            b.pending >= 0
+                && b.held >= 0
+                && b.paid >= 0
+                && b.reversed >= 0
+                && b.reversed <= b.earned
+        );
     }
     // Each payment once; at most one subscription commission and one bonus
     // per payment; at most one bonus per user; credits once per referral.

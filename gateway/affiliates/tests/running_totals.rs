@@ -24,7 +24,14 @@ fn a_payment_past_the_largest_total_is_refused_not_wrapped() {
     let mut programme = Programme::new(ProgrammeConfig::default());
     let code = ReferralCode::from_random(7);
     let enrolled = programme
-        .enrol_affiliate("aff", "af_1", code, &"ab".repeat(32), NOW)
+        .enrol_affiliate(
+            "aff",
+            "af_1",
+            code,
+            &"ab".repeat(32),
+            &Default::default(),
+            NOW,
+        )
         .unwrap();
     enrolled.facts.iter().for_each(|f| programme.apply(f));
     let signup = Signup {

@@ -124,6 +124,33 @@ impl IntoResponses for Admin {
     }
 }
 
+/// Who is calling, as decisions record it: `token:<first 12 hex digits of
+/// the token's SHA-256>`.
+#[derive(Debug, Clone)]
+struct Actor(String);
+
+/// A caller with an admin token, named for the record.
+struct AdminActor(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for AdminActor {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        caller_scope(parts, &[Scope::Admin])?;
+        let actor = parts
+            .extensions
+            .get::<Actor>()
+            .map_or_else(|| "token:unknown".to_owned(), |a| a.0.clone());
+        Ok(Self(actor))
+    }
+}
+
+impl IntoResponses for AdminActor {
+    fn responses() -> BTreeMap<String, RefOr<DocumentedResponse>> {
+        refusals()
+    }
+}
+
 /// A caller with an admin or platform token: publishes signals, reads
 /// executions, writes the platform's affiliate events.
 struct PlatformOrAdmin;
@@ -154,7 +181,15 @@ async fn authenticate(
         .and_then(|value| value.strip_prefix("Bearer "))
         .ok_or(ApiError::Unauthorized)?;
     let caller = match state.tokens.scope_of(token) {
-        Some(scope) => Caller::Token(scope),
+        Some(scope) => {
+            // Who did it, for the record: the token's id (the start of its
+            // hash), never the token.
+            let hash = tokens::token_sha256(token);
+            request
+                .extensions_mut()
+                .insert(Actor(format!("token:{}", &hash[..12])));
+            Caller::Token(scope)
+        }
         None => {
             // Affiliate tokens are kept (hashed) in the programme's ledger.
             let hash = tokens::token_sha256(token);

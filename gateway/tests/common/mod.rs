@@ -41,6 +41,8 @@ pub fn config(dir: &Path) -> ServeConfig {
         referrer_credit_minor: 1_000,
         referred_credit_minor: 1_000,
         daily_referral_limit: 10,
+        shared_address_limit: 3,
+        shared_address_window_hours: 24,
         click_dedupe_minutes: 60,
         click_rate_per_minute: 60,
         payout_minimum_minor: 10_000,

@@ -58,9 +58,17 @@ pub enum ReferralError {
         /// The window.
         window_days: u64,
     },
-    /// A user cannot refer themselves.
-    #[error("user {0} cannot use their own referral code")]
-    SelfReferral(String),
+    /// A user cannot refer themselves (the evidence says how it was seen);
+    /// the refusal is a fraud case ([`Programme::self_referral_case`]).
+    #[error("user {user_id} cannot be referred by themselves: {evidence}")]
+    SelfReferral {
+        /// The user.
+        user_id: String,
+        /// Whose code it is.
+        referrer: Referrer,
+        /// What matched.
+        evidence: String,
+    },
     /// The user was already referred, by another code: the first one wins.
     #[error("user {user_id} was already referred with code {code}; the first referral stands")]
     AlreadyReferred {
@@ -137,24 +145,41 @@ impl Programme {
         if customer.is_some_and(|c| c.first_payment.is_some()) {
             return Err(ReferralError::PaidBeforeReferral(signup.user_id.clone()));
         }
-        let referrer = match owner {
+        let (referrer, own) = match owner {
             CodeOwner::Affiliate(affiliate_id) => {
-                if self.affiliates[affiliate_id].user_id == signup.user_id {
-                    return Err(ReferralError::SelfReferral(signup.user_id.clone()));
-                }
-                Referrer::Affiliate {
+                let affiliate = &self.affiliates[affiliate_id];
+                let own = if affiliate.user_id == signup.user_id {
+                    Some("the code is their own".to_owned())
+                } else if affiliate.email_sha256.as_deref() == Some(&signup.email_sha256) {
+                    Some("the signup's email hash is the affiliate's".to_owned())
+                } else if affiliate.source_address.as_deref() == Some(&signup.source_address) {
+                    Some(format!(
+                        "the signup came from {}, the address the affiliate enrolled from",
+                        signup.source_address
+                    ))
+                } else {
+                    None
+                };
+                let referrer = Referrer::Affiliate {
                     affiliate_id: affiliate_id.clone(),
-                }
+                };
+                (referrer, own)
             }
             CodeOwner::Customer(user_id) => {
-                if *user_id == signup.user_id {
-                    return Err(ReferralError::SelfReferral(signup.user_id.clone()));
-                }
-                Referrer::Customer {
+                let own = (*user_id == signup.user_id).then(|| "the code is their own".to_owned());
+                let referrer = Referrer::Customer {
                     user_id: user_id.clone(),
-                }
+                };
+                (referrer, own)
             }
         };
+        if let Some(evidence) = own {
+            return Err(ReferralError::SelfReferral {
+                user_id: signup.user_id.clone(),
+                referrer,
+                evidence,
+            });
+        }
         if let Some(click_id) = &signup.click_id {
             let click = self
                 .clicks
@@ -200,7 +225,8 @@ impl Programme {
                 });
             }
         }
-        Ok(Decided::new(vec![Fact::Referred {
+        let held = self.shared_address_case(signup, &referrer, self.cases.len() as u64 + 1, now_ms);
+        let mut facts = vec![Fact::Referred {
             user_id: signup.user_id.clone(),
             referrer,
             code: signup.code,
@@ -210,6 +236,8 @@ impl Programme {
             email_verified: signup.email_verified,
             occurred_at_ms: Some(signup.occurred_at_ms),
             at_ms: now_ms,
-        }]))
+        }];
+        facts.extend(held);
+        Ok(Decided::new(facts))
     }
 }

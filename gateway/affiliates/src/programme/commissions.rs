@@ -35,6 +35,8 @@ pub struct Entry {
     pub payout_id: Option<String>,
     /// When that payout was made.
     pub paid_at_ms: Option<u64>,
+    /// The open fraud case that holds it: never payable until decided.
+    pub held_by: Option<u64>,
 }
 
 /// What a ledger entry is.
@@ -76,6 +78,8 @@ pub enum EntryStatus {
     Paid,
     /// Entirely taken back before it was paid.
     Reversed,
+    /// Held by an open fraud case: not payable until an admin decides.
+    Held,
 }
 
 impl EntryStatus {
@@ -86,6 +90,7 @@ impl EntryStatus {
             Self::Payable => "payable",
             Self::Paid => "paid",
             Self::Reversed => "reversed",
+            Self::Held => "held",
         }
     }
 }
@@ -102,6 +107,8 @@ impl Entry {
             EntryStatus::Payable
         } else if self.amount_minor == self.reversed_minor {
             EntryStatus::Reversed
+        } else if self.held_by.is_some() {
+            EntryStatus::Held
         } else if now_ms < self.payable_at_ms {
             EntryStatus::Pending
         } else {
@@ -117,13 +124,15 @@ impl Entry {
 }
 
 /// An affiliate's money, by where it stands. Always
-/// `earned = pending + payable + paid + reversed`.
+/// `earned = pending + held + payable + paid + reversed`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Balances {
     /// Every commission ever earned.
     pub earned: Minor,
     /// In the holding period.
     pub pending: Minor,
+    /// Held by open fraud cases.
+    pub held: Minor,
     /// Due at the next payout, net of clawbacks not yet settled.
     pub payable: Minor,
     /// Paid out, net of clawbacks settled by later payouts.
@@ -151,6 +160,7 @@ impl Balances {
         let remaining = entry.remaining_minor();
         let bucket = match entry.status(now_ms) {
             EntryStatus::Pending => &mut self.pending,
+            EntryStatus::Held => &mut self.held,
             EntryStatus::Payable => &mut self.payable,
             EntryStatus::Paid => &mut self.paid,
             EntryStatus::Reversed => return Ok(()),

@@ -23,6 +23,16 @@ pub enum EnrolError {
     Collision,
 }
 
+/// What the platform knows of a new affiliate that a self-referral would
+/// share: both optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AffiliateIdentity {
+    /// SHA-256 (hex) of their normalised email.
+    pub email_sha256: Option<String>,
+    /// The address they enrolled from.
+    pub source_address: Option<String>,
+}
+
 impl Programme {
     /// `user_id` becomes affiliate `affiliate_id` with `code`; only the
     /// SHA-256 of their API token is kept.
@@ -32,6 +42,7 @@ impl Programme {
         affiliate_id: &str,
         code: ReferralCode,
         token_sha256: &str,
+        identity: &AffiliateIdentity,
         now_ms: u64,
     ) -> Result<Decided, EnrolError> {
         if let Some(existing) = self.affiliate_by_user.get(user_id) {
@@ -48,6 +59,8 @@ impl Programme {
             user_id: user_id.to_owned(),
             code,
             token_sha256: token_sha256.to_owned(),
+            email_sha256: identity.email_sha256.clone(),
+            source_address: identity.source_address.clone(),
             at_ms: now_ms,
         }]))
     }

@@ -18,6 +18,7 @@ mod commissions;
 mod credits;
 mod enrolment;
 mod event_time;
+mod fraud;
 mod payments;
 mod payouts;
 mod stats;
@@ -27,7 +28,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use crate::calendar::day_of;
 use crate::code::ReferralCode;
 use crate::config::ProgrammeConfig;
-use crate::facts::{Fact, Referrer};
+use crate::facts::{CaseDecision, Fact, Referrer};
 use crate::money::Minor;
 
 // Every type keeps the path it had when this was one file:
@@ -38,8 +39,9 @@ pub use commissions::{Balances, Entry, EntryKind, EntryStatus};
 pub use credits::{
     CreditBalance, CreditEntry, CreditKind, CreditSpendError, CreditStatus, CustomerCodeError,
 };
-pub use enrolment::EnrolError;
+pub use enrolment::{AffiliateIdentity, EnrolError};
 pub use event_time::EventTimeError;
+pub use fraud::{Case, CaseError, Decision};
 pub use payments::{PaymentError, PaymentEvent, RefundError, RefundEvent};
 pub use payouts::{PayoutError, PayoutRecord};
 pub use stats::{Granularity, PeriodStats, Stats};
@@ -91,6 +93,9 @@ pub struct Affiliate {
     /// When they joined.
     pub enrolled_at_ms: u64,
     token_sha256: String,
+    /// Their email hash and enrolment address, if the platform gave them.
+    email_sha256: Option<String>,
+    source_address: Option<String>,
     entries: Vec<u64>,
     /// Every commission ever earned: bounded by [`MAX_TOTAL`](crate::money::MAX_TOTAL) when decided.
     earned: Minor,
@@ -124,6 +129,10 @@ struct Customer {
     first_trade: bool,
     /// Payments net of refunds.
     spent: Minor,
+    /// An open case holds their commissions.
+    held_by: Option<u64>,
+    /// A confirmed case blocked their referral: they earn nothing more.
+    blocked: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -195,6 +204,10 @@ pub struct Programme {
     grants_for: HashMap<String, Vec<u64>>,
     spends: HashMap<String, credits::Spend>,
     referrals_by_day: HashMap<(String, i64), u32>,
+    /// Fraud cases, oldest first.
+    cases: Vec<fraud::Case>,
+    /// Signup times per source address, for the shared-address check.
+    signups_by_address: fraud::SignupsByAddress,
     /// The latest decision time folded in: decisions never look at the
     /// programme from before it (a request that read the clock, then waited
     /// for the journal's lock behind a later one, sees the later state).
@@ -228,6 +241,8 @@ impl Programme {
             grants_for: HashMap::new(),
             spends: HashMap::new(),
             referrals_by_day: HashMap::new(),
+            cases: Vec::new(),
+            signups_by_address: HashMap::new(),
             latest_at_ms: 0,
         }
     }
@@ -261,6 +276,8 @@ impl Programme {
                 user_id,
                 code,
                 token_sha256,
+                email_sha256,
+                source_address,
                 at_ms,
             } => {
                 self.affiliate_order.push(affiliate_id.clone());
@@ -278,6 +295,8 @@ impl Programme {
                         code: *code,
                         enrolled_at_ms: *at_ms,
                         token_sha256: token_sha256.clone(),
+                        email_sha256: email_sha256.clone(),
+                        source_address: source_address.clone(),
                         entries: Vec::new(),
                         earned: 0,
                         clicks_by_day: BTreeMap::new(),
@@ -334,11 +353,24 @@ impl Programme {
                 referrer,
                 code,
                 email_verified,
+                source_address,
                 occurred_at_ms,
                 at_ms,
                 ..
             } => {
-                let day = day_of(occurred_at_ms.unwrap_or(*at_ms));
+                let signed_up_at = occurred_at_ms.unwrap_or(*at_ms);
+                let day = day_of(signed_up_at);
+                let window = self.config.shared_address_window_ms;
+                let times = self
+                    .signups_by_address
+                    .entry(source_address.clone())
+                    .or_default();
+                // Only the window before the latest signup is ever asked
+                // about (events are at most the age limit late: keep that).
+                let keep_from = signed_up_at
+                    .saturating_sub(window.saturating_add(self.config.click_retention_ms()));
+                times.retain(|&t| t >= keep_from);
+                times.push_back(signed_up_at);
                 let customer = self.customers.entry(user_id.clone()).or_default();
                 customer.referral = Some(Referral {
                     referrer: referrer.clone(),
@@ -478,6 +510,7 @@ impl Programme {
                     payable_at_ms: *payable_at_ms,
                     payout_id: None,
                     paid_at_ms: None,
+                    held_by: self.customers.get(user_id).and_then(|c| c.held_by),
                 });
                 if let Some(payment) = self.payments.get_mut(payment_id) {
                     payment.entries.push(*entry_id);
@@ -530,6 +563,7 @@ impl Programme {
                     payable_at_ms: *at_ms,
                     payout_id: None,
                     paid_at_ms: None,
+                    held_by: None,
                 });
             }
             Fact::PayoutMade {
@@ -589,9 +623,65 @@ impl Programme {
                     payable_at_ms: *at_ms,
                     payout_id: None,
                     paid_at_ms: None,
+                    held_by: None,
                 });
                 if let Some(affiliate) = self.affiliates.get_mut(affiliate_id) {
                     affiliate.earned = affiliate.earned.saturating_add(*amount_minor);
+                }
+            }
+            Fact::CaseOpened {
+                case_id,
+                kind,
+                user_id,
+                referrer,
+                evidence,
+                refused,
+                at_ms,
+            } => {
+                self.cases.push(fraud::Case {
+                    case_id: *case_id,
+                    kind: *kind,
+                    user_id: user_id.clone(),
+                    referrer: referrer.clone(),
+                    evidence: evidence.clone(),
+                    refused: *refused,
+                    opened_at_ms: *at_ms,
+                    decision: None,
+                });
+                if !refused {
+                    self.customers.entry(user_id.clone()).or_default().held_by = Some(*case_id);
+                }
+            }
+            Fact::CaseDecided {
+                case_id,
+                decision,
+                by,
+                reason,
+                at_ms,
+            } => {
+                let Some(case) = case_id
+                    .checked_sub(1)
+                    .and_then(|at| self.cases.get_mut(at as usize))
+                else {
+                    return;
+                };
+                case.decision = Some(fraud::Decision {
+                    decision: *decision,
+                    by: by.clone(),
+                    reason: reason.clone(),
+                    at_ms: *at_ms,
+                });
+                let user_id = case.user_id.clone();
+                if let Some(customer) = self.customers.get_mut(&user_id)
+                    && customer.held_by == Some(*case_id)
+                {
+                    customer.held_by = None;
+                    customer.blocked |= *decision == CaseDecision::Confirmed;
+                }
+                for entry in &mut self.entries {
+                    if entry.held_by == Some(*case_id) {
+                        entry.held_by = None;
+                    }
                 }
             }
             Fact::CreditGranted {

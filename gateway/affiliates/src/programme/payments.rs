@@ -176,7 +176,9 @@ impl Programme {
         }];
         let customer = self.customers.get(&payment.user_id);
         let spent = total(customer.map_or(0, |c| c.spent), payment.amount_minor)?;
+        // A referral a confirmed fraud case blocked earns nothing more.
         let referrer = customer
+            .filter(|c| !c.blocked)
             .and_then(|c| c.referral.as_ref())
             .map(|r| &r.referrer);
         match referrer {
@@ -399,7 +401,7 @@ impl Programme {
         let Some(referral) = &customer.referral else {
             return Decided::replay();
         };
-        if customer.first_trade {
+        if customer.first_trade || customer.blocked {
             return Decided::replay();
         }
         let mut facts = vec![Fact::FirstTrade {

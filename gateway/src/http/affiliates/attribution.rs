@@ -12,22 +12,8 @@ use eagate_affiliates::programme::ReferralError;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::{Recorded, parse_code, parse_occurred_at, recorded, write};
+use super::{Recorded, check_sha256, parse_code, parse_occurred_at, recorded, write};
 use crate::http::{ApiError, ApiJson, AppState, PlatformOrAdmin, check_text};
-
-fn check_sha256(field: &str, value: &str) -> Result<(), ApiError> {
-    if value.len() == 64
-        && value
-            .bytes()
-            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    {
-        Ok(())
-    } else {
-        Err(ApiError::Unprocessable(format!(
-            "{field} must be a SHA-256 as 64 lower-case hex digits"
-        )))
-    }
-}
 
 /// A signup that came with a referral code.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -67,7 +53,7 @@ pub(super) struct NewReferral {
         (status = 201, description = "Attributed.", body = Recorded),
         (status = 200, description = "Already attributed to this code.", body = Recorded),
         (status = 409, description = "The user was already referred with another code."),
-        (status = 422, description = "Unknown or expired code, self-referral, a signup too old or in the future, or invalid input."),
+        (status = 422, description = "Unknown or expired code, self-referral (which opens a fraud case), a signup too old or in the future, or invalid input."),
         (status = 429, description = "The referring customer reached today's referral limit."),
         PlatformOrAdmin,
     )
@@ -100,21 +86,36 @@ pub(super) async fn refer(
         occurred_at_ms,
     };
     let now = state.affiliates.now_ms();
+    // A self-referral is refused, and the refusal is journaled as a fraud
+    // case in the same write (once per customer and referrer while open).
+    let mut refusal = None;
     let decided = write(
         &state,
-        |p| p.refer(&signup, now),
+        |p| match p.refer(&signup, now) {
+            Err(ReferralError::SelfReferral {
+                user_id,
+                referrer,
+                evidence,
+            }) => {
+                refusal = Some(format!(
+                    "user {user_id} cannot be referred by themselves: {evidence}; a fraud case is open for review"
+                ));
+                Ok(p.self_referral_case(&signup, referrer, evidence, now))
+            }
+            other => other,
+        },
         |e| match e {
             ReferralError::AlreadyReferred { .. } | ReferralError::PaidBeforeReferral(_) => {
                 ApiError::Conflict(e.to_string())
             }
             ReferralError::DailyLimit { .. } => ApiError::TooManyRequests(e.to_string()),
-            ReferralError::SelfReferral(_) => {
-                tracing::warn!(user = %signup.user_id, "self-referral refused");
-                ApiError::Unprocessable(e.to_string())
-            }
             other => ApiError::Unprocessable(other.to_string()),
         },
     )
     .await?;
+    if let Some(refusal) = refusal {
+        tracing::warn!(user = %signup.user_id, "self-referral refused; fraud case opened");
+        return Err(ApiError::Unprocessable(refusal));
+    }
     Ok(recorded(decided))
 }

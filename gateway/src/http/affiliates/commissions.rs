@@ -42,6 +42,8 @@ pub enum EntryStatusView {
     Paid,
     /// Entirely taken back before it was paid.
     Reversed,
+    /// Held by an open fraud case: not payable until an admin decides.
+    Held,
 }
 
 impl From<EntryStatus> for EntryStatusView {
@@ -51,6 +53,7 @@ impl From<EntryStatus> for EntryStatusView {
             EntryStatus::Payable => Self::Payable,
             EntryStatus::Paid => Self::Paid,
             EntryStatus::Reversed => Self::Reversed,
+            EntryStatus::Held => Self::Held,
         }
     }
 }

@@ -23,6 +23,15 @@ pub(super) struct NewAffiliate {
     /// The platform user.
     #[schema(max_length = 128)]
     user_id: String,
+    /// SHA-256 of their normalised email, as 64 lower-case hex digits: a
+    /// signup with the same hash on their code is a self-referral.
+    #[serde(default)]
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    email_sha256: Option<String>,
+    /// The IP address they enrolled from: a signup from it on their code is
+    /// a self-referral.
+    #[serde(default)]
+    source_address: Option<String>,
 }
 
 /// An affiliate as the API shows it.
@@ -94,6 +103,24 @@ pub(super) async fn enrol(
     ApiJson(new): ApiJson<NewAffiliate>,
 ) -> Result<(StatusCode, Json<AffiliateWithToken>), ApiError> {
     check_text("user_id", &new.user_id, 128)?;
+    if let Some(hash) = &new.email_sha256 {
+        super::check_sha256("email_sha256", hash)?;
+    }
+    let source_address = new
+        .source_address
+        .as_deref()
+        .map(|text| {
+            text.parse::<std::net::IpAddr>()
+                .map(|ip| ip.to_string())
+                .map_err(|_| {
+                    ApiError::Unprocessable(format!("source_address {text:?} is not an IP address"))
+                })
+        })
+        .transpose()?;
+    let identity = eagate_affiliates::programme::AffiliateIdentity {
+        email_sha256: new.email_sha256.clone(),
+        source_address,
+    };
     let (token, token_hash) = new_token()?;
     // A fresh code and id collide with an existing one about never; if they
     // do, draw again. A journal failure is not retried here: the request
@@ -107,7 +134,16 @@ pub(super) async fn enrol(
         let written = state
             .affiliates
             .ledger
-            .write(|p| p.enrol_affiliate(&new.user_id, &affiliate_id, code, &token_hash, now))
+            .write(|p| {
+                p.enrol_affiliate(
+                    &new.user_id,
+                    &affiliate_id,
+                    code,
+                    &token_hash,
+                    &identity,
+                    now,
+                )
+            })
             .await;
         match written {
             Ok(_) => break affiliate_id,

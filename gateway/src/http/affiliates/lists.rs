@@ -24,7 +24,7 @@ pub enum OwedStatus {
     Owed,
     /// Clawbacks or adjustments exceed what is payable: owed by them.
     Negative,
-    /// Nothing payable, something in the holding period.
+    /// Nothing payable, something in the holding period or held.
     Pending,
     /// Nothing payable or pending.
     Settled,
@@ -36,7 +36,7 @@ impl OwedStatus {
             Self::Owed
         } else if balances.payable < 0 {
             Self::Negative
-        } else if balances.pending > 0 {
+        } else if balances.pending > 0 || balances.held > 0 {
             Self::Pending
         } else {
             Self::Settled
@@ -63,6 +63,8 @@ pub struct AffiliateRow {
     pub earned_minor: i64,
     /// In the holding period.
     pub pending_minor: i64,
+    /// Held by open fraud cases.
+    pub held_minor: i64,
     /// Due at the next payout; negative when they owe.
     pub payable_minor: i64,
     /// Paid out.
@@ -100,7 +102,7 @@ pub(super) struct AffiliateFilter {
 #[utoipa::path(
     get,
     path = "/affiliates",
-    summary = "Every affiliate with what they are owed now (earned, pending, payable, paid, reversed), filtered by status or payable balance, in enrolment order; JSON pages or CSV (admin). `from`/`to` filter by enrolment day.",
+    summary = "Every affiliate with what they are owed now (earned, pending, held, payable, paid, reversed), filtered by status or payable balance, in enrolment order; JSON pages or CSV (admin). `from`/`to` filter by enrolment day.",
     params(PageQuery, AffiliateFilter),
     responses(
         (status = 200, description = "A page of affiliates, or every matching one as CSV.", content(
@@ -169,6 +171,7 @@ pub(super) async fn affiliates(
             status,
             earned_minor: balances.earned,
             pending_minor: balances.pending,
+            held_minor: balances.held,
             payable_minor: balances.payable,
             paid_minor: balances.paid,
             reversed_minor: balances.reversed,
@@ -188,6 +191,7 @@ pub(super) async fn affiliates(
                     json_name(r.status),
                     r.earned_minor.to_string(),
                     r.pending_minor.to_string(),
+                    r.held_minor.to_string(),
                     r.payable_minor.to_string(),
                     currency.format_major(r.payable_minor),
                     r.paid_minor.to_string(),
@@ -199,7 +203,7 @@ pub(super) async fn affiliates(
             .collect();
         return Ok(csv_response(
             "affiliates.csv",
-            "seq,affiliate_id,user_id,code,enrolled_at,status,earned_minor,pending_minor,payable_minor,payable,paid_minor,reversed_minor,last_paid_at,currency",
+            "seq,affiliate_id,user_id,code,enrolled_at,status,earned_minor,pending_minor,held_minor,payable_minor,payable,paid_minor,reversed_minor,last_paid_at,currency",
             rows,
         ));
     }

@@ -14,6 +14,7 @@ mod attribution;
 mod commissions;
 mod credits;
 mod enrolment;
+mod fraud;
 mod lists;
 mod pages;
 mod payments;
@@ -37,6 +38,7 @@ use utoipa_axum::routes;
 
 use super::{ApiError, AppState, Caller, refusals};
 use crate::http::tokens::{self, Scope};
+pub use fraud::{CaseView, Cases};
 
 // The answers keep the paths they had when this was one file.
 pub use commissions::{Commissions, EntryKindView, EntryStatusView, EntryView};
@@ -55,6 +57,8 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(commissions::commissions))
         .routes(routes!(payouts::pay_out, lists::payouts_of))
         .routes(routes!(lists::payouts))
+        .routes(routes!(fraud::cases))
+        .routes(routes!(fraud::decide))
         .routes(routes!(adjustments::adjust))
         .routes(routes!(enrolment::code_owner))
         .routes(routes!(attribution::refer))
@@ -158,6 +162,21 @@ impl<S: Send + Sync> FromRequestParts<S> for Visitor {
 fn parse_code(text: &str) -> Result<ReferralCode, ApiError> {
     text.parse()
         .map_err(|e: eagate_affiliates::code::BadCode| ApiError::Unprocessable(e.to_string()))
+}
+
+/// A SHA-256 given as 64 lower-case hex digits.
+fn check_sha256(field: &str, value: &str) -> Result<(), ApiError> {
+    if value.len() == 64
+        && value
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        Ok(())
+    } else {
+        Err(ApiError::Unprocessable(format!(
+            "{field} must be a SHA-256 as 64 lower-case hex digits"
+        )))
+    }
 }
 
 /// An event's `occurred_at`: when it happened, as the platform says.

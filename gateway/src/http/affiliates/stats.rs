@@ -58,6 +58,8 @@ pub struct PeriodView {
     pub earned_minor: i64,
     /// Still in the holding period.
     pub pending_minor: i64,
+    /// Held by open fraud cases: never payable until an admin decides.
+    pub held_minor: i64,
     /// Due at the next payout, net of clawbacks.
     pub payable_minor: i64,
     /// Paid out.
@@ -96,6 +98,7 @@ fn period_view(period: String, stats: &eagate_affiliates::programme::PeriodStats
         conversion_rate_bps: stats.conversion_rate_bps,
         earned_minor: stats.earnings.earned,
         pending_minor: stats.earnings.pending,
+        held_minor: stats.earnings.held,
         payable_minor: stats.earnings.payable,
         paid_minor: stats.earnings.paid,
         reversed_minor: stats.earnings.reversed,
@@ -105,7 +108,7 @@ fn period_view(period: String, stats: &eagate_affiliates::programme::PeriodStats
 #[utoipa::path(
     get,
     path = "/affiliates/{affiliate_id}/stats",
-    summary = "Clicks, signups, conversions, conversion rate and earnings (pending, payable, paid, reversed), in total and per period (admin, or the affiliate's own token).",
+    summary = "Clicks, signups, conversions, conversion rate and earnings (pending, held, payable, paid, reversed), in total and per period (admin, or the affiliate's own token).",
     params(AffiliatePath, StatsQuery),
     responses(
         (status = 200, description = "Stats; money in minor units of the programme's currency.", body = StatsView),

@@ -1,0 +1,191 @@
+//! Fraud review: checks at signup open cases with their evidence. A
+//! self-referral is refused and the refusal is a case; a referral from an
+//! address that signed up more customers within the window than the
+//! programme allows is taken but held: its commissions are never payable
+//! until an admin decides. Clearing releases them; confirming reverses the
+//! unpaid ones and blocks the referral, so later payments earn nothing.
+
+use std::collections::VecDeque;
+
+use super::{Decided, Programme, Signup};
+use crate::facts::{CaseDecision, CaseKind, Fact, Referrer};
+
+/// A case as the review queue shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Case {
+    /// 1, 2, 3, … across the programme.
+    pub case_id: u64,
+    /// Which check opened it.
+    pub kind: CaseKind,
+    /// The referred customer.
+    pub user_id: String,
+    /// Whose referral.
+    pub referrer: Referrer,
+    /// What the check saw.
+    pub evidence: String,
+    /// The referral was refused, not held.
+    pub refused: bool,
+    /// When it opened.
+    pub opened_at_ms: u64,
+    /// The decision, once made.
+    pub decision: Option<Decision>,
+}
+
+/// An admin's decision on a case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Cleared or confirmed.
+    pub decision: CaseDecision,
+    /// Who decided.
+    pub by: String,
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub at_ms: u64,
+}
+
+/// Why a case could not be decided.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CaseError {
+    /// No such case.
+    #[error("no fraud case {0}")]
+    UnknownCase(u64),
+    /// Decided already, the other way.
+    #[error("fraud case {case_id} was already {decided:?} by {by}; a decision stands")]
+    AlreadyDecided {
+        /// The case.
+        case_id: u64,
+        /// How.
+        decided: CaseDecision,
+        /// By whom.
+        by: String,
+    },
+}
+
+/// Signup times per source address, for the shared-address check.
+pub(super) type SignupsByAddress = std::collections::HashMap<String, VecDeque<u64>>;
+
+impl Programme {
+    /// The case a refused self-referral opens (none if one is open for the
+    /// same customer and referrer already: a retry).
+    pub fn self_referral_case(
+        &self,
+        signup: &Signup,
+        referrer: Referrer,
+        evidence: String,
+        now_ms: u64,
+    ) -> Decided {
+        let open_already = self.cases.iter().any(|c| {
+            c.kind == CaseKind::SelfReferral
+                && c.user_id == signup.user_id
+                && c.referrer == referrer
+                && c.decision.is_none()
+        });
+        if open_already {
+            return Decided::replay();
+        }
+        Decided::new(vec![Fact::CaseOpened {
+            case_id: self.cases.len() as u64 + 1,
+            kind: CaseKind::SelfReferral,
+            user_id: signup.user_id.clone(),
+            referrer,
+            evidence,
+            refused: true,
+            at_ms: now_ms,
+        }])
+    }
+
+    /// The shared-address case a signup opens, if its address already had
+    /// the most signups the programme allows within the window before it.
+    pub(super) fn shared_address_case(
+        &self,
+        signup: &Signup,
+        referrer: &Referrer,
+        case_id: u64,
+        now_ms: u64,
+    ) -> Option<Fact> {
+        let limit = self.config.shared_address_limit as usize;
+        let since = signup
+            .occurred_at_ms
+            .saturating_sub(self.config.shared_address_window_ms);
+        let earlier = self
+            .signups_by_address
+            .get(&signup.source_address)
+            .map_or(0, |times| {
+                times
+                    .iter()
+                    .filter(|&&t| t >= since && t <= signup.occurred_at_ms)
+                    .count()
+            });
+        (earlier >= limit).then(|| Fact::CaseOpened {
+            case_id,
+            kind: CaseKind::SharedAddress,
+            user_id: signup.user_id.clone(),
+            referrer: referrer.clone(),
+            evidence: format!(
+                "signup number {} from {} within {} h; the programme allows {limit}",
+                earlier + 1,
+                signup.source_address,
+                self.config.shared_address_window_ms / 3_600_000,
+            ),
+            refused: false,
+            at_ms: now_ms,
+        })
+    }
+
+    /// Clears or confirms a case. The same decision again is a replay.
+    pub fn decide_case(
+        &self,
+        case_id: u64,
+        decision: CaseDecision,
+        by: &str,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<Decided, CaseError> {
+        let case = case_id
+            .checked_sub(1)
+            .and_then(|at| self.cases.get(at as usize))
+            .ok_or(CaseError::UnknownCase(case_id))?;
+        if let Some(made) = &case.decision {
+            return if made.decision == decision {
+                Ok(Decided::replay())
+            } else {
+                Err(CaseError::AlreadyDecided {
+                    case_id,
+                    decided: made.decision,
+                    by: made.by.clone(),
+                })
+            };
+        }
+        let mut facts = vec![Fact::CaseDecided {
+            case_id,
+            decision,
+            by: by.to_owned(),
+            reason: reason.to_owned(),
+            at_ms: now_ms,
+        }];
+        if decision == CaseDecision::Confirmed {
+            // Every commission the customer earned and was not paid goes.
+            for entry in self.entries.iter().filter(|e| e.user_id == case.user_id) {
+                let left = entry.remaining_minor();
+                if entry.payout_id.is_none()
+                    && left > 0
+                    && matches!(entry.kind, super::EntryKind::Commission { .. })
+                {
+                    facts.push(Fact::CommissionReversed {
+                        entry_id: entry.entry_id,
+                        refund_id: format!("case-{case_id}"),
+                        amount_minor: left,
+                        at_ms: now_ms,
+                    });
+                }
+            }
+        }
+        Ok(Decided::new(facts))
+    }
+
+    /// Every case, oldest first.
+    pub fn cases(&self) -> &[Case] {
+        &self.cases
+    }
+}
