@@ -58,6 +58,23 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// The affiliate ledger's audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Recompute the affiliate ledger's hash chain and name the first entry
+    /// altered, removed or reordered (exit status 1 then). Run it while the
+    /// sidecar is stopped (it holds the ledger), or read GET /v1/audit.
+    Verify {
+        /// The gateway's data directory.
+        #[arg(long, env = "EAGATE_DATA_DIR", default_value = "eagate-data")]
+        data_dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +131,29 @@ fn main() -> anyhow::Result<()> {
         Command::Sidecar(config) => serve(config, &matches, "sidecar", Role::Sidecar),
         Command::Device { api, command } => run_client(cli::device(&api, command)),
         Command::Signal { api, command } => run_client(cli::signal(&api, command)),
+        Command::Audit {
+            command: AuditCommand::Verify { data_dir },
+        } => {
+            let ledger = data_dir.join(eagate_gateway::affiliates::LEDGER_DIR);
+            if !ledger.exists() {
+                anyhow::bail!("no affiliate ledger at {}", ledger.display());
+            }
+            let report = eagate_affiliates::verify_journal(&ledger)
+                .map_err(|e| anyhow::anyhow!("{e} (is the sidecar still running?)"))?;
+            match report.problem {
+                None => {
+                    println!(
+                        "audit trail holds: {} entries, head {}",
+                        report.entries, report.head
+                    );
+                    Ok(())
+                }
+                Some(problem) => {
+                    println!("audit trail broken: {problem}");
+                    std::process::exit(1);
+                }
+            }
+        }
         Command::Token {
             command: TokenCommand::Create { scope, data_dir },
         } => {

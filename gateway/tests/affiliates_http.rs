@@ -1118,6 +1118,68 @@ async fn several_signups_from_one_address_hold_the_later_referrals_until_reviewe
     assert_eq!(fraud_cases(&desk, "").await, Vec::<Value>::new());
 }
 
+#[tokio::test]
+async fn the_audit_trail_names_who_changed_money_and_why_for_admins_only() {
+    let desk = desk().await;
+    let (alice, code, alice_token) = desk.enrol("alice").await;
+    desk.signup("bob", &code, None).await;
+    desk.pay("p1", "bob", 10_000, 1).await;
+    desk.adjust(&alice, "adj-1", -200, "duplicate bonus").await;
+    desk.click(&code, "198.51.100.7").await;
+    let page = desk.admin_get("/v1/audit").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    let items = page.body["items"].as_array().unwrap();
+    let kinds: Vec<_> = items.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "affiliate_enrolled",
+            "referred",
+            "payment_received",
+            "commission_earned",
+            "adjustment_entered",
+            "clicked"
+        ]
+    );
+    let platform_id = items[0]["by"].as_str().unwrap();
+    assert!(
+        platform_id.starts_with("token:") && platform_id.len() == 18,
+        "{platform_id}"
+    );
+    assert!(
+        !desk.platform.contains(&platform_id[6..]),
+        "a token's id is not the token"
+    );
+    assert_eq!(items[4]["why"], "duplicate bonus");
+    assert_ne!(
+        items[4]["by"], items[0]["by"],
+        "the admin, not the platform"
+    );
+    assert_eq!(items[5]["by"], "visitor:198.51.100.7");
+    assert!(
+        items
+            .iter()
+            .all(|e| e["hash"].as_str().unwrap().len() == 64)
+    );
+    let alices = desk
+        .admin_get(&format!(
+            "/v1/audit?affiliate_id={alice}&kind=commission_earned"
+        ))
+        .await;
+    assert_eq!(
+        alices.body["items"].as_array().unwrap().len(),
+        1,
+        "{}",
+        alices.text
+    );
+    let paged = desk.admin_get("/v1/audit?limit=2").await;
+    assert_eq!(paged.body["next_after"], 2);
+    let next = desk.admin_get("/v1/audit?after=2&limit=2").await;
+    assert_eq!(next.body["items"][0]["seq"], 3);
+    let forbidden = desk.call("GET", "/v1/audit", &alice_token, None).await;
+    assert_eq!(forbidden.status, StatusCode::FORBIDDEN);
+}
+
 on_both_backends!(the_first_fill_on_any_device_of_the_account_earns_the_bonus_once);
 async fn the_first_fill_on_any_device_of_the_account_earns_the_bonus_once(backend: Backend) {
     let desk = desk_on(&backend).await;

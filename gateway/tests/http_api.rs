@@ -157,6 +157,7 @@ const V1_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/affiliates"),
     ("GET", "/v1/payouts"),
     ("GET", "/v1/fraud-cases"),
+    ("GET", "/v1/audit"),
     ("POST", "/v1/fraud-cases/1/decision"),
     ("GET", "/v1/affiliates/af_X/payouts"),
     ("GET", "/v1/referral-codes/K7QM2XR4HD"),

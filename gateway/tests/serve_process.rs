@@ -495,3 +495,66 @@ fn a_sidecar_and_two_gateway_processes_share_one_redis() {
     stop(gateway_1);
     stop(sidecar);
 }
+
+#[test]
+fn audit_verify_says_the_trail_holds_and_names_an_altered_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger_dir = dir.path().join("affiliates");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let ledger = eagate_affiliates::Ledger::open(
+            &ledger_dir,
+            eagate_affiliates::ProgrammeConfig::default(),
+        )
+        .unwrap();
+        for n in 0..3u64 {
+            ledger
+                .write(|p| {
+                    p.enrol_affiliate(
+                        &format!("user-{n}"),
+                        &format!("af_{n}"),
+                        eagate_affiliates::ReferralCode::from_random(n + 7),
+                        &format!("{n:064x}"),
+                        &Default::default(),
+                        1_790_000_000_000,
+                    )
+                })
+                .await
+                .unwrap();
+        }
+    });
+    let data_dir = dir.path().to_str().unwrap();
+    let (ok, out, err) = eagate(&["audit", "verify", "--data-dir", data_dir], &[]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.starts_with("audit trail holds: 3 entries, head "),
+        "{out}"
+    );
+    {
+        let db = sled::open(&ledger_dir).unwrap();
+        let facts = db.open_tree("affiliate_facts").unwrap();
+        let value = facts.get(2u64.to_be_bytes()).unwrap().unwrap();
+        let text = String::from_utf8(value.to_vec())
+            .unwrap()
+            .replace("user-1", "user-X");
+        facts.insert(2u64.to_be_bytes(), text.as_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    let (ok, out, _) = eagate(&["audit", "verify", "--data-dir", data_dir], &[]);
+    assert!(!ok);
+    assert!(out.contains("entry 2 was altered"), "{out}");
+    let empty = tempfile::tempdir().unwrap();
+    let (ok, _, err) = eagate(
+        &[
+            "audit",
+            "verify",
+            "--data-dir",
+            empty.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!ok);
+    assert!(err.contains("no affiliate ledger"), "{err}");
+}

@@ -11,6 +11,9 @@ use std::path::Path;
 use std::sync::{RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
+use sled::Transactional;
+
+use crate::audit::{Actor, AuditEntry, AuditProblem, AuditReport, Stored, chain, hex};
 use crate::config::ProgrammeConfig;
 use crate::facts::Fact;
 use crate::programme::{Decided, Programme};
@@ -56,6 +59,13 @@ pub enum WriteError<E> {
     Journal(#[from] JournalError),
 }
 
+/// The journal's trees: the entries, and each one's chain hash.
+const FACTS_TREE: &str = "affiliate_facts";
+const CHAIN_TREE: &str = "affiliate_chain";
+/// Set once the chain covers the entries written before it existed: after
+/// that a missing chain hash is a removal, never filled in again.
+const CHAIN_BACKFILLED: &str = "chain_backfilled";
+
 /// Where the key of customer pseudonyms is kept, beside the journal.
 const META_TREE: &str = "ledger_meta";
 const PSEUDONYM_KEY: &str = "customer_pseudonym_key";
@@ -64,11 +74,19 @@ const PSEUDONYM_KEY: &str = "customer_pseudonym_key";
 pub struct Ledger {
     db: sled::Db,
     facts: sled::Tree,
+    chain: sled::Tree,
     /// Keys the pseudonyms affiliates see for their customers: random, made
     /// once per ledger, never shown.
     pseudonym_key: [u8; 32],
     state: RwLock<Programme>,
-    writer: tokio::sync::Mutex<u64>,
+    writer: tokio::sync::Mutex<Head>,
+}
+
+/// The journal's last entry and its chain hash.
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    seq: u64,
+    hash: [u8; 32],
 }
 
 impl std::fmt::Debug for Ledger {
@@ -102,11 +120,22 @@ impl Ledger {
 
     /// The ledger in an already opened sled database.
     pub fn on(db: sled::Db, config: ProgrammeConfig) -> Result<Self, JournalError> {
-        let facts = db.open_tree("affiliate_facts")?;
+        let facts = db.open_tree(FACTS_TREE)?;
+        let chain_tree = db.open_tree(CHAIN_TREE)?;
+        let meta = db.open_tree(META_TREE)?;
+        let backfill = meta.get(CHAIN_BACKFILLED)?.is_none();
         let mut programme = Programme::new(config);
-        let mut last = 0;
+        let mut head = Head {
+            seq: 0,
+            hash: [0; 32],
+        };
         for item in facts.iter() {
-            let (seq, fact) = decode(item?)?;
+            let (key, value) = item?;
+            let (seq, stored) = decode(&key, &value)?;
+            let fact = match stored {
+                Stored::Chained { entry, .. } => entry,
+                Stored::Bare(fact) => fact,
+            };
             if let Fact::PaymentReceived { currency, .. } | Fact::RefundReceived { currency, .. } =
                 &fact
                 && *currency != programme.config().currency
@@ -117,15 +146,27 @@ impl Ledger {
                 });
             }
             programme.apply(&fact);
-            last = seq;
+            head = Head {
+                seq,
+                hash: chain(&head.hash, seq, &value),
+            };
+            // Entries from before the chain existed get their hashes once.
+            if backfill && chain_tree.get(seq.to_be_bytes())?.is_none() {
+                chain_tree.insert(seq.to_be_bytes(), &head.hash)?;
+            }
+        }
+        if backfill {
+            meta.insert(CHAIN_BACKFILLED, &head.seq.to_be_bytes())?;
+            db.flush()?;
         }
         let pseudonym_key = pseudonym_key(&db)?;
         Ok(Self {
             db,
             facts,
+            chain: chain_tree,
             pseudonym_key,
             state: RwLock::new(programme),
-            writer: tokio::sync::Mutex::new(last),
+            writer: tokio::sync::Mutex::new(head),
         })
     }
 
@@ -135,27 +176,64 @@ impl Ledger {
     }
 
     /// Decides with `decide` against the current state and, unless it
-    /// refuses, journals and applies the facts; returns once they are on
-    /// disk. Concurrent writes are decided one at a time, so two requests
-    /// racing for the same grant see each other.
+    /// refuses, journals and applies the facts as the sidecar's own work
+    /// (`system`); see [`Ledger::write_by`].
     pub async fn write<E>(
         &self,
         decide: impl FnOnce(&Programme) -> Result<Decided, E>,
     ) -> Result<Decided, WriteError<E>> {
+        self.write_by(&Actor::system(), decide).await
+    }
+
+    /// Decides with `decide` against the current state and, unless it
+    /// refuses, journals the facts as `actor`'s, chained, and applies them;
+    /// returns once they are on disk. Concurrent writes are decided one at
+    /// a time, so two requests racing for the same grant see each other.
+    pub async fn write_by<E>(
+        &self,
+        actor: &Actor,
+        decide: impl FnOnce(&Programme) -> Result<Decided, E>,
+    ) -> Result<Decided, WriteError<E>> {
         let decided = {
-            let mut last = self.writer.lock().await;
+            let mut head = self.writer.lock().await;
             let decided = decide(&self.read()).map_err(WriteError::Refused)?;
             if decided.facts.is_empty() {
                 decided
             } else {
-                let mut batch = sled::Batch::default();
-                for (i, fact) in decided.facts.iter().enumerate() {
-                    let seq = *last + 1 + i as u64;
-                    let value = serde_json::to_vec(fact).expect("a fact always serializes");
-                    batch.insert(&seq.to_be_bytes(), value);
+                let mut entries = Vec::with_capacity(decided.facts.len());
+                let mut next = *head;
+                for fact in &decided.facts {
+                    let seq = next.seq + 1;
+                    let value = serde_json::to_vec(&StoredRef {
+                        entry: fact,
+                        by: &actor.by,
+                        why: &actor.why,
+                        prev: hex(&next.hash),
+                    })
+                    .expect("a fact always serializes");
+                    next = Head {
+                        seq,
+                        hash: chain(&next.hash, seq, &value),
+                    };
+                    entries.push((seq, value, next.hash));
                 }
-                self.facts.apply_batch(batch).map_err(JournalError::from)?;
-                *last += decided.facts.len() as u64;
+                (&self.facts, &self.chain)
+                    .transaction(|(facts, chain)| {
+                        for (seq, value, hash) in &entries {
+                            facts.insert(&seq.to_be_bytes(), value.as_slice())?;
+                            chain.insert(&seq.to_be_bytes(), hash)?;
+                        }
+                        Ok(())
+                    })
+                    .map_err(|e: sled::transaction::TransactionError<()>| {
+                        JournalError::from(match e {
+                            sled::transaction::TransactionError::Storage(e) => e,
+                            sled::transaction::TransactionError::Abort(()) => {
+                                sled::Error::Unsupported("journal write aborted".into())
+                            }
+                        })
+                    })?;
+                *head = next;
                 let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
                 for fact in &decided.facts {
                     state.apply(fact);
@@ -199,10 +277,121 @@ impl Ledger {
         format!("cu_{hex}")
     }
 
-    /// Every fact in the journal, in order: the audit log.
+    /// Every fact in the journal, in order.
     pub fn facts(&self) -> Result<Vec<Fact>, JournalError> {
-        self.facts.iter().map(|item| Ok(decode(item?)?.1)).collect()
+        Ok(self
+            .audit_after(0, usize::MAX)?
+            .into_iter()
+            .map(|e| e.fact)
+            .collect())
     }
+
+    /// Up to `limit` entries of the audit trail after `after`, in order.
+    pub fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, JournalError> {
+        let from = after.saturating_add(1).to_be_bytes();
+        self.facts
+            .range(from..)
+            .take(limit)
+            .map(|item| {
+                let (key, value) = item?;
+                let (seq, stored) = decode(&key, &value)?;
+                let hash = self
+                    .chain
+                    .get(seq.to_be_bytes())?
+                    .map(|h| hex(&h))
+                    .unwrap_or_default();
+                let (fact, by, why) = match stored {
+                    Stored::Chained { entry, by, why, .. } => (entry, by, why),
+                    Stored::Bare(fact) => (fact, "unrecorded".to_owned(), String::new()),
+                };
+                Ok(AuditEntry {
+                    seq,
+                    fact,
+                    by,
+                    why,
+                    hash,
+                })
+            })
+            .collect()
+    }
+
+    /// Recomputes the chain and names the first entry that does not hold.
+    pub fn verify(&self) -> Result<AuditReport, JournalError> {
+        verify_trees(&self.facts, &self.chain)
+    }
+}
+
+/// Verifies the audit trail of the ledger at `path` (the sidecar must not
+/// hold it: sled locks the directory).
+pub fn verify_journal(path: &Path) -> Result<AuditReport, JournalError> {
+    let db = sled::open(path)?;
+    verify_trees(&db.open_tree(FACTS_TREE)?, &db.open_tree(CHAIN_TREE)?)
+}
+
+fn verify_trees(facts: &sled::Tree, chain_tree: &sled::Tree) -> Result<AuditReport, JournalError> {
+    let mut hash = [0u8; 32];
+    let mut expected = 1u64;
+    let mut problem = None;
+    for item in facts.iter() {
+        let (key, value) = item?;
+        let seq = match key.as_ref().try_into() {
+            Ok(bytes) => u64::from_be_bytes(bytes),
+            Err(_) => {
+                problem = Some(AuditProblem::Damaged {
+                    seq: expected,
+                    detail: format!("a key of {} bytes", key.len()),
+                });
+                break;
+            }
+        };
+        if seq != expected {
+            problem = Some(AuditProblem::Removed(expected));
+            break;
+        }
+        if let Ok(Stored::Chained { prev, .. }) = serde_json::from_slice::<Stored>(&value) {
+            if prev != hex(&hash) {
+                problem = Some(AuditProblem::WrongPrevious(seq));
+                break;
+            }
+        } else if serde_json::from_slice::<Stored>(&value).is_err() {
+            problem = Some(AuditProblem::Damaged {
+                seq,
+                detail: "not a journal entry".into(),
+            });
+            break;
+        }
+        hash = chain(&hash, seq, &value);
+        match chain_tree.get(seq.to_be_bytes())? {
+            Some(stored) if stored.as_ref() == hash => {}
+            Some(_) => {
+                problem = Some(AuditProblem::Altered(seq));
+                break;
+            }
+            None => {
+                problem = Some(AuditProblem::Removed(seq));
+                break;
+            }
+        }
+        expected += 1;
+    }
+    // A chain hash past the last entry: the entries after it were removed.
+    if problem.is_none() && chain_tree.get(expected.to_be_bytes())?.is_some() {
+        problem = Some(AuditProblem::Removed(expected));
+    }
+    Ok(AuditReport {
+        entries: expected - 1,
+        head: hex(&hash),
+        problem,
+    })
+}
+
+/// A chained entry as it is written (borrowing the fact).
+#[derive(serde::Serialize)]
+struct StoredRef<'a> {
+    entry: &'a Fact,
+    by: &'a str,
+    why: &'a str,
+    prev: String,
 }
 
 /// The ledger's pseudonym key, made (and flushed) on first use.
@@ -232,15 +421,16 @@ fn pseudonym_key(db: &sled::Db) -> Result<[u8; 32], JournalError> {
     Ok(key)
 }
 
-/// A journal entry: its big-endian position and its fact as JSON.
-fn decode((key, value): (sled::IVec, sled::IVec)) -> Result<(u64, Fact), JournalError> {
-    let seq = u64::from_be_bytes(key.as_ref().try_into().map_err(|_| JournalError::Corrupt {
+/// A journal entry: its big-endian position and, as JSON, its fact (bare,
+/// or chained with its actor).
+fn decode(key: &[u8], value: &[u8]) -> Result<(u64, Stored), JournalError> {
+    let seq = u64::from_be_bytes(key.try_into().map_err(|_| JournalError::Corrupt {
         seq: 0,
         detail: format!("key {key:?} is not 8 bytes"),
     })?);
-    let fact = serde_json::from_slice(&value).map_err(|e| JournalError::Corrupt {
+    let stored = serde_json::from_slice(value).map_err(|e| JournalError::Corrupt {
         seq,
         detail: e.to_string(),
     })?;
-    Ok((seq, fact))
+    Ok((seq, stored))
 }

@@ -10,6 +10,7 @@
 // Money is integer minor units: a float anywhere in the ledger is a bug.
 #![deny(clippy::float_arithmetic)]
 
+pub mod audit;
 pub mod calendar;
 pub mod code;
 pub mod config;
@@ -18,10 +19,11 @@ pub mod journal;
 pub mod money;
 pub mod programme;
 
+pub use audit::{Actor, AuditEntry, AuditProblem, AuditReport};
 pub use code::ReferralCode;
 pub use config::ProgrammeConfig;
 pub use facts::{CaseDecision, CaseKind, CommissionKind, CreditReason, Fact, Referrer};
-pub use journal::{JournalError, Ledger, WriteError};
+pub use journal::{JournalError, Ledger, WriteError, verify_journal};
 pub use money::{Bps, Currency, Minor};
 pub use programme::{
     Balances, CodeOwner, Decided, Entry, EntryKind, EntryStatus, Granularity, PaymentEvent,

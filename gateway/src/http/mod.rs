@@ -180,19 +180,14 @@ async fn authenticate(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
         .ok_or(ApiError::Unauthorized)?;
+    // Who did it, for the record: the token's id (the start of its hash),
+    // never the token.
+    let hash = tokens::token_sha256(token);
+    let actor = format!("token:{}", &hash[..12]);
     let caller = match state.tokens.scope_of(token) {
-        Some(scope) => {
-            // Who did it, for the record: the token's id (the start of its
-            // hash), never the token.
-            let hash = tokens::token_sha256(token);
-            request
-                .extensions_mut()
-                .insert(Actor(format!("token:{}", &hash[..12])));
-            Caller::Token(scope)
-        }
+        Some(scope) => Caller::Token(scope),
         None => {
             // Affiliate tokens are kept (hashed) in the programme's ledger.
-            let hash = tokens::token_sha256(token);
             let programme = state.affiliates.ledger.read();
             let affiliate = programme
                 .affiliate_of_token(&hash)
@@ -201,7 +196,22 @@ async fn authenticate(
         }
     };
     request.extensions_mut().insert(caller);
-    Ok(next.run(request).await)
+    request.extensions_mut().insert(Actor(actor.clone()));
+    Ok(CALLER_ID.scope(actor, next.run(request)).await)
+}
+
+tokio::task_local! {
+    /// The authenticated caller's id while its request is handled: what
+    /// the affiliate ledger's audit trail records as who made a change.
+    static CALLER_ID: String;
+}
+
+/// The id of the caller whose request is being handled (`token:…`), or
+/// `unauthenticated` outside an authenticated request.
+pub(crate) fn caller_id() -> String {
+    CALLER_ID
+        .try_with(Clone::clone)
+        .unwrap_or_else(|_| "unauthenticated".to_owned())
 }
 
 /// `Json` whose rejections are problem details (422 with serde's message).

@@ -179,6 +179,11 @@ impl Programme {
             .flat_map(|a| a.entries.iter().map(|&id| self.entry(id)))
     }
 
+    /// A ledger line by its id.
+    pub fn entry_by_id(&self, entry_id: u64) -> Option<&Entry> {
+        self.entries.get(entry_id.checked_sub(1)? as usize)
+    }
+
     /// An affiliate's balances at `now`; `None` for no such affiliate.
     pub fn balances(
         &self,

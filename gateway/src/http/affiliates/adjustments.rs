@@ -8,7 +8,7 @@ use eagate_affiliates::programme::AdjustmentError;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::{AffiliatePath, Recorded, recorded, write};
+use super::{AffiliatePath, Recorded, recorded, write_because};
 use crate::http::{Admin, ApiError, ApiJson, AppState, check_text};
 
 /// A correction of an affiliate's balance.
@@ -51,8 +51,9 @@ pub(super) async fn adjust(
     check_text("adjustment_id", &new.adjustment_id, 128)?;
     check_text("reason", &new.reason, 500)?;
     let now = state.affiliates.now_ms();
-    let decided = write(
+    let decided = write_because(
         &state,
+        &new.reason,
         |p| {
             p.adjust(
                 &affiliate_id,

@@ -109,7 +109,13 @@ pub(super) async fn customer_code(
         let written = state
             .affiliates
             .ledger
-            .write(|p| p.issue_customer_code(&user_id, code, now))
+            .write_by(
+                &eagate_affiliates::Actor {
+                    by: crate::http::caller_id(),
+                    why: String::new(),
+                },
+                |p| p.issue_customer_code(&user_id, code, now),
+            )
             .await;
         match written {
             Ok(decided) => break decided,

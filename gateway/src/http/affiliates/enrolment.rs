@@ -122,6 +122,10 @@ pub(super) async fn enrol(
         source_address,
     };
     let (token, token_hash) = new_token()?;
+    let caller = eagate_affiliates::Actor {
+        by: crate::http::caller_id(),
+        why: String::new(),
+    };
     // A fresh code and id collide with an existing one about never; if they
     // do, draw again. A journal failure is not retried here: the request
     // fails, and the platform's retry finds the user enrolled or not.
@@ -134,7 +138,7 @@ pub(super) async fn enrol(
         let written = state
             .affiliates
             .ledger
-            .write(|p| {
+            .write_by(&caller, |p| {
                 p.enrol_affiliate(
                     &new.user_id,
                     &affiliate_id,
@@ -338,9 +342,13 @@ pub(super) async fn click(
         return Ok(to_landing(&click_id, code));
     }
     let click_id = format!("ck_{}", random_hex(12)?);
+    let visitor_actor = eagate_affiliates::Actor {
+        by: format!("visitor:{}", visitor.address),
+        why: String::new(),
+    };
     let written = desk
         .ledger
-        .write(|p| {
+        .write_by(&visitor_actor, |p| {
             p.click(code, &click_id, &visitor.address, &visitor.user_agent, now)
                 .ok_or(())
         })

@@ -12,7 +12,7 @@ use eagate_affiliates::{CaseDecision, CaseKind, Referrer};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{Recorded, recorded, write};
+use super::{Recorded, recorded, write_because};
 use crate::http::{Admin, AdminActor, ApiError, ApiJson, AppState, check_text};
 
 /// A fraud case as the queue shows it.
@@ -178,8 +178,9 @@ pub(super) async fn decide(
 ) -> Result<(StatusCode, Json<Recorded>), ApiError> {
     check_text("reason", &new.reason, 500)?;
     let now = state.affiliates.now_ms();
-    let decided = write(
+    let decided = write_because(
         &state,
+        &new.reason,
         |p| p.decide_case(case_id, new.decision, &actor, &new.reason, now),
         |e| match e {
             CaseError::UnknownCase(_) => ApiError::NotFound(e.to_string()),

@@ -11,6 +11,7 @@
 
 mod adjustments;
 mod attribution;
+mod audit;
 mod commissions;
 mod credits;
 mod enrolment;
@@ -38,6 +39,7 @@ use utoipa_axum::routes;
 
 use super::{ApiError, AppState, Caller, refusals};
 use crate::http::tokens::{self, Scope};
+pub use audit::{AuditEntryView, AuditPage};
 pub use fraud::{CaseView, Cases};
 
 // The answers keep the paths they had when this was one file.
@@ -59,6 +61,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(lists::payouts))
         .routes(routes!(fraud::cases))
         .routes(routes!(fraud::decide))
+        .routes(routes!(audit::audit))
         .routes(routes!(adjustments::adjust))
         .routes(routes!(enrolment::code_owner))
         .routes(routes!(attribution::refer))
@@ -205,10 +208,24 @@ async fn write<E>(
     decide: impl FnOnce(&eagate_affiliates::Programme) -> Result<Decided, E>,
     refused: impl FnOnce(E) -> ApiError,
 ) -> Result<Decided, ApiError> {
+    write_because(state, "", decide, refused).await
+}
+
+/// [`write`], recording `why` in the audit trail beside the caller's id.
+async fn write_because<E>(
+    state: &AppState,
+    why: &str,
+    decide: impl FnOnce(&eagate_affiliates::Programme) -> Result<Decided, E>,
+    refused: impl FnOnce(E) -> ApiError,
+) -> Result<Decided, ApiError> {
+    let actor = eagate_affiliates::Actor {
+        by: super::caller_id(),
+        why: why.to_owned(),
+    };
     state
         .affiliates
         .ledger
-        .write(decide)
+        .write_by(&actor, decide)
         .await
         .map_err(|e| match e {
             WriteError::Refused(e) => refused(e),
