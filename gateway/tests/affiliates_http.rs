@@ -1044,6 +1044,14 @@ async fn several_signups_from_one_address_hold_the_later_referrals_until_reviewe
         desk.pay(&format!("p{n}"), &user, 10_000, 1).await; // 3,000 each
     }
     let open = fraud_cases(&desk, &format!("?affiliate_id={affiliate}")).await;
+    let under_review = desk.admin_get("/v1/affiliates?open_case=true").await;
+    assert_eq!(
+        under_review.body["items"][0]["affiliate_id"],
+        affiliate.as_str()
+    );
+    assert_eq!(under_review.body["items"][0]["open_cases"], 2);
+    let clean = desk.admin_get("/v1/affiliates?open_case=false").await;
+    assert_eq!(clean.body["items"], json!([]));
     let held: Vec<_> = open.iter().map(|c| c["user_id"].clone()).collect();
     assert_eq!(held, [json!("c4"), json!("c5")]);
     assert!(

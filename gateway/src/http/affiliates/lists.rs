@@ -74,6 +74,8 @@ pub struct AffiliateRow {
     /// When they were last paid, Unix ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_paid_at_ms: Option<u64>,
+    /// Fraud cases about their referrals still open.
+    pub open_cases: usize,
 }
 
 /// A page of affiliates.
@@ -97,12 +99,15 @@ pub(super) struct AffiliateFilter {
     status: Option<OwedStatus>,
     /// Only affiliates with at least this payable balance (minor units).
     min_payable_minor: Option<i64>,
+    /// true: only affiliates with an open fraud case; false: only those
+    /// without.
+    open_case: Option<bool>,
 }
 
 #[utoipa::path(
     get,
     path = "/affiliates",
-    summary = "Every affiliate with what they are owed now (earned, pending, held, payable, paid, reversed), filtered by status or payable balance, in enrolment order; JSON pages or CSV (admin). `from`/`to` filter by enrolment day.",
+    summary = "Every affiliate with what they are owed now (earned, pending, held, payable, paid, reversed), filtered by status, payable balance or open fraud case, in enrolment order; JSON pages or CSV (admin). `from`/`to` filter by enrolment day.",
     params(PageQuery, AffiliateFilter),
     responses(
         (status = 200, description = "A page of affiliates, or every matching one as CSV.", content(
@@ -133,6 +138,12 @@ pub(super) async fn affiliates(
     for payout in programme.payouts() {
         last_paid.insert(payout.affiliate_id, payout.at_ms);
     }
+    let mut open_cases: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for case in programme.cases().iter().filter(|c| c.decision.is_none()) {
+        if let eagate_affiliates::Referrer::Affiliate { affiliate_id } = &case.referrer {
+            *open_cases.entry(affiliate_id.as_str()).or_default() += 1;
+        }
+    }
     let mut rows = Vec::new();
     let mut more = false;
     for (seq, affiliate_id) in (1u64..).zip(programme.affiliate_ids()) {
@@ -151,10 +162,12 @@ pub(super) async fn affiliates(
             .map_err(|e| ApiError::Internal(e.to_string()))?
             .unwrap_or_default();
         let status = OwedStatus::of(&balances);
+        let cases = open_cases.get(affiliate_id).copied().unwrap_or(0);
         if filter.status.is_some_and(|s| s != status)
             || filter
                 .min_payable_minor
                 .is_some_and(|m| balances.payable < m)
+            || filter.open_case.is_some_and(|wanted| wanted != (cases > 0))
         {
             continue;
         }
@@ -176,6 +189,7 @@ pub(super) async fn affiliates(
             paid_minor: balances.paid,
             reversed_minor: balances.reversed,
             last_paid_at_ms: last_paid.get(affiliate_id).copied(),
+            open_cases: cases,
         });
     }
     if csv {
@@ -198,12 +212,13 @@ pub(super) async fn affiliates(
                     r.reversed_minor.to_string(),
                     r.last_paid_at_ms.map(format_instant).unwrap_or_default(),
                     currency.to_string(),
+                    r.open_cases.to_string(),
                 ]
             })
             .collect();
         return Ok(csv_response(
             "affiliates.csv",
-            "seq,affiliate_id,user_id,code,enrolled_at,status,earned_minor,pending_minor,held_minor,payable_minor,payable,paid_minor,reversed_minor,last_paid_at,currency",
+            "seq,affiliate_id,user_id,code,enrolled_at,status,earned_minor,pending_minor,held_minor,payable_minor,payable,paid_minor,reversed_minor,last_paid_at,currency,open_cases",
             rows,
         ));
     }
