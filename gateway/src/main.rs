@@ -140,6 +140,13 @@ fn main() -> anyhow::Result<()> {
             }
             let report = eagate_affiliates::verify_journal(&ledger)
                 .map_err(|e| anyhow::anyhow!("{e} (is the sidecar still running?)"))?;
+            if !report.started {
+                println!(
+                    "audit trail not started: the ledger's {} entries were written before it; the sidecar chains them when it next starts",
+                    report.entries
+                );
+                return Ok(());
+            }
             match report.problem {
                 None => {
                     println!(

@@ -87,6 +87,10 @@ pub struct AuditEntry {
 /// What verifying the trail found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditReport {
+    /// Whether the trail has begun: a journal written before this version
+    /// is chained the first time the sidecar opens it, and until then there
+    /// is nothing to check it against.
+    pub started: bool,
     /// Entries checked.
     pub entries: u64,
     /// The chain hash after the last entry, hex: keep it elsewhere.

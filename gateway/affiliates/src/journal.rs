@@ -317,7 +317,7 @@ impl Ledger {
 
     /// Recomputes the chain and names the first entry that does not hold.
     pub fn verify(&self) -> Result<AuditReport, JournalError> {
-        verify_trees(&self.facts, &self.chain)
+        verify_trees(&self.db, &self.facts, &self.chain)
     }
 }
 
@@ -325,10 +325,22 @@ impl Ledger {
 /// hold it: sled locks the directory).
 pub fn verify_journal(path: &Path) -> Result<AuditReport, JournalError> {
     let db = sled::open(path)?;
-    verify_trees(&db.open_tree(FACTS_TREE)?, &db.open_tree(CHAIN_TREE)?)
+    verify_trees(&db, &db.open_tree(FACTS_TREE)?, &db.open_tree(CHAIN_TREE)?)
 }
 
-fn verify_trees(facts: &sled::Tree, chain_tree: &sled::Tree) -> Result<AuditReport, JournalError> {
+fn verify_trees(
+    db: &sled::Db,
+    facts: &sled::Tree,
+    chain_tree: &sled::Tree,
+) -> Result<AuditReport, JournalError> {
+    if db.open_tree(META_TREE)?.get(CHAIN_BACKFILLED)?.is_none() {
+        return Ok(AuditReport {
+            started: false,
+            entries: facts.len() as u64,
+            head: String::new(),
+            problem: None,
+        });
+    }
     let mut hash = [0u8; 32];
     let mut expected = 1u64;
     let mut problem = None;
@@ -379,6 +391,7 @@ fn verify_trees(facts: &sled::Tree, chain_tree: &sled::Tree) -> Result<AuditRepo
         problem = Some(AuditProblem::Removed(expected));
     }
     Ok(AuditReport {
+        started: true,
         entries: expected - 1,
         head: hex(&hash),
         problem,

@@ -155,8 +155,16 @@ fn a_journal_from_before_the_trail_is_chained_once_and_then_guarded() {
         }
         db.flush().unwrap();
     }
+    // Before the new version first opens it: nothing to check against yet,
+    // and no false alarm.
+    let before = verify_journal(dir.path()).unwrap();
+    assert_eq!(
+        (before.started, before.entries, before.problem),
+        (false, 22, None)
+    );
     drop(Ledger::open(dir.path(), ProgrammeConfig::default()).unwrap());
     let report = verify_journal(dir.path()).unwrap();
+    assert!(report.started);
     assert_eq!((report.entries, report.problem.clone()), (22, None));
     // After the first opening, a bare entry changed is caught too.
     {

@@ -152,6 +152,19 @@ pub struct CreditBalance {
     pub available: Minor,
 }
 
+/// What the credit gates look at for a customer.
+pub(super) struct CreditGate {
+    /// Their spend net of refunds.
+    pub(super) spent: Minor,
+    /// Whether their email is verified.
+    pub(super) verified: bool,
+    /// Their latest payment.
+    pub(super) last_paid_at_ms: Option<u64>,
+    /// The fraud case being cleared in this decision, whose hold no longer
+    /// counts.
+    pub(super) released_case: Option<u64>,
+}
+
 /// A spend already recorded, to recognise its retries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Spend {
@@ -200,7 +213,13 @@ impl Programme {
         }];
         let spent = customer.map_or(0, |c| c.spent);
         let last_paid = customer.and_then(|c| c.last_paid_at_ms);
-        self.credits_due(user_id, spent, true, last_paid, now_ms, &mut facts);
+        let gate = CreditGate {
+            spent,
+            verified: true,
+            last_paid_at_ms: last_paid,
+            released_case: None,
+        };
+        self.credits_due(user_id, gate, now_ms, &mut facts);
         Ok(Decided::new(facts))
     }
 
@@ -210,12 +229,16 @@ impl Programme {
     pub(super) fn credits_due(
         &self,
         user_id: &str,
-        spent: Minor,
-        verified: bool,
-        last_paid_at_ms: Option<u64>,
+        gate: CreditGate,
         now_ms: u64,
         facts: &mut Vec<Fact>,
     ) {
+        let CreditGate {
+            spent,
+            verified,
+            last_paid_at_ms,
+            released_case,
+        } = gate;
         let Some(referral) = self
             .customers
             .get(user_id)
@@ -230,6 +253,16 @@ impl Programme {
             return;
         };
         if referral.credited || !verified || spent < self.config.credit_threshold {
+            return;
+        }
+        // Nothing is granted while a fraud case holds the customer (the
+        // decision that clears them, `released_case`, grants what is due),
+        // nor ever after one confirmed fraud.
+        if self
+            .customers
+            .get(user_id)
+            .is_some_and(|c| c.blocked || c.held_by.is_some_and(|case| Some(case) != released_case))
+        {
             return;
         }
         // Held from the grant, whatever triggered it: a verification long

@@ -105,17 +105,16 @@ impl Programme {
         now_ms: u64,
     ) -> Option<Fact> {
         let limit = self.config.shared_address_limit as usize;
-        let since = signup
-            .occurred_at_ms
-            .saturating_sub(self.config.shared_address_window_ms);
+        // Within a window either side: a signup reported late is counted
+        // with the ones after it as well as before.
+        let window = self.config.shared_address_window_ms;
+        let since = signup.occurred_at_ms.saturating_sub(window);
+        let until = signup.occurred_at_ms.saturating_add(window);
         let earlier = self
             .signups_by_address
             .get(&signup.source_address)
             .map_or(0, |times| {
-                times
-                    .iter()
-                    .filter(|&&t| t >= since && t <= signup.occurred_at_ms)
-                    .count()
+                times.iter().filter(|&&t| t >= since && t <= until).count()
             });
         (earlier >= limit).then(|| Fact::CaseOpened {
             case_id,
@@ -123,7 +122,7 @@ impl Programme {
             user_id: signup.user_id.clone(),
             referrer: referrer.clone(),
             evidence: format!(
-                "signup number {} from {} within {} h; the programme allows {limit}",
+                "signup number {} from {} within {} h of each other; the programme allows {limit}",
                 earlier + 1,
                 signup.source_address,
                 self.config.shared_address_window_ms / 3_600_000,
@@ -165,8 +164,9 @@ impl Programme {
             at_ms: now_ms,
         }];
         if decision == CaseDecision::Confirmed {
-            // Every commission the customer earned and was not paid goes.
-            for entry in self.entries.iter().filter(|e| e.user_id == case.user_id) {
+            // Every commission the case held goes (a refused case held
+            // nothing: another referrer's commissions are not its business).
+            for entry in self.entries.iter().filter(|e| e.held_by == Some(case_id)) {
                 let left = entry.remaining_minor();
                 if entry.payout_id.is_none()
                     && left > 0
@@ -180,6 +180,20 @@ impl Programme {
                     });
                 }
             }
+        }
+        // Cleared: the referral credits the hold kept back are due now.
+        if decision == CaseDecision::Cleared
+            && !case.refused
+            && let Some(customer) = self.customers.get(&case.user_id)
+            && customer.held_by == Some(case_id)
+        {
+            let gate = super::credits::CreditGate {
+                spent: customer.spent,
+                verified: customer.email_verified,
+                last_paid_at_ms: customer.last_paid_at_ms,
+                released_case: Some(case_id),
+            };
+            self.credits_due(&case.user_id, gate, now_ms, &mut facts);
         }
         Ok(Decided::new(facts))
     }

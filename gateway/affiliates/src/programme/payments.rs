@@ -234,14 +234,13 @@ impl Programme {
                 let last_paid = customer
                     .last_paid_at_ms
                     .map_or(payment.occurred_at_ms, |at| at.max(payment.occurred_at_ms));
-                self.credits_due(
-                    &payment.user_id,
+                let gate = super::credits::CreditGate {
                     spent,
-                    customer.email_verified,
-                    Some(last_paid),
-                    now_ms,
-                    &mut facts,
-                );
+                    verified: customer.email_verified,
+                    last_paid_at_ms: Some(last_paid),
+                    released_case: None,
+                };
+                self.credits_due(&payment.user_id, gate, now_ms, &mut facts);
             }
             None => {}
         }
