@@ -9,12 +9,14 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eagate_affiliates::{JournalError, Ledger, ReferralCode, WriteError};
+use eagate_affiliates::{JournalError, Ledger, ReferralCode, TradeSide, WriteError};
+use eagate_protocol::{Action, Decimal, SignalId};
 
 use crate::config::ServeConfig;
 use crate::core::Core;
 use crate::registry::RegistryError;
-use crate::reports::ReportStoreError;
+use crate::reports::{FeedFill, ReportStoreError};
+use crate::signals::SignalLogError;
 
 /// Where the programme reads the time: the wall clock, or a test's.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -74,6 +76,21 @@ pub enum FeedError {
     /// The ledger failed.
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// The signal log failed.
+    #[error(transparent)]
+    Signals(#[from] SignalLogError),
+}
+
+/// Lots in units of 10^-8 lot (finer digits cut; negative volumes count
+/// as none).
+fn lots_e8(volume: Decimal) -> u64 {
+    let mantissa = u64::try_from(volume.mantissa()).unwrap_or(0);
+    let scale = u32::from(volume.scale());
+    if scale <= 8 {
+        mantissa.saturating_mul(10u64.pow(8 - scale))
+    } else {
+        mantissa / 10u64.pow(scale - 8)
+    }
 }
 
 impl AffiliateDesk {
@@ -160,8 +177,83 @@ impl AffiliateDesk {
                 Err(WriteError::Refused(never)) => match never {},
             }
         }
+        self.count_trades(core, &fills, &accounts).await?;
         core.reports.claim_fills(&fills).await?;
         Ok(fills.len())
+    }
+
+    /// Counts each fill of a customer an affiliate referred for the
+    /// wash-trading check: its signal's symbol and side (opening trades
+    /// only: a close names no side), its lots, its UTC day.
+    async fn count_trades(
+        &self,
+        core: &Core,
+        fills: &[FeedFill],
+        accounts: &HashMap<&str, Option<String>>,
+    ) -> Result<(), FeedError> {
+        let mut signals: HashMap<SignalId, Option<(String, TradeSide)>> = HashMap::new();
+        for fill in fills {
+            let (Some(signal_id), Some(volume), Some(Some(account_id))) = (
+                fill.signal_id,
+                fill.volume,
+                accounts.get(fill.device_id.as_str()),
+            ) else {
+                continue;
+            };
+            let traded = match signals.get(&signal_id) {
+                Some(traded) => traded.clone(),
+                None => {
+                    let traded = match core.signals.locate(signal_id).await? {
+                        Some((channel, position)) => core
+                            .signals
+                            .read_after(&channel, position.saturating_sub(1), 1)
+                            .await?
+                            .into_iter()
+                            .find(|s| s.signal_id == signal_id)
+                            .and_then(|s| {
+                                let side = match s.action {
+                                    Action::OpenBuy => TradeSide::Buy,
+                                    Action::OpenSell => TradeSide::Sell,
+                                    _ => return None,
+                                };
+                                Some((s.symbol.as_str().to_owned(), side))
+                            }),
+                        None => None,
+                    };
+                    signals.insert(signal_id, traded.clone());
+                    traded
+                }
+            };
+            let Some((symbol, side)) = traded else {
+                continue;
+            };
+            let volume_e8 = lots_e8(volume);
+            let fill_key = (fill.device_id.as_str(), fill.seq);
+            let day = eagate_affiliates::calendar::day_of(fill.stored_at_ms);
+            let now = self.now_ms();
+            let counted = self
+                .ledger
+                .read()
+                .trade_seen(account_id, fill_key, &symbol, side, volume_e8, day, now);
+            if counted.facts.is_empty() {
+                continue;
+            }
+            let written = self
+                .ledger
+                .write(|programme| {
+                    Ok::<_, Infallible>(
+                        programme
+                            .trade_seen(account_id, fill_key, &symbol, side, volume_e8, day, now),
+                    )
+                })
+                .await;
+            match written {
+                Ok(_) => {}
+                Err(WriteError::Journal(e)) => return Err(e.into()),
+                Err(WriteError::Refused(never)) => match never {},
+            }
+        }
+        Ok(())
     }
 
     /// Reads the fill feed until the process stops.

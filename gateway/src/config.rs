@@ -167,6 +167,12 @@ pub struct ServeConfig {
     #[arg(long, env = "EAGATE_SHARED_ADDRESS_WINDOW_HOURS", default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=720))]
     pub shared_address_window_hours: u64,
 
+    /// How close (basis points of the larger) a referred customer's bought
+    /// and sold volume of one symbol on one UTC day must be to hold their
+    /// commissions for wash-trading review.
+    #[arg(long, env = "EAGATE_WASH_TRADE_TOLERANCE_BPS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub wash_trade_tolerance_bps: u64,
+
     /// Minutes within which repeated clicks on one referral link from one
     /// address count once (and get the first click's id).
     #[arg(long, env = "EAGATE_CLICK_DEDUPE_MINUTES", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=1_440))]
@@ -248,6 +254,7 @@ struct FileConfig {
     daily_referral_limit: Option<u64>,
     shared_address_limit: Option<u64>,
     shared_address_window_hours: Option<u64>,
+    wash_trade_tolerance_bps: Option<u64>,
     click_dedupe_minutes: Option<u64>,
     click_rate_per_minute: Option<u64>,
     payout_minimum_minor: Option<u64>,
@@ -335,6 +342,7 @@ impl ServeConfig {
         take!(daily_referral_limit, 1, 10_000);
         take!(shared_address_limit, 1, 10_000);
         take!(shared_address_window_hours, 1, 720);
+        take!(wash_trade_tolerance_bps, 0, 10_000);
         take!(click_dedupe_minutes, 1, 1_440);
         take!(click_rate_per_minute, 1, 100_000);
         take!(payout_minimum_minor, 1, 1_000_000_000);
@@ -400,6 +408,7 @@ impl ServeConfig {
             daily_referral_limit: self.daily_referral_limit as u32,
             shared_address_limit: self.shared_address_limit as u32,
             shared_address_window_ms: self.shared_address_window_hours * 3_600_000,
+            wash_trade_tolerance_bps: self.wash_trade_tolerance_bps as u32,
             click_dedupe_ms: self.click_dedupe_minutes * 60 * 1_000,
             payout_minimum: self.payout_minimum_minor as i64,
             max_event_age_ms: self.max_event_age_days * DAY_MS,
@@ -415,7 +424,7 @@ impl ServeConfig {
                 })
         };
         format!(
-            "config_file = {}\ndata_dir = {}\nquic_listen = {}\nquic_endpoints = {}\nhttp_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nsignal_queue_len = {}\nsignal_retention_hours = {}\nmaster_key = {}\nredis_url = {}\nredis_prefix = {}\nreferral_landing_page = {}\nreferral_link_base = {}\naffiliate_currency = {}\nfirst_month_commission_bps = {}\nlater_months_commission_bps = {}\nfirst_trade_bonus_bps = {}\nholding_period_days = {}\nattribution_window_days = {}\ncredit_threshold_minor = {}\nreferrer_credit_minor = {}\nreferred_credit_minor = {}\ndaily_referral_limit = {}\nshared_address_limit = {}\nshared_address_window_hours = {}\nclick_dedupe_minutes = {}\nclick_rate_per_minute = {}\npayout_minimum_minor = {}\nmax_event_age_days = {}\n",
+            "config_file = {}\ndata_dir = {}\nquic_listen = {}\nquic_endpoints = {}\nhttp_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nsignal_queue_len = {}\nsignal_retention_hours = {}\nmaster_key = {}\nredis_url = {}\nredis_prefix = {}\nreferral_landing_page = {}\nreferral_link_base = {}\naffiliate_currency = {}\nfirst_month_commission_bps = {}\nlater_months_commission_bps = {}\nfirst_trade_bonus_bps = {}\nholding_period_days = {}\nattribution_window_days = {}\ncredit_threshold_minor = {}\nreferrer_credit_minor = {}\nreferred_credit_minor = {}\ndaily_referral_limit = {}\nshared_address_limit = {}\nshared_address_window_hours = {}\nwash_trade_tolerance_bps = {}\nclick_dedupe_minutes = {}\nclick_rate_per_minute = {}\npayout_minimum_minor = {}\nmax_event_age_days = {}\n",
             self.config_file
                 .as_ref()
                 .map_or("(none)".to_owned(), |p| p.display().to_string()),
@@ -453,6 +462,7 @@ impl ServeConfig {
             self.daily_referral_limit,
             self.shared_address_limit,
             self.shared_address_window_hours,
+            self.wash_trade_tolerance_bps,
             self.click_dedupe_minutes,
             self.click_rate_per_minute,
             self.payout_minimum_minor,

@@ -373,6 +373,13 @@ pub struct FeedFill {
     pub seq: u64,
     /// When the gateway stored it, Unix ms.
     pub stored_at_ms: u64,
+    /// The signal it filled (absent in entries written before the feed
+    /// carried it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal_id: Option<SignalId>,
+    /// The executed lots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<Decimal>,
 }
 
 impl FeedFill {
@@ -384,6 +391,8 @@ impl FeedFill {
             device_id: String::new(),
             seq: 0,
             stored_at_ms: 0,
+            signal_id: None,
+            volume: None,
         }
     }
 
@@ -394,6 +403,8 @@ impl FeedFill {
             device_id: report.device_id.clone(),
             seq: report.seq,
             stored_at_ms: report.stored_at_ms,
+            signal_id: Some(report.signal_id),
+            volume: report.volume,
         }
     }
 }

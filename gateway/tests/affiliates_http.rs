@@ -1253,6 +1253,116 @@ async fn the_first_fill_on_any_device_of_the_account_earns_the_bonus_once(backen
     assert!(reports.unclaimed_fills(10).await.unwrap().is_empty());
 }
 
+/// Publishes an opening signal on `gold`; returns its id.
+async fn publish(desk: &Desk, action: &str) -> SignalId {
+    let answer = desk
+        .platform(
+            "/v1/channels/gold/signals",
+            json!({"symbol": "EURUSD", "action": action, "order_type": "Market", "volume": "1.00"}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text);
+    answer.body["signal_id"].as_str().unwrap().parse().unwrap()
+}
+
+on_both_backends!(a_referred_customers_offsetting_buy_and_sell_of_a_day_hold_their_commissions);
+async fn a_referred_customers_offsetting_buy_and_sell_of_a_day_hold_their_commissions(
+    backend: Backend,
+) {
+    let desk = desk_on(&backend).await;
+    let (affiliate, code, _) = desk.enrol("alice").await;
+    let traders = ["trader-1", "trader-2", "trader-3"];
+    for customer in traders {
+        desk.signup(customer, &code, None).await;
+        desk.pay(&format!("pay-{customer}"), customer, 10_000, 1)
+            .await; // 3,000 each
+    }
+    let registry = desk.gateway.registry();
+    let key = desk.gateway.master_key();
+    let (buy, sell) = (
+        publish(&desk, "OpenBuy").await,
+        publish(&desk, "OpenSell").await,
+    );
+    let reports = desk.gateway.core().reports.clone();
+    let mut devices = Vec::new();
+    for customer in traders {
+        let (device, _) = registry.register(key, customer, "MT5").await.unwrap();
+        devices.push(device.device_id);
+    }
+    let fill = |device: &str, seq: u64, signal_id: SignalId, lots: &str| {
+        let report = Report {
+            seq,
+            signal_id,
+            at_ms: now_ms(),
+            outcome: ReportOutcome::Filled(Fill {
+                ticket: 1_000 + seq,
+                price: "1.08543".parse::<Decimal>().unwrap(),
+                volume: lots.parse::<Decimal>().unwrap(),
+            }),
+        };
+        StoredReport::new(device, &report, now_ms())
+    };
+    // trader-1 buys 1.00 and sells 0.95 lots of EURUSD the same day: within
+    // 10%. trader-2 buys 1.00 and sells 0.50: a real trade, not a wash.
+    // trader-3 buys and sells 1.00.
+    for (device, sold) in devices.iter().zip(["0.95", "0.50", "1.00"]) {
+        reports
+            .ingest(&fill(device, 1, buy, "1.00"), None)
+            .await
+            .unwrap();
+        reports
+            .ingest(&fill(device, 2, sell, sold), None)
+            .await
+            .unwrap();
+    }
+    let desk_core = desk.gateway.core();
+    let programme = desk.gateway.affiliates().unwrap();
+    while programme.take_fills(&desk_core).await.unwrap() > 0 {}
+    let open = fraud_cases(&desk, "").await;
+    assert_eq!(open.len(), 2, "{open:?}");
+    assert!(open.iter().all(|c| c["kind"] == "wash_trading"));
+    assert_eq!(open[0]["user_id"], "trader-1");
+    assert_eq!(open[1]["user_id"], "trader-3");
+    let evidence = open[0]["evidence"].as_str().unwrap();
+    assert!(
+        evidence.contains("EURUSD")
+            && evidence.contains("bought 1.00000000")
+            && evidence.contains("sold 0.95000000"),
+        "{evidence}"
+    );
+    // trader-1's commission, earned before the case, is held, and so is
+    // the first-trade bonus their first fill earned (5%: 500). trader-2's
+    // commission is payable after the hold; their bonus, decided on the
+    // gateway's own clock, is still pending.
+    desk.advance_days(31);
+    let totals = desk.totals(&affiliate).await;
+    assert_eq!(totals["held_minor"], 7_000, "{totals}");
+    assert_eq!(totals["payable_minor"], 3_000);
+    // Confirmed: reversed, and trader-1's next payment earns nothing.
+    let case = open[0]["case_id"].as_u64().unwrap();
+    let confirmed = decide_case(&desk, case, "confirmed", "wash trades on EURUSD").await;
+    assert_eq!(confirmed.status, StatusCode::CREATED, "{}", confirmed.text);
+    let later = desk.pay("pay-again", "trader-1", 10_000, 2).await;
+    assert_eq!(
+        later.body["facts"].as_array().unwrap().len(),
+        1,
+        "{}",
+        later.text
+    );
+    // Cleared: trader-3's commission is payable, their bonus pending again.
+    let cleared = open[1]["case_id"].as_u64().unwrap();
+    let decided = decide_case(&desk, cleared, "cleared", "a hedge, agreed with the desk").await;
+    assert_eq!(decided.status, StatusCode::CREATED, "{}", decided.text);
+    assert_balances(
+        &desk.totals(&affiliate).await,
+        10_500,
+        1_000,
+        6_000,
+        0,
+        3_500,
+    );
+}
+
 async fn wait_for_bonus(desk: &Desk, affiliate: &str) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {

@@ -57,6 +57,10 @@ pub struct ProgrammeConfig {
     pub shared_address_limit: u32,
     /// The window of the shared-address check (default 24 hours).
     pub shared_address_window_ms: u64,
+    /// How close a customer's bought and sold volume of one symbol on one
+    /// UTC day must be to count as wash trading, in basis points of the
+    /// larger (default 1000: within 10%).
+    pub wash_trade_tolerance_bps: u32,
     /// The smallest payout: a payable balance below it waits for more
     /// (default GBP 100.00, in the programme's minor units).
     pub payout_minimum: Minor,
@@ -91,6 +95,7 @@ impl Default for ProgrammeConfig {
             click_dedupe_ms: 60 * 60 * 1_000,
             shared_address_limit: 3,
             shared_address_window_ms: DAY_MS,
+            wash_trade_tolerance_bps: 1_000,
             payout_minimum: 10_000,
             max_event_age_ms: LONGEST_EVENT_AGE_DAYS * DAY_MS,
         }

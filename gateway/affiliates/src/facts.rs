@@ -47,6 +47,19 @@ pub enum CaseKind {
     /// More signups from one source address within the window than the
     /// programme allows: the later referrals are held.
     SharedAddress,
+    /// A referred customer bought and sold one symbol on one UTC day in
+    /// offsetting volume: their commissions are held.
+    WashTrading,
+}
+
+/// Which way a fill went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TradeSide {
+    /// Opened long.
+    Buy,
+    /// Opened short.
+    Sell,
 }
 
 /// How an admin decided a case.
@@ -287,6 +300,27 @@ pub enum Fact {
         /// When.
         at_ms: u64,
     },
+    /// A fill by a customer an affiliate referred, counted for the
+    /// wash-trading check.
+    TradeSeen {
+        /// The customer.
+        user_id: String,
+        /// The device that reported the fill, and the report's sequence:
+        /// the fill feed may hand a fill over twice, and it counts once.
+        device_id: String,
+        /// See `device_id`.
+        seq: u64,
+        /// What they traded.
+        symbol: String,
+        /// Which way.
+        side: TradeSide,
+        /// How many lots, in units of 10^-8 lot.
+        volume_e8: u64,
+        /// The fill's UTC day (days since 1970-01-01).
+        day: i64,
+        /// When.
+        at_ms: u64,
+    },
     /// A fraud check opened a case for review.
     CaseOpened {
         /// 1, 2, 3, … across the programme.
@@ -394,6 +428,7 @@ impl Fact {
             | Self::CreditReversed { at_ms, .. }
             | Self::CreditSpent { at_ms, .. }
             | Self::CaseOpened { at_ms, .. }
+            | Self::TradeSeen { at_ms, .. }
             | Self::CaseDecided { at_ms, .. } => *at_ms,
         }
     }

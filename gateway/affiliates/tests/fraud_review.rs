@@ -216,3 +216,65 @@ fn a_signup_reported_late_is_counted_with_the_signups_after_it() {
     let facts = apply(&mut programme, late);
     assert_eq!(count(&facts, |f| matches!(f, Fact::CaseOpened { .. })), 1);
 }
+
+#[test]
+fn offsetting_volume_within_the_tolerance_opens_a_wash_case_and_beyond_it_does_not() {
+    use eagate_affiliates::TradeSide::{Buy, Sell};
+    let day = (T0 / (24 * HOUR)) as i64;
+    // (bought, sold) in 10^-8 lot: 10% apart of the larger counts; more
+    // does not; a buy alone never does.
+    for (bought, sold, wash) in [
+        (100_000_000, 90_000_000, true),
+        (100_000_000, 89_999_999, false),
+        (100_000_000, 0, false),
+    ] {
+        let mut programme = Programme::new(ProgrammeConfig::default());
+        let code = ReferralCode::from_random(6);
+        let enrolled = programme
+            .enrol_affiliate("a", "af_a", code, &"aa".repeat(32), &Default::default(), T0)
+            .unwrap();
+        apply(&mut programme, enrolled);
+        let referred = programme
+            .refer(&signup("t", code, "192.0.2.5", T0, false), T0)
+            .unwrap();
+        apply(&mut programme, referred);
+        let mut opened = 0;
+        for (side, lots) in [(Buy, bought), (Sell, sold)] {
+            let seq = if side == Buy { 1 } else { 2 };
+            let seen = programme.trade_seen("t", ("dv_t", seq), "EURUSD", side, lots, day, T0 + 1);
+            let facts = apply(&mut programme, seen);
+            opened += count(&facts, |f| matches!(f, Fact::CaseOpened { .. }));
+        }
+        assert_eq!(opened == 1, wash, "{bought} / {sold}");
+        // Another day's trades are not this day's.
+        let next = programme.trade_seen("t", ("dv_t", 3), "EURUSD", Sell, bought, day + 1, T0 + 2);
+        assert_eq!(
+            count(&next.facts, |f| matches!(f, Fact::CaseOpened { .. })),
+            0
+        );
+    }
+}
+
+#[test]
+fn a_fill_handed_over_twice_by_the_feed_counts_once() {
+    use eagate_affiliates::TradeSide::{Buy, Sell};
+    let day = (T0 / (24 * HOUR)) as i64;
+    let mut programme = Programme::new(ProgrammeConfig::default());
+    let code = ReferralCode::from_random(8);
+    let enrolled = programme
+        .enrol_affiliate("a", "af_a", code, &"aa".repeat(32), &Default::default(), T0)
+        .unwrap();
+    apply(&mut programme, enrolled);
+    let referred = programme
+        .refer(&signup("t", code, "192.0.2.5", T0, false), T0)
+        .unwrap();
+    apply(&mut programme, referred);
+    let buy = programme.trade_seen("t", ("dv_t", 1), "EURUSD", Buy, 100_000_000, day, T0);
+    apply(&mut programme, buy);
+    // The feed hands the buy over again (a reader stopped before claiming).
+    let again = programme.trade_seen("t", ("dv_t", 1), "EURUSD", Buy, 100_000_000, day, T0);
+    assert!(again.replayed);
+    let sell = programme.trade_seen("t", ("dv_t", 2), "EURUSD", Sell, 95_000_000, day, T0);
+    let facts = apply(&mut programme, sell);
+    assert_eq!(count(&facts, |f| matches!(f, Fact::CaseOpened { .. })), 1);
+}

@@ -43,6 +43,7 @@ pub fn config(dir: &Path) -> ServeConfig {
         daily_referral_limit: 10,
         shared_address_limit: 3,
         shared_address_window_hours: 24,
+        wash_trade_tolerance_bps: 1_000,
         click_dedupe_minutes: 60,
         click_rate_per_minute: 60,
         payout_minimum_minor: 10_000,

@@ -8,7 +8,8 @@
 use std::collections::VecDeque;
 
 use super::{Decided, Programme, Signup};
-use crate::facts::{CaseDecision, CaseKind, Fact, Referrer};
+use crate::calendar::format_date;
+use crate::facts::{CaseDecision, CaseKind, Fact, Referrer, TradeSide};
 
 /// A case as the review queue shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +65,13 @@ pub enum CaseError {
 
 /// Signup times per source address, for the shared-address check.
 pub(super) type SignupsByAddress = std::collections::HashMap<String, VecDeque<u64>>;
+
+/// Bought and sold volume (10^-8 lot) per customer, UTC day and symbol,
+/// for the wash-trading check; only the latest days are kept.
+pub(super) type Trades = std::collections::HashMap<(String, i64, String), (u128, u128)>;
+
+/// The fills counted, by device and report sequence, with their day.
+pub(super) type TradesCounted = std::collections::HashMap<(String, u64), i64>;
 
 impl Programme {
     /// The case a refused self-referral opens (none if one is open for the
@@ -130,6 +138,86 @@ impl Programme {
             refused: false,
             at_ms: now_ms,
         })
+    }
+
+    /// A fill on a device of `user_id`'s account. Counted only for a
+    /// customer an affiliate referred and no case holds or blocked; when
+    /// their bought and sold volume of the symbol that UTC day come within
+    /// the tolerance of each other, a wash-trading case opens and holds
+    /// their unpaid commissions.
+    #[allow(clippy::too_many_arguments)]
+    pub fn trade_seen(
+        &self,
+        user_id: &str,
+        (device_id, seq): (&str, u64),
+        symbol: &str,
+        side: TradeSide,
+        volume_e8: u64,
+        day: i64,
+        now_ms: u64,
+    ) -> Decided {
+        let Some(customer) = self.customers.get(user_id) else {
+            return Decided::replay();
+        };
+        let Some(super::Referral {
+            referrer: referrer @ Referrer::Affiliate { .. },
+            ..
+        }) = &customer.referral
+        else {
+            return Decided::replay();
+        };
+        if customer.blocked
+            || customer.held_by.is_some()
+            || volume_e8 == 0
+            || self
+                .trades_counted
+                .contains_key(&(device_id.to_owned(), seq))
+        {
+            return Decided::replay();
+        }
+        let mut facts = vec![Fact::TradeSeen {
+            user_id: user_id.to_owned(),
+            device_id: device_id.to_owned(),
+            seq,
+            symbol: symbol.to_owned(),
+            side,
+            volume_e8,
+            day,
+            at_ms: now_ms,
+        }];
+        let (mut bought, mut sold) = self
+            .trades
+            .get(&(user_id.to_owned(), day, symbol.to_owned()))
+            .copied()
+            .unwrap_or_default();
+        match side {
+            TradeSide::Buy => bought = bought.saturating_add(u128::from(volume_e8)),
+            TradeSide::Sell => sold = sold.saturating_add(u128::from(volume_e8)),
+        }
+        let larger = bought.max(sold);
+        let apart = bought.abs_diff(sold);
+        let offsetting = bought > 0
+            && sold > 0
+            && apart * 10_000 <= u128::from(self.config.wash_trade_tolerance_bps) * larger;
+        if offsetting {
+            let lots = |e8: u128| format!("{}.{:08}", e8 / 100_000_000, e8 % 100_000_000);
+            facts.push(Fact::CaseOpened {
+                case_id: self.cases.len() as u64 + 1,
+                kind: CaseKind::WashTrading,
+                user_id: user_id.to_owned(),
+                referrer: referrer.clone(),
+                evidence: format!(
+                    "{symbol} on {}: bought {} lots, sold {} lots (within {} bp of each other)",
+                    format_date(day),
+                    lots(bought),
+                    lots(sold),
+                    self.config.wash_trade_tolerance_bps
+                ),
+                refused: false,
+                at_ms: now_ms,
+            });
+        }
+        Decided::new(facts)
     }
 
     /// Clears or confirms a case. The same decision again is a replay.

@@ -208,6 +208,10 @@ pub struct Programme {
     cases: Vec<fraud::Case>,
     /// Signup times per source address, for the shared-address check.
     signups_by_address: fraud::SignupsByAddress,
+    trades: fraud::Trades,
+    trades_counted: fraud::TradesCounted,
+    /// The latest UTC day a trade was counted on.
+    trades_day: i64,
     /// The latest decision time folded in: decisions never look at the
     /// programme from before it (a request that read the clock, then waited
     /// for the journal's lock behind a later one, sees the later state).
@@ -243,6 +247,9 @@ impl Programme {
             referrals_by_day: HashMap::new(),
             cases: Vec::new(),
             signups_by_address: HashMap::new(),
+            trades: HashMap::new(),
+            trades_counted: HashMap::new(),
+            trades_day: i64::MIN,
             latest_at_ms: 0,
         }
     }
@@ -650,6 +657,49 @@ impl Programme {
                 });
                 if !refused {
                     self.customers.entry(user_id.clone()).or_default().held_by = Some(*case_id);
+                    // What they earned before the case and is not paid yet
+                    // is held too (a wash-trading case opens after payments).
+                    for entry in &mut self.entries {
+                        if entry.user_id == *user_id
+                            && entry.payout_id.is_none()
+                            && entry.held_by.is_none()
+                            && matches!(entry.kind, EntryKind::Commission { .. })
+                            && entry.amount_minor > entry.reversed_minor
+                        {
+                            entry.held_by = Some(*case_id);
+                        }
+                    }
+                }
+            }
+            Fact::TradeSeen {
+                user_id,
+                device_id,
+                seq,
+                symbol,
+                side,
+                volume_e8,
+                day,
+                ..
+            } => {
+                // Only the latest day and the one before are kept: let go of
+                // the rest when a new day starts.
+                if *day > self.trades_day {
+                    self.trades_day = *day;
+                    self.trades.retain(|(_, kept, _), _| *kept + 1 >= *day);
+                    self.trades_counted.retain(|_, kept| *kept + 1 >= *day);
+                }
+                self.trades_counted.insert((device_id.clone(), *seq), *day);
+                let tally = self
+                    .trades
+                    .entry((user_id.clone(), *day, symbol.clone()))
+                    .or_default();
+                match side {
+                    crate::facts::TradeSide::Buy => {
+                        tally.0 = tally.0.saturating_add(u128::from(*volume_e8));
+                    }
+                    crate::facts::TradeSide::Sell => {
+                        tally.1 = tally.1.saturating_add(u128::from(*volume_e8));
+                    }
                 }
             }
             Fact::CaseDecided {

@@ -145,6 +145,12 @@ impl RedisStores {
                     .arg(fill.seq)
                     .arg("stored_at_ms")
                     .arg(fill.stored_at_ms);
+                if let Some(signal_id) = fill.signal_id {
+                    entry.arg("signal_id").arg(signal_id.to_string());
+                }
+                if let Some(volume) = fill.volume {
+                    entry.arg("volume").arg(volume.to_string());
+                }
                 feed.push(entry);
             }
             let mut entry = redis::cmd("SADD");
@@ -329,6 +335,10 @@ impl ReportStore for RedisStores {
                             device_id: field("device_id")?,
                             seq: number("seq")?,
                             stored_at_ms: number("stored_at_ms")?,
+                            // Absent in entries written before the feed
+                            // carried them.
+                            signal_id: field("signal_id").and_then(|t| t.parse().ok()),
+                            volume: field("volume").and_then(|t| t.parse().ok()),
                             mark: Vec::new(),
                         })
                     };
