@@ -1188,6 +1188,26 @@ async fn the_audit_trail_names_who_changed_money_and_why_for_admins_only() {
     assert_eq!(forbidden.status, StatusCode::FORBIDDEN);
 }
 
+#[tokio::test]
+async fn a_payable_balance_of_exactly_the_minimum_is_paid_and_a_penny_below_is_not() {
+    let desk = desk().await;
+    let (below, below_code, _) = desk.enrol("alice").await;
+    let (exact, exact_code, _) = desk.enrol("zoe").await;
+    desk.signup("bob", &below_code, None).await;
+    desk.signup("carol", &exact_code, None).await;
+    desk.pay("p1", "bob", 33_330, 1).await; // 30%: 9,999
+    desk.pay("p2", "carol", 33_334, 1).await; // 30%: 10,000.2, half up: 10,000
+    desk.advance_days(31);
+    assert_problem(
+        &desk.payout(&below, "po-1").await,
+        StatusCode::CONFLICT,
+        "9999 minor units is below the payout minimum of 10000",
+    );
+    let paid = desk.payout(&exact, "po-2").await;
+    assert_eq!(paid.status, StatusCode::CREATED, "{}", paid.text);
+    assert_eq!(paid.body["facts"][0]["amount_minor"], 10_000);
+}
+
 on_both_backends!(the_first_fill_on_any_device_of_the_account_earns_the_bonus_once);
 async fn the_first_fill_on_any_device_of_the_account_earns_the_bonus_once(backend: Backend) {
     let desk = desk_on(&backend).await;
