@@ -200,6 +200,10 @@ impl AffiliateDesk {
             ) else {
                 continue;
             };
+            // Most accounts are nobody's referral: no signal lookup for them.
+            if !self.ledger.read().watches_trades(account_id) {
+                continue;
+            }
             let traded = match signals.get(&signal_id) {
                 Some(traded) => traded.clone(),
                 None => {

@@ -74,8 +74,15 @@ impl ProgrammeConfig {
     /// the signup may be reported and the clocks' difference.
     pub fn click_retention_ms(&self) -> u64 {
         self.attribution_window_ms
-            .saturating_add(self.max_event_age_ms.min(LONGEST_EVENT_AGE_DAYS * DAY_MS))
+            .saturating_add(self.event_age_limit_ms())
             .saturating_add(EVENT_CLOCK_SKEW_MS)
+    }
+
+    /// How old an event may be when it arrives: the configured age, never
+    /// past [`LONGEST_EVENT_AGE_DAYS`] (which keeps the commission month
+    /// stable), however the library is configured.
+    pub fn event_age_limit_ms(&self) -> u64 {
+        self.max_event_age_ms.min(LONGEST_EVENT_AGE_DAYS * DAY_MS)
     }
 }
 

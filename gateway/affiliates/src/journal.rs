@@ -279,11 +279,17 @@ impl Ledger {
 
     /// Every fact in the journal, in order.
     pub fn facts(&self) -> Result<Vec<Fact>, JournalError> {
-        Ok(self
-            .audit_after(0, usize::MAX)?
-            .into_iter()
-            .map(|e| e.fact)
-            .collect())
+        // The facts alone: no chain hash read per entry.
+        self.facts
+            .iter()
+            .map(|item| {
+                let (key, value) = item?;
+                Ok(match decode(&key, &value)?.1 {
+                    Stored::Chained { entry, .. } => entry,
+                    Stored::Bare(fact) => fact,
+                })
+            })
+            .collect()
     }
 
     /// Up to `limit` entries of the audit trail after `after`, in order.
@@ -360,17 +366,19 @@ fn verify_trees(
             problem = Some(AuditProblem::Removed(expected));
             break;
         }
-        if let Ok(Stored::Chained { prev, .. }) = serde_json::from_slice::<Stored>(&value) {
-            if prev != hex(&hash) {
+        match serde_json::from_slice::<Stored>(&value) {
+            Ok(Stored::Chained { prev, .. }) if prev != hex(&hash) => {
                 problem = Some(AuditProblem::WrongPrevious(seq));
                 break;
             }
-        } else if serde_json::from_slice::<Stored>(&value).is_err() {
-            problem = Some(AuditProblem::Damaged {
-                seq,
-                detail: "not a journal entry".into(),
-            });
-            break;
+            Ok(_) => {}
+            Err(e) => {
+                problem = Some(AuditProblem::Damaged {
+                    seq,
+                    detail: e.to_string(),
+                });
+                break;
+            }
         }
         hash = chain(&hash, seq, &value);
         match chain_tree.get(seq.to_be_bytes())? {

@@ -217,6 +217,22 @@ fn a_signup_reported_late_is_counted_with_the_signups_after_it() {
     assert_eq!(count(&facts, |f| matches!(f, Fact::CaseOpened { .. })), 1);
 }
 
+/// Customer `t`, referred by affiliate `af_a`, their trades watched.
+fn t_referred_by_an_affiliate() -> Programme {
+    let mut programme = Programme::new(ProgrammeConfig::default());
+    let code = ReferralCode::from_random(6);
+    let enrolled = programme
+        .enrol_affiliate("a", "af_a", code, &"aa".repeat(32), &Default::default(), T0)
+        .unwrap();
+    apply(&mut programme, enrolled);
+    let referred = programme
+        .refer(&signup("t", code, "192.0.2.5", T0, false), T0)
+        .unwrap();
+    apply(&mut programme, referred);
+    assert!(programme.watches_trades("t"));
+    programme
+}
+
 #[test]
 fn offsetting_volume_within_the_tolerance_opens_a_wash_case_and_beyond_it_does_not() {
     use eagate_affiliates::TradeSide::{Buy, Sell};
@@ -228,16 +244,7 @@ fn offsetting_volume_within_the_tolerance_opens_a_wash_case_and_beyond_it_does_n
         (100_000_000, 89_999_999, false),
         (100_000_000, 0, false),
     ] {
-        let mut programme = Programme::new(ProgrammeConfig::default());
-        let code = ReferralCode::from_random(6);
-        let enrolled = programme
-            .enrol_affiliate("a", "af_a", code, &"aa".repeat(32), &Default::default(), T0)
-            .unwrap();
-        apply(&mut programme, enrolled);
-        let referred = programme
-            .refer(&signup("t", code, "192.0.2.5", T0, false), T0)
-            .unwrap();
-        apply(&mut programme, referred);
+        let mut programme = t_referred_by_an_affiliate();
         let mut opened = 0;
         for (side, lots) in [(Buy, bought), (Sell, sold)] {
             let seq = if side == Buy { 1 } else { 2 };
@@ -259,16 +266,7 @@ fn offsetting_volume_within_the_tolerance_opens_a_wash_case_and_beyond_it_does_n
 fn a_fill_handed_over_twice_by_the_feed_counts_once() {
     use eagate_affiliates::TradeSide::{Buy, Sell};
     let day = (T0 / (24 * HOUR)) as i64;
-    let mut programme = Programme::new(ProgrammeConfig::default());
-    let code = ReferralCode::from_random(8);
-    let enrolled = programme
-        .enrol_affiliate("a", "af_a", code, &"aa".repeat(32), &Default::default(), T0)
-        .unwrap();
-    apply(&mut programme, enrolled);
-    let referred = programme
-        .refer(&signup("t", code, "192.0.2.5", T0, false), T0)
-        .unwrap();
-    apply(&mut programme, referred);
+    let mut programme = t_referred_by_an_affiliate();
     let buy = programme.trade_seen("t", ("dv_t", 1), "EURUSD", Buy, 100_000_000, day, T0);
     apply(&mut programme, buy);
     // The feed hands the buy over again (a reader stopped before claiming).

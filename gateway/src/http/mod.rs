@@ -124,33 +124,6 @@ impl IntoResponses for Admin {
     }
 }
 
-/// Who is calling, as decisions record it: `token:<first 12 hex digits of
-/// the token's SHA-256>`.
-#[derive(Debug, Clone)]
-struct Actor(String);
-
-/// A caller with an admin token, named for the record.
-struct AdminActor(String);
-
-impl<S: Send + Sync> FromRequestParts<S> for AdminActor {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        caller_scope(parts, &[Scope::Admin])?;
-        let actor = parts
-            .extensions
-            .get::<Actor>()
-            .map_or_else(|| "token:unknown".to_owned(), |a| a.0.clone());
-        Ok(Self(actor))
-    }
-}
-
-impl IntoResponses for AdminActor {
-    fn responses() -> BTreeMap<String, RefOr<DocumentedResponse>> {
-        refusals()
-    }
-}
-
 /// A caller with an admin or platform token: publishes signals, reads
 /// executions, writes the platform's affiliate events.
 struct PlatformOrAdmin;
@@ -196,7 +169,6 @@ async fn authenticate(
         }
     };
     request.extensions_mut().insert(caller);
-    request.extensions_mut().insert(Actor(actor.clone()));
     Ok(CALLER_ID.scope(actor, next.run(request)).await)
 }
 

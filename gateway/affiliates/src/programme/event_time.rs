@@ -8,7 +8,7 @@
 
 use super::Programme;
 use crate::calendar::format_instant;
-use crate::config::{DAY_MS, EVENT_CLOCK_SKEW_MS, LONGEST_EVENT_AGE_DAYS};
+use crate::config::{DAY_MS, EVENT_CLOCK_SKEW_MS};
 
 /// Why an event's `occurred_at` was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,12 +49,7 @@ impl Programme {
         now_ms: u64,
     ) -> Result<(), EventTimeError> {
         check_not_ahead(occurred_at_ms, now_ms)?;
-        // However the library is configured, never past the age that keeps
-        // the commission month stable (see `LONGEST_EVENT_AGE_DAYS`).
-        let limit = self
-            .config
-            .max_event_age_ms
-            .min(LONGEST_EVENT_AGE_DAYS * DAY_MS);
+        let limit = self.config.event_age_limit_ms();
         let age = now_ms.saturating_sub(occurred_at_ms);
         if age > limit {
             return Err(EventTimeError::TooOld {

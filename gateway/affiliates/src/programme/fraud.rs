@@ -156,19 +156,10 @@ impl Programme {
         day: i64,
         now_ms: u64,
     ) -> Decided {
-        let Some(customer) = self.customers.get(user_id) else {
+        let Some(referrer) = self.trade_watch(user_id) else {
             return Decided::replay();
         };
-        let Some(super::Referral {
-            referrer: referrer @ Referrer::Affiliate { .. },
-            ..
-        }) = &customer.referral
-        else {
-            return Decided::replay();
-        };
-        if customer.blocked
-            || customer.held_by.is_some()
-            || volume_e8 == 0
+        if volume_e8 == 0
             || self
                 .trades_counted
                 .contains_key(&(device_id.to_owned(), seq))
@@ -218,6 +209,23 @@ impl Programme {
             });
         }
         Decided::new(facts)
+    }
+
+    /// Whether `user_id`'s fills are counted for the wash-trading check: a
+    /// customer an affiliate referred, that no case holds or blocked. The
+    /// sidecar asks before it looks up a fill's signal.
+    pub fn watches_trades(&self, user_id: &str) -> bool {
+        self.trade_watch(user_id).is_some()
+    }
+
+    /// The affiliate referrer of a customer whose trades are watched.
+    fn trade_watch(&self, user_id: &str) -> Option<&Referrer> {
+        let customer = self.customers.get(user_id)?;
+        let referrer = &customer.referral.as_ref()?.referrer;
+        let watched = matches!(referrer, Referrer::Affiliate { .. })
+            && !customer.blocked
+            && customer.held_by.is_none();
+        watched.then_some(referrer)
     }
 
     /// Clears or confirms a case. The same decision again is a replay.

@@ -109,13 +109,9 @@ pub(super) async fn customer_code(
         let written = state
             .affiliates
             .ledger
-            .write_by(
-                &eagate_affiliates::Actor {
-                    by: crate::http::caller_id(),
-                    why: String::new(),
-                },
-                |p| p.issue_customer_code(&user_id, code, now),
-            )
+            .write_by(&super::caller_because(""), |p| {
+                p.issue_customer_code(&user_id, code, now)
+            })
             .await;
         match written {
             Ok(decided) => break decided,

@@ -122,10 +122,7 @@ pub(super) async fn enrol(
         source_address,
     };
     let (token, token_hash) = new_token()?;
-    let caller = eagate_affiliates::Actor {
-        by: crate::http::caller_id(),
-        why: String::new(),
-    };
+    let caller = super::caller_because("");
     // A fresh code and id collide with an existing one about never; if they
     // do, draw again. A journal failure is not retried here: the request
     // fails, and the platform's retry finds the user enrolled or not.

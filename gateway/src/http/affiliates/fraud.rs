@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{Recorded, recorded, write_because};
-use crate::http::{Admin, AdminActor, ApiError, ApiJson, AppState, check_text};
+use crate::http::{Admin, ApiError, ApiJson, AppState, caller_id, check_text};
 
 /// A fraud case as the queue shows it.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -167,16 +167,17 @@ pub(super) struct NewDecision {
         (status = 404, description = "No such case."),
         (status = 409, description = "Already decided the other way."),
         (status = 422, description = "Invalid input."),
-        AdminActor,
+        Admin,
     )
 )]
 pub(super) async fn decide(
     State(state): State<AppState>,
-    AdminActor(actor): AdminActor,
+    _: Admin,
     Path(CasePath { case_id }): Path<CasePath>,
     ApiJson(new): ApiJson<NewDecision>,
 ) -> Result<(StatusCode, Json<Recorded>), ApiError> {
     check_text("reason", &new.reason, 500)?;
+    let actor = caller_id();
     let now = state.affiliates.now_ms();
     let decided = write_because(
         &state,

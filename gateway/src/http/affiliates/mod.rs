@@ -211,6 +211,15 @@ async fn write<E>(
     write_because(state, "", decide, refused).await
 }
 
+/// The caller of the request being handled, as the audit trail records
+/// them, with `why`.
+fn caller_because(why: &str) -> eagate_affiliates::Actor {
+    eagate_affiliates::Actor {
+        by: super::caller_id(),
+        why: why.to_owned(),
+    }
+}
+
 /// [`write`], recording `why` in the audit trail beside the caller's id.
 async fn write_because<E>(
     state: &AppState,
@@ -218,14 +227,10 @@ async fn write_because<E>(
     decide: impl FnOnce(&eagate_affiliates::Programme) -> Result<Decided, E>,
     refused: impl FnOnce(E) -> ApiError,
 ) -> Result<Decided, ApiError> {
-    let actor = eagate_affiliates::Actor {
-        by: super::caller_id(),
-        why: why.to_owned(),
-    };
     state
         .affiliates
         .ledger
-        .write_by(&actor, decide)
+        .write_by(&caller_because(why), decide)
         .await
         .map_err(|e| match e {
             WriteError::Refused(e) => refused(e),
