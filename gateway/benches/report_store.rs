@@ -13,7 +13,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use eagate_gateway::durable::Durable;
 use eagate_gateway::reports::{ReportStore, SessionEpoch, StoredReport};
 use eagate_gateway::store::sled::SledReportStore;
-use eagate_protocol::{Report, ReportOutcome, SignalId};
+use eagate_protocol::{Fill, Report, ReportOutcome, SignalId};
 
 /// Devices reporting at once in the concurrent case.
 const DEVICES: usize = 256;
@@ -24,6 +24,21 @@ fn report(device: &str, seq: u64) -> StoredReport {
         signal_id: SignalId([7; 16]),
         at_ms: 1_700_000_000_000,
         outcome: ReportOutcome::Received,
+    };
+    StoredReport::new(device, &report, 1_700_000_000_001)
+}
+
+/// A fill: also written to the fill feed the affiliate programme reads.
+fn fill(device: &str, seq: u64) -> StoredReport {
+    let report = Report {
+        seq,
+        signal_id: SignalId([7; 16]),
+        at_ms: 1_700_000_000_000,
+        outcome: ReportOutcome::Filled(Fill {
+            ticket: seq,
+            price: "1.08543".parse().unwrap(),
+            volume: "0.10".parse().unwrap(),
+        }),
     };
     StoredReport::new(device, &report, 1_700_000_000_001)
 }
@@ -72,12 +87,29 @@ fn report_store(c: &mut Criterion) {
             for seq in &mut next_seq {
                 *seq += per_device;
             }
-            let elapsed = runtime.block_on(concurrent(&store, &epochs, &firsts, per_device));
+            let elapsed =
+                runtime.block_on(concurrent(&store, &epochs, &firsts, per_device, report));
             // Scaled to the iterations asked for.
             let stored = u128::from(per_device) * DEVICES as u128;
             Duration::from_nanos((elapsed.as_nanos() * u128::from(iterations) / stored) as u64)
         })
     });
+    group.bench_function(
+        "fills, 256 devices at once (per fill, with its feed entry)",
+        |b| {
+            b.iter_custom(|iterations| {
+                let per_device = iterations.div_ceil(DEVICES as u64);
+                let firsts: Vec<u64> = next_seq.iter().map(|s| s + 1).collect();
+                for seq in &mut next_seq {
+                    *seq += per_device;
+                }
+                let elapsed =
+                    runtime.block_on(concurrent(&store, &epochs, &firsts, per_device, fill));
+                let stored = u128::from(per_device) * DEVICES as u128;
+                Duration::from_nanos((elapsed.as_nanos() * u128::from(iterations) / stored) as u64)
+            })
+        },
+    );
     group.finish();
 }
 
@@ -88,6 +120,7 @@ async fn concurrent(
     epochs: &[SessionEpoch],
     firsts: &[u64],
     count: u64,
+    make: fn(&str, u64) -> StoredReport,
 ) -> Duration {
     let started = Instant::now();
     let mut devices = tokio::task::JoinSet::new();
@@ -97,7 +130,7 @@ async fn concurrent(
             let device = format!("dv_{d}");
             for seq in first..first + count {
                 store
-                    .ingest(&report(&device, seq), Some(epoch))
+                    .ingest(&make(&device, seq), Some(epoch))
                     .await
                     .unwrap();
             }
