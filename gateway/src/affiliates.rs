@@ -14,6 +14,7 @@ use eagate_protocol::{Action, Decimal, SignalId};
 
 use crate::config::ServeConfig;
 use crate::core::Core;
+use crate::payouts::{PayoutRunner, RunError, RunReport, Trigger};
 use crate::registry::RegistryError;
 use crate::reports::{FeedFill, ReportStoreError};
 use crate::signals::SignalLogError;
@@ -26,6 +27,9 @@ pub const LEDGER_DIR: &str = "affiliates";
 
 /// How often the fill feed is read.
 const FEED_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How often the payout scheduler looks at the clock.
+const SCHEDULER_TICK: Duration = Duration::from_secs(30);
 
 /// Fills read from the feed per round.
 const FEED_BATCH: usize = 256;
@@ -41,6 +45,8 @@ pub struct AffiliateDesk {
     pub link_base: String,
     /// Clicks per source address per minute.
     pub click_limit: Arc<crate::click_limit::ClickLimit>,
+    /// Who pays affiliates, and the lock that lets one payout run at a time.
+    pub payouts: PayoutRunner,
     clock: Clock,
 }
 
@@ -97,6 +103,7 @@ impl AffiliateDesk {
     /// Opens the ledger in `config`'s data directory, on the wall clock.
     pub fn open(config: &ServeConfig) -> Result<Self, DeskError> {
         let programme = config.programme().map_err(DeskError::Settings)?;
+        let payouts = config.payouts().map_err(DeskError::Settings)?;
         let ledger = Ledger::open(&config.data_dir.join(LEDGER_DIR), programme)?;
         Ok(Self {
             ledger: Arc::new(ledger),
@@ -105,8 +112,17 @@ impl AffiliateDesk {
             click_limit: Arc::new(crate::click_limit::ClickLimit::new(
                 config.click_rate_per_minute as u32,
             )),
+            payouts: PayoutRunner::new(payouts),
             clock: Arc::new(crate::clock::unix_ms),
         })
+    }
+
+    /// The same desk paying through `payouts`.
+    pub fn with_payouts(&self, payouts: PayoutRunner) -> Self {
+        Self {
+            payouts,
+            ..self.clone()
+        }
     }
 
     /// The same desk reading the time from `clock`.
@@ -274,6 +290,50 @@ impl AffiliateDesk {
                         tracing::warn!(error = %e, "reading the fill feed failed; retrying");
                         break;
                     }
+                }
+            }
+        }
+    }
+
+    /// Runs payouts once: see [`PayoutRunner::run`].
+    pub async fn run_payouts(
+        &self,
+        trigger: Trigger,
+        actor: &eagate_affiliates::Actor,
+    ) -> Result<RunReport, RunError> {
+        self.payouts
+            .run(&self.ledger, &*self.clock, trigger, actor)
+            .await
+    }
+
+    /// Runs the day's batch if its time has passed and it has not run:
+    /// see [`PayoutRunner::run_daily_if_due`].
+    pub async fn run_daily_if_due(&self) -> Option<Result<RunReport, RunError>> {
+        self.payouts
+            .run_daily_if_due(&self.ledger, &*self.clock)
+            .await
+    }
+
+    /// Runs the daily batch at the configured UTC time until the process
+    /// stops: see [`PayoutRunner::run_daily_if_due`]. A sidecar started
+    /// after the day's time runs the day's batch at once.
+    pub async fn schedule_payouts(self) {
+        if self.payouts.settings().daily_at_minute.is_none() {
+            return;
+        }
+        let mut tick = tokio::time::interval(SCHEDULER_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match self.run_daily_if_due().await {
+                None => {}
+                Some(Ok(report)) => {
+                    tracing::info!(batch = ?report.batch_id, resumed = report.resumed.len(), "daily payout run finished");
+                }
+                // Another run (by hand, or another sidecar's) has it.
+                Some(Err(RunError::Busy)) => {}
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "the daily payout run failed; retrying next tick");
                 }
             }
         }

@@ -59,6 +59,31 @@ pub enum SignalCommand {
     Publish(PublishArgs),
 }
 
+/// Affiliate payouts.
+#[derive(Debug, Subcommand)]
+pub enum PayoutsCommand {
+    /// Run payouts now: finish what an earlier run left, then open a batch
+    /// paying every affiliate whose payable balance reaches the minimum and
+    /// who has no open fraud case. Prints the batch.
+    Run,
+    /// Confirm a manual payout paid, with the provider's reference.
+    Confirm {
+        /// The payout id (from the batch).
+        payout_id: String,
+        /// The bank or provider reference.
+        #[arg(long)]
+        reference: String,
+    },
+    /// Mark a payout failed: its commissions are payable again.
+    Fail {
+        /// The payout id.
+        payout_id: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+}
+
 /// A signal on the command line. Prices and volumes are decimal text.
 #[derive(Debug, Args)]
 pub struct PublishArgs {
@@ -344,6 +369,67 @@ pub fn signal(args: &ApiArgs, command: SignalCommand) -> Result<String, CliError
         published["position"],
         signal.channel
     ))
+}
+
+/// Runs a payouts subcommand and returns what to print.
+pub fn payouts(args: &ApiArgs, command: PayoutsCommand) -> Result<String, CliError> {
+    let api = Api::new(args)?;
+    match command {
+        PayoutsCommand::Run => {
+            let run = api.call("POST", "/v1/payout-batches", None)?;
+            let mut out = String::new();
+            for resumed in run["resumed"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "finished from an earlier run: {}\n",
+                    resumed.as_str().unwrap_or("?")
+                ));
+            }
+            let batch = &run["batch"];
+            out.push_str(&format!(
+                "batch {} ({}): {} payouts, {} {} in minor units\n",
+                batch["batch_id"].as_str().unwrap_or("?"),
+                batch["provider"].as_str().unwrap_or("?"),
+                batch["payouts"].as_array().map_or(0, Vec::len),
+                batch["total_minor"],
+                batch["currency"].as_str().unwrap_or("?"),
+            ));
+            out.push_str(&format!(
+                "{:<40} {:<24} {:>14} {}\n",
+                "PAYOUT", "AFFILIATE", "AMOUNT", "STATE"
+            ));
+            for payout in batch["payouts"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "{:<40} {:<24} {:>14} {}\n",
+                    payout["payout_id"].as_str().unwrap_or("?"),
+                    payout["affiliate_id"].as_str().unwrap_or("?"),
+                    payout["amount"].as_str().unwrap_or("?"),
+                    payout["state"].as_str().unwrap_or("?"),
+                ));
+            }
+            Ok(out)
+        }
+        PayoutsCommand::Confirm {
+            payout_id,
+            reference,
+        } => {
+            api.call(
+                "POST",
+                &format!("/v1/payouts/{}/outcome", encode(&payout_id)),
+                Some(json!({"outcome": "paid", "reference": reference})),
+            )?;
+            Ok(format!("{payout_id} is paid ({reference})\n"))
+        }
+        PayoutsCommand::Fail { payout_id, reason } => {
+            api.call(
+                "POST",
+                &format!("/v1/payouts/{}/outcome", encode(&payout_id)),
+                Some(json!({"outcome": "failed", "reason": reason})),
+            )?;
+            Ok(format!(
+                "{payout_id} is failed; its commissions are payable again\n"
+            ))
+        }
+    }
 }
 
 /// Percent-encodes a path or query segment.

@@ -195,6 +195,36 @@ pub struct ServeConfig {
     /// rated.
     #[arg(long, env = "EAGATE_MAX_EVENT_AGE_DAYS", default_value_t = 26, value_parser = clap::value_parser!(u64).range(1..=26))]
     pub max_event_age_days: u64,
+
+    /// The UTC time of day (HH:MM) the daily payout batch runs, or `off`
+    /// to run batches only by hand (`eagate payouts run`).
+    #[arg(long, env = "EAGATE_PAYOUT_TIME", default_value = "09:00")]
+    pub payout_time: String,
+
+    /// Who pays the batches out: `manual` (an admin pays from the batch's
+    /// CSV and confirms each payout) or `stripe` (a transfer to each
+    /// affiliate's connected account; the secret key comes from
+    /// EAGATE_STRIPE_SECRET_KEY).
+    #[arg(long, env = "EAGATE_PAYOUT_PROVIDER", default_value = "manual")]
+    pub payout_provider: String,
+
+    /// Stripe's API base URL.
+    #[arg(
+        long,
+        env = "EAGATE_STRIPE_API_BASE",
+        default_value = "https://api.stripe.com"
+    )]
+    pub stripe_api_base: String,
+
+    /// Seconds to wait for Stripe's answer before the payout is left to
+    /// reconcile.
+    #[arg(long, env = "EAGATE_STRIPE_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub stripe_timeout_secs: u64,
+
+    /// Stripe's secret key: from the environment only, never shown or
+    /// logged.
+    #[arg(skip = crate::stripe::SecretKey::from_env())]
+    pub stripe_secret_key: Option<crate::stripe::SecretKey>,
 }
 
 /// Why the configuration file could not be used.
@@ -259,6 +289,10 @@ struct FileConfig {
     click_rate_per_minute: Option<u64>,
     payout_minimum_minor: Option<u64>,
     max_event_age_days: Option<u64>,
+    payout_time: Option<String>,
+    payout_provider: Option<String>,
+    stripe_api_base: Option<String>,
+    stripe_timeout_secs: Option<u64>,
 }
 
 impl ServeConfig {
@@ -346,6 +380,10 @@ impl ServeConfig {
         take!(click_dedupe_minutes, 1, 1_440);
         take!(click_rate_per_minute, 1, 100_000);
         take!(payout_minimum_minor, 1, 1_000_000_000);
+        take!(payout_time);
+        take!(payout_provider);
+        take!(stripe_api_base);
+        take!(stripe_timeout_secs, 1, 300);
         take!(
             max_event_age_days,
             1,
@@ -424,7 +462,7 @@ impl ServeConfig {
                 })
         };
         format!(
-            "config_file = {}\ndata_dir = {}\nquic_listen = {}\nquic_endpoints = {}\nhttp_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nsignal_queue_len = {}\nsignal_retention_hours = {}\nmaster_key = {}\nredis_url = {}\nredis_prefix = {}\nreferral_landing_page = {}\nreferral_link_base = {}\naffiliate_currency = {}\nfirst_month_commission_bps = {}\nlater_months_commission_bps = {}\nfirst_trade_bonus_bps = {}\nholding_period_days = {}\nattribution_window_days = {}\ncredit_threshold_minor = {}\nreferrer_credit_minor = {}\nreferred_credit_minor = {}\ndaily_referral_limit = {}\nshared_address_limit = {}\nshared_address_window_hours = {}\nwash_trade_tolerance_bps = {}\nclick_dedupe_minutes = {}\nclick_rate_per_minute = {}\npayout_minimum_minor = {}\nmax_event_age_days = {}\n",
+            "config_file = {}\ndata_dir = {}\nquic_listen = {}\nquic_endpoints = {}\nhttp_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nsignal_queue_len = {}\nsignal_retention_hours = {}\nmaster_key = {}\nredis_url = {}\nredis_prefix = {}\nreferral_landing_page = {}\nreferral_link_base = {}\naffiliate_currency = {}\nfirst_month_commission_bps = {}\nlater_months_commission_bps = {}\nfirst_trade_bonus_bps = {}\nholding_period_days = {}\nattribution_window_days = {}\ncredit_threshold_minor = {}\nreferrer_credit_minor = {}\nreferred_credit_minor = {}\ndaily_referral_limit = {}\nshared_address_limit = {}\nshared_address_window_hours = {}\nwash_trade_tolerance_bps = {}\nclick_dedupe_minutes = {}\nclick_rate_per_minute = {}\npayout_minimum_minor = {}\nmax_event_age_days = {}\npayout_time = {}\npayout_provider = {}\nstripe_api_base = {}\nstripe_timeout_secs = {}\nstripe_secret_key = {}\n",
             self.config_file
                 .as_ref()
                 .map_or("(none)".to_owned(), |p| p.display().to_string()),
@@ -467,8 +505,79 @@ impl ServeConfig {
             self.click_rate_per_minute,
             self.payout_minimum_minor,
             self.max_event_age_days,
+            self.payout_time,
+            self.payout_provider,
+            self.stripe_api_base,
+            self.stripe_timeout_secs,
+            if self.stripe_secret_key.is_some() {
+                "(set, hidden)"
+            } else {
+                "(not set)"
+            },
         )
     }
+
+    /// The payout settings, checked: the daily batch's time (minutes after
+    /// midnight UTC, none when off), the provider, and Stripe when its
+    /// secret key is set (also to finish Stripe payouts after a switch to
+    /// manual).
+    pub fn payouts(&self) -> Result<crate::payouts::PayoutSettings, String> {
+        use eagate_affiliates::PayoutProvider;
+        let daily_at_minute = parse_time_of_day(&self.payout_time)?;
+        let provider = match self.payout_provider.as_str() {
+            "manual" => PayoutProvider::Manual,
+            "stripe" => PayoutProvider::Stripe,
+            other => {
+                return Err(format!(
+                    "payout_provider must be manual or stripe, not {other:?}"
+                ));
+            }
+        };
+        let base = &self.stripe_api_base;
+        if !(base.starts_with("https://") || base.starts_with("http://"))
+            || base.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(format!(
+                "stripe_api_base must be an http(s) URL, not {base:?}"
+            ));
+        }
+        let stripe = self.stripe_secret_key.clone().map(|key| {
+            crate::stripe::StripeClient::new(
+                base,
+                key,
+                Duration::from_secs(self.stripe_timeout_secs),
+            )
+        });
+        if provider == PayoutProvider::Stripe && stripe.is_none() {
+            return Err(format!(
+                "payout_provider = stripe needs Stripe's secret key in {}",
+                crate::stripe::SECRET_KEY_ENV
+            ));
+        }
+        Ok(crate::payouts::PayoutSettings {
+            daily_at_minute,
+            provider,
+            stripe,
+        })
+    }
+}
+
+/// `HH:MM` (UTC) as minutes after midnight, or `off`.
+fn parse_time_of_day(text: &str) -> Result<Option<u32>, String> {
+    if text == "off" {
+        return Ok(None);
+    }
+    let bad = || format!("payout_time must be HH:MM (UTC) or off, not {text:?}");
+    let (hours, minutes) = text.split_once(':').ok_or_else(bad)?;
+    if hours.len() != 2 || minutes.len() != 2 {
+        return Err(bad());
+    }
+    let hours: u32 = hours.parse().map_err(|_| bad())?;
+    let minutes: u32 = minutes.parse().map_err(|_| bad())?;
+    if hours > 23 || minutes > 59 {
+        return Err(bad());
+    }
+    Ok(Some(hours * 60 + minutes))
 }
 
 /// A Redis URL with any password replaced, for showing.
@@ -487,7 +596,7 @@ fn mask_password(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::mask_password;
+    use super::{mask_password, parse_time_of_day};
 
     #[test]
     fn a_redis_password_is_masked_and_the_rest_kept() {
@@ -503,5 +612,16 @@ mod tests {
             mask_password("redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"
         );
+    }
+
+    #[test]
+    fn the_payout_time_is_hours_and_minutes_utc_or_off() {
+        assert_eq!(parse_time_of_day("09:00"), Ok(Some(540)));
+        assert_eq!(parse_time_of_day("23:59"), Ok(Some(1439)));
+        assert_eq!(parse_time_of_day("00:00"), Ok(Some(0)));
+        assert_eq!(parse_time_of_day("off"), Ok(None));
+        for bad in ["24:00", "9:00", "09:60", "0900", "", "noon", "-1:00"] {
+            assert!(parse_time_of_day(bad).is_err(), "{bad} was taken");
+        }
     }
 }

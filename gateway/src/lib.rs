@@ -11,7 +11,8 @@
 //!   [`signals`], [`reports`], [`nonces`], [`presence`]), and their backends
 //!   side by side in [`store`] (sled, the embedded default; Redis, shared);
 //! - [`affiliates`]: the sidecar's affiliate desk (the `eagate-affiliates`
-//!   ledger, fed by the fill feed);
+//!   ledger, fed by the fill feed), whose [`payouts`] run pays affiliates
+//!   by hand or through [`stripe`];
 //! - [`server`] starts a process's parts, [`config`] and [`cli`] read what
 //!   to start; [`seal`], [`tls`], [`durable`] and [`clock`] serve them all;
 //!   [`api_schema`] describes the other crates' types the sidecar shows.
@@ -29,6 +30,7 @@ pub mod core;
 pub mod durable;
 pub mod http;
 pub mod nonces;
+pub mod payouts;
 pub mod presence;
 pub mod registry;
 pub mod reports;
@@ -36,5 +38,6 @@ pub mod seal;
 pub mod server;
 pub mod signals;
 pub mod store;
+pub mod stripe;
 pub mod tls;
 pub mod transport;

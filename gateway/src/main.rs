@@ -2,7 +2,7 @@
 //! library.
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use eagate_gateway::cli::{self, ApiArgs, DeviceCommand, SignalCommand};
+use eagate_gateway::cli::{self, ApiArgs, DeviceCommand, PayoutsCommand, SignalCommand};
 use eagate_gateway::config::ServeConfig;
 use eagate_gateway::http::tokens::{Scope, create_token};
 use eagate_gateway::server::{Gateway, Role};
@@ -57,6 +57,13 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Affiliate payouts, through a running sidecar.
+    Payouts {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: PayoutsCommand,
     },
     /// The affiliate ledger's audit trail.
     Audit {
@@ -131,6 +138,7 @@ fn main() -> anyhow::Result<()> {
         Command::Sidecar(config) => serve(config, &matches, "sidecar", Role::Sidecar),
         Command::Device { api, command } => run_client(cli::device(&api, command)),
         Command::Signal { api, command } => run_client(cli::signal(&api, command)),
+        Command::Payouts { api, command } => run_client(cli::payouts(&api, command)),
         Command::Audit {
             command: AuditCommand::Verify { data_dir },
         } => {

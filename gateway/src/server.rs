@@ -101,6 +101,8 @@ struct Stores {
     /// other processes' notices (Redis, started once the core exists).
     upkeep: Vec<tokio::task::JoinHandle<()>>,
     redis_client: Option<redis::Client>,
+    /// The shared Redis connection (the payout runner's lease).
+    redis_manager: Option<redis::aio::ConnectionManager>,
     shared_presence: Option<SharedPresence>,
 }
 
@@ -142,6 +144,7 @@ async fn open_stores(
             db: Some(db),
             upkeep: vec![purge],
             redis_client: None,
+            redis_manager: None,
             shared_presence: None,
         });
     };
@@ -167,6 +170,7 @@ async fn open_stores(
         db: None,
         upkeep: Vec::new(),
         redis_client: Some(redis.client().clone()),
+        redis_manager: Some(redis.connection().clone()),
         shared_presence: Some(SharedPresence {
             stores: redis.clone(),
             instance: instance_name()?,
@@ -279,8 +283,13 @@ impl Gateway {
         };
         // The affiliate programme lives with the sidecar: one per deployment.
         let (http, affiliates) = if role.serves_http() {
-            let desk = AffiliateDesk::open(config)?;
+            let mut desk = AffiliateDesk::open(config)?;
+            if let Some(redis) = &stores.redis_manager {
+                let lease = crate::payouts::RunnerLease::new(redis.clone(), &config.redis_prefix);
+                desk = desk.with_payouts(desk.payouts.clone().with_lease(lease));
+            }
             upkeep.push(tokio::spawn(desk.clone().follow_fills(core.clone())));
+            upkeep.push(tokio::spawn(desk.clone().schedule_payouts()));
             let http = start_http(config, core.clone(), desk.clone()).await?;
             (Some(http), Some(desk))
         } else {

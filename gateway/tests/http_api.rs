@@ -160,6 +160,11 @@ const V1_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/audit"),
     ("POST", "/v1/fraud-cases/1/decision"),
     ("GET", "/v1/affiliates/af_X/payouts"),
+    ("POST", "/v1/payout-batches"),
+    ("GET", "/v1/payout-batches"),
+    ("GET", "/v1/payout-batches/pb_X"),
+    ("POST", "/v1/payouts/po_X/outcome"),
+    ("PUT", "/v1/affiliates/af_X/payout-account"),
     ("GET", "/v1/referral-codes/K7QM2XR4HD"),
     ("POST", "/v1/referrals"),
     ("POST", "/v1/payments"),
@@ -677,7 +682,9 @@ async fn the_openapi_document_and_the_routes_agree_both_ways(backend: Backend) {
             .replace("af_X", "{affiliate_id}")
             .replace("K7QM2XR4HD", "{code}")
             .replace("cust_X", "{user_id}")
-            .replace("/fraud-cases/1/", "/fraud-cases/{case_id}/");
+            .replace("/fraud-cases/1/", "/fraud-cases/{case_id}/")
+            .replace("pb_X", "{batch_id}")
+            .replace("po_X", "{payout_id}");
         assert!(
             documented.contains(&(method.to_string(), template.clone())),
             "{method} {template} is not documented"
@@ -692,7 +699,9 @@ async fn the_openapi_document_and_the_routes_agree_both_ways(backend: Backend) {
             .replace("{affiliate_id}", "af_X")
             .replace("{case_id}", "1")
             .replace("{code}", "K7QM2XR4HD")
-            .replace("{user_id}", "cust_X");
+            .replace("{user_id}", "cust_X")
+            .replace("{batch_id}", "pb_X")
+            .replace("{payout_id}", "po_X");
         let answer = api.admin(method, &uri, None).await;
         assert_ne!(
             answer.status,

@@ -558,3 +558,127 @@ fn audit_verify_says_the_trail_holds_and_names_an_altered_entry() {
     assert!(!ok);
     assert!(err.contains("no affiliate ledger"), "{err}");
 }
+
+#[test]
+fn the_daily_batch_runs_in_a_started_sidecar_and_payouts_run_by_hand_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    // 00:00 UTC has always passed: the scheduler's first look runs the day's
+    // batch at once.
+    let (child, lines) = start_as("serve", dir.path(), &[("EAGATE_PAYOUT_TIME", "00:00")]);
+    let api = printed(&lines, "HTTP (admin API): ");
+    let (ok, token, err) = eagate(
+        &[
+            "token",
+            "create",
+            "--scope",
+            "admin",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let token = token.trim().to_owned();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let batches = || -> serde_json::Value {
+        let text = agent
+            .get(&format!("{api}/v1/payout-batches"))
+            .header("Authorization", &format!("Bearer {token}"))
+            .call()
+            .unwrap()
+            .into_body()
+            .read_to_string()
+            .unwrap();
+        serde_json::from_str(&text).unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let listed = loop {
+        let listed = batches();
+        if !listed["items"].as_array().unwrap().is_empty() {
+            break listed;
+        }
+        assert!(Instant::now() < deadline, "no daily batch ran");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let today = eagate_affiliates::calendar::format_date(eagate_affiliates::calendar::day_of(
+        eagate_gateway::clock::unix_ms(),
+    ));
+    assert_eq!(listed["items"][0]["batch_id"], "pb_1");
+    assert_eq!(listed["items"][0]["scheduled_for"], today.as_str());
+
+    let env = [
+        ("EAGATE_API_URL", api.as_str()),
+        ("EAGATE_TOKEN", token.as_str()),
+    ];
+    let (ok, out, err) = eagate(&["payouts", "run"], &env);
+    assert!(ok, "{err}");
+    assert!(out.contains("batch pb_2 (manual): 0 payouts"), "{out}");
+    // Still one daily batch: the hand run is a batch of its own.
+    assert_eq!(batches()["items"].as_array().unwrap().len(), 2);
+    let (ok, _, err) = eagate(
+        &[
+            "payouts",
+            "confirm",
+            "pb_1-af_nobody",
+            "--reference",
+            "BACS-1",
+        ],
+        &env,
+    );
+    assert!(!ok);
+    assert!(err.contains("no payout pb_1-af_nobody"), "{err}");
+    stop(child);
+}
+
+#[test]
+fn the_stripe_key_comes_from_the_environment_is_never_shown_and_is_required_for_stripe() {
+    let (ok, shown, err) = eagate(
+        &["config", "show", "--payout-provider", "stripe"],
+        &[("EAGATE_STRIPE_SECRET_KEY", "sk_live_do_not_show_1234")],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        shown.contains("stripe_secret_key = (set, hidden)"),
+        "{shown}"
+    );
+    assert!(shown.contains("payout_provider = stripe"), "{shown}");
+    assert!(!shown.contains("sk_live_do_not_show_1234"), "{shown}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, err) = eagate(
+        &[
+            "serve",
+            "--quic-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[("EAGATE_PAYOUT_PROVIDER", "stripe")],
+    );
+    assert!(!ok);
+    assert!(err.contains("EAGATE_STRIPE_SECRET_KEY"), "{err}");
+    let (ok, _, err) = eagate(
+        &[
+            "serve",
+            "--quic-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--payout-time",
+            "9am",
+        ],
+        &[],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("payout_time must be HH:MM (UTC) or off"),
+        "{err}"
+    );
+}

@@ -72,6 +72,27 @@ pub enum CaseDecision {
     Confirmed,
 }
 
+/// Who pays a batch's payouts out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayoutProvider {
+    /// An admin pays by hand from the batch's CSV and confirms each payout
+    /// with the provider's reference, or marks it failed.
+    Manual,
+    /// A Stripe transfer to the affiliate's connected account.
+    Stripe,
+}
+
+impl PayoutProvider {
+    /// The lower-case name used by the API and the settings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Manual => "manual",
+            Self::Stripe => "stripe",
+        }
+    }
+}
+
 /// Why a customer got credit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -284,6 +305,91 @@ pub enum Fact {
         /// When.
         at_ms: u64,
     },
+    /// A payout batch began: the payouts it makes follow it as
+    /// [`Fact::PayoutPending`], in the same write.
+    PayoutBatchOpened {
+        /// `pb_<n>`.
+        batch_id: String,
+        /// Who pays them out.
+        provider: PayoutProvider,
+        /// The UTC day (days since 1970-01-01) of a daily batch; absent for
+        /// one run by hand. Each day has at most one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scheduled_day: Option<i64>,
+        /// When.
+        at_ms: u64,
+    },
+    /// A payout of an affiliate's payable entries, in a batch. The entries
+    /// are tied to it from here on: nothing else can pay them, and a refund
+    /// claws back rather than reverses, since the money may be on its way.
+    PayoutPending {
+        /// `<batch_id>-<affiliate_id>`: also the provider's idempotency key
+        /// and transfer group, so a restart can only ever ask for the same
+        /// transfer.
+        payout_id: String,
+        /// The batch.
+        batch_id: String,
+        /// Who is paid.
+        affiliate_id: String,
+        /// The net amount, clawbacks and adjustments netted.
+        amount_minor: Minor,
+        /// The entries it settles.
+        entries: Vec<u64>,
+        /// The provider's account to pay into (Stripe: `acct_…`), if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        destination: Option<String>,
+        /// When.
+        at_ms: u64,
+    },
+    /// The request to the provider is about to be sent, with this
+    /// idempotency key: written before it goes, so a crash after it is
+    /// reconciled by asking, never by paying blindly again.
+    PayoutSubmitted {
+        /// The payout.
+        payout_id: String,
+        /// The key sent with the request.
+        idempotency_key: String,
+        /// When.
+        at_ms: u64,
+    },
+    /// The provider's answer is unknown (a timeout, a dropped connection, a
+    /// server error): only asking the provider by idempotency key can say
+    /// whether the money moved.
+    PayoutNeedsReconciliation {
+        /// The payout.
+        payout_id: String,
+        /// What happened.
+        detail: String,
+        /// When.
+        at_ms: u64,
+    },
+    /// The money arrived: the entries are paid.
+    PayoutPaid {
+        /// The payout.
+        payout_id: String,
+        /// The provider's reference (Stripe: the transfer id `tr_…`).
+        reference: String,
+        /// When.
+        at_ms: u64,
+    },
+    /// The payout did not happen: its entries are payable again.
+    PayoutFailed {
+        /// The payout.
+        payout_id: String,
+        /// Why, as the provider or the admin said.
+        reason: String,
+        /// When.
+        at_ms: u64,
+    },
+    /// Where an affiliate is paid: their Stripe connected account.
+    PayoutAccountSet {
+        /// The affiliate.
+        affiliate_id: String,
+        /// `acct_…`.
+        stripe_account: String,
+        /// When.
+        at_ms: u64,
+    },
     /// An admin's correction of an affiliate's balance: a ledger line of
     /// its own, payable at once.
     AdjustmentEntered {
@@ -423,6 +529,13 @@ impl Fact {
             | Self::CommissionReversed { at_ms, .. }
             | Self::ClawbackEntered { at_ms, .. }
             | Self::PayoutMade { at_ms, .. }
+            | Self::PayoutBatchOpened { at_ms, .. }
+            | Self::PayoutPending { at_ms, .. }
+            | Self::PayoutSubmitted { at_ms, .. }
+            | Self::PayoutNeedsReconciliation { at_ms, .. }
+            | Self::PayoutPaid { at_ms, .. }
+            | Self::PayoutFailed { at_ms, .. }
+            | Self::PayoutAccountSet { at_ms, .. }
             | Self::AdjustmentEntered { at_ms, .. }
             | Self::CreditGranted { at_ms, .. }
             | Self::CreditReversed { at_ms, .. }

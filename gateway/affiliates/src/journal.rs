@@ -70,6 +70,26 @@ const CHAIN_BACKFILLED: &str = "chain_backfilled";
 const META_TREE: &str = "ledger_meta";
 const PSEUDONYM_KEY: &str = "customer_pseudonym_key";
 
+/// Opens the sled database at `path`. sled's background writer threads may
+/// hold the directory's lock for a moment after the last handle of a
+/// previous opening is dropped (a restart in the same process): this waits
+/// for that, briefly, before reporting the directory as taken by another
+/// process.
+pub fn open_db(path: &Path) -> Result<sled::Db, sled::Error> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::open(path) {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            opened => return opened,
+        }
+    }
+}
+
 /// The programme, kept in memory, journaled in sled.
 pub struct Ledger {
     db: sled::Db,
@@ -99,23 +119,7 @@ impl Ledger {
     /// Opens (or creates) the journal at `path` and replays it under
     /// `config`.
     pub fn open(path: &Path, config: ProgrammeConfig) -> Result<Self, JournalError> {
-        // sled's background writer threads may hold the directory's lock for
-        // a moment after the last handle of a previous opening is dropped
-        // (a restart in the same process); wait for that, briefly, before
-        // reporting the directory as taken by another process.
-        let deadline = Instant::now() + LOCK_WAIT;
-        let db = loop {
-            match sled::open(path) {
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock")
-                        && Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                opened => break opened?,
-            }
-        };
-        Self::on(db, config)
+        Self::on(open_db(path)?, config)
     }
 
     /// The ledger in an already opened sled database.
@@ -330,7 +334,7 @@ impl Ledger {
 /// Verifies the audit trail of the ledger at `path` (the sidecar must not
 /// hold it: sled locks the directory).
 pub fn verify_journal(path: &Path) -> Result<AuditReport, JournalError> {
-    let db = sled::open(path)?;
+    let db = open_db(path)?;
     verify_trees(&db, &db.open_tree(FACTS_TREE)?, &db.open_tree(CHAIN_TREE)?)
 }
 

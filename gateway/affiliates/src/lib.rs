@@ -22,7 +22,9 @@ pub mod programme;
 pub use audit::{Actor, AuditEntry, AuditProblem, AuditReport};
 pub use code::ReferralCode;
 pub use config::ProgrammeConfig;
-pub use facts::{CaseDecision, CaseKind, CommissionKind, CreditReason, Fact, Referrer, TradeSide};
+pub use facts::{
+    CaseDecision, CaseKind, CommissionKind, CreditReason, Fact, PayoutProvider, Referrer, TradeSide,
+};
 pub use journal::{JournalError, Ledger, WriteError, verify_journal};
 pub use money::{Bps, Currency, Minor};
 pub use programme::{

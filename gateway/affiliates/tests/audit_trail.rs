@@ -52,7 +52,7 @@ async fn six_entries(path: &std::path::Path) {
 }
 
 fn tree(path: &std::path::Path) -> (sled::Db, sled::Tree) {
-    let db = sled::open(path).unwrap();
+    let db = eagate_affiliates::journal::open_db(path).unwrap();
     let facts = db.open_tree("affiliate_facts").unwrap();
     (db, facts)
 }

@@ -10,7 +10,7 @@ const FIXTURE: &str = include_str!("fixtures/journal-2026-11.jsonl");
 const WRITTEN_UNTIL_MS: u64 = 1_792_678_406_000;
 
 fn ledger_from_fixture(dir: &std::path::Path) -> Ledger {
-    let db = sled::open(dir).unwrap();
+    let db = eagate_affiliates::journal::open_db(dir).unwrap();
     let facts = db.open_tree("affiliate_facts").unwrap();
     for (seq, line) in (1u64..).zip(FIXTURE.lines()) {
         facts.insert(seq.to_be_bytes(), line.as_bytes()).unwrap();
@@ -32,6 +32,7 @@ fn a_journal_from_before_event_times_replays_to_the_same_balances_and_credits() 
             pending: 750,
             held: 0,
             payable: -1_400,
+            paying: 0,
             paid: 1_400,
             reversed: 1_750,
         }))

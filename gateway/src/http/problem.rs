@@ -44,6 +44,10 @@ pub enum ApiError {
     /// The body is larger than the API accepts.
     #[error("the request body is larger than {} bytes", super::MAX_BODY_BYTES)]
     PayloadTooLarge,
+    /// A service this request needs (a payout provider, the shared Redis)
+    /// failed; the detail says which and how, without secrets.
+    #[error("{0}")]
+    BadGateway(String),
     /// Something failed inside; the detail is logged, not returned.
     #[error("internal error")]
     Internal(String),
@@ -88,6 +92,11 @@ impl IntoResponse for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload-too-large",
                 "Payload too large",
+            ),
+            Self::BadGateway(_) => (
+                StatusCode::BAD_GATEWAY,
+                "upstream-failed",
+                "A service this needs failed",
             ),
             Self::Internal(detail) => {
                 tracing::error!(%detail, "request failed");

@@ -5,6 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod desk;
+
 use eagate_gateway::config::ServeConfig;
 use eagate_gateway::server::Gateway;
 use eagate_protocol::*;
@@ -48,6 +50,13 @@ pub fn config(dir: &Path) -> ServeConfig {
         click_rate_per_minute: 60,
         payout_minimum_minor: 10_000,
         max_event_age_days: 26,
+        // Payouts run when a test runs them: the daily batch would run at
+        // once on the wall clock, past 09:00 most of the day.
+        payout_time: "off".into(),
+        payout_provider: "manual".into(),
+        stripe_api_base: "https://api.stripe.com".into(),
+        stripe_timeout_secs: 30,
+        stripe_secret_key: None,
     }
 }
 

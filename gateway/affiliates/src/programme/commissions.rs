@@ -31,9 +31,9 @@ pub struct Entry {
     pub earned_at_ms: u64,
     /// When it stops being pending (clawbacks: at once).
     pub payable_at_ms: u64,
-    /// The payout that settled it.
+    /// The payout that settles it (tied from when the payout is pending).
     pub payout_id: Option<String>,
-    /// When that payout was made.
+    /// When that payout's money arrived.
     pub paid_at_ms: Option<u64>,
     /// The open fraud case that holds it: never payable until decided.
     pub held_by: Option<u64>,
@@ -80,6 +80,8 @@ pub enum EntryStatus {
     Reversed,
     /// Held by an open fraud case: not payable until an admin decides.
     Held,
+    /// In a payout that has not arrived yet: nothing else can pay it.
+    Paying,
 }
 
 impl EntryStatus {
@@ -91,6 +93,7 @@ impl EntryStatus {
             Self::Paid => "paid",
             Self::Reversed => "reversed",
             Self::Held => "held",
+            Self::Paying => "paying",
         }
     }
 }
@@ -99,7 +102,11 @@ impl Entry {
     /// Where the entry stands at `now`.
     pub fn status(&self, now_ms: u64) -> EntryStatus {
         if self.payout_id.is_some() {
-            EntryStatus::Paid
+            if self.paid_at_ms.is_some() {
+                EntryStatus::Paid
+            } else {
+                EntryStatus::Paying
+            }
         } else if matches!(
             self.kind,
             EntryKind::Clawback { .. } | EntryKind::Adjustment { .. }
@@ -124,7 +131,7 @@ impl Entry {
 }
 
 /// An affiliate's money, by where it stands. Always
-/// `earned = pending + held + payable + paid + reversed`.
+/// `earned = pending + held + payable + paying + paid + reversed`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Balances {
     /// Every commission ever earned.
@@ -135,6 +142,8 @@ pub struct Balances {
     pub held: Minor,
     /// Due at the next payout, net of clawbacks not yet settled.
     pub payable: Minor,
+    /// In payouts that have not arrived yet.
+    pub paying: Minor,
     /// Paid out, net of clawbacks settled by later payouts.
     pub paid: Minor,
     /// Taken back by refunds, before or after payout.
@@ -162,6 +171,7 @@ impl Balances {
             EntryStatus::Pending => &mut self.pending,
             EntryStatus::Held => &mut self.held,
             EntryStatus::Payable => &mut self.payable,
+            EntryStatus::Paying => &mut self.paying,
             EntryStatus::Paid => &mut self.paid,
             EntryStatus::Reversed => return Ok(()),
         };

@@ -43,7 +43,10 @@ pub use enrolment::{AffiliateIdentity, EnrolError};
 pub use event_time::EventTimeError;
 pub use fraud::{Case, CaseError, Decision};
 pub use payments::{PaymentError, PaymentEvent, RefundError, RefundEvent};
-pub use payouts::{PayoutError, PayoutRecord};
+pub use payouts::{
+    BatchRecord, PayoutAccountError, PayoutError, PayoutOutcome, PayoutRecord, PayoutState,
+    SettleError,
+};
 pub use stats::{Granularity, PeriodStats, Stats};
 
 /// What a decision added. An empty list with `replayed` set means the same
@@ -97,6 +100,8 @@ pub struct Affiliate {
     email_sha256: Option<String>,
     source_address: Option<String>,
     entries: Vec<u64>,
+    /// Their Stripe connected account, for the `stripe` provider.
+    stripe_account: Option<String>,
     /// Every commission ever earned: bounded by [`MAX_TOTAL`](crate::money::MAX_TOTAL) when decided.
     earned: Minor,
     clicks_by_day: BTreeMap<i64, u64>,
@@ -161,8 +166,28 @@ struct Refund {
 struct Payout {
     affiliate_id: String,
     amount: Minor,
-    entries: usize,
+    entries: Vec<u64>,
     at_ms: u64,
+    /// The batch it was made in; none for one recorded by hand.
+    batch_id: Option<String>,
+    destination: Option<String>,
+    state: PayoutState,
+    idempotency_key: Option<String>,
+    /// The provider's reference once paid.
+    reference: Option<String>,
+    /// Why it failed, or what left it to reconcile.
+    detail: Option<String>,
+    /// When it was paid or failed.
+    settled_at_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Batch {
+    batch_id: String,
+    provider: crate::facts::PayoutProvider,
+    scheduled_day: Option<i64>,
+    at_ms: u64,
+    payouts: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -194,6 +219,8 @@ pub struct Programme {
     payouts: HashMap<String, Payout>,
     /// Payout ids in the order they were made.
     payout_order: Vec<String>,
+    /// Payout batches, oldest first.
+    batches: Vec<Batch>,
     /// Affiliate ids in the order they enrolled.
     affiliate_order: Vec<String>,
     adjustments: HashMap<String, adjustments::Adjustment>,
@@ -237,6 +264,7 @@ impl Programme {
             refunds: HashMap::new(),
             payouts: HashMap::new(),
             payout_order: Vec::new(),
+            batches: Vec::new(),
             affiliate_order: Vec::new(),
             adjustments: HashMap::new(),
             entries: Vec::new(),
@@ -305,6 +333,7 @@ impl Programme {
                         email_sha256: email_sha256.clone(),
                         source_address: source_address.clone(),
                         entries: Vec::new(),
+                        stripe_account: None,
                         earned: 0,
                         clicks_by_day: BTreeMap::new(),
                         signups_by_day: BTreeMap::new(),
@@ -585,8 +614,15 @@ impl Programme {
                     Payout {
                         affiliate_id: affiliate_id.clone(),
                         amount: *amount_minor,
-                        entries: entries.len(),
+                        entries: entries.clone(),
                         at_ms: *at_ms,
+                        batch_id: None,
+                        destination: None,
+                        state: PayoutState::Paid,
+                        idempotency_key: None,
+                        reference: None,
+                        detail: None,
+                        settled_at_ms: Some(*at_ms),
                     },
                 );
                 self.payout_order.push(payout_id.clone());
@@ -595,6 +631,128 @@ impl Programme {
                         entry.payout_id = Some(payout_id.clone());
                         entry.paid_at_ms = Some(*at_ms);
                     }
+                }
+            }
+            Fact::PayoutBatchOpened {
+                batch_id,
+                provider,
+                scheduled_day,
+                at_ms,
+            } => self.batches.push(Batch {
+                batch_id: batch_id.clone(),
+                provider: *provider,
+                scheduled_day: *scheduled_day,
+                at_ms: *at_ms,
+                payouts: Vec::new(),
+            }),
+            Fact::PayoutPending {
+                payout_id,
+                batch_id,
+                affiliate_id,
+                amount_minor,
+                entries,
+                destination,
+                at_ms,
+            } => {
+                self.payouts.insert(
+                    payout_id.clone(),
+                    Payout {
+                        affiliate_id: affiliate_id.clone(),
+                        amount: *amount_minor,
+                        entries: entries.clone(),
+                        at_ms: *at_ms,
+                        batch_id: Some(batch_id.clone()),
+                        destination: destination.clone(),
+                        state: PayoutState::Pending,
+                        idempotency_key: None,
+                        reference: None,
+                        detail: None,
+                        settled_at_ms: None,
+                    },
+                );
+                self.payout_order.push(payout_id.clone());
+                if let Some(batch) = self
+                    .batches
+                    .iter_mut()
+                    .rev()
+                    .find(|b| b.batch_id == *batch_id)
+                {
+                    batch.payouts.push(payout_id.clone());
+                }
+                // Tied, not paid: paid_at_ms stays empty until the money
+                // has arrived.
+                for entry_id in entries {
+                    if let Some(entry) = self.entry_mut(*entry_id) {
+                        entry.payout_id = Some(payout_id.clone());
+                    }
+                }
+            }
+            Fact::PayoutSubmitted {
+                payout_id,
+                idempotency_key,
+                ..
+            } => {
+                if let Some(payout) = self.payouts.get_mut(payout_id) {
+                    payout.state = PayoutState::Submitted;
+                    payout.idempotency_key = Some(idempotency_key.clone());
+                }
+            }
+            Fact::PayoutNeedsReconciliation {
+                payout_id, detail, ..
+            } => {
+                if let Some(payout) = self.payouts.get_mut(payout_id) {
+                    payout.state = PayoutState::NeedsReconciliation;
+                    payout.detail = Some(detail.clone());
+                }
+            }
+            Fact::PayoutPaid {
+                payout_id,
+                reference,
+                at_ms,
+            } => {
+                let Some(payout) = self.payouts.get_mut(payout_id) else {
+                    return;
+                };
+                payout.state = PayoutState::Paid;
+                payout.reference = Some(reference.clone());
+                payout.detail = None;
+                payout.settled_at_ms = Some(*at_ms);
+                let entries = payout.entries.clone();
+                for entry_id in entries {
+                    if let Some(entry) = self.entry_mut(entry_id) {
+                        entry.paid_at_ms = Some(*at_ms);
+                    }
+                }
+            }
+            Fact::PayoutFailed {
+                payout_id,
+                reason,
+                at_ms,
+            } => {
+                let Some(payout) = self.payouts.get_mut(payout_id) else {
+                    return;
+                };
+                payout.state = PayoutState::Failed;
+                payout.detail = Some(reason.clone());
+                payout.settled_at_ms = Some(*at_ms);
+                let entries = payout.entries.clone();
+                // Back to payable: the next batch pays them.
+                for entry_id in entries {
+                    if let Some(entry) = self.entry_mut(entry_id)
+                        && entry.payout_id.as_deref() == Some(payout_id.as_str())
+                    {
+                        entry.payout_id = None;
+                        entry.paid_at_ms = None;
+                    }
+                }
+            }
+            Fact::PayoutAccountSet {
+                affiliate_id,
+                stripe_account,
+                ..
+            } => {
+                if let Some(affiliate) = self.affiliates.get_mut(affiliate_id) {
+                    affiliate.stripe_account = Some(stripe_account.clone());
                 }
             }
             Fact::AdjustmentEntered {

@@ -1,8 +1,14 @@
 //! Payouts: an affiliate is paid everything payable at once, clawbacks
 //! netted, and a payout id is recorded so that a retry pays nothing twice.
+//!
+//! A batch ties each payout's entries to it when it opens (`pending`), so
+//! nothing else can pay them; the runner records `submitted` with the
+//! idempotency key *before* it asks the provider, then `paid` or `failed`
+//! from the answer, or `needs_reconciliation` when there was no clear
+//! answer. Failed payouts give their entries back to payable.
 
-use super::{Decided, EntryStatus, Programme};
-use crate::facts::Fact;
+use super::{Batch, Decided, EntryStatus, Programme};
+use crate::facts::{Fact, PayoutProvider, Referrer};
 use crate::money::{Minor, TotalOutOfRange, total};
 
 /// Why a payout was refused.
@@ -39,6 +45,40 @@ pub enum PayoutError {
     IdReused(String),
 }
 
+/// Where a payout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PayoutState {
+    /// In a batch, its entries tied to it; not yet sent to the provider
+    /// (manual: waiting for an admin to pay it and confirm).
+    Pending,
+    /// Sent to the provider with its idempotency key, answer not recorded.
+    Submitted,
+    /// The provider's answer was unknown: ask it by idempotency key.
+    NeedsReconciliation,
+    /// The money arrived.
+    Paid,
+    /// It did not happen; its entries are payable again.
+    Failed,
+}
+
+impl PayoutState {
+    /// The snake_case name used by the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Submitted => "submitted",
+            Self::NeedsReconciliation => "needs_reconciliation",
+            Self::Paid => "paid",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Paid or failed: nothing more happens to it.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Paid | Self::Failed)
+    }
+}
+
 /// A payout as the history shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PayoutRecord<'a> {
@@ -46,35 +86,205 @@ pub struct PayoutRecord<'a> {
     pub seq: u64,
     /// Its id.
     pub payout_id: &'a str,
-    /// Who was paid.
+    /// Who is paid.
     pub affiliate_id: &'a str,
-    /// The net amount paid.
+    /// The net amount.
     pub amount_minor: Minor,
-    /// How many ledger lines it settled.
+    /// How many ledger lines it settles.
     pub entries: usize,
-    /// When.
+    /// When it was made (a batch's: when the batch opened).
     pub at_ms: u64,
+    /// The batch, if it was made in one.
+    pub batch_id: Option<&'a str>,
+    /// Where it stands.
+    pub state: PayoutState,
+    /// The account paid into, if the provider has one.
+    pub destination: Option<&'a str>,
+    /// The idempotency key sent to the provider, once submitted.
+    pub idempotency_key: Option<&'a str>,
+    /// The provider's reference, once paid.
+    pub reference: Option<&'a str>,
+    /// Why it failed, or what left it to reconcile.
+    pub detail: Option<&'a str>,
+    /// When it was paid or failed.
+    pub settled_at_ms: Option<u64>,
+}
+
+/// A payout batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchRecord<'a> {
+    /// `pb_<n>`.
+    pub batch_id: &'a str,
+    /// Who pays it out.
+    pub provider: PayoutProvider,
+    /// The UTC day of a daily batch; none for one run by hand.
+    pub scheduled_day: Option<i64>,
+    /// When it opened.
+    pub at_ms: u64,
+    /// Its payouts, in the order they were made.
+    pub payout_ids: &'a [String],
+}
+
+/// What settles a payout: the provider's answer, or an admin's word.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayoutOutcome {
+    /// The money moved; the provider's reference.
+    Paid {
+        /// E.g. a Stripe transfer id, a bank reference.
+        reference: String,
+    },
+    /// It did not, and will not: the entries are payable again.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// No clear answer: reconcile by asking the provider.
+    Unknown {
+        /// What happened.
+        detail: String,
+    },
+}
+
+/// Why a payout's state could not change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettleError {
+    /// No such payout.
+    #[error("no payout {0}")]
+    UnknownPayout(String),
+    /// It is already paid or failed, differently.
+    #[error("payout {payout_id} is already {state}; it cannot become {wanted}")]
+    AlreadySettled {
+        /// The payout.
+        payout_id: String,
+        /// Where it stands.
+        state: &'static str,
+        /// What was asked.
+        wanted: &'static str,
+    },
+    /// An unknown answer for a payout never sent.
+    #[error("payout {0} was never submitted: there is nothing to reconcile")]
+    NotSubmitted(String),
+    /// A Stripe payout still in the runner's hands.
+    #[error(
+        "payout {0} is with the stripe provider and not in needs_reconciliation: the payout run settles it from Stripe's answer"
+    )]
+    InProvidersHands(String),
+}
+
+/// Why an affiliate's payout account was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayoutAccountError {
+    /// No such affiliate.
+    #[error("no affiliate {0}")]
+    UnknownAffiliate(String),
+    /// Not a Stripe connected account id.
+    #[error(
+        "stripe_account must be a Stripe connected account id: acct_ and 1 to 64 letters or digits"
+    )]
+    InvalidAccount,
 }
 
 impl Programme {
     /// Every payout, oldest first.
     pub fn payouts(&self) -> impl Iterator<Item = PayoutRecord<'_>> {
-        (1u64..).zip(&self.payout_order).map(|(seq, payout_id)| {
-            let payout = &self.payouts[payout_id];
-            PayoutRecord {
-                seq,
-                payout_id,
-                affiliate_id: &payout.affiliate_id,
-                amount_minor: payout.amount,
-                entries: payout.entries,
-                at_ms: payout.at_ms,
-            }
+        (1u64..)
+            .zip(&self.payout_order)
+            .map(|(seq, payout_id)| self.payout_record(seq, payout_id))
+    }
+
+    fn payout_record<'a>(&'a self, seq: u64, payout_id: &'a str) -> PayoutRecord<'a> {
+        let payout = &self.payouts[payout_id];
+        PayoutRecord {
+            seq,
+            payout_id,
+            affiliate_id: &payout.affiliate_id,
+            amount_minor: payout.amount,
+            entries: payout.entries.len(),
+            at_ms: payout.at_ms,
+            batch_id: payout.batch_id.as_deref(),
+            state: payout.state,
+            destination: payout.destination.as_deref(),
+            idempotency_key: payout.idempotency_key.as_deref(),
+            reference: payout.reference.as_deref(),
+            detail: payout.detail.as_deref(),
+            settled_at_ms: payout.settled_at_ms,
+        }
+    }
+
+    /// A payout by id.
+    pub fn payout(&self, payout_id: &str) -> Option<PayoutRecord<'_>> {
+        let (key, _) = self.payouts.get_key_value(payout_id)?;
+        let seq = self
+            .payout_order
+            .iter()
+            .position(|id| id == payout_id)
+            .map_or(0, |at| at as u64 + 1);
+        Some(self.payout_record(seq, key))
+    }
+
+    /// Every batch, oldest first.
+    pub fn batches(&self) -> impl Iterator<Item = BatchRecord<'_>> {
+        self.batches.iter().map(batch_record)
+    }
+
+    /// A batch by id.
+    pub fn batch(&self, batch_id: &str) -> Option<BatchRecord<'_>> {
+        self.batches
+            .iter()
+            .find(|b| b.batch_id == batch_id)
+            .map(batch_record)
+    }
+
+    /// Payouts not yet paid or failed, oldest first: what a payout run
+    /// must finish before it opens another batch.
+    pub fn unsettled_payouts(&self) -> impl Iterator<Item = PayoutRecord<'_>> {
+        self.payouts().filter(|p| !p.state.is_final())
+    }
+
+    /// The provider of the batch a payout is in (hand payouts: manual).
+    pub fn provider_of(&self, payout_id: &str) -> PayoutProvider {
+        self.payouts
+            .get(payout_id)
+            .and_then(|p| p.batch_id.as_deref())
+            .and_then(|b| self.batches.iter().find(|batch| batch.batch_id == b))
+            .map_or(PayoutProvider::Manual, |b| b.provider)
+    }
+
+    /// An affiliate's Stripe connected account, if set.
+    pub fn stripe_account(&self, affiliate_id: &str) -> Option<&str> {
+        self.affiliates.get(affiliate_id)?.stripe_account.as_deref()
+    }
+
+    /// Whether an open fraud case is about one of the affiliate's referrals.
+    pub fn has_open_case(&self, affiliate_id: &str) -> bool {
+        self.cases.iter().any(|c| {
+            c.decision.is_none()
+                && matches!(&c.referrer, Referrer::Affiliate { affiliate_id: a } if a == affiliate_id)
         })
     }
 
+    /// The entries a payout of `affiliate_id` at `now` would settle, and
+    /// their net.
+    fn payable_entries(
+        &self,
+        affiliate_id: &str,
+        now_ms: u64,
+    ) -> Result<(Vec<u64>, Minor), TotalOutOfRange> {
+        let mut settled = Vec::new();
+        let mut amount = 0;
+        for entry in self.entries_of(affiliate_id) {
+            if entry.status(now_ms) == EntryStatus::Payable {
+                settled.push(entry.entry_id);
+                amount = total(amount, entry.remaining_minor())?;
+            }
+        }
+        Ok((settled, amount))
+    }
+
     /// Pays every payable entry of an affiliate, clawbacks netted, if the
-    /// net is at least the programme's payout minimum. The same payout id
-    /// again is a replay.
+    /// net is at least the programme's payout minimum: recorded as paid at
+    /// once (the admin paid by other means). The same payout id again is a
+    /// replay.
     pub fn pay_out(
         &self,
         affiliate_id: &str,
@@ -88,19 +298,10 @@ impl Programme {
                 Err(PayoutError::IdReused(payout_id.to_owned()))
             };
         }
-        let affiliate = self
-            .affiliates
-            .get(affiliate_id)
-            .ok_or_else(|| PayoutError::UnknownAffiliate(affiliate_id.to_owned()))?;
-        let mut settled = Vec::new();
-        let mut amount = 0;
-        for &entry_id in &affiliate.entries {
-            let entry = self.entry(entry_id);
-            if entry.status(now_ms) == EntryStatus::Payable {
-                settled.push(entry_id);
-                amount = total(amount, entry.remaining_minor())?;
-            }
+        if !self.affiliates.contains_key(affiliate_id) {
+            return Err(PayoutError::UnknownAffiliate(affiliate_id.to_owned()));
         }
+        let (settled, amount) = self.payable_entries(affiliate_id, now_ms)?;
         if amount <= 0 {
             let balances = self.balances(affiliate_id, now_ms)?.unwrap_or_default();
             return Err(PayoutError::NothingPayable {
@@ -121,5 +322,211 @@ impl Programme {
             entries: settled,
             at_ms: now_ms,
         }]))
+    }
+
+    /// Opens a batch through `provider`: a pending payout for every
+    /// affiliate whose payable balance is at least the minimum, who has no
+    /// open fraud case and no payout still unsettled, and (Stripe) who has
+    /// a connected account. A daily batch (`scheduled_day`) whose day
+    /// already has one decides nothing.
+    pub fn open_batch(
+        &self,
+        provider: PayoutProvider,
+        scheduled_day: Option<i64>,
+        now_ms: u64,
+    ) -> Result<Decided, TotalOutOfRange> {
+        if scheduled_day.is_some()
+            && self
+                .batches
+                .iter()
+                .any(|b| b.scheduled_day == scheduled_day)
+        {
+            return Ok(Decided::replay());
+        }
+        let batch_id = format!("pb_{}", self.batches.len() + 1);
+        let mut facts = vec![Fact::PayoutBatchOpened {
+            batch_id: batch_id.clone(),
+            provider,
+            scheduled_day,
+            at_ms: now_ms,
+        }];
+        let busy: std::collections::HashSet<&str> = self
+            .payouts
+            .values()
+            .filter(|p| !p.state.is_final())
+            .map(|p| p.affiliate_id.as_str())
+            .collect();
+        for affiliate_id in &self.affiliate_order {
+            let destination = self.stripe_account(affiliate_id).map(str::to_owned);
+            if busy.contains(affiliate_id.as_str())
+                || self.has_open_case(affiliate_id)
+                || (provider == PayoutProvider::Stripe && destination.is_none())
+            {
+                continue;
+            }
+            let (entries, amount) = self.payable_entries(affiliate_id, now_ms)?;
+            if amount <= 0 || amount < self.config.payout_minimum {
+                continue;
+            }
+            facts.push(Fact::PayoutPending {
+                payout_id: format!("{batch_id}-{affiliate_id}"),
+                batch_id: batch_id.clone(),
+                affiliate_id: affiliate_id.clone(),
+                amount_minor: amount,
+                entries,
+                destination: match provider {
+                    PayoutProvider::Stripe => destination,
+                    PayoutProvider::Manual => None,
+                },
+                at_ms: now_ms,
+            });
+        }
+        Ok(Decided::new(facts))
+    }
+
+    /// Records that the request for a pending payout is about to go to the
+    /// provider, with its idempotency key (the payout id, so a restart can
+    /// only ever ask for the same transfer). Already submitted: a replay.
+    pub fn submit_payout(&self, payout_id: &str, now_ms: u64) -> Result<Decided, SettleError> {
+        let payout = self.payout_or_refuse(payout_id)?;
+        match payout.state {
+            PayoutState::Pending => Ok(Decided::new(vec![Fact::PayoutSubmitted {
+                payout_id: payout_id.to_owned(),
+                idempotency_key: payout_id.to_owned(),
+                at_ms: now_ms,
+            }])),
+            PayoutState::Submitted | PayoutState::NeedsReconciliation => Ok(Decided::replay()),
+            state @ (PayoutState::Paid | PayoutState::Failed) => Err(SettleError::AlreadySettled {
+                payout_id: payout_id.to_owned(),
+                state: state.as_str(),
+                wanted: PayoutState::Submitted.as_str(),
+            }),
+        }
+    }
+
+    fn payout_or_refuse(&self, payout_id: &str) -> Result<&super::Payout, SettleError> {
+        self.payouts
+            .get(payout_id)
+            .ok_or_else(|| SettleError::UnknownPayout(payout_id.to_owned()))
+    }
+
+    /// Records the provider's answer for a submitted payout.
+    pub fn record_answer(
+        &self,
+        payout_id: &str,
+        outcome: PayoutOutcome,
+        now_ms: u64,
+    ) -> Result<Decided, SettleError> {
+        self.settle(payout_id, outcome, now_ms)
+    }
+
+    /// An admin settles a payout: a manual one once they have paid it (or
+    /// could not), any one the provider left to reconcile.
+    pub fn settle_by_hand(
+        &self,
+        payout_id: &str,
+        outcome: PayoutOutcome,
+        now_ms: u64,
+    ) -> Result<Decided, SettleError> {
+        let payout = self.payout_or_refuse(payout_id)?;
+        if self.provider_of(payout_id) == PayoutProvider::Stripe
+            && matches!(payout.state, PayoutState::Pending | PayoutState::Submitted)
+        {
+            return Err(SettleError::InProvidersHands(payout_id.to_owned()));
+        }
+        self.settle(payout_id, outcome, now_ms)
+    }
+
+    fn settle(
+        &self,
+        payout_id: &str,
+        outcome: PayoutOutcome,
+        now_ms: u64,
+    ) -> Result<Decided, SettleError> {
+        let payout = self.payout_or_refuse(payout_id)?;
+        let wanted = match &outcome {
+            PayoutOutcome::Paid { .. } => PayoutState::Paid,
+            PayoutOutcome::Failed { .. } => PayoutState::Failed,
+            PayoutOutcome::Unknown { .. } => PayoutState::NeedsReconciliation,
+        };
+        match (payout.state, &outcome) {
+            // The same answer again: a retry.
+            (PayoutState::Paid, PayoutOutcome::Paid { reference })
+                if payout.reference.as_deref() == Some(reference.as_str()) =>
+            {
+                return Ok(Decided::replay());
+            }
+            (PayoutState::Failed, PayoutOutcome::Failed { .. })
+            | (PayoutState::NeedsReconciliation, PayoutOutcome::Unknown { .. }) => {
+                return Ok(Decided::replay());
+            }
+            (state @ (PayoutState::Paid | PayoutState::Failed), _) => {
+                return Err(SettleError::AlreadySettled {
+                    payout_id: payout_id.to_owned(),
+                    state: state.as_str(),
+                    wanted: wanted.as_str(),
+                });
+            }
+            (PayoutState::Pending, PayoutOutcome::Unknown { .. }) => {
+                return Err(SettleError::NotSubmitted(payout_id.to_owned()));
+            }
+            _ => {}
+        }
+        let payout_id = payout_id.to_owned();
+        Ok(Decided::new(vec![match outcome {
+            PayoutOutcome::Paid { reference } => Fact::PayoutPaid {
+                payout_id,
+                reference,
+                at_ms: now_ms,
+            },
+            PayoutOutcome::Failed { reason } => Fact::PayoutFailed {
+                payout_id,
+                reason,
+                at_ms: now_ms,
+            },
+            PayoutOutcome::Unknown { detail } => Fact::PayoutNeedsReconciliation {
+                payout_id,
+                detail,
+                at_ms: now_ms,
+            },
+        }]))
+    }
+
+    /// Sets where an affiliate is paid by the `stripe` provider. The same
+    /// account again is a replay.
+    pub fn set_payout_account(
+        &self,
+        affiliate_id: &str,
+        stripe_account: &str,
+        now_ms: u64,
+    ) -> Result<Decided, PayoutAccountError> {
+        let affiliate = self
+            .affiliates
+            .get(affiliate_id)
+            .ok_or_else(|| PayoutAccountError::UnknownAffiliate(affiliate_id.to_owned()))?;
+        let valid = stripe_account.strip_prefix("acct_").is_some_and(|rest| {
+            (1..=64).contains(&rest.len()) && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+        });
+        if !valid {
+            return Err(PayoutAccountError::InvalidAccount);
+        }
+        if affiliate.stripe_account.as_deref() == Some(stripe_account) {
+            return Ok(Decided::replay());
+        }
+        Ok(Decided::new(vec![Fact::PayoutAccountSet {
+            affiliate_id: affiliate_id.to_owned(),
+            stripe_account: stripe_account.to_owned(),
+            at_ms: now_ms,
+        }]))
+    }
+}
+
+fn batch_record(batch: &Batch) -> BatchRecord<'_> {
+    BatchRecord {
+        batch_id: &batch.batch_id,
+        provider: batch.provider,
+        scheduled_day: batch.scheduled_day,
+        at_ms: batch.at_ms,
+        payout_ids: &batch.payouts,
     }
 }

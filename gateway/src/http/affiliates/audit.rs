@@ -65,6 +65,8 @@ fn affiliate_of(programme: &Programme, fact: &Fact) -> Option<String> {
         | Fact::CommissionEarned { affiliate_id, .. }
         | Fact::ClawbackEntered { affiliate_id, .. }
         | Fact::PayoutMade { affiliate_id, .. }
+        | Fact::PayoutPending { affiliate_id, .. }
+        | Fact::PayoutAccountSet { affiliate_id, .. }
         | Fact::AdjustmentEntered { affiliate_id, .. } => Some(affiliate_id.clone()),
         Fact::Referred {
             referrer: Referrer::Affiliate { affiliate_id },
@@ -74,6 +76,12 @@ fn affiliate_of(programme: &Programme, fact: &Fact) -> Option<String> {
             referrer: Referrer::Affiliate { affiliate_id },
             ..
         } => Some(affiliate_id.clone()),
+        Fact::PayoutSubmitted { payout_id, .. }
+        | Fact::PayoutNeedsReconciliation { payout_id, .. }
+        | Fact::PayoutPaid { payout_id, .. }
+        | Fact::PayoutFailed { payout_id, .. } => programme
+            .payout(payout_id)
+            .map(|p| p.affiliate_id.to_owned()),
         Fact::CommissionReversed { entry_id, .. } => programme
             .entry_by_id(*entry_id)
             .map(|e| e.affiliate_id.clone()),

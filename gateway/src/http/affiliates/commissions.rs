@@ -44,6 +44,8 @@ pub enum EntryStatusView {
     Reversed,
     /// Held by an open fraud case: not payable until an admin decides.
     Held,
+    /// In a payout that has not arrived yet: nothing else can pay it.
+    Paying,
 }
 
 impl From<EntryStatus> for EntryStatusView {
@@ -54,6 +56,7 @@ impl From<EntryStatus> for EntryStatusView {
             EntryStatus::Paid => Self::Paid,
             EntryStatus::Reversed => Self::Reversed,
             EntryStatus::Held => Self::Held,
+            EntryStatus::Paying => Self::Paying,
         }
     }
 }

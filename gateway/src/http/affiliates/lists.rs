@@ -24,7 +24,8 @@ pub enum OwedStatus {
     Owed,
     /// Clawbacks or adjustments exceed what is payable: owed by them.
     Negative,
-    /// Nothing payable, something in the holding period or held.
+    /// Nothing payable, something in the holding period, held, or in a
+    /// payout not yet arrived.
     Pending,
     /// Nothing payable or pending.
     Settled,
@@ -36,7 +37,7 @@ impl OwedStatus {
             Self::Owed
         } else if balances.payable < 0 {
             Self::Negative
-        } else if balances.pending > 0 || balances.held > 0 {
+        } else if balances.pending > 0 || balances.held > 0 || balances.paying > 0 {
             Self::Pending
         } else {
             Self::Settled
@@ -67,6 +68,8 @@ pub struct AffiliateRow {
     pub held_minor: i64,
     /// Due at the next payout; negative when they owe.
     pub payable_minor: i64,
+    /// In payouts not yet arrived (pending, submitted, to reconcile).
+    pub paying_minor: i64,
     /// Paid out.
     pub paid_minor: i64,
     /// Taken back by refunds.
@@ -136,7 +139,11 @@ pub(super) async fn affiliates(
     let currency = programme.config().currency;
     let mut last_paid = std::collections::HashMap::new();
     for payout in programme.payouts() {
-        last_paid.insert(payout.affiliate_id, payout.at_ms);
+        if let Some(paid_at) = payout.settled_at_ms
+            && payout.state == eagate_affiliates::programme::PayoutState::Paid
+        {
+            last_paid.insert(payout.affiliate_id, paid_at);
+        }
     }
     let mut open_cases: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     for case in programme.cases().iter().filter(|c| c.decision.is_none()) {
@@ -186,6 +193,7 @@ pub(super) async fn affiliates(
             pending_minor: balances.pending,
             held_minor: balances.held,
             payable_minor: balances.payable,
+            paying_minor: balances.paying,
             paid_minor: balances.paid,
             reversed_minor: balances.reversed,
             last_paid_at_ms: last_paid.get(affiliate_id).copied(),
@@ -208,6 +216,7 @@ pub(super) async fn affiliates(
                     r.held_minor.to_string(),
                     r.payable_minor.to_string(),
                     currency.format_major(r.payable_minor),
+                    r.paying_minor.to_string(),
                     r.paid_minor.to_string(),
                     r.reversed_minor.to_string(),
                     r.last_paid_at_ms.map(format_instant).unwrap_or_default(),
@@ -218,7 +227,7 @@ pub(super) async fn affiliates(
             .collect();
         return Ok(csv_response(
             "affiliates.csv",
-            "seq,affiliate_id,user_id,code,enrolled_at,status,earned_minor,pending_minor,held_minor,payable_minor,payable,paid_minor,reversed_minor,last_paid_at,currency,open_cases",
+            "seq,affiliate_id,user_id,code,enrolled_at,status,earned_minor,pending_minor,held_minor,payable_minor,payable,paying_minor,paid_minor,reversed_minor,last_paid_at,currency,open_cases",
             rows,
         ));
     }
@@ -231,7 +240,7 @@ pub(super) async fn affiliates(
     .into_response())
 }
 
-/// A payout made.
+/// A payout, in whatever state.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct PayoutRow {
     /// Its place in the order payouts were made: pass the last as `after`.
@@ -242,10 +251,18 @@ pub struct PayoutRow {
     pub affiliate_id: String,
     /// The net amount paid (clawbacks and adjustments netted).
     pub amount_minor: i64,
-    /// How many ledger lines it settled.
+    /// How many ledger lines it settles.
     pub entries: usize,
-    /// When, Unix ms.
+    /// When it was made, Unix ms (a batch's: when the batch opened).
     pub paid_at_ms: u64,
+    /// pending, submitted, needs_reconciliation, paid or failed.
+    pub state: String,
+    /// The batch it was made in; absent for one recorded by hand.
+    pub batch_id: Option<String>,
+    /// The provider's reference, once paid.
+    pub reference: Option<String>,
+    /// When it was paid or failed, Unix ms.
+    pub settled_at_ms: Option<u64>,
 }
 
 /// A page of payouts.
@@ -344,6 +361,10 @@ fn payout_history(
             amount_minor: p.amount_minor,
             entries: p.entries,
             paid_at_ms: p.at_ms,
+            state: p.state.as_str().to_owned(),
+            batch_id: p.batch_id.map(str::to_owned),
+            reference: p.reference.map(str::to_owned),
+            settled_at_ms: p.settled_at_ms,
         });
     let items: Vec<PayoutRow> = matching.by_ref().take(limit).collect();
     let more = matching.next().is_some();
@@ -360,12 +381,16 @@ fn payout_history(
                     currency.to_string(),
                     p.entries.to_string(),
                     format_instant(p.paid_at_ms),
+                    p.state,
+                    p.batch_id.unwrap_or_default(),
+                    p.reference.unwrap_or_default(),
+                    p.settled_at_ms.map(format_instant).unwrap_or_default(),
                 ]
             })
             .collect();
         return Ok(csv_response(
             "payouts.csv",
-            "seq,payout_id,affiliate_id,amount_minor,amount,currency,entries,paid_at",
+            "seq,payout_id,affiliate_id,amount_minor,amount,currency,entries,paid_at,state,batch_id,reference,settled_at",
             rows,
         ));
     }

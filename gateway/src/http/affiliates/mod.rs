@@ -47,6 +47,7 @@ pub use commissions::{Commissions, EntryKindView, EntryStatusView, EntryView};
 pub use credits::{CreditStatusView, CreditView, Credits, CustomerCodeView};
 pub use enrolment::{AffiliateView, AffiliateWithToken, CodeOwnerKind, CodeOwnerView};
 pub use lists::{AffiliateList, AffiliateRow, OwedStatus, PayoutHistory, PayoutRow};
+pub use payouts::{BatchView, Batches, PayoutRun, PayoutView};
 pub use stats::{PeriodView, StatsGranularity, StatsView};
 
 /// The `/v1` routes of the programme (behind bearer authentication).
@@ -59,6 +60,10 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(commissions::commissions))
         .routes(routes!(payouts::pay_out, lists::payouts_of))
         .routes(routes!(lists::payouts))
+        .routes(routes!(payouts::run_batch, payouts::batches))
+        .routes(routes!(payouts::batch))
+        .routes(routes!(payouts::settle))
+        .routes(routes!(payouts::set_payout_account))
         .routes(routes!(fraud::cases))
         .routes(routes!(fraud::decide))
         .routes(routes!(audit::audit))

@@ -62,6 +62,8 @@ pub struct PeriodView {
     pub held_minor: i64,
     /// Due at the next payout, net of clawbacks.
     pub payable_minor: i64,
+    /// In payouts not yet arrived.
+    pub paying_minor: i64,
     /// Paid out.
     pub paid_minor: i64,
     /// Taken back by refunds.
@@ -100,6 +102,7 @@ fn period_view(period: String, stats: &eagate_affiliates::programme::PeriodStats
         pending_minor: stats.earnings.pending,
         held_minor: stats.earnings.held,
         payable_minor: stats.earnings.payable,
+        paying_minor: stats.earnings.paying,
         paid_minor: stats.earnings.paid,
         reversed_minor: stats.earnings.reversed,
     }

@@ -57,6 +57,11 @@ impl RedisStores {
         })
     }
 
+    /// The shared connection, for work beside the stores (leases).
+    pub fn connection(&self) -> &ConnectionManager {
+        &self.connection
+    }
+
     /// The client, for connections of their own (pub/sub).
     pub fn client(&self) -> &redis::Client {
         &self.client
