@@ -276,3 +276,55 @@ fn a_fill_handed_over_twice_by_the_feed_counts_once() {
     let facts = apply(&mut programme, sell);
     assert_eq!(count(&facts, |f| matches!(f, Fact::CaseOpened { .. })), 1);
 }
+
+#[test]
+fn the_shared_address_check_lets_go_of_addresses_no_signup_can_be_counted_with() {
+    let mut programme = Programme::new(ProgrammeConfig::default());
+    let code = ReferralCode::from_random(3);
+    let enrolled = programme
+        .enrol_affiliate("a", "af_a", code, &"aa".repeat(32), &Default::default(), T0)
+        .unwrap();
+    apply(&mut programme, enrolled);
+    // A signup a day from a new address each, for a year.
+    let day = 24 * HOUR;
+    for n in 0..365u64 {
+        let at = T0 + n * day;
+        let user = format!("user-{n}");
+        let address = format!("10.{}.{}.1", n / 250, n % 250);
+        let referred = programme
+            .refer(&signup(&user, code, &address, at, false), at)
+            .unwrap();
+        apply(&mut programme, referred);
+    }
+    // What a late signup could still be counted with: the window and the
+    // longest a signup may be late (the click retention), not the year.
+    let config = ProgrammeConfig::default();
+    let kept_days = (config.shared_address_window_ms + config.click_retention_ms()) / day + 1;
+    let remembered = programme.remembered_signup_addresses() as u64;
+    assert!(
+        (kept_days - 1..=kept_days + 1).contains(&remembered),
+        "{remembered} addresses remembered, {kept_days} days kept"
+    );
+    // And the check still counts what it must: four from one address today.
+    let today = T0 + 365 * day;
+    let mut held = 0;
+    for n in 0..4u64 {
+        let user = format!("late-{n}");
+        let decided = programme
+            .refer(
+                &signup(&user, code, "198.51.100.1", today + n, false),
+                today + n,
+            )
+            .unwrap();
+        held += count(&apply(&mut programme, decided), |f| {
+            matches!(
+                f,
+                Fact::CaseOpened {
+                    kind: CaseKind::SharedAddress,
+                    ..
+                }
+            )
+        });
+    }
+    assert_eq!(held, 1);
+}

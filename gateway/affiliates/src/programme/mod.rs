@@ -235,6 +235,9 @@ pub struct Programme {
     cases: Vec<fraud::Case>,
     /// Signup times per source address, for the shared-address check.
     signups_by_address: fraud::SignupsByAddress,
+    /// (arrival, address) of each signup, oldest first: addresses with no
+    /// signup recent enough to be asked about are let go of.
+    signup_order: VecDeque<(u64, String)>,
     trades: fraud::Trades,
     trades_counted: fraud::TradesCounted,
     /// The latest UTC day a trade was counted on.
@@ -275,6 +278,7 @@ impl Programme {
             referrals_by_day: HashMap::new(),
             cases: Vec::new(),
             signups_by_address: HashMap::new(),
+            signup_order: VecDeque::new(),
             trades: HashMap::new(),
             trades_counted: HashMap::new(),
             trades_day: i64::MIN,
@@ -396,17 +400,21 @@ impl Programme {
             } => {
                 let signed_up_at = occurred_at_ms.unwrap_or(*at_ms);
                 let day = day_of(signed_up_at);
-                let window = self.config.shared_address_window_ms;
+                // Only the window around a signup is ever asked about, and
+                // signups are at most the age limit late: keep that much.
+                let keep = self
+                    .config
+                    .shared_address_window_ms
+                    .saturating_add(self.config.click_retention_ms());
+                self.forget_signups_before(at_ms.saturating_sub(keep));
                 let times = self
                     .signups_by_address
                     .entry(source_address.clone())
                     .or_default();
-                // Only the window before the latest signup is ever asked
-                // about (events are at most the age limit late: keep that).
-                let keep_from = signed_up_at
-                    .saturating_sub(window.saturating_add(self.config.click_retention_ms()));
-                times.retain(|&t| t >= keep_from);
+                times.retain(|&t| t >= signed_up_at.saturating_sub(keep));
                 times.push_back(signed_up_at);
+                self.signup_order
+                    .push_back((*at_ms, source_address.clone()));
                 let customer = self.customers.entry(user_id.clone()).or_default();
                 customer.referral = Some(Referral {
                     referrer: referrer.clone(),
@@ -1033,6 +1041,29 @@ impl Programme {
                 }
             }
         }
+    }
+
+    /// Lets go of signup times before `horizon`, and of addresses left
+    /// with none (in arrival order, so a replay lets go of the same ones).
+    fn forget_signups_before(&mut self, horizon: u64) {
+        while let Some((arrived, _)) = self.signup_order.front()
+            && *arrived < horizon
+        {
+            let Some((_, address)) = self.signup_order.pop_front() else {
+                break;
+            };
+            if let Some(times) = self.signups_by_address.get_mut(&address) {
+                times.retain(|&t| t >= horizon);
+                if times.is_empty() {
+                    self.signups_by_address.remove(&address);
+                }
+            }
+        }
+    }
+
+    /// How many source addresses the shared-address check remembers.
+    pub fn remembered_signup_addresses(&self) -> usize {
+        self.signups_by_address.len()
     }
 
     fn push_entry(&mut self, entry: Entry) {
