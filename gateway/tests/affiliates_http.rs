@@ -646,6 +646,44 @@ async fn decide_case(desk: &Desk, case_id: u64, decision: &str, reason: &str) ->
 }
 
 #[tokio::test]
+async fn a_signup_from_an_address_the_affiliate_called_the_api_from_is_a_self_referral() {
+    let desk = desk().await;
+    let (affiliate, code, token) = desk.enrol("alice").await;
+    // Alice reads her own stats from home, through the proxy on the
+    // sidecar's machine.
+    let mut request = Request::builder()
+        .uri(format!("/v1/affiliates/{affiliate}/stats"))
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header("x-forwarded-for", "203.0.113.99")
+        .body(Body::empty())
+        .unwrap();
+    let proxy: std::net::SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    request
+        .extensions_mut()
+        .insert(axum::extract::ConnectInfo(proxy));
+    assert_eq!(desk.send(request).await.status, StatusCode::OK);
+    let answer = signup_from(&desk, "mallory", &code, EMAIL, "203.0.113.99").await;
+    assert_problem(
+        &answer,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "an address the affiliate called the API from",
+    );
+    let open = fraud_cases(&desk, "").await;
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0]["user_id"], "mallory");
+    // Another address is a referral like any other.
+    let other = signup_from(&desk, "bob", &code, EMAIL, "203.0.113.100").await;
+    assert_eq!(other.status, StatusCode::CREATED, "{}", other.text);
+    // The address is recorded once, in the audit trail, with who.
+    let seen = desk
+        .admin_get("/v1/audit?kind=affiliate_address_seen")
+        .await;
+    let items = seen.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{}", seen.text);
+    assert_eq!(items[0]["fact"]["source_address"], "203.0.113.99");
+}
+
+#[tokio::test]
 async fn a_self_referral_is_refused_and_opens_a_case_in_the_review_queue() {
     let desk = desk().await;
     let enrolled = desk

@@ -128,6 +128,16 @@ pub enum Fact {
         /// When.
         at_ms: u64,
     },
+    /// An affiliate called the API from an address not seen before: a
+    /// signup from it is a self-referral.
+    AffiliateAddressSeen {
+        /// The affiliate.
+        affiliate_id: String,
+        /// The address.
+        source_address: String,
+        /// When.
+        at_ms: u64,
+    },
     /// An affiliate's API token was replaced.
     AffiliateTokenReplaced {
         /// The affiliate.
@@ -518,6 +528,7 @@ impl Fact {
         match self {
             Self::AffiliateEnrolled { at_ms, .. }
             | Self::AffiliateTokenReplaced { at_ms, .. }
+            | Self::AffiliateAddressSeen { at_ms, .. }
             | Self::CustomerCodeIssued { at_ms, .. }
             | Self::Clicked { at_ms, .. }
             | Self::Referred { at_ms, .. }

@@ -168,6 +168,14 @@ async fn authenticate(
             Caller::Affiliate(affiliate.affiliate_id.clone())
         }
     };
+    if let Caller::Affiliate(affiliate_id) = &caller {
+        let address = affiliates::source_address(request.headers(), request.extensions());
+        let actor = eagate_affiliates::Actor {
+            by: actor.clone(),
+            why: "an address the affiliate called from".to_owned(),
+        };
+        affiliates::note_affiliate_address(&state, affiliate_id, &address, &actor).await;
+    }
     request.extensions_mut().insert(caller);
     Ok(CALLER_ID.scope(actor, next.run(request)).await)
 }

@@ -157,6 +157,11 @@ impl Programme {
                         "the signup came from {}, the address the affiliate enrolled from",
                         signup.source_address
                     ))
+                } else if affiliate.addresses_seen.contains(&signup.source_address) {
+                    Some(format!(
+                        "the signup came from {}, an address the affiliate called the API from",
+                        signup.source_address
+                    ))
                 } else {
                     None
                 };

@@ -7,6 +7,11 @@ use super::{Affiliate, CodeOwner, Decided, Programme};
 use crate::code::ReferralCode;
 use crate::facts::Fact;
 
+/// The most API addresses kept per affiliate for the self-referral check:
+/// past it new ones are not recorded (the enrolment address and the first
+/// ones still count).
+pub const MAX_ADDRESSES_SEEN: usize = 256;
+
 /// Why a user could not become an affiliate.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnrolError {
@@ -140,5 +145,31 @@ impl Programme {
     /// Every affiliate id, in the order they enrolled.
     pub fn affiliate_ids(&self) -> impl Iterator<Item = &str> {
         self.affiliate_order.iter().map(String::as_str)
+    }
+
+    /// An affiliate's own token called the API from `address`: recorded
+    /// once per address (up to [`MAX_ADDRESSES_SEEN`]), so a signup from it
+    /// is refused as a self-referral. Known, unknown affiliate or full:
+    /// nothing to record.
+    pub fn affiliate_address_seen(
+        &self,
+        affiliate_id: &str,
+        address: &str,
+        now_ms: u64,
+    ) -> Decided {
+        let Some(affiliate) = self.affiliates.get(affiliate_id) else {
+            return Decided::replay();
+        };
+        if affiliate.addresses_seen.contains(address)
+            || affiliate.source_address.as_deref() == Some(address)
+            || affiliate.addresses_seen.len() >= MAX_ADDRESSES_SEEN
+        {
+            return Decided::replay();
+        }
+        Decided::new(vec![Fact::AffiliateAddressSeen {
+            affiliate_id: affiliate_id.to_owned(),
+            source_address: address.to_owned(),
+            at_ms: now_ms,
+        }])
     }
 }

@@ -39,7 +39,7 @@ pub use commissions::{Balances, Entry, EntryKind, EntryStatus};
 pub use credits::{
     CreditBalance, CreditEntry, CreditKind, CreditSpendError, CreditStatus, CustomerCodeError,
 };
-pub use enrolment::{AffiliateIdentity, EnrolError};
+pub use enrolment::{AffiliateIdentity, EnrolError, MAX_ADDRESSES_SEEN};
 pub use event_time::EventTimeError;
 pub use fraud::{Case, CaseError, Decision};
 pub use payments::{PaymentError, PaymentEvent, RefundError, RefundEvent};
@@ -99,6 +99,9 @@ pub struct Affiliate {
     /// Their email hash and enrolment address, if the platform gave them.
     email_sha256: Option<String>,
     source_address: Option<String>,
+    /// Addresses they called the API from (at most
+    /// [`enrolment::MAX_ADDRESSES_SEEN`]).
+    addresses_seen: std::collections::HashSet<String>,
     entries: Vec<u64>,
     /// Their Stripe connected account, for the `stripe` provider.
     stripe_account: Option<String>,
@@ -336,6 +339,7 @@ impl Programme {
                         token_sha256: token_sha256.clone(),
                         email_sha256: email_sha256.clone(),
                         source_address: source_address.clone(),
+                        addresses_seen: Default::default(),
                         entries: Vec::new(),
                         stripe_account: None,
                         earned: 0,
@@ -355,6 +359,15 @@ impl Programme {
                     affiliate.token_sha256.clone_from(token_sha256);
                     self.affiliate_by_token
                         .insert(token_sha256.clone(), affiliate_id.clone());
+                }
+            }
+            Fact::AffiliateAddressSeen {
+                affiliate_id,
+                source_address,
+                ..
+            } => {
+                if let Some(affiliate) = self.affiliates.get_mut(affiliate_id) {
+                    affiliate.addresses_seen.insert(source_address.clone());
                 }
             }
             Fact::CustomerCodeIssued { user_id, code, .. } => {

@@ -131,21 +131,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Visitor {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip());
-        let forwarded = parts
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|v| v.trim().parse::<IpAddr>().ok());
-        let address = match (peer, forwarded) {
-            (Some(peer), Some(forwarded)) if peer.is_loopback() => forwarded.to_string(),
-            (Some(peer), _) => peer.to_string(),
-            (None, _) => "unknown".to_owned(),
-        };
+        let address = source_address(&parts.headers, &parts.extensions);
         let user_agent = parts
             .headers
             .get(header::USER_AGENT)
@@ -166,6 +152,52 @@ impl<S: Send + Sync> FromRequestParts<S> for Visitor {
 }
 
 // ---- helpers -------------------------------------------------------------
+
+/// The address a request came from. Behind a proxy on the same machine,
+/// the address the proxy saw (the last `X-Forwarded-For` entry).
+pub(super) fn source_address(
+    headers: &axum::http::HeaderMap,
+    extensions: &axum::http::Extensions,
+) -> String {
+    let peer = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let forwarded = headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|v| v.trim().parse::<IpAddr>().ok());
+    match (peer, forwarded) {
+        (Some(peer), Some(forwarded)) if peer.is_loopback() => forwarded.to_string(),
+        (Some(peer), _) => peer.to_string(),
+        (None, _) => "unknown".to_owned(),
+    }
+}
+
+/// Records the address an affiliate's own token called from, the first
+/// time it is seen (for the self-referral check). A failure to record is
+/// logged, not the caller's problem.
+pub(super) async fn note_affiliate_address(
+    state: &AppState,
+    affiliate_id: &str,
+    address: &str,
+    actor: &eagate_affiliates::Actor,
+) {
+    if address == "unknown" {
+        return;
+    }
+    let now = state.affiliates.now_ms();
+    let seen = |p: &eagate_affiliates::Programme| {
+        Ok::<_, std::convert::Infallible>(p.affiliate_address_seen(affiliate_id, address, now))
+    };
+    // Almost always known: decide under the read lock first.
+    if seen(&state.affiliates.ledger.read()).is_ok_and(|d| d.facts.is_empty()) {
+        return;
+    }
+    if let Err(e) = state.affiliates.ledger.write_by(actor, seen).await {
+        tracing::warn!(error = %e, "recording an affiliate's address failed");
+    }
+}
 
 fn parse_code(text: &str) -> Result<ReferralCode, ApiError> {
     text.parse()
