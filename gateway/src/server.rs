@@ -33,9 +33,15 @@ pub enum StartError {
     /// The data directory could not be created.
     #[error("data directory {0}: {1}")]
     DataDir(std::path::PathBuf, std::io::Error),
-    /// The embedded store could not be opened (another process holds it?).
+    /// The embedded store could not be opened.
     #[error("opening the store in {0}: {1}")]
     Store(std::path::PathBuf, sled::Error),
+    /// Another process holds the data directory's store or ledger.
+    #[error(
+        "{0} is in use by another eagate process: one process per data directory \
+         (several sidecars share a Redis, each with a data directory of its own)"
+    )]
+    DataDirInUse(std::path::PathBuf),
     /// The shared Redis could not be reached.
     #[error("connecting to Redis: {0}")]
     Redis(redis::RedisError),
@@ -121,7 +127,12 @@ async fn open_stores(
         let db_path = config.data_dir.join("db");
         let db = crate::durable::Durable::open(&db_path)
             .await
-            .map_err(|e| StartError::Store(db_path, e))?;
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                    StartError::DataDirInUse(config.data_dir.clone())
+                }
+                e => StartError::Store(db_path, e),
+            })?;
         let sled_error = |e: sled::Error| StartError::Registry(RegistryError::from(e));
         let nonces = SledNonceStore::open(&db).map_err(sled_error)?;
         let purging = nonces.clone();
@@ -283,7 +294,14 @@ impl Gateway {
         };
         // The affiliate programme lives with the sidecar: one per deployment.
         let (http, affiliates) = if role.serves_http() {
-            let mut desk = AffiliateDesk::open(config)?;
+            let mut desk = AffiliateDesk::open(config).map_err(|e| match e {
+                crate::affiliates::DeskError::Journal(eagate_affiliates::JournalError::Sled(
+                    sled::Error::Io(io),
+                )) if io.to_string().contains("could not acquire lock") => {
+                    StartError::DataDirInUse(config.data_dir.clone())
+                }
+                e => e.into(),
+            })?;
             if let Some(redis) = &stores.redis_manager {
                 let lease = crate::payouts::RunnerLease::new(redis.clone(), &config.redis_prefix);
                 desk = desk.with_payouts(desk.payouts.clone().with_lease(lease));

@@ -559,6 +559,23 @@ fn audit_verify_says_the_trail_holds_and_names_an_altered_entry() {
     assert!(err.contains("no affiliate ledger"), "{err}");
 }
 
+/// Runs `eagate serve` on `dir` with `extra` flags, expecting it to stop by
+/// itself (a refusal to start).
+fn serve_once(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let dir = dir.to_str().unwrap();
+    let mut args = vec![
+        "serve",
+        "--quic-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir,
+    ];
+    args.extend_from_slice(extra);
+    eagate(&args, env)
+}
+
 #[test]
 fn the_daily_batch_runs_in_a_started_sidecar_and_payouts_run_by_hand_from_the_cli() {
     let dir = tempfile::tempdir().unwrap();
@@ -648,37 +665,23 @@ fn the_stripe_key_comes_from_the_environment_is_never_shown_and_is_required_for_
     assert!(!shown.contains("sk_live_do_not_show_1234"), "{shown}");
 
     let dir = tempfile::tempdir().unwrap();
-    let (ok, _, err) = eagate(
-        &[
-            "serve",
-            "--quic-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-        ],
-        &[("EAGATE_PAYOUT_PROVIDER", "stripe")],
-    );
+    let (ok, _, err) = serve_once(dir.path(), &[], &[("EAGATE_PAYOUT_PROVIDER", "stripe")]);
     assert!(!ok);
     assert!(err.contains("EAGATE_STRIPE_SECRET_KEY"), "{err}");
-    let (ok, _, err) = eagate(
-        &[
-            "serve",
-            "--quic-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--payout-time",
-            "9am",
-        ],
-        &[],
-    );
+    let (ok, _, err) = serve_once(dir.path(), &["--payout-time", "9am"], &[]);
     assert!(!ok);
     assert!(
         err.contains("payout_time must be HH:MM (UTC) or off"),
         "{err}"
     );
+}
+
+#[test]
+fn a_second_process_on_a_data_directory_in_use_refuses_to_start_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, _) = start(dir.path());
+    let (ok, _, err) = serve_once(dir.path(), &[], &[]);
+    assert!(!ok);
+    assert!(err.contains("is in use by another eagate process"), "{err}");
+    stop(child);
 }
