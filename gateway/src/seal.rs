@@ -36,6 +36,14 @@ pub enum SealError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The key file is gone but the data directory holds a store sealed
+    /// under it: a new key would lock every device out.
+    #[error(
+        "master key file {0} is missing, but the data directory holds a store sealed with it: \
+         restore the file from a backup (or set EAGATE_MASTER_KEY to the key); \
+         a new key would lock every device out"
+    )]
+    Missing(PathBuf),
     /// The key given by file or environment is not 64 hex digits.
     #[error("the master key must be 64 hex digits (32 bytes)")]
     BadKey,
@@ -44,6 +52,10 @@ pub enum SealError {
     #[error("a sealed device secret does not open with this master key")]
     Unseal,
 }
+
+/// The embedded store's directory inside the data directory: if it
+/// exists, a key was made for it.
+pub const STORE_DIR: &str = "db";
 
 /// Where the master key comes from when `EAGATE_MASTER_KEY` is unset.
 pub const MASTER_KEY_FILE: &str = "master.key";
@@ -78,6 +90,9 @@ impl MasterKey {
         match fs::read_to_string(&path) {
             Ok(text) => Self::from_hex(&Zeroizing::new(text)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if data_dir.join(STORE_DIR).exists() {
+                    return Err(SealError::Missing(path));
+                }
                 let mut key = Zeroizing::new([0u8; 32]);
                 getrandom::fill(&mut key[..])
                     .map_err(|e| io(std::io::Error::other(e.to_string())))?;

@@ -48,6 +48,12 @@ pub enum StartError {
     /// This role shares its state with other processes, so it needs Redis.
     #[error("`eagate {0}` runs beside other processes and needs --redis-url")]
     NeedsRedis(&'static str),
+    /// The data directory's store was sealed under another master key.
+    #[error(
+        "this master key differs from the one the data directory {0} was set up with: \
+         restore its master.key from a backup, or set EAGATE_MASTER_KEY to the original key"
+    )]
+    StoreKeyMismatch(std::path::PathBuf),
     /// The deployment's Redis was set up with another master key.
     #[error(
         "this master key differs from the one the deployment's Redis was set up with: \
@@ -124,7 +130,7 @@ async fn open_stores(
                 _ => "gateway",
             }));
         }
-        let db_path = config.data_dir.join("db");
+        let db_path = config.data_dir.join(crate::seal::STORE_DIR);
         let db = crate::durable::Durable::open(&db_path)
             .await
             .map_err(|e| match e {
@@ -134,6 +140,11 @@ async fn open_stores(
                 e => StartError::Store(db_path, e),
             })?;
         let sled_error = |e: sled::Error| StartError::Registry(RegistryError::from(e));
+        if !crate::store::sled::same_master_key(db.db(), &master_key.check_value())
+            .map_err(sled_error)?
+        {
+            return Err(StartError::StoreKeyMismatch(config.data_dir.clone()));
+        }
         let nonces = SledNonceStore::open(&db).map_err(sled_error)?;
         let purging = nonces.clone();
         let purge = tokio::spawn(async move {

@@ -38,6 +38,19 @@ pub enum IdentityError {
         /// What is missing or wrong.
         what: String,
     },
+    /// One file of the identity is there and the other is not: a new
+    /// identity would change the fingerprint every device pins.
+    #[error(
+        "{present} exists but {missing} is missing: restore {missing} from a backup \
+         (a new identity would break every device pinning the current fingerprint), \
+         or remove {present} too to make a new identity on purpose"
+    )]
+    Incomplete {
+        /// The file that is there.
+        present: PathBuf,
+        /// The file that is not.
+        missing: PathBuf,
+    },
     /// rcgen could not generate the self-signed certificate.
     #[error("generating the self-signed certificate failed: {0}")]
     Generate(#[from] rcgen::Error),
@@ -72,12 +85,27 @@ impl ServerIdentity {
     }
 
     /// Loads the self-signed identity from `data_dir`, generating it on the
-    /// first start for `hostnames` (the names EAs may use to connect).
+    /// first start for `hostnames` (the names EAs may use to connect): only
+    /// when neither file exists, never over one of them.
     pub fn load_or_generate(data_dir: &Path, hostnames: &[String]) -> Result<Self, IdentityError> {
         let cert_path = data_dir.join(CERT_FILE);
         let key_path = data_dir.join(KEY_FILE);
-        if cert_path.exists() && key_path.exists() {
-            return Self::from_pem_files(&cert_path, &key_path);
+        match (cert_path.exists(), key_path.exists()) {
+            (true, true) => return Self::from_pem_files(&cert_path, &key_path),
+            (true, false) => {
+                return Err(IdentityError::Incomplete {
+                    present: cert_path,
+                    missing: key_path,
+                });
+            }
+            (false, true) => {
+                return Err(IdentityError::Incomplete {
+                    present: key_path,
+                    missing: cert_path,
+                });
+            }
+            // The first start: neither exists.
+            (false, false) => {}
         }
         let generated = rcgen::generate_simple_self_signed(hostnames.to_vec())?;
         let io = |path: &Path| {

@@ -1,0 +1,89 @@
+//! What a start refuses rather than quietly replace: a lost or different
+//! master key for a store that exists (every device would be locked out),
+//! and half a TLS identity (every device pinning the fingerprint would
+//! break). Each refusal names the file and what to do.
+
+mod common;
+
+use common::*;
+use eagate_gateway::server::Gateway;
+
+/// A gateway that ran once on `dir` with a device registered.
+async fn set_up(dir: &std::path::Path) {
+    let gateway = Gateway::start(&config(dir)).await.unwrap();
+    gateway
+        .registry()
+        .register(gateway.master_key(), "acct-1", "London VPS")
+        .await
+        .unwrap();
+    gateway.shutdown().await;
+}
+
+async fn refusal(
+    dir: &std::path::Path,
+    change: impl FnOnce(&mut eagate_gateway::config::ServeConfig),
+) -> String {
+    let mut settings = config(dir);
+    change(&mut settings);
+    match Gateway::start(&settings).await {
+        Ok(_) => panic!("the gateway started"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn a_lost_master_key_file_is_refused_naming_it_and_no_new_key_is_made() {
+    let dir = tempfile::tempdir().unwrap();
+    set_up(dir.path()).await;
+    let key_file = dir.path().join("master.key");
+    let key = std::fs::read_to_string(&key_file).unwrap();
+    std::fs::remove_file(&key_file).unwrap();
+    let error = refusal(dir.path(), |_| {}).await;
+    assert!(error.contains("master.key is missing"), "{error}");
+    assert!(error.contains(&key_file.display().to_string()), "{error}");
+    assert!(!key_file.exists(), "a new key was written");
+    // Restored from the backup, it starts, and the device is still known.
+    std::fs::write(&key_file, key).unwrap();
+    let gateway = Gateway::start(&config(dir.path())).await.unwrap();
+    assert_eq!(
+        gateway.registry().list(Some("acct-1")).await.unwrap().len(),
+        1
+    );
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn another_valid_master_key_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    set_up(dir.path()).await;
+    let error = refusal(dir.path(), |c| c.master_key = Some("ab".repeat(32))).await;
+    assert!(
+        error.contains("differs from the one the data directory"),
+        "{error}"
+    );
+    // The right key given by the environment is taken.
+    let key = std::fs::read_to_string(dir.path().join("master.key")).unwrap();
+    let mut settings = config(dir.path());
+    settings.master_key = Some(key.trim().to_owned());
+    Gateway::start(&settings).await.unwrap().shutdown().await;
+}
+
+#[tokio::test]
+async fn half_a_tls_identity_is_refused_and_never_replaced() {
+    for lost in ["tls/key.pem", "tls/cert.pem"] {
+        let dir = tempfile::tempdir().unwrap();
+        set_up(dir.path()).await;
+        let other = if lost == "tls/key.pem" {
+            "tls/cert.pem"
+        } else {
+            "tls/key.pem"
+        };
+        let kept = std::fs::read(dir.path().join(other)).unwrap();
+        std::fs::remove_file(dir.path().join(lost)).unwrap();
+        let error = refusal(dir.path(), |_| {}).await;
+        assert!(error.contains(&format!("{lost} is missing")), "{error}");
+        assert!(error.contains("restore"), "{error}");
+        assert!(!dir.path().join(lost).exists());
+        assert_eq!(std::fs::read(dir.path().join(other)).unwrap(), kept);
+    }
+}
