@@ -88,7 +88,21 @@ impl MasterKey {
             source,
         };
         match fs::read_to_string(&path) {
-            Ok(text) => Self::from_hex(&Zeroizing::new(text)),
+            Ok(text) => {
+                #[cfg(unix)]
+                if let Ok(meta) = fs::metadata(&path) {
+                    use std::os::unix::fs::PermissionsExt;
+                    let mode = meta.permissions().mode() & 0o777;
+                    if mode & 0o077 != 0 {
+                        tracing::warn!(
+                            file = %path.display(),
+                            mode = format!("{mode:o}"),
+                            "the master key file can be read by others than its owner; chmod 600 it"
+                        );
+                    }
+                }
+                Self::from_hex(&Zeroizing::new(text))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if data_dir.join(STORE_DIR).exists() {
                     return Err(SealError::Missing(path));

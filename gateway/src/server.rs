@@ -236,6 +236,14 @@ impl Gateway {
     pub async fn start_as(config: &ServeConfig, role: Role) -> Result<Self, StartError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
+        // The stores hold addresses, email hashes and sealed secrets: the
+        // directory is the owner's alone, whatever modes sled gives files.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
+        }
         let master_key = MasterKey::load_or_create(&config.data_dir, config.master_key.as_deref())?;
         let stores = open_stores(config, role, &master_key).await?;
         let mut core = Core::new(

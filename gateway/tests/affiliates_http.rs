@@ -646,6 +646,25 @@ async fn decide_case(desk: &Desk, case_id: u64, decision: &str, reason: &str) ->
 }
 
 #[tokio::test]
+async fn a_link_checkers_head_request_is_answered_and_not_counted_as_a_click() {
+    let desk = desk().await;
+    let (affiliate, code, _) = desk.enrol("alice").await;
+    let request = Request::builder()
+        .method("HEAD")
+        .uri(format!("/r/{code}"))
+        .body(Body::empty())
+        .unwrap();
+    let answer = desk.send(request).await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER);
+    let location = answer.headers[header::LOCATION].to_str().unwrap();
+    assert!(location.contains("ref="), "{location}");
+    assert!(!location.contains("click="), "{location}");
+    assert_eq!(desk.totals(&affiliate).await["clicks"], 0);
+    desk.click(&code, "198.51.100.7").await;
+    assert_eq!(desk.totals(&affiliate).await["clicks"], 1);
+}
+
+#[tokio::test]
 async fn a_signup_from_an_address_the_affiliate_called_the_api_from_is_a_self_referral() {
     let desk = desk().await;
     let (affiliate, code, token) = desk.enrol("alice").await;

@@ -841,3 +841,53 @@ async fn a_publish_retried_with_its_idempotency_key_returns_the_same_signal_once
     let gold = ChannelName::new("gold").unwrap();
     assert_eq!(api.gateway.signals().head(&gold).await.unwrap(), 1);
 }
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive_and_other_schemes_are_refused() {
+    let api = api(&Backend::Sled).await;
+    for (header_value, status) in [
+        (format!("bearer {}", api.admin), StatusCode::OK),
+        (format!("BEARER {}", api.admin), StatusCode::OK),
+        (format!("Basic {}", api.admin), StatusCode::UNAUTHORIZED),
+        (api.admin.clone(), StatusCode::UNAUTHORIZED),
+    ] {
+        let request = Request::builder()
+            .uri("/v1/devices")
+            .header(header::AUTHORIZATION, header_value.clone())
+            .body(Body::empty())
+            .unwrap();
+        let answer = api.app.clone().oneshot(request).await.unwrap();
+        assert_eq!(answer.status(), status, "{header_value}");
+    }
+}
+
+#[tokio::test]
+async fn framework_rejections_are_problem_details_too() {
+    let api = api(&Backend::Sled).await;
+    let admin = api.admin.clone();
+    // A path segment that is not UTF-8.
+    let answer = api
+        .call("GET", "/v1/devices/%FF%FE", Some(&admin), None)
+        .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer.content_type, "application/problem+json");
+    assert!(
+        answer.body["detail"].as_str().unwrap().len() > 5,
+        "{:?}",
+        answer.body
+    );
+    // A method the route does not have keeps its Allow header.
+    let request = Request::builder()
+        .method("DELETE")
+        .uri("/v1/payouts")
+        .header(header::AUTHORIZATION, format!("Bearer {admin}"))
+        .body(Body::empty())
+        .unwrap();
+    let response = api.app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+    assert!(response.headers().contains_key(header::ALLOW));
+}

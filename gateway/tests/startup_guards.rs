@@ -87,3 +87,21 @@ async fn half_a_tls_identity_is_refused_and_never_replaced() {
         assert_eq!(std::fs::read(dir.path().join(other)).unwrap(), kept);
     }
 }
+
+#[tokio::test]
+async fn the_data_directory_is_the_owners_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("eagate-data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    set_up(&data).await;
+    let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    let key_mode = std::fs::metadata(data.join("master.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(key_mode, 0o600);
+}

@@ -66,6 +66,42 @@ pub(super) struct Problem {
     detail: String,
 }
 
+/// An error answer that is not problem details yet (a framework's own
+/// rejection: a path that is not UTF-8, a method not allowed), made one:
+/// the same status and headers, its text as the detail.
+pub(super) async fn problems_only(response: Response) -> Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes).trim().to_owned();
+    let title = status.canonical_reason().unwrap_or("Error");
+    let problem = Problem {
+        r#type: format!("/problems/{}", title.to_ascii_lowercase().replace(' ', "-")),
+        title,
+        status: status.as_u16(),
+        detail: if text.is_empty() {
+            title.to_owned()
+        } else {
+            text
+        },
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    let body = serde_json::to_vec(&problem).unwrap_or_default();
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, kind, title) = match &self {

@@ -291,6 +291,34 @@ pub(super) async fn code_owner(
 
 // ---- clicks and signups --------------------------------------------------
 
+/// The landing page with `params` set in its query: any of them already
+/// there replaced, not repeated, and a `#fragment` kept at the end.
+fn landing_with(landing: &str, params: &[(&str, &str)]) -> String {
+    let (before_fragment, fragment) = match landing.split_once('#') {
+        Some((url, fragment)) => (url, Some(fragment)),
+        None => (landing, None),
+    };
+    let (path, query) = before_fragment
+        .split_once('?')
+        .unwrap_or((before_fragment, ""));
+    let mut pairs: Vec<String> = query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(*pair, |(name, _)| name);
+            !params.iter().any(|(ours, _)| *ours == name)
+        })
+        .map(str::to_owned)
+        .collect();
+    pairs.extend(params.iter().map(|(name, value)| format!("{name}={value}")));
+    let mut url = format!("{path}?{}", pairs.join("&"));
+    if let Some(fragment) = fragment {
+        url.push('#');
+        url.push_str(fragment);
+    }
+    url
+}
+
 #[utoipa::path(
     get,
     path = "/r/{code}",
@@ -305,6 +333,7 @@ pub(super) async fn code_owner(
 )]
 pub(super) async fn click(
     State(state): State<AppState>,
+    method: axum::http::Method,
     Path(CodePath { code }): Path<CodePath>,
     visitor: Visitor,
 ) -> Result<Response, ApiError> {
@@ -314,11 +343,10 @@ pub(super) async fn click(
         return Err(ApiError::RateLimited { retry_after_s });
     }
     let landing = &desk.landing_page;
-    let joiner = if landing.contains('?') { '&' } else { '?' };
     let to_landing = |click_id: &str, code: ReferralCode| {
-        Redirect::to(&format!(
-            "{landing}{joiner}ref={}&click={click_id}",
-            code.as_str()
+        Redirect::to(&landing_with(
+            landing,
+            &[("ref", code.as_str()), ("click", click_id)],
         ))
         .into_response()
     };
@@ -327,6 +355,10 @@ pub(super) async fn click(
     let Ok(code) = code.parse::<ReferralCode>() else {
         return Ok(Redirect::to(landing).into_response());
     };
+    // A link checker's HEAD is no visit: answered, not counted.
+    if method == axum::http::Method::HEAD {
+        return Ok(Redirect::to(&landing_with(landing, &[("ref", code.as_str())])).into_response());
+    }
     // The same visitor again within the dedupe interval: counted once, the
     // first click's id again, and nothing written.
     let recent = |desk: &crate::affiliates::AffiliateDesk| {
@@ -359,5 +391,31 @@ pub(super) async fn click(
         Ok(_) => Ok(to_landing(&click_id, code)),
         Err(WriteError::Refused(())) => Ok(Redirect::to(landing).into_response()),
         Err(WriteError::Journal(e)) => Err(ApiError::Internal(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::landing_with;
+
+    #[test]
+    fn ref_and_click_go_into_the_query_before_a_fragment_and_replace_their_own() {
+        let set = [("ref", "K7QM2XR4HD"), ("click", "ck_1")];
+        assert_eq!(
+            landing_with("https://p.example/signup", &set),
+            "https://p.example/signup?ref=K7QM2XR4HD&click=ck_1"
+        );
+        assert_eq!(
+            landing_with("https://p.example/signup?lang=en#plans", &set),
+            "https://p.example/signup?lang=en&ref=K7QM2XR4HD&click=ck_1#plans"
+        );
+        assert_eq!(
+            landing_with("https://p.example/s?ref=OLD&utm=x&click=old", &set),
+            "https://p.example/s?utm=x&ref=K7QM2XR4HD&click=ck_1"
+        );
+        assert_eq!(
+            landing_with("https://p.example/#/signup", &set[..1]),
+            "https://p.example/?ref=K7QM2XR4HD#/signup"
+        );
     }
 }
