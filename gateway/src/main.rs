@@ -209,8 +209,16 @@ fn serve(
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let stop = StopSignals::listen()?;
-        let gateway = Gateway::start_as(&config, role).await?;
+        let mut stop = StopSignals::listen()?;
+        // A stop asked for while starting (a Redis slow to answer) is
+        // honoured at once.
+        let gateway = tokio::select! {
+            started = Gateway::start_as(&config, role) => started?,
+            () = stop.received() => {
+                tracing::info!("stopped while starting");
+                return Ok(());
+            }
+        };
         println!("eagate {command}");
         println!("  data directory:   {}", config.data_dir.display());
         match &config.redis_url {
@@ -275,7 +283,7 @@ impl StopSignals {
         Ok(Self {})
     }
 
-    async fn received(mut self) {
+    async fn received(&mut self) {
         #[cfg(unix)]
         tokio::select! {
             _ = self.interrupt.recv() => {}

@@ -685,3 +685,57 @@ fn a_second_process_on_a_data_directory_in_use_refuses_to_start_and_says_why() {
     assert!(err.contains("is in use by another eagate process"), "{err}");
     stop(child);
 }
+
+#[test]
+fn a_silent_redis_fails_the_start_within_seconds_and_a_stop_is_honoured_meanwhile() {
+    // Accepts connections and never answers: a Redis that hangs.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}/", silent.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "sidecar",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--redis-url",
+        url.as_str(),
+    ];
+    let started = Instant::now();
+    let (ok, _, err) = eagate(&args, &[("EAGATE_LOG", "warn")]);
+    assert!(!ok);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(err.contains("Redis"), "{err}");
+    assert!(
+        err.contains("trying again"),
+        "a log line per attempt: {err}"
+    );
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_eagate"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let asked = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(3),
+            "SIGTERM was ignored while starting"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -35,16 +35,26 @@ async fn healthz() -> &'static str {
     security(),
     responses(
         (status = 200, description = "Ready.", body = String),
-        (status = 500, description = "Store not ready."),
+        (status = 503, description = "The store does not answer (within a second), or fails."),
     )
 )]
 async fn readyz(State(state): State<AppState>) -> Response {
-    // Ready when the store answers.
-    match state.core.registry.get("readyz-probe").await {
-        Ok(_) => (StatusCode::OK, "ready\n").into_response(),
-        Err(e) => ApiError::Internal(format!("store not ready: {e}")).into_response(),
+    // Ready when the store answers, promptly: a supervisor asking while
+    // Redis is away gets its answer now, not when Redis is back.
+    let probe = state.core.registry.get("readyz-probe");
+    match tokio::time::timeout(READY_WITHIN, probe).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Err(e)) => ApiError::Unavailable(format!("store not ready: {e}")).into_response(),
+        Err(_) => ApiError::Unavailable(format!(
+            "store not ready: no answer within {} ms",
+            READY_WITHIN.as_millis()
+        ))
+        .into_response(),
     }
 }
+
+/// How long readiness waits for the store.
+const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The Prometheus text exposition format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";

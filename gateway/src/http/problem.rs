@@ -44,6 +44,9 @@ pub enum ApiError {
     /// The body is larger than the API accepts.
     #[error("the request body is larger than {} bytes", super::MAX_BODY_BYTES)]
     PayloadTooLarge,
+    /// A part this request needs is away for now (the store): try again.
+    #[error("{0}")]
+    Unavailable(String),
     /// A service this request needs (a payout provider, the shared Redis)
     /// failed; the detail says which and how, without secrets.
     #[error("{0}")]
@@ -128,6 +131,11 @@ impl IntoResponse for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload-too-large",
                 "Payload too large",
+            ),
+            Self::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Unavailable for now",
             ),
             Self::BadGateway(_) => (
                 StatusCode::BAD_GATEWAY,

@@ -20,6 +20,7 @@ pub use notices::{RedisNoticeBus, listen};
 
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
+use std::time::Duration;
 
 use eagate_protocol::{ChannelName, SignalId};
 
@@ -41,14 +42,42 @@ impl std::fmt::Debug for RedisStores {
     }
 }
 
+/// How long one connection attempt may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long any one Redis call may take before it fails (and the
+/// connection is made again).
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a process keeps trying to reach Redis at start.
+pub const START_DEADLINE: Duration = Duration::from_secs(10);
+
 impl RedisStores {
     /// Connects to `url` (`redis://host:port/db`); every key starts with
     /// `prefix` (default `eagate`), so deployments or tests can share a Redis.
     /// Starts, on the current runtime, the task that writes reports in
     /// batches; it ends with the last clone.
+    ///
+    /// Every call has a deadline ([`RESPONSE_TIMEOUT`]) and a lost
+    /// connection is made again promptly; at start, an unreachable Redis is
+    /// tried again (a log line each time) until [`START_DEADLINE`], then
+    /// reported.
     pub async fn connect(url: &str, prefix: &str) -> redis::RedisResult<Self> {
         let client = redis::Client::open(url)?;
-        let connection = ConnectionManager::new(client.clone()).await?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(CONNECT_TIMEOUT)
+            .set_response_timeout(RESPONSE_TIMEOUT)
+            .set_number_of_retries(2)
+            .set_max_delay(500);
+        let deadline = tokio::time::Instant::now() + START_DEADLINE;
+        let connection = loop {
+            match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
+                Ok(connection) => break connection,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "Redis is not reachable yet; trying again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         Ok(Self {
             report_batches: batches::ReportBatches::start(connection.clone()),
             connection,
