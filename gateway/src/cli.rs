@@ -266,16 +266,29 @@ pub fn device(args: &ApiArgs, command: DeviceCommand) -> Result<String, CliError
             )
         }
         DeviceCommand::List { account } => {
-            let path = match account {
-                Some(account) => format!("/v1/devices?account_id={}", encode(&account)),
-                None => "/v1/devices".to_owned(),
-            };
-            let devices = api.call("GET", &path, None)?;
+            // Every page, in order.
+            let mut devices = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let mut path = "/v1/devices?limit=1000".to_owned();
+                if let Some(account) = &account {
+                    path.push_str(&format!("&account_id={}", encode(account)));
+                }
+                if let Some(after) = &after {
+                    path.push_str(&format!("&after={}", encode(after)));
+                }
+                let page = api.call("GET", &path, None)?;
+                devices.extend(page["items"].as_array().into_iter().flatten().cloned());
+                match page["next_after"].as_str() {
+                    Some(next) => after = Some(next.to_owned()),
+                    None => break,
+                }
+            }
             let mut out = format!(
                 "{:<30} {:<16} {:<24} {:<8} {}\n",
                 "DEVICE", "ACCOUNT", "NAME", "STATE", "CHANNELS"
             );
-            for device in devices.as_array().into_iter().flatten() {
+            for device in &devices {
                 let state = if !device["revoked_at_ms"].is_null() {
                     "revoked"
                 } else if device["online"] == true {

@@ -113,6 +113,25 @@ pub trait DeviceStore: Send + Sync + std::fmt::Debug {
     /// Every device, or those of one account, in id (so registration) order.
     fn list<'a>(&'a self, account_id: Option<&'a str>) -> RegistryFuture<'a, Vec<DeviceRecord>>;
 
+    /// At most `limit` devices (of one account, if given) with ids after
+    /// `after`, in id order. By default read from [`DeviceStore::list`];
+    /// a store that can seek overrides it.
+    fn list_page<'a>(
+        &'a self,
+        account_id: Option<&'a str>,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> RegistryFuture<'a, Vec<DeviceRecord>> {
+        Box::pin(async move {
+            let all = self.list(account_id).await?;
+            Ok(all
+                .into_iter()
+                .filter(|r| after.is_none_or(|after| r.device_id.as_str() > after))
+                .take(limit)
+                .collect())
+        })
+    }
+
     /// Applies `change` to the record as stored now, atomically with the
     /// name index: the new name must be free within the account (else
     /// [`RegistryError::NameTaken`]) and the old one is released. No
@@ -228,6 +247,16 @@ impl DeviceRegistry {
     /// Every device, or those of one account, in id (so registration) order.
     pub async fn list(&self, account_id: Option<&str>) -> Result<Vec<DeviceRecord>, RegistryError> {
         self.store.list(account_id).await
+    }
+
+    /// A page of devices: see [`DeviceStore::list_page`].
+    pub async fn list_page(
+        &self,
+        account_id: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeviceRecord>, RegistryError> {
+        self.store.list_page(account_id, after, limit).await
     }
 
     /// The stored record of `device_id`.

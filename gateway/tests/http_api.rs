@@ -237,9 +237,50 @@ async fn listing_filters_by_account(backend: Backend) {
     let listed = api
         .admin("GET", "/v1/devices?account_id=acct-2", None)
         .await;
-    let devices = listed.body.as_array().unwrap();
+    let devices = listed.body["items"].as_array().unwrap();
     assert_eq!(devices.len(), 1);
     assert_eq!(devices[0]["account_id"], "acct-2");
+}
+
+on_both_backends!(devices_are_listed_a_page_at_a_time_in_registration_order);
+async fn devices_are_listed_a_page_at_a_time_in_registration_order(backend: Backend) {
+    let api = api(&backend).await;
+    let mut registered = Vec::new();
+    for n in 0..7 {
+        let account = if n % 2 == 0 { "acct-even" } else { "acct-odd" };
+        let created = api.register(account, &format!("VPS {n}")).await;
+        registered.push(created["device"]["device_id"].as_str().unwrap().to_owned());
+    }
+    registered.sort();
+    let mut seen = Vec::new();
+    let mut uri = "/v1/devices?limit=3".to_owned();
+    loop {
+        let page = api.admin("GET", &uri, None).await;
+        assert_eq!(page.status, StatusCode::OK);
+        let items = page.body["items"].as_array().unwrap();
+        assert!(items.len() <= 3);
+        seen.extend(
+            items
+                .iter()
+                .map(|d| d["device_id"].as_str().unwrap().to_owned()),
+        );
+        match page.body["next_after"].as_str() {
+            Some(next) => uri = format!("/v1/devices?limit=3&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, registered);
+    let odd = api
+        .admin("GET", "/v1/devices?account_id=acct-odd&limit=2", None)
+        .await;
+    assert_eq!(odd.body["items"].as_array().unwrap().len(), 2);
+    assert!(odd.body["next_after"].is_string());
+    for bad in ["0", "1001"] {
+        let answer = api
+            .admin("GET", &format!("/v1/devices?limit={bad}"), None)
+            .await;
+        assert_problem(&answer, StatusCode::UNPROCESSABLE_ENTITY, "limit");
+    }
 }
 
 on_both_backends!(a_duplicate_name_within_an_account_is_409_but_fine_in_another);
@@ -324,7 +365,7 @@ async fn an_oversized_body_is_413_and_changes_nothing(backend: Backend) {
         .await;
     assert_problem(&answer, StatusCode::PAYLOAD_TOO_LARGE, "larger than");
     let listed = api.admin("GET", "/v1/devices", None).await;
-    assert_eq!(listed.body.as_array().unwrap().len(), 0);
+    assert_eq!(listed.body["items"].as_array().unwrap().len(), 0);
 }
 
 on_both_backends!(unknown_devices_and_routes_are_404);

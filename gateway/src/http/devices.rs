@@ -148,15 +148,32 @@ async fn register_device(
 struct ListQuery {
     /// Only this account's devices.
     account_id: Option<String>,
+    /// The next_after of the previous page.
+    after: Option<String>,
+    /// 1 to 1000 per page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
 }
+
+/// A page of devices.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DevicePage {
+    /// In id (so registration) order.
+    pub items: Vec<DeviceView>,
+    /// Pass as `after` for the next page; absent on the last.
+    pub next_after: Option<String>,
+}
+
+/// The most devices one page holds.
+const MAX_DEVICE_PAGE: usize = 1_000;
 
 #[utoipa::path(
     get,
     path = "/devices",
-    summary = "List devices, optionally of one account.",
+    summary = "List devices, optionally of one account, a page at a time (after, limit).",
     params(ListQuery),
     responses(
-        (status = 200, description = "Devices.", body = Vec<DeviceView>),
+        (status = 200, description = "A page of devices.", body = DevicePage),
         (status = 422, description = "Invalid query."),
         Admin,
     )
@@ -165,13 +182,26 @@ async fn list_devices(
     State(state): State<AppState>,
     _: Admin,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Vec<DeviceView>>, ApiError> {
+) -> Result<Json<DevicePage>, ApiError> {
     let Query(query) = query?;
-    let records = state
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=MAX_DEVICE_PAGE).contains(&limit) {
+        return Err(ApiError::Unprocessable(format!(
+            "limit must be between 1 and {MAX_DEVICE_PAGE}, not {limit}"
+        )));
+    }
+    // One more than asked: whether there is a next page.
+    let mut records = state
         .core
         .registry
-        .list(query.account_id.as_deref())
+        .list_page(
+            query.account_id.as_deref(),
+            query.after.as_deref(),
+            limit + 1,
+        )
         .await?;
+    let more = records.len() > limit;
+    records.truncate(limit);
     // One read of every watermark (one flush, or one round trip), not one
     // per device: an admin lists thousands.
     let ids: Vec<&str> = records.iter().map(|r| r.device_id.as_str()).collect();
@@ -180,7 +210,13 @@ async fn list_devices(
     for (record, last_report_seq) in records.into_iter().zip(watermarks) {
         views.push(view_with(&state.core, record, last_report_seq).await);
     }
-    Ok(Json(views))
+    let next_after = more
+        .then(|| views.last().map(|v: &DeviceView| v.device_id.clone()))
+        .flatten();
+    Ok(Json(DevicePage {
+        items: views,
+        next_after,
+    }))
 }
 
 /// The device as it is now, or 404.

@@ -32,7 +32,7 @@ use utoipa::{IntoParams, IntoResponses, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-pub use devices::DeviceView;
+pub use devices::{DevicePage, DeviceView};
 pub use problem::ApiError;
 pub use signals::{DeviceExecution, ExecutionStatus, Executions};
 use tokens::{Scope, TokenStore};

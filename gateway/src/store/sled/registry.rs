@@ -96,6 +96,37 @@ impl DeviceStore for SledDeviceStore {
         })
     }
 
+    fn list_page<'a>(
+        &'a self,
+        account_id: Option<&'a str>,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> RegistryFuture<'a, Vec<DeviceRecord>> {
+        Box::pin(async move {
+            // Seek past the cursor: a page costs its own records (and, for
+            // one account, the others' in between), never the whole tree.
+            let from = match after {
+                Some(after) => std::ops::Bound::Excluded(after.as_bytes().to_vec()),
+                None => std::ops::Bound::Unbounded,
+            };
+            let mut found = Vec::new();
+            for entry in self
+                .devices
+                .range::<Vec<u8>, _>((from, std::ops::Bound::Unbounded))
+            {
+                if found.len() == limit {
+                    break;
+                }
+                let (key, value) = entry?;
+                let record = decode(&String::from_utf8_lossy(&key), &value)?;
+                if account_id.is_none_or(|account| account == record.account_id) {
+                    found.push(record);
+                }
+            }
+            Ok(found)
+        })
+    }
+
     fn modify<'a>(
         &'a self,
         device_id: &'a str,
