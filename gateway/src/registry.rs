@@ -102,6 +102,21 @@ impl Modified {
     }
 }
 
+/// The form of a device name its account's uniqueness is checked in:
+/// compatibility-normalised (NFKC: a fullwidth `Ｌ` is `L`), spaces of any
+/// kind collapsed and trimmed, lower-cased, and reduced to its confusable
+/// skeleton (Unicode TR39: a Cyrillic `о` is an `o`; zero-width characters
+/// go). Names are kept and shown as typed.
+pub fn name_key(name: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let compatible: String = name.nfkc().collect();
+    let spaced = compatible.split_whitespace().collect::<Vec<_>>().join(" ");
+    let lower = spaced.to_lowercase();
+    unicode_security::confusable_detection::skeleton(&lower)
+        .collect::<String>()
+        .to_lowercase()
+}
+
 /// Where device records live: sled on one machine, Redis when gateways
 /// share. Stores only keep records and the per-account name index; the rules
 /// (fresh ids and secrets, sealing, channel limits) are in [`DeviceRegistry`],

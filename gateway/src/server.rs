@@ -182,6 +182,7 @@ async fn open_stores(
     {
         return Err(StartError::MasterKeyMismatch);
     }
+    redis.index_every_name().await?;
     Ok(Stores {
         registry: DeviceRegistry::new(redis.clone()),
         nonces: redis.clone(),

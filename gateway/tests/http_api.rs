@@ -283,6 +283,44 @@ async fn devices_are_listed_a_page_at_a_time_in_registration_order(backend: Back
     }
 }
 
+on_both_backends!(names_that_look_the_same_are_the_same_name_and_bidi_tricks_are_refused);
+async fn names_that_look_the_same_are_the_same_name_and_bidi_tricks_are_refused(backend: Backend) {
+    let api = api(&backend).await;
+    let first = api.register("acct-1", "London VPS").await;
+    assert_eq!(first["device"]["name"], "London VPS");
+    for lookalike in [
+        "london vps",
+        "London VPS ",
+        " London  VPS",
+        "L\u{043E}ndon VPS",  // Cyrillic o
+        "London\u{00A0}VPS",  // no-break space
+        "London\u{200B} VPS", // zero-width space
+        "\u{FF2C}ondon VPS",  // fullwidth L
+    ] {
+        let answer = api
+            .admin(
+                "POST",
+                "/v1/devices",
+                Some(json!({"account_id": "acct-1", "name": lookalike})),
+            )
+            .await;
+        assert_problem(&answer, StatusCode::CONFLICT, "already has a device named");
+    }
+    for trick in ["London \u{202E}SPV", "\u{2067}London VPS\u{2069}"] {
+        let answer = api
+            .admin(
+                "POST",
+                "/v1/devices",
+                Some(json!({"account_id": "acct-1", "name": trick})),
+            )
+            .await;
+        assert_problem(&answer, StatusCode::UNPROCESSABLE_ENTITY, "bidirectional");
+    }
+    // Kept as typed, and another name is another name.
+    let other = api.register("acct-1", "Londön VPS 2").await;
+    assert_eq!(other["device"]["name"], "Londön VPS 2");
+}
+
 on_both_backends!(a_duplicate_name_within_an_account_is_409_but_fine_in_another);
 async fn a_duplicate_name_within_an_account_is_409_but_fine_in_another(backend: Backend) {
     let api = api(&backend).await;

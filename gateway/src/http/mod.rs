@@ -228,6 +228,16 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
             "{field} must not contain control characters"
         )));
     }
+    // Bidirectional overrides and isolates make text read otherwise than
+    // it is stored ("London" shown for "nodnoL").
+    if value
+        .chars()
+        .any(|c| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'))
+    {
+        return Err(ApiError::Unprocessable(format!(
+            "{field} must not contain bidirectional override or isolate characters"
+        )));
+    }
     Ok(())
 }
 

@@ -103,8 +103,34 @@ impl DeviceStore for RedisStores {
     }
 }
 
+impl RedisStores {
+    /// Makes sure every device's name is in the index in its current form
+    /// (devices named before names were compared normalised): idempotent,
+    /// one pass at start (`HSETNX`: an old name that now compares equal to
+    /// another keeps the first claim; both devices keep their names).
+    pub async fn index_every_name(&self) -> Result<(), RegistryError> {
+        let mut connection = self.connection.clone();
+        let all: Vec<(String, String)> = connection.hgetall(self.registry_key("devices")).await?;
+        for (device_id, json) in all {
+            let record = Self::decode_device(&device_id, &json)?;
+            let _: bool = connection
+                .hset_nx(
+                    self.registry_key("names"),
+                    name_key_text(&record.account_id, &record.name),
+                    &device_id,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
 /// The name index's field: the account's length, so no account can run
 /// into a name, then the account and the name.
 fn name_key_text(account_id: &str, name: &str) -> String {
-    format!("{}:{account_id}:{name}", account_id.len())
+    format!(
+        "{}:{account_id}:{}",
+        account_id.len(),
+        crate::registry::name_key(name)
+    )
 }

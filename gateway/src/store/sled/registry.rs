@@ -20,11 +20,29 @@ impl SledDeviceStore {
     /// Opens the `devices` and `device_names` trees of `db`.
     pub fn open(durable: &Durable) -> Result<Self, RegistryError> {
         let db = durable.db();
-        Ok(Self {
+        let store = Self {
             devices: db.open_tree("devices")?,
             names: db.open_tree("device_names")?,
             durable: durable.clone(),
-        })
+        };
+        store.index_every_name()?;
+        Ok(store)
+    }
+
+    /// Makes sure every device's name is in the index in its current form
+    /// (devices named before names were compared normalised): idempotent,
+    /// one pass at start. Two old names that now compare equal keep the
+    /// first device's claim; both devices keep their names.
+    fn index_every_name(&self) -> Result<(), RegistryError> {
+        for entry in self.devices.iter() {
+            let (id, value) = entry?;
+            let record = decode(&String::from_utf8_lossy(&id), &value)?;
+            let key = name_key_of(&record.account_id, &record.name);
+            self.names
+                .compare_and_swap(key, None as Option<&[u8]>, Some(id.as_ref()))?
+                .ok();
+        }
+        Ok(())
     }
 
     fn get_now(&self, device_id: &str) -> Result<Option<DeviceRecord>, RegistryError> {
@@ -151,6 +169,6 @@ fn name_key_of(account_id: &str, name: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(2 + account.len() + name.len());
     key.extend_from_slice(&(account.len() as u16).to_be_bytes());
     key.extend_from_slice(account);
-    key.extend_from_slice(name.as_bytes());
+    key.extend_from_slice(crate::registry::name_key(name).as_bytes());
     key
 }
