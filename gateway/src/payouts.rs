@@ -29,7 +29,7 @@ use eagate_affiliates::calendar::day_of;
 use eagate_affiliates::config::DAY_MS;
 use eagate_affiliates::money::TotalOutOfRange;
 use eagate_affiliates::programme::{PayoutOutcome, PayoutState, SettleError};
-use eagate_affiliates::{Decided, JournalError, Ledger, PayoutProvider, WriteError};
+use eagate_affiliates::{Decided, Fact, JournalError, Ledger, PayoutProvider, WriteError};
 
 use crate::stripe::{Lookup, SecretKey, StripeClient, TransferAnswer, TransferRequest};
 
@@ -146,6 +146,8 @@ pub struct RunReport {
     pub batch_id: Option<String>,
     /// Payouts it finished from earlier runs.
     pub resumed: Vec<String>,
+    /// Payouts from earlier runs it could not take further (see the log).
+    pub stuck: Vec<String>,
 }
 
 /// The lease that lets one of several sidecars sharing a Redis run payouts.
@@ -335,9 +337,19 @@ impl PayoutRunner {
             if let Some(lease) = lease {
                 lease.renew().await?;
             }
-            self.drive_stripe_payout(ledger, now, &payout_id, actor)
-                .await?;
-            report.resumed.push(payout_id);
+            match self
+                .drive_stripe_payout(ledger, now, &payout_id, actor)
+                .await
+            {
+                Ok(()) => report.resumed.push(payout_id),
+                // One payout that cannot go on (no key, settled meanwhile)
+                // does not hold up everyone else's batch.
+                Err(e @ (RunError::NoStripeKey | RunError::Settle(_))) => {
+                    tracing::error!(payout = %payout_id, error = %e, "an unsettled payout cannot go on; the batch runs without it");
+                    report.stuck.push(payout_id);
+                }
+                Err(e) => return Err(e),
+            }
         }
         let scheduled_day = match trigger {
             Trigger::Daily(day) => Some(day),
@@ -348,9 +360,7 @@ impl PayoutRunner {
         let decided: Decided = ledger
             .write_by(actor, |p| p.open_batch(provider, scheduled_day, at))
             .await?;
-        let Some(eagate_affiliates::Fact::PayoutBatchOpened { batch_id, .. }) =
-            decided.facts.first()
-        else {
+        let Some(Fact::PayoutBatchOpened { batch_id, .. }) = decided.facts.first() else {
             return Ok(report);
         };
         report.batch_id = Some(batch_id.clone());
@@ -358,7 +368,7 @@ impl PayoutRunner {
             .facts
             .iter()
             .filter_map(|f| match f {
-                eagate_affiliates::Fact::PayoutPending { payout_id, .. } => Some(payout_id.clone()),
+                Fact::PayoutPending { payout_id, .. } => Some(payout_id.clone()),
                 _ => None,
             })
             .collect();
@@ -403,9 +413,13 @@ impl PayoutRunner {
             PayoutState::Paid | PayoutState::Failed => return Ok(()),
             PayoutState::Pending => {
                 let at = now();
-                ledger
+                let submitted = ledger
                     .write_by(actor, |p| p.submit_payout(payout_id, at))
                     .await?;
+                if let Some(Fact::PayoutFailed { reason, .. }) = submitted.facts.first() {
+                    tracing::warn!(payout = %payout_id, reason = %reason, "payout not sent; its commissions are payable again");
+                    return Ok(());
+                }
                 self.stop(RunStep::Submitted, payout_id)?;
                 let answer = send(stripe, &request).await;
                 self.stop(RunStep::Answered, payout_id)?;

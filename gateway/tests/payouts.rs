@@ -279,10 +279,18 @@ async fn payouts_of(desk: &Desk, affiliate: &str) -> Vec<Value> {
     answer.body["items"].as_array().unwrap().clone()
 }
 
+/// A runner paying through the fake at `base`, waiting `timeout_s` for
+/// each answer.
+fn stripe_runner(base: &str, timeout_s: u64) -> PayoutRunner {
+    PayoutRunner::new(PayoutSettings::stripe(
+        base,
+        SecretKey::new(SECRET),
+        Duration::from_secs(timeout_s),
+    ))
+}
+
 fn stripe_desk(desk: &Desk, base: &str) -> AffiliateDesk {
-    let settings = PayoutSettings::stripe(base, SecretKey::new(SECRET), Duration::from_secs(1));
-    let desk = desk.affiliates();
-    desk.with_payouts(PayoutRunner::new(settings))
+    desk.affiliates().with_payouts(stripe_runner(base, 1))
 }
 
 fn today(desk: &Desk) -> i64 {
@@ -759,14 +767,9 @@ async fn a_run_stopped_at_every_step_and_restarted_pays_each_affiliate_exactly_o
         desk.advance_days(31);
         let day = today(&desk);
         let (base, fake) = start_stripe(1_000_000, &["acct_alice", "acct_bob"]).await;
-        let crashing = desk.affiliates().with_payouts(
-            PayoutRunner::new(PayoutSettings::stripe(
-                &base,
-                SecretKey::new(SECRET),
-                Duration::from_secs(1),
-            ))
-            .stopping_at(stop_at(step, nth)),
-        );
+        let crashing = desk
+            .affiliates()
+            .with_payouts(stripe_runner(&base, 1).stopping_at(stop_at(step, nth)));
         let stopped = crashing
             .run_payouts(Trigger::Daily(day), &Actor::system())
             .await;
@@ -878,12 +881,7 @@ async fn one_payout_run_at_a_time_in_a_process_and_across_sidecars_sharing_a_red
         .unwrap();
     let leased = |desk: &Desk| {
         desk.affiliates().with_payouts(
-            PayoutRunner::new(PayoutSettings::stripe(
-                &base,
-                SecretKey::new(SECRET),
-                Duration::from_secs(1),
-            ))
-            .with_lease(RunnerLease::new(redis.clone(), &prefix)),
+            stripe_runner(&base, 1).with_lease(RunnerLease::new(redis.clone(), &prefix)),
         )
     };
     let (one, two) = (leased(&desk), leased(&desk));
@@ -904,4 +902,149 @@ async fn one_payout_run_at_a_time_in_a_process_and_across_sidecars_sharing_a_red
         .unwrap();
     assert_eq!(money(&desk, &bob).await, [0, 0, 12_000]);
     assert_eq!(fake.lock().unwrap().transfers.len(), 2);
+}
+
+// ---- what an admin may do while Stripe has a payout -------------------------
+
+#[tokio::test]
+async fn an_admin_cannot_fail_a_payout_stripe_may_have_made_so_it_is_paid_once() {
+    let desk = desk().await;
+    let alice = affiliate_owed(&desk, "alice", 50_000).await; // 15,000
+    set_account(&desk, &alice, "acct_alice").await;
+    desk.advance_days(31);
+    let (base, fake) = start_stripe(1_000_000, &["acct_alice"]).await;
+    let runner = desk.affiliates().with_payouts(stripe_runner(&base, 5));
+    // A 500 before anything was made: left to reconcile.
+    fake.lock()
+        .unwrap()
+        .next
+        .push_back(Behaviour::FailBeforeMaking);
+    runner
+        .run_payouts(Trigger::ByHand, &Actor::system())
+        .await
+        .unwrap();
+    let payout_id = format!("pb_1-{alice}");
+    assert_eq!(
+        payouts_of(&desk, &alice).await[0]["state"],
+        "needs_reconciliation"
+    );
+    // The next run reconciles: nothing under the key, so it sends again
+    // under the same key; Stripe makes the transfer and answers in 1.5 s.
+    fake.lock().unwrap().next.push_back(Behaviour::AnswerLate);
+    let reconciling = runner.clone();
+    let run = tokio::spawn(async move {
+        reconciling
+            .run_payouts(Trigger::ByHand, &Actor::system())
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Meanwhile an admin, seeing needs_reconciliation, tries to mark it
+    // failed: refused, Stripe may be making it right now.
+    let failed = settle(
+        &desk,
+        &payout_id,
+        json!({"outcome": "failed", "reason": "not in the Stripe dashboard"}),
+    )
+    .await;
+    assert_problem(
+        &failed,
+        StatusCode::CONFLICT,
+        "only the run's reconciliation",
+    );
+    let reconciled = run.await.unwrap();
+    // The next run pays the "failed" commissions again, under a new key.
+    let next = runner.run_payouts(Trigger::ByHand, &Actor::system()).await;
+    let transfers: Vec<(String, i64)> = fake
+        .lock()
+        .unwrap()
+        .transfers
+        .iter()
+        .map(|t| {
+            (
+                t["transfer_group"].as_str().unwrap().to_owned(),
+                t["amount"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        transfers.len(),
+        1,
+        "alice owed 15,000 once; Stripe made {transfers:?}; the reconciling run said {reconciled:?}, the next {next:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_payout_not_yet_sent_is_failed_when_the_account_changes_and_the_next_batch_pays_the_new_one()
+ {
+    let desk = desk().await;
+    let alice = affiliate_owed(&desk, "alice", 50_000).await; // 15,000
+    set_account(&desk, &alice, "acct_typo").await;
+    desk.advance_days(31);
+    let (base, fake) = start_stripe(1_000_000, &["acct_alice", "acct_typo"]).await;
+    // The run stops (a crash) once the batch is open, before anything is sent.
+    let crashing = desk
+        .affiliates()
+        .with_payouts(stripe_runner(&base, 1).stopping_at(stop_at(RunStep::BatchOpened, 0)));
+    let stopped = crashing
+        .run_payouts(Trigger::ByHand, &Actor::system())
+        .await;
+    assert!(matches!(stopped, Err(RunError::Stopped(_))), "{stopped:?}");
+    // The admin corrects the account before anything was sent.
+    let set = set_account(&desk, &alice, "acct_alice").await;
+    assert_eq!(set.status, StatusCode::CREATED, "{}", set.text);
+    stripe_desk(&desk, &base)
+        .run_payouts(Trigger::ByHand, &Actor::system())
+        .await
+        .unwrap();
+    let paid_to: Vec<String> = fake
+        .lock()
+        .unwrap()
+        .transfers
+        .iter()
+        .map(|t| t["destination"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        paid_to,
+        ["acct_alice"],
+        "sent after the account was replaced"
+    );
+    let states: Vec<Value> = payouts_of(&desk, &alice)
+        .await
+        .iter()
+        .map(|p| p["state"].clone())
+        .collect();
+    assert_eq!(states, [json!("failed"), json!("paid")]);
+    assert_eq!(money(&desk, &alice).await, [0, 0, 15_000]);
+}
+
+#[tokio::test]
+async fn a_stripe_payout_left_without_a_key_holds_up_no_one_else_and_may_be_failed_by_hand() {
+    let desk = desk().await;
+    let alice = affiliate_owed(&desk, "alice", 50_000).await;
+    let bob = affiliate_owed(&desk, "bob", 50_000).await;
+    set_account(&desk, &alice, "acct_alice").await;
+    desk.advance_days(31);
+    let (base, _fake) = start_stripe(1_000_000, &["acct_alice"]).await;
+    let crashing = desk
+        .affiliates()
+        .with_payouts(stripe_runner(&base, 1).stopping_at(stop_at(RunStep::BatchOpened, 0)));
+    let _ = crashing
+        .run_payouts(Trigger::ByHand, &Actor::system())
+        .await;
+    // Switched to manual (no Stripe key): alice's pending Stripe payout can
+    // be neither sent, nor settled by hand, and no manual batch opens for bob.
+    let run = run_by_hand(&desk).await;
+    let by_hand = settle(
+        &desk,
+        &format!("pb_1-{alice}"),
+        json!({"outcome": "failed", "reason": "switching to manual"}),
+    )
+    .await;
+    assert_eq!(
+        (run.status, by_hand.status, money(&desk, &bob).await),
+        (StatusCode::CREATED, StatusCode::CREATED, [0, 15_000, 0]),
+        "run: {} / settle: {}",
+        run.text,
+        by_hand.text
+    );
 }

@@ -128,6 +128,15 @@ impl Entry {
         // Both within 0..=MAX_AMOUNT: reversals never exceed the amount.
         self.amount_minor.saturating_sub(self.reversed_minor)
     }
+
+    /// What of a commission nothing has taken back yet, neither a reversal
+    /// nor a clawback (one entered while it was in a payout that then
+    /// failed): what a fraud case may hold or reverse.
+    pub fn unsettled_minor(&self) -> Minor {
+        self.remaining_minor()
+            .saturating_sub(self.clawed_back_minor)
+            .max(0)
+    }
 }
 
 /// An affiliate's money, by where it stands. Always

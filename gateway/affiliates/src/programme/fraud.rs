@@ -263,7 +263,7 @@ impl Programme {
             // Every commission the case held goes (a refused case held
             // nothing: another referrer's commissions are not its business).
             for entry in self.entries.iter().filter(|e| e.held_by == Some(case_id)) {
-                let left = entry.remaining_minor();
+                let left = entry.unsettled_minor();
                 if entry.payout_id.is_none()
                     && left > 0
                     && matches!(entry.kind, super::EntryKind::Commission { .. })

@@ -757,13 +757,25 @@ impl Programme {
                 payout.detail = Some(reason.clone());
                 payout.settled_at_ms = Some(*at_ms);
                 let entries = payout.entries.clone();
-                // Back to payable: the next batch pays them.
+                // Back to payable: the next batch pays them. A commission
+                // whose customer a fraud case holds now is held with the
+                // rest of theirs.
                 for entry_id in entries {
+                    let Some(entry) = self.entries.get(entry_id.saturating_sub(1) as usize) else {
+                        continue;
+                    };
+                    let holding = match entry.kind {
+                        EntryKind::Commission { .. } => {
+                            self.customers.get(&entry.user_id).and_then(|c| c.held_by)
+                        }
+                        _ => None,
+                    };
                     if let Some(entry) = self.entry_mut(entry_id)
                         && entry.payout_id.as_deref() == Some(payout_id.as_str())
                     {
                         entry.payout_id = None;
                         entry.paid_at_ms = None;
+                        entry.held_by = entry.held_by.or(holding);
                     }
                 }
             }
@@ -843,7 +855,7 @@ impl Programme {
                             && entry.payout_id.is_none()
                             && entry.held_by.is_none()
                             && matches!(entry.kind, EntryKind::Commission { .. })
-                            && entry.amount_minor > entry.reversed_minor
+                            && entry.unsettled_minor() > 0
                         {
                             entry.held_by = Some(*case_id);
                         }

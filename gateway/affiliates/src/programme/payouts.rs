@@ -43,6 +43,9 @@ pub enum PayoutError {
     /// The id was used for another affiliate's payout.
     #[error("payout {0} was already made for another affiliate")]
     IdReused(String),
+    /// Ids starting `pb_` are the batches'.
+    #[error("payout ids starting pb_ are kept for payout batches; choose another id")]
+    ReservedId,
 }
 
 /// Where a payout stands.
@@ -169,6 +172,12 @@ pub enum SettleError {
         "payout {0} is with the stripe provider and not in needs_reconciliation: the payout run settles it from Stripe's answer"
     )]
     InProvidersHands(String),
+    /// A Stripe payout that may have been sent cannot be failed by hand:
+    /// Stripe may still make (or have made) the transfer.
+    #[error(
+        "payout {0} was sent to Stripe, which may have made the transfer: only the run's reconciliation can fail it; confirm it paid with Stripe's transfer id if the dashboard shows one"
+    )]
+    MaybeSent(String),
 }
 
 /// Why an affiliate's payout account was refused.
@@ -298,9 +307,14 @@ impl Programme {
                 Err(PayoutError::IdReused(payout_id.to_owned()))
             };
         }
+        if payout_id.starts_with("pb_") {
+            return Err(PayoutError::ReservedId);
+        }
         if !self.affiliates.contains_key(affiliate_id) {
             return Err(PayoutError::UnknownAffiliate(affiliate_id.to_owned()));
         }
+        // An open case holds what it is about (never payable); the rest an
+        // admin may pay by hand on purpose. Batches wait for the decision.
         let (settled, amount) = self.payable_entries(affiliate_id, now_ms)?;
         if amount <= 0 {
             let balances = self.balances(affiliate_id, now_ms)?.unwrap_or_default();
@@ -365,11 +379,17 @@ impl Programme {
                 continue;
             }
             let (entries, amount) = self.payable_entries(affiliate_id, now_ms)?;
-            if amount <= 0 || amount < self.config.payout_minimum {
+            let payout_id = format!("{batch_id}-{affiliate_id}");
+            // (A hand payout of an older version may hold the id: the
+            // affiliate waits for the next batch rather than lose it.)
+            if amount <= 0
+                || amount < self.config.payout_minimum
+                || self.payouts.contains_key(&payout_id)
+            {
                 continue;
             }
             facts.push(Fact::PayoutPending {
-                payout_id: format!("{batch_id}-{affiliate_id}"),
+                payout_id,
                 batch_id: batch_id.clone(),
                 affiliate_id: affiliate_id.clone(),
                 amount_minor: amount,
@@ -390,11 +410,33 @@ impl Programme {
     pub fn submit_payout(&self, payout_id: &str, now_ms: u64) -> Result<Decided, SettleError> {
         let payout = self.payout_or_refuse(payout_id)?;
         match payout.state {
-            PayoutState::Pending => Ok(Decided::new(vec![Fact::PayoutSubmitted {
-                payout_id: payout_id.to_owned(),
-                idempotency_key: payout_id.to_owned(),
-                at_ms: now_ms,
-            }])),
+            PayoutState::Pending => {
+                // Nothing is sent yet: what changed since the batch opened
+                // fails it rather than pays the wrong account, or money a
+                // case now questions. The next batch pays what is due.
+                let current = self.stripe_account(&payout.affiliate_id);
+                let stop = if current != payout.destination.as_deref() {
+                    Some(format!(
+                        "the affiliate's payout account changed before it was sent (now {})",
+                        current.unwrap_or("none")
+                    ))
+                } else if self.has_open_case(&payout.affiliate_id) {
+                    Some(
+                        "a fraud case opened about one of the affiliate's referrals before it was sent"
+                            .to_owned(),
+                    )
+                } else {
+                    None
+                };
+                if let Some(reason) = stop {
+                    return self.settle(payout_id, PayoutOutcome::Failed { reason }, now_ms);
+                }
+                Ok(Decided::new(vec![Fact::PayoutSubmitted {
+                    payout_id: payout_id.to_owned(),
+                    idempotency_key: payout_id.to_owned(),
+                    at_ms: now_ms,
+                }]))
+            }
             PayoutState::Submitted | PayoutState::NeedsReconciliation => Ok(Decided::replay()),
             state @ (PayoutState::Paid | PayoutState::Failed) => Err(SettleError::AlreadySettled {
                 payout_id: payout_id.to_owned(),
@@ -429,10 +471,19 @@ impl Programme {
         now_ms: u64,
     ) -> Result<Decided, SettleError> {
         let payout = self.payout_or_refuse(payout_id)?;
-        if self.provider_of(payout_id) == PayoutProvider::Stripe
-            && matches!(payout.state, PayoutState::Pending | PayoutState::Submitted)
-        {
-            return Err(SettleError::InProvidersHands(payout_id.to_owned()));
+        if self.provider_of(payout_id) == PayoutProvider::Stripe {
+            match (payout.state, &outcome) {
+                // Never sent: an admin may fail it (a provider switched
+                // off, say); paying it by hand would bypass Stripe.
+                (PayoutState::Pending, PayoutOutcome::Failed { .. }) => {}
+                (PayoutState::Pending | PayoutState::Submitted, _) => {
+                    return Err(SettleError::InProvidersHands(payout_id.to_owned()));
+                }
+                (PayoutState::NeedsReconciliation, PayoutOutcome::Failed { .. }) => {
+                    return Err(SettleError::MaybeSent(payout_id.to_owned()));
+                }
+                _ => {}
+            }
         }
         self.settle(payout_id, outcome, now_ms)
     }
@@ -479,17 +530,48 @@ impl Programme {
                 reference,
                 at_ms: now_ms,
             },
-            PayoutOutcome::Failed { reason } => Fact::PayoutFailed {
-                payout_id,
-                reason,
-                at_ms: now_ms,
-            },
+            PayoutOutcome::Failed { reason } => {
+                let mut facts = vec![Fact::PayoutFailed {
+                    payout_id,
+                    reason,
+                    at_ms: now_ms,
+                }];
+                facts.extend(self.reversals_for_confirmed_cases(&payout.entries, now_ms));
+                return Ok(Decided::new(facts));
+            }
             PayoutOutcome::Unknown { detail } => Fact::PayoutNeedsReconciliation {
                 payout_id,
                 detail,
                 at_ms: now_ms,
             },
         }]))
+    }
+
+    /// What a failed payout's commissions of customers whose fraud was
+    /// confirmed (while the payout was in flight) lose: they come back
+    /// reversed, not payable.
+    fn reversals_for_confirmed_cases(&self, entries: &[u64], now_ms: u64) -> Vec<Fact> {
+        entries
+            .iter()
+            .filter_map(|&entry_id| self.entry_by_id(entry_id))
+            .filter(|entry| matches!(entry.kind, super::EntryKind::Commission { .. }))
+            .filter_map(|entry| {
+                let case = self.cases.iter().find(|c| {
+                    c.user_id == entry.user_id
+                        && !c.refused
+                        && c.decision
+                            .as_ref()
+                            .is_some_and(|d| d.decision == crate::facts::CaseDecision::Confirmed)
+                })?;
+                let left = entry.unsettled_minor();
+                (left > 0).then(|| Fact::CommissionReversed {
+                    entry_id: entry.entry_id,
+                    refund_id: format!("case-{}", case.case_id),
+                    amount_minor: left,
+                    at_ms: now_ms,
+                })
+            })
+            .collect()
     }
 
     /// Sets where an affiliate is paid by the `stripe` provider. The same

@@ -58,6 +58,7 @@ pub(super) async fn pay_out(
         |p| p.pay_out(&affiliate_id, &new.payout_id, now),
         |e| match e {
             PayoutError::UnknownAffiliate(_) => ApiError::NotFound(e.to_string()),
+            PayoutError::ReservedId => ApiError::Unprocessable(e.to_string()),
             other => ApiError::Conflict(other.to_string()),
         },
     )
@@ -161,6 +162,9 @@ pub struct PayoutRun {
     /// Stripe payouts an earlier run left that this one settled or
     /// reconciled.
     pub resumed: Vec<String>,
+    /// Stripe payouts an earlier run left that this one could not take
+    /// further (no secret key, say): the log says why.
+    pub stuck: Vec<String>,
 }
 
 #[utoipa::path(
@@ -198,6 +202,7 @@ pub(super) async fn run_batch(
                 .as_deref()
                 .and_then(|id| batch_view(&programme, id)),
             resumed: report.resumed,
+            stuck: report.stuck,
         }),
     ))
 }
