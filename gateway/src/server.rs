@@ -472,6 +472,56 @@ impl Gateway {
     }
 }
 
+/// How long a client may take to send a request's headers: a connection
+/// that dribbles them (slow-loris) is closed, not held.
+pub const HTTP_HEADER_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Serves `app` on `listener` until `stopping` turns true, then lets the
+/// requests in flight finish. Each connection gets its peer address (for
+/// referral clicks) and [`HTTP_HEADER_DEADLINE`] to send each request's
+/// headers.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HTTP_HEADER_DEADLINE);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors, say: wait a moment, keep serving.
+                    tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = async {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            } => break,
+        };
+        let service = TowerToHyperService::new(
+            app.clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+        );
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        let watched = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = watched.await {
+                tracing::debug!(error = %e, peer = %peer, "an HTTP connection ended");
+            }
+        });
+    }
+    // In-flight requests get a moment to finish.
+    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+}
+
 /// Binds the HTTP sidecar and serves it until shutdown.
 async fn start_http(
     config: &ServeConfig,
@@ -484,21 +534,12 @@ async fn start_http(
     let addr = listener
         .local_addr()
         .map_err(|e| StartError::Bind(config.http_listen, e))?;
-    let mut stopping = core.shutdown.subscribe();
+    let stopping = core.shutdown.subscribe();
     let app = crate::http::router(crate::http::AppState {
         core,
         tokens: Arc::new(TokenStore::open(&config.data_dir)),
         affiliates,
     });
-    let task = tokio::spawn(async move {
-        // Peer addresses are recorded with referral clicks.
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = stopping.wait_for(|stop| *stop).await;
-        });
-        if let Err(e) = serving.await {
-            tracing::error!(error = %e, "the HTTP sidecar failed");
-        }
-    });
+    let task = tokio::spawn(serve_http(listener, app, stopping));
     Ok((task, addr))
 }

@@ -970,3 +970,38 @@ async fn framework_rejections_are_problem_details_too() {
     );
     assert!(response.headers().contains_key(header::ALLOW));
 }
+
+#[tokio::test]
+async fn a_client_dribbling_its_headers_is_cut_off_and_others_are_served_meanwhile() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (gateway, _dir) = start().await;
+    let addr = gateway.http_addr().unwrap();
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // Meanwhile another client is served at once.
+    let mut quick = tokio::net::TcpStream::connect(addr).await.unwrap();
+    quick
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    quick.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The slow one never finishes its headers: closed at the deadline.
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(
+        eagate_gateway::server::HTTP_HEADER_DEADLINE + std::time::Duration::from_secs(5),
+        slow.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(read.is_ok(), "the connection was held open");
+    assert!(
+        started.elapsed()
+            <= eagate_gateway::server::HTTP_HEADER_DEADLINE + std::time::Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
