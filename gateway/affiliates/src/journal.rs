@@ -38,6 +38,13 @@ pub enum JournalError {
         /// The configured one.
         configured: crate::money::Currency,
     },
+    /// A write did not reach the disk (full, failing): what memory holds
+    /// may be ahead of it, so the ledger serves nothing until a write
+    /// reaches the disk again.
+    #[error(
+        "the affiliate ledger could not write to disk ({0}); it serves again once its writes reach the disk (free space; a restart replays what is on disk)"
+    )]
+    NotDurable(String),
     /// A stored fact could not be read back.
     #[error("affiliate journal entry {seq} is damaged: {detail}")]
     Corrupt {
@@ -100,6 +107,10 @@ pub struct Ledger {
     pseudonym_key: [u8; 32],
     state: RwLock<Programme>,
     writer: tokio::sync::Mutex<Head>,
+    /// A flush failed: what memory holds may be ahead of the disk. Reads
+    /// and writes are refused ([`Ledger::healthy`]) until a flush
+    /// succeeds again, so nothing not durable is ever shown or built on.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 /// The journal's last entry and its chain hash.
@@ -171,6 +182,7 @@ impl Ledger {
             pseudonym_key,
             state: RwLock::new(programme),
             writer: tokio::sync::Mutex::new(head),
+            failed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -198,6 +210,7 @@ impl Ledger {
         actor: &Actor,
         decide: impl FnOnce(&Programme) -> Result<Decided, E>,
     ) -> Result<Decided, WriteError<E>> {
+        self.healthy_or_recover().await?;
         let decided = {
             let mut head = self.writer.lock().await;
             let decided = decide(&self.read()).map_err(WriteError::Refused)?;
@@ -247,8 +260,40 @@ impl Ledger {
         };
         // Retries of an already applied request flush too: the first
         // attempt's flush may have failed.
-        self.flush().await?;
+        if let Err(e) = self.flush().await {
+            self.failed.store(true, std::sync::atomic::Ordering::SeqCst);
+            return Err(JournalError::NotDurable(e.to_string()).into());
+        }
         Ok(decided)
+    }
+
+    /// Whether what memory holds is on disk: `Err` after a flush failed,
+    /// until one succeeds again. Callers that show the ledger's state
+    /// check it first.
+    pub fn healthy(&self) -> Result<(), JournalError> {
+        if self.failed.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(JournalError::NotDurable(
+                "an earlier write's flush failed".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// [`Ledger::healthy`], first trying a flush when it is not: space
+    /// that came back makes everything written so far durable at once.
+    pub async fn healthy_or_recover(&self) -> Result<(), JournalError> {
+        if self.healthy().is_ok() {
+            return Ok(());
+        }
+        match self.flush().await {
+            Ok(()) => {
+                self.failed
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            }
+            Err(e) => Err(JournalError::NotDurable(e.to_string())),
+        }
     }
 
     /// sled's synchronous flush on a blocking thread: its `flush_async`

@@ -35,12 +35,15 @@ async fn healthz() -> &'static str {
     security(),
     responses(
         (status = 200, description = "Ready.", body = String),
-        (status = 503, description = "The store does not answer (within a second), or fails."),
+        (status = 503, description = "The store does not answer (within a second), or fails, or the affiliate ledger's last writes did not reach the disk."),
     )
 )]
 async fn readyz(State(state): State<AppState>) -> Response {
     // Ready when the store answers, promptly: a supervisor asking while
     // Redis is away gets its answer now, not when Redis is back.
+    if let Err(e) = state.affiliates.ledger.healthy() {
+        return ApiError::Unavailable(e.to_string()).into_response();
+    }
     let probe = state.core.registry.get("readyz-probe");
     match tokio::time::timeout(READY_WITHIN, probe).await {
         Ok(Ok(_)) => (StatusCode::OK, "ready\n").into_response(),

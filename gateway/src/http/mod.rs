@@ -58,11 +58,21 @@ pub fn router(state: AppState) -> Router {
     let v1 = OpenApiRouter::new()
         .merge(devices::routes())
         .merge(signals::routes())
-        .merge(affiliates::routes())
+        .merge(
+            affiliates::routes().route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                affiliates::ledger_durable,
+            )),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let (routes, document) = OpenApiRouter::with_openapi(openapi::Sidecar::openapi())
         .nest("/v1", v1)
-        .merge(affiliates::click_route())
+        .merge(
+            affiliates::click_route().route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                affiliates::ledger_durable,
+            )),
+        )
         .merge(health::routes())
         .routes(routes!(openapi::openapi_document))
         .split_for_parts();

@@ -176,6 +176,15 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<eagate_affiliates::JournalError> for ApiError {
+    fn from(error: eagate_affiliates::JournalError) -> Self {
+        match error {
+            eagate_affiliates::JournalError::NotDurable(_) => Self::Unavailable(error.to_string()),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
 impl From<RegistryError> for ApiError {
     fn from(error: RegistryError) -> Self {
         match error {

@@ -117,7 +117,7 @@ pub(super) async fn customer_code(
             Ok(decided) => break decided,
             Err(WriteError::Refused(CustomerCodeError::Collision)) if attempts < 8 => continue,
             Err(WriteError::Refused(e)) => return Err(ApiError::Internal(e.to_string())),
-            Err(WriteError::Journal(e)) => return Err(ApiError::Internal(e.to_string())),
+            Err(WriteError::Journal(e)) => return Err(e.into()),
         }
     };
     let code = state

@@ -153,7 +153,7 @@ pub(super) async fn enrol(
                 return Err(ApiError::Conflict(e.to_string()));
             }
             Err(WriteError::Refused(e)) => return Err(ApiError::Internal(e.to_string())),
-            Err(WriteError::Journal(e)) => return Err(ApiError::Internal(e.to_string())),
+            Err(WriteError::Journal(e)) => return Err(e.into()),
         }
     };
     tracing::info!(affiliate = %affiliate_id, user = %new.user_id, "affiliate enrolled");
@@ -390,7 +390,7 @@ pub(super) async fn click(
         },
         Ok(_) => Ok(to_landing(&click_id, code)),
         Err(WriteError::Refused(())) => Ok(Redirect::to(landing).into_response()),
-        Err(WriteError::Journal(e)) => Err(ApiError::Internal(e.to_string())),
+        Err(WriteError::Journal(e)) => Err(e.into()),
     }
 }
 

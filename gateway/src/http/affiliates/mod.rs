@@ -83,6 +83,17 @@ pub(super) fn click_route() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(enrolment::click))
 }
 
+/// Refuses (503) every affiliate route while the ledger's memory may be
+/// ahead of its disk: nothing not durable is ever shown or built on.
+pub(super) async fn ledger_durable(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<axum::response::Response, ApiError> {
+    state.affiliates.ledger.healthy_or_recover().await?;
+    Ok(next.run(request).await)
+}
+
 // ---- who is calling ------------------------------------------------------
 
 /// A caller that may read an affiliate's data: admin (any affiliate) or the
@@ -271,7 +282,7 @@ async fn write_because<E>(
         .await
         .map_err(|e| match e {
             WriteError::Refused(e) => refused(e),
-            WriteError::Journal(e) => ApiError::Internal(e.to_string()),
+            WriteError::Journal(e) => e.into(),
         })
 }
 
