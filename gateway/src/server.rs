@@ -242,8 +242,19 @@ impl Gateway {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
+            // A directory another user owns (a volume shared by group) is
+            // left as its owner set it: tightening it is theirs to do.
+            match std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
+            {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    tracing::warn!(
+                        dir = %config.data_dir.display(),
+                        "the data directory belongs to another user; make sure only this service can read it"
+                    );
+                }
+                Err(e) => return Err(StartError::DataDir(config.data_dir.clone(), e)),
+            }
         }
         let master_key = MasterKey::load_or_create(&config.data_dir, config.master_key.as_deref())?;
         let stores = open_stores(config, role, &master_key).await?;

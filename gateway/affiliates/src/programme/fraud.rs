@@ -276,6 +276,9 @@ impl Programme {
                     });
                 }
             }
+            if !case.refused {
+                facts.extend(self.fail_unsent_payouts_of(&case.user_id, case_id, now_ms));
+            }
         }
         // Cleared: the referral credits the hold kept back are due now.
         if decision == CaseDecision::Cleared

@@ -266,8 +266,11 @@ impl Programme {
 
     /// Whether an open fraud case is about one of the affiliate's referrals.
     pub fn has_open_case(&self, affiliate_id: &str) -> bool {
+        // A refused self-referral holds nothing: it does not stop payouts
+        // (a stranger could open one from an address the affiliate used).
         self.cases.iter().any(|c| {
             c.decision.is_none()
+                && !c.refused
                 && matches!(&c.referrer, Referrer::Affiliate { affiliate_id: a } if a == affiliate_id)
         })
     }
@@ -425,6 +428,11 @@ impl Programme {
                         "a fraud case opened about one of the affiliate's referrals before it was sent"
                             .to_owned(),
                     )
+                } else if payout.entries.iter().any(|&entry_id| {
+                    self.entry_by_id(entry_id)
+                        .is_some_and(|e| self.customers.get(&e.user_id).is_some_and(|c| c.blocked))
+                }) {
+                    Some("a customer's fraud was confirmed before it was sent".to_owned())
                 } else {
                     None
                 };
@@ -545,6 +553,54 @@ impl Programme {
                 at_ms: now_ms,
             },
         }]))
+    }
+
+    /// What confirming a case about `user_id` does to payouts not yet sent
+    /// (Stripe `pending`) that hold their commissions: each fails, and the
+    /// customer's commissions in it are reversed rather than payable again.
+    pub(super) fn fail_unsent_payouts_of(
+        &self,
+        user_id: &str,
+        case_id: u64,
+        now_ms: u64,
+    ) -> Vec<Fact> {
+        let mut facts = Vec::new();
+        for payout_id in &self.payout_order {
+            let payout = &self.payouts[payout_id];
+            let theirs: Vec<&super::Entry> = payout
+                .entries
+                .iter()
+                .filter_map(|&id| self.entry_by_id(id))
+                .filter(|e| {
+                    e.user_id == user_id && matches!(e.kind, super::EntryKind::Commission { .. })
+                })
+                .collect();
+            if payout.state != PayoutState::Pending
+                || self.provider_of(payout_id) != PayoutProvider::Stripe
+                || theirs.is_empty()
+            {
+                continue;
+            }
+            facts.push(Fact::PayoutFailed {
+                payout_id: payout_id.clone(),
+                reason: format!(
+                    "fraud case {case_id} was confirmed on a customer whose commission it holds, before it was sent"
+                ),
+                at_ms: now_ms,
+            });
+            facts.extend(
+                theirs
+                    .into_iter()
+                    .filter(|e| e.unsettled_minor() > 0)
+                    .map(|e| Fact::CommissionReversed {
+                        entry_id: e.entry_id,
+                        refund_id: format!("case-{case_id}"),
+                        amount_minor: e.unsettled_minor(),
+                        at_ms: now_ms,
+                    }),
+            );
+        }
+        facts
     }
 
     /// What a failed payout's commissions of customers whose fraud was

@@ -69,18 +69,29 @@ impl SledDeviceStore {
             };
             let updated = change(current.as_ref()).map_err(abort)?;
             let name_key = name_key_of(&updated.account_id, &updated.name);
-            if let Some(holder) = names.get(&name_key)?
-                && holder != id
-            {
-                return Err(abort(RegistryError::NameTaken(updated.name.clone())));
-            }
-            if let Some(current) = &current {
-                let old_key = name_key_of(&current.account_id, &current.name);
-                if old_key != name_key {
-                    names.remove(old_key)?;
+            let old_key = current
+                .as_ref()
+                .map(|current| name_key_of(&current.account_id, &current.name));
+            match names.get(&name_key)? {
+                // Taking a name another device holds is refused; keeping
+                // its own (two old names that now compare equal) is not:
+                // the other keeps the entry, this one can still change.
+                Some(holder) if holder != id => {
+                    if old_key.as_ref() != Some(&name_key) {
+                        return Err(abort(RegistryError::NameTaken(updated.name.clone())));
+                    }
+                }
+                _ => {
+                    names.insert(name_key.clone(), id)?;
                 }
             }
-            names.insert(name_key, id)?;
+            // The old entry goes only if it is this device's own.
+            if let Some(old_key) = old_key
+                && old_key != name_key
+                && names.get(&old_key)?.is_some_and(|holder| holder == id)
+            {
+                names.remove(old_key)?;
+            }
             devices.insert(id, encode(&updated))?;
             Ok(Modified {
                 before: current,

@@ -14,8 +14,17 @@
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 if (current or '') ~= ARGV[2] then return 0 end
 local holder = redis.call('HGET', KEYS[2], ARGV[5])
-if holder and holder ~= ARGV[1] then return -1 end
-if ARGV[4] ~= '' and ARGV[4] ~= ARGV[5] then redis.call('HDEL', KEYS[2], ARGV[4]) end
-redis.call('HSET', KEYS[2], ARGV[5], ARGV[1])
+if holder and holder ~= ARGV[1] then
+  -- Taking a name another device holds is refused; keeping its own name
+  -- (two old names that now compare equal) is not: the other keeps the
+  -- index entry, and this device can still be revoked or resubscribed.
+  if ARGV[4] ~= ARGV[5] then return -1 end
+else
+  redis.call('HSET', KEYS[2], ARGV[5], ARGV[1])
+end
+-- The old entry goes only if it is this device's own.
+if ARGV[4] ~= '' and ARGV[4] ~= ARGV[5] and redis.call('HGET', KEYS[2], ARGV[4]) == ARGV[1] then
+  redis.call('HDEL', KEYS[2], ARGV[4])
+end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return 1
