@@ -18,74 +18,54 @@ fn old_name_key(account: &str, name: &str) -> Vec<u8> {
     key
 }
 
+/// A sled store as the older version left it: devices "Office" and
+/// "OFFICE" in one account, the name index holding raw names; then the
+/// upgraded process opens it (the migration runs). Returns the registry,
+/// the two devices' ids (the first registered first) and the master key.
+async fn upgraded_sled_store() -> (Durable, DeviceRegistry, String, String, MasterKey) {
+    let db = Durable::new(sled::Config::new().temporary(true).open().unwrap()).unwrap();
+    let key = MasterKey::from_hex(&"11".repeat(32)).unwrap();
+    let registry = DeviceRegistry::new(Arc::new(SledDeviceStore::open(&db).unwrap()));
+    let (a, _) = registry.register(&key, "acct-1", "Office").await.unwrap();
+    let (b, _) = registry.register(&key, "acct-1", "Backup").await.unwrap();
+    let devices = db.db().open_tree("devices").unwrap();
+    let names = db.db().open_tree("device_names").unwrap();
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&devices.get(&b.device_id).unwrap().unwrap()).unwrap();
+    record["name"] = "OFFICE".into();
+    devices
+        .insert(b.device_id.as_bytes(), serde_json::to_vec(&record).unwrap())
+        .unwrap();
+    names.clear().unwrap();
+    names
+        .insert(old_name_key("acct-1", "Office"), a.device_id.as_bytes())
+        .unwrap();
+    names
+        .insert(old_name_key("acct-1", "OFFICE"), b.device_id.as_bytes())
+        .unwrap();
+    let registry = DeviceRegistry::new(Arc::new(SledDeviceStore::open(&db).unwrap()));
+    (db, registry, a.device_id, b.device_id, key)
+}
+
 /// An existing deployment has two devices whose names were distinct before
 /// names were normalised ("Office" and "OFFICE"). After the upgrade's
 /// index migration, the one that lost the claim can still be revoked.
 #[tokio::test]
 async fn a_device_whose_name_collides_after_the_migration_can_still_be_revoked() {
-    let db = Durable::new(sled::Config::new().temporary(true).open().unwrap()).unwrap();
-    let key = MasterKey::from_hex(&"11".repeat(32)).unwrap();
-    let registry = DeviceRegistry::new(Arc::new(SledDeviceStore::open(&db).unwrap()));
-    let (a, _) = registry.register(&key, "acct-1", "Office").await.unwrap();
-    let (b, _) = registry.register(&key, "acct-1", "Backup").await.unwrap();
-    // Make the store look like the older version wrote it: B is "OFFICE",
-    // and the name index holds raw names.
-    let devices = db.db().open_tree("devices").unwrap();
-    let names = db.db().open_tree("device_names").unwrap();
-    let mut record: serde_json::Value =
-        serde_json::from_slice(&devices.get(&b.device_id).unwrap().unwrap()).unwrap();
-    record["name"] = "OFFICE".into();
-    devices
-        .insert(b.device_id.as_bytes(), serde_json::to_vec(&record).unwrap())
-        .unwrap();
-    names.clear().unwrap();
-    names
-        .insert(old_name_key("acct-1", "Office"), a.device_id.as_bytes())
-        .unwrap();
-    names
-        .insert(old_name_key("acct-1", "OFFICE"), b.device_id.as_bytes())
-        .unwrap();
-    // The upgraded process starts: the migration runs.
-    let registry = DeviceRegistry::new(Arc::new(SledDeviceStore::open(&db).unwrap()));
-    let second = if a.device_id < b.device_id { &b } else { &a };
+    let (_db, registry, a, b, _) = upgraded_sled_store().await;
     // The device that lost the claim must still be revocable.
-    let revoked = registry.revoke(&second.device_id).await;
-    assert!(
-        revoked.is_ok(),
-        "revoking {} failed: {revoked:?}",
-        second.device_id
-    );
+    let second = if a < b { &b } else { &a };
+    let revoked = registry.revoke(second).await;
+    assert!(revoked.is_ok(), "revoking {second} failed: {revoked:?}");
 }
 
-/// Same upgrade: renaming the loser frees the winner's normalised claim,
-/// so a third device can take a name that looks the same as the winner's.
+/// Same upgrade: renaming the loser leaves the winner's normalised claim,
+/// so no third device can take a name that looks the same as the winner's.
 #[tokio::test]
 async fn renaming_the_loser_of_the_migration_keeps_the_winners_claim() {
-    let db = Durable::new(sled::Config::new().temporary(true).open().unwrap()).unwrap();
-    let key = MasterKey::from_hex(&"11".repeat(32)).unwrap();
-    let registry = DeviceRegistry::new(Arc::new(SledDeviceStore::open(&db).unwrap()));
-    let (a, _) = registry.register(&key, "acct-1", "Office").await.unwrap();
-    let (b, _) = registry.register(&key, "acct-1", "Backup").await.unwrap();
-    let devices = db.db().open_tree("devices").unwrap();
-    let names = db.db().open_tree("device_names").unwrap();
-    let mut record: serde_json::Value =
-        serde_json::from_slice(&devices.get(&b.device_id).unwrap().unwrap()).unwrap();
-    record["name"] = "OFFICE".into();
-    devices
-        .insert(b.device_id.as_bytes(), serde_json::to_vec(&record).unwrap())
-        .unwrap();
-    names.clear().unwrap();
-    names
-        .insert(old_name_key("acct-1", "Office"), a.device_id.as_bytes())
-        .unwrap();
-    names
-        .insert(old_name_key("acct-1", "OFFICE"), b.device_id.as_bytes())
-        .unwrap();
-    let registry = DeviceRegistry::new(Arc::new(SledDeviceStore::open(&db).unwrap()));
-    let loser = if a.device_id < b.device_id { &b } else { &a };
-    // Renaming the loser away (if allowed at all) must leave the winner's
-    // claim: no third device may then be named "office".
-    let _ = registry.rename(&loser.device_id, "Spare").await;
+    let (_db, registry, a, b, key) = upgraded_sled_store().await;
+    let loser = if a < b { &b } else { &a };
+    registry.rename(loser, "Spare").await.unwrap();
     let third = registry.register(&key, "acct-1", "office").await;
     assert!(
         third.is_err(),

@@ -1,8 +1,10 @@
-//! Payout batches against what happens while a payout is in flight: a
-//! fraud case opened or confirmed, a refund clawed back, a hand payout
-//! whose id looks like a batch's.
+//! Payout batches against what happens while a payout is in flight or
+//! waits: a fraud case opened or confirmed (which fails an unsent payout
+//! holding its commissions), a refused self-referral (which holds nothing
+//! and stops nothing), a refund clawed back, a hand payout whose id looks
+//! like a batch's.
 
-use eagate_affiliates::programme::{PayoutOutcome, PayoutState};
+use eagate_affiliates::programme::{PayoutOutcome, PayoutState, ReferralError};
 use eagate_affiliates::{
     Balances, CaseDecision, Currency, Decided, Fact, PaymentEvent, PayoutProvider, Programme,
     ProgrammeConfig, ReferralCode, RefundEvent, Signup, TradeSide,
@@ -24,20 +26,23 @@ fn owed() -> Programme {
         .enrol_affiliate("a", "af_a", code, &"aa".repeat(32), &Default::default(), T0)
         .unwrap();
     apply(&mut p, d);
-    let signup = Signup {
-        user_id: "t".into(),
-        code,
-        click_id: None,
-        source_address: "192.0.2.5".into(),
-        email_sha256: format!("{:064x}", 7),
-        email_verified: true,
-        occurred_at_ms: T0,
-    };
-    let d = p.refer(&signup, T0).unwrap();
+    let d = p.refer(&signup("t", code), T0).unwrap();
     apply(&mut p, d);
     let d = p.pay(&payment("p1", 50_000, T0), T0).unwrap();
     apply(&mut p, d);
     p
+}
+
+fn signup(user: &str, code: ReferralCode) -> Signup {
+    Signup {
+        user_id: user.into(),
+        code,
+        click_id: None,
+        source_address: "192.0.2.5".into(),
+        email_sha256: format!("{:064x}", user.len() * 7 + 1),
+        email_verified: true,
+        occurred_at_ms: T0,
+    }
 }
 
 fn payment(id: &str, amount: i64, at: u64) -> PaymentEvent {
@@ -209,4 +214,56 @@ fn a_payout_failing_after_its_customers_fraud_was_confirmed_reverses_the_commiss
     let b = bal(&p, now + 3);
     assert_eq!((b.payable, b.held, b.reversed), (0, 0, 15_000), "{b:?}");
     assert!(open_manual_batch(&mut p, now + 4).is_empty());
+}
+
+/// A Stripe batch opens; the run stops before sending (a crash, a
+/// restart, a Stripe key missing for a while). Meanwhile a wash-trading
+/// case opens on the customer and an admin confirms it: the payout fails
+/// in the same write and its commission is reversed; nothing is sent.
+#[test]
+fn confirming_a_case_fails_an_unsent_payout_holding_its_commission() {
+    let mut p = owed();
+    let d = p.set_payout_account("af_a", "acct_1", T0).unwrap();
+    apply(&mut p, d);
+    let now = T0 + 31 * DAY;
+    let d = p.open_batch(PayoutProvider::Stripe, None, now).unwrap();
+    apply(&mut p, d);
+    wash_case(&mut p, now + 1);
+    confirm(&mut p, now + 2);
+    let sent = p
+        .submit_payout("pb_1-af_a", now + 3)
+        .is_ok_and(|d| matches!(d.facts.first(), Some(Fact::PayoutSubmitted { .. })));
+    let b = bal(&p, now + 3);
+    assert!(
+        !sent && (b.paid, b.paying, b.reversed) == (0, 0, 15_000),
+        "sent: {sent}; {b:?}"
+    );
+}
+
+/// The affiliate once called the API from a shared address (a café, an
+/// office, a mobile carrier's NAT). A stranger there signs up with their
+/// code: refused as a self-referral, a refused case that holds nothing,
+/// and it keeps the affiliate out of no batch.
+#[test]
+fn a_refused_self_referral_holding_nothing_stops_no_payout() {
+    let mut p = owed();
+    let now = T0 + 31 * DAY;
+    let d = p.affiliate_address_seen("af_a", "198.51.100.7", T0);
+    apply(&mut p, d);
+    let code = p.affiliate("af_a").unwrap().code;
+    let mut stranger = signup("stranger", code);
+    stranger.source_address = "198.51.100.7".into();
+    stranger.occurred_at_ms = now;
+    let Err(ReferralError::SelfReferral {
+        referrer, evidence, ..
+    }) = p.refer(&stranger, now)
+    else {
+        panic!("not refused as a self-referral");
+    };
+    let d = p.self_referral_case(&stranger, referrer, evidence, now);
+    apply(&mut p, d);
+    assert_eq!(
+        open_manual_batch(&mut p, now + 1),
+        [("pb_1-af_a".to_owned(), 15_000)]
+    );
 }
