@@ -1005,3 +1005,40 @@ async fn a_client_dribbling_its_headers_is_cut_off_and_others_are_served_meanwhi
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn the_document_declares_the_rules_the_server_enforces() {
+    let api = api(&Backend::Sled).await;
+    let document = api.call("GET", "/openapi.json", None, None).await.body;
+    let schemas = &document["components"]["schemas"];
+    // Ids and names may not be empty.
+    for (schema, field) in [
+        ("NewDevice", "account_id"),
+        ("NewDevice", "name"),
+        ("NewPayment", "payment_id"),
+    ] {
+        assert_eq!(
+            schemas[schema]["properties"][field]["minLength"], 1,
+            "{schema}.{field}"
+        );
+    }
+    let parameter = |path: &str, method: &str, name: &str| -> Value {
+        document["paths"][path][method]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{method} {path} has no parameter {name}"))
+    };
+    let code = parameter("/v1/referral-codes/{code}", "get", "code");
+    let pattern = code["schema"]["pattern"].as_str().unwrap();
+    assert!(pattern.contains("{10}"), "{pattern}");
+    let channel = parameter("/v1/channels/{channel}/signals", "post", "channel");
+    assert!(channel["schema"]["pattern"].is_string());
+    let limit = parameter("/v1/devices", "get", "limit");
+    assert_eq!(limit["schema"]["minimum"], 1);
+    let unsubscribe =
+        &document["paths"]["/v1/devices/{device_id}/subscriptions/{channel}"]["delete"];
+    assert!(unsubscribe["responses"]["422"].is_object());
+}

@@ -74,10 +74,10 @@ async fn view_with(core: &Core, record: DeviceRecord, last_report_seq: u64) -> D
 #[serde(deny_unknown_fields)]
 pub(super) struct NewDevice {
     /// The platform user it belongs to.
-    #[schema(max_length = 128)]
+    #[schema(min_length = 1, max_length = 128)]
     account_id: String,
     /// Its name, unique within the account.
-    #[schema(max_length = 64)]
+    #[schema(min_length = 1, max_length = 64)]
     name: String,
 }
 
@@ -86,7 +86,7 @@ pub(super) struct NewDevice {
 #[serde(deny_unknown_fields)]
 struct Rename {
     /// Unique within the account.
-    #[schema(max_length = 64)]
+    #[schema(min_length = 1, max_length = 64)]
     name: String,
 }
 

@@ -16,7 +16,7 @@ use crate::http::{Admin, ApiError, ApiJson, AppState, check_text};
 #[serde(deny_unknown_fields)]
 pub(super) struct NewAdjustment {
     /// The admin's id for it; the same id again changes nothing.
-    #[schema(max_length = 128)]
+    #[schema(min_length = 1, max_length = 128)]
     adjustment_id: String,
     /// Signed minor units of the programme's currency: positive is owed to
     /// the affiliate, negative by them. Not zero.

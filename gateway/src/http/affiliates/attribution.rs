@@ -20,14 +20,14 @@ use crate::http::{ApiError, ApiJson, AppState, PlatformOrAdmin, check_text};
 #[serde(deny_unknown_fields)]
 pub(super) struct NewReferral {
     /// The new platform user.
-    #[schema(max_length = 128)]
+    #[schema(min_length = 1, max_length = 128)]
     user_id: String,
     /// The referral code they signed up with.
     code: String,
     /// The click parameter the landing page received; its click must be
     /// within the attribution window.
     #[serde(default)]
-    #[schema(max_length = 64)]
+    #[schema(min_length = 1, max_length = 64)]
     click_id: Option<String>,
     /// The signup's IP address.
     source_address: String,

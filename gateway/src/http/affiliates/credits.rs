@@ -24,7 +24,7 @@ use crate::http::{ApiError, ApiJson, AppState, PlatformOrAdmin, check_text};
 #[serde(deny_unknown_fields)]
 pub(super) struct EmailVerification {
     /// The platform user.
-    #[schema(max_length = 128)]
+    #[schema(min_length = 1, max_length = 128)]
     user_id: String,
     /// When the user verified it, as the platform recorded it (RFC 3339, such as
     /// `2026-11-29T16:15:54Z`): every rule that depends on time uses it. At
@@ -350,7 +350,7 @@ pub(super) async fn credits(
 #[serde(deny_unknown_fields)]
 pub(super) struct NewCreditSpend {
     /// The platform's id for the spend; the same id again changes nothing.
-    #[schema(max_length = 128)]
+    #[schema(min_length = 1, max_length = 128)]
     spend_id: String,
     /// How much, in minor units of `currency`: at most the available
     /// balance.

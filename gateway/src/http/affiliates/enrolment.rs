@@ -21,7 +21,7 @@ use crate::http::{Admin, ApiError, ApiJson, AppState, PlatformOrAdmin, check_tex
 #[serde(deny_unknown_fields)]
 pub(super) struct NewAffiliate {
     /// The platform user.
-    #[schema(max_length = 128)]
+    #[schema(min_length = 1, max_length = 128)]
     user_id: String,
     /// SHA-256 of their normalised email, as 64 lower-case hex digits: a
     /// signup with the same hash on their code is a self-referral.
@@ -250,8 +250,9 @@ pub enum CodeOwnerKind {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
 pub(super) struct CodePath {
-    /// A referral code, as in the link; case, spaces and hyphens do not
-    /// matter.
+    /// A referral code, as in the link: 10 of Crockford's base 32 (no U;
+    /// O reads as 0, I and L as 1); case, spaces and hyphens do not matter.
+    #[param(pattern = "^[ -]*([0-9A-TV-Za-tv-z][ -]*){10}$")]
     code: String,
 }
 

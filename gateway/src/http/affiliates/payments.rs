@@ -22,10 +22,10 @@ fn parse_currency(text: &str) -> Result<Currency, ApiError> {
 #[serde(deny_unknown_fields)]
 pub(super) struct NewPayment {
     /// The platform's id of the payment; the same id again changes nothing.
-    #[schema(max_length = 128)]
+    #[schema(min_length = 1, max_length = 128)]
     payment_id: String,
     /// The paying user.
-    #[schema(max_length = 128)]
+    #[schema(min_length = 1, max_length = 128)]
     user_id: String,
     /// How much, in minor units (pence) of `currency`.
     #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
@@ -93,10 +93,10 @@ pub(super) async fn pay(
 #[serde(deny_unknown_fields)]
 pub(super) struct NewRefund {
     /// The platform's id of the refund; the same id again changes nothing.
-    #[schema(max_length = 128)]
+    #[schema(min_length = 1, max_length = 128)]
     refund_id: String,
     /// The payment refunded.
-    #[schema(max_length = 128)]
+    #[schema(min_length = 1, max_length = 128)]
     payment_id: String,
     /// How much, in minor units of `currency`; at most what is left of the
     /// payment.

@@ -26,7 +26,7 @@ use crate::payouts::{RunError, Trigger};
 #[serde(deny_unknown_fields)]
 pub(super) struct NewPayout {
     /// The payout's id; the same id again changes nothing.
-    #[schema(max_length = 128)]
+    #[schema(min_length = 1, max_length = 128)]
     payout_id: String,
 }
 
