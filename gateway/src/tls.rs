@@ -90,6 +90,21 @@ impl ServerIdentity {
     pub fn load_or_generate(data_dir: &Path, hostnames: &[String]) -> Result<Self, IdentityError> {
         let cert_path = data_dir.join(CERT_FILE);
         let key_path = data_dir.join(KEY_FILE);
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| IdentityError::Io { path, source }
+        };
+        let (cert_new, key_new) = (aside(&cert_path), aside(&key_path));
+        // A generation interrupted between its two renames: both files
+        // were complete and durable aside before the first, so finish it.
+        for (path, new, other) in [
+            (&cert_path, &cert_new, &key_path),
+            (&key_path, &key_new, &cert_path),
+        ] {
+            if !path.exists() && other.exists() && new.exists() {
+                fs::rename(new, path).map_err(io(path))?;
+            }
+        }
         match (cert_path.exists(), key_path.exists()) {
             (true, true) => return Self::from_pem_files(&cert_path, &key_path),
             (true, false) => {
@@ -104,18 +119,29 @@ impl ServerIdentity {
                     missing: cert_path,
                 });
             }
-            // The first start: neither exists.
-            (false, false) => {}
+            // The first start (or one interrupted before any rename: what
+            // was written aside is incomplete, and goes).
+            (false, false) => {
+                for new in [&cert_new, &key_new] {
+                    if new.exists() {
+                        fs::remove_file(new).map_err(io(new))?;
+                    }
+                }
+            }
         }
         let generated = rcgen::generate_simple_self_signed(hostnames.to_vec())?;
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| IdentityError::Io { path, source }
-        };
-        fs::create_dir_all(data_dir.join("tls")).map_err(io(data_dir))?;
-        write_private(&key_path, generated.signing_key.serialize_pem().as_bytes())
-            .map_err(io(&key_path))?;
-        fs::write(&cert_path, generated.cert.pem()).map_err(io(&cert_path))?;
+        let tls_dir = data_dir.join("tls");
+        fs::create_dir_all(&tls_dir).map_err(io(data_dir))?;
+        // Both written aside and synced, then renamed into place: a crash
+        // never leaves half an identity that cannot be completed.
+        write_private(&key_new, generated.signing_key.serialize_pem().as_bytes())
+            .map_err(io(&key_new))?;
+        write_private(&cert_new, generated.cert.pem().as_bytes()).map_err(io(&cert_new))?;
+        fs::rename(&key_new, &key_path).map_err(io(&key_path))?;
+        fs::rename(&cert_new, &cert_path).map_err(io(&cert_path))?;
+        fs::File::open(&tls_dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io(&tls_dir))?;
         Self::from_pem_files(&cert_path, &key_path)
     }
 
@@ -123,6 +149,13 @@ impl ServerIdentity {
     pub fn fingerprint(&self) -> Fingerprint {
         Fingerprint::of(&self.cert_chain[0])
     }
+}
+
+/// Where `path` is written before it is renamed into place.
+fn aside(path: &Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".new");
+    std::path::PathBuf::from(name)
 }
 
 /// Writes a file only its owner can read, created with those permissions

@@ -105,3 +105,28 @@ async fn the_data_directory_is_the_owners_alone() {
         & 0o777;
     assert_eq!(key_mode, 0o600);
 }
+
+#[tokio::test]
+async fn an_identity_generation_interrupted_between_its_renames_is_completed_not_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&config(dir.path())).await.unwrap();
+    let pinned = gateway.fingerprint().unwrap().to_string();
+    gateway.shutdown().await;
+    // The key was renamed into place, the certificate was not yet.
+    let tls = dir.path().join("tls");
+    std::fs::rename(tls.join("cert.pem"), tls.join("cert.pem.new")).unwrap();
+    let gateway = Gateway::start(&config(dir.path())).await.unwrap();
+    assert_eq!(gateway.fingerprint().unwrap().to_string(), pinned);
+    gateway.shutdown().await;
+    assert!(!tls.join("cert.pem.new").exists());
+
+    // Interrupted before any rename: what was written aside is discarded
+    // and a fresh identity made (neither file was in place).
+    let fresh = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(fresh.path().join("tls")).unwrap();
+    std::fs::write(fresh.path().join("tls/key.pem.new"), "-----BEGIN PRIV").unwrap();
+    let gateway = Gateway::start(&config(fresh.path())).await.unwrap();
+    assert!(gateway.fingerprint().is_some());
+    gateway.shutdown().await;
+    assert!(!fresh.path().join("tls/key.pem.new").exists());
+}
