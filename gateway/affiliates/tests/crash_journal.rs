@@ -10,11 +10,11 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use eagate_affiliates::{
-    Currency, Fact, Ledger, PaymentEvent, ProgrammeConfig, ReferralCode, Signup,
-};
+use eagate_affiliates::{Fact, Ledger, ProgrammeConfig};
 
-const T0: u64 = 1_790_000_000_000;
+mod common;
+
+use common::{T0, affiliate_with_customer, payment};
 const WRITER: &str = "EAGATE_JOURNAL_WRITER";
 
 /// Writes payments into the ledger at `dir` until killed, printing
@@ -25,42 +25,12 @@ fn write_until_killed(dir: &str) {
         .unwrap();
     runtime.block_on(async {
         let ledger = Ledger::open(std::path::Path::new(dir), ProgrammeConfig::default()).unwrap();
-        let code = ReferralCode::from_random(5);
         if ledger.read().affiliate("af_1").is_none() {
-            ledger
-                .write(|p| {
-                    p.enrol_affiliate(
-                        "aff",
-                        "af_1",
-                        code,
-                        &"ab".repeat(32),
-                        &Default::default(),
-                        T0,
-                    )
-                })
-                .await
-                .unwrap();
-            let signup = Signup {
-                user_id: "cust".into(),
-                code,
-                click_id: None,
-                source_address: "192.0.2.1".into(),
-                email_sha256: "cd".repeat(32),
-                email_verified: true,
-                occurred_at_ms: T0,
-            };
-            ledger.write(|p| p.refer(&signup, T0)).await.unwrap();
+            affiliate_with_customer(&ledger).await;
         }
         let start = ledger.read().payment_count() as u64;
         for n in start.. {
-            let payment = PaymentEvent {
-                payment_id: format!("pay-{n}"),
-                user_id: "cust".into(),
-                amount_minor: 1_000 + n as i64,
-                currency: Currency::GBP,
-                billing_period: 1,
-                occurred_at_ms: T0 + n,
-            };
+            let payment = payment(n, 1_000 + n as i64);
             ledger.write(|p| p.pay(&payment, T0 + n)).await.unwrap();
             println!("acked {n}");
         }

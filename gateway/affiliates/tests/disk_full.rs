@@ -8,11 +8,11 @@
 use std::path::Path;
 use std::process::Command;
 
-use eagate_affiliates::{
-    Currency, Fact, Ledger, PaymentEvent, ProgrammeConfig, ReferralCode, Signup, WriteError,
-};
+use eagate_affiliates::{Fact, Ledger, ProgrammeConfig, WriteError};
 
-const T0: u64 = 1_790_000_000_000;
+mod common;
+
+use common::{T0, affiliate_with_customer, payment};
 
 /// A tmpfs of `size` mounted at `at`, unmounted when dropped.
 struct SmallDisk<'a> {
@@ -49,56 +49,17 @@ impl Drop for SmallDisk<'_> {
     }
 }
 
-fn payment(n: u64) -> PaymentEvent {
-    PaymentEvent {
-        payment_id: format!("pay-{n}"),
-        user_id: "cust".into(),
-        // A long id per payment fills the disk sooner.
-        amount_minor: 1_000,
-        currency: Currency::GBP,
-        billing_period: 1,
-        occurred_at_ms: T0 + n,
-    }
-}
-
-async fn set_up(ledger: &Ledger) {
-    let code = ReferralCode::from_random(4);
-    ledger
-        .write(|p| {
-            p.enrol_affiliate(
-                "aff",
-                "af_1",
-                code,
-                &"ab".repeat(32),
-                &Default::default(),
-                T0,
-            )
-        })
-        .await
-        .unwrap();
-    let signup = Signup {
-        user_id: "cust".into(),
-        code,
-        click_id: None,
-        source_address: "192.0.2.1".into(),
-        email_sha256: "cd".repeat(32),
-        email_verified: true,
-        occurred_at_ms: T0,
-    };
-    ledger.write(|p| p.refer(&signup, T0)).await.unwrap();
-}
-
 #[tokio::test]
 async fn a_full_disk_refuses_to_serve_unsaved_state_and_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
     let disk = SmallDisk::mount(dir.path(), "3m");
     let path = dir.path().join("affiliates");
     let ledger = Ledger::open(&path, ProgrammeConfig::default()).unwrap();
-    set_up(&ledger).await;
+    affiliate_with_customer(&ledger).await;
     let mut acked = 0u64;
     let failed_at = loop {
         let n = acked;
-        match ledger.write(|p| p.pay(&payment(n), T0 + n)).await {
+        match ledger.write(|p| p.pay(&payment(n, 1_000), T0 + n)).await {
             Ok(_) => acked += 1,
             Err(WriteError::Journal(e)) => break (n, e),
             Err(WriteError::Refused(e)) => panic!("refused: {e}"),
@@ -119,7 +80,7 @@ async fn a_full_disk_refuses_to_serve_unsaved_state_and_loses_no_acknowledged_wr
     // While the disk is full, writes fail rather than pile up in memory.
     assert!(
         ledger
-            .write(|p| p.pay(&payment(failed + 1), T0))
+            .write(|p| p.pay(&payment(failed + 1, 1_000), T0))
             .await
             .is_err()
     );
@@ -138,7 +99,7 @@ async fn a_full_disk_refuses_to_serve_unsaved_state_and_loses_no_acknowledged_wr
     // The platform retries the payment that failed: stored once, however
     // far the failed attempt got.
     ledger
-        .write(|p| p.pay(&payment(failed), T0 + failed))
+        .write(|p| p.pay(&payment(failed, 1_000), T0 + failed))
         .await
         .unwrap();
     let facts = ledger.facts().unwrap();

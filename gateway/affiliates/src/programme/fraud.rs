@@ -262,20 +262,12 @@ impl Programme {
         if decision == CaseDecision::Confirmed {
             // Every commission the case held goes (a refused case held
             // nothing: another referrer's commissions are not its business).
-            for entry in self.entries.iter().filter(|e| e.held_by == Some(case_id)) {
-                let left = entry.unsettled_minor();
-                if entry.payout_id.is_none()
-                    && left > 0
-                    && matches!(entry.kind, super::EntryKind::Commission { .. })
-                {
-                    facts.push(Fact::CommissionReversed {
-                        entry_id: entry.entry_id,
-                        refund_id: format!("case-{case_id}"),
-                        amount_minor: left,
-                        at_ms: now_ms,
-                    });
-                }
-            }
+            facts.extend(
+                self.entries
+                    .iter()
+                    .filter(|e| e.held_by == Some(case_id) && e.payout_id.is_none())
+                    .filter_map(|e| Self::case_reversal(e, case_id, now_ms)),
+            );
             if !case.refused {
                 facts.extend(self.fail_unsent_payouts_of(&case.user_id, case_id, now_ms));
             }

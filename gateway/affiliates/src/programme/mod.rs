@@ -167,6 +167,8 @@ struct Refund {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Payout {
+    /// 1, 2, 3, … in the order payouts were made.
+    seq: u64,
     affiliate_id: String,
     amount: Minor,
     entries: Vec<u64>,
@@ -630,23 +632,14 @@ impl Programme {
                 entries,
                 at_ms,
             } => {
-                self.payouts.insert(
-                    payout_id.clone(),
-                    Payout {
-                        affiliate_id: affiliate_id.clone(),
-                        amount: *amount_minor,
-                        entries: entries.clone(),
-                        at_ms: *at_ms,
-                        batch_id: None,
-                        destination: None,
-                        state: PayoutState::Paid,
-                        idempotency_key: None,
-                        reference: None,
-                        detail: None,
-                        settled_at_ms: Some(*at_ms),
-                    },
+                self.record_payout(
+                    payout_id,
+                    affiliate_id,
+                    *amount_minor,
+                    entries,
+                    *at_ms,
+                    PayoutState::Paid,
                 );
-                self.payout_order.push(payout_id.clone());
                 for entry_id in entries {
                     if let Some(entry) = self.entry_mut(*entry_id) {
                         entry.payout_id = Some(payout_id.clone());
@@ -675,23 +668,16 @@ impl Programme {
                 destination,
                 at_ms,
             } => {
-                self.payouts.insert(
-                    payout_id.clone(),
-                    Payout {
-                        affiliate_id: affiliate_id.clone(),
-                        amount: *amount_minor,
-                        entries: entries.clone(),
-                        at_ms: *at_ms,
-                        batch_id: Some(batch_id.clone()),
-                        destination: destination.clone(),
-                        state: PayoutState::Pending,
-                        idempotency_key: None,
-                        reference: None,
-                        detail: None,
-                        settled_at_ms: None,
-                    },
+                let payout = self.record_payout(
+                    payout_id,
+                    affiliate_id,
+                    *amount_minor,
+                    entries,
+                    *at_ms,
+                    PayoutState::Pending,
                 );
-                self.payout_order.push(payout_id.clone());
+                payout.batch_id = Some(batch_id.clone());
+                payout.destination.clone_from(destination);
                 if let Some(batch) = self
                     .batches
                     .iter_mut()
@@ -1026,6 +1012,38 @@ impl Programme {
                 });
             }
         }
+    }
+
+    /// A new payout in the history, next in order: paid at once (a hand
+    /// payout) or pending (a batch's, which sets its batch and account).
+    fn record_payout(
+        &mut self,
+        payout_id: &str,
+        affiliate_id: &str,
+        amount: Minor,
+        entries: &[u64],
+        at_ms: u64,
+        state: PayoutState,
+    ) -> &mut Payout {
+        self.payout_order.push(payout_id.to_owned());
+        let payout = Payout {
+            seq: self.payout_order.len() as u64,
+            affiliate_id: affiliate_id.to_owned(),
+            amount,
+            entries: entries.to_vec(),
+            at_ms,
+            batch_id: None,
+            destination: None,
+            state,
+            idempotency_key: None,
+            reference: None,
+            detail: None,
+            settled_at_ms: (state == PayoutState::Paid).then_some(at_ms),
+        };
+        self.payouts
+            .entry(payout_id.to_owned())
+            .insert_entry(payout)
+            .into_mut()
     }
 
     fn push_credit(&mut self, entry: CreditEntry) {

@@ -222,13 +222,8 @@ impl Programme {
 
     /// A payout by id.
     pub fn payout(&self, payout_id: &str) -> Option<PayoutRecord<'_>> {
-        let (key, _) = self.payouts.get_key_value(payout_id)?;
-        let seq = self
-            .payout_order
-            .iter()
-            .position(|id| id == payout_id)
-            .map_or(0, |at| at as u64 + 1);
-        Some(self.payout_record(seq, key))
+        let (key, payout) = self.payouts.get_key_value(payout_id)?;
+        Some(self.payout_record(payout.seq, key))
     }
 
     /// Every batch, oldest first.
@@ -266,13 +261,20 @@ impl Programme {
 
     /// Whether an open fraud case is about one of the affiliate's referrals.
     pub fn has_open_case(&self, affiliate_id: &str) -> bool {
-        // A refused self-referral holds nothing: it does not stop payouts
-        // (a stranger could open one from an address the affiliate used).
-        self.cases.iter().any(|c| {
-            c.decision.is_none()
-                && !c.refused
-                && matches!(&c.referrer, Referrer::Affiliate { affiliate_id: a } if a == affiliate_id)
-        })
+        self.affiliates_under_review().any(|a| a == affiliate_id)
+    }
+
+    /// The affiliates an open fraud case holding money is about. A refused
+    /// self-referral holds nothing: it does not stop payouts (a stranger
+    /// could open one from an address the affiliate used).
+    fn affiliates_under_review(&self) -> impl Iterator<Item = &str> {
+        self.cases
+            .iter()
+            .filter(|c| c.decision.is_none() && !c.refused)
+            .filter_map(|c| match &c.referrer {
+                Referrer::Affiliate { affiliate_id } => Some(affiliate_id.as_str()),
+                Referrer::Customer { .. } => None,
+            })
     }
 
     /// The entries a payout of `affiliate_id` at `now` would settle, and
@@ -367,16 +369,18 @@ impl Programme {
             scheduled_day,
             at_ms: now_ms,
         }];
-        let busy: std::collections::HashSet<&str> = self
+        // Who waits: an unsettled payout, or an open case (found once, not
+        // once per affiliate).
+        let waiting: std::collections::HashSet<&str> = self
             .payouts
             .values()
             .filter(|p| !p.state.is_final())
             .map(|p| p.affiliate_id.as_str())
+            .chain(self.affiliates_under_review())
             .collect();
         for affiliate_id in &self.affiliate_order {
             let destination = self.stripe_account(affiliate_id).map(str::to_owned);
-            if busy.contains(affiliate_id.as_str())
-                || self.has_open_case(affiliate_id)
+            if waiting.contains(affiliate_id.as_str())
                 || (provider == PayoutProvider::Stripe && destination.is_none())
             {
                 continue;
@@ -555,6 +559,20 @@ impl Programme {
         }]))
     }
 
+    /// Reverses what no reversal or clawback took of a commission, for a
+    /// confirmed case; nothing for other entries or when nothing is left.
+    pub(super) fn case_reversal(entry: &super::Entry, case_id: u64, now_ms: u64) -> Option<Fact> {
+        let left = entry.unsettled_minor();
+        (left > 0 && matches!(entry.kind, super::EntryKind::Commission { .. })).then(|| {
+            Fact::CommissionReversed {
+                entry_id: entry.entry_id,
+                refund_id: format!("case-{case_id}"),
+                amount_minor: left,
+                at_ms: now_ms,
+            }
+        })
+    }
+
     /// What confirming a case about `user_id` does to payouts not yet sent
     /// (Stripe `pending`) that hold their commissions: each fails, and the
     /// customer's commissions in it are reversed rather than payable again.
@@ -567,6 +585,11 @@ impl Programme {
         let mut facts = Vec::new();
         for payout_id in &self.payout_order {
             let payout = &self.payouts[payout_id];
+            if payout.state != PayoutState::Pending
+                || self.provider_of(payout_id) != PayoutProvider::Stripe
+            {
+                continue;
+            }
             let theirs: Vec<&super::Entry> = payout
                 .entries
                 .iter()
@@ -575,10 +598,7 @@ impl Programme {
                     e.user_id == user_id && matches!(e.kind, super::EntryKind::Commission { .. })
                 })
                 .collect();
-            if payout.state != PayoutState::Pending
-                || self.provider_of(payout_id) != PayoutProvider::Stripe
-                || theirs.is_empty()
-            {
+            if theirs.is_empty() {
                 continue;
             }
             facts.push(Fact::PayoutFailed {
@@ -591,13 +611,7 @@ impl Programme {
             facts.extend(
                 theirs
                     .into_iter()
-                    .filter(|e| e.unsettled_minor() > 0)
-                    .map(|e| Fact::CommissionReversed {
-                        entry_id: e.entry_id,
-                        refund_id: format!("case-{case_id}"),
-                        amount_minor: e.unsettled_minor(),
-                        at_ms: now_ms,
-                    }),
+                    .filter_map(|e| Self::case_reversal(e, case_id, now_ms)),
             );
         }
         facts
@@ -610,7 +624,6 @@ impl Programme {
         entries
             .iter()
             .filter_map(|&entry_id| self.entry_by_id(entry_id))
-            .filter(|entry| matches!(entry.kind, super::EntryKind::Commission { .. }))
             .filter_map(|entry| {
                 let case = self.cases.iter().find(|c| {
                     c.user_id == entry.user_id
@@ -619,13 +632,7 @@ impl Programme {
                             .as_ref()
                             .is_some_and(|d| d.decision == crate::facts::CaseDecision::Confirmed)
                 })?;
-                let left = entry.unsettled_minor();
-                (left > 0).then(|| Fact::CommissionReversed {
-                    entry_id: entry.entry_id,
-                    refund_id: format!("case-{}", case.case_id),
-                    amount_minor: left,
-                    at_ms: now_ms,
-                })
+                Self::case_reversal(entry, case.case_id, now_ms)
             })
             .collect()
     }
