@@ -3,8 +3,9 @@
 # what CI runs (.ci/run). On a fresh Debian machine with only Rust it installs
 # what the tests need from Debian's packages (redis-server, gcc, valgrind),
 # starts a private Redis on a free loopback port in a throwaway directory,
-# exports its URL as EAGATE_TEST_REDIS_URL, and stops it on exit, whatever
-# happens.
+# exports its URL as EAGATE_TEST_REDIS_URL, starts a private Redis Cluster of
+# three primaries (scripts/redis-cluster.sh) for EAGATE_TEST_REDIS_CLUSTER_URL,
+# and stops both on exit, whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +40,7 @@ step "starting a private Redis"
 redis_dir=$(mktemp -d -t eagate-redis.XXXXXX)
 redis_pid=""
 cleanup() {
+    scripts/redis-cluster.sh stop "$redis_dir/cluster" || true
     if [ -n "$redis_pid" ]; then
         kill "$redis_pid" 2>/dev/null || true
         wait "$redis_pid" 2>/dev/null || true
@@ -72,6 +74,11 @@ if [ -z "$redis_pid" ]; then
 fi
 export EAGATE_TEST_REDIS_URL="redis://127.0.0.1:$port/"
 echo "Redis for the tests: $EAGATE_TEST_REDIS_URL (pid $redis_pid)"
+
+step "starting a private Redis Cluster (three primaries)"
+EAGATE_TEST_REDIS_CLUSTER_URL=$(scripts/redis-cluster.sh start "$redis_dir/cluster")
+export EAGATE_TEST_REDIS_CLUSTER_URL
+echo "Redis Cluster for the tests: $EAGATE_TEST_REDIS_CLUSTER_URL"
 
 step "tests"
 # Output is kept to add up the counts: the last line of this script states

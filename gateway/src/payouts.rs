@@ -153,7 +153,7 @@ pub struct RunReport {
 /// The lease that lets one of several sidecars sharing a Redis run payouts.
 #[derive(Clone)]
 pub struct RunnerLease {
-    redis: redis::aio::ConnectionManager,
+    redis: crate::store::redis::RedisConnection,
     key: String,
 }
 
@@ -172,7 +172,7 @@ const RENEW: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis
 
 impl RunnerLease {
     /// The lease under `<prefix>:payouts:runner`.
-    pub fn new(redis: redis::aio::ConnectionManager, prefix: &str) -> Self {
+    pub fn new(redis: crate::store::redis::RedisConnection, prefix: &str) -> Self {
         Self {
             redis,
             key: format!("{prefix}:payouts:runner"),

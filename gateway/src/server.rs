@@ -114,7 +114,7 @@ struct Stores {
     upkeep: Vec<tokio::task::JoinHandle<()>>,
     redis_client: Option<redis::Client>,
     /// The shared Redis connection (the payout runner's lease).
-    redis_manager: Option<redis::aio::ConnectionManager>,
+    redis_manager: Option<crate::store::redis::RedisConnection>,
     shared_presence: Option<SharedPresence>,
 }
 

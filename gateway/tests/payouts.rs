@@ -874,11 +874,13 @@ async fn one_payout_run_at_a_time_in_a_process_and_across_sidecars_sharing_a_red
         .unwrap()
         .subsec_nanos();
     let prefix = format!("payouts-{}-{nanos}", std::process::id());
-    let redis = redis::Client::open(eagate_tests::redis_url())
-        .unwrap()
-        .get_connection_manager()
-        .await
-        .unwrap();
+    let redis = eagate_gateway::store::redis::RedisConnection::Single(
+        redis::Client::open(eagate_tests::redis_url())
+            .unwrap()
+            .get_connection_manager()
+            .await
+            .unwrap(),
+    );
     let leased = |desk: &Desk| {
         desk.affiliates().with_payouts(
             stripe_runner(&base, 1).with_lease(RunnerLease::new(redis.clone(), &prefix)),

@@ -112,11 +112,11 @@ async fn reports_resent_after_a_lost_confirmation_are_stored_exactly_once(backen
         let device_key = |what: &str| format!("{prefix}:{{dev:{}}}:{what}", device.id.as_str());
         let records: u64 = redis::cmd("HLEN")
             .arg(device_key("reports"))
-            .query(&mut redis)
+            .query(&mut *redis)
             .unwrap();
         let entries: u64 = redis::cmd("XLEN")
             .arg(device_key("executions"))
-            .query(&mut redis)
+            .query(&mut *redis)
             .unwrap();
         assert_eq!((records, entries), (4, 4));
     }

@@ -363,11 +363,16 @@ fn a_gateway_or_sidecar_without_redis_refuses_to_start_and_says_why() {
 
 #[test]
 fn a_sidecar_and_two_gateway_processes_share_one_redis() {
-    let redis_url = eagate_tests::redis_url();
-    let prefix = match common::Backend::redis() {
-        common::Backend::Redis { prefix } => prefix,
-        common::Backend::Sled => unreachable!(),
-    };
+    a_sidecar_and_two_gateway_processes_share(eagate_tests::redis_url());
+}
+
+#[test]
+fn a_sidecar_and_two_gateway_processes_share_one_redis_cluster() {
+    a_sidecar_and_two_gateway_processes_share(eagate_tests::redis_cluster_url());
+}
+
+fn a_sidecar_and_two_gateway_processes_share(redis_url: String) {
+    let prefix = common::fresh_prefix();
     let master_key = "c0".repeat(32);
     let env = [
         ("EAGATE_REDIS_URL", redis_url.as_str()),

@@ -22,6 +22,25 @@ pub fn redis_url() -> String {
     })
 }
 
+/// The environment variable through which the test command hands the URL of
+/// one node of its private Redis Cluster (three primaries) to the tests.
+pub const REDIS_CLUSTER_URL_VAR: &str = "EAGATE_TEST_REDIS_CLUSTER_URL";
+
+/// The URL of a node of the private Redis Cluster that `scripts/test.sh`
+/// started (`scripts/redis-cluster.sh`).
+///
+/// # Panics
+///
+/// When the variable is unset: the test fails rather than skips.
+pub fn redis_cluster_url() -> String {
+    std::env::var(REDIS_CLUSTER_URL_VAR).unwrap_or_else(|_| {
+        panic!(
+            "{REDIS_CLUSTER_URL_VAR} is not set: this test needs the private Redis \
+             Cluster that scripts/test.sh starts; run the suite with scripts/test.sh"
+        )
+    })
+}
+
 /// The `host:port` of a `redis://host:port/…` URL.
 ///
 /// # Panics

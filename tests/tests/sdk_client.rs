@@ -15,8 +15,18 @@ const SOON: Duration = Duration::from_secs(20);
 /// (10 s) and then reconnected to after a backoff.
 const RECONNECT: Duration = Duration::from_secs(40);
 
-/// A Redis key prefix no other test uses.
+/// The gateway's arguments for the test command's private Redis, under a
+/// key prefix no other test uses.
 fn redis_args(prefix_of: &Path) -> Vec<String> {
+    redis_args_at(redis_url(), prefix_of)
+}
+
+/// [`redis_args`] for the private Redis Cluster.
+fn redis_cluster_args(prefix_of: &Path) -> Vec<String> {
+    redis_args_at(eagate_tests::redis_cluster_url(), prefix_of)
+}
+
+fn redis_args_at(url: String, prefix_of: &Path) -> Vec<String> {
     let prefix = format!(
         "e2e-{}",
         prefix_of
@@ -27,7 +37,7 @@ fn redis_args(prefix_of: &Path) -> Vec<String> {
     );
     vec![
         "--redis-url".to_owned(),
-        redis_url(),
+        url,
         "--redis-prefix".to_owned(),
         prefix,
     ]
@@ -129,6 +139,15 @@ fn a_bot_killed_holding_unconfirmed_fills_stores_each_exactly_once_after_restart
 fn a_bot_killed_holding_unconfirmed_fills_stores_each_exactly_once_after_restart_on_redis() {
     let prefix = tempfile::tempdir().unwrap();
     killed_bot_with_unconfirmed_fills_delivers_each_exactly_once(&redis_args(prefix.path()));
+}
+
+#[test]
+fn a_bot_killed_holding_unconfirmed_fills_stores_each_exactly_once_after_restart_on_redis_cluster()
+{
+    let prefix = tempfile::tempdir().unwrap();
+    killed_bot_with_unconfirmed_fills_delivers_each_exactly_once(&redis_cluster_args(
+        prefix.path(),
+    ));
 }
 
 #[test]
@@ -543,4 +562,11 @@ fn two_installations_of_one_device_replace_each_other_once_and_lose_or_double_no
 fn two_installations_of_one_device_replace_each_other_once_and_lose_or_double_no_fill_on_redis() {
     let prefix = tempfile::tempdir().unwrap();
     two_installations_of_one_device_lose_and_double_nothing(&redis_args(prefix.path()));
+}
+
+#[test]
+fn two_installations_of_one_device_replace_each_other_once_and_lose_or_double_no_fill_on_redis_cluster()
+ {
+    let prefix = tempfile::tempdir().unwrap();
+    two_installations_of_one_device_lose_and_double_nothing(&redis_cluster_args(prefix.path()));
 }

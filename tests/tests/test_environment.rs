@@ -46,6 +46,21 @@ fn the_test_command_provides_a_private_redis_that_answers() {
 }
 
 #[test]
+fn the_test_command_provides_a_private_redis_cluster_of_three_primaries() {
+    let addr = redis_addr(&eagate_tests::redis_cluster_url());
+    assert!(addr.ip().is_loopback(), "{addr}");
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .unwrap_or_else(|e| panic!("the private Redis Cluster at {addr} does not answer: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let info = redis_command(&mut stream, &["CLUSTER", "INFO"]);
+    assert!(info.contains("cluster_state:ok"), "{info}");
+    assert!(info.contains("cluster_size:3"), "three primaries: {info}");
+    assert!(info.contains("cluster_slots_assigned:16384"), "{info}");
+}
+
+#[test]
 fn ci_runs_exactly_the_readme_test_command() {
     let readme = repo_file("README.md");
     assert!(

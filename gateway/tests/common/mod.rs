@@ -67,44 +67,75 @@ pub enum Backend {
     Sled,
     /// The test command's private Redis, under a prefix of this test's own.
     Redis { prefix: String },
+    /// The test command's private Redis Cluster (three primaries), under a
+    /// prefix of this test's own.
+    RedisCluster { prefix: String },
 }
 
 impl Backend {
     /// Redis under a fresh prefix, so tests share nothing.
     pub fn redis() -> Self {
-        let mut random = [0u8; 6];
-        getrandom::fill(&mut random).unwrap();
-        let tag: String = random.iter().map(|b| format!("{b:02x}")).collect();
         Self::Redis {
-            prefix: format!("eagate-test-{tag}"),
+            prefix: fresh_prefix(),
         }
     }
 
-    /// A client of the Redis this backend uses.
-    pub fn redis_connection(&self) -> Option<(redis::Connection, String)> {
+    /// The Redis Cluster under a fresh prefix.
+    pub fn redis_cluster() -> Self {
+        Self::RedisCluster {
+            prefix: fresh_prefix(),
+        }
+    }
+
+    /// The URL and key prefix of the Redis this backend uses.
+    pub fn redis_url_and_prefix(&self) -> Option<(String, &str)> {
+        match self {
+            Self::Sled => None,
+            Self::Redis { prefix } => Some((eagate_tests::redis_url(), prefix)),
+            Self::RedisCluster { prefix } => Some((eagate_tests::redis_cluster_url(), prefix)),
+        }
+    }
+
+    /// A client of the Redis this backend uses (of the whole cluster, for
+    /// a cluster), and the prefix.
+    pub fn redis_connection(&self) -> Option<(Box<dyn redis::ConnectionLike>, String)> {
         match self {
             Self::Sled => None,
             Self::Redis { prefix } => {
                 let client = redis::Client::open(eagate_tests::redis_url()).unwrap();
-                Some((client.get_connection().unwrap(), prefix.clone()))
+                Some((Box::new(client.get_connection().unwrap()), prefix.clone()))
+            }
+            Self::RedisCluster { prefix } => {
+                let client =
+                    redis::cluster::ClusterClient::new(vec![eagate_tests::redis_cluster_url()])
+                        .unwrap();
+                Some((Box::new(client.get_connection().unwrap()), prefix.clone()))
             }
         }
     }
+}
+
+/// A key prefix no other test uses, so tests share nothing.
+pub fn fresh_prefix() -> String {
+    let mut random = [0u8; 6];
+    getrandom::fill(&mut random).unwrap();
+    let tag: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    format!("eagate-test-{tag}")
 }
 
 /// The test configuration on `backend`; a given backend and directory give
 /// the same stores every time, so a test can restart its gateway.
 pub fn config_on(backend: &Backend, dir: &Path) -> ServeConfig {
     let mut config = config(dir);
-    if let Backend::Redis { prefix } = backend {
-        config.redis_url = Some(eagate_tests::redis_url());
-        config.redis_prefix = prefix.clone();
+    if let Some((url, prefix)) = backend.redis_url_and_prefix() {
+        config.redis_url = Some(url);
+        config.redis_prefix = prefix.to_owned();
     }
     config
 }
 
-/// Runs an async test fn taking a [`Backend`] as two tests: on sled and on
-/// the private Redis.
+/// Runs an async test fn taking a [`Backend`] as three tests: on sled, on
+/// the private Redis and on the private Redis Cluster.
 macro_rules! on_both_backends {
     ($test:ident) => {
         mod $test {
@@ -116,6 +147,11 @@ macro_rules! on_both_backends {
             #[tokio::test]
             async fn on_redis() {
                 super::$test(super::Backend::redis()).await;
+            }
+
+            #[tokio::test]
+            async fn on_redis_cluster() {
+                super::$test(super::Backend::redis_cluster()).await;
             }
         }
     };

@@ -26,10 +26,10 @@
 //! answer before it writes again, so at most one run per session waits.
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use redis::aio::ConnectionManager;
 use redis::{Cmd, RedisResult};
 use tokio::sync::{mpsc, oneshot};
 
+use super::RedisConnection;
 use super::reports::INGEST_SCRIPT;
 
 /// The most runs (each of one or more reports of one device) one pipeline
@@ -69,7 +69,7 @@ pub(super) struct ReportBatches {
 
 impl ReportBatches {
     /// Starts the batching task on the current runtime.
-    pub(super) fn start(connection: ConnectionManager) -> Self {
+    pub(super) fn start(connection: RedisConnection) -> Self {
         let (queue, waiting) = mpsc::unbounded_channel();
         tokio::spawn(run(waiting, connection));
         Self { queue }
@@ -92,7 +92,7 @@ fn stopped() -> redis::RedisError {
     ))
 }
 
-async fn run(mut waiting: mpsc::UnboundedReceiver<Queued>, connection: ConnectionManager) {
+async fn run(mut waiting: mpsc::UnboundedReceiver<Queued>, connection: RedisConnection) {
     let mut sending = FuturesUnordered::new();
     loop {
         tokio::select! {
@@ -117,7 +117,7 @@ async fn run(mut waiting: mpsc::UnboundedReceiver<Queued>, connection: Connectio
 }
 
 /// Sends `batch` and answers each of its writers.
-async fn send(batch: Vec<Queued>, mut connection: ConnectionManager) {
+async fn send(batch: Vec<Queued>, mut connection: RedisConnection) {
     let (runs, answers): (Vec<ReportCommands>, Vec<_>) = batch
         .into_iter()
         .map(|queued| (queued.commands, queued.answer))
@@ -129,7 +129,7 @@ async fn send(batch: Vec<Queued>, mut connection: ConnectionManager) {
         .map(|run| (run.feed.len(), run.index.len()))
         .collect();
     let pipe = pipeline(runs);
-    match query(&pipe, &mut connection).await {
+    match query(&pipe, &shapes, &mut connection).await {
         Ok(answered) => {
             for (answer, answered) in answers.into_iter().zip(answered) {
                 let _ = answer.send(Ok(answered));
@@ -158,8 +158,9 @@ async fn send(batch: Vec<Queued>, mut connection: ConnectionManager) {
                         index,
                     };
                     let mut connection = connection.clone();
+                    let shape = [(run.feed.len(), run.index.len())];
                     Some(async move {
-                        let answered = query(&pipeline([run]), &mut connection)
+                        let answered = query(&pipeline([run]), &shape, &mut connection)
                             .await
                             .map(|answered| answered.into_iter().next().unwrap_or_default());
                         let _ = answer.send(answered);
@@ -186,11 +187,16 @@ fn pipeline(runs: impl IntoIterator<Item = ReportCommands>) -> redis::Pipeline {
     pipe
 }
 
-/// Sends `pipe`; the scripts' answers, in order.
+/// Sends `pipe`, whose runs have the `shapes` (feed entries, index
+/// entries); the scripts' answers, in order.
 async fn query(
     pipe: &redis::Pipeline,
-    connection: &mut ConnectionManager,
+    shapes: &[(usize, usize)],
+    connection: &mut RedisConnection,
 ) -> RedisResult<Vec<Vec<ScriptAnswer>>> {
+    if let RedisConnection::Cluster(_) = connection {
+        return query_cluster(pipe, shapes, connection).await;
+    }
     match pipe.query_async(connection).await {
         // Redis restarted (or its scripts were flushed): load the script
         // and send the batch again.
@@ -203,4 +209,41 @@ async fn query(
         }
         answered => answered,
     }
+}
+
+/// [`query`] on a Redis Cluster, where a pipeline stays within one slot and
+/// a run's commands touch three kinds of key (the fill feed, the device's,
+/// the signals'): the batch goes in three steps, keeping each run's order
+/// (feed entries before the script that may confirm them, index entries
+/// after), each step one pipeline per slot.
+async fn query_cluster(
+    pipe: &redis::Pipeline,
+    shapes: &[(usize, usize)],
+    connection: &mut RedisConnection,
+) -> RedisResult<Vec<Vec<ScriptAnswer>>> {
+    let (mut feed, mut scripts, mut index) = (Vec::new(), Vec::new(), Vec::new());
+    let mut commands = pipe.cmd_iter().cloned();
+    for &(feed_len, index_len) in shapes {
+        feed.extend(commands.by_ref().take(feed_len));
+        scripts.extend(commands.next());
+        index.extend(commands.by_ref().take(index_len));
+    }
+    connection.send_by_slot(feed).await?;
+    let answered = match connection.send_by_slot(scripts.clone()).await {
+        // A node without the script (restarted, or new to the cluster):
+        // loading goes to every node.
+        Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
+            let _: String = INGEST_SCRIPT
+                .prepare_invoke()
+                .load_async(connection)
+                .await?;
+            connection.send_by_slot(scripts).await?
+        }
+        answered => answered?,
+    };
+    connection.send_by_slot(index).await?;
+    answered
+        .iter()
+        .map(redis::from_redis_value::<Vec<ScriptAnswer>>)
+        .collect()
 }

@@ -18,8 +18,11 @@ mod signals;
 
 pub use notices::{RedisNoticeBus, listen};
 
-use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
+use futures_util::future::join_all;
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncCommands, Cmd, RedisFuture, Value};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use eagate_protocol::{ChannelName, SignalId};
@@ -28,7 +31,7 @@ use eagate_protocol::{ChannelName, SignalId};
 #[derive(Clone)]
 pub struct RedisStores {
     client: redis::Client,
-    connection: ConnectionManager,
+    connection: RedisConnection,
     prefix: String,
     /// Reports of every session, written to Redis in batches.
     report_batches: batches::ReportBatches,
@@ -60,6 +63,10 @@ impl RedisStores {
     /// connection is made again promptly; at start, an unreachable Redis is
     /// tried again (a log line each time) until [`START_DEADLINE`], then
     /// reported.
+    ///
+    /// `url` may name any node of a Redis Cluster: a node that says it is
+    /// in cluster mode is asked for the others, and every call is then
+    /// sent to the node holding its key's slot.
     pub async fn connect(url: &str, prefix: &str) -> redis::RedisResult<Self> {
         let client = redis::Client::open(url)?;
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -68,7 +75,7 @@ impl RedisStores {
             .set_number_of_retries(2)
             .set_max_delay(500);
         let deadline = tokio::time::Instant::now() + START_DEADLINE;
-        let connection = loop {
+        let single = loop {
             match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
                 Ok(connection) => break connection,
                 Err(e) if tokio::time::Instant::now() < deadline => {
@@ -77,6 +84,20 @@ impl RedisStores {
                 }
                 Err(e) => return Err(e),
             }
+        };
+        let connection = if in_cluster_mode(&mut single.clone()).await? {
+            let cluster = redis::cluster::ClusterClientBuilder::new(vec![url])
+                .connection_timeout(CONNECT_TIMEOUT)
+                .response_timeout(RESPONSE_TIMEOUT)
+                .retries(2)
+                .max_retry_wait(500)
+                .build()?
+                .get_async_connection()
+                .await?;
+            tracing::info!("Redis is a cluster: each call goes to its key's node");
+            RedisConnection::Cluster(cluster)
+        } else {
+            RedisConnection::Single(single)
         };
         Ok(Self {
             report_batches: batches::ReportBatches::start(connection.clone()),
@@ -87,11 +108,13 @@ impl RedisStores {
     }
 
     /// The shared connection, for work beside the stores (leases).
-    pub fn connection(&self) -> &ConnectionManager {
+    pub fn connection(&self) -> &RedisConnection {
         &self.connection
     }
 
-    /// The client, for connections of their own (pub/sub).
+    /// The client of the node named at start, for connections of their own
+    /// (pub/sub: a cluster passes every message published on any node to
+    /// the subscribers of each).
     pub fn client(&self) -> &redis::Client {
         &self.client
     }
@@ -134,5 +157,185 @@ impl RedisStores {
 
     fn channels_key(&self) -> String {
         format!("{}:channels", self.prefix)
+    }
+}
+
+/// Whether the node behind `connection` runs in cluster mode.
+async fn in_cluster_mode(connection: &mut ConnectionManager) -> redis::RedisResult<bool> {
+    let info: String = redis::cmd("INFO")
+        .arg("cluster")
+        .query_async(connection)
+        .await?;
+    Ok(info.lines().any(|line| line.trim() == "cluster_enabled:1"))
+}
+
+/// The shared connection: to one Redis, or to every primary of a Redis
+/// Cluster. Both reconnect by themselves and give every call a deadline.
+#[derive(Clone)]
+pub enum RedisConnection {
+    /// One Redis (or a primary behind a proxy).
+    Single(ConnectionManager),
+    /// A Redis Cluster: each command goes to the node of its key's slot.
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Single(_) => "RedisConnection::Single",
+            Self::Cluster(_) => "RedisConnection::Cluster",
+        })
+    }
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(connection) => connection.req_packed_command(cmd),
+            Self::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(connection) => connection.get_db(),
+            Self::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
+
+impl RedisConnection {
+    /// Sends `commands`, each of one key, and answers them in order. To one
+    /// Redis that is one pipeline; a cluster takes a pipeline only within
+    /// one slot, so there the commands go as one pipeline per slot (in
+    /// their order within it), all at once.
+    pub(crate) async fn send_by_slot(&self, commands: Vec<Cmd>) -> redis::RedisResult<Vec<Value>> {
+        if commands.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cluster = match self {
+            Self::Single(connection) => {
+                let mut pipe = redis::pipe();
+                for command in commands {
+                    pipe.add_command(command);
+                }
+                return pipe.query_async(&mut connection.clone()).await;
+            }
+            Self::Cluster(connection) => connection,
+        };
+        let count = commands.len();
+        let mut by_slot: HashMap<u16, (Vec<usize>, redis::Pipeline)> = HashMap::new();
+        for (place, command) in commands.into_iter().enumerate() {
+            let (places, pipe) = by_slot
+                .entry(command_slot(&command))
+                .or_insert_with(|| (Vec::new(), redis::pipe()));
+            places.push(place);
+            pipe.add_command(command);
+        }
+        let sent = join_all(by_slot.into_values().map(|(places, pipe)| {
+            let mut connection = cluster.clone();
+            async move {
+                let answers: Vec<Value> = pipe.query_async(&mut connection).await?;
+                Ok::<_, redis::RedisError>(places.into_iter().zip(answers))
+            }
+        }))
+        .await;
+        let mut answers = vec![Value::Nil; count];
+        for answered in sent {
+            for (place, answer) in answered? {
+                answers[place] = answer;
+            }
+        }
+        Ok(answers)
+    }
+}
+
+/// The cluster slot of a command's key: the first key of `EVALSHA`/`EVAL`,
+/// otherwise the first argument after the command's name (every command
+/// this backend sends in bulk names one key there).
+fn command_slot(command: &Cmd) -> u16 {
+    let mut args = command.args_iter().map(|arg| match arg {
+        redis::Arg::Simple(bytes) => bytes,
+        redis::Arg::Cursor => &[][..],
+    });
+    let name = args.next().unwrap_or_default();
+    let key = if name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVAL") {
+        args.nth(2)
+    } else {
+        args.next()
+    };
+    key_slot(key.unwrap_or_default())
+}
+
+/// Redis Cluster's slot of `key`: CRC16 (XMODEM) of the key's hash tag
+/// (the part between the first `{` and the next `}`, when not empty) or
+/// of the whole key, modulo 16384.
+fn key_slot(key: &[u8]) -> u16 {
+    let hashed = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let tag = &key[open + 1..];
+            let close = tag.iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &tag[..close])
+        })
+        .unwrap_or(key);
+    let mut crc: u16 = 0;
+    for &byte in hashed {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_match_the_cluster_specification() {
+        // The examples of the Redis Cluster specification and `CLUSTER
+        // KEYSLOT` answers.
+        // CRC16/XMODEM of "123456789" is 0x31C3, below 16384.
+        assert_eq!(key_slot(b"123456789"), 0x31C3);
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"eagate:{dev:d-1}:reports"), 11239);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+        // An empty tag hashes the whole key.
+        assert_ne!(key_slot(b"foo{}{bar}"), key_slot(b"bar"));
+        assert_ne!(key_slot(b"foo{}{bar}"), key_slot(b""));
+        assert_eq!(key_slot(b"foo{{bar}}zap"), key_slot(b"{bar"));
+        assert_eq!(key_slot(b"foo{bar}{zap}"), key_slot(b"bar"));
+    }
+
+    #[test]
+    fn a_script_call_is_placed_by_its_first_key() {
+        let mut call = redis::cmd("EVALSHA");
+        call.arg("0123abcd")
+            .arg(1)
+            .arg("eagate:{dev:d-1}:reports")
+            .arg("x");
+        let mut set = redis::cmd("HSET");
+        set.arg("eagate:{dev:d-1}:presence").arg("a").arg(1);
+        assert_eq!(command_slot(&call), key_slot(b"dev:d-1"));
+        assert_eq!(command_slot(&set), key_slot(b"dev:d-1"));
     }
 }

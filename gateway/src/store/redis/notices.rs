@@ -12,9 +12,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::RedisConnection;
 use futures_util::StreamExt;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use tracing::{info, warn};
 
 use super::RedisStores;
@@ -24,7 +24,7 @@ use crate::core::notices::{Notice, NoticeBus};
 /// Notices published on a deployment's pub/sub channel.
 #[derive(Clone)]
 pub struct RedisNoticeBus {
-    connection: ConnectionManager,
+    connection: RedisConnection,
     channel: String,
 }
 

@@ -51,21 +51,35 @@ impl PresenceStore for RedisStores {
                 return Ok(());
             }
             let mut connection = self.connection.clone();
-            // One round trip: the script is loaded first in the pipeline (a
-            // no-op when Redis has it), so the EVALSHAs after it find it;
-            // then one script call a device (each touches one slot).
-            let mut pipe = redis::pipe();
-            pipe.cmd("SCRIPT").arg("LOAD").arg(RENEW_PRESENCE).ignore();
-            for device_id in devices {
-                pipe.cmd("EVALSHA")
+            let renewals = devices.iter().map(|device_id| {
+                let mut renewal = redis::cmd("EVALSHA");
+                renewal
                     .arg(RENEW_PRESENCE_SCRIPT.get_hash())
                     .arg(1)
                     .arg(self.device_key(device_id, "presence"))
                     .arg(instance)
-                    .arg(now_ms + PRESENCE_TTL_MS)
-                    .ignore();
+                    .arg(now_ms + PRESENCE_TTL_MS);
+                renewal
+            });
+            if let super::RedisConnection::Single(_) = connection {
+                // One round trip: the script is loaded first in the pipeline
+                // (a no-op when Redis has it), so the EVALSHAs after it find
+                // it; then one script call a device (each touches one slot).
+                let mut pipe = redis::pipe();
+                pipe.cmd("SCRIPT").arg("LOAD").arg(RENEW_PRESENCE).ignore();
+                for renewal in renewals {
+                    pipe.add_command(renewal).ignore();
+                }
+                let () = pipe.query_async(&mut connection).await?;
+            } else {
+                // A cluster loads the script on every node, then takes one
+                // pipeline per slot.
+                let _: String = RENEW_PRESENCE_SCRIPT
+                    .prepare_invoke()
+                    .load_async(&mut connection)
+                    .await?;
+                connection.send_by_slot(renewals.collect()).await?;
             }
-            let () = pipe.query_async(&mut connection).await?;
             Ok(())
         })
     }

@@ -80,13 +80,16 @@ impl RedisStores {
         devices: &[&str],
         what: &str,
     ) -> Result<Vec<u64>, ReportStoreError> {
-        let mut pipe = redis::pipe();
-        for device_id in devices {
-            pipe.get(self.device_key(device_id, what));
-        }
-        let mut connection = self.connection.clone();
-        let numbers: Vec<Option<u64>> = pipe.query_async(&mut connection).await?;
-        Ok(numbers.into_iter().map(|n| n.unwrap_or(0)).collect())
+        let reads = devices.iter().map(|device_id| {
+            let mut read = redis::cmd("GET");
+            read.arg(self.device_key(device_id, what));
+            read
+        });
+        let numbers = self.connection.send_by_slot(reads.collect()).await?;
+        numbers
+            .iter()
+            .map(|number| Ok(redis::from_redis_value::<Option<u64>>(number)?.unwrap_or(0)))
+            .collect()
     }
 
     /// The commands that write `reports`, a run of one device's, in this

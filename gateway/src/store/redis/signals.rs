@@ -64,17 +64,14 @@ impl SignalLog for RedisStores {
             };
             // Outside the script (other slots); done on replays too, which
             // mends a crash in between.
-            let _: () = redis::pipe()
-                .hset(
-                    self.signal_index_key(),
-                    appended.signal.signal_id.to_string(),
-                    format!("{channel} {}", appended.signal.position),
-                )
-                .ignore()
-                .sadd(self.channels_key(), channel.as_str())
-                .ignore()
-                .query_async(&mut connection)
-                .await?;
+            let mut index = redis::cmd("HSET");
+            index
+                .arg(self.signal_index_key())
+                .arg(appended.signal.signal_id.to_string())
+                .arg(format!("{channel} {}", appended.signal.position));
+            let mut channels = redis::cmd("SADD");
+            channels.arg(self.channels_key()).arg(channel.as_str());
+            connection.send_by_slot(vec![index, channels]).await?;
             Ok(appended)
         })
     }
