@@ -21,6 +21,9 @@ command -v redis-cli >/dev/null 2>&1 || need_packages+=(redis-tools)
 # The C library's harness compiles C programs and runs them under memcheck.
 command -v gcc >/dev/null 2>&1 || need_packages+=(gcc)
 command -v valgrind >/dev/null 2>&1 || need_packages+=(valgrind)
+# The lossy-network test makes a network namespace and runs netem.
+command -v ip >/dev/null 2>&1 || need_packages+=(iproute2)
+command -v tc >/dev/null 2>&1 || need_packages+=(iproute2)
 if [ ${#need_packages[@]} -gt 0 ]; then
     step "installing ${need_packages[*]} from Debian's packages"
     as_root apt-get update -qq

@@ -131,8 +131,14 @@ impl Gateway {
     /// Starts `eagate serve` on system-chosen loopback ports with `extra`
     /// arguments (a Redis URL, say), and creates an admin token.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_on(data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// [`Gateway::start`] with devices served on `quic` (an address of a
+    /// test network, say); the admin API stays on loopback.
+    pub fn start_on(data_dir: &Path, quic: &str, extra: &[&str]) -> Self {
         let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
-        let mut gateway = Self::spawn(data_dir, "127.0.0.1:0", extra);
+        let mut gateway = Self::spawn(data_dir, quic, extra);
         let token = gateway.eagate_ok(&[
             "token",
             "create",

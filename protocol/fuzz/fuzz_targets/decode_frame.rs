@@ -1,31 +1,10 @@
-//! Feeds arbitrary bytes to the frame decoder in both directions.
-//! Any panic is a bug; so is a frame that decodes but does not re-encode to
-//! exactly its own bytes (every message has one encoding).
+//! Feeds arbitrary bytes to the frame decoder in both directions; the check
+//! is `../check.rs`, which the test command also runs over the corpus.
 #![no_main]
 
-use eagate_protocol::{
-    Decoded, DeviceMessage, GatewayMessage, MAX_WIRE_LEN, WireMessage, decode_frame, encode_frame,
-};
 use libfuzzer_sys::fuzz_target;
 
-fn check<M: WireMessage + PartialEq + core::fmt::Debug>(data: &[u8]) {
-    let Ok(decoded) = decode_frame::<M>(data) else {
-        return;
-    };
-    match decoded {
-        Decoded::Frame { message, consumed } => {
-            assert!(consumed <= data.len());
-            let mut buf = [0u8; MAX_WIRE_LEN];
-            let len = encode_frame(&message, &mut buf).expect("a decoded message re-encodes");
-            // Only the shortest encoding decodes, so every accepted frame
-            // is exactly the encoding of its message.
-            assert_eq!(&buf[..len], &data[..consumed]);
-        }
-        Decoded::Incomplete { needed } => assert!(needed > 0),
-    }
-}
+#[path = "../check.rs"]
+mod check;
 
-fuzz_target!(|data: &[u8]| {
-    check::<DeviceMessage>(data);
-    check::<GatewayMessage>(data);
-});
+fuzz_target!(|data: &[u8]| check::decode_both_ways(data));
