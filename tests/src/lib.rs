@@ -59,6 +59,73 @@ pub fn redis_addr(url: &str) -> SocketAddr {
 pub mod lossy;
 pub mod process;
 
+/// A tmpfs of a given size mounted over a directory, for tests of a full
+/// disk; unmounted when dropped. Mounting needs root, as the test command
+/// has.
+#[derive(Debug)]
+pub struct SmallDisk<'a> {
+    at: &'a std::path::Path,
+}
+
+impl<'a> SmallDisk<'a> {
+    /// Mounts a tmpfs of `size` (`3m`, say) at `at`.
+    ///
+    /// # Panics
+    ///
+    /// When it cannot be mounted (not root): the test fails, not skips.
+    pub fn mount(at: &'a std::path::Path, size: &str) -> Self {
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .expect("mount runs");
+        assert!(
+            mounted.success(),
+            "mounting a tmpfs failed: this test needs root (the test command runs as root)"
+        );
+        Self { at }
+    }
+
+    /// Gives the disk `size` in all: space returns.
+    ///
+    /// # Panics
+    ///
+    /// When the remount fails.
+    pub fn grow(&self, size: &str) {
+        let grown = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.at)
+            .status()
+            .expect("mount runs");
+        assert!(
+            grown.success(),
+            "growing the tmpfs at {}",
+            self.at.display()
+        );
+    }
+}
+
+impl Drop for SmallDisk<'_> {
+    fn drop(&mut self) {
+        // A store's background threads may hold a file for a moment after
+        // it shut down; a mount is never left behind (lazily, at the last).
+        for _ in 0..50 {
+            let unmounted = std::process::Command::new("umount")
+                .arg(self.at)
+                .stderr(std::process::Stdio::null())
+                .status();
+            if unmounted.is_ok_and(|status| status.success()) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.at)
+            .status();
+    }
+}
+
 /// A Redis of one test's own, on a free loopback port, stopped (killed)
 /// when dropped: for tests that take Redis away under a gateway.
 #[derive(Debug)]

@@ -5,49 +5,12 @@
 //! again every acknowledged write is there, the failed one's retry is
 //! stored exactly once, and the chain verifies.
 
-use std::path::Path;
-use std::process::Command;
-
 use eagate_affiliates::{Fact, Ledger, ProgrammeConfig, WriteError};
+use eagate_tests::SmallDisk;
 
 mod common;
 
 use common::{T0, affiliate_with_customer, payment};
-
-/// A tmpfs of `size` mounted at `at`, unmounted when dropped.
-struct SmallDisk<'a> {
-    at: &'a Path,
-}
-
-impl<'a> SmallDisk<'a> {
-    fn mount(at: &'a Path, size: &str) -> Self {
-        let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .expect("mount runs");
-        assert!(
-            mounted.success(),
-            "mounting a tmpfs failed: this test needs root (the test command runs as root)"
-        );
-        Self { at }
-    }
-
-    fn grow(&self, size: &str) {
-        let grown = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(self.at)
-            .status()
-            .unwrap();
-        assert!(grown.success());
-    }
-}
-
-impl Drop for SmallDisk<'_> {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.at).status();
-    }
-}
 
 #[tokio::test]
 async fn a_full_disk_refuses_to_serve_unsaved_state_and_loses_no_acknowledged_write() {
