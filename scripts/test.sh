@@ -21,14 +21,25 @@ command -v redis-cli >/dev/null 2>&1 || need_packages+=(redis-tools)
 # The C library's harness compiles C programs and runs them under memcheck.
 command -v gcc >/dev/null 2>&1 || need_packages+=(gcc)
 command -v valgrind >/dev/null 2>&1 || need_packages+=(valgrind)
-# The lossy-network test makes a network namespace and runs netem.
-command -v ip >/dev/null 2>&1 || need_packages+=(iproute2)
-command -v tc >/dev/null 2>&1 || need_packages+=(iproute2)
+# schemathesis (the OpenAPI conformance test) is installed from PyPI into
+# a virtual environment under target/.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_packages+=(python3 python3-venv)
 if [ ${#need_packages[@]} -gt 0 ]; then
     step "installing ${need_packages[*]} from Debian's packages"
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_packages[@]}"
 fi
+
+schemathesis_version=4.32.5
+schemathesis_env=target/schemathesis
+if ! "$schemathesis_env/bin/st" --version 2>/dev/null | grep -q " $schemathesis_version$"; then
+    step "installing schemathesis $schemathesis_version from PyPI into $schemathesis_env"
+    rm -rf "$schemathesis_env"
+    python3 -m venv "$schemathesis_env"
+    "$schemathesis_env/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$schemathesis_version"
+fi
+EAGATE_TEST_SCHEMATHESIS="$(pwd)/$schemathesis_env/bin/st"
+export EAGATE_TEST_SCHEMATHESIS
 
 step "cargo fmt --check"
 cargo fmt --all --check

@@ -1929,3 +1929,30 @@ async fn an_affiliate_sees_a_stable_pseudonym_for_each_customer_and_an_admin_the
     assert_eq!(theirs.len(), 1);
     assert!(!own.contains(&theirs[0]));
 }
+
+#[tokio::test]
+async fn a_fraud_case_id_that_is_no_number_is_no_case_404() {
+    let desk = desk().await;
+    let admin = desk.admin.clone();
+    for case_id in ["-1", "abc", "18446744073709551616"] {
+        let answer = desk
+            .call(
+                "POST",
+                &format!("/v1/fraud-cases/{case_id}/decision"),
+                &admin,
+                Some(json!({"decision": "cleared", "reason": "checked"})),
+            )
+            .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::NOT_FOUND,
+            "{case_id}: {}",
+            answer.text
+        );
+        assert_eq!(answer.body["type"], "/problems/not-found", "{case_id}");
+    }
+    assert_eq!(
+        decide_case(&desk, 1, "cleared", "checked").await.status,
+        StatusCode::NOT_FOUND
+    );
+}

@@ -233,6 +233,11 @@ impl Gateway {
         String::from_utf8(output.stdout).expect("UTF-8 output")
     }
 
+    /// The admin token made at start.
+    pub fn admin_token(&self) -> &str {
+        &self.token
+    }
+
     /// Registers a device subscribed to `channel`; its id and secret.
     pub fn register(&self, channel: &str) -> (String, String) {
         // Names are unique per account.

@@ -138,8 +138,10 @@ pub(super) async fn cases(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
 pub(super) struct CasePath {
-    /// The case.
-    case_id: u64,
+    /// The case. Read as text: a path that is no case number is no case
+    /// (404), like any other unknown id, not a malformed request.
+    #[param(value_type = u64, minimum = 0)]
+    case_id: String,
 }
 
 /// An admin's decision.
@@ -176,6 +178,9 @@ pub(super) async fn decide(
     Path(CasePath { case_id }): Path<CasePath>,
     ApiJson(new): ApiJson<NewDecision>,
 ) -> Result<(StatusCode, Json<Recorded>), ApiError> {
+    let case_id: u64 = case_id
+        .parse()
+        .map_err(|_| ApiError::NotFound(format!("no fraud case {case_id}")))?;
     check_text("reason", &new.reason, 500)?;
     let actor = caller_id();
     let now = state.affiliates.now_ms();

@@ -251,6 +251,7 @@ pub(super) struct BatchPath {
             (String = "text/csv"),
         )),
         (status = 404, description = "No such batch."),
+        (status = 422, description = "Invalid query."),
         Admin,
     )
 )]
