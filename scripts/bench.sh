@@ -94,7 +94,12 @@ start_gateway() {
     local extra=()
     [ "$store" = redis ] && extra=(--redis-url "redis://127.0.0.1:$redis_port/")
     EAGATE_TOKEN=$("$eagate" token create --scope admin --data-dir "$dir/data" 2>/dev/null | tail -1)
-    "$eagate" serve --data-dir "$dir/data" --quic-listen "127.0.0.1:$quic" \
+    # The load generator is one source opening thousands of connections at
+    # once: the gate (per source, and on those not yet authenticated) is
+    # opened wide, through the environment, which older binaries measured
+    # with EAGATE_BIN ignore.
+    EAGATE_CONNECTIONS_PER_MINUTE_PER_SOURCE=1000000 EAGATE_MAX_UNAUTHENTICATED_CONNECTIONS=1000000 \
+        "$eagate" serve --data-dir "$dir/data" --quic-listen "127.0.0.1:$quic" \
         --http-listen "127.0.0.1:$http" "${extra[@]}" >"$dir/serve.log" 2>&1 &
     server_pid=$!; pids+=("$server_pid")
     wait_for "eagate ($store)" grep -q "TLS fingerprint" "$dir/serve.log"

@@ -68,6 +68,18 @@ pub struct ServeConfig {
     #[arg(long, env = "EAGATE_AUTH_DEADLINE_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60))]
     pub auth_deadline_secs: u64,
 
+    /// New device connections one source (an IPv4 address, an IPv6 /64)
+    /// may open per minute, and at once; more are refused before their
+    /// handshake. Allow for every EA on one host reconnecting together.
+    #[arg(long, env = "EAGATE_CONNECTIONS_PER_MINUTE_PER_SOURCE", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub connections_per_minute_per_source: u64,
+
+    /// Device connections not yet authenticated, at most, from all sources
+    /// together; more are refused before their handshake (a flood holds
+    /// bounded memory).
+    #[arg(long, env = "EAGATE_MAX_UNAUTHENTICATED_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_unauthenticated_connections: u64,
+
     /// How many new signals per channel are held for devices that are
     /// momentarily behind; a device further behind reads the log instead, so
     /// memory stays bounded however slow a device is.
@@ -266,6 +278,8 @@ struct FileConfig {
     hostnames: Option<Vec<String>>,
     skew_window_secs: Option<u64>,
     auth_deadline_secs: Option<u64>,
+    connections_per_minute_per_source: Option<u64>,
+    max_unauthenticated_connections: Option<u64>,
     signal_queue_len: Option<u64>,
     redis_url: Option<String>,
     redis_prefix: Option<String>,
@@ -358,6 +372,8 @@ impl ServeConfig {
         take!(hostnames);
         take!(skew_window_secs, 1, 300);
         take!(auth_deadline_secs, 1, 60);
+        take!(connections_per_minute_per_source, 1, 1_000_000);
+        take!(max_unauthenticated_connections, 1, 1_000_000);
         take!(signal_queue_len, 1, 65_536);
         take!(redis_url, optional);
         take!(redis_prefix);
@@ -462,7 +478,7 @@ impl ServeConfig {
                 })
         };
         format!(
-            "config_file = {}\ndata_dir = {}\nquic_listen = {}\nquic_endpoints = {}\nhttp_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nsignal_queue_len = {}\nsignal_retention_hours = {}\nmaster_key = {}\nredis_url = {}\nredis_prefix = {}\nreferral_landing_page = {}\nreferral_link_base = {}\naffiliate_currency = {}\nfirst_month_commission_bps = {}\nlater_months_commission_bps = {}\nfirst_trade_bonus_bps = {}\nholding_period_days = {}\nattribution_window_days = {}\ncredit_threshold_minor = {}\nreferrer_credit_minor = {}\nreferred_credit_minor = {}\ndaily_referral_limit = {}\nshared_address_limit = {}\nshared_address_window_hours = {}\nwash_trade_tolerance_bps = {}\nclick_dedupe_minutes = {}\nclick_rate_per_minute = {}\npayout_minimum_minor = {}\nmax_event_age_days = {}\npayout_time = {}\npayout_provider = {}\nstripe_api_base = {}\nstripe_timeout_secs = {}\nstripe_secret_key = {}\n",
+            "config_file = {}\ndata_dir = {}\nquic_listen = {}\nquic_endpoints = {}\nhttp_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nconnections_per_minute_per_source = {}\nmax_unauthenticated_connections = {}\nsignal_queue_len = {}\nsignal_retention_hours = {}\nmaster_key = {}\nredis_url = {}\nredis_prefix = {}\nreferral_landing_page = {}\nreferral_link_base = {}\naffiliate_currency = {}\nfirst_month_commission_bps = {}\nlater_months_commission_bps = {}\nfirst_trade_bonus_bps = {}\nholding_period_days = {}\nattribution_window_days = {}\ncredit_threshold_minor = {}\nreferrer_credit_minor = {}\nreferred_credit_minor = {}\ndaily_referral_limit = {}\nshared_address_limit = {}\nshared_address_window_hours = {}\nwash_trade_tolerance_bps = {}\nclick_dedupe_minutes = {}\nclick_rate_per_minute = {}\npayout_minimum_minor = {}\nmax_event_age_days = {}\npayout_time = {}\npayout_provider = {}\nstripe_api_base = {}\nstripe_timeout_secs = {}\nstripe_secret_key = {}\n",
             self.config_file
                 .as_ref()
                 .map_or("(none)".to_owned(), |p| p.display().to_string()),
@@ -475,6 +491,8 @@ impl ServeConfig {
             self.hostnames.join(","),
             self.skew_window_secs,
             self.auth_deadline_secs,
+            self.connections_per_minute_per_source,
+            self.max_unauthenticated_connections,
             self.signal_queue_len,
             self.signal_retention_hours,
             if self.master_key.is_some() {

@@ -10,6 +10,7 @@ use crate::affiliates::AffiliateDesk;
 use crate::config::ServeConfig;
 use crate::core::Core;
 use crate::core::checks::AuthSettings;
+use crate::core::connection_gate::{ConnectionGate, GateSettings};
 use crate::core::fanout::SignalHub;
 use crate::core::notices::NoticeBus;
 use crate::core::sessions::SharedPresence;
@@ -274,6 +275,11 @@ impl Gateway {
             nonce_ttl: config.skew_window() * 4,
         };
         core.auth_deadline = config.auth_deadline();
+        core.connection_gate = std::sync::Mutex::new(ConnectionGate::new(GateSettings {
+            per_minute: config.connections_per_minute_per_source as u32,
+            max_unauthenticated: config.max_unauthenticated_connections as usize,
+            ..GateSettings::default()
+        }));
         let core = Arc::new(core);
         let mut upkeep = stores.upkeep;
         upkeep.push(tokio::spawn(core.hub.clone().recheck(core.signals.clone())));

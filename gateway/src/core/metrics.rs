@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use super::checks::FailureReason;
 use super::close::Close;
+use super::connection_gate::TurnedAway;
 use crate::reports::Ingested;
 
 /// Upper bounds of the ingest latency buckets, in microseconds.
@@ -30,6 +31,8 @@ const LATENCY_BOUNDS_US: [u64; 11] = [
 pub struct Metrics {
     connections: AtomicI64,
     auth_failures: [AtomicU64; FailureReason::ALL.len()],
+    /// Turned away too fast, too many waiting.
+    turned_away: [AtomicU64; 2],
     signals_delivered: AtomicU64,
     reports_stored: AtomicU64,
     reports_duplicate: AtomicU64,
@@ -53,6 +56,15 @@ impl Metrics {
     /// An authentication was refused.
     pub fn auth_failure(&self, reason: FailureReason) {
         self.auth_failures[reason.index()].fetch_add(1, Relaxed);
+    }
+
+    /// A connection was refused before its handshake.
+    pub fn turned_away(&self, why: TurnedAway) {
+        let index = match why {
+            TurnedAway::TooFast { .. } => 0,
+            TurnedAway::TooManyWaiting => 1,
+        };
+        self.turned_away[index].fetch_add(1, Relaxed);
     }
 
     /// A signal was written to a device's stream.
@@ -127,6 +139,22 @@ impl Metrics {
                 "eagate_auth_failures_total{{reason=\"{}\"}} {}",
                 reason.as_str(),
                 self.auth_failures[reason.index()].load(Relaxed)
+            );
+        }
+        header(
+            &mut out,
+            "eagate_connections_turned_away_total",
+            "counter",
+            "Device connections refused before their handshake: a source opening too many, or too many waiting to authenticate.",
+        );
+        for (reason, count) in ["too_fast", "too_many_waiting"]
+            .iter()
+            .zip(&self.turned_away)
+        {
+            let _ = writeln!(
+                out,
+                "eagate_connections_turned_away_total{{reason=\"{reason}\"}} {}",
+                count.load(Relaxed)
             );
         }
         header(

@@ -13,6 +13,7 @@
 pub mod admission;
 pub mod checks;
 pub mod close;
+pub mod connection_gate;
 pub mod device_session;
 pub mod fanout;
 pub mod metrics;
@@ -72,6 +73,9 @@ pub struct Core {
     pub session: SessionParams,
     /// Repeated failure slow-down.
     pub throttle: Mutex<FailureThrottle>,
+    /// Who may open a connection: a budget per source, a cap on those not
+    /// yet authenticated.
+    pub connection_gate: Mutex<connection_gate::ConnectionGate>,
     /// Becomes `true` when the gateway shuts down.
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// The device sessions live in this process, which take orders (end,
@@ -226,6 +230,9 @@ impl Core {
                 max_frame_len: MAX_FRAME_LEN as u32,
             },
             throttle: Mutex::new(FailureThrottle::new(ThrottleSettings::default())),
+            connection_gate: Mutex::new(connection_gate::ConnectionGate::new(
+                connection_gate::GateSettings::default(),
+            )),
             shutdown: tokio::sync::watch::channel(false).0,
             live: Arc::new(LiveSessions::default()),
             shared_presence: None,

@@ -26,6 +26,8 @@ pub fn config(dir: &Path) -> ServeConfig {
         hostnames: vec!["localhost".into()],
         skew_window_secs: 30,
         auth_deadline_secs: 1,
+        connections_per_minute_per_source: 300,
+        max_unauthenticated_connections: 10_000,
         signal_queue_len: 256,
         master_key: None,
         redis_url: None,
@@ -209,28 +211,15 @@ pub async fn connect_with_window(
     data_dir: &Path,
     stream_window: Option<u32>,
 ) -> Session {
-    let cert = CertificateDer::from_pem_file(data_dir.join("tls/cert.pem")).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    if let Some(window) = stream_window {
-        let mut transport = quinn::TransportConfig::default();
-        transport
-            .stream_receive_window(window.into())
-            .receive_window(window.into());
-        client.transport_config(Arc::new(transport));
-    }
-    endpoint.set_default_client_config(client);
-    let connection = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+    let connection = try_connect_from(addr, data_dir, "127.0.0.1", stream_window)
+        .await
+        .unwrap();
+    session_over(connection).await
+}
+
+/// A session on an open connection: the device's stream opened, nothing
+/// sent yet.
+pub async fn session_over(connection: Connection) -> Session {
     let mut binding = [0u8; 32];
     connection
         .export_keying_material(&mut binding, CHANNEL_BINDING_LABEL, b"")
@@ -243,6 +232,40 @@ pub async fn connect_with_window(
         buffer: Vec::new(),
         binding,
     }
+}
+
+/// A QUIC connection (handshake done, nothing sent) to the gateway at
+/// `addr` from the loopback address `local` (any of 127.0.0.0/8: another
+/// source, as the gateway sees it), or why there is none.
+pub async fn try_connect_from(
+    addr: std::net::SocketAddr,
+    data_dir: &Path,
+    local: &str,
+    stream_window: Option<u32>,
+) -> Result<Connection, ConnectionError> {
+    let cert = CertificateDer::from_pem_file(data_dir.join("tls/cert.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let local = std::net::SocketAddr::new(local.parse().unwrap(), 0);
+    let mut endpoint = quinn::Endpoint::client(local).unwrap();
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    if let Some(window) = stream_window {
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .stream_receive_window(window.into())
+            .receive_window(window.into());
+        client.transport_config(Arc::new(transport));
+    }
+    endpoint.set_default_client_config(client);
+    endpoint.connect(addr, "localhost").unwrap().await
 }
 
 impl Session {

@@ -242,7 +242,18 @@ fn reuse_port(_socket: &socket2::Socket) -> std::io::Result<()> {
     ))
 }
 
-/// Accepts connections until the endpoint is closed, each in its own task,
+/// A connection the gate admitted that has not authenticated yet: it
+/// leaves the gate's count when dropped (authenticated, refused or gone).
+pub(super) struct Waiting(Arc<Core>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.connection_gate.lock().expect("gate lock").settled();
+    }
+}
+
+/// Accepts connections until the endpoint is closed, turning away those the
+/// gate refuses before their handshake, each in its own task,
 /// and returns once every session has ended, so the store they share is
 /// released when this returns.
 pub async fn serve(endpoint: quinn::Endpoint, core: Arc<Core>) {
@@ -250,11 +261,23 @@ pub async fn serve(endpoint: quinn::Endpoint, core: Arc<Core>) {
     while let Some(incoming) = endpoint.accept().await {
         // Reap finished sessions so the set stays as small as the live ones.
         while sessions.try_join_next().is_some() {}
+        let remote = incoming.remote_address();
+        let admitted = core
+            .connection_gate
+            .lock()
+            .expect("gate lock")
+            .open(remote.ip(), std::time::Instant::now());
+        if let Err(why) = admitted {
+            debug!(%remote, reason = why.as_str(), "connection turned away");
+            core.metrics.turned_away(why);
+            incoming.refuse();
+            continue;
+        }
+        let waiting = Waiting(core.clone());
         let core = core.clone();
         sessions.spawn(async move {
-            let remote = incoming.remote_address();
             match incoming.await {
-                Ok(connection) => session::run(connection, &core).await,
+                Ok(connection) => session::run(connection, &core, waiting).await,
                 Err(e) => debug!(%remote, error = %e, "handshake failed"),
             }
         });

@@ -89,14 +89,17 @@ impl Ending {
 }
 
 /// Runs the session of one connection until it ends.
-pub(super) async fn run(connection: quinn::Connection, core: &Core) {
+pub(super) async fn run(connection: quinn::Connection, core: &Core, waiting: super::Waiting) {
     let remote = connection.remote_address();
     let mut opened = None;
     // Every step is boxed: held inline, each would make this future (which
     // every session holds for its whole life) as large as the largest step's
     // state, and the compiler laid them out to 48 KB; boxed, a session holds
     // the task's 5 KB and the streaming's 6 KB while it waits.
-    let (mut session, mut reader) = match Box::pin(admit(&connection, core, &mut opened)).await {
+    let admitted = Box::pin(admit(&connection, core, &mut opened)).await;
+    // Authenticated or not, it waits no more.
+    drop(waiting);
+    let (mut session, mut reader) = match admitted {
         Ok(admitted) => admitted,
         Err(ending) => {
             Box::pin(ending.carry_out(&connection, opened.as_mut(), core)).await;

@@ -1,0 +1,276 @@
+//! Who may open a device connection, without IO: a budget of new
+//! connections per source (a token bucket per IPv4 address or IPv6 /64,
+//! so a host cannot dodge it by rotating through its own addresses), and a
+//! cap on connections not yet authenticated, so a flood from many sources
+//! holds bounded memory. The QUIC driver asks before it starts a handshake
+//! and refuses the connection when turned away: the cheapest answer, sent
+//! before any cryptography or store work.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// Tunables of the gate.
+#[derive(Debug, Clone, Copy)]
+pub struct GateSettings {
+    /// New connections a source may open per minute, and at once: a
+    /// terminal host with many EAs reconnecting after a restart fits.
+    pub per_minute: u32,
+    /// Connections admitted but not yet authenticated (or gone), at most.
+    pub max_unauthenticated: usize,
+    /// The most sources remembered.
+    pub max_sources: usize,
+}
+
+impl Default for GateSettings {
+    fn default() -> Self {
+        Self {
+            per_minute: 300,
+            max_unauthenticated: 10_000,
+            max_sources: 100_000,
+        }
+    }
+}
+
+/// Why a connection was turned away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnedAway {
+    /// Its source opened too many connections lately; the next is possible
+    /// after this long.
+    TooFast {
+        /// When the source's next connection is admitted.
+        retry_after: Duration,
+    },
+    /// Too many connections are waiting to authenticate.
+    TooManyWaiting,
+}
+
+impl TurnedAway {
+    /// A stable label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TooFast { .. } => "too_fast",
+            Self::TooManyWaiting => "too_many_waiting",
+        }
+    }
+}
+
+/// One connection in budget units: a unit is what a source earns in a
+/// millisecond at one connection a minute, so refills are whole numbers at
+/// any rate and nothing is lost to rounding however often a source knocks.
+const CONNECTION: u64 = 60_000;
+
+/// A source's budget, in units.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    units: u64,
+    updated: Instant,
+}
+
+/// The gate: per-source budgets and the count of connections waiting to
+/// authenticate.
+#[derive(Debug)]
+pub struct ConnectionGate {
+    settings: GateSettings,
+    budgets: HashMap<IpAddr, Budget>,
+    waiting: usize,
+}
+
+impl ConnectionGate {
+    /// An open gate.
+    pub fn new(settings: GateSettings) -> Self {
+        Self {
+            settings,
+            budgets: HashMap::new(),
+            waiting: 0,
+        }
+    }
+
+    /// A connection from `source` at `now`: admitted (it then counts as
+    /// waiting until [`ConnectionGate::settled`]) or turned away.
+    pub fn open(&mut self, source: IpAddr, now: Instant) -> Result<(), TurnedAway> {
+        if self.waiting >= self.settings.max_unauthenticated {
+            return Err(TurnedAway::TooManyWaiting);
+        }
+        let per_minute = u64::from(self.settings.per_minute.max(1));
+        let full = per_minute * CONNECTION;
+        let key = source_key(source);
+        if self.budgets.len() >= self.settings.max_sources && !self.budgets.contains_key(&key) {
+            self.evict(now);
+        }
+        let budget = self.budgets.entry(key).or_insert(Budget {
+            units: full,
+            updated: now,
+        });
+        let elapsed_ms = now.saturating_duration_since(budget.updated).as_millis() as u64;
+        budget.units = budget
+            .units
+            .saturating_add(elapsed_ms.saturating_mul(per_minute))
+            .min(full);
+        budget.updated = now;
+        if budget.units < CONNECTION {
+            let missing = CONNECTION - budget.units;
+            let retry_after = Duration::from_millis(missing.div_ceil(per_minute));
+            return Err(TurnedAway::TooFast { retry_after });
+        }
+        budget.units -= CONNECTION;
+        self.waiting += 1;
+        Ok(())
+    }
+
+    /// A connection [`ConnectionGate::open`] admitted has authenticated or
+    /// ended.
+    pub fn settled(&mut self) {
+        self.waiting = self.waiting.saturating_sub(1);
+    }
+
+    /// Connections admitted and not yet settled.
+    pub fn waiting(&self) -> usize {
+        self.waiting
+    }
+
+    /// Sources remembered.
+    pub fn sources(&self) -> usize {
+        self.budgets.len()
+    }
+
+    /// Makes room: forgets sources whose budget has refilled (the same as
+    /// never seen), and if that is not enough the tenth least recently seen.
+    fn evict(&mut self, now: Instant) {
+        let full_after_ms = 60_000;
+        self.budgets.retain(|_, budget| {
+            now.saturating_duration_since(budget.updated).as_millis() < full_after_ms
+        });
+        if self.budgets.len() >= self.settings.max_sources {
+            let mut times: Vec<Instant> = self.budgets.values().map(|b| b.updated).collect();
+            let cut = times.len() / 10;
+            let (_, cutoff, _) = times.select_nth_unstable(cut);
+            let cutoff = *cutoff;
+            self.budgets.retain(|_, budget| budget.updated > cutoff);
+        }
+    }
+}
+
+/// The key a source's budget is kept under: an IPv4 address (also when
+/// mapped into IPv6), or an IPv6 address's /64, which one host usually
+/// holds whole.
+fn source_key(source: IpAddr) -> IpAddr {
+    match source {
+        IpAddr::V4(_) => source,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(per_minute: u32, max_unauthenticated: usize, max_sources: usize) -> ConnectionGate {
+        ConnectionGate::new(GateSettings {
+            per_minute,
+            max_unauthenticated,
+            max_sources,
+        })
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_source_opens_a_minutes_worth_at_once_then_one_per_its_share_of_a_minute() {
+        let mut gate = gate(60, 1_000, 100);
+        let now = Instant::now();
+        for _ in 0..60 {
+            gate.open(ip("192.0.2.1"), now).unwrap();
+            gate.settled();
+        }
+        assert_eq!(
+            gate.open(ip("192.0.2.1"), now),
+            Err(TurnedAway::TooFast {
+                retry_after: Duration::from_secs(1)
+            })
+        );
+        // 60 a minute: one a second.
+        let later = now + Duration::from_millis(999);
+        assert!(gate.open(ip("192.0.2.1"), later).is_err());
+        let later = now + Duration::from_secs(1);
+        gate.open(ip("192.0.2.1"), later).unwrap();
+        assert!(gate.open(ip("192.0.2.1"), later).is_err());
+        // Other sources are not held back by it.
+        gate.open(ip("192.0.2.2"), later).unwrap();
+    }
+
+    #[test]
+    fn a_slow_rate_refills_exactly_however_often_the_source_knocks() {
+        let mut gate = gate(7, 1_000, 100);
+        let start = Instant::now();
+        for _ in 0..7 {
+            gate.open(ip("192.0.2.1"), start).unwrap();
+            gate.settled();
+        }
+        // Knocking every millisecond: the next one comes after 60/7 s all
+        // the same (8572 ms, rounded up).
+        let mut admitted_at = None;
+        for ms in 1..=9_000u64 {
+            if gate
+                .open(ip("192.0.2.1"), start + Duration::from_millis(ms))
+                .is_ok()
+            {
+                admitted_at = Some(ms);
+                break;
+            }
+        }
+        assert_eq!(admitted_at, Some(8_572));
+    }
+
+    #[test]
+    fn an_ipv6_host_cannot_dodge_its_budget_by_changing_addresses_within_its_64() {
+        let mut gate = gate(2, 1_000, 100);
+        let now = Instant::now();
+        gate.open(ip("2001:db8:1:2::1"), now).unwrap();
+        gate.open(ip("2001:db8:1:2:ffff::9"), now).unwrap();
+        assert!(gate.open(ip("2001:db8:1:2:abcd::1"), now).is_err());
+        // Another /64 has its own.
+        gate.open(ip("2001:db8:1:3::1"), now).unwrap();
+        // An IPv4 address seen as IPv6 is that IPv4 address.
+        gate.open(ip("192.0.2.9"), now).unwrap();
+        gate.open(ip("::ffff:192.0.2.9"), now).unwrap();
+        assert!(gate.open(ip("192.0.2.9"), now).is_err());
+    }
+
+    #[test]
+    fn connections_waiting_to_authenticate_are_capped_across_all_sources() {
+        let mut gate = gate(1_000, 3, 100);
+        let now = Instant::now();
+        for n in 1..=3 {
+            gate.open(ip(&format!("192.0.2.{n}")), now).unwrap();
+        }
+        assert_eq!(
+            gate.open(ip("192.0.2.4"), now),
+            Err(TurnedAway::TooManyWaiting)
+        );
+        gate.settled();
+        gate.open(ip("192.0.2.4"), now).unwrap();
+        assert_eq!(gate.waiting(), 3);
+    }
+
+    #[test]
+    fn memory_is_bounded_however_many_sources_come() {
+        let mut gate = gate(10, 1_000_000, 50);
+        let now = Instant::now();
+        for n in 0..10_000u32 {
+            let source = IpAddr::V4(n.to_be_bytes().into());
+            gate.open(source, now + Duration::from_millis(u64::from(n)))
+                .unwrap();
+            gate.settled();
+            assert!(gate.sources() <= 50, "{} sources kept", gate.sources());
+        }
+    }
+}
