@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use eagate_gateway::nonces::NonceStore;
+use eagate_gateway::presence::PresenceStore;
 use eagate_gateway::registry::{DeviceRegistry, RegistryError};
 use eagate_gateway::reports::{Ingested, ReportStore, StoredReport};
 use eagate_gateway::seal::MasterKey;
@@ -420,6 +421,17 @@ async fn a_nonce_is_claimed_once_per_device_until_it_expires(stores: &Stores) {
 }
 on_both_backends!(a_nonce_is_claimed_once_per_device_until_it_expires);
 
+/// What a Redis restart does to the scripts the Redis at `url` holds.
+async fn flush_scripts(url: &str) {
+    let client = redis::Client::open(url).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn redis_stores_a_report_once_after_its_scripts_were_flushed() {
     // A Redis of its own: flushing the scripts of the shared one would
@@ -434,13 +446,7 @@ async fn redis_stores_a_report_once_after_its_scripts_were_flushed() {
         .ingest(&report("dv_B", 1, 8, ReportOutcome::Received), None)
         .await
         .unwrap();
-    let client = redis::Client::open(redis.url.as_str()).unwrap();
-    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let () = redis::cmd("SCRIPT")
-        .arg("FLUSH")
-        .query_async(&mut connection)
-        .await
-        .unwrap();
+    flush_scripts(&redis.url).await;
     let fill_one = report("dv_A", 1, 8, fill(1));
     assert_eq!(
         stores.ingest(&fill_one, None).await.unwrap(),
@@ -449,6 +455,58 @@ async fn redis_stores_a_report_once_after_its_scripts_were_flushed() {
     let listed = stores.for_signal(SignalId([8; 16])).await.unwrap();
     assert_eq!(listed.len(), 2);
     assert!(listed.contains(&fill_one));
+}
+
+#[tokio::test]
+async fn a_redis_cluster_stores_many_devices_reports_once_and_renews_their_presence_after_every_node_lost_its_scripts()
+ {
+    // A cluster of its own: flushing the scripts of the shared one would
+    // reach into the other tests.
+    let cluster = eagate_tests::PrivateRedisCluster::start();
+    let stores = RedisStores::connect(&cluster.url, &unique_prefix())
+        .await
+        .unwrap();
+    let devices: Vec<String> = (0..24).map(|n| format!("dv_{n}")).collect();
+    // Written at once, so batches carry many devices' runs, in many slots.
+    let write_all = |seq: u64| {
+        futures_util::future::join_all(devices.iter().map(|device| {
+            let stores = &stores;
+            async move {
+                stores
+                    .ingest(&report(device, seq, 8, fill(seq)), None)
+                    .await
+                    .unwrap()
+            }
+        }))
+    };
+    for ingested in write_all(1).await {
+        assert_eq!(ingested, Ingested::Stored { confirmed_up_to: 1 });
+    }
+    let now = 1_700_000_000_000;
+    stores.renew(&devices, "gw-1", now).await.unwrap();
+    for node in cluster.nodes() {
+        flush_scripts(&format!("redis://{node}/")).await;
+    }
+    for ingested in write_all(2).await {
+        assert_eq!(ingested, Ingested::Stored { confirmed_up_to: 2 });
+    }
+    // Again: each once, the already stored answered as such.
+    for ingested in write_all(2).await {
+        assert_eq!(ingested, Ingested::AlreadyStored { confirmed_up_to: 2 });
+    }
+    let listed = stores.for_signal(SignalId([8; 16])).await.unwrap();
+    assert_eq!(listed.len(), devices.len() * 2, "each report once");
+    // Presence renewals reach every device's slot, scripts flushed or not.
+    stores.mark(&devices[0], "gw-1", true, now).await.unwrap();
+    stores
+        .renew(&devices[..1], "gw-1", now + 1_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        stores.presence(&devices[0], now + 1_000).await.unwrap().0,
+        1,
+        "one gateway vouches for the device"
+    );
 }
 
 #[tokio::test]

@@ -59,6 +59,69 @@ pub fn redis_addr(url: &str) -> SocketAddr {
 pub mod lossy;
 pub mod process;
 
+/// A Redis Cluster of three primaries of one test's own
+/// (`scripts/redis-cluster.sh`), stopped when dropped: for tests that reach
+/// into every node (flushing scripts, say).
+#[derive(Debug)]
+pub struct PrivateRedisCluster {
+    dir: tempfile::TempDir,
+    /// The URL of one of its nodes.
+    pub url: String,
+}
+
+impl PrivateRedisCluster {
+    fn script() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/redis-cluster.sh")
+    }
+
+    /// Starts it and waits until every slot is served.
+    ///
+    /// # Panics
+    ///
+    /// When it cannot be started: the test fails rather than skips.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let output = std::process::Command::new(Self::script())
+            .arg("start")
+            .arg(dir.path())
+            .output()
+            .expect("scripts/redis-cluster.sh runs");
+        assert!(
+            output.status.success(),
+            "starting a Redis Cluster failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let url = String::from_utf8(output.stdout)
+            .expect("a URL")
+            .trim()
+            .to_owned();
+        Self { dir, url }
+    }
+
+    /// The `host:port` of every node.
+    pub fn nodes(&self) -> Vec<String> {
+        let mut nodes: Vec<String> = std::fs::read_dir(self.dir.path())
+            .expect("the cluster's directory")
+            .filter_map(|entry| {
+                let name = entry.ok()?.file_name().into_string().ok()?;
+                let port = name.strip_prefix("node-")?.strip_suffix(".pid")?.to_owned();
+                Some(format!("127.0.0.1:{port}"))
+            })
+            .collect();
+        nodes.sort();
+        nodes
+    }
+}
+
+impl Drop for PrivateRedisCluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(Self::script())
+            .arg("stop")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
 /// A tmpfs of a given size mounted over a directory, for tests of a full
 /// disk; unmounted when dropped. Mounting needs root, as the test command
 /// has.

@@ -2,9 +2,16 @@
 //! connections per source (a token bucket per IPv4 address or IPv6 /64,
 //! so a host cannot dodge it by rotating through its own addresses), and a
 //! cap on connections not yet authenticated, so a flood from many sources
-//! holds bounded memory. The QUIC driver asks before it starts a handshake
-//! and refuses the connection when turned away: the cheapest answer, sent
-//! before any cryptography or store work.
+//! holds bounded memory.
+//!
+//! A source address in a first packet may be forged, so it is charged only
+//! once it is proven: by a completed handshake, or by the token of a QUIC
+//! Retry. The QUIC driver asks before the handshake: a proven source out of
+//! budget is refused then (the cheapest answer, before any cryptography or
+//! store work); an unproven one is sent a Retry, which a forger cannot
+//! answer, when its claimed source is out of budget or half the waiting
+//! places are taken. A forged flood thus neither uses up another host's
+//! budget nor holds the places others need.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -67,6 +74,35 @@ struct Budget {
     updated: Instant,
 }
 
+/// What to do with an arriving connection, before its handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Go ahead with the handshake.
+    Admit,
+    /// Send a QUIC Retry: the source must prove its address first.
+    Retry,
+    /// Refuse it.
+    Refuse(TurnedAway),
+}
+
+/// Adds what `budget` earned since it was last updated, up to `full`.
+fn refill(budget: &mut Budget, per_minute: u32, full: u64, now: Instant) {
+    let elapsed_ms = now.saturating_duration_since(budget.updated).as_millis() as u64;
+    budget.units = budget
+        .units
+        .saturating_add(elapsed_ms.saturating_mul(u64::from(per_minute.max(1))))
+        .min(full);
+    budget.updated = now;
+}
+
+/// How long until `budget` holds a connection again.
+fn too_fast(budget: &Budget, per_minute: u32) -> TurnedAway {
+    let missing = CONNECTION.saturating_sub(budget.units);
+    TurnedAway::TooFast {
+        retry_after: Duration::from_millis(missing.div_ceil(u64::from(per_minute.max(1)))),
+    }
+}
+
 /// The gate: per-source budgets and the count of connections waiting to
 /// authenticate.
 #[derive(Debug)]
@@ -86,14 +122,33 @@ impl ConnectionGate {
         }
     }
 
-    /// A connection from `source` at `now`: admitted (it then counts as
-    /// waiting until [`ConnectionGate::settled`]) or turned away.
-    pub fn open(&mut self, source: IpAddr, now: Instant) -> Result<(), TurnedAway> {
+    /// A connection arriving from `source` at `now`, `proven` when QUIC has
+    /// validated its address (it answered a Retry): what to do before its
+    /// handshake. An admitted connection counts as waiting until
+    /// [`ConnectionGate::settled`]; its source is charged once its
+    /// handshake completes ([`ConnectionGate::charge`]).
+    pub fn arriving(&mut self, source: IpAddr, proven: bool, now: Instant) -> Verdict {
         if self.waiting >= self.settings.max_unauthenticated {
-            return Err(TurnedAway::TooManyWaiting);
+            return Verdict::Refuse(TurnedAway::TooManyWaiting);
         }
-        let per_minute = u64::from(self.settings.per_minute.max(1));
-        let full = per_minute * CONNECTION;
+        match (self.budget_left(source, now), proven) {
+            (Err(why), true) => Verdict::Refuse(why),
+            (Err(_), false) => Verdict::Retry,
+            (Ok(()), false) if self.waiting >= self.settings.max_unauthenticated / 2 => {
+                Verdict::Retry
+            }
+            (Ok(()), _) => {
+                self.waiting += 1;
+                Verdict::Admit
+            }
+        }
+    }
+
+    /// Charges `source`, proven by a completed handshake, one connection;
+    /// turned away when it has none left (it spent them while this one was
+    /// shaking hands).
+    pub fn charge(&mut self, source: IpAddr, now: Instant) -> Result<(), TurnedAway> {
+        let full = self.full();
         let key = source_key(source);
         if self.budgets.len() >= self.settings.max_sources && !self.budgets.contains_key(&key) {
             self.evict(now);
@@ -102,20 +157,30 @@ impl ConnectionGate {
             units: full,
             updated: now,
         });
-        let elapsed_ms = now.saturating_duration_since(budget.updated).as_millis() as u64;
-        budget.units = budget
-            .units
-            .saturating_add(elapsed_ms.saturating_mul(per_minute))
-            .min(full);
-        budget.updated = now;
+        refill(budget, self.settings.per_minute, full, now);
         if budget.units < CONNECTION {
-            let missing = CONNECTION - budget.units;
-            let retry_after = Duration::from_millis(missing.div_ceil(per_minute));
-            return Err(TurnedAway::TooFast { retry_after });
+            return Err(too_fast(budget, self.settings.per_minute));
         }
         budget.units -= CONNECTION;
-        self.waiting += 1;
         Ok(())
+    }
+
+    /// Whether `source` has a connection left, without charging it (nor
+    /// remembering a source never charged: a forger cannot fill memory).
+    fn budget_left(&mut self, source: IpAddr, now: Instant) -> Result<(), TurnedAway> {
+        let full = self.full();
+        let Some(budget) = self.budgets.get_mut(&source_key(source)) else {
+            return Ok(());
+        };
+        refill(budget, self.settings.per_minute, full, now);
+        if budget.units < CONNECTION {
+            return Err(too_fast(budget, self.settings.per_minute));
+        }
+        Ok(())
+    }
+
+    fn full(&self) -> u64 {
+        u64::from(self.settings.per_minute.max(1)) * CONNECTION
     }
 
     /// A connection [`ConnectionGate::open`] admitted has authenticated or
@@ -188,23 +253,57 @@ mod tests {
         let mut gate = gate(60, 1_000, 100);
         let now = Instant::now();
         for _ in 0..60 {
-            gate.open(ip("192.0.2.1"), now).unwrap();
+            assert_eq!(gate.arriving(ip("192.0.2.1"), false, now), Verdict::Admit);
+            gate.charge(ip("192.0.2.1"), now).unwrap();
             gate.settled();
         }
+        let out = TurnedAway::TooFast {
+            retry_after: Duration::from_secs(1),
+        };
+        assert_eq!(gate.charge(ip("192.0.2.1"), now), Err(out));
+        // Out of budget: an unproven arrival is asked to prove its address,
+        // a proven one is refused before its handshake.
+        assert_eq!(gate.arriving(ip("192.0.2.1"), false, now), Verdict::Retry);
         assert_eq!(
-            gate.open(ip("192.0.2.1"), now),
-            Err(TurnedAway::TooFast {
-                retry_after: Duration::from_secs(1)
-            })
+            gate.arriving(ip("192.0.2.1"), true, now),
+            Verdict::Refuse(out)
         );
         // 60 a minute: one a second.
         let later = now + Duration::from_millis(999);
-        assert!(gate.open(ip("192.0.2.1"), later).is_err());
+        assert!(gate.charge(ip("192.0.2.1"), later).is_err());
         let later = now + Duration::from_secs(1);
-        gate.open(ip("192.0.2.1"), later).unwrap();
-        assert!(gate.open(ip("192.0.2.1"), later).is_err());
+        assert_eq!(gate.arriving(ip("192.0.2.1"), true, later), Verdict::Admit);
+        gate.charge(ip("192.0.2.1"), later).unwrap();
+        assert!(gate.charge(ip("192.0.2.1"), later).is_err());
         // Other sources are not held back by it.
-        gate.open(ip("192.0.2.2"), later).unwrap();
+        gate.charge(ip("192.0.2.2"), later).unwrap();
+    }
+
+    #[test]
+    fn forged_arrivals_neither_spend_nor_take_the_places_of_the_host_they_name() {
+        let mut gate = gate(60, 100, 100);
+        let now = Instant::now();
+        // A flood of first packets naming the victim's address, none of
+        // which completes a handshake: each either waits (until its
+        // deadline settles it) or is asked to prove its address.
+        let mut retried = 0;
+        for _ in 0..10_000 {
+            match gate.arriving(ip("192.0.2.1"), false, now) {
+                Verdict::Admit => {}
+                Verdict::Retry => retried += 1,
+                Verdict::Refuse(why) => panic!("refused: {why:?}"),
+            }
+        }
+        // Half the places, then Retry for the rest: the other half stays
+        // for proven connections.
+        assert_eq!(gate.waiting(), 50);
+        assert_eq!(retried, 10_000 - 50);
+        assert_eq!(gate.arriving(ip("192.0.2.9"), true, now), Verdict::Admit);
+        assert_eq!(gate.sources(), 0, "nothing remembered of unproven sources");
+        // The victim's own connections are charged a full budget.
+        for _ in 0..60 {
+            gate.charge(ip("192.0.2.1"), now).unwrap();
+        }
     }
 
     #[test]
@@ -212,15 +311,14 @@ mod tests {
         let mut gate = gate(7, 1_000, 100);
         let start = Instant::now();
         for _ in 0..7 {
-            gate.open(ip("192.0.2.1"), start).unwrap();
-            gate.settled();
+            gate.charge(ip("192.0.2.1"), start).unwrap();
         }
         // Knocking every millisecond: the next one comes after 60/7 s all
         // the same (8572 ms, rounded up).
         let mut admitted_at = None;
         for ms in 1..=9_000u64 {
             if gate
-                .open(ip("192.0.2.1"), start + Duration::from_millis(ms))
+                .charge(ip("192.0.2.1"), start + Duration::from_millis(ms))
                 .is_ok()
             {
                 admitted_at = Some(ms);
@@ -234,15 +332,15 @@ mod tests {
     fn an_ipv6_host_cannot_dodge_its_budget_by_changing_addresses_within_its_64() {
         let mut gate = gate(2, 1_000, 100);
         let now = Instant::now();
-        gate.open(ip("2001:db8:1:2::1"), now).unwrap();
-        gate.open(ip("2001:db8:1:2:ffff::9"), now).unwrap();
-        assert!(gate.open(ip("2001:db8:1:2:abcd::1"), now).is_err());
+        gate.charge(ip("2001:db8:1:2::1"), now).unwrap();
+        gate.charge(ip("2001:db8:1:2:ffff::9"), now).unwrap();
+        assert!(gate.charge(ip("2001:db8:1:2:abcd::1"), now).is_err());
         // Another /64 has its own.
-        gate.open(ip("2001:db8:1:3::1"), now).unwrap();
+        gate.charge(ip("2001:db8:1:3::1"), now).unwrap();
         // An IPv4 address seen as IPv6 is that IPv4 address.
-        gate.open(ip("192.0.2.9"), now).unwrap();
-        gate.open(ip("::ffff:192.0.2.9"), now).unwrap();
-        assert!(gate.open(ip("192.0.2.9"), now).is_err());
+        gate.charge(ip("192.0.2.9"), now).unwrap();
+        gate.charge(ip("::ffff:192.0.2.9"), now).unwrap();
+        assert!(gate.charge(ip("192.0.2.9"), now).is_err());
     }
 
     #[test]
@@ -250,14 +348,15 @@ mod tests {
         let mut gate = gate(1_000, 3, 100);
         let now = Instant::now();
         for n in 1..=3 {
-            gate.open(ip(&format!("192.0.2.{n}")), now).unwrap();
+            let source = ip(&format!("192.0.2.{n}"));
+            assert_eq!(gate.arriving(source, true, now), Verdict::Admit);
         }
         assert_eq!(
-            gate.open(ip("192.0.2.4"), now),
-            Err(TurnedAway::TooManyWaiting)
+            gate.arriving(ip("192.0.2.4"), true, now),
+            Verdict::Refuse(TurnedAway::TooManyWaiting)
         );
         gate.settled();
-        gate.open(ip("192.0.2.4"), now).unwrap();
+        assert_eq!(gate.arriving(ip("192.0.2.4"), true, now), Verdict::Admit);
         assert_eq!(gate.waiting(), 3);
     }
 
@@ -267,9 +366,8 @@ mod tests {
         let now = Instant::now();
         for n in 0..10_000u32 {
             let source = IpAddr::V4(n.to_be_bytes().into());
-            gate.open(source, now + Duration::from_millis(u64::from(n)))
+            gate.charge(source, now + Duration::from_millis(u64::from(n)))
                 .unwrap();
-            gate.settled();
             assert!(gate.sources() <= 50, "{} sources kept", gate.sources());
         }
     }

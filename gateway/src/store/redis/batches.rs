@@ -213,22 +213,26 @@ async fn query(
 
 /// [`query`] on a Redis Cluster, where a pipeline stays within one slot and
 /// a run's commands touch three kinds of key (the fill feed, the device's,
-/// the signals'): the batch goes in three steps, keeping each run's order
-/// (feed entries before the script that may confirm them, index entries
-/// after), each step one pipeline per slot.
+/// the signals'): the batch goes in two steps, each one pipeline per slot.
+/// First every entry beside the scripts, the fill feed's and the signals'
+/// index's: both are harmless written ahead (the feed's reader is
+/// idempotent, `for_signal` skips an index entry whose number holds no
+/// report of its signal), and both must be there before a script confirms
+/// its reports, since the device never sends a confirmed report again.
+/// Then the scripts.
 async fn query_cluster(
     pipe: &redis::Pipeline,
     shapes: &[(usize, usize)],
     connection: &mut RedisConnection,
 ) -> RedisResult<Vec<Vec<ScriptAnswer>>> {
-    let (mut feed, mut scripts, mut index) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut entries, mut scripts) = (Vec::new(), Vec::new());
     let mut commands = pipe.cmd_iter().cloned();
     for &(feed_len, index_len) in shapes {
-        feed.extend(commands.by_ref().take(feed_len));
+        entries.extend(commands.by_ref().take(feed_len));
         scripts.extend(commands.next());
-        index.extend(commands.by_ref().take(index_len));
+        entries.extend(commands.by_ref().take(index_len));
     }
-    connection.send_by_slot(feed).await?;
+    connection.send_by_slot(entries).await?;
     let answered = match connection.send_by_slot(scripts.clone()).await {
         // A node without the script (restarted, or new to the cluster):
         // loading goes to every node.
@@ -241,7 +245,6 @@ async fn query_cluster(
         }
         answered => answered?,
     };
-    connection.send_by_slot(index).await?;
     answered
         .iter()
         .map(redis::from_redis_value::<Vec<ScriptAnswer>>)

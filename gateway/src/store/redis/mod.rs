@@ -91,9 +91,18 @@ impl RedisStores {
                 .response_timeout(RESPONSE_TIMEOUT)
                 .retries(2)
                 .max_retry_wait(500)
-                .build()?
-                .get_async_connection()
-                .await?;
+                .build()?;
+            // A cluster still agreeing on its slots refuses at first.
+            let cluster = loop {
+                match cluster.get_async_connection().await {
+                    Ok(connection) => break connection,
+                    Err(e) if tokio::time::Instant::now() < deadline => {
+                        tracing::warn!(error = %e, "the Redis Cluster does not serve every slot yet; trying again");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
             tracing::info!("Redis is a cluster: each call goes to its key's node");
             RedisConnection::Cluster(cluster)
         } else {

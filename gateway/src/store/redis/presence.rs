@@ -72,13 +72,22 @@ impl PresenceStore for RedisStores {
                 }
                 let () = pipe.query_async(&mut connection).await?;
             } else {
-                // A cluster loads the script on every node, then takes one
-                // pipeline per slot.
-                let _: String = RENEW_PRESENCE_SCRIPT
-                    .prepare_invoke()
-                    .load_async(&mut connection)
-                    .await?;
-                connection.send_by_slot(renewals.collect()).await?;
+                // A cluster takes one pipeline per slot; a node without the
+                // script (restarted, new) says so, and loading goes to
+                // every node.
+                let renewals: Vec<redis::Cmd> = renewals.collect();
+                match connection.send_by_slot(renewals.clone()).await {
+                    Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
+                        let _: String = RENEW_PRESENCE_SCRIPT
+                            .prepare_invoke()
+                            .load_async(&mut connection)
+                            .await?;
+                        connection.send_by_slot(renewals).await?;
+                    }
+                    sent => {
+                        sent?;
+                    }
+                }
             }
             Ok(())
         })

@@ -103,10 +103,12 @@ impl RedisStores {
     ///   stores later, under this number or one of its own;
     /// - the script, which stores the run or says where and why it stopped;
     /// - the signals' index entries (outside the script: their keys are in
-    ///   other slots), on every attempt, whatever the script decided: a
-    ///   crash between the two is mended by the device's resend, and an
+    ///   other slots), on every attempt, whatever the script decided; an
     ///   entry whose number holds another signal's report, or none, is
-    ///   skipped by `for_signal`.
+    ///   skipped by `for_signal`. One Redis runs the pipeline whole, in
+    ///   order; a cluster takes the entries first and the scripts after
+    ///   (see `batches::query_cluster`), so no confirmed report lacks its
+    ///   index entry.
     fn run_commands(
         &self,
         reports: &[StoredReport],

@@ -9,12 +9,13 @@ mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use eagate_protocol::ALPN;
 use quinn::VarInt;
 use tracing::debug;
 
+use crate::core::connection_gate::Verdict;
 use crate::core::{Close, Core};
 use crate::tls::ServerIdentity;
 use quic_thread::QuicThread;
@@ -252,8 +253,9 @@ impl Drop for Waiting {
     }
 }
 
-/// Accepts connections until the endpoint is closed, turning away those the
-/// gate refuses before their handshake, each in its own task,
+/// Accepts connections until the endpoint is closed, as the gate says
+/// (admitted, asked to prove their address, or refused before their
+/// handshake), each in its own task,
 /// and returns once every session has ended, so the store they share is
 /// released when this returns.
 pub async fn serve(endpoint: quinn::Endpoint, core: Arc<Core>) {
@@ -262,24 +264,53 @@ pub async fn serve(endpoint: quinn::Endpoint, core: Arc<Core>) {
         // Reap finished sessions so the set stays as small as the live ones.
         while sessions.try_join_next().is_some() {}
         let remote = incoming.remote_address();
-        let admitted = core
-            .connection_gate
-            .lock()
-            .expect("gate lock")
-            .open(remote.ip(), std::time::Instant::now());
-        if let Err(why) = admitted {
-            debug!(%remote, reason = why.as_str(), "connection turned away");
-            core.metrics.turned_away(why);
-            incoming.refuse();
-            continue;
+        let verdict = core.connection_gate.lock().expect("gate lock").arriving(
+            remote.ip(),
+            incoming.remote_address_validated(),
+            Instant::now(),
+        );
+        match verdict {
+            Verdict::Admit => {}
+            Verdict::Retry => {
+                debug!(%remote, "asking the source to prove its address");
+                if let Err(e) = incoming.retry() {
+                    e.into_incoming().refuse();
+                }
+                continue;
+            }
+            Verdict::Refuse(why) => {
+                debug!(%remote, reason = why.as_str(), "connection turned away");
+                core.metrics.turned_away(why);
+                incoming.refuse();
+                continue;
+            }
         }
         let waiting = Waiting(core.clone());
         let core = core.clone();
         sessions.spawn(async move {
-            match incoming.await {
-                Ok(connection) => session::run(connection, &core, waiting).await,
-                Err(e) => debug!(%remote, error = %e, "handshake failed"),
+            let connection = match incoming.await {
+                Ok(connection) => connection,
+                Err(e) => {
+                    debug!(%remote, error = %e, "handshake failed");
+                    return;
+                }
+            };
+            // The handshake proved the source: now it is charged.
+            let charged = core
+                .connection_gate
+                .lock()
+                .expect("gate lock")
+                .charge(remote.ip(), Instant::now());
+            if let Err(why) = charged {
+                debug!(%remote, reason = why.as_str(), "connection turned away after its handshake");
+                core.metrics.turned_away(why);
+                connection.close(
+                    close_code_of(Close::Shutdown).into(),
+                    b"too many connections from this address; try again later",
+                );
+                return;
             }
+            session::run(connection, &core, waiting).await;
         });
     }
     while sessions.join_next().await.is_some() {}
