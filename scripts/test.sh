@@ -47,6 +47,16 @@ cargo fmt --all --check
 step "cargo clippy (all targets, all features, warnings are errors)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
+step "cargo deny: licences, duplicate versions, sources (deny.toml)"
+deny_version=0.20.2
+if ! cargo deny --version 2>/dev/null | grep -q " $deny_version$"; then
+    step "installing cargo-deny $deny_version from crates.io"
+    cargo install --quiet --locked cargo-deny --version "$deny_version"
+fi
+# Advisories need the RustSec database from GitHub, which test machines
+# cannot reach; `cargo deny check advisories` is run by hand where it can.
+cargo deny --offline check licenses bans sources
+
 step "no_std proof (tests/no-std links the device-side crates with its own panic handler)"
 cargo build --quiet --manifest-path tests/no-std/Cargo.toml --target-dir target/no-std
 
