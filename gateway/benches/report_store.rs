@@ -50,7 +50,10 @@ fn report_store(c: &mut Criterion) {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (store, epochs) = runtime.block_on(async {
-        let durable = Durable::open(&dir.path().join("db")).await.unwrap();
+        // sled's default cache, as `eagate serve` has by default.
+        let durable = Durable::open(&dir.path().join("db"), 1 << 30)
+            .await
+            .unwrap();
         let store = Arc::new(SledReportStore::open(&durable).unwrap());
         let mut epochs = Vec::new();
         for d in 0..DEVICES {

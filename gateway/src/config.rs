@@ -107,6 +107,11 @@ pub struct ServeConfig {
     #[arg(long, env = "EAGATE_SIGNAL_RETENTION_HOURS", default_value_t = 168, value_parser = clap::value_parser!(u64).range(1..=87_600))]
     pub signal_retention_hours: u64,
 
+    /// The embedded store's page cache, in MiB (sled's `cache_capacity`);
+    /// the process uses more than this (see docs/reliability.md, soak).
+    #[arg(long, env = "EAGATE_STORE_CACHE_MIB", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(8..=1_048_576))]
+    pub store_cache_mib: u64,
+
     /// Where `GET /r/{code}` sends visitors, with `ref=<code>&click=<id>`
     /// added: the platform's signup or landing page.
     #[arg(
@@ -284,6 +289,7 @@ struct FileConfig {
     redis_url: Option<String>,
     redis_prefix: Option<String>,
     signal_retention_hours: Option<u64>,
+    store_cache_mib: Option<u64>,
     referral_landing_page: Option<String>,
     referral_link_base: Option<String>,
     affiliate_currency: Option<String>,
@@ -378,6 +384,7 @@ impl ServeConfig {
         take!(redis_url, optional);
         take!(redis_prefix);
         take!(signal_retention_hours, 1, 87_600);
+        take!(store_cache_mib, 8, 1_048_576);
         take!(referral_landing_page);
         take!(referral_link_base);
         take!(affiliate_currency);
@@ -478,7 +485,7 @@ impl ServeConfig {
                 })
         };
         format!(
-            "config_file = {}\ndata_dir = {}\nquic_listen = {}\nquic_endpoints = {}\nhttp_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nconnections_per_minute_per_source = {}\nmax_unauthenticated_connections = {}\nsignal_queue_len = {}\nsignal_retention_hours = {}\nmaster_key = {}\nredis_url = {}\nredis_prefix = {}\nreferral_landing_page = {}\nreferral_link_base = {}\naffiliate_currency = {}\nfirst_month_commission_bps = {}\nlater_months_commission_bps = {}\nfirst_trade_bonus_bps = {}\nholding_period_days = {}\nattribution_window_days = {}\ncredit_threshold_minor = {}\nreferrer_credit_minor = {}\nreferred_credit_minor = {}\ndaily_referral_limit = {}\nshared_address_limit = {}\nshared_address_window_hours = {}\nwash_trade_tolerance_bps = {}\nclick_dedupe_minutes = {}\nclick_rate_per_minute = {}\npayout_minimum_minor = {}\nmax_event_age_days = {}\npayout_time = {}\npayout_provider = {}\nstripe_api_base = {}\nstripe_timeout_secs = {}\nstripe_secret_key = {}\n",
+            "config_file = {}\ndata_dir = {}\nquic_listen = {}\nquic_endpoints = {}\nhttp_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nconnections_per_minute_per_source = {}\nmax_unauthenticated_connections = {}\nsignal_queue_len = {}\nsignal_retention_hours = {}\nstore_cache_mib = {}\nmaster_key = {}\nredis_url = {}\nredis_prefix = {}\nreferral_landing_page = {}\nreferral_link_base = {}\naffiliate_currency = {}\nfirst_month_commission_bps = {}\nlater_months_commission_bps = {}\nfirst_trade_bonus_bps = {}\nholding_period_days = {}\nattribution_window_days = {}\ncredit_threshold_minor = {}\nreferrer_credit_minor = {}\nreferred_credit_minor = {}\ndaily_referral_limit = {}\nshared_address_limit = {}\nshared_address_window_hours = {}\nwash_trade_tolerance_bps = {}\nclick_dedupe_minutes = {}\nclick_rate_per_minute = {}\npayout_minimum_minor = {}\nmax_event_age_days = {}\npayout_time = {}\npayout_provider = {}\nstripe_api_base = {}\nstripe_timeout_secs = {}\nstripe_secret_key = {}\n",
             self.config_file
                 .as_ref()
                 .map_or("(none)".to_owned(), |p| p.display().to_string()),
@@ -495,6 +502,7 @@ impl ServeConfig {
             self.max_unauthenticated_connections,
             self.signal_queue_len,
             self.signal_retention_hours,
+            self.store_cache_mib,
             if self.master_key.is_some() {
                 "(set, hidden)"
             } else {

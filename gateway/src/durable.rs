@@ -91,10 +91,14 @@ impl Durable {
     /// previous opening is dropped (a restart within one process); this
     /// waits for that, briefly, before reporting the directory as taken by
     /// another process.
-    pub async fn open(path: &std::path::Path) -> sled::Result<Self> {
+    pub async fn open(path: &std::path::Path, cache_bytes: u64) -> sled::Result<Self> {
         let deadline = tokio::time::Instant::now() + LOCK_WAIT;
         loop {
-            match sled::open(path) {
+            match sled::Config::new()
+                .path(path)
+                .cache_capacity(cache_bytes)
+                .open()
+            {
                 Err(sled::Error::Io(e))
                     if e.to_string().contains("could not acquire lock")
                         && tokio::time::Instant::now() < deadline =>
@@ -266,7 +270,7 @@ mod tests {
     async fn the_flusher_thread_ends_with_the_last_handle_and_releases_the_database() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let durable = Durable::open(&path).await.unwrap();
+        let durable = Durable::open(&path, 64 << 20).await.unwrap();
         durable
             .db()
             .open_tree("t")
@@ -277,7 +281,7 @@ mod tests {
         drop(durable);
         // Reopening waits for the lock, which only the flusher's handle
         // could still hold.
-        let again = Durable::open(&path).await.unwrap();
+        let again = Durable::open(&path, 64 << 20).await.unwrap();
         let value = again.db().open_tree("t").unwrap().get(b"k").unwrap();
         assert_eq!(value.as_deref(), Some(&b"v"[..]));
     }

@@ -132,7 +132,7 @@ async fn open_stores(
             }));
         }
         let db_path = config.data_dir.join(crate::seal::STORE_DIR);
-        let db = crate::durable::Durable::open(&db_path)
+        let db = crate::durable::Durable::open(&db_path, config.store_cache_mib << 20)
             .await
             .map_err(|e| match e {
                 sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {

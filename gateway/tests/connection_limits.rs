@@ -110,3 +110,25 @@ async fn connections_waiting_to_authenticate_are_capped_and_the_deadline_frees_t
     assert_eq!(turned_away(&gateway, "too_many_waiting"), "1");
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_client_not_speaking_the_eagate_protocol_is_refused_at_the_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&config(dir.path())).await.unwrap();
+    let addr = gateway.quic_addr().unwrap();
+    for offered in [&[b"h3".as_slice()][..], &[]] {
+        let outcome = try_connect_speaking(addr, dir.path(), "127.0.0.1", None, offered).await;
+        // TLS's no_application_protocol alert (120), as a QUIC crypto error.
+        assert!(
+            matches!(
+                &outcome,
+                Err(ConnectionError::ConnectionClosed(close))
+                    if close.error_code == TransportErrorCode::crypto(120)
+            ),
+            "offering {offered:?}: {outcome:?}"
+        );
+    }
+    // The eagate protocol is served (TLS 1.3: QUIC knows no other).
+    authenticates_from(&gateway, dir.path(), "127.0.0.1").await;
+    gateway.shutdown().await;
+}

@@ -33,6 +33,7 @@ pub fn config(dir: &Path) -> ServeConfig {
         redis_url: None,
         redis_prefix: "eagate".into(),
         signal_retention_hours: 168,
+        store_cache_mib: 64,
         referral_landing_page: "https://platform.example/signup".into(),
         referral_link_base: "https://partners.example".into(),
         affiliate_currency: "GBP".into(),
@@ -243,6 +244,17 @@ pub async fn try_connect_from(
     local: &str,
     stream_window: Option<u32>,
 ) -> Result<Connection, ConnectionError> {
+    try_connect_speaking(addr, data_dir, local, stream_window, &[ALPN]).await
+}
+
+/// [`try_connect_from`] offering the application protocols `alpn`.
+pub async fn try_connect_speaking(
+    addr: std::net::SocketAddr,
+    data_dir: &Path,
+    local: &str,
+    stream_window: Option<u32>,
+    alpn: &[&[u8]],
+) -> Result<Connection, ConnectionError> {
     let cert = CertificateDer::from_pem_file(data_dir.join("tls/cert.pem")).unwrap();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert).unwrap();
@@ -252,7 +264,7 @@ pub async fn try_connect_from(
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let local = std::net::SocketAddr::new(local.parse().unwrap(), 0);
     let mut endpoint = quinn::Endpoint::client(local).unwrap();
