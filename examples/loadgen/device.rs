@@ -204,6 +204,7 @@ pub(crate) async fn run(
     link: Link,
     device: (DeviceId, DeviceSecret),
     mode: Mode,
+    pace: Option<Duration>,
     mut turn: Turn,
     live: Arc<Live>,
     mut phase: watch::Receiver<Phase>,
@@ -213,6 +214,8 @@ pub(crate) async fn run(
     let mut stats = DeviceStats::new();
     let mut tracking = Tracking {
         mode,
+        pace,
+        next_flood: Instant::now(),
         turn: &mut turn,
         live,
         positions: HashMap::new(),
@@ -233,6 +236,11 @@ pub(crate) async fn run(
 /// What a device keeps between events.
 struct Tracking<'a> {
     mode: Mode,
+    /// With `Some`, the flood is one report each such interval (a steady
+    /// load, for a soak) instead of `window` in flight all the time.
+    pace: Option<Duration>,
+    /// When the paced flood's next report is due.
+    next_flood: Instant,
     turn: &'a mut Turn,
     live: &'a Live,
     positions: HashMap<ChannelName, u64>,
@@ -287,9 +295,28 @@ impl Tracking<'_> {
             && self.authenticated
             && phase == Phase::Run
         {
-            while self.in_flight.len() < window && self.report(core, signal)? {}
+            match self.pace {
+                None => while self.in_flight.len() < window && self.report(core, signal)? {},
+                Some(pace) => {
+                    let now = Instant::now();
+                    if now >= self.next_flood
+                        && self.in_flight.len() < window
+                        && self.report(core, signal)?
+                    {
+                        // Due times keep their rhythm; one missed (the window
+                        // full) is not made up in a burst.
+                        self.next_flood = (self.next_flood + pace).max(now);
+                    }
+                }
+            }
         }
         Ok(())
+    }
+
+    /// How long until the paced flood's next report, if it is paced.
+    fn until_next_flood(&self) -> Option<Duration> {
+        self.pace
+            .map(|_| self.next_flood.saturating_duration_since(Instant::now()))
     }
 
     /// Reports `Received` about `signal`, remembering when; false when the
@@ -373,9 +400,12 @@ async fn session(
                 .map_err(|e| format!("sending: {e}"))?;
             frames.clear();
         }
-        let wait = core.poll_timeout().map_or(Duration::from_secs(3600), |at| {
+        let mut wait = core.poll_timeout().map_or(Duration::from_secs(3600), |at| {
             Duration::from_millis(at.saturating_sub(now_ms()))
         });
+        if let Some(flood) = tracking.until_next_flood() {
+            wait = wait.min(flood.max(Duration::from_millis(1)));
+        }
         tokio::select! {
             changed = phase.changed() => {
                 if changed.is_err() {

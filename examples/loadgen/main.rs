@@ -88,6 +88,11 @@ pub(crate) struct Args {
     /// ingest, mixed: reports each device keeps in flight.
     #[arg(long, default_value_t = 32)]
     window: usize,
+    /// ingest, mixed (eagate): instead of keeping the window full, each
+    /// device sends one report every this many milliseconds: a steady load
+    /// for a soak (0: flat out).
+    #[arg(long, default_value_t = 0)]
+    report_every_ms: u64,
     /// Connections being set up at once.
     #[arg(long, default_value_t = 256)]
     concurrency: usize,
@@ -341,6 +346,7 @@ async fn measure(
             window: args.window,
         },
     };
+    let pace = (args.report_every_ms > 0).then(|| Duration::from_millis(args.report_every_ms));
     let signals_before = u64::from(matches!(mode, Mode::Mixed { .. }));
     let measured_part = async {
         match args.scenario {
@@ -385,7 +391,7 @@ async fn measure(
                     client: client.clone(),
                     gateway: args.quic,
                 };
-                device::run(link, devices[i].clone(), mode, turn, live, phases)
+                device::run(link, devices[i].clone(), mode, pace, turn, live, phases)
             },
             measured_part,
         )
