@@ -26,6 +26,17 @@ pub struct Impairment {
     pub jump_ahead_per_mille: u32,
 }
 
+impl Impairment {
+    /// A perfect network: the relay only forwards (to move a client from
+    /// one server to another, say).
+    pub const NONE: Self = Self {
+        loss_per_mille: 0,
+        delay: Duration::ZERO,
+        jitter: Duration::ZERO,
+        jump_ahead_per_mille: 0,
+    };
+}
+
 /// What the relay did so far.
 #[derive(Debug, Default)]
 pub struct RelayCounts {
@@ -53,6 +64,8 @@ struct Shared {
     stop: AtomicBool,
     counts: RelayCounts,
     client: Mutex<Option<SocketAddr>>,
+    /// Where datagrams from the client go.
+    server: Mutex<SocketAddr>,
 }
 
 /// A relay on a loopback port in front of one UDP server, for one client;
@@ -74,7 +87,6 @@ impl LossyRelay {
     pub fn start(server: SocketAddr, impairment: Impairment, seed: u64) -> Self {
         let facing_client = UdpSocket::bind("127.0.0.1:0").expect("a loopback port");
         let facing_server = UdpSocket::bind("127.0.0.1:0").expect("a loopback port");
-        facing_server.connect(server).expect("the server's address");
         for socket in [&facing_client, &facing_server] {
             socket
                 .set_read_timeout(Some(Duration::from_millis(50)))
@@ -87,6 +99,7 @@ impl LossyRelay {
             stop: AtomicBool::new(false),
             counts: RelayCounts::default(),
             client: Mutex::new(None),
+            server: Mutex::new(server),
         });
         let sequence = Arc::new(AtomicU64::new(0));
         let facing_client = Arc::new(facing_client);
@@ -161,8 +174,9 @@ impl LossyRelay {
                     }
                     *newest = (*newest).max(number);
                     let client = *shared.client.lock().expect("not poisoned");
+                    let server = *shared.server.lock().expect("not poisoned");
                     let sent = match (direction, client) {
-                        (Direction::Up, _) => facing_server.send(&datagram).is_ok(),
+                        (Direction::Up, _) => facing_server.send_to(&datagram, server).is_ok(),
                         (Direction::Down, Some(client)) => {
                             facing_client.send_to(&datagram, client).is_ok()
                         }
@@ -179,6 +193,12 @@ impl LossyRelay {
             shared,
             threads,
         }
+    }
+
+    /// Sends the client's datagrams to `server` from now on, as a load
+    /// balancer does when a server goes away.
+    pub fn redirect(&self, server: SocketAddr) {
+        *self.shared.server.lock().expect("not poisoned") = server;
     }
 
     /// What the relay did so far.

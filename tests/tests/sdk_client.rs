@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use eagate_sdk::{Client, ClientConfig, ClientState, ServerTrust, StopReason};
+use eagate_tests::lossy::{Impairment, LossyRelay};
 use eagate_tests::process::{Bot, Gateway};
 use eagate_tests::redis_url;
 
@@ -66,6 +67,17 @@ fn pinned_config(gateway: &Gateway, device: &(String, String), state: &Path) -> 
         state,
     )
     .unwrap()
+}
+
+/// The ids of every signal the bot printed so far (waiting for stragglers),
+/// in the order it got them.
+fn delivered(bot: &mut Bot) -> Vec<String> {
+    bot.lines
+        .drain(Duration::from_millis(500))
+        .iter()
+        .filter(|l| l.starts_with("signal "))
+        .map(|l| signal_id_of(l))
+        .collect()
 }
 
 fn signal_id_of(line: &str) -> String {
@@ -214,13 +226,7 @@ fn a_restarted_gateway_is_reconnected_to_and_no_signal_is_missed_or_repeated() {
     for _ in 0..2 {
         bot.lines.expect("signal ", SOON);
     }
-    let seen = bot.lines.drain(Duration::from_millis(500));
-    let delivered: Vec<String> = seen
-        .iter()
-        .filter(|l| l.starts_with("signal "))
-        .map(|l| signal_id_of(l))
-        .collect();
-    assert_eq!(delivered, published, "each once, in order");
+    assert_eq!(delivered(&mut bot), published, "each once, in order");
 }
 
 #[test]
@@ -569,4 +575,77 @@ fn two_installations_of_one_device_replace_each_other_once_and_lose_or_double_no
  {
     let prefix = tempfile::tempdir().unwrap();
     two_installations_of_one_device_lose_and_double_nothing(&redis_cluster_args(prefix.path()));
+}
+
+#[test]
+fn a_bot_whose_gateway_is_killed_resumes_on_another_gateway_of_the_deployment_losing_nothing() {
+    // Two gateways on one Redis, with one master key and one TLS identity
+    // (the certificate devices pin), behind one address: a relay standing
+    // in for the load balancer that sends devices to a live gateway.
+    let prefix = tempfile::tempdir().unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let state = tempfile::tempdir().unwrap();
+    let master_key = "ab".repeat(32);
+    let mut shared = redis_args(prefix.path());
+    shared.extend(["--master-key".to_owned(), master_key]);
+    let shared: Vec<&str> = shared.iter().map(String::as_str).collect();
+    let mut gateway_a = Gateway::start(dir_a.path(), &shared);
+    let (cert, key) = (
+        dir_a.path().join("tls/cert.pem"),
+        dir_a.path().join("tls/key.pem"),
+    );
+    let mut with_identity = shared.clone();
+    with_identity.extend([
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let gateway_b = Gateway::start(dir_b.path(), &with_identity);
+    assert_eq!(gateway_a.fingerprint, gateway_b.fingerprint);
+    let relay = LossyRelay::start(gateway_a.quic.parse().unwrap(), Impairment::NONE, 1);
+    let device = gateway_a.register("gold");
+    let mut bot = Bot::start(
+        BOT.as_ref(),
+        &relay.addr.to_string(),
+        &gateway_a.fingerprint,
+        &device,
+        state.path(),
+    );
+
+    let mut published: Vec<String> = (0..2).map(|_| gateway_a.publish("gold")).collect();
+    for id in &published {
+        assert_eq!(&signal_id_of(&bot.lines.expect("signal ", SOON)), id);
+    }
+    bot.send(&format!("fill {} 2001 2350.10 0.10", published[0]));
+    bot.lines.expect("confirmed 1", SOON);
+
+    // Gateway A dies without a word; the balancer sends the device to B.
+    gateway_a.kill();
+    relay.redirect(gateway_b.quic.parse().unwrap());
+    // A fill made while no gateway hears it waits in the bot's journal.
+    bot.send(&format!("fill {} 2002 2350.20 0.10", published[1]));
+    bot.lines.expect("accepted 2 ", SOON);
+    published.extend((0..2).map(|_| gateway_b.publish("gold")));
+    bot.lines.expect("disconnected", RECONNECT);
+    bot.lines.expect("connected", RECONNECT);
+    for id in &published[2..] {
+        assert_eq!(&signal_id_of(&bot.lines.expect("signal ", SOON)), id);
+    }
+    // The journaled fill is confirmed by B, before or after those signals.
+    if !bot.lines.seen().iter().any(|line| line == "confirmed 2") {
+        bot.lines.expect("confirmed 2", SOON);
+    }
+    assert_eq!(
+        delivered(&mut bot),
+        published,
+        "each signal once, in order, across the move"
+    );
+    for (n, id) in published.iter().take(2).enumerate() {
+        assert_eq!(
+            gateway_b.stored_reports(id, &device.0),
+            vec![(n as u64 + 1, "filled".to_owned())],
+            "signal {id}: its fill, stored once"
+        );
+    }
 }
