@@ -301,6 +301,22 @@ impl Gateway {
         serde_json::from_str(&body).expect("JSON")
     }
 
+    /// Asserts that the device's fills of `signals`, reported in that order
+    /// as its reports 1, 2, 3, …, are each stored once, under its number.
+    ///
+    /// # Panics
+    ///
+    /// When one is missing, stored twice or under another number.
+    pub fn assert_each_filled_once_in_order(&self, signals: &[String], device_id: &str) {
+        for (n, id) in signals.iter().enumerate() {
+            assert_eq!(
+                self.stored_reports(id, device_id),
+                vec![(n as u64 + 1, "filled".to_owned())],
+                "signal {id}: its fill, stored once"
+            );
+        }
+    }
+
     /// The reports of `device_id` on `signal_id` stored by the gateway, as
     /// the executions query shows them.
     pub fn stored(&self, signal_id: &str, device_id: &str) -> Vec<serde_json::Value> {

@@ -66,13 +66,7 @@ fn a_session_across_a_link_losing_a_tenth_of_its_packets_gets_every_signal_in_or
     }
     bot.lines.expect(&format!("confirmed {SIGNALS}"), LOSSY);
 
-    for (n, id) in published.iter().enumerate() {
-        assert_eq!(
-            gateway.stored_reports(id, &device.0),
-            vec![(n as u64 + 1, "filled".to_owned())],
-            "signal {id}: its fill, stored once"
-        );
-    }
+    gateway.assert_each_filled_once_in_order(&published, &device.0);
     let seen = bot.lines.drain(Duration::from_millis(500));
     let signals = seen.iter().filter(|l| l.starts_with("signal ")).count();
     assert_eq!(signals, SIGNALS, "each signal once: {seen:#?}");

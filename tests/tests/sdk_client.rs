@@ -117,13 +117,7 @@ fn killed_bot_with_unconfirmed_fills_delivers_each_exactly_once(extra: &[String]
     gateway.restart();
     let mut bot = start_bot(&gateway, &device, state.path());
     bot.lines.expect("confirmed 3", SOON);
-    for (n, id) in published.iter().enumerate() {
-        assert_eq!(
-            gateway.stored_reports(id, &device.0),
-            vec![(n as u64 + 1, "filled".to_owned())],
-            "signal {id}: its fill, stored once"
-        );
-    }
+    gateway.assert_each_filled_once_in_order(&published, &device.0);
     // Reported signals are done: none comes again after the restart.
     let seen = bot.lines.drain(Duration::from_millis(500));
     assert!(
@@ -641,11 +635,5 @@ fn a_bot_whose_gateway_is_killed_resumes_on_another_gateway_of_the_deployment_lo
         published,
         "each signal once, in order, across the move"
     );
-    for (n, id) in published.iter().take(2).enumerate() {
-        assert_eq!(
-            gateway_b.stored_reports(id, &device.0),
-            vec![(n as u64 + 1, "filled".to_owned())],
-            "signal {id}: its fill, stored once"
-        );
-    }
+    gateway_b.assert_each_filled_once_in_order(&published[..2], &device.0);
 }

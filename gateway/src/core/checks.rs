@@ -230,7 +230,13 @@ impl FailureThrottle {
     /// Records a failure by `key` at `now`.
     pub fn record_failure(&mut self, key: ThrottleKey, now: Instant) {
         if self.entries.len() >= self.settings.max_entries && !self.entries.contains_key(&key) {
-            self.evict(now);
+            super::eviction::make_room(
+                &mut self.entries,
+                self.settings.max_entries,
+                now,
+                self.settings.window,
+                |failures| failures.last,
+            );
         }
         let window = self.settings.window;
         let failures = self.entries.entry(key).or_insert(Failures {
@@ -247,22 +253,6 @@ impl FailureThrottle {
     /// Forgets `key`'s failures after it succeeds.
     pub fn record_success(&mut self, key: &ThrottleKey) {
         self.entries.remove(key);
-    }
-
-    /// Makes room when full: drops expired keys, and if that is not
-    /// enough, the oldest tenth, so the cost of eviction is spread over many
-    /// insertions instead of paid on each.
-    fn evict(&mut self, now: Instant) {
-        let window = self.settings.window;
-        self.entries
-            .retain(|_, f| now.saturating_duration_since(f.last) <= window);
-        if self.entries.len() >= self.settings.max_entries {
-            let mut times: Vec<Instant> = self.entries.values().map(|f| f.last).collect();
-            let cut = times.len() / 10;
-            let (_, cutoff, _) = times.select_nth_unstable(cut);
-            let cutoff = *cutoff;
-            self.entries.retain(|_, f| f.last > cutoff);
-        }
     }
 
     /// How many keys are remembered.

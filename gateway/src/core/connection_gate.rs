@@ -53,12 +53,20 @@ pub enum TurnedAway {
 }
 
 impl TurnedAway {
-    /// A stable label for metrics.
-    pub fn as_str(self) -> &'static str {
+    /// The metrics label of each kind, in [`TurnedAway::index`] order.
+    pub const LABELS: [&'static str; 2] = ["too_fast", "too_many_waiting"];
+
+    /// This kind's place in [`TurnedAway::LABELS`].
+    pub fn index(self) -> usize {
         match self {
-            Self::TooFast { .. } => "too_fast",
-            Self::TooManyWaiting => "too_many_waiting",
+            Self::TooFast { .. } => 0,
+            Self::TooManyWaiting => 1,
         }
+    }
+
+    /// A stable label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        Self::LABELS[self.index()]
     }
 }
 
@@ -85,22 +93,23 @@ pub enum Verdict {
     Refuse(TurnedAway),
 }
 
-/// Adds what `budget` earned since it was last updated, up to `full`.
-fn refill(budget: &mut Budget, per_minute: u32, full: u64, now: Instant) {
+/// Adds what `budget` earned since it was last updated (up to a minute's
+/// worth) and says whether it holds a connection, or how long until it does.
+fn refilled(budget: &mut Budget, per_minute: u32, now: Instant) -> Result<(), TurnedAway> {
+    let per_minute = u64::from(per_minute.max(1));
     let elapsed_ms = now.saturating_duration_since(budget.updated).as_millis() as u64;
     budget.units = budget
         .units
-        .saturating_add(elapsed_ms.saturating_mul(u64::from(per_minute.max(1))))
-        .min(full);
+        .saturating_add(elapsed_ms.saturating_mul(per_minute))
+        .min(per_minute * CONNECTION);
     budget.updated = now;
-}
-
-/// How long until `budget` holds a connection again.
-fn too_fast(budget: &Budget, per_minute: u32) -> TurnedAway {
-    let missing = CONNECTION.saturating_sub(budget.units);
-    TurnedAway::TooFast {
-        retry_after: Duration::from_millis(missing.div_ceil(u64::from(per_minute.max(1)))),
+    if budget.units < CONNECTION {
+        let missing = CONNECTION - budget.units;
+        return Err(TurnedAway::TooFast {
+            retry_after: Duration::from_millis(missing.div_ceil(per_minute)),
+        });
     }
+    Ok(())
 }
 
 /// The gate: per-source budgets and the count of connections waiting to
@@ -148,19 +157,23 @@ impl ConnectionGate {
     /// turned away when it has none left (it spent them while this one was
     /// shaking hands).
     pub fn charge(&mut self, source: IpAddr, now: Instant) -> Result<(), TurnedAway> {
-        let full = self.full();
         let key = source_key(source);
         if self.budgets.len() >= self.settings.max_sources && !self.budgets.contains_key(&key) {
-            self.evict(now);
+            // A source unseen for a minute has a full budget: the same as
+            // one never seen.
+            super::eviction::make_room(
+                &mut self.budgets,
+                self.settings.max_sources,
+                now,
+                Duration::from_secs(60),
+                |budget| budget.updated,
+            );
         }
         let budget = self.budgets.entry(key).or_insert(Budget {
-            units: full,
+            units: u64::from(self.settings.per_minute.max(1)) * CONNECTION,
             updated: now,
         });
-        refill(budget, self.settings.per_minute, full, now);
-        if budget.units < CONNECTION {
-            return Err(too_fast(budget, self.settings.per_minute));
-        }
+        refilled(budget, self.settings.per_minute, now)?;
         budget.units -= CONNECTION;
         Ok(())
     }
@@ -168,22 +181,13 @@ impl ConnectionGate {
     /// Whether `source` has a connection left, without charging it (nor
     /// remembering a source never charged: a forger cannot fill memory).
     fn budget_left(&mut self, source: IpAddr, now: Instant) -> Result<(), TurnedAway> {
-        let full = self.full();
-        let Some(budget) = self.budgets.get_mut(&source_key(source)) else {
-            return Ok(());
-        };
-        refill(budget, self.settings.per_minute, full, now);
-        if budget.units < CONNECTION {
-            return Err(too_fast(budget, self.settings.per_minute));
+        match self.budgets.get_mut(&source_key(source)) {
+            Some(budget) => refilled(budget, self.settings.per_minute, now),
+            None => Ok(()),
         }
-        Ok(())
     }
 
-    fn full(&self) -> u64 {
-        u64::from(self.settings.per_minute.max(1)) * CONNECTION
-    }
-
-    /// A connection [`ConnectionGate::open`] admitted has authenticated or
+    /// A connection [`ConnectionGate::arriving`] admitted has authenticated or
     /// ended.
     pub fn settled(&mut self) {
         self.waiting = self.waiting.saturating_sub(1);
@@ -197,22 +201,6 @@ impl ConnectionGate {
     /// Sources remembered.
     pub fn sources(&self) -> usize {
         self.budgets.len()
-    }
-
-    /// Makes room: forgets sources whose budget has refilled (the same as
-    /// never seen), and if that is not enough the tenth least recently seen.
-    fn evict(&mut self, now: Instant) {
-        let full_after_ms = 60_000;
-        self.budgets.retain(|_, budget| {
-            now.saturating_duration_since(budget.updated).as_millis() < full_after_ms
-        });
-        if self.budgets.len() >= self.settings.max_sources {
-            let mut times: Vec<Instant> = self.budgets.values().map(|b| b.updated).collect();
-            let cut = times.len() / 10;
-            let (_, cutoff, _) = times.select_nth_unstable(cut);
-            let cutoff = *cutoff;
-            self.budgets.retain(|_, budget| budget.updated > cutoff);
-        }
     }
 }
 

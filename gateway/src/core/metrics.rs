@@ -31,8 +31,7 @@ const LATENCY_BOUNDS_US: [u64; 11] = [
 pub struct Metrics {
     connections: AtomicI64,
     auth_failures: [AtomicU64; FailureReason::ALL.len()],
-    /// Turned away too fast, too many waiting.
-    turned_away: [AtomicU64; 2],
+    turned_away: [AtomicU64; TurnedAway::LABELS.len()],
     signals_delivered: AtomicU64,
     reports_stored: AtomicU64,
     reports_duplicate: AtomicU64,
@@ -58,13 +57,9 @@ impl Metrics {
         self.auth_failures[reason.index()].fetch_add(1, Relaxed);
     }
 
-    /// A connection was refused before its handshake.
+    /// A connection was refused by the gate.
     pub fn turned_away(&self, why: TurnedAway) {
-        let index = match why {
-            TurnedAway::TooFast { .. } => 0,
-            TurnedAway::TooManyWaiting => 1,
-        };
-        self.turned_away[index].fetch_add(1, Relaxed);
+        self.turned_away[why.index()].fetch_add(1, Relaxed);
     }
 
     /// A signal was written to a device's stream.
@@ -145,12 +140,9 @@ impl Metrics {
             &mut out,
             "eagate_connections_turned_away_total",
             "counter",
-            "Device connections refused before their handshake: a source opening too many, or too many waiting to authenticate.",
+            "Device connections refused: a source opening too many (before or right after the handshake), or too many waiting to authenticate.",
         );
-        for (reason, count) in ["too_fast", "too_many_waiting"]
-            .iter()
-            .zip(&self.turned_away)
-        {
+        for (reason, count) in TurnedAway::LABELS.iter().zip(&self.turned_away) {
             let _ = writeln!(
                 out,
                 "eagate_connections_turned_away_total{{reason=\"{reason}\"}} {}",

@@ -15,6 +15,7 @@ pub mod checks;
 pub mod close;
 pub mod connection_gate;
 pub mod device_session;
+mod eviction;
 pub mod fanout;
 pub mod metrics;
 pub mod notices;

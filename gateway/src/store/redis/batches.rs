@@ -226,25 +226,16 @@ async fn query_cluster(
     connection: &mut RedisConnection,
 ) -> RedisResult<Vec<Vec<ScriptAnswer>>> {
     let (mut entries, mut scripts) = (Vec::new(), Vec::new());
-    let mut commands = pipe.cmd_iter().cloned();
+    let mut commands = pipe.cmd_iter();
     for &(feed_len, index_len) in shapes {
         entries.extend(commands.by_ref().take(feed_len));
         scripts.extend(commands.next());
         entries.extend(commands.by_ref().take(index_len));
     }
-    connection.send_by_slot(entries).await?;
-    let answered = match connection.send_by_slot(scripts.clone()).await {
-        // A node without the script (restarted, or new to the cluster):
-        // loading goes to every node.
-        Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
-            let _: String = INGEST_SCRIPT
-                .prepare_invoke()
-                .load_async(connection)
-                .await?;
-            connection.send_by_slot(scripts).await?
-        }
-        answered => answered?,
-    };
+    connection.send_by_slot(&entries).await?;
+    let answered = connection
+        .send_script_calls_by_slot(&INGEST_SCRIPT, &scripts)
+        .await?;
     answered
         .iter()
         .map(redis::from_redis_value::<Vec<ScriptAnswer>>)

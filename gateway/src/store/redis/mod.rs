@@ -22,6 +22,7 @@ use futures_util::future::join_all;
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncCommands, Cmd, RedisFuture, Value};
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -230,7 +231,10 @@ impl RedisConnection {
     /// Redis that is one pipeline; a cluster takes a pipeline only within
     /// one slot, so there the commands go as one pipeline per slot (in
     /// their order within it), all at once.
-    pub(crate) async fn send_by_slot(&self, commands: Vec<Cmd>) -> redis::RedisResult<Vec<Value>> {
+    pub(crate) async fn send_by_slot<C: Borrow<Cmd>>(
+        &self,
+        commands: &[C],
+    ) -> redis::RedisResult<Vec<Value>> {
         if commands.is_empty() {
             return Ok(Vec::new());
         }
@@ -238,20 +242,20 @@ impl RedisConnection {
             Self::Single(connection) => {
                 let mut pipe = redis::pipe();
                 for command in commands {
-                    pipe.add_command(command);
+                    pipe.add_command(command.borrow().clone());
                 }
                 return pipe.query_async(&mut connection.clone()).await;
             }
             Self::Cluster(connection) => connection,
         };
-        let count = commands.len();
         let mut by_slot: HashMap<u16, (Vec<usize>, redis::Pipeline)> = HashMap::new();
-        for (place, command) in commands.into_iter().enumerate() {
+        for (place, command) in commands.iter().enumerate() {
+            let command = command.borrow();
             let (places, pipe) = by_slot
-                .entry(command_slot(&command))
+                .entry(command_slot(command))
                 .or_insert_with(|| (Vec::new(), redis::pipe()));
             places.push(place);
-            pipe.add_command(command);
+            pipe.add_command(command.clone());
         }
         let sent = join_all(by_slot.into_values().map(|(places, pipe)| {
             let mut connection = cluster.clone();
@@ -261,13 +265,33 @@ impl RedisConnection {
             }
         }))
         .await;
-        let mut answers = vec![Value::Nil; count];
+        let mut answers = vec![Value::Nil; commands.len()];
         for answered in sent {
             for (place, answer) in answered? {
                 answers[place] = answer;
             }
         }
         Ok(answers)
+    }
+
+    /// [`RedisConnection::send_by_slot`] for calls (`EVALSHA`) of `script`:
+    /// a node without it (restarted, or new to a cluster) says so, and then
+    /// the script is loaded on every node and the calls sent again.
+    pub(crate) async fn send_script_calls_by_slot<C: Borrow<Cmd>>(
+        &self,
+        script: &redis::Script,
+        calls: &[C],
+    ) -> redis::RedisResult<Vec<Value>> {
+        match self.send_by_slot(calls).await {
+            Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
+                let _: String = script
+                    .prepare_invoke()
+                    .load_async(&mut self.clone())
+                    .await?;
+                self.send_by_slot(calls).await
+            }
+            sent => sent,
+        }
     }
 }
 

@@ -72,22 +72,11 @@ impl PresenceStore for RedisStores {
                 }
                 let () = pipe.query_async(&mut connection).await?;
             } else {
-                // A cluster takes one pipeline per slot; a node without the
-                // script (restarted, new) says so, and loading goes to
-                // every node.
+                // A cluster takes one pipeline per slot.
                 let renewals: Vec<redis::Cmd> = renewals.collect();
-                match connection.send_by_slot(renewals.clone()).await {
-                    Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
-                        let _: String = RENEW_PRESENCE_SCRIPT
-                            .prepare_invoke()
-                            .load_async(&mut connection)
-                            .await?;
-                        connection.send_by_slot(renewals).await?;
-                    }
-                    sent => {
-                        sent?;
-                    }
-                }
+                connection
+                    .send_script_calls_by_slot(&RENEW_PRESENCE_SCRIPT, &renewals)
+                    .await?;
             }
             Ok(())
         })

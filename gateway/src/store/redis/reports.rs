@@ -85,7 +85,8 @@ impl RedisStores {
             read.arg(self.device_key(device_id, what));
             read
         });
-        let numbers = self.connection.send_by_slot(reads.collect()).await?;
+        let reads: Vec<redis::Cmd> = reads.collect();
+        let numbers = self.connection.send_by_slot(&reads).await?;
         numbers
             .iter()
             .map(|number| Ok(redis::from_redis_value::<Option<u64>>(number)?.unwrap_or(0)))

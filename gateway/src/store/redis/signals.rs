@@ -71,7 +71,7 @@ impl SignalLog for RedisStores {
                 .arg(format!("{channel} {}", appended.signal.position));
             let mut channels = redis::cmd("SADD");
             channels.arg(self.channels_key()).arg(channel.as_str());
-            connection.send_by_slot(vec![index, channels]).await?;
+            connection.send_by_slot(&[index, channels]).await?;
             Ok(appended)
         })
     }
