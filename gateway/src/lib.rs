@@ -30,6 +30,7 @@ pub mod core;
 pub mod durable;
 pub mod http;
 pub mod nonces;
+pub mod outage;
 pub mod payouts;
 pub mod presence;
 pub mod registry;

@@ -74,6 +74,15 @@ pub enum RegistryError {
     Contended(String),
 }
 
+impl RegistryError {
+    /// Whether the store is only away for now (see
+    /// [`crate::outage::is_outage`]): the same call may succeed in a
+    /// moment.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, Self::Redis(e) if crate::outage::is_outage(e))
+    }
+}
+
 /// A boxed future, so stores can be used as `dyn DeviceStore`.
 pub type RegistryFuture<'a, T> =
     Pin<Box<dyn Future<Output = Result<T, RegistryError>> + Send + 'a>>;

@@ -178,6 +178,15 @@ pub enum ReportStoreError {
     },
 }
 
+impl ReportStoreError {
+    /// Whether the store is only away for now (see
+    /// [`crate::outage::is_outage`]): the same call may succeed in a
+    /// moment.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, Self::Redis(e) if crate::outage::is_outage(e))
+    }
+}
+
 /// How far above its confirmed watermark a device may report. Bounds the
 /// work of advancing the watermark over a gap, and what a device can make
 /// the store hold; an SDK keeps at most this many unconfirmed reports.

@@ -169,6 +169,15 @@ pub enum SignalLogError {
     KeyReused,
 }
 
+impl SignalLogError {
+    /// Whether the store is only away for now (see
+    /// [`crate::outage::is_outage`]): the same call may succeed in a
+    /// moment.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, Self::Redis(e) if crate::outage::is_outage(e))
+    }
+}
+
 /// A boxed future, so logs can be used as `dyn SignalLog`.
 pub type LogFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SignalLogError>> + Send + 'a>>;
 

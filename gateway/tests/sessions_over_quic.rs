@@ -319,9 +319,9 @@ async fn confirmations_never_go_above_the_report_just_handled(backend: Backend) 
 }
 
 on_both_backends!(
-    a_device_that_sends_nothing_is_dropped_at_the_idle_timeout_and_one_that_pings_is_not
+    a_device_that_sends_nothing_is_pinged_then_dropped_at_the_idle_timeout_and_one_that_pings_is_not
 );
-async fn a_device_that_sends_nothing_is_dropped_at_the_idle_timeout_and_one_that_pings_is_not(
+async fn a_device_that_sends_nothing_is_pinged_then_dropped_at_the_idle_timeout_and_one_that_pings_is_not(
     backend: Backend,
 ) {
     let (gateway, dir) = start_on(&backend).await;
@@ -353,6 +353,14 @@ async fn a_device_that_sends_nothing_is_dropped_at_the_idle_timeout_and_one_that
     assert_eq!(goodbye, going_away(GoingAwayReason::IdleTimeout));
     assert!(started.elapsed() >= idle - Duration::from_millis(200));
     assert_eq!(silent.close_code().await, close_code::IDLE_TIMEOUT as u64);
+    // Having nothing else to say, the gateway pinged it (every other half
+    // ping interval): a device that reports without pause never pings, and
+    // must hear something within its own idle timeout.
+    assert!(
+        (1..=4).contains(&silent.pings_heard),
+        "{} pings in {idle:?}",
+        silent.pings_heard
+    );
     let pinging = pings.await.unwrap();
     assert!(
         !pinging.is_closed(),

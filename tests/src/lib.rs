@@ -193,52 +193,113 @@ impl Drop for SmallDisk<'_> {
 /// when dropped: for tests that take Redis away under a gateway.
 #[derive(Debug)]
 pub struct PrivateRedis {
-    child: std::process::Child,
+    child: Option<std::process::Child>,
     /// Its URL.
     pub url: String,
-    _dir: tempfile::TempDir,
+    port: u16,
+    durable: bool,
+    dir: tempfile::TempDir,
 }
 
 impl PrivateRedis {
-    /// Starts `redis-server` (installed by the test command) and waits until
-    /// it answers.
+    /// Starts `redis-server` (installed by the test command), keeping
+    /// nothing on disk, and waits until it answers.
     ///
     /// # Panics
     ///
     /// When it cannot be started: the test fails rather than skips.
     pub fn start() -> Self {
+        Self::start_keeping(false)
+    }
+
+    /// [`PrivateRedis::start`], with every write in its append-only file
+    /// before it is answered (`appendfsync always`, as a deployment that
+    /// must lose no acknowledged report runs it): a kill and
+    /// [`PrivateRedis::restart`] keep everything it acknowledged.
+    pub fn start_durable() -> Self {
+        Self::start_keeping(true)
+    }
+
+    fn start_keeping(durable: bool) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .expect("a free port")
             .port();
+        let mut redis = Self {
+            child: None,
+            url: format!("redis://127.0.0.1:{port}/"),
+            port,
+            durable,
+            dir,
+        };
+        redis.restart();
+        redis
+    }
+
+    /// Starts it again on its port and data (after [`PrivateRedis::stop`]),
+    /// and waits until it listens.
+    ///
+    /// # Panics
+    ///
+    /// When it is running, or does not listen within 10 s.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop it first");
+        let keeping: &[&str] = if self.durable {
+            &["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            &["--appendonly", "no"]
+        };
         let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(keeping)
             .arg("--dir")
-            .arg(dir.path())
+            .arg(self.dir.path())
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server runs (scripts/test.sh installs it)");
+        self.child = Some(child);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
-                "redis-server did not listen on port {port}"
+                "redis-server did not listen on port {}",
+                self.port
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        Self {
-            child,
-            url: format!("redis://127.0.0.1:{port}/"),
-            _dir: dir,
-        }
     }
 
-    /// Kills it now.
+    /// Freezes it (SIGSTOP): connections stay open and nothing answers,
+    /// as with a Redis stalled on its disk or a network that drops
+    /// everything silently.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen Redis go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let child = self.child.as_ref().expect("it runs");
+        let sent = std::process::Command::new("kill")
+            .args([which, &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill {which} failed");
+    }
+
+    /// Kills it now (SIGKILL: no goodbye to its clients, nothing saved but
+    /// what its append-only file already holds).
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            // A frozen one dies all the same.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

@@ -301,6 +301,27 @@ impl Gateway {
         serde_json::from_str(&body).expect("JSON")
     }
 
+    /// `GET /readyz`: its status code, and how long the answer took.
+    ///
+    /// # Panics
+    ///
+    /// When the gateway gives no answer within 30 s.
+    pub fn readiness(&self) -> (u16, Duration) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        let asked = std::time::Instant::now();
+        let status = agent
+            .get(&format!("{}/readyz", self.api))
+            .call()
+            .unwrap_or_else(|e| panic!("GET /readyz: {e}"))
+            .status()
+            .as_u16();
+        (status, asked.elapsed())
+    }
+
     /// Asserts that the device's fills of `signals`, reported in that order
     /// as its reports 1, 2, 3, …, are each stored once, under its number.
     ///

@@ -8,7 +8,7 @@
 //! hands over what the device sends, and tells it what it wrote. The QUIC
 //! driver is one; a test can be another, with no socket at all.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,20 @@ const DELIVERY_RECORD_INTERVAL: Duration = Duration::from_millis(500);
 /// their way to disk). At this many it reads nothing more from the device
 /// until the oldest is durable; the SDK keeps at most 256 unconfirmed.
 pub const REPORTS_IN_FLIGHT: usize = 256;
+
+/// How long a session waits for one answer of its store while taking a
+/// device's reports before it takes the store for away and holds the
+/// reports to try again: a Redis that answers at all answers in
+/// milliseconds, and a session waiting longer would not answer its device,
+/// whose idle timeout (10 s) must not run out during an outage.
+const STORE_PATIENCE: Duration = Duration::from_secs(1);
+
+/// Bounds of the wait between tries of a store that is away.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MOST: Duration = Duration::from_secs(2);
+
+/// The most waiting reports one try takes (one store write).
+const RETRY_RUN: usize = 64;
 
 /// What a session does next.
 #[derive(Debug, Clone)]
@@ -72,7 +86,14 @@ pub struct DeviceSession<'a> {
     reported: Marks,
     /// Reports written and not yet durable, oldest first: confirmed in
     /// order as each becomes durable.
-    in_flight: std::collections::VecDeque<InFlight>,
+    in_flight: VecDeque<InFlight>,
+    /// Reports the device sent that the store could not take yet (it was
+    /// away), oldest first: taken in order, before any later one, once it
+    /// is back. With `in_flight`, at most [`REPORTS_IN_FLIGHT`].
+    waiting: VecDeque<Report>,
+    /// The store is away: the session holds what waits for it and tries
+    /// again, the device staying connected.
+    outage: Option<Outage>,
     /// The transport has too much waiting for the device: no signals now.
     signals_held: bool,
     /// Channels the device follows or has followed: a report about one of
@@ -112,6 +133,15 @@ impl std::fmt::Debug for InFlight {
     }
 }
 
+/// The store went away under a session (Redis restarting, unreachable, or
+/// silent): since when, and when to try it again.
+#[derive(Debug)]
+struct Outage {
+    since: Instant,
+    retry_at: tokio::time::Instant,
+    wait: Duration,
+}
+
 /// What woke a session waiting for its next step.
 enum Woke {
     Orders(Orders),
@@ -120,6 +150,77 @@ enum Woke {
     FollowerFailed(ChannelName, SignalLogError),
     Signal(Arc<OutgoingSignal>),
     RecordDeliveries,
+    RetryStore,
+}
+
+/// Why a report could not be taken now.
+enum NotTaken {
+    /// The session ends so.
+    Ends(Close),
+    /// The store is away for now (why): the report waits in the session.
+    StoreAway(String),
+}
+
+/// A store call that did not answer.
+enum StoreTrouble<E> {
+    /// Away for now (unreachable, restarting, or silent for
+    /// [`STORE_PATIENCE`]): worth trying again.
+    Away(String),
+    /// Failed in a way another try would not mend.
+    Failed(E),
+}
+
+impl<E> StoreTrouble<E> {
+    /// A report's: held while the store is away, or the session's end.
+    fn for_report(self, end: impl FnOnce(E) -> Close) -> NotTaken {
+        match self {
+            Self::Away(why) => NotTaken::StoreAway(why),
+            Self::Failed(e) => NotTaken::Ends(end(e)),
+        }
+    }
+}
+
+/// A store error that may only mean the store is away for now.
+trait MayBeAway: std::fmt::Display {
+    fn is_outage(&self) -> bool;
+}
+
+impl MayBeAway for SignalLogError {
+    fn is_outage(&self) -> bool {
+        SignalLogError::is_outage(self)
+    }
+}
+
+impl MayBeAway for ReportStoreError {
+    fn is_outage(&self) -> bool {
+        ReportStoreError::is_outage(self)
+    }
+}
+
+impl MayBeAway for FollowError {
+    fn is_outage(&self) -> bool {
+        match self {
+            Self::Subscriptions(e) => e.is_outage(),
+            Self::Start(e) => e.is_outage(),
+        }
+    }
+}
+
+/// `call`'s answer, or why there is none: the store is away (it says so,
+/// or says nothing for [`STORE_PATIENCE`]), or it failed. Giving up on a
+/// call is safe here: every call on the report path is a read, or a write
+/// that writing again finds done (the store keeps a report once).
+async fn patiently<T, E: MayBeAway>(
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, StoreTrouble<E>> {
+    match tokio::time::timeout(STORE_PATIENCE, call).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) if e.is_outage() => Err(StoreTrouble::Away(e.to_string())),
+        Ok(Err(e)) => Err(StoreTrouble::Failed(e)),
+        Err(_silent) => Err(StoreTrouble::Away(format!(
+            "no answer within {STORE_PATIENCE:?}"
+        ))),
+    }
 }
 
 /// Why a session's channels could not be (re)started.
@@ -156,7 +257,9 @@ impl<'a> DeviceSession<'a> {
             unhandled: Orders::default(),
             deliveries: Marks::default(),
             reported: Marks::default(),
-            in_flight: std::collections::VecDeque::new(),
+            in_flight: VecDeque::new(),
+            waiting: VecDeque::new(),
+            outage: None,
             signals_held: false,
             followed: HashSet::new(),
             shutdown: core.shutdown.subscribe(),
@@ -220,20 +323,28 @@ impl<'a> DeviceSession<'a> {
             if let Some(reason) = self.unhandled.end {
                 return Next::End(Close::ordered(reason));
             }
-            if self.unhandled.follow_subscriptions {
-                if let Err(e) = self.follow_subscriptions().await {
-                    self.core.metrics.store_error();
-                    warn!(device = self.device(), error = %e, "changing the session's channels failed");
-                    return Next::End(Close::StoreUnavailable);
-                }
-                self.unhandled.follow_subscriptions = false;
+            // While the store is away, the retry does this.
+            if self.unhandled.follow_subscriptions
+                && self.outage.is_none()
+                && let Err(close) = self.change_channels().await
+            {
+                return Next::End(close);
             }
             let woke = {
                 let mailbox = self.live.mailbox();
                 let feed = &mut self.feed;
                 let in_flight = &mut self.in_flight;
-                let room = in_flight.len() < REPORTS_IN_FLIGHT;
-                let recording = !self.deliveries.0.is_empty() || !self.reported.0.is_empty();
+                // While the store is away the device is read on (its pings
+                // answered), and a device that sends more reports than a
+                // session holds is told to come back later (`reports`).
+                let room = in_flight.len() + self.waiting.len() < REPORTS_IN_FLIGHT
+                    || self.outage.is_some();
+                let retry_at = self.outage.as_ref().map(|outage| outage.retry_at);
+                // Positions are not recorded while the store is away: each
+                // try would wait for it, and they may lag (see
+                // `DELIVERY_RECORD_INTERVAL`).
+                let recording = (!self.deliveries.0.is_empty() || !self.reported.0.is_empty())
+                    && self.outage.is_none();
                 tokio::select! {
                     biased;
                     orders = mailbox.next() => Woke::Orders(orders),
@@ -247,6 +358,9 @@ impl<'a> DeviceSession<'a> {
                     durable = oldest_durable(in_flight), if !in_flight.is_empty() => {
                         Woke::Durable(durable)
                     }
+                    // What waits for the store before more of the device's
+                    // messages: they would wait behind it.
+                    () = wait_until(retry_at), if retry_at.is_some() => Woke::RetryStore,
                     said = &mut device, if room => return Next::Device(said),
                     Some(signal) = feed.signals.recv(), if !self.signals_held => Woke::Signal(signal),
                     // Only armed while something awaits recording, so an
@@ -265,6 +379,11 @@ impl<'a> DeviceSession<'a> {
                 }
                 Woke::Durable(Ok(())) => return Next::Confirm(self.confirm_durable()),
                 Woke::Stopping => return Next::End(Close::Shutdown),
+                Woke::RetryStore => {
+                    if let Err(close) = self.retry_store().await {
+                        return Next::End(close);
+                    }
+                }
                 // End the session, so the device reconnects and resumes,
                 // rather than let it miss a channel silently.
                 Woke::FollowerFailed(channel, e) => {
@@ -316,7 +435,7 @@ impl<'a> DeviceSession<'a> {
     /// How many more reports the session takes before it waits for some
     /// to be durable.
     pub fn room_for_reports(&self) -> usize {
-        REPORTS_IN_FLIGHT.saturating_sub(self.in_flight.len())
+        REPORTS_IN_FLIGHT.saturating_sub(self.in_flight.len() + self.waiting.len())
     }
 
     /// Takes a report from the device: [`DeviceSession::reports`] of one.
@@ -334,22 +453,57 @@ impl<'a> DeviceSession<'a> {
     /// failed); the reports before the one that ended it are written first,
     /// as they would have been one by one.
     ///
-    /// A report the store cannot take now ends the session: the device keeps
-    /// it and resends it, with every later one, after reconnecting. Going on
-    /// to the next report instead would store reports after a gap, and a
-    /// later confirmation could cover the one skipped.
+    /// A store that is only away (Redis restarting or unreachable) does not
+    /// end the session: the report it could not take waits in the session
+    /// with every later one, unconfirmed, and [`DeviceSession::next`] tries
+    /// the store again until it takes them, in order. Never a later report
+    /// before an earlier one: a confirmation covers every report below it.
+    /// A device that sends more than the session holds meanwhile
+    /// ([`REPORTS_IN_FLIGHT`]) is told to come back later (it keeps its
+    /// reports and resends them).
     pub async fn reports(&mut self, reports: Vec<Report>) -> Result<(), Close> {
+        if self.outage.is_some() || !self.waiting.is_empty() {
+            self.waiting.extend(reports);
+            if self.waiting.len() + self.in_flight.len() > REPORTS_IN_FLIGHT {
+                warn!(
+                    device = self.device(),
+                    waiting = self.waiting.len(),
+                    "more reports than a session holds while its store is away; asking the device to come back later"
+                );
+                return Err(Close::StoreUnavailable);
+            }
+            return Ok(());
+        }
+        self.waiting = self.take(reports).await?;
+        Ok(())
+    }
+
+    /// Checks and writes `reports`, in order. What the store could not take
+    /// because it is away comes back, in order: the first report not taken
+    /// and every later one. An error is how the session ends.
+    async fn take(&mut self, reports: Vec<Report>) -> Result<VecDeque<Report>, Close> {
         let arrived = Instant::now();
+        let mut reports = reports.into_iter();
         let mut checked = Vec::with_capacity(reports.len());
         let mut refused = None;
-        for report in reports {
+        let mut left = VecDeque::new();
+        for report in reports.by_ref() {
             match self.check(&report).await {
                 Ok(place) => checked.push((report, place)),
-                Err(close) => {
+                Err(NotTaken::Ends(close)) => {
                     refused = Some(close);
                     break;
                 }
+                Err(NotTaken::StoreAway(why)) => {
+                    self.store_away(&why);
+                    left.push_back(report);
+                    break;
+                }
             }
+        }
+        // Only a store that is away leaves reports to take later.
+        if refused.is_none() {
+            left.extend(reports);
         }
         let core = self.core;
         let now = unix_ms();
@@ -364,11 +518,15 @@ impl<'a> DeviceSession<'a> {
                 let report = &stored[at];
                 store_failed(core, &report.device_id, report.seq, "storing reports", e)
             };
-            let outcomes = core
-                .reports
-                .write_run(&stored[at..], Some(self.epoch()))
-                .await
-                .map_err(|e| failed(&e))?;
+            let outcomes =
+                match patiently(core.reports.write_run(&stored[at..], Some(self.epoch()))).await {
+                    Ok(outcomes) => outcomes,
+                    Err(StoreTrouble::Failed(e)) => return Err(failed(&e)),
+                    Err(StoreTrouble::Away(why)) => {
+                        self.store_away(&why);
+                        return Ok(checked.map(|(report, _)| report).chain(left).collect());
+                    }
+                };
             if outcomes.is_empty() {
                 // A store answers at least the first of a run; going round
                 // again would never end.
@@ -379,49 +537,62 @@ impl<'a> DeviceSession<'a> {
                     break;
                 };
                 at += 1;
-                self.take_written(report, place, written, arrived)?;
+                match written {
+                    // Those after it may be stored; writing them again finds
+                    // them so.
+                    Err(e) if e.is_outage() => {
+                        self.store_away(&e);
+                        return Ok(std::iter::once(report)
+                            .chain(checked.map(|(report, _)| report))
+                            .chain(left)
+                            .collect());
+                    }
+                    written => self.take_written(report, place, written, arrived)?,
+                }
             }
         }
-        refused.map_or(Ok(()), Err)
+        refused.map_or(Ok(left), Err)
     }
 
     /// Whether `report` may be stored: a sequence number, and a signal of a
     /// channel the device followed (or one the log no longer holds). Where
     /// its signal sits, to record its position once stored.
-    async fn check(&mut self, report: &Report) -> Result<Option<(ChannelName, u64)>, Close> {
+    async fn check(&mut self, report: &Report) -> Result<Option<(ChannelName, u64)>, NotTaken> {
         let core = self.core;
         let device = self.claim.device_id.as_str();
         if report.seq == 0 {
-            return Err(violation(
+            return Err(NotTaken::Ends(violation(
                 device,
                 report.seq,
                 &ReportStoreError::ZeroSequence,
-            ));
+            )));
         }
         // Where the signal sits: to check the device could have received it,
         // and to record its position once the report is stored.
-        let place = core
-            .places
-            .locate(&*core.signals, report.signal_id)
+        let place = patiently(core.places.locate(&*core.signals, report.signal_id))
             .await
-            .map_err(|e| {
-                store_failed(core, device, report.seq, "locating a reported signal", &e)
+            .map_err(|trouble| {
+                trouble.for_report(|e| {
+                    store_failed(core, device, report.seq, "locating a reported signal", &e)
+                })
             })?;
         match &place {
             Some((channel, _)) => {
-                let followed = has_followed(core, device, &mut self.followed, channel)
+                let followed = patiently(has_followed(core, device, &mut self.followed, channel))
                     .await
-                    .map_err(|e| {
-                        store_failed(core, device, report.seq, "reading a subscription", &e)
+                    .map_err(|trouble| {
+                        trouble.for_report(|e| {
+                            store_failed(core, device, report.seq, "reading a subscription", &e)
+                        })
                     })?;
                 if !followed {
-                    return Err(violation(
+                    return Err(NotTaken::Ends(violation(
                         device,
                         report.seq,
                         &format!(
                             "a report about a signal of channel {channel}, which the device never followed"
                         ),
-                    ));
+                    )));
                 }
             }
             // Expired from the log while the device was away, or never
@@ -433,6 +604,99 @@ impl<'a> DeviceSession<'a> {
             }
         }
         Ok(place)
+    }
+
+    /// The store is away (`why`): the session holds what waits for it and
+    /// tries again after a wait that grows with each failed try.
+    fn store_away(&mut self, why: &dyn std::fmt::Display) {
+        let now = tokio::time::Instant::now();
+        match &mut self.outage {
+            Some(outage) => {
+                outage.wait = (outage.wait * 2).min(RETRY_MOST);
+                outage.retry_at = now + outage.wait;
+            }
+            None => {
+                self.core.metrics.store_error();
+                warn!(
+                    device = self.device(),
+                    error = %why,
+                    "the store is away; the session holds the device's reports and waits for it"
+                );
+                self.outage = Some(Outage {
+                    since: Instant::now(),
+                    retry_at: now + RETRY_FIRST,
+                    wait: RETRY_FIRST,
+                });
+            }
+        }
+    }
+
+    /// The store was away: tries again what waits for it (a change of the
+    /// device's channels, then its reports, in order), and ends the outage
+    /// once nothing waits. An error is how the session ends.
+    async fn retry_store(&mut self) -> Result<(), Close> {
+        if self.unhandled.follow_subscriptions {
+            self.change_channels().await?;
+            if self.unhandled.follow_subscriptions {
+                return Ok(());
+            }
+        }
+        let room = REPORTS_IN_FLIGHT.saturating_sub(self.in_flight.len());
+        let run: Vec<Report> = self
+            .waiting
+            .drain(..self.waiting.len().min(room).min(RETRY_RUN))
+            .collect();
+        if !run.is_empty() {
+            let left = self.take(run).await?;
+            if !left.is_empty() {
+                // Still away (`take` put off the next try): back in front,
+                // in order.
+                for report in left.into_iter().rev() {
+                    self.waiting.push_front(report);
+                }
+                return Ok(());
+            }
+        }
+        match &mut self.outage {
+            // More to take: at once, or once reports in flight are durable
+            // (which `next` sees to first).
+            Some(outage) if !self.waiting.is_empty() => {
+                let full = self.in_flight.len() >= REPORTS_IN_FLIGHT;
+                outage.retry_at =
+                    tokio::time::Instant::now() + if full { RETRY_FIRST } else { Duration::ZERO };
+            }
+            Some(outage) => {
+                info!(
+                    device = self.claim.device_id.as_str(),
+                    after = ?outage.since.elapsed(),
+                    "the store is back; the session's reports are taken"
+                );
+                self.outage = None;
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Acts on an order to follow the device's channels anew: done, or
+    /// left for the retry while the store is away. An error is how the
+    /// session ends.
+    async fn change_channels(&mut self) -> Result<(), Close> {
+        match patiently(self.follow_subscriptions()).await {
+            Ok(()) => {
+                self.unhandled.follow_subscriptions = false;
+                Ok(())
+            }
+            Err(StoreTrouble::Away(why)) => {
+                self.store_away(&why);
+                Ok(())
+            }
+            Err(StoreTrouble::Failed(e)) => {
+                self.core.metrics.store_error();
+                warn!(device = self.device(), error = %e, "changing the session's channels failed");
+                Err(Close::StoreUnavailable)
+            }
+        }
     }
 
     /// Acts on what the store did with `report`: holds it until durable, or
@@ -679,11 +943,17 @@ fn store_failed(
     Close::StoreUnavailable
 }
 
+/// Resolves at `at` (never, without one).
+async fn wait_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Resolves when the oldest report in flight is durable (cancel-safe: the
 /// future stays in the queue).
-async fn oldest_durable(
-    in_flight: &mut std::collections::VecDeque<InFlight>,
-) -> Result<(), ReportStoreError> {
+async fn oldest_durable(in_flight: &mut VecDeque<InFlight>) -> Result<(), ReportStoreError> {
     match in_flight.front_mut() {
         Some(front) => (&mut front.durable).await,
         None => std::future::pending().await,

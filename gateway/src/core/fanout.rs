@@ -144,7 +144,8 @@ impl SignalHub {
 
     /// Follows `channel` from the position after `after`: every signal in
     /// order, without gaps or repeats, into `out`. Returns when `out` is
-    /// closed (the session ended) or the log fails.
+    /// closed (the session ended) or the log fails; a log that is only away
+    /// for now (Redis restarting) is read again until it answers.
     pub async fn follow(
         &self,
         log: Arc<dyn SignalLog>,
@@ -159,7 +160,7 @@ impl SignalHub {
         loop {
             // Catch up from the log.
             loop {
-                let batch = log.read_after(&channel, next - 1, 256).await?;
+                let batch = read_riding_out_outages(&*log, &channel, next - 1).await?;
                 if batch.is_empty() {
                     break;
                 }
@@ -200,6 +201,32 @@ impl SignalHub {
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
                 }
             }
+        }
+    }
+}
+
+/// Bounds of the wait between reads of a log that is away.
+const LOG_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+const LOG_RETRY_MOST: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The next signals of `channel` after `after`, reading again (after a
+/// growing wait) while the log is only away for now: the follower is not
+/// behind anything but the log, so waiting loses nothing, and its session
+/// (and the device's connection) lives on. Any other failure is returned.
+async fn read_riding_out_outages(
+    log: &dyn SignalLog,
+    channel: &ChannelName,
+    after: u64,
+) -> Result<Vec<Signal>, SignalLogError> {
+    let mut wait = LOG_RETRY_FIRST;
+    loop {
+        match log.read_after(channel, after, 256).await {
+            Err(e) if e.is_outage() => {
+                tracing::debug!(%channel, error = %e, ?wait, "the signal log is away; reading again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(LOG_RETRY_MOST);
+            }
+            read => return read,
         }
     }
 }

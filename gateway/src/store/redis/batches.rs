@@ -23,7 +23,10 @@
 //! same), and a feed or index entry written twice is read once.
 //!
 //! The queue needs no bound of its own: a session waits for its write's
-//! answer before it writes again, so at most one run per session waits.
+//! answer before it writes again, or gives up waiting (Redis silent) and
+//! writes it again later; a run whose writer gave up is dropped unsent
+//! when the next batch is gathered. So a session has one run waiting, and
+//! a few more only while Redis holds every batch on its way unanswered.
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use redis::{Cmd, RedisResult};
@@ -102,14 +105,21 @@ async fn run(mut waiting: mpsc::UnboundedReceiver<Queued>, connection: RedisConn
             first = waiting.recv(), if sending.len() < IN_FLIGHT => {
                 let Some(first) = first else { break };
                 let mut batch = Vec::with_capacity(waiting.len().min(BATCH_MAX - 1) + 1);
-                batch.push(first);
+                // Nobody waits for an abandoned run's answer, and its writer
+                // sends it again: not sent, so a Redis back from an outage
+                // is not flooded with what was given up on.
+                let wanted = |queued: &Queued| !queued.answer.is_closed();
+                batch.extend(Some(first).filter(wanted));
                 while batch.len() < BATCH_MAX {
                     match waiting.try_recv() {
-                        Ok(queued) => batch.push(queued),
+                        Ok(queued) if wanted(&queued) => batch.push(queued),
+                        Ok(_abandoned) => {}
                         Err(_) => break,
                     }
                 }
-                sending.push(send(batch, connection.clone()));
+                if !batch.is_empty() {
+                    sending.push(send(batch, connection.clone()));
+                }
             }
         }
     }

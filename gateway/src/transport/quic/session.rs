@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use eagate_protocol::{
-    CHANNEL_BINDING_LABEL, DeviceMessage, GatewayMessage, Pong, Refusal, ReportsConfirmed,
+    CHANNEL_BINDING_LABEL, DeviceMessage, GatewayMessage, Ping, Pong, Refusal, ReportsConfirmed,
 };
 use tracing::{debug, info, warn};
 
@@ -217,6 +217,8 @@ enum Heard {
     Silence,
     /// The queue for the device has room again: signals may flow.
     Room,
+    /// Time to see whether the gateway has said anything lately.
+    QuietCheck,
 }
 
 /// The most reports written as one run.
@@ -240,6 +242,17 @@ async fn stream_and_ingest(
     let idle_timeout = Duration::from_millis(u64::from(core.session.idle_timeout_ms));
     let idle = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle);
+    // The other half: a device drops a session it has heard nothing on for
+    // the idle timeout, and one that reports without pause never pings, so
+    // when the gateway has nothing to say (no confirmations while its store
+    // is away) it pings. Checked every half ping interval, so the device
+    // never waits more than one for a frame.
+    let half_ping = Duration::from_millis(u64::from(core.session.ping_interval_ms) / 2);
+    let mut quiet_check =
+        tokio::time::interval_at(tokio::time::Instant::now() + half_ping, half_ping);
+    quiet_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut said_at_check = stream.said();
+    let mut ping_token = 0u64;
     loop {
         let held = stream.queued() >= QUEUE_LIMIT;
         session.hold_signals(held);
@@ -261,6 +274,7 @@ async fn stream_and_ingest(
                     },
                     message = reader.next::<DeviceMessage>() => return Heard::Message(message),
                     () = &mut idle => return Heard::Silence,
+                    _ = quiet_check.tick() => return Heard::QuietCheck,
                 }
             }
         };
@@ -274,6 +288,13 @@ async fn stream_and_ingest(
             Next::Device(Heard::Silence) => return Ending::of(Close::IdleTimeout),
             // Signals are let through again on the next turn.
             Next::Device(Heard::Room) => {}
+            Next::Device(Heard::QuietCheck) => {
+                if stream.said() == said_at_check {
+                    stream.queue(GatewayMessage::Ping(Ping { token: ping_token }));
+                    ping_token += 1;
+                }
+                said_at_check = stream.said();
+            }
             Next::Confirm(up_to_seq) => {
                 stream.queue(GatewayMessage::ReportsConfirmed(ReportsConfirmed {
                     up_to_seq,

@@ -145,6 +145,9 @@ pub(super) struct DeviceStream {
     queued: bytes::BytesMut,
     /// Since when the device has taken nothing of what is queued.
     stalled_since: tokio::time::Instant,
+    /// How many times something was queued: whether the gateway has said
+    /// anything lately.
+    said: u64,
 }
 
 impl DeviceStream {
@@ -154,6 +157,7 @@ impl DeviceStream {
             version: 1,
             queued: bytes::BytesMut::new(),
             stalled_since: tokio::time::Instant::now(),
+            said: 0,
         }
     }
 
@@ -172,6 +176,7 @@ impl DeviceStream {
     /// The queue, to append to; the device's wait for it starts now if
     /// nothing was waiting.
     fn queue_end(&mut self) -> &mut bytes::BytesMut {
+        self.said += 1;
         if self.queued.is_empty() {
             self.stalled_since = tokio::time::Instant::now();
         }
@@ -181,6 +186,11 @@ impl DeviceStream {
     /// Bytes queued and not yet taken by quinn.
     pub(super) fn queued(&self) -> usize {
         self.queued.len()
+    }
+
+    /// How many frames were queued so far (a count that only grows).
+    pub(super) fn said(&self) -> u64 {
+        self.said
     }
 
     /// Writes as much of the queue as quinn takes now, waiting until it
