@@ -21,6 +21,10 @@ command -v redis-cli >/dev/null 2>&1 || need_packages+=(redis-tools)
 # The C library's harness compiles C programs and runs them under memcheck.
 command -v gcc >/dev/null 2>&1 || need_packages+=(gcc)
 command -v valgrind >/dev/null 2>&1 || need_packages+=(valgrind)
+# The lossy-network test puts a bot in a network namespace of its own
+# (iproute2) whose packets nftables drops at random.
+command -v ip >/dev/null 2>&1 || need_packages+=(iproute2)
+command -v nft >/dev/null 2>&1 || need_packages+=(nftables)
 # schemathesis (the OpenAPI conformance test) is installed from PyPI into
 # a virtual environment under target/.
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_packages+=(python3 python3-venv)

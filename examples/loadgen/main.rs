@@ -15,7 +15,11 @@
 //!   order, and the reports stored counted against those sent;
 //! - `ingest`: every device keeps `--window` reports in flight: confirmed
 //!   reports per second, confirmation latency, stored count against sent;
-//! - `mixed`: `fanout` and `ingest` at once, for a soak.
+//! - `mixed`: `fanout` and `ingest` at once, for a soak;
+//! - `halfopen`: with the devices connected, `--connections` more that
+//!   complete the QUIC handshake and never authenticate: the gateway's
+//!   memory per such connection (`--server-pid`), how many it refused and
+//!   when it closed the rest, and the devices still connected afterwards.
 //!
 //! With `--sdk-client` each device is instead the SDK's whole client, as a
 //! bot runs it (journal and all), and the harness's own CPU per message is
@@ -32,6 +36,7 @@
 
 mod bot;
 mod device;
+mod halfopen;
 mod live;
 mod mqtt;
 mod platform;
@@ -59,6 +64,7 @@ pub(crate) enum Scenario {
     Fanout,
     Ingest,
     Mixed,
+    Halfopen,
 }
 
 /// Simulates devices against a running eagate gateway, or MQTT clients
@@ -93,6 +99,13 @@ pub(crate) struct Args {
     /// for a soak (0: flat out).
     #[arg(long, default_value_t = 0)]
     report_every_ms: u64,
+    /// halfopen: how many silent connections to open.
+    #[arg(long, default_value_t = 10_000)]
+    connections: u64,
+    /// halfopen: how long to wait for the gateway to close them, in
+    /// seconds.
+    #[arg(long, default_value_t = 90)]
+    halfopen_wait: u64,
     /// Connections being set up at once.
     #[arg(long, default_value_t = 256)]
     concurrency: usize,
@@ -335,7 +348,7 @@ async fn measure(
             .map_err(|e| anyhow::anyhow!("{e}"))
     };
     let mode = match args.scenario {
-        Scenario::Connect => Mode::Idle,
+        Scenario::Connect | Scenario::Halfopen => Mode::Idle,
         Scenario::Fanout => Mode::Acknowledge,
         Scenario::Ingest => Mode::Flood {
             signal: flood_target()?,
@@ -348,6 +361,7 @@ async fn measure(
     };
     let pace = (args.report_every_ms > 0).then(|| Duration::from_millis(args.report_every_ms));
     let signals_before = u64::from(matches!(mode, Mode::Mixed { .. }));
+    let half_open = std::sync::Mutex::new(None);
     let measured_part = async {
         match args.scenario {
             Scenario::Connect | Scenario::Ingest => {
@@ -355,6 +369,22 @@ async fn measure(
                 Ok(0)
             }
             Scenario::Fanout | Scenario::Mixed => publish(platform, args).await,
+            Scenario::Halfopen => {
+                let Some(pid) = args.server_pid else {
+                    bail!("halfopen measures the gateway's memory: give --server-pid");
+                };
+                let figures = halfopen::flood(
+                    &endpoints,
+                    &client,
+                    args.quic,
+                    (args.connections, args.concurrency),
+                    pid,
+                    Duration::from_secs(args.halfopen_wait),
+                )
+                .await?;
+                *half_open.lock().expect("not poisoned") = Some(figures);
+                Ok(0)
+            }
         }
     };
     let ran = if args.sdk_client {
@@ -398,7 +428,8 @@ async fn measure(
         .await?
     };
     let stored = stored_counts(platform, devices, &ran.stats).await?;
-    Ok(ran.outcome(args, stored))
+    let half_open = half_open.into_inner().expect("not poisoned");
+    Ok(ran.outcome(args, stored).with_half_open(half_open))
 }
 
 /// A client endpoint on a loopback UDP socket with big buffers: the

@@ -84,6 +84,9 @@ impl Broker {
 
 /// Runs the scenario against the broker.
 pub(crate) async fn run(args: &Args) -> anyhow::Result<Outcome> {
+    if args.scenario == Scenario::Halfopen {
+        anyhow::bail!("halfopen measures eagate's QUIC listener; run it against eagate");
+    }
     // rumqttc builds its TLS configuration on the process's provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let broker = Broker::parse(&args.target, args.mqtt_ca.as_deref())?;
@@ -98,7 +101,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Outcome> {
         None
     };
     let mode = match args.scenario {
-        Scenario::Connect => Mode::Idle,
+        Scenario::Connect | Scenario::Halfopen => Mode::Idle,
         Scenario::Fanout => Mode::Acknowledge,
         // The signal reported on does not matter to a broker.
         Scenario::Ingest => Mode::Flood {
@@ -123,7 +126,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<Outcome> {
         },
         async {
             match args.scenario {
-                Scenario::Connect | Scenario::Ingest => {
+                Scenario::Connect | Scenario::Ingest | Scenario::Halfopen => {
                     tokio::time::sleep(Duration::from_secs(args.duration)).await;
                     Ok(0)
                 }

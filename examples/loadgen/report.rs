@@ -55,6 +55,7 @@ pub(crate) struct Outcome {
     latency: Histogram<u64>,
     confirmation: Histogram<u64>,
     timeline: Vec<(u64, u64)>,
+    half_open: Option<crate::halfopen::HalfOpen>,
 }
 
 fn merged(stats: &[DeviceStats], pick: fn(&DeviceStats) -> &Histogram<u64>) -> Histogram<u64> {
@@ -193,7 +194,13 @@ impl Outcome {
             latency,
             confirmation,
             timeline,
+            half_open: None,
         }
+    }
+
+    /// With the `halfopen` scenario's figures.
+    pub(crate) fn with_half_open(self, half_open: Option<crate::halfopen::HalfOpen>) -> Self {
+        Self { half_open, ..self }
     }
 
     pub(crate) fn summary(&self) -> Value {
@@ -204,6 +211,9 @@ impl Outcome {
                 .map(|(d, c)| json!({"delivered": d, "confirmed": c}))
                 .collect::<Vec<_>>()
         );
+        if let Some(half_open) = &self.half_open {
+            summary["half_open"] = half_open.summary();
+        }
         summary
     }
 
@@ -238,6 +248,9 @@ impl Outcome {
                 _ if value.is_null() => {}
                 _ => println!("  {key:<30} {}", value.to_string().trim_matches('"')),
             }
+        }
+        if let Some(half_open) = &self.half_open {
+            half_open.print();
         }
     }
 }

@@ -57,6 +57,7 @@ pub fn redis_addr(url: &str) -> SocketAddr {
 }
 
 pub mod lossy;
+pub mod netns;
 pub mod process;
 
 /// A Redis Cluster of three primaries of one test's own
