@@ -58,7 +58,7 @@ if ! cargo deny --version 2>/dev/null | grep -q " $deny_version$"; then
     cargo install --quiet --locked cargo-deny --version "$deny_version"
 fi
 # Advisories need the RustSec database from GitHub, which test machines
-# cannot reach; `cargo deny check advisories` is run by hand where it can.
+# cannot reach: scripts/deny-advisories.sh runs that check by hand.
 cargo deny --offline check licenses bans sources
 
 step "no_std proof (tests/no-std links the device-side crates with its own panic handler)"
