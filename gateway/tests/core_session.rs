@@ -247,12 +247,15 @@ async fn a_session_revoked_before_it_starts_ends_without_starting_and_never_pani
     assert_eq!(core.presence_of(id.as_str()).await.sessions, 0);
 }
 
-/// A report store whose writes become durable only when the test says:
-/// sled underneath, its durability held back by a gate.
+/// A report store whose writes become durable only when the test says
+/// (its durability held back by a gate), and which is away while the test
+/// says so, as a Redis restarting is (its connection refused): sled
+/// underneath.
 #[derive(Debug)]
 struct HeldDurability {
     inner: SledReportStore,
     gate: tokio::sync::watch::Sender<Gate>,
+    away: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,6 +271,12 @@ impl ReportStore for HeldDurability {
         report: &'a StoredReport,
         epoch: Option<SessionEpoch>,
     ) -> StoreFuture<'a, Written> {
+        if self.away.load(std::sync::atomic::Ordering::SeqCst) {
+            let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+            return Box::pin(std::future::ready(Err(ReportStoreError::Redis(
+                refused.into(),
+            ))));
+        }
         let mut gate = self.gate.subscribe();
         Box::pin(async move {
             let written = self.inner.write(report, epoch).await?;
@@ -305,6 +314,24 @@ impl ReportStore for HeldDurability {
     }
 }
 
+/// A gold follower's session on `core`, started, with one signal sent.
+async fn started_gold_session(core: &Core) -> (DeviceSession<'_>, SignalId) {
+    let (id, secret) = gold_follower(core).await;
+    let signal = core
+        .publish(&gold(), market_buy("one"), None)
+        .await
+        .unwrap();
+    let binding = [7; 32];
+    let mut session = core
+        .admit(claim(&id, &secret, &binding, 1, &[]), &binding, SOURCE)
+        .await
+        .unwrap()
+        .session;
+    session.start().await.unwrap();
+    next_signal(&mut session).await;
+    (session, signal.signal.signal_id)
+}
+
 /// What the session says within `wait`, if anything.
 async fn next_within(session: &mut DeviceSession<'_>, wait: Duration) -> Option<Next<()>> {
     tokio::time::timeout(wait, session.next(std::future::pending::<()>()))
@@ -320,24 +347,13 @@ async fn reports_on_their_way_to_disk_are_confirmed_in_order_once_durable_and_ne
         Arc::new(HeldDurability {
             inner: SledReportStore::open(db).unwrap(),
             gate,
+            away: Arc::default(),
         })
     });
-    let (id, secret) = gold_follower(&core).await;
-    let signal = core
-        .publish(&gold(), market_buy("one"), None)
-        .await
-        .unwrap();
-    let binding = [7; 32];
-    let mut session = core
-        .admit(claim(&id, &secret, &binding, 1, &[]), &binding, SOURCE)
-        .await
-        .unwrap()
-        .session;
-    session.start().await.unwrap();
-    next_signal(&mut session).await;
+    let (mut session, signal_id) = started_gold_session(&core).await;
     let report = |seq| Report {
         seq,
-        signal_id: signal.signal.signal_id,
+        signal_id,
         at_ms: 1_000 + seq,
         outcome: ReportOutcome::Received,
     };
@@ -368,14 +384,7 @@ async fn reports_on_their_way_to_disk_are_confirmed_in_order_once_durable_and_ne
     session.finish().await;
     // Written all the same: the device's resend finds it and is confirmed
     // once durable, stored once.
-    assert_eq!(
-        core.reports
-            .for_signal(signal.signal.signal_id)
-            .await
-            .unwrap()
-            .len(),
-        4
-    );
+    assert_eq!(core.reports.for_signal(signal_id).await.unwrap().len(), 4);
 }
 
 #[tokio::test]
@@ -456,4 +465,110 @@ async fn a_follower_held_back_past_the_broadcast_catches_up_from_the_log_in_orde
     publish(9).await;
     assert_eq!(next().await, 9);
     follower.abort();
+}
+
+fn core_with_a_store_that_can_go_away() -> (
+    Core,
+    eagate_gateway::durable::Durable,
+    Arc<std::sync::atomic::AtomicBool>,
+) {
+    let away = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = away.clone();
+    let (core, db) = core_with(|db| {
+        Arc::new(HeldDurability {
+            inner: SledReportStore::open(db).unwrap(),
+            gate: tokio::sync::watch::channel(Gate::Durable).0,
+            away: flag,
+        })
+    });
+    (core, db, away)
+}
+
+/// Waits for confirmations up to `seq`: each higher than the last, none
+/// beyond `seq`, nothing else meanwhile.
+async fn confirmed_up_to(session: &mut DeviceSession<'_>, seq: u64) {
+    let mut confirmed = 0;
+    while confirmed < seq {
+        match next(session).await {
+            Next::Confirm(up_to) if up_to > confirmed && up_to <= seq => confirmed = up_to,
+            other => panic!("expected confirmations up to {seq} (at {confirmed}), got {other:?}"),
+        }
+    }
+}
+
+fn received(signal_id: SignalId, seq: u64) -> Report {
+    Report {
+        seq,
+        signal_id,
+        at_ms: 1_000 + seq,
+        outcome: ReportOutcome::Received,
+    }
+}
+
+#[tokio::test]
+async fn reports_sent_while_the_store_is_away_wait_in_order_and_are_confirmed_once_it_is_back() {
+    let (core, _db, away) = core_with_a_store_that_can_go_away();
+    let (mut session, signal_id) = started_gold_session(&core).await;
+    away.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Taken, not refused: the session goes on, nothing is confirmed.
+    for seq in 1..=3 {
+        assert_eq!(session.report(received(signal_id, seq)).await, Ok(()));
+    }
+    assert!(
+        next_within(&mut session, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "nothing confirmed, nothing ended, while the store is away"
+    );
+    assert!(core.reports.for_signal(signal_id).await.unwrap().is_empty());
+    // Back: the three are stored and confirmed (in order, as each is
+    // durable), then the session takes reports as before.
+    away.store(false, std::sync::atomic::Ordering::SeqCst);
+    confirmed_up_to(&mut session, 3).await;
+    assert_eq!(session.report(received(signal_id, 4)).await, Ok(()));
+    confirmed_up_to(&mut session, 4).await;
+    let stored: Vec<u64> = core
+        .reports
+        .for_signal(signal_id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|report| report.seq)
+        .collect();
+    assert_eq!(stored, vec![1, 2, 3, 4], "each once, in order");
+}
+
+#[tokio::test]
+async fn a_refused_report_ends_the_session_though_the_store_is_away_for_those_before_it() {
+    let (core, _db, away) = core_with_a_store_that_can_go_away();
+    let (mut session, signal_id) = started_gold_session(&core).await;
+    assert_eq!(session.report(received(signal_id, 1)).await, Ok(()));
+    confirmed_up_to(&mut session, 1).await;
+    // Report 2 cannot be written (the store is away) and the next one breaks
+    // the protocol (no number): the session ends; it does not go on
+    // holding 2 and lose the refusal.
+    away.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        session
+            .reports(vec![received(signal_id, 2), received(signal_id, 0)])
+            .await,
+        Err(Close::ProtocolViolation)
+    );
+}
+
+#[tokio::test]
+async fn a_device_sending_more_than_a_session_holds_while_the_store_is_away_is_asked_to_come_back_later()
+ {
+    let (core, _db, away) = core_with_a_store_that_can_go_away();
+    let (mut session, signal_id) = started_gold_session(&core).await;
+    away.store(true, std::sync::atomic::Ordering::SeqCst);
+    let holds = eagate_gateway::core::device_session::REPORTS_IN_FLIGHT as u64;
+    for seq in 1..=holds {
+        assert_eq!(session.report(received(signal_id, seq)).await, Ok(()));
+    }
+    assert_eq!(
+        session.report(received(signal_id, holds + 1)).await,
+        Err(Close::StoreUnavailable),
+        "one more than a session holds: come back later (and resend)"
+    );
 }

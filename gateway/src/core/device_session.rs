@@ -398,13 +398,9 @@ impl<'a> DeviceSession<'a> {
                     }
                 }
                 Woke::RecordDeliveries => {
-                    let device = self.claim.device_id.as_str();
-                    self.reported
-                        .record(device, self.core, Mark::Reported)
-                        .await;
-                    self.deliveries
-                        .record(device, self.core, Mark::Delivered)
-                        .await;
+                    if let Err(why) = self.record_marks().await {
+                        self.store_away(&why);
+                    }
                 }
             }
         }
@@ -524,7 +520,11 @@ impl<'a> DeviceSession<'a> {
                     Err(StoreTrouble::Failed(e)) => return Err(failed(&e)),
                     Err(StoreTrouble::Away(why)) => {
                         self.store_away(&why);
-                        return Ok(checked.map(|(report, _)| report).chain(left).collect());
+                        // A refused report ends the session all the same.
+                        return refused.map_or_else(
+                            || Ok(checked.map(|(report, _)| report).chain(left).collect()),
+                            Err,
+                        );
                     }
                 };
             if outcomes.is_empty() {
@@ -542,10 +542,15 @@ impl<'a> DeviceSession<'a> {
                     // them so.
                     Err(e) if e.is_outage() => {
                         self.store_away(&e);
-                        return Ok(std::iter::once(report)
-                            .chain(checked.map(|(report, _)| report))
-                            .chain(left)
-                            .collect());
+                        return refused.map_or_else(
+                            || {
+                                Ok(std::iter::once(report)
+                                    .chain(checked.map(|(report, _)| report))
+                                    .chain(left)
+                                    .collect())
+                            },
+                            Err,
+                        );
                     }
                     written => self.take_written(report, place, written, arrived)?,
                 }
@@ -631,6 +636,19 @@ impl<'a> DeviceSession<'a> {
         }
     }
 
+    /// Records the positions noted since the last time (what the device
+    /// reported on, what it was sent); the store is away (why) if it says
+    /// so or says nothing.
+    async fn record_marks(&mut self) -> Result<(), String> {
+        let device = self.claim.device_id.as_str();
+        self.reported
+            .record(device, self.core, Mark::Reported)
+            .await?;
+        self.deliveries
+            .record(device, self.core, Mark::Delivered)
+            .await
+    }
+
     /// The store was away: tries again what waits for it (a change of the
     /// device's channels, then its reports, in order), and ends the outage
     /// once nothing waits. An error is how the session ends.
@@ -642,12 +660,13 @@ impl<'a> DeviceSession<'a> {
             }
         }
         let room = REPORTS_IN_FLIGHT.saturating_sub(self.in_flight.len());
-        let run: Vec<Report> = self
-            .waiting
-            .drain(..self.waiting.len().min(room).min(RETRY_RUN))
-            .collect();
-        if !run.is_empty() {
+        let taking = self.waiting.len().min(room).min(RETRY_RUN);
+        if taking > 0 {
+            // Copied, and let go of only once taken: a `next` dropped
+            // meanwhile keeps them (taking one twice is harmless).
+            let run: Vec<Report> = self.waiting.iter().take(taking).cloned().collect();
             let left = self.take(run).await?;
+            self.waiting.drain(..taking);
             if !left.is_empty() {
                 // Still away (`take` put off the next try): back in front,
                 // in order.
@@ -656,6 +675,14 @@ impl<'a> DeviceSession<'a> {
                 }
                 return Ok(());
             }
+        }
+        // Positions noted meanwhile, once nothing else waits: the last
+        // proof that the store is back.
+        if self.waiting.is_empty()
+            && let Err(why) = self.record_marks().await
+        {
+            self.store_away(&why);
+            return Ok(());
         }
         match &mut self.outage {
             // More to take: at once, or once reports in flight are durable
@@ -813,10 +840,18 @@ impl<'a> DeviceSession<'a> {
         let device = claim.device_id.as_str();
         // Where a newer session that names no resume point starts: recorded
         // before it can start.
-        reported.record(device, core, Mark::Reported).await;
+        let away = |why: String| {
+            core.metrics.store_error();
+            warn!(device, error = %why, "the store is away; positions of the ended session not recorded");
+        };
+        if let Err(why) = reported.record(device, core, Mark::Reported).await {
+            away(why);
+        }
         core.session_ended(live, started).await;
         // Bookkeeping for the executions query, after the takeover was let go.
-        deliveries.record(device, core, Mark::Delivered).await;
+        if let Err(why) = deliveries.record(device, core, Mark::Delivered).await {
+            away(why);
+        }
     }
 
     /// Follows exactly the channels the device is subscribed to now: starts
@@ -896,30 +931,40 @@ impl Marks {
 
     /// Records what was noted. Cancel-safe: an entry is forgotten only
     /// once recorded (recording one again is harmless: positions only
-    /// advance).
-    async fn record(&mut self, device: &str, core: &Core, mark: Mark) {
+    /// advance). A store that is away (why) stops it, the rest kept for
+    /// the next time; one that fails otherwise loses the entry (positions
+    /// may lag, see [`DELIVERY_RECORD_INTERVAL`]).
+    async fn record(&mut self, device: &str, core: &Core, mark: Mark) -> Result<(), String> {
         let noted: Vec<(ChannelName, u64)> = self
             .0
             .iter()
             .map(|(channel, position)| (channel.clone(), *position))
             .collect();
         for (channel, position) in noted {
-            let recorded = match mark {
-                Mark::Delivered => {
-                    core.positions
-                        .mark_delivered(device, &channel, position)
-                        .await
+            let recorded = patiently(async {
+                match mark {
+                    Mark::Delivered => {
+                        core.positions
+                            .mark_delivered(device, &channel, position)
+                            .await
+                    }
+                    Mark::Reported => core.positions.advance(device, &channel, position).await,
                 }
-                Mark::Reported => core.positions.advance(device, &channel, position).await,
-            };
-            if let Err(e) = recorded {
-                core.metrics.store_error();
-                warn!(device, %channel, error = %e, ?mark, "recording a position failed");
+            })
+            .await;
+            match recorded {
+                Ok(()) => {}
+                Err(StoreTrouble::Away(why)) => return Err(why),
+                Err(StoreTrouble::Failed(e)) => {
+                    core.metrics.store_error();
+                    warn!(device, %channel, error = %e, ?mark, "recording a position failed");
+                }
             }
             if self.0.get(&channel) == Some(&position) {
                 self.0.remove(&channel);
             }
         }
+        Ok(())
     }
 }
 

@@ -246,7 +246,8 @@ async fn stream_and_ingest(
     // the idle timeout, and one that reports without pause never pings, so
     // when the gateway has nothing to say (no confirmations while its store
     // is away) it pings. Checked every half ping interval, so the device
-    // never waits more than one for a frame.
+    // never waits more than one for a frame (with the session's store work
+    // bounded by its patience, a second).
     let half_ping = Duration::from_millis(u64::from(core.session.ping_interval_ms) / 2);
     let mut quiet_check =
         tokio::time::interval_at(tokio::time::Instant::now() + half_ping, half_ping);
@@ -289,11 +290,14 @@ async fn stream_and_ingest(
             // Signals are let through again on the next turn.
             Next::Device(Heard::Room) => {}
             Next::Device(Heard::QuietCheck) => {
-                if stream.said() == said_at_check {
+                // The ping counts as said: a quiet session is pinged every
+                // other check, once a ping interval.
+                let quiet = stream.said() == said_at_check;
+                said_at_check = stream.said();
+                if quiet {
                     stream.queue(GatewayMessage::Ping(Ping { token: ping_token }));
                     ping_token += 1;
                 }
-                said_at_check = stream.said();
             }
             Next::Confirm(up_to_seq) => {
                 stream.queue(GatewayMessage::ReportsConfirmed(ReportsConfirmed {
