@@ -81,6 +81,20 @@ pub struct ServeConfig {
     #[arg(long, env = "EAGATE_MAX_UNAUTHENTICATED_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_unauthenticated_connections: u64,
 
+    /// HTTP connections the sidecar holds at once, from all sources
+    /// together; more are answered 503 and closed at once. Each holds a
+    /// file descriptor and about 100 KB (a slow-loris flood holds them up
+    /// to the 10 s header deadline); fewer when the process may not open
+    /// that many files, so descriptors stay for the store.
+    #[arg(long, env = "EAGATE_MAX_HTTP_CONNECTIONS", default_value_t = 2_048, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_http_connections: u64,
+
+    /// HTTP connections one source (an IPv4 address, an IPv6 /64) may hold
+    /// at once; more are answered 503 and closed. Raise it when a reverse
+    /// proxy sends everything from one address.
+    #[arg(long, env = "EAGATE_MAX_HTTP_CONNECTIONS_PER_SOURCE", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_http_connections_per_source: u64,
+
     /// How many new signals per channel are held for devices that are
     /// momentarily behind; a device further behind reads the log instead, so
     /// memory stays bounded however slow a device is.
@@ -286,6 +300,8 @@ struct FileConfig {
     auth_deadline_secs: Option<u64>,
     connections_per_minute_per_source: Option<u64>,
     max_unauthenticated_connections: Option<u64>,
+    max_http_connections: Option<u64>,
+    max_http_connections_per_source: Option<u64>,
     signal_queue_len: Option<u64>,
     redis_url: Option<String>,
     redis_prefix: Option<String>,
@@ -381,6 +397,8 @@ impl ServeConfig {
         take!(auth_deadline_secs, 1, 60);
         take!(connections_per_minute_per_source, 1, 1_000_000);
         take!(max_unauthenticated_connections, 1, 1_000_000);
+        take!(max_http_connections, 1, 1_000_000);
+        take!(max_http_connections_per_source, 1, 1_000_000);
         take!(signal_queue_len, 1, 65_536);
         take!(redis_url, optional);
         take!(redis_prefix);
@@ -486,7 +504,7 @@ impl ServeConfig {
                 })
         };
         format!(
-            "config_file = {}\ndata_dir = {}\nquic_listen = {}\nquic_endpoints = {}\nhttp_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nconnections_per_minute_per_source = {}\nmax_unauthenticated_connections = {}\nsignal_queue_len = {}\nsignal_retention_hours = {}\nstore_cache_mib = {}\nmaster_key = {}\nredis_url = {}\nredis_prefix = {}\nreferral_landing_page = {}\nreferral_link_base = {}\naffiliate_currency = {}\nfirst_month_commission_bps = {}\nlater_months_commission_bps = {}\nfirst_trade_bonus_bps = {}\nholding_period_days = {}\nattribution_window_days = {}\ncredit_threshold_minor = {}\nreferrer_credit_minor = {}\nreferred_credit_minor = {}\ndaily_referral_limit = {}\nshared_address_limit = {}\nshared_address_window_hours = {}\nwash_trade_tolerance_bps = {}\nclick_dedupe_minutes = {}\nclick_rate_per_minute = {}\npayout_minimum_minor = {}\nmax_event_age_days = {}\npayout_time = {}\npayout_provider = {}\nstripe_api_base = {}\nstripe_timeout_secs = {}\nstripe_secret_key = {}\n",
+            "config_file = {}\ndata_dir = {}\nquic_listen = {}\nquic_endpoints = {}\nhttp_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nconnections_per_minute_per_source = {}\nmax_unauthenticated_connections = {}\nmax_http_connections = {}\nmax_http_connections_per_source = {}\nsignal_queue_len = {}\nsignal_retention_hours = {}\nstore_cache_mib = {}\nmaster_key = {}\nredis_url = {}\nredis_prefix = {}\nreferral_landing_page = {}\nreferral_link_base = {}\naffiliate_currency = {}\nfirst_month_commission_bps = {}\nlater_months_commission_bps = {}\nfirst_trade_bonus_bps = {}\nholding_period_days = {}\nattribution_window_days = {}\ncredit_threshold_minor = {}\nreferrer_credit_minor = {}\nreferred_credit_minor = {}\ndaily_referral_limit = {}\nshared_address_limit = {}\nshared_address_window_hours = {}\nwash_trade_tolerance_bps = {}\nclick_dedupe_minutes = {}\nclick_rate_per_minute = {}\npayout_minimum_minor = {}\nmax_event_age_days = {}\npayout_time = {}\npayout_provider = {}\nstripe_api_base = {}\nstripe_timeout_secs = {}\nstripe_secret_key = {}\n",
             self.config_file
                 .as_ref()
                 .map_or("(none)".to_owned(), |p| p.display().to_string()),
@@ -501,6 +519,8 @@ impl ServeConfig {
             self.auth_deadline_secs,
             self.connections_per_minute_per_source,
             self.max_unauthenticated_connections,
+            self.max_http_connections,
+            self.max_http_connections_per_source,
             self.signal_queue_len,
             self.signal_retention_hours,
             self.store_cache_mib,

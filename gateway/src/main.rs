@@ -205,6 +205,7 @@ fn serve(
         .subcommand_matches(command)
         .expect("the command was parsed");
     let config = config.with_file(own)?;
+    raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -292,6 +293,36 @@ impl StopSignals {
         #[cfg(not(unix))]
         {
             let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard one, as far as the
+/// system lets a process: every HTTP connection holds a descriptor, and
+/// the soft limit most shells and service managers set (1024) is soon
+/// reached by a few hundred slow clients, after which the store cannot
+/// reconnect either. The sidecar's own bounds (`--max-http-connections`)
+/// keep well below what is raised to.
+fn raise_open_files_limit() {
+    #[cfg(unix)]
+    {
+        use rustix::process::{Resource, getrlimit, setrlimit};
+        let limit = getrlimit(Resource::Nofile);
+        if let Some(hard) = limit.maximum
+            && limit.current.is_some_and(|soft| soft < hard)
+        {
+            let raised = rustix::process::Rlimit {
+                current: Some(hard),
+                maximum: Some(hard),
+            };
+            match setrlimit(Resource::Nofile, raised) {
+                Ok(()) => {
+                    tracing::debug!(from = ?limit.current, to = hard, "raised the open files limit")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, soft = ?limit.current, "could not raise the open files limit")
+                }
+            }
         }
     }
 }

@@ -500,6 +500,7 @@ pub const HTTP_HEADER_DEADLINE: Duration = Duration::from_secs(10);
 async fn serve_http(
     listener: tokio::net::TcpListener,
     app: axum::Router,
+    connections: Arc<crate::http::connections::HttpConnections>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
@@ -523,6 +524,11 @@ async fn serve_http(
                 let _ = stopping.wait_for(|stop| *stop).await;
             } => break,
         };
+        let Some(place) = connections.admit(peer.ip()) else {
+            tracing::debug!(%peer, "an HTTP connection beyond the bounds turned away");
+            tokio::spawn(crate::http::connections::turn_away(stream));
+            continue;
+        };
         let service = TowerToHyperService::new(
             app.clone()
                 .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
@@ -530,6 +536,8 @@ async fn serve_http(
         let connection = http.serve_connection(TokioIo::new(stream), service);
         let watched = graceful.watch(connection);
         tokio::spawn(async move {
+            // Its place is given back when the connection ends.
+            let _place = place;
             if let Err(e) = watched.await {
                 tracing::debug!(error = %e, peer = %peer, "an HTTP connection ended");
             }
@@ -557,6 +565,11 @@ async fn start_http(
         tokens: Arc::new(TokenStore::open(&config.data_dir)),
         affiliates,
     });
-    let task = tokio::spawn(serve_http(listener, app, stopping));
+    let most = crate::http::connections::within_open_files(config.max_http_connections as usize);
+    let connections = crate::http::connections::HttpConnections::new(
+        most,
+        config.max_http_connections_per_source as usize,
+    );
+    let task = tokio::spawn(serve_http(listener, app, connections, stopping));
     Ok((task, addr))
 }

@@ -207,7 +207,7 @@ impl ConnectionGate {
 /// The key a source's budget is kept under: an IPv4 address (also when
 /// mapped into IPv6), or an IPv6 address's /64, which one host usually
 /// holds whole.
-fn source_key(source: IpAddr) -> IpAddr {
+pub fn source_key(source: IpAddr) -> IpAddr {
     match source {
         IpAddr::V4(_) => source,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -9,6 +9,7 @@
 //! `/openapi.json` lists exactly the routes there are.
 
 pub mod affiliates;
+pub mod connections;
 mod devices;
 mod health;
 mod openapi;

@@ -28,6 +28,8 @@ pub fn config(dir: &Path) -> ServeConfig {
         auth_deadline_secs: 1,
         connections_per_minute_per_source: 300,
         max_unauthenticated_connections: 10_000,
+        max_http_connections: 2_048,
+        max_http_connections_per_source: 256,
         signal_queue_len: 256,
         master_key: None,
         redis_url: None,
