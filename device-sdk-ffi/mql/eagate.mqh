@@ -251,14 +251,28 @@ bool EagateFlushReports(const long handle)
      }
    if(done > 0)
      {
-      ArrayRemove(g_eagate_unsent_kind, 0, done);
-      ArrayRemove(g_eagate_unsent_hi, 0, done);
-      ArrayRemove(g_eagate_unsent_lo, 0, done);
-      ArrayRemove(g_eagate_unsent_ticket, 0, done);
-      ArrayRemove(g_eagate_unsent_code, 0, done);
-      ArrayRemove(g_eagate_unsent_price, 0, done);
-      ArrayRemove(g_eagate_unsent_volume, 0, done);
-      ArrayRemove(g_eagate_unsent_text, 0, done);
+      // Those handed over leave the queue: the rest move to its front
+      // (MQL4 has no ArrayRemove, and this file serves both terminals).
+      int left = n - done;
+      for(int i = 0; i < left; i++)
+        {
+         g_eagate_unsent_kind[i] = g_eagate_unsent_kind[done + i];
+         g_eagate_unsent_hi[i] = g_eagate_unsent_hi[done + i];
+         g_eagate_unsent_lo[i] = g_eagate_unsent_lo[done + i];
+         g_eagate_unsent_ticket[i] = g_eagate_unsent_ticket[done + i];
+         g_eagate_unsent_code[i] = g_eagate_unsent_code[done + i];
+         g_eagate_unsent_price[i] = g_eagate_unsent_price[done + i];
+         g_eagate_unsent_volume[i] = g_eagate_unsent_volume[done + i];
+         g_eagate_unsent_text[i] = g_eagate_unsent_text[done + i];
+        }
+      ArrayResize(g_eagate_unsent_kind, left);
+      ArrayResize(g_eagate_unsent_hi, left);
+      ArrayResize(g_eagate_unsent_lo, left);
+      ArrayResize(g_eagate_unsent_ticket, left);
+      ArrayResize(g_eagate_unsent_code, left);
+      ArrayResize(g_eagate_unsent_price, left);
+      ArrayResize(g_eagate_unsent_volume, left);
+      ArrayResize(g_eagate_unsent_text, left);
      }
    return done == n;
   }

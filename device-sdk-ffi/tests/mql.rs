@@ -270,3 +270,43 @@ fn mql_code_calls_only_functions_the_c_harness_exercises() {
         }
     }
 }
+
+/// MQL5's built-ins that MQL4 lacks (its array helpers added with build
+/// 2000 of MetaTrader 5, and the MQL5 trade and history API): the files
+/// MetaTrader 4 compiles must not call them. MetaEditor does not run here,
+/// so this list is what stands in for MQL4's compiler.
+const MQL5_ONLY: [&str; 12] = [
+    "ArrayRemove",
+    "ArrayInsert",
+    "ArraySwap",
+    "ArrayReverse",
+    "PositionSelect",
+    "PositionGetDouble",
+    "HistoryDealSelect",
+    "HistorySelect",
+    "OrderSendAsync",
+    "MqlTradeRequest",
+    "MqlTradeResult",
+    "CTrade",
+];
+
+#[test]
+fn the_files_metatrader_4_compiles_use_nothing_only_mql5_has() {
+    for file in ["mql/eagate.mqh", "mql/eagate4.mqh", "mql/EagateCopier.mq4"] {
+        let code: String = read(file)
+            .lines()
+            .map(|line| line.split("//").next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for name in MQL5_ONLY {
+            let used = code.match_indices(name).any(|(at, _)| {
+                let before = code[..at].chars().next_back();
+                let after = code[at + name.len()..].chars().next();
+                let part_of_a_name =
+                    |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+                !part_of_a_name(before) && !part_of_a_name(after)
+            });
+            assert!(!used, "{file} uses {name}, which MQL4 does not have");
+        }
+    }
+}
