@@ -20,6 +20,9 @@ command -v redis-server >/dev/null 2>&1 || need_packages+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need_packages+=(redis-tools)
 # The C library's harness compiles C programs and runs them under memcheck.
 command -v gcc >/dev/null 2>&1 || need_packages+=(gcc)
+# The header is compiled as C89 through C17 and C++ by gcc and clang.
+command -v g++ >/dev/null 2>&1 || need_packages+=(g++)
+command -v clang >/dev/null 2>&1 || need_packages+=(clang)
 command -v valgrind >/dev/null 2>&1 || need_packages+=(valgrind)
 # The lossy-network test puts a bot in a network namespace of its own
 # (iproute2) whose packets nftables drops at random.

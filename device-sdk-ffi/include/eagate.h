@@ -41,7 +41,7 @@
 enum EagateResult
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
   : int32_t
-#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+#endif /* defined(__cplusplus) || __STDC_VERSION__ >= 202311L */
  {
   /**
    * Done.
@@ -84,15 +84,15 @@ enum EagateResult
    * A bug in eagate was caught at the boundary; the call did nothing
    * further. Please report it with the last error text.
    */
-  EAGATE_RESULT_INTERNAL = -99,
+  EAGATE_RESULT_INTERNAL = -99
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
 typedef enum EagateResult EagateResult;
 #else
 typedef int32_t EagateResult;
-#endif // __STDC_VERSION__ >= 202311L
-#endif // __cplusplus
+#endif /* __STDC_VERSION__ >= 202311L */
+#endif /* __cplusplus */
 
 /**
  * Where a session stands, as `eagate_state` reports it. Values from 10 up
@@ -101,7 +101,7 @@ typedef int32_t EagateResult;
 enum EagateState
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
   : int32_t
-#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+#endif /* defined(__cplusplus) || __STDC_VERSION__ >= 202311L */
  {
   /**
    * Connecting and authenticating.
@@ -148,15 +148,15 @@ enum EagateState
    * The device's secret was rotated on the platform: enter the new
    * secret and start the EA again.
    */
-  EAGATE_STATE_SECRET_ROTATED = 16,
+  EAGATE_STATE_SECRET_ROTATED = 16
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
 typedef enum EagateState EagateState;
 #else
 typedef int32_t EagateState;
-#endif // __STDC_VERSION__ >= 202311L
-#endif // __cplusplus
+#endif /* __STDC_VERSION__ >= 202311L */
+#endif /* __cplusplus */
 
 /**
  * What a signal asks the EA to do.
@@ -164,7 +164,7 @@ typedef int32_t EagateState;
 enum EagateAction
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
   : int32_t
-#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+#endif /* defined(__cplusplus) || __STDC_VERSION__ >= 202311L */
  {
   /**
    * Open a long position or place a buy order.
@@ -186,15 +186,15 @@ enum EagateAction
   /**
    * Delete the pending order placed by the referenced signal.
    */
-  EAGATE_ACTION_CANCEL = 5,
+  EAGATE_ACTION_CANCEL = 5
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
 typedef enum EagateAction EagateAction;
 #else
 typedef int32_t EagateAction;
-#endif // __STDC_VERSION__ >= 202311L
-#endif // __cplusplus
+#endif /* __STDC_VERSION__ >= 202311L */
+#endif /* __cplusplus */
 
 /**
  * How an opening order is placed.
@@ -202,7 +202,7 @@ typedef int32_t EagateAction;
 enum EagateOrderType
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
   : int32_t
-#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+#endif /* defined(__cplusplus) || __STDC_VERSION__ >= 202311L */
  {
   /**
    * At the current market price.
@@ -215,15 +215,15 @@ enum EagateOrderType
   /**
    * A pending order triggered at `price`.
    */
-  EAGATE_ORDER_TYPE_STOP = 3,
+  EAGATE_ORDER_TYPE_STOP = 3
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
 typedef enum EagateOrderType EagateOrderType;
 #else
 typedef int32_t EagateOrderType;
-#endif // __STDC_VERSION__ >= 202311L
-#endif // __cplusplus
+#endif /* __STDC_VERSION__ >= 202311L */
+#endif /* __cplusplus */
 
 /**
  * A trade signal, filled by `eagate_poll_signal`.
@@ -324,7 +324,7 @@ typedef struct EagateSignal {
 
 #ifdef __cplusplus
 extern "C" {
-#endif // __cplusplus
+#endif /* __cplusplus */
 
 /**
  * Copies the reason for the last failure on the calling thread into
@@ -549,7 +549,7 @@ EagateResult eagate_handle_last_error_utf8(int64_t handle,
                                            int32_t capacity);
 
 #ifdef __cplusplus
-}  // extern "C"
-#endif  // __cplusplus
+}  /* extern "C" */
+#endif  /* __cplusplus */
 
 #endif  /* EAGATE_H */
