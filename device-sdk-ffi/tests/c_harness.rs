@@ -483,3 +483,70 @@ fn c_a_second_terminal_with_the_same_device_takes_over_and_the_first_stops_for_g
         assert_eq!(copier.wait_exit(SLOW), Some(0), "memcheck is clean");
     }
 }
+
+/// The terminal's pattern (tests/c/terminal.c) under memcheck: three EAs on
+/// threads of their own, each with its handle, polling and reporting at
+/// once while signals are published; and a fourth EA closed while another
+/// thread is polling its handle. Every signal reaches every EA once, every
+/// fill is stored once, the racing close neither crashes nor leaks, and
+/// the handle is unknown after it.
+#[test]
+fn c_eas_on_threads_of_their_own_poll_and_report_at_once_and_a_close_races_a_poll() {
+    const EAS: usize = 3;
+    const SIGNALS: usize = 6;
+    let data = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(data.path(), &[]);
+    let devices: Vec<(String, String)> = (0..=EAS).map(|_| gateway.register("gold")).collect();
+    let state = tempfile::tempdir().unwrap();
+    let exe = compile("terminal", state.path());
+    let mut command = under_valgrind(&exe);
+    command
+        .arg(&gateway.quic)
+        .arg(&gateway.fingerprint)
+        .arg(state.path())
+        .arg(SIGNALS.to_string());
+    for (id, secret) in &devices {
+        command.arg(id).arg(secret);
+    }
+    let mut terminal = Bot::spawn(command);
+    for ea in 0..EAS {
+        await_lines(&mut terminal, &format!("connected {ea}"), 1);
+    }
+    let published: Vec<String> = (0..SIGNALS).map(|_| gateway.publish("gold")).collect();
+    for ea in 0..EAS {
+        let taken: Vec<String> = await_lines(&mut terminal, &format!("signal {ea} "), SIGNALS)
+            .iter()
+            .map(|line| id_of(line).to_owned())
+            .collect();
+        assert_eq!(taken, published, "EA {ea}: each signal once, in order");
+    }
+    for (id, _) in devices.iter().take(EAS) {
+        for signal in &published {
+            expect_stored(&gateway, signal, id, &["received", "filled"]);
+        }
+    }
+    let raced = await_lines(&mut terminal, "raced ", 1);
+    let fields: Vec<&str> = raced[0].split_whitespace().collect();
+    let polls: u64 = fields[1].parse().unwrap();
+    assert!(polls > 0, "the poller ran: {raced:?}");
+    assert_eq!(
+        &fields[2..],
+        &["0", "-3", "-3"],
+        "closed OK; the racing poll and any later one see an unknown handle"
+    );
+    terminal.send("close");
+    for ea in 0..EAS {
+        let done = await_lines(&mut terminal, &format!("done {ea} "), 1);
+        assert_eq!(
+            done[0],
+            format!("done {ea} {SIGNALS} 0"),
+            "took every signal, closed"
+        );
+    }
+    await_lines(&mut terminal, "bye", 1);
+    assert_eq!(
+        terminal.wait_exit(SLOW),
+        Some(0),
+        "memcheck found no invalid access or leak"
+    );
+}

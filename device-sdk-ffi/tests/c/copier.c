@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "eagate.h"
+#include "wide.h"
 
 #define SLOTS 8
 #define TEXT 512
@@ -76,13 +77,6 @@ static struct Slot slots[SLOTS];
 static char server[TEXT], fingerprint[TEXT], state_dir[TEXT];
 static int failures;
 
-/* MQL strings are UTF-16; the test's inputs are ASCII. */
-static const uint16_t *wide(const char *text, uint16_t *out, size_t capacity) {
-    size_t i = 0;
-    for (; text[i] != '\0' && i + 1 < capacity; i++) out[i] = (uint16_t)(unsigned char)text[i];
-    out[i] = 0;
-    return out;
-}
 
 static const char *narrow(const uint16_t *text, char *out, size_t capacity) {
     size_t i = 0;
