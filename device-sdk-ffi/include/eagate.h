@@ -76,8 +76,10 @@ enum EagateResult
    */
   EAGATE_RESULT_OUTBOX_FULL = -5,
   /**
-   * The session stopped for good (revoked, credentials or certificate
-   * refused); `eagate_state` says why. Close the handle.
+   * The session stopped for good (revoked, replaced, credentials or
+   * certificate refused): `eagate_poll_signal` has no more signals, and
+   * `eagate_state` says why. Close the handle. (Reports made after the
+   * stop are still stored: see `eagate_report_received`.)
    */
   EAGATE_RESULT_STOPPED = -6,
   /**
@@ -472,6 +474,17 @@ EagateResult eagate_poll_signal(int64_t handle,
 
 /**
  * Reports that the EA has the signal and is acting on it.
+ *
+ * Every report call (`eagate_report_received`, `eagate_report_filled`,
+ * `eagate_report_rejected`) returns [`EagateResult::Ok`] once the report
+ * is on disk in the device's journal, and the device delivers it exactly
+ * once, by this session or a later one. The rule holds after the session
+ * stopped for good too, whatever stopped it: the report is the terminal's
+ * record of a trade, and waits in the journal for the device's next
+ * session (once its secret or certificate is put right, or the EA runs
+ * here again; a revoked device's wait until it may connect again). Any
+ * other result means nothing was stored: keep the report and hand it over
+ * again.
  */
 EAGATE_CALL
 EagateResult eagate_report_received(int64_t handle,

@@ -31,8 +31,10 @@ pub enum EagateResult {
     /// Too many reports wait for the gateway's confirmation; nothing was
     /// stored. Report again once the session is connected.
     OutboxFull = -5,
-    /// The session stopped for good (revoked, credentials or certificate
-    /// refused); `eagate_state` says why. Close the handle.
+    /// The session stopped for good (revoked, replaced, credentials or
+    /// certificate refused): `eagate_poll_signal` has no more signals, and
+    /// `eagate_state` says why. Close the handle. (Reports made after the
+    /// stop are still stored: see `eagate_report_received`.)
     Stopped = -6,
     /// A bug in eagate was caught at the boundary; the call did nothing
     /// further. Please report it with the last error text.

@@ -564,7 +564,6 @@ fn report(
                 ReportError::OutboxFull => {
                     Failure::new(EagateResult::OutboxFull, error.to_string())
                 }
-                ReportError::Revoked => Failure::new(EagateResult::Stopped, error.to_string()),
                 ReportError::Journal(_) => {
                     Failure::new(EagateResult::StateDirectory, error.to_string())
                 }
@@ -574,6 +573,17 @@ fn report(
 }
 
 /// Reports that the EA has the signal and is acting on it.
+///
+/// Every report call (`eagate_report_received`, `eagate_report_filled`,
+/// `eagate_report_rejected`) returns [`EagateResult::Ok`] once the report
+/// is on disk in the device's journal, and the device delivers it exactly
+/// once, by this session or a later one. The rule holds after the session
+/// stopped for good too, whatever stopped it: the report is the terminal's
+/// record of a trade, and waits in the journal for the device's next
+/// session (once its secret or certificate is put right, or the EA runs
+/// here again; a revoked device's wait until it may connect again). Any
+/// other result means nothing was stored: keep the report and hand it over
+/// again.
 #[unsafe(no_mangle)]
 pub extern "system" fn eagate_report_received(
     handle: i64,

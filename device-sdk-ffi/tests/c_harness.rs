@@ -550,3 +550,30 @@ fn c_eas_on_threads_of_their_own_poll_and_report_at_once_and_a_close_races_a_pol
         "memcheck found no invalid access or leak"
     );
 }
+
+/// One rule for a stopped session: a report made after it stopped (a
+/// pending order filled late, after the device was revoked) is taken like
+/// any other, stored in the journal for the device's next session, and
+/// answered OK; polling is what says STOPPED. (It answered STOPPED after a
+/// revocation and OK after a refusal, and an EA re-queued the report
+/// forever.)
+#[test]
+fn c_a_report_made_after_the_session_stopped_is_kept_like_any_other() {
+    let data = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(data.path(), &[]);
+    let (id, secret) = gateway.register("gold");
+    let state = tempfile::tempdir().unwrap();
+    let exe = compile("copier", state.path());
+    let mut copier = start_copier(&exe, &gateway.quic, &gateway.fingerprint, state.path());
+    copier.send(&format!("connect 0 {id} {secret}"));
+    await_lines(&mut copier, "state 0 2 connected", 1);
+    gateway.revoke(&id);
+    await_lines(&mut copier, "stopped 0 ", 1);
+    copier.send("late 0");
+    let late = await_lines(&mut copier, "late 0 ", 1);
+    assert_eq!(late[0], "late 0 0", "taken: on disk for a later session");
+    copier.send("quit");
+    let bye = await_lines(&mut copier, "bye ", 1);
+    assert_eq!(bye[0], "bye 0");
+    assert_eq!(copier.wait_exit(SLOW), Some(0), "memcheck clean");
+}

@@ -243,9 +243,6 @@ pub enum ReportError {
     /// again once the gateway confirms some.
     #[error("the outbox is full; wait for the gateway to confirm reports")]
     OutboxFull,
-    /// The device was revoked.
-    #[error("the device was revoked")]
-    Revoked,
     /// The journal could not be written (disk full, permissions).
     #[error(transparent)]
     Journal(#[from] JournalError),
@@ -455,7 +452,6 @@ impl Shared {
 fn map_report_error(error: core::ReportError) -> ReportError {
     match error {
         core::ReportError::OutboxFull => ReportError::OutboxFull,
-        core::ReportError::Stopped => ReportError::Revoked,
     }
 }
 

@@ -149,9 +149,6 @@ pub enum ReportError {
     /// The outbox holds [`OUTBOX_CAPACITY`] unconfirmed reports.
     #[error("the outbox is full; wait for the gateway to confirm reports")]
     OutboxFull,
-    /// The core has stopped (revoked).
-    #[error("the session has stopped for good")]
-    Stopped,
 }
 
 /// What the driver must persist to resume after a crash: the reports not
@@ -560,11 +557,13 @@ impl SessionCore {
         signal_id: SignalId,
         outcome: ReportOutcome,
     ) -> Result<Report, ReportError> {
-        // Only a revoked device may not report: a replaced or refused one
-        // keeps its reports for when it is started again.
-        if matches!(self.state, State::Revoked) {
-            return Err(ReportError::Stopped);
-        }
+        // A core stopped for good takes reports all the same, whatever
+        // stopped it: a report is the terminal's record of a trade it made,
+        // and kept, it goes out with the device's next session (once its
+        // secret or pinned certificate is put right, or it runs here
+        // again); a revoked device's stay kept until the device may
+        // connect again. One rule, so a caller never wonders whether a
+        // report it was told is taken was stored.
         if self.outbox.is_full() {
             return Err(ReportError::OutboxFull);
         }

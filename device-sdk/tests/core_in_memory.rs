@@ -342,16 +342,24 @@ fn a_wrong_secret_is_refused_for_good_with_no_retry() {
 }
 
 #[test]
-fn a_revoked_device_stops_and_refuses_new_reports() {
+fn a_revoked_device_stops_and_keeps_what_it_reports_after_for_its_next_session() {
     let (mut core, mut gateway) = (device(), FakeGateway::new());
     gateway.revoked = true;
     let now = gateway.clock_ms;
     connect(&mut core, &mut gateway, now, 1);
     assert_eq!(core.state(), State::Revoked);
     assert_eq!(events(&mut core), [Event::Revoked]);
+    // Taken and kept, as after any stop: the terminal's record of a trade.
+    let seq = core
+        .report(now, SignalId([1; 16]), ReportOutcome::Received)
+        .unwrap();
     assert_eq!(
-        core.report(now, SignalId([1; 16]), ReportOutcome::Received),
-        Err(ReportError::Stopped)
+        core.snapshot()
+            .outbox
+            .iter()
+            .map(|r| r.seq)
+            .collect::<Vec<_>>(),
+        [seq]
     );
     core.handle_connected(now, gateway.binding, [2; 16]);
     assert_eq!(core.state(), State::Revoked, "never connects again");

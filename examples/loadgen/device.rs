@@ -333,7 +333,6 @@ impl Tracking<'_> {
                 self.stats.outbox_full += 1;
                 Ok(false)
             }
-            Err(e) => Err(format!("reporting: {e}")),
         }
     }
 

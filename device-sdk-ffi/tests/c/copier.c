@@ -10,6 +10,8 @@
  *   connect SLOT DEVICE_ID SECRET   start a session      -> handle / connect-failed
  *   reject SLOT                     refuse signals from now on (code 10019)
  *   misuse SLOT                     bad calls must fail cleanly -> misuse SLOT ok
+ *   late SLOT                       report a fill now, as a pending order
+ *                                   filled late does -> late SLOT CODE
  *   close SLOT                      close, timed          -> closed SLOT MS CODE
  *   quit                            close every slot      -> bye
  * On each tick it prints state changes and every signal, and reports each
@@ -325,6 +327,12 @@ static int command(char *line) {
         printf("rejecting %d\n", slot);
     } else if (strcmp(verb, "misuse") == 0) {
         do_misuse(slot);
+    } else if (strcmp(verb, "late") == 0) {
+        uint16_t price[16], volume[16];
+        EagateResult result = eagate_report_filled(slots[slot].handle, 1, 2, 77,
+                                                   wide("2350.5", price, 16),
+                                                   wide("0.10", volume, 16));
+        printf("late %d %d\n", slot, (int)result);
     } else {
         printf("bad-command %s\n", line);
         failures++;
