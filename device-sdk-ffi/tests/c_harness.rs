@@ -1,6 +1,11 @@
 //! C programs, compiled by gcc against `include/eagate.h` and the built
 //! `libeagate.so`, calling the library as MQL does, under valgrind's
 //! memcheck: any invalid access or definite leak fails the test.
+//!
+//! With `EAGATE_TEST_WINDOWS=x86_64` (or `i686`), as `scripts/windows.sh`
+//! runs them, the programs that need nothing of POSIX but threads are
+//! instead compiled by MinGW against the `eagate.dll` the script built, and
+//! run under Wine, against the same gateway on Linux loopback.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,6 +17,24 @@ use eagate_tests::process::{Bot, Gateway};
 
 fn crate_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Windows target the programs are built for and run under Wine, if
+/// any (`x86_64` or `i686`).
+fn windows() -> Option<String> {
+    std::env::var("EAGATE_TEST_WINDOWS").ok()
+}
+
+/// The directory holding `eagate.dll` for the Windows target, built by
+/// `scripts/windows.sh`.
+fn windows_library_dir(arch: &str) -> PathBuf {
+    let dir = crate_dir().join(format!("../target/{arch}-pc-windows-gnu/release"));
+    assert!(
+        dir.join("eagate.dll").is_file(),
+        "no eagate.dll in {}: run scripts/windows.sh",
+        dir.display()
+    );
+    dir
 }
 
 /// The directory holding a freshly built `libeagate.so`.
@@ -52,6 +75,9 @@ fn library_dir() -> PathBuf {
 
 /// Compiles `tests/c/<name>.c` with warnings as errors; the executable.
 fn compile(name: &str, out_dir: &Path) -> PathBuf {
+    if let Some(arch) = windows() {
+        return compile_for_windows(name, out_dir, &arch);
+    }
     let library = library_dir();
     let exe = out_dir.join(name);
     let output = Command::new("gcc")
@@ -75,9 +101,53 @@ fn compile(name: &str, out_dir: &Path) -> PathBuf {
     exe
 }
 
+/// [`compile`] by MinGW for Windows, linked to `eagate.dll` (copied beside
+/// the program, where Windows looks first) with its C runtime and threads
+/// inside; the `.exe`. Beside them goes the shim of `bcryptprimitives.dll`
+/// that Wine 8 lacks (`tests/c/wine/`).
+fn compile_for_windows(name: &str, out_dir: &Path, arch: &str) -> PathBuf {
+    let dll = windows_library_dir(arch).join("eagate.dll");
+    std::fs::copy(&dll, out_dir.join("eagate.dll")).expect("eagate.dll copied");
+    let shim = Command::new(format!("{arch}-w64-mingw32-gcc"))
+        .args(["-shared", "-O1", "-Wl,--kill-at", "-o"])
+        .arg(out_dir.join("bcryptprimitives.dll"))
+        .arg(crate_dir().join("tests/c/wine/bcryptprimitives.c"))
+        .arg("-ladvapi32")
+        .output()
+        .expect("MinGW runs (scripts/windows.sh installs it)");
+    assert!(
+        shim.status.success(),
+        "the bcryptprimitives shim: {}",
+        String::from_utf8_lossy(&shim.stderr)
+    );
+    let exe = out_dir.join(format!("{name}.exe"));
+    let output = Command::new(format!("{arch}-w64-mingw32-gcc"))
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-static"])
+        .arg("-I")
+        .arg(crate_dir().join("include"))
+        .arg(crate_dir().join(format!("tests/c/{name}.c")))
+        .arg("-o")
+        .arg(&exe)
+        .arg(out_dir.join("eagate.dll"))
+        .arg("-lpthread")
+        .output()
+        .expect("MinGW runs (scripts/windows.sh installs it)");
+    assert!(
+        output.status.success(),
+        "{arch}-w64-mingw32-gcc failed on {name}.c:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    exe
+}
+
 /// `exe` under memcheck: an invalid access or a definite or indirect leak
-/// makes it exit with 99.
+/// makes it exit with 99. (Under Wine, for a Windows build: no memcheck.)
 fn under_valgrind(exe: &Path) -> Command {
+    if windows().is_some() {
+        let mut command = Command::new("wine");
+        command.arg(exe).env("WINEDEBUG", "-all");
+        return command;
+    }
     let mut command = Command::new("valgrind");
     command
         .args([

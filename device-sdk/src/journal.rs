@@ -500,6 +500,20 @@ impl Journal {
         file.write_all(&bytes).map_err(io_error)?;
         file.sync_all().map_err(io_error)?;
         file.seek(SeekFrom::Start(len)).map_err(io_error)?;
+        // Windows refuses to rename over a file that is open (short of the
+        // POSIX rename semantics Windows 10 has and Wine lacks): the old
+        // journal's handle is let go first. Everything it held is in the
+        // new file, synced above; should the rename fail, the journal is
+        // broken until reopened, as after a failed sync.
+        #[cfg(windows)]
+        {
+            self.file = file.try_clone().map_err(io_error)?;
+            if let Err(source) = fs::rename(&temporary, &self.path) {
+                self.broken = true;
+                return Err(io_error(source));
+            }
+        }
+        #[cfg(not(windows))]
         fs::rename(&temporary, &self.path).map_err(io_error)?;
         // From the rename on, the new file is the journal: appends must go
         // to it even if syncing the directory fails below.
