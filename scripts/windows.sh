@@ -86,6 +86,7 @@ done
 step "the gateway and the harness (Linux)"
 cargo build --quiet -p eagate-gateway --bin eagate
 cargo build --quiet -p eagate-ffi --tests
+failed=()
 for arch in $archs; do
     if [ "$arch" = i686 ] && ! $wine32; then
         echo "!! i686: not run under Wine (no 32-bit Wine)"
@@ -93,11 +94,17 @@ for arch in $archs; do
     fi
     step "$arch: the C harness under Wine, against eagate serve on loopback"
     EAGATE_TEST_WINDOWS=$arch cargo nextest run --no-fail-fast -p eagate-ffi --test c_harness \
-        -E 'test(c_computes_every_spec_vector_mac_through_the_library) | test(c_eas_on_threads_of_their_own)'
+        -E 'test(c_computes_every_spec_vector_mac_through_the_library) | test(c_eas_on_threads_of_their_own)' \
+        || failed+=("$arch under Wine")
 done
 
 step "release folder: $out"
 cp device-sdk-ffi/include/eagate.h device-sdk-ffi/mql/*.mq4 device-sdk-ffi/mql/*.mq5 \
     device-sdk-ffi/mql/*.mqh "$out/"
 (cd "$out" && sha256sum eagate-*.dll eagate.h ./*.mq4 ./*.mq5 ./*.mqh > SHA256SUMS && cat SHA256SUMS)
-echo "done: copy eagate-x86_64.dll (MT5) or eagate-i686.dll (MT4) as eagate.dll into MQL5\\Libraries or MQL4\\Libraries"
+echo "copy eagate-x86_64.dll (MT5) or eagate-i686.dll (MT4) as eagate.dll into MQL5\\Libraries or MQL4\\Libraries"
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "!! failed: ${failed[*]} (the folder is there, the DLLs built and checked; see above)"
+    exit 1
+fi
+echo "done"
