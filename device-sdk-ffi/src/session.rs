@@ -581,7 +581,8 @@ fn report(
 /// stopped for good too, whatever stopped it: the report is the terminal's
 /// record of a trade, and waits in the journal for the device's next
 /// session (once its secret or certificate is put right, or the EA runs
-/// here again; a revoked device's wait until it may connect again). Any
+/// here again). A revoked device has no next session (revocation is
+/// final): its reports stay in the journal as that record, unsent. Any
 /// other result means nothing was stored: keep the report and hand it over
 /// again.
 #[unsafe(no_mangle)]

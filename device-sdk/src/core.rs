@@ -561,9 +561,9 @@ impl SessionCore {
         // stopped it: a report is the terminal's record of a trade it made,
         // and kept, it goes out with the device's next session (once its
         // secret or pinned certificate is put right, or it runs here
-        // again); a revoked device's stay kept until the device may
-        // connect again. One rule, so a caller never wonders whether a
-        // report it was told is taken was stored.
+        // again); a revoked device's stay in the journal, unsent
+        // (revocation is final), as that record. One rule, so a caller
+        // never wonders whether a report it was told is taken was stored.
         if self.outbox.is_full() {
             return Err(ReportError::OutboxFull);
         }

@@ -244,8 +244,13 @@ impl Journal {
             _lock: lock,
         };
         if good_len < MAGIC.len() {
-            // New, or not even the magic survived: start a clean file.
-            journal.compact()?;
+            // New, or not even the magic survived (so nothing in it was ever
+            // acknowledged): the clean file is written in place. Renaming a
+            // compacted file over it, as later compactions do, would replace
+            // a file this process holds open, which a Windows without POSIX
+            // rename semantics (Wine 8, found by scripts/windows.sh) refuses:
+            // every first connect failed there.
+            journal.start_afresh_in_place().map_err(io_error)?;
         } else if let Some(last) = bytes[good_len..].iter().rposition(|byte| *byte != 0) {
             // After the last whole record there are only zeros, unless a
             // write was torn (the process died in it, so nothing in it was
@@ -467,6 +472,25 @@ impl Journal {
         Ok(())
     }
 
+    /// Writes an empty journal (the magic, then zeros for the next
+    /// records) over the open file, which holds nothing acknowledged.
+    fn start_afresh_in_place(&mut self) -> io::Result<()> {
+        let mut bytes = MAGIC.to_vec();
+        let len = bytes.len() as u64;
+        bytes.resize((len + 1).next_multiple_of(EXTEND_BY) as usize, 0);
+        self.file.set_len(0)?;
+        self.file.seek(SeekFrom::Start(0))?;
+        self.file.write_all(&bytes)?;
+        self.file.sync_all()?;
+        sync_dir(&self.path)?;
+        self.file.seek(SeekFrom::Start(len))?;
+        self.len = len;
+        self.allocated = bytes.len() as u64;
+        self.durable_len = len;
+        self.appended_since_compaction = 0;
+        Ok(())
+    }
+
     /// Rewrites the live state into a fresh file and renames it over the
     /// journal: at every instant one complete journal exists.
     pub(crate) fn compact(&mut self) -> Result<(), JournalError> {
@@ -500,20 +524,6 @@ impl Journal {
         file.write_all(&bytes).map_err(io_error)?;
         file.sync_all().map_err(io_error)?;
         file.seek(SeekFrom::Start(len)).map_err(io_error)?;
-        // Windows refuses to rename over a file that is open (short of the
-        // POSIX rename semantics Windows 10 has and Wine lacks): the old
-        // journal's handle is let go first. Everything it held is in the
-        // new file, synced above; should the rename fail, the journal is
-        // broken until reopened, as after a failed sync.
-        #[cfg(windows)]
-        {
-            self.file = file.try_clone().map_err(io_error)?;
-            if let Err(source) = fs::rename(&temporary, &self.path) {
-                self.broken = true;
-                return Err(io_error(source));
-            }
-        }
-        #[cfg(not(windows))]
         fs::rename(&temporary, &self.path).map_err(io_error)?;
         // From the rename on, the new file is the journal: appends must go
         // to it even if syncing the directory fails below.

@@ -308,12 +308,13 @@ fn raise_open_files_limit() {
     {
         use rustix::process::{Resource, getrlimit, setrlimit};
         let limit = getrlimit(Resource::Nofile);
-        if let Some(hard) = limit.maximum
-            && limit.current.is_some_and(|soft| soft < hard)
-        {
+        // No hard limit (macOS says so): as many as a process is usually
+        // let open there.
+        let hard = limit.maximum.unwrap_or(10_240);
+        if limit.current.is_some_and(|soft| soft < hard) {
             let raised = rustix::process::Rlimit {
                 current: Some(hard),
-                maximum: Some(hard),
+                maximum: limit.maximum,
             };
             match setrlimit(Resource::Nofile, raised) {
                 Ok(()) => {

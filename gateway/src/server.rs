@@ -526,7 +526,7 @@ async fn serve_http(
         };
         let Some(place) = connections.admit(peer.ip()) else {
             tracing::debug!(%peer, "an HTTP connection beyond the bounds turned away");
-            tokio::spawn(crate::http::connections::turn_away(stream));
+            crate::http::connections::turn_away(stream);
             continue;
         };
         let service = TowerToHyperService::new(

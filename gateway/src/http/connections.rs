@@ -38,21 +38,22 @@ pub struct HttpPlace {
 /// closed: a client learns why, and when to come back.
 pub const TURNED_AWAY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain\r\nContent-Length: 33\r\nConnection: close\r\n\r\ntoo many connections; try again\r\n";
 
-/// Descriptors kept for everything but HTTP connections: the store's
-/// files and connections, the QUIC sockets, logs.
+/// Descriptors kept for everything but HTTP connections (the store's
+/// files and connections, the QUIC sockets, logs, connections being
+/// turned away): this many, or a quarter of a smaller limit.
 const RESERVED_DESCRIPTORS: usize = 256;
 
 /// `wanted`, or fewer when the process may not open that many files
-/// besides [`RESERVED_DESCRIPTORS`] (said in a warning): a flood must
+/// besides those it keeps for the rest (said in a warning): a flood must
 /// meet the sidecar's bound before the process runs out of descriptors.
 pub fn within_open_files(wanted: usize) -> usize {
     #[cfg(unix)]
     {
         let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
         if let Some(soft) = limit.current {
-            let room = usize::try_from(soft)
-                .unwrap_or(usize::MAX)
-                .saturating_sub(RESERVED_DESCRIPTORS)
+            let soft = usize::try_from(soft).unwrap_or(usize::MAX);
+            let room = soft
+                .saturating_sub(RESERVED_DESCRIPTORS.min(soft / 4))
                 .max(1);
             if room < wanted {
                 tracing::warn!(
@@ -68,11 +69,28 @@ pub fn within_open_files(wanted: usize) -> usize {
     wanted
 }
 
+/// How many connections beyond the bounds are being answered at once;
+/// past that, they are closed without an answer, so a flood of them holds
+/// no more descriptors than this.
+const ANSWERING_AT_MOST: usize = 64;
+
+/// Turns a connection beyond the bounds away: answered (see [`answer`])
+/// while fewer than [`ANSWERING_AT_MOST`] are, else closed at once.
+pub fn turn_away(stream: tokio::net::TcpStream) {
+    static ANSWERING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(ANSWERING_AT_MOST);
+    if let Ok(permit) = ANSWERING.try_acquire() {
+        tokio::spawn(async move {
+            let _permit = permit;
+            answer(stream).await;
+        });
+    }
+}
+
 /// Answers a connection beyond the bounds with [`TURNED_AWAY`] and closes
 /// it, within 100 ms whatever the client does: what it sent meanwhile is
 /// read and dropped, so the close is not a reset that would discard the
 /// answer before the client reads it.
-pub async fn turn_away(mut stream: tokio::net::TcpStream) {
+async fn answer(mut stream: tokio::net::TcpStream) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _ = tokio::time::timeout(std::time::Duration::from_millis(100), async {
         stream.write_all(TURNED_AWAY).await?;
