@@ -1043,17 +1043,32 @@ async fn the_document_declares_the_rules_the_server_enforces() {
     assert!(unsubscribe["responses"]["422"].is_object());
 }
 
-/// A client of `source` (a loopback address) asking `GET /healthz`; the
-/// whole answer.
-async fn healthz_from(source: &str, addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// A connection from `source` (a loopback address), and whether all of
+/// `sent` went out on it (a connection turned away at once may not take
+/// it).
+async fn connection_from(
+    source: &str,
+    addr: std::net::SocketAddr,
+    sent: &[u8],
+) -> (tokio::net::TcpStream, std::io::Result<()>) {
+    use tokio::io::AsyncWriteExt;
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
     let mut stream = socket.connect(addr).await.unwrap();
-    // Turned away at once, the request may not even be taken.
-    let _ = stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await;
+    let written = stream.write_all(sent).await;
+    (stream, written)
+}
+
+/// A client of `source` (a loopback address) asking `GET /healthz`; the
+/// whole answer.
+async fn healthz_from(source: &str, addr: std::net::SocketAddr) -> String {
+    use tokio::io::AsyncReadExt;
+    let (mut stream, _) = connection_from(
+        source,
+        addr,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(
         std::time::Duration::from_secs(5),
@@ -1066,7 +1081,6 @@ async fn healthz_from(source: &str, addr: std::net::SocketAddr) -> String {
 
 #[tokio::test]
 async fn slow_clients_hold_at_most_their_sources_share_of_connections_and_others_are_served() {
-    use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().unwrap();
     let mut settings = config(dir.path());
     settings.max_http_connections = 12;
@@ -1076,11 +1090,9 @@ async fn slow_clients_hold_at_most_their_sources_share_of_connections_and_others
     // A slow-loris from 127.0.0.1: eight connections dribbling headers.
     let mut slow = Vec::new();
     for _ in 0..8 {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        stream
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-            .await
-            .unwrap();
+        let (stream, sent) =
+            connection_from("127.0.0.1", addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await;
+        sent.unwrap();
         slow.push(stream);
     }
     // Its ninth is told why and closed, not held.
@@ -1095,13 +1107,8 @@ async fn slow_clients_hold_at_most_their_sources_share_of_connections_and_others
     // Sources together hold at most the bound: four more slow ones from a
     // third source fill it, and then even a fourth source is turned away.
     for _ in 0..4 {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind("127.0.0.3:0".parse().unwrap()).unwrap();
-        let mut stream = socket.connect(addr).await.unwrap();
-        stream
-            .write_all(b"GET /healthz HTTP/1.1\r\n")
-            .await
-            .unwrap();
+        let (stream, sent) = connection_from("127.0.0.3", addr, b"GET /healthz HTTP/1.1\r\n").await;
+        sent.unwrap();
         slow.push(stream);
     }
     let full = healthz_from("127.0.0.4", addr).await;

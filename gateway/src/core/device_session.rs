@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use eagate_protocol::{Authenticate, ChannelName, DeviceId, GoingAwayReason, Report, Signal};
@@ -213,7 +214,14 @@ impl MayBeAway for FollowError {
 async fn patiently<T, E: MayBeAway>(
     call: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, StoreTrouble<E>> {
-    match tokio::time::timeout(STORE_PATIENCE, call).await {
+    // Most calls on the report path answer at once (cached places and
+    // subscriptions): those set no timer.
+    let mut call = std::pin::pin!(call);
+    let answered = match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
+        Poll::Ready(answer) => Ok(answer),
+        Poll::Pending => tokio::time::timeout(STORE_PATIENCE, call).await,
+    };
+    match answered {
         Ok(Ok(answer)) => Ok(answer),
         Ok(Err(e)) if e.is_outage() => Err(StoreTrouble::Away(e.to_string())),
         Ok(Err(e)) => Err(StoreTrouble::Failed(e)),
@@ -509,7 +517,9 @@ impl<'a> DeviceSession<'a> {
             .collect();
         let mut checked = checked.into_iter();
         let mut at = 0;
-        while at < stored.len() {
+        // The store going away meanwhile puts the report it did not take,
+        // and every later one, before those left above.
+        'writing: while at < stored.len() {
             let failed = |e: &dyn std::fmt::Display| {
                 let report = &stored[at];
                 store_failed(core, &report.device_id, report.seq, "storing reports", e)
@@ -520,11 +530,8 @@ impl<'a> DeviceSession<'a> {
                     Err(StoreTrouble::Failed(e)) => return Err(failed(&e)),
                     Err(StoreTrouble::Away(why)) => {
                         self.store_away(&why);
-                        // A refused report ends the session all the same.
-                        return refused.map_or_else(
-                            || Ok(checked.map(|(report, _)| report).chain(left).collect()),
-                            Err,
-                        );
+                        left = checked.map(|(report, _)| report).chain(left).collect();
+                        break 'writing;
                     }
                 };
             if outcomes.is_empty() {
@@ -542,20 +549,17 @@ impl<'a> DeviceSession<'a> {
                     // them so.
                     Err(e) if e.is_outage() => {
                         self.store_away(&e);
-                        return refused.map_or_else(
-                            || {
-                                Ok(std::iter::once(report)
-                                    .chain(checked.map(|(report, _)| report))
-                                    .chain(left)
-                                    .collect())
-                            },
-                            Err,
-                        );
+                        left = std::iter::once(report)
+                            .chain(checked.map(|(report, _)| report))
+                            .chain(left)
+                            .collect();
+                        break 'writing;
                     }
                     written => self.take_written(report, place, written, arrived)?,
                 }
             }
         }
+        // A refused report ends the session all the same.
         refused.map_or(Ok(left), Err)
     }
 
