@@ -22,6 +22,12 @@ input int    InpSlippagePoints = 20;                       // Maximum slippage, 
 long g_session = 0;
 int  g_state   = 0;
 
+// Set once the library answers STOPPED: no more signals are taken, but the
+// handle stays open until the EA is removed, because the library still
+// takes reports (kept in the journal for the device's next session) and a
+// pending order may fill after the stop.
+bool g_stopped = false;
+
 // Which ticket each signal opened, so close, modify and cancel signals
 // find it; pending ones are reported as filled when they trigger. Kept for
 // this run of the EA only.
@@ -82,7 +88,7 @@ void OnTimer()
       Comment("eagate: ", text);
      }
    CheckPendingFills();
-   if(!EagateFlushReports(g_session))
+   if(!EagateFlushReports(g_session) || g_stopped)
       return;
    if(g_holding && !Execute(g_held, g_held_symbol, g_held_comment))
       return;
@@ -101,12 +107,10 @@ void OnTimer()
          // than take it back (two copies would trade every signal twice).
          if(EagateState(g_session) == EAGATE_STATE_REPLACED)
             Alert("eagate: this device connected from elsewhere and took over; "
-                  "this EA stopped. Run it in one place only.");
+                  "this EA stopped taking signals. Run it in one place only.");
          else
             Alert("eagate: ", EagateStateText(g_session));
-         eagate_close(g_session);
-         g_session = 0;
-         EventKillTimer();
+         g_stopped = true;
          return;
         }
       if(result != EAGATE_RESULT_OK)
@@ -275,7 +279,7 @@ void ReportOrderFill(const ulong hi, const ulong lo, const int ticket, const boo
    int digits = (int)MarketInfo(OrderSymbol(), MODE_DIGITS);
    double price = closing ? OrderClosePrice() : OrderOpenPrice();
    double volume = closing ? lots : OrderLots();
-   EagateQueueFill(hi, lo, (ulong)ticket, DoubleToString(price, digits), DoubleToString(volume, 2));
+   EagateQueueFill(hi, lo, (ulong)ticket, DoubleToString(price, digits), EagateLotsText(OrderSymbol(), volume));
    EagateFlushReports(g_session);
   }
 

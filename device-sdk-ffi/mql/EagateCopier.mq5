@@ -29,10 +29,23 @@ CTrade g_trade;
 ulong  g_opened_hi[];
 ulong  g_opened_lo[];
 ulong  g_opened_ticket[];
-// Pending orders placed for signals, reported as filled when they trigger.
+// Orders placed for signals whose deals come later, as
+// TRADE_TRANSACTION_DEAL_ADD: a pending order when it triggers, a market
+// order whose trade result carried no deal (or only part of its volume).
 ulong  g_pending_hi[];
 ulong  g_pending_lo[];
 ulong  g_pending_order[];
+// The last deals reported, so the DEAL_ADD that follows a trade result
+// already reported does not report the same deal twice.
+#define REPORTED_DEALS 256
+ulong  g_reported_deal[REPORTED_DEALS];
+int    g_reported_next = 0;
+
+// Set once the library answers STOPPED: no more signals are taken, but the
+// handle stays open until the EA is removed, because the library still
+// takes reports (kept in the journal for the device's next session) and a
+// pending order may fill after the stop.
+bool   g_stopped = false;
 
 // A signal whose "received" report the library could not store (outbox
 // full, disk trouble): it is retried before polling again, because polling
@@ -89,7 +102,7 @@ void OnTimer()
       Print("eagate: ", text);
       Comment("eagate: ", text);
      }
-   if(!EagateFlushReports(g_session))
+   if(!EagateFlushReports(g_session) || g_stopped)
       return;
    if(g_holding && !Execute(g_held, g_held_symbol, g_held_comment))
       return;
@@ -109,12 +122,10 @@ void OnTimer()
          // than take it back (two copies would trade every signal twice).
          if(EagateState(g_session) == EAGATE_STATE_REPLACED)
             Alert("eagate: this device connected from elsewhere and took over; "
-                  "this EA stopped. Run it in one place only.");
+                  "this EA stopped taking signals. Run it in one place only.");
          else
             Alert("eagate: ", EagateStateText(g_session));
-         eagate_close(g_session);
-         g_session = 0;
-         EventKillTimer();
+         g_stopped = true;
          return;
         }
       if(result != EAGATE_RESULT_OK)
@@ -127,8 +138,10 @@ void OnTimer()
      }
   }
 
-// A pending order placed for a signal has triggered: report its deals (one
-// per partial fill) and track the position it opened.
+// A deal of an order placed for a signal: a pending order that triggered,
+// or a market order's deal its trade result did not carry. Reported from
+// the transaction itself (one report per deal, so one per partial fill),
+// never from the history, which may not hold the deal yet.
 void OnTradeTransaction(const MqlTradeTransaction &trans, const MqlTradeRequest &request, const MqlTradeResult &result)
   {
    if(g_session == 0 || trans.type != TRADE_TRANSACTION_DEAL_ADD)
@@ -137,8 +150,13 @@ void OnTradeTransaction(const MqlTradeTransaction &trans, const MqlTradeRequest 
      {
       if(g_pending_order[i] != trans.order)
          continue;
-      ReportDeal(g_pending_hi[i], g_pending_lo[i], trans.deal);
-      Remember(g_opened_hi, g_opened_lo, g_opened_ticket, g_pending_hi[i], g_pending_lo[i], trans.position);
+      ulong hi = g_pending_hi[i];
+      ulong lo = g_pending_lo[i];
+      ReportFill(hi, lo, trans.deal, trans.symbol, trans.price, trans.volume);
+      // An opening signal's position, known for certain only now (on a
+      // netting account it is the symbol's existing position, if any).
+      if(Tracked(g_opened_hi, g_opened_lo, hi, lo))
+         Remember(g_opened_hi, g_opened_lo, g_opened_ticket, hi, lo, trans.position);
       // Still an active order: more partial fills may follow.
       if(!OrderSelect(trans.order))
          Forget(g_pending_hi, g_pending_lo, g_pending_order, i);
@@ -178,6 +196,10 @@ bool Execute(const EagateSignal &s, const string symbol, const string comment)
    g_trade.SetTypeFillingBySymbol(symbol);
    bool sent = false;
    ulong ticket = 0;
+   // The symbol the deal is in, for its price's digits: a close or modify
+   // signal names none of its own, its position does.
+   string traded = symbol;
+   ResetLastError();
    switch(s.action)
      {
       case EAGATE_ACTION_OPEN_BUY:
@@ -196,11 +218,35 @@ bool Execute(const EagateSignal &s, const string symbol, const string comment)
          break;
         }
       case EAGATE_ACTION_CLOSE:
+        {
          if(!Find(s, ticket))
             return true;
-         sent = s.volume_mantissa == 0 ? g_trade.PositionClose(ticket)
-                                       : g_trade.PositionClosePartial(ticket, volume);
+         if(!PositionSelectByTicket(ticket))
+           {
+            Reject(s, ERR_TRADE_POSITION_NOT_FOUND, "the position of signal "
+                   + EagateSignalId(s.reference_hi, s.reference_lo) + " is not open (closed already, or an order not yet filled)");
+            return true;
+           }
+         traded = PositionGetString(POSITION_SYMBOL);
+         if(s.volume_mantissa == 0 || volume >= PositionGetDouble(POSITION_VOLUME))
+            sent = g_trade.PositionClose(ticket);
+         else if(AccountInfoInteger(ACCOUNT_MARGIN_MODE) == ACCOUNT_MARGIN_MODE_RETAIL_HEDGING)
+            sent = g_trade.PositionClosePartial(ticket, volume);
+         else
+           {
+            // Netting and exchange accounts hold one position per symbol
+            // and have no partial close (CTrade refuses it): an opposite
+            // deal of the partial volume reduces the position. It carries
+            // the position's own stops so that they stay as they are, and
+            // its volume is below the position's, so it cannot reverse it.
+            double held_sl = PositionGetDouble(POSITION_SL);
+            double held_tp = PositionGetDouble(POSITION_TP);
+            sent = PositionGetInteger(POSITION_TYPE) == POSITION_TYPE_BUY
+                   ? g_trade.Sell(volume, traded, 0.0, held_sl, held_tp, comment)
+                   : g_trade.Buy(volume, traded, 0.0, held_sl, held_tp, comment);
+           }
          break;
+        }
       case EAGATE_ACTION_MODIFY:
          if(!Find(s, ticket))
             return true;
@@ -224,6 +270,14 @@ bool Execute(const EagateSignal &s, const string symbol, const string comment)
                   tp = OrderGetDouble(ORDER_TP);
                sent = g_trade.OrderModify(ticket, price, sl, tp, ORDER_TIME_GTC, 0);
               }
+            else
+              {
+               // Nothing was sent, so the trade result still holds the
+               // previous request's retcode: this rejection has its own.
+               Reject(s, ERR_TRADE_POSITION_NOT_FOUND, "the position or order of signal "
+                      + EagateSignalId(s.reference_hi, s.reference_lo) + " is gone (closed, filled or deleted)");
+               return true;
+              }
          break;
       case EAGATE_ACTION_CANCEL:
          if(!Find(s, ticket))
@@ -235,27 +289,40 @@ bool Execute(const EagateSignal &s, const string symbol, const string comment)
          return true;
      }
    uint retcode = g_trade.ResultRetcode();
-   if(!sent || (retcode != TRADE_RETCODE_DONE && retcode != TRADE_RETCODE_DONE_PARTIAL && retcode != TRADE_RETCODE_PLACED))
+   bool succeeded = retcode == TRADE_RETCODE_DONE || retcode == TRADE_RETCODE_DONE_PARTIAL
+                    || retcode == TRADE_RETCODE_PLACED;
+   if(!sent && (retcode == 0 || succeeded))
+     {
+      // Refused before anything reached the trade server (CTrade's own
+      // checks): the result's retcode is not this request's.
+      uint error = (uint)GetLastError();
+      Reject(s, error, "the terminal refused the request before sending it (error " + IntegerToString(error) + ")");
+      return true;
+     }
+   if(!sent || !succeeded)
      {
       Reject(s, retcode, g_trade.ResultRetcodeDescription());
       return true;
      }
    bool opening = s.action == EAGATE_ACTION_OPEN_BUY || s.action == EAGATE_ACTION_OPEN_SELL;
-   if(opening && retcode == TRADE_RETCODE_PLACED)
-     {
-      // A pending order: its fills are reported when it triggers.
-      Remember(g_pending_hi, g_pending_lo, g_pending_order, s.signal_id_hi, s.signal_id_lo, g_trade.ResultOrder());
-      Remember(g_opened_hi, g_opened_lo, g_opened_ticket, s.signal_id_hi, s.signal_id_lo, g_trade.ResultOrder());
+   ulong order = g_trade.ResultOrder();
+   if(opening)
+      // The order's ticket is its position's on a hedging account; the
+      // deal's transaction confirms or corrects it.
+      Remember(g_opened_hi, g_opened_lo, g_opened_ticket, s.signal_id_hi, s.signal_id_lo, order);
+   if(order != 0)
+      // Every later deal of this order is reported as it comes: a pending
+      // order's fills, the rest of a partial fill, or the deal itself when
+      // the result carried none.
+      Remember(g_pending_hi, g_pending_lo, g_pending_order, s.signal_id_hi, s.signal_id_lo, order);
+   if(retcode == TRADE_RETCODE_PLACED)
       return true;
-     }
+   // A market deal is reported from the trade result: the terminal's
+   // history lags OrderSend, so HistoryDealSelect may not find the deal yet,
+   // and a fill must not depend on it.
    ulong deal = g_trade.ResultDeal();
-   if(deal != 0)
-     {
-      ReportDeal(s.signal_id_hi, s.signal_id_lo, deal);
-      if(opening && HistoryDealSelect(deal))
-         Remember(g_opened_hi, g_opened_lo, g_opened_ticket, s.signal_id_hi, s.signal_id_lo,
-                  (ulong)HistoryDealGetInteger(deal, DEAL_POSITION_ID));
-     }
+   if(deal != 0 && g_trade.ResultVolume() > 0.0 && g_trade.ResultPrice() > 0.0)
+      ReportFill(s.signal_id_hi, s.signal_id_lo, deal, traded, g_trade.ResultPrice(), g_trade.ResultVolume());
    return true;
   }
 
@@ -273,19 +340,18 @@ bool Find(const EagateSignal &s, ulong &ticket)
    return false;
   }
 
-// Reports a deal with the price and volume the trade server recorded.
-void ReportDeal(const ulong hi, const ulong lo, const ulong deal)
+// Reports a deal with the price and volume the trade server confirmed,
+// once: a deal already reported (from its trade result) is not again when
+// its transaction arrives.
+void ReportFill(const ulong hi, const ulong lo, const ulong deal, const string symbol, const double price, const double lots)
   {
-   if(!HistoryDealSelect(deal))
-     {
-      Print("eagate: deal ", deal, " of ", EagateSignalId(hi, lo), " is not in the history; not reported");
-      return;
-     }
-   string symbol = HistoryDealGetString(deal, DEAL_SYMBOL);
+   for(int i = 0; i < REPORTED_DEALS; i++)
+      if(g_reported_deal[i] == deal)
+         return;
+   g_reported_deal[g_reported_next] = deal;
+   g_reported_next = (g_reported_next + 1) % REPORTED_DEALS;
    int digits = (int)SymbolInfoInteger(symbol, SYMBOL_DIGITS);
-   EagateQueueFill(hi, lo, deal,
-                   DoubleToString(HistoryDealGetDouble(deal, DEAL_PRICE), digits),
-                   DoubleToString(HistoryDealGetDouble(deal, DEAL_VOLUME), 2));
+   EagateQueueFill(hi, lo, deal, DoubleToString(price, digits), EagateLotsText(symbol, lots));
    EagateFlushReports(g_session);
   }
 
@@ -320,6 +386,15 @@ void Remember(ulong &his[], ulong &los[], ulong &tickets[], const ulong hi, cons
    his[n] = hi;
    los[n] = lo;
    tickets[n] = ticket;
+  }
+
+// Whether a ticket is recorded for a signal.
+bool Tracked(const ulong &his[], const ulong &los[], const ulong hi, const ulong lo)
+  {
+   for(int i = 0; i < ArraySize(his); i++)
+      if(his[i] == hi && los[i] == lo)
+         return true;
+   return false;
   }
 
 void Forget(ulong &his[], ulong &los[], ulong &tickets[], const int i)

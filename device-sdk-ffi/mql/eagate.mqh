@@ -168,6 +168,25 @@ double EagateDecimal(const long mantissa, const int scale)
    return (double)mantissa / MathPow(10.0, scale);
   }
 
+// Lots as decimal text with as many decimals as the symbol's volume step
+// has, at least two (step 0.01: "0.10"; step 0.001: "0.005"), so a fill
+// reports the volume traded rather than one rounded to hundredths.
+string EagateLotsText(const string symbol, const double lots)
+  {
+   double step = SymbolInfoDouble(symbol, SYMBOL_VOLUME_STEP);
+   int digits = 2;
+   if(step > 0.0)
+     {
+      double scaled = step * 100.0;
+      while(digits < 8 && MathAbs(scaled - MathRound(scaled)) > 0.000001)
+        {
+         scaled *= 10.0;
+         digits++;
+        }
+     }
+   return DoubleToString(lots, digits);
+  }
+
 // The signal id as people see it: 32 hex digits.
 string EagateSignalId(const ulong hi, const ulong lo)
   {
@@ -209,7 +228,7 @@ int EagateQueueReport(const int kind, const ulong hi, const ulong lo)
   }
 
 // Queues a fill: the terminal's ticket, price and lots as decimal text
-// (DoubleToString(price, digits), DoubleToString(lots, 2)).
+// (DoubleToString(price, digits), EagateLotsText(symbol, lots)).
 void EagateQueueFill(const ulong hi, const ulong lo, const ulong ticket, const string price, const string volume)
   {
    int n = EagateQueueReport(1, hi, lo);

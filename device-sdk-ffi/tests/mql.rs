@@ -293,11 +293,7 @@ const MQL5_ONLY: [&str; 12] = [
 #[test]
 fn the_files_metatrader_4_compiles_use_nothing_only_mql5_has() {
     for file in ["mql/eagate.mqh", "mql/eagate4.mqh", "mql/EagateCopier.mq4"] {
-        let code: String = read(file)
-            .lines()
-            .map(|line| line.split("//").next().unwrap_or(""))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let code = code_of(file);
         for name in MQL5_ONLY {
             let used = code.match_indices(name).any(|(at, _)| {
                 let before = code[..at].chars().next_back();
@@ -309,4 +305,121 @@ fn the_files_metatrader_4_compiles_use_nothing_only_mql5_has() {
             assert!(!used, "{file} uses {name}, which MQL4 does not have");
         }
     }
+}
+
+/// `source` without its `//` comments, so that what the checks below look
+/// for is code, not an explanation of it.
+fn code_of(file: &str) -> String {
+    read(file)
+        .lines()
+        .map(|line| line.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The body of the MQL function whose definition starts with `signature`:
+/// from it to the next definition at the start of a line.
+fn function_body<'a>(code: &'a str, signature: &str) -> &'a str {
+    let start = code
+        .find(signature)
+        .unwrap_or_else(|| panic!("{signature} is defined"));
+    let rest = &code[start + signature.len()..];
+    let end = ["\nvoid ", "\nbool ", "\nint ", "\ndouble ", "\nstring "]
+        .iter()
+        .filter_map(|next| rest.find(next))
+        .min()
+        .unwrap_or(rest.len());
+    &rest[..end]
+}
+
+#[test]
+fn the_mt5_copier_reports_market_fills_from_the_trade_result_never_the_lagging_history() {
+    let code = code_of("mql/EagateCopier.mq5");
+    for lagging in ["HistoryDealSelect", "HistoryDealGet", "HistorySelect"] {
+        assert!(
+            !code.contains(lagging),
+            "a fill must not wait on the terminal's history ({lagging})"
+        );
+    }
+    let execute = function_body(&code, "bool Execute(");
+    for from_the_result in ["ResultDeal()", "ResultPrice()", "ResultVolume()"] {
+        assert!(execute.contains(from_the_result), "{from_the_result}");
+    }
+    // Deals the result did not carry come as transactions, reported there
+    // from the transaction's own price and volume.
+    let transaction = function_body(&code, "void OnTradeTransaction(");
+    assert!(transaction.contains("TRADE_TRANSACTION_DEAL_ADD"));
+    assert!(transaction.contains("trans.price") && transaction.contains("trans.volume"));
+    // Both paths report through one function that skips a deal it reported.
+    let report = function_body(&code, "void ReportFill(");
+    assert!(report.contains("g_reported_deal[i] == deal"));
+    assert_eq!(code.matches("EagateQueueFill(").count(), 1);
+}
+
+#[test]
+fn the_mt5_copier_closes_part_of_a_netting_position_with_an_opposite_deal() {
+    let code = code_of("mql/EagateCopier.mq5");
+    let execute = function_body(&code, "bool Execute(");
+    let close = &execute[execute.find("case EAGATE_ACTION_CLOSE").expect("close")
+        ..execute.find("case EAGATE_ACTION_MODIFY").expect("modify")];
+    let partial = close.find("PositionClosePartial").expect("partial close");
+    let hedging = close
+        .find("ACCOUNT_MARGIN_MODE_RETAIL_HEDGING")
+        .expect("the account's margin mode is checked");
+    assert!(hedging < partial, "PositionClosePartial only on hedging");
+    let opposite = &close[partial..];
+    assert!(opposite.contains("g_trade.Sell(volume") && opposite.contains("g_trade.Buy(volume"));
+    assert!(
+        close.contains("volume >= PositionGetDouble(POSITION_VOLUME)"),
+        "an opposite deal never exceeds the position (it would reverse it)"
+    );
+}
+
+#[test]
+fn the_mt5_copier_rejects_a_modify_of_a_vanished_position_with_its_own_reason() {
+    let code = code_of("mql/EagateCopier.mq5");
+    let execute = function_body(&code, "bool Execute(");
+    let modify = &execute[execute.find("case EAGATE_ACTION_MODIFY").expect("modify")
+        ..execute.find("case EAGATE_ACTION_CANCEL").expect("cancel")];
+    let gone = &modify[modify
+        .rfind("else")
+        .expect("neither a position nor an order")..];
+    assert!(gone.contains("Reject(s, ERR_TRADE_POSITION_NOT_FOUND"));
+    assert!(gone.contains("return true;"), "not the stale retcode below");
+    // A request CTrade refused before sending leaves the previous retcode
+    // in the result: the rejection then names the terminal's error.
+    assert!(execute.contains("if(!sent && (retcode == 0 || succeeded))"));
+}
+
+#[test]
+fn the_copiers_keep_their_handle_after_stopped_so_later_fills_are_still_recorded() {
+    for ea in ["mql/EagateCopier.mq5", "mql/EagateCopier.mq4"] {
+        let code = code_of(ea);
+        assert_eq!(
+            code.matches("eagate_close(").count(),
+            1,
+            "{ea}: closed in one place"
+        );
+        assert!(function_body(&code, "void OnDeinit(").contains("eagate_close("));
+        let timer = function_body(&code, "void OnTimer(");
+        let stopped = &timer[timer.find("EAGATE_RESULT_STOPPED").expect("stopped")..];
+        assert!(stopped.contains("g_stopped = true;"), "{ea}");
+        assert!(
+            !stopped[..stopped.find("return;").expect("return")].contains("g_session = 0"),
+            "{ea} keeps its handle"
+        );
+        // Polling ends once stopped; queued reports are still handed over.
+        assert!(timer.contains("if(!EagateFlushReports(g_session) || g_stopped)"));
+    }
+}
+
+#[test]
+fn fills_report_lots_with_the_symbols_volume_step_not_rounded_to_hundredths() {
+    for ea in ["mql/EagateCopier.mq5", "mql/EagateCopier.mq4"] {
+        let code = code_of(ea);
+        assert!(code.contains("EagateLotsText("), "{ea}");
+        assert!(!code.contains(", 2))"), "{ea} rounds lots to two decimals");
+    }
+    let library = code_of("mql/eagate.mqh");
+    assert!(function_body(&library, "string EagateLotsText(").contains("SYMBOL_VOLUME_STEP"));
 }
