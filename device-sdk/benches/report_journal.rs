@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use eagate_sdk::protocol::{DeviceId, DeviceSecret, SignalId};
-use eagate_sdk::{CertFingerprint, Client, ClientConfig, ServerTrust};
+use eagate_sdk::{CertFingerprint, Client, ClientConfig, ServerTrust, UdpSocketKind};
 
 /// Reports per measured round: well inside the outbox of 256, which no
 /// gateway empties here.
@@ -27,6 +27,7 @@ fn client_config(dir: &std::path::Path) -> ClientConfig {
         secret: DeviceSecret::from_bytes([7; 32]),
         trust: ServerTrust::Pinned(CertFingerprint::of(b"no certificate")),
         state_dir: dir.to_path_buf(),
+        udp: UdpSocketKind::default(),
     }
 }
 

@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 
 use crate::core::{self, EVENT_CAPACITY, SessionCore, SessionError};
 use crate::journal::{Journal, JournalError, Record};
+use crate::plain_udp::{PlainUdpSocket, UdpSocketKind};
 use crate::trust::{self, CertificateVerdict, ServerTrust};
 
 /// How long one connection attempt (QUIC and TLS handshake) may take.
@@ -58,6 +59,10 @@ pub struct ClientConfig {
     /// Where the journal of unconfirmed reports and positions lives. It must
     /// survive restarts; one directory can hold several devices' journals.
     pub state_dir: PathBuf,
+    /// Which UDP socket carries QUIC: the platform's fast paths, or plain
+    /// `send_to`/`recv_from` (the default on Windows, where the DLL may run
+    /// under Wine). See [`UdpSocketKind`].
+    pub udp: UdpSocketKind,
 }
 
 /// Why a configuration's text was refused.
@@ -89,6 +94,7 @@ impl ClientConfig {
             secret: DeviceSecret::parse(secret.trim()).map_err(ConfigError::Secret)?,
             trust,
             state_dir: state_dir.into(),
+            udp: UdpSocketKind::default(),
         })
     }
 
@@ -496,6 +502,7 @@ impl Client {
             server: config.server.clone(),
             server_name: config.server_name(),
             quic,
+            udp: config.udp,
             verdict,
             reason: String::new(),
         };
@@ -772,6 +779,7 @@ struct Driver {
     server: String,
     server_name: String,
     quic: quinn::ClientConfig,
+    udp: UdpSocketKind,
     verdict: Arc<CertificateVerdict>,
     /// Why the last session or attempt failed, for the Disconnected event.
     reason: String,
@@ -856,7 +864,7 @@ impl Driver {
             _ = closing(&mut self.closing) => return Err(StopReason::Closed),
             opened = tokio::time::timeout(
                 CONNECT_TIMEOUT,
-                open(&self.server, &self.server_name, &self.quic),
+                open(&self.server, &self.server_name, &self.quic, self.udp),
             ) => opened,
         };
         let (endpoint, connection, mut send, mut recv) = match opened {
@@ -1106,6 +1114,7 @@ async fn open(
     server: &str,
     server_name: &str,
     quic: &quinn::ClientConfig,
+    udp: UdpSocketKind,
 ) -> Result<
     (
         quinn::Endpoint,
@@ -1125,8 +1134,18 @@ async fn open(
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let endpoint =
-        quinn::Endpoint::client(local).map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+    let endpoint = match udp {
+        UdpSocketKind::Platform => quinn::Endpoint::client(local),
+        UdpSocketKind::Plain => PlainUdpSocket::bind(local).and_then(|socket| {
+            quinn::Endpoint::new_with_abstract_socket(
+                quinn::EndpointConfig::default(),
+                None,
+                Arc::new(socket),
+                Arc::new(quinn::TokioRuntime),
+            )
+        }),
+    }
+    .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
     let connection = endpoint
         .connect_with(quic.clone(), address, server_name)
         .map_err(|e| format!("cannot connect to {address}: {e}"))?

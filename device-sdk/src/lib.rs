@@ -59,6 +59,8 @@ pub mod client;
 #[cfg(feature = "std")]
 mod journal;
 #[cfg(feature = "std")]
+mod plain_udp;
+#[cfg(feature = "std")]
 pub mod trust;
 
 #[cfg(feature = "std")]
@@ -68,6 +70,8 @@ pub use client::{
 };
 #[cfg(feature = "std")]
 pub use journal::JournalError;
+#[cfg(feature = "std")]
+pub use plain_udp::UdpSocketKind;
 #[cfg(feature = "std")]
 pub use trust::{CertFingerprint, ServerTrust};
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use eagate_protocol::{DeviceId, DeviceSecret};
-use eagate_sdk::{Client, ClientConfig, Event, ServerTrust};
+use eagate_sdk::{Client, ClientConfig, Event, ServerTrust, UdpSocketKind};
 use tokio::sync::watch;
 
 use crate::device::{DeviceStats, Mode, Turn};
@@ -33,6 +33,7 @@ impl BotLink<'_> {
             secret,
             trust: self.trust.clone(),
             state_dir: self.state_dir.to_path_buf(),
+            udp: UdpSocketKind::default(),
         }
     }
 }

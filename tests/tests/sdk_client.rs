@@ -411,6 +411,70 @@ fn a_timer_driven_caller_polls_signals_and_reports_without_an_async_context() {
     runtime.block_on(client.close());
 }
 
+/// The socket the DLL uses on Windows (and so under Wine): QUIC over plain
+/// `send_to`/`recv_from`, without the platform's control messages. Signals
+/// arrive in order, each fill is stored once, and a session lost to a
+/// gateway restart resumes on a new plain socket.
+#[test]
+fn a_client_on_a_plain_udp_socket_gets_every_signal_and_has_every_fill_stored_once() {
+    const SIGNALS: usize = 20;
+    let data = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut gateway = Gateway::start(data.path(), &[]);
+    let device = gateway.register("gold");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let config = ClientConfig {
+        udp: eagate_sdk::UdpSocketKind::Plain,
+        ..pinned_config(&gateway, &device, state.path())
+    };
+    let mut client = runtime.block_on(Client::connect(config)).unwrap();
+    let mut published = Vec::new();
+    let mut received = Vec::new();
+    for round in 0..2 {
+        for _ in 0..SIGNALS / 2 {
+            published.push(gateway.publish("gold"));
+        }
+        while received.len() < published.len() {
+            let wait = if round == 0 { SOON } else { RECONNECT };
+            let next =
+                runtime.block_on(async { tokio::time::timeout(wait, client.next_signal()).await });
+            let signal = next.expect("a signal in time").expect("the client runs");
+            let fill = eagate_sdk::protocol::Fill {
+                ticket: received.len() as u64 + 1,
+                price: "2350.5".parse().unwrap(),
+                volume: signal.volume,
+            };
+            runtime
+                .block_on(client.filled(signal.signal_id, fill))
+                .unwrap();
+            received.push(signal.signal_id.to_string());
+        }
+        if round == 0 {
+            // The second half comes over a new connection, on a new socket.
+            gateway.kill();
+            gateway.restart();
+        }
+    }
+    assert_eq!(received, published, "every signal once, in order");
+    for (n, signal_id) in published.iter().enumerate() {
+        let deadline = std::time::Instant::now() + SOON;
+        while gateway.stored_reports(signal_id, &device.0).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{signal_id}: no fill stored"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The device's n-th report, stored once.
+        assert_eq!(
+            gateway.stored_reports(signal_id, &device.0),
+            vec![(n as u64 + 1, "filled".to_owned())],
+            "{signal_id}: its one fill, once"
+        );
+    }
+    runtime.block_on(client.close());
+}
+
 /// A bot whose strategies report from many tasks at once: the client's
 /// journal syncs for all of them together, and every fill is numbered once,
 /// sent in order and stored once.
