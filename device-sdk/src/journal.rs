@@ -31,8 +31,15 @@
 //! acknowledged.
 //!
 //! Compaction rewrites the live state (next sequence number, unconfirmed
-//! reports, positions) into a new file, `fsync`s it and renames it over the
-//! old one, so at every instant one complete journal exists. It runs after a
+//! reports, positions) over the journal, in place, after writing the same
+//! bytes to a recovery copy (`<device>.journal.compacted`) that is marked
+//! complete only once durable: a crash in the middle of the overwrite
+//! leaves a complete copy, which the next open writes over the journal
+//! again, so at every instant one complete journal can be had. Nothing is
+//! renamed over the open journal: Windows without POSIX rename semantics
+//! (older Windows, FAT and network drives, Wine, on which MetaTrader runs
+//! on macOS and Linux) refuses to replace a file that is open, and the
+//! library keeps the journal open. It runs after a
 //! sync that left every append durable, so no caller is waiting on a record
 //! the new file holds when it fails halfway.
 
@@ -47,12 +54,15 @@ use serde::{Deserialize, Serialize};
 use crate::core::{OUTBOX_CAPACITY, Snapshot};
 
 const MAGIC: &[u8; 8] = b"EAGATEJ1";
+/// What a recovery copy starts with until it is complete and durable (and
+/// again once the journal holds it): anything but [`MAGIC`].
+const UNFINISHED: &[u8; 8] = b"EAGATE--";
 const RECORD_HEADER_LEN: usize = 8;
 /// How far the file is extended with zeros ahead of its records at a time.
 const EXTEND_BY: u64 = 16 * 1024;
 /// Records appended since the last compaction after which the journal is
 /// rewritten: it never grows past about a thousand small records (tens of
-/// KB). Each compaction costs two `fsync`s and a rename, so not more often.
+/// KB). Each compaction costs four `fsync`s, so not more often.
 const COMPACT_AFTER_RECORDS: usize = 1024;
 
 /// One entry of the journal.
@@ -221,6 +231,7 @@ impl Journal {
             .write(true)
             .open(&path)
             .map_err(io_error)?;
+        finish_interrupted_compaction(&path, &mut file).map_err(io_error)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io_error)?;
         let (state, good_len, records) = replay(&bytes);
@@ -245,11 +256,7 @@ impl Journal {
         };
         if good_len < MAGIC.len() {
             // New, or not even the magic survived (so nothing in it was ever
-            // acknowledged): the clean file is written in place. Renaming a
-            // compacted file over it, as later compactions do, would replace
-            // a file this process holds open, which a Windows without POSIX
-            // rename semantics (Wine 8, found by scripts/windows.sh) refuses:
-            // every first connect failed there.
+            // acknowledged): the clean file is written in place.
             journal.start_afresh_in_place().map_err(io_error)?;
         } else if let Some(last) = bytes[good_len..].iter().rposition(|byte| *byte != 0) {
             // After the last whole record there are only zeros, unless a
@@ -491,8 +498,8 @@ impl Journal {
         Ok(())
     }
 
-    /// Rewrites the live state into a fresh file and renames it over the
-    /// journal: at every instant one complete journal exists.
+    /// Rewrites the live state over the journal, through a recovery copy:
+    /// at every instant one complete journal can be had.
     pub(crate) fn compact(&mut self) -> Result<(), JournalError> {
         let state = self.state.clone();
         self.write_compacted(&state)
@@ -513,34 +520,27 @@ impl Journal {
         let len = bytes.len() as u64;
         // Room for the next records, as zeros.
         bytes.resize((len + 1).next_multiple_of(EXTEND_BY) as usize, 0);
-        let temporary = self.path.with_extension("journal.new");
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&temporary)
-            .map_err(io_error)?;
-        file.write_all(&bytes).map_err(io_error)?;
-        file.sync_all().map_err(io_error)?;
-        file.seek(SeekFrom::Start(len)).map_err(io_error)?;
-        fs::rename(&temporary, &self.path).map_err(io_error)?;
-        // From the rename on, the new file is the journal: appends must go
-        // to it even if syncing the directory fails below.
-        self.file = file;
-        self.len = len;
-        self.allocated = bytes.len() as u64;
-        self.appended_since_compaction = 0;
-        // The new file's state has every confirmation applied.
-        self.unwritten_confirmation = None;
+        // Until the copy is complete and durable, the journal is untouched:
+        // a failure here leaves it as it was, and compaction is tried again.
+        let copy = recovery_path(&self.path);
+        write_recovery_copy(&copy, &bytes).map_err(io_error)?;
+        // From here the copy is the journal's content: a crash is finished
+        // by the next open. A failure is too, so the journal takes no more
+        // records until it is opened again (they would go after content
+        // the next open replaces).
+        let overwritten =
+            overwrite(&mut self.file, &bytes, len).and_then(|()| retire_recovery_copy(&copy));
         self.generation += 1;
-        if let Err(source) = sync_dir(&self.path) {
-            // Which file a crash would leave under the name is unknown: as
-            // with a failed sync, nothing more is written until reopened.
+        if let Err(source) = overwritten {
             self.broken = true;
             return Err(io_error(source));
         }
-        // The new file holds every append so far, synced, under the name.
+        self.len = len;
+        self.allocated = bytes.len() as u64;
+        self.appended_since_compaction = 0;
+        // The rewritten file has every confirmation applied.
+        self.unwritten_confirmation = None;
+        // The rewritten file holds every append so far, synced.
         self.durable = self.written;
         self.durable_len = self.len;
         Ok(())
@@ -575,6 +575,77 @@ impl PendingSync {
     /// perhaps beyond, which the journal does not count on).
     pub(crate) fn run(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+}
+
+/// Where the recovery copy of the journal at `journal` is written.
+fn recovery_path(journal: &Path) -> PathBuf {
+    journal.with_extension("journal.compacted")
+}
+
+/// Writes `bytes` (a journal starting with [`MAGIC`]) to a recovery copy at
+/// `copy` and makes it complete: durable, with its entry in the directory,
+/// before its magic says it is complete, and that durable too.
+fn write_recovery_copy(copy: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(copy)?;
+    file.write_all(UNFINISHED)?;
+    file.write_all(&bytes[MAGIC.len()..])?;
+    file.sync_all()?;
+    sync_dir(copy)?;
+    file.seek(SeekFrom::Start(0))?;
+    file.write_all(MAGIC)?;
+    file.sync_data()
+}
+
+/// Writes `bytes` over the start of the open journal `file`, cuts what is
+/// left after them, syncs, and leaves the cursor at `len`, where the next
+/// record goes. The bytes go over blocks the file already has where it is
+/// long enough, so a full disk rarely stops it.
+fn overwrite(file: &mut File, bytes: &[u8], len: u64) -> io::Result<()> {
+    file.seek(SeekFrom::Start(0))?;
+    file.write_all(bytes)?;
+    file.set_len(bytes.len() as u64)?;
+    file.sync_all()?;
+    file.seek(SeekFrom::Start(len))?;
+    Ok(())
+}
+
+/// Marks the recovery copy at `copy` unfinished again, durably (the journal
+/// now holds its content and takes records the copy lacks: applied again
+/// it would lose them), then removes it. A copy that cannot be removed is
+/// harmless once marked.
+fn retire_recovery_copy(copy: &Path) -> io::Result<()> {
+    {
+        let mut file = OpenOptions::new().write(true).open(copy)?;
+        file.write_all(UNFINISHED)?;
+        file.sync_data()?;
+    }
+    let _ = fs::remove_file(copy);
+    Ok(())
+}
+
+/// Finishes a compaction a crash interrupted, before the journal at `path`
+/// (open as `file`) is read: a complete recovery copy is written over it
+/// again; an unfinished one is removed (the journal was not touched yet).
+/// A `.journal.new` left by an earlier version, which renamed its
+/// compactions over the journal, was never the journal: removed too.
+fn finish_interrupted_compaction(path: &Path, file: &mut File) -> io::Result<()> {
+    let _ = fs::remove_file(path.with_extension("journal.new"));
+    let copy = recovery_path(path);
+    let bytes = match fs::read(&copy) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if bytes.starts_with(MAGIC) {
+        overwrite(file, &bytes, 0)?;
+        retire_recovery_copy(&copy)
+    } else {
+        fs::remove_file(&copy)
     }
 }
 
@@ -782,6 +853,101 @@ mod tests {
         assert_eq!(journal.state().outbox, [report(200)]);
         assert_eq!(journal.state().next_seq, 201);
         assert_eq!(journal.state().positions[0].position, 9);
+    }
+
+    /// Windows without POSIX rename semantics (and Wine, where MetaTrader
+    /// runs on macOS and Linux) refuses to replace a file that is open: the
+    /// journal is rewritten in place, the same file before and after, and
+    /// no copy is left beside it.
+    #[cfg(unix)]
+    #[test]
+    fn compaction_rewrites_the_open_journal_in_place_and_leaves_no_copy() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = Journal::path_for(dir.path(), &device());
+        let mut journal = Journal::open(dir.path(), &device()).unwrap();
+        let inode = fs::metadata(&path).unwrap().ino();
+        for seq in 1..=50 {
+            append_synced(&mut journal, &[Record::Accepted(report(seq))]);
+        }
+        journal.confirm(49);
+        journal.compact().unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().ino(), inode, "the same file");
+        assert!(!recovery_path(&path).exists(), "the copy is gone");
+        append_synced(&mut journal, &[Record::Accepted(report(51))]);
+        drop(journal);
+        let journal = Journal::open(dir.path(), &device()).unwrap();
+        assert_eq!(journal.state().outbox, [report(50), report(51)]);
+        assert_eq!(journal.state().next_seq, 52);
+    }
+
+    /// The bytes a compaction of `state` writes.
+    fn compacted(state: &JournalState) -> Vec<u8> {
+        let mut bytes = MAGIC.to_vec();
+        for record in state.records() {
+            encode_record(&record, &mut bytes);
+        }
+        bytes.resize(bytes.len().next_multiple_of(EXTEND_BY as usize), 0);
+        bytes
+    }
+
+    #[test]
+    fn a_crash_in_the_middle_of_overwriting_the_journal_is_finished_by_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Journal::path_for(dir.path(), &device());
+        let expected = {
+            let mut journal = Journal::open(dir.path(), &device()).unwrap();
+            for seq in 1..=40 {
+                append_synced(&mut journal, &[Record::Accepted(report(seq))]);
+            }
+            journal.confirm(38);
+            append_synced(&mut journal, &[position("gold", 7)]);
+            journal.state().clone()
+        };
+        // The copy was complete; the overwrite got as far as a few bytes
+        // of garbage at the start of the journal when the power went.
+        write_recovery_copy(&recovery_path(&path), &compacted(&expected)).unwrap();
+        let mut torn = fs::read(&path).unwrap();
+        torn[..20].copy_from_slice(&[0xAB; 20]);
+        fs::write(&path, &torn).unwrap();
+
+        let mut journal = Journal::open(dir.path(), &device()).unwrap();
+        assert_eq!(journal.state(), &expected);
+        assert!(!recovery_path(&path).exists(), "finished, the copy retired");
+        append_synced(&mut journal, &[Record::Accepted(report(41))]);
+        drop(journal);
+        // Opened again: the copy is not applied a second time over the
+        // record taken since.
+        let journal = Journal::open(dir.path(), &device()).unwrap();
+        assert_eq!(journal.state().outbox, [report(39), report(40), report(41)]);
+    }
+
+    #[test]
+    fn an_unfinished_recovery_copy_or_an_old_versions_compaction_file_is_never_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Journal::path_for(dir.path(), &device());
+        {
+            let mut journal = Journal::open(dir.path(), &device()).unwrap();
+            for seq in 1..=3 {
+                append_synced(&mut journal, &[Record::Accepted(report(seq))]);
+            }
+        }
+        let other = JournalState {
+            next_seq: 99,
+            outbox: VecDeque::new(),
+            positions: Vec::new(),
+        };
+        // A copy whose write was cut short before it was marked complete.
+        let mut unfinished = compacted(&other);
+        unfinished[..MAGIC.len()].copy_from_slice(UNFINISHED);
+        fs::write(recovery_path(&path), &unfinished).unwrap();
+        // What an earlier version left when a crash stopped its rename.
+        fs::write(path.with_extension("journal.new"), compacted(&other)).unwrap();
+
+        let journal = Journal::open(dir.path(), &device()).unwrap();
+        assert_eq!(journal.state().outbox, [report(1), report(2), report(3)]);
+        assert!(!recovery_path(&path).exists());
+        assert!(!path.with_extension("journal.new").exists());
     }
 
     #[test]
