@@ -3,9 +3,10 @@
 //! memcheck: any invalid access or definite leak fails the test.
 //!
 //! With `EAGATE_TEST_WINDOWS=x86_64` (or `i686`), as `scripts/windows.sh`
-//! runs them, the programs that need nothing of POSIX but threads are
-//! instead compiled by MinGW against the `eagate.dll` the script built, and
-//! run under Wine, against the same gateway on Linux loopback.
+//! runs them, the programs (which need nothing of POSIX but threads and a
+//! clock: `tests/c/process.h`) are instead compiled by MinGW against the
+//! `eagate.dll` the script built, and run under Wine, against the same
+//! gateway on Linux loopback.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -73,24 +74,43 @@ fn library_dir() -> PathBuf {
         .clone()
 }
 
-/// Compiles `tests/c/<name>.c` with warnings as errors; the executable.
+/// How a program reaches the library.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Linking {
+    /// Linked to it: loaded with the program, as MQL's `#import` does.
+    Linked,
+    /// Not linked: the program loads and unloads it itself.
+    AtRunTime,
+}
+
+/// Compiles `tests/c/<name>.c`, linked to the library, with warnings as
+/// errors; the executable.
 fn compile(name: &str, out_dir: &Path) -> PathBuf {
+    compile_with(name, out_dir, Linking::Linked)
+}
+
+fn compile_with(name: &str, out_dir: &Path, linking: Linking) -> PathBuf {
     if let Some(arch) = windows() {
-        return compile_for_windows(name, out_dir, &arch);
+        return compile_for_windows(name, out_dir, &arch, linking);
     }
     let library = library_dir();
     let exe = out_dir.join(name);
-    let output = Command::new("gcc")
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g", "-O1"])
+    let mut gcc = Command::new("gcc");
+    gcc.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g", "-O1"])
         .arg("-I")
         .arg(crate_dir().join("include"))
         .arg(crate_dir().join(format!("tests/c/{name}.c")))
         .arg("-o")
-        .arg(&exe)
-        .arg("-L")
-        .arg(&library)
-        .arg(format!("-Wl,-rpath,{}", library.display()))
-        .args(["-leagate", "-lpthread"])
+        .arg(&exe);
+    match linking {
+        Linking::Linked => gcc
+            .arg("-L")
+            .arg(&library)
+            .arg(format!("-Wl,-rpath,{}", library.display()))
+            .args(["-leagate", "-lpthread"]),
+        Linking::AtRunTime => gcc.args(["-ldl", "-lpthread"]),
+    };
+    let output = gcc
         .output()
         .expect("gcc runs (scripts/test.sh installs it if missing)");
     assert!(
@@ -105,7 +125,7 @@ fn compile(name: &str, out_dir: &Path) -> PathBuf {
 /// the program, where Windows looks first) with its C runtime and threads
 /// inside; the `.exe`. Beside them goes the shim of `bcryptprimitives.dll`
 /// that Wine 8 lacks (`tests/c/wine/`).
-fn compile_for_windows(name: &str, out_dir: &Path, arch: &str) -> PathBuf {
+fn compile_for_windows(name: &str, out_dir: &Path, arch: &str, linking: Linking) -> PathBuf {
     let dll = windows_library_dir(arch).join("eagate.dll");
     std::fs::copy(&dll, out_dir.join("eagate.dll")).expect("eagate.dll copied");
     let shim = Command::new(format!("{arch}-w64-mingw32-gcc"))
@@ -121,14 +141,17 @@ fn compile_for_windows(name: &str, out_dir: &Path, arch: &str) -> PathBuf {
         String::from_utf8_lossy(&shim.stderr)
     );
     let exe = out_dir.join(format!("{name}.exe"));
-    let output = Command::new(format!("{arch}-w64-mingw32-gcc"))
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-static"])
+    let mut gcc = Command::new(format!("{arch}-w64-mingw32-gcc"));
+    gcc.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-static"])
         .arg("-I")
         .arg(crate_dir().join("include"))
         .arg(crate_dir().join(format!("tests/c/{name}.c")))
         .arg("-o")
-        .arg(&exe)
-        .arg(out_dir.join("eagate.dll"))
+        .arg(&exe);
+    if linking == Linking::Linked {
+        gcc.arg(out_dir.join("eagate.dll"));
+    }
+    let output = gcc
         .arg("-lpthread")
         .output()
         .expect("MinGW runs (scripts/windows.sh installs it)");
@@ -439,7 +462,7 @@ fn c_copier_receives_signals_and_reports_fills_and_rejections_stored_once_on_man
     let bye = await_lines(&mut copier, "bye ", 1);
     assert_eq!(
         await_lines(&mut copier, "threads ", 1),
-        ["threads 1"],
+        ["threads 0"],
         "the library's threads stop with its last session"
     );
     assert_eq!(bye, ["bye 0"], "{:#?}", copier.lines.seen());
@@ -490,7 +513,7 @@ fn c_close_returns_within_deinit_limit_when_the_gateway_is_gone_or_never_answere
     }
     copier.send("quit");
     assert_eq!(await_lines(&mut copier, "bye ", 1), ["bye 0"]);
-    assert_eq!(await_lines(&mut copier, "threads ", 1), ["threads 1"]);
+    assert_eq!(await_lines(&mut copier, "threads ", 1), ["threads 0"]);
     assert_eq!(copier.wait_exit(SLOW), Some(0), "memcheck is clean");
 }
 
@@ -646,4 +669,81 @@ fn c_a_report_made_after_the_session_stopped_is_kept_like_any_other() {
     let bye = await_lines(&mut copier, "bye ", 1);
     assert_eq!(bye[0], "bye 0");
     assert_eq!(copier.wait_exit(SLOW), Some(0), "memcheck clean");
+}
+
+/// What MetaTrader does over an EA's life: load the DLL, connect, trade;
+/// on removal close in OnDeinit and unload the DLL at once; on re-attach
+/// load it again. The close returns within OnDeinit's limit with the
+/// library's threads gone (one left would run unmapped code after the
+/// unload and crash the terminal), and the second load resumes the device:
+/// the first signal is not delivered again, the second arrives, both fills
+/// are stored once. (On Windows the library pins itself once its threads
+/// have started, so the unload only drops the terminal's reference.)
+#[test]
+fn c_the_library_unloaded_after_close_and_loaded_again_resumes_the_device_and_leaves_no_thread() {
+    let data = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(data.path(), &[]);
+    let (id, secret) = gateway.register("gold");
+    let state = tempfile::tempdir().unwrap();
+    let exe = compile_with("unload", state.path(), Linking::AtRunTime);
+    let library = match windows() {
+        Some(_) => PathBuf::from("eagate.dll"),
+        None => library_dir().join("libeagate.so"),
+    };
+    let mut command = under_valgrind(&exe);
+    command
+        .arg(&library)
+        .arg(&gateway.quic)
+        .arg(&gateway.fingerprint)
+        .arg(state.path())
+        .arg(&id)
+        .arg(&secret)
+        .current_dir(state.path());
+    let mut terminal = Bot::spawn(command);
+    let mut published = Vec::new();
+    for round in 1..=2 {
+        await_lines(&mut terminal, &format!("connected {round}"), 1);
+        published.push(gateway.publish("gold"));
+        terminal.send("go");
+        let taken = await_lines(&mut terminal, &format!("signal {round} "), 1);
+        assert_eq!(
+            id_of(&taken[0]),
+            published[round - 1],
+            "round {round}: the newest signal, none again"
+        );
+        expect_stored(
+            &gateway,
+            &published[round - 1],
+            &id,
+            &["received", "filled"],
+        );
+        terminal.send("close");
+        let unloaded = await_lines(&mut terminal, &format!("unloaded {round} "), 1);
+        let fields: Vec<i64> = unloaded[0]
+            .split_whitespace()
+            .skip(2)
+            .map(|field| field.parse().unwrap())
+            .collect();
+        let [close_ms, code, threads_before, threads_after] = fields[..] else {
+            panic!("{unloaded:?}");
+        };
+        assert_eq!(code, 0, "closed OK");
+        assert!(
+            close_ms < DEINIT_LIMIT_MS as i64,
+            "round {round}: the close took {close_ms} ms"
+        );
+        assert_eq!(
+            threads_after, threads_before,
+            "round {round}: no thread of the library outlives the close"
+        );
+    }
+    await_lines(&mut terminal, "bye", 1);
+    assert_eq!(
+        terminal.wait_exit(SLOW),
+        Some(0),
+        "no crash after the unloads, and memcheck found no invalid access or leak"
+    );
+    for signal in &published {
+        expect_stored(&gateway, signal, &id, &["received", "filled"]);
+    }
 }

@@ -18,19 +18,19 @@
  * signal received, then filled (or rejected).
  */
 #define _POSIX_C_SOURCE 200809L
-#include <poll.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "eagate.h"
+#include "process.h"
 #include "wide.h"
 
 #define SLOTS 8
-#define TEXT 512
+#define UNITS 512
 
 /* MQL's view of EagateSignal: the same fields, packed on one byte. */
 #pragma pack(push, 1)
@@ -76,7 +76,7 @@ struct Slot {
 };
 
 static struct Slot slots[SLOTS];
-static char server[TEXT], fingerprint[TEXT], state_dir[TEXT];
+static char server[UNITS], fingerprint[UNITS], state_dir[UNITS];
 static int failures;
 
 
@@ -88,23 +88,17 @@ static const char *narrow(const uint16_t *text, char *out, size_t capacity) {
 }
 
 static const char *thread_error(void) {
-    static uint16_t units[TEXT];
-    static char text[TEXT];
-    eagate_last_error(units, TEXT);
-    return narrow(units, text, TEXT);
+    static uint16_t units[UNITS];
+    static char text[UNITS];
+    eagate_last_error(units, UNITS);
+    return narrow(units, text, UNITS);
 }
 
 static const char *handle_error(int64_t handle) {
-    static uint16_t units[TEXT];
-    static char text[TEXT];
-    if (eagate_handle_last_error(handle, units, TEXT) != EAGATE_RESULT_OK) return "(no handle error)";
-    return narrow(units, text, TEXT);
-}
-
-static long long now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    static uint16_t units[UNITS];
+    static char text[UNITS];
+    if (eagate_handle_last_error(handle, units, UNITS) != EAGATE_RESULT_OK) return "(no handle error)";
+    return narrow(units, text, UNITS);
 }
 
 /* mantissa / 10^scale as text, as MQL's DoubleToString would give it. */
@@ -130,12 +124,12 @@ static void optional_decimal(int64_t mantissa, int32_t scale, char *out, size_t 
 }
 
 static void do_connect(int slot, const char *device_id, const char *secret) {
-    uint16_t w_server[TEXT], w_device[TEXT], w_secret[TEXT], w_fingerprint[TEXT], w_dir[TEXT];
+    uint16_t w_server[UNITS], w_device[UNITS], w_secret[UNITS], w_fingerprint[UNITS], w_dir[UNITS];
     int64_t handle = 0;
     EagateResult result = eagate_connect(
-        wide(server, w_server, TEXT), wide(device_id, w_device, TEXT),
-        wide(secret, w_secret, TEXT), wide(fingerprint, w_fingerprint, TEXT),
-        wide(state_dir, w_dir, TEXT), &handle);
+        wide(server, w_server, UNITS), wide(device_id, w_device, UNITS),
+        wide(secret, w_secret, UNITS), wide(fingerprint, w_fingerprint, UNITS),
+        wide(state_dir, w_dir, UNITS), &handle);
     if (result != EAGATE_RESULT_OK) {
         printf("connect-failed %d %d %s\n", slot, (int)result, thread_error());
         return;
@@ -164,7 +158,7 @@ static void do_misuse(int slot) {
     int64_t handle = slots[slot].handle;
     unsigned char arena[1 + sizeof(struct MqlSignal)];
     EagateSignal *signal = (EagateSignal *)(void *)(arena + 1);
-    uint16_t small[8], comment[EAGATE_COMMENT_CAPACITY], text[TEXT];
+    uint16_t small[8], comment[EAGATE_COMMENT_CAPACITY], text[UNITS];
 
     CHECK(eagate_poll_signal(handle, signal, small, 8, comment, EAGATE_COMMENT_CAPACITY) ==
           EAGATE_RESULT_INVALID_ARGUMENT);
@@ -173,10 +167,10 @@ static void do_misuse(int slot) {
     CHECK(eagate_poll_signal(handle, NULL, small, 8, comment, EAGATE_COMMENT_CAPACITY) ==
           EAGATE_RESULT_INVALID_ARGUMENT);
 
-    CHECK(eagate_report_filled(handle, 1, 2, 3, wide("1,2", text, TEXT), wide("0.1", small, 8)) ==
+    CHECK(eagate_report_filled(handle, 1, 2, 3, wide("1,2", text, UNITS), wide("0.1", small, 8)) ==
           EAGATE_RESULT_INVALID_ARGUMENT);
     CHECK(strstr(handle_error(handle), "price") != NULL);
-    CHECK(eagate_report_filled(handle, 1, 2, 3, wide("1.2", text, TEXT), wide("0", small, 8)) ==
+    CHECK(eagate_report_filled(handle, 1, 2, 3, wide("1.2", text, UNITS), wide("0", small, 8)) ==
           EAGATE_RESULT_INVALID_ARGUMENT);
     CHECK(strstr(handle_error(handle), "above zero") != NULL);
     CHECK(eagate_report_filled(handle, 1, 2, 3, NULL, wide("0.1", small, 8)) ==
@@ -191,17 +185,17 @@ static void do_misuse(int slot) {
     CHECK(strstr(thread_error(), "987654321") != NULL);
     CHECK(eagate_report_received(0, 1, 2) == EAGATE_RESULT_UNKNOWN_HANDLE);
     CHECK(eagate_close(-5) == EAGATE_RESULT_UNKNOWN_HANDLE);
-    CHECK(eagate_handle_last_error(-5, text, TEXT) == EAGATE_RESULT_UNKNOWN_HANDLE);
+    CHECK(eagate_handle_last_error(-5, text, UNITS) == EAGATE_RESULT_UNKNOWN_HANDLE);
 
     int64_t other = 0;
-    uint16_t a[TEXT], b[TEXT], c[TEXT], d[TEXT];
-    CHECK(eagate_connect(wide(server, a, TEXT), wide("dv_x", b, TEXT),
-                         wide("egs_notasecret", c, TEXT), wide("SHA256 12:34", d, TEXT),
-                         wide(state_dir, text, TEXT), &other) == EAGATE_RESULT_INVALID_ARGUMENT);
+    uint16_t a[UNITS], b[UNITS], c[UNITS], d[UNITS];
+    CHECK(eagate_connect(wide(server, a, UNITS), wide("dv_x", b, UNITS),
+                         wide("egs_notasecret", c, UNITS), wide("SHA256 12:34", d, UNITS),
+                         wide(state_dir, text, UNITS), &other) == EAGATE_RESULT_INVALID_ARGUMENT);
     CHECK(strstr(thread_error(), "fingerprint") != NULL);
-    CHECK(eagate_connect(wide("no-port", a, TEXT), wide("dv_x", b, TEXT),
-                         wide("egs_x", c, TEXT), wide(fingerprint, d, TEXT),
-                         wide(state_dir, text, TEXT), &other) == EAGATE_RESULT_INVALID_ARGUMENT);
+    CHECK(eagate_connect(wide("no-port", a, UNITS), wide("dv_x", b, UNITS),
+                         wide("egs_x", c, UNITS), wide(fingerprint, d, UNITS),
+                         wide(state_dir, text, UNITS), &other) == EAGATE_RESULT_INVALID_ARGUMENT);
     CHECK(strstr(thread_error(), "host:port") != NULL);
     CHECK(other == 0);
     printf("misuse %d ok\n", slot);
@@ -221,10 +215,10 @@ static int report(int slot, const struct MqlSignal *signal) {
         return 0;
     }
     s->holding = 0;
-    uint16_t a[TEXT], b[TEXT];
+    uint16_t a[UNITS], b[UNITS];
     if (s->rejecting) {
         result = eagate_report_rejected(s->handle, signal->signal_id_hi, signal->signal_id_lo,
-                                        10019, wide("No money", a, TEXT));
+                                        10019, wide("No money", a, UNITS));
         printf("rejected %d %016llx%016llx %d\n", slot,
                (unsigned long long)signal->signal_id_hi,
                (unsigned long long)signal->signal_id_lo, (int)result);
@@ -237,8 +231,8 @@ static int report(int slot, const struct MqlSignal *signal) {
         decimal_text(signal->volume_mantissa, signal->volume_scale, volume, sizeof volume);
         s->tickets++;
         result = eagate_report_filled(s->handle, signal->signal_id_hi, signal->signal_id_lo,
-                                      (uint64_t)slot * 1000 + s->tickets, wide(price, a, TEXT),
-                                      wide(volume, b, TEXT));
+                                      (uint64_t)slot * 1000 + s->tickets, wide(price, a, UNITS),
+                                      wide(volume, b, UNITS));
         printf("filled %d %016llx%016llx %s %s %d\n", slot,
                (unsigned long long)signal->signal_id_hi,
                (unsigned long long)signal->signal_id_lo, price, volume, (int)result);
@@ -257,10 +251,10 @@ static void tick(int slot) {
         return;
     }
     if (state != s->state) {
-        uint16_t units[TEXT];
-        char text[TEXT];
-        eagate_state_text(s->handle, units, TEXT);
-        printf("state %d %d %s\n", slot, (int)state, narrow(units, text, TEXT));
+        uint16_t units[UNITS];
+        char text[UNITS];
+        eagate_state_text(s->handle, units, UNITS);
+        printf("state %d %d %s\n", slot, (int)state, narrow(units, text, UNITS));
         s->state = state;
     }
     if (s->holding && !report(slot, &s->held)) return;
@@ -299,19 +293,56 @@ static void tick(int slot) {
     }
 }
 
-/* Threads in this process: 1 once the library has stopped its own. */
-static int thread_count(void) {
-    FILE *status = fopen("/proc/self/status", "r");
-    char line[256];
-    int threads = -1;
-    while (status != NULL && fgets(line, sizeof line, status) != NULL)
-        if (sscanf(line, "Threads: %d", &threads) == 1) break;
-    if (status != NULL) fclose(status);
-    return threads;
+/* Commands read from stdin by a thread of their own (the terminal's user),
+ * taken by the timer between ticks: the timer never waits on input, and
+ * nothing here needs POSIX's poll, so the program runs on Windows too. */
+#define LINE 2048
+#define QUEUED 64
+static char queued[QUEUED][LINE];
+static int queued_first, queued_count;
+static pthread_mutex_t queue_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void enqueue(const char *line) {
+    for (;;) {
+        pthread_mutex_lock(&queue_lock);
+        if (queued_count < QUEUED) {
+            snprintf(queued[(queued_first + queued_count) % QUEUED], LINE, "%s", line);
+            queued_count++;
+            pthread_mutex_unlock(&queue_lock);
+            return;
+        }
+        pthread_mutex_unlock(&queue_lock);
+        sleep_ms(5);
+    }
+}
+
+static int dequeue(char *line) {
+    pthread_mutex_lock(&queue_lock);
+    int taken = queued_count > 0;
+    if (taken) {
+        snprintf(line, LINE, "%s", queued[queued_first]);
+        queued_first = (queued_first + 1) % QUEUED;
+        queued_count--;
+    }
+    pthread_mutex_unlock(&queue_lock);
+    return taken;
+}
+
+/* Reads lines until `quit` or the end of input (which means quit). */
+static void *read_commands(void *unused) {
+    (void)unused;
+    char line[LINE];
+    while (fgets(line, sizeof line, stdin) != NULL) {
+        line[strcspn(line, "\r\n")] = '\0';
+        enqueue(line);
+        if (strcmp(line, "quit") == 0) return NULL;
+    }
+    enqueue("quit");
+    return NULL;
 }
 
 static int command(char *line) {
-    char verb[32], a[TEXT], b[TEXT];
+    char verb[32], a[UNITS], b[UNITS];
     int slot = -1;
     int fields = sscanf(line, "%31s %d %511s %511s", verb, &slot, a, b);
     if (fields >= 1 && strcmp(verb, "quit") == 0) return 0;
@@ -350,31 +381,29 @@ int main(int argc, char **argv) {
     snprintf(fingerprint, sizeof fingerprint, "%s", argv[2]);
     snprintf(state_dir, sizeof state_dir, "%s", argv[3]);
     printf("version %u\n", eagate_version());
-    char line[2048];
-    size_t used = 0;
+    /* The process's own threads, before the library or the reader starts
+     * any (a Windows process under Wine has several of its own). */
+    int own_threads = thread_count();
+    pthread_t reader;
+    if (pthread_create(&reader, NULL, read_commands, NULL) != 0) {
+        fprintf(stderr, "cannot start the command reader\n");
+        return 2;
+    }
+    char line[LINE];
     int running = 1;
     while (running) {
-        struct pollfd input = {.fd = STDIN_FILENO, .events = POLLIN};
         /* The timer: 20 ms between ticks, like EventSetMillisecondTimer(20). */
-        if (poll(&input, 1, 20) > 0) {
-            ssize_t n = read(STDIN_FILENO, line + used, sizeof line - 1 - used);
-            if (n <= 0) break;
-            used += (size_t)n;
-            line[used] = '\0';
-            char *end;
-            while (running && (end = strchr(line, '\n')) != NULL) {
-                *end = '\0';
-                if (end != line) running = command(line);
-                used -= (size_t)(end + 1 - line);
-                memmove(line, end + 1, used + 1);
-            }
-        }
+        sleep_ms(20);
+        while (running && dequeue(line))
+            if (line[0] != '\0') running = command(line);
         for (int slot = 0; slot < SLOTS; slot++)
             if (slots[slot].handle != 0) tick(slot);
     }
+    pthread_join(reader, NULL);
     for (int slot = 0; slot < SLOTS; slot++)
         if (slots[slot].handle != 0) do_close(slot);
-    printf("threads %d\n", thread_count());
+    /* 0 once the library has stopped its own threads. */
+    printf("threads %d\n", thread_count() - own_threads);
     printf("bye %d\n", failures);
     return failures == 0 ? 0 : 1;
 }

@@ -25,9 +25,10 @@
 #include <time.h>
 
 #include "eagate.h"
+#include "process.h"
 #include "wide.h"
 
-#define TEXT 512
+#define UNITS 512
 #define MOST_EAS 8
 
 struct Ea {
@@ -45,11 +46,6 @@ static int wanted;
 static pthread_mutex_t printing = PTHREAD_MUTEX_INITIALIZER;
 static atomic_int closing;
 
-static void sleep_ms(long ms) {
-    struct timespec wait = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&wait, NULL);
-}
-
 static void say(const char *line) {
     pthread_mutex_lock(&printing);
     fputs(line, stdout);
@@ -58,12 +54,12 @@ static void say(const char *line) {
 }
 
 static int64_t connect_ea(const struct Ea *ea) {
-    uint16_t a[TEXT], b[TEXT], c[TEXT], d[TEXT], e[TEXT];
+    uint16_t a[UNITS], b[UNITS], c[UNITS], d[UNITS], e[UNITS];
     int64_t handle = 0;
     EagateResult result =
-        eagate_connect(wide(server, a, TEXT), wide(ea->device_id, b, TEXT),
-                       wide(ea->secret, c, TEXT), wide(fingerprint, d, TEXT),
-                       wide(state_dir, e, TEXT), &handle);
+        eagate_connect(wide(server, a, UNITS), wide(ea->device_id, b, UNITS),
+                       wide(ea->secret, c, UNITS), wide(fingerprint, d, UNITS),
+                       wide(state_dir, e, UNITS), &handle);
     if (result != EAGATE_RESULT_OK) {
         fprintf(stderr, "EA %d: connect failed (%d)\n", ea->index, (int)result);
         exit(3);
