@@ -18,7 +18,13 @@
  * then waits for `close` (the test sees the fill stored), closes, unloads
  * and prints
  *   unloaded ROUND CLOSE_MS CODE THREADS_BEFORE_LOAD THREADS_AFTER_UNLOAD
- * and stays alive 500 ms, in which a stray thread would crash it. Then bye.
+ * and stays alive 500 ms, in which a stray thread would crash it.
+ * On Windows a third round unloads the library with its session still
+ * live (an EA that never closed, or a close whose threads outlived it):
+ * the library pinned itself when it started its threads, so they keep
+ * running its code instead of crashing the terminal; it prints
+ *   live-unloaded
+ * after 1 s of that. Then bye.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
@@ -149,11 +155,35 @@ static void round_of(int round, char **argv) {
     sleep_ms(500);
 }
 
+#ifdef _WIN32
+static void unload_live(char **argv) {
+    struct Library eagate = load_library(argv[1]);
+    uint16_t a[UNITS], b[UNITS], c[UNITS], d[UNITS], e[UNITS];
+    int64_t handle = 0;
+    if (eagate.connect(wide(argv[2], a, UNITS), wide(argv[5], b, UNITS), wide(argv[6], c, UNITS),
+                       wide(argv[3], d, UNITS), wide(argv[4], e, UNITS),
+                       &handle) != EAGATE_RESULT_OK)
+        fail("connect failed");
+    long long deadline = now_ms() + 60000;
+    EagateState state = 0;
+    while (eagate.state(handle, &state) == EAGATE_RESULT_OK && state != EAGATE_STATE_CONNECTED) {
+        if (now_ms() > deadline) fail("not connected in 60 s");
+        sleep_ms(20);
+    }
+    if (unload(eagate.module) != 0) fail("the library does not unload");
+    sleep_ms(1000);
+    printf("live-unloaded\n");
+}
+#endif
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc != 7) fail("arguments: library server fingerprint state_dir device_id secret");
     round_of(1, argv);
     round_of(2, argv);
+#ifdef _WIN32
+    unload_live(argv);
+#endif
     printf("bye\n");
     return 0;
 }
