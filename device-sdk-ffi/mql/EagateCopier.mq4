@@ -46,6 +46,12 @@ string       g_held_comment;
 
 int OnInit()
   {
+   // A change of symbol, timeframe or inputs runs OnDeinit and OnInit
+   // again with the globals kept: the new session starts clean (a held
+   // signal comes again from the new session, unfinished).
+   g_stopped = false;
+   g_holding = false;
+   g_state = 0;
    if(!TerminalInfoInteger(TERMINAL_DLLS_ALLOWED) || !MQLInfoInteger(MQL_DLLS_ALLOWED))
      {
       Alert("eagate: allow DLL imports (Tools > Options > Expert Advisors, and the EA's Common tab)");

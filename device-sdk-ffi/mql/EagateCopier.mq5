@@ -41,6 +41,18 @@ ulong  g_pending_order[];
 ulong  g_reported_deal[REPORTED_DEALS];
 int    g_reported_next = 0;
 
+// Lots each opening signal holds in its position, from its fills less its
+// closes: on a netting account one position per symbol holds every
+// signal's lots, and a close signal closes only its own signal's.
+ulong  g_lots_hi[];
+ulong  g_lots_lo[];
+double g_lots[];
+// Which opening signal each close signal refers to, for its fills.
+ulong  g_close_hi[];
+ulong  g_close_lo[];
+ulong  g_close_ref_hi[];
+ulong  g_close_ref_lo[];
+
 // Set once the library answers STOPPED: no more signals are taken, but the
 // handle stays open until the EA is removed, because the library still
 // takes reports (kept in the journal for the device's next session) and a
@@ -57,6 +69,12 @@ string       g_held_comment;
 
 int OnInit()
   {
+   // A change of symbol, timeframe or inputs runs OnDeinit and OnInit
+   // again with the globals kept: the new session starts clean (a held
+   // signal comes again from the new session, unfinished).
+   g_stopped = false;
+   g_holding = false;
+   g_state = 0;
    if(!TerminalInfoInteger(TERMINAL_DLLS_ALLOWED) || !MQLInfoInteger(MQL_DLLS_ALLOWED))
      {
       Alert("eagate: allow DLL imports (Tools > Options > Expert Advisors, and the EA's Dependencies tab)");
@@ -199,6 +217,10 @@ bool Execute(const EagateSignal &s, const string symbol, const string comment)
    // The symbol the deal is in, for its price's digits: a close or modify
    // signal names none of its own, its position does.
    string traded = symbol;
+   // Stops to put back on a netting position reduced by an opposite deal.
+   bool   restore = false;
+   double restore_sl = 0.0;
+   double restore_tp = 0.0;
    ResetLastError();
    switch(s.action)
      {
@@ -228,22 +250,34 @@ bool Execute(const EagateSignal &s, const string symbol, const string comment)
             return true;
            }
          traded = PositionGetString(POSITION_SYMBOL);
-         if(s.volume_mantissa == 0 || volume >= PositionGetDouble(POSITION_VOLUME))
+         double held = PositionGetDouble(POSITION_VOLUME);
+         bool hedging = AccountInfoInteger(ACCOUNT_MARGIN_MODE) == ACCOUNT_MARGIN_MODE_RETAIL_HEDGING;
+         // On a netting or exchange account the symbol's one position may
+         // hold other signals' lots too: a whole close closes this
+         // signal's lots only (all of it if they are not known).
+         if(!hedging && s.volume_mantissa == 0)
+            volume = LotsOf(s.reference_hi, s.reference_lo) > 0.0 ? LotsOf(s.reference_hi, s.reference_lo) : held;
+         // Its fills take lots from the signal it closes.
+         Remember(g_close_hi, g_close_lo, g_close_ref_hi, s.signal_id_hi, s.signal_id_lo, s.reference_hi);
+         Remember(g_close_hi, g_close_lo, g_close_ref_lo, s.signal_id_hi, s.signal_id_lo, s.reference_lo);
+         if((hedging && s.volume_mantissa == 0) || volume >= held)
             sent = g_trade.PositionClose(ticket);
-         else if(AccountInfoInteger(ACCOUNT_MARGIN_MODE) == ACCOUNT_MARGIN_MODE_RETAIL_HEDGING)
+         else if(hedging)
             sent = g_trade.PositionClosePartial(ticket, volume);
          else
            {
-            // Netting and exchange accounts hold one position per symbol
-            // and have no partial close (CTrade refuses it): an opposite
-            // deal of the partial volume reduces the position. It carries
-            // the position's own stops so that they stay as they are, and
-            // its volume is below the position's, so it cannot reverse it.
-            double held_sl = PositionGetDouble(POSITION_SL);
-            double held_tp = PositionGetDouble(POSITION_TP);
+            // Netting and exchange accounts have no partial close (CTrade
+            // refuses it): an opposite deal of the volume reduces the
+            // position; below the position's volume, it cannot reverse
+            // it. It carries no stops (the position's are on the wrong
+            // side for an opposite order); the position's are put back
+            // after, in case the server cleared them.
+            restore_sl = PositionGetDouble(POSITION_SL);
+            restore_tp = PositionGetDouble(POSITION_TP);
+            restore = restore_sl != 0.0 || restore_tp != 0.0;
             sent = PositionGetInteger(POSITION_TYPE) == POSITION_TYPE_BUY
-                   ? g_trade.Sell(volume, traded, 0.0, held_sl, held_tp, comment)
-                   : g_trade.Buy(volume, traded, 0.0, held_sl, held_tp, comment);
+                   ? g_trade.Sell(volume, traded, 0.0, 0.0, 0.0, comment)
+                   : g_trade.Buy(volume, traded, 0.0, 0.0, 0.0, comment);
            }
          break;
         }
@@ -307,9 +341,18 @@ bool Execute(const EagateSignal &s, const string symbol, const string comment)
    bool opening = s.action == EAGATE_ACTION_OPEN_BUY || s.action == EAGATE_ACTION_OPEN_SELL;
    ulong order = g_trade.ResultOrder();
    if(opening)
-      // The order's ticket is its position's on a hedging account; the
-      // deal's transaction confirms or corrects it.
-      Remember(g_opened_hi, g_opened_lo, g_opened_ticket, s.signal_id_hi, s.signal_id_lo, order);
+     {
+      // The order's ticket is its position's on a hedging account; on a
+      // netting one the symbol's position is known at once, for a close
+      // or modify later in this same batch. The deal's transaction
+      // confirms or corrects it.
+      ulong position = order;
+      if(retcode != TRADE_RETCODE_PLACED
+         && AccountInfoInteger(ACCOUNT_MARGIN_MODE) != ACCOUNT_MARGIN_MODE_RETAIL_HEDGING
+         && PositionSelect(traded))
+         position = (ulong)PositionGetInteger(POSITION_TICKET);
+      Remember(g_opened_hi, g_opened_lo, g_opened_ticket, s.signal_id_hi, s.signal_id_lo, position);
+     }
    if(order != 0)
       // Every later deal of this order is reported as it comes: a pending
       // order's fills, the rest of a partial fill, or the deal itself when
@@ -323,6 +366,9 @@ bool Execute(const EagateSignal &s, const string symbol, const string comment)
    ulong deal = g_trade.ResultDeal();
    if(deal != 0 && g_trade.ResultVolume() > 0.0 && g_trade.ResultPrice() > 0.0)
       ReportFill(s.signal_id_hi, s.signal_id_lo, deal, traded, g_trade.ResultPrice(), g_trade.ResultVolume());
+   // After the report: this request replaces the trade result.
+   if(restore && PositionSelectByTicket(ticket) && !g_trade.PositionModify(ticket, restore_sl, restore_tp))
+      Print("eagate: could not put back the stops of position ", ticket, ": ", g_trade.ResultRetcodeDescription());
    return true;
   }
 
@@ -352,6 +398,12 @@ void ReportFill(const ulong hi, const ulong lo, const ulong deal, const string s
    g_reported_next = (g_reported_next + 1) % REPORTED_DEALS;
    int digits = (int)SymbolInfoInteger(symbol, SYMBOL_DIGITS);
    EagateQueueFill(hi, lo, deal, DoubleToString(price, digits), EagateLotsText(symbol, lots));
+   // The lots each opening signal holds: its fills add, its closes' take.
+   int closing = Index(g_close_hi, g_close_lo, hi, lo);
+   if(closing >= 0)
+      AddLots(g_close_ref_hi[closing], g_close_ref_lo[closing], -lots);
+   else
+      AddLots(hi, lo, lots);
    EagateFlushReports(g_session);
   }
 
@@ -388,13 +440,42 @@ void Remember(ulong &his[], ulong &los[], ulong &tickets[], const ulong hi, cons
    tickets[n] = ticket;
   }
 
-// Whether a ticket is recorded for a signal.
-bool Tracked(const ulong &his[], const ulong &los[], const ulong hi, const ulong lo)
+// Where a signal is in a list, or -1.
+int Index(const ulong &his[], const ulong &los[], const ulong hi, const ulong lo)
   {
    for(int i = 0; i < ArraySize(his); i++)
       if(his[i] == hi && los[i] == lo)
-         return true;
-   return false;
+         return i;
+   return -1;
+  }
+
+// Whether a ticket is recorded for a signal.
+bool Tracked(const ulong &his[], const ulong &los[], const ulong hi, const ulong lo)
+  {
+   return Index(his, los, hi, lo) >= 0;
+  }
+
+// The lots an opening signal holds, 0 if unknown.
+double LotsOf(const ulong hi, const ulong lo)
+  {
+   int i = Index(g_lots_hi, g_lots_lo, hi, lo);
+   return i >= 0 ? g_lots[i] : 0.0;
+  }
+
+void AddLots(const ulong hi, const ulong lo, const double lots)
+  {
+   int i = Index(g_lots_hi, g_lots_lo, hi, lo);
+   if(i < 0)
+     {
+      i = ArraySize(g_lots);
+      ArrayResize(g_lots_hi, i + 1);
+      ArrayResize(g_lots_lo, i + 1);
+      ArrayResize(g_lots, i + 1);
+      g_lots_hi[i] = hi;
+      g_lots_lo[i] = lo;
+      g_lots[i] = 0.0;
+     }
+   g_lots[i] = MathMax(0.0, g_lots[i] + lots);
   }
 
 void Forget(ulong &his[], ulong &los[], ulong &tickets[], const int i)

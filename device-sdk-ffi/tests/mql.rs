@@ -368,11 +368,33 @@ fn the_mt5_copier_closes_part_of_a_netting_position_with_an_opposite_deal() {
         .expect("the account's margin mode is checked");
     assert!(hedging < partial, "PositionClosePartial only on hedging");
     let opposite = &close[partial..];
-    assert!(opposite.contains("g_trade.Sell(volume") && opposite.contains("g_trade.Buy(volume"));
+    // No stops on the opposite order: the position's are on the wrong side
+    // for it; they are put back after the report.
+    assert!(opposite.contains("g_trade.Sell(volume, traded, 0.0, 0.0, 0.0"));
+    assert!(opposite.contains("g_trade.Buy(volume, traded, 0.0, 0.0, 0.0"));
+    assert!(execute.contains("g_trade.PositionModify(ticket, restore_sl, restore_tp)"));
     assert!(
-        close.contains("volume >= PositionGetDouble(POSITION_VOLUME)"),
+        close.contains("double held = PositionGetDouble(POSITION_VOLUME);")
+            && close.contains("volume >= held"),
         "an opposite deal never exceeds the position (it would reverse it)"
     );
+    // One netting position holds every signal's lots on its symbol: a whole
+    // close closes the referenced signal's lots, counted from its fills.
+    assert!(close.contains("LotsOf(s.reference_hi, s.reference_lo)"));
+    let report = function_body(&code, "void ReportFill(");
+    assert!(report.contains("AddLots(hi, lo, lots)"));
+    assert!(report.contains("-lots)"));
+}
+
+#[test]
+fn the_copiers_start_each_init_clean_because_metatrader_keeps_globals_across_it() {
+    for ea in ["mql/EagateCopier.mq5", "mql/EagateCopier.mq4"] {
+        let code = code_of(ea);
+        let init = function_body(&code, "int OnInit(");
+        for reset in ["g_stopped = false;", "g_holding = false;", "g_state = 0;"] {
+            assert!(init.contains(reset), "{ea}: {reset}");
+        }
+    }
 }
 
 #[test]

@@ -186,8 +186,9 @@ pub(crate) struct Journal {
     /// The file's length at the last durable point: what a failed sync cuts
     /// back to.
     durable_len: u64,
-    /// Compactions so far: a sync started on a file since replaced says
-    /// nothing about the journal, which compaction made durable anyway.
+    /// Compactions so far: a sync started before the last one succeeding
+    /// says nothing new (compaction synced everything), though its failure
+    /// still counts.
     generation: u64,
     broken: bool,
     /// What was not durable was zeroed (a sync or a write failed): no sync
@@ -421,9 +422,15 @@ impl Journal {
             return Err(JournalError::Broken(self.path.clone()));
         }
         if sync.generation != self.generation {
-            // Compaction replaced the file meanwhile, and wrote and synced
-            // everything appended before it.
-            return Ok(());
+            // Compaction rewrote the file meanwhile, and synced everything
+            // appended before it; but the sync ran on the same open file,
+            // and a write-back error is reported once per open file: if it
+            // went to this sync, the compaction's own may have been told
+            // nothing. A failure counts whatever the generation.
+            return match synced {
+                Ok(()) => Ok(()),
+                Err(source) => Err(self.sync_failed(source)),
+            };
         }
         match synced {
             Ok(()) => {
@@ -520,10 +527,33 @@ impl Journal {
         let len = bytes.len() as u64;
         // Room for the next records, as zeros.
         bytes.resize((len + 1).next_multiple_of(EXTEND_BY) as usize, 0);
-        // Until the copy is complete and durable, the journal is untouched:
-        // a failure here leaves it as it was, and compaction is tried again.
+        // Every record the copy holds is made durable first (a compaction
+        // replacing the outbox may run with appends not yet synced): a
+        // caller told its report failed must never find it in a copy the
+        // next open applies.
+        if self.durable < self.written {
+            if let Err(source) = self.file.sync_data() {
+                return Err(self.sync_failed(source));
+            }
+            self.durable = self.written;
+            self.durable_len = self.len;
+        }
         let copy = recovery_path(&self.path);
-        write_recovery_copy(&copy, &bytes).map_err(io_error)?;
+        match write_recovery_copy(&copy, &bytes) {
+            Ok(()) => {}
+            // Not complete: the journal is untouched and the copy is not
+            // applied; compaction is tried again.
+            Err(RecoveryCopyError::Unfinished(source)) => {
+                let _ = fs::remove_file(&copy);
+                return Err(io_error(source));
+            }
+            // Perhaps complete, so the next open may apply it: no record
+            // may go after what it holds.
+            Err(RecoveryCopyError::PerhapsComplete(source)) => {
+                self.broken = true;
+                return Err(io_error(source));
+            }
+        }
         // From here the copy is the journal's content: a crash is finished
         // by the next open. A failure is too, so the journal takes no more
         // records until it is opened again (they would go after content
@@ -583,22 +613,36 @@ fn recovery_path(journal: &Path) -> PathBuf {
     journal.with_extension("journal.compacted")
 }
 
+/// How writing a recovery copy failed.
+#[derive(Debug)]
+enum RecoveryCopyError {
+    /// Before its magic said it was complete: never applied.
+    Unfinished(io::Error),
+    /// After: the next open may find it complete and apply it.
+    PerhapsComplete(io::Error),
+}
+
 /// Writes `bytes` (a journal starting with [`MAGIC`]) to a recovery copy at
 /// `copy` and makes it complete: durable, with its entry in the directory,
 /// before its magic says it is complete, and that durable too.
-fn write_recovery_copy(copy: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(copy)?;
-    file.write_all(UNFINISHED)?;
-    file.write_all(&bytes[MAGIC.len()..])?;
-    file.sync_all()?;
-    sync_dir(copy)?;
-    file.seek(SeekFrom::Start(0))?;
-    file.write_all(MAGIC)?;
-    file.sync_data()
+fn write_recovery_copy(copy: &Path, bytes: &[u8]) -> Result<(), RecoveryCopyError> {
+    let unfinished = || -> io::Result<File> {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(copy)?;
+        file.write_all(UNFINISHED)?;
+        file.write_all(&bytes[MAGIC.len()..])?;
+        file.sync_all()?;
+        sync_dir(copy)?;
+        file.seek(SeekFrom::Start(0))?;
+        Ok(file)
+    };
+    let mut file = unfinished().map_err(RecoveryCopyError::Unfinished)?;
+    file.write_all(MAGIC)
+        .and_then(|()| file.sync_data())
+        .map_err(RecoveryCopyError::PerhapsComplete)
 }
 
 /// Writes `bytes` over the start of the open journal `file`, cuts what is
@@ -1049,8 +1093,26 @@ mod tests {
         assert_eq!(journal.state().next_seq, seq + 1);
     }
 
+    /// The outbox is replaced (renumbered) while reports are still being
+    /// synced: what the new journal holds is made durable first, so no
+    /// caller can be told its report failed and find it sent later.
     #[test]
-    fn a_sync_of_a_file_compaction_replaced_meanwhile_changes_nothing() {
+    fn replacing_the_outbox_makes_every_report_it_holds_durable_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Journal::open(dir.path(), &device()).unwrap();
+        journal.append(&[Record::Accepted(report(1))]).unwrap();
+        let ticket = journal.written();
+        assert!(!journal.is_durable(ticket).unwrap());
+        journal.replace_outbox(5, [report(1)]).unwrap();
+        assert!(journal.is_durable(ticket).unwrap());
+        drop(journal);
+        let journal = Journal::open(dir.path(), &device()).unwrap();
+        assert_eq!(journal.state().next_seq, 5);
+        assert_eq!(journal.state().outbox, [report(1)]);
+    }
+
+    #[test]
+    fn a_sync_begun_before_a_compaction_adds_nothing_but_its_failure_still_counts() {
         let dir = tempfile::tempdir().unwrap();
         let mut journal = Journal::open(dir.path(), &device()).unwrap();
         journal.append(&[Record::Accepted(report(1))]).unwrap();
@@ -1058,11 +1120,24 @@ mod tests {
         let sync = journal.begin_sync().unwrap();
         journal.compact().unwrap();
         assert!(journal.is_durable(ticket).unwrap(), "compaction syncs");
-        // Even a failure on the replaced file says nothing about the journal.
-        journal
-            .finish_sync(sync, Err(io::Error::other("EIO")))
-            .unwrap();
+        // Succeeding, it says nothing compaction did not.
+        let synced = sync.run();
+        journal.finish_sync(sync, synced).unwrap();
         append_synced(&mut journal, &[Record::Accepted(report(2))]);
+        // Failing, it ran on the same open file as the compaction's own
+        // sync, which a write-back error is reported to only once: the
+        // journal trusts nothing more and refuses writes until reopened.
+        let sync = journal.begin_sync().unwrap();
+        journal.compact().unwrap();
+        assert!(
+            journal
+                .finish_sync(sync, Err(io::Error::other("EIO")))
+                .is_err()
+        );
+        assert!(journal.append(&[Record::Accepted(report(3))]).is_err());
+        drop(journal);
+        let journal = Journal::open(dir.path(), &device()).unwrap();
+        assert_eq!(journal.state().outbox, [report(1), report(2)]);
     }
 
     #[test]

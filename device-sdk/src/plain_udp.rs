@@ -12,6 +12,7 @@
 //! messages).
 
 use std::fmt;
+use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -70,7 +71,10 @@ impl PlainUdpSocket {
 
 impl AsyncUdpSocket for PlainUdpSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
-        Box::pin(Writable { socket: self })
+        Box::pin(Writable {
+            socket: self,
+            waiting: None,
+        })
     }
 
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
@@ -126,9 +130,15 @@ impl AsyncUdpSocket for PlainUdpSocket {
     }
 }
 
-/// Tells quinn when the socket can take another datagram.
+/// Waits for the socket to take another datagram.
+type WritableFuture = Pin<Box<dyn Future<Output = io::Result<()>> + Send + Sync>>;
+
+/// Tells quinn when the socket can take another datagram. Each poller
+/// waits with a future of its own, so each keeps its own waker (tokio's
+/// `poll_send_ready` keeps only the last one).
 struct Writable {
     socket: Arc<PlainUdpSocket>,
+    waiting: Option<WritableFuture>,
 }
 
 impl fmt::Debug for Writable {
@@ -138,7 +148,16 @@ impl fmt::Debug for Writable {
 }
 
 impl UdpPoller for Writable {
-    fn poll_writable(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.socket.io.poll_send_ready(cx)
+    fn poll_writable(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let waiting = this.waiting.get_or_insert_with(|| {
+            let socket = this.socket.clone();
+            Box::pin(async move { socket.io.writable().await })
+        });
+        let result = waiting.as_mut().poll(cx);
+        if result.is_ready() {
+            self.waiting = None;
+        }
+        result
     }
 }

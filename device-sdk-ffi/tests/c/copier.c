@@ -403,7 +403,7 @@ int main(int argc, char **argv) {
     for (int slot = 0; slot < SLOTS; slot++)
         if (slots[slot].handle != 0) do_close(slot);
     /* 0 once the library has stopped its own threads. */
-    printf("threads %d\n", thread_count() - own_threads);
+    printf("threads %d\n", threads_settled(own_threads) - own_threads);
     printf("bye %d\n", failures);
     return failures == 0 ? 0 : 1;
 }

@@ -46,4 +46,15 @@ static inline int thread_count(void) {
 #endif
 }
 
+/* Threads once at most `expected`, waited for up to a second: a joined
+ * thread leaves the kernel's count a moment after the join returns. */
+static inline int threads_settled(int expected) {
+    int threads = thread_count();
+    for (int waited = 0; threads > expected && waited < 1000; waited += 10) {
+        sleep_ms(10);
+        threads = thread_count();
+    }
+    return threads;
+}
+
 #endif
