@@ -28,6 +28,10 @@ command -v valgrind >/dev/null 2>&1 || need_packages+=(valgrind)
 # (iproute2) whose packets nftables drops at random.
 command -v ip >/dev/null 2>&1 || need_packages+=(iproute2)
 command -v nft >/dev/null 2>&1 || need_packages+=(nftables)
+# The console's end-to-end tests drive Debian's Chromium through its
+# WebDriver (tests/tests/console_browser.rs).
+[ -x /usr/bin/chromium ] || need_packages+=(chromium)
+[ -x /usr/bin/chromedriver ] || need_packages+=(chromium-driver)
 # schemathesis (the OpenAPI conformance test) is installed from PyPI into
 # a virtual environment under target/.
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_packages+=(python3 python3-venv)

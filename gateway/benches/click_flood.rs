@@ -84,6 +84,7 @@ async fn run(flood: &Flood) {
         core: gateway.core(),
         tokens: Arc::new(TokenStore::open(dir.path())),
         affiliates: desk.clone(),
+        console: Default::default(),
     });
     let ledger_dir = dir.path().join(eagate_gateway::affiliates::LEDGER_DIR);
     let (rss_before, disk_before) = (resident_bytes(), size_of_dir(&ledger_dir));

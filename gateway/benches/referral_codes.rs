@@ -105,6 +105,7 @@ fn main() {
             core: gateway.core(),
             tokens: Arc::new(TokenStore::open(dir.path())),
             affiliates: desk.clone(),
+            console: Default::default(),
         });
         let mut router_samples = Vec::with_capacity(LOOKUPS);
         for i in 0..LOOKUPS {

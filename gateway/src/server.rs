@@ -564,6 +564,7 @@ async fn start_http(
         core,
         tokens: Arc::new(TokenStore::open(&config.data_dir)),
         affiliates,
+        console: Default::default(),
     });
     let most = crate::http::connections::within_open_files(config.max_http_connections as usize);
     let connections = crate::http::connections::HttpConnections::new(

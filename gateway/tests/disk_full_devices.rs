@@ -168,5 +168,6 @@ fn app_of(gateway: &Gateway, dir: &Path) -> axum::Router {
             .affiliates()
             .expect("serve runs the programme")
             .clone(),
+        console: Default::default(),
     })
 }

@@ -6,8 +6,7 @@ mod common;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use common::*;
-use eagate_gateway::http::tokens::{Scope, TokenStore, create_token};
-use eagate_gateway::http::{AppState, router};
+use eagate_gateway::http::tokens::{Scope, create_token};
 use eagate_gateway::reports::StoredReport;
 use eagate_gateway::server::Gateway;
 use eagate_protocol::*;
@@ -29,14 +28,7 @@ async fn api(backend: &Backend) -> Api {
     let platform = create_token(dir.path(), Scope::Platform)
         .unwrap()
         .to_string();
-    let app = router(AppState {
-        core: gateway.core(),
-        tokens: std::sync::Arc::new(TokenStore::open(dir.path())),
-        affiliates: gateway
-            .affiliates()
-            .expect("serve runs the programme")
-            .clone(),
-    });
+    let app = sidecar(&gateway, dir.path());
     Api {
         gateway,
         app,

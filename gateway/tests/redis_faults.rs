@@ -101,6 +101,7 @@ async fn a_redis_restart_is_reported_at_once_and_recovered_from_within_seconds()
         core: gateway.core(),
         tokens: std::sync::Arc::new(TokenStore::open(dir.path())),
         affiliates: gateway.affiliates().unwrap().clone(),
+        console: Default::default(),
     });
     assert_eq!(status_of(&app, "/readyz", &admin).await.0, StatusCode::OK);
 

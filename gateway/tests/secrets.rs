@@ -16,8 +16,7 @@ use std::sync::{Arc, Mutex};
 use axum::body::Body;
 use axum::http::{Request, header};
 use common::*;
-use eagate_gateway::http::tokens::{Scope, TokenStore, create_token};
-use eagate_gateway::http::{AppState, router};
+use eagate_gateway::http::tokens::{Scope, create_token};
 use eagate_protocol::*;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -87,11 +86,7 @@ async fn no_secret_is_logged_or_kept_in_plaintext_on_either_backend() {
         let platform = create_token(dir.path(), Scope::Platform)
             .unwrap()
             .to_string();
-        let app = router(AppState {
-            core: gateway.core(),
-            tokens: Arc::new(TokenStore::open(dir.path())),
-            affiliates: gateway.affiliates().unwrap().clone(),
-        });
+        let app = sidecar(&gateway, dir.path());
         // A device registered through the API (its secret shown once), and
         // one through the registry, both authenticated over QUIC.
         let created = call(

@@ -56,6 +56,7 @@ pub fn redis_addr(url: &str) -> SocketAddr {
         .unwrap_or_else(|e| panic!("redis URL {url} has no host:port ({e})"))
 }
 
+pub mod browser;
 pub mod lossy;
 pub mod netns;
 pub mod process;

@@ -48,7 +48,7 @@ pub struct DeviceView {
     pub last_report_seq: u64,
 }
 
-async fn view(core: &Core, record: DeviceRecord) -> Result<DeviceView, ApiError> {
+pub(super) async fn view(core: &Core, record: DeviceRecord) -> Result<DeviceView, ApiError> {
     let last_report_seq = core.reports.confirmed_up_to(&record.device_id).await?;
     Ok(view_with(core, record, last_report_seq).await)
 }
@@ -190,15 +190,28 @@ async fn list_devices(
             "limit must be between 1 and {MAX_DEVICE_PAGE}, not {limit}"
         )));
     }
+    page_of(
+        &state,
+        query.account_id.as_deref(),
+        query.after.as_deref(),
+        limit,
+    )
+    .await
+    .map(Json)
+}
+
+/// A page of `limit` devices (of `account_id`, if given) after `after`.
+pub(super) async fn page_of(
+    state: &AppState,
+    account_id: Option<&str>,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<DevicePage, ApiError> {
     // One more than asked: whether there is a next page.
     let mut records = state
         .core
         .registry
-        .list_page(
-            query.account_id.as_deref(),
-            query.after.as_deref(),
-            limit + 1,
-        )
+        .list_page(account_id, after, limit + 1)
         .await?;
     let more = records.len() > limit;
     records.truncate(limit);
@@ -213,21 +226,21 @@ async fn list_devices(
     let next_after = more
         .then(|| views.last().map(|v: &DeviceView| v.device_id.clone()))
         .flatten();
-    Ok(Json(DevicePage {
+    Ok(DevicePage {
         items: views,
         next_after,
-    }))
+    })
 }
 
 /// The device as it is now, or 404.
-async fn current(state: &AppState, device_id: &str) -> Result<Json<DeviceView>, ApiError> {
+pub(super) async fn current(state: &AppState, device_id: &str) -> Result<DeviceView, ApiError> {
     let record = state
         .core
         .registry
         .get(device_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no device {device_id}")))?;
-    Ok(Json(view(&state.core, record).await?))
+    view(&state.core, record).await
 }
 
 #[utoipa::path(
@@ -246,7 +259,7 @@ async fn get_device(
     _: Admin,
     Path(DevicePath { device_id }): Path<DevicePath>,
 ) -> Result<Json<DeviceView>, ApiError> {
-    current(&state, &device_id).await
+    current(&state, &device_id).await.map(Json)
 }
 
 #[utoipa::path(
@@ -341,7 +354,7 @@ async fn subscribe(
 ) -> Result<Json<DeviceView>, ApiError> {
     let channel = channel.parse()?;
     state.core.subscribe(&device_id, &channel).await?;
-    current(&state, &device_id).await
+    current(&state, &device_id).await.map(Json)
 }
 
 #[utoipa::path(
@@ -364,5 +377,5 @@ async fn unsubscribe(
 ) -> Result<Json<DeviceView>, ApiError> {
     let channel = channel.parse()?;
     state.core.unsubscribe(&device_id, &channel).await?;
-    current(&state, &device_id).await
+    current(&state, &device_id).await.map(Json)
 }

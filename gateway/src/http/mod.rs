@@ -10,6 +10,7 @@
 
 pub mod affiliates;
 pub mod connections;
+mod console;
 mod devices;
 mod health;
 mod openapi;
@@ -33,6 +34,7 @@ use utoipa::{IntoParams, IntoResponses, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub use console::ConsoleSessions;
 pub use devices::{DevicePage, DeviceView};
 pub use problem::ApiError;
 pub use signals::{DeviceExecution, ExecutionStatus, Executions};
@@ -52,6 +54,8 @@ pub struct AppState {
     pub tokens: Arc<TokenStore>,
     /// The affiliate programme.
     pub affiliates: crate::affiliates::AffiliateDesk,
+    /// Admins signed in to the console.
+    pub console: Arc<ConsoleSessions>,
 }
 
 /// The sidecar's routes, and the document that describes them.
@@ -79,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         .split_for_parts();
     openapi::serve(document);
     routes
+        .merge(console::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::map_response(problem::problems_only))

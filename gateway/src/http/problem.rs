@@ -74,12 +74,13 @@ pub(super) struct Problem {
 /// the same status and headers, its text as the detail.
 pub(super) async fn problems_only(response: Response) -> Response {
     let status = response.status();
-    let is_problem = response
+    let answered = response
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/problem+json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        .is_some_and(|v| v.starts_with("application/problem+json") || v.starts_with("text/html"));
+    // The console's pages answer their errors as pages.
+    if !(status.is_client_error() || status.is_server_error()) || answered {
         return response;
     }
     let (mut parts, body) = response.into_parts();
@@ -105,9 +106,10 @@ pub(super) async fn problems_only(response: Response) -> Response {
     Response::from_parts(parts, axum::body::Body::from(body))
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, kind, title) = match &self {
+impl ApiError {
+    /// The answer's status, the problem type's last part, and its title.
+    pub(super) fn classify(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
@@ -142,15 +144,21 @@ impl IntoResponse for ApiError {
                 "upstream-failed",
                 "A service this needs failed",
             ),
-            Self::Internal(detail) => {
-                tracing::error!(%detail, "request failed");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "Internal error",
-                )
-            }
-        };
+            Self::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let Self::Internal(detail) = &self {
+            tracing::error!(%detail, "request failed");
+        }
+        let (status, kind, title) = self.classify();
         let problem = Problem {
             r#type: format!("/problems/{kind}"),
             title,

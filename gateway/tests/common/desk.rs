@@ -77,6 +77,7 @@ pub fn app(gateway: &Gateway, dir: &std::path::Path, clock: &Arc<AtomicU64>) -> 
         core: gateway.core(),
         tokens: Arc::new(TokenStore::open(dir)),
         affiliates: clocked(gateway, clock),
+        console: Default::default(),
     })
 }
 

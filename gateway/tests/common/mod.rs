@@ -402,6 +402,20 @@ pub async fn start() -> (Gateway, tempfile::TempDir) {
     start_on(&Backend::Sled).await
 }
 
+/// The HTTP sidecar of `gateway` (whose data directory is `dir`), as
+/// `eagate serve` builds it, for driving through the router.
+pub fn sidecar(gateway: &Gateway, dir: &std::path::Path) -> axum::Router {
+    eagate_gateway::http::router(eagate_gateway::http::AppState {
+        core: gateway.core(),
+        tokens: std::sync::Arc::new(eagate_gateway::http::tokens::TokenStore::open(dir)),
+        affiliates: gateway
+            .affiliates()
+            .expect("serve runs the programme")
+            .clone(),
+        console: Default::default(),
+    })
+}
+
 pub async fn start_on(backend: &Backend) -> (Gateway, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let gateway = Gateway::start(&config_on(backend, dir.path()))

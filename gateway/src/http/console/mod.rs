@@ -1,0 +1,412 @@
+//! The admin console: pages rendered on the server for an admin on call,
+//! who would rather look than read JSON. Signed in with an admin token
+//! exchanged for a session cookie (`session`); every form carries the
+//! session's CSRF token; every action is a POST behind a confirmation page
+//! where it cannot be undone. The pages call the same core operations as
+//! the `/v1` API, so they validate and record alike.
+//!
+//! So far: devices (status, last seen, last report, channels; rename,
+//! new secret, revoke). Signals, the affiliate programme and health follow.
+
+mod pages;
+mod session;
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use maud::Markup;
+use serde::Deserialize;
+
+pub use session::ConsoleSessions;
+use session::SignedIn;
+
+use super::tokens::{self, Scope};
+use super::{ApiError, AppState, DeviceView, check_text, devices};
+
+/// The console's routes, outside the bearer-token layer: the cookie is
+/// their credential.
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/console",
+            get(|| async { Redirect::to("/console/devices") }),
+        )
+        .route("/console/style.css", get(style))
+        .route("/console/copy.js", get(copy_script))
+        .route("/console/sign-in", get(sign_in_page).post(sign_in))
+        .route("/console/sign-out", post(sign_out))
+        .route("/console/devices", get(device_list))
+        .route("/console/devices/{device_id}", get(device_page))
+        .route("/console/devices/{device_id}/rename", post(rename))
+        .route(
+            "/console/devices/{device_id}/revoke",
+            get(revoke_page).post(revoke),
+        )
+        .route(
+            "/console/devices/{device_id}/rotate-secret",
+            get(rotate_page).post(rotate),
+        )
+}
+
+/// A page as the browser gets it: never cached (they show secrets and
+/// live state), never framed, no script but the console's own.
+fn page(status: StatusCode, markup: Markup) -> Response {
+    let mut response = (status, markup.into_string()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; \
+             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+async fn style() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        pages::STYLE,
+    )
+        .into_response()
+}
+
+async fn copy_script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        pages::COPY_SCRIPT,
+    )
+        .into_response()
+}
+
+/// Why a request gets no page of the console.
+enum Refusal {
+    /// No live session: a page goes to the sign-in form.
+    NotSignedIn,
+    /// A form without the session's CSRF token (from another site, an
+    /// expired sign-in, a page kept open across a sign-out): 403.
+    Forged(Option<SignedIn>),
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Self::NotSignedIn => Redirect::to("/console/sign-in").into_response(),
+            Self::Forged(session) => page(
+                StatusCode::FORBIDDEN,
+                pages::refused(
+                    session.as_ref(),
+                    "Refused",
+                    "This form did not come from a page of this console session (it may have \
+                     expired, or been signed out): open the page again and retry.",
+                ),
+            ),
+        }
+    }
+}
+
+/// The signed-in admin of a page.
+fn signed_in(state: &AppState, headers: &HeaderMap) -> Result<SignedIn, Refusal> {
+    state.console.of(headers).ok_or(Refusal::NotSignedIn)
+}
+
+/// The signed-in admin of a form post, if the form carries the session's
+/// CSRF token.
+fn signed_in_form(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: &Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Result<SignedIn, Refusal> {
+    let session = state.console.of(headers);
+    let carried = form
+        .as_ref()
+        .ok()
+        .and_then(|Form(fields)| fields.get("csrf"));
+    match (session, carried) {
+        (Some(session), Some(csrf)) if session::same_secret(csrf, &session.csrf) => Ok(session),
+        (session, _) => Err(Refusal::Forged(session)),
+    }
+}
+
+/// A field of a form whose CSRF token was checked.
+fn field<'a>(
+    form: &'a Result<Form<HashMap<String, String>>, FormRejection>,
+    name: &str,
+) -> Option<&'a str> {
+    form.as_ref()
+        .ok()
+        .and_then(|Form(fields)| fields.get(name))
+        .map(String::as_str)
+}
+
+/// An operation's error as a page.
+fn failed(session: &SignedIn, error: &ApiError) -> Response {
+    if let ApiError::Internal(detail) = error {
+        tracing::error!(%detail, "console request failed");
+    }
+    let (status, _, title) = error.classify();
+    page(
+        status,
+        pages::refused(Some(session), title, &error.to_string()),
+    )
+}
+
+async fn sign_in_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if state.console.of(&headers).is_some() {
+        return Redirect::to("/console/devices").into_response();
+    }
+    page(StatusCode::OK, pages::sign_in(None))
+}
+
+#[derive(Deserialize)]
+struct SignIn {
+    token: String,
+}
+
+async fn sign_in(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<SignIn>, FormRejection>,
+) -> Response {
+    let token = form.map(|Form(f)| f.token).unwrap_or_default();
+    let token = token.trim();
+    if state.tokens.scope_of(token) != Some(Scope::Admin) {
+        return page(
+            StatusCode::UNAUTHORIZED,
+            pages::sign_in(Some("That is not an admin token of this gateway.")),
+        );
+    }
+    // The token's id (the start of its hash), never the token.
+    let actor = format!("token:{}", &tokens::token_sha256(token)[..12]);
+    tracing::info!(%actor, "console sign-in");
+    let id = state.console.start(actor);
+    let mut response = Redirect::to("/console/devices").into_response();
+    let (name, value) = session::set_cookie(&id, &headers);
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        response.headers_mut().insert(name, value);
+    }
+    response
+}
+
+async fn sign_out(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Response {
+    if let Err(refusal) = signed_in_form(&state, &headers, &form) {
+        return refusal.into_response();
+    }
+    state.console.end(&headers);
+    let mut response = Redirect::to("/console/sign-in").into_response();
+    let (name, value) = session::clear_cookie();
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        response.headers_mut().insert(name, value);
+    }
+    response
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    after: Option<String>,
+}
+
+/// Devices per page of the list.
+const DEVICES_PER_PAGE: usize = 50;
+
+async fn device_list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    let session = match signed_in(&state, &headers) {
+        Ok(session) => session,
+        Err(refusal) => return refusal.into_response(),
+    };
+    match devices::page_of(&state, None, query.after.as_deref(), DEVICES_PER_PAGE).await {
+        Ok(devices) => page(
+            StatusCode::OK,
+            pages::devices(&session, &devices.items, devices.next_after.as_deref()),
+        ),
+        Err(error) => failed(&session, &error),
+    }
+}
+
+#[derive(Deserialize)]
+struct DevicePath {
+    device_id: String,
+}
+
+/// A page about one device for the signed-in admin, `render`ed from how
+/// the device is now.
+async fn about_device(
+    state: &AppState,
+    headers: &HeaderMap,
+    device_id: &str,
+    render: impl FnOnce(&SignedIn, &DeviceView) -> Markup,
+) -> Response {
+    let session = match signed_in(state, headers) {
+        Ok(session) => session,
+        Err(refusal) => return refusal.into_response(),
+    };
+    match devices::current(state, device_id).await {
+        Ok(device) => page(StatusCode::OK, render(&session, &device)),
+        Err(error) => failed(&session, &error),
+    }
+}
+
+async fn device_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(DevicePath { device_id }): Path<DevicePath>,
+) -> Response {
+    about_device(&state, &headers, &device_id, |session, device| {
+        pages::device(session, device, None)
+    })
+    .await
+}
+
+async fn rename(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(DevicePath { device_id }): Path<DevicePath>,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Response {
+    let session = match signed_in_form(&state, &headers, &form) {
+        Ok(session) => session,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let name = field(&form, "name").unwrap_or_default();
+    let renamed = match check_text("name", name, 64) {
+        Ok(()) => state
+            .core
+            .registry
+            .rename(&device_id, name)
+            .await
+            .map_err(ApiError::from),
+        Err(error) => Err(error),
+    };
+    match renamed {
+        Ok(_) => Redirect::to(&format!("/console/devices/{device_id}")).into_response(),
+        // The same page, with what was wrong, for another try.
+        Err(error @ (ApiError::Conflict(_) | ApiError::Unprocessable(_))) => {
+            match devices::current(&state, &device_id).await {
+                Ok(device) => page(
+                    error.classify().0,
+                    pages::device(&session, &device, Some(&error.to_string())),
+                ),
+                Err(other) => failed(&session, &other),
+            }
+        }
+        Err(error) => failed(&session, &error),
+    }
+}
+
+async fn revoke_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(DevicePath { device_id }): Path<DevicePath>,
+) -> Response {
+    about_device(&state, &headers, &device_id, |session, device| {
+        pages::confirm(
+            session,
+            device,
+            "revoke",
+            &format!("Revoke {}?", device.name),
+            "Its session ends at once and it can never connect again; reports it has not \
+             sent yet stay on its machine. This cannot be undone: a replacement needs a new \
+             registration.",
+            &format!("Revoke {}", device.name),
+            true,
+        )
+    })
+    .await
+}
+
+async fn revoke(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(DevicePath { device_id }): Path<DevicePath>,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Response {
+    let session = match signed_in_form(&state, &headers, &form) {
+        Ok(session) => session,
+        Err(refusal) => return refusal.into_response(),
+    };
+    match state.core.revoke(&device_id).await {
+        Ok(_) => {
+            tracing::info!(device = %device_id, actor = %session.actor, "device revoked from the console");
+            Redirect::to(&format!("/console/devices/{device_id}")).into_response()
+        }
+        Err(error) => failed(&session, &ApiError::from(error)),
+    }
+}
+
+async fn rotate_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(DevicePath { device_id }): Path<DevicePath>,
+) -> Response {
+    about_device(&state, &headers, &device_id, |session, device| {
+        pages::confirm(
+            session,
+            device,
+            "rotate-secret",
+            &format!("Give {} a new secret?", device.name),
+            "Its current secret stops working at once and its session ends: the EA needs \
+             the new secret in its inputs before it can connect again. The new secret is \
+             shown once, on the next page.",
+            "Give it a new secret",
+            false,
+        )
+    })
+    .await
+}
+
+async fn rotate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(DevicePath { device_id }): Path<DevicePath>,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Response {
+    let session = match signed_in_form(&state, &headers, &form) {
+        Ok(session) => session,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let rotated = match state.core.rotate_secret(&device_id).await {
+        Ok((record, secret)) => devices::view(&state.core, record)
+            .await
+            .map(|device| (device, secret)),
+        Err(error) => Err(ApiError::from(error)),
+    };
+    match rotated {
+        Ok((device, secret)) => {
+            tracing::info!(device = %device_id, actor = %session.actor, "device secret rotated from the console");
+            page(
+                StatusCode::OK,
+                pages::new_secret(&session, &device, &secret.to_text().to_string()),
+            )
+        }
+        Err(error) => failed(&session, &error),
+    }
+}

@@ -1,0 +1,331 @@
+//! The console's HTML, rendered on the server (maud): plain forms and
+//! links, so every page works with JavaScript off; the one script copies a
+//! secret to the clipboard.
+
+use eagate_affiliates::calendar;
+use maud::{DOCTYPE, Markup, html};
+
+use super::session::SignedIn;
+use crate::http::DeviceView;
+
+/// The stylesheet: readable on a phone and a desktop, contrast above WCAG
+/// AA, status shown in words and not by colour alone.
+pub(super) const STYLE: &str = r#"
+:root { --ink: #1b1f24; --muted: #4a5360; --line: #c9ced6; --paper: #ffffff;
+        --band: #f2f4f7; --accent: #0b57d0; --danger: #a50e0e; --ok: #146c2e; }
+* { box-sizing: border-box; }
+body { margin: 0; font: 16px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
+       color: var(--ink); background: var(--paper); }
+header { display: flex; flex-wrap: wrap; align-items: center; gap: .5rem 1.5rem;
+         padding: .75rem 1rem; background: var(--ink); color: #fff; }
+header a { color: #fff; }
+header .brand { font-weight: 700; font-size: 1.15rem; text-decoration: none; }
+header nav { display: flex; gap: 1rem; flex: 1; }
+header form { margin: 0; }
+main { max-width: 72rem; margin: 0 auto; padding: 1rem; }
+h1 { font-size: 1.5rem; margin: .5rem 0 1rem; }
+a { color: var(--accent); }
+a:focus, button:focus, input:focus { outline: 3px solid #f6b100; outline-offset: 2px; }
+.table { overflow-x: auto; border: 1px solid var(--line); border-radius: 6px; }
+table { border-collapse: collapse; width: 100%; min-width: 40rem; }
+caption { text-align: left; padding: .5rem .75rem; color: var(--muted); }
+th, td { text-align: left; padding: .5rem .75rem; border-top: 1px solid var(--line);
+         vertical-align: top; }
+th { background: var(--band); font-weight: 600; }
+.id { display: block; font: .85rem/1.4 ui-monospace, monospace; color: var(--muted); }
+.status { font-weight: 600; white-space: nowrap; }
+.online { color: var(--ok); }
+.offline { color: var(--muted); }
+.revoked { color: var(--danger); }
+dl { display: grid; grid-template-columns: max-content 1fr; gap: .25rem 1rem; }
+dt { font-weight: 600; }
+dd { margin: 0; overflow-wrap: anywhere; }
+form.inline { display: flex; flex-wrap: wrap; gap: .5rem; align-items: end; margin: 1rem 0; }
+label { display: block; font-weight: 600; }
+input[type=text], input[type=password] { font: inherit; padding: .4rem .5rem;
+         border: 1px solid var(--muted); border-radius: 4px; min-width: 16rem; max-width: 100%; }
+button, .button { font: inherit; padding: .45rem .9rem; border-radius: 4px; cursor: pointer;
+         border: 1px solid var(--accent); background: var(--accent); color: #fff;
+         text-decoration: none; display: inline-block; }
+button.secondary, .button.secondary { background: #fff; color: var(--accent); }
+button.danger, .button.danger { background: var(--danger); border-color: var(--danger); }
+header button { background: transparent; border-color: #fff; }
+.actions { display: flex; flex-wrap: wrap; gap: .75rem; margin: 1rem 0; }
+.notice { border-left: 4px solid var(--accent); background: var(--band); padding: .75rem 1rem; }
+.error { border-left-color: var(--danger); }
+code.secret { display: block; font-size: 1.05rem; padding: .75rem; background: var(--band);
+              border: 1px solid var(--line); overflow-wrap: anywhere; }
+.pager { margin: 1rem 0; }
+@media (max-width: 40rem) {
+  /* On a phone each row is a card, every cell with its column's name. */
+  .table { border: 0; }
+  table { min-width: 0; }
+  thead { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); }
+  tr, td, caption { display: block; }
+  tr { border: 1px solid var(--line); border-radius: 6px; margin-bottom: .75rem; }
+  td { border-top: 0; padding: .25rem .75rem; }
+  td:first-child { padding-top: .6rem; }
+  td:last-child { padding-bottom: .6rem; }
+  td[data-label]::before { content: attr(data-label) ": "; font-weight: 600; }
+}
+"#;
+
+/// Copies the text of the element a button names (`data-copy`) and says
+/// so on the button; without JavaScript the text is there to select.
+pub(super) const COPY_SCRIPT: &str = r#"
+document.querySelectorAll("button[data-copy]").forEach(function (button) {
+  button.hidden = false;
+  button.addEventListener("click", function () {
+    var text = document.getElementById(button.dataset.copy).textContent.trim();
+    navigator.clipboard.writeText(text).then(function () { button.textContent = "Copied"; });
+  });
+});
+"#;
+
+/// A page: the header with navigation and sign-out when signed in.
+/// `refresh_s` reloads it (a list watched while devices come and go).
+pub(super) fn layout(
+    title: &str,
+    signed_in: Option<&SignedIn>,
+    refresh_s: Option<u32>,
+    body: Markup,
+) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                @if let Some(seconds) = refresh_s {
+                    meta http-equiv="refresh" content=(seconds);
+                }
+                title { (title) " · eagate" }
+                link rel="stylesheet" href="/console/style.css";
+            }
+            body {
+                header {
+                    a.brand href="/console/devices" { "eagate" }
+                    @if let Some(session) = signed_in {
+                        nav aria-label="Console" {
+                            a href="/console/devices" { "Devices" }
+                        }
+                        form method="post" action="/console/sign-out" {
+                            input type="hidden" name="csrf" value=(session.csrf);
+                            button type="submit" { "Sign out" }
+                        }
+                    }
+                }
+                main { (body) }
+                script src="/console/copy.js" {}
+            }
+        }
+    }
+}
+
+/// A Unix-ms instant as UTC date and time, to the second.
+pub(super) fn utc(at_ms: u64) -> String {
+    calendar::format_instant(at_ms)
+        .replace('T', " ")
+        .replace('Z', " UTC")
+}
+
+pub(super) fn sign_in(problem: Option<&str>) -> Markup {
+    layout(
+        "Sign in",
+        None,
+        None,
+        html! {
+            h1 { "Sign in to the console" }
+            @if let Some(problem) = problem {
+                p.notice.error role="alert" { (problem) }
+            }
+            form method="post" action="/console/sign-in" {
+                label for="token" { "Admin token" }
+                p { input #token type="password" name="token" required autocomplete="off"; }
+                p.id { "Create one on the gateway's machine: eagate token create --scope admin" }
+                button type="submit" { "Sign in" }
+            }
+        },
+    )
+}
+
+fn status(device: &DeviceView) -> Markup {
+    html! {
+        @if device.revoked_at_ms.is_some() {
+            span.status.revoked { "✕ Revoked" }
+        } @else if device.online {
+            span.status.online { "● Online" }
+        } @else {
+            span.status.offline { "○ Offline" }
+        }
+    }
+}
+
+fn last_seen(device: &DeviceView) -> String {
+    device
+        .last_seen_ms
+        .map_or_else(|| "not since the gateway started".to_owned(), utc)
+}
+
+fn last_report(device: &DeviceView) -> String {
+    match device.last_report_seq {
+        0 => "none yet".to_owned(),
+        seq => format!("#{seq}"),
+    }
+}
+
+pub(super) fn devices(
+    session: &SignedIn,
+    devices: &[DeviceView],
+    next_after: Option<&str>,
+) -> Markup {
+    layout(
+        "Devices",
+        Some(session),
+        Some(5),
+        html! {
+            h1 { "Devices" }
+            div.table {
+                table {
+                    caption { "Every device, in registration order; this page reloads every 5 seconds." }
+                    thead {
+                        tr {
+                            th scope="col" { "Device" }
+                            th scope="col" { "Account" }
+                            th scope="col" { "Status" }
+                            th scope="col" { "Last seen" }
+                            th scope="col" { "Last report" }
+                            th scope="col" { "Channels" }
+                        }
+                    }
+                    tbody {
+                        @for device in devices {
+                            tr data-device=(device.device_id) {
+                                td {
+                                    a href={ "/console/devices/" (device.device_id) } { (device.name) }
+                                    span.id { (device.device_id) }
+                                }
+                                td data-label="Account" { (device.account_id) }
+                                td data-label="Status" { (status(device)) }
+                                td data-label="Last seen" { (last_seen(device)) }
+                                td data-label="Last report" { (last_report(device)) }
+                                td data-label="Channels" { (device.channels.join(", ")) }
+                            }
+                        }
+                        @if devices.is_empty() {
+                            tr { td colspan="6" { "No devices yet. Register one with eagate device register." } }
+                        }
+                    }
+                }
+            }
+            @if let Some(after) = next_after {
+                p.pager { a href={ "/console/devices?after=" (after) } { "Next page →" } }
+            }
+        },
+    )
+}
+
+pub(super) fn device(session: &SignedIn, device: &DeviceView, problem: Option<&str>) -> Markup {
+    let path = format!("/console/devices/{}", device.device_id);
+    layout(
+        &device.name,
+        Some(session),
+        None,
+        html! {
+            p { a href="/console/devices" { "← All devices" } }
+            h1 { (device.name) }
+            @if let Some(problem) = problem {
+                p.notice.error role="alert" { (problem) }
+            }
+            dl {
+                dt { "Status" } dd { (status(device)) }
+                dt { "Device id" } dd { code { (device.device_id) } }
+                dt { "Account" } dd { (device.account_id) }
+                dt { "Registered" } dd { (utc(device.created_at_ms)) }
+                @if let Some(revoked) = device.revoked_at_ms {
+                    dt { "Revoked" } dd { (utc(revoked)) }
+                }
+                dt { "Last seen" } dd { (last_seen(device)) }
+                dt { "Last report" } dd { (last_report(device)) }
+                dt { "Channels" } dd { (device.channels.join(", ")) }
+            }
+            @if device.revoked_at_ms.is_none() {
+                form.inline method="post" action={ (path) "/rename" } {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    div {
+                        label for="name" { "Name" }
+                        input #name type="text" name="name" value=(device.name) required maxlength="64";
+                    }
+                    button type="submit" { "Rename" }
+                }
+                div.actions {
+                    a.button.secondary href={ (path) "/rotate-secret" } { "Give it a new secret…" }
+                    a.button.danger href={ (path) "/revoke" } { "Revoke…" }
+                }
+            }
+        },
+    )
+}
+
+/// A confirmation step before an action that cannot be undone.
+pub(super) fn confirm(
+    session: &SignedIn,
+    device: &DeviceView,
+    action: &str,
+    question: &str,
+    consequence: &str,
+    button: &str,
+    danger: bool,
+) -> Markup {
+    let path = format!("/console/devices/{}", device.device_id);
+    layout(
+        question,
+        Some(session),
+        None,
+        html! {
+            h1 { (question) }
+            p.notice { (consequence) }
+            form method="post" action={ (path) "/" (action) } {
+                input type="hidden" name="csrf" value=(session.csrf);
+                div.actions {
+                    button.danger[danger] type="submit" { (button) }
+                    a.button.secondary href=(path) { "Cancel" }
+                }
+            }
+        },
+    )
+}
+
+pub(super) fn new_secret(session: &SignedIn, device: &DeviceView, secret: &str) -> Markup {
+    layout(
+        "New secret",
+        Some(session),
+        None,
+        html! {
+            h1 { "New secret for " (device.name) }
+            p.notice {
+                "Shown this once: put it in the EA's inputs (Device secret) now. "
+                "The old secret no longer works; the device's session has ended."
+            }
+            code.secret #secret { (secret) }
+            div.actions {
+                button.secondary type="button" data-copy="secret" hidden { "Copy" }
+                a.button href={ "/console/devices/" (device.device_id) } { "Done" }
+            }
+        },
+    )
+}
+
+/// A page that says why a request was refused.
+pub(super) fn refused(signed_in: Option<&SignedIn>, title: &str, why: &str) -> Markup {
+    layout(
+        title,
+        signed_in,
+        None,
+        html! {
+            h1 { (title) }
+            p.notice.error role="alert" { (why) }
+            p { a href="/console/devices" { "Back to the devices" } }
+        },
+    )
+}

@@ -1,0 +1,109 @@
+//! The admin console in a real browser (headless Chromium over WebDriver)
+//! against a real `eagate serve` and a real device client: what an admin on
+//! call sees and does. Screenshots of the main pages, at desktop and phone
+//! widths, are kept in `target/screenshots/` as the tests' artefacts.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use eagate_tests::browser::{Browser, DESKTOP, PHONE};
+use eagate_tests::process::{Bot, Gateway};
+
+const BOT: &str = env!("CARGO_BIN_EXE_test-bot");
+const SOON: Duration = Duration::from_secs(20);
+
+fn screenshots() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots")
+}
+
+/// Signs in to the console of `gateway` with its admin token.
+fn sign_in(browser: &Browser, gateway: &Gateway) {
+    browser.open(&format!("{}/console/sign-in", gateway.api));
+    browser.type_into("#token", gateway.admin_token());
+    browser.click("button[type=submit]");
+    assert!(
+        browser.url().ends_with("/console/devices"),
+        "signed in: {}",
+        browser.url()
+    );
+}
+
+#[test]
+fn an_admin_sees_a_device_come_online_revokes_it_there_and_its_session_ends() {
+    let data = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(data.path(), &[]);
+    let (id, secret) = gateway.register("gold");
+    gateway.register("silver");
+    let browser = Browser::start(DESKTOP);
+    sign_in(&browser, &gateway);
+    let row = format!("tr[data-device='{id}']");
+    assert!(browser.text_of(&row).contains("○ Offline"));
+
+    let mut bot = Bot::start(
+        BOT.as_ref(),
+        &gateway.quic,
+        &gateway.fingerprint,
+        &(id.clone(), secret),
+        state.path(),
+    );
+    bot.lines.expect("connected", SOON);
+    browser.reload_until(SOON, |_| browser.text_of(&row).contains("● Online"));
+    browser.screenshot(&screenshots().join("console-devices-desktop.png"));
+    browser.resize(PHONE);
+    browser.screenshot(&screenshots().join("console-devices-phone.png"));
+    browser.resize(DESKTOP);
+
+    browser.click(&format!("{row} a"));
+    assert!(browser.url().ends_with(&format!("/console/devices/{id}")));
+    browser.click("a.button.danger");
+    assert!(
+        browser.text().contains("Revoke bot 1?"),
+        "{}",
+        browser.text()
+    );
+    browser.screenshot(&screenshots().join("console-revoke-desktop.png"));
+    browser.click("button.danger");
+    assert!(browser.text().contains("✕ Revoked"), "{}", browser.text());
+    // The device's live session ended at once.
+    bot.lines.expect("stopped Revoked", SOON);
+    assert_eq!(bot.wait_exit(SOON), Some(3));
+}
+
+#[test]
+fn a_form_without_its_csrf_token_is_refused_in_the_browser_and_signing_out_ends_the_session() {
+    let data = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(data.path(), &[]);
+    let (id, _) = gateway.register("gold");
+    let browser = Browser::start(DESKTOP);
+    sign_in(&browser, &gateway);
+
+    // A revoke form with its token taken out (as a page of another site
+    // would post it): refused, the device untouched.
+    browser.open(&format!("{}/console/devices/{id}/revoke", gateway.api));
+    browser.run_script(
+        "document.querySelectorAll('main input[name=csrf]').forEach(function (e) { e.remove(); });",
+    );
+    browser.click("button.danger");
+    assert!(
+        browser
+            .text()
+            .contains("did not come from a page of this console"),
+        "{}",
+        browser.text()
+    );
+    browser.open(&format!("{}/console/devices/{id}", gateway.api));
+    assert!(browser.text().contains("○ Offline"), "not revoked");
+
+    // Signed out, the console's pages send the browser to sign in again.
+    browser.click("header button[type=submit]");
+    assert!(browser.url().ends_with("/console/sign-in"));
+    browser.open(&format!("{}/console/devices", gateway.api));
+    assert!(
+        browser.url().ends_with("/console/sign-in"),
+        "{}",
+        browser.url()
+    );
+    browser.resize(PHONE);
+    browser.screenshot(&screenshots().join("console-sign-in-phone.png"));
+}
