@@ -80,7 +80,7 @@ fn names_of<T: DeserializeOwned>(description: &str) -> RefOr<Schema> {
 
 /// The names serde reads an enum's variants by. Its `Deserialize` hands them
 /// to `deserialize_enum`, where this deserializer keeps them and stops.
-fn variant_names<T: DeserializeOwned>() -> &'static [&'static str] {
+pub(crate) fn variant_names<T: DeserializeOwned>() -> &'static [&'static str] {
     struct Names<'a>(&'a mut &'static [&'static str]);
 
     impl<'de> serde::Deserializer<'de> for Names<'_> {

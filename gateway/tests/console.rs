@@ -332,3 +332,98 @@ async fn a_new_secret_is_shown_once_on_an_uncached_page() {
         .await;
     assert!(!device.body.contains(secret), "shown once");
 }
+
+#[tokio::test]
+async fn the_publish_form_refuses_what_the_api_refuses_naming_the_field() {
+    let console = console().await;
+    let cookie = console.sign_in().await;
+    let csrf = console.csrf(&cookie).await;
+    for (fields, expected) in [
+        (
+            vec![("channel", "gold"), ("symbol", "XAUUSD"), ("volume", "abc")],
+            "volume: ",
+        ),
+        (
+            vec![("channel", "gold"), ("volume", "0.10")],
+            "missing field `symbol`",
+        ),
+        (
+            vec![
+                ("channel", "no spaces"),
+                ("symbol", "XAUUSD"),
+                ("volume", "0.10"),
+            ],
+            "channel name",
+        ),
+        (
+            vec![
+                ("channel", "gold"),
+                ("symbol", "XAUUSD"),
+                ("volume", "0.10"),
+                ("magic", "-1"),
+            ],
+            "magic must be a whole number",
+        ),
+        (
+            vec![
+                ("channel", "gold"),
+                ("symbol", "XAUUSD"),
+                ("volume", "0.10"),
+                ("order_type", "Limit"),
+            ],
+            "needs a price",
+        ),
+    ] {
+        // What a browser sends with the selects left as they are.
+        let mut form = vec![
+            ("csrf", csrf.as_str()),
+            ("form_key", "k1"),
+            ("action", "OpenBuy"),
+        ];
+        form.extend(fields.iter().copied());
+        let page = console.post("/console/signals", Some(&cookie), &form).await;
+        assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY, "{fields:?}");
+        assert!(page.body.contains(expected), "{expected} in {}", page.body);
+    }
+}
+
+#[tokio::test]
+async fn a_publish_form_sent_twice_publishes_one_signal_and_shows_its_executions() {
+    let console = console().await;
+    let subscriber = console.register("London VPS").await;
+    console
+        .gateway
+        .core()
+        .registry
+        .subscribe(&subscriber, &"gold".parse().unwrap())
+        .await
+        .unwrap();
+    let cookie = console.sign_in().await;
+    let csrf = console.csrf(&cookie).await;
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("form_key", "the-same-form"),
+        ("channel", "gold"),
+        ("symbol", "XAUUSD"),
+        ("action", "OpenBuy"),
+        ("order_type", "Market"),
+        ("volume", "0.10"),
+    ];
+    let first = console.post("/console/signals", Some(&cookie), &form).await;
+    let second = console.post("/console/signals", Some(&cookie), &form).await;
+    assert_eq!(first.status, StatusCode::SEE_OTHER, "{}", first.body);
+    assert_eq!(first.location(), second.location(), "one signal");
+    let head = console
+        .gateway
+        .core()
+        .signals
+        .head(&"gold".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(head, 1, "published once");
+
+    let executions = console.get(first.location(), Some(&cookie)).await;
+    assert_eq!(executions.status, StatusCode::OK);
+    assert!(executions.body.contains(&subscriber));
+    assert!(executions.body.contains("○ Pending"), "{}", executions.body);
+}

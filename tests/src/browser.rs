@@ -172,6 +172,19 @@ impl Browser {
             .to_owned()
     }
 
+    /// The current value of the form field `css` selects.
+    pub fn value_of(&self, css: &str) -> String {
+        let element = self.element(css);
+        self.call(
+            "GET",
+            &format!("/element/{element}/property/value"),
+            Value::Null,
+        )
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+    }
+
     /// The first element `css` selects (its reference).
     fn element(&self, css: &str) -> String {
         let found = self.call(

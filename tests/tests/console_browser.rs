@@ -28,6 +28,19 @@ fn sign_in(browser: &Browser, gateway: &Gateway) {
     );
 }
 
+/// A device client (the SDK, in `test-bot`) of `device`, connected.
+fn connected_bot(gateway: &Gateway, device: &(String, String), state: &Path) -> Bot {
+    let mut bot = Bot::start(
+        BOT.as_ref(),
+        &gateway.quic,
+        &gateway.fingerprint,
+        device,
+        state,
+    );
+    bot.lines.expect("connected", SOON);
+    bot
+}
+
 #[test]
 fn an_admin_sees_a_device_come_online_revokes_it_there_and_its_session_ends() {
     let data = tempfile::tempdir().unwrap();
@@ -40,14 +53,7 @@ fn an_admin_sees_a_device_come_online_revokes_it_there_and_its_session_ends() {
     let row = format!("tr[data-device='{id}']");
     assert!(browser.text_of(&row).contains("○ Offline"));
 
-    let mut bot = Bot::start(
-        BOT.as_ref(),
-        &gateway.quic,
-        &gateway.fingerprint,
-        &(id.clone(), secret),
-        state.path(),
-    );
-    bot.lines.expect("connected", SOON);
+    let mut bot = connected_bot(&gateway, &(id.clone(), secret), state.path());
     browser.reload_until(SOON, |_| browser.text_of(&row).contains("● Online"));
     browser.screenshot(&screenshots().join("console-devices-desktop.png"));
     browser.resize(PHONE);
@@ -106,4 +112,46 @@ fn a_form_without_its_csrf_token_is_refused_in_the_browser_and_signing_out_ends_
     );
     browser.resize(PHONE);
     browser.screenshot(&screenshots().join("console-sign-in-phone.png"));
+}
+
+#[test]
+fn a_signal_published_from_the_form_shows_its_executions_filling_in_as_the_device_reports() {
+    let data = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(data.path(), &[]);
+    let device = gateway.register("gold");
+    let mut bot = connected_bot(&gateway, &device, state.path());
+    let browser = Browser::start(DESKTOP);
+    sign_in(&browser, &gateway);
+
+    // The form refuses what the API refuses, and keeps what was typed.
+    browser.open(&format!("{}/console/signals", gateway.api));
+    browser.type_into("#channel", "gold");
+    browser.type_into("#symbol", "XAUUSD");
+    browser.type_into("#volume", "0.1.0");
+    browser.click("form[action='/console/signals'] button[type=submit]");
+    assert!(browser.has("p.notice.error"), "says what was wrong");
+    assert_eq!(browser.value_of("#volume"), "0.1.0", "kept as typed");
+    assert_eq!(browser.value_of("#channel"), "gold");
+    browser.screenshot(&screenshots().join("console-publish-refused-desktop.png"));
+
+    browser.type_into("#volume", "0.10");
+    browser.type_into("#stop_loss", "2340.00");
+    browser.click("form[action='/console/signals'] button[type=submit]");
+    let url = browser.url();
+    let signal_id = url.rsplit('/').next().unwrap().to_owned();
+    assert_eq!(signal_id.len(), 32, "at the signal's page: {url}");
+    let row = format!("tr[data-device='{}']", device.0);
+    browser.reload_until(SOON, |_| browser.text_of(&row).contains("Delivered"));
+    bot.lines.expect(&format!("signal {signal_id}"), SOON);
+
+    bot.send(&format!("fill {signal_id} 7 2350.5 0.10"));
+    let text = browser.reload_until(SOON, |_| browser.text_of(&row).contains("● Filled"));
+    assert!(text.contains("filled 0.10 at 2350.5 (ticket 7)"), "{text}");
+    browser.screenshot(&screenshots().join("console-signal-desktop.png"));
+    assert_eq!(
+        gateway.stored_reports(&signal_id, &device.0),
+        vec![(1, "filled".to_owned())],
+        "the fill stored once"
+    );
 }

@@ -174,6 +174,15 @@ async fn signal_executions(
     _: PlatformOrAdmin,
     Path(SignalPath { signal_id }): Path<SignalPath>,
 ) -> Result<Json<Executions>, ApiError> {
+    executions_of(&state, &signal_id).await.map(Json)
+}
+
+/// What happened to the signal `signal_id` (32 hex digits) on every device
+/// that should have it.
+pub(super) async fn executions_of(
+    state: &AppState,
+    signal_id: &str,
+) -> Result<Executions, ApiError> {
     let signal_id: SignalId = signal_id
         .parse()
         .map_err(|e| ApiError::Unprocessable(format!("signal id: {e}")))?;
@@ -220,11 +229,10 @@ async fn signal_executions(
             reports,
         });
     }
-    let devices = executions;
-    Ok(Json(Executions {
+    Ok(Executions {
         signal_id,
         channel: channel.to_string(),
         position,
-        devices,
-    }))
+        devices: executions,
+    })
 }

@@ -6,7 +6,8 @@
 //! the `/v1` API, so they validate and record alike.
 //!
 //! So far: devices (status, last seen, last report, channels; rename,
-//! new secret, revoke). Signals, the affiliate programme and health follow.
+//! new secret, revoke) and signals (publish, executions across devices).
+//! The affiliate programme and health follow.
 
 mod pages;
 mod session;
@@ -26,7 +27,8 @@ pub use session::ConsoleSessions;
 use session::SignedIn;
 
 use super::tokens::{self, Scope};
-use super::{ApiError, AppState, DeviceView, check_text, devices};
+use super::{ApiError, AppState, ChannelPath, DeviceView, check_text, devices, signals};
+use crate::signals::SignalDraft;
 
 /// The console's routes, outside the bearer-token layer: the cookie is
 /// their credential.
@@ -51,6 +53,9 @@ pub(super) fn routes() -> Router<AppState> {
             "/console/devices/{device_id}/rotate-secret",
             get(rotate_page).post(rotate),
         )
+        .route("/console/signals", get(signals_page).post(publish))
+        .route("/console/signals/find", get(find_signal))
+        .route("/console/signals/{signal_id}", get(executions_page))
 }
 
 /// A page as the browser gets it: never cached (they show secrets and
@@ -407,6 +412,147 @@ async fn rotate(
                 pages::new_secret(&session, &device, &secret.to_text().to_string()),
             )
         }
+        Err(error) => failed(&session, &error),
+    }
+}
+
+async fn signals_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    match signed_in(&state, &headers) {
+        Ok(session) => page(
+            StatusCode::OK,
+            pages::signals(
+                &session,
+                &pages::Draft::default(),
+                &session::random_text(),
+                None,
+            ),
+        ),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// The form's fields as the API's signal: the same JSON the API reads,
+/// through the same types, so the same input is refused for the same
+/// reason. Empty optional fields are absent.
+fn draft_of(fields: &HashMap<String, String>) -> Result<SignalDraft, ApiError> {
+    let mut draft = serde_json::Map::new();
+    for name in [
+        "symbol",
+        "action",
+        "order_type",
+        "volume",
+        "price",
+        "stop_loss",
+        "take_profit",
+        "comment",
+        "reference",
+    ] {
+        if let Some(value) = fields.get(name).map(|v| v.trim()).filter(|v| !v.is_empty()) {
+            draft.insert(name.to_owned(), serde_json::Value::from(value));
+        }
+    }
+    if let Some(magic) = fields
+        .get("magic")
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+    {
+        let magic: u64 = magic.parse().map_err(|_| {
+            ApiError::Unprocessable(format!("magic must be a whole number, not {magic:?}"))
+        })?;
+        draft.insert("magic".to_owned(), magic.into());
+    }
+    // Named by the field it is about, as the API's own message is.
+    serde_path_to_error::deserialize(serde_json::Value::Object(draft)).map_err(|e| {
+        let path = e.path().to_string();
+        ApiError::Unprocessable(match path.as_str() {
+            "." => e.inner().to_string(),
+            _ => format!("{path}: {}", e.inner()),
+        })
+    })
+}
+
+async fn publish(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Response {
+    let session = match signed_in_form(&state, &headers, &form) {
+        Ok(session) => session,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let empty = HashMap::new();
+    let fields = form.as_ref().map_or(&empty, |Form(fields)| fields);
+    let form_key = fields
+        .get("form_key")
+        .cloned()
+        .unwrap_or_else(session::random_text);
+    let channel = ChannelPath {
+        channel: fields
+            .get("channel")
+            .map(|c| c.trim().to_owned())
+            .unwrap_or_default(),
+    };
+    let published = match (channel.parse(), draft_of(fields)) {
+        (Ok(channel), Ok(draft)) => state
+            .core
+            .publish(&channel, draft, Some(format!("console:{form_key}")))
+            .await
+            .map_err(ApiError::from),
+        (Err(error), _) | (_, Err(error)) => Err(error),
+    };
+    match published {
+        Ok(appended) => {
+            let id = appended.signal.signal_id;
+            tracing::info!(signal = %id, actor = %session.actor, "signal published from the console");
+            Redirect::to(&format!("/console/signals/{id}")).into_response()
+        }
+        // The form again, as it was filled in, with what was wrong.
+        Err(error @ (ApiError::Unprocessable(_) | ApiError::Conflict(_))) => {
+            let draft = pages::Draft {
+                field: fields
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect(),
+            };
+            page(
+                error.classify().0,
+                pages::signals(&session, &draft, &form_key, Some(&error.to_string())),
+            )
+        }
+        Err(error) => failed(&session, &error),
+    }
+}
+
+#[derive(Deserialize)]
+struct FindQuery {
+    signal_id: String,
+}
+
+async fn find_signal(Query(FindQuery { signal_id }): Query<FindQuery>) -> Response {
+    let id: String = signal_id
+        .trim()
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .collect();
+    Redirect::to(&format!("/console/signals/{id}")).into_response()
+}
+
+#[derive(Deserialize)]
+struct SignalPath {
+    signal_id: String,
+}
+
+async fn executions_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(SignalPath { signal_id }): Path<SignalPath>,
+) -> Response {
+    let session = match signed_in(&state, &headers) {
+        Ok(session) => session,
+        Err(refusal) => return refusal.into_response(),
+    };
+    match signals::executions_of(&state, &signal_id).await {
+        Ok(executions) => page(StatusCode::OK, pages::executions(&session, &executions)),
         Err(error) => failed(&session, &error),
     }
 }

@@ -6,7 +6,9 @@ use eagate_affiliates::calendar;
 use maud::{DOCTYPE, Markup, html};
 
 use super::session::SignedIn;
-use crate::http::DeviceView;
+use crate::api_schema::variant_names;
+use crate::http::{DeviceExecution, DeviceView, ExecutionStatus, Executions};
+use crate::reports::ReportKind;
 
 /// The stylesheet: readable on a phone and a desktop, contrast above WCAG
 /// AA, status shown in words and not by colour alone.
@@ -56,6 +58,14 @@ header button { background: transparent; border-color: #fff; }
 code.secret { display: block; font-size: 1.05rem; padding: .75rem; background: var(--band);
               border: 1px solid var(--line); overflow-wrap: anywhere; }
 .pager { margin: 1rem 0; }
+fieldset { border: 1px solid var(--line); border-radius: 6px; margin: 0 0 1rem; padding: .75rem 1rem; }
+legend { font-weight: 600; padding: 0 .25rem; }
+.fields { display: grid; grid-template-columns: repeat(auto-fill, minmax(12rem, 1fr)); gap: .75rem 1rem; }
+.fields input, .fields select { width: 100%; min-width: 0; font: inherit; padding: .4rem .5rem;
+         border: 1px solid var(--muted); border-radius: 4px; background: #fff; }
+.hint { display: block; font-weight: 400; font-size: .85rem; color: var(--muted); }
+.filled { color: var(--ok); }
+.rejected { color: var(--danger); }
 @media (max-width: 40rem) {
   /* On a phone each row is a card, every cell with its column's name. */
   .table { border: 0; }
@@ -108,6 +118,7 @@ pub(super) fn layout(
                     @if let Some(session) = signed_in {
                         nav aria-label="Console" {
                             a href="/console/devices" { "Devices" }
+                            a href="/console/signals" { "Signals" }
                         }
                         form method="post" action="/console/sign-out" {
                             input type="hidden" name="csrf" value=(session.csrf);
@@ -326,6 +337,171 @@ pub(super) fn refused(signed_in: Option<&SignedIn>, title: &str, why: &str) -> M
             h1 { (title) }
             p.notice.error role="alert" { (why) }
             p { a href="/console/devices" { "Back to the devices" } }
+        },
+    )
+}
+
+/// What a publish form held, to show it again with what was wrong.
+#[derive(Debug, Default)]
+pub(super) struct Draft<'a> {
+    pub(super) field: std::collections::HashMap<&'a str, &'a str>,
+}
+
+impl Draft<'_> {
+    fn value(&self, name: &str) -> &str {
+        self.field.get(name).copied().unwrap_or_default()
+    }
+}
+
+/// A labelled input of the publish form.
+fn input(draft: &Draft<'_>, name: &str, label: &str, hint: &str, required: bool) -> Markup {
+    html! {
+        div {
+            label for=(name) { (label) span.hint { (hint) } }
+            input id=(name) type="text" name=(name) value=(draft.value(name)) required[required];
+        }
+    }
+}
+
+/// A select of an enum's JSON names, `default` chosen when the draft has none.
+fn choice(draft: &Draft<'_>, name: &str, label: &str, names: &[&str], default: &str) -> Markup {
+    let chosen = match draft.value(name) {
+        "" => default,
+        value => value,
+    };
+    html! {
+        div {
+            label for=(name) { (label) }
+            select id=(name) name=(name) {
+                @for option in names {
+                    option value=(option) selected[*option == chosen] { (option) }
+                }
+            }
+        }
+    }
+}
+
+pub(super) fn signals(
+    session: &SignedIn,
+    draft: &Draft<'_>,
+    form_key: &str,
+    problem: Option<&str>,
+) -> Markup {
+    layout(
+        "Signals",
+        Some(session),
+        None,
+        html! {
+            h1 { "Signals" }
+            @if let Some(problem) = problem {
+                p.notice.error role="alert" { (problem) }
+            }
+            form method="post" action="/console/signals" {
+                input type="hidden" name="csrf" value=(session.csrf);
+                // Publishing the same form twice (a double click, a resubmit
+                // after Back) publishes one signal.
+                input type="hidden" name="form_key" value=(form_key);
+                fieldset {
+                    legend { "Publish a signal" }
+                    div.fields {
+                        (input(draft, "channel", "Channel", "its subscribers get it", true))
+                        (input(draft, "symbol", "Symbol", "as the terminal names it", true))
+                        (choice(draft, "action", "Action", variant_names::<eagate_protocol::Action>(), "OpenBuy"))
+                        (choice(draft, "order_type", "Order type", variant_names::<eagate_protocol::OrderType>(), "Market"))
+                        (input(draft, "volume", "Volume", "lots, e.g. 0.10; 0 closes all", true))
+                        (input(draft, "price", "Price", "limit or stop orders", false))
+                        (input(draft, "stop_loss", "Stop loss", "optional", false))
+                        (input(draft, "take_profit", "Take profit", "optional", false))
+                        (input(draft, "magic", "Magic number", "optional, whole number", false))
+                        (input(draft, "comment", "Comment", "optional, up to 64 characters", false))
+                        (input(draft, "reference", "Reference", "close, modify, cancel: the signal id", false))
+                    }
+                }
+                button type="submit" { "Publish" }
+            }
+            form.inline method="get" action="/console/signals/find" {
+                div {
+                    label for="signal_id" { "A signal's executions" span.hint { "its id, 32 hex digits" } }
+                    input #signal_id type="text" name="signal_id" required;
+                }
+                button.secondary type="submit" { "Show" }
+            }
+        },
+    )
+}
+
+fn execution_status(status: ExecutionStatus) -> Markup {
+    let (class, text) = match status {
+        ExecutionStatus::Pending => ("offline", "○ Pending: not sent yet"),
+        ExecutionStatus::Delivered => ("offline", "◐ Delivered, no report yet"),
+        ExecutionStatus::Received => ("online", "◑ Received"),
+        ExecutionStatus::Filled => ("filled", "● Filled"),
+        ExecutionStatus::Rejected => ("rejected", "✕ Rejected"),
+    };
+    html! { span class={ "status " (class) } { (text) } }
+}
+
+fn report_text(device: &DeviceExecution) -> String {
+    device
+        .reports
+        .iter()
+        .map(|report| match report.kind {
+            ReportKind::Received => format!("#{} received", report.seq),
+            ReportKind::Filled => format!(
+                "#{} filled {} at {} (ticket {})",
+                report.seq,
+                report.volume.map(|v| v.to_string()).unwrap_or_default(),
+                report.price.map(|p| p.to_string()).unwrap_or_default(),
+                report.ticket.unwrap_or_default()
+            ),
+            ReportKind::Rejected => format!(
+                "#{} rejected ({}): {}",
+                report.seq,
+                report.error_code.unwrap_or_default(),
+                report.error_text.as_deref().unwrap_or_default()
+            ),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+pub(super) fn executions(session: &SignedIn, executions: &Executions) -> Markup {
+    let id = executions.signal_id.to_string();
+    layout(
+        &format!("Signal {id}"),
+        Some(session),
+        Some(2),
+        html! {
+            p { a href="/console/signals" { "← Signals" } }
+            h1 { "Signal " code { (id) } }
+            dl {
+                dt { "Channel" } dd { (executions.channel) }
+                dt { "Position" } dd { (executions.position) }
+            }
+            div.table {
+                table {
+                    caption { "On every device that should have it; this page reloads every 2 seconds." }
+                    thead {
+                        tr {
+                            th scope="col" { "Device" }
+                            th scope="col" { "Status" }
+                            th scope="col" { "Reports" }
+                        }
+                    }
+                    tbody {
+                        @for device in &executions.devices {
+                            tr data-device=(device.device_id) {
+                                td { a href={ "/console/devices/" (device.device_id) } { (device.device_id) } }
+                                td data-label="Status" { (execution_status(device.status)) }
+                                td data-label="Reports" { (report_text(device)) }
+                            }
+                        }
+                        @if executions.devices.is_empty() {
+                            tr { td colspan="3" { "No device is subscribed to this channel." } }
+                        }
+                    }
+                }
+            }
         },
     )
 }

@@ -44,7 +44,8 @@ pub struct ConsoleSessions {
     sessions: Mutex<HashMap<[u8; 32], Session>>,
 }
 
-fn random_text() -> String {
+/// 32 random bytes as hex: session ids, CSRF tokens, form keys.
+pub(crate) fn random_text() -> String {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).expect("the system's random source works");
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
