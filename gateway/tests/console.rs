@@ -10,6 +10,7 @@ use common::*;
 use eagate_gateway::http::tokens::{Scope, create_token};
 use eagate_gateway::server::Gateway;
 use http_body_util::BodyExt;
+use serde_json::{Value, json};
 use tower::ServiceExt;
 
 struct Console {
@@ -118,6 +119,95 @@ impl Console {
         let page = self.get("/console/devices", Some(cookie)).await;
         let at = page.body.find("name=\"csrf\" value=\"").expect("a form") + 19;
         page.body[at..at + 64].to_owned()
+    }
+
+    /// A call of the JSON API with `token`; the answer's status and body.
+    async fn api(
+        &self,
+        method: &str,
+        uri: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+            .unwrap();
+        let page = self.request(request).await;
+        (
+            page.status,
+            serde_json::from_str(&page.body).unwrap_or(Value::Null),
+        )
+    }
+
+    /// Alice enrolled, with four customers who signed up from one address
+    /// and paid: the fourth over the shared-address limit (3), so its
+    /// commission is held by an open case. Her affiliate id.
+    async fn affiliate_with_a_held_referral(&self) -> String {
+        let (status, enrolled) = self
+            .api(
+                "POST",
+                "/v1/affiliates",
+                &self.platform,
+                Some(json!({"user_id": "alice", "email_sha256": "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+                            "source_address": "198.51.100.20"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{enrolled}");
+        let affiliate = enrolled["affiliate"]["affiliate_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let code = enrolled["affiliate"]["code"].as_str().unwrap().to_owned();
+        let (_, list) = self.api("GET", "/v1/affiliates", &self.admin, None).await;
+        let currency = list["currency"].as_str().unwrap().to_owned();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let now = eagate_affiliates::calendar::format_instant(now_ms);
+        for n in 1..=4 {
+            let (status, body) = self
+                .api(
+                    "POST",
+                    "/v1/referrals",
+                    &self.platform,
+                    Some(json!({"user_id": format!("c{n}"), "code": code, "source_address": "192.0.2.50",
+                                "email_sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                                "email_verified": true, "occurred_at": now})),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            let (status, body) = self
+                .api(
+                    "POST",
+                    "/v1/payments",
+                    &self.platform,
+                    Some(
+                        json!({"payment_id": format!("p{n}"), "user_id": format!("c{n}"),
+                                "amount_minor": 10_000, "currency": currency, "billing_period": 1,
+                                "occurred_at": now}),
+                    ),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+        }
+        affiliate
+    }
+
+    /// Alice's row of `GET /v1/affiliates`.
+    async fn balances(&self, affiliate: &str) -> Value {
+        let (_, list) = self.api("GET", "/v1/affiliates", &self.admin, None).await;
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|row| row["affiliate_id"] == affiliate)
+            .cloned()
+            .unwrap()
     }
 
     async fn register(&self, name: &str) -> String {
@@ -426,4 +516,87 @@ async fn a_publish_form_sent_twice_publishes_one_signal_and_shows_its_executions
     assert_eq!(executions.status, StatusCode::OK);
     assert!(executions.body.contains(&subscriber));
     assert!(executions.body.contains("○ Pending"), "{}", executions.body);
+}
+
+#[tokio::test]
+async fn a_fraud_case_cleared_in_the_console_releases_the_held_money_recorded_as_the_admins() {
+    let console = console().await;
+    let affiliate = console.affiliate_with_a_held_referral().await;
+    let before = console.balances(&affiliate).await;
+    assert!(before["held_minor"].as_i64().unwrap() > 0, "{before}");
+    assert_eq!(before["open_cases"], 1);
+    let cookie = console.sign_in().await;
+    let affiliates = console.get("/console/affiliates", Some(&cookie)).await;
+    assert!(affiliates.body.contains(&affiliate));
+    assert!(
+        affiliates.body.contains("1 to review"),
+        "{}",
+        affiliates.body
+    );
+
+    let queue = console.get("/console/fraud", Some(&cookie)).await;
+    assert!(queue.body.contains("shared address"), "{}", queue.body);
+    assert!(queue.body.contains("192.0.2.50"), "the evidence");
+    let csrf = console.csrf(&cookie).await;
+    let decided = console
+        .post(
+            "/console/fraud/1",
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("decision", "cleared"),
+                ("reason", "a family, checked by phone"),
+            ],
+        )
+        .await;
+    assert_eq!(decided.status, StatusCode::SEE_OTHER, "{}", decided.body);
+
+    let after = console.balances(&affiliate).await;
+    assert_eq!(after["held_minor"], 0, "released: {after}");
+    assert_eq!(after["open_cases"], 0);
+    assert_eq!(
+        after["pending_minor"].as_i64().unwrap(),
+        before["pending_minor"].as_i64().unwrap() + before["held_minor"].as_i64().unwrap()
+    );
+    let (_, cases) = console
+        .api(
+            "GET",
+            "/v1/fraud-cases?status=decided",
+            &console.admin,
+            None,
+        )
+        .await;
+    let case = &cases["items"][0];
+    assert_eq!(case["reason"], "a family, checked by phone");
+    let by = case["decided_by"].as_str().unwrap();
+    assert!(
+        by.starts_with("token:") && !by.contains(&console.admin),
+        "{by}"
+    );
+    // The same token through the API is recorded as the same caller.
+    use sha2::Digest as _;
+    let hash = hex::encode(sha2::Sha256::digest(console.admin.as_bytes()));
+    assert_eq!(by, format!("token:{}", &hash[..12]));
+
+    // A second decision the other way is a conflict, said on the page.
+    let again = console
+        .post(
+            "/console/fraud/1",
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("decision", "confirmed"),
+                ("reason", "changed my mind"),
+            ],
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    let unknown = console
+        .post(
+            "/console/fraud/99",
+            Some(&cookie),
+            &[("csrf", &csrf), ("decision", "cleared"), ("reason", "x")],
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
 }

@@ -155,3 +155,103 @@ fn a_signal_published_from_the_form_shows_its_executions_filling_in_as_the_devic
         "the fill stored once"
     );
 }
+
+/// `POST` of `body` to the gateway's API with `token`; the answer.
+fn post_json(
+    gateway: &Gateway,
+    token: &str,
+    uri: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    let text = ureq::post(&format!("{}{uri}", gateway.api))
+        .header("Authorization", &format!("Bearer {token}"))
+        .header("Content-Type", "application/json")
+        .send(body.to_string())
+        .unwrap_or_else(|e| panic!("POST {uri}: {e}"))
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn an_admin_clears_a_fraud_case_in_the_queue_and_sees_the_held_money_released() {
+    let data = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(data.path(), &[]);
+    let platform = gateway
+        .eagate_ok(&[
+            "token",
+            "create",
+            "--scope",
+            "platform",
+            "--data-dir",
+            data.path().to_str().unwrap(),
+        ])
+        .trim()
+        .to_owned();
+    let enrolled = post_json(
+        &gateway,
+        &platform,
+        "/v1/affiliates",
+        serde_json::json!({"user_id": "alice", "source_address": "198.51.100.20",
+            "email_sha256": "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"}),
+    );
+    let affiliate = enrolled["affiliate"]["affiliate_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let code = enrolled["affiliate"]["code"].as_str().unwrap().to_owned();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let occurred_at = eagate_affiliates::calendar::format_instant(now_ms);
+    // Four customers from one address: the fourth is held for review.
+    for n in 1..=4 {
+        post_json(
+            &gateway,
+            &platform,
+            "/v1/referrals",
+            serde_json::json!({"user_id": format!("c{n}"), "code": code,
+                "source_address": "192.0.2.50", "email_verified": true, "occurred_at": occurred_at,
+                "email_sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}),
+        );
+        post_json(
+            &gateway,
+            &platform,
+            "/v1/payments",
+            serde_json::json!({"payment_id": format!("p{n}"), "user_id": format!("c{n}"),
+                "amount_minor": 10_000, "currency": "GBP", "billing_period": 1,
+                "occurred_at": occurred_at}),
+        );
+    }
+
+    let browser = Browser::start(DESKTOP);
+    sign_in(&browser, &gateway);
+    browser.open(&format!("{}/console/affiliates", gateway.api));
+    let row = format!("tr[data-affiliate='{affiliate}']");
+    let held = browser.text_of(&format!("{row} td.held"));
+    assert!(!held.starts_with("0.00"), "held before: {held}");
+    assert!(browser.text_of(&row).contains("1 to review"));
+    browser.click(&format!("{row} a"));
+    assert!(
+        browser.url().contains("/console/fraud"),
+        "{}",
+        browser.url()
+    );
+    assert!(browser.text().contains("192.0.2.50"), "the evidence");
+    browser.screenshot(&screenshots().join("console-fraud-desktop.png"));
+    browser.type_into("textarea[name=reason]", "a family, checked by phone");
+    browser.click("button[value=cleared]");
+    assert!(
+        browser.text().contains("a family, checked by phone"),
+        "{}",
+        browser.text()
+    );
+
+    browser.open(&format!("{}/console/affiliates", gateway.api));
+    let released = browser.text_of(&format!("{row} td.held"));
+    assert!(released.starts_with("0.00"), "released: {released}");
+    assert!(browser.text_of(&row).contains("none"), "no case open");
+    browser.screenshot(&screenshots().join("console-affiliates-desktop.png"));
+}

@@ -207,6 +207,13 @@ tokio::task_local! {
     static CALLER_ID: String;
 }
 
+/// Runs `work` as the request of `actor` (`token:…`): what the audit trail
+/// records for a console action, whose caller is the session's, not a
+/// bearer token's.
+pub(crate) async fn as_caller<F: std::future::Future>(actor: String, work: F) -> F::Output {
+    CALLER_ID.scope(actor, work).await
+}
+
 /// The id of the caller whose request is being handled (`token:…`), or
 /// `unauthenticated` outside an authenticated request.
 pub(crate) fn caller_id() -> String {

@@ -119,19 +119,30 @@ pub(super) async fn cases(
             )));
         }
     };
+    Ok(Json(Cases {
+        items: case_list(&state, open, filter.affiliate_id.as_deref()),
+    }))
+}
+
+/// The open (or decided) cases, oldest first, about one affiliate's
+/// referrals or everyone's.
+pub(in crate::http) fn case_list(
+    state: &AppState,
+    open: bool,
+    affiliate: Option<&str>,
+) -> Vec<CaseView> {
     let programme = state.affiliates.ledger.read();
-    let items = programme
+    programme
         .cases()
         .iter()
         .filter(|c| c.decision.is_none() == open)
         .filter(|c| {
-            filter.affiliate_id.as_deref().is_none_or(|wanted| {
+            affiliate.is_none_or(|wanted| {
                 matches!(&c.referrer, Referrer::Affiliate { affiliate_id } if affiliate_id == wanted)
             })
         })
         .map(case_view)
-        .collect();
-    Ok(Json(Cases { items }))
+        .collect()
 }
 
 /// A case named in the path.
@@ -178,16 +189,30 @@ pub(super) async fn decide(
     Path(CasePath { case_id }): Path<CasePath>,
     ApiJson(new): ApiJson<NewDecision>,
 ) -> Result<(StatusCode, Json<Recorded>), ApiError> {
+    decide_case(&state, &case_id, new.decision, &new.reason)
+        .await
+        .map(recorded)
+}
+
+/// Records the caller's decision on case `case_id` (its number as text: no
+/// number is no case) with `reason`; the same decision again changes
+/// nothing, the other one is a conflict.
+pub(in crate::http) async fn decide_case(
+    state: &AppState,
+    case_id: &str,
+    decision: CaseDecision,
+    reason: &str,
+) -> Result<eagate_affiliates::Decided, ApiError> {
     let case_id: u64 = case_id
         .parse()
         .map_err(|_| ApiError::NotFound(format!("no fraud case {case_id}")))?;
-    check_text("reason", &new.reason, 500)?;
+    check_text("reason", reason, 500)?;
     let actor = caller_id();
     let now = state.affiliates.now_ms();
     let decided = write_because(
-        &state,
-        &new.reason,
-        |p| p.decide_case(case_id, new.decision, &actor, &new.reason, now),
+        state,
+        reason,
+        |p| p.decide_case(case_id, decision, &actor, reason, now),
         |e| match e {
             CaseError::UnknownCase(_) => ApiError::NotFound(e.to_string()),
             CaseError::AlreadyDecided { .. } => ApiError::Conflict(e.to_string()),
@@ -195,7 +220,7 @@ pub(super) async fn decide(
     )
     .await?;
     if !decided.facts.is_empty() {
-        tracing::info!(case = case_id, decision = ?new.decision, by = %actor, "fraud case decided");
+        tracing::info!(case = case_id, decision = ?decision, by = %actor, "fraud case decided");
     }
-    Ok(recorded(decided))
+    Ok(decided)
 }

@@ -134,72 +134,18 @@ pub(super) async fn affiliates(
     let from = date_bound("from", page.from.as_deref())?;
     let to = date_bound("to", page.to.as_deref())?;
     let after = page.after.unwrap_or(0);
-    let now = state.affiliates.now_ms();
-    let programme = state.affiliates.ledger.read();
-    let currency = programme.config().currency;
-    let mut last_paid = std::collections::HashMap::new();
-    for payout in programme.payouts() {
-        if let Some(paid_at) = payout.settled_at_ms
-            && payout.state == eagate_affiliates::programme::PayoutState::Paid
-        {
-            last_paid.insert(payout.affiliate_id, paid_at);
-        }
-    }
-    let mut open_cases: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    for case in programme.cases().iter().filter(|c| c.decision.is_none()) {
-        if let eagate_affiliates::Referrer::Affiliate { affiliate_id } = &case.referrer {
-            *open_cases.entry(affiliate_id.as_str()).or_default() += 1;
-        }
-    }
-    let mut rows = Vec::new();
-    let mut more = false;
-    for (seq, affiliate_id) in (1u64..).zip(programme.affiliate_ids()) {
-        if seq <= after {
-            continue;
-        }
-        let Some(affiliate) = programme.affiliate(affiliate_id) else {
-            continue;
-        };
-        let day = day_of(affiliate.enrolled_at_ms);
-        if from.is_some_and(|d| day < d) || to.is_some_and(|d| day > d) {
-            continue;
-        }
-        let balances = programme
-            .balances(affiliate_id, now)
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .unwrap_or_default();
-        let status = OwedStatus::of(&balances);
-        let cases = open_cases.get(affiliate_id).copied().unwrap_or(0);
-        if filter.status.is_some_and(|s| s != status)
+    let (currency, rows, more) = affiliate_rows(&state, after, limit, |row| {
+        let day = day_of(row.enrolled_at_ms);
+        !(from.is_some_and(|d| day < d)
+            || to.is_some_and(|d| day > d)
+            || filter.status.is_some_and(|s| s != row.status)
             || filter
                 .min_payable_minor
-                .is_some_and(|m| balances.payable < m)
-            || filter.open_case.is_some_and(|wanted| wanted != (cases > 0))
-        {
-            continue;
-        }
-        if rows.len() == limit {
-            more = true;
-            break;
-        }
-        rows.push(AffiliateRow {
-            seq,
-            affiliate_id: affiliate_id.to_owned(),
-            user_id: affiliate.user_id.clone(),
-            code: affiliate.code.to_string(),
-            enrolled_at_ms: affiliate.enrolled_at_ms,
-            status,
-            earned_minor: balances.earned,
-            pending_minor: balances.pending,
-            held_minor: balances.held,
-            payable_minor: balances.payable,
-            paying_minor: balances.paying,
-            paid_minor: balances.paid,
-            reversed_minor: balances.reversed,
-            last_paid_at_ms: last_paid.get(affiliate_id).copied(),
-            open_cases: cases,
-        });
-    }
+                .is_some_and(|m| row.payable_minor < m)
+            || filter
+                .open_case
+                .is_some_and(|wanted| wanted != (row.open_cases > 0)))
+    })?;
     if csv {
         let rows = rows
             .into_iter()
@@ -238,6 +184,73 @@ pub(super) async fn affiliates(
         next_after,
     })
     .into_response())
+}
+
+/// Up to `limit` affiliates after the `after`-th (in enrolment order) that
+/// `keep` keeps, each with what they are owed now; whether more follow.
+pub(in crate::http) fn affiliate_rows(
+    state: &AppState,
+    after: u64,
+    limit: usize,
+    keep: impl Fn(&AffiliateRow) -> bool,
+) -> Result<(Currency, Vec<AffiliateRow>, bool), ApiError> {
+    let now = state.affiliates.now_ms();
+    let programme = state.affiliates.ledger.read();
+    let currency = programme.config().currency;
+    let mut last_paid = std::collections::HashMap::new();
+    for payout in programme.payouts() {
+        if let Some(paid_at) = payout.settled_at_ms
+            && payout.state == eagate_affiliates::programme::PayoutState::Paid
+        {
+            last_paid.insert(payout.affiliate_id, paid_at);
+        }
+    }
+    let mut open_cases: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for case in programme.cases().iter().filter(|c| c.decision.is_none()) {
+        if let eagate_affiliates::Referrer::Affiliate { affiliate_id } = &case.referrer {
+            *open_cases.entry(affiliate_id.as_str()).or_default() += 1;
+        }
+    }
+    let mut rows = Vec::new();
+    let mut more = false;
+    for (seq, affiliate_id) in (1u64..).zip(programme.affiliate_ids()) {
+        if seq <= after {
+            continue;
+        }
+        let Some(affiliate) = programme.affiliate(affiliate_id) else {
+            continue;
+        };
+        let balances = programme
+            .balances(affiliate_id, now)
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .unwrap_or_default();
+        let row = AffiliateRow {
+            seq,
+            affiliate_id: affiliate_id.to_owned(),
+            user_id: affiliate.user_id.clone(),
+            code: affiliate.code.to_string(),
+            enrolled_at_ms: affiliate.enrolled_at_ms,
+            status: OwedStatus::of(&balances),
+            earned_minor: balances.earned,
+            pending_minor: balances.pending,
+            held_minor: balances.held,
+            payable_minor: balances.payable,
+            paying_minor: balances.paying,
+            paid_minor: balances.paid,
+            reversed_minor: balances.reversed,
+            last_paid_at_ms: last_paid.get(affiliate_id).copied(),
+            open_cases: open_cases.get(affiliate_id).copied().unwrap_or(0),
+        };
+        if !keep(&row) {
+            continue;
+        }
+        if rows.len() == limit {
+            more = true;
+            break;
+        }
+        rows.push(row);
+    }
+    Ok((currency, rows, more))
 }
 
 /// A payout, in whatever state.

@@ -41,6 +41,8 @@ use super::{ApiError, AppState, Caller, refusals};
 use crate::http::tokens::{self, Scope};
 pub use audit::{AuditEntryView, AuditPage};
 pub use fraud::{CaseView, Cases};
+pub(in crate::http) use fraud::{case_list, decide_case};
+pub(in crate::http) use lists::affiliate_rows;
 
 // The answers keep the paths they had when this was one file.
 pub use commissions::{Commissions, EntryKindView, EntryStatusView, EntryView};

@@ -6,8 +6,9 @@
 //! the `/v1` API, so they validate and record alike.
 //!
 //! So far: devices (status, last seen, last report, channels; rename,
-//! new secret, revoke) and signals (publish, executions across devices).
-//! The affiliate programme and health follow.
+//! new secret, revoke), signals (publish, executions across devices), the
+//! affiliates with what each is owed, and the fraud review queue. Payout
+//! batches, the audit log, health and the affiliates' own portal follow.
 
 mod pages;
 mod session;
@@ -56,6 +57,9 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/console/signals", get(signals_page).post(publish))
         .route("/console/signals/find", get(find_signal))
         .route("/console/signals/{signal_id}", get(executions_page))
+        .route("/console/affiliates", get(affiliates_page))
+        .route("/console/fraud", get(fraud_page))
+        .route("/console/fraud/{case_id}", post(decide))
 }
 
 /// A page as the browser gets it: never cached (they show secrets and
@@ -553,6 +557,99 @@ async fn executions_page(
     };
     match signals::executions_of(&state, &signal_id).await {
         Ok(executions) => page(StatusCode::OK, pages::executions(&session, &executions)),
+        Err(error) => failed(&session, &error),
+    }
+}
+
+#[derive(Deserialize)]
+struct AfterQuery {
+    after: Option<u64>,
+}
+
+/// Affiliates per page of the list.
+const AFFILIATES_PER_PAGE: usize = 50;
+
+async fn affiliates_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(AfterQuery { after }): Query<AfterQuery>,
+) -> Response {
+    let session = match signed_in(&state, &headers) {
+        Ok(session) => session,
+        Err(refusal) => return refusal.into_response(),
+    };
+    match super::affiliates::affiliate_rows(&state, after.unwrap_or(0), AFFILIATES_PER_PAGE, |_| {
+        true
+    }) {
+        Ok((currency, rows, more)) => {
+            let next_after = more.then(|| rows.last().map(|r| r.seq)).flatten();
+            page(
+                StatusCode::OK,
+                pages::affiliates(&session, currency, &rows, next_after),
+            )
+        }
+        Err(error) => failed(&session, &error),
+    }
+}
+
+#[derive(Deserialize)]
+struct CaseQuery {
+    status: Option<String>,
+    affiliate_id: Option<String>,
+}
+
+async fn fraud_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<CaseQuery>,
+) -> Response {
+    let session = match signed_in(&state, &headers) {
+        Ok(session) => session,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let open = query.status.as_deref() != Some("decided");
+    let cases = super::affiliates::case_list(&state, open, query.affiliate_id.as_deref());
+    page(StatusCode::OK, pages::fraud(&session, open, &cases))
+}
+
+#[derive(Deserialize)]
+struct CasePath {
+    case_id: String,
+}
+
+async fn decide(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(CasePath { case_id }): Path<CasePath>,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Response {
+    let session = match signed_in_form(&state, &headers, &form) {
+        Ok(session) => session,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let decision = match field(&form, "decision") {
+        Some("cleared") => eagate_affiliates::CaseDecision::Cleared,
+        Some("confirmed") => eagate_affiliates::CaseDecision::Confirmed,
+        other => {
+            return failed(
+                &session,
+                &ApiError::Unprocessable(format!(
+                    "the decision is cleared or confirmed, not {:?}",
+                    other.unwrap_or_default()
+                )),
+            );
+        }
+    };
+    let reason = field(&form, "reason").unwrap_or_default().trim();
+    // Recorded in the audit trail as the signed-in admin's, as through the
+    // API with the same token.
+    let decided = super::as_caller(
+        session.actor.clone(),
+        super::affiliates::decide_case(&state, &case_id, decision, reason),
+    )
+    .await;
+    match decided {
+        Ok(_) => Redirect::to("/console/fraud?status=decided").into_response(),
         Err(error) => failed(&session, &error),
     }
 }

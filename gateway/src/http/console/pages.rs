@@ -7,8 +7,10 @@ use maud::{DOCTYPE, Markup, html};
 
 use super::session::SignedIn;
 use crate::api_schema::variant_names;
+use crate::http::affiliates::{AffiliateRow, CaseView, OwedStatus};
 use crate::http::{DeviceExecution, DeviceView, ExecutionStatus, Executions};
 use crate::reports::ReportKind;
+use eagate_affiliates::Currency;
 
 /// The stylesheet: readable on a phone and a desktop, contrast above WCAG
 /// AA, status shown in words and not by colour alone.
@@ -65,6 +67,11 @@ legend { font-weight: 600; padding: 0 .25rem; }
          border: 1px solid var(--muted); border-radius: 4px; background: #fff; }
 .hint { display: block; font-weight: 400; font-size: .85rem; color: var(--muted); }
 .filled { color: var(--ok); }
+td.money, th.money { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+textarea { font: inherit; width: 100%; min-height: 3rem; padding: .4rem .5rem;
+           border: 1px solid var(--muted); border-radius: 4px; }
+.case { border: 1px solid var(--line); border-radius: 6px; padding: .75rem 1rem; margin: 0 0 1rem; }
+.case h2 { font-size: 1.1rem; margin: 0 0 .5rem; }
 .rejected { color: var(--danger); }
 @media (max-width: 40rem) {
   /* On a phone each row is a card, every cell with its column's name. */
@@ -119,6 +126,8 @@ pub(super) fn layout(
                         nav aria-label="Console" {
                             a href="/console/devices" { "Devices" }
                             a href="/console/signals" { "Signals" }
+                            a href="/console/affiliates" { "Affiliates" }
+                            a href="/console/fraud" { "Fraud review" }
                         }
                         form method="post" action="/console/sign-out" {
                             input type="hidden" name="csrf" value=(session.csrf);
@@ -504,4 +513,133 @@ pub(super) fn executions(session: &SignedIn, executions: &Executions) -> Markup 
             }
         },
     )
+}
+
+fn owed_status(status: OwedStatus) -> &'static str {
+    match status {
+        OwedStatus::Owed => "Owed",
+        OwedStatus::Negative => "Owes the programme",
+        OwedStatus::Pending => "Pending",
+        OwedStatus::Settled => "Settled",
+    }
+}
+
+pub(super) fn affiliates(
+    session: &SignedIn,
+    currency: Currency,
+    rows: &[AffiliateRow],
+    next_after: Option<u64>,
+) -> Markup {
+    let money = |minor: i64| format!("{} {currency}", currency.format_major(minor));
+    layout(
+        "Affiliates",
+        Some(session),
+        None,
+        html! {
+            h1 { "Affiliates" }
+            div.table {
+                table {
+                    caption { "What each affiliate is owed now, in enrolment order. Held: money an open fraud case holds." }
+                    thead {
+                        tr {
+                            th scope="col" { "Affiliate" }
+                            th scope="col" { "Status" }
+                            th.money scope="col" { "Earned" }
+                            th.money scope="col" { "Pending" }
+                            th.money scope="col" { "Held" }
+                            th.money scope="col" { "Payable" }
+                            th.money scope="col" { "Paid" }
+                            th.money scope="col" { "Reversed" }
+                            th scope="col" { "Open cases" }
+                        }
+                    }
+                    tbody {
+                        @for row in rows {
+                            tr data-affiliate=(row.affiliate_id) {
+                                td { (row.user_id) span.id { (row.code) " · " (row.affiliate_id) } }
+                                td data-label="Status" { (owed_status(row.status)) }
+                                td.money data-label="Earned" { (money(row.earned_minor)) }
+                                td.money data-label="Pending" { (money(row.pending_minor)) }
+                                td.money.held data-label="Held" { (money(row.held_minor)) }
+                                td.money data-label="Payable" { (money(row.payable_minor)) }
+                                td.money data-label="Paid" { (money(row.paid_minor)) }
+                                td.money data-label="Reversed" { (money(row.reversed_minor)) }
+                                td data-label="Open cases" {
+                                    @if row.open_cases > 0 {
+                                        a href={ "/console/fraud?affiliate_id=" (row.affiliate_id) } { (row.open_cases) " to review" }
+                                    } @else { "none" }
+                                }
+                            }
+                        }
+                        @if rows.is_empty() {
+                            tr { td colspan="9" { "No affiliate has enrolled yet." } }
+                        }
+                    }
+                }
+            }
+            @if let Some(after) = next_after {
+                p.pager { a href={ "/console/affiliates?after=" (after) } { "Next page →" } }
+            }
+        },
+    )
+}
+
+pub(super) fn fraud(session: &SignedIn, open: bool, cases: &[CaseView]) -> Markup {
+    layout(
+        "Fraud review",
+        Some(session),
+        None,
+        html! {
+            h1 { "Fraud review" }
+            p {
+                @if open {
+                    "Open cases, oldest first. " a href="/console/fraud?status=decided" { "Decided cases" }
+                } @else {
+                    "Decided cases, oldest first. " a href="/console/fraud" { "Open cases" }
+                }
+            }
+            @for case in cases {
+                section.case data-case=(case.case_id) aria-labelledby={ "case-" (case.case_id) } {
+                    h2 id={ "case-" (case.case_id) } { "Case " (case.case_id) ": " (case_kind(case)) }
+                    dl {
+                        dt { "Customer" } dd { (case.user_id) }
+                        @if let Some(affiliate) = &case.affiliate_id {
+                            dt { "Affiliate" } dd { (affiliate) }
+                        }
+                        @if let Some(customer) = &case.referring_customer {
+                            dt { "Referred by customer" } dd { (customer) }
+                        }
+                        dt { "Evidence" } dd { (case.evidence) }
+                        dt { "Referral" } dd { @if case.refused { "refused" } @else { "held until decided" } }
+                        dt { "Opened" } dd { (utc(case.opened_at_ms)) }
+                        @if let (Some(by), Some(at)) = (&case.decided_by, case.decided_at_ms) {
+                            dt { "Decision" } dd { (case.status) " by " (by) " at " (utc(at)) }
+                            dt { "Reason" } dd { (case.reason.clone().unwrap_or_default()) }
+                        }
+                    }
+                    @if case.status == "open" {
+                        form method="post" action={ "/console/fraud/" (case.case_id) } {
+                            input type="hidden" name="csrf" value=(session.csrf);
+                            label for={ "reason-" (case.case_id) } { "Reason, for the record" }
+                            textarea id={ "reason-" (case.case_id) } name="reason" required maxlength="500" {}
+                            div.actions {
+                                button type="submit" name="decision" value="cleared" { "Clear: release the held money" }
+                                button.danger type="submit" name="decision" value="confirmed" { "Confirm: reverse unpaid commissions" }
+                            }
+                        }
+                    }
+                }
+            }
+            @if cases.is_empty() {
+                p.notice { @if open { "No case waits for review." } @else { "No case has been decided yet." } }
+            }
+        },
+    )
+}
+
+fn case_kind(case: &CaseView) -> String {
+    serde_json::to_value(case.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(|k| k.replace('_', " ")))
+        .unwrap_or_default()
 }
