@@ -600,3 +600,100 @@ async fn a_fraud_case_cleared_in_the_console_releases_the_held_money_recorded_as
         .await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
 }
+
+/// Enrols `user`; (affiliate id, code, its token).
+async fn enrol(console: &Console, user: &str, email_sha256: &str) -> (String, String, String) {
+    let (status, enrolled) = console
+        .api(
+            "POST",
+            "/v1/affiliates",
+            &console.platform,
+            Some(json!({"user_id": user, "email_sha256": email_sha256, "source_address": "198.51.100.20"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{enrolled}");
+    (
+        enrolled["affiliate"]["affiliate_id"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+        enrolled["affiliate"]["code"].as_str().unwrap().to_owned(),
+        enrolled["token"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn an_affiliate_token_opens_its_own_portal_and_no_other_page() {
+    let console = console().await;
+    let (alice, code, token) = enrol(
+        &console,
+        "alice",
+        "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+    )
+    .await;
+    let (bob, _, _) = enrol(
+        &console,
+        "bob",
+        "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+    )
+    .await;
+    let device = console.register("London VPS").await;
+    let signed_in = console
+        .post("/console/sign-in", None, &[("token", &token)])
+        .await;
+    assert_eq!(signed_in.status, StatusCode::SEE_OTHER);
+    assert_eq!(signed_in.location(), format!("/console/portal/{alice}"));
+    let cookie = signed_in.headers[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    let own = console
+        .get(&format!("/console/portal/{alice}"), Some(&cookie))
+        .await;
+    assert_eq!(own.status, StatusCode::OK);
+    assert!(own.body.contains(&code), "the code");
+    assert!(own.body.contains("<svg"), "charts drawn on the server");
+    assert!(
+        !own.body.contains("/console/devices"),
+        "no admin navigation"
+    );
+    for uri in [
+        format!("/console/portal/{bob}"),
+        "/console/devices".to_owned(),
+        "/console/affiliates".to_owned(),
+        "/console/fraud".to_owned(),
+        "/console/signals".to_owned(),
+        format!("/console/devices/{device}/revoke"),
+    ] {
+        let page = console.get(&uri, Some(&cookie)).await;
+        assert_eq!(page.status, StatusCode::FORBIDDEN, "{uri}");
+        assert!(
+            !page.body.contains(&device) || uri.contains("revoke"),
+            "{uri}"
+        );
+    }
+    // Nor its forms, with its own CSRF token.
+    let at = own.body.find("name=\"csrf\" value=\"").unwrap() + 19;
+    let csrf = &own.body[at..at + 64];
+    let revoke = console
+        .post(
+            &format!("/console/devices/{device}/revoke"),
+            Some(&cookie),
+            &[("csrf", csrf)],
+        )
+        .await;
+    assert_eq!(revoke.status, StatusCode::FORBIDDEN);
+    let record = console.gateway.core().registry.get(&device).await.unwrap();
+    assert!(record.unwrap().revoked_at_ms.is_none());
+
+    // An admin may open any affiliate's portal.
+    let admin = console.sign_in().await;
+    let page = console
+        .get(&format!("/console/portal/{bob}"), Some(&admin))
+        .await;
+    assert_eq!(page.status, StatusCode::OK);
+}

@@ -185,6 +185,18 @@ impl Browser {
         .to_owned()
     }
 
+    /// The attribute `name` of the first element `css` selects, if set.
+    pub fn attribute_of(&self, css: &str, name: &str) -> Option<String> {
+        let element = self.element(css);
+        self.call(
+            "GET",
+            &format!("/element/{element}/attribute/{name}"),
+            Value::Null,
+        )
+        .as_str()
+        .map(str::to_owned)
+    }
+
     /// The first element `css` selects (its reference).
     fn element(&self, css: &str) -> String {
         let found = self.call(

@@ -178,17 +178,7 @@ fn post_json(
 fn an_admin_clears_a_fraud_case_in_the_queue_and_sees_the_held_money_released() {
     let data = tempfile::tempdir().unwrap();
     let gateway = Gateway::start(data.path(), &[]);
-    let platform = gateway
-        .eagate_ok(&[
-            "token",
-            "create",
-            "--scope",
-            "platform",
-            "--data-dir",
-            data.path().to_str().unwrap(),
-        ])
-        .trim()
-        .to_owned();
+    let platform = platform_token(&gateway, data.path());
     let enrolled = post_json(
         &gateway,
         &platform,
@@ -201,11 +191,7 @@ fn an_admin_clears_a_fraud_case_in_the_queue_and_sees_the_held_money_released() 
         .unwrap()
         .to_owned();
     let code = enrolled["affiliate"]["code"].as_str().unwrap().to_owned();
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let occurred_at = eagate_affiliates::calendar::format_instant(now_ms);
+    let occurred_at = now_rfc3339();
     // Four customers from one address: the fourth is held for review.
     for n in 1..=4 {
         post_json(
@@ -254,4 +240,119 @@ fn an_admin_clears_a_fraud_case_in_the_queue_and_sees_the_held_money_released() 
     assert!(released.starts_with("0.00"), "released: {released}");
     assert!(browser.text_of(&row).contains("none"), "no case open");
     browser.screenshot(&screenshots().join("console-affiliates-desktop.png"));
+}
+
+/// An instant of now as the API reads it.
+fn now_rfc3339() -> String {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    eagate_affiliates::calendar::format_instant(now_ms)
+}
+
+#[test]
+fn an_affiliates_chart_shows_a_new_commission_and_no_other_affiliates_or_admin_page_opens() {
+    let data = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(data.path(), &[]);
+    let platform = platform_token(&gateway, data.path());
+    let enrol = |user: &str, email: &str| {
+        let enrolled = post_json(
+            &gateway,
+            &platform,
+            "/v1/affiliates",
+            serde_json::json!({"user_id": user, "source_address": "198.51.100.20", "email_sha256": email}),
+        );
+        (
+            enrolled["affiliate"]["affiliate_id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+            enrolled["affiliate"]["code"].as_str().unwrap().to_owned(),
+            enrolled["token"].as_str().unwrap().to_owned(),
+        )
+    };
+    let (alice, code, token) = enrol(
+        "alice",
+        "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+    );
+    let (bob, _, _) = enrol(
+        "bob",
+        "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+    );
+    post_json(
+        &gateway,
+        &platform,
+        "/v1/referrals",
+        serde_json::json!({"user_id": "c1", "code": code, "source_address": "192.0.2.7",
+            "email_verified": true, "occurred_at": now_rfc3339(),
+            "email_sha256": "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752"}),
+    );
+
+    let browser = Browser::start(DESKTOP);
+    browser.open(&format!("{}/console/sign-in", gateway.api));
+    browser.type_into("#token", &token);
+    browser.click("button[type=submit]");
+    assert!(
+        browser.url().ends_with(&format!("/console/portal/{alice}")),
+        "{}",
+        browser.url()
+    );
+    assert_eq!(browser.text_of("#code"), code);
+    assert_eq!(browser.text_of("dd[data-total=signups]"), "1");
+    assert!(browser.text_of("dd[data-total=earned]").starts_with("0.00"));
+    let today = &now_rfc3339()[..10];
+    let bar = format!("rect[data-period='{today}']");
+    assert_eq!(browser.attribute_of(&bar, "height").as_deref(), Some("0"));
+
+    // The customer pays: a commission, on today's bar and in the totals.
+    post_json(
+        &gateway,
+        &platform,
+        "/v1/payments",
+        serde_json::json!({"payment_id": "p1", "user_id": "c1", "amount_minor": 10_000,
+            "currency": "GBP", "billing_period": 1, "occurred_at": now_rfc3339()}),
+    );
+    browser.reload();
+    let earned = browser.text_of("dd[data-total=earned]");
+    assert!(!earned.starts_with("0.00"), "{earned}");
+    let height: i64 = browser
+        .attribute_of(&bar, "height")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(height > 0, "today's bar rose");
+    browser.screenshot(&screenshots().join("portal-desktop.png"));
+    browser.resize(PHONE);
+    browser.screenshot(&screenshots().join("portal-phone.png"));
+    browser.resize(DESKTOP);
+
+    // Bob's page and the admins' pages stay shut to Alice.
+    for page in [
+        format!("/console/portal/{bob}"),
+        "/console/devices".to_owned(),
+        "/console/affiliates".to_owned(),
+    ] {
+        browser.open(&format!("{}{page}", gateway.api));
+        assert!(
+            browser.text().contains("Not yours to see"),
+            "{page}: {}",
+            browser.text()
+        );
+    }
+}
+
+/// A platform token for `gateway`, made with its CLI.
+fn platform_token(gateway: &Gateway, data_dir: &Path) -> String {
+    gateway
+        .eagate_ok(&[
+            "token",
+            "create",
+            "--scope",
+            "platform",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ])
+        .trim()
+        .to_owned()
 }

@@ -54,7 +54,10 @@ pub struct AffiliateView {
     pub enrolled_at_ms: u64,
 }
 
-fn affiliate_view(state: &AppState, affiliate_id: &str) -> Result<AffiliateView, ApiError> {
+pub(in crate::http) fn affiliate_view(
+    state: &AppState,
+    affiliate_id: &str,
+) -> Result<AffiliateView, ApiError> {
     let programme = state.affiliates.ledger.read();
     let affiliate = programme
         .affiliate(affiliate_id)

@@ -40,9 +40,11 @@ use utoipa_axum::routes;
 use super::{ApiError, AppState, Caller, refusals};
 use crate::http::tokens::{self, Scope};
 pub use audit::{AuditEntryView, AuditPage};
+pub(in crate::http) use enrolment::affiliate_view;
 pub use fraud::{CaseView, Cases};
 pub(in crate::http) use fraud::{case_list, decide_case};
 pub(in crate::http) use lists::affiliate_rows;
+pub(in crate::http) use stats::stats_of;
 
 // The answers keep the paths they had when this was one file.
 pub use commissions::{Commissions, EntryKindView, EntryStatusView, EntryView};
@@ -168,7 +170,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Visitor {
 
 /// The address a request came from. Behind a proxy on the same machine,
 /// the address the proxy saw (the last `X-Forwarded-For` entry).
-pub(super) fn source_address(
+pub(in crate::http) fn source_address(
     headers: &axum::http::HeaderMap,
     extensions: &axum::http::Extensions,
 ) -> String {
@@ -190,7 +192,7 @@ pub(super) fn source_address(
 /// Records the address an affiliate's own token called from, the first
 /// time it is seen (for the self-referral check). A failure to record is
 /// logged, not the caller's problem.
-pub(super) async fn note_affiliate_address(
+pub(in crate::http) async fn note_affiliate_address(
     state: &AppState,
     affiliate_id: &str,
     address: &str,

@@ -128,14 +128,34 @@ pub(super) async fn stats(
 ) -> Result<Json<StatsView>, ApiError> {
     reader.may_read(&affiliate_id)?;
     let Query(query) = query?;
-    let shown = query.granularity.unwrap_or_default();
+    let from = date_bound("from", query.from.as_deref())?;
+    let to = date_bound("to", query.to.as_deref())?;
+    stats_of(
+        &state,
+        affiliate_id,
+        query.granularity.unwrap_or_default(),
+        from,
+        to,
+    )
+    .map(Json)
+}
+
+/// The stats of `affiliate_id` per day or month from `from` to `to` (UTC
+/// day numbers; by default 30 days or 12 months up to today).
+pub(in crate::http) fn stats_of(
+    state: &AppState,
+    affiliate_id: String,
+    shown: StatsGranularity,
+    from: Option<i64>,
+    to: Option<i64>,
+) -> Result<StatsView, ApiError> {
     let (granularity, max_days) = match shown {
         StatsGranularity::Month => (Granularity::Month, 3_660),
         StatsGranularity::Day => (Granularity::Day, 366),
     };
     let now = state.affiliates.now_ms();
-    let to = date_bound("to", query.to.as_deref())?.unwrap_or(day_of(now));
-    let from = date_bound("from", query.from.as_deref())?.unwrap_or(match granularity {
+    let to = to.unwrap_or(day_of(now));
+    let from = from.unwrap_or(match granularity {
         Granularity::Day => to - 29,
         Granularity::Month => calendar::month_start(to - 334),
     });
@@ -154,7 +174,7 @@ pub(super) async fn stats(
         .stats(&affiliate_id, granularity, from, to, now)
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .ok_or_else(|| ApiError::NotFound(format!("no affiliate {affiliate_id}")))?;
-    Ok(Json(StatsView {
+    Ok(StatsView {
         affiliate_id,
         currency: stats.currency,
         granularity: shown,
@@ -166,5 +186,5 @@ pub(super) async fn stats(
             .iter()
             .map(|(period, s)| period_view(period.clone(), s))
             .collect(),
-    }))
+    })
 }

@@ -25,7 +25,7 @@ use maud::Markup;
 use serde::Deserialize;
 
 pub use session::ConsoleSessions;
-use session::SignedIn;
+use session::{Role, SignedIn};
 
 use super::tokens::{self, Scope};
 use super::{ApiError, AppState, ChannelPath, DeviceView, check_text, devices, signals};
@@ -35,10 +35,8 @@ use crate::signals::SignalDraft;
 /// their credential.
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
-        .route(
-            "/console",
-            get(|| async { Redirect::to("/console/devices") }),
-        )
+        // Signed in: the session's home; otherwise the sign-in form.
+        .route("/console", get(sign_in_page))
         .route("/console/style.css", get(style))
         .route("/console/copy.js", get(copy_script))
         .route("/console/sign-in", get(sign_in_page).post(sign_in))
@@ -60,6 +58,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/console/affiliates", get(affiliates_page))
         .route("/console/fraud", get(fraud_page))
         .route("/console/fraud/{case_id}", post(decide))
+        .route("/console/portal/{affiliate_id}", get(portal))
 }
 
 /// A page as the browser gets it: never cached (they show secrets and
@@ -113,6 +112,9 @@ async fn copy_script() -> Response {
 enum Refusal {
     /// No live session: a page goes to the sign-in form.
     NotSignedIn,
+    /// An affiliate's session on an admin's page, or on another
+    /// affiliate's: 403.
+    NotYours(SignedIn),
     /// A form without the session's CSRF token (from another site, an
     /// expired sign-in, a page kept open across a sign-out): 403.
     Forged(Option<SignedIn>),
@@ -122,6 +124,14 @@ impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         match self {
             Self::NotSignedIn => Redirect::to("/console/sign-in").into_response(),
+            Self::NotYours(session) => page(
+                StatusCode::FORBIDDEN,
+                pages::refused(
+                    Some(&session),
+                    "Not yours to see",
+                    "This page is for the programme's admins, or for another affiliate.",
+                ),
+            ),
             Self::Forged(session) => page(
                 StatusCode::FORBIDDEN,
                 pages::refused(
@@ -137,12 +147,16 @@ impl IntoResponse for Refusal {
 
 /// The signed-in admin of a page.
 fn signed_in(state: &AppState, headers: &HeaderMap) -> Result<SignedIn, Refusal> {
-    state.console.of(headers).ok_or(Refusal::NotSignedIn)
+    let session = state.console.of(headers).ok_or(Refusal::NotSignedIn)?;
+    match session.role {
+        Role::Admin => Ok(session),
+        Role::Affiliate(_) => Err(Refusal::NotYours(session)),
+    }
 }
 
-/// The signed-in admin of a form post, if the form carries the session's
-/// CSRF token.
-fn signed_in_form(
+/// The signed-in admin or affiliate of a form post, if the form carries
+/// the session's CSRF token.
+fn any_signed_in_form(
     state: &AppState,
     headers: &HeaderMap,
     form: &Result<Form<HashMap<String, String>>, FormRejection>,
@@ -155,6 +169,20 @@ fn signed_in_form(
     match (session, carried) {
         (Some(session), Some(csrf)) if session::same_secret(csrf, &session.csrf) => Ok(session),
         (session, _) => Err(Refusal::Forged(session)),
+    }
+}
+
+/// The signed-in admin of a form post, if the form carries the session's
+/// CSRF token.
+fn signed_in_form(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: &Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Result<SignedIn, Refusal> {
+    let session = any_signed_in_form(state, headers, form)?;
+    match session.role {
+        Role::Admin => Ok(session),
+        Role::Affiliate(_) => Err(Refusal::NotYours(session)),
     }
 }
 
@@ -181,9 +209,18 @@ fn failed(session: &SignedIn, error: &ApiError) -> Response {
     )
 }
 
+/// Where a session starts: an admin at the devices, an affiliate at its
+/// own portal.
+fn home(session: &SignedIn) -> String {
+    match &session.role {
+        Role::Admin => "/console/devices".to_owned(),
+        Role::Affiliate(affiliate_id) => format!("/console/portal/{affiliate_id}"),
+    }
+}
+
 async fn sign_in_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if state.console.of(&headers).is_some() {
-        return Redirect::to("/console/devices").into_response();
+    if let Some(session) = state.console.of(&headers) {
+        return Redirect::to(&home(&session)).into_response();
     }
     page(StatusCode::OK, pages::sign_in(None))
 }
@@ -196,21 +233,50 @@ struct SignIn {
 async fn sign_in(
     State(state): State<AppState>,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
     form: Result<Form<SignIn>, FormRejection>,
 ) -> Response {
     let token = form.map(|Form(f)| f.token).unwrap_or_default();
     let token = token.trim();
-    if state.tokens.scope_of(token) != Some(Scope::Admin) {
+    let hash = tokens::token_sha256(token);
+    // The token's id (the start of its hash), never the token.
+    let actor = format!("token:{}", &hash[..12]);
+    let role = if state.tokens.scope_of(token) == Some(Scope::Admin) {
+        Role::Admin
+    } else if let Some(affiliate_id) = state
+        .affiliates
+        .ledger
+        .read()
+        .affiliate_of_token(&hash)
+        .map(|a| a.affiliate_id.clone())
+    {
+        Role::Affiliate(affiliate_id)
+    } else {
         return page(
             StatusCode::UNAUTHORIZED,
-            pages::sign_in(Some("That is not an admin token of this gateway.")),
+            pages::sign_in(Some(
+                "That is not an admin token of this gateway, nor an affiliate's.",
+            )),
         );
+    };
+    if let Role::Affiliate(affiliate_id) = &role {
+        // Where an affiliate signs in from is evidence for the
+        // self-referral check, as where its token calls the API from.
+        let address = super::affiliates::source_address(&headers, &extensions);
+        let noted_by = eagate_affiliates::Actor {
+            by: actor.clone(),
+            why: "an address the affiliate signed in to the console from".to_owned(),
+        };
+        super::affiliates::note_affiliate_address(&state, affiliate_id, &address, &noted_by).await;
     }
-    // The token's id (the start of its hash), never the token.
-    let actor = format!("token:{}", &tokens::token_sha256(token)[..12]);
     tracing::info!(%actor, "console sign-in");
-    let id = state.console.start(actor);
-    let mut response = Redirect::to("/console/devices").into_response();
+    let signed_in = SignedIn {
+        actor: actor.clone(),
+        role: role.clone(),
+        csrf: String::new(),
+    };
+    let id = state.console.start(actor, role);
+    let mut response = Redirect::to(&home(&signed_in)).into_response();
     let (name, value) = session::set_cookie(&id, &headers);
     if let Ok(value) = HeaderValue::from_str(&value) {
         response.headers_mut().insert(name, value);
@@ -223,7 +289,7 @@ async fn sign_out(
     headers: HeaderMap,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    if let Err(refusal) = signed_in_form(&state, &headers, &form) {
+    if let Err(refusal) = any_signed_in_form(&state, &headers, &form) {
         return refusal.into_response();
     }
     state.console.end(&headers);
@@ -650,6 +716,52 @@ async fn decide(
     .await;
     match decided {
         Ok(_) => Redirect::to("/console/fraud?status=decided").into_response(),
+        Err(error) => failed(&session, &error),
+    }
+}
+
+#[derive(Deserialize)]
+struct AffiliatePath {
+    affiliate_id: String,
+}
+
+/// An affiliate's own page (an admin may open any): the referral link and
+/// code, totals, earnings per day and per month as charts, and the
+/// numbers behind them.
+async fn portal(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(AffiliatePath { affiliate_id }): Path<AffiliatePath>,
+) -> Response {
+    let session = match state.console.of(&headers) {
+        Some(session) => session,
+        None => return Refusal::NotSignedIn.into_response(),
+    };
+    if matches!(&session.role, Role::Affiliate(own) if *own != affiliate_id) {
+        return Refusal::NotYours(session).into_response();
+    }
+    let shown = super::affiliates::affiliate_view(&state, &affiliate_id).and_then(|affiliate| {
+        let days = super::affiliates::stats_of(
+            &state,
+            affiliate_id.clone(),
+            super::affiliates::StatsGranularity::Day,
+            None,
+            None,
+        )?;
+        let months = super::affiliates::stats_of(
+            &state,
+            affiliate_id.clone(),
+            super::affiliates::StatsGranularity::Month,
+            None,
+            None,
+        )?;
+        Ok((affiliate, days, months))
+    });
+    match shown {
+        Ok((affiliate, days, months)) => page(
+            StatusCode::OK,
+            pages::portal(&session, &affiliate, &days, &months),
+        ),
         Err(error) => failed(&session, &error),
     }
 }

@@ -5,9 +5,11 @@
 use eagate_affiliates::calendar;
 use maud::{DOCTYPE, Markup, html};
 
-use super::session::SignedIn;
+use super::session::{Role, SignedIn};
 use crate::api_schema::variant_names;
-use crate::http::affiliates::{AffiliateRow, CaseView, OwedStatus};
+use crate::http::affiliates::{
+    AffiliateRow, AffiliateView, CaseView, OwedStatus, PeriodView, StatsView,
+};
 use crate::http::{DeviceExecution, DeviceView, ExecutionStatus, Executions};
 use crate::reports::ReportKind;
 use eagate_affiliates::Currency;
@@ -72,6 +74,20 @@ textarea { font: inherit; width: 100%; min-height: 3rem; padding: .4rem .5rem;
            border: 1px solid var(--muted); border-radius: 4px; }
 .case { border: 1px solid var(--line); border-radius: 6px; padding: .75rem 1rem; margin: 0 0 1rem; }
 .case h2 { font-size: 1.1rem; margin: 0 0 .5rem; }
+.share { display: flex; flex-wrap: wrap; gap: .5rem; align-items: center; margin: .25rem 0 1rem; }
+.share code { font-size: 1rem; padding: .4rem .6rem; background: var(--band);
+              border: 1px solid var(--line); border-radius: 4px; overflow-wrap: anywhere; }
+.totals { display: grid; grid-template-columns: repeat(auto-fill, minmax(9rem, 1fr)); gap: .75rem; margin: 0 0 1.5rem; }
+.totals div { border: 1px solid var(--line); border-radius: 6px; padding: .5rem .75rem; }
+.totals dt { font-weight: 400; color: var(--muted); font-size: .9rem; }
+.totals dd { font-size: 1.25rem; font-weight: 600; }
+figure { margin: 0 0 1.5rem; }
+figcaption { font-weight: 600; margin-bottom: .25rem; }
+svg.chart { width: 100%; height: auto; max-width: 48rem; display: block; }
+svg.chart .bar { fill: var(--accent); }
+svg.chart .axis { stroke: var(--muted); stroke-width: 1; }
+svg.chart text { font: 12px system-ui, sans-serif; fill: var(--ink); }
+details { margin: .5rem 0 1.5rem; }
 .rejected { color: var(--danger); }
 @media (max-width: 40rem) {
   /* On a phone each row is a card, every cell with its column's name. */
@@ -121,13 +137,20 @@ pub(super) fn layout(
             }
             body {
                 header {
-                    a.brand href="/console/devices" { "eagate" }
+                    a.brand href="/console" { "eagate" }
                     @if let Some(session) = signed_in {
                         nav aria-label="Console" {
-                            a href="/console/devices" { "Devices" }
-                            a href="/console/signals" { "Signals" }
-                            a href="/console/affiliates" { "Affiliates" }
-                            a href="/console/fraud" { "Fraud review" }
+                            @match &session.role {
+                                Role::Admin => {
+                                    a href="/console/devices" { "Devices" }
+                                    a href="/console/signals" { "Signals" }
+                                    a href="/console/affiliates" { "Affiliates" }
+                                    a href="/console/fraud" { "Fraud review" }
+                                }
+                                Role::Affiliate(affiliate_id) => {
+                                    a href={ "/console/portal/" (affiliate_id) } { "Your referrals" }
+                                }
+                            }
                         }
                         form method="post" action="/console/sign-out" {
                             input type="hidden" name="csrf" value=(session.csrf);
@@ -642,4 +665,134 @@ fn case_kind(case: &CaseView) -> String {
         .ok()
         .and_then(|v| v.as_str().map(|k| k.replace('_', " ")))
         .unwrap_or_default()
+}
+
+/// A bar chart drawn on the server: one bar per period, each with its
+/// value as a tooltip (`title`), the largest value and the first and last
+/// periods written on the axes. Integer arithmetic only.
+fn bar_chart(caption: &str, bars: &[(String, i64)], value_text: impl Fn(i64) -> String) -> Markup {
+    const WIDTH: i64 = 720;
+    const HEIGHT: i64 = 200;
+    const LEFT: i64 = 90;
+    const BOTTOM: i64 = 24;
+    let most = bars.iter().map(|(_, v)| *v).max().unwrap_or(0).max(1);
+    let count = i64::try_from(bars.len()).unwrap_or(1).max(1);
+    let slot = (WIDTH - LEFT) / count;
+    let plot = HEIGHT - BOTTOM;
+    html! {
+        figure {
+            figcaption { (caption) }
+            svg.chart viewBox={ "0 0 " (WIDTH) " " (HEIGHT) } role="img" aria-label=(caption) {
+                text x="0" y="12" { (value_text(most)) }
+                text x="0" y=(plot) { (value_text(0)) }
+                line.axis x1=(LEFT) y1=(plot) x2=(WIDTH) y2=(plot) {}
+                @for (i, (period, value)) in (0i64..).zip(bars) {
+                    @let height = (*value).max(0) * (plot - 8) / most;
+                    rect.bar x=(LEFT + i * slot + 1) y=(plot - height) width=((slot - 2).max(1)) height=(height) data-period=(period) {
+                        title { (period) ": " (value_text(*value)) }
+                    }
+                }
+                @if let (Some((first, _)), Some((last, _))) = (bars.first(), bars.last()) {
+                    text x=(LEFT) y=(HEIGHT - 4) { (first) }
+                    text x=(WIDTH) y=(HEIGHT - 4) text-anchor="end" { (last) }
+                }
+            }
+        }
+    }
+}
+
+fn stats_table(caption: &str, stats: &StatsView, money: &impl Fn(i64) -> String) -> Markup {
+    html! {
+        details {
+            summary { (caption) }
+            div.table {
+                table {
+                    thead {
+                        tr {
+                            th scope="col" { "Period" }
+                            th.money scope="col" { "Clicks" }
+                            th.money scope="col" { "Signups" }
+                            th.money scope="col" { "First payments" }
+                            th.money scope="col" { "Earned" }
+                        }
+                    }
+                    tbody {
+                        @for period in stats.periods.iter().rev() {
+                            tr {
+                                td { (period.period) }
+                                td.money data-label="Clicks" { (period.clicks) }
+                                td.money data-label="Signups" { (period.signups) }
+                                td.money data-label="First payments" { (period.conversions) }
+                                td.money data-label="Earned" { (money(period.earned_minor)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn total(name: &str, key: &str, value: String) -> Markup {
+    html! { div { dt { (name) } dd data-total=(key) { (value) } } }
+}
+
+pub(super) fn portal(
+    session: &SignedIn,
+    affiliate: &AffiliateView,
+    days: &StatsView,
+    months: &StatsView,
+) -> Markup {
+    let currency = affiliate.currency;
+    let money = |minor: i64| format!("{} {currency}", currency.format_major(minor));
+    let earned = |periods: &[PeriodView]| -> Vec<(String, i64)> {
+        periods
+            .iter()
+            .map(|p| (p.period.clone(), p.earned_minor))
+            .collect()
+    };
+    let signups: Vec<(String, i64)> = days
+        .periods
+        .iter()
+        .map(|p| {
+            (
+                p.period.clone(),
+                i64::try_from(p.signups).unwrap_or(i64::MAX),
+            )
+        })
+        .collect();
+    let totals = &months.totals;
+    layout(
+        "Your referrals",
+        Some(session),
+        None,
+        html! {
+            h1 { "Your referrals" }
+            p { "Share your link, or your code for people who type it in at signup." }
+            div.share {
+                code #link { (affiliate.link) }
+                button.secondary type="button" data-copy="link" hidden { "Copy link" }
+            }
+            div.share {
+                code #code { (affiliate.code) }
+                button.secondary type="button" data-copy="code" hidden { "Copy code" }
+            }
+            h2 { "The last 12 months" }
+            dl.totals {
+                (total("Clicks", "clicks", totals.clicks.to_string()))
+                (total("Signups", "signups", totals.signups.to_string()))
+                (total("First payments", "conversions", totals.conversions.to_string()))
+                (total("Earned", "earned", money(totals.earned_minor)))
+                (total("In holding period", "pending", money(totals.pending_minor)))
+                (total("Held for review", "held", money(totals.held_minor)))
+                (total("Payable next", "payable", money(totals.payable_minor)))
+                (total("Paid", "paid", money(totals.paid_minor)))
+            }
+            (bar_chart(&format!("Earned per day, {} to {}", days.from, days.to), &earned(&days.periods), money))
+            (bar_chart(&format!("Signups per day, {} to {}", days.from, days.to), &signups, |n| n.to_string()))
+            (stats_table("The numbers per day", days, &money))
+            (bar_chart(&format!("Earned per month, {} to {}", months.from, months.to), &earned(&months.periods), money))
+            (stats_table("The numbers per month", months, &money))
+        },
+    )
 }

@@ -23,11 +23,22 @@ pub(crate) const SESSION_LIFETIME: Duration = Duration::from_secs(8 * 3600);
 /// a few dozen bytes, and only holders of an admin token can make one.
 const MOST_SESSIONS: usize = 10_000;
 
-/// A signed-in admin, as a page sees it.
+/// Whose session it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// An admin: every page but the affiliates' own.
+    Admin,
+    /// An affiliate: its own portal page only.
+    Affiliate(String),
+}
+
+/// A signed-in admin or affiliate, as a page sees it.
 #[derive(Debug, Clone)]
 pub(crate) struct SignedIn {
-    /// Who, for the record: the admin token's id (the start of its hash).
+    /// Who, for the record: the token's id (the start of its hash).
     pub(crate) actor: String,
+    /// What the session may see.
+    pub(crate) role: Role,
     /// What every form of this session must carry back.
     pub(crate) csrf: String,
 }
@@ -63,7 +74,7 @@ pub(crate) fn same_secret(a: &str, b: &str) -> bool {
 
 impl ConsoleSessions {
     /// Starts a session for `actor`; the cookie's value.
-    pub(crate) fn start(&self, actor: String) -> String {
+    pub(crate) fn start(&self, actor: String, role: Role) -> String {
         let id = random_text();
         let now = Instant::now();
         let mut sessions = self.sessions.lock().expect("console sessions");
@@ -84,6 +95,7 @@ impl ConsoleSessions {
             Session {
                 signed_in: SignedIn {
                     actor,
+                    role,
                     csrf: random_text(),
                 },
                 expires_at: now + SESSION_LIFETIME,
