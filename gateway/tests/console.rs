@@ -697,3 +697,27 @@ async fn an_affiliate_token_opens_its_own_portal_and_no_other_page() {
         .await;
     assert_eq!(page.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn the_health_page_shows_the_counters_metrics_exposes_and_the_store_answering() {
+    let console = console().await;
+    let cookie = console.sign_in().await;
+    for _ in 0..3 {
+        console.gateway.core().metrics.signal_delivered();
+    }
+    let page = console.get("/console/health", Some(&cookie)).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("● Answering"), "{}", page.body);
+    assert!(
+        page.body.contains(r#"data-total="signals">3<"#),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains(r#"data-total="connections">0<"#));
+    assert!(
+        page.body.contains("Rates appear once"),
+        "no rate from one sample"
+    );
+    let metrics = console.get("/metrics", None).await;
+    assert!(metrics.body.contains("eagate_signals_delivered_total 3"));
+}

@@ -56,6 +56,10 @@ fn an_admin_sees_a_device_come_online_revokes_it_there_and_its_session_ends() {
     let mut bot = connected_bot(&gateway, &(id.clone(), secret), state.path());
     browser.reload_until(SOON, |_| browser.text_of(&row).contains("● Online"));
     browser.screenshot(&screenshots().join("console-devices-desktop.png"));
+    browser.open(&format!("{}/console/health", gateway.api));
+    assert_eq!(browser.text_of("dd[data-total=connections]"), "1");
+    browser.screenshot(&screenshots().join("console-health-desktop.png"));
+    browser.open(&format!("{}/console/devices", gateway.api));
     browser.resize(PHONE);
     browser.screenshot(&screenshots().join("console-devices-phone.png"));
     browser.resize(DESKTOP);

@@ -22,9 +22,34 @@ use super::connection_gate::TurnedAway;
 use crate::reports::Ingested;
 
 /// Upper bounds of the ingest latency buckets, in microseconds.
-const LATENCY_BOUNDS_US: [u64; 11] = [
+pub const LATENCY_BOUNDS_US: [u64; 11] = [
     500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
 ];
+
+/// The metrics at one instant; counters only grow, so two snapshots give
+/// rates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MetricsSnapshot {
+    /// Authenticated device sessions now.
+    pub connections: i64,
+    /// Refused authentications, all reasons.
+    pub auth_failures: u64,
+    /// Signals written to device sessions.
+    pub signals_delivered: u64,
+    /// Reports newly stored.
+    pub reports_stored: u64,
+    /// Reports offered to the store, whatever came of them.
+    pub reports_ingested: u64,
+    /// Failed store operations.
+    pub store_errors: u64,
+    /// Ingest latencies per bucket of [`LATENCY_BOUNDS_US`] (each its own
+    /// range, not cumulative).
+    pub latency_buckets: [u64; LATENCY_BOUNDS_US.len()],
+    /// Ingest latencies measured.
+    pub latency_count: u64,
+    /// Their sum, in microseconds.
+    pub latency_sum_us: u64,
+}
 
 /// The gateway's metrics.
 #[derive(Debug, Default)]
@@ -106,6 +131,26 @@ impl Metrics {
     /// A store operation failed.
     pub fn store_error(&self) {
         self.store_errors.fetch_add(1, Relaxed);
+    }
+
+    /// The counters now, for the console's health page (the same numbers
+    /// `/metrics` shows).
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let sum = |counters: &[AtomicU64]| counters.iter().map(|c| c.load(Relaxed)).sum();
+        MetricsSnapshot {
+            connections: self.connections.load(Relaxed),
+            auth_failures: sum(&self.auth_failures),
+            signals_delivered: self.signals_delivered.load(Relaxed),
+            reports_stored: self.reports_stored.load(Relaxed),
+            reports_ingested: self.reports_stored.load(Relaxed)
+                + self.reports_duplicate.load(Relaxed)
+                + self.reports_conflicting.load(Relaxed)
+                + self.reports_superseded.load(Relaxed),
+            store_errors: self.store_errors.load(Relaxed),
+            latency_buckets: std::array::from_fn(|i| self.latency_buckets[i].load(Relaxed)),
+            latency_count: self.latency_count.load(Relaxed),
+            latency_sum_us: self.latency_sum_us.load(Relaxed),
+        }
     }
 
     /// The Prometheus text exposition of every metric.

@@ -34,7 +34,7 @@ use utoipa::{IntoParams, IntoResponses, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-pub use console::ConsoleSessions;
+pub use console::Console;
 pub use devices::{DevicePage, DeviceView};
 pub use problem::ApiError;
 pub use signals::{DeviceExecution, ExecutionStatus, Executions};
@@ -54,8 +54,8 @@ pub struct AppState {
     pub tokens: Arc<TokenStore>,
     /// The affiliate programme.
     pub affiliates: crate::affiliates::AffiliateDesk,
-    /// Admins signed in to the console.
-    pub console: Arc<ConsoleSessions>,
+    /// The console: who is signed in, and samples for its health page.
+    pub console: Arc<Console>,
 }
 
 /// The sidecar's routes, and the document that describes them.

@@ -10,6 +10,7 @@
 //! affiliates with what each is owed, and the fraud review queue. Payout
 //! batches, the audit log, health and the affiliates' own portal follow.
 
+mod health;
 mod pages;
 mod session;
 
@@ -24,8 +25,15 @@ use axum::routing::{get, post};
 use maud::Markup;
 use serde::Deserialize;
 
-pub use session::ConsoleSessions;
-use session::{Role, SignedIn};
+use session::{ConsoleSessions, Role, SignedIn};
+
+/// What the console keeps: its sessions, and samples of the gateway's
+/// counters for the health page's rates.
+#[derive(Debug, Default)]
+pub struct Console {
+    sessions: ConsoleSessions,
+    health: health::Samples,
+}
 
 use super::tokens::{self, Scope};
 use super::{ApiError, AppState, ChannelPath, DeviceView, check_text, devices, signals};
@@ -59,6 +67,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/console/fraud", get(fraud_page))
         .route("/console/fraud/{case_id}", post(decide))
         .route("/console/portal/{affiliate_id}", get(portal))
+        .route("/console/health", get(health_page))
 }
 
 /// A page as the browser gets it: never cached (they show secrets and
@@ -147,7 +156,11 @@ impl IntoResponse for Refusal {
 
 /// The signed-in admin of a page.
 fn signed_in(state: &AppState, headers: &HeaderMap) -> Result<SignedIn, Refusal> {
-    let session = state.console.of(headers).ok_or(Refusal::NotSignedIn)?;
+    let session = state
+        .console
+        .sessions
+        .of(headers)
+        .ok_or(Refusal::NotSignedIn)?;
     match session.role {
         Role::Admin => Ok(session),
         Role::Affiliate(_) => Err(Refusal::NotYours(session)),
@@ -161,7 +174,7 @@ fn any_signed_in_form(
     headers: &HeaderMap,
     form: &Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Result<SignedIn, Refusal> {
-    let session = state.console.of(headers);
+    let session = state.console.sessions.of(headers);
     let carried = form
         .as_ref()
         .ok()
@@ -219,7 +232,7 @@ fn home(session: &SignedIn) -> String {
 }
 
 async fn sign_in_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(session) = state.console.of(&headers) {
+    if let Some(session) = state.console.sessions.of(&headers) {
         return Redirect::to(&home(&session)).into_response();
     }
     page(StatusCode::OK, pages::sign_in(None))
@@ -275,7 +288,7 @@ async fn sign_in(
         role: role.clone(),
         csrf: String::new(),
     };
-    let id = state.console.start(actor, role);
+    let id = state.console.sessions.start(actor, role);
     let mut response = Redirect::to(&home(&signed_in)).into_response();
     let (name, value) = session::set_cookie(&id, &headers);
     if let Ok(value) = HeaderValue::from_str(&value) {
@@ -292,7 +305,7 @@ async fn sign_out(
     if let Err(refusal) = any_signed_in_form(&state, &headers, &form) {
         return refusal.into_response();
     }
-    state.console.end(&headers);
+    state.console.sessions.end(&headers);
     let mut response = Redirect::to("/console/sign-in").into_response();
     let (name, value) = session::clear_cookie();
     if let Ok(value) = HeaderValue::from_str(&value) {
@@ -733,7 +746,7 @@ async fn portal(
     headers: HeaderMap,
     Path(AffiliatePath { affiliate_id }): Path<AffiliatePath>,
 ) -> Response {
-    let session = match state.console.of(&headers) {
+    let session = match state.console.sessions.of(&headers) {
         Some(session) => session,
         None => return Refusal::NotSignedIn.into_response(),
     };
@@ -764,4 +777,24 @@ async fn portal(
         ),
         Err(error) => failed(&session, &error),
     }
+}
+
+async fn health_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let session = match signed_in(&state, &headers) {
+        Ok(session) => session,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let health = state.console.health.sample(state.core.metrics.snapshot());
+    // The store answers, promptly, or says why not (as /readyz).
+    let store = match tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        state.core.registry.get("readyz-probe"),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer within 1 s".to_owned()),
+    };
+    page(StatusCode::OK, pages::health(&session, &health, &store))
 }

@@ -81,6 +81,7 @@ textarea { font: inherit; width: 100%; min-height: 3rem; padding: .4rem .5rem;
 .totals div { border: 1px solid var(--line); border-radius: 6px; padding: .5rem .75rem; }
 .totals dt { font-weight: 400; color: var(--muted); font-size: .9rem; }
 .totals dd { font-size: 1.25rem; font-weight: 600; }
+.totals dd .status { font-size: 1rem; overflow-wrap: anywhere; }
 figure { margin: 0 0 1.5rem; }
 figcaption { font-weight: 600; margin-bottom: .25rem; }
 svg.chart { width: 100%; height: auto; max-width: 48rem; display: block; }
@@ -146,6 +147,7 @@ pub(super) fn layout(
                                     a href="/console/signals" { "Signals" }
                                     a href="/console/affiliates" { "Affiliates" }
                                     a href="/console/fraud" { "Fraud review" }
+                                    a href="/console/health" { "Health" }
                                 }
                                 Role::Affiliate(affiliate_id) => {
                                     a href={ "/console/portal/" (affiliate_id) } { "Your referrals" }
@@ -793,6 +795,50 @@ pub(super) fn portal(
             (stats_table("The numbers per day", days, &money))
             (bar_chart(&format!("Earned per month, {} to {}", months.from, months.to), &earned(&months.periods), money))
             (stats_table("The numbers per month", months, &money))
+        },
+    )
+}
+
+pub(super) fn health(
+    session: &SignedIn,
+    health: &super::health::Health,
+    store: &Result<(), String>,
+) -> Markup {
+    use super::health::{latency_within, mean_latency, per_minute};
+    let now = &health.now;
+    layout(
+        "Health",
+        Some(session),
+        Some(5),
+        html! {
+            h1 { "Gateway health" }
+            p { "The counters /metrics exposes; this page reloads every 5 seconds, and rates are over the last minute it was open." }
+            dl.totals {
+                div { dt { "Store" } dd data-health="store" {
+                    @match store {
+                        Ok(()) => span.status.online { "● Answering" },
+                        Err(why) => span.status.revoked { "✕ Not answering: " (why) },
+                    }
+                } }
+                (total("Devices connected", "connections", now.connections.to_string()))
+                (total("Signals delivered", "signals", now.signals_delivered.to_string()))
+                (total("Reports stored", "reports", now.reports_stored.to_string()))
+                (total("Store errors", "store-errors", now.store_errors.to_string()))
+                (total("Refused authentications", "auth-failures", now.auth_failures.to_string()))
+            }
+            h2 { "Lately" }
+            @match &health.recent {
+                None => p.notice { "Rates appear once this page has been open a few seconds." },
+                Some((span, change)) => dl.totals {
+                    (total("Signals per minute", "signals-per-minute", per_minute(change.signals_delivered, *span)))
+                    (total("Reports per minute", "reports-per-minute", per_minute(change.reports_ingested, *span)))
+                    (total("Store errors", "recent-store-errors", change.store_errors.to_string()))
+                    (total("Mean ingest latency", "latency-mean", mean_latency(change).unwrap_or_else(|| "no reports".to_owned())))
+                    (total("99% of reports stored within", "latency-99", latency_within(change, 99).unwrap_or_else(|| "no reports".to_owned())))
+                },
+            }
+            p { "Ingest latency since start: mean " (mean_latency(now).unwrap_or_else(|| "no reports yet".to_owned()))
+                ", 99% within " (latency_within(now, 99).unwrap_or_else(|| "no reports yet".to_owned())) "." }
         },
     )
 }

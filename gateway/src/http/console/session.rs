@@ -51,7 +51,7 @@ struct Session {
 
 /// The console's live sessions, by the SHA-256 of their id.
 #[derive(Debug, Default)]
-pub struct ConsoleSessions {
+pub(crate) struct ConsoleSessions {
     sessions: Mutex<HashMap<[u8; 32], Session>>,
 }
 
