@@ -578,6 +578,22 @@ async fn a_fraud_case_cleared_in_the_console_releases_the_held_money_recorded_as
     let hash = hex::encode(sha2::Sha256::digest(console.admin.as_bytes()));
     assert_eq!(by, format!("token:{}", &hash[..12]));
 
+    // The audit log shows the decision with who and why, and the chain
+    // verified.
+    let audit = console.get("/console/audit", Some(&cookie)).await;
+    assert_eq!(audit.status, StatusCode::OK);
+    assert!(
+        audit.body.contains(r#"data-verified="yes""#),
+        "{}",
+        audit.body
+    );
+    assert!(audit.body.contains("case decided"));
+    assert!(audit.body.contains("a family, checked by phone"));
+    assert!(audit.body.contains(by));
+    let payouts = console.get("/console/payouts", Some(&cookie)).await;
+    assert_eq!(payouts.status, StatusCode::OK);
+    assert!(payouts.body.contains("No payout batch yet"));
+
     // A second decision the other way is a conflict, said on the page.
     let again = console
         .post(
@@ -720,4 +736,41 @@ async fn the_health_page_shows_the_counters_metrics_exposes_and_the_store_answer
     );
     let metrics = console.get("/metrics", None).await;
     assert!(metrics.body.contains("eagate_signals_delivered_total 3"));
+}
+
+#[tokio::test]
+async fn the_payouts_page_shows_each_batch_with_its_payouts_and_their_state() {
+    let console = console().await;
+    let (alice, _, _) = enrol(
+        &console,
+        "alice",
+        "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+    )
+    .await;
+    let (status, body) = console
+        .api(
+            "POST",
+            &format!("/v1/affiliates/{alice}/adjustments"),
+            &console.admin,
+            Some(
+                json!({"adjustment_id": "adj-1", "amount_minor": 15_000, "reason": "launch bonus"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, run) = console
+        .api("POST", "/v1/payout-batches", &console.admin, None)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+    let batch = run["batch"]["batch_id"]
+        .as_str()
+        .expect("a batch")
+        .to_owned();
+    let cookie = console.sign_in().await;
+    let page = console.get("/console/payouts", Some(&cookie)).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains(&batch), "{}", page.body);
+    assert!(page.body.contains(&alice));
+    assert!(page.body.contains("150.00 GBP"), "{}", page.body);
+    assert!(page.body.contains(">pending<"), "{}", page.body);
 }

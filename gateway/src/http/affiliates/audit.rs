@@ -128,8 +128,26 @@ pub(super) async fn audit(
             "limit must be between 1 and 1000, not {limit}"
         )));
     }
+    audit_entries(
+        &state,
+        query.after.unwrap_or(0),
+        limit,
+        query.affiliate_id.as_deref(),
+        query.kind.as_deref(),
+    )
+    .map(Json)
+}
+
+/// Up to `limit` entries of the audit trail after `after`, oldest first,
+/// of one affiliate and one kind if given.
+pub(in crate::http) fn audit_entries(
+    state: &AppState,
+    mut after: u64,
+    limit: usize,
+    affiliate: Option<&str>,
+    kind_wanted: Option<&str>,
+) -> Result<AuditPage, ApiError> {
     let ledger = &state.affiliates.ledger;
-    let mut after = query.after.unwrap_or(0);
     let mut items = Vec::new();
     let mut more = false;
     'scan: loop {
@@ -143,11 +161,8 @@ pub(super) async fn audit(
         for entry in chunk {
             let affiliate_id = affiliate_of(&programme, &entry.fact);
             let kind = kind_of(&entry.fact);
-            if query
-                .affiliate_id
-                .as_deref()
-                .is_some_and(|wanted| affiliate_id.as_deref() != Some(wanted))
-                || query.kind.as_deref().is_some_and(|wanted| wanted != kind)
+            if affiliate.is_some_and(|wanted| affiliate_id.as_deref() != Some(wanted))
+                || kind_wanted.is_some_and(|wanted| wanted != kind)
             {
                 continue;
             }
@@ -169,5 +184,5 @@ pub(super) async fn audit(
         after = last;
     }
     let next_after = more.then(|| items.last().map(|e| e.seq)).flatten();
-    Ok(Json(AuditPage { items, next_after }))
+    Ok(AuditPage { items, next_after })
 }

@@ -39,11 +39,13 @@ use utoipa_axum::routes;
 
 use super::{ApiError, AppState, Caller, refusals};
 use crate::http::tokens::{self, Scope};
+pub(in crate::http) use audit::audit_entries;
 pub use audit::{AuditEntryView, AuditPage};
 pub(in crate::http) use enrolment::affiliate_view;
 pub use fraud::{CaseView, Cases};
 pub(in crate::http) use fraud::{case_list, decide_case};
 pub(in crate::http) use lists::affiliate_rows;
+pub(in crate::http) use payouts::all_batches;
 pub(in crate::http) use stats::stats_of;
 
 // The answers keep the paths they had when this was one file.

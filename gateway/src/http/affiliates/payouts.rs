@@ -224,12 +224,17 @@ pub struct Batches {
     )
 )]
 pub(super) async fn batches(State(state): State<AppState>, _: Admin) -> Json<Batches> {
+    Json(all_batches(&state))
+}
+
+/// Every payout batch with its payouts, oldest first.
+pub(in crate::http) fn all_batches(state: &AppState) -> Batches {
     let programme = state.affiliates.ledger.read();
     let items = programme
         .batches()
         .filter_map(|b| batch_view(&programme, b.batch_id))
         .collect();
-    Json(Batches { items })
+    Batches { items }
 }
 
 /// A batch named in the path.

@@ -68,6 +68,8 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/console/fraud/{case_id}", post(decide))
         .route("/console/portal/{affiliate_id}", get(portal))
         .route("/console/health", get(health_page))
+        .route("/console/payouts", get(payouts_page))
+        .route("/console/audit", get(audit_page))
 }
 
 /// A page as the browser gets it: never cached (they show secrets and
@@ -797,4 +799,39 @@ async fn health_page(State(state): State<AppState>, headers: HeaderMap) -> Respo
         Err(_) => Err("no answer within 1 s".to_owned()),
     };
     page(StatusCode::OK, pages::health(&session, &health, &store))
+}
+
+async fn payouts_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    match signed_in(&state, &headers) {
+        Ok(session) => page(
+            StatusCode::OK,
+            pages::payouts(&session, &super::affiliates::all_batches(&state)),
+        ),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// Audit entries per page.
+const AUDIT_PER_PAGE: usize = 100;
+
+async fn audit_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(AfterQuery { after }): Query<AfterQuery>,
+) -> Response {
+    let session = match signed_in(&state, &headers) {
+        Ok(session) => session,
+        Err(refusal) => return refusal.into_response(),
+    };
+    // The whole chain, recomputed on every view: a few milliseconds per
+    // thousand entries, and the answer an admin opened the page for.
+    let ledger = state.affiliates.ledger.clone();
+    let verdict = tokio::task::spawn_blocking(move || ledger.verify())
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|verified| verified.map_err(|e| e.to_string()));
+    match super::affiliates::audit_entries(&state, after.unwrap_or(0), AUDIT_PER_PAGE, None, None) {
+        Ok(entries) => page(StatusCode::OK, pages::audit(&session, &entries, &verdict)),
+        Err(error) => failed(&session, &error),
+    }
 }

@@ -8,7 +8,7 @@ use maud::{DOCTYPE, Markup, html};
 use super::session::{Role, SignedIn};
 use crate::api_schema::variant_names;
 use crate::http::affiliates::{
-    AffiliateRow, AffiliateView, CaseView, OwedStatus, PeriodView, StatsView,
+    AffiliateRow, AffiliateView, AuditPage, Batches, CaseView, OwedStatus, PeriodView, StatsView,
 };
 use crate::http::{DeviceExecution, DeviceView, ExecutionStatus, Executions};
 use crate::reports::ReportKind;
@@ -147,6 +147,8 @@ pub(super) fn layout(
                                     a href="/console/signals" { "Signals" }
                                     a href="/console/affiliates" { "Affiliates" }
                                     a href="/console/fraud" { "Fraud review" }
+                                    a href="/console/payouts" { "Payouts" }
+                                    a href="/console/audit" { "Audit log" }
                                     a href="/console/health" { "Health" }
                                 }
                                 Role::Affiliate(affiliate_id) => {
@@ -839,6 +841,106 @@ pub(super) fn health(
             }
             p { "Ingest latency since start: mean " (mean_latency(now).unwrap_or_else(|| "no reports yet".to_owned()))
                 ", 99% within " (latency_within(now, 99).unwrap_or_else(|| "no reports yet".to_owned())) "." }
+        },
+    )
+}
+
+pub(super) fn payouts(session: &SignedIn, batches: &Batches) -> Markup {
+    layout(
+        "Payouts",
+        Some(session),
+        None,
+        html! {
+            h1 { "Payout batches" }
+            p { "Each batch with its payouts and where each stands: pending, submitted, needs reconciliation, paid or failed." }
+            @for batch in batches.items.iter().rev() {
+                section.case data-batch=(batch.batch_id) {
+                    h2 { (batch.batch_id) ": " (batch.currency.format_major(batch.total_minor)) " " (batch.currency) " via " (batch.provider) }
+                    p.id { "Opened " (utc(batch.opened_at_ms))
+                        @if let Some(day) = &batch.scheduled_for { " for " (day) } }
+                    div.table {
+                        table {
+                            thead { tr {
+                                th scope="col" { "Payout" }
+                                th scope="col" { "Affiliate" }
+                                th.money scope="col" { "Amount" }
+                                th scope="col" { "State" }
+                                th scope="col" { "Detail" }
+                            } }
+                            tbody {
+                                @for payout in &batch.payouts {
+                                    tr {
+                                        td { (payout.payout_id) }
+                                        td data-label="Affiliate" { (payout.affiliate_id) }
+                                        td.money data-label="Amount" { (payout.amount) " " (batch.currency) }
+                                        td data-label="State" { (payout.state.replace('_', " ")) }
+                                        td data-label="Detail" {
+                                            (payout.reference.clone().or_else(|| payout.detail.clone()).unwrap_or_default())
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            @if batches.items.is_empty() {
+                p.notice { "No payout batch yet: the daily run opens one at the configured time, or run one with POST /v1/payout-batches." }
+            }
+        },
+    )
+}
+
+pub(super) fn audit(
+    session: &SignedIn,
+    entries: &AuditPage,
+    verdict: &Result<eagate_affiliates::AuditReport, String>,
+) -> Markup {
+    layout(
+        "Audit log",
+        Some(session),
+        None,
+        html! {
+            h1 { "Audit log" }
+            @match verdict {
+                Ok(report) if report.problem.is_none() => p.notice data-verified="yes" {
+                    span.status.online { "✓ The chain holds" } ": " (report.entries) " entries checked; head hash "
+                    code { (report.head) } " (keep it elsewhere to compare later)."
+                },
+                Ok(report) => p.notice.error data-verified="no" role="alert" {
+                    span.status.revoked { "✕ The chain does not hold" } ": "
+                    (report.problem.as_ref().map(ToString::to_string).unwrap_or_default())
+                },
+                Err(why) => p.notice.error data-verified="unknown" role="alert" { "The trail could not be checked: " (why) },
+            }
+            div.table {
+                table {
+                    caption { "Every change to money and every fraud decision, oldest first, with who made it and why." }
+                    thead { tr {
+                        th scope="col" { "#" }
+                        th scope="col" { "When" }
+                        th scope="col" { "What" }
+                        th scope="col" { "Affiliate" }
+                        th scope="col" { "Who" }
+                        th scope="col" { "Why" }
+                    } }
+                    tbody {
+                        @for entry in &entries.items {
+                            tr {
+                                td { (entry.seq) }
+                                td data-label="When" { (utc(entry.at_ms)) }
+                                td data-label="What" { (entry.kind.replace('_', " ")) }
+                                td data-label="Affiliate" { (entry.affiliate_id.clone().unwrap_or_default()) }
+                                td data-label="Who" { (entry.by) }
+                                td data-label="Why" { (entry.why) }
+                            }
+                        }
+                    }
+                }
+            }
+            @if let Some(after) = entries.next_after {
+                p.pager { a href={ "/console/audit?after=" (after) } { "Next page →" } }
+            }
         },
     )
 }
