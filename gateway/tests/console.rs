@@ -104,10 +104,15 @@ impl Console {
             .await
     }
 
-    /// Signs in; the cookie to send back (`name=value`).
+    /// Signs in as an admin; the cookie to send back (`name=value`).
     async fn sign_in(&self) -> String {
+        self.sign_in_with(&self.admin).await
+    }
+
+    /// Signs in with `token`; the cookie to send back (`name=value`).
+    async fn sign_in_with(&self, token: &str) -> String {
         let page = self
-            .post("/console/sign-in", None, &[("token", &self.admin)])
+            .post("/console/sign-in", None, &[("token", token)])
             .await;
         assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
         let set = page.headers[header::SET_COOKIE].to_str().unwrap();
@@ -164,11 +169,7 @@ impl Console {
         let code = enrolled["affiliate"]["code"].as_str().unwrap().to_owned();
         let (_, list) = self.api("GET", "/v1/affiliates", &self.admin, None).await;
         let currency = list["currency"].as_str().unwrap().to_owned();
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
-        let now = eagate_affiliates::calendar::format_instant(now_ms);
+        let now = now_instant();
         for n in 1..=4 {
             let (status, body) = self
                 .api(
@@ -638,21 +639,38 @@ async fn enrol(console: &Console, user: &str, email_sha256: &str) -> (String, St
     )
 }
 
-#[tokio::test]
-async fn an_affiliate_token_opens_its_own_portal_and_no_other_page() {
-    let console = console().await;
-    let (alice, code, token) = enrol(
-        &console,
+type Enrolled = (String, String, String);
+
+/// Alice and Bob enrolled, each (affiliate id, code, token).
+async fn alice_and_bob(console: &Console) -> (Enrolled, Enrolled) {
+    let alice = enrol(
+        console,
         "alice",
         "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
     )
     .await;
-    let (bob, _, _) = enrol(
-        &console,
+    let bob = enrol(
+        console,
         "bob",
         "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
     )
     .await;
+    (alice, bob)
+}
+
+/// Now, as the API reads an event's `occurred_at`.
+fn now_instant() -> String {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    eagate_affiliates::calendar::format_instant(now_ms)
+}
+
+#[tokio::test]
+async fn an_affiliate_token_opens_its_own_portal_and_no_other_page() {
+    let console = console().await;
+    let ((alice, code, token), (bob, _, _)) = alice_and_bob(&console).await;
     let device = console.register("London VPS").await;
     let signed_in = console
         .post("/console/sign-in", None, &[("token", &token)])
@@ -773,4 +791,88 @@ async fn the_payouts_page_shows_each_batch_with_its_payouts_and_their_state() {
     assert!(page.body.contains(&alice));
     assert!(page.body.contains("150.00 GBP"), "{}", page.body);
     assert!(page.body.contains(">pending<"), "{}", page.body);
+}
+
+#[tokio::test]
+async fn the_portal_lists_commissions_with_pseudonyms_and_exports_them_as_csv_to_their_owner_only()
+{
+    let console = console().await;
+    let ((alice, code, token), (bob, _, bob_token)) = alice_and_bob(&console).await;
+    let now = now_instant();
+    for (uri, body) in [
+        (
+            "/v1/referrals",
+            json!({"user_id": "customer-7", "code": code, "source_address": "192.0.2.7",
+                   "email_sha256": "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752",
+                   "email_verified": true, "occurred_at": now}),
+        ),
+        (
+            "/v1/payments",
+            json!({"payment_id": "p1", "user_id": "customer-7", "amount_minor": 10_000,
+                   "currency": "GBP", "billing_period": 1, "occurred_at": now}),
+        ),
+    ] {
+        let (status, answer) = console
+            .api("POST", uri, &console.platform, Some(body))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+    }
+    let cookie = console.sign_in_with(&token).await;
+    let page = console
+        .get(&format!("/console/portal/{alice}"), Some(&cookie))
+        .await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("30.00 GBP"), "{}", page.body);
+    assert!(page.body.contains("subscription"));
+    assert!(
+        !page.body.contains("customer-7"),
+        "an affiliate sees a pseudonym, not the platform's id"
+    );
+    let csv = console
+        .get(
+            &format!("/console/portal/{alice}/commissions.csv"),
+            Some(&cookie),
+        )
+        .await;
+    assert_eq!(csv.status, StatusCode::OK);
+    assert!(
+        csv.headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    assert!(csv.body.starts_with("entry_id,"), "{}", csv.body);
+    assert!(csv.body.contains("3000") && !csv.body.contains("customer-7"));
+    let payouts = console
+        .get(
+            &format!("/console/portal/{alice}/payouts.csv"),
+            Some(&cookie),
+        )
+        .await;
+    assert_eq!(payouts.status, StatusCode::OK);
+    // Bob's ledger is not Alice's to download, nor hers his.
+    let other = console
+        .get(
+            &format!("/console/portal/{bob}/commissions.csv"),
+            Some(&cookie),
+        )
+        .await;
+    assert_eq!(other.status, StatusCode::FORBIDDEN);
+    let bob_cookie = console.sign_in_with(&bob_token).await;
+    let theirs = console
+        .get(
+            &format!("/console/portal/{alice}/payouts.csv"),
+            Some(&bob_cookie),
+        )
+        .await;
+    assert_eq!(theirs.status, StatusCode::FORBIDDEN);
+    // An admin's export shows the platform's ids.
+    let admin = console.sign_in().await;
+    let full = console
+        .get(
+            &format!("/console/portal/{alice}/commissions.csv"),
+            Some(&admin),
+        )
+        .await;
+    assert!(full.body.contains("customer-7"));
 }

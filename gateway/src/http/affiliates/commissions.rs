@@ -191,7 +191,7 @@ pub struct Commissions {
 /// Which of an affiliate's entries to read.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub(super) struct EntryFilter {
+pub(in crate::http) struct EntryFilter {
     /// Only entries whose money stands so now.
     #[param(inline)]
     status: Option<EntryStatusView>,
@@ -215,7 +215,7 @@ pub(super) struct EntryFilter {
         AffiliateReader,
     )
 )]
-pub(super) async fn commissions(
+pub(in crate::http) async fn commissions(
     State(state): State<AppState>,
     reader: AffiliateReader,
     Path(AffiliatePath { affiliate_id }): Path<AffiliatePath>,

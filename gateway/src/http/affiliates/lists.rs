@@ -328,7 +328,7 @@ pub(super) async fn payouts(
         AffiliateReader,
     )
 )]
-pub(super) async fn payouts_of(
+pub(in crate::http) async fn payouts_of(
     State(state): State<AppState>,
     reader: AffiliateReader,
     Path(AffiliatePath { affiliate_id }): Path<AffiliatePath>,

@@ -41,10 +41,12 @@ use super::{ApiError, AppState, Caller, refusals};
 use crate::http::tokens::{self, Scope};
 pub(in crate::http) use audit::audit_entries;
 pub use audit::{AuditEntryView, AuditPage};
+pub(in crate::http) use commissions::commissions as commission_ledger;
 pub(in crate::http) use enrolment::affiliate_view;
 pub use fraud::{CaseView, Cases};
 pub(in crate::http) use fraud::{case_list, decide_case};
 pub(in crate::http) use lists::affiliate_rows;
+pub(in crate::http) use lists::payouts_of as payout_ledger;
 pub(in crate::http) use payouts::all_batches;
 pub(in crate::http) use stats::stats_of;
 
@@ -104,7 +106,7 @@ pub(super) async fn ledger_durable(
 
 /// A caller that may read an affiliate's data: admin (any affiliate) or the
 /// affiliate itself.
-pub(super) enum AffiliateReader {
+pub(in crate::http) enum AffiliateReader {
     Admin,
     Own(String),
 }
@@ -307,9 +309,9 @@ pub struct Recorded {
 /// An affiliate named in the path.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
-struct AffiliatePath {
+pub(in crate::http) struct AffiliatePath {
     /// The affiliate's id (af_…).
-    affiliate_id: String,
+    pub(in crate::http) affiliate_id: String,
 }
 
 fn recorded(decided: Decided) -> (StatusCode, Json<Recorded>) {

@@ -13,7 +13,7 @@ use crate::http::ApiError;
 /// other filters are its own query type, read from the same query string.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub(super) struct PageQuery {
+pub(in crate::http) struct PageQuery {
     /// The next_after of the previous page.
     pub(super) after: Option<u64>,
     /// 1 to 1000 per JSON page (default 100); CSV has every matching row
@@ -34,7 +34,7 @@ pub(super) struct PageQuery {
 /// The forms a ledger is read in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
-pub(super) enum LedgerFormat {
+pub(in crate::http) enum LedgerFormat {
     /// A page of JSON.
     Json,
     /// Every matching row as CSV.

@@ -67,6 +67,14 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/console/fraud", get(fraud_page))
         .route("/console/fraud/{case_id}", post(decide))
         .route("/console/portal/{affiliate_id}", get(portal))
+        .route(
+            "/console/portal/{affiliate_id}/commissions.csv",
+            get(commissions_csv),
+        )
+        .route(
+            "/console/portal/{affiliate_id}/payouts.csv",
+            get(payouts_csv),
+        )
         .route("/console/health", get(health_page))
         .route("/console/payouts", get(payouts_page))
         .route("/console/audit", get(audit_page))
@@ -748,13 +756,21 @@ async fn portal(
     headers: HeaderMap,
     Path(AffiliatePath { affiliate_id }): Path<AffiliatePath>,
 ) -> Response {
-    let session = match state.console.sessions.of(&headers) {
-        Some(session) => session,
-        None => return Refusal::NotSignedIn.into_response(),
+    let session = match portal_reader(&state, &headers, &affiliate_id) {
+        Ok(session) => session,
+        Err(refusal) => return refusal.into_response(),
     };
-    if matches!(&session.role, Role::Affiliate(own) if *own != affiliate_id) {
-        return Refusal::NotYours(session).into_response();
-    }
+    let ledgers = async {
+        let commissions: super::affiliates::Commissions =
+            ledger_json(&state, &session, &affiliate_id, Ledger::Commissions).await?;
+        let payouts: super::affiliates::PayoutHistory =
+            ledger_json(&state, &session, &affiliate_id, Ledger::Payouts).await?;
+        Ok::<_, ApiError>((commissions, payouts))
+    };
+    let (commissions, payouts) = match ledgers.await {
+        Ok(ledgers) => ledgers,
+        Err(error) => return failed(&session, &error),
+    };
     let shown = super::affiliates::affiliate_view(&state, &affiliate_id).and_then(|affiliate| {
         let days = super::affiliates::stats_of(
             &state,
@@ -775,7 +791,7 @@ async fn portal(
     match shown {
         Ok((affiliate, days, months)) => page(
             StatusCode::OK,
-            pages::portal(&session, &affiliate, &days, &months),
+            pages::portal(&session, &affiliate, &days, &months, &commissions, &payouts),
         ),
         Err(error) => failed(&session, &error),
     }
@@ -834,4 +850,119 @@ async fn audit_page(
         Ok(entries) => page(StatusCode::OK, pages::audit(&session, &entries, &verdict)),
         Err(error) => failed(&session, &error),
     }
+}
+
+/// The signed-in admin, or the affiliate `affiliate_id` itself.
+fn portal_reader(
+    state: &AppState,
+    headers: &HeaderMap,
+    affiliate_id: &str,
+) -> Result<SignedIn, Refusal> {
+    let session = state
+        .console
+        .sessions
+        .of(headers)
+        .ok_or(Refusal::NotSignedIn)?;
+    match &session.role {
+        Role::Affiliate(own) if own != affiliate_id => Err(Refusal::NotYours(session)),
+        _ => Ok(session),
+    }
+}
+
+/// An affiliate's ledgers the portal shows.
+#[derive(Clone, Copy)]
+enum Ledger {
+    Commissions,
+    Payouts,
+}
+
+/// The API's own answer for one of an affiliate's ledgers, with `query`
+/// (`format=csv`, `limit=…`), read as the session's caller would read it
+/// through the API: an affiliate sees pseudonyms for its customers.
+async fn ledger_answer(
+    state: &AppState,
+    session: &SignedIn,
+    affiliate_id: &str,
+    ledger: Ledger,
+    query: &str,
+) -> Result<Response, ApiError> {
+    let reader = match &session.role {
+        Role::Admin => super::affiliates::AffiliateReader::Admin,
+        Role::Affiliate(own) => super::affiliates::AffiliateReader::Own(own.clone()),
+    };
+    let uri: axum::http::Uri = format!("/?{query}")
+        .parse()
+        .map_err(|_| ApiError::Internal(format!("a ledger query: {query}")))?;
+    let path = Path(super::affiliates::AffiliatePath {
+        affiliate_id: affiliate_id.to_owned(),
+    });
+    match ledger {
+        Ledger::Commissions => {
+            super::affiliates::commission_ledger(
+                State(state.clone()),
+                reader,
+                path,
+                HeaderMap::new(),
+                Query::try_from_uri(&uri),
+                Query::try_from_uri(&uri),
+            )
+            .await
+        }
+        Ledger::Payouts => {
+            super::affiliates::payout_ledger(
+                State(state.clone()),
+                reader,
+                path,
+                HeaderMap::new(),
+                Query::try_from_uri(&uri),
+            )
+            .await
+        }
+    }
+}
+
+/// Every row of a ledger (the API's JSON, up to its 1,000 a page).
+async fn ledger_json<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    session: &SignedIn,
+    affiliate_id: &str,
+    ledger: Ledger,
+) -> Result<T, ApiError> {
+    let answer = ledger_answer(state, session, affiliate_id, ledger, "limit=1000").await?;
+    let bytes = axum::body::to_bytes(answer.into_body(), 16 * 1024 * 1024)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+async fn ledger_csv(
+    state: AppState,
+    headers: HeaderMap,
+    affiliate_id: String,
+    ledger: Ledger,
+) -> Response {
+    let session = match portal_reader(&state, &headers, &affiliate_id) {
+        Ok(session) => session,
+        Err(refusal) => return refusal.into_response(),
+    };
+    match ledger_answer(&state, &session, &affiliate_id, ledger, "format=csv").await {
+        Ok(csv) => csv,
+        Err(error) => failed(&session, &error),
+    }
+}
+
+async fn commissions_csv(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(AffiliatePath { affiliate_id }): Path<AffiliatePath>,
+) -> Response {
+    ledger_csv(state, headers, affiliate_id, Ledger::Commissions).await
+}
+
+async fn payouts_csv(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(AffiliatePath { affiliate_id }): Path<AffiliatePath>,
+) -> Response {
+    ledger_csv(state, headers, affiliate_id, Ledger::Payouts).await
 }

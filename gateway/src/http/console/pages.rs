@@ -8,7 +8,8 @@ use maud::{DOCTYPE, Markup, html};
 use super::session::{Role, SignedIn};
 use crate::api_schema::variant_names;
 use crate::http::affiliates::{
-    AffiliateRow, AffiliateView, AuditPage, Batches, CaseView, OwedStatus, PeriodView, StatsView,
+    AffiliateRow, AffiliateView, AuditPage, Batches, CaseView, Commissions, OwedStatus,
+    PayoutHistory, PeriodView, StatsView,
 };
 use crate::http::{DeviceExecution, DeviceView, ExecutionStatus, Executions};
 use crate::reports::ReportKind;
@@ -665,10 +666,7 @@ pub(super) fn fraud(session: &SignedIn, open: bool, cases: &[CaseView]) -> Marku
 }
 
 fn case_kind(case: &CaseView) -> String {
-    serde_json::to_value(case.kind)
-        .ok()
-        .and_then(|v| v.as_str().map(|k| k.replace('_', " ")))
-        .unwrap_or_default()
+    json_word(&case.kind)
 }
 
 /// A bar chart drawn on the server: one bar per period, each with its
@@ -741,11 +739,16 @@ fn total(name: &str, key: &str, value: String) -> Markup {
     html! { div { dt { (name) } dd data-total=(key) { (value) } } }
 }
 
+/// Rows the portal's tables show; the CSV has every one.
+const LATEST: usize = 20;
+
 pub(super) fn portal(
     session: &SignedIn,
     affiliate: &AffiliateView,
     days: &StatsView,
     months: &StatsView,
+    commissions: &Commissions,
+    payouts: &PayoutHistory,
 ) -> Markup {
     let currency = affiliate.currency;
     let money = |minor: i64| format!("{} {currency}", currency.format_major(minor));
@@ -797,8 +800,69 @@ pub(super) fn portal(
             (stats_table("The numbers per day", days, &money))
             (bar_chart(&format!("Earned per month, {} to {}", months.from, months.to), &earned(&months.periods), money))
             (stats_table("The numbers per month", months, &money))
+            h2 { "Commissions" }
+            p { "The latest " (LATEST.min(commissions.items.len())) " of " (commissions.items.len()) ", newest first. "
+                a href={ "/console/portal/" (affiliate.affiliate_id) "/commissions.csv" } { "Download them all (CSV)" } }
+            div.table {
+                table {
+                    thead { tr {
+                        th scope="col" { "Earned" }
+                        th scope="col" { "Kind" }
+                        th scope="col" { "Customer" }
+                        th.money scope="col" { "Amount" }
+                        th scope="col" { "Status" }
+                    } }
+                    tbody {
+                        @for entry in commissions.items.iter().rev().take(LATEST) {
+                            tr data-entry=(entry.entry_id) {
+                                td { (utc(entry.earned_at_ms)) }
+                                td data-label="Kind" { (json_word(&entry.kind)) }
+                                td data-label="Customer" { (entry.user_id) }
+                                td.money data-label="Amount" { (money(entry.amount_minor)) }
+                                td data-label="Status" { (json_word(&entry.status)) }
+                            }
+                        }
+                        @if commissions.items.is_empty() {
+                            tr { td colspan="5" { "No commission yet." } }
+                        }
+                    }
+                }
+            }
+            h2 { "Payouts" }
+            p { a href={ "/console/portal/" (affiliate.affiliate_id) "/payouts.csv" } { "Download them all (CSV)" } }
+            div.table {
+                table {
+                    thead { tr {
+                        th scope="col" { "Made" }
+                        th scope="col" { "Payout" }
+                        th.money scope="col" { "Amount" }
+                        th scope="col" { "State" }
+                    } }
+                    tbody {
+                        @for payout in payouts.items.iter().rev().take(LATEST) {
+                            tr {
+                                td { (utc(payout.paid_at_ms)) }
+                                td data-label="Payout" { (payout.payout_id) }
+                                td.money data-label="Amount" { (money(payout.amount_minor)) }
+                                td data-label="State" { (payout.state.replace('_', " ")) }
+                            }
+                        }
+                        @if payouts.items.is_empty() {
+                            tr { td colspan="4" { "No payout yet." } }
+                        }
+                    }
+                }
+            }
         },
     )
+}
+
+/// An enum's JSON name as words (`first_trade_bonus` → first trade bonus).
+fn json_word(value: &impl serde::Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(|text| text.replace('_', " ")))
+        .unwrap_or_default()
 }
 
 pub(super) fn health(
