@@ -876,3 +876,77 @@ async fn the_portal_lists_commissions_with_pseudonyms_and_exports_them_as_csv_to
         .await;
     assert!(full.body.contains("customer-7"));
 }
+
+#[tokio::test]
+async fn a_sign_in_link_an_admin_issues_opens_the_affiliates_page_once() {
+    let console = console().await;
+    let ((alice, _, _), _) = alice_and_bob(&console).await;
+    let admin = console.sign_in().await;
+    let csrf = console.csrf(&admin).await;
+    let issued = console
+        .post(
+            &format!("/console/affiliates/{alice}/sign-in-link"),
+            Some(&admin),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(issued.status, StatusCode::OK, "{}", issued.body);
+    assert_eq!(issued.headers[header::CACHE_CONTROL], "no-store");
+    let at = issued
+        .body
+        .find("/console/sign-in/link/")
+        .expect("the link");
+    let path = issued.body[at..at + 22 + 64].to_owned();
+
+    // Fetching it (a mail scanner, a preview) does not use it up.
+    for _ in 0..2 {
+        let offer = console.get(&path, None).await;
+        assert_eq!(offer.status, StatusCode::OK);
+        assert!(offer.body.contains("This link works once"));
+    }
+    let used = console.post(&path, None, &[]).await;
+    assert_eq!(used.status, StatusCode::SEE_OTHER, "{}", used.body);
+    assert_eq!(used.location(), format!("/console/portal/{alice}"));
+    let cookie = used.headers[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let portal = console
+        .get(&format!("/console/portal/{alice}"), Some(&cookie))
+        .await;
+    assert_eq!(portal.status, StatusCode::OK);
+    let devices = console.get("/console/devices", Some(&cookie)).await;
+    assert_eq!(
+        devices.status,
+        StatusCode::FORBIDDEN,
+        "an affiliate's session"
+    );
+
+    // Once only.
+    assert_eq!(
+        console.post(&path, None, &[]).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let spent = console.get(&path, None).await;
+    assert_eq!(spent.status, StatusCode::UNAUTHORIZED);
+    assert!(spent.body.contains("used already, or has expired"));
+    // Nor does a made-up one work, nor may an affiliate issue links.
+    let made_up = format!("/console/sign-in/link/{}", "0".repeat(64));
+    assert_eq!(
+        console.post(&made_up, None, &[]).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let at = portal.body.find("name=\"csrf\" value=\"").unwrap() + 19;
+    let own_csrf = &portal.body[at..at + 64];
+    let by_affiliate = console
+        .post(
+            &format!("/console/affiliates/{alice}/sign-in-link"),
+            Some(&cookie),
+            &[("csrf", own_csrf)],
+        )
+        .await;
+    assert_eq!(by_affiliate.status, StatusCode::FORBIDDEN);
+}

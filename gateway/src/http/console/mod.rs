@@ -76,6 +76,14 @@ pub(super) fn routes() -> Router<AppState> {
             get(payouts_csv),
         )
         .route("/console/health", get(health_page))
+        .route(
+            "/console/affiliates/{affiliate_id}/sign-in-link",
+            post(issue_link),
+        )
+        .route(
+            "/console/sign-in/link/{secret}",
+            get(link_page).post(use_link),
+        )
         .route("/console/payouts", get(payouts_page))
         .route("/console/audit", get(audit_page))
 }
@@ -282,15 +290,27 @@ async fn sign_in(
             )),
         );
     };
+    start_session(&state, &headers, &extensions, actor, role).await
+}
+
+/// Starts a session for `actor` in `role`: the cookie, and the way to its
+/// home page.
+async fn start_session(
+    state: &AppState,
+    headers: &HeaderMap,
+    extensions: &axum::http::Extensions,
+    actor: String,
+    role: Role,
+) -> Response {
     if let Role::Affiliate(affiliate_id) = &role {
         // Where an affiliate signs in from is evidence for the
         // self-referral check, as where its token calls the API from.
-        let address = super::affiliates::source_address(&headers, &extensions);
+        let address = super::affiliates::source_address(headers, extensions);
         let noted_by = eagate_affiliates::Actor {
             by: actor.clone(),
             why: "an address the affiliate signed in to the console from".to_owned(),
         };
-        super::affiliates::note_affiliate_address(&state, affiliate_id, &address, &noted_by).await;
+        super::affiliates::note_affiliate_address(state, affiliate_id, &address, &noted_by).await;
     }
     tracing::info!(%actor, "console sign-in");
     let signed_in = SignedIn {
@@ -300,7 +320,7 @@ async fn sign_in(
     };
     let id = state.console.sessions.start(actor, role);
     let mut response = Redirect::to(&home(&signed_in)).into_response();
-    let (name, value) = session::set_cookie(&id, &headers);
+    let (name, value) = session::set_cookie(&id, headers);
     if let Ok(value) = HeaderValue::from_str(&value) {
         response.headers_mut().insert(name, value);
     }
@@ -965,4 +985,89 @@ async fn payouts_csv(
     Path(AffiliatePath { affiliate_id }): Path<AffiliatePath>,
 ) -> Response {
     ledger_csv(state, headers, affiliate_id, Ledger::Payouts).await
+}
+
+/// An admin issues a one-time sign-in link for an affiliate (for one who
+/// lost its token, or never kept it): shown once, usable once, for a day.
+async fn issue_link(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(AffiliatePath { affiliate_id }): Path<AffiliatePath>,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Response {
+    let session = match signed_in_form(&state, &headers, &form) {
+        Ok(session) => session,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let affiliate = match super::affiliates::affiliate_view(&state, &affiliate_id) {
+        Ok(affiliate) => affiliate,
+        Err(error) => return failed(&session, &error),
+    };
+    let Some(secret) = state.console.sessions.issue_link(&affiliate_id) else {
+        return failed(
+            &session,
+            &ApiError::TooManyRequests("too many sign-in links are live; try again later".into()),
+        );
+    };
+    tracing::info!(affiliate = %affiliate_id, actor = %session.actor, "console sign-in link issued");
+    let scheme = match headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(proto) if proto.eq_ignore_ascii_case("https") => "https",
+        _ => "http",
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
+    let link = format!("{scheme}://{host}/console/sign-in/link/{secret}");
+    page(
+        StatusCode::OK,
+        pages::sign_in_link(&session, &affiliate, &link),
+    )
+}
+
+#[derive(Deserialize)]
+struct LinkPath {
+    secret: String,
+}
+
+/// What a spent or expired link says.
+const LINK_SPENT: &str =
+    "That sign-in link was used already, or has expired: ask the programme's admins for a new one.";
+
+/// A link's page: a button, not a sign-in on the GET itself, so a mail
+/// scanner that fetches links does not use it up.
+async fn link_page(
+    State(state): State<AppState>,
+    Path(LinkPath { secret }): Path<LinkPath>,
+) -> Response {
+    if state.console.sessions.link_is_live(&secret) {
+        page(StatusCode::OK, pages::use_link())
+    } else {
+        page(StatusCode::UNAUTHORIZED, pages::sign_in(Some(LINK_SPENT)))
+    }
+}
+
+async fn use_link(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    extensions: axum::http::Extensions,
+    Path(LinkPath { secret }): Path<LinkPath>,
+) -> Response {
+    match state.console.sessions.use_link(&secret) {
+        Some(affiliate_id) => {
+            let actor = format!("link:{}", &tokens::token_sha256(&secret)[..12]);
+            start_session(
+                &state,
+                &headers,
+                &extensions,
+                actor,
+                Role::Affiliate(affiliate_id),
+            )
+            .await
+        }
+        None => page(StatusCode::UNAUTHORIZED, pages::sign_in(Some(LINK_SPENT))),
+    }
 }

@@ -579,6 +579,7 @@ pub(super) fn affiliates(
                             th.money scope="col" { "Paid" }
                             th.money scope="col" { "Reversed" }
                             th scope="col" { "Open cases" }
+                            th scope="col" { "Sign-in" }
                         }
                     }
                     tbody {
@@ -597,10 +598,16 @@ pub(super) fn affiliates(
                                         a href={ "/console/fraud?affiliate_id=" (row.affiliate_id) } { (row.open_cases) " to review" }
                                     } @else { "none" }
                                 }
+                                td data-label="Sign-in" {
+                                    form method="post" action={ "/console/affiliates/" (row.affiliate_id) "/sign-in-link" } {
+                                        input type="hidden" name="csrf" value=(session.csrf);
+                                        button.secondary type="submit" aria-label={ "A one-time sign-in link for " (row.user_id) } { "Link…" }
+                                    }
+                                }
                             }
                         }
                         @if rows.is_empty() {
-                            tr { td colspan="9" { "No affiliate has enrolled yet." } }
+                            tr { td colspan="10" { "No affiliate has enrolled yet." } }
                         }
                     }
                 }
@@ -1004,6 +1011,41 @@ pub(super) fn audit(
             }
             @if let Some(after) = entries.next_after {
                 p.pager { a href={ "/console/audit?after=" (after) } { "Next page →" } }
+            }
+        },
+    )
+}
+
+pub(super) fn sign_in_link(session: &SignedIn, affiliate: &AffiliateView, link: &str) -> Markup {
+    layout(
+        "Sign-in link",
+        Some(session),
+        None,
+        html! {
+            h1 { "A sign-in link for " (affiliate.user_id) }
+            p.notice {
+                "Shown this once. It signs in to " (affiliate.user_id) "'s affiliate page, once, within a day; "
+                "send it to them only. A gateway restart voids it."
+            }
+            code.secret #link { (link) }
+            div.actions {
+                button.secondary type="button" data-copy="link" hidden { "Copy" }
+                a.button href="/console/affiliates" { "Done" }
+            }
+        },
+    )
+}
+
+pub(super) fn use_link() -> Markup {
+    layout(
+        "Sign in",
+        None,
+        None,
+        html! {
+            h1 { "Sign in to your affiliate page" }
+            p { "This link works once." }
+            form method="post" {
+                button type="submit" { "Sign in" }
             }
         },
     )

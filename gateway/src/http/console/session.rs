@@ -49,10 +49,15 @@ struct Session {
     expires_at: Instant,
 }
 
-/// The console's live sessions, by the SHA-256 of their id.
+/// How long a one-time sign-in link an admin issues stays usable.
+pub(crate) const LINK_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// The console's live sessions, and the one-time sign-in links admins
+/// issued for affiliates, each by the SHA-256 of its secret.
 #[derive(Debug, Default)]
 pub(crate) struct ConsoleSessions {
     sessions: Mutex<HashMap<[u8; 32], Session>>,
+    links: Mutex<HashMap<[u8; 32], (String, Instant)>>,
 }
 
 /// 32 random bytes as hex: session ids, CSRF tokens, form keys.
@@ -117,6 +122,42 @@ impl ConsoleSessions {
             }
             None => None,
         }
+    }
+
+    /// Issues a one-time sign-in link's secret for `affiliate_id`, usable
+    /// for [`LINK_LIFETIME`].
+    /// None when [`MOST_SESSIONS`] links are live already.
+    pub(crate) fn issue_link(&self, affiliate_id: &str) -> Option<String> {
+        let secret = random_text();
+        let now = Instant::now();
+        let mut links = self.links.lock().expect("console links");
+        links.retain(|_, (_, expires_at)| *expires_at > now);
+        if links.len() >= MOST_SESSIONS {
+            return None;
+        }
+        links.insert(
+            key_of(&secret),
+            (affiliate_id.to_owned(), now + LINK_LIFETIME),
+        );
+        Some(secret)
+    }
+
+    /// Whether a link's secret is live (for the page that offers to use it).
+    pub(crate) fn link_is_live(&self, secret: &str) -> bool {
+        let links = self.links.lock().expect("console links");
+        links
+            .get(&key_of(secret))
+            .is_some_and(|(_, expires_at)| *expires_at > Instant::now())
+    }
+
+    /// Uses a link: the affiliate it was issued for, once, if not expired.
+    pub(crate) fn use_link(&self, secret: &str) -> Option<String> {
+        let (affiliate_id, expires_at) = self
+            .links
+            .lock()
+            .expect("console links")
+            .remove(&key_of(secret))?;
+        (expires_at > Instant::now()).then_some(affiliate_id)
     }
 
     /// Ends the session the request's cookie names.
