@@ -950,3 +950,52 @@ async fn a_sign_in_link_an_admin_issues_opens_the_affiliates_page_once() {
         .await;
     assert_eq!(by_affiliate.status, StatusCode::FORBIDDEN);
 }
+
+/// The `attribute="value"` of an HTML tag's text, if there.
+fn attribute<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
+    let at = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+    tag[at..].split('"').next()
+}
+
+#[tokio::test]
+async fn every_field_of_every_console_page_has_a_label_and_every_page_a_title_and_language() {
+    let console = console().await;
+    let ((alice, _, _), _) = alice_and_bob(&console).await;
+    let device = console.register("London VPS").await;
+    let cookie = console.sign_in().await;
+    for uri in [
+        "/console/sign-in".to_owned(),
+        "/console/devices".to_owned(),
+        format!("/console/devices/{device}"),
+        format!("/console/devices/{device}/revoke"),
+        "/console/signals".to_owned(),
+        "/console/affiliates".to_owned(),
+        "/console/fraud".to_owned(),
+        "/console/payouts".to_owned(),
+        "/console/audit".to_owned(),
+        "/console/health".to_owned(),
+        format!("/console/portal/{alice}"),
+    ] {
+        let cookie = (uri != "/console/sign-in").then_some(cookie.as_str());
+        let page = console.get(&uri, cookie).await;
+        assert_eq!(page.status, StatusCode::OK, "{uri}");
+        assert!(page.body.contains("<html lang=\"en\">"), "{uri}");
+        assert!(page.body.contains("<title>"), "{uri}");
+        assert!(
+            page.body.contains("name=\"viewport\""),
+            "{uri}: readable on a phone"
+        );
+        for field in ["<input", "<select", "<textarea"] {
+            for (at, _) in page.body.match_indices(field) {
+                let tag = &page.body[at..at + page.body[at..].find('>').unwrap()];
+                if matches!(attribute(tag, "type"), Some("hidden" | "submit")) {
+                    continue;
+                }
+                let labelled = attribute(tag, "aria-label").is_some()
+                    || attribute(tag, "id")
+                        .is_some_and(|id| page.body.contains(&format!("<label for=\"{id}\"")));
+                assert!(labelled, "{uri}: a field without a label: {tag}");
+            }
+        }
+    }
+}

@@ -37,6 +37,16 @@ impl Browser {
     /// When Chromium or its driver is not installed (`scripts/test.sh`
     /// installs them) or does not start within 30 s.
     pub fn start(size: (u32, u32)) -> Self {
+        Self::start_with(size, true)
+    }
+
+    /// [`Browser::start`] with JavaScript turned off (`javascript: false`):
+    /// what a page must work without.
+    ///
+    /// # Panics
+    ///
+    /// As [`Browser::start`].
+    pub fn start_with(size: (u32, u32), javascript: bool) -> Self {
         for program in [CHROMEDRIVER, CHROMIUM] {
             assert!(
                 Path::new(program).exists(),
@@ -79,6 +89,8 @@ impl Browser {
             assert!(Instant::now() < deadline, "chromedriver not ready in 30 s");
             std::thread::sleep(Duration::from_millis(50));
         }
+        // Chromium's content setting: 2 blocks every page's scripts.
+        let scripts = if javascript { 1 } else { 2 };
         let created = browser.call(
             "POST",
             "/session",
@@ -89,6 +101,7 @@ impl Browser {
                     "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
                              "--disable-dev-shm-usage",
                              format!("--window-size={},{}", size.0, size.1)],
+                    "prefs": { "profile.managed_default_content_settings.javascript": scripts },
                 },
             }}}),
         );
@@ -247,13 +260,17 @@ impl Browser {
             let replaced = self
                 .try_call("GET", &format!("/element/{old_root}/name"), Value::Null)
                 .is_err();
-            let loaded = self
-                .try_call(
-                    "POST",
-                    "/execute/sync",
-                    json!({ "script": "return document.readyState", "args": [] }),
-                )
-                .is_ok_and(|state| state == "complete");
+            let ready = self.try_call(
+                "POST",
+                "/execute/sync",
+                json!({ "script": "return document.readyState", "args": [] }),
+            );
+            // The driver's own scripts run with the page's off; if they
+            // did not, the new root is enough.
+            let loaded = match ready {
+                Ok(state) => state == "complete",
+                Err(_) => true,
+            };
             if replaced && loaded {
                 return;
             }

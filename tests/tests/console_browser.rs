@@ -360,3 +360,47 @@ fn platform_token(gateway: &Gateway, data_dir: &Path) -> String {
         .trim()
         .to_owned()
 }
+
+/// Every console page works with JavaScript off: the pages are plain
+/// forms and links; only the copy buttons need it, and without it they
+/// stay hidden with the text there to select.
+#[test]
+fn every_console_page_works_with_javascript_off_and_the_copy_button_stays_hidden() {
+    let data = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(data.path(), &[]);
+    let (id, _) = gateway.register("gold");
+    let browser = Browser::start_with(DESKTOP, false);
+    sign_in(&browser, &gateway);
+    for (page, says) in [
+        ("/console/devices", "Devices"),
+        ("/console/signals", "Publish a signal"),
+        ("/console/affiliates", "Affiliates"),
+        ("/console/fraud", "Fraud review"),
+        ("/console/payouts", "Payout batches"),
+        ("/console/audit", "Audit log"),
+        ("/console/health", "Gateway health"),
+    ] {
+        browser.open(&format!("{}{page}", gateway.api));
+        assert!(browser.text().contains(says), "{page}: {}", browser.text());
+    }
+    // A form round trip: publish, then a device's new secret.
+    browser.open(&format!("{}/console/signals", gateway.api));
+    browser.type_into("#channel", "gold");
+    browser.type_into("#symbol", "XAUUSD");
+    browser.type_into("#volume", "0.10");
+    browser.click("form[action='/console/signals'] button[type=submit]");
+    assert!(browser.text().contains("Signal "), "{}", browser.text());
+    browser.open(&format!(
+        "{}/console/devices/{id}/rotate-secret",
+        gateway.api
+    ));
+    browser.click("main button[type=submit]");
+    assert!(browser.text_of("#secret").starts_with("egs_"));
+    assert_eq!(
+        browser
+            .attribute_of("button[data-copy]", "hidden")
+            .as_deref(),
+        Some("true"),
+        "no script, no copy button"
+    );
+}
