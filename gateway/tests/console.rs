@@ -691,6 +691,18 @@ async fn an_affiliate_token_opens_its_own_portal_and_no_other_page() {
     assert_eq!(own.status, StatusCode::OK);
     assert!(own.body.contains(&code), "the code");
     assert!(own.body.contains("<svg"), "charts drawn on the server");
+    assert!(own.body.contains("Clicks per day"), "per day by default");
+    let monthly = console
+        .get(&format!("/console/portal/{alice}?by=month"), Some(&cookie))
+        .await;
+    for chart in [
+        "Earned per month",
+        "Clicks per month",
+        "Signups per month",
+        "First payments per month",
+    ] {
+        assert!(monthly.body.contains(chart), "{chart}");
+    }
     assert!(
         !own.body.contains("/console/devices"),
         "no admin navigation"

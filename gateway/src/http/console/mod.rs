@@ -771,10 +771,17 @@ struct AffiliatePath {
 /// An affiliate's own page (an admin may open any): the referral link and
 /// code, totals, earnings per day and per month as charts, and the
 /// numbers behind them.
+#[derive(Deserialize)]
+struct PortalQuery {
+    /// `month` for the charts per month; per day otherwise.
+    by: Option<String>,
+}
+
 async fn portal(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(AffiliatePath { affiliate_id }): Path<AffiliatePath>,
+    Query(PortalQuery { by }): Query<PortalQuery>,
 ) -> Response {
     let session = match portal_reader(&state, &headers, &affiliate_id) {
         Ok(session) => session,
@@ -811,7 +818,18 @@ async fn portal(
     match shown {
         Ok((affiliate, days, months)) => page(
             StatusCode::OK,
-            pages::portal(&session, &affiliate, &days, &months, &commissions, &payouts),
+            pages::portal(
+                &session,
+                &affiliate,
+                if by.as_deref() == Some("month") {
+                    &months
+                } else {
+                    &days
+                },
+                &months,
+                &commissions,
+                &payouts,
+            ),
         ),
         Err(error) => failed(&session, &error),
     }

@@ -749,32 +749,28 @@ fn total(name: &str, key: &str, value: String) -> Markup {
 /// Rows the portal's tables show; the CSV has every one.
 const LATEST: usize = 20;
 
+/// An affiliate's page; `charted` is the stats the charts show (per day or
+/// per month), `months` the last 12 months for the totals.
 pub(super) fn portal(
     session: &SignedIn,
     affiliate: &AffiliateView,
-    days: &StatsView,
+    charted: &StatsView,
     months: &StatsView,
     commissions: &Commissions,
     payouts: &PayoutHistory,
 ) -> Markup {
     let currency = affiliate.currency;
     let money = |minor: i64| format!("{} {currency}", currency.format_major(minor));
-    let earned = |periods: &[PeriodView]| -> Vec<(String, i64)> {
-        periods
+    let series = |value: fn(&PeriodView) -> i64| -> Vec<(String, i64)> {
+        charted
+            .periods
             .iter()
-            .map(|p| (p.period.clone(), p.earned_minor))
+            .map(|p| (p.period.clone(), value(p)))
             .collect()
     };
-    let signups: Vec<(String, i64)> = days
-        .periods
-        .iter()
-        .map(|p| {
-            (
-                p.period.clone(),
-                i64::try_from(p.signups).unwrap_or(i64::MAX),
-            )
-        })
-        .collect();
+    let per_month = charted.granularity == crate::http::affiliates::StatsGranularity::Month;
+    let per = if per_month { "month" } else { "day" };
+    let range = format!("{} to {}", charted.from, charted.to);
     let totals = &months.totals;
     layout(
         "Your referrals",
@@ -802,11 +798,19 @@ pub(super) fn portal(
                 (total("Payable next", "payable", money(totals.payable_minor)))
                 (total("Paid", "paid", money(totals.paid_minor)))
             }
-            (bar_chart(&format!("Earned per day, {} to {}", days.from, days.to), &earned(&days.periods), money))
-            (bar_chart(&format!("Signups per day, {} to {}", days.from, days.to), &signups, |n| n.to_string()))
-            (stats_table("The numbers per day", days, &money))
-            (bar_chart(&format!("Earned per month, {} to {}", months.from, months.to), &earned(&months.periods), money))
-            (stats_table("The numbers per month", months, &money))
+            p {
+                "Charts: "
+                @if per_month {
+                    a href={ "/console/portal/" (affiliate.affiliate_id) } { "per day" } " · per month"
+                } @else {
+                    "per day · " a href={ "/console/portal/" (affiliate.affiliate_id) "?by=month" } { "per month" }
+                }
+            }
+            (bar_chart(&format!("Earned per {per}, {range}"), &series(|p| p.earned_minor), money))
+            (bar_chart(&format!("Clicks per {per}, {range}"), &series(|p| count(p.clicks)), |n| n.to_string()))
+            (bar_chart(&format!("Signups per {per}, {range}"), &series(|p| count(p.signups)), |n| n.to_string()))
+            (bar_chart(&format!("First payments per {per}, {range}"), &series(|p| count(p.conversions)), |n| n.to_string()))
+            (stats_table(&format!("The numbers per {per}"), charted, &money))
             h2 { "Commissions" }
             p { "The latest " (LATEST.min(commissions.items.len())) " of " (commissions.items.len()) ", newest first. "
                 a href={ "/console/portal/" (affiliate.affiliate_id) "/commissions.csv" } { "Download them all (CSV)" } }
@@ -1049,4 +1053,9 @@ pub(super) fn use_link() -> Markup {
             }
         },
     )
+}
+
+/// A count as a chart's value.
+fn count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
