@@ -493,7 +493,7 @@ async fn a_publish_form_sent_twice_publishes_one_signal_and_shows_its_executions
     let csrf = console.csrf(&cookie).await;
     let form = [
         ("csrf", csrf.as_str()),
-        ("form_key", "the-same-form"),
+        ("form_key", &"c0".repeat(32)),
         ("channel", "gold"),
         ("symbol", "XAUUSD"),
         ("action", "OpenBuy"),
@@ -1010,4 +1010,99 @@ async fn every_field_of_every_console_page_has_a_label_and_every_page_a_title_an
             }
         }
     }
+}
+
+#[tokio::test]
+async fn a_session_ends_with_its_token_and_a_new_sign_in_ends_the_browsers_old_session() {
+    let console = console().await;
+    let ((alice, _, token), _) = alice_and_bob(&console).await;
+    let cookie = console.sign_in_with(&token).await;
+    let portal = format!("/console/portal/{alice}");
+    assert_eq!(
+        console.get(&portal, Some(&cookie)).await.status,
+        StatusCode::OK
+    );
+    // The affiliate's token is replaced (it leaked): its sessions end.
+    let (status, _) = console
+        .api(
+            "POST",
+            &format!("/v1/affiliates/{alice}/token"),
+            &console.admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let page = console.get(&portal, Some(&cookie)).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "signed out");
+    assert_eq!(page.location(), "/console/sign-in");
+
+    // Signing in again from a browser with a session ends that session.
+    let first = console.sign_in().await;
+    let request = Request::post("/console/sign-in")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::COOKIE, &first)
+        .body(Body::from(form(&[("token", &console.admin)])))
+        .unwrap();
+    let again = console.request(request).await;
+    assert_eq!(again.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        console.get("/console/devices", Some(&first)).await.status,
+        StatusCode::SEE_OTHER,
+        "the old session is gone"
+    );
+}
+
+#[tokio::test]
+async fn a_sign_in_posted_from_another_site_is_refused() {
+    let console = console().await;
+    for (name, value) in [
+        ("sec-fetch-site", "cross-site"),
+        ("origin", "https://evil.example"),
+    ] {
+        let request = Request::post("/console/sign-in")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::HOST, "gw.example")
+            .header(name, value)
+            .body(Body::from(form(&[("token", &console.admin)])))
+            .unwrap();
+        let page = console.request(request).await;
+        assert_eq!(page.status, StatusCode::FORBIDDEN, "{name}");
+        assert!(page.headers.get(header::SET_COOKIE).is_none());
+    }
+}
+
+#[tokio::test]
+async fn a_publish_form_whose_key_published_another_signal_gets_a_new_key() {
+    let console = console().await;
+    let cookie = console.sign_in().await;
+    let csrf = console.csrf(&cookie).await;
+    let key = "ab".repeat(32);
+    let mut fields = vec![
+        ("csrf", csrf.as_str()),
+        ("form_key", key.as_str()),
+        ("channel", "gold"),
+        ("symbol", "XAUUSD"),
+        ("action", "OpenBuy"),
+        ("order_type", "Market"),
+        ("volume", "0.10"),
+    ];
+    let first = console
+        .post("/console/signals", Some(&cookie), &fields)
+        .await;
+    assert_eq!(first.status, StatusCode::SEE_OTHER);
+    // Back, an edit, a resubmit: the key published another signal.
+    fields[6] = ("volume", "0.20");
+    let conflict = console
+        .post("/console/signals", Some(&cookie), &fields)
+        .await;
+    assert_eq!(conflict.status, StatusCode::CONFLICT, "{}", conflict.body);
+    let at = conflict.body.find("name=\"form_key\" value=\"").unwrap() + 23;
+    let new_key = &conflict.body[at..at + 64];
+    assert_ne!(new_key, key, "a new key");
+    fields[1] = ("form_key", new_key);
+    let second = console
+        .post("/console/signals", Some(&cookie), &fields)
+        .await;
+    assert_eq!(second.status, StatusCode::SEE_OTHER, "{}", second.body);
+    assert_ne!(second.location(), first.location(), "a second signal");
 }

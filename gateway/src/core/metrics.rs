@@ -137,6 +137,10 @@ impl Metrics {
     /// `/metrics` shows).
     pub fn snapshot(&self) -> MetricsSnapshot {
         let sum = |counters: &[AtomicU64]| counters.iter().map(|c| c.load(Relaxed)).sum();
+        // The count before the buckets: a report adds to its bucket first,
+        // so the buckets read after hold at least as many as the count.
+        let latency_count = self.latency_count.load(Relaxed);
+        let latency_sum_us = self.latency_sum_us.load(Relaxed);
         MetricsSnapshot {
             connections: self.connections.load(Relaxed),
             auth_failures: sum(&self.auth_failures),
@@ -148,8 +152,8 @@ impl Metrics {
                 + self.reports_superseded.load(Relaxed),
             store_errors: self.store_errors.load(Relaxed),
             latency_buckets: std::array::from_fn(|i| self.latency_buckets[i].load(Relaxed)),
-            latency_count: self.latency_count.load(Relaxed),
-            latency_sum_us: self.latency_sum_us.load(Relaxed),
+            latency_count,
+            latency_sum_us,
         }
     }
 

@@ -106,7 +106,12 @@ impl TokenStore {
     pub fn scope_of(&self, token: &str) -> Option<Scope> {
         // Looked up by hash: the lookup's timing depends on the hash, not on
         // how much of a guessed token is right.
-        let hash = token_sha256(token);
+        self.scope_of_hash(&token_sha256(token))
+    }
+
+    /// The scope of the token whose SHA-256 (hex) is `hash`, if it is still
+    /// a known token (a console session checks its token on every page).
+    pub(crate) fn scope_of_hash(&self, hash: &str) -> Option<Scope> {
         let mut loaded = self.loaded.lock().expect("token lock");
         let modified = fs::metadata(&self.path).and_then(|m| m.modified()).ok();
         if modified != loaded.modified {
@@ -115,7 +120,7 @@ impl TokenStore {
                 .unwrap_or_default();
             loaded.modified = modified;
         }
-        loaded.scopes.get(&hash).copied()
+        loaded.scopes.get(hash).copied()
     }
 }
 

@@ -25,7 +25,7 @@ use axum::routing::{get, post};
 use maud::Markup;
 use serde::Deserialize;
 
-use session::{ConsoleSessions, Role, SignedIn};
+use session::{ConsoleSessions, Credential, Role, SignedIn};
 
 /// What the console keeps: its sessions, and samples of the gateway's
 /// counters for the health page's rates.
@@ -107,6 +107,10 @@ fn page(status: StatusCode, markup: Markup) -> Response {
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
     );
@@ -172,13 +176,48 @@ impl IntoResponse for Refusal {
     }
 }
 
+/// The session the request's cookie names, if it is live and its
+/// credential still holds: a token removed from the gateway, an
+/// affiliate's token replaced, ends the sessions it started.
+fn live_session(state: &AppState, headers: &HeaderMap) -> Option<SignedIn> {
+    let session = state.console.sessions.of(headers)?;
+    let holds = match (&session.role, &session.credential) {
+        (Role::Admin, Credential::Token(hash)) => {
+            state.tokens.scope_of_hash(hash) == Some(Scope::Admin)
+        }
+        (Role::Affiliate(id), Credential::Token(hash)) => state
+            .affiliates
+            .ledger
+            .read()
+            .affiliate_of_token(hash)
+            .is_some_and(|affiliate| affiliate.affiliate_id == *id),
+        (Role::Affiliate(id), Credential::Link) => {
+            state.affiliates.ledger.read().affiliate(id).is_some()
+        }
+        (Role::Admin, Credential::Link) => false,
+    };
+    if !holds {
+        state.console.sessions.end(headers);
+    }
+    holds.then_some(session)
+}
+
+/// The affiliate ledger, if what it shows is durable: after a failed
+/// flush the ledger refuses to be read until it recovers, as the API's
+/// affiliate routes do, so no page shows a change its writer was told
+/// failed.
+async fn ledger_ready(state: &AppState, session: &SignedIn) -> Result<(), Response> {
+    state
+        .affiliates
+        .ledger
+        .healthy_or_recover()
+        .await
+        .map_err(|e| failed(session, &ApiError::from(e)))
+}
+
 /// The signed-in admin of a page.
 fn signed_in(state: &AppState, headers: &HeaderMap) -> Result<SignedIn, Refusal> {
-    let session = state
-        .console
-        .sessions
-        .of(headers)
-        .ok_or(Refusal::NotSignedIn)?;
+    let session = live_session(state, headers).ok_or(Refusal::NotSignedIn)?;
     match session.role {
         Role::Admin => Ok(session),
         Role::Affiliate(_) => Err(Refusal::NotYours(session)),
@@ -192,7 +231,7 @@ fn any_signed_in_form(
     headers: &HeaderMap,
     form: &Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Result<SignedIn, Refusal> {
-    let session = state.console.sessions.of(headers);
+    let session = live_session(state, headers);
     let carried = form
         .as_ref()
         .ok()
@@ -250,7 +289,7 @@ fn home(session: &SignedIn) -> String {
 }
 
 async fn sign_in_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(session) = state.console.sessions.of(&headers) {
+    if let Some(session) = live_session(&state, &headers) {
         return Redirect::to(&home(&session)).into_response();
     }
     page(StatusCode::OK, pages::sign_in(None))
@@ -267,6 +306,12 @@ async fn sign_in(
     extensions: axum::http::Extensions,
     form: Result<Form<SignIn>, FormRejection>,
 ) -> Response {
+    if !session::same_site(&headers) {
+        return page(
+            StatusCode::FORBIDDEN,
+            pages::sign_in(Some("Sign in from this console's own page.")),
+        );
+    }
     let token = form.map(|Form(f)| f.token).unwrap_or_default();
     let token = token.trim();
     let hash = tokens::token_sha256(token);
@@ -290,7 +335,15 @@ async fn sign_in(
             )),
         );
     };
-    start_session(&state, &headers, &extensions, actor, role).await
+    start_session(
+        &state,
+        &headers,
+        &extensions,
+        actor,
+        role,
+        Credential::Token(hash),
+    )
+    .await
 }
 
 /// Starts a session for `actor` in `role`: the cookie, and the way to its
@@ -301,7 +354,10 @@ async fn start_session(
     extensions: &axum::http::Extensions,
     actor: String,
     role: Role,
+    credential: Credential,
 ) -> Response {
+    // A sign-in replaces the browser's session: the old one ends here.
+    state.console.sessions.end(headers);
     if let Role::Affiliate(affiliate_id) = &role {
         // Where an affiliate signs in from is evidence for the
         // self-referral check, as where its token calls the API from.
@@ -315,10 +371,18 @@ async fn start_session(
     tracing::info!(%actor, "console sign-in");
     let signed_in = SignedIn {
         actor: actor.clone(),
+        credential: credential.clone(),
         role: role.clone(),
         csrf: String::new(),
     };
-    let id = state.console.sessions.start(actor, role);
+    let Some(id) = state.console.sessions.start(actor, role, credential) else {
+        return page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            pages::sign_in(Some(
+                "Too many sessions are open right now: try again later.",
+            )),
+        );
+    };
     let mut response = Redirect::to(&home(&signed_in)).into_response();
     let (name, value) = session::set_cookie(&id, headers);
     if let Ok(value) = HeaderValue::from_str(&value) {
@@ -595,8 +659,11 @@ async fn publish(
     };
     let empty = HashMap::new();
     let fields = form.as_ref().map_or(&empty, |Form(fields)| fields);
+    // A key this console made (64 hex digits), or a new one: a form
+    // that lost or mangled its key publishes once, unguarded.
     let form_key = fields
         .get("form_key")
+        .filter(|key| key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()))
         .cloned()
         .unwrap_or_else(session::random_text);
     let channel = ChannelPath {
@@ -619,13 +686,20 @@ async fn publish(
             tracing::info!(signal = %id, actor = %session.actor, "signal published from the console");
             Redirect::to(&format!("/console/signals/{id}")).into_response()
         }
-        // The form again, as it was filled in, with what was wrong.
+        // The form again, as it was filled in, with what was wrong. After
+        // a conflict (this form's key published another signal: Back, an
+        // edit, a resubmit) it gets a new key, or it would conflict for
+        // ever.
         Err(error @ (ApiError::Unprocessable(_) | ApiError::Conflict(_))) => {
             let draft = pages::Draft {
                 field: fields
                     .iter()
                     .map(|(k, v)| (k.as_str(), v.as_str()))
                     .collect(),
+            };
+            let form_key = match error {
+                ApiError::Conflict(_) => session::random_text(),
+                _ => form_key,
             };
             page(
                 error.classify().0,
@@ -687,6 +761,9 @@ async fn affiliates_page(
         Ok(session) => session,
         Err(refusal) => return refusal.into_response(),
     };
+    if let Err(refused) = ledger_ready(&state, &session).await {
+        return refused;
+    }
     match super::affiliates::affiliate_rows(&state, after.unwrap_or(0), AFFILIATES_PER_PAGE, |_| {
         true
     }) {
@@ -716,6 +793,9 @@ async fn fraud_page(
         Ok(session) => session,
         Err(refusal) => return refusal.into_response(),
     };
+    if let Err(refused) = ledger_ready(&state, &session).await {
+        return refused;
+    }
     let open = query.status.as_deref() != Some("decided");
     let cases = super::affiliates::case_list(&state, open, query.affiliate_id.as_deref());
     page(StatusCode::OK, pages::fraud(&session, open, &cases))
@@ -736,6 +816,9 @@ async fn decide(
         Ok(session) => session,
         Err(refusal) => return refusal.into_response(),
     };
+    if let Err(refused) = ledger_ready(&state, &session).await {
+        return refused;
+    }
     let decision = match field(&form, "decision") {
         Some("cleared") => eagate_affiliates::CaseDecision::Cleared,
         Some("confirmed") => eagate_affiliates::CaseDecision::Confirmed,
@@ -787,6 +870,9 @@ async fn portal(
         Ok(session) => session,
         Err(refusal) => return refusal.into_response(),
     };
+    if let Err(refused) = ledger_ready(&state, &session).await {
+        return refused;
+    }
     let ledgers = async {
         let commissions: super::affiliates::Commissions =
             ledger_json(&state, &session, &affiliate_id, Ledger::Commissions).await?;
@@ -856,13 +942,17 @@ async fn health_page(State(state): State<AppState>, headers: HeaderMap) -> Respo
 }
 
 async fn payouts_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    match signed_in(&state, &headers) {
-        Ok(session) => page(
-            StatusCode::OK,
-            pages::payouts(&session, &super::affiliates::all_batches(&state)),
-        ),
-        Err(refusal) => refusal.into_response(),
+    let session = match signed_in(&state, &headers) {
+        Ok(session) => session,
+        Err(refusal) => return refusal.into_response(),
+    };
+    if let Err(refused) = ledger_ready(&state, &session).await {
+        return refused;
     }
+    page(
+        StatusCode::OK,
+        pages::payouts(&session, &super::affiliates::all_batches(&state)),
+    )
 }
 
 /// Audit entries per page.
@@ -877,6 +967,9 @@ async fn audit_page(
         Ok(session) => session,
         Err(refusal) => return refusal.into_response(),
     };
+    if let Err(refused) = ledger_ready(&state, &session).await {
+        return refused;
+    }
     // The whole chain, recomputed on every view: a few milliseconds per
     // thousand entries, and the answer an admin opened the page for.
     let ledger = state.affiliates.ledger.clone();
@@ -896,11 +989,7 @@ fn portal_reader(
     headers: &HeaderMap,
     affiliate_id: &str,
 ) -> Result<SignedIn, Refusal> {
-    let session = state
-        .console
-        .sessions
-        .of(headers)
-        .ok_or(Refusal::NotSignedIn)?;
+    let session = live_session(state, headers).ok_or(Refusal::NotSignedIn)?;
     match &session.role {
         Role::Affiliate(own) if own != affiliate_id => Err(Refusal::NotYours(session)),
         _ => Ok(session),
@@ -959,18 +1048,46 @@ async fn ledger_answer(
     }
 }
 
-/// Every row of a ledger (the API's JSON, up to its 1,000 a page).
+/// Every row of a ledger: the API's JSON pages (1,000 rows each), followed
+/// to the last, as one.
 async fn ledger_json<T: serde::de::DeserializeOwned>(
     state: &AppState,
     session: &SignedIn,
     affiliate_id: &str,
     ledger: Ledger,
 ) -> Result<T, ApiError> {
-    let answer = ledger_answer(state, session, affiliate_id, ledger, "limit=1000").await?;
-    let bytes = axum::body::to_bytes(answer.into_body(), 16 * 1024 * 1024)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::Internal(e.to_string()))
+    let internal = |e: &dyn std::fmt::Display| ApiError::Internal(e.to_string());
+    let mut whole: Option<serde_json::Value> = None;
+    let mut after: Option<u64> = None;
+    loop {
+        let query = match after {
+            Some(after) => format!("limit=1000&after={after}"),
+            None => "limit=1000".to_owned(),
+        };
+        let answer = ledger_answer(state, session, affiliate_id, ledger, &query).await?;
+        let bytes = axum::body::to_bytes(answer.into_body(), 16 * 1024 * 1024)
+            .await
+            .map_err(|e| internal(&e))?;
+        let mut part: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| internal(&e))?;
+        after = part["next_after"].as_u64();
+        match whole.as_mut() {
+            None => whole = Some(part),
+            Some(whole) => {
+                let items = part["items"]
+                    .as_array_mut()
+                    .map(std::mem::take)
+                    .unwrap_or_default();
+                if let Some(all) = whole["items"].as_array_mut() {
+                    all.extend(items);
+                }
+            }
+        }
+        if after.is_none() {
+            break;
+        }
+    }
+    serde_json::from_value(whole.unwrap_or_default()).map_err(|e| internal(&e))
 }
 
 async fn ledger_csv(
@@ -983,8 +1100,16 @@ async fn ledger_csv(
         Ok(session) => session,
         Err(refusal) => return refusal.into_response(),
     };
+    if let Err(refused) = ledger_ready(&state, &session).await {
+        return refused;
+    }
     match ledger_answer(&state, &session, &affiliate_id, ledger, "format=csv").await {
-        Ok(csv) => csv,
+        Ok(mut csv) => {
+            // Money and customers: not kept in a browser's cache.
+            csv.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            csv
+        }
         Err(error) => failed(&session, &error),
     }
 }
@@ -1017,6 +1142,9 @@ async fn issue_link(
         Ok(session) => session,
         Err(refusal) => return refusal.into_response(),
     };
+    if let Err(refused) = ledger_ready(&state, &session).await {
+        return refused;
+    }
     let affiliate = match super::affiliates::affiliate_view(&state, &affiliate_id) {
         Ok(affiliate) => affiliate,
         Err(error) => return failed(&session, &error),
@@ -1074,6 +1202,12 @@ async fn use_link(
     extensions: axum::http::Extensions,
     Path(LinkPath { secret }): Path<LinkPath>,
 ) -> Response {
+    if !session::same_site(&headers) {
+        return page(
+            StatusCode::FORBIDDEN,
+            pages::sign_in(Some("Open the sign-in link itself, then press Sign in.")),
+        );
+    }
     match state.console.sessions.use_link(&secret) {
         Some(affiliate_id) => {
             let actor = format!("link:{}", &tokens::token_sha256(&secret)[..12]);
@@ -1083,6 +1217,7 @@ async fn use_link(
                 &extensions,
                 actor,
                 Role::Affiliate(affiliate_id),
+                Credential::Link,
             )
             .await
         }

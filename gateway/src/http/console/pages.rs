@@ -696,7 +696,9 @@ fn bar_chart(caption: &str, bars: &[(String, i64)], value_text: impl Fn(i64) -> 
                 text x="0" y=(plot) { (value_text(0)) }
                 line.axis x1=(LEFT) y1=(plot) x2=(WIDTH) y2=(plot) {}
                 @for (i, (period, value)) in (0i64..).zip(bars) {
-                    @let height = (*value).max(0) * (plot - 8) / most;
+                    // In i128: a value near i64::MAX times the plot's height
+                    // would overflow i64.
+                    @let height = i64::try_from(i128::from((*value).max(0)) * i128::from(plot - 8) / i128::from(most)).unwrap_or(plot - 8);
                     rect.bar x=(LEFT + i * slot + 1) y=(plot - height) width=((slot - 2).max(1)) height=(height) data-period=(period) {
                         title { (period) ": " (value_text(*value)) }
                     }

@@ -20,8 +20,12 @@ const COOKIE_NAME: &str = "eagate_console";
 pub(crate) const SESSION_LIFETIME: Duration = Duration::from_secs(8 * 3600);
 
 /// The most sessions kept at once; expired ones are dropped first. Each is
-/// a few dozen bytes, and only holders of an admin token can make one.
+/// a few dozen bytes.
 const MOST_SESSIONS: usize = 10_000;
+
+/// The most live sessions one token (or link) may hold: its oldest goes
+/// first, so signing in over and over cannot fill the table.
+const PER_ACTOR: usize = 16;
 
 /// Whose session it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,11 +36,23 @@ pub(crate) enum Role {
     Affiliate(String),
 }
 
+/// What a session was started with, checked again on every page: a
+/// session ends with its credential (a token removed or replaced).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Credential {
+    /// A token, by its SHA-256 (hex): an admin's, or an affiliate's own.
+    Token(String),
+    /// A one-time link: good while its affiliate is.
+    Link,
+}
+
 /// A signed-in admin or affiliate, as a page sees it.
 #[derive(Debug, Clone)]
 pub(crate) struct SignedIn {
     /// Who, for the record: the token's id (the start of its hash).
     pub(crate) actor: String,
+    /// What it signed in with.
+    pub(crate) credential: Credential,
     /// What the session may see.
     pub(crate) role: Role,
     /// What every form of this session must carry back.
@@ -54,10 +70,22 @@ pub(crate) const LINK_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// The console's live sessions, and the one-time sign-in links admins
 /// issued for affiliates, each by the SHA-256 of its secret.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ConsoleSessions {
     sessions: Mutex<HashMap<[u8; 32], Session>>,
     links: Mutex<HashMap<[u8; 32], (String, Instant)>>,
+    /// [`MOST_SESSIONS`], smaller in tests.
+    most: usize,
+}
+
+impl Default for ConsoleSessions {
+    fn default() -> Self {
+        Self {
+            sessions: Mutex::default(),
+            links: Mutex::default(),
+            most: MOST_SESSIONS,
+        }
+    }
 }
 
 /// 32 random bytes as hex: session ids, CSRF tokens, form keys.
@@ -78,35 +106,52 @@ pub(crate) fn same_secret(a: &str, b: &str) -> bool {
 }
 
 impl ConsoleSessions {
-    /// Starts a session for `actor`; the cookie's value.
-    pub(crate) fn start(&self, actor: String, role: Role) -> String {
+    /// Starts a session for `actor`; the cookie's value, or None when the
+    /// table is full of sessions this one may not push out.
+    pub(crate) fn start(
+        &self,
+        actor: String,
+        role: Role,
+        credential: Credential,
+    ) -> Option<String> {
         let id = random_text();
         let now = Instant::now();
         let mut sessions = self.sessions.lock().expect("console sessions");
         sessions.retain(|_, session| session.expires_at > now);
-        if sessions.len() >= MOST_SESSIONS {
-            // The oldest goes: whoever made ten thousand sign-ins holds an
-            // admin token anyway.
-            if let Some(oldest) = sessions
+        let oldest = |sessions: &HashMap<[u8; 32], Session>, may_go: &dyn Fn(&SignedIn) -> bool| {
+            sessions
                 .iter()
+                .filter(|(_, s)| may_go(&s.signed_in))
                 .min_by_key(|(_, s)| s.expires_at)
                 .map(|(k, _)| *k)
-            {
-                sessions.remove(&oldest);
-            }
+        };
+        let own = sessions
+            .values()
+            .filter(|s| s.signed_in.actor == actor)
+            .count();
+        if own >= PER_ACTOR
+            && let Some(key) = oldest(&sessions, &|s| s.actor == actor)
+        {
+            sessions.remove(&key);
+        }
+        if sessions.len() >= self.most {
+            // An affiliate's sign-in never pushes out an admin's session.
+            let key = oldest(&sessions, &|s| role == Role::Admin || s.role != Role::Admin)?;
+            sessions.remove(&key);
         }
         sessions.insert(
             key_of(&id),
             Session {
                 signed_in: SignedIn {
                     actor,
+                    credential,
                     role,
                     csrf: random_text(),
                 },
                 expires_at: now + SESSION_LIFETIME,
             },
         );
-        id
+        Some(id)
     }
 
     /// The session the request's cookie names, if it is live.
@@ -132,7 +177,7 @@ impl ConsoleSessions {
         let now = Instant::now();
         let mut links = self.links.lock().expect("console links");
         links.retain(|_, (_, expires_at)| *expires_at > now);
-        if links.len() >= MOST_SESSIONS {
+        if links.len() >= self.most {
             return None;
         }
         links.insert(
@@ -192,6 +237,24 @@ fn over_tls(headers: &HeaderMap) -> bool {
         .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"))
 }
 
+/// Whether a sign-in form came from a page of this site: a browser says
+/// where a request comes from (`Sec-Fetch-Site`, or at least `Origin`),
+/// and another site must not sign a visitor in to a session of its
+/// choosing. Requests without either (not from a browser) pass.
+pub(crate) fn same_site(headers: &HeaderMap) -> bool {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = text("sec-fetch-site") {
+        return matches!(site, "same-origin" | "none");
+    }
+    match (text("origin"), text("host")) {
+        (Some(origin), Some(host)) => origin
+            .split_once("://")
+            .is_some_and(|(_, origin_host)| origin_host == host),
+        (Some(_), None) => false,
+        (None, _) => true,
+    }
+}
+
 /// The `Set-Cookie` header that carries a new session: HttpOnly (no script
 /// reads it), SameSite=Strict (no other site's page sends it), limited to
 /// the console's paths, expiring with the session.
@@ -212,4 +275,106 @@ pub(crate) fn clear_cookie() -> (axum::http::HeaderName, String) {
         SET_COOKIE,
         format!("{COOKIE_NAME}=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn cookie_of(id: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            COOKIE,
+            HeaderValue::from_str(&format!("{COOKIE_NAME}={id}")).unwrap(),
+        );
+        headers
+    }
+
+    fn affiliate(n: usize) -> (String, Role, Credential) {
+        (
+            format!("token:affiliate{n}"),
+            Role::Affiliate(format!("af_{n}")),
+            Credential::Token(format!("hash{n}")),
+        )
+    }
+
+    #[test]
+    fn one_token_holds_at_most_sixteen_sessions_its_oldest_going_first() {
+        let sessions = ConsoleSessions::default();
+        let ids: Vec<String> = (0..20)
+            .map(|_| {
+                let (actor, role, credential) = affiliate(1);
+                sessions.start(actor, role, credential).unwrap()
+            })
+            .collect();
+        let live = ids
+            .iter()
+            .filter(|id| sessions.of(&cookie_of(id)).is_some())
+            .count();
+        assert_eq!(live, PER_ACTOR);
+        assert!(sessions.of(&cookie_of(&ids[19])).is_some(), "the newest");
+    }
+
+    #[test]
+    fn affiliates_signing_in_never_push_out_an_admins_session() {
+        let sessions = ConsoleSessions {
+            most: 3,
+            ..ConsoleSessions::default()
+        };
+        let admin = sessions
+            .start(
+                "token:admin".into(),
+                Role::Admin,
+                Credential::Token("admin".into()),
+            )
+            .unwrap();
+        let (actor, role, credential) = affiliate(1);
+        sessions.start(actor, role, credential).unwrap();
+        let (actor, role, credential) = affiliate(2);
+        sessions.start(actor, role, credential).unwrap();
+        // Full: a third affiliate pushes out the oldest affiliate, never
+        // the admin; with only admins left it would be refused.
+        for n in 3..10 {
+            let (actor, role, credential) = affiliate(n);
+            assert!(sessions.start(actor, role, credential).is_some());
+            assert!(sessions.of(&cookie_of(&admin)).is_some(), "after {n}");
+        }
+        let full_of_admins = ConsoleSessions {
+            most: 1,
+            ..ConsoleSessions::default()
+        };
+        full_of_admins
+            .start(
+                "token:admin".into(),
+                Role::Admin,
+                Credential::Token("a".into()),
+            )
+            .unwrap();
+        let (actor, role, credential) = affiliate(1);
+        assert!(full_of_admins.start(actor, role, credential).is_none());
+    }
+
+    #[test]
+    fn a_sign_in_form_from_another_site_is_told_apart() {
+        let headers = |pairs: &[(&'static str, &str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.insert(*name, HeaderValue::from_str(value).unwrap());
+            }
+            headers
+        };
+        assert!(same_site(&headers(&[("sec-fetch-site", "same-origin")])));
+        assert!(!same_site(&headers(&[("sec-fetch-site", "cross-site")])));
+        assert!(!same_site(&headers(&[("sec-fetch-site", "same-site")])));
+        assert!(same_site(&headers(&[
+            ("origin", "https://gw.example"),
+            ("host", "gw.example")
+        ])));
+        assert!(!same_site(&headers(&[
+            ("origin", "https://evil.example"),
+            ("host", "gw.example")
+        ])));
+        assert!(same_site(&headers(&[])), "not a browser");
+    }
 }
