@@ -136,8 +136,9 @@ pub struct ServeConfig {
     )]
     pub referral_landing_page: String,
 
-    /// The public base address of this sidecar's `/r/{code}`, for the
-    /// referral links shown to affiliates.
+    /// The public base address of this sidecar, for the referral links
+    /// (`/r/{code}`) shown to affiliates and the console's one-time
+    /// sign-in links.
     #[arg(
         long,
         env = "EAGATE_REFERRAL_LINK_BASE",

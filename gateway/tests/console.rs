@@ -692,6 +692,12 @@ async fn an_affiliate_token_opens_its_own_portal_and_no_other_page() {
     assert!(own.body.contains(&code), "the code");
     assert!(own.body.contains("<svg"), "charts drawn on the server");
     assert!(own.body.contains("Clicks per day"), "per day by default");
+    assert!(
+        own.body
+            .contains(r#"data-total="credits-available">0.00 GBP<"#),
+        "{}",
+        own.body
+    );
     let monthly = console
         .get(&format!("/console/portal/{alice}?by=month"), Some(&cookie))
         .await;
@@ -904,6 +910,12 @@ async fn a_sign_in_link_an_admin_issues_opens_the_affiliates_page_once() {
         .await;
     assert_eq!(issued.status, StatusCode::OK, "{}", issued.body);
     assert_eq!(issued.headers[header::CACHE_CONTROL], "no-store");
+    assert!(
+        issued
+            .body
+            .contains("https://partners.example/console/sign-in/link/"),
+        "on the sidecar's configured public address, not the request's Host"
+    );
     let at = issued
         .body
         .find("/console/sign-in/link/")

@@ -899,10 +899,18 @@ async fn portal(
             None,
             None,
         )?;
-        Ok((affiliate, days, months))
+        // The affiliate is a customer of the platform too: the referral
+        // credits its own referrals of friends earned it.
+        let credits = state
+            .affiliates
+            .ledger
+            .read()
+            .credit_balance(&affiliate.user_id, state.affiliates.now_ms())
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok((affiliate, days, months, credits))
     });
     match shown {
-        Ok((affiliate, days, months)) => page(
+        Ok((affiliate, days, months, credits)) => page(
             StatusCode::OK,
             pages::portal(
                 &session,
@@ -915,6 +923,7 @@ async fn portal(
                 &months,
                 &commissions,
                 &payouts,
+                &credits,
             ),
         ),
         Err(error) => failed(&session, &error),
@@ -1156,18 +1165,12 @@ async fn issue_link(
         );
     };
     tracing::info!(affiliate = %affiliate_id, actor = %session.actor, "console sign-in link issued");
-    let scheme = match headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(proto) if proto.eq_ignore_ascii_case("https") => "https",
-        _ => "http",
-    };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("localhost");
-    let link = format!("{scheme}://{host}/console/sign-in/link/{secret}");
+    // The sidecar's public address as configured (the referral links'
+    // base), not the request's Host header, which a proxy may rewrite.
+    let link = format!(
+        "{}/console/sign-in/link/{secret}",
+        state.affiliates.link_base
+    );
     page(
         StatusCode::OK,
         pages::sign_in_link(&session, &affiliate, &link),

@@ -760,6 +760,7 @@ pub(super) fn portal(
     months: &StatsView,
     commissions: &Commissions,
     payouts: &PayoutHistory,
+    credits: &eagate_affiliates::programme::CreditBalance,
 ) -> Markup {
     let currency = affiliate.currency;
     let money = |minor: i64| format!("{} {currency}", currency.format_major(minor));
@@ -813,6 +814,12 @@ pub(super) fn portal(
             (bar_chart(&format!("Signups per {per}, {range}"), &series(|p| count(p.signups)), |n| n.to_string()))
             (bar_chart(&format!("First payments per {per}, {range}"), &series(|p| count(p.conversions)), |n| n.to_string()))
             (stats_table(&format!("The numbers per {per}"), charted, &money))
+            h2 { "Your referral credits" }
+            p { "Credits your own referrals of friends earned you as a customer, to spend on the platform." }
+            dl.totals {
+                (total("Available", "credits-available", money(credits.available)))
+                (total("In holding period", "credits-pending", money(credits.pending)))
+            }
             h2 { "Commissions" }
             p { "The latest " (LATEST.min(commissions.items.len())) " of " (commissions.items.len()) ", newest first. "
                 a href={ "/console/portal/" (affiliate.affiliate_id) "/commissions.csv" } { "Download them all (CSV)" } }
