@@ -492,12 +492,8 @@ impl Journal {
         let mut bytes = MAGIC.to_vec();
         let len = bytes.len() as u64;
         bytes.resize((len + 1).next_multiple_of(EXTEND_BY) as usize, 0);
-        self.file.set_len(0)?;
-        self.file.seek(SeekFrom::Start(0))?;
-        self.file.write_all(&bytes)?;
-        self.file.sync_all()?;
+        overwrite(&mut self.file, &bytes, len)?;
         sync_dir(&self.path)?;
-        self.file.seek(SeekFrom::Start(len))?;
         self.len = len;
         self.allocated = bytes.len() as u64;
         self.durable_len = len;

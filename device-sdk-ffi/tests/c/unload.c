@@ -106,30 +106,36 @@ static void await_command(const char *wanted) {
     if (strcmp(line, wanted) != 0) fail("an unexpected command");
 }
 
-static void round_of(int round, char **argv) {
-    int threads_before = thread_count();
-    struct Library eagate = load_library(argv[1]);
+/* Connects the device of argv through the loaded library and waits until
+ * it is authenticated; its handle. */
+static int64_t connect_and_wait(const struct Library *eagate, char **argv) {
     uint16_t a[UNITS], b[UNITS], c[UNITS], d[UNITS], e[UNITS];
     int64_t handle = 0;
-    if (eagate.connect(wide(argv[2], a, UNITS), wide(argv[5], b, UNITS), wide(argv[6], c, UNITS),
-                       wide(argv[3], d, UNITS), wide(argv[4], e, UNITS),
-                       &handle) != EAGATE_RESULT_OK)
+    if (eagate->connect(wide(argv[2], a, UNITS), wide(argv[5], b, UNITS), wide(argv[6], c, UNITS),
+                        wide(argv[3], d, UNITS), wide(argv[4], e, UNITS),
+                        &handle) != EAGATE_RESULT_OK)
         fail("connect failed");
     long long deadline = now_ms() + 60000;
     EagateState state = 0;
     for (;;) {
-        if (eagate.state(handle, &state) != EAGATE_RESULT_OK) fail("no state for the handle");
-        if (state == EAGATE_STATE_CONNECTED) break;
+        if (eagate->state(handle, &state) != EAGATE_RESULT_OK) fail("no state for the handle");
+        if (state == EAGATE_STATE_CONNECTED) return handle;
         if (now_ms() > deadline) fail("not connected in 60 s");
         sleep_ms(20);
     }
+}
+
+static void round_of(int round, char **argv) {
+    int threads_before = thread_count();
+    struct Library eagate = load_library(argv[1]);
+    int64_t handle = connect_and_wait(&eagate, argv);
     printf("connected %d\n", round);
     fflush(stdout);
 
     await_command("go");
     EagateSignal signal;
     uint16_t symbol_units[EAGATE_SYMBOL_CAPACITY], comment_units[EAGATE_COMMENT_CAPACITY];
-    deadline = now_ms() + 60000;
+    long long deadline = now_ms() + 60000;
     for (;;) {
         EagateResult result =
             eagate.poll_signal(handle, &signal, symbol_units, EAGATE_SYMBOL_CAPACITY,
@@ -164,20 +170,8 @@ static void round_of(int round, char **argv) {
 #ifdef _WIN32
 static void unload_live(char **argv) {
     struct Library eagate = load_library(argv[1]);
-    uint16_t a[UNITS], b[UNITS], c[UNITS], d[UNITS], e[UNITS];
-    int64_t handle = 0;
-    if (eagate.connect(wide(argv[2], a, UNITS), wide(argv[5], b, UNITS), wide(argv[6], c, UNITS),
-                       wide(argv[3], d, UNITS), wide(argv[4], e, UNITS),
-                       &handle) != EAGATE_RESULT_OK)
-        fail("connect failed");
-    long long deadline = now_ms() + 60000;
-    EagateState state = 0;
-    for (;;) {
-        if (eagate.state(handle, &state) != EAGATE_RESULT_OK) fail("no state for the handle");
-        if (state == EAGATE_STATE_CONNECTED) break;
-        if (now_ms() > deadline) fail("not connected in 60 s");
-        sleep_ms(20);
-    }
+    /* Never closed: the session is live when the library goes. */
+    (void)connect_and_wait(&eagate, argv);
     if (unload(eagate.module) != 0) fail("the library does not unload");
     sleep_ms(1000);
     printf("live-unloaded\n");

@@ -18,7 +18,8 @@ use std::collections::HashMap;
 
 use axum::Router;
 use axum::extract::rejection::FormRejection;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Form, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -224,6 +225,33 @@ fn signed_in(state: &AppState, headers: &HeaderMap) -> Result<SignedIn, Refusal>
     }
 }
 
+/// The signed-in admin of a page, as an extractor: without one the
+/// request gets its refusal (the sign-in form, or 403) and the handler
+/// never runs.
+struct AdminPage(SignedIn);
+
+impl FromRequestParts<AppState> for AdminPage {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Refusal> {
+        signed_in(state, &parts.headers).map(Self)
+    }
+}
+
+/// [`AdminPage`] of a page showing the affiliate ledger, once the ledger
+/// is durable ([`ledger_ready`]).
+struct LedgerPage(SignedIn);
+
+impl FromRequestParts<AppState> for LedgerPage {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let session = signed_in(state, &parts.headers).map_err(IntoResponse::into_response)?;
+        ledger_ready(state, &session).await?;
+        Ok(Self(session))
+    }
+}
+
 /// The signed-in admin or affiliate of a form post, if the form carries
 /// the session's CSRF token.
 fn any_signed_in_form(
@@ -281,8 +309,8 @@ fn failed(session: &SignedIn, error: &ApiError) -> Response {
 
 /// Where a session starts: an admin at the devices, an affiliate at its
 /// own portal.
-fn home(session: &SignedIn) -> String {
-    match &session.role {
+fn home(role: &Role) -> String {
+    match role {
         Role::Admin => "/console/devices".to_owned(),
         Role::Affiliate(affiliate_id) => format!("/console/portal/{affiliate_id}"),
     }
@@ -290,7 +318,7 @@ fn home(session: &SignedIn) -> String {
 
 async fn sign_in_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Some(session) = live_session(&state, &headers) {
-        return Redirect::to(&home(&session)).into_response();
+        return Redirect::to(&home(&session.role)).into_response();
     }
     page(StatusCode::OK, pages::sign_in(None))
 }
@@ -369,12 +397,7 @@ async fn start_session(
         super::affiliates::note_affiliate_address(state, affiliate_id, &address, &noted_by).await;
     }
     tracing::info!(%actor, "console sign-in");
-    let signed_in = SignedIn {
-        actor: actor.clone(),
-        credential: credential.clone(),
-        role: role.clone(),
-        csrf: String::new(),
-    };
+    let destination = home(&role);
     let Some(id) = state.console.sessions.start(actor, role, credential) else {
         return page(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -383,7 +406,7 @@ async fn start_session(
             )),
         );
     };
-    let mut response = Redirect::to(&home(&signed_in)).into_response();
+    let mut response = Redirect::to(&destination).into_response();
     let (name, value) = session::set_cookie(&id, headers);
     if let Ok(value) = HeaderValue::from_str(&value) {
         response.headers_mut().insert(name, value);
@@ -418,13 +441,9 @@ const DEVICES_PER_PAGE: usize = 50;
 
 async fn device_list(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    AdminPage(session): AdminPage,
     Query(query): Query<ListQuery>,
 ) -> Response {
-    let session = match signed_in(&state, &headers) {
-        Ok(session) => session,
-        Err(refusal) => return refusal.into_response(),
-    };
     match devices::page_of(&state, None, query.after.as_deref(), DEVICES_PER_PAGE).await {
         Ok(devices) => page(
             StatusCode::OK,
@@ -443,26 +462,22 @@ struct DevicePath {
 /// the device is now.
 async fn about_device(
     state: &AppState,
-    headers: &HeaderMap,
+    session: &SignedIn,
     device_id: &str,
     render: impl FnOnce(&SignedIn, &DeviceView) -> Markup,
 ) -> Response {
-    let session = match signed_in(state, headers) {
-        Ok(session) => session,
-        Err(refusal) => return refusal.into_response(),
-    };
     match devices::current(state, device_id).await {
-        Ok(device) => page(StatusCode::OK, render(&session, &device)),
-        Err(error) => failed(&session, &error),
+        Ok(device) => page(StatusCode::OK, render(session, &device)),
+        Err(error) => failed(session, &error),
     }
 }
 
 async fn device_page(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    AdminPage(session): AdminPage,
     Path(DevicePath { device_id }): Path<DevicePath>,
 ) -> Response {
-    about_device(&state, &headers, &device_id, |session, device| {
+    about_device(&state, &session, &device_id, |session, device| {
         pages::device(session, device, None)
     })
     .await
@@ -506,10 +521,10 @@ async fn rename(
 
 async fn revoke_page(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    AdminPage(session): AdminPage,
     Path(DevicePath { device_id }): Path<DevicePath>,
 ) -> Response {
-    about_device(&state, &headers, &device_id, |session, device| {
+    about_device(&state, &session, &device_id, |session, device| {
         pages::confirm(
             session,
             device,
@@ -546,10 +561,10 @@ async fn revoke(
 
 async fn rotate_page(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    AdminPage(session): AdminPage,
     Path(DevicePath { device_id }): Path<DevicePath>,
 ) -> Response {
-    about_device(&state, &headers, &device_id, |session, device| {
+    about_device(&state, &session, &device_id, |session, device| {
         pages::confirm(
             session,
             device,
@@ -593,19 +608,16 @@ async fn rotate(
     }
 }
 
-async fn signals_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    match signed_in(&state, &headers) {
-        Ok(session) => page(
-            StatusCode::OK,
-            pages::signals(
-                &session,
-                &pages::Draft::default(),
-                &session::random_text(),
-                None,
-            ),
+async fn signals_page(AdminPage(session): AdminPage) -> Response {
+    page(
+        StatusCode::OK,
+        pages::signals(
+            &session,
+            &pages::Draft::default(),
+            &session::random_text(),
+            None,
         ),
-        Err(refusal) => refusal.into_response(),
-    }
+    )
 }
 
 /// The form's fields as the API's signal: the same JSON the API reads,
@@ -731,13 +743,9 @@ struct SignalPath {
 
 async fn executions_page(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    AdminPage(session): AdminPage,
     Path(SignalPath { signal_id }): Path<SignalPath>,
 ) -> Response {
-    let session = match signed_in(&state, &headers) {
-        Ok(session) => session,
-        Err(refusal) => return refusal.into_response(),
-    };
     match signals::executions_of(&state, &signal_id).await {
         Ok(executions) => page(StatusCode::OK, pages::executions(&session, &executions)),
         Err(error) => failed(&session, &error),
@@ -754,16 +762,9 @@ const AFFILIATES_PER_PAGE: usize = 50;
 
 async fn affiliates_page(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    LedgerPage(session): LedgerPage,
     Query(AfterQuery { after }): Query<AfterQuery>,
 ) -> Response {
-    let session = match signed_in(&state, &headers) {
-        Ok(session) => session,
-        Err(refusal) => return refusal.into_response(),
-    };
-    if let Err(refused) = ledger_ready(&state, &session).await {
-        return refused;
-    }
     match super::affiliates::affiliate_rows(&state, after.unwrap_or(0), AFFILIATES_PER_PAGE, |_| {
         true
     }) {
@@ -786,16 +787,9 @@ struct CaseQuery {
 
 async fn fraud_page(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    LedgerPage(session): LedgerPage,
     Query(query): Query<CaseQuery>,
 ) -> Response {
-    let session = match signed_in(&state, &headers) {
-        Ok(session) => session,
-        Err(refusal) => return refusal.into_response(),
-    };
-    if let Err(refused) = ledger_ready(&state, &session).await {
-        return refused;
-    }
     let open = query.status.as_deref() != Some("decided");
     let cases = super::affiliates::case_list(&state, open, query.affiliate_id.as_deref());
     page(StatusCode::OK, pages::fraud(&session, open, &cases))
@@ -930,11 +924,7 @@ async fn portal(
     }
 }
 
-async fn health_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let session = match signed_in(&state, &headers) {
-        Ok(session) => session,
-        Err(refusal) => return refusal.into_response(),
-    };
+async fn health_page(State(state): State<AppState>, AdminPage(session): AdminPage) -> Response {
     let health = state.console.health.sample(state.core.metrics.snapshot());
     // The store answers, promptly, or says why not (as /readyz).
     let store = match tokio::time::timeout(
@@ -950,14 +940,7 @@ async fn health_page(State(state): State<AppState>, headers: HeaderMap) -> Respo
     page(StatusCode::OK, pages::health(&session, &health, &store))
 }
 
-async fn payouts_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let session = match signed_in(&state, &headers) {
-        Ok(session) => session,
-        Err(refusal) => return refusal.into_response(),
-    };
-    if let Err(refused) = ledger_ready(&state, &session).await {
-        return refused;
-    }
+async fn payouts_page(State(state): State<AppState>, LedgerPage(session): LedgerPage) -> Response {
     page(
         StatusCode::OK,
         pages::payouts(&session, &super::affiliates::all_batches(&state)),
@@ -969,16 +952,9 @@ const AUDIT_PER_PAGE: usize = 100;
 
 async fn audit_page(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    LedgerPage(session): LedgerPage,
     Query(AfterQuery { after }): Query<AfterQuery>,
 ) -> Response {
-    let session = match signed_in(&state, &headers) {
-        Ok(session) => session,
-        Err(refusal) => return refusal.into_response(),
-    };
-    if let Err(refused) = ledger_ready(&state, &session).await {
-        return refused;
-    }
     // The whole chain, recomputed on every view: a few milliseconds per
     // thousand entries, and the answer an admin opened the page for.
     let ledger = state.affiliates.ledger.clone();
