@@ -66,6 +66,10 @@ if ! cargo deny --version 2>/dev/null | grep -q " $deny_version$"; then
 fi
 # Advisories need the RustSec database from GitHub, which test machines
 # cannot reach: scripts/deny-advisories.sh runs that check by hand.
+# Offline, cargo-deny reads the whole dependency graph from the local
+# registry, every platform's crates included (Windows and wasm ones too),
+# which a build for this machine alone never downloads: fetch them first.
+cargo fetch --locked --quiet
 cargo deny --offline check licenses bans sources
 
 step "no_std proof (tests/no-std links the device-side crates with its own panic handler)"

@@ -2,13 +2,15 @@
 //! `<data-dir>/affiliates` (sled of its own, so the sidecar keeps it
 //! whichever store devices use), the settings its routes need, and the
 //! reader of the fill feed that turns a referred user's first fill into
-//! their first trade.
+//! their first trade, and each of their fills into a per-trade commission.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use eagate_affiliates::programme::TradeFill;
+use eagate_affiliates::trade_fees::Price;
 use eagate_affiliates::{JournalError, Ledger, ReferralCode, TradeSide, WriteError};
 use eagate_protocol::{Action, Decimal, SignalId};
 
@@ -16,7 +18,7 @@ use crate::config::ServeConfig;
 use crate::core::Core;
 use crate::payouts::{PayoutRunner, RunError, RunReport, Trigger};
 use crate::registry::RegistryError;
-use crate::reports::{FeedFill, ReportStoreError};
+use crate::reports::{FeedFill, ReportStoreError, StoredReport};
 use crate::signals::SignalLogError;
 
 /// Where the programme reads the time: the wall clock, or a test's.
@@ -96,6 +98,76 @@ fn lots_e8(volume: Decimal) -> u64 {
         mantissa.saturating_mul(10u64.pow(8 - scale))
     } else {
         mantissa / 10u64.pow(scale - 8)
+    }
+}
+
+/// The fills of a batch that name their signal and lots, from devices
+/// whose account is known, with those.
+fn known_fills<'a>(
+    fills: &'a [FeedFill],
+    accounts: &'a HashMap<&str, Option<String>>,
+) -> impl Iterator<Item = (&'a FeedFill, SignalId, Decimal, &'a str)> {
+    fills.iter().filter_map(|fill| {
+        let account_id = accounts.get(fill.device_id.as_str())?.as_deref()?;
+        Some((fill, fill.signal_id?, fill.volume?, account_id))
+    })
+}
+
+/// What one batch of the fill feed looked up: each signal's symbol and
+/// side (opening trades only: a close names no side), and the reports of
+/// the signals whose fills earn commission, for their price and ticket.
+#[derive(Default)]
+struct SignalCache {
+    traded: HashMap<SignalId, Option<(String, Option<TradeSide>)>>,
+    reports: HashMap<SignalId, Vec<StoredReport>>,
+}
+
+impl SignalCache {
+    /// The signal's symbol and side; None for a signal no longer kept.
+    async fn traded(
+        &mut self,
+        core: &Core,
+        signal_id: SignalId,
+    ) -> Result<Option<(String, Option<TradeSide>)>, FeedError> {
+        if let Some(traded) = self.traded.get(&signal_id) {
+            return Ok(traded.clone());
+        }
+        let traded = match core.signals.locate(signal_id).await? {
+            Some((channel, position)) => core
+                .signals
+                .read_after(&channel, position.saturating_sub(1), 1)
+                .await?
+                .into_iter()
+                .find(|s| s.signal_id == signal_id)
+                .map(|s| {
+                    let side = match s.action {
+                        Action::OpenBuy => Some(TradeSide::Buy),
+                        Action::OpenSell => Some(TradeSide::Sell),
+                        _ => None,
+                    };
+                    (s.symbol.as_str().to_owned(), side)
+                }),
+            None => None,
+        };
+        self.traded.insert(signal_id, traded.clone());
+        Ok(traded)
+    }
+
+    /// The stored report of fill `seq` of `device_id` about `signal_id`.
+    async fn report(
+        &mut self,
+        core: &Core,
+        signal_id: SignalId,
+        device_id: &str,
+        seq: u64,
+    ) -> Result<Option<StoredReport>, FeedError> {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.reports.entry(signal_id) {
+            slot.insert(core.reports.for_signal(signal_id).await?);
+        }
+        Ok(self.reports[&signal_id]
+            .iter()
+            .find(|r| r.device_id == device_id && r.seq == seq)
+            .cloned())
     }
 }
 
@@ -193,9 +265,77 @@ impl AffiliateDesk {
                 Err(WriteError::Refused(never)) => match never {},
             }
         }
-        self.count_trades(core, &fills, &accounts).await?;
+        let mut signals = SignalCache::default();
+        self.commission_trades(core, &fills, &accounts, &mut signals)
+            .await?;
+        self.count_trades(core, &fills, &accounts, &mut signals)
+            .await?;
         core.reports.claim_fills(&fills).await?;
         Ok(fills.len())
+    }
+
+    /// Counts each fill of a customer an affiliate referred for the
+    /// per-trade commission (once per fill: the programme refuses a fill it
+    /// counted before), with the signal's symbol and the report's price and
+    /// ticket.
+    async fn commission_trades(
+        &self,
+        core: &Core,
+        fills: &[FeedFill],
+        accounts: &HashMap<&str, Option<String>>,
+        signals: &mut SignalCache,
+    ) -> Result<(), FeedError> {
+        for (fill, signal_id, volume, account_id) in known_fills(fills, accounts) {
+            {
+                let programme = self.ledger.read();
+                // Most accounts are nobody's referral, and a resent fill
+                // was counted already: no lookups for them.
+                if programme.fills_earn_for(account_id).is_none()
+                    || programme.counted_fill(&fill.device_id, fill.seq).is_some()
+                {
+                    continue;
+                }
+            }
+            let Some((symbol, _)) = signals.traded(core, signal_id).await? else {
+                continue;
+            };
+            let report = signals
+                .report(core, signal_id, &fill.device_id, fill.seq)
+                .await?;
+            let trade = TradeFill {
+                user_id: account_id.to_owned(),
+                device_id: fill.device_id.clone(),
+                seq: fill.seq,
+                signal_id: signal_id.to_string(),
+                ticket: report.as_ref().and_then(|r| r.ticket),
+                symbol,
+                volume_e8: lots_e8(volume),
+                price: report.as_ref().and_then(|r| r.price).map(|price| Price {
+                    mantissa: price.mantissa(),
+                    scale: u32::from(price.scale()),
+                }),
+                filled_at_ms: fill.stored_at_ms,
+            };
+            let now = self.now_ms();
+            let mut problem = None;
+            let written = self
+                .ledger
+                .write(|programme| {
+                    let (decided, fee_problem) = programme.trade_filled(&trade, now);
+                    problem = fee_problem;
+                    Ok::<_, Infallible>(decided)
+                })
+                .await;
+            match written {
+                Ok(_) => {}
+                Err(WriteError::Journal(e)) => return Err(e.into()),
+                Err(WriteError::Refused(never)) => match never {},
+            }
+            if let Some(problem) = problem {
+                tracing::warn!(device = %fill.device_id, seq = fill.seq, %problem, "a referred fill earns no trade commission");
+            }
+        }
+        Ok(())
     }
 
     /// Counts each fill of a customer an affiliate referred for the
@@ -206,45 +346,14 @@ impl AffiliateDesk {
         core: &Core,
         fills: &[FeedFill],
         accounts: &HashMap<&str, Option<String>>,
+        signals: &mut SignalCache,
     ) -> Result<(), FeedError> {
-        let mut signals: HashMap<SignalId, Option<(String, TradeSide)>> = HashMap::new();
-        for fill in fills {
-            let (Some(signal_id), Some(volume), Some(Some(account_id))) = (
-                fill.signal_id,
-                fill.volume,
-                accounts.get(fill.device_id.as_str()),
-            ) else {
-                continue;
-            };
+        for (fill, signal_id, volume, account_id) in known_fills(fills, accounts) {
             // Most accounts are nobody's referral: no signal lookup for them.
             if !self.ledger.read().watches_trades(account_id) {
                 continue;
             }
-            let traded = match signals.get(&signal_id) {
-                Some(traded) => traded.clone(),
-                None => {
-                    let traded = match core.signals.locate(signal_id).await? {
-                        Some((channel, position)) => core
-                            .signals
-                            .read_after(&channel, position.saturating_sub(1), 1)
-                            .await?
-                            .into_iter()
-                            .find(|s| s.signal_id == signal_id)
-                            .and_then(|s| {
-                                let side = match s.action {
-                                    Action::OpenBuy => TradeSide::Buy,
-                                    Action::OpenSell => TradeSide::Sell,
-                                    _ => return None,
-                                };
-                                Some((s.symbol.as_str().to_owned(), side))
-                            }),
-                        None => None,
-                    };
-                    signals.insert(signal_id, traded.clone());
-                    traded
-                }
-            };
-            let Some((symbol, side)) = traded else {
+            let Some((symbol, Some(side))) = signals.traded(core, signal_id).await? else {
                 continue;
             };
             let volume_e8 = lots_e8(volume);

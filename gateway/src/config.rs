@@ -229,6 +229,31 @@ pub struct ServeConfig {
     #[arg(long, env = "EAGATE_MAX_EVENT_AGE_DAYS", default_value_t = 26, value_parser = clap::value_parser!(u64).range(1..=26))]
     pub max_event_age_days: u64,
 
+    /// The platform's fee per fill by symbol group, for per-trade
+    /// commissions: `group:SYMBOL,PREFIX*=250/lot` (minor units per lot) or
+    /// `group:SYMBOL=2bp@100000` (basis points of price × lots × contract
+    /// size); the first rule that matches a symbol sets its fee. Repeat the
+    /// flag, or separate rules with `;`. None (the default): fills earn no
+    /// per-trade commission.
+    #[arg(long = "trade-fee", env = "EAGATE_TRADE_FEES", value_delimiter = ';')]
+    pub trade_fees: Vec<String>,
+
+    /// Per-trade commission tiers, `FROM:BPS,…` lowest first: an affiliate
+    /// earns BPS of the platform's fee on each referred fill from FROM
+    /// active referred traders (or lots: --tier-basis) in the month before.
+    #[arg(
+        long,
+        env = "EAGATE_TRADE_TIERS",
+        default_value = "0:50,10:100,25:150,50:200"
+    )]
+    pub trade_tiers: String,
+
+    /// What sets an affiliate's tier for a month: `active-traders` (referred
+    /// customers with a fill) or `volume-lots` (their whole lots), in the
+    /// calendar month before.
+    #[arg(long, env = "EAGATE_TIER_BASIS", default_value = "active-traders")]
+    pub tier_basis: String,
+
     /// The UTC time of day (HH:MM) the daily payout batch runs, or `off`
     /// to run batches only by hand (`eagate payouts run`).
     #[arg(long, env = "EAGATE_PAYOUT_TIME", default_value = "09:00")]
@@ -327,6 +352,9 @@ struct FileConfig {
     click_rate_per_minute: Option<u64>,
     payout_minimum_minor: Option<u64>,
     max_event_age_days: Option<u64>,
+    trade_fees: Option<Vec<String>>,
+    trade_tiers: Option<String>,
+    tier_basis: Option<String>,
     payout_time: Option<String>,
     payout_provider: Option<String>,
     stripe_api_base: Option<String>,
@@ -423,6 +451,9 @@ impl ServeConfig {
         take!(click_dedupe_minutes, 1, 1_440);
         take!(click_rate_per_minute, 1, 100_000);
         take!(payout_minimum_minor, 1, 1_000_000_000);
+        take!(trade_fees);
+        take!(trade_tiers);
+        take!(tier_basis);
         take!(payout_time);
         take!(payout_provider);
         take!(stripe_api_base);
@@ -493,6 +524,14 @@ impl ServeConfig {
             click_dedupe_ms: self.click_dedupe_minutes * 60 * 1_000,
             payout_minimum: self.payout_minimum_minor as i64,
             max_event_age_ms: self.max_event_age_days * DAY_MS,
+            trade_fees: self
+                .trade_fees
+                .iter()
+                .filter(|rule| !rule.trim().is_empty())
+                .map(|rule| rule.parse())
+                .collect::<Result<_, _>>()?,
+            trade_tiers: eagate_affiliates::trade_fees::parse_tiers(&self.trade_tiers)?,
+            tier_basis: self.tier_basis.parse()?,
         })
     }
 
@@ -505,7 +544,7 @@ impl ServeConfig {
                 })
         };
         format!(
-            "config_file = {}\ndata_dir = {}\nquic_listen = {}\nquic_endpoints = {}\nhttp_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nconnections_per_minute_per_source = {}\nmax_unauthenticated_connections = {}\nmax_http_connections = {}\nmax_http_connections_per_source = {}\nsignal_queue_len = {}\nsignal_retention_hours = {}\nstore_cache_mib = {}\nmaster_key = {}\nredis_url = {}\nredis_prefix = {}\nreferral_landing_page = {}\nreferral_link_base = {}\naffiliate_currency = {}\nfirst_month_commission_bps = {}\nlater_months_commission_bps = {}\nfirst_trade_bonus_bps = {}\nholding_period_days = {}\nattribution_window_days = {}\ncredit_threshold_minor = {}\nreferrer_credit_minor = {}\nreferred_credit_minor = {}\ndaily_referral_limit = {}\nshared_address_limit = {}\nshared_address_window_hours = {}\nwash_trade_tolerance_bps = {}\nclick_dedupe_minutes = {}\nclick_rate_per_minute = {}\npayout_minimum_minor = {}\nmax_event_age_days = {}\npayout_time = {}\npayout_provider = {}\nstripe_api_base = {}\nstripe_timeout_secs = {}\nstripe_secret_key = {}\n",
+            "config_file = {}\ndata_dir = {}\nquic_listen = {}\nquic_endpoints = {}\nhttp_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nconnections_per_minute_per_source = {}\nmax_unauthenticated_connections = {}\nmax_http_connections = {}\nmax_http_connections_per_source = {}\nsignal_queue_len = {}\nsignal_retention_hours = {}\nstore_cache_mib = {}\nmaster_key = {}\nredis_url = {}\nredis_prefix = {}\nreferral_landing_page = {}\nreferral_link_base = {}\naffiliate_currency = {}\nfirst_month_commission_bps = {}\nlater_months_commission_bps = {}\nfirst_trade_bonus_bps = {}\nholding_period_days = {}\nattribution_window_days = {}\ncredit_threshold_minor = {}\nreferrer_credit_minor = {}\nreferred_credit_minor = {}\ndaily_referral_limit = {}\nshared_address_limit = {}\nshared_address_window_hours = {}\nwash_trade_tolerance_bps = {}\nclick_dedupe_minutes = {}\nclick_rate_per_minute = {}\npayout_minimum_minor = {}\nmax_event_age_days = {}\ntrade_fees = {}\ntrade_tiers = {}\ntier_basis = {}\npayout_time = {}\npayout_provider = {}\nstripe_api_base = {}\nstripe_timeout_secs = {}\nstripe_secret_key = {}\n",
             self.config_file
                 .as_ref()
                 .map_or("(none)".to_owned(), |p| p.display().to_string()),
@@ -553,6 +592,13 @@ impl ServeConfig {
             self.click_rate_per_minute,
             self.payout_minimum_minor,
             self.max_event_age_days,
+            if self.trade_fees.is_empty() {
+                "(none)".to_owned()
+            } else {
+                self.trade_fees.join(";")
+            },
+            self.trade_tiers,
+            self.tier_basis,
             self.payout_time,
             self.payout_provider,
             self.stripe_api_base,

@@ -345,7 +345,14 @@ impl Gateway {
             }
             upkeep.push(tokio::spawn(desk.clone().follow_fills(core.clone())));
             upkeep.push(tokio::spawn(desk.clone().schedule_payouts()));
-            let http = start_http(config, core.clone(), desk.clone()).await?;
+            // The health page's sampler holds the core: an upkeep task,
+            // ended before the store is released at shutdown.
+            let console = Arc::new(crate::http::Console::default());
+            upkeep.push(tokio::spawn(console.clone().keep_health_samples(
+                core.clone(),
+                crate::http::HEALTH_SAMPLE_EVERY,
+            )));
+            let http = start_http(config, core.clone(), desk.clone(), console).await?;
             (Some(http), Some(desk))
         } else {
             (None, None)
@@ -552,6 +559,7 @@ async fn start_http(
     config: &ServeConfig,
     core: Arc<Core>,
     affiliates: AffiliateDesk,
+    console: Arc<crate::http::Console>,
 ) -> Result<(tokio::task::JoinHandle<()>, SocketAddr), StartError> {
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
@@ -564,7 +572,7 @@ async fn start_http(
         core,
         tokens: Arc::new(TokenStore::open(&config.data_dir)),
         affiliates,
-        console: Default::default(),
+        console,
     });
     let most = crate::http::connections::within_open_files(config.max_http_connections as usize);
     let connections = crate::http::connections::HttpConnections::new(

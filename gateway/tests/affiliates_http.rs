@@ -1028,6 +1028,15 @@ async fn the_first_fill_on_any_device_of_the_account_earns_the_bonus_once(backen
         .count();
     assert_eq!(bonuses, 1);
     assert!(reports.unclaimed_fills(10).await.unwrap().is_empty());
+    // The stats count the customer's first trade once, on today (the
+    // fill's wall-clock day: the desk's clock catches up with it).
+    desk.clock.store(now_ms(), Ordering::SeqCst);
+    let stats = desk
+        .admin_get(&format!("/v1/affiliates/{affiliate}/stats"))
+        .await;
+    assert_eq!(stats.body["totals"]["first_trades"], 1, "{}", stats.text);
+    let last = stats.body["periods"].as_array().unwrap().last().unwrap();
+    assert_eq!(last["first_trades"], 1, "{}", stats.text);
 }
 
 /// Publishes an opening signal on `gold`; returns its id.
@@ -1040,6 +1049,136 @@ async fn publish(desk: &Desk, action: &str) -> SignalId {
         .await;
     assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text);
     answer.body["signal_id"].as_str().unwrap().parse().unwrap()
+}
+
+on_both_backends!(
+    a_sidecar_that_was_down_catches_up_and_each_referred_fill_earns_its_trade_commission_once
+);
+async fn a_sidecar_that_was_down_catches_up_and_each_referred_fill_earns_its_trade_commission_once(
+    backend: Backend,
+) {
+    // The platform charges GBP 7.00 per lot of EURUSD; tier 1 earns 0.5%.
+    let (desk, config) = desk_on_with(&backend, |config| {
+        config.trade_fees = vec!["fx:EURUSD=700/lot".into()];
+    })
+    .await;
+    // Fills are stored on the wall clock; the desk's reads follow it.
+    desk.clock.store(now_ms(), Ordering::SeqCst);
+    let (affiliate, code, _) = desk.enrol("alice").await;
+    desk.signup("acct-7", &code, None).await;
+    let registry = desk.gateway.registry();
+    let key = desk.gateway.master_key();
+    let (vps, _) = registry.register(key, "acct-7", "VPS").await.unwrap();
+    let (stranger, _) = registry.register(key, "acct-9", "Other").await.unwrap();
+    let signal = publish(&desk, "OpenBuy").await;
+    let fill = |device: &str, seq: u64, lots: &str| {
+        let report = Report {
+            seq,
+            signal_id: signal,
+            at_ms: now_ms(),
+            outcome: ReportOutcome::Filled(Fill {
+                ticket: 5_000 + seq,
+                price: "1.08543".parse::<Decimal>().unwrap(),
+                volume: lots.parse::<Decimal>().unwrap(),
+            }),
+        };
+        StoredReport::new(device, &report, now_ms())
+    };
+    let vps_id = vps.device_id.clone();
+    let stranger_id = stranger.device_id.clone();
+    // The sidecar is down while the devices report: three fills of the
+    // referred customer (one resent), one of a customer nobody referred.
+    let desk = desk
+        .sidecar_down_while(
+            &config,
+            async |devices: &eagate_gateway::server::Gateway| {
+                let reports = devices.core().reports.clone();
+                for (seq, lots) in [(1, "10.00"), (2, "2.00"), (3, "0.01")] {
+                    let report = fill(&vps_id, seq, lots);
+                    reports.ingest(&report, None).await.unwrap();
+                    reports.ingest(&report, None).await.unwrap();
+                }
+                reports
+                    .ingest(&fill(&stranger_id, 1, "5.00"), None)
+                    .await
+                    .unwrap();
+            },
+        )
+        .await;
+    // Back up: the reader catches up from where it stopped.
+    let core = desk.gateway.core();
+    let programme = desk.gateway.affiliates().unwrap();
+    while programme.take_fills(&core).await.unwrap() > 0 {}
+    let trades: Vec<Value> = desk
+        .entries(&affiliate)
+        .await
+        .into_iter()
+        .filter(|e| e["kind"] == "trade")
+        .collect();
+    // 10 lots: fee 7000, 0.5% = 35p; 2 lots: 1400 → 7p; 0.01 lot: 7 →
+    // 0.035p, nothing.
+    let earned: Vec<(i64, i64, u64)> = trades
+        .iter()
+        .map(|e| {
+            (
+                e["base_minor"].as_i64().unwrap(),
+                e["amount_minor"].as_i64().unwrap(),
+                e["fill"]["seq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(earned, [(7_000, 35, 1), (1_400, 7, 2)]);
+    let first = &trades[0];
+    assert_eq!(first["tier"], 1);
+    assert_eq!(first["rate_bps"], 50);
+    assert_eq!(first["fill"]["device_id"], vps.device_id.as_str());
+    assert_eq!(first["fill"]["ticket"], 5_001);
+    assert_eq!(first["fill"]["signal_id"], signal.to_string());
+    assert_eq!(first["fill"]["symbol"], "EURUSD");
+    assert_eq!(first["fill"]["volume"], "10.00000000");
+    assert_eq!(first["status"], "pending");
+    assert!(core.reports.unclaimed_fills(10).await.unwrap().is_empty());
+    // This month: one active trader so far; the tier needs 10.
+    let stats = desk
+        .admin_get(&format!("/v1/affiliates/{affiliate}/stats"))
+        .await;
+    let tier = &stats.body["trade_tier"];
+    assert_eq!(tier["tier"], 1, "{}", stats.text);
+    assert_eq!(tier["this_month"], 1);
+    assert_eq!(tier["next"]["needs"], 9);
+
+    // A restart reads nothing twice (the old process's handles go first).
+    drop((core, programme));
+    let desk = desk.sidecar_down_while(&config, async |_| {}).await;
+    let programme = desk.gateway.affiliates().unwrap();
+    while programme.take_fills(&desk.gateway.core()).await.unwrap() > 0 {}
+    let after = desk.entries(&affiliate).await;
+    assert_eq!(after.iter().filter(|e| e["kind"] == "trade").count(), 2);
+
+    // An admin busts the first fill: its commission is reversed, once.
+    let path = format!("/v1/trades/{}/1/bust", vps.device_id);
+    let busted = desk
+        .admin_post(&path, json!({"reason": "broker cancelled the trade"}))
+        .await;
+    assert_eq!(busted.status, StatusCode::CREATED, "{}", busted.text);
+    let again = desk
+        .admin_post(&path, json!({"reason": "broker cancelled the trade"}))
+        .await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text);
+    let unknown = desk
+        .admin_post(
+            &format!("/v1/trades/{}/1/bust", stranger.device_id),
+            json!({"reason": "not referred"}),
+        )
+        .await;
+    assert_problem(&unknown, StatusCode::NOT_FOUND, "no counted fill");
+    let entries = desk.entries(&affiliate).await;
+    let first = entries
+        .iter()
+        .find(|e| e["kind"] == "trade" && e["fill"]["seq"] == 1)
+        .unwrap();
+    assert_eq!(first["status"], "reversed");
+    assert_eq!(first["fill"]["busted"], true);
 }
 
 on_both_backends!(a_referred_customers_offsetting_buy_and_sell_of_a_day_hold_their_commissions);
@@ -1321,6 +1460,7 @@ async fn an_affiliate_token_reads_only_its_own_data_and_writes_nothing() {
         ("POST", "/v1/affiliates".to_owned()),
         ("POST", format!("/v1/affiliates/{alice}/payouts")),
         ("POST", format!("/v1/affiliates/{alice}/adjustments")),
+        ("POST", "/v1/trades/dv_X/1/bust".to_owned()),
         ("POST", format!("/v1/affiliates/{alice}/token")),
         ("GET", "/v1/devices".to_owned()),
         ("GET", "/v1/customers/bob/credits".to_owned()),
@@ -1497,12 +1637,14 @@ async fn commissions_page_filter_and_export_as_csv() {
         lines[1]
     );
     assert!(
-        lines[0].ends_with(",currency,earned_at,adjustment_id,reason"),
+        lines[0].ends_with(
+            ",currency,earned_at,adjustment_id,reason,tier,device_id,seq,signal_id,ticket,symbol,volume"
+        ),
         "{}",
         lines[0]
     );
     assert!(
-        lines[1].ends_with(",GBP,2026-11-02T09:00:00Z,,"),
+        lines[1].ends_with(",GBP,2026-11-02T09:00:00Z,,,,,,,,,"),
         "{}",
         lines[1]
     );

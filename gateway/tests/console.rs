@@ -706,6 +706,7 @@ async fn an_affiliate_token_opens_its_own_portal_and_no_other_page() {
         "Clicks per month",
         "Signups per month",
         "First payments per month",
+        "First trades per month",
     ] {
         assert!(monthly.body.contains(chart), "{chart}");
     }
@@ -767,11 +768,52 @@ async fn the_health_page_shows_the_counters_metrics_exposes_and_the_store_answer
     );
     assert!(page.body.contains(r#"data-total="connections">0<"#));
     assert!(
-        page.body.contains("Rates appear once"),
+        page.body.contains("Rates appear a few seconds"),
         "no rate from one sample"
     );
     let metrics = console.get("/metrics", None).await;
     assert!(metrics.body.contains("eagate_signals_delivered_total 3"));
+}
+
+#[tokio::test]
+async fn the_health_pages_rates_cover_the_time_before_it_was_first_opened() {
+    let mut console = console().await;
+    // The sidecar's own state, with its sampler running (every second here).
+    let state = std::sync::Arc::new(eagate_gateway::http::Console::default());
+    tokio::spawn(
+        state
+            .clone()
+            .keep_health_samples(console.gateway.core(), std::time::Duration::from_secs(1)),
+    );
+    console.app = eagate_gateway::http::router(eagate_gateway::http::AppState {
+        core: console.gateway.core(),
+        tokens: std::sync::Arc::new(eagate_gateway::http::tokens::TokenStore::open(
+            console._dir.path(),
+        )),
+        affiliates: console.gateway.affiliates().unwrap().clone(),
+        console: state,
+    });
+    let cookie = console.sign_in().await;
+    // Deliveries while nobody has the page open; then the first look.
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    for _ in 0..12 {
+        console.gateway.core().metrics.signal_delivered();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(5_000)).await;
+    let page = console.get("/console/health", Some(&cookie)).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(!page.body.contains("Rates appear"), "{}", page.body);
+    // 12 signals over the 6.5 s or so since the oldest sample, taken
+    // before them: about 110 per minute (at most 144, over 5 s; less on a
+    // slow machine, never 0).
+    let rate = page
+        .body
+        .split(r#"data-total="signals-per-minute">"#)
+        .nth(1)
+        .and_then(|rest| rest.split('.').next())
+        .and_then(|whole| whole.parse::<u64>().ok())
+        .expect("a rate of signals");
+    assert!((30..=144).contains(&rate), "{rate} per minute");
 }
 
 #[tokio::test]
@@ -896,6 +938,68 @@ async fn the_portal_lists_commissions_with_pseudonyms_and_exports_them_as_csv_to
 }
 
 #[tokio::test]
+async fn the_portal_shows_the_referral_credits_the_affiliate_earned_as_a_customer() {
+    let console = console().await;
+    let ((alice, _, token), _) = alice_and_bob(&console).await;
+    // Alice (platform user "alice") refers a friend as a customer, who
+    // signs up verified and pays over the credit threshold (GBP 50.00).
+    let (status, issued) = console
+        .api(
+            "POST",
+            "/v1/customers/alice/referral-code",
+            &console.platform,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    let (status, referred) = console
+        .api(
+            "POST",
+            "/v1/referrals",
+            &console.platform,
+            Some(json!({
+                "user_id": "dave", "code": issued["code"], "source_address": "203.0.113.77",
+                "email_sha256": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+                "email_verified": true, "occurred_at": now_instant()
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{referred}");
+    let (status, paid) = console
+        .api(
+            "POST",
+            "/v1/payments",
+            &console.platform,
+            Some(
+                json!({"payment_id": "d1", "user_id": "dave", "amount_minor": 6_000,
+                        "currency": "GBP", "billing_period": 1, "occurred_at": now_instant()}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{paid}");
+    let cookie = console.sign_in_with(&token).await;
+    let portal = console
+        .get(&format!("/console/portal/{alice}"), Some(&cookie))
+        .await;
+    assert_eq!(portal.status, StatusCode::OK);
+    // GBP 10.00, in its holding period; nothing to spend yet.
+    assert!(
+        portal
+            .body
+            .contains(r#"data-total="credits-pending">10.00 GBP<"#),
+        "{}",
+        portal.body
+    );
+    assert!(
+        portal
+            .body
+            .contains(r#"data-total="credits-available">0.00 GBP<"#),
+        "{}",
+        portal.body
+    );
+}
+
+#[tokio::test]
 async fn a_sign_in_link_an_admin_issues_opens_the_affiliates_page_once() {
     let console = console().await;
     let ((alice, _, _), _) = alice_and_bob(&console).await;
@@ -921,6 +1025,27 @@ async fn a_sign_in_link_an_admin_issues_opens_the_affiliates_page_once() {
         .find("/console/sign-in/link/")
         .expect("the link");
     let path = issued.body[at..at + 22 + 64].to_owned();
+    // The audit trail shows who issued it, for whom; never the link.
+    let (status, audit) = console
+        .api(
+            "GET",
+            "/v1/audit?kind=sign_in_link_issued",
+            &console.admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{audit}");
+    let entries = audit["items"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{audit}");
+    assert_eq!(entries[0]["affiliate_id"], alice.as_str(), "{audit}");
+    assert!(
+        entries[0]["by"].as_str().unwrap().starts_with("token:"),
+        "{audit}"
+    );
+    assert!(
+        !audit.to_string().contains(&path[22..]),
+        "the link's secret"
+    );
 
     // Fetching it (a mail scanner, a preview) does not use it up.
     for _ in 0..2 {

@@ -146,6 +146,7 @@ const V1_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/affiliates/af_X/commissions"),
     ("POST", "/v1/affiliates/af_X/payouts"),
     ("POST", "/v1/affiliates/af_X/adjustments"),
+    ("POST", "/v1/trades/dv_X/1/bust"),
     ("GET", "/v1/affiliates"),
     ("GET", "/v1/payouts"),
     ("GET", "/v1/fraud-cases"),

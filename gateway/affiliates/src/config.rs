@@ -2,6 +2,7 @@
 //! attribution window and referral-credit rules.
 
 use crate::money::{Bps, Currency, Minor};
+use crate::trade_fees::{FeeRule, TierBasis, TradeTier, default_tiers};
 
 /// One day in milliseconds.
 pub const DAY_MS: u64 = 86_400_000;
@@ -67,6 +68,15 @@ pub struct ProgrammeConfig {
     /// How old an event's `occurred_at` may be when it arrives (default and
     /// at most [`LONGEST_EVENT_AGE_DAYS`]); older events are refused.
     pub max_event_age_ms: u64,
+    /// The platform's fee for a fill, by symbol group: the first rule that
+    /// matches. Empty (the default): fills earn no per-trade commission.
+    pub trade_fees: Vec<FeeRule>,
+    /// The per-trade commission's tiers, lowest first (default 0.5%, 1%,
+    /// 1.5%, 2% of the fee from 0, 10, 25, 50 active traders).
+    pub trade_tiers: Vec<TradeTier>,
+    /// What sets an affiliate's tier for a month (default: active referred
+    /// traders in the month before).
+    pub tier_basis: TierBasis,
 }
 
 impl ProgrammeConfig {
@@ -105,6 +115,9 @@ impl Default for ProgrammeConfig {
             wash_trade_tolerance_bps: 1_000,
             payout_minimum: 10_000,
             max_event_age_ms: LONGEST_EVENT_AGE_DAYS * DAY_MS,
+            trade_fees: Vec::new(),
+            trade_tiers: default_tiers(),
+            tier_basis: TierBasis::ActiveTraders,
         }
     }
 }

@@ -35,6 +35,12 @@ pub enum CommissionKind {
     },
     /// The one-off bonus on the first payment, when the user first trades.
     FirstTradeBonus,
+    /// A share of the platform's fee for one fill of a referred customer,
+    /// at the affiliate's tier for the fill's month.
+    Trade {
+        /// The tier, 1 for the lowest.
+        tier: u8,
+    },
 }
 
 /// Which fraud check opened a case.
@@ -135,6 +141,17 @@ pub enum Fact {
         affiliate_id: String,
         /// The address.
         source_address: String,
+        /// When.
+        at_ms: u64,
+    },
+    /// An admin issued a one-time sign-in link to the console for an
+    /// affiliate (the link itself is never stored): recorded so the trail
+    /// shows who let whom in.
+    SignInLinkIssued {
+        /// The affiliate the link signs in as.
+        affiliate_id: String,
+        /// Until when it can be used.
+        expires_at_ms: u64,
         /// When.
         at_ms: u64,
     },
@@ -437,6 +454,66 @@ pub enum Fact {
         /// When.
         at_ms: u64,
     },
+    /// A fill by a customer an affiliate referred, counted once for the
+    /// affiliate's per-trade commission and its tier (with the platform's
+    /// fee for it, which may be zero).
+    TradeFilled {
+        /// The referring affiliate.
+        affiliate_id: String,
+        /// The customer (the device's account).
+        user_id: String,
+        /// The device that reported the fill, and the report's sequence:
+        /// the fill's identity, which earns once however often it arrives.
+        device_id: String,
+        /// See `device_id`.
+        seq: u64,
+        /// The signal it filled, hex.
+        signal_id: String,
+        /// The terminal's ticket, if the report carried one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ticket: Option<u64>,
+        /// What was traded.
+        symbol: String,
+        /// How many lots, in units of 10^-8 lot.
+        volume_e8: u64,
+        /// The platform's fee for the fill, in minor units.
+        fee_minor: Minor,
+        /// The fill's UTC day (by when the gateway stored it).
+        day: i64,
+        /// When the gateway stored it.
+        filled_at_ms: u64,
+        /// When.
+        at_ms: u64,
+    },
+    /// An affiliate's per-trade tier for a calendar month, fixed by its
+    /// first fill in that month from the month before's activity.
+    TierSet {
+        /// The affiliate.
+        affiliate_id: String,
+        /// The month's first day (days since 1970-01-01).
+        month: i64,
+        /// The tier, 1 for the lowest.
+        tier: u8,
+        /// Its rate.
+        rate: Bps,
+        /// The previous month's active referred traders or lots, as the
+        /// programme measures tiers.
+        measure: u64,
+        /// When.
+        at_ms: u64,
+    },
+    /// An admin busted a fill: its commission is reversed (or clawed back
+    /// once paid) and it no longer counts toward tiers.
+    TradeBusted {
+        /// The fill's device.
+        device_id: String,
+        /// The fill's report sequence.
+        seq: u64,
+        /// Why.
+        reason: String,
+        /// When.
+        at_ms: u64,
+    },
     /// A fraud check opened a case for review.
     CaseOpened {
         /// 1, 2, 3, … across the programme.
@@ -529,6 +606,7 @@ impl Fact {
             Self::AffiliateEnrolled { at_ms, .. }
             | Self::AffiliateTokenReplaced { at_ms, .. }
             | Self::AffiliateAddressSeen { at_ms, .. }
+            | Self::SignInLinkIssued { at_ms, .. }
             | Self::CustomerCodeIssued { at_ms, .. }
             | Self::Clicked { at_ms, .. }
             | Self::Referred { at_ms, .. }
@@ -553,6 +631,9 @@ impl Fact {
             | Self::CreditSpent { at_ms, .. }
             | Self::CaseOpened { at_ms, .. }
             | Self::TradeSeen { at_ms, .. }
+            | Self::TradeFilled { at_ms, .. }
+            | Self::TierSet { at_ms, .. }
+            | Self::TradeBusted { at_ms, .. }
             | Self::CaseDecided { at_ms, .. } => *at_ms,
         }
     }

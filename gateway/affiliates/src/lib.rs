@@ -18,6 +18,7 @@ pub mod facts;
 pub mod journal;
 pub mod money;
 pub mod programme;
+pub mod trade_fees;
 
 pub use audit::{Actor, AuditEntry, AuditProblem, AuditReport};
 pub use code::ReferralCode;

@@ -34,7 +34,7 @@ use utoipa::{IntoParams, IntoResponses, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-pub use console::Console;
+pub use console::{Console, HEALTH_SAMPLE_EVERY};
 pub use devices::{DevicePage, DeviceView};
 pub use problem::ApiError;
 pub use signals::{DeviceExecution, ExecutionStatus, Executions};

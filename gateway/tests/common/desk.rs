@@ -46,6 +46,19 @@ pub async fn desk_on(backend: &Backend) -> Desk {
     desk_for(gateway, dir)
 }
 
+/// A desk on `backend` whose settings `change` changed from the tests'
+/// own; returns the settings too.
+pub async fn desk_on_with(
+    backend: &Backend,
+    change: impl FnOnce(&mut ServeConfig),
+) -> (Desk, ServeConfig) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_on(backend, dir.path());
+    change(&mut config);
+    let gateway = Gateway::start(&config).await.unwrap();
+    (desk_for(gateway, dir), config)
+}
+
 /// A desk on sled whose settings `change` changed from the tests' own.
 pub async fn desk_with(change: impl FnOnce(&mut ServeConfig)) -> Desk {
     let dir = tempfile::tempdir().unwrap();
@@ -121,6 +134,46 @@ impl Desk {
         }
     }
 
+    /// Stops the whole gateway, runs `while_down` against a devices-only
+    /// gateway on `config` (the sidecar is down: devices still report),
+    /// stops that, and starts the whole gateway on `config` again. On sled,
+    /// where devices and the sidecar are one process, `while_down` runs
+    /// against a whole gateway, then it stops and starts again.
+    pub async fn sidecar_down_while(
+        self,
+        config: &ServeConfig,
+        while_down: impl AsyncFnOnce(&Gateway),
+    ) -> Desk {
+        let Desk {
+            gateway,
+            app: old_app,
+            clock,
+            dir,
+            admin,
+            platform,
+        } = self;
+        drop(old_app);
+        gateway.shutdown().await;
+        let role = if config.redis_url.is_some() {
+            eagate_gateway::server::Role::Devices
+        } else {
+            eagate_gateway::server::Role::All
+        };
+        let devices = Gateway::start_as(config, role).await.unwrap();
+        while_down(&devices).await;
+        devices.shutdown().await;
+        let gateway = Gateway::start(config).await.unwrap();
+        let app = app(&gateway, dir.path(), &clock);
+        Desk {
+            gateway,
+            app,
+            admin,
+            platform,
+            clock,
+            dir,
+        }
+    }
+
     /// The affiliate desk the router uses (on the test's clock).
     pub fn affiliates(&self) -> AffiliateDesk {
         clocked(&self.gateway, &self.clock)
@@ -178,6 +231,11 @@ impl Desk {
             body["occurred_at"] = json!(self.days_ago(0));
         }
         let token = self.platform.clone();
+        self.call("POST", uri, &token, Some(body)).await
+    }
+
+    pub async fn admin_post(&self, uri: &str, body: Value) -> Answer {
+        let token = self.admin.clone();
         self.call("POST", uri, &token, Some(body)).await
     }
 

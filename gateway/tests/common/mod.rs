@@ -55,6 +55,10 @@ pub fn config(dir: &Path) -> ServeConfig {
         click_rate_per_minute: 60,
         payout_minimum_minor: 10_000,
         max_event_age_days: 26,
+        // No per-trade fee: tests that want trade commissions set one.
+        trade_fees: Vec::new(),
+        trade_tiers: "0:50,10:100,25:150,50:200".into(),
+        tier_basis: "active-traders".into(),
         // Payouts run when a test runs them: the daily batch would run at
         // once on the wall clock, past 09:00 most of the day.
         payout_time: "off".into(),

@@ -172,4 +172,23 @@ impl Programme {
             at_ms: now_ms,
         }])
     }
+
+    /// An admin issues a console sign-in link for `affiliate_id`, usable
+    /// until `expires_at_ms`: the record the audit trail keeps of it.
+    /// Nothing for an affiliate the programme does not know.
+    pub fn sign_in_link_issued(
+        &self,
+        affiliate_id: &str,
+        expires_at_ms: u64,
+        now_ms: u64,
+    ) -> Decided {
+        if !self.affiliates.contains_key(affiliate_id) {
+            return Decided::replay();
+        }
+        Decided::new(vec![Fact::SignInLinkIssued {
+            affiliate_id: affiliate_id.to_owned(),
+            expires_at_ms,
+            at_ms: now_ms,
+        }])
+    }
 }

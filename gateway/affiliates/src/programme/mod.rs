@@ -22,13 +22,14 @@ mod fraud;
 mod payments;
 mod payouts;
 mod stats;
+mod trades;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::calendar::day_of;
 use crate::code::ReferralCode;
 use crate::config::ProgrammeConfig;
-use crate::facts::{CaseDecision, Fact, Referrer};
+use crate::facts::{CaseDecision, CommissionKind, Fact, Referrer};
 use crate::money::Minor;
 
 // Every type keeps the path it had when this was one file:
@@ -48,6 +49,7 @@ pub use payouts::{
     SettleError,
 };
 pub use stats::{Granularity, PeriodStats, Stats};
+pub use trades::{BustError, CountedFill, TierStatus, TradeFill, fill_reference, month_text};
 
 /// What a decision added. An empty list with `replayed` set means the same
 /// request was already applied: a retry, answered as the first time.
@@ -110,6 +112,8 @@ pub struct Affiliate {
     clicks_by_day: BTreeMap<i64, u64>,
     signups_by_day: BTreeMap<i64, u64>,
     conversions_by_day: BTreeMap<i64, u64>,
+    /// Referred customers' first fills, by the fill's day.
+    first_trades_by_day: BTreeMap<i64, u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -247,6 +251,15 @@ pub struct Programme {
     trades_counted: fraud::TradesCounted,
     /// The latest UTC day a trade was counted on.
     trades_day: i64,
+    /// Fills counted for per-trade commissions, by (device, sequence):
+    /// each earns once.
+    trade_fills: HashMap<(String, u64), trades::CountedFill>,
+    /// Per-trade commission entries by their fill's reference.
+    trade_entries: HashMap<String, u64>,
+    /// Each affiliate's referred trading per month (first day), for tiers.
+    trade_activity: HashMap<(String, i64), trades::Activity>,
+    /// Tiers fixed per (affiliate, month).
+    tiers_set: HashMap<(String, i64), trades::TierChoice>,
     /// The latest decision time folded in: decisions never look at the
     /// programme from before it (a request that read the clock, then waited
     /// for the journal's lock behind a later one, sees the later state).
@@ -287,6 +300,10 @@ impl Programme {
             trades: HashMap::new(),
             trades_counted: HashMap::new(),
             trades_day: i64::MIN,
+            trade_fills: HashMap::new(),
+            trade_entries: HashMap::new(),
+            trade_activity: HashMap::new(),
+            tiers_set: HashMap::new(),
             latest_at_ms: 0,
         }
     }
@@ -348,6 +365,7 @@ impl Programme {
                         clicks_by_day: BTreeMap::new(),
                         signups_by_day: BTreeMap::new(),
                         conversions_by_day: BTreeMap::new(),
+                        first_trades_by_day: BTreeMap::new(),
                     },
                 );
             }
@@ -372,6 +390,30 @@ impl Programme {
                     affiliate.addresses_seen.insert(source_address.clone());
                 }
             }
+            Fact::TradeFilled { .. } => self.apply_trade_filled(fact),
+            Fact::TierSet {
+                affiliate_id,
+                month,
+                tier,
+                rate,
+                measure,
+                ..
+            } => {
+                self.tiers_set.insert(
+                    (affiliate_id.clone(), *month),
+                    trades::TierChoice {
+                        tier: *tier,
+                        rate: *rate,
+                        measure: *measure,
+                    },
+                );
+            }
+            Fact::TradeBusted { device_id, seq, .. } => {
+                self.apply_trade_busted(device_id, *seq);
+            }
+            // A record for the audit trail: the link lives in the
+            // console's memory, not in the programme.
+            Fact::SignInLinkIssued { .. } => {}
             Fact::CustomerCodeIssued { user_id, code, .. } => {
                 self.customer_codes.insert(user_id.clone(), *code);
                 self.codes
@@ -532,11 +574,20 @@ impl Programme {
                     }
                 }
             }
-            Fact::FirstTrade { user_id, .. } => {
-                self.customers
-                    .entry(user_id.clone())
-                    .or_default()
-                    .first_trade = true;
+            Fact::FirstTrade { user_id, at_ms, .. } => {
+                let customer = self.customers.entry(user_id.clone()).or_default();
+                customer.first_trade = true;
+                if let Some(Referral {
+                    referrer: Referrer::Affiliate { affiliate_id },
+                    ..
+                }) = &customer.referral
+                    && let Some(affiliate) = self.affiliates.get_mut(affiliate_id)
+                {
+                    *affiliate
+                        .first_trades_by_day
+                        .entry(day_of(*at_ms))
+                        .or_default() += 1;
+                }
             }
             Fact::CommissionEarned {
                 entry_id,
@@ -573,6 +624,9 @@ impl Programme {
                 });
                 if let Some(payment) = self.payments.get_mut(payment_id) {
                     payment.entries.push(*entry_id);
+                }
+                if let CommissionKind::Trade { .. } = kind {
+                    self.trade_entries.insert(payment_id.clone(), *entry_id);
                 }
                 if let Some(affiliate) = self.affiliates.get_mut(affiliate_id) {
                     affiliate.earned = affiliate.earned.saturating_add(*amount_minor);

@@ -255,7 +255,7 @@ impl Programme {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn earn(
+    pub(super) fn earn(
         &self,
         entry_id: u64,
         affiliate_id: &str,

@@ -1,5 +1,6 @@
-//! An affiliate's stats: clicks, signups, conversions and earnings per
-//! day or month, read from the state's per-day counters and the ledger.
+//! An affiliate's stats: clicks, signups, conversions, first trades and
+//! earnings per day or month, read from the state's per-day counters and
+//! the ledger.
 
 use std::collections::BTreeMap;
 
@@ -39,10 +40,11 @@ impl Programme {
         let mut totals = PeriodStats::default();
         let in_range = |day: i64| (from_day..=to_day).contains(&day);
         type Count = fn(&mut PeriodStats, u64);
-        let counters: [(&BTreeMap<i64, u64>, Count); 3] = [
+        let counters: [(&BTreeMap<i64, u64>, Count); 4] = [
             (&affiliate.clicks_by_day, |s, n| s.clicks += n),
             (&affiliate.signups_by_day, |s, n| s.signups += n),
             (&affiliate.conversions_by_day, |s, n| s.conversions += n),
+            (&affiliate.first_trades_by_day, |s, n| s.first_trades += n),
         ];
         for (by_day, count) in counters {
             for (&day, &n) in by_day.range(from_day..=to_day) {
@@ -98,6 +100,8 @@ pub struct PeriodStats {
     /// `conversions / signups` in basis points, rounded down (0 without
     /// signups).
     pub conversion_rate_bps: u32,
+    /// Referred users' first fills (reported by their devices).
+    pub first_trades: u64,
     /// Commissions earned in the period, by where they stand now.
     pub earnings: Balances,
 }

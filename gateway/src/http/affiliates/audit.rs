@@ -63,6 +63,7 @@ fn affiliate_of(programme: &Programme, fact: &Fact) -> Option<String> {
         Fact::AffiliateEnrolled { affiliate_id, .. }
         | Fact::AffiliateTokenReplaced { affiliate_id, .. }
         | Fact::AffiliateAddressSeen { affiliate_id, .. }
+        | Fact::SignInLinkIssued { affiliate_id, .. }
         | Fact::CommissionEarned { affiliate_id, .. }
         | Fact::ClawbackEntered { affiliate_id, .. }
         | Fact::PayoutMade { affiliate_id, .. }

@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use eagate_affiliates::calendar::{day_of, format_instant};
-use eagate_affiliates::{CommissionKind, Currency, Entry, EntryKind, EntryStatus};
+use eagate_affiliates::{CommissionKind, Currency, Entry, EntryKind, EntryStatus, Programme};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -24,6 +24,8 @@ pub enum EntryKindView {
     Subscription,
     /// The bonus for a referred user's first trade.
     FirstTradeBonus,
+    /// A share of the platform's fee for one fill of a referred customer.
+    Trade,
     /// A paid commission taken back after a refund.
     Clawback,
     /// An admin's correction, either sign.
@@ -66,11 +68,18 @@ impl From<EntryStatus> for EntryStatusView {
 pub struct EntryView {
     /// The entry.
     pub entry_id: u64,
-    /// `subscription`, `first_trade_bonus` or `clawback`.
+    /// `subscription`, `first_trade_bonus`, `trade`, `clawback` or
+    /// `adjustment`.
     pub kind: EntryKindView,
     /// Subscriptions: the billing period.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub billing_period: Option<u32>,
+    /// Trade commissions: the affiliate's tier for the fill's month.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<u8>,
+    /// Trade commissions: the fill it is a share of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fill: Option<FillView>,
     /// Commissions: the rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_bps: Option<u32>,
@@ -87,7 +96,8 @@ pub struct EntryView {
     /// affiliate itself a stable pseudonym (`cu_…`), the same for the same
     /// customer on every row and every read. Empty for adjustments.
     pub user_id: String,
-    /// The payment it comes from (empty for adjustments).
+    /// The payment it comes from (empty for adjustments; for trade
+    /// commissions `fill:<device>:<seq>`).
     pub payment_id: String,
     /// Clawbacks: the commission clawed back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -116,7 +126,49 @@ pub struct EntryView {
     pub reason: Option<String>,
 }
 
-fn entry_view(entry: &Entry, now: u64) -> EntryView {
+/// The fill a trade commission is a share of: its identity, what was
+/// traded, and the platform's fee for it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct FillView {
+    /// The device that reported it.
+    pub device_id: String,
+    /// Its report sequence.
+    pub seq: u64,
+    /// The signal it filled.
+    pub signal_id: String,
+    /// The terminal's ticket, if reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<u64>,
+    /// What was traded.
+    pub symbol: String,
+    /// Lots, as a decimal (`0.10000000`).
+    pub volume: String,
+    /// The platform's fee for it, in minor units: the commission's base.
+    pub fee_minor: i64,
+    /// Busted by an admin: its commission is reversed or clawed back.
+    pub busted: bool,
+}
+
+fn fill_view(programme: &Programme, reference: &str) -> Option<FillView> {
+    let (device_id, seq, fill) = programme.counted_fill_of(reference)?;
+    Some(FillView {
+        device_id: device_id.to_owned(),
+        seq,
+        signal_id: fill.signal_id.clone(),
+        ticket: fill.ticket,
+        symbol: fill.symbol.clone(),
+        volume: format!(
+            "{}.{:08}",
+            fill.volume_e8 / 100_000_000,
+            fill.volume_e8 % 100_000_000
+        ),
+        fee_minor: fill.fee_minor,
+        busted: fill.busted,
+    })
+}
+
+fn entry_view(programme: &Programme, entry: &Entry, now: u64) -> EntryView {
+    let mut tier = None;
     let (kind, billing_period, rate_bps, base_minor, of_entry, refund_id) = match &entry.kind {
         EntryKind::Commission {
             kind,
@@ -128,6 +180,10 @@ fn entry_view(entry: &Entry, now: u64) -> EntryView {
                     (EntryKindView::Subscription, Some(*billing_period))
                 }
                 CommissionKind::FirstTradeBonus => (EntryKindView::FirstTradeBonus, None),
+                CommissionKind::Trade { tier: of_fill } => {
+                    tier = Some(*of_fill);
+                    (EntryKindView::Trade, None)
+                }
             };
             (name, period, Some(*rate_bps), Some(*base_minor), None, None)
         }
@@ -155,6 +211,8 @@ fn entry_view(entry: &Entry, now: u64) -> EntryView {
         entry_id: entry.entry_id,
         kind,
         billing_period,
+        tier,
+        fill: tier.and_then(|_| fill_view(programme, &entry.payment_id)),
         rate_bps,
         base_minor,
         amount_minor: entry.amount_minor,
@@ -247,7 +305,7 @@ pub(in crate::http) async fn commissions(
         .filter(|e| from.is_none_or(|d| day_of(e.created_at_ms) >= d))
         .filter(|e| to.is_none_or(|d| day_of(e.created_at_ms) <= d))
         .map(|e| {
-            let mut view = entry_view(e, now);
+            let mut view = entry_view(&programme, e, now);
             // An affiliate sees a pseudonym for each customer; admins the
             // platform's id.
             if let AffiliateReader::Own(_) = reader
@@ -290,12 +348,23 @@ pub(in crate::http) async fn commissions(
                     format_instant(v.earned_at_ms),
                     opt(v.adjustment_id),
                     opt(v.reason),
+                    opt(v.tier.map(|t| t.to_string())),
+                    opt(v.fill.as_ref().map(|f| f.device_id.clone())),
+                    opt(v.fill.as_ref().map(|f| f.seq.to_string())),
+                    opt(v.fill.as_ref().map(|f| f.signal_id.clone())),
+                    opt(v
+                        .fill
+                        .as_ref()
+                        .and_then(|f| f.ticket)
+                        .map(|t| t.to_string())),
+                    opt(v.fill.as_ref().map(|f| f.symbol.clone())),
+                    opt(v.fill.as_ref().map(|f| f.volume.clone())),
                 ]
             })
             .collect();
         return Ok(csv_response(
             "commissions.csv",
-            "entry_id,created_at,kind,billing_period,user_id,payment_id,rate_bps,base_minor,amount_minor,amount,reversed_minor,status,payable_at,payout_id,paid_at,of_entry,refund_id,currency,earned_at,adjustment_id,reason",
+            "entry_id,created_at,kind,billing_period,user_id,payment_id,rate_bps,base_minor,amount_minor,amount,reversed_minor,status,payable_at,payout_id,paid_at,of_entry,refund_id,currency,earned_at,adjustment_id,reason,tier,device_id,seq,signal_id,ticket,symbol,volume",
             rows,
         ));
     }

@@ -21,6 +21,7 @@ mod pages;
 mod payments;
 mod payouts;
 mod stats;
+mod trades;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -76,6 +77,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(fraud::decide))
         .routes(routes!(audit::audit))
         .routes(routes!(adjustments::adjust))
+        .routes(routes!(trades::bust))
         .routes(routes!(enrolment::code_owner))
         .routes(routes!(attribution::refer))
         .routes(routes!(payments::pay))

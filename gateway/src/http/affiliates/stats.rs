@@ -53,6 +53,8 @@ pub struct PeriodView {
     pub conversions: u64,
     /// Conversions per signup, in basis points (2500 = 25%), rounded down.
     pub conversion_rate_bps: u32,
+    /// Referred users' first fills, reported by their devices.
+    pub first_trades: u64,
     /// Commissions earned, in minor units (pence) of the programme's
     /// currency, like every `_minor` amount.
     pub earned_minor: i64,
@@ -89,6 +91,45 @@ pub struct StatsView {
     pub totals: PeriodView,
     /// Each period in the range, oldest first.
     pub periods: Vec<PeriodView>,
+    /// The per-trade commission tier this month, and what the next needs.
+    pub trade_tier: TierView,
+}
+
+/// An affiliate's per-trade commission tier this calendar month (UTC).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TierView {
+    /// This month, `YYYY-MM`.
+    pub month: String,
+    /// What sets tiers: `active-traders` (referred customers with a fill)
+    /// or `volume-lots` (their whole lots), in the month before.
+    pub basis: String,
+    /// The tier, 1 for the lowest.
+    pub tier: u8,
+    /// Its share of the platform's fee per fill, in basis points.
+    pub rate_bps: u32,
+    /// Last month's measure, which set it.
+    pub last_month: u64,
+    /// Whether this month's first referred fill fixed it already; until
+    /// then a late fill of last month may still change it.
+    pub fixed: bool,
+    /// This month's measure so far: it sets next month's tier.
+    pub this_month: u64,
+    /// The next tier up, if there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<NextTierView>,
+}
+
+/// The tier above, and what reaching it next month takes.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct NextTierView {
+    /// Its number.
+    pub tier: u8,
+    /// Its rate, in basis points.
+    pub rate_bps: u32,
+    /// The measure this month must reach.
+    pub from: u64,
+    /// How much more than this month's measure so far.
+    pub needs: u64,
 }
 
 fn period_view(period: String, stats: &eagate_affiliates::programme::PeriodStats) -> PeriodView {
@@ -98,6 +139,7 @@ fn period_view(period: String, stats: &eagate_affiliates::programme::PeriodStats
         signups: stats.signups,
         conversions: stats.conversions,
         conversion_rate_bps: stats.conversion_rate_bps,
+        first_trades: stats.first_trades,
         earned_minor: stats.earnings.earned,
         pending_minor: stats.earnings.pending,
         held_minor: stats.earnings.held,
@@ -111,7 +153,7 @@ fn period_view(period: String, stats: &eagate_affiliates::programme::PeriodStats
 #[utoipa::path(
     get,
     path = "/affiliates/{affiliate_id}/stats",
-    summary = "Clicks, signups, conversions, conversion rate and earnings (pending, held, payable, paid, reversed), in total and per period (admin, or the affiliate's own token).",
+    summary = "Clicks, signups, conversions, conversion rate, first trades and earnings (pending, held, payable, paid, reversed), in total and per period (admin, or the affiliate's own token).",
     params(AffiliatePath, StatsQuery),
     responses(
         (status = 200, description = "Stats; money in minor units of the programme's currency.", body = StatsView),
@@ -174,6 +216,24 @@ pub(in crate::http) fn stats_of(
         .stats(&affiliate_id, granularity, from, to, now)
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .ok_or_else(|| ApiError::NotFound(format!("no affiliate {affiliate_id}")))?;
+    let tier = programme
+        .tier_status(&affiliate_id, day_of(now))
+        .ok_or_else(|| ApiError::NotFound(format!("no affiliate {affiliate_id}")))?;
+    let trade_tier = TierView {
+        month: eagate_affiliates::programme::month_text(tier.month),
+        basis: tier.basis.to_string(),
+        tier: tier.tier,
+        rate_bps: tier.rate.0,
+        last_month: tier.measured,
+        fixed: tier.fixed,
+        this_month: tier.this_month,
+        next: tier.next.map(|(tier_no, rate, from)| NextTierView {
+            tier: tier_no,
+            rate_bps: rate.0,
+            from,
+            needs: from.saturating_sub(tier.this_month),
+        }),
+    };
     Ok(StatsView {
         affiliate_id,
         currency: stats.currency,
@@ -186,5 +246,6 @@ pub(in crate::http) fn stats_of(
             .iter()
             .map(|(period, s)| period_view(period.clone(), s))
             .collect(),
+        trade_tier,
     })
 }

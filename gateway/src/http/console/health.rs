@@ -1,7 +1,8 @@
 //! The gateway's health at a glance: the counters `/metrics` exposes,
-//! sampled each time the health page is shown, so rates (per minute) come
-//! from two samples a known time apart. Nothing is added to the device
-//! path: the counters are the ones it keeps anyway.
+//! sampled every few seconds by the sidecar (and each time the page is
+//! shown), so rates (per minute) come from two samples a known time apart.
+//! Nothing is added to the device path: the counters are the ones it keeps
+//! anyway.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;

@@ -36,6 +36,35 @@ pub struct Console {
     health: health::Samples,
 }
 
+impl Console {
+    /// Samples the gateway's counters `every` so long until `core` shuts
+    /// down, so the health page's per-minute rates cover the last minute
+    /// whenever it is opened, not only once it has been open a while. The
+    /// sidecar runs it every [`HEALTH_SAMPLE_EVERY`].
+    pub async fn keep_health_samples(
+        self: std::sync::Arc<Self>,
+        core: std::sync::Arc<crate::core::Core>,
+        every: std::time::Duration,
+    ) {
+        let mut stopping = core.shutdown.subscribe();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    self.health.sample(core.metrics.snapshot());
+                }
+                _ = stopping.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+}
+
+/// How often the sidecar samples the counters for the health page: a
+/// dozen samples a minute cost nothing and give a rate a few seconds after
+/// start.
+pub const HEALTH_SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 use super::tokens::{self, Scope};
 use super::{ApiError, AppState, ChannelPath, DeviceView, check_text, devices, signals};
 use crate::signals::SignalDraft;
@@ -1140,6 +1169,33 @@ async fn issue_link(
             &ApiError::TooManyRequests("too many sign-in links are live; try again later".into()),
         );
     };
+    // The audit trail records who let whom in; a link it could not record
+    // is withdrawn before anyone sees it.
+    let now = state.affiliates.now_ms();
+    let expires_at_ms = now.saturating_add(session::LINK_LIFETIME.as_millis() as u64);
+    let actor = eagate_affiliates::Actor {
+        by: session.actor.clone(),
+        why: "a one-time console sign-in link".to_owned(),
+    };
+    let recorded = state
+        .affiliates
+        .ledger
+        .write_by(&actor, |programme| {
+            Ok::<_, std::convert::Infallible>(programme.sign_in_link_issued(
+                &affiliate_id,
+                expires_at_ms,
+                now,
+            ))
+        })
+        .await;
+    if let Err(error) = recorded {
+        state.console.sessions.use_link(&secret);
+        tracing::error!(%error, affiliate = %affiliate_id, "recording a console sign-in link failed; withdrawn");
+        return failed(
+            &session,
+            &ApiError::Unavailable("the ledger could not record the link; try again".into()),
+        );
+    }
     tracing::info!(affiliate = %affiliate_id, actor = %session.actor, "console sign-in link issued");
     // The sidecar's public address as configured (the referral links'
     // base), not the request's Host header, which a proxy may rewrite.

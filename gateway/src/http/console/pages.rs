@@ -724,6 +724,7 @@ fn stats_table(caption: &str, stats: &StatsView, money: &impl Fn(i64) -> String)
                             th.money scope="col" { "Clicks" }
                             th.money scope="col" { "Signups" }
                             th.money scope="col" { "First payments" }
+                            th.money scope="col" { "First trades" }
                             th.money scope="col" { "Earned" }
                         }
                     }
@@ -734,6 +735,7 @@ fn stats_table(caption: &str, stats: &StatsView, money: &impl Fn(i64) -> String)
                                 td.money data-label="Clicks" { (period.clicks) }
                                 td.money data-label="Signups" { (period.signups) }
                                 td.money data-label="First payments" { (period.conversions) }
+                                td.money data-label="First trades" { (period.first_trades) }
                                 td.money data-label="Earned" { (money(period.earned_minor)) }
                             }
                         }
@@ -795,6 +797,7 @@ pub(super) fn portal(
                 (total("Clicks", "clicks", totals.clicks.to_string()))
                 (total("Signups", "signups", totals.signups.to_string()))
                 (total("First payments", "conversions", totals.conversions.to_string()))
+                (total("First trades", "first-trades", totals.first_trades.to_string()))
                 (total("Earned", "earned", money(totals.earned_minor)))
                 (total("In holding period", "pending", money(totals.pending_minor)))
                 (total("Held for review", "held", money(totals.held_minor)))
@@ -813,7 +816,22 @@ pub(super) fn portal(
             (bar_chart(&format!("Clicks per {per}, {range}"), &series(|p| count(p.clicks)), |n| n.to_string()))
             (bar_chart(&format!("Signups per {per}, {range}"), &series(|p| count(p.signups)), |n| n.to_string()))
             (bar_chart(&format!("First payments per {per}, {range}"), &series(|p| count(p.conversions)), |n| n.to_string()))
+            (bar_chart(&format!("First trades per {per}, {range}"), &series(|p| count(p.first_trades)), |n| n.to_string()))
             (stats_table(&format!("The numbers per {per}"), charted, &money))
+            @let tier = &charted.trade_tier;
+            h2 { "Your trade commission tier" }
+            p { "Each fill of a customer you referred earns you a share of the platform's fee for it, by your tier for the month. "
+                "Your tier for " (tier.month) " is set by last month's "
+                @if tier.basis == "volume-lots" { "lots traded by your referred customers" } @else { "referred customers who traded" }
+                "." }
+            dl.totals {
+                (total("Tier", "tier", format!("{} ({}.{:02}% of the fee)", tier.tier, tier.rate_bps / 100, tier.rate_bps % 100)))
+                (total("Last month", "tier-last-month", tier.last_month.to_string()))
+                (total("This month so far", "tier-this-month", tier.this_month.to_string()))
+                @if let Some(next) = &tier.next {
+                    (total("Next month's tier needs", "tier-needs", format!("{} more for tier {} ({}.{:02}%)", next.needs, next.tier, next.rate_bps / 100, next.rate_bps % 100)))
+                }
+            }
             h2 { "Your referral credits" }
             p { "Credits your own referrals of friends earned you as a customer, to spend on the platform." }
             dl.totals {
@@ -914,7 +932,7 @@ pub(super) fn health(
             }
             h2 { "Lately" }
             @match &health.recent {
-                None => p.notice { "Rates appear once this page has been open a few seconds." },
+                None => p.notice { "Rates appear a few seconds after the sidecar starts." },
                 Some((span, change)) => dl.totals {
                     (total("Signals per minute", "signals-per-minute", per_minute(change.signals_delivered, *span)))
                     (total("Reports per minute", "reports-per-minute", per_minute(change.reports_ingested, *span)))
