@@ -49,6 +49,9 @@ pub struct AffiliateDesk {
     pub click_limit: Arc<crate::click_limit::ClickLimit>,
     /// Who pays affiliates, and the lock that lets one payout run at a time.
     pub payouts: PayoutRunner,
+    /// Delivers the programme's events to webhook endpoints (absent where
+    /// the desk was made without them).
+    pub webhooks: Option<crate::webhooks::Dispatcher>,
     clock: Clock,
 }
 
@@ -185,8 +188,22 @@ impl AffiliateDesk {
                 config.click_rate_per_minute as u32,
             )),
             payouts: PayoutRunner::new(payouts),
+            webhooks: None,
             clock: Arc::new(crate::clock::unix_ms),
         })
+    }
+
+    /// The same desk delivering webhooks through `webhooks`.
+    pub fn with_webhooks(&self, webhooks: crate::webhooks::Dispatcher) -> Self {
+        Self {
+            webhooks: Some(webhooks),
+            ..self.clone()
+        }
+    }
+
+    /// The desk's clock.
+    pub fn clock(&self) -> Clock {
+        self.clock.clone()
     }
 
     /// The same desk paying through `payouts`.
@@ -290,18 +307,27 @@ impl AffiliateDesk {
                 let programme = self.ledger.read();
                 // Most accounts are nobody's referral, and a resent fill
                 // was counted already: no lookups for them.
-                if programme.fills_earn_for(account_id).is_none()
+                if programme.config().trade_fees.is_empty()
+                    || lots_e8(volume) == 0
+                    || programme.fills_earn_for(account_id).is_none()
                     || programme.counted_fill(&fill.device_id, fill.seq).is_some()
                 {
                     continue;
                 }
             }
             let Some((symbol, _)) = signals.traded(core, signal_id).await? else {
+                tracing::warn!(device = %fill.device_id, seq = fill.seq, signal = %signal_id, "a referred fill's signal is no longer kept: it earns no trade commission");
                 continue;
             };
+            // The price and ticket are the report's; a report that cannot
+            // be read (logged by the store) must not stall the feed.
             let report = signals
                 .report(core, signal_id, &fill.device_id, fill.seq)
-                .await?;
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(device = %fill.device_id, seq = fill.seq, error = %e, "a referred fill's report could not be read: counted without its price and ticket");
+                    None
+                });
             let trade = TradeFill {
                 user_id: account_id.to_owned(),
                 device_id: fill.device_id.clone(),

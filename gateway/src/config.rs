@@ -254,6 +254,26 @@ pub struct ServeConfig {
     #[arg(long, env = "EAGATE_TIER_BASIS", default_value = "active-traders")]
     pub tier_basis: String,
 
+    /// Lets webhook endpoints point at loopback and private networks (a
+    /// receiver on the same machine or LAN); off, they are refused, so an
+    /// admin token cannot make the sidecar call internal services.
+    #[arg(long, env = "EAGATE_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: bool,
+
+    /// Seconds one webhook POST may take, connecting included.
+    #[arg(long, env = "EAGATE_WEBHOOK_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub webhook_timeout_secs: u64,
+
+    /// Seconds before a failed webhook event's first retry, doubled for
+    /// each next one up to an hour.
+    #[arg(long, env = "EAGATE_WEBHOOK_RETRY_BASE_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub webhook_retry_base_secs: u64,
+
+    /// Seconds after its first attempt a webhook event is retried before
+    /// it is recorded as failed and the endpoint moves on (3 days).
+    #[arg(long, env = "EAGATE_WEBHOOK_RETRY_WINDOW_SECS", default_value_t = 259_200, value_parser = clap::value_parser!(u64).range(1..=2_592_000))]
+    pub webhook_retry_window_secs: u64,
+
     /// The UTC time of day (HH:MM) the daily payout batch runs, or `off`
     /// to run batches only by hand (`eagate payouts run`).
     #[arg(long, env = "EAGATE_PAYOUT_TIME", default_value = "09:00")]
@@ -355,6 +375,10 @@ struct FileConfig {
     trade_fees: Option<Vec<String>>,
     trade_tiers: Option<String>,
     tier_basis: Option<String>,
+    webhook_allow_private: Option<bool>,
+    webhook_timeout_secs: Option<u64>,
+    webhook_retry_base_secs: Option<u64>,
+    webhook_retry_window_secs: Option<u64>,
     payout_time: Option<String>,
     payout_provider: Option<String>,
     stripe_api_base: Option<String>,
@@ -454,6 +478,10 @@ impl ServeConfig {
         take!(trade_fees);
         take!(trade_tiers);
         take!(tier_basis);
+        take!(webhook_allow_private);
+        take!(webhook_timeout_secs, 1, 60);
+        take!(webhook_retry_base_secs, 1, 3_600);
+        take!(webhook_retry_window_secs, 1, 2_592_000);
         take!(payout_time);
         take!(payout_provider);
         take!(stripe_api_base);
@@ -544,7 +572,7 @@ impl ServeConfig {
                 })
         };
         format!(
-            "config_file = {}\ndata_dir = {}\nquic_listen = {}\nquic_endpoints = {}\nhttp_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nconnections_per_minute_per_source = {}\nmax_unauthenticated_connections = {}\nmax_http_connections = {}\nmax_http_connections_per_source = {}\nsignal_queue_len = {}\nsignal_retention_hours = {}\nstore_cache_mib = {}\nmaster_key = {}\nredis_url = {}\nredis_prefix = {}\nreferral_landing_page = {}\nreferral_link_base = {}\naffiliate_currency = {}\nfirst_month_commission_bps = {}\nlater_months_commission_bps = {}\nfirst_trade_bonus_bps = {}\nholding_period_days = {}\nattribution_window_days = {}\ncredit_threshold_minor = {}\nreferrer_credit_minor = {}\nreferred_credit_minor = {}\ndaily_referral_limit = {}\nshared_address_limit = {}\nshared_address_window_hours = {}\nwash_trade_tolerance_bps = {}\nclick_dedupe_minutes = {}\nclick_rate_per_minute = {}\npayout_minimum_minor = {}\nmax_event_age_days = {}\ntrade_fees = {}\ntrade_tiers = {}\ntier_basis = {}\npayout_time = {}\npayout_provider = {}\nstripe_api_base = {}\nstripe_timeout_secs = {}\nstripe_secret_key = {}\n",
+            "config_file = {}\ndata_dir = {}\nquic_listen = {}\nquic_endpoints = {}\nhttp_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nconnections_per_minute_per_source = {}\nmax_unauthenticated_connections = {}\nmax_http_connections = {}\nmax_http_connections_per_source = {}\nsignal_queue_len = {}\nsignal_retention_hours = {}\nstore_cache_mib = {}\nmaster_key = {}\nredis_url = {}\nredis_prefix = {}\nreferral_landing_page = {}\nreferral_link_base = {}\naffiliate_currency = {}\nfirst_month_commission_bps = {}\nlater_months_commission_bps = {}\nfirst_trade_bonus_bps = {}\nholding_period_days = {}\nattribution_window_days = {}\ncredit_threshold_minor = {}\nreferrer_credit_minor = {}\nreferred_credit_minor = {}\ndaily_referral_limit = {}\nshared_address_limit = {}\nshared_address_window_hours = {}\nwash_trade_tolerance_bps = {}\nclick_dedupe_minutes = {}\nclick_rate_per_minute = {}\npayout_minimum_minor = {}\nmax_event_age_days = {}\ntrade_fees = {}\ntrade_tiers = {}\ntier_basis = {}\nwebhook_allow_private = {}\nwebhook_timeout_secs = {}\nwebhook_retry_base_secs = {}\nwebhook_retry_window_secs = {}\npayout_time = {}\npayout_provider = {}\nstripe_api_base = {}\nstripe_timeout_secs = {}\nstripe_secret_key = {}\n",
             self.config_file
                 .as_ref()
                 .map_or("(none)".to_owned(), |p| p.display().to_string()),
@@ -599,6 +627,10 @@ impl ServeConfig {
             },
             self.trade_tiers,
             self.tier_basis,
+            self.webhook_allow_private,
+            self.webhook_timeout_secs,
+            self.webhook_retry_base_secs,
+            self.webhook_retry_window_secs,
             self.payout_time,
             self.payout_provider,
             self.stripe_api_base,
@@ -609,6 +641,15 @@ impl ServeConfig {
                 "(not set)"
             },
         )
+    }
+
+    /// How webhook deliveries are paced.
+    pub fn webhook_pacing(&self) -> crate::webhooks::Pacing {
+        crate::webhooks::Pacing {
+            timeout: Duration::from_secs(self.webhook_timeout_secs),
+            retry_base_ms: self.webhook_retry_base_secs * 1_000,
+            retry_window_ms: self.webhook_retry_window_secs * 1_000,
+        }
     }
 
     /// The payout settings, checked: the daily batch's time (minutes after

@@ -42,3 +42,4 @@ pub mod store;
 pub mod stripe;
 pub mod tls;
 pub mod transport;
+pub mod webhooks;

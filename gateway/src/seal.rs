@@ -17,6 +17,7 @@ const AAD_CONTEXT: &[u8] = b"eagate/1 sealed device secret:";
 pub const SEALED_LEN: usize = NONCE_LEN + SECRET_LEN + 16;
 
 /// The 32-byte key that seals every device secret.
+#[derive(Clone)]
 pub struct MasterKey(Zeroizing<[u8; 32]>);
 
 impl std::fmt::Debug for MasterKey {
@@ -140,18 +141,33 @@ impl MasterKey {
     /// Seals `secret` for `device_id`: the sealed bytes open only for that
     /// device, so records cannot be swapped between devices in the store.
     pub fn seal(&self, device_id: &DeviceId, secret: &DeviceSecret) -> Result<Vec<u8>, SealError> {
+        self.seal_bytes(&aad(device_id), secret.expose_bytes())
+    }
+
+    /// Opens what [`MasterKey::seal`] sealed for `device_id`.
+    pub fn unseal(&self, device_id: &DeviceId, sealed: &[u8]) -> Result<DeviceSecret, SealError> {
+        let bytes = self.open_bytes(&aad(device_id), sealed)?;
+        Ok(DeviceSecret::from_bytes(*bytes))
+    }
+
+    /// Seals a 32-byte secret of something other than a device (a webhook
+    /// endpoint's), bound to `label`: it opens only for the same label.
+    pub fn seal_for(&self, label: &str, secret: &[u8; 32]) -> Result<Vec<u8>, SealError> {
+        self.seal_bytes(&[LABELLED_CONTEXT, label.as_bytes()].concat(), secret)
+    }
+
+    /// Opens what [`MasterKey::seal_for`] sealed for `label`.
+    pub fn unseal_for(&self, label: &str, sealed: &[u8]) -> Result<Zeroizing<[u8; 32]>, SealError> {
+        self.open_bytes(&[LABELLED_CONTEXT, label.as_bytes()].concat(), sealed)
+    }
+
+    /// A fresh nonce and the 32 bytes sealed under it, bound to `aad`.
+    fn seal_bytes(&self, aad: &[u8], secret: &[u8]) -> Result<Vec<u8>, SealError> {
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).map_err(|_| SealError::BadKey)?;
-        let aad = aad(device_id);
         let ciphertext = self
             .cipher()
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: secret.expose_bytes(),
-                    aad: &aad,
-                },
-            )
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: secret, aad })
             .map_err(|_| SealError::Unseal)?;
         let mut sealed = Vec::with_capacity(SEALED_LEN);
         sealed.extend_from_slice(&nonce);
@@ -159,8 +175,7 @@ impl MasterKey {
         Ok(sealed)
     }
 
-    /// Opens what [`MasterKey::seal`] sealed for `device_id`.
-    pub fn unseal(&self, device_id: &DeviceId, sealed: &[u8]) -> Result<DeviceSecret, SealError> {
+    fn open_bytes(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<[u8; 32]>, SealError> {
         if sealed.len() != SEALED_LEN {
             return Err(SealError::Unseal);
         }
@@ -171,15 +186,18 @@ impl MasterKey {
                     Nonce::from_slice(nonce),
                     Payload {
                         msg: ciphertext,
-                        aad: &aad(device_id),
+                        aad,
                     },
                 )
                 .map_err(|_| SealError::Unseal)?,
         );
         let bytes: [u8; SECRET_LEN] = plain[..].try_into().map_err(|_| SealError::Unseal)?;
-        Ok(DeviceSecret::from_bytes(bytes))
+        Ok(Zeroizing::new(bytes))
     }
 }
+
+/// Domain separation of [`MasterKey::seal_for`] from device secrets.
+const LABELLED_CONTEXT: &[u8] = b"eagate/1 sealed secret of:";
 
 fn aad(device_id: &DeviceId) -> Vec<u8> {
     [AAD_CONTEXT, device_id.as_str().as_bytes()].concat()
@@ -191,6 +209,18 @@ mod tests {
 
     fn key() -> MasterKey {
         MasterKey::from_hex(&"11".repeat(32)).unwrap()
+    }
+
+    #[test]
+    fn a_labelled_secret_opens_for_its_label_only_and_never_as_a_device_secret() {
+        let sealed = key().seal_for("webhook secret:wh_1", &[9; 32]).unwrap();
+        assert_eq!(
+            *key().unseal_for("webhook secret:wh_1", &sealed).unwrap(),
+            [9; 32]
+        );
+        assert!(key().unseal_for("webhook secret:wh_2", &sealed).is_err());
+        let device = DeviceId::new("dv_X").unwrap();
+        assert!(key().unseal(&device, &sealed).is_err());
     }
 
     #[test]

@@ -76,6 +76,9 @@ pub enum StartError {
     /// A listener could not bind.
     #[error("binding {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
+    /// The webhook store could not be opened.
+    #[error("opening the webhook store: {0}")]
+    Webhooks(crate::webhooks::WebhookError),
 }
 
 /// What one process runs.
@@ -343,6 +346,27 @@ impl Gateway {
                 let lease = crate::payouts::RunnerLease::new(redis.clone(), &config.redis_prefix);
                 desk = desk.with_payouts(desk.payouts.clone().with_lease(lease));
             }
+            // Webhooks: events from the ledger's journal, delivered by an
+            // upkeep task; their store is the sidecar's own.
+            let webhooks =
+                crate::webhooks::Webhooks::open(&config.data_dir, config.webhook_allow_private)
+                    .map_err(|e| match e {
+                        crate::webhooks::WebhookError::Store(sled::Error::Io(io))
+                            if io.to_string().contains("could not acquire lock") =>
+                        {
+                            StartError::DataDirInUse(config.data_dir.clone())
+                        }
+                        e => StartError::Webhooks(e),
+                    })?;
+            let dispatcher = crate::webhooks::Dispatcher::new(
+                webhooks,
+                desk.ledger.clone(),
+                core.master_key.clone(),
+                desk.clock(),
+                config.webhook_pacing(),
+            );
+            desk = desk.with_webhooks(dispatcher.clone());
+            upkeep.push(tokio::spawn(dispatcher.follow()));
             upkeep.push(tokio::spawn(desk.clone().follow_fills(core.clone())));
             upkeep.push(tokio::spawn(desk.clone().schedule_payouts()));
             // The health page's sampler holds the core: an upkeep task,

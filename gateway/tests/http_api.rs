@@ -147,6 +147,11 @@ const V1_ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/affiliates/af_X/payouts"),
     ("POST", "/v1/affiliates/af_X/adjustments"),
     ("POST", "/v1/trades/dv_X/1/bust"),
+    ("POST", "/v1/webhooks"),
+    ("GET", "/v1/webhooks"),
+    ("DELETE", "/v1/webhooks/wh_X"),
+    ("GET", "/v1/webhooks/wh_X/deliveries"),
+    ("POST", "/v1/webhooks/wh_X/replay"),
     ("GET", "/v1/affiliates"),
     ("GET", "/v1/payouts"),
     ("GET", "/v1/fraud-cases"),
@@ -756,7 +761,9 @@ async fn the_openapi_document_and_the_routes_agree_both_ways(backend: Backend) {
             .replace("cust_X", "{user_id}")
             .replace("/fraud-cases/1/", "/fraud-cases/{case_id}/")
             .replace("pb_X", "{batch_id}")
-            .replace("po_X", "{payout_id}");
+            .replace("po_X", "{payout_id}")
+            .replace("/1/bust", "/{seq}/bust")
+            .replace("wh_X", "{endpoint_id}");
         assert!(
             documented.contains(&(method.to_string(), template.clone())),
             "{method} {template} is not documented"
@@ -773,7 +780,9 @@ async fn the_openapi_document_and_the_routes_agree_both_ways(backend: Backend) {
             .replace("{code}", "K7QM2XR4HD")
             .replace("{user_id}", "cust_X")
             .replace("{batch_id}", "pb_X")
-            .replace("{payout_id}", "po_X");
+            .replace("{payout_id}", "po_X")
+            .replace("{seq}", "1")
+            .replace("{endpoint_id}", "wh_X");
         let answer = api.admin(method, &uri, None).await;
         assert_ne!(
             answer.status,

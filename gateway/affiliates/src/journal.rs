@@ -111,6 +111,9 @@ pub struct Ledger {
     /// and writes are refused ([`Ledger::healthy`]) until a flush
     /// succeeds again, so nothing not durable is ever shown or built on.
     failed: std::sync::atomic::AtomicBool,
+    /// The last journal position known to be on disk: readers that act on
+    /// entries outside this process (webhooks) read no further.
+    durable: std::sync::atomic::AtomicU64,
 }
 
 /// The journal's last entry and its chain hash.
@@ -181,6 +184,7 @@ impl Ledger {
             chain: chain_tree,
             pseudonym_key,
             state: RwLock::new(programme),
+            durable: std::sync::atomic::AtomicU64::new(head.seq),
             writer: tokio::sync::Mutex::new(head),
             failed: std::sync::atomic::AtomicBool::new(false),
         })
@@ -260,7 +264,7 @@ impl Ledger {
         };
         // Retries of an already applied request flush too: the first
         // attempt's flush may have failed.
-        if let Err(e) = self.flush().await {
+        if let Err(e) = self.flush_durable().await {
             self.failed.store(true, std::sync::atomic::Ordering::SeqCst);
             return Err(JournalError::NotDurable(e.to_string()).into());
         }
@@ -286,7 +290,7 @@ impl Ledger {
         if self.healthy().is_ok() {
             return Ok(());
         }
-        match self.flush().await {
+        match self.flush_durable().await {
             Ok(()) => {
                 self.failed
                     .store(false, std::sync::atomic::Ordering::SeqCst);
@@ -339,6 +343,40 @@ impl Ledger {
                 })
             })
             .collect()
+    }
+
+    /// A flush, and then every entry the journal held when it began is
+    /// known durable.
+    async fn flush_durable(&self) -> Result<(), JournalError> {
+        let written = match self.facts.last()? {
+            Some((key, _)) => key
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .unwrap_or_default(),
+            None => 0,
+        };
+        self.flush().await?;
+        self.durable
+            .fetch_max(written, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The last journal position known to be on disk (0 for an empty
+    /// journal); an error while a flush failure is not recovered.
+    pub fn durable_seq(&self) -> Result<u64, JournalError> {
+        self.healthy()?;
+        Ok(self.durable.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// [`Ledger::audit_after`], only as far as the journal is known to be
+    /// on disk: for readers that tell the world (webhooks), which must
+    /// never announce a change a crash could still undo.
+    pub fn durable_after(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, JournalError> {
+        let durable = self.durable_seq()?;
+        let mut entries = self.audit_after(after, limit)?;
+        entries.retain(|entry| entry.seq <= durable);
+        Ok(entries)
     }
 
     /// Up to `limit` entries of the audit trail after `after`, in order.

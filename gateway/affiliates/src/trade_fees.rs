@@ -155,7 +155,8 @@ pub fn fee_for(
     let fee = numerator
         .checked_mul(2)
         .and_then(|n| n.checked_add(denominator))
-        .map(|n| n / (2 * denominator))
+        .zip(denominator.checked_mul(2))
+        .map(|(n, d)| n / d)
         .ok_or_else(out_of_range)?;
     let fee = Minor::try_from(fee)
         .ok()

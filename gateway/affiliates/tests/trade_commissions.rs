@@ -149,9 +149,11 @@ fn worked_example_ten_active_traders_in_october_lift_november_to_tier_two() {
         .tier_status("af_0", (october() / DAY_MS) as i64 + 20)
         .unwrap();
     assert_eq!((status.tier, status.this_month), (1, 10));
+    // Ten this month put next month on course for tier 2: tier 3 is next,
+    // from 25.
     assert_eq!(
         status.next.map(|(tier, _, from)| (tier, from)),
-        Some((2, 10))
+        Some((3, 25))
     );
     // November's first fill fixes tier 2 (1%) from October's ten: 3 lots of
     // GBPJPY.m (a prefix rule) cost GBP 21.00, of which 1% is 21p.
@@ -183,6 +185,19 @@ fn worked_example_ten_active_traders_in_october_lift_november_to_tier_two() {
         (status.tier, status.measured, status.this_month),
         (2, 10, 1)
     );
+}
+
+#[test]
+fn without_a_fee_schedule_fills_are_not_journaled_for_commissions() {
+    let mut config = config("0:50");
+    config.trade_fees.clear();
+    let mut programme = programme_with(config, 1, 1);
+    let decided = take(
+        &mut programme,
+        &fill("c0-0", "dev", 1, "EURUSD", LOT, october()),
+    );
+    assert!(decided.facts.is_empty());
+    assert_eq!(programme.trade_fill_count(), 0);
 }
 
 #[test]

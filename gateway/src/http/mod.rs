@@ -17,6 +17,7 @@ mod openapi;
 mod problem;
 mod signals;
 pub mod tokens;
+mod webhooks;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -63,6 +64,7 @@ pub fn router(state: AppState) -> Router {
     let v1 = OpenApiRouter::new()
         .merge(devices::routes())
         .merge(signals::routes())
+        .merge(webhooks::routes())
         .merge(
             affiliates::routes().route_layer(middleware::from_fn_with_state(
                 state.clone(),

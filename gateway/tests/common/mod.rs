@@ -59,6 +59,10 @@ pub fn config(dir: &Path) -> ServeConfig {
         trade_fees: Vec::new(),
         trade_tiers: "0:50,10:100,25:150,50:200".into(),
         tier_basis: "active-traders".into(),
+        webhook_allow_private: false,
+        webhook_timeout_secs: 10,
+        webhook_retry_base_secs: 10,
+        webhook_retry_window_secs: 259_200,
         // Payouts run when a test runs them: the daily batch would run at
         // once on the wall clock, past 09:00 most of the day.
         payout_time: "off".into(),

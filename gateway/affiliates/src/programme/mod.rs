@@ -622,11 +622,13 @@ impl Programme {
                     paid_at_ms: None,
                     held_by: self.customers.get(user_id).and_then(|c| c.held_by),
                 });
-                if let Some(payment) = self.payments.get_mut(payment_id) {
-                    payment.entries.push(*entry_id);
-                }
+                // A trade commission's reference is its fill's, never a
+                // payment's, even one the platform named alike: a refund
+                // must not reach it.
                 if let CommissionKind::Trade { .. } = kind {
                     self.trade_entries.insert(payment_id.clone(), *entry_id);
+                } else if let Some(payment) = self.payments.get_mut(payment_id) {
+                    payment.entries.push(*entry_id);
                 }
                 if let Some(affiliate) = self.affiliates.get_mut(affiliate_id) {
                     affiliate.earned = affiliate.earned.saturating_add(*amount_minor);

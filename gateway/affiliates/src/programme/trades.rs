@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use super::{Decided, Programme, Referral};
 use crate::calendar::{format_date, month_start};
 use crate::facts::{CommissionKind, Fact, Referrer};
-use crate::money::{Bps, Minor, total};
+use crate::money::{Bps, Minor, commission, total};
 use crate::trade_fees::{FeeError, Price, TierBasis, fee_for, tier_of};
 
 /// A fill as the fill feed's reader hands it to the programme.
@@ -123,7 +123,8 @@ pub struct TierStatus {
     pub fixed: bool,
     /// This month's measure so far: it sets next month's tier.
     pub this_month: u64,
-    /// The next tier up, if any: its number, rate and least measure.
+    /// The tier above the one this month's measure so far would give next
+    /// month, if any: its number, rate and least measure.
     pub next: Option<(u8, Bps, u64)>,
 }
 
@@ -148,6 +149,11 @@ impl Programme {
     /// nothing. A fee that cannot be computed counts the fill with no fee
     /// (returned, for the reader to log).
     pub fn trade_filled(&self, fill: &TradeFill, now_ms: u64) -> (Decided, Option<FeeError>) {
+        // No fee schedule: per-trade commissions are off, and fills are
+        // not journaled for them at all.
+        if self.config.trade_fees.is_empty() {
+            return (Decided::replay(), None);
+        }
         let Some(affiliate_id) = self.fills_earn_for(&fill.user_id) else {
             return (Decided::replay(), None);
         };
@@ -197,17 +203,26 @@ impl Programme {
             }
         };
         let entry_id = self.entries.len() as u64 + 1;
-        if let Some(earned) = self.earn(
-            entry_id,
-            affiliate_id,
-            &fill_reference(&fill.device_id, fill.seq),
-            &fill.user_id,
-            CommissionKind::Trade { tier: choice.tier },
-            choice.rate,
-            fee,
-            fill.filled_at_ms,
-            now_ms,
-        ) {
+        // The affiliate's running total stays within what the ledger keeps
+        // (as a payment's commission does); past it, the fill still counts.
+        let earned_so_far = self.affiliates.get(affiliate_id).map_or(0, |a| a.earned);
+        let fits = total(earned_so_far, commission(fee, choice.rate)).is_ok();
+        if let Some(earned) = fits
+            .then(|| {
+                self.earn(
+                    entry_id,
+                    affiliate_id,
+                    &fill_reference(&fill.device_id, fill.seq),
+                    &fill.user_id,
+                    CommissionKind::Trade { tier: choice.tier },
+                    choice.rate,
+                    fee,
+                    fill.filled_at_ms,
+                    now_ms,
+                )
+            })
+            .flatten()
+        {
             facts.push(earned);
         }
         (Decided::new(facts), problem)
@@ -307,11 +322,14 @@ impl Programme {
             .trade_activity
             .get(&key)
             .map_or(0, |activity| self.measure(activity));
+        // What next month's tier is on course for, by this month so far,
+        // and the tier above that.
+        let (heading_for, _) = tier_of(&self.config.trade_tiers, this_month);
         let next = self
             .config
             .trade_tiers
-            .get(usize::from(choice.tier))
-            .map(|t| (choice.tier.saturating_add(1), t.rate, t.from));
+            .get(usize::from(heading_for))
+            .map(|t| (heading_for.saturating_add(1), t.rate, t.from));
         Some(TierStatus {
             basis: self.config.tier_basis,
             month,

@@ -64,6 +64,8 @@ fn affiliate_of(programme: &Programme, fact: &Fact) -> Option<String> {
         | Fact::AffiliateTokenReplaced { affiliate_id, .. }
         | Fact::AffiliateAddressSeen { affiliate_id, .. }
         | Fact::SignInLinkIssued { affiliate_id, .. }
+        | Fact::TradeFilled { affiliate_id, .. }
+        | Fact::TierSet { affiliate_id, .. }
         | Fact::CommissionEarned { affiliate_id, .. }
         | Fact::ClawbackEntered { affiliate_id, .. }
         | Fact::PayoutMade { affiliate_id, .. }
@@ -84,6 +86,9 @@ fn affiliate_of(programme: &Programme, fact: &Fact) -> Option<String> {
         | Fact::PayoutFailed { payout_id, .. } => programme
             .payout(payout_id)
             .map(|p| p.affiliate_id.to_owned()),
+        Fact::TradeBusted { device_id, seq, .. } => programme
+            .counted_fill(device_id, *seq)
+            .map(|fill| fill.affiliate_id.clone()),
         Fact::CommissionReversed { entry_id, .. } => programme
             .entry_by_id(*entry_id)
             .map(|e| e.affiliate_id.clone()),
