@@ -22,7 +22,7 @@ use crate::reports::{FeedFill, ReportStoreError, StoredReport};
 use crate::signals::SignalLogError;
 
 /// Where the programme reads the time: the wall clock, or a test's.
-pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+pub type Clock = crate::clock::Clock;
 
 /// The ledger's directory inside the data directory.
 pub const LEDGER_DIR: &str = "affiliates";

@@ -3,6 +3,10 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Where a component reads the time: the wall clock ([`unix_ms`]), or a
+/// test's.
+pub type Clock = std::sync::Arc<dyn Fn() -> u64 + Send + Sync>;
+
 /// Now, as Unix milliseconds.
 pub fn unix_ms() -> u64 {
     SystemTime::now()

@@ -643,15 +643,6 @@ impl ServeConfig {
         )
     }
 
-    /// How webhook deliveries are paced.
-    pub fn webhook_pacing(&self) -> crate::webhooks::Pacing {
-        crate::webhooks::Pacing {
-            timeout: Duration::from_secs(self.webhook_timeout_secs),
-            retry_base_ms: self.webhook_retry_base_secs * 1_000,
-            retry_window_ms: self.webhook_retry_window_secs * 1_000,
-        }
-    }
-
     /// The payout settings, checked: the daily batch's time (minutes after
     /// midnight UTC, none when off), the provider, and Stripe when its
     /// secret key is set (also to finish Stripe payouts after a switch to

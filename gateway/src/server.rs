@@ -363,7 +363,11 @@ impl Gateway {
                 desk.ledger.clone(),
                 core.master_key.clone(),
                 desk.clock(),
-                config.webhook_pacing(),
+                crate::webhooks::Pacing {
+                    timeout: Duration::from_secs(config.webhook_timeout_secs),
+                    retry_base_ms: config.webhook_retry_base_secs * 1_000,
+                    retry_window_ms: config.webhook_retry_window_secs * 1_000,
+                },
             );
             desk = desk.with_webhooks(dispatcher.clone());
             upkeep.push(tokio::spawn(dispatcher.follow()));

@@ -232,6 +232,65 @@ fn nine_active_traders_leave_the_next_month_at_tier_one() {
 }
 
 #[test]
+fn a_customer_blocked_by_a_confirmed_case_does_not_lift_the_tier() {
+    let mut programme = programme_with(config("0:50,4:100"), 1, 0);
+    let at_ms = october() - 40 * DAY_MS;
+    // Four signups from one address: the fourth is held for review.
+    for n in 0..4 {
+        let signup = Signup {
+            user_id: format!("c0-{n}"),
+            code: code(0),
+            click_id: None,
+            source_address: "198.51.100.7".into(),
+            email_sha256: format!("{:064x}", 5_000 + n),
+            email_verified: true,
+            occurred_at_ms: at_ms,
+        };
+        let referred = programme.refer(&signup, at_ms).unwrap();
+        apply(&mut programme, &referred);
+    }
+    // All four trade in October; then the case is confirmed: only three
+    // were genuine.
+    for n in 0..4 {
+        take(
+            &mut programme,
+            &fill(
+                &format!("c0-{n}"),
+                &format!("dev-{n}"),
+                1,
+                "EURUSD",
+                LOT,
+                october(),
+            ),
+        );
+    }
+    let case = programme
+        .cases()
+        .last()
+        .expect("a shared-address case")
+        .case_id;
+    let confirmed = programme
+        .decide_case(
+            case,
+            eagate_affiliates::CaseDecision::Confirmed,
+            "token:admin",
+            "one person, four accounts",
+            october() + DAY_MS,
+        )
+        .unwrap();
+    apply(&mut programme, &confirmed);
+    take(
+        &mut programme,
+        &fill("c0-0", "dev-0", 2, "EURUSD", LOT, november()),
+    );
+    let tiers: Vec<u8> = trade_entries(&programme, "af_0")
+        .iter()
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(tiers.last(), Some(&1), "{tiers:?}");
+}
+
+#[test]
 fn by_volume_a_tier_starts_at_exactly_its_whole_lots() {
     let mut config = config("0:50,5:200");
     config.tier_basis = TierBasis::VolumeLots;

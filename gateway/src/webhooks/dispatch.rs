@@ -50,7 +50,7 @@ pub struct Dispatcher {
     pub webhooks: Webhooks,
     ledger: Arc<Ledger>,
     key: MasterKey,
-    clock: crate::affiliates::Clock,
+    clock: crate::clock::Clock,
     agent: ureq::Agent,
     pacing: Pacing,
 }
@@ -76,7 +76,7 @@ impl Dispatcher {
         webhooks: Webhooks,
         ledger: Arc<Ledger>,
         key: MasterKey,
-        clock: crate::affiliates::Clock,
+        clock: crate::clock::Clock,
         pacing: Pacing,
     ) -> Self {
         let agent = ureq::Agent::config_builder()

@@ -67,9 +67,8 @@ pub struct CountedFill {
 /// An affiliate's referred trading in one month.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Activity {
-    /// Counted (not busted) fills per customer.
-    pub(super) fills_by_trader: HashMap<String, u64>,
-    pub(super) volume_e8: u128,
+    /// Counted (not busted) fills and their lots (10^-8), per customer.
+    pub(super) by_trader: HashMap<String, (u64, u128)>,
 }
 
 /// A tier fixed for a month.
@@ -243,11 +242,21 @@ impl Programme {
         }
     }
 
+    /// A month's measure: its traders, or their whole lots. A customer a
+    /// confirmed fraud case blocked does not count: fake traders must not
+    /// lift the tier that pays on real ones.
     fn measure(&self, activity: &Activity) -> u64 {
+        let genuine = activity.by_trader.iter().filter(|(user_id, _)| {
+            !self
+                .customers
+                .get(user_id.as_str())
+                .is_some_and(|customer| customer.blocked)
+        });
         match self.config.tier_basis {
-            TierBasis::ActiveTraders => activity.fills_by_trader.len() as u64,
+            TierBasis::ActiveTraders => genuine.count() as u64,
             TierBasis::VolumeLots => {
-                u64::try_from(activity.volume_e8 / 100_000_000).unwrap_or(u64::MAX)
+                let lots_e8 = genuine.fold(0u128, |sum, (_, (_, lots))| sum.saturating_add(*lots));
+                u64::try_from(lots_e8 / 100_000_000).unwrap_or(u64::MAX)
             }
         }
     }
@@ -399,11 +408,9 @@ impl Programme {
             .trade_activity
             .entry((affiliate_id.to_owned(), month))
             .or_default();
-        *activity
-            .fills_by_trader
-            .entry(user_id.to_owned())
-            .or_default() += 1;
-        activity.volume_e8 = activity.volume_e8.saturating_add(u128::from(volume_e8));
+        let (fills, lots) = activity.by_trader.entry(user_id.to_owned()).or_default();
+        *fills += 1;
+        *lots = lots.saturating_add(u128::from(volume_e8));
     }
 
     pub(super) fn apply_trade_busted(&mut self, device_id: &str, seq: u64) {
@@ -418,16 +425,13 @@ impl Programme {
         if let Some(activity) = self
             .trade_activity
             .get_mut(&(record.affiliate_id.clone(), record.month))
+            && let Some((fills, lots)) = activity.by_trader.get_mut(&record.user_id)
         {
-            if let Some(fills) = activity.fills_by_trader.get_mut(&record.user_id) {
-                *fills = fills.saturating_sub(1);
-                if *fills == 0 {
-                    activity.fills_by_trader.remove(&record.user_id);
-                }
+            *fills = fills.saturating_sub(1);
+            *lots = lots.saturating_sub(u128::from(record.volume_e8));
+            if *fills == 0 {
+                activity.by_trader.remove(&record.user_id);
             }
-            activity.volume_e8 = activity
-                .volume_e8
-                .saturating_sub(u128::from(record.volume_e8));
         }
     }
 }

@@ -14,11 +14,14 @@ use crate::http::{Admin, ApiError, ApiJson, AppState, check_text};
 
 /// A fill by its identity: the reporting device and the report's sequence.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
 pub(super) struct FillPath {
     /// The device that reported the fill.
     device_id: String,
-    /// The report's sequence number.
-    seq: u64,
+    /// The report's sequence number. Read as text: a path that is no
+    /// sequence number names no fill (404), like any other unknown id.
+    #[param(value_type = u64, minimum = 0)]
+    seq: String,
 }
 
 /// Why a fill is busted.
@@ -50,6 +53,9 @@ pub(super) async fn bust(
     Path(FillPath { device_id, seq }): Path<FillPath>,
     ApiJson(bust): ApiJson<Bust>,
 ) -> Result<(StatusCode, Json<Recorded>), ApiError> {
+    let seq: u64 = seq
+        .parse()
+        .map_err(|_| ApiError::NotFound(format!("no counted fill {seq} of device {device_id}")))?;
     check_text("reason", &bust.reason, 500)?;
     let now = state.affiliates.now_ms();
     let decided = write_because(
