@@ -36,6 +36,25 @@ const SCHEDULER_TICK: Duration = Duration::from_secs(30);
 /// Fills read from the feed per round.
 const FEED_BATCH: usize = 256;
 
+/// Devices read from the registry per page when comparing it with the
+/// journal.
+const DEVICE_PAGE: usize = 500;
+
+/// How often the registry is compared with the journal when no admin
+/// change asks for it sooner.
+const DEVICE_SWEEP: Duration = Duration::from_secs(60);
+
+/// A digest of a sealed secret, to notice a replaced one without keeping
+/// anything of the secret: SHA-256 of the sealed bytes (random nonce and
+/// ciphertext), 16 bytes in hex.
+fn secret_digest(sealed: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(sealed)[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The programme as the sidecar runs it.
 #[derive(Clone)]
 pub struct AffiliateDesk {
@@ -52,6 +71,9 @@ pub struct AffiliateDesk {
     /// Delivers the programme's events to webhook endpoints (absent where
     /// the desk was made without them).
     pub webhooks: Option<crate::webhooks::Dispatcher>,
+    /// Woken when an admin changes a device, so the journal (and the
+    /// webhooks) hear of it at once rather than at the next comparison.
+    devices_changed: Arc<tokio::sync::Notify>,
     clock: Clock,
 }
 
@@ -189,6 +211,7 @@ impl AffiliateDesk {
             )),
             payouts: PayoutRunner::new(payouts),
             webhooks: None,
+            devices_changed: Arc::default(),
             clock: Arc::new(crate::clock::unix_ms),
         })
     }
@@ -409,6 +432,65 @@ impl AffiliateDesk {
             }
         }
         Ok(())
+    }
+
+    /// Says a device was registered, revoked or given a new secret: the
+    /// journal compares the registry with what it knows now.
+    pub fn devices_changed(&self) {
+        self.devices_changed.notify_one();
+    }
+
+    /// Journals every registration, secret replacement and revocation in
+    /// the device registry it had not seen (a page of devices at a time);
+    /// returns how many devices it recorded something of.
+    pub async fn observe_devices(&self, core: &Core) -> Result<usize, FeedError> {
+        let mut after: Option<String> = None;
+        let mut changed = 0;
+        loop {
+            let page = core
+                .registry
+                .list_page(None, after.as_deref(), DEVICE_PAGE)
+                .await?;
+            for record in &page {
+                let device = eagate_affiliates::programme::ObservedDevice {
+                    device_id: record.device_id.clone(),
+                    account_id: record.account_id.clone(),
+                    registered_at_ms: record.created_at_ms,
+                    secret_digest: secret_digest(&record.sealed_secret),
+                    revoked_at_ms: record.revoked_at_ms,
+                };
+                if self.ledger.read().knows_device(&device) {
+                    continue;
+                }
+                let now = self.now_ms();
+                let written = self
+                    .ledger
+                    .write(|programme| Ok::<_, Infallible>(programme.device_observed(&device, now)))
+                    .await;
+                match written {
+                    Ok(decided) if !decided.facts.is_empty() => changed += 1,
+                    Ok(_) => {}
+                    Err(WriteError::Journal(e)) => return Err(e.into()),
+                    Err(WriteError::Refused(never)) => match never {},
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == DEVICE_PAGE => after = Some(last.device_id.clone()),
+                _ => return Ok(changed),
+            }
+        }
+    }
+
+    /// Compares the registry with the journal at start, whenever an admin
+    /// changes a device, and every [`DEVICE_SWEEP`] (for changes made
+    /// outside this sidecar), until the process stops.
+    pub async fn follow_devices(self, core: Arc<Core>) {
+        loop {
+            if let Err(e) = self.observe_devices(&core).await {
+                tracing::warn!(error = %e, "comparing the device registry with the journal failed; retrying");
+            }
+            let _ = tokio::time::timeout(DEVICE_SWEEP, self.devices_changed.notified()).await;
+        }
     }
 
     /// Reads the fill feed until the process stops.

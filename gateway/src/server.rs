@@ -372,6 +372,7 @@ impl Gateway {
             desk = desk.with_webhooks(dispatcher.clone());
             upkeep.push(tokio::spawn(dispatcher.follow()));
             upkeep.push(tokio::spawn(desk.clone().follow_fills(core.clone())));
+            upkeep.push(tokio::spawn(desk.clone().follow_devices(core.clone())));
             upkeep.push(tokio::spawn(desk.clone().schedule_payouts()));
             // The health page's sampler holds the core: an upkeep task,
             // ended before the store is released at shutdown.

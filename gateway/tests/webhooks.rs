@@ -35,6 +35,8 @@ struct Got {
     event_id: String,
     kind: String,
     seq: u64,
+    /// The event's data.
+    data: Value,
     signed: bool,
     answered: Option<u16>,
 }
@@ -109,6 +111,7 @@ async fn hook(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> 
         event_id,
         kind: event["type"].as_str().unwrap_or_default().to_owned(),
         seq: event["seq"].as_u64().unwrap_or_default(),
+        data: event["data"].clone(),
         // A stalled answer arrives after the sidecar gave up on it: it is
         // not a delivery the sidecar saw.
         answered: match answer {
@@ -353,6 +356,11 @@ async fn replays_send_one_event_or_everything_since_a_time_again_with_the_same_i
     desk.enrol("alice").await;
     desk.enrol("bob").await;
     let got = wait_for(&shared, |got| delivered(got).len() == 2).await;
+    // Replays are of events the endpoint has had: wait for the log.
+    log_until(&desk, &endpoint, |log| {
+        count(log, "state", json!("delivered")) == 2
+    })
+    .await;
     let path = format!("/v1/webhooks/{endpoint}/replay");
     let one = desk
         .admin_post(&path, json!({"event_id": got[1].event_id}))
@@ -400,6 +408,89 @@ async fn replays_send_one_event_or_everything_since_a_time_again_with_the_same_i
     ] {
         assert_eq!(desk.admin_post(&path, body).await.status, status);
     }
+}
+
+#[tokio::test]
+async fn device_registrations_new_secrets_and_revocations_are_events_once_also_from_outside() {
+    let (desk, _) = sidecar(|_| {}).await;
+    let (shared, url) = receiver(200, &[]).await;
+    subscribe(
+        &desk,
+        &shared,
+        &url,
+        &["device.registered", "device.replaced", "device.revoked"],
+    )
+    .await;
+    // Through the API: each change is an event at once.
+    let created = desk
+        .admin_post(
+            "/v1/devices",
+            json!({"account_id": "acct-1", "name": "London VPS"}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let device = created.body["device"]["device_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_for(&shared, |got| delivered(got).len() == 1).await;
+    // (Each waits for the one before: changes made between two looks at
+    // the registry arrive as what it holds by then.)
+    let admin = desk.admin.clone();
+    for (action, events) in [("rotate-secret", 2), ("revoke", 3)] {
+        let done = desk
+            .call(
+                "POST",
+                &format!("/v1/devices/{device}/{action}"),
+                &admin,
+                None,
+            )
+            .await;
+        assert_eq!(done.status, StatusCode::OK, "{}", done.text);
+        wait_for(&shared, |got| delivered(got).len() == events).await;
+    }
+    let got = shared.lock().unwrap().got.clone();
+    let kinds: Vec<&str> = got.iter().map(|g| g.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["device.registered", "device.replaced", "device.revoked"]
+    );
+    assert!(
+        got.iter()
+            .all(|g| g.signed && g.data["device_id"] == device.as_str())
+    );
+    assert_eq!(got[0].data["account_id"], "acct-1");
+    assert!(
+        got.iter().all(|g| g.data.get("secret_digest").is_none()),
+        "nothing of the secret: {got:#?}"
+    );
+    // A device registered outside the sidecar (from the command line) is
+    // found by the next comparison of the registry with the journal.
+    let key = desk.gateway.master_key();
+    let (laptop, _) = desk
+        .gateway
+        .registry()
+        .register(key, "acct-2", "Laptop")
+        .await
+        .unwrap();
+    let programme = desk.gateway.affiliates().unwrap();
+    programme
+        .observe_devices(&desk.gateway.core())
+        .await
+        .unwrap();
+    let got = wait_for(&shared, |got| delivered(got).len() == 4).await;
+    assert_eq!(got[3].kind, "device.registered");
+    assert_eq!(got[3].data["device_id"], laptop.device_id.as_str());
+    // Comparing again finds nothing new.
+    assert_eq!(
+        programme
+            .observe_devices(&desk.gateway.core())
+            .await
+            .unwrap(),
+        0
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(shared.lock().unwrap().got.len(), 4);
 }
 
 #[tokio::test]

@@ -155,6 +155,38 @@ pub enum Fact {
         /// When.
         at_ms: u64,
     },
+    /// The sidecar saw a device in the registry for the first time.
+    DeviceRegistered {
+        /// The device.
+        device_id: String,
+        /// Its platform account.
+        account_id: String,
+        /// When the registry says it was registered.
+        registered_at_ms: u64,
+        /// A digest of its sealed secret (not of the secret): a change
+        /// means the secret was replaced.
+        secret_digest: String,
+        /// When.
+        at_ms: u64,
+    },
+    /// The sidecar saw that a device's secret was replaced.
+    DeviceSecretReplaced {
+        /// The device.
+        device_id: String,
+        /// The new sealed secret's digest.
+        secret_digest: String,
+        /// When.
+        at_ms: u64,
+    },
+    /// The sidecar saw that a device was revoked.
+    DeviceRevoked {
+        /// The device.
+        device_id: String,
+        /// When the registry says it was revoked.
+        revoked_at_ms: u64,
+        /// When.
+        at_ms: u64,
+    },
     /// An affiliate's API token was replaced.
     AffiliateTokenReplaced {
         /// The affiliate.
@@ -607,6 +639,9 @@ impl Fact {
             | Self::AffiliateTokenReplaced { at_ms, .. }
             | Self::AffiliateAddressSeen { at_ms, .. }
             | Self::SignInLinkIssued { at_ms, .. }
+            | Self::DeviceRegistered { at_ms, .. }
+            | Self::DeviceSecretReplaced { at_ms, .. }
+            | Self::DeviceRevoked { at_ms, .. }
             | Self::CustomerCodeIssued { at_ms, .. }
             | Self::Clicked { at_ms, .. }
             | Self::Referred { at_ms, .. }

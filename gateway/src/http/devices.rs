@@ -132,6 +132,7 @@ async fn register_device(
         .register(&core.master_key, &new.account_id, &new.name)
         .await?;
     tracing::info!(device = %record.device_id, account = %record.account_id, "device registered");
+    state.affiliates.devices_changed();
     let secret = secret.to_text().to_string();
     Ok((
         StatusCode::CREATED,
@@ -305,6 +306,7 @@ async fn revoke_device(
 ) -> Result<Json<DeviceView>, ApiError> {
     let record = state.core.revoke(&device_id).await?;
     tracing::info!(device = %device_id, "device revoked");
+    state.affiliates.devices_changed();
     Ok(Json(view(&state.core, record).await?))
 }
 
@@ -327,6 +329,7 @@ async fn rotate_secret(
     let core = &state.core;
     let (record, secret) = core.rotate_secret(&device_id).await?;
     tracing::info!(device = %device_id, "device secret rotated");
+    state.affiliates.devices_changed();
     let secret = secret.to_text().to_string();
     Ok(Json(DeviceWithSecret {
         device: view(core, record).await?,

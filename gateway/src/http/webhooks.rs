@@ -38,7 +38,7 @@ pub(super) struct NewEndpoint {
     /// The event kinds it receives (at least one): affiliate.enrolled,
     /// referral.created, commission.created, commission.reversed,
     /// payout.paid, payout.failed, fraud.case_opened, fraud.case_decided,
-    /// trade.busted.
+    /// trade.busted, device.registered, device.replaced, device.revoked.
     events: Vec<String>,
 }
 

@@ -26,10 +26,16 @@ pub enum EventKind {
     FraudCaseDecided,
     /// An admin busted a fill.
     TradeBusted,
+    /// A device was registered.
+    DeviceRegistered,
+    /// A device was revoked.
+    DeviceRevoked,
+    /// A device's secret was replaced.
+    DeviceReplaced,
 }
 
 /// Every kind, as endpoints subscribe to them.
-pub const EVENT_KINDS: [EventKind; 9] = [
+pub const EVENT_KINDS: [EventKind; 12] = [
     EventKind::AffiliateEnrolled,
     EventKind::ReferralCreated,
     EventKind::CommissionCreated,
@@ -39,6 +45,9 @@ pub const EVENT_KINDS: [EventKind; 9] = [
     EventKind::FraudCaseOpened,
     EventKind::FraudCaseDecided,
     EventKind::TradeBusted,
+    EventKind::DeviceRegistered,
+    EventKind::DeviceRevoked,
+    EventKind::DeviceReplaced,
 ];
 
 impl EventKind {
@@ -54,6 +63,9 @@ impl EventKind {
             Self::FraudCaseOpened => "fraud.case_opened",
             Self::FraudCaseDecided => "fraud.case_decided",
             Self::TradeBusted => "trade.busted",
+            Self::DeviceRegistered => "device.registered",
+            Self::DeviceRevoked => "device.revoked",
+            Self::DeviceReplaced => "device.replaced",
         }
     }
 
@@ -77,6 +89,9 @@ pub fn event_of(fact: &Fact) -> Option<EventKind> {
         Fact::CaseOpened { .. } => EventKind::FraudCaseOpened,
         Fact::CaseDecided { .. } => EventKind::FraudCaseDecided,
         Fact::TradeBusted { .. } => EventKind::TradeBusted,
+        Fact::DeviceRegistered { .. } => EventKind::DeviceRegistered,
+        Fact::DeviceRevoked { .. } => EventKind::DeviceRevoked,
+        Fact::DeviceSecretReplaced { .. } => EventKind::DeviceReplaced,
         _ => return None,
     })
 }
@@ -101,7 +116,12 @@ pub struct WebhookEvent {
 }
 
 /// Fields of a fact no event carries.
-const WITHHELD: [&str; 3] = ["token_sha256", "email_sha256", "source_address"];
+const WITHHELD: [&str; 4] = [
+    "token_sha256",
+    "email_sha256",
+    "source_address",
+    "secret_digest",
+];
 
 impl WebhookEvent {
     /// The event of a journal entry, if it is one.

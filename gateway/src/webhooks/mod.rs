@@ -1,7 +1,8 @@
 //! Webhooks: the platform hears of what happened in the affiliate
 //! programme (a referral, a commission earned or reversed, a payout paid or
-//! failed, a fraud case opened, a fill busted) as signed HTTP POSTs to
-//! endpoints an admin registers.
+//! failed, a fraud case opened, a fill busted) and to devices (registered,
+//! given a new secret, revoked: journaled by comparing the registry with
+//! the journal) as signed HTTP POSTs to endpoints an admin registers.
 //!
 //! The affiliate ledger's journal is the outbox: each of its entries that
 //! is an event gets the id `evt_<journal position>`, so an event is

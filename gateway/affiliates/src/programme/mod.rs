@@ -16,6 +16,7 @@ mod adjustments;
 mod attribution;
 mod commissions;
 mod credits;
+mod devices;
 mod enrolment;
 mod event_time;
 mod fraud;
@@ -40,6 +41,7 @@ pub use commissions::{Balances, Entry, EntryKind, EntryStatus};
 pub use credits::{
     CreditBalance, CreditEntry, CreditKind, CreditSpendError, CreditStatus, CustomerCodeError,
 };
+pub use devices::ObservedDevice;
 pub use enrolment::{AffiliateIdentity, EnrolError, MAX_ADDRESSES_SEEN};
 pub use event_time::EventTimeError;
 pub use fraud::{Case, CaseError, Decision};
@@ -260,6 +262,8 @@ pub struct Programme {
     trade_activity: HashMap<(String, i64), trades::Activity>,
     /// Tiers fixed per (affiliate, month).
     tiers_set: HashMap<(String, i64), trades::TierChoice>,
+    /// Devices the journal has seen in the registry.
+    devices: HashMap<String, devices::KnownDevice>,
     /// The latest decision time folded in: decisions never look at the
     /// programme from before it (a request that read the clock, then waited
     /// for the journal's lock behind a later one, sees the later state).
@@ -304,6 +308,7 @@ impl Programme {
             trade_entries: HashMap::new(),
             trade_activity: HashMap::new(),
             tiers_set: HashMap::new(),
+            devices: HashMap::new(),
             latest_at_ms: 0,
         }
     }
@@ -391,6 +396,9 @@ impl Programme {
                 }
             }
             Fact::TradeFilled { .. } => self.apply_trade_filled(fact),
+            Fact::DeviceRegistered { .. }
+            | Fact::DeviceSecretReplaced { .. }
+            | Fact::DeviceRevoked { .. } => self.apply_device(fact),
             Fact::TierSet {
                 affiliate_id,
                 month,

@@ -582,6 +582,7 @@ async fn revoke(
     match state.core.revoke(&device_id).await {
         Ok(_) => {
             tracing::info!(device = %device_id, actor = %session.actor, "device revoked from the console");
+            state.affiliates.devices_changed();
             Redirect::to(&format!("/console/devices/{device_id}")).into_response()
         }
         Err(error) => failed(&session, &ApiError::from(error)),
@@ -628,6 +629,7 @@ async fn rotate(
     match rotated {
         Ok((device, secret)) => {
             tracing::info!(device = %device_id, actor = %session.actor, "device secret rotated from the console");
+            state.affiliates.devices_changed();
             page(
                 StatusCode::OK,
                 pages::new_secret(&session, &device, &secret.to_text().to_string()),
