@@ -17,9 +17,21 @@ usage() {
 dir=$2
 
 stop() {
+    local pids=()
     for pidfile in "$dir"/node-*.pid; do
         [ -e "$pidfile" ] || continue
-        kill "$(cat "$pidfile")" 2>/dev/null || true
+        pids+=("$(cat "$pidfile")")
+        kill "${pids[-1]}" 2>/dev/null || true
+    done
+    # A node writes its cluster config as it shuts down: wait (up to 10 s)
+    # until all are gone, so the caller can remove DIR.
+    for _ in $(seq 1 100); do
+        local alive=0
+        for pid in "${pids[@]}"; do
+            kill -0 "$pid" 2>/dev/null && alive=1
+        done
+        [ "$alive" -eq 0 ] && return 0
+        sleep 0.1
     done
 }
 
