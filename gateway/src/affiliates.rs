@@ -245,6 +245,23 @@ impl AffiliateDesk {
         }
     }
 
+    /// Journals what `decide` decides as the sidecar's own work (`system`):
+    /// decisions of the fill feed and the device comparison never refuse.
+    async fn journal(
+        &self,
+        decide: impl FnOnce(&eagate_affiliates::Programme) -> eagate_affiliates::Decided,
+    ) -> Result<eagate_affiliates::Decided, JournalError> {
+        match self
+            .ledger
+            .write(|programme| Ok::<_, Infallible>(decide(programme)))
+            .await
+        {
+            Ok(decided) => Ok(decided),
+            Err(WriteError::Journal(e)) => Err(e),
+            Err(WriteError::Refused(never)) => match never {},
+        }
+    }
+
     /// Now, by the desk's clock.
     pub fn now_ms(&self) -> u64 {
         (self.clock)()
@@ -293,17 +310,8 @@ impl AffiliateDesk {
             if first.facts.is_empty() {
                 continue;
             }
-            let written = self
-                .ledger
-                .write(|programme| {
-                    Ok::<_, Infallible>(programme.first_trade(&account_id, &fill.device_id, now))
-                })
-                .await;
-            match written {
-                Ok(_) => {}
-                Err(WriteError::Journal(e)) => return Err(e.into()),
-                Err(WriteError::Refused(never)) => match never {},
-            }
+            self.journal(|programme| programme.first_trade(&account_id, &fill.device_id, now))
+                .await?;
         }
         let mut signals = SignalCache::default();
         self.commission_trades(core, &fills, &accounts, &mut signals)
@@ -367,19 +375,12 @@ impl AffiliateDesk {
             };
             let now = self.now_ms();
             let mut problem = None;
-            let written = self
-                .ledger
-                .write(|programme| {
-                    let (decided, fee_problem) = programme.trade_filled(&trade, now);
-                    problem = fee_problem;
-                    Ok::<_, Infallible>(decided)
-                })
-                .await;
-            match written {
-                Ok(_) => {}
-                Err(WriteError::Journal(e)) => return Err(e.into()),
-                Err(WriteError::Refused(never)) => match never {},
-            }
+            self.journal(|programme| {
+                let (decided, fee_problem) = programme.trade_filled(&trade, now);
+                problem = fee_problem;
+                decided
+            })
+            .await?;
             if let Some(problem) = problem {
                 tracing::warn!(device = %fill.device_id, seq = fill.seq, %problem, "a referred fill earns no trade commission");
             }
@@ -416,20 +417,10 @@ impl AffiliateDesk {
             if counted.facts.is_empty() {
                 continue;
             }
-            let written = self
-                .ledger
-                .write(|programme| {
-                    Ok::<_, Infallible>(
-                        programme
-                            .trade_seen(account_id, fill_key, &symbol, side, volume_e8, day, now),
-                    )
-                })
-                .await;
-            match written {
-                Ok(_) => {}
-                Err(WriteError::Journal(e)) => return Err(e.into()),
-                Err(WriteError::Refused(never)) => match never {},
-            }
+            self.journal(|programme| {
+                programme.trade_seen(account_id, fill_key, &symbol, side, volume_e8, day, now)
+            })
+            .await?;
         }
         Ok(())
     }
@@ -463,15 +454,11 @@ impl AffiliateDesk {
                     continue;
                 }
                 let now = self.now_ms();
-                let written = self
-                    .ledger
-                    .write(|programme| Ok::<_, Infallible>(programme.device_observed(&device, now)))
-                    .await;
-                match written {
-                    Ok(decided) if !decided.facts.is_empty() => changed += 1,
-                    Ok(_) => {}
-                    Err(WriteError::Journal(e)) => return Err(e.into()),
-                    Err(WriteError::Refused(never)) => match never {},
+                let decided = self
+                    .journal(|programme| programme.device_observed(&device, now))
+                    .await?;
+                if !decided.facts.is_empty() {
+                    changed += 1;
                 }
             }
             match page.last() {
