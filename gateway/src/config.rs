@@ -41,6 +41,13 @@ pub struct ServeConfig {
     #[arg(long, env = "EAGATE_HTTP_LISTEN", default_value = "127.0.0.1:7080")]
     pub http_listen: SocketAddr,
 
+    /// TCP address of the device HTTPS listener, for EAs that may not load
+    /// a DLL (signed requests, docs/metatrader.md). Off unless set: terminals
+    /// trust only certificates Windows trusts, so it wants a real
+    /// certificate (--tls-cert) or a TLS-terminating proxy in front.
+    #[arg(long, env = "EAGATE_DEVICE_HTTPS_LISTEN")]
+    pub device_https_listen: Option<SocketAddr>,
+
     /// PEM certificate chain; without it a self-signed certificate is
     /// generated in the data directory on first start.
     #[arg(long, env = "EAGATE_TLS_CERT", requires = "tls_key")]
@@ -339,6 +346,7 @@ struct FileConfig {
     quic_listen: Option<SocketAddr>,
     quic_endpoints: Option<u64>,
     http_listen: Option<SocketAddr>,
+    device_https_listen: Option<SocketAddr>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     hostnames: Option<Vec<String>>,
@@ -443,6 +451,7 @@ impl ServeConfig {
         take!(quic_listen);
         take!(quic_endpoints, 1, 64);
         take!(http_listen);
+        take!(device_https_listen, optional);
         take!(tls_cert, optional);
         take!(tls_key, optional);
         take!(hostnames);
@@ -572,7 +581,7 @@ impl ServeConfig {
                 })
         };
         format!(
-            "config_file = {}\ndata_dir = {}\nquic_listen = {}\nquic_endpoints = {}\nhttp_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nconnections_per_minute_per_source = {}\nmax_unauthenticated_connections = {}\nmax_http_connections = {}\nmax_http_connections_per_source = {}\nsignal_queue_len = {}\nsignal_retention_hours = {}\nstore_cache_mib = {}\nmaster_key = {}\nredis_url = {}\nredis_prefix = {}\nreferral_landing_page = {}\nreferral_link_base = {}\naffiliate_currency = {}\nfirst_month_commission_bps = {}\nlater_months_commission_bps = {}\nfirst_trade_bonus_bps = {}\nholding_period_days = {}\nattribution_window_days = {}\ncredit_threshold_minor = {}\nreferrer_credit_minor = {}\nreferred_credit_minor = {}\ndaily_referral_limit = {}\nshared_address_limit = {}\nshared_address_window_hours = {}\nwash_trade_tolerance_bps = {}\nclick_dedupe_minutes = {}\nclick_rate_per_minute = {}\npayout_minimum_minor = {}\nmax_event_age_days = {}\ntrade_fees = {}\ntrade_tiers = {}\ntier_basis = {}\nwebhook_allow_private = {}\nwebhook_timeout_secs = {}\nwebhook_retry_base_secs = {}\nwebhook_retry_window_secs = {}\npayout_time = {}\npayout_provider = {}\nstripe_api_base = {}\nstripe_timeout_secs = {}\nstripe_secret_key = {}\n",
+            "config_file = {}\ndata_dir = {}\nquic_listen = {}\nquic_endpoints = {}\nhttp_listen = {}\ndevice_https_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nconnections_per_minute_per_source = {}\nmax_unauthenticated_connections = {}\nmax_http_connections = {}\nmax_http_connections_per_source = {}\nsignal_queue_len = {}\nsignal_retention_hours = {}\nstore_cache_mib = {}\nmaster_key = {}\nredis_url = {}\nredis_prefix = {}\nreferral_landing_page = {}\nreferral_link_base = {}\naffiliate_currency = {}\nfirst_month_commission_bps = {}\nlater_months_commission_bps = {}\nfirst_trade_bonus_bps = {}\nholding_period_days = {}\nattribution_window_days = {}\ncredit_threshold_minor = {}\nreferrer_credit_minor = {}\nreferred_credit_minor = {}\ndaily_referral_limit = {}\nshared_address_limit = {}\nshared_address_window_hours = {}\nwash_trade_tolerance_bps = {}\nclick_dedupe_minutes = {}\nclick_rate_per_minute = {}\npayout_minimum_minor = {}\nmax_event_age_days = {}\ntrade_fees = {}\ntrade_tiers = {}\ntier_basis = {}\nwebhook_allow_private = {}\nwebhook_timeout_secs = {}\nwebhook_retry_base_secs = {}\nwebhook_retry_window_secs = {}\npayout_time = {}\npayout_provider = {}\nstripe_api_base = {}\nstripe_timeout_secs = {}\nstripe_secret_key = {}\n",
             self.config_file
                 .as_ref()
                 .map_or("(none)".to_owned(), |p| p.display().to_string()),
@@ -580,6 +589,8 @@ impl ServeConfig {
             self.quic_listen,
             self.quic_endpoints,
             self.http_listen,
+            self.device_https_listen
+                .map_or("(off)".to_owned(), |addr| addr.to_string()),
             path(&self.tls_cert),
             path(&self.tls_key),
             self.hostnames.join(","),

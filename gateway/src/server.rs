@@ -225,6 +225,8 @@ pub struct Gateway {
     db: Option<crate::durable::Durable>,
     sessions: Option<tokio::task::JoinHandle<()>>,
     http: Option<(tokio::task::JoinHandle<()>, SocketAddr)>,
+    /// The device HTTPS listener, when this process serves it.
+    device_https: Option<(tokio::task::JoinHandle<()>, SocketAddr)>,
     affiliates: Option<AffiliateDesk>,
     upkeep: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -302,6 +304,7 @@ impl Gateway {
             )));
         }
         let mut socket_buffers = None;
+        let mut device_https = None;
         let (endpoints, fingerprint, sessions) = if role.serves_devices() {
             let identity = match (&config.tls_cert, &config.tls_key) {
                 (Some(cert), Some(key)) => ServerIdentity::from_pem_files(cert, key)?,
@@ -328,6 +331,10 @@ impl Gateway {
             let sessions = tokio::spawn(async move {
                 futures_util::future::join_all(serving).await;
             });
+            if let Some(listen) = config.device_https_listen {
+                device_https =
+                    Some(start_device_https(config, listen, &identity, core.clone()).await?);
+            }
             (endpoints, Some(identity.fingerprint()), Some(sessions))
         } else {
             (Vec::new(), None, None)
@@ -394,6 +401,7 @@ impl Gateway {
             db: stores.db,
             sessions,
             http,
+            device_https,
             affiliates,
             upkeep,
         })
@@ -421,6 +429,12 @@ impl Gateway {
     /// Where the HTTP sidecar listens, when this process serves it.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http.as_ref().map(|(_, addr)| *addr)
+    }
+
+    /// Where devices reach the gateway over HTTPS, when this process
+    /// serves them so (`device_https_listen`).
+    pub fn device_https_addr(&self) -> Option<SocketAddr> {
+        self.device_https.as_ref().map(|(_, addr)| *addr)
     }
 
     /// The SHA-256 fingerprint of the TLS certificate devices pin, when this
@@ -514,6 +528,9 @@ impl Gateway {
         if let Some((http, _)) = self.http {
             let _ = http.await;
         }
+        if let Some((https, _)) = self.device_https {
+            let _ = https.await;
+        }
         if let Some(db) = &self.db
             && let Err(e) = db.durable().await
         {
@@ -536,6 +553,7 @@ pub const HTTP_HEADER_DEADLINE: Duration = Duration::from_secs(10);
 async fn serve_http(
     listener: tokio::net::TcpListener,
     app: axum::Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     connections: Arc<crate::http::connections::HttpConnections>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -569,13 +587,39 @@ async fn serve_http(
             app.clone()
                 .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
         );
-        let connection = http.serve_connection(TokioIo::new(stream), service);
-        let watched = graceful.watch(connection);
+        let Some(tls) = &tls else {
+            let connection = http.serve_connection(TokioIo::new(stream), service);
+            let watched = graceful.watch(connection);
+            tokio::spawn(async move {
+                // Its place is given back when the connection ends.
+                let _place = place;
+                if let Err(e) = watched.await {
+                    tracing::debug!(error = %e, peer = %peer, "an HTTP connection ended");
+                }
+            });
+            continue;
+        };
+        // The handshake runs in the connection's task, with the header
+        // deadline: a client that never finishes it is dropped, not held.
+        let handshake = tls.accept(stream);
+        let http = http.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            // Its place is given back when the connection ends.
             let _place = place;
-            if let Err(e) = watched.await {
-                tracing::debug!(error = %e, peer = %peer, "an HTTP connection ended");
+            let stream = match tokio::time::timeout(HTTP_HEADER_DEADLINE, handshake).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, peer = %peer, "a TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %peer, "a TLS handshake did not finish in time");
+                    return;
+                }
+            };
+            let connection = http.serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(connection).await {
+                tracing::debug!(error = %e, peer = %peer, "an HTTPS connection ended");
             }
         });
     }
@@ -608,6 +652,33 @@ async fn start_http(
         most,
         config.max_http_connections_per_source as usize,
     );
-    let task = tokio::spawn(serve_http(listener, app, connections, stopping));
+    let task = tokio::spawn(serve_http(listener, app, None, connections, stopping));
+    Ok((task, addr))
+}
+
+/// Binds the device HTTPS listener (`DEVICE-HTTP.md`) and serves it until
+/// shutdown, with the same connection bounds as the sidecar.
+async fn start_device_https(
+    config: &ServeConfig,
+    listen: SocketAddr,
+    identity: &ServerIdentity,
+    core: Arc<Core>,
+) -> Result<(tokio::task::JoinHandle<()>, SocketAddr), StartError> {
+    let tls = crate::transport::https::tls_acceptor(identity)
+        .map_err(|e| StartError::Bind(listen, std::io::Error::other(e)))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| StartError::Bind(listen, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Bind(listen, e))?;
+    let stopping = core.shutdown.subscribe();
+    let app = crate::transport::https::routes::router(core);
+    let most = crate::http::connections::within_open_files(config.max_http_connections as usize);
+    let connections = crate::http::connections::HttpConnections::new(
+        most,
+        config.max_http_connections_per_source as usize,
+    );
+    let task = tokio::spawn(serve_http(listener, app, Some(tls), connections, stopping));
     Ok((task, addr))
 }

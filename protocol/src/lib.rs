@@ -37,6 +37,7 @@ pub mod auth;
 pub mod decimal;
 pub mod fingerprint;
 pub mod frame;
+pub mod http_signing;
 pub mod message;
 pub mod secret;
 pub mod text;

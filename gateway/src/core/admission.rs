@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
-use eagate_protocol::{AuthAccepted, Authenticate, ChannelBinding, Refusal};
+use eagate_protocol::{AuthAccepted, Authenticate, ChannelBinding, DeviceId, Nonce, Refusal};
 use tracing::{info, warn};
 
 use super::Core;
@@ -15,6 +15,7 @@ use super::checks::{self, Assessment, FailureReason, ThrottleKey};
 use super::close::Close;
 use super::device_session::DeviceSession;
 use crate::clock::unix_ms;
+use crate::registry::DeviceCredentials;
 
 /// Why a device was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +95,7 @@ impl Core {
                 session: self.session,
                 confirmed_report_seq,
             },
-            session: DeviceSession::new(self, claim, live),
+            session: DeviceSession::new(self, claim.into(), live),
         })
     }
 
@@ -106,10 +107,34 @@ impl Core {
         binding: &ChannelBinding,
         source: IpAddr,
     ) -> Result<(), Denial> {
+        let settings = self.auth;
+        self.check_claim(&claim.device_id, &claim.nonce, source, |device, now_ms| {
+            checks::assess(claim, device, binding, now_ms, &settings)
+        })
+        .await
+        .map(drop)
+        .map_err(|failure| match failure {
+            CheckFailure::Refused(refusal, _) => Denial::Refused(refusal),
+            CheckFailure::StoreUnavailable => Denial::StoreUnavailable,
+        })
+    }
+
+    /// The checks of any signed claim of `device_id` from `source`:
+    /// `assess` judges the claim against what the registry holds for the
+    /// device at a given time; the nonce is claimed if it passes; failures
+    /// are slowed down, per source and per (device, source). The device's
+    /// credentials when it passes.
+    pub(super) async fn check_claim(
+        &self,
+        device_id: &DeviceId,
+        nonce: &Nonce,
+        source: IpAddr,
+        assess: impl FnOnce(Option<&DeviceCredentials>, u64) -> Assessment,
+    ) -> Result<DeviceCredentials, CheckFailure> {
         let source_key = ThrottleKey::Source(source);
         // Per (device, source): failures from one address cannot slow the
         // device's logins from another.
-        let device_key = ThrottleKey::Device(claim.device_id.to_string(), source);
+        let device_key = ThrottleKey::Device(device_id.to_string(), source);
         let delay = {
             let throttle = self.throttle.lock().expect("throttle lock");
             let now = Instant::now();
@@ -120,19 +145,19 @@ impl Core {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        match self.decide(claim, binding).await {
-            Ok(()) => {
+        match self.decide(device_id, nonce, assess).await {
+            Ok(credentials) => {
                 self.throttle
                     .lock()
                     .expect("throttle lock")
                     .record_success(&device_key);
-                Ok(())
+                Ok(credentials)
             }
             // Not the device's failure: it comes back when the store does,
             // and is neither refused (the SDK would stop for good) nor slowed
             // down.
-            Err(Decided::StoreTrouble) => Err(Denial::StoreUnavailable),
-            Err(Decided::Refused(refusal, reason)) => {
+            Err(Decided::StoreTrouble) => Err(CheckFailure::StoreUnavailable),
+            Err(Decided::Refused(refusal, reason, credentials)) => {
                 {
                     let mut throttle = self.throttle.lock().expect("throttle lock");
                     let now = Instant::now();
@@ -142,19 +167,24 @@ impl Core {
                 self.metrics.auth_failure(reason);
                 info!(
                     %source,
-                    device = %claim.device_id,
+                    device = %device_id,
                     reason = reason.as_str(),
                     "authentication refused"
                 );
-                Err(Denial::Refused(refusal))
+                Err(CheckFailure::Refused(refusal, credentials))
             }
         }
     }
 
-    async fn decide(&self, claim: &Authenticate, binding: &ChannelBinding) -> Result<(), Decided> {
+    async fn decide(
+        &self,
+        device_id: &DeviceId,
+        nonce: &Nonce,
+        assess: impl FnOnce(Option<&DeviceCredentials>, u64) -> Assessment,
+    ) -> Result<DeviceCredentials, Decided> {
         let credentials = self
             .registry
-            .credentials(&self.master_key, &claim.device_id)
+            .credentials(&self.master_key, device_id)
             .await
             .map_err(|e| {
                 self.metrics.store_error();
@@ -162,19 +192,33 @@ impl Core {
                 Decided::StoreTrouble
             })?;
         let now_ms = unix_ms();
-        match checks::assess(claim, credentials.as_ref(), binding, now_ms, &self.auth) {
-            Assessment::Refuse(refusal, reason) => Err(Decided::Refused(refusal, reason)),
+        match assess(credentials.as_ref(), now_ms) {
+            Assessment::Refuse(refusal, reason) => {
+                // Only a claim whose MAC verified gets an answer of its own
+                // (revoked, skewed clock): those carry the credentials.
+                let verified = matches!(reason, FailureReason::Revoked | FailureReason::ClockSkew);
+                Err(Decided::Refused(
+                    refusal,
+                    reason,
+                    credentials.filter(|_| verified),
+                ))
+            }
             Assessment::ClaimNonce => {
+                let Some(credentials) = credentials else {
+                    // The checks never pass an unknown device.
+                    return Err(Decided::Refused(
+                        Refusal::Failed,
+                        FailureReason::UnknownDevice,
+                        None,
+                    ));
+                };
                 let ttl = self.auth.nonce_ttl.as_millis() as u64;
-                match self
-                    .nonces
-                    .claim(&claim.device_id, &claim.nonce, now_ms, ttl)
-                    .await
-                {
-                    Ok(true) => Ok(()),
+                match self.nonces.claim(device_id, nonce, now_ms, ttl).await {
+                    Ok(true) => Ok(credentials),
                     Ok(false) => Err(Decided::Refused(
                         Refusal::Failed,
                         FailureReason::ReplayedNonce,
+                        None,
                     )),
                     Err(e) => {
                         self.metrics.store_error();
@@ -187,10 +231,21 @@ impl Core {
     }
 }
 
+/// Why a claim did not pass the checks, as its transport needs to know.
+#[derive(Debug)]
+pub(super) enum CheckFailure {
+    /// Refused with this answer; the device's credentials only when its
+    /// MAC verified (a revoked device, a skewed clock).
+    Refused(Refusal, Option<DeviceCredentials>),
+    /// The store could not be asked.
+    StoreUnavailable,
+}
+
 /// Why an authentication did not pass the checks.
 enum Decided {
-    /// The device is refused, with this answer.
-    Refused(Refusal, FailureReason),
+    /// The device is refused, with this answer (and its credentials when
+    /// its MAC verified).
+    Refused(Refusal, FailureReason, Option<DeviceCredentials>),
     /// The store could not be asked.
     StoreTrouble,
 }

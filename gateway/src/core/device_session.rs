@@ -13,7 +13,10 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use eagate_protocol::{Authenticate, ChannelName, DeviceId, GoingAwayReason, Report, Signal};
+use eagate_protocol::{
+    Authenticate, ChannelName, DeviceId, GoingAwayReason, MAX_RESUME_POINTS, Report, ResumePoint,
+    Signal,
+};
 use tracing::{info, warn};
 
 use super::Core;
@@ -53,6 +56,29 @@ const RETRY_MOST: Duration = Duration::from_secs(2);
 /// The most waiting reports one try takes (one store write).
 const RETRY_RUN: usize = 64;
 
+/// Who a session is for, and where it resumes: what an admitted claim
+/// leaves for the session (a QUIC `Authenticate` once checked, or a signed
+/// request's device and the positions it names).
+#[derive(Debug, Clone)]
+pub struct SessionClaim {
+    /// The device.
+    pub device_id: DeviceId,
+    /// The protocol version it speaks.
+    pub protocol_version: u16,
+    /// For each channel it names, the last position it has processed.
+    pub resume: heapless::Vec<ResumePoint, MAX_RESUME_POINTS>,
+}
+
+impl From<Authenticate> for SessionClaim {
+    fn from(claim: Authenticate) -> Self {
+        Self {
+            device_id: claim.device_id,
+            protocol_version: claim.protocol_version,
+            resume: claim.resume,
+        }
+    }
+}
+
 /// What a session does next.
 #[derive(Debug, Clone)]
 pub enum Next<T> {
@@ -73,7 +99,7 @@ pub enum Next<T> {
 #[derive(Debug)]
 pub struct DeviceSession<'a> {
     core: &'a Core,
-    claim: Authenticate,
+    claim: SessionClaim,
     live: LiveSession<'a>,
     /// Whether the device was told it is accepted (and is counted as
     /// connected).
@@ -110,6 +136,8 @@ pub struct DeviceSession<'a> {
 struct Feed {
     tasks: tokio::task::JoinSet<Result<(), (ChannelName, SignalLogError)>>,
     running: HashMap<ChannelName, tokio::task::AbortHandle>,
+    /// Where each running follower started: after this position.
+    starts: HashMap<ChannelName, u64>,
     out: tokio::sync::mpsc::Sender<Arc<OutgoingSignal>>,
     signals: tokio::sync::mpsc::Receiver<Arc<OutgoingSignal>>,
 }
@@ -246,6 +274,7 @@ impl Feed {
         Self {
             tasks: tokio::task::JoinSet::new(),
             running: HashMap::new(),
+            starts: HashMap::new(),
             out,
             signals,
         }
@@ -253,7 +282,7 @@ impl Feed {
 }
 
 impl<'a> DeviceSession<'a> {
-    pub(super) fn new(core: &'a Core, claim: Authenticate, live: LiveSession<'a>) -> Self {
+    pub(super) fn new(core: &'a Core, claim: SessionClaim, live: LiveSession<'a>) -> Self {
         let mut record_deliveries = tokio::time::interval(DELIVERY_RECORD_INTERVAL);
         record_deliveries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Self {
@@ -419,6 +448,22 @@ impl<'a> DeviceSession<'a> {
     pub fn stop(&mut self) {
         self.feed.tasks.abort_all();
         self.feed.running.clear();
+        self.feed.starts.clear();
+    }
+
+    /// The channels the session follows, each with the position it started
+    /// after: where a device that is sent nothing more stands.
+    pub fn following(&self) -> impl Iterator<Item = (&ChannelName, u64)> {
+        self.feed
+            .starts
+            .iter()
+            .map(|(channel, after)| (channel, *after))
+    }
+
+    /// Whether every report the session took is durable and confirmed
+    /// (none in flight, none waiting for the store).
+    pub fn settled(&self) -> bool {
+        self.in_flight.is_empty() && self.waiting.is_empty()
     }
 
     /// Whether [`DeviceSession::next`] holds back signals (the transport
@@ -871,6 +916,9 @@ impl<'a> DeviceSession<'a> {
             }
             keep
         });
+        let running = &feed.running;
+        feed.starts
+            .retain(|channel, _| running.contains_key(channel));
         for channel in wanted {
             if feed.running.contains_key(&channel) {
                 continue;
@@ -886,6 +934,7 @@ impl<'a> DeviceSession<'a> {
                     .map_err(|e| (follower, e))
             });
             self.followed.insert(channel.clone());
+            feed.starts.insert(channel.clone(), after);
             feed.running.insert(channel, task);
         }
         Ok(())
@@ -1021,7 +1070,7 @@ async fn oldest_durable(in_flight: &mut VecDeque<InFlight>) -> Result<(), Report
 /// absence. Waiting for the log to pass that position would withhold every
 /// signal until then.
 async fn start_after(
-    claim: &Authenticate,
+    claim: &SessionClaim,
     channel: &ChannelName,
     core: &Core,
 ) -> Result<u64, SignalLogError> {

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod notices;
 pub mod places;
 pub mod sessions;
+pub mod signed_requests;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,7 +30,7 @@ use eagate_protocol::{ChannelName, DeviceSecret, MAX_FRAME_LEN, SessionParams};
 
 pub use admission::{Admitted, Denial};
 pub use close::Close;
-pub use device_session::{DeviceSession, Next};
+pub use device_session::{DeviceSession, Next, SessionClaim};
 
 use crate::nonces::NonceStore;
 use crate::registry::{DeviceRecord, DeviceRegistry, RegistryError};

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod desk;
+pub mod https;
 
 use eagate_gateway::config::ServeConfig;
 use eagate_gateway::server::Gateway;
@@ -21,6 +22,7 @@ pub fn config(dir: &Path) -> ServeConfig {
         quic_listen: "127.0.0.1:0".parse().unwrap(),
         quic_endpoints: 1,
         http_listen: "127.0.0.1:0".parse().unwrap(),
+        device_https_listen: Some("127.0.0.1:0".parse().unwrap()),
         tls_cert: None,
         tls_key: None,
         hostnames: vec!["localhost".into()],

@@ -1,0 +1,192 @@
+//! Devices that speak in signed requests instead of a connection
+//! (`DEVICE-HTTP.md`: EAs that may not load a DLL, over HTTPS): each request
+//! checked on its own, and sessions that live between requests.
+//!
+//! A request passes the same checks as a QUIC authentication, in the same
+//! nonce store, skew window and slow-down ([`Core::check_request`]); only
+//! the MAC differs (no channel binding; the request's method, target and
+//! body hash instead).
+//!
+//! A session over requests is a session epoch like any other: the device
+//! opens one ([`Core::open_request_session`]), which takes over from every
+//! older session of the device (QUIC or requests, newest wins, the older
+//! told `Replaced`), and names it in every later request. Each request then
+//! runs the core's own [`DeviceSession`] for as long as it lasts
+//! ([`Core::rejoin`]), registered under that epoch: the signals it sends are
+//! a QUIC session's signals (same order, resume and retention rules), the
+//! reports it takes are a QUIC session's reports (stored once, confirmed
+//! once durable, fenced by the epoch), and a takeover or revocation reaches
+//! it as it reaches any session. Between requests the epoch is all there
+//! is: a request naming one older than the device's newest is told it was
+//! replaced.
+
+use std::net::IpAddr;
+
+use eagate_protocol::{
+    DeviceId, DeviceSecret, MAX_RESUME_POINTS, Nonce, PROTOCOL_VERSION, Refusal, ResumePoint,
+};
+use tracing::warn;
+
+use super::Core;
+use super::admission::CheckFailure;
+use super::checks;
+use super::close::Close;
+use super::device_session::{DeviceSession, SessionClaim};
+use crate::reports::SessionEpoch;
+
+/// What a signed request claims, beside its MAC.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestClaim<'r> {
+    /// The device it comes from.
+    pub device_id: &'r DeviceId,
+    /// The device's clock, Unix milliseconds.
+    pub timestamp_ms: u64,
+    /// Unique per device for the nonce lifetime.
+    pub nonce: &'r Nonce,
+}
+
+/// Why a signed request was not let through.
+#[derive(Debug)]
+pub enum RequestDenial {
+    /// Refused, whatever the reason: one answer for all.
+    Failed,
+    /// The device's clock is outside the window. The request's MAC
+    /// verified, so the answer is signed, with the device's secret.
+    ClockSkew {
+        /// The gateway's clock, Unix milliseconds.
+        gateway_time_ms: u64,
+        /// The device's secret.
+        secret: DeviceSecret,
+    },
+    /// The store could not be asked in time.
+    StoreUnavailable,
+}
+
+impl Core {
+    /// Checks a signed request from `source` as `DEVICE-HTTP.md` says:
+    /// the device exists and is not revoked, `verify` accepts its MAC under
+    /// the device's secret, its clock is within the window, its nonce is
+    /// new; repeated failures are slowed down. The device's secret, to sign
+    /// the answer with.
+    ///
+    /// Every refusal but a skewed clock comes back as
+    /// [`RequestDenial::Failed`]: whoever sent the request learns nothing of
+    /// which check failed.
+    pub async fn check_request(
+        &self,
+        claim: RequestClaim<'_>,
+        verify: impl FnOnce(&DeviceSecret) -> bool,
+        source: IpAddr,
+    ) -> Result<DeviceSecret, RequestDenial> {
+        let settings = self.auth;
+        let checked = self.check_claim(claim.device_id, claim.nonce, source, |device, now_ms| {
+            checks::assess_signed(device, verify, claim.timestamp_ms, now_ms, &settings)
+        });
+        match tokio::time::timeout(self.auth_deadline, checked).await {
+            Ok(Ok(credentials)) => Ok(credentials.secret),
+            Ok(Err(CheckFailure::Refused(Refusal::ClockSkew(skew), Some(credentials)))) => {
+                Err(RequestDenial::ClockSkew {
+                    gateway_time_ms: skew.gateway_time_ms,
+                    secret: credentials.secret,
+                })
+            }
+            Ok(Err(CheckFailure::Refused(..))) => Err(RequestDenial::Failed),
+            Ok(Err(CheckFailure::StoreUnavailable)) => Err(RequestDenial::StoreUnavailable),
+            Err(_elapsed) => {
+                self.metrics.store_error();
+                warn!(
+                    device = %claim.device_id,
+                    "the checks of a signed request did not finish in time"
+                );
+                Err(RequestDenial::StoreUnavailable)
+            }
+        }
+    }
+
+    /// Opens a session over requests for `device_id` (whose request passed
+    /// [`Core::check_request`]): a new epoch, which ends every older
+    /// session of the device, here and on other gateways, as a QUIC
+    /// authentication does. The epoch, and the device's confirmed report
+    /// sequence.
+    pub async fn open_request_session(
+        &self,
+        device_id: &str,
+    ) -> Result<(SessionEpoch, u64), RequestDenial> {
+        let begun =
+            tokio::time::timeout(self.auth_deadline, self.reports.begin_session(device_id)).await;
+        let (epoch, confirmed) = match begun {
+            Ok(Ok(begun)) => begun,
+            Ok(Err(e)) => {
+                self.metrics.store_error();
+                warn!(device = device_id, error = %e, "beginning a session failed");
+                return Err(RequestDenial::StoreUnavailable);
+            }
+            Err(_elapsed) => {
+                self.metrics.store_error();
+                warn!(
+                    device = device_id,
+                    "beginning a session did not finish in time"
+                );
+                return Err(RequestDenial::StoreUnavailable);
+            }
+        };
+        // The session lives in the device's later requests, not here: its
+        // place is given up at once, once the older sessions were told.
+        let (place, alone) = self.take_over(device_id, epoch).await;
+        drop(place);
+        if !alone {
+            warn!(
+                device = device_id,
+                "an older session of the device did not close in time; its reports are fenced off"
+            );
+        }
+        Ok((epoch, confirmed))
+    }
+
+    /// The device's session under `epoch`, for the span of one request:
+    /// registered where takeovers and revocations find it, resuming each
+    /// channel after the position `resume` names (others where the
+    /// gateway's record says). [`Close::Replaced`] when `epoch` is not the
+    /// device's newest (a newer session began, or the device names one that
+    /// never did). Call [`DeviceSession::start`] to have it follow the
+    /// device's channels, and [`DeviceSession::finish`] at the end.
+    pub async fn rejoin(
+        &self,
+        device_id: DeviceId,
+        epoch: SessionEpoch,
+        resume: heapless::Vec<ResumePoint, MAX_RESUME_POINTS>,
+    ) -> Result<DeviceSession<'_>, Close> {
+        // Registered before the epoch is read: a takeover after the read
+        // finds the session and ends it.
+        let live = self
+            .live
+            .register(device_id.as_str(), epoch, crate::clock::unix_ms());
+        let newest = tokio::time::timeout(
+            self.auth_deadline,
+            self.reports.current_session(device_id.as_str()),
+        )
+        .await;
+        let session = DeviceSession::new(
+            self,
+            SessionClaim {
+                device_id,
+                protocol_version: PROTOCOL_VERSION,
+                resume,
+            },
+            live,
+        );
+        match newest {
+            Ok(Ok(newest)) if newest == epoch && epoch > SessionEpoch(0) => Ok(session),
+            Ok(Ok(_)) => Err(Close::Replaced),
+            Ok(Err(e)) => {
+                self.metrics.store_error();
+                warn!(device = %session.device_id(), error = %e, "reading a session's epoch failed");
+                Err(Close::StoreUnavailable)
+            }
+            Err(_elapsed) => {
+                self.metrics.store_error();
+                Err(Close::StoreUnavailable)
+            }
+        }
+    }
+}

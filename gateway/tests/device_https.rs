@@ -1,0 +1,425 @@
+//! Devices over HTTPS (`DEVICE-HTTP.md`), against a real gateway on
+//! loopback: every request checked as the spec says (the same nonce store,
+//! skew window and generic failure as QUIC), every answer to a checked
+//! request signed back, signals long-polled with QUIC's order and resume
+//! rules, reports stored exactly once, and one live session per device
+//! across both transports.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::https::{HttpsClient, HttpsDevice};
+use common::*;
+use eagate_gateway::transport::quic::close_code;
+use eagate_protocol::http_signing::body_sha256;
+use eagate_protocol::*;
+use serde_json::json;
+
+/// The gateway's one answer to a request that failed its checks: the
+/// spec's vector answer, byte for byte.
+const REFUSED: &str = r#"{"type":"about:blank","title":"authentication failed","status":401}"#;
+
+struct Setup {
+    gateway: eagate_gateway::server::Gateway,
+    dir: tempfile::TempDir,
+    device: HttpsDevice,
+    gold: ChannelName,
+}
+
+async fn setup_on(backend: &Backend) -> Setup {
+    let (gateway, dir) = start_on(backend).await;
+    let registered = register(&gateway).await;
+    let gold = ChannelName::new("gold").unwrap();
+    gateway
+        .subscribe(registered.id.as_str(), &gold)
+        .await
+        .unwrap();
+    let client = HttpsClient::new(gateway.device_https_addr().unwrap(), dir.path());
+    let device = HttpsDevice::new(client, registered.id, registered.secret);
+    Setup {
+        gateway,
+        dir,
+        device,
+        gold,
+    }
+}
+
+async fn setup() -> Setup {
+    setup_on(&Backend::Sled).await
+}
+
+fn filled(seq: u64, signal_id: &str, price: &str) -> serde_json::Value {
+    json!({"seq": seq, "signal_id": signal_id, "kind": "filled", "at_ms": 1_767_225_601_000u64,
+           "ticket": "123456789", "price": price, "volume": "0.10"})
+}
+
+async fn a_device_opens_a_session_polls_signals_and_reports_fills(backend: Backend) {
+    let Setup {
+        gateway,
+        device,
+        gold,
+        ..
+    } = setup_on(&backend).await;
+    let session = device.open_session().await;
+    // Nothing published yet: the spec's first answer, byte for byte in
+    // shape: no signals, and where the device stands.
+    let empty = device.poll(session, "gold:0", 0).await;
+    assert_eq!(empty.status, 200);
+    assert_eq!(empty.text(), r#"{"signals":[],"positions":{"gold":0}}"#);
+
+    let first = gateway.publish(&gold, market_buy("first")).await.unwrap();
+    let second = gateway.publish(&gold, market_buy("second")).await.unwrap();
+    let polled = device.poll(session, "gold:0", 5).await;
+    assert_eq!(polled.status, 200, "{}", polled.text());
+    let answer: serde_json::Value = polled.json();
+    let signals: Vec<Signal> = serde_json::from_value(answer["signals"].clone()).unwrap();
+    assert_eq!(signals, vec![first.clone(), second.clone()]);
+    assert_eq!(answer["positions"], json!({"gold": 2}));
+
+    // Resumed after the first: only the second.
+    let resumed = device.poll(session, "gold:1", 0).await.json();
+    assert_eq!(resumed["signals"].as_array().unwrap().len(), 1);
+    assert_eq!(resumed["signals"][0]["position"], 2);
+
+    let id = first.signal_id.to_string();
+    let confirmed = device
+        .report(
+            session,
+            json!([{"seq": 1, "signal_id": id, "kind": "received", "at_ms": 5}, filled(2, &id, "2351.17")]),
+        )
+        .await;
+    assert_eq!(confirmed.status, 200, "{}", confirmed.text());
+    assert_eq!(confirmed.text(), r#"{"confirmed_up_to":2}"#);
+    let stored = gateway.reports().for_signal(first.signal_id).await.unwrap();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[1].ticket, Some(123_456_789));
+    assert_eq!(stored[1].price, Some("2351.17".parse().unwrap()));
+
+    // The session's state: confirmed sequence, heads, the gateway's time.
+    let state = device
+        .call("GET", &format!("/v1/device/session?session={session}"), b"")
+        .await
+        .json();
+    assert_eq!(state["confirmed_up_to"], 2);
+    assert_eq!(state["heads"], json!({"gold": 2}));
+    assert!(
+        state["gateway_time_ms"]
+            .as_u64()
+            .unwrap()
+            .abs_diff(now_ms())
+            < 5_000
+    );
+    gateway.shutdown().await;
+}
+on_both_backends!(a_device_opens_a_session_polls_signals_and_reports_fills);
+
+#[tokio::test]
+async fn a_waiting_long_poll_answers_as_soon_as_a_signal_is_published() {
+    let Setup {
+        gateway,
+        device,
+        gold,
+        ..
+    } = setup().await;
+    let session = device.open_session().await;
+    let polling = tokio::spawn({
+        let device = device.clone();
+        async move {
+            let answer = device.poll(session, "gold:0", 20).await;
+            (answer, Instant::now())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !polling.is_finished(),
+        "the poll waits while nothing is published"
+    );
+    let published_at = Instant::now();
+    let signal = gateway.publish(&gold, market_buy("now")).await.unwrap();
+    let (answer, answered_at) = polling.await.unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        answer.json()["signals"][0]["signal_id"],
+        signal.signal_id.to_string()
+    );
+    // Long before the 20 s wait ran out.
+    assert!(answered_at.duration_since(published_at) < Duration::from_secs(5));
+
+    // A poll that waits and sees nothing answers empty when its wait ends.
+    let started = Instant::now();
+    let idle = device.poll(session, "gold:1", 1).await;
+    assert_eq!(idle.text(), r#"{"signals":[],"positions":{"gold":1}}"#);
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn replayed_skewed_tampered_and_unknown_requests_get_one_unsigned_refusal() {
+    let Setup {
+        gateway, device, ..
+    } = setup().await;
+    let client = &device.client;
+    // A replayed nonce: the first passes, the same request again fails.
+    let signed = device.sign("POST", "/v1/device/session", b"");
+    assert_eq!(client.send(&signed.request).await.status, 200);
+    let replayed = client.send(&signed.request).await;
+    assert_eq!(
+        (replayed.status, replayed.text()),
+        (401, REFUSED.to_owned())
+    );
+    assert_eq!(replayed.header("Eagate-Signature"), None);
+
+    // A body changed after signing fails like a wrong signature.
+    let session = device.open_session().await;
+    let mut tampered = device.sign(
+        "POST",
+        &format!("/v1/device/reports?session={session}"),
+        br#"{"reports":[]}"#,
+    );
+    tampered.request.body = br#"{"reports":[ ]}"#.to_vec();
+    // A target changed after signing too.
+    let mut retargeted = device.sign("GET", "/v1/device/signals?session=1&wait=0", b"");
+    retargeted.request.target = "/v1/device/signals?session=1&wait=1".into();
+    // The wrong secret.
+    let mut impostor = device.clone();
+    impostor.secret = DeviceSecret::from_bytes([9; 32]);
+    // A device that does not exist.
+    let mut stranger = device.clone();
+    stranger.id = DeviceId::new("dv_0000000000000000000000000A").unwrap();
+    // Malformed headers: an upper-case nonce, a timestamp with a leading
+    // zero, a header given twice.
+    let mut upper = device.sign("POST", "/v1/device/session", b"");
+    upper.request.headers[2].1 = upper.request.headers[2].1.to_uppercase();
+    let mut padded = device.sign("POST", "/v1/device/session", b"");
+    padded.request.headers[1].1 = format!("0{}", padded.request.headers[1].1);
+    let mut doubled = device.sign("POST", "/v1/device/session", b"");
+    doubled
+        .request
+        .headers
+        .push(doubled.request.headers[3].clone());
+    let mut unsigned = device.sign("POST", "/v1/device/session", b"");
+    unsigned.request.headers.truncate(3);
+    for (what, request) in [
+        ("tampered body", tampered.request),
+        ("tampered target", retargeted.request),
+        (
+            "wrong secret",
+            impostor.sign("POST", "/v1/device/session", b"").request,
+        ),
+        (
+            "unknown device",
+            stranger.sign("POST", "/v1/device/session", b"").request,
+        ),
+        ("upper-case nonce", upper.request),
+        ("leading zero", padded.request),
+        ("doubled header", doubled.request),
+        ("no signature", unsigned.request),
+    ] {
+        let answer = client.send(&request).await;
+        assert_eq!(answer.status, 401, "{what}: {}", answer.text());
+        assert_eq!(answer.text(), REFUSED, "{what}");
+        assert_eq!(answer.header("Eagate-Signature"), None, "{what}");
+    }
+
+    // A skewed clock gets its own answer, signed (the MAC verified), with
+    // the gateway's time to correct by.
+    let mut skewed = device.clone();
+    skewed.clock_offset_ms = -120_000;
+    let signed = skewed.sign("POST", "/v1/device/session", b"");
+    let answer = client.send(&signed.request).await;
+    assert_eq!(answer.status, 401);
+    assert_eq!(answer.json()["title"], "clock skew");
+    let gateway_time = answer.json()["gateway_time_ms"].as_u64().unwrap();
+    assert!(gateway_time.abs_diff(now_ms()) < 5_000);
+    assert!(answer.signed_for(&signed.nonce, &device.secret));
+    // Corrected by the gateway's time, the same device gets in.
+    skewed.clock_offset_ms = 0;
+    skewed.open_session().await;
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_answer_whose_body_or_status_was_changed_fails_its_signature_check() {
+    let Setup {
+        gateway, device, ..
+    } = setup().await;
+    let signed = device.sign("POST", "/v1/device/session", b"");
+    let answer = device.client.send(&signed.request).await;
+    assert!(answer.signed_for(&signed.nonce, &device.secret));
+    let mut changed_body = answer.clone();
+    changed_body.body = changed_body
+        .text()
+        .replace("\"session\":", "\"session\": ")
+        .into_bytes();
+    let mut changed_status = answer.clone();
+    changed_status.status = 201;
+    let other_nonce = fresh_nonce();
+    for (what, tampered, nonce) in [
+        ("body", &changed_body, &signed.nonce),
+        ("status", &changed_status, &signed.nonce),
+        ("another request's nonce", &answer, &other_nonce),
+    ] {
+        assert!(!tampered.signed_for(nonce, &device.secret), "{what}");
+    }
+    assert_ne!(body_sha256(&changed_body.body), body_sha256(&answer.body));
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_resent_report_is_stored_once_and_a_different_one_under_its_number_is_refused() {
+    let Setup {
+        gateway,
+        device,
+        gold,
+        ..
+    } = setup().await;
+    let session = device.open_session().await;
+    let signal = gateway.publish(&gold, market_buy("fill")).await.unwrap();
+    let id = signal.signal_id.to_string();
+    for _ in 0..3 {
+        let answer = device
+            .report(session, json!([filled(1, &id, "2351.17")]))
+            .await;
+        assert_eq!(answer.text(), r#"{"confirmed_up_to":1}"#);
+    }
+    assert_eq!(
+        gateway
+            .reports()
+            .for_signal(signal.signal_id)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let conflict = device
+        .report(session, json!([filled(1, &id, "2351.18")]))
+        .await;
+    assert_eq!(conflict.status, 409);
+    assert_eq!(
+        conflict.text(),
+        r#"{"type":"about:blank","title":"report 1 differs from the one stored","status":409}"#
+    );
+    let stored = gateway
+        .reports()
+        .for_signal(signal.signal_id)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].price, Some("2351.17".parse().unwrap()));
+
+    // Bad content: a clear, signed 422, and nothing stored.
+    for bad in [
+        json!([{"seq": 2, "signal_id": id, "kind": "filled", "ticket": "1", "price": "1e3", "volume": "0.1"}]),
+        json!([{"seq": 2, "signal_id": id, "kind": "filled", "ticket": "-1", "price": "1", "volume": "0.1"}]),
+        json!([{"seq": 2, "signal_id": "nope", "kind": "received"}]),
+        json!([{"seq": 2, "signal_id": id, "kind": "closed"}]),
+        json!([{"seq": 2, "signal_id": id, "kind": "received", "extra": 1}]),
+    ] {
+        let answer = device.report(session, bad.clone()).await;
+        assert_eq!(answer.status, 422, "{bad}: {}", answer.text());
+    }
+    assert_eq!(
+        gateway
+            .reports()
+            .for_signal(signal.signal_id)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_newest_session_wins_across_quic_and_https() {
+    let Setup {
+        gateway,
+        dir,
+        device,
+        gold,
+        ..
+    } = setup().await;
+    let quic_device = Device {
+        id: device.id.clone(),
+        secret: device.secret.clone(),
+    };
+    // An HTTPS session, then a QUIC one: the HTTPS session is replaced.
+    let older = device.open_session().await;
+    let (mut quic, _) = Session::open(&gateway, dir.path(), &quic_device).await;
+    let gone = device.poll(older, "", 0).await;
+    assert_eq!(gone.status, 410, "{}", gone.text());
+    assert_eq!(gone.json()["title"], "session replaced by a newer one");
+    let report = device
+        .report(older, json!([{"seq": 1, "signal_id": "00000000000000000000000000000001", "kind": "received"}]))
+        .await;
+    assert_eq!(report.status, 410);
+
+    // A new HTTPS session replaces the QUIC one, which is told so.
+    let newer = device.open_session().await;
+    assert!(newer > older);
+    quic.expect_goodbye(GoingAwayReason::Replaced, close_code::REPLACED)
+        .await;
+
+    // A poll waiting under a session ends when a newer one opens.
+    let waiting = tokio::spawn({
+        let device = device.clone();
+        async move { device.poll(newer, "gold:0", 20).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let newest = device.open_session().await;
+    let ended = waiting.await.unwrap();
+    assert_eq!(ended.status, 410);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The newest works.
+    gateway.publish(&gold, market_buy("after")).await.unwrap();
+    let polled = device.poll(newest, "gold:0", 5).await;
+    assert_eq!(polled.json()["positions"], json!({"gold": 1}));
+    // A session number the gateway never gave is no session either.
+    assert_eq!(device.poll(newest + 100, "", 0).await.status, 410);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_revoked_device_is_refused_and_its_waiting_poll_ends() {
+    let Setup {
+        gateway, device, ..
+    } = setup().await;
+    let session = device.open_session().await;
+    let waiting = tokio::spawn({
+        let device = device.clone();
+        async move { device.poll(session, "gold:0", 20).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gateway.revoke(device.id.as_str()).await.unwrap();
+    let ended = waiting.await.unwrap();
+    assert_eq!(ended.status, 410);
+    assert_eq!(ended.json()["title"], "the device is revoked");
+    let signed = device.sign("POST", "/v1/device/session", b"");
+    let refused = device.client.send(&signed.request).await;
+    assert_eq!((refused.status, refused.text()), (401, REFUSED.to_owned()));
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_poll_parameters_get_a_clear_signed_error() {
+    let Setup {
+        gateway, device, ..
+    } = setup().await;
+    let session = device.open_session().await;
+    for target in [
+        format!("/v1/device/signals?session={session}&wait=31"),
+        format!("/v1/device/signals?session={session}&after=gold"),
+        format!("/v1/device/signals?session={session}&after=gold:01"),
+        format!("/v1/device/signals?session={session}&after=gold:1,gold:2"),
+        format!("/v1/device/signals?session={session}&after=g%20ld:1"),
+        "/v1/device/signals?wait=1".to_owned(),
+    ] {
+        let answer = device.call("GET", &target, b"").await;
+        assert_eq!(answer.status, 422, "{target}: {}", answer.text());
+    }
+    let unknown = device.call("GET", "/v1/device/nothing", b"").await;
+    assert_eq!(unknown.status, 404);
+    gateway.shutdown().await;
+}
