@@ -292,7 +292,12 @@ const MQL5_ONLY: [&str; 12] = [
 
 #[test]
 fn the_files_metatrader_4_compiles_use_nothing_only_mql5_has() {
-    for file in ["mql/eagate.mqh", "mql/eagate4.mqh", "mql/EagateCopier.mq4"] {
+    for file in [
+        "mql/eagate.mqh",
+        "mql/eagate4.mqh",
+        "mql/EagateCopier.mq4",
+        "mql/eagate_http.mqh",
+    ] {
         let code = code_of(file);
         for name in MQL5_ONLY {
             let used = code.match_indices(name).any(|(at, _)| {
@@ -444,4 +449,125 @@ fn fills_report_lots_with_the_symbols_volume_step_not_rounded_to_hundredths() {
     }
     let library = code_of("mql/eagate.mqh");
     assert!(function_body(&library, "string EagateLotsText(").contains("SYMBOL_VOLUME_STEP"));
+}
+
+/// The blocks between `// twin begin: NAME` and `// twin end`, by name.
+fn twins(file: &str) -> BTreeMap<String, String> {
+    let text = read(file);
+    let mut found = BTreeMap::new();
+    for block in text.split("// twin begin: ").skip(1) {
+        let (name, rest) = block.split_once('\n').unwrap();
+        let (body, _) = rest
+            .split_once("// twin end")
+            .unwrap_or_else(|| panic!("{file}: twin {name} has no end"));
+        let previous = found.insert(name.trim().to_owned(), body.to_owned());
+        assert!(previous.is_none(), "{file}: twin {name} twice");
+    }
+    found
+}
+
+/// Code as a list of tokens, with each language's spelling of references
+/// set aside: C's `*p`, `&x`, `p->f` and `const char *` are MQL's `&p[]`,
+/// `x`, `p.f` and `string`. Binary `&` and `*` (written with spaces) stay.
+fn twin_tokens(code: &str) -> Vec<String> {
+    let code: String = code
+        .lines()
+        .map(|line| line.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("->", ".")
+        .replace("[]", "");
+    let chars: Vec<char> = code.chars().collect();
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c.is_whitespace() {
+            i += 1;
+        } else if c.is_alphanumeric() || c == '_' {
+            let start = i;
+            while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            tokens.push(if word == "string" {
+                "char".to_owned()
+            } else {
+                word
+            });
+        } else if c == '"' || c == '\'' {
+            let start = i;
+            i += 1;
+            while i < chars.len() && chars[i] != c {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i += 1;
+            tokens.push(chars[start..i].iter().collect());
+        } else if (c == '&' || c == '*')
+            && chars
+                .get(i + 1)
+                .is_some_and(|next| next.is_alphabetic() || *next == '_')
+        {
+            // A reference or pointer sigil, not an operator.
+            i += 1;
+        } else {
+            tokens.push(c.to_string());
+            i += 1;
+        }
+    }
+    tokens
+}
+
+#[test]
+fn the_mql_http_signing_code_is_token_for_token_the_c_reference_that_the_tests_run() {
+    let mql = twins("mql/eagate_http.mqh");
+    let c = twins("mql/reference/eagate_http_ref.c");
+    assert_eq!(
+        mql.keys().collect::<Vec<_>>(),
+        c.keys().collect::<Vec<_>>(),
+        "the same functions are twinned in both files"
+    );
+    for name in [
+        "eagate_hmac_sha256",
+        "eagate_sign_request",
+        "eagate_verify_answer",
+        "eagate_make_nonce",
+        "eagate_parse_secret",
+    ] {
+        assert!(mql.contains_key(name), "{name} is twinned");
+    }
+    for (name, mql_code) in &mql {
+        let (mql_tokens, c_tokens) = (twin_tokens(mql_code), twin_tokens(&c[name]));
+        if let Some(at) = (0..mql_tokens.len().max(c_tokens.len()))
+            .find(|&i| mql_tokens.get(i) != c_tokens.get(i))
+        {
+            let around = |tokens: &[String]| {
+                tokens[at.saturating_sub(8)..(at + 8).min(tokens.len())].join(" ")
+            };
+            panic!(
+                "twin {name} differs at token {at}:\n  MQL: {}\n  C:   {}",
+                around(&mql_tokens),
+                around(&c_tokens)
+            );
+        }
+    }
+}
+
+#[test]
+fn the_twin_check_sees_a_change_of_one_token() {
+    let c = twin_tokens("int f(const uchar *a, int n) { return a[n] & 15; }");
+    let mql = twin_tokens("int f(const uchar &a[], int n) { return a[n] & 15; }");
+    assert_eq!(c, mql);
+    assert_ne!(
+        c,
+        twin_tokens("int f(const uchar &a[], int n) { return a[n] | 15; }")
+    );
+    assert_ne!(
+        c,
+        twin_tokens("int f(const uchar &a[], int n) { return a[n] & 16; }")
+    );
+    assert_eq!(
+        twin_tokens("void g(EagateText *c) { c->len = 0; h(&c2, \"x y\"); }"),
+        twin_tokens("void g(EagateText &c) { c.len = 0; h(c2, \"x y\"); }")
+    );
 }

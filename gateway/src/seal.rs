@@ -134,6 +134,23 @@ impl MasterKey {
         digest[..16].iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    /// A MAC under the master key of `label` and `parts` (each length
+    /// prefixed, so no two lists of parts give the same input): a value
+    /// every process of the deployment computes alike and no one without
+    /// the key can forge, such as the token naming a device's session over
+    /// HTTPS.
+    pub fn tag(&self, label: &str, parts: &[&[u8]]) -> [u8; 32] {
+        use hmac::{Hmac, KeyInit, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.0[..])
+            .expect("HMAC takes a key of any length");
+        mac.update(b"eagate/1 tag:");
+        for part in std::iter::once(label.as_bytes()).chain(parts.iter().copied()) {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().into()
+    }
+
     fn cipher(&self) -> ChaCha20Poly1305 {
         ChaCha20Poly1305::new(Key::from_slice(&self.0[..]))
     }

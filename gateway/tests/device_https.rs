@@ -64,13 +64,13 @@ async fn a_device_opens_a_session_polls_signals_and_reports_fills(backend: Backe
     let session = device.open_session().await;
     // Nothing published yet: the spec's first answer, byte for byte in
     // shape: no signals, and where the device stands.
-    let empty = device.poll(session, "gold:0", 0).await;
+    let empty = device.poll(&session, "gold:0", 0).await;
     assert_eq!(empty.status, 200);
     assert_eq!(empty.text(), r#"{"signals":[],"positions":{"gold":0}}"#);
 
     let first = gateway.publish(&gold, market_buy("first")).await.unwrap();
     let second = gateway.publish(&gold, market_buy("second")).await.unwrap();
-    let polled = device.poll(session, "gold:0", 5).await;
+    let polled = device.poll(&session, "gold:0", 5).await;
     assert_eq!(polled.status, 200, "{}", polled.text());
     let answer: serde_json::Value = polled.json();
     let signals: Vec<Signal> = serde_json::from_value(answer["signals"].clone()).unwrap();
@@ -78,14 +78,14 @@ async fn a_device_opens_a_session_polls_signals_and_reports_fills(backend: Backe
     assert_eq!(answer["positions"], json!({"gold": 2}));
 
     // Resumed after the first: only the second.
-    let resumed = device.poll(session, "gold:1", 0).await.json();
+    let resumed = device.poll(&session, "gold:1", 0).await.json();
     assert_eq!(resumed["signals"].as_array().unwrap().len(), 1);
     assert_eq!(resumed["signals"][0]["position"], 2);
 
     let id = first.signal_id.to_string();
     let confirmed = device
         .report(
-            session,
+            &session,
             json!([{"seq": 1, "signal_id": id, "kind": "received", "at_ms": 5}, filled(2, &id, "2351.17")]),
         )
         .await;
@@ -124,9 +124,9 @@ async fn a_waiting_long_poll_answers_as_soon_as_a_signal_is_published() {
     } = setup().await;
     let session = device.open_session().await;
     let polling = tokio::spawn({
-        let device = device.clone();
+        let (device, session) = (device.clone(), session.clone());
         async move {
-            let answer = device.poll(session, "gold:0", 20).await;
+            let answer = device.poll(&session, "gold:0", 20).await;
             (answer, Instant::now())
         }
     });
@@ -148,7 +148,7 @@ async fn a_waiting_long_poll_answers_as_soon_as_a_signal_is_published() {
 
     // A poll that waits and sees nothing answers empty when its wait ends.
     let started = Instant::now();
-    let idle = device.poll(session, "gold:1", 1).await;
+    let idle = device.poll(&session, "gold:1", 1).await;
     assert_eq!(idle.text(), r#"{"signals":[],"positions":{"gold":1}}"#);
     assert!(started.elapsed() >= Duration::from_millis(900));
     gateway.shutdown().await;
@@ -179,8 +179,8 @@ async fn replayed_skewed_tampered_and_unknown_requests_get_one_unsigned_refusal(
     );
     tampered.request.body = br#"{"reports":[ ]}"#.to_vec();
     // A target changed after signing too.
-    let mut retargeted = device.sign("GET", "/v1/device/signals?session=1&wait=0", b"");
-    retargeted.request.target = "/v1/device/signals?session=1&wait=1".into();
+    let mut retargeted = device.sign("GET", "/v1/device/signals?session=1-0&wait=0", b"");
+    retargeted.request.target = "/v1/device/signals?session=1-0&wait=1".into();
     // The wrong secret.
     let mut impostor = device.clone();
     impostor.secret = DeviceSecret::from_bytes([9; 32]);
@@ -279,7 +279,7 @@ async fn a_resent_report_is_stored_once_and_a_different_one_under_its_number_is_
     let id = signal.signal_id.to_string();
     for _ in 0..3 {
         let answer = device
-            .report(session, json!([filled(1, &id, "2351.17")]))
+            .report(&session, json!([filled(1, &id, "2351.17")]))
             .await;
         assert_eq!(answer.text(), r#"{"confirmed_up_to":1}"#);
     }
@@ -293,7 +293,7 @@ async fn a_resent_report_is_stored_once_and_a_different_one_under_its_number_is_
         1
     );
     let conflict = device
-        .report(session, json!([filled(1, &id, "2351.18")]))
+        .report(&session, json!([filled(1, &id, "2351.18")]))
         .await;
     assert_eq!(conflict.status, 409);
     assert_eq!(
@@ -316,7 +316,7 @@ async fn a_resent_report_is_stored_once_and_a_different_one_under_its_number_is_
         json!([{"seq": 2, "signal_id": id, "kind": "closed"}]),
         json!([{"seq": 2, "signal_id": id, "kind": "received", "extra": 1}]),
     ] {
-        let answer = device.report(session, bad.clone()).await;
+        let answer = device.report(&session, bad.clone()).await;
         assert_eq!(answer.status, 422, "{bad}: {}", answer.text());
     }
     assert_eq!(
@@ -347,24 +347,24 @@ async fn the_newest_session_wins_across_quic_and_https() {
     // An HTTPS session, then a QUIC one: the HTTPS session is replaced.
     let older = device.open_session().await;
     let (mut quic, _) = Session::open(&gateway, dir.path(), &quic_device).await;
-    let gone = device.poll(older, "", 0).await;
+    let gone = device.poll(&older, "", 0).await;
     assert_eq!(gone.status, 410, "{}", gone.text());
     assert_eq!(gone.json()["title"], "session replaced by a newer one");
     let report = device
-        .report(older, json!([{"seq": 1, "signal_id": "00000000000000000000000000000001", "kind": "received"}]))
+        .report(&older, json!([{"seq": 1, "signal_id": "00000000000000000000000000000001", "kind": "received"}]))
         .await;
     assert_eq!(report.status, 410);
 
     // A new HTTPS session replaces the QUIC one, which is told so.
     let newer = device.open_session().await;
-    assert!(newer > older);
+    assert_ne!(newer, older);
     quic.expect_goodbye(GoingAwayReason::Replaced, close_code::REPLACED)
         .await;
 
     // A poll waiting under a session ends when a newer one opens.
     let waiting = tokio::spawn({
         let device = device.clone();
-        async move { device.poll(newer, "gold:0", 20).await }
+        async move { device.poll(&newer, "gold:0", 20).await }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
@@ -374,10 +374,23 @@ async fn the_newest_session_wins_across_quic_and_https() {
     assert!(started.elapsed() < Duration::from_secs(5));
     // The newest works.
     gateway.publish(&gold, market_buy("after")).await.unwrap();
-    let polled = device.poll(newest, "gold:0", 5).await;
+    let polled = device.poll(&newest, "gold:0", 5).await;
     assert_eq!(polled.json()["positions"], json!({"gold": 1}));
-    // A session number the gateway never gave is no session either.
-    assert_eq!(device.poll(newest + 100, "", 0).await.status, 410);
+    // A session token the gateway never gave is no session: a made-up
+    // tag, or the epoch of a QUIC session, which an HTTPS request may not
+    // name.
+    let (epoch, _) = newest.split_once('-').unwrap();
+    let epoch: u64 = epoch.parse().unwrap();
+    let (_quic, _) = Session::open(&gateway, dir.path(), &quic_device).await;
+    for made_up in [
+        format!("{epoch}-0000000000000000"),
+        format!("{}-{}", epoch + 1, newest.split_once('-').unwrap().1),
+        (epoch + 1).to_string(),
+    ] {
+        let answer = device.poll(&made_up, "", 0).await;
+        assert_eq!(answer.status, 410, "{made_up}: {}", answer.text());
+        assert_eq!(answer.json()["title"], "no such session; open a new one");
+    }
     gateway.shutdown().await;
 }
 
@@ -389,7 +402,7 @@ async fn a_revoked_device_is_refused_and_its_waiting_poll_ends() {
     let session = device.open_session().await;
     let waiting = tokio::spawn({
         let device = device.clone();
-        async move { device.poll(session, "gold:0", 20).await }
+        async move { device.poll(&session, "gold:0", 20).await }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     gateway.revoke(device.id.as_str()).await.unwrap();
@@ -421,5 +434,99 @@ async fn bad_poll_parameters_get_a_clear_signed_error() {
     }
     let unknown = device.call("GET", "/v1/device/nothing", b"").await;
     assert_eq!(unknown.status, 404);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_ending_under_a_session_leaves_its_other_waiting_request_reachable() {
+    let Setup {
+        gateway,
+        device,
+        gold,
+        ..
+    } = setup().await;
+    let session = device.open_session().await;
+    let signal = gateway.publish(&gold, market_buy("one")).await.unwrap();
+    // A poll waits under the session (after the signal: nothing new) ...
+    let waiting = tokio::spawn({
+        let (device, session) = (device.clone(), session.clone());
+        async move { device.poll(&session, "gold:1", 20).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ... while other requests under the same session come and go.
+    let id = signal.signal_id.to_string();
+    assert_eq!(
+        device
+            .report(&session, json!([filled(1, &id, "1.5")]))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        device
+            .call("GET", &format!("/v1/device/session?session={session}"), b"")
+            .await
+            .status,
+        200
+    );
+    // A takeover still reaches the waiting poll at once.
+    let started = Instant::now();
+    device.open_session().await;
+    let ended = waiting.await.unwrap();
+    assert_eq!(ended.status, 410);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_device_that_hangs_up_mid_poll_leaves_no_session_counted() {
+    let Setup {
+        gateway, device, ..
+    } = setup().await;
+    let session = device.open_session().await;
+    let signed = device.sign(
+        "GET",
+        &format!("/v1/device/signals?session={session}&after=gold:0&wait=1"),
+        b"",
+    );
+    // The device gives up after 200 ms, as a short WebRequest timeout does.
+    let _ = tokio::time::timeout(
+        Duration::from_millis(200),
+        device.client.send(&signed.request),
+    )
+    .await;
+    let metrics = || gateway.core().metrics.snapshot().connections;
+    assert_eq!(metrics(), 1, "the poll runs on to its end");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metrics() != 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(metrics(), 0, "the poll's session finished");
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_body_that_never_arrives_is_not_waited_for_without_end() {
+    let Setup {
+        gateway, device, ..
+    } = setup().await;
+    let mut signed = device.sign("POST", "/v1/device/session", b"");
+    // Announces 1 KiB, sends 10 bytes, then nothing.
+    signed.request.body = br#"{"reports""#.to_vec();
+    let started = Instant::now();
+    let mut slow = signed.request.clone();
+    slow.headers.push(("X-Pad".into(), "1".into()));
+    let answer = tokio::time::timeout(
+        Duration::from_secs(30),
+        device.client.send_announcing(&slow, 1024),
+    )
+    .await
+    .expect("the gateway answers a stalled body within its deadline");
+    assert_eq!(answer.status, 408, "{}", answer.text());
+    assert!(started.elapsed() < Duration::from_secs(15));
     gateway.shutdown().await;
 }

@@ -168,9 +168,10 @@ impl LiveSession<'_> {
     /// Gives the place up now; whether another session of the device is
     /// still live here.
     fn give_up(&mut self) -> bool {
-        *self
-            .still_here
-            .get_or_insert_with(|| self.sessions.remove(&self.device_id, self.epoch, unix_ms()))
+        *self.still_here.get_or_insert_with(|| {
+            self.sessions
+                .remove(&self.device_id, &self.mailbox, unix_ms())
+        })
     }
 }
 
@@ -201,13 +202,15 @@ impl LiveSessions {
         }
     }
 
-    /// Forgets the session of `device_id` under `epoch`; returns whether
-    /// another session of the device is still live here.
-    fn remove(&self, device_id: &str, epoch: SessionEpoch, now_ms: u64) -> bool {
+    /// Forgets the one session of `device_id` whose mailbox is `mailbox`
+    /// (several may share an epoch: the requests of one session over
+    /// HTTPS); returns whether another session of the device is still live
+    /// here.
+    fn remove(&self, device_id: &str, mailbox: &Arc<Mailbox>, now_ms: u64) -> bool {
         let still_here = {
             let mut devices = self.lock();
             let device = devices.entry(device_id.to_owned()).or_default();
-            device.live.retain(|(live, _)| *live != epoch);
+            device.live.retain(|(_, live)| !Arc::ptr_eq(live, mailbox));
             device.last_seen_ms = now_ms;
             !device.live.is_empty()
         };

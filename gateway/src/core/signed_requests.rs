@@ -62,7 +62,39 @@ pub enum RequestDenial {
     StoreUnavailable,
 }
 
+/// The label of session tokens' MACs under the master key.
+const SESSION_TOKEN_LABEL: &str = "https session";
+
 impl Core {
+    /// The token naming `device_id`'s session `epoch` over HTTPS:
+    /// `EPOCH-TAG`, the tag a MAC under the master key, so a device can
+    /// name only sessions it opened over HTTPS (never a QUIC session's
+    /// epoch, nor one it made up), on any gateway of the deployment.
+    pub fn session_token(&self, device_id: &str, epoch: SessionEpoch) -> String {
+        let tag = self.master_key.tag(
+            SESSION_TOKEN_LABEL,
+            &[device_id.as_bytes(), &epoch.0.to_be_bytes()],
+        );
+        let tag: String = tag[..8].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}-{tag}", epoch.0)
+    }
+
+    /// The session `token` names for `device_id`, if it is one
+    /// [`Core::session_token`] gave.
+    pub fn session_of_token(&self, device_id: &str, token: &str) -> Option<SessionEpoch> {
+        let (epoch, _) = token.split_once('-')?;
+        let epoch = SessionEpoch(eagate_protocol::http_signing::parse_timestamp(epoch)?);
+        let expected = self.session_token(device_id, epoch);
+        // Compared in constant time: the tag is a MAC.
+        let same = expected.len() == token.len()
+            && expected
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+                == 0;
+        same.then_some(epoch)
+    }
+
     /// Checks a signed request from `source` as `DEVICE-HTTP.md` says:
     /// the device exists and is not revoked, `verify` accepts its MAC under
     /// the device's secret, its clock is within the window, its nonce is

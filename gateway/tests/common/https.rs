@@ -95,6 +95,12 @@ impl HttpsClient {
 
     /// Sends `request` on a connection of its own and reads the answer.
     pub async fn send(&self, request: &RawRequest) -> Answer {
+        self.send_announcing(request, request.body.len()).await
+    }
+
+    /// [`HttpsClient::send`] with a `Content-Length` of `announced`,
+    /// whatever the body holds: more than it holds is a stalled body.
+    pub async fn send_announcing(&self, request: &RawRequest, announced: usize) -> Answer {
         let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
         let mut tls = self
             .connector
@@ -103,9 +109,7 @@ impl HttpsClient {
             .unwrap();
         let mut head = format!(
             "{} {} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
-            request.method,
-            request.target,
-            request.body.len()
+            request.method, request.target, announced
         );
         for (name, value) in &request.headers {
             head.push_str(&format!("{name}: {value}\r\n"));
@@ -114,12 +118,41 @@ impl HttpsClient {
         tls.write_all(head.as_bytes()).await.unwrap();
         tls.write_all(&request.body).await.unwrap();
         tls.flush().await.unwrap();
+        if announced > request.body.len() {
+            // The rest never comes: the answer is all the gateway may send.
+            let mut raw = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                match tls.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        raw.extend_from_slice(&chunk[..n]);
+                        if raw.windows(4).any(|w| w == b"\r\n\r\n") && complete(&raw) {
+                            break;
+                        }
+                    }
+                }
+            }
+            return parse_answer(&raw);
+        }
         let mut raw = Vec::new();
         // The gateway closes after answering (`Connection: close`); a
         // close without TLS close_notify still leaves the whole answer.
         let _ = tls.read_to_end(&mut raw).await;
         parse_answer(&raw)
     }
+}
+
+/// Whether `raw` holds a whole answer with a `Content-Length`.
+fn complete(raw: &[u8]) -> bool {
+    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    head.lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .is_some_and(|n| raw.len() >= split + 4 + n)
 }
 
 fn parse_answer(raw: &[u8]) -> Answer {
@@ -263,16 +296,16 @@ impl HttpsDevice {
         answer
     }
 
-    /// Opens a session: its number.
-    pub async fn open_session(&self) -> u64 {
+    /// Opens a session: its token.
+    pub async fn open_session(&self) -> String {
         let answer = self.call("POST", "/v1/device/session", b"").await;
         assert_eq!(answer.status, 200, "{}", answer.text());
-        answer.json()["session"].as_u64().unwrap()
+        answer.json()["session"].as_str().unwrap().to_owned()
     }
 
     /// Polls for signals after `after` (`gold:3,silver:1`), waiting up to
     /// `wait` seconds.
-    pub async fn poll(&self, session: u64, after: &str, wait: u64) -> Answer {
+    pub async fn poll(&self, session: &str, after: &str, wait: u64) -> Answer {
         let target = if after.is_empty() {
             format!("/v1/device/signals?session={session}&wait={wait}")
         } else {
@@ -282,7 +315,7 @@ impl HttpsDevice {
     }
 
     /// Sends reports (a JSON array of report objects).
-    pub async fn report(&self, session: u64, reports: serde_json::Value) -> Answer {
+    pub async fn report(&self, session: &str, reports: serde_json::Value) -> Answer {
         let body = serde_json::to_vec(&serde_json::json!({ "reports": reports })).unwrap();
         self.call(
             "POST",

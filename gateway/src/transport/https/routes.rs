@@ -6,10 +6,10 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `POST /v1/device/session` | opens a session: its number, the confirmed report sequence, the channels' heads, the gateway's time |
-//! | `GET /v1/device/session?session=N` | the same state, for session `N` |
-//! | `GET /v1/device/signals?session=N&after=gold:12,silver:3&wait=20` | the signals after those positions, at once, or when one is published within `wait` seconds |
-//! | `POST /v1/device/reports?session=N` | stores `{"reports":[…]}`, answers `{"confirmed_up_to":N}` once durable |
+//! | `POST /v1/device/session` | opens a session: its token, the confirmed report sequence, the channels' heads, the gateway's time |
+//! | `GET /v1/device/session?session=S` | the same state, for session `S` |
+//! | `GET /v1/device/signals?session=S&after=gold:12,silver:3&wait=20` | the signals after those positions, at once, or when one is published within `wait` seconds |
+//! | `POST /v1/device/reports?session=S` | stores `{"reports":[…]}`, answers `{"confirmed_up_to":N}` once durable |
 //!
 //! Every answer is JSON (errors: RFC 9457 problem details), and signed.
 
@@ -29,7 +29,6 @@ use serde::{Deserialize, Serialize};
 
 use super::signing::{DeviceProblem, SignedBy};
 use crate::clock::unix_ms;
-use crate::core::signed_requests::RequestDenial;
 use crate::core::{Close, Core, DeviceSession, Next};
 use crate::reports::SessionEpoch;
 
@@ -41,6 +40,11 @@ pub const DEFAULT_POLL_WAIT: Duration = Duration::from_secs(10);
 /// The longest `wait` a long-poll may ask for: below the 60 s an EA's
 /// `WebRequest` timeout and most proxies allow an idle request.
 pub const MAX_POLL_WAIT: Duration = Duration::from_secs(30);
+
+/// The least a poll waits, `wait=0` included: time for the session's
+/// channel followers to read the log, so a device behind the head gets
+/// its signals rather than an empty answer.
+const MIN_POLL_WAIT: Duration = Duration::from_millis(250);
 
 /// The most signals one poll answers with; the rest come with the next.
 pub const MAX_SIGNALS_PER_POLL: usize = 100;
@@ -80,8 +84,9 @@ pub fn router(core: Arc<Core>) -> axum::Router {
 /// A device's session, as it is told on opening and on asking.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SessionState {
-    /// The session's number, to name in every later request.
-    pub session: u64,
+    /// The session's token, to name in every later request
+    /// (`?session=…`).
+    pub session: String,
     /// The device's reports are stored up to and including this sequence.
     pub confirmed_up_to: u64,
     /// The gateway's clock, Unix milliseconds: an EA corrects its own by it.
@@ -115,12 +120,12 @@ pub struct Confirmed {
 
 #[derive(Debug, Deserialize)]
 struct SessionQuery {
-    session: u64,
+    session: String,
 }
 
 #[derive(Debug, Deserialize)]
 struct PollQuery {
-    session: u64,
+    session: String,
     #[serde(default)]
     after: Option<String>,
     #[serde(default)]
@@ -199,12 +204,39 @@ async fn open_session(
 ) -> Response {
     match core.open_request_session(by.device_id.as_str()).await {
         Ok((epoch, confirmed)) => state_of(&core, &by, epoch, confirmed).await,
-        Err(
-            RequestDenial::StoreUnavailable
-            | RequestDenial::Failed
-            | RequestDenial::ClockSkew { .. },
-        ) => ended(Close::StoreUnavailable),
+        Err(_) => ended(Close::StoreUnavailable),
     }
+}
+
+/// The answer to a request naming a session the gateway never gave.
+fn no_such_session() -> Response {
+    DeviceProblem::new(StatusCode::GONE, "no such session; open a new one").answer()
+}
+
+/// A store call with the deadline of the core's checks.
+async fn in_time<T, E>(
+    core: &Core,
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, Close> {
+    match tokio::time::timeout(core.auth_deadline, call).await {
+        Ok(Ok(value)) => Ok(value),
+        _ => {
+            core.metrics.store_error();
+            Err(Close::StoreUnavailable)
+        }
+    }
+}
+
+/// Runs `work` to its end in a task of its own: a device that hangs up
+/// mid-request (its `WebRequest` timed out) does not cut a session short
+/// between its start and its finish, which keep the connection count and
+/// the deployment's presence records.
+async fn to_the_end(
+    work: impl std::future::Future<Output = Response> + Send + 'static,
+) -> Response {
+    tokio::spawn(work)
+        .await
+        .unwrap_or_else(|_| ended(Close::StoreUnavailable))
 }
 
 async fn session_state(
@@ -213,44 +245,50 @@ async fn session_state(
     query: Result<Query<SessionQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(Query(query)) = query else {
-        return unprocessable("name the session: ?session=N");
+        return unprocessable("name the session: ?session=…");
     };
-    let epoch = SessionEpoch(query.session);
-    let session = match core
-        .rejoin(by.device_id.clone(), epoch, heapless::Vec::new())
-        .await
-    {
-        Ok(session) => session,
-        Err(close) => return ended(close),
+    let Some(epoch) = core.session_of_token(by.device_id.as_str(), &query.session) else {
+        return no_such_session();
     };
-    let answer = match core.reports.confirmed_up_to(by.device_id.as_str()).await {
-        Ok(confirmed) => state_of(&core, &by, epoch, confirmed).await,
-        Err(_) => ended(Close::StoreUnavailable),
-    };
-    session.finish().await;
-    answer
+    to_the_end(async move {
+        let session = match core
+            .rejoin(by.device_id.clone(), epoch, heapless::Vec::new())
+            .await
+        {
+            Ok(session) => session,
+            Err(close) => return ended(close),
+        };
+        let answer = match in_time(&core, core.reports.confirmed_up_to(by.device_id.as_str())).await
+        {
+            Ok(confirmed) => state_of(&core, &by, epoch, confirmed).await,
+            Err(close) => ended(close),
+        };
+        session.finish().await;
+        answer
+    })
+    .await
 }
 
 async fn state_of(core: &Core, by: &SignedBy, epoch: SessionEpoch, confirmed: u64) -> Response {
-    let channels = match core.registry.get(by.device_id.as_str()).await {
+    let channels = match in_time(core, core.registry.get(by.device_id.as_str())).await {
         Ok(Some(record)) => record.channels,
         Ok(None) => Vec::new(),
-        Err(_) => return ended(Close::StoreUnavailable),
+        Err(close) => return ended(close),
     };
     let mut heads = BTreeMap::new();
     for name in channels {
         let Ok(channel) = ChannelName::new(&name) else {
             continue;
         };
-        match core.signals.head(&channel).await {
+        match in_time(core, core.signals.head(&channel)).await {
             Ok(head) => {
                 heads.insert(name, head);
             }
-            Err(_) => return ended(Close::StoreUnavailable),
+            Err(close) => return ended(close),
         }
     }
     json(&SessionState {
-        session: epoch.0,
+        session: core.session_token(by.device_id.as_str(), epoch),
         confirmed_up_to: confirmed,
         gateway_time_ms: unix_ms(),
         heads,
@@ -295,7 +333,7 @@ async fn poll_signals(
 ) -> Response {
     let Ok(Query(query)) = query else {
         return unprocessable(
-            "a poll takes ?session=N, and may take after=channel:position,… and wait=seconds",
+            "a poll takes ?session=…, and may take after=channel:position,… and wait=seconds",
         );
     };
     let resume = match resume_points(query.after.as_deref()) {
@@ -312,26 +350,29 @@ async fn poll_signals(
             ));
         }
     };
-    let mut session = match core
-        .rejoin(by.device_id.clone(), SessionEpoch(query.session), resume)
-        .await
-    {
-        Ok(session) => session,
-        Err(close) => return ended(close),
+    let Some(epoch) = core.session_of_token(by.device_id.as_str(), &query.session) else {
+        return no_such_session();
     };
-    if let Err(close) = session.start().await {
+    to_the_end(async move {
+        let mut session = match core.rejoin(by.device_id, epoch, resume).await {
+            Ok(session) => session,
+            Err(close) => return ended(close),
+        };
+        if let Err(close) = session.start().await {
+            session.finish().await;
+            return ended(close);
+        }
+        let (polled, ending) = poll(&mut session, wait.max(MIN_POLL_WAIT)).await;
+        session.stop();
         session.finish().await;
-        return ended(close);
-    }
-    let (polled, ending) = poll(&mut session, wait).await;
-    session.stop();
-    session.finish().await;
-    match ending {
-        // Signals taken before the end go out: the device learns of the
-        // end at its next request.
-        Some(close) if polled.signals.is_empty() => ended(close),
-        _ => json(&polled),
-    }
+        match ending {
+            // Signals taken before the end go out: the device learns of the
+            // end at its next request.
+            Some(close) if polled.signals.is_empty() => ended(close),
+            _ => json(&polled),
+        }
+    })
+    .await
 }
 
 /// Takes the signals the session has for the device now, or waits up to
@@ -425,7 +466,7 @@ async fn take_reports(
     body: axum::body::Bytes,
 ) -> Response {
     let Ok(Query(query)) = query else {
-        return unprocessable("name the session: ?session=N");
+        return unprocessable("name the session: ?session=…");
     };
     let reports: ReportsIn = match serde_json::from_slice(&body) {
         Ok(reports) => reports,
@@ -445,31 +486,30 @@ async fn take_reports(
         Ok(reports) => reports,
         Err(why) => return unprocessable(why),
     };
-    let mut session = match core
-        .rejoin(
-            by.device_id.clone(),
-            SessionEpoch(query.session),
-            heapless::Vec::new(),
-        )
-        .await
-    {
-        Ok(session) => session,
-        Err(close) => return ended(close),
+    let Some(epoch) = core.session_of_token(by.device_id.as_str(), &query.session) else {
+        return no_such_session();
     };
-    let answer = if reports.is_empty() {
-        // Nothing to store: where the device's reports stand.
-        core.reports
-            .confirmed_up_to(by.device_id.as_str())
+    to_the_end(async move {
+        let mut session = match core
+            .rejoin(by.device_id.clone(), epoch, heapless::Vec::new())
             .await
-            .map_err(|_| Close::StoreUnavailable)
-    } else {
-        store_reports(&mut session, reports).await
-    };
-    session.finish().await;
-    match answer {
-        Ok(confirmed_up_to) => json(&Confirmed { confirmed_up_to }),
-        Err(close) => ended(close),
-    }
+        {
+            Ok(session) => session,
+            Err(close) => return ended(close),
+        };
+        let answer = if reports.is_empty() {
+            // Nothing to store: where the device's reports stand.
+            in_time(&core, core.reports.confirmed_up_to(by.device_id.as_str())).await
+        } else {
+            store_reports(&mut session, reports).await
+        };
+        session.finish().await;
+        match answer {
+            Ok(confirmed_up_to) => json(&Confirmed { confirmed_up_to }),
+            Err(close) => ended(close),
+        }
+    })
+    .await
 }
 
 /// Writes `reports` through the session and waits until every one is

@@ -33,6 +33,10 @@ use crate::core::signed_requests::{RequestClaim, RequestDenial};
 /// (256, each well under 256 bytes of JSON) with room to spare.
 pub const MAX_REQUEST_BODY: usize = 128 * 1024;
 
+/// How long a request's body may take to arrive after its headers: as
+/// long as the listener gives its headers.
+pub const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Who signed the request a route is answering: the device, checked.
 #[derive(Debug, Clone)]
 pub struct SignedBy {
@@ -140,10 +144,26 @@ pub async fn check_and_sign(
             .auth_failure(crate::core::checks::FailureReason::Malformed);
         return refused();
     };
-    let body = match axum::body::to_bytes(body, MAX_REQUEST_BODY).await {
-        Ok(body) => body,
+    // The spec signs the target as sent on the request line: the origin
+    // form (`/v1/…?…`). An absolute-form request is not one a device sends.
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        return refused();
+    }
+    // A body is read with a deadline, as headers are: a client that
+    // announces one and never sends it is not held.
+    let body =
+        tokio::time::timeout(BODY_DEADLINE, axum::body::to_bytes(body, MAX_REQUEST_BODY)).await;
+    let body = match body {
+        Ok(Ok(body)) => body,
+        Err(_late) => {
+            return DeviceProblem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request's body did not arrive in time",
+            )
+            .answer();
+        }
         // Too large, or cut off: nothing was checked, so nothing is signed.
-        Err(_) => {
+        Ok(Err(_)) => {
             return DeviceProblem::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("a device request's body is at most {MAX_REQUEST_BODY} bytes"),

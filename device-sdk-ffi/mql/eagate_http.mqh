@@ -1,0 +1,812 @@
+//+------------------------------------------------------------------+
+//| eagate_http.mqh: eagate without a DLL, for MQL5 and MQL4.        |
+//| Copy to MQL5\Include (MQL4\Include). No eagate.dll needed:       |
+//| the EA talks to the gateway's device HTTPS listener with         |
+//| WebRequest (add its URL under Tools > Options > Expert Advisors) |
+//| and signs every request as shared/spec/DEVICE-HTTP.md says.      |
+//|                                                                  |
+//| MetaEditor does not run where eagate is built. Every function    |
+//| between "twin begin" and "twin end" is, token for token, its     |
+//| namesake in reference/eagate_http_ref.c (references aside), and  |
+//| device-sdk-ffi/tests/mql.rs holds them to that; the C twin is    |
+//| run against the spec's vectors and a live gateway. The rest      |
+//| (WebRequest, files, JSON) is MQL's own and needs a terminal:     |
+//| docs/metatrader.md lists what was checked and what was not.      |
+//+------------------------------------------------------------------+
+#property strict
+
+#ifndef EAGATE_HTTP_MQH
+#define EAGATE_HTTP_MQH
+
+// The longest text built: a canonical request with a long target.
+#define EAGATE_MAX_TEXT 2048
+// An HMAC's inner block: 64 bytes of padded key, then the message.
+#define EAGATE_MAX_INNER 2112
+// The most reports one request carries.
+#define EAGATE_HTTP_BATCH 64
+
+// Bytes being built, and how many; a length of -1 says they overflowed.
+struct EagateText
+  {
+   uchar             bytes[EAGATE_MAX_TEXT];
+   int               len;
+  };
+
+// SHA-256 by the terminal (CryptEncode). An empty input is not handed to
+// CryptEncode (terminals differ on it): its hash is the spec's constant.
+bool g_eagate_hash_failed = false;
+
+void eagate_sha256(const uchar &data[], int len, uchar &out[])
+  {
+   uchar input[];
+   uchar key[];
+   uchar hash[];
+   int i;
+   if(len == 0)
+     {
+      string empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+      for(i = 0; i < 32; i++)
+         out[i] = (uchar)((EagateHexValue(StringGetCharacter(empty, 2 * i)) << 4)
+                          | EagateHexValue(StringGetCharacter(empty, 2 * i + 1)));
+      return;
+     }
+   ArrayResize(input, len);
+   for(i = 0; i < len; i++)
+      input[i] = data[i];
+   if(CryptEncode(CRYPT_HASH_SHA256, input, key, hash) != 32)
+     {
+      g_eagate_hash_failed = true;
+      for(i = 0; i < 32; i++)
+         out[i] = 0;
+      return;
+     }
+   for(i = 0; i < 32; i++)
+      out[i] = hash[i];
+  }
+
+int EagateHexValue(const int c)
+  {
+   if(c >= '0' && c <= '9')
+      return c - '0';
+   if(c >= 'a' && c <= 'f')
+      return c - 'a' + 10;
+   return -1;
+  }
+
+// Appends the text's UTF-8 bytes (no terminating zero).
+void eagate_append_text(EagateText &c, const string text)
+  {
+   uchar utf8[];
+   int n = StringToCharArray(text, utf8, 0, WHOLE_ARRAY, CP_UTF8);
+   if(n > 0 && utf8[n - 1] == 0)
+      n--;
+   if(c.len < 0 || n > EAGATE_MAX_TEXT - c.len)
+     {
+      c.len = -1;
+      return;
+     }
+   for(int i = 0; i < n; i++)
+      c.bytes[c.len + i] = utf8[i];
+   c.len += n;
+  }
+
+// twin begin: eagate_append_byte
+void eagate_append_byte(EagateText &c, int b) {
+    if (c.len < 0 || c.len >= EAGATE_MAX_TEXT) {
+        c.len = -1;
+        return;
+    }
+    c.bytes[c.len] = (uchar)b;
+    c.len++;
+}
+// twin end
+
+// twin begin: eagate_append_decimal
+void eagate_append_decimal(EagateText &c, ulong value) {
+    uchar digits[20];
+    int n = 0;
+    do {
+        digits[n] = (uchar)('0' + (int)(value % 10));
+        value = value / 10;
+        n++;
+    } while (value > 0);
+    while (n > 0) {
+        n--;
+        eagate_append_byte(c, digits[n]);
+    }
+}
+// twin end
+
+// twin begin: eagate_hex_digit
+int eagate_hex_digit(int v) {
+    if (v < 10) return '0' + v;
+    return 'a' + v - 10;
+}
+// twin end
+
+// twin begin: eagate_append_hex
+void eagate_append_hex(EagateText &c, const uchar &bytes[], int len) {
+    int i;
+    for (i = 0; i < len; i++) {
+        eagate_append_byte(c, eagate_hex_digit(bytes[i] >> 4));
+        eagate_append_byte(c, eagate_hex_digit(bytes[i] & 15));
+    }
+}
+// twin end
+
+// twin begin: eagate_hmac_sha256
+void eagate_hmac_sha256(const uchar &key[], int key_len, const uchar &msg[], int msg_len, uchar &mac[]) {
+    uchar block[64];
+    uchar inner[EAGATE_MAX_INNER];
+    uchar outer[96];
+    uchar inner_hash[32];
+    int i;
+    for (i = 0; i < 64; i++) block[i] = 0;
+    for (i = 0; i < key_len && i < 64; i++) block[i] = key[i];
+    for (i = 0; i < 64; i++) {
+        inner[i] = (uchar)(block[i] ^ 0x36);
+        outer[i] = (uchar)(block[i] ^ 0x5c);
+    }
+    for (i = 0; i < msg_len; i++) inner[64 + i] = msg[i];
+    eagate_sha256(inner, 64 + msg_len, inner_hash);
+    for (i = 0; i < 32; i++) outer[64 + i] = inner_hash[i];
+    eagate_sha256(outer, 96, mac);
+}
+// twin end
+
+// twin begin: eagate_sign_request
+int eagate_sign_request(const uchar &secret[], const string method, const string target,
+                        const string device_id, ulong timestamp_ms, const uchar &nonce[],
+                        const uchar &body[], int body_len, EagateText &signature_hex) {
+    EagateText canonical;
+    uchar body_hash[32];
+    uchar mac[32];
+    eagate_sha256(body, body_len, body_hash);
+    canonical.len = 0;
+    eagate_append_text(canonical, "eagate/1 device-http");
+    eagate_append_byte(canonical, 10);
+    eagate_append_text(canonical, method);
+    eagate_append_byte(canonical, 10);
+    eagate_append_text(canonical, target);
+    eagate_append_byte(canonical, 10);
+    eagate_append_text(canonical, device_id);
+    eagate_append_byte(canonical, 10);
+    eagate_append_decimal(canonical, timestamp_ms);
+    eagate_append_byte(canonical, 10);
+    eagate_append_hex(canonical, nonce, 16);
+    eagate_append_byte(canonical, 10);
+    eagate_append_hex(canonical, body_hash, 32);
+    if (canonical.len < 0) return 0;
+    eagate_hmac_sha256(secret, 32, canonical.bytes, canonical.len, mac);
+    signature_hex.len = 0;
+    eagate_append_hex(signature_hex, mac, 32);
+    return 1;
+}
+// twin end
+
+// twin begin: eagate_verify_answer
+int eagate_verify_answer(const uchar &secret[], const uchar &nonce[], int status, const uchar &body[],
+                         int body_len, const string signature_hex) {
+    EagateText canonical;
+    EagateText expected;
+    EagateText got;
+    uchar body_hash[32];
+    uchar mac[32];
+    int i;
+    int diff;
+    if (status < 100 || status > 999) return 0;
+    eagate_sha256(body, body_len, body_hash);
+    canonical.len = 0;
+    eagate_append_text(canonical, "eagate/1 gateway-http");
+    eagate_append_byte(canonical, 10);
+    eagate_append_hex(canonical, nonce, 16);
+    eagate_append_byte(canonical, 10);
+    eagate_append_decimal(canonical, (ulong)status);
+    eagate_append_byte(canonical, 10);
+    eagate_append_hex(canonical, body_hash, 32);
+    if (canonical.len < 0) return 0;
+    eagate_hmac_sha256(secret, 32, canonical.bytes, canonical.len, mac);
+    expected.len = 0;
+    eagate_append_hex(expected, mac, 32);
+    got.len = 0;
+    eagate_append_text(got, signature_hex);
+    if (got.len != 64) return 0;
+    diff = 0;
+    for (i = 0; i < 64; i++) diff = diff | (expected.bytes[i] ^ got.bytes[i]);
+    return diff == 0;
+}
+// twin end
+
+// twin begin: eagate_make_nonce
+void eagate_make_nonce(const string device_id, ulong counter, ulong time_ms, int random_a,
+                       int random_b, uchar &nonce[]) {
+    EagateText seed;
+    uchar hash[32];
+    int i;
+    seed.len = 0;
+    eagate_append_text(seed, "eagate/1 nonce");
+    eagate_append_byte(seed, 10);
+    eagate_append_text(seed, device_id);
+    eagate_append_byte(seed, 10);
+    eagate_append_decimal(seed, counter);
+    eagate_append_byte(seed, 10);
+    eagate_append_decimal(seed, time_ms);
+    eagate_append_byte(seed, 10);
+    eagate_append_decimal(seed, (ulong)random_a);
+    eagate_append_byte(seed, 10);
+    eagate_append_decimal(seed, (ulong)random_b);
+    eagate_sha256(seed.bytes, seed.len, hash);
+    for (i = 0; i < 16; i++) nonce[i] = hash[i];
+}
+// twin end
+
+// twin begin: eagate_base64url_value
+int eagate_base64url_value(int c) {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '-') return 62;
+    if (c == '_') return 63;
+    return -1;
+}
+// twin end
+
+// twin begin: eagate_parse_secret
+int eagate_parse_secret(const string text, uchar &secret[]) {
+    EagateText t;
+    int i;
+    int v;
+    int bits = 0;
+    int acc = 0;
+    int out = 0;
+    t.len = 0;
+    eagate_append_text(t, text);
+    if (t.len != 47) return 0;
+    if (t.bytes[0] != 'e' || t.bytes[1] != 'g' || t.bytes[2] != 's' || t.bytes[3] != '_') return 0;
+    for (i = 4; i < 47; i++) {
+        v = eagate_base64url_value(t.bytes[i]);
+        if (v < 0) return 0;
+        acc = ((acc << 6) | v) & 16383;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            if (out < 32) secret[out] = (uchar)((acc >> bits) & 255);
+            out++;
+        }
+    }
+    if (out != 32) return 0;
+    if ((acc & ((1 << bits) - 1)) != 0) return 0;
+    return 1;
+}
+// twin end
+
+//+------------------------------------------------------------------+
+//| The client: MQL's own from here on (needs a terminal to run).     |
+//+------------------------------------------------------------------+
+
+// A signal as the gateway sends it (its JSON fields, decimals as text).
+struct EagateHttpSignal
+  {
+   string            channel;
+   ulong             position;
+   string            signal_id;
+   string            symbol;
+   string            action;        // OpenBuy, OpenSell, Close, Modify, Cancel
+   string            order_type;    // Market, Limit, Stop
+   string            volume;
+   string            price;         // "" when absent
+   string            stop_loss;
+   string            take_profit;
+   ulong             magic;
+   string            comment;
+   ulong             expires_at_ms; // 0 when absent
+   string            reference;     // "" when absent
+  };
+
+// The value text of "key" in a flat JSON object: a string's contents
+// (unescaped), a number's digits, "" for null or a missing key.
+string EagateJsonField(const string json, const string key)
+  {
+   string needle = "\"" + key + "\":";
+   int at = StringFind(json, needle);
+   if(at < 0)
+      return "";
+   at += StringLen(needle);
+   int n = StringLen(json);
+   while(at < n && StringGetCharacter(json, at) == ' ')
+      at++;
+   if(at >= n)
+      return "";
+   if(StringGetCharacter(json, at) != '"')
+     {
+      int end = at;
+      while(end < n)
+        {
+         ushort ch = StringGetCharacter(json, end);
+         if(ch == ',' || ch == '}' || ch == ']')
+            break;
+         end++;
+        }
+      string raw = StringSubstr(json, at, end - at);
+      if(raw == "null")
+         return "";
+      return raw;
+     }
+   string value = "";
+   for(int i = at + 1; i < n; i++)
+     {
+      ushort ch = StringGetCharacter(json, i);
+      if(ch == '"')
+         break;
+      if(ch == '\\' && i + 1 < n)
+        {
+         i++;
+         ushort esc = StringGetCharacter(json, i);
+         if(esc == 'n')
+            value += "\n";
+         else
+            if(esc == 't')
+               value += "\t";
+            else
+               if(esc == 'u' && i + 4 < n)
+                 {
+                  value += ShortToString((ushort)StringToInteger("0x" + StringSubstr(json, i + 1, 4)));
+                  i += 4;
+                 }
+               else
+                  value += ShortToString(esc);
+         continue;
+        }
+      value += ShortToString(ch);
+     }
+   return value;
+  }
+
+// The objects of the array "key" holds, each as its JSON text.
+int EagateJsonObjects(const string json, const string key, string &objects[])
+  {
+   ArrayResize(objects, 0);
+   int at = StringFind(json, "\"" + key + "\":[");
+   if(at < 0)
+      return 0;
+   int n = StringLen(json);
+   int depth = 0;
+   int start = -1;
+   bool in_string = false;
+   for(int i = at + StringLen(key) + 4; i < n; i++)
+     {
+      ushort ch = StringGetCharacter(json, i);
+      if(in_string)
+        {
+         if(ch == '\\')
+            i++;
+         else
+            if(ch == '"')
+               in_string = false;
+         continue;
+        }
+      if(ch == '"')
+         in_string = true;
+      else
+         if(ch == '{')
+           {
+            if(depth == 0)
+               start = i;
+            depth++;
+           }
+         else
+            if(ch == '}')
+              {
+               depth--;
+               if(depth == 0 && start >= 0)
+                 {
+                  int k = ArraySize(objects);
+                  ArrayResize(objects, k + 1);
+                  objects[k] = StringSubstr(json, start, i - start + 1);
+                  start = -1;
+                 }
+              }
+            else
+               if(ch == ']' && depth == 0)
+                  break;
+     }
+   return ArraySize(objects);
+  }
+
+// Text as a JSON string, quoted and escaped.
+string EagateJsonString(const string text)
+  {
+   string out = "\"";
+   int n = StringLen(text);
+   for(int i = 0; i < n; i++)
+     {
+      ushort ch = StringGetCharacter(text, i);
+      if(ch == '"' || ch == '\\')
+         out += "\\" + ShortToString(ch);
+      else
+         if(ch < 32)
+            out += StringFormat("\\u%04x", ch);
+         else
+            out += ShortToString(ch);
+     }
+   return out + "\"";
+  }
+
+// The gateway over HTTPS: one request at a time, each signed, each answer
+// verified before anything acts on it.
+class EagateHttp
+  {
+private:
+   string            m_url;          // https://host:port, no trailing slash
+   string            m_device;
+   uchar             m_secret[32];
+   string            m_session;      // the token naming the session
+   long              m_offset_ms;    // gateway clock minus this terminal's
+   string            m_state_file;
+   string            m_channels[];   // positions per channel, persisted
+   ulong             m_positions[];
+   ulong             m_next_seq;     // the next report's sequence number
+   ulong             m_queue_seq[];  // reports not yet confirmed, in order
+   string            m_queue_json[];
+   string            m_error;
+   bool              m_stopped;
+
+   ulong             NowMs() { return (ulong)((long)TimeGMT() * 1000 + m_offset_ms); }
+   bool              Request(const string method, const string target, const string body,
+                             const int timeout_ms, int &status, string &answer);
+   bool              SaveState();
+   void              LoadState();
+   string            After();
+   void              SetPosition(const string channel, const ulong position);
+   void              Queue(const string fields);
+
+public:
+                     EagateHttp() : m_session(""), m_offset_ms(0), m_next_seq(1), m_stopped(false) {}
+   bool              Init(const string url, const string device_id, const string secret_text);
+   bool              OpenSession();
+   int               Poll(const int wait_secs, EagateHttpSignal &signals[]);
+   void              Received(const EagateHttpSignal &signal);
+   void              QueueFill(const string signal_id, const ulong ticket, const string price, const string volume);
+   void              QueueRejection(const string signal_id, const uint code, const string text);
+   bool              FlushReports();
+   int               Unconfirmed() { return ArraySize(m_queue_seq); }
+   bool              Stopped() { return m_stopped; }
+   string            LastError() { return m_error; }
+  };
+
+bool EagateHttp::Init(const string url, const string device_id, const string secret_text)
+  {
+   m_url = url;
+   while(StringLen(m_url) > 0 && StringGetCharacter(m_url, StringLen(m_url) - 1) == '/')
+      m_url = StringSubstr(m_url, 0, StringLen(m_url) - 1);
+   m_device = device_id;
+   if(eagate_parse_secret(secret_text, m_secret) == 0)
+     {
+      m_error = "the device secret is not an egs_ secret (47 characters, as shown once at registration)";
+      return false;
+     }
+   m_state_file = "eagate_http_" + device_id + ".txt";
+   LoadState();
+   MathSrand((uint)GetTickCount());
+   return true;
+  }
+
+// One signed request; false (with LastError) when it did not reach the
+// gateway or its answer is not signed by the device's own secret. A
+// skewed clock is corrected by the gateway's signed time and retried once.
+bool EagateHttp::Request(const string method, const string target, const string body,
+                         const int timeout_ms, int &status, string &answer)
+  {
+   for(int attempt = 0; attempt < 2; attempt++)
+     {
+      uchar body_bytes[];
+      int body_len = StringToCharArray(body, body_bytes, 0, WHOLE_ARRAY, CP_UTF8);
+      if(body_len > 0 && body_bytes[body_len - 1] == 0)
+         body_len--;
+      ArrayResize(body_bytes, body_len);
+      string counter_name = "eagate_http_nonce_" + m_device;
+      double counter = GlobalVariableCheck(counter_name) ? GlobalVariableGet(counter_name) : 0.0;
+      counter += 1.0;
+      GlobalVariableSet(counter_name, counter);
+      GlobalVariablesFlush();
+      uchar nonce[16];
+      eagate_make_nonce(m_device, (ulong)counter, (ulong)GetTickCount() + (ulong)TimeLocal() * 1000,
+                        MathRand(), MathRand(), nonce);
+      ulong timestamp = NowMs();
+      EagateText signature;
+      if(eagate_sign_request(m_secret, method, target, m_device, timestamp, nonce, body_bytes, body_len, signature) == 0)
+        {
+         m_error = "the request is too long to sign";
+         return false;
+        }
+      EagateText nonce_hex;
+      nonce_hex.len = 0;
+      eagate_append_hex(nonce_hex, nonce, 16);
+      string headers = "Eagate-Device: " + m_device + "\r\n"
+                       + "Eagate-Timestamp: " + StringFormat("%I64u", timestamp) + "\r\n"
+                       + "Eagate-Nonce: " + CharArrayToString(nonce_hex.bytes, 0, nonce_hex.len) + "\r\n"
+                       + "Eagate-Signature: " + CharArrayToString(signature.bytes, 0, signature.len) + "\r\n"
+                       + "Content-Type: application/json\r\n";
+      char data[];
+      ArrayResize(data, body_len);
+      for(int i = 0; i < body_len; i++)
+         data[i] = (char)body_bytes[i];
+      char result[];
+      string result_headers;
+      ResetLastError();
+      status = WebRequest(method, m_url + target, headers, timeout_ms, data, result, result_headers);
+      if(status == -1)
+        {
+         int code = GetLastError();
+         if(code == 4014)
+            m_error = "WebRequest to " + m_url + " is not allowed: add it under Tools > Options > Expert Advisors";
+         else
+            m_error = "WebRequest failed (error " + IntegerToString(code) + ")";
+         return false;
+        }
+      string signature_text = "";
+      string lines[];
+      int count = StringSplit(result_headers, '\n', lines);
+      for(int i = 0; i < count; i++)
+        {
+         string line = lines[i];
+         StringTrimRight(line);
+         string lower = line;
+         StringToLower(lower);
+         if(StringFind(lower, "eagate-signature:") == 0)
+           {
+            signature_text = StringSubstr(line, 17);
+            StringTrimLeft(signature_text);
+           }
+        }
+      int result_len = ArraySize(result);
+      uchar result_bytes[];
+      ArrayResize(result_bytes, result_len);
+      for(int i = 0; i < result_len; i++)
+         result_bytes[i] = (uchar)result[i];
+      if(eagate_verify_answer(m_secret, nonce, status, result_bytes, result_len, signature_text) == 0 || g_eagate_hash_failed)
+        {
+         m_error = "an answer (" + IntegerToString(status) + ") not signed by the gateway for this device: "
+                   "wrong secret, or something between the terminal and the gateway changed it; ignored";
+         return false;
+        }
+      answer = CharArrayToString(result_bytes, 0, result_len, CP_UTF8);
+      if(status == 401 && EagateJsonField(answer, "title") == "clock skew" && attempt == 0)
+        {
+         long gateway_ms = StringToInteger(EagateJsonField(answer, "gateway_time_ms"));
+         m_offset_ms = gateway_ms - (long)TimeGMT() * 1000;
+         Print("eagate: this terminal's clock is off by ", m_offset_ms, " ms; using the gateway's time");
+         continue;
+        }
+      return true;
+     }
+   m_error = "the clock could not be corrected";
+   return false;
+  }
+
+// Opens a session (OnInit): the newest session of the device wins, an
+// older one elsewhere is told it was replaced.
+bool EagateHttp::OpenSession()
+  {
+   int status;
+   string answer;
+   if(!Request("POST", "/v1/device/session", "", 15000, status, answer))
+      return false;
+   if(status != 200)
+     {
+      m_error = "opening a session: " + IntegerToString(status) + " " + EagateJsonField(answer, "title");
+      if(status == 401)
+         m_error = "the gateway refused this device (id, secret, revoked?)";
+      return false;
+     }
+   m_session = EagateJsonField(answer, "session");
+   long gateway_ms = StringToInteger(EagateJsonField(answer, "gateway_time_ms"));
+   m_offset_ms = gateway_ms - (long)TimeGMT() * 1000;
+   return m_session != "";
+  }
+
+// Waits up to wait_secs for signals after the positions kept in the state
+// file; the number of signals, or -1 (LastError says why; Stopped() when
+// this EA must stop: replaced by another copy, or revoked).
+int EagateHttp::Poll(const int wait_secs, EagateHttpSignal &signals[])
+  {
+   ArrayResize(signals, 0);
+   if(m_stopped)
+      return -1;
+   string target = "/v1/device/signals?session=" + m_session + "&wait=" + IntegerToString(wait_secs);
+   string after = After();
+   if(after != "")
+      target += "&after=" + after;
+   int status;
+   string answer;
+   if(!Request("GET", target, "", (wait_secs + 15) * 1000, status, answer))
+      return -1;
+   if(status == 410)
+     {
+      m_error = EagateJsonField(answer, "title");
+      m_stopped = true;
+      return -1;
+     }
+   if(status != 200)
+     {
+      m_error = "polling: " + IntegerToString(status) + " " + EagateJsonField(answer, "title");
+      return -1;
+     }
+   string objects[];
+   int n = EagateJsonObjects(answer, "signals", objects);
+   ArrayResize(signals, n);
+   for(int i = 0; i < n; i++)
+     {
+      string o = objects[i];
+      signals[i].channel = EagateJsonField(o, "channel");
+      signals[i].position = (ulong)StringToInteger(EagateJsonField(o, "position"));
+      signals[i].signal_id = EagateJsonField(o, "signal_id");
+      signals[i].symbol = EagateJsonField(o, "symbol");
+      signals[i].action = EagateJsonField(o, "action");
+      signals[i].order_type = EagateJsonField(o, "order_type");
+      signals[i].volume = EagateJsonField(o, "volume");
+      signals[i].price = EagateJsonField(o, "price");
+      signals[i].stop_loss = EagateJsonField(o, "stop_loss");
+      signals[i].take_profit = EagateJsonField(o, "take_profit");
+      signals[i].magic = (ulong)StringToInteger(EagateJsonField(o, "magic"));
+      signals[i].comment = EagateJsonField(o, "comment");
+      signals[i].expires_at_ms = (ulong)StringToInteger(EagateJsonField(o, "expires_at_ms"));
+      signals[i].reference = EagateJsonField(o, "reference");
+     }
+   return n;
+  }
+
+// The EA acted on a signal: its "received" report is queued (and kept in
+// the state file) and the signal's position recorded, in one write, so a
+// restart neither loses the report nor takes the signal again.
+void EagateHttp::Received(const EagateHttpSignal &signal)
+  {
+   SetPosition(signal.channel, signal.position);
+   Queue("\"signal_id\":\"" + signal.signal_id + "\",\"kind\":\"received\"");
+  }
+
+void EagateHttp::QueueFill(const string signal_id, const ulong ticket, const string price, const string volume)
+  {
+   Queue("\"signal_id\":\"" + signal_id + "\",\"kind\":\"filled\",\"ticket\":\"" + StringFormat("%I64u", ticket)
+         + "\",\"price\":\"" + price + "\",\"volume\":\"" + volume + "\"");
+  }
+
+void EagateHttp::QueueRejection(const string signal_id, const uint code, const string text)
+  {
+   Queue("\"signal_id\":\"" + signal_id + "\",\"kind\":\"rejected\",\"error_code\":" + IntegerToString(code)
+         + ",\"error_text\":" + EagateJsonString(StringSubstr(text, 0, 200)));
+  }
+
+void EagateHttp::Queue(const string fields)
+  {
+   int k = ArraySize(m_queue_seq);
+   ArrayResize(m_queue_seq, k + 1);
+   ArrayResize(m_queue_json, k + 1);
+   m_queue_seq[k] = m_next_seq;
+   m_queue_json[k] = "{\"seq\":" + StringFormat("%I64u", m_next_seq) + ",\"at_ms\":"
+                     + StringFormat("%I64u", NowMs()) + "," + fields + "}";
+   m_next_seq++;
+   if(!SaveState())
+      Print("eagate: cannot write ", m_state_file, ": a restart now would lose this report");
+  }
+
+// Sends the queued reports, oldest first, in batches; drops those the
+// gateway confirmed. True when none is left.
+bool EagateHttp::FlushReports()
+  {
+   while(ArraySize(m_queue_seq) > 0 && !m_stopped)
+     {
+      int n = MathMin(ArraySize(m_queue_seq), EAGATE_HTTP_BATCH);
+      string body = "{\"reports\":[";
+      for(int i = 0; i < n; i++)
+         body += (i > 0 ? "," : "") + m_queue_json[i];
+      body += "]}";
+      int status;
+      string answer;
+      if(!Request("POST", "/v1/device/reports?session=" + m_session, body, 20000, status, answer))
+         return false;
+      if(status == 410)
+        {
+         m_error = EagateJsonField(answer, "title");
+         m_stopped = true;
+         return false;
+        }
+      if(status != 200)
+        {
+         // 409: a different report holds one of these numbers (another
+         // installation of this device): stop, as the DLL does.
+         m_error = "reports: " + IntegerToString(status) + " " + EagateJsonField(answer, "title");
+         if(status == 409)
+            m_stopped = true;
+         return false;
+        }
+      ulong confirmed = (ulong)StringToInteger(EagateJsonField(answer, "confirmed_up_to"));
+      int done = 0;
+      while(done < ArraySize(m_queue_seq) && m_queue_seq[done] <= confirmed)
+         done++;
+      if(done == 0)
+         return false;
+      int left = ArraySize(m_queue_seq) - done;
+      for(int i = 0; i < left; i++)
+        {
+         m_queue_seq[i] = m_queue_seq[done + i];
+         m_queue_json[i] = m_queue_json[done + i];
+        }
+      ArrayResize(m_queue_seq, left);
+      ArrayResize(m_queue_json, left);
+      SaveState();
+     }
+   return ArraySize(m_queue_seq) == 0;
+  }
+
+string EagateHttp::After()
+  {
+   string after = "";
+   for(int i = 0; i < ArraySize(m_channels); i++)
+      after += (i > 0 ? "," : "") + m_channels[i] + ":" + StringFormat("%I64u", m_positions[i]);
+   return after;
+  }
+
+void EagateHttp::SetPosition(const string channel, const ulong position)
+  {
+   for(int i = 0; i < ArraySize(m_channels); i++)
+      if(m_channels[i] == channel)
+        {
+         if(position > m_positions[i])
+            m_positions[i] = position;
+         return;
+        }
+   int k = ArraySize(m_channels);
+   ArrayResize(m_channels, k + 1);
+   ArrayResize(m_positions, k + 1);
+   m_channels[k] = channel;
+   m_positions[k] = position;
+  }
+
+// The state file, written whole to a new file and moved over the old, so
+// a crash leaves the old or the new, never half of one.
+bool EagateHttp::SaveState()
+  {
+   string temporary = m_state_file + ".new";
+   int h = FileOpen(temporary, FILE_WRITE | FILE_TXT | FILE_ANSI, '\t', CP_UTF8);
+   if(h == INVALID_HANDLE)
+      return false;
+   FileWriteString(h, "seq\t" + StringFormat("%I64u", m_next_seq) + "\n");
+   for(int i = 0; i < ArraySize(m_channels); i++)
+      FileWriteString(h, "pos\t" + m_channels[i] + "\t" + StringFormat("%I64u", m_positions[i]) + "\n");
+   for(int i = 0; i < ArraySize(m_queue_seq); i++)
+      FileWriteString(h, "rep\t" + StringFormat("%I64u", m_queue_seq[i]) + "\t" + m_queue_json[i] + "\n");
+   FileFlush(h);
+   FileClose(h);
+   return FileMove(temporary, 0, m_state_file, FILE_REWRITE);
+  }
+
+void EagateHttp::LoadState()
+  {
+   int h = FileOpen(m_state_file, FILE_READ | FILE_TXT | FILE_ANSI, '\t', CP_UTF8);
+   if(h == INVALID_HANDLE)
+      return;
+   while(!FileIsEnding(h))
+     {
+      string line = FileReadString(h);
+      string parts[];
+      int n = StringSplit(line, '\t', parts);
+      if(n >= 2 && parts[0] == "seq")
+         m_next_seq = (ulong)StringToInteger(parts[1]);
+      else
+         if(n >= 3 && parts[0] == "pos")
+            SetPosition(parts[1], (ulong)StringToInteger(parts[2]));
+         else
+            if(n >= 3 && parts[0] == "rep")
+              {
+               int k = ArraySize(m_queue_seq);
+               ArrayResize(m_queue_seq, k + 1);
+               ArrayResize(m_queue_json, k + 1);
+               m_queue_seq[k] = (ulong)StringToInteger(parts[1]);
+               m_queue_json[k] = parts[2];
+              }
+     }
+   FileClose(h);
+  }
+
+#endif
