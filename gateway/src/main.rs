@@ -245,6 +245,9 @@ fn serve(
                 buffers.send / 1024
             );
         }
+        if let Some(addr) = gateway.device_https_addr() {
+            println!("  HTTPS (devices):  https://{addr} (signed requests, for EAs without a DLL)");
+        }
         if let Some(addr) = gateway.http_addr() {
             println!("  HTTP (admin API): http://{addr}");
         }

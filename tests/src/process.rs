@@ -121,6 +121,9 @@ pub struct Gateway {
     pub api: String,
     /// The TLS fingerprint it printed.
     pub fingerprint: String,
+    /// The device HTTPS listener's address, when it serves one
+    /// (`--device-https-listen`).
+    pub device_https: Option<String>,
     data_dir: PathBuf,
     extra: Vec<String>,
     token: String,
@@ -186,11 +189,18 @@ impl Gateway {
             .to_owned();
         let api = field("HTTP (admin API): ");
         let fingerprint = field("TLS fingerprint:  SHA256 ");
+        let device_https = lines.seen().iter().find_map(|l| {
+            l.trim()
+                .strip_prefix("HTTPS (devices):  https://")
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(str::to_owned)
+        });
         Self {
             child: Some(child),
             quic,
             api,
             fingerprint,
+            device_https,
             data_dir: data_dir.to_owned(),
             extra,
             token: String::new(),
@@ -211,6 +221,7 @@ impl Gateway {
         assert_eq!(again.fingerprint, self.fingerprint, "the identity is kept");
         self.child = again.child.take();
         self.api = again.api.clone();
+        self.device_https = again.device_https.clone();
     }
 
     /// Runs the `eagate` CLI against this gateway and returns its stdout.

@@ -98,6 +98,13 @@ impl HttpsClient {
         self.send_announcing(request, request.body.len()).await
     }
 
+    /// [`HttpsClient::send`], or the error of a gateway that cannot be
+    /// reached (killed, say).
+    pub async fn try_send(&self, request: &RawRequest) -> std::io::Result<Answer> {
+        tokio::net::TcpStream::connect(self.addr).await?;
+        Ok(self.send(request).await)
+    }
+
     /// [`HttpsClient::send`] with a `Content-Length` of `announced`,
     /// whatever the body holds: more than it holds is a stalled body.
     pub async fn send_announcing(&self, request: &RawRequest, announced: usize) -> Answer {
