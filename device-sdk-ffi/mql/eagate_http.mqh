@@ -413,6 +413,36 @@ int EagateJsonObjects(const string json, const string key, string &objects[])
    return ArraySize(objects);
   }
 
+// The "name": number pairs of the flat object "key" holds.
+int EagateJsonCounts(const string json, const string key, string &names[], ulong &values[])
+  {
+   ArrayResize(names, 0);
+   ArrayResize(values, 0);
+   string needle = "\"" + key + "\":{";
+   int at = StringFind(json, needle);
+   if(at < 0)
+      return 0;
+   int end = StringFind(json, "}", at);
+   if(end < 0)
+      return 0;
+   string body = StringSubstr(json, at + StringLen(needle), end - at - StringLen(needle));
+   string pairs[];
+   int n = StringSplit(body, ',', pairs);
+   for(int i = 0; i < n; i++)
+     {
+      string parts[];
+      if(StringSplit(pairs[i], ':', parts) != 2)
+         continue;
+      StringReplace(parts[0], "\"", "");
+      int k = ArraySize(names);
+      ArrayResize(names, k + 1);
+      ArrayResize(values, k + 1);
+      names[k] = parts[0];
+      values[k] = (ulong)StringToInteger(parts[1]);
+     }
+   return ArraySize(names);
+  }
+
 // Text as a JSON string, quoted and escaped.
 string EagateJsonString(const string text)
   {
@@ -447,7 +477,8 @@ private:
    ulong             m_positions[];
    ulong             m_next_seq;     // the next report's sequence number
    ulong             m_queue_seq[];  // reports not yet confirmed, in order
-   string            m_queue_json[];
+   ulong             m_queue_at[];   // when each happened, Unix ms
+   string            m_queue_fields[]; // each report's JSON fields but seq and at_ms
    string            m_error;
    bool              m_stopped;
 
@@ -456,8 +487,12 @@ private:
                              const int timeout_ms, int &status, string &answer);
    bool              SaveState();
    void              LoadState();
+   string            ReportJson(const int i);
+   bool              Renumber(const ulong taken);
+   bool              Ended(const int status, const string answer);
    string            After();
-   void              SetPosition(const string channel, const ulong position);
+   void              SetPosition(const string channel, const ulong position, const bool exactly = false);
+   ulong             PositionOf(const string channel);
    void              Queue(const string fields);
 
 public:
@@ -499,6 +534,7 @@ bool EagateHttp::Request(const string method, const string target, const string 
   {
    for(int attempt = 0; attempt < 2; attempt++)
      {
+      g_eagate_hash_failed = false;
       uchar body_bytes[];
       int body_len = StringToCharArray(body, body_bytes, 0, WHOLE_ARRAY, CP_UTF8);
       if(body_len > 0 && body_bytes[body_len - 1] == 0)
@@ -538,7 +574,8 @@ bool EagateHttp::Request(const string method, const string target, const string 
       if(status == -1)
         {
          int code = GetLastError();
-         if(code == 4014)
+         // 4014 (MQL5) and 4060 (MQL4): the URL is not in the allowed list.
+         if(code == 4014 || code == 4060)
             m_error = "WebRequest to " + m_url + " is not allowed: add it under Tools > Options > Expert Advisors";
          else
             m_error = "WebRequest failed (error " + IntegerToString(code) + ")";
@@ -566,8 +603,13 @@ bool EagateHttp::Request(const string method, const string target, const string 
          result_bytes[i] = (uchar)result[i];
       if(eagate_verify_answer(m_secret, nonce, status, result_bytes, result_len, signature_text) == 0 || g_eagate_hash_failed)
         {
-         m_error = "an answer (" + IntegerToString(status) + ") not signed by the gateway for this device: "
-                   "wrong secret, or something between the terminal and the gateway changed it; ignored";
+         // The gateway signs no refusal of a request it could not check
+         // (any signature would serve a forger): shown, never acted on.
+         if(status == 401 && signature_text == "")
+            m_error = "the gateway refused this device: check its id and secret (or it was revoked)";
+         else
+            m_error = "an answer (" + IntegerToString(status) + ") not signed by the gateway for this device: "
+                      "something between the terminal and the gateway changed it; ignored";
          return false;
         }
       answer = CharArrayToString(result_bytes, 0, result_len, CP_UTF8);
@@ -580,8 +622,9 @@ bool EagateHttp::Request(const string method, const string target, const string 
         }
       return true;
      }
-   m_error = "the clock could not be corrected";
-   return false;
+   // The gateway said twice that the clock is off: the second answer is
+   // the one returned (both loops end with a return above).
+   return true;
   }
 
 // Opens a session (OnInit): the newest session of the device wins, an
@@ -595,11 +638,17 @@ bool EagateHttp::OpenSession()
    if(status != 200)
      {
       m_error = "opening a session: " + IntegerToString(status) + " " + EagateJsonField(answer, "title");
-      if(status == 401)
-         m_error = "the gateway refused this device (id, secret, revoked?)";
       return false;
      }
    m_session = EagateJsonField(answer, "session");
+   // A new state file (a new terminal, a lost file) numbers its reports
+   // after those the gateway already holds for the device.
+   ulong confirmed = (ulong)StringToInteger(EagateJsonField(answer, "confirmed_up_to"));
+   if(m_next_seq <= confirmed && ArraySize(m_queue_seq) == 0)
+     {
+      m_next_seq = confirmed + 1;
+      SaveState();
+     }
    long gateway_ms = StringToInteger(EagateJsonField(answer, "gateway_time_ms"));
    m_offset_ms = gateway_ms - (long)TimeGMT() * 1000;
    return m_session != "";
@@ -613,6 +662,8 @@ int EagateHttp::Poll(const int wait_secs, EagateHttpSignal &signals[])
    ArrayResize(signals, 0);
    if(m_stopped)
       return -1;
+   if(m_session == "" && !OpenSession())
+      return -1;
    string target = "/v1/device/signals?session=" + m_session + "&wait=" + IntegerToString(wait_secs);
    string after = After();
    if(after != "")
@@ -621,12 +672,8 @@ int EagateHttp::Poll(const int wait_secs, EagateHttpSignal &signals[])
    string answer;
    if(!Request("GET", target, "", (wait_secs + 15) * 1000, status, answer))
       return -1;
-   if(status == 410)
-     {
-      m_error = EagateJsonField(answer, "title");
-      m_stopped = true;
+   if(Ended(status, answer))
       return -1;
-     }
    if(status != 200)
      {
       m_error = "polling: " + IntegerToString(status) + " " + EagateJsonField(answer, "title");
@@ -653,6 +700,28 @@ int EagateHttp::Poll(const int wait_secs, EagateHttpSignal &signals[])
       signals[i].expires_at_ms = (ulong)StringToInteger(EagateJsonField(o, "expires_at_ms"));
       signals[i].reference = EagateJsonField(o, "reference");
      }
+   // Channels this answer brings nothing for stand where the gateway says,
+   // which may be below the kept position (a log started anew). Channels
+   // with signals move only as the EA acts on each (Received), so a
+   // restart mid-way takes the rest again.
+   string names[];
+   ulong positions[];
+   bool moved = false;
+   int channels = EagateJsonCounts(answer, "positions", names, positions);
+   for(int c = 0; c < channels; c++)
+     {
+      bool brought = false;
+      for(int i = 0; i < n; i++)
+         if(signals[i].channel == names[c])
+            brought = true;
+      if(!brought && PositionOf(names[c]) != positions[c])
+        {
+         SetPosition(names[c], positions[c], true);
+         moved = true;
+        }
+     }
+   if(moved)
+      SaveState();
    return n;
   }
 
@@ -674,17 +743,18 @@ void EagateHttp::QueueFill(const string signal_id, const ulong ticket, const str
 void EagateHttp::QueueRejection(const string signal_id, const uint code, const string text)
   {
    Queue("\"signal_id\":\"" + signal_id + "\",\"kind\":\"rejected\",\"error_code\":" + IntegerToString(code)
-         + ",\"error_text\":" + EagateJsonString(StringSubstr(text, 0, 200)));
+         + ",\"error_text\":" + EagateJsonString(StringSubstr(text, 0, 120)));
   }
 
 void EagateHttp::Queue(const string fields)
   {
    int k = ArraySize(m_queue_seq);
    ArrayResize(m_queue_seq, k + 1);
-   ArrayResize(m_queue_json, k + 1);
+   ArrayResize(m_queue_at, k + 1);
+   ArrayResize(m_queue_fields, k + 1);
    m_queue_seq[k] = m_next_seq;
-   m_queue_json[k] = "{\"seq\":" + StringFormat("%I64u", m_next_seq) + ",\"at_ms\":"
-                     + StringFormat("%I64u", NowMs()) + "," + fields + "}";
+   m_queue_at[k] = NowMs();
+   m_queue_fields[k] = fields;
    m_next_seq++;
    if(!SaveState())
       Print("eagate: cannot write ", m_state_file, ": a restart now would lose this report");
@@ -696,28 +766,39 @@ bool EagateHttp::FlushReports()
   {
    while(ArraySize(m_queue_seq) > 0 && !m_stopped)
      {
+      if(m_session == "" && !OpenSession())
+         return false;
       int n = MathMin(ArraySize(m_queue_seq), EAGATE_HTTP_BATCH);
       string body = "{\"reports\":[";
       for(int i = 0; i < n; i++)
-         body += (i > 0 ? "," : "") + m_queue_json[i];
+         body += (i > 0 ? "," : "") + ReportJson(i);
       body += "]}";
       int status;
       string answer;
       if(!Request("POST", "/v1/device/reports?session=" + m_session, body, 20000, status, answer))
          return false;
-      if(status == 410)
-        {
-         m_error = EagateJsonField(answer, "title");
-         m_stopped = true;
+      if(Ended(status, answer))
          return false;
+      if(status == 409)
+        {
+         // Another installation of this device stored other reports under
+         // these numbers (a copied state file, a second terminal): ours are
+         // not stored under them (the gateway stops at the first conflict),
+         // so they take the numbers after the device's confirmed ones.
+         string title = EagateJsonField(answer, "title");
+         Print("eagate: ", title, "; numbering the queued reports from it on anew");
+         // "report K differs from the one stored"
+         ulong taken = (ulong)StringToInteger(StringSubstr(title, 7));
+         if(taken == 0 || !Renumber(taken))
+           {
+            m_error = "reports: " + title;
+            return false;
+           }
+         continue;
         }
       if(status != 200)
         {
-         // 409: a different report holds one of these numbers (another
-         // installation of this device): stop, as the DLL does.
          m_error = "reports: " + IntegerToString(status) + " " + EagateJsonField(answer, "title");
-         if(status == 409)
-            m_stopped = true;
          return false;
         }
       ulong confirmed = (ulong)StringToInteger(EagateJsonField(answer, "confirmed_up_to"));
@@ -730,10 +811,12 @@ bool EagateHttp::FlushReports()
       for(int i = 0; i < left; i++)
         {
          m_queue_seq[i] = m_queue_seq[done + i];
-         m_queue_json[i] = m_queue_json[done + i];
+         m_queue_at[i] = m_queue_at[done + i];
+         m_queue_fields[i] = m_queue_fields[done + i];
         }
       ArrayResize(m_queue_seq, left);
-      ArrayResize(m_queue_json, left);
+      ArrayResize(m_queue_at, left);
+      ArrayResize(m_queue_fields, left);
       SaveState();
      }
    return ArraySize(m_queue_seq) == 0;
@@ -747,12 +830,21 @@ string EagateHttp::After()
    return after;
   }
 
-void EagateHttp::SetPosition(const string channel, const ulong position)
+ulong EagateHttp::PositionOf(const string channel)
+  {
+   for(int i = 0; i < ArraySize(m_channels); i++)
+      if(m_channels[i] == channel)
+         return m_positions[i];
+   return ULONG_MAX;
+  }
+
+// Keeps a channel's position: raised only, unless exactly (the gateway's).
+void EagateHttp::SetPosition(const string channel, const ulong position, const bool exactly)
   {
    for(int i = 0; i < ArraySize(m_channels); i++)
       if(m_channels[i] == channel)
         {
-         if(position > m_positions[i])
+         if(exactly || position > m_positions[i])
             m_positions[i] = position;
          return;
         }
@@ -775,7 +867,8 @@ bool EagateHttp::SaveState()
    for(int i = 0; i < ArraySize(m_channels); i++)
       FileWriteString(h, "pos\t" + m_channels[i] + "\t" + StringFormat("%I64u", m_positions[i]) + "\n");
    for(int i = 0; i < ArraySize(m_queue_seq); i++)
-      FileWriteString(h, "rep\t" + StringFormat("%I64u", m_queue_seq[i]) + "\t" + m_queue_json[i] + "\n");
+      FileWriteString(h, "rep\t" + StringFormat("%I64u", m_queue_seq[i]) + "\t" + StringFormat("%I64u", m_queue_at[i])
+                      + "\t" + m_queue_fields[i] + "\n");
    FileFlush(h);
    FileClose(h);
    return FileMove(temporary, 0, m_state_file, FILE_REWRITE);
@@ -797,16 +890,69 @@ void EagateHttp::LoadState()
          if(n >= 3 && parts[0] == "pos")
             SetPosition(parts[1], (ulong)StringToInteger(parts[2]));
          else
-            if(n >= 3 && parts[0] == "rep")
+            if(n >= 4 && parts[0] == "rep")
               {
                int k = ArraySize(m_queue_seq);
                ArrayResize(m_queue_seq, k + 1);
-               ArrayResize(m_queue_json, k + 1);
+               ArrayResize(m_queue_at, k + 1);
+               ArrayResize(m_queue_fields, k + 1);
                m_queue_seq[k] = (ulong)StringToInteger(parts[1]);
-               m_queue_json[k] = parts[2];
+               m_queue_at[k] = (ulong)StringToInteger(parts[2]);
+               m_queue_fields[k] = parts[3];
               }
      }
    FileClose(h);
+  }
+
+// The queued report i as the gateway takes it.
+string EagateHttp::ReportJson(const int i)
+  {
+   return "{\"seq\":" + StringFormat("%I64u", m_queue_seq[i]) + ",\"at_ms\":" + StringFormat("%I64u", m_queue_at[i])
+          + "," + m_queue_fields[i] + "}";
+  }
+
+// Another installation holds report number `taken`. The queued reports
+// below it were written just before the conflict (the gateway writes in
+// order and stops at the first conflict) and keep their numbers: sent
+// again, they are found stored. Those from `taken` on were not stored and
+// take numbers after both `taken` and the device's confirmed sequence.
+bool EagateHttp::Renumber(const ulong taken)
+  {
+   int status;
+   string answer;
+   if(!Request("GET", "/v1/device/session?session=" + m_session, "", 15000, status, answer))
+      return false;
+   if(Ended(status, answer) || status != 200)
+      return false;
+   ulong next = (ulong)StringToInteger(EagateJsonField(answer, "confirmed_up_to")) + 1;
+   if(next <= taken)
+      next = taken + 1;
+   for(int i = 0; i < ArraySize(m_queue_seq); i++)
+      if(m_queue_seq[i] >= taken)
+        {
+         m_queue_seq[i] = next;
+         next++;
+        }
+   if(m_next_seq < next)
+      m_next_seq = next;
+   return SaveState();
+  }
+
+// Whether an answer ends what the EA does with this session: replaced by
+// a newer one (another chart or terminal with this device) or revoked,
+// which stop the EA; or a session the gateway does not know (restored
+// from an old state, say), which the next OpenSession mends.
+bool EagateHttp::Ended(const int status, const string answer)
+  {
+   if(status != 410)
+      return false;
+   string title = EagateJsonField(answer, "title");
+   m_error = title;
+   if(StringFind(title, "no such session") == 0)
+      m_session = "";
+   else
+      m_stopped = true;
+   return true;
   }
 
 #endif

@@ -21,6 +21,10 @@
 //!   memory per such connection (`--server-pid`), how many it refused and
 //!   when it closed the rest, and the devices still connected afterwards.
 //!
+//! With `--https-pollers N`, a `fanout` run also has N devices long-polling
+//! over HTTPS (the pure-MQL client's way, `--https`, `--https-ca`): their
+//! publication → receipt latency is reported beside the QUIC devices'.
+//!
 //! With `--sdk-client` each device is instead the SDK's whole client, as a
 //! bot runs it (journal and all), and the harness's own CPU per message is
 //! what the SDK costs a bot; against an MQTT broker the same figure is an
@@ -37,6 +41,7 @@
 mod bot;
 mod device;
 mod halfopen;
+mod https;
 mod live;
 mod mqtt;
 mod platform;
@@ -143,6 +148,19 @@ pub(crate) struct Args {
     /// The channel (eagate) or topic prefix (MQTT) the devices follow.
     #[arg(long, default_value = "loadgen")]
     channel: String,
+    /// fanout: devices long-polling over HTTPS beside the QUIC ones.
+    #[arg(long, default_value_t = 0)]
+    https_pollers: usize,
+    /// The gateway's device HTTPS listener (`--device-https-listen`).
+    #[arg(long, default_value = "127.0.0.1:7444")]
+    https: SocketAddr,
+    /// The certificate the HTTPS listener is trusted by (the gateway's
+    /// `tls/cert.pem` in its data directory, for a self-signed identity).
+    #[arg(long, default_value = "eagate-data/tls/cert.pem")]
+    https_ca: std::path::PathBuf,
+    /// How long each HTTPS poll may wait, in seconds.
+    #[arg(long, default_value_t = 10)]
+    https_wait: u64,
     /// Keep the devices registered afterwards.
     #[arg(long)]
     keep: bool,
@@ -191,11 +209,30 @@ async fn run_eagate(args: &Args) -> anyhow::Result<Outcome> {
     let platform = Platform::new(&args.api, token);
     let account = format!("loadgen-{}", live::unix_micros());
     eprintln!("registering {} devices…", args.devices);
-    let devices = provision(&platform, &account, args).await?;
-    let outcome = measure((client, &trust), &platform, &devices, args).await;
+    let devices = provision(&platform, &account, args.devices, args).await?;
+    let pollers = if args.https_pollers > 0 {
+        if args.scenario != Scenario::Fanout {
+            bail!("--https-pollers runs with the fanout scenario");
+        }
+        eprintln!("registering {} HTTPS pollers…", args.https_pollers);
+        provision(
+            &platform,
+            &format!("{account}-https"),
+            args.https_pollers,
+            args,
+        )
+        .await?
+    } else {
+        Vec::new()
+    };
+    let outcome = measure((client, &trust), &platform, &devices, &pollers, args).await;
     if !args.keep {
         eprintln!("revoking the devices…");
-        let ids: Vec<String> = devices.iter().map(|(id, _)| id.to_string()).collect();
+        let ids: Vec<String> = devices
+            .iter()
+            .chain(&pollers)
+            .map(|(id, _)| id.to_string())
+            .collect();
         on_threads(&platform, ids, 16, |platform, id| platform.revoke(&id)).await?;
     }
     outcome
@@ -239,9 +276,10 @@ where
 async fn provision(
     platform: &Platform,
     account: &str,
+    count: usize,
     args: &Args,
 ) -> anyhow::Result<Vec<(DeviceId, DeviceSecret)>> {
-    let names: Vec<(String, String, String)> = (0..args.devices)
+    let names: Vec<(String, String, String)> = (0..count)
         .map(|i| (account.to_owned(), format!("sim {i}"), args.channel.clone()))
         .collect();
     let registered = on_threads(platform, names, 16, |platform, (account, name, channel)| {
@@ -334,8 +372,16 @@ async fn measure(
     (client, trust): (quinn::ClientConfig, &ServerTrust),
     platform: &Platform,
     devices: &[(DeviceId, DeviceSecret)],
+    pollers: &[(DeviceId, DeviceSecret)],
     args: &Args,
 ) -> anyhow::Result<Outcome> {
+    let pollers = if pollers.is_empty() {
+        None
+    } else {
+        let link = https::HttpsLink::new(args.https, &args.https_ca)?;
+        eprintln!("opening {} HTTPS sessions…", pollers.len());
+        Some(https::Pollers::start(&link, pollers.to_vec(), &args.channel, args.https_wait).await)
+    };
     let endpoints: Vec<quinn::Endpoint> = (0..args.sockets.max(1))
         .map(|_| client_endpoint())
         .collect::<Result<_, _>>()?;
@@ -427,6 +473,13 @@ async fn measure(
         )
         .await?
     };
+    if let Some(pollers) = pollers {
+        let published = ran.window.published + signals_before;
+        let seen = pollers
+            .finish(published, Duration::from_secs(args.drain_timeout))
+            .await;
+        https::print_summary(&seen, published);
+    }
     let stored = stored_counts(platform, devices, &ran.stats).await?;
     let half_open = half_open.into_inner().expect("not poisoned");
     Ok(ran.outcome(args, stored).with_half_open(half_open))

@@ -328,6 +328,26 @@ async fn a_resent_report_is_stored_once_and_a_different_one_under_its_number_is_
             .len(),
         1
     );
+
+    // A terminal's long error text (with a line break) is cut and cleaned,
+    // as over QUIC, never a reason to refuse the report; resent, it is the
+    // same report.
+    let long = format!("Not enough money\n{}", "x".repeat(300));
+    let rejection = json!([{"seq": 2, "signal_id": id, "kind": "rejected", "at_ms": 9,
+                            "error_code": 10019, "error_text": long}]);
+    for _ in 0..2 {
+        let answer = device.report(&session, rejection.clone()).await;
+        assert_eq!(answer.text(), r#"{"confirmed_up_to":2}"#);
+    }
+    let stored = gateway
+        .reports()
+        .for_signal(signal.signal_id)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 2);
+    let text = stored[1].error_text.as_deref().unwrap();
+    assert!(text.starts_with("Not enough money x"), "{text}");
+    assert_eq!(text.len(), RejectionText::MAX_LEN);
     gateway.shutdown().await;
 }
 

@@ -177,7 +177,7 @@ fn ended(close: Close) -> Response {
         ),
         Close::ProtocolViolation => (
             StatusCode::UNPROCESSABLE_ENTITY,
-            "a report breaks the protocol (sequence 0, or a signal of a channel the device never followed)".into(),
+            "a report breaks the protocol (sequence 0, too far ahead of the confirmed ones, or a signal of a channel the device never followed)".into(),
         ),
         _ => {
             let mut answer = DeviceProblem::new(
@@ -442,8 +442,10 @@ fn report_of(report: ReportIn) -> Result<Report, String> {
             code: report
                 .error_code
                 .ok_or_else(|| format!("report {seq}: a rejection needs error_code"))?,
-            text: RejectionText::new(report.error_text.as_deref().unwrap_or(""))
-                .map_err(|e| format!("report {seq}: error_text: {e}"))?,
+            // As over QUIC: a terminal's text is information; a long one
+            // is cut, never a reason to refuse the report (the device
+            // would resend it, refused, for ever).
+            text: RejectionText::lossy(report.error_text.as_deref().unwrap_or("")),
         }),
         other => {
             return Err(format!(
