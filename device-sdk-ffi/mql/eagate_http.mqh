@@ -38,7 +38,7 @@ bool g_eagate_hash_failed = false;
 
 void eagate_sha256(const uchar &data[], int len, uchar &out[])
   {
-   uchar input[];
+   uchar bytes_in[];   // not "input": a reserved word in MQL
    uchar key[];
    uchar hash[];
    int i;
@@ -50,10 +50,10 @@ void eagate_sha256(const uchar &data[], int len, uchar &out[])
                           | EagateHexValue(StringGetCharacter(empty, 2 * i + 1)));
       return;
      }
-   ArrayResize(input, len);
+   ArrayResize(bytes_in, len);
    for(i = 0; i < len; i++)
-      input[i] = data[i];
-   if(CryptEncode(CRYPT_HASH_SHA256, input, key, hash) != 32)
+      bytes_in[i] = data[i];
+   if(CryptEncode(CRYPT_HASH_SHA256, bytes_in, key, hash) != 32)
      {
       g_eagate_hash_failed = true;
       for(i = 0; i < 32; i++)
@@ -350,9 +350,20 @@ string EagateJsonField(const string json, const string key)
             else
                if(esc == 'u' && i + 4 < n)
                  {
-                  value += ShortToString((ushort)StringToInteger("0x" + StringSubstr(json, i + 1, 4)));
+                  int code = 0;
+                  for(int k = 1; k <= 4; k++)
+                    {
+                     int digit = EagateHexValue(StringGetCharacter(json, i + k));
+                     if(digit < 0)
+                        digit = EagateHexValue(StringGetCharacter(json, i + k) + 32);
+                     code = code * 16 + MathMax(digit, 0);
+                    }
+                  value += ShortToString((ushort)code);
                   i += 4;
                  }
+               else
+                  if(esc == 'r')
+                     value += "\r";
                else
                   value += ShortToString(esc);
          continue;
@@ -487,6 +498,8 @@ private:
                              const int timeout_ms, int &status, string &answer);
    bool              SaveState();
    void              LoadState();
+   bool              ReadState(const string name);
+   bool              SetAside(const ulong seq, const string why);
    string            ReportJson(const int i);
    bool              Renumber(const ulong taken);
    bool              Ended(const int status, const string answer);
@@ -511,6 +524,18 @@ public:
 
 bool EagateHttp::Init(const string url, const string device_id, const string secret_text)
   {
+   // MetaTrader keeps an EA's globals across a re-init (a new timeframe,
+   // new inputs): start clean, from the state file alone.
+   m_session = "";
+   m_offset_ms = 0;
+   m_next_seq = 1;
+   m_stopped = false;
+   m_error = "";
+   ArrayResize(m_channels, 0);
+   ArrayResize(m_positions, 0);
+   ArrayResize(m_queue_seq, 0);
+   ArrayResize(m_queue_at, 0);
+   ArrayResize(m_queue_fields, 0);
    m_url = url;
    while(StringLen(m_url) > 0 && StringGetCharacter(m_url, StringLen(m_url) - 1) == '/')
       m_url = StringSubstr(m_url, 0, StringLen(m_url) - 1);
@@ -522,7 +547,7 @@ bool EagateHttp::Init(const string url, const string device_id, const string sec
      }
    m_state_file = "eagate_http_" + device_id + ".txt";
    LoadState();
-   MathSrand((uint)GetTickCount());
+   MathSrand((int)GetTickCount());
    return true;
   }
 
@@ -587,13 +612,16 @@ bool EagateHttp::Request(const string method, const string target, const string 
       for(int i = 0; i < count; i++)
         {
          string line = lines[i];
-         StringTrimRight(line);
          string lower = line;
          StringToLower(lower);
          if(StringFind(lower, "eagate-signature:") == 0)
            {
-            signature_text = StringSubstr(line, 17);
-            StringTrimLeft(signature_text);
+            // No StringTrim*: MQL4's return a copy, MQL5's change their
+            // argument. The value is the 64 characters after the spaces.
+            int start = 17;
+            while(start < StringLen(line) && StringGetCharacter(line, start) == ' ')
+               start++;
+            signature_text = StringSubstr(line, start, 64);
            }
         }
       int result_len = ArraySize(result);
@@ -644,7 +672,7 @@ bool EagateHttp::OpenSession()
    // A new state file (a new terminal, a lost file) numbers its reports
    // after those the gateway already holds for the device.
    ulong confirmed = (ulong)StringToInteger(EagateJsonField(answer, "confirmed_up_to"));
-   if(m_next_seq <= confirmed && ArraySize(m_queue_seq) == 0)
+   if(m_next_seq <= confirmed)
      {
       m_next_seq = confirmed + 1;
       SaveState();
@@ -664,6 +692,11 @@ int EagateHttp::Poll(const int wait_secs, EagateHttpSignal &signals[])
       return -1;
    if(m_session == "" && !OpenSession())
       return -1;
+   if(wait_secs < 0 || wait_secs > 30)
+     {
+      m_error = "a poll waits 0 to 30 seconds";
+      return -1;
+     }
    string target = "/v1/device/signals?session=" + m_session + "&wait=" + IntegerToString(wait_secs);
    string after = After();
    if(after != "")
@@ -720,6 +753,27 @@ int EagateHttp::Poll(const int wait_secs, EagateHttpSignal &signals[])
          moved = true;
         }
      }
+   // Only the channels the device follows now are named in the next poll
+   // (the gateway takes at most 16).
+   if(channels > 0)
+      for(int k = ArraySize(m_channels) - 1; k >= 0; k--)
+        {
+         bool followed = false;
+         for(int c = 0; c < channels; c++)
+            if(names[c] == m_channels[k])
+               followed = true;
+         if(!followed)
+           {
+            for(int j = k; j + 1 < ArraySize(m_channels); j++)
+              {
+               m_channels[j] = m_channels[j + 1];
+               m_positions[j] = m_positions[j + 1];
+              }
+            ArrayResize(m_channels, ArraySize(m_channels) - 1);
+            ArrayResize(m_positions, ArraySize(m_positions) - 1);
+            moved = true;
+           }
+        }
    if(moved)
       SaveState();
    return n;
@@ -730,19 +784,21 @@ int EagateHttp::Poll(const int wait_secs, EagateHttpSignal &signals[])
 // restart neither loses the report nor takes the signal again.
 void EagateHttp::Received(const EagateHttpSignal &signal)
   {
-   SetPosition(signal.channel, signal.position);
-   Queue("\"signal_id\":\"" + signal.signal_id + "\",\"kind\":\"received\"");
+   // Exactly: signals come in order, so one at or below the kept position
+   // means the channel's log started anew.
+   SetPosition(signal.channel, signal.position, true);
+   Queue("\"signal_id\":" + EagateJsonString(signal.signal_id) + ",\"kind\":\"received\"");
   }
 
 void EagateHttp::QueueFill(const string signal_id, const ulong ticket, const string price, const string volume)
   {
-   Queue("\"signal_id\":\"" + signal_id + "\",\"kind\":\"filled\",\"ticket\":\"" + StringFormat("%I64u", ticket)
-         + "\",\"price\":\"" + price + "\",\"volume\":\"" + volume + "\"");
+   Queue("\"signal_id\":" + EagateJsonString(signal_id) + ",\"kind\":\"filled\",\"ticket\":\"" + StringFormat("%I64u", ticket)
+         + "\",\"price\":" + EagateJsonString(price) + ",\"volume\":" + EagateJsonString(volume));
   }
 
 void EagateHttp::QueueRejection(const string signal_id, const uint code, const string text)
   {
-   Queue("\"signal_id\":\"" + signal_id + "\",\"kind\":\"rejected\",\"error_code\":" + IntegerToString(code)
+   Queue("\"signal_id\":" + EagateJsonString(signal_id) + ",\"kind\":\"rejected\",\"error_code\":" + IntegerToString(code)
          + ",\"error_text\":" + EagateJsonString(StringSubstr(text, 0, 120)));
   }
 
@@ -768,7 +824,9 @@ bool EagateHttp::FlushReports()
      {
       if(m_session == "" && !OpenSession())
          return false;
-      int n = MathMin(ArraySize(m_queue_seq), EAGATE_HTTP_BATCH);
+      int n = ArraySize(m_queue_seq);
+      if(n > EAGATE_HTTP_BATCH)
+         n = EAGATE_HTTP_BATCH;
       string body = "{\"reports\":[";
       for(int i = 0; i < n; i++)
          body += (i > 0 ? "," : "") + ReportJson(i);
@@ -796,6 +854,19 @@ bool EagateHttp::FlushReports()
            }
          continue;
         }
+      if(status == 422)
+        {
+         string why = EagateJsonField(answer, "title");
+         ulong refused = 0;
+         if(StringFind(why, "report ") == 0)
+            refused = (ulong)StringToInteger(StringSubstr(why, 7));
+         if(refused == 0 || !SetAside(refused, why))
+           {
+            m_error = "reports: 422 " + why;
+            return false;
+           }
+         continue;
+        }
       if(status != 200)
         {
          m_error = "reports: " + IntegerToString(status) + " " + EagateJsonField(answer, "title");
@@ -806,7 +877,10 @@ bool EagateHttp::FlushReports()
       while(done < ArraySize(m_queue_seq) && m_queue_seq[done] <= confirmed)
          done++;
       if(done == 0)
+        {
+         m_error = "reports: the gateway confirmed none of them (confirmed up to " + StringFormat("%I64u", confirmed) + ")";
          return false;
+        }
       int left = ArraySize(m_queue_seq) - done;
       for(int i = 0; i < left; i++)
         {
@@ -869,39 +943,101 @@ bool EagateHttp::SaveState()
    for(int i = 0; i < ArraySize(m_queue_seq); i++)
       FileWriteString(h, "rep\t" + StringFormat("%I64u", m_queue_seq[i]) + "\t" + StringFormat("%I64u", m_queue_at[i])
                       + "\t" + m_queue_fields[i] + "\n");
+   // The last line: a file without it was cut short and is not read.
+   FileWriteString(h, "end\n");
    FileFlush(h);
    FileClose(h);
    return FileMove(temporary, 0, m_state_file, FILE_REWRITE);
   }
 
+// The state file, or, when it is missing or cut short, the new one a
+// crash left before it could take its place.
 void EagateHttp::LoadState()
   {
-   int h = FileOpen(m_state_file, FILE_READ | FILE_TXT | FILE_ANSI, '\t', CP_UTF8);
+   if(!ReadState(m_state_file) && !ReadState(m_state_file + ".new"))
+     {
+      m_next_seq = 1;
+      ArrayResize(m_channels, 0);
+      ArrayResize(m_positions, 0);
+      ArrayResize(m_queue_seq, 0);
+      ArrayResize(m_queue_at, 0);
+      ArrayResize(m_queue_fields, 0);
+     }
+  }
+
+// Reads a state file whole; false (with nothing taken) unless it ends
+// with its "end" line.
+bool EagateHttp::ReadState(const string name)
+  {
+   int h = FileOpen(name, FILE_READ | FILE_TXT | FILE_ANSI, '\t', CP_UTF8);
    if(h == INVALID_HANDLE)
-      return;
+      return false;
+   bool ended = false;
+   m_next_seq = 1;
+   ArrayResize(m_channels, 0);
+   ArrayResize(m_positions, 0);
+   ArrayResize(m_queue_seq, 0);
+   ArrayResize(m_queue_at, 0);
+   ArrayResize(m_queue_fields, 0);
    while(!FileIsEnding(h))
      {
       string line = FileReadString(h);
       string parts[];
       int n = StringSplit(line, '\t', parts);
-      if(n >= 2 && parts[0] == "seq")
-         m_next_seq = (ulong)StringToInteger(parts[1]);
+      if(line == "end")
+         ended = true;
       else
-         if(n >= 3 && parts[0] == "pos")
-            SetPosition(parts[1], (ulong)StringToInteger(parts[2]));
+         if(n >= 2 && parts[0] == "seq")
+            m_next_seq = (ulong)StringToInteger(parts[1]);
          else
-            if(n >= 4 && parts[0] == "rep")
-              {
-               int k = ArraySize(m_queue_seq);
-               ArrayResize(m_queue_seq, k + 1);
-               ArrayResize(m_queue_at, k + 1);
-               ArrayResize(m_queue_fields, k + 1);
-               m_queue_seq[k] = (ulong)StringToInteger(parts[1]);
-               m_queue_at[k] = (ulong)StringToInteger(parts[2]);
-               m_queue_fields[k] = parts[3];
-              }
+            if(n >= 3 && parts[0] == "pos")
+               SetPosition(parts[1], (ulong)StringToInteger(parts[2]), true);
+            else
+               if(n >= 4 && parts[0] == "rep")
+                 {
+                  int k = ArraySize(m_queue_seq);
+                  ArrayResize(m_queue_seq, k + 1);
+                  ArrayResize(m_queue_at, k + 1);
+                  ArrayResize(m_queue_fields, k + 1);
+                  m_queue_seq[k] = (ulong)StringToInteger(parts[1]);
+                  m_queue_at[k] = (ulong)StringToInteger(parts[2]);
+                  m_queue_fields[k] = parts[3];
+                 }
      }
    FileClose(h);
+   return ended;
+  }
+
+// The gateway refused report `seq` as malformed (422, "report N: why"):
+// it can never be stored, and it must not hold back every later one. It
+// goes to a file of its own (eagate_http_<device>_refused.txt) and an
+// alert says so.
+bool EagateHttp::SetAside(const ulong seq, const string why)
+  {
+   int at = -1;
+   for(int i = 0; i < ArraySize(m_queue_seq); i++)
+      if(m_queue_seq[i] == seq)
+         at = i;
+   if(at < 0)
+      return false;
+   int h = FileOpen("eagate_http_" + m_device + "_refused.txt", FILE_READ | FILE_WRITE | FILE_TXT | FILE_ANSI, '\t', CP_UTF8);
+   if(h == INVALID_HANDLE)
+      return false;
+   FileSeek(h, 0, SEEK_END);
+   FileWriteString(h, ReportJson(at) + "\t" + why + "\n");
+   FileClose(h);
+   Alert("eagate: the gateway refused report ", seq, " (", why, "); kept in eagate_http_", m_device, "_refused.txt");
+   for(int i = at; i + 1 < ArraySize(m_queue_seq); i++)
+     {
+      m_queue_seq[i] = m_queue_seq[i + 1];
+      m_queue_at[i] = m_queue_at[i + 1];
+      m_queue_fields[i] = m_queue_fields[i + 1];
+     }
+   int left = ArraySize(m_queue_seq) - 1;
+   ArrayResize(m_queue_seq, left);
+   ArrayResize(m_queue_at, left);
+   ArrayResize(m_queue_fields, left);
+   return SaveState();
   }
 
 // The queued report i as the gateway takes it.

@@ -353,6 +353,9 @@ async fn poll_signals(
     let Some(epoch) = core.session_of_token(by.device_id.as_str(), &query.session) else {
         return no_such_session();
     };
+    // Held by this handler: dropped when the device hangs up (hyper drops
+    // the handler), which ends the poll at once rather than at its wait.
+    let (_listening, hung_up) = tokio::sync::oneshot::channel::<()>();
     to_the_end(async move {
         let mut session = match core.rejoin(by.device_id, epoch, resume).await {
             Ok(session) => session,
@@ -362,7 +365,7 @@ async fn poll_signals(
             session.finish().await;
             return ended(close);
         }
-        let (polled, ending) = poll(&mut session, wait.max(MIN_POLL_WAIT)).await;
+        let (polled, ending) = poll(&mut session, wait.max(MIN_POLL_WAIT), hung_up).await;
         session.stop();
         session.finish().await;
         match ending {
@@ -376,8 +379,13 @@ async fn poll_signals(
 }
 
 /// Takes the signals the session has for the device now, or waits up to
-/// `wait` for the first; and how the session ended, if it did.
-async fn poll(session: &mut DeviceSession<'_>, wait: Duration) -> (Polled, Option<Close>) {
+/// `wait` for the first, or until the device hangs up (`hung_up`
+/// resolves); and how the session ended, if it did.
+async fn poll(
+    session: &mut DeviceSession<'_>,
+    wait: Duration,
+    mut hung_up: tokio::sync::oneshot::Receiver<()>,
+) -> (Polled, Option<Close>) {
     let mut positions: BTreeMap<String, u64> = session
         .following()
         .map(|(channel, after)| (channel.to_string(), after))
@@ -390,8 +398,11 @@ async fn poll(session: &mut DeviceSession<'_>, wait: Duration) -> (Polled, Optio
         } else {
             (tokio::time::Instant::now() + POLL_LINGER).min(deadline)
         };
-        match tokio::time::timeout_at(until, session.next(std::future::pending::<()>())).await {
+        match tokio::time::timeout_at(until, session.next(&mut hung_up)).await {
             Err(_waited) => break None,
+            // Nobody to answer: what was taken goes nowhere, and the device
+            // resumes from its own positions next time.
+            Ok(Next::Device(_)) => break None,
             Ok(Next::Signal(signal)) => {
                 session.sent(&signal);
                 positions.insert(signal.channel.to_string(), signal.position);
@@ -401,8 +412,8 @@ async fn poll(session: &mut DeviceSession<'_>, wait: Duration) -> (Polled, Optio
                 }
             }
             Ok(Next::End(close)) => break Some(close),
-            // No reports are taken here, and the device says nothing.
-            Ok(Next::Confirm(_) | Next::Device(())) => {}
+            // No reports are taken here.
+            Ok(Next::Confirm(_)) => {}
         }
     };
     (Polled { signals, positions }, ending)
