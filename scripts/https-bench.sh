@@ -11,6 +11,9 @@
 # figures go to standard error (the pollers') and standard output (the
 # harness's table); docs/benchmarks.md says what they were here.
 #
+# HTTPS_CHANNEL=name puts the pollers on a channel of their own, where
+# nothing is published: what pollers that wait cost the QUIC devices.
+#
 # EAGATE_BIN=path runs another gateway binary (an older build, for a
 # before/after of the QUIC figures; it must know --device-https-listen
 # only when POLLERS > 0).
@@ -61,6 +64,8 @@ echo "== QUIC devices only: $devices devices, $rate signals/s, $seconds s"
 "$loadgen" "${common[@]}"
 if [ "$pollers" -gt 0 ]; then
     echo "== with $pollers HTTPS long-pollers beside them"
+    channel_args=()
+    [ -n "${HTTPS_CHANNEL:-}" ] && channel_args=(--https-channel "$HTTPS_CHANNEL")
     "$loadgen" "${common[@]}" --https-pollers "$pollers" --https "$https" \
-        --https-ca "$work/data/tls/cert.pem" --https-wait 10 --concurrency 64
+        --https-ca "$work/data/tls/cert.pem" --https-wait 10 --concurrency 64 "${channel_args[@]}"
 fi

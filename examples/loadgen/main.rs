@@ -161,6 +161,11 @@ pub(crate) struct Args {
     /// How long each HTTPS poll may wait, in seconds.
     #[arg(long, default_value_t = 10)]
     https_wait: u64,
+    /// The channel the HTTPS pollers follow: the QUIC devices' own by
+    /// default; another one to measure pollers that wait and receive
+    /// nothing, beside the QUIC devices' traffic.
+    #[arg(long)]
+    https_channel: Option<String>,
     /// Keep the devices registered afterwards.
     #[arg(long)]
     keep: bool,
@@ -209,7 +214,7 @@ async fn run_eagate(args: &Args) -> anyhow::Result<Outcome> {
     let platform = Platform::new(&args.api, token);
     let account = format!("loadgen-{}", live::unix_micros());
     eprintln!("registering {} devices…", args.devices);
-    let devices = provision(&platform, &account, args.devices, args).await?;
+    let devices = provision(&platform, &account, args.devices, &args.channel).await?;
     let pollers = if args.https_pollers > 0 {
         if args.scenario != Scenario::Fanout {
             bail!("--https-pollers runs with the fanout scenario");
@@ -219,7 +224,7 @@ async fn run_eagate(args: &Args) -> anyhow::Result<Outcome> {
             &platform,
             &format!("{account}-https"),
             args.https_pollers,
-            args,
+            args.https_channel.as_deref().unwrap_or(&args.channel),
         )
         .await?
     } else {
@@ -277,10 +282,10 @@ async fn provision(
     platform: &Platform,
     account: &str,
     count: usize,
-    args: &Args,
+    channel: &str,
 ) -> anyhow::Result<Vec<(DeviceId, DeviceSecret)>> {
     let names: Vec<(String, String, String)> = (0..count)
-        .map(|i| (account.to_owned(), format!("sim {i}"), args.channel.clone()))
+        .map(|i| (account.to_owned(), format!("sim {i}"), channel.to_owned()))
         .collect();
     let registered = on_threads(platform, names, 16, |platform, (account, name, channel)| {
         let (id, secret) = platform.register(&account, &name)?;
@@ -380,7 +385,8 @@ async fn measure(
     } else {
         let link = https::HttpsLink::new(args.https, &args.https_ca)?;
         eprintln!("opening {} HTTPS sessions…", pollers.len());
-        Some(https::Pollers::start(&link, pollers.to_vec(), &args.channel, args.https_wait).await)
+        let channel = args.https_channel.as_deref().unwrap_or(&args.channel);
+        Some(https::Pollers::start(&link, pollers.to_vec(), channel, args.https_wait).await)
     };
     let endpoints: Vec<quinn::Endpoint> = (0..args.sockets.max(1))
         .map(|_| client_endpoint())
@@ -474,7 +480,10 @@ async fn measure(
         .await?
     };
     if let Some(pollers) = pollers {
-        let published = ran.window.published + signals_before;
+        let published = match &args.https_channel {
+            Some(channel) if *channel != args.channel => 0,
+            _ => ran.window.published + signals_before,
+        };
         let seen = pollers
             .finish(published, Duration::from_secs(args.drain_timeout))
             .await;
