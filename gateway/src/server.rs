@@ -333,7 +333,7 @@ impl Gateway {
             });
             if let Some(listen) = config.device_https_listen {
                 device_https =
-                    Some(start_device_https(config, listen, &identity, core.clone()).await?);
+                    Some(start_device_https(config, listen, &identity, core.clone(), role).await?);
             }
             (endpoints, Some(identity.fingerprint()), Some(sessions))
         } else {
@@ -388,7 +388,7 @@ impl Gateway {
                 core.clone(),
                 crate::http::HEALTH_SAMPLE_EVERY,
             )));
-            let http = start_http(config, core.clone(), desk.clone(), console).await?;
+            let http = start_http(config, core.clone(), desk.clone(), console, role).await?;
             (Some(http), Some(desk))
         } else {
             (None, None)
@@ -627,12 +627,28 @@ async fn serve_http(
     let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
 }
 
+/// How many connections each HTTP listener of this process may hold:
+/// `max_http_connections`, or fewer when the open-files limit leaves less
+/// room, shared between the sidecar and the device HTTPS listener when
+/// this process runs both, so that together they stay within the limit.
+fn http_connection_budget(config: &ServeConfig, role: Role) -> usize {
+    let listeners = usize::from(role.serves_http())
+        + usize::from(role.serves_devices() && config.device_https_listen.is_some());
+    let room = crate::http::connections::within_open_files(
+        (config.max_http_connections as usize).saturating_mul(listeners.max(1)),
+    );
+    (room / listeners.max(1))
+        .min(config.max_http_connections as usize)
+        .max(1)
+}
+
 /// Binds the HTTP sidecar and serves it until shutdown.
 async fn start_http(
     config: &ServeConfig,
     core: Arc<Core>,
     affiliates: AffiliateDesk,
     console: Arc<crate::http::Console>,
+    role: Role,
 ) -> Result<(tokio::task::JoinHandle<()>, SocketAddr), StartError> {
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
@@ -647,7 +663,7 @@ async fn start_http(
         affiliates,
         console,
     });
-    let most = crate::http::connections::within_open_files(config.max_http_connections as usize);
+    let most = http_connection_budget(config, role);
     let connections = crate::http::connections::HttpConnections::new(
         most,
         config.max_http_connections_per_source as usize,
@@ -663,6 +679,7 @@ async fn start_device_https(
     listen: SocketAddr,
     identity: &ServerIdentity,
     core: Arc<Core>,
+    role: Role,
 ) -> Result<(tokio::task::JoinHandle<()>, SocketAddr), StartError> {
     let tls = crate::transport::https::tls_acceptor(identity)
         .map_err(|e| StartError::Bind(listen, std::io::Error::other(e)))?;
@@ -674,7 +691,7 @@ async fn start_device_https(
         .map_err(|e| StartError::Bind(listen, e))?;
     let stopping = core.shutdown.subscribe();
     let app = crate::transport::https::routes::router(core);
-    let most = crate::http::connections::within_open_files(config.max_http_connections as usize);
+    let most = http_connection_budget(config, role);
     let connections = crate::http::connections::HttpConnections::new(
         most,
         config.max_http_connections_per_source as usize,

@@ -212,6 +212,10 @@ async fn replayed_skewed_tampered_and_unknown_requests_get_one_unsigned_refusal(
         .request
         .headers
         .push(doubled.request.headers[3].clone());
+    // Signed over the path, sent in absolute form: its path and query would
+    // verify, but the spec signs the target as sent.
+    let mut absolute = device.sign("POST", "/v1/device/session", b"");
+    absolute.request.target = "https://localhost/v1/device/session".into();
     let mut unsigned = device.sign("POST", "/v1/device/session", b"");
     unsigned.request.headers.truncate(3);
     for (what, request) in [
@@ -229,6 +233,7 @@ async fn replayed_skewed_tampered_and_unknown_requests_get_one_unsigned_refusal(
         ("leading zero", padded.request),
         ("doubled header", doubled.request),
         ("no signature", unsigned.request),
+        ("absolute-form target", absolute.request),
     ] {
         let answer = client.send(&request).await;
         assert_eq!(answer.status, 401, "{what}: {}", answer.text());

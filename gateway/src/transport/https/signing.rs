@@ -147,6 +147,8 @@ pub async fn check_and_sign(
     // The spec signs the target as sent on the request line: the origin
     // form (`/v1/…?…`). An absolute-form request is not one a device sends.
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        core.metrics
+            .auth_failure(crate::core::checks::FailureReason::Malformed);
         return refused();
     }
     // A body is read with a deadline, as headers are: a client that
