@@ -276,14 +276,23 @@ impl Pollers {
     }
 }
 
+impl PollerStats {
+    fn new() -> Self {
+        Self {
+            latency: histogram(),
+            signals: 0,
+            gaps: 0,
+            repeats: 0,
+            requests: 0,
+            failure: None,
+        }
+    }
+}
+
 fn failed(why: String) -> PollerStats {
     PollerStats {
-        latency: histogram(),
-        signals: 0,
-        gaps: 0,
-        repeats: 0,
-        requests: 0,
         failure: Some(why),
+        ..PollerStats::new()
     }
 }
 
@@ -294,8 +303,7 @@ async fn run(
     expected: Arc<AtomicU64>,
     opened: tokio::sync::mpsc::UnboundedSender<()>,
 ) -> PollerStats {
-    let mut stats = failed(String::new());
-    stats.failure = None;
+    let mut stats = PollerStats::new();
     let polled = polling(&mut poller, &channel, wait, &expected, &mut stats, opened).await;
     if let Err(e) = polled {
         stats.failure = Some(format!("{e:#}"));

@@ -135,11 +135,17 @@ pub struct DeviceSession<'a> {
 #[derive(Debug)]
 struct Feed {
     tasks: tokio::task::JoinSet<Result<(), (ChannelName, SignalLogError)>>,
-    running: HashMap<ChannelName, tokio::task::AbortHandle>,
-    /// Where each running follower started: after this position.
-    starts: HashMap<ChannelName, u64>,
+    /// Each running follower, and the position it started after.
+    running: HashMap<ChannelName, Follower>,
     out: tokio::sync::mpsc::Sender<Arc<OutgoingSignal>>,
     signals: tokio::sync::mpsc::Receiver<Arc<OutgoingSignal>>,
+}
+
+/// One channel's follower task, and the position it started after.
+#[derive(Debug)]
+struct Follower {
+    task: tokio::task::AbortHandle,
+    after: u64,
 }
 
 /// A report written and on its way to disk.
@@ -274,7 +280,6 @@ impl Feed {
         Self {
             tasks: tokio::task::JoinSet::new(),
             running: HashMap::new(),
-            starts: HashMap::new(),
             out,
             signals,
         }
@@ -448,16 +453,15 @@ impl<'a> DeviceSession<'a> {
     pub fn stop(&mut self) {
         self.feed.tasks.abort_all();
         self.feed.running.clear();
-        self.feed.starts.clear();
     }
 
     /// The channels the session follows, each with the position it started
     /// after: where a device that is sent nothing more stands.
     pub fn following(&self) -> impl Iterator<Item = (&ChannelName, u64)> {
         self.feed
-            .starts
+            .running
             .iter()
-            .map(|(channel, after)| (channel, *after))
+            .map(|(channel, follower)| (channel, follower.after))
     }
 
     /// Whether every report the session took is durable and confirmed
@@ -909,16 +913,13 @@ impl<'a> DeviceSession<'a> {
         let core = self.core;
         let wanted = subscribed_channels(self.device(), core).await?;
         let feed = &mut self.feed;
-        feed.running.retain(|channel, task| {
+        feed.running.retain(|channel, follower| {
             let keep = wanted.contains(channel);
             if !keep {
-                task.abort();
+                follower.task.abort();
             }
             keep
         });
-        let running = &feed.running;
-        feed.starts
-            .retain(|channel, _| running.contains_key(channel));
         for channel in wanted {
             if feed.running.contains_key(&channel) {
                 continue;
@@ -934,8 +935,7 @@ impl<'a> DeviceSession<'a> {
                     .map_err(|e| (follower, e))
             });
             self.followed.insert(channel.clone());
-            feed.starts.insert(channel.clone(), after);
-            feed.running.insert(channel, task);
+            feed.running.insert(channel, Follower { task, after });
         }
         Ok(())
     }
