@@ -14,6 +14,10 @@
 //+------------------------------------------------------------------+
 #property strict
 
+// The signal struct, its constants and helpers, shared with the copiers
+// that need no DLL.
+#include <eagate_signal.mqh>
+
 // Results (EagateResult). 0 is success, 1 means nothing waits,
 // negative values are failures: EagateLastError() says why.
 #define EAGATE_RESULT_OK                 0
@@ -38,48 +42,9 @@
 #define EAGATE_STATE_REPLACED            15
 #define EAGATE_STATE_SECRET_ROTATED      16
 
-// What a signal asks for (EagateAction).
-#define EAGATE_ACTION_OPEN_BUY  1
-#define EAGATE_ACTION_OPEN_SELL 2
-#define EAGATE_ACTION_CLOSE     3
-#define EAGATE_ACTION_MODIFY    4
-#define EAGATE_ACTION_CANCEL    5
-
-// How an opening order is placed (EagateOrderType).
-#define EAGATE_ORDER_TYPE_MARKET 1
-#define EAGATE_ORDER_TYPE_LIMIT  2
-#define EAGATE_ORDER_TYPE_STOP   3
-
 // Characters the symbol and comment buffers must hold, NUL included.
 #define EAGATE_SYMBOL_CAPACITY  33
 #define EAGATE_COMMENT_CAPACITY 65
-
-// A trade signal: 8-byte fields first, then 4-byte ones, 128 bytes with
-// no padding, so MQL's one-byte packing matches the DLL's layout.
-// Decimals are mantissa / 10^scale; scale -1 means absent.
-struct EagateSignal
-  {
-   ulong             position;
-   ulong             signal_id_hi;
-   ulong             signal_id_lo;
-   ulong             reference_hi;
-   ulong             reference_lo;
-   long              volume_mantissa;
-   long              price_mantissa;
-   long              stop_loss_mantissa;
-   long              take_profit_mantissa;
-   ulong             magic;
-   ulong             issued_at_ms;
-   ulong             expires_at_ms;
-   int               action;
-   int               order_type;
-   int               volume_scale;
-   int               price_scale;
-   int               stop_loss_scale;
-   int               take_profit_scale;
-   int               has_reference;
-   int               reserved;
-  };
 
 #import "eagate.dll"
 uint eagate_version();
@@ -160,38 +125,6 @@ int EagatePollSignal(const long handle, EagateSignal &signal, string &symbol, st
    return result;
   }
 
-// An exact decimal as the double MQL's trade functions take; 0 if absent.
-double EagateDecimal(const long mantissa, const int scale)
-  {
-   if(scale < 0)
-      return 0.0;
-   return (double)mantissa / MathPow(10.0, scale);
-  }
-
-// Lots as decimal text with as many decimals as the symbol's volume step
-// has, at least two (step 0.01: "0.10"; step 0.001: "0.005"), so a fill
-// reports the volume traded rather than one rounded to hundredths.
-string EagateLotsText(const string symbol, const double lots)
-  {
-   double step = SymbolInfoDouble(symbol, SYMBOL_VOLUME_STEP);
-   int digits = 2;
-   if(step > 0.0)
-     {
-      double scaled = step * 100.0;
-      while(digits < 8 && MathAbs(scaled - MathRound(scaled)) > 0.000001)
-        {
-         scaled *= 10.0;
-         digits++;
-        }
-     }
-   return DoubleToString(lots, digits);
-  }
-
-// The signal id as people see it: 32 hex digits.
-string EagateSignalId(const ulong hi, const ulong lo)
-  {
-   return StringFormat("%016I64x%016I64x", hi, lo);
-  }
 // Fills and rejections not yet stored by the library (outbox full, disk
 // trouble), kept in order and handed over again by EagateFlushReports: a
 // report is never dropped because one call failed. Lost only if the

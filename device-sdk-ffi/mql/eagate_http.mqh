@@ -18,6 +18,9 @@
 #ifndef EAGATE_HTTP_MQH
 #define EAGATE_HTTP_MQH
 
+// The signal struct the copiers' trade code takes (no DLL in it).
+#include <eagate_signal.mqh>
+
 // The longest text built: a canonical request with a long target.
 #define EAGATE_MAX_TEXT 2048
 // An HMAC's inner block: 64 bytes of padded key, then the message.
@@ -280,8 +283,94 @@ int eagate_parse_secret(const string text, uchar &secret[]) {
 }
 // twin end
 
+// A decimal as the gateway writes it (-?digits(.digits)?, nothing else):
+// 1 with its mantissa and scale, or 0. At most 18 decimals, as the
+// gateway; at most 18 digits after leading zeros, so the mantissa cannot
+// overflow a long (the gateway takes 19; no price or volume comes near).
+// twin begin: eagate_parse_decimal
+int eagate_parse_decimal(const string text, long &mantissa, int &scale) {
+    EagateText t;
+    int i;
+    int c;
+    int start = 0;
+    int digits = 0;
+    int fraction = -1;
+    long m = 0;
+    t.len = 0;
+    eagate_append_text(t, text);
+    if (t.len > 0 && t.bytes[0] == '-') start = 1;
+    for (i = start; i < t.len; i++) {
+        c = t.bytes[i];
+        if (c == '.' && fraction < 0 && digits > 0) {
+            fraction = 0;
+        } else if (c >= '0' && c <= '9' && m <= 99999999999999999) {
+            m = m * 10 + (c - '0');
+            digits++;
+            if (fraction >= 0) fraction++;
+        } else {
+            return 0;
+        }
+    }
+    if (digits == 0 || fraction == 0 || fraction > 18) return 0;
+    if (start == 1) m = -m;
+    mantissa = m;
+    scale = fraction < 0 ? 0 : fraction;
+    return 1;
+}
+// twin end
+
+// A signal id as the gateway writes it, 32 lowercase hex digits: 1 with
+// its high and low 64 bits (the DLL struct's two ulongs), or 0.
+// twin begin: eagate_parse_signal_id
+int eagate_parse_signal_id(const string text, ulong &hi, ulong &lo) {
+    EagateText t;
+    int i;
+    int c;
+    int v;
+    ulong h = 0;
+    ulong l = 0;
+    t.len = 0;
+    eagate_append_text(t, text);
+    if (t.len != 32) return 0;
+    for (i = 0; i < 32; i++) {
+        c = t.bytes[i];
+        if (c >= '0' && c <= '9') v = c - '0';
+        else if (c >= 'a' && c <= 'f') v = c - 'a' + 10;
+        else return 0;
+        if (i < 16) h = (h << 4) | (ulong)v;
+        else l = (l << 4) | (ulong)v;
+    }
+    hi = h;
+    lo = l;
+    return 1;
+}
+// twin end
+
+// A whole number as the gateway writes it (digits only, up to 2^64 - 1):
+// 1 with its value, or 0. For the signal's magic, which MetaTrader 5
+// takes as a full ulong (StringToInteger stops at 2^63 - 1).
+// twin begin: eagate_parse_unsigned
+int eagate_parse_unsigned(const string text, ulong &value) {
+    EagateText t;
+    int i;
+    int d;
+    ulong v = 0;
+    t.len = 0;
+    eagate_append_text(t, text);
+    if (t.len < 1 || t.len > 20) return 0;
+    for (i = 0; i < t.len; i++) {
+        d = t.bytes[i] - '0';
+        if (d < 0 || d > 9) return 0;
+        if (v > 1844674407370955161 || (v == 1844674407370955161 && d > 5)) return 0;
+        v = v * 10 + (ulong)d;
+    }
+    value = v;
+    return 1;
+}
+// twin end
+
 //+------------------------------------------------------------------+
-//| The client: MQL's own from here on (needs a terminal to run).     |
+//| The client: MQL's own from here on (needs a terminal to run).    |
 //+------------------------------------------------------------------+
 
 // A signal as the gateway sends it (its JSON fields, decimals as text).
@@ -297,11 +386,101 @@ struct EagateHttpSignal
    string            price;         // "" when absent
    string            stop_loss;
    string            take_profit;
-   ulong             magic;
+   string            magic;         // a whole number up to 2^64 - 1, as text
    string            comment;
+   ulong             issued_at_ms;
    ulong             expires_at_ms; // 0 when absent
    string            reference;     // "" when absent
   };
+
+// A decimal field as the trade code takes it: "" (absent) is scale -1.
+bool EagateHttpDecimal(const string text, long &mantissa, int &scale)
+  {
+   mantissa = 0;
+   scale = -1;
+   if(text == "")
+      return true;
+   return eagate_parse_decimal(text, mantissa, scale) == 1;
+  }
+
+// A polled signal as the DLL copiers' struct (eagate_signal.mqh), so one
+// trade code serves both; false, with why, when a field is not what the
+// gateway writes (the EA rejects the signal rather than guess).
+bool EagateHttpToSignal(const EagateHttpSignal &h, EagateSignal &s, string &why)
+  {
+   ZeroMemory(s);
+   s.position = h.position;
+   s.issued_at_ms = h.issued_at_ms;
+   s.expires_at_ms = h.expires_at_ms;
+   if(eagate_parse_signal_id(h.signal_id, s.signal_id_hi, s.signal_id_lo) != 1)
+     {
+      why = "signal id " + h.signal_id;
+      return false;
+     }
+   if(eagate_parse_unsigned(h.magic, s.magic) != 1)
+     {
+      why = "magic " + h.magic;
+      return false;
+     }
+   if(h.reference != "")
+     {
+      if(eagate_parse_signal_id(h.reference, s.reference_hi, s.reference_lo) != 1)
+        {
+         why = "reference " + h.reference;
+         return false;
+        }
+      s.has_reference = 1;
+     }
+   if(h.action == "OpenBuy")
+      s.action = EAGATE_ACTION_OPEN_BUY;
+   else if(h.action == "OpenSell")
+      s.action = EAGATE_ACTION_OPEN_SELL;
+   else if(h.action == "Close")
+      s.action = EAGATE_ACTION_CLOSE;
+   else if(h.action == "Modify")
+      s.action = EAGATE_ACTION_MODIFY;
+   else if(h.action == "Cancel")
+      s.action = EAGATE_ACTION_CANCEL;
+   else
+     {
+      // A newer gateway's action: refused by name, not traded as another.
+      why = "action " + h.action + " (this copier does not know it)";
+      return false;
+     }
+   if(h.order_type == "Market")
+      s.order_type = EAGATE_ORDER_TYPE_MARKET;
+   else if(h.order_type == "Limit")
+      s.order_type = EAGATE_ORDER_TYPE_LIMIT;
+   else if(h.order_type == "Stop")
+      s.order_type = EAGATE_ORDER_TYPE_STOP;
+   else
+     {
+      // The trade code places anything not Market or Limit as a Stop.
+      why = "order type " + h.order_type;
+      return false;
+     }
+   if(!EagateHttpDecimal(h.volume, s.volume_mantissa, s.volume_scale) || s.volume_scale < 0)
+     {
+      why = "volume " + h.volume;
+      return false;
+     }
+   if(!EagateHttpDecimal(h.price, s.price_mantissa, s.price_scale))
+     {
+      why = "price " + h.price;
+      return false;
+     }
+   if(!EagateHttpDecimal(h.stop_loss, s.stop_loss_mantissa, s.stop_loss_scale))
+     {
+      why = "stop loss " + h.stop_loss;
+      return false;
+     }
+   if(!EagateHttpDecimal(h.take_profit, s.take_profit_mantissa, s.take_profit_scale))
+     {
+      why = "take profit " + h.take_profit;
+      return false;
+     }
+   return true;
+  }
 
 // The value text of "key" in a flat JSON object: a string's contents
 // (unescaped), a number's digits, "" for null or a missing key.
@@ -492,6 +671,7 @@ private:
    string            m_queue_fields[]; // each report's JSON fields but seq and at_ms
    string            m_error;
    bool              m_stopped;
+   int               m_lock;         // held open while this EA runs the device
 
    ulong             NowMs() { return (ulong)((long)TimeGMT() * 1000 + m_offset_ms); }
    bool              Request(const string method, const string target, const string body,
@@ -506,14 +686,17 @@ private:
    string            After();
    void              SetPosition(const string channel, const ulong position, const bool exactly = false);
    ulong             PositionOf(const string channel);
-   void              Queue(const string fields);
+   bool              Queue(const string fields);
 
 public:
-                     EagateHttp() : m_session(""), m_offset_ms(0), m_next_seq(1), m_stopped(false) {}
+                     EagateHttp() : m_session(""), m_offset_ms(0), m_next_seq(1), m_stopped(false), m_lock(INVALID_HANDLE) {}
+                    ~EagateHttp() { Close(); }
    bool              Init(const string url, const string device_id, const string secret_text);
+   void              Close();
    bool              OpenSession();
    int               Poll(const int wait_secs, EagateHttpSignal &signals[]);
-   void              Received(const EagateHttpSignal &signal);
+   bool              Received(const EagateHttpSignal &signal);
+   bool              Skip(const EagateHttpSignal &signal);
    void              QueueFill(const string signal_id, const ulong ticket, const string price, const string volume);
    void              QueueRejection(const string signal_id, const uint code, const string text);
    bool              FlushReports();
@@ -546,9 +729,28 @@ bool EagateHttp::Init(const string url, const string device_id, const string sec
       return false;
      }
    m_state_file = "eagate_http_" + device_id + ".txt";
+   // One EA per device in a terminal: two would share the state file, each
+   // rewriting it whole from its own memory (losing the other's reports
+   // and positions). The lock file is held open, without sharing, until
+   // Close (OnDeinit) or the terminal's end; a crash releases it.
+   Close();
+   m_lock = FileOpen("eagate_http_" + device_id + ".lock", FILE_WRITE | FILE_BIN);
+   if(m_lock == INVALID_HANDLE)
+     {
+      m_error = "another EA in this terminal runs device " + device_id + " (one EA per device)";
+      return false;
+     }
    LoadState();
    MathSrand((int)GetTickCount());
    return true;
+  }
+
+// Lets another EA run the device (OnDeinit).
+void EagateHttp::Close()
+  {
+   if(m_lock != INVALID_HANDLE)
+      FileClose(m_lock);
+   m_lock = INVALID_HANDLE;
   }
 
 // One signed request; false (with LastError) when it did not reach the
@@ -728,8 +930,9 @@ int EagateHttp::Poll(const int wait_secs, EagateHttpSignal &signals[])
       signals[i].price = EagateJsonField(o, "price");
       signals[i].stop_loss = EagateJsonField(o, "stop_loss");
       signals[i].take_profit = EagateJsonField(o, "take_profit");
-      signals[i].magic = (ulong)StringToInteger(EagateJsonField(o, "magic"));
+      signals[i].magic = EagateJsonField(o, "magic");
       signals[i].comment = EagateJsonField(o, "comment");
+      signals[i].issued_at_ms = (ulong)StringToInteger(EagateJsonField(o, "issued_at_ms"));
       signals[i].expires_at_ms = (ulong)StringToInteger(EagateJsonField(o, "expires_at_ms"));
       signals[i].reference = EagateJsonField(o, "reference");
      }
@@ -779,15 +982,45 @@ int EagateHttp::Poll(const int wait_secs, EagateHttpSignal &signals[])
    return n;
   }
 
-// The EA acted on a signal: its "received" report is queued (and kept in
-// the state file) and the signal's position recorded, in one write, so a
-// restart neither loses the report nor takes the signal again.
-void EagateHttp::Received(const EagateHttpSignal &signal)
+// The EA is about to act on a signal: its "received" report is queued and
+// the signal's position recorded, in one write to the state file, so a
+// restart neither loses the report nor takes the signal again. False when
+// the file could not be written: then nothing changed (the signal comes
+// again with the next poll) and the EA must not act on it, or a restart
+// would take it again and trade it twice.
+bool EagateHttp::Received(const EagateHttpSignal &signal)
   {
+   string channels[];
+   ulong positions[];
+   ArrayCopy(channels, m_channels);
+   ArrayCopy(positions, m_positions);
    // Exactly: signals come in order, so one at or below the kept position
    // means the channel's log started anew.
    SetPosition(signal.channel, signal.position, true);
-   Queue("\"signal_id\":" + EagateJsonString(signal.signal_id) + ",\"kind\":\"received\"");
+   if(Queue("\"signal_id\":" + EagateJsonString(signal.signal_id) + ",\"kind\":\"received\""))
+      return true;
+   int last = ArraySize(m_queue_seq) - 1;
+   ArrayResize(m_queue_seq, last);
+   ArrayResize(m_queue_at, last);
+   ArrayResize(m_queue_fields, last);
+   m_next_seq--;
+   ArrayResize(m_channels, 0);
+   ArrayResize(m_positions, 0);
+   ArrayCopy(m_channels, channels);
+   ArrayCopy(m_positions, positions);
+   m_error = "cannot write " + m_state_file + ": the signal waits until it can be recorded";
+   return false;
+  }
+
+// Moves past a signal no report can name (its id is not one): recorded in
+// the state file, so it is not polled again, with nothing queued.
+bool EagateHttp::Skip(const EagateHttpSignal &signal)
+  {
+   SetPosition(signal.channel, signal.position, true);
+   if(SaveState())
+      return true;
+   m_error = "cannot write " + m_state_file;
+   return false;
   }
 
 void EagateHttp::QueueFill(const string signal_id, const ulong ticket, const string price, const string volume)
@@ -802,7 +1035,9 @@ void EagateHttp::QueueRejection(const string signal_id, const uint code, const s
          + ",\"error_text\":" + EagateJsonString(StringSubstr(text, 0, 120)));
   }
 
-void EagateHttp::Queue(const string fields)
+// Queues a report and writes the state file; false if the write failed
+// (the report stays queued in memory, and is written with the next one).
+bool EagateHttp::Queue(const string fields)
   {
    int k = ArraySize(m_queue_seq);
    ArrayResize(m_queue_seq, k + 1);
@@ -812,8 +1047,10 @@ void EagateHttp::Queue(const string fields)
    m_queue_at[k] = NowMs();
    m_queue_fields[k] = fields;
    m_next_seq++;
-   if(!SaveState())
-      Print("eagate: cannot write ", m_state_file, ": a restart now would lose this report");
+   if(SaveState())
+      return true;
+   Print("eagate: cannot write ", m_state_file, ": a restart now would lose this report");
+   return false;
   }
 
 // Sends the queued reports, oldest first, in batches; drops those the

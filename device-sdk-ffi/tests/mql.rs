@@ -201,7 +201,7 @@ fn mql_imports_every_header_function_with_types_passing_the_same_bytes() {
 #[test]
 fn mql_signal_struct_has_the_headers_fields_in_order() {
     let header = read("include/eagate.h");
-    let mqh = read("mql/eagate.mqh");
+    let mqh = read("mql/eagate_signal.mqh");
     let c = struct_fields(&header, "typedef struct EagateSignal {", "} EagateSignal;");
     let mql = struct_fields(&mqh, "struct EagateSignal\n  {", "  };");
     assert_eq!(c.len(), 20, "{c:?}");
@@ -212,7 +212,8 @@ fn mql_signal_struct_has_the_headers_fields_in_order() {
 #[test]
 fn mql_constants_equal_the_headers() {
     let header = constants(&read("include/eagate.h"));
-    let mqh = constants(&read("mql/eagate.mqh"));
+    // eagate.mqh includes eagate_signal.mqh, which holds the signal's.
+    let mqh = constants(&(read("mql/eagate.mqh") + &read("mql/eagate_signal.mqh")));
     assert!(header.len() >= 27, "{header:#?}");
     for (name, value) in &header {
         assert_eq!(mqh.get(name), Some(value), "{name}");
@@ -229,6 +230,9 @@ fn mql_code_calls_only_functions_the_c_harness_exercises() {
     for file in [
         "mql/eagate.mqh",
         "mql/eagate4.mqh",
+        "mql/eagate_signal.mqh",
+        "mql/eagate_trade5.mqh",
+        "mql/eagate_trade4.mqh",
         "mql/EagateCopier.mq5",
         "mql/EagateCopier.mq4",
     ] {
@@ -253,8 +257,11 @@ fn mql_code_calls_only_functions_the_c_harness_exercises() {
     }
     for (ea, include) in [
         ("mql/EagateCopier.mq5", "#include <eagate.mqh>"),
+        ("mql/EagateCopier.mq5", "#include <eagate_trade5.mqh>"),
         ("mql/EagateCopier.mq4", "#include <eagate4.mqh>"),
+        ("mql/EagateCopier.mq4", "#include <eagate_trade4.mqh>"),
         ("mql/eagate4.mqh", "#include <eagate.mqh>"),
+        ("mql/eagate.mqh", "#include <eagate_signal.mqh>"),
     ] {
         assert!(read(ea).contains(include), "{ea} includes {include}");
     }
@@ -295,8 +302,12 @@ fn the_files_metatrader_4_compiles_use_nothing_only_mql5_has() {
     for file in [
         "mql/eagate.mqh",
         "mql/eagate4.mqh",
+        "mql/eagate_signal.mqh",
+        "mql/eagate_trade4.mqh",
         "mql/EagateCopier.mq4",
         "mql/eagate_http.mqh",
+        "mql/eagate_http_copier.mqh",
+        "mql/EagateHttpCopier.mq4",
     ] {
         let code = code_of(file);
         for name in MQL5_ONLY {
@@ -339,31 +350,46 @@ fn function_body<'a>(code: &'a str, signature: &str) -> &'a str {
 
 #[test]
 fn the_mt5_copier_reports_market_fills_from_the_trade_result_never_the_lagging_history() {
-    let code = code_of("mql/EagateCopier.mq5");
-    for lagging in ["HistoryDealSelect", "HistoryDealGet", "HistorySelect"] {
-        assert!(
-            !code.contains(lagging),
-            "a fill must not wait on the terminal's history ({lagging})"
-        );
+    for file in [
+        "mql/eagate_trade5.mqh",
+        "mql/EagateCopier.mq5",
+        "mql/EagateHttpCopier.mq5",
+    ] {
+        let code = code_of(file);
+        for lagging in ["HistoryDealSelect", "HistoryDealGet", "HistorySelect"] {
+            assert!(
+                !code.contains(lagging),
+                "{file}: a fill must not wait on the terminal's history ({lagging})"
+            );
+        }
     }
+    let code = code_of("mql/eagate_trade5.mqh");
     let execute = function_body(&code, "bool Execute(");
     for from_the_result in ["ResultDeal()", "ResultPrice()", "ResultVolume()"] {
         assert!(execute.contains(from_the_result), "{from_the_result}");
     }
     // Deals the result did not carry come as transactions, reported there
     // from the transaction's own price and volume.
-    let transaction = function_body(&code, "void OnTradeTransaction(");
+    let transaction = function_body(&code, "void EagateTradeTransaction(");
     assert!(transaction.contains("TRADE_TRANSACTION_DEAL_ADD"));
     assert!(transaction.contains("trans.price") && transaction.contains("trans.volume"));
     // Both paths report through one function that skips a deal it reported.
     let report = function_body(&code, "void ReportFill(");
     assert!(report.contains("g_reported_deal[i] == deal"));
-    assert_eq!(code.matches("EagateQueueFill(").count(), 1);
+    assert_eq!(code.matches("EagateReportFill(").count(), 1);
+    // Both MT5 copiers pass their transactions to it.
+    for ea in ["mql/EagateCopier.mq5", "mql/EagateHttpCopier.mq5"] {
+        let ea = code_of(ea);
+        assert!(
+            function_body(&ea, "void OnTradeTransaction(")
+                .contains("EagateTradeTransaction(trans)")
+        );
+    }
 }
 
 #[test]
 fn the_mt5_copier_closes_part_of_a_netting_position_with_an_opposite_deal() {
-    let code = code_of("mql/EagateCopier.mq5");
+    let code = code_of("mql/eagate_trade5.mqh");
     let execute = function_body(&code, "bool Execute(");
     let close = &execute[execute.find("case EAGATE_ACTION_CLOSE").expect("close")
         ..execute.find("case EAGATE_ACTION_MODIFY").expect("modify")];
@@ -400,11 +426,24 @@ fn the_copiers_start_each_init_clean_because_metatrader_keeps_globals_across_it(
             assert!(init.contains(reset), "{ea}: {reset}");
         }
     }
+    let transport = code_of("mql/eagate_http_copier.mqh");
+    let start = function_body(&transport, "int EagateCopierStart(");
+    for reset in [
+        "g_running = false;",
+        "g_stopped = false;",
+        "g_holding = false;",
+        "g_backoff_ms = 0;",
+    ] {
+        assert!(start.contains(reset), "{reset}");
+    }
+    for ea in ["mql/EagateHttpCopier.mq5", "mql/EagateHttpCopier.mq4"] {
+        assert!(function_body(&code_of(ea), "int OnInit(").contains("return EagateCopierStart("));
+    }
 }
 
 #[test]
 fn the_mt5_copier_rejects_a_modify_of_a_vanished_position_with_its_own_reason() {
-    let code = code_of("mql/EagateCopier.mq5");
+    let code = code_of("mql/eagate_trade5.mqh");
     let execute = function_body(&code, "bool Execute(");
     let modify = &execute[execute.find("case EAGATE_ACTION_MODIFY").expect("modify")
         ..execute.find("case EAGATE_ACTION_CANCEL").expect("cancel")];
@@ -442,12 +481,23 @@ fn the_copiers_keep_their_handle_after_stopped_so_later_fills_are_still_recorded
 
 #[test]
 fn fills_report_lots_with_the_symbols_volume_step_not_rounded_to_hundredths() {
-    for ea in ["mql/EagateCopier.mq5", "mql/EagateCopier.mq4"] {
-        let code = code_of(ea);
-        assert!(code.contains("EagateLotsText("), "{ea}");
-        assert!(!code.contains(", 2))"), "{ea} rounds lots to two decimals");
+    for trade in ["mql/eagate_trade5.mqh", "mql/eagate_trade4.mqh"] {
+        let code = code_of(trade);
+        assert!(code.contains("EagateLotsText("), "{trade}");
     }
-    let library = code_of("mql/eagate.mqh");
+    for file in [
+        "mql/eagate_trade5.mqh",
+        "mql/eagate_trade4.mqh",
+        "mql/EagateCopier.mq5",
+        "mql/EagateCopier.mq4",
+        "mql/eagate_http_copier.mqh",
+    ] {
+        assert!(
+            !code_of(file).contains(", 2))"),
+            "{file} rounds lots to two decimals"
+        );
+    }
+    let library = code_of("mql/eagate_signal.mqh");
     assert!(function_body(&library, "string EagateLotsText(").contains("SYMBOL_VOLUME_STEP"));
 }
 
@@ -533,6 +583,9 @@ fn the_mql_http_signing_code_is_token_for_token_the_c_reference_that_the_tests_r
         "eagate_verify_answer",
         "eagate_make_nonce",
         "eagate_parse_secret",
+        "eagate_parse_decimal",
+        "eagate_parse_signal_id",
+        "eagate_parse_unsigned",
     ] {
         assert!(mql.contains_key(name), "{name} is twinned");
     }
@@ -570,4 +623,241 @@ fn the_twin_check_sees_a_change_of_one_token() {
         twin_tokens("void g(EagateText *c) { c->len = 0; h(&c2, \"x y\"); }"),
         twin_tokens("void g(EagateText &c) { c.len = 0; h(c2, \"x y\"); }")
     );
+}
+
+/// `file` and every file of this project it includes, directly or not
+/// (`#include <name>` names a file in `mql/`; MetaTrader's own, such as
+/// `Trade\Trade.mqh`, are not followed).
+fn reached_from(file: &str) -> BTreeSet<String> {
+    let mut reached = BTreeSet::new();
+    let mut waiting = vec![file.to_owned()];
+    while let Some(next) = waiting.pop() {
+        if !reached.insert(next.clone()) {
+            continue;
+        }
+        for line in code_of(&next).lines() {
+            let Some(name) = line
+                .trim()
+                .strip_prefix("#include <")
+                .and_then(|rest| rest.strip_suffix('>'))
+            else {
+                continue;
+            };
+            let ours = format!("mql/{name}");
+            if Path::new(env!("CARGO_MANIFEST_DIR")).join(&ours).exists() {
+                waiting.push(ours);
+            }
+        }
+    }
+    reached
+}
+
+/// How many times `signature` starts a definition in these files.
+fn definitions(files: &BTreeSet<String>, signature: &str) -> usize {
+    files
+        .iter()
+        .map(|file| {
+            code_of(file)
+                .lines()
+                .filter(|line| line.starts_with(signature))
+                .count()
+        })
+        .sum()
+}
+
+#[test]
+fn the_copiers_without_a_dll_import_nothing_and_trade_with_the_dll_copiers_code() {
+    let dll_functions = header_functions(&read("include/eagate.h"));
+    for (http, dll, trade) in [
+        (
+            "mql/EagateHttpCopier.mq5",
+            "mql/EagateCopier.mq5",
+            "mql/eagate_trade5.mqh",
+        ),
+        (
+            "mql/EagateHttpCopier.mq4",
+            "mql/EagateCopier.mq4",
+            "mql/eagate_trade4.mqh",
+        ),
+    ] {
+        let without = reached_from(http);
+        let with = reached_from(dll);
+        // MetaTrader asks for "Allow DLL imports" for any program with an
+        // #import of a DLL, called or not: none may be reached.
+        for file in &without {
+            let code = code_of(file);
+            assert!(
+                !code.contains("#import"),
+                "{http} reaches {file}, which imports"
+            );
+            for name in dll_functions.keys() {
+                assert!(
+                    !code.contains(name.as_str()),
+                    "{http} reaches {file}, which calls {name}"
+                );
+            }
+            assert!(!code.contains("DLLS_ALLOWED"), "{file} asks for DLLs");
+        }
+        assert!(!without.contains("mql/eagate.mqh") && !without.contains("mql/eagate4.mqh"));
+        assert!(with.contains("mql/eagate.mqh"), "{dll}");
+        // One trade code for both transports: the same file, defining the
+        // trading once, and no copier with trading of its own.
+        assert!(without.contains(trade) && with.contains(trade), "{trade}");
+        for files in [&without, &with] {
+            assert_eq!(definitions(files, "bool Execute("), 1, "{files:?}");
+            assert_eq!(definitions(files, "void Reject("), 1, "{files:?}");
+            // Each copier gives the trade code its three reports once.
+            for hook in [
+                "bool EagateReportReceived(",
+                "void EagateReportFill(",
+                "void EagateReportRejection(",
+            ] {
+                assert_eq!(definitions(files, hook), 1, "{hook} in {files:?}");
+            }
+        }
+        assert_eq!(
+            definitions(&BTreeSet::from([trade.to_owned()]), "bool Execute("),
+            1
+        );
+        // The trade code stores a signal's "received" report before it
+        // trades: a restart mid-way finds the signal recorded, not traded
+        // twice.
+        let execute = function_body_of(trade, "bool Execute(");
+        let recorded = execute.find("EagateReportReceived(s)").expect("received");
+        let traded = ["g_trade.", "OrderSend("]
+            .iter()
+            .filter_map(|call| execute.find(call))
+            .min()
+            .expect("it trades");
+        assert!(recorded < traded, "{trade}");
+    }
+}
+
+fn function_body_of(file: &str, signature: &str) -> String {
+    function_body(&code_of(file), signature).to_owned()
+}
+
+#[test]
+fn the_https_copier_sends_reports_before_it_polls_and_records_each_signal_before_trading_it() {
+    let transport = code_of("mql/eagate_http_copier.mqh");
+    let tick = function_body(&transport, "void EagateCopierTick(");
+    // A poll's signals wait for the next tick, so the trade events that
+    // came during the poll (queued behind it) reach the trade code first.
+    let act = tick.find("EagateCopierAct()").expect("acts");
+    let flushed = tick.find("g_client.FlushReports()").expect("flush");
+    let polled = tick
+        .find("g_client.Poll(g_poll_wait_secs, g_polled)")
+        .expect("poll");
+    assert!(
+        act < flushed && flushed < polled,
+        "signals, else reports, then the poll"
+    );
+    assert!(!tick[polled..].contains("Execute("));
+    let acting = function_body(&transport, "void EagateCopierAct(");
+    let converted = acting.find("EagateHttpToSignal(").expect("converted");
+    let executed = acting.find("Execute(s,").expect("executed");
+    assert!(converted < executed);
+    assert!(acting[..converted].contains("g_acting = g_polled[i];"));
+    // The "received" record decides: not written, nothing is traded, and
+    // the rest of the batch waits for the next poll (no position moved).
+    assert!(
+        function_body(&transport, "bool EagateReportReceived(")
+            .contains("return g_client.Received(g_acting);")
+    );
+    assert!(acting.contains("i < n && kept"));
+    assert!(acting.contains("kept = Execute(s,"));
+    assert!(acting.contains("if(!kept || !g_client.FlushReports())"));
+    let client = code_of("mql/eagate_http.mqh");
+    let received = function_body(&client, "bool EagateHttp::Received(");
+    let undone = &received[received.find("return true;").expect("kept")..];
+    for undo in [
+        "m_next_seq--;",
+        "ArrayCopy(m_channels, channels);",
+        "return false;",
+    ] {
+        assert!(undone.contains(undo), "{undo}");
+    }
+    // A signal it cannot read is recorded and refused, not skipped (a
+    // skipped one comes again with every poll) and not guessed at; one
+    // without a valid id, which no report can name, is passed over.
+    let malformed = &acting[converted..executed];
+    assert!(malformed.contains("kept = g_client.Received(g_polled[i]);"));
+    assert!(malformed.contains("g_client.QueueRejection(g_polled[i].signal_id"));
+    assert!(malformed.contains("kept = g_client.Skip(g_polled[i]);"));
+    // Fills and rejections go to the client's queue, kept in its file.
+    assert!(function_body(&transport, "void EagateReportFill(").contains("g_client.QueueFill("));
+    assert!(
+        function_body(&transport, "void EagateReportRejection(")
+            .contains("g_client.QueueRejection(")
+    );
+    // Replaced or revoked stops for good; anything else backs off.
+    let failed = function_body(&transport, "void EagateCopierFailed(");
+    let stopped = &failed[..failed.find("return;").expect("return")];
+    assert!(stopped.contains("g_client.Stopped()") && stopped.contains("g_stopped = true;"));
+    assert!(failed.contains("30000"), "backs off up to 30 s");
+    assert!(tick.contains("GetTickCount() - g_failed_at < g_backoff_ms"));
+    // One EA per device in a terminal: the client holds a lock file.
+    let init = function_body(&client, "bool EagateHttp::Init(");
+    assert!(init.contains(".lock\", FILE_WRITE | FILE_BIN)"));
+    assert!(function_body(&transport, "void EagateCopierStop(").contains("g_client.Close();"));
+    // MT4 has no trade transactions: pending fills are looked for first.
+    let mt4 = code_of("mql/EagateHttpCopier.mq4");
+    let timer = function_body(&mt4, "void OnTimer(");
+    assert!(timer.find("CheckPendingFills()").unwrap() < timer.find("EagateCopierTick()").unwrap());
+}
+
+#[test]
+fn a_polled_signal_becomes_the_dll_struct_through_the_twinned_parsers_only() {
+    let client = code_of("mql/eagate_http.mqh");
+    let convert = function_body(&client, "bool EagateHttpToSignal(");
+    assert!(
+        convert.contains("eagate_parse_signal_id(h.signal_id, s.signal_id_hi, s.signal_id_lo)")
+    );
+    assert!(
+        convert.contains("eagate_parse_signal_id(h.reference, s.reference_hi, s.reference_lo)")
+    );
+    assert!(convert.contains("s.has_reference = 1;"));
+    for field in ["volume", "price", "stop_loss", "take_profit"] {
+        assert!(
+            convert.contains(&format!(
+                "EagateHttpDecimal(h.{field}, s.{field}_mantissa, s.{field}_scale)"
+            )),
+            "{field}"
+        );
+    }
+    let decimal = function_body(&client, "bool EagateHttpDecimal(");
+    assert!(
+        decimal.contains("scale = -1;")
+            && decimal.contains("eagate_parse_decimal(text, mantissa, scale)")
+    );
+    // Every action and order type the protocol names, to the header's
+    // constants (checked equal to include/eagate.h above).
+    for (name, constant) in [
+        ("OpenBuy", "EAGATE_ACTION_OPEN_BUY"),
+        ("OpenSell", "EAGATE_ACTION_OPEN_SELL"),
+        ("Close", "EAGATE_ACTION_CLOSE"),
+        ("Modify", "EAGATE_ACTION_MODIFY"),
+        ("Cancel", "EAGATE_ACTION_CANCEL"),
+        ("Market", "EAGATE_ORDER_TYPE_MARKET"),
+        ("Limit", "EAGATE_ORDER_TYPE_LIMIT"),
+        ("Stop", "EAGATE_ORDER_TYPE_STOP"),
+    ] {
+        let at = convert
+            .find(&format!("== \"{name}\")"))
+            .unwrap_or_else(|| panic!("{name}"));
+        let assigned = convert[at..].lines().nth(1).unwrap_or("");
+        assert!(assigned.contains(constant), "{name}: {assigned}");
+    }
+    for field in ["position", "issued_at_ms", "expires_at_ms"] {
+        assert!(
+            convert.contains(&format!("s.{field} = h.{field};")),
+            "{field}"
+        );
+    }
+    // A magic number is a full ulong, which StringToInteger cannot read.
+    assert!(convert.contains("eagate_parse_unsigned(h.magic, s.magic)"));
+    // What the trade code does not know is refused by name, never traded
+    // as something else (it places any order type but two as a Stop).
+    assert!(convert.contains("why = \"action \" + h.action"));
+    assert!(convert.contains("why = \"order type \" + h.order_type;"));
 }

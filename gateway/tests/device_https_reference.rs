@@ -12,7 +12,7 @@ use std::process::Command;
 
 use common::https::{HttpsClient, RawRequest};
 use common::*;
-use eagate_protocol::ChannelName;
+use eagate_protocol::{ChannelName, Decimal, SignalId};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -208,6 +208,138 @@ fn the_c_twins_nonces_differ_for_any_change_of_their_inputs() {
         nonce("dv_A", "1", "1767225600000", "17", "30"),
     ] {
         assert_ne!(base, other);
+    }
+}
+
+/// The copier without a DLL turns each polled signal into the DLL's struct
+/// (`EagateHttpToSignal`): its decimals and ids go through these two twins,
+/// which must read every value the gateway writes as the gateway means it.
+#[test]
+fn the_c_twin_reads_decimals_magic_numbers_and_signal_ids_exactly_as_the_gateway_writes_them() {
+    let out = tempfile::tempdir().unwrap();
+    let cli = build_cli(out.path());
+    let mut written = 0;
+    for mantissa in [
+        0i64,
+        1,
+        7,
+        10,
+        125,
+        235_010,
+        -15,
+        999_999_999_999_999_999,
+        -999_999_999_999_999_999,
+    ] {
+        for scale in [0u8, 1, 2, 3, 5, 8, 18] {
+            let Ok(decimal) = Decimal::new(mantissa, scale) else {
+                continue;
+            };
+            let text = decimal.to_string();
+            let (read, status) = run(&cli, &["decimal", &text]);
+            assert_eq!(status, 0, "{text}");
+            assert_eq!(read, format!("{mantissa} {scale}"), "{text}");
+            written += 1;
+        }
+    }
+    assert!(written >= 60, "{written}");
+    // What the gateway's own parser refuses, the twin refuses too.
+    for bad in [
+        "",
+        "-",
+        "1.",
+        ".5",
+        "+1",
+        " 1",
+        "1 ",
+        "1e5",
+        "1,5",
+        "0x10",
+        "1.2.3",
+        "--1",
+        "1.-5",
+        "١",
+        "0.0000000000000000001",
+    ] {
+        assert!(bad.parse::<Decimal>().is_err(), "{bad}");
+        assert_eq!(run(&cli, &["decimal", bad]), ("refused".into(), 1), "{bad}");
+    }
+    // Leading zeros are not digits that could overflow.
+    assert_eq!(
+        run(&cli, &["decimal", "000000000000000000000.5"]),
+        ("5 1".into(), 0)
+    );
+    // 19 significant digits fit the gateway's i64 but could overflow the
+    // twin's arithmetic; it refuses them (the copier rejects the signal as
+    // malformed rather than trade a wrapped number).
+    for long in [
+        "1234567890123456789",
+        "-1234567890123456789",
+        "1.234567890123456789",
+    ] {
+        assert!(long.parse::<Decimal>().is_ok(), "{long}");
+        assert_eq!(
+            run(&cli, &["decimal", long]),
+            ("refused".into(), 1),
+            "{long}"
+        );
+    }
+
+    // A magic number is any u64.
+    for magic in [
+        0u64,
+        77,
+        u64::from(u32::MAX) + 1,
+        i64::MAX as u64 + 1,
+        u64::MAX,
+    ] {
+        assert_eq!(
+            run(&cli, &["unsigned", &magic.to_string()]),
+            (magic.to_string(), 0)
+        );
+    }
+    for bad in [
+        "",
+        "-1",
+        "+1",
+        " 1",
+        "1.0",
+        "18446744073709551616",
+        "99999999999999999999",
+    ] {
+        assert_eq!(
+            run(&cli, &["unsigned", bad]),
+            ("refused".into(), 1),
+            "{bad}"
+        );
+    }
+
+    let mut counting = [0u8; 16];
+    for (i, byte) in counting.iter_mut().enumerate() {
+        *byte = (i as u8) * 17;
+    }
+    for bytes in [[0u8; 16], [0xff; 16], counting] {
+        let id = SignalId(bytes);
+        let hi = u64::from_be_bytes(bytes[..8].try_into().unwrap());
+        let lo = u64::from_be_bytes(bytes[8..].try_into().unwrap());
+        assert_eq!(
+            run(&cli, &["signal-id", &id.to_string()]),
+            (format!("{hi} {lo}"), 0),
+            "{id}"
+        );
+    }
+    let id = SignalId(counting).to_string();
+    for bad in [
+        id.to_uppercase(),
+        id[1..].to_owned(),
+        format!("{id}0"),
+        format!("g{}", &id[1..]),
+        String::new(),
+    ] {
+        assert_eq!(
+            run(&cli, &["signal-id", &bad]),
+            ("refused".into(), 1),
+            "{bad}"
+        );
     }
 }
 

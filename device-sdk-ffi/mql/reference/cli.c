@@ -9,6 +9,15 @@
  *       prints "ok" (exit 0) or "refused" (exit 1)
  *   cli nonce DEVICE COUNTER TIME_MS RANDOM_A RANDOM_B
  *       prints a nonce as the MQL client makes it
+ *   cli decimal TEXT
+ *       prints "MANTISSA SCALE" as the copier takes a signal's decimal
+ *       (exit 0), or "refused" (exit 1)
+ *   cli unsigned TEXT
+ *       prints the whole number as the copier reads it (exit 0), or
+ *       "refused" (exit 1)
+ *   cli signal-id TEXT
+ *       prints "HI LO", the id's two 64-bit halves in decimal (exit 0),
+ *       or "refused" (exit 1)
  *
  * A body is given in hex ("-" for none) so any bytes pass through argv.
  * Exit status 2 on unusable input (a secret that does not parse included).
@@ -78,6 +87,34 @@ int main(int argc, char **argv) {
         text.len = 0;
         eagate_append_hex(&text, nonce, 16);
         print_text(&text);
+        return 0;
+    }
+    if (argc == 3 && strcmp(argv[1], "decimal") == 0) {
+        long mantissa = 0;
+        int scale = 0;
+        if (!eagate_parse_decimal(argv[2], &mantissa, &scale)) {
+            printf("refused\n");
+            return 1;
+        }
+        printf("%ld %d\n", mantissa, scale);
+        return 0;
+    }
+    if (argc == 3 && strcmp(argv[1], "unsigned") == 0) {
+        ulong value = 0;
+        if (!eagate_parse_unsigned(argv[2], &value)) {
+            printf("refused\n");
+            return 1;
+        }
+        printf("%llu\n", value);
+        return 0;
+    }
+    if (argc == 3 && strcmp(argv[1], "signal-id") == 0) {
+        ulong hi = 0, lo = 0;
+        if (!eagate_parse_signal_id(argv[2], &hi, &lo)) {
+            printf("refused\n");
+            return 1;
+        }
+        printf("%llu %llu\n", hi, lo);
         return 0;
     }
     fprintf(stderr, "usage: see the comment at the top of cli.c\n");

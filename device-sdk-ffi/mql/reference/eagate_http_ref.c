@@ -19,6 +19,10 @@
 
 #include "eagate_http_ref.h"
 
+/* MQL's long is 64 bits; so must C's be for the twins to mean the same
+ * (it is on 64-bit Linux, where the tests build this; not on Windows). */
+_Static_assert(sizeof(long) == 8, "MQL's long is 64 bits");
+
 /* ---- SHA-256 (stands in for MQL's CryptEncode(CRYPT_HASH_SHA256)) ---- */
 
 static const uint32_t K[64] = {
@@ -276,6 +280,92 @@ int eagate_parse_secret(const char *text, uchar *secret) {
     }
     if (out != 32) return 0;
     if ((acc & ((1 << bits) - 1)) != 0) return 0;
+    return 1;
+}
+// twin end
+
+// A decimal as the gateway writes it (-?digits(.digits)?, nothing else):
+// 1 with its mantissa and scale, or 0. At most 18 decimals, as the
+// gateway; at most 18 digits after leading zeros, so the mantissa cannot
+// overflow a long (the gateway takes 19; no price or volume comes near).
+// twin begin: eagate_parse_decimal
+int eagate_parse_decimal(const char *text, long *mantissa, int *scale) {
+    EagateText t;
+    int i;
+    int c;
+    int start = 0;
+    int digits = 0;
+    int fraction = -1;
+    long m = 0;
+    t.len = 0;
+    eagate_append_text(&t, text);
+    if (t.len > 0 && t.bytes[0] == '-') start = 1;
+    for (i = start; i < t.len; i++) {
+        c = t.bytes[i];
+        if (c == '.' && fraction < 0 && digits > 0) {
+            fraction = 0;
+        } else if (c >= '0' && c <= '9' && m <= 99999999999999999) {
+            m = m * 10 + (c - '0');
+            digits++;
+            if (fraction >= 0) fraction++;
+        } else {
+            return 0;
+        }
+    }
+    if (digits == 0 || fraction == 0 || fraction > 18) return 0;
+    if (start == 1) m = -m;
+    *mantissa = m;
+    *scale = fraction < 0 ? 0 : fraction;
+    return 1;
+}
+// twin end
+
+// A signal id as the gateway writes it, 32 lowercase hex digits: 1 with
+// its high and low 64 bits (the DLL struct's two ulongs), or 0.
+// twin begin: eagate_parse_signal_id
+int eagate_parse_signal_id(const char *text, ulong *hi, ulong *lo) {
+    EagateText t;
+    int i;
+    int c;
+    int v;
+    ulong h = 0;
+    ulong l = 0;
+    t.len = 0;
+    eagate_append_text(&t, text);
+    if (t.len != 32) return 0;
+    for (i = 0; i < 32; i++) {
+        c = t.bytes[i];
+        if (c >= '0' && c <= '9') v = c - '0';
+        else if (c >= 'a' && c <= 'f') v = c - 'a' + 10;
+        else return 0;
+        if (i < 16) h = (h << 4) | (ulong)v;
+        else l = (l << 4) | (ulong)v;
+    }
+    *hi = h;
+    *lo = l;
+    return 1;
+}
+// twin end
+
+// A whole number as the gateway writes it (digits only, up to 2^64 - 1):
+// 1 with its value, or 0. For the signal's magic, which MetaTrader 5
+// takes as a full ulong (StringToInteger stops at 2^63 - 1).
+// twin begin: eagate_parse_unsigned
+int eagate_parse_unsigned(const char *text, ulong *value) {
+    EagateText t;
+    int i;
+    int d;
+    ulong v = 0;
+    t.len = 0;
+    eagate_append_text(&t, text);
+    if (t.len < 1 || t.len > 20) return 0;
+    for (i = 0; i < t.len; i++) {
+        d = t.bytes[i] - '0';
+        if (d < 0 || d > 9) return 0;
+        if (v > 1844674407370955161 || (v == 1844674407370955161 && d > 5)) return 0;
+        v = v * 10 + (ulong)d;
+    }
+    *value = v;
     return 1;
 }
 // twin end

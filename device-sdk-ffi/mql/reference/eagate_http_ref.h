@@ -36,5 +36,8 @@ void eagate_make_nonce(const char *device_id, ulong counter, ulong time_ms, int 
                        int random_b, uchar *nonce);
 int eagate_base64url_value(int c);
 int eagate_parse_secret(const char *text, uchar *secret);
+int eagate_parse_decimal(const char *text, long *mantissa, int *scale);
+int eagate_parse_signal_id(const char *text, ulong *hi, ulong *lo);
+int eagate_parse_unsigned(const char *text, ulong *value);
 
 #endif
