@@ -386,7 +386,7 @@ async fn measure(
         let link = https::HttpsLink::new(args.https, &args.https_ca)?;
         eprintln!("opening {} HTTPS sessions…", pollers.len());
         let channel = args.https_channel.as_deref().unwrap_or(&args.channel);
-        Some(https::Pollers::start(&link, pollers.to_vec(), channel, args.https_wait).await)
+        Some(https::Pollers::start(&link, pollers.to_vec(), channel, args.https_wait).await?)
     };
     let endpoints: Vec<quinn::Endpoint> = (0..args.sockets.max(1))
         .map(|_| client_endpoint())

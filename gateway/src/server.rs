@@ -683,8 +683,8 @@ async fn start_device_https(
 ) -> Result<(tokio::task::JoinHandle<()>, SocketAddr), StartError> {
     let tls = crate::transport::https::tls_acceptor(identity)
         .map_err(|e| StartError::Bind(listen, std::io::Error::other(e)))?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    let listener = std::net::TcpListener::bind(listen)
+        .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
         .map_err(|e| StartError::Bind(listen, e))?;
     let addr = listener
         .local_addr()
@@ -696,6 +696,37 @@ async fn start_device_https(
         most,
         config.max_http_connections_per_source as usize,
     );
-    let task = tokio::spawn(serve_http(listener, app, Some(tls), connections, stopping));
+    // Polling EAs run on threads of their own, at most half the cores:
+    // thousands of TLS requests then queue behind each other, not in front
+    // of the QUIC devices' signals and reports, and never take every core.
+    let threads = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("eagate-device-https")
+        .enable_all()
+        .build()
+        .map_err(|e| StartError::Bind(listen, e))?;
+    let (finished, done) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("eagate-device-https".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => {
+                        serve_http(listener, app, Some(tls), connections, stopping).await;
+                    }
+                    Err(e) => tracing::error!(error = %e, %addr, "the device HTTPS listener could not start"),
+                }
+            });
+            // Requests still running had their moment in serve_http; what
+            // is left (and its hold on the core) ends before the store is
+            // closed, since the server waits for `finished`.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            let _ = finished.send(());
+        })
+        .map_err(|e| StartError::Bind(listen, e))?;
+    let task = tokio::spawn(async move {
+        let _ = done.await;
+    });
     Ok((task, addr))
 }

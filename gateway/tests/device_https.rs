@@ -578,3 +578,60 @@ async fn a_body_that_never_arrives_is_not_waited_for_without_end() {
     assert!(started.elapsed() < Duration::from_secs(15));
     gateway.shutdown().await;
 }
+
+/// The threads of this process whose name starts with `prefix` (Linux
+/// keeps 15 bytes of a thread's name). nextest runs each test in a
+/// process of its own, so they are this test's gateway's.
+fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with(prefix))
+        .count()
+}
+
+#[tokio::test]
+async fn polling_devices_run_on_threads_of_their_own_which_end_with_the_gateway() {
+    let Setup {
+        gateway,
+        dir,
+        device,
+        ..
+    } = setup().await;
+    // Their own runtime: thousands of polls queue there, not in front of
+    // the QUIC devices' signals (docs/benchmarks.md has the figures).
+    assert!(threads_named("eagate-device-h") >= 1);
+    let session = device.open_session().await;
+    let waiting = tokio::spawn({
+        let device = device.clone();
+        async move { device.poll(&session, "gold:0", 30).await }
+    });
+    until_connected(&gateway, 1).await;
+    // Stopped with a poll waiting: done within the listener's grace, its
+    // threads gone and its hold on the store released, so the next gateway
+    // opens the same data directory at once.
+    let stopping = Instant::now();
+    gateway.shutdown().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        stopping.elapsed()
+    );
+    waiting.abort();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while threads_named("eagate-device-h") > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the listener's threads outlive the gateway"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let restarted = eagate_gateway::server::Gateway::start(&config(dir.path()))
+        .await
+        .expect("the data directory is free");
+    let client = HttpsClient::new(restarted.device_https_addr().unwrap(), dir.path());
+    let device = HttpsDevice::new(client, device.id.clone(), device.secret.clone());
+    let session = device.open_session().await;
+    assert_eq!(device.poll(&session, "gold:0", 0).await.status, 200);
+    restarted.shutdown().await;
+}
