@@ -218,7 +218,17 @@ pub(crate) struct Pollers {
     /// of their own: the harness's QUIC devices, whose latency is measured
     /// beside them, do not wait in the pollers' run queue behind thousands
     /// of TLS requests. (The two still share this machine's cores.)
-    runtime: tokio::runtime::Runtime,
+    /// Taken, and shut down without waiting, when they are dropped: a
+    /// runtime may not be dropped where async code runs.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Pollers {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Pollers {
@@ -267,17 +277,17 @@ impl Pollers {
         Ok(Self {
             expected,
             tasks,
-            runtime,
+            runtime: Some(runtime),
         })
     }
 
     /// The run published `published` signals: each poller ends once it has
     /// them all, or at `deadline`. What they saw.
-    pub(crate) async fn finish(self, published: u64, within: Duration) -> Vec<PollerStats> {
+    pub(crate) async fn finish(mut self, published: u64, within: Duration) -> Vec<PollerStats> {
         self.expected.store(published, Ordering::Relaxed);
         let deadline = tokio::time::Instant::now() + within;
         let mut stats = Vec::new();
-        for task in self.tasks {
+        for task in std::mem::take(&mut self.tasks) {
             let abort = task.abort_handle();
             match tokio::time::timeout_at(deadline, task).await {
                 Ok(Ok(seen)) => stats.push(seen),
@@ -288,9 +298,6 @@ impl Pollers {
                 }
             }
         }
-        // Not dropped here: a runtime may not be dropped where async code
-        // runs.
-        self.runtime.shutdown_background();
         stats
     }
 }

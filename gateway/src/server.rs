@@ -79,6 +79,9 @@ pub enum StartError {
     /// The webhook store could not be opened.
     #[error("opening the webhook store: {0}")]
     Webhooks(crate::webhooks::WebhookError),
+    /// The device HTTPS listener's threads could not start.
+    #[error("starting the device HTTPS listener's threads: {0}")]
+    DeviceHttps(std::io::Error),
 }
 
 /// What one process runs.
@@ -226,7 +229,7 @@ pub struct Gateway {
     sessions: Option<tokio::task::JoinHandle<()>>,
     http: Option<(tokio::task::JoinHandle<()>, SocketAddr)>,
     /// The device HTTPS listener, when this process serves it.
-    device_https: Option<(tokio::task::JoinHandle<()>, SocketAddr)>,
+    device_https: Option<DeviceHttps>,
     affiliates: Option<AffiliateDesk>,
     upkeep: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -304,7 +307,7 @@ impl Gateway {
             )));
         }
         let mut socket_buffers = None;
-        let mut device_https = None;
+        let mut https_start = None;
         let (endpoints, fingerprint, sessions) = if role.serves_devices() {
             let identity = match (&config.tls_cert, &config.tls_key) {
                 (Some(cert), Some(key)) => ServerIdentity::from_pem_files(cert, key)?,
@@ -332,8 +335,9 @@ impl Gateway {
                 futures_util::future::join_all(serving).await;
             });
             if let Some(listen) = config.device_https_listen {
-                device_https =
-                    Some(start_device_https(config, listen, &identity, core.clone(), role).await?);
+                let tls = crate::transport::https::tls_acceptor(&identity)
+                    .map_err(|e| StartError::Bind(listen, std::io::Error::other(e)))?;
+                https_start = Some((listen, tls));
             }
             (endpoints, Some(identity.fingerprint()), Some(sessions))
         } else {
@@ -393,6 +397,14 @@ impl Gateway {
         } else {
             (None, None)
         };
+        // Last: its threads outlive a start that fails after them, until
+        // they see the gateway gone.
+        let device_https = match https_start {
+            Some((listen, tls)) => {
+                Some(start_device_https(config, listen, tls, core.clone(), role).await?)
+            }
+            None => None,
+        };
         Ok(Self {
             endpoints,
             socket_buffers,
@@ -434,7 +446,7 @@ impl Gateway {
     /// Where devices reach the gateway over HTTPS, when this process
     /// serves them so (`device_https_listen`).
     pub fn device_https_addr(&self) -> Option<SocketAddr> {
-        self.device_https.as_ref().map(|(_, addr)| *addr)
+        self.device_https.as_ref().map(|https| https.addr)
     }
 
     /// The SHA-256 fingerprint of the TLS certificate devices pin, when this
@@ -528,8 +540,9 @@ impl Gateway {
         if let Some((http, _)) = self.http {
             let _ = http.await;
         }
-        if let Some((https, _)) = self.device_https {
-            let _ = https.await;
+        if let Some(DeviceHttps { ended, running, .. }) = self.device_https {
+            drop(running);
+            let _ = ended.await;
         }
         if let Some(db) = &self.db
             && let Err(e) = db.durable().await
@@ -674,59 +687,106 @@ async fn start_http(
 
 /// Binds the device HTTPS listener (`DEVICE-HTTP.md`) and serves it until
 /// shutdown, with the same connection bounds as the sidecar.
+/// The device HTTPS listener, on threads of its own.
+#[derive(Debug)]
+struct DeviceHttps {
+    addr: SocketAddr,
+    /// Resolves once its thread has ended, and its runtime with everything
+    /// on it (and so its hold on the core and the store).
+    ended: tokio::sync::oneshot::Receiver<()>,
+    /// Dropped (a shutdown, a gateway dropped without one, a start that
+    /// failed after the listener's), it stops the listener.
+    running: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Starts the device HTTPS listener on a runtime of its own, driven by a
+/// thread of its own: polling EAs run on its worker threads, half the
+/// machine's cores (one on a machine of up to three), so thousands of TLS
+/// requests queue behind each other, not in front of the QUIC devices'
+/// signals, and never take every core. Returns once it listens.
 async fn start_device_https(
     config: &ServeConfig,
     listen: SocketAddr,
-    identity: &ServerIdentity,
+    tls: tokio_rustls::TlsAcceptor,
     core: Arc<Core>,
     role: Role,
-) -> Result<(tokio::task::JoinHandle<()>, SocketAddr), StartError> {
-    let tls = crate::transport::https::tls_acceptor(identity)
-        .map_err(|e| StartError::Bind(listen, std::io::Error::other(e)))?;
+) -> Result<DeviceHttps, StartError> {
     let listener = std::net::TcpListener::bind(listen)
         .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
         .map_err(|e| StartError::Bind(listen, e))?;
     let addr = listener
         .local_addr()
         .map_err(|e| StartError::Bind(listen, e))?;
-    let stopping = core.shutdown.subscribe();
+    let mut core_stopping = core.shutdown.subscribe();
     let app = crate::transport::https::routes::router(core);
     let most = http_connection_budget(config, role);
     let connections = crate::http::connections::HttpConnections::new(
         most,
         config.max_http_connections_per_source as usize,
     );
-    // Polling EAs run on threads of their own, at most half the cores:
-    // thousands of TLS requests then queue behind each other, not in front
-    // of the QUIC devices' signals and reports, and never take every core.
     let threads = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name("eagate-device-https")
-        .enable_all()
-        .build()
-        .map_err(|e| StartError::Bind(listen, e))?;
-    let (finished, done) = tokio::sync::oneshot::channel::<()>();
+    let (ready, readied) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
+    let (running, gone) = tokio::sync::oneshot::channel::<()>();
+    let (finished, ended) = tokio::sync::oneshot::channel::<()>();
+    // Everything of the runtime is made and dropped on this thread: a
+    // runtime may not be dropped where async code runs.
     std::thread::Builder::new()
         .name("eagate-device-https".into())
         .spawn(move || {
-            runtime.block_on(async move {
-                match tokio::net::TcpListener::from_std(listener) {
-                    Ok(listener) => {
-                        serve_http(listener, app, Some(tls), connections, stopping).await;
-                    }
-                    Err(e) => tracing::error!(error = %e, %addr, "the device HTTPS listener could not start"),
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .thread_name("eagate-device-https")
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    return;
                 }
-            });
-            // Requests still running had their moment in serve_http; what
-            // is left (and its hold on the core) ends before the store is
-            // closed, since the server waits for `finished`.
+            };
+            let listener = {
+                let _context = runtime.enter();
+                tokio::net::TcpListener::from_std(listener)
+            };
+            let listener = match listener {
+                Ok(listener) => listener,
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+            };
+            let _ = ready.send(Ok(()));
+            let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                runtime.block_on(async move {
+                    let (stop, stopping) = tokio::sync::watch::channel(false);
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = core_stopping.wait_for(|stop| *stop) => {}
+                            _ = gone => {}
+                        }
+                        let _ = stop.send(true);
+                    });
+                    serve_http(listener, app, Some(tls), connections, stopping).await;
+                });
+            }));
+            if served.is_err() {
+                tracing::error!("the device HTTPS listener failed (a panic); it is stopped");
+            }
+            // Requests still running had their moment in serve_http.
             runtime.shutdown_timeout(Duration::from_secs(1));
             let _ = finished.send(());
         })
-        .map_err(|e| StartError::Bind(listen, e))?;
-    let task = tokio::spawn(async move {
-        let _ = done.await;
-    });
-    Ok((task, addr))
+        .map_err(StartError::DeviceHttps)?;
+    match readied.await {
+        Ok(Ok(())) => Ok(DeviceHttps {
+            addr,
+            ended,
+            running,
+        }),
+        Ok(Err(e)) => Err(StartError::DeviceHttps(e)),
+        Err(_) => Err(StartError::DeviceHttps(std::io::Error::other(
+            "its thread ended before it listened",
+        ))),
+    }
 }

@@ -875,11 +875,13 @@ async fn one_payout_run_at_a_time_in_a_process_and_across_sidecars_sharing_a_red
         .subsec_nanos();
     let prefix = format!("payouts-{}-{nanos}", std::process::id());
     let redis = eagate_gateway::store::redis::RedisConnection::Single(
-        redis::Client::open(eagate_tests::redis_url())
-            .unwrap()
-            .get_connection_manager()
-            .await
-            .unwrap(),
+        eagate_gateway::store::redis::AtHome::here(
+            redis::Client::open(eagate_tests::redis_url())
+                .unwrap()
+                .get_connection_manager()
+                .await
+                .unwrap(),
+        ),
     );
     let leased = |desk: &Desk| {
         desk.affiliates().with_payouts(

@@ -1120,3 +1120,62 @@ async fn a_run_stops_after_a_resend_and_stores_nothing_for_a_replaced_session(st
     assert_eq!(stores.reports.confirmed_up_to("dv_A").await.unwrap(), 2);
 }
 on_both_backends!(a_run_stops_after_a_resend_and_stores_nothing_for_a_replaced_session);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_connection_lost_and_remade_by_a_call_from_another_runtime_outlives_that_runtime() {
+    // A Redis of its own: its clients are cut below.
+    let redis = eagate_tests::PrivateRedis::start();
+    let stores = Arc::new(
+        RedisStores::connect(&redis.url, &unique_prefix())
+            .await
+            .unwrap(),
+    );
+    stores
+        .ingest(&report("dv_A", 1, 8, ReportOutcome::Received), None)
+        .await
+        .unwrap();
+    // Every client's connection cut (but this one's): the next call
+    // remakes the store's.
+    let mut admin = redis::Client::open(redis.url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: u64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query(&mut admin)
+        .unwrap();
+    // That call comes from a runtime of its own, as the device HTTPS
+    // listener's do, which then ends, as the listener's does at shutdown.
+    let elsewhere = stores.clone();
+    let answered = tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let answered = runtime.block_on(async {
+            for _ in 0..40 {
+                if let Ok(confirmed) = elsewhere.confirmed_up_to("dv_A").await {
+                    return Some(confirmed);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            None
+        });
+        runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+        answered
+    })
+    .await
+    .unwrap();
+    assert_eq!(answered, Some(1));
+    // The remade connection belongs to the store's own runtime: its first
+    // call after the other runtime ended is answered.
+    assert_eq!(stores.confirmed_up_to("dv_A").await.unwrap(), 1);
+    stores
+        .ingest(&report("dv_A", 2, 8, ReportOutcome::Received), None)
+        .await
+        .unwrap();
+    assert_eq!(stores.confirmed_up_to("dv_A").await.unwrap(), 2);
+}

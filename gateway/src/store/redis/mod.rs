@@ -105,9 +105,9 @@ impl RedisStores {
                 }
             };
             tracing::info!("Redis is a cluster: each call goes to its key's node");
-            RedisConnection::Cluster(cluster)
+            RedisConnection::Cluster(AtHome::here(cluster))
         } else {
-            RedisConnection::Single(single)
+            RedisConnection::Single(AtHome::here(single))
         };
         Ok(Self {
             report_batches: batches::ReportBatches::start(connection.clone()),
@@ -184,9 +184,86 @@ async fn in_cluster_mode(connection: &mut ConnectionManager) -> redis::RedisResu
 #[derive(Clone)]
 pub enum RedisConnection {
     /// One Redis (or a primary behind a proxy).
-    Single(ConnectionManager),
+    Single(AtHome<ConnectionManager>),
     /// A Redis Cluster: each command goes to the node of its key's slot.
-    Cluster(ClusterConnection),
+    Cluster(AtHome<ClusterConnection>),
+}
+
+/// A connection whose calls run in the runtime it was made on (its home),
+/// wherever they are polled from. The redis crate spawns a lost
+/// connection's replacement, and the task that then carries every call of
+/// the process, on whatever runtime makes the call that finds it lost: from
+/// the device HTTPS listener's runtime (`server::start_device_https`) that
+/// would move all Redis traffic onto the listener's threads, and end it
+/// when the listener stops.
+#[derive(Clone)]
+pub struct AtHome<C> {
+    connection: C,
+    home: tokio::runtime::Handle,
+}
+
+impl<C> AtHome<C> {
+    /// `connection`, at home in the current runtime.
+    pub fn here(connection: C) -> Self {
+        Self {
+            connection,
+            home: tokio::runtime::Handle::current(),
+        }
+    }
+}
+
+impl<C> std::fmt::Debug for AtHome<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AtHome").finish_non_exhaustive()
+    }
+}
+
+/// A call polled inside its connection's home runtime.
+struct Homed<F> {
+    home: tokio::runtime::Handle,
+    call: F,
+}
+
+impl<F: std::future::Future + Unpin> std::future::Future for Homed<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = &mut *self;
+        let _home = this.home.enter();
+        std::pin::Pin::new(&mut this.call).poll(cx)
+    }
+}
+
+impl<C: ConnectionLike + Send> ConnectionLike for AtHome<C> {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let home = self.home.clone();
+        let call = {
+            let _home = self.home.enter();
+            self.connection.req_packed_command(cmd)
+        };
+        Box::pin(Homed { home, call })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        let home = self.home.clone();
+        let call = {
+            let _home = self.home.enter();
+            self.connection.req_packed_commands(pipeline, offset, count)
+        };
+        Box::pin(Homed { home, call })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.connection.get_db()
+    }
 }
 
 impl std::fmt::Debug for RedisConnection {
