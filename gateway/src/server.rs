@@ -337,7 +337,12 @@ impl Gateway {
             if let Some(listen) = config.device_https_listen {
                 let tls = crate::transport::https::tls_acceptor(&identity)
                     .map_err(|e| StartError::Bind(listen, std::io::Error::other(e)))?;
-                https_start = Some((listen, tls));
+                // Bound now, so a port in use fails the start before the
+                // sidecar is up; served once everything else is.
+                let listener = std::net::TcpListener::bind(listen)
+                    .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+                    .map_err(|e| StartError::Bind(listen, e))?;
+                https_start = Some((listen, listener, tls));
             }
             (endpoints, Some(identity.fingerprint()), Some(sessions))
         } else {
@@ -397,11 +402,10 @@ impl Gateway {
         } else {
             (None, None)
         };
-        // Last: its threads outlive a start that fails after them, until
-        // they see the gateway gone.
+        // Last: nothing can fail after its threads have started.
         let device_https = match https_start {
-            Some((listen, tls)) => {
-                Some(start_device_https(config, listen, tls, core.clone(), role).await?)
+            Some((listen, listener, tls)) => {
+                Some(start_device_https(config, listen, listener, tls, core.clone(), role).await?)
             }
             None => None,
         };
@@ -685,8 +689,6 @@ async fn start_http(
     Ok((task, addr))
 }
 
-/// Binds the device HTTPS listener (`DEVICE-HTTP.md`) and serves it until
-/// shutdown, with the same connection bounds as the sidecar.
 /// The device HTTPS listener, on threads of its own.
 #[derive(Debug)]
 struct DeviceHttps {
@@ -694,8 +696,8 @@ struct DeviceHttps {
     /// Resolves once its thread has ended, and its runtime with everything
     /// on it (and so its hold on the core and the store).
     ended: tokio::sync::oneshot::Receiver<()>,
-    /// Dropped (a shutdown, a gateway dropped without one, a start that
-    /// failed after the listener's), it stops the listener.
+    /// Dropped (a shutdown, or a gateway dropped without one), it stops
+    /// the listener.
     running: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -703,17 +705,17 @@ struct DeviceHttps {
 /// thread of its own: polling EAs run on its worker threads, half the
 /// machine's cores (one on a machine of up to three), so thousands of TLS
 /// requests queue behind each other, not in front of the QUIC devices'
-/// signals, and never take every core. Returns once it listens.
+/// signals, and never take every core. Serves `listener` (bound to
+/// `listen`, non-blocking; `DEVICE-HTTP.md`) until shutdown, with the same
+/// connection bounds as the sidecar. Returns once it listens.
 async fn start_device_https(
     config: &ServeConfig,
     listen: SocketAddr,
+    listener: std::net::TcpListener,
     tls: tokio_rustls::TlsAcceptor,
     core: Arc<Core>,
     role: Role,
 ) -> Result<DeviceHttps, StartError> {
-    let listener = std::net::TcpListener::bind(listen)
-        .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
-        .map_err(|e| StartError::Bind(listen, e))?;
     let addr = listener
         .local_addr()
         .map_err(|e| StartError::Bind(listen, e))?;

@@ -203,7 +203,12 @@ pub struct AtHome<C> {
 }
 
 impl<C> AtHome<C> {
-    /// `connection`, at home in the current runtime.
+    /// `connection`, at home in the current runtime, which must outlive
+    /// its use: a call made once its home has shut down fails.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
     pub fn here(connection: C) -> Self {
         Self {
             connection,
