@@ -557,6 +557,8 @@ fn twin_tokens(code: &str) -> Vec<String> {
             && chars
                 .get(i + 1)
                 .is_some_and(|next| next.is_alphabetic() || *next == '_')
+            // After an operand it is an operator however it is spaced.
+            && !(i > 0 && (chars[i - 1].is_alphanumeric() || matches!(chars[i - 1], '_' | ')' | ']')))
         {
             // A reference or pointer sigil, not an operator.
             i += 1;
@@ -619,6 +621,7 @@ fn the_twin_check_sees_a_change_of_one_token() {
         c,
         twin_tokens("int f(const uchar &a[], int n) { return a[n] & 16; }")
     );
+    assert_ne!(twin_tokens("x = a*b;"), twin_tokens("x = a&b;"));
     assert_eq!(
         twin_tokens("void g(EagateText *c) { c->len = 0; h(&c2, \"x y\"); }"),
         twin_tokens("void g(EagateText &c) { c.len = 0; h(c2, \"x y\"); }")

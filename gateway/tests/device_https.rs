@@ -422,13 +422,14 @@ async fn the_newest_session_wins_across_quic_and_https() {
     // name.
     let (epoch, _) = newest.split_once('-').unwrap();
     let epoch: u64 = epoch.parse().unwrap();
-    let (_quic, _) = Session::open(&gateway, dir.path(), &quic_device).await;
-    // Another device naming this one's session: its own requests verify,
-    // the token does not.
+    // Another device naming this one's session, while it is the live one:
+    // its own requests verify, the token does not.
     let other = register(&gateway).await;
     let other = HttpsDevice::new(device.client.clone(), other.id, other.secret);
     let borrowed = other.poll(&newest, "", 0).await;
     assert_eq!(borrowed.status, 410, "{}", borrowed.text());
+    assert_eq!(borrowed.json()["title"], "no such session; open a new one");
+    let (_quic, _) = Session::open(&gateway, dir.path(), &quic_device).await;
     for made_up in [
         format!("{epoch}-0000000000000000"),
         format!("{}-{}", epoch + 1, newest.split_once('-').unwrap().1),

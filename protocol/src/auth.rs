@@ -30,7 +30,19 @@ pub type ChannelBinding = [u8; 32];
 /// An HMAC-SHA256 tag.
 pub type Mac = [u8; 32];
 
-type HmacSha256 = Hmac<Sha256>;
+pub(crate) type HmacSha256 = Hmac<Sha256>;
+
+/// An HMAC-SHA256 keyed with the device secret's 32 bytes (never its
+/// text): the key of every device MAC, the QUIC transcript's and the HTTPS
+/// requests' and answers'.
+pub(crate) fn keyed_hmac(secret: &DeviceSecret) -> HmacSha256 {
+    // HMAC zero-pads a key shorter than the hash's block to the block size
+    // (RFC 2104), so padding here gives the same MAC as keying with the 32
+    // bytes, without a fallible call.
+    let mut key = Zeroizing::new([0u8; 64]);
+    key[..32].copy_from_slice(secret.expose_bytes());
+    HmacSha256::new(&(*key).into())
+}
 
 /// The exact bytes a device signs to authenticate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,12 +95,7 @@ impl AuthTranscript {
     }
 
     fn keyed(&self, secret: &DeviceSecret) -> HmacSha256 {
-        // HMAC zero-pads a key shorter than the hash's block to the block
-        // size (RFC 2104), so padding here gives the same MAC as keying with
-        // the 32 bytes, without a fallible call.
-        let mut key = Zeroizing::new([0u8; 64]);
-        key[..32].copy_from_slice(secret.expose_bytes());
-        let mut hmac = HmacSha256::new(&(*key).into());
+        let mut hmac = keyed_hmac(secret);
         hmac.update(&self.bytes);
         hmac
     }

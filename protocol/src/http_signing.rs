@@ -17,11 +17,10 @@
 //! Nothing here allocates: the canonical text is fed to the HMAC piece by
 //! piece, and hex goes into fixed buffers.
 
-use hmac::{Hmac, KeyInit, Mac as _};
+use hmac::Mac as _;
 use sha2::{Digest, Sha256};
-use zeroize::Zeroizing;
 
-use crate::auth::{Mac, Nonce};
+use crate::auth::{Mac, Nonce, keyed_hmac};
 use crate::secret::DeviceSecret;
 
 /// The first line of a request's canonical text.
@@ -40,8 +39,6 @@ pub const SIGNATURE_HEADER: &str = "Eagate-Signature";
 
 /// SHA-256 of a body.
 pub type BodyHash = [u8; 32];
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// SHA-256 of `body` (of the empty string when there is none).
 pub fn body_sha256(body: &[u8]) -> BodyHash {
@@ -113,16 +110,23 @@ fn decimal(mut value: u64) -> ([u8; 20], usize) {
     (digits, len)
 }
 
-/// An HMAC keyed with the device secret's 32 bytes (never its text), fed
-/// what `write` writes.
-fn mac_over(secret: &DeviceSecret, write: impl FnOnce(&mut dyn FnMut(&[u8]))) -> HmacSha256 {
-    // A key shorter than the hash's block is zero-padded to it (RFC 2104),
-    // so this is the MAC keyed with the 32 bytes, without a fallible call.
-    let mut key = Zeroizing::new([0u8; 64]);
-    key[..32].copy_from_slice(secret.expose_bytes());
-    let mut hmac = HmacSha256::new(&(*key).into());
+/// The MAC under `secret` of what `write` writes.
+fn sign(secret: &DeviceSecret, write: impl FnOnce(&mut dyn FnMut(&[u8]))) -> Mac {
+    let mut hmac = keyed_hmac(secret);
     write(&mut |part| hmac.update(part));
-    hmac
+    hmac.finalize().into_bytes().into()
+}
+
+/// Whether `signature` is the MAC under `secret` of what `write` writes,
+/// compared in constant time.
+fn check(
+    secret: &DeviceSecret,
+    write: impl FnOnce(&mut dyn FnMut(&[u8])),
+    signature: &Mac,
+) -> bool {
+    let mut hmac = keyed_hmac(secret);
+    write(&mut |part| hmac.update(part));
+    hmac.verify_slice(signature).is_ok()
 }
 
 /// Hands `parts` to `sink` as lines: one LF between two, none after the
@@ -175,18 +179,13 @@ impl RequestToSign<'_> {
 
     /// The request's signature under `secret`.
     pub fn signature(&self, secret: &DeviceSecret) -> Mac {
-        mac_over(secret, |sink| self.write_canonical(sink))
-            .finalize()
-            .into_bytes()
-            .into()
+        sign(secret, |sink| self.write_canonical(sink))
     }
 
     /// Whether `signature` is this request's under `secret`, compared in
     /// constant time.
     pub fn verify(&self, secret: &DeviceSecret, signature: &Mac) -> bool {
-        mac_over(secret, |sink| self.write_canonical(sink))
-            .verify_slice(signature)
-            .is_ok()
+        check(secret, |sink| self.write_canonical(sink), signature)
     }
 }
 
@@ -223,18 +222,13 @@ impl AnswerToSign<'_> {
 
     /// The answer's signature under `secret`.
     pub fn signature(&self, secret: &DeviceSecret) -> Mac {
-        mac_over(secret, |sink| self.write_canonical(sink))
-            .finalize()
-            .into_bytes()
-            .into()
+        sign(secret, |sink| self.write_canonical(sink))
     }
 
     /// Whether `signature` is this answer's under `secret`, compared in
     /// constant time: a client acts on no answer for which this is false.
     pub fn verify(&self, secret: &DeviceSecret, signature: &Mac) -> bool {
-        mac_over(secret, |sink| self.write_canonical(sink))
-            .verify_slice(signature)
-            .is_ok()
+        check(secret, |sink| self.write_canonical(sink), signature)
     }
 }
 

@@ -224,12 +224,12 @@ impl<C> std::fmt::Debug for AtHome<C> {
 }
 
 /// A call polled inside its connection's home runtime.
-struct Homed<F> {
-    home: tokio::runtime::Handle,
+struct Homed<'a, F> {
+    home: &'a tokio::runtime::Handle,
     call: F,
 }
 
-impl<F: std::future::Future + Unpin> std::future::Future for Homed<F> {
+impl<F: std::future::Future + Unpin> std::future::Future for Homed<'_, F> {
     type Output = F::Output;
 
     fn poll(
@@ -242,14 +242,24 @@ impl<F: std::future::Future + Unpin> std::future::Future for Homed<F> {
     }
 }
 
-impl<C: ConnectionLike + Send> ConnectionLike for AtHome<C> {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        let home = self.home.clone();
+impl<C: ConnectionLike + Send> AtHome<C> {
+    /// The call `make` makes on the connection, made and polled at home.
+    fn homed<'a, T: 'a>(
+        &'a mut self,
+        make: impl FnOnce(&'a mut C) -> RedisFuture<'a, T>,
+    ) -> RedisFuture<'a, T> {
+        let Self { connection, home } = self;
         let call = {
-            let _home = self.home.enter();
-            self.connection.req_packed_command(cmd)
+            let _home = home.enter();
+            make(connection)
         };
         Box::pin(Homed { home, call })
+    }
+}
+
+impl<C: ConnectionLike + Send> ConnectionLike for AtHome<C> {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        self.homed(|connection| connection.req_packed_command(cmd))
     }
 
     fn req_packed_commands<'a>(
@@ -258,12 +268,7 @@ impl<C: ConnectionLike + Send> ConnectionLike for AtHome<C> {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        let home = self.home.clone();
-        let call = {
-            let _home = self.home.enter();
-            self.connection.req_packed_commands(pipeline, offset, count)
-        };
-        Box::pin(Homed { home, call })
+        self.homed(|connection| connection.req_packed_commands(pipeline, offset, count))
     }
 
     fn get_db(&self) -> i64 {

@@ -405,7 +405,13 @@ async fn poll(
             Ok(Next::Device(_)) => break None,
             Ok(Next::Signal(signal)) => {
                 session.sent(&signal);
-                positions.insert(signal.channel.to_string(), signal.position);
+                // Seeded with every followed channel: a lookup, no key made.
+                match positions.get_mut(signal.channel.as_str()) {
+                    Some(position) => *position = signal.position,
+                    None => {
+                        positions.insert(signal.channel.to_string(), signal.position);
+                    }
+                }
                 signals.push(Signal::clone(&signal));
                 if signals.len() >= MAX_SIGNALS_PER_POLL {
                     break None;
