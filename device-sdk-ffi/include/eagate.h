@@ -476,7 +476,7 @@ EagateResult eagate_poll_signal(int64_t handle,
  * Reports that the EA has the signal and is acting on it.
  *
  * Every report call (`eagate_report_received`, `eagate_report_filled`,
- * `eagate_report_rejected`) returns [`EagateResult::Ok`] once the report
+ * `eagate_report_rejected`, `eagate_report_reversed`) returns [`EagateResult::Ok`] once the report
  * is on disk in the device's journal, and the device delivers it exactly
  * once, by this session or a later one. The rule holds after the session
  * stopped for good too, whatever stopped it: the report is the terminal's
@@ -524,6 +524,19 @@ EagateResult eagate_report_rejected(int64_t handle,
                                     uint64_t signal_id_lo,
                                     uint32_t code,
                                     const uint16_t *text);
+
+/**
+ * Reports that fills of the signal reported before, with `ticket`, were
+ * undone: the broker cancelled the deal (MT5's history loses it, a
+ * `TRADE_TRANSACTION_DEAL_DELETE` transaction), or the trade was busted.
+ * Every earlier fill report of the signal with that ticket is reversed;
+ * the platform takes back what they earned.
+ */
+EAGATE_CALL
+EagateResult eagate_report_reversed(int64_t handle,
+                                    uint64_t signal_id_hi,
+                                    uint64_t signal_id_lo,
+                                    uint64_t ticket);
 
 /**
  * Closes the session: tells the gateway, and returns within about 1.7 s

@@ -147,4 +147,10 @@ void EagateReportRejection(const ulong hi, const ulong lo, const uint code, cons
    EagateQueueRejection(hi, lo, code, text);
    EagateFlushReports(g_session);
   }
+
+void EagateReportReversal(const ulong hi, const ulong lo, const ulong ticket)
+  {
+   EagateQueueReversal(hi, lo, ticket);
+   EagateFlushReports(g_session);
+  }
 //+------------------------------------------------------------------+

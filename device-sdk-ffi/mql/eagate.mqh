@@ -58,6 +58,7 @@ int  eagate_poll_signal(long handle, EagateSignal &signal_out, ushort &symbol[],
 int  eagate_report_received(long handle, ulong signal_id_hi, ulong signal_id_lo);
 int  eagate_report_filled(long handle, ulong signal_id_hi, ulong signal_id_lo, ulong ticket, string price, string volume);
 int  eagate_report_rejected(long handle, ulong signal_id_hi, ulong signal_id_lo, uint code, string text);
+int  eagate_report_reversed(long handle, ulong signal_id_hi, ulong signal_id_lo, ulong ticket);
 int  eagate_close(long handle);
 int  eagate_handle_last_error(long handle, ushort &buffer[], int capacity);
 int  eagate_handle_last_error_utf8(long handle, uchar &buffer[], int capacity);
@@ -129,7 +130,7 @@ int EagatePollSignal(const long handle, EagateSignal &signal, string &symbol, st
 // trouble), kept in order and handed over again by EagateFlushReports: a
 // report is never dropped because one call failed. Lost only if the
 // terminal dies before the library takes them.
-int    g_eagate_unsent_kind[];   // 1: fill, 2: rejection
+int    g_eagate_unsent_kind[];   // 1: fill, 2: rejection, 3: reversal
 ulong  g_eagate_unsent_hi[];
 ulong  g_eagate_unsent_lo[];
 ulong  g_eagate_unsent_ticket[];
@@ -178,6 +179,14 @@ void EagateQueueRejection(const ulong hi, const ulong lo, const uint code, const
    g_eagate_unsent_text[n] = text;
   }
 
+// Queues a reversal: the broker undid the signal's fills with this
+// ticket (a deal deleted from the history).
+void EagateQueueReversal(const ulong hi, const ulong lo, const ulong ticket)
+  {
+   int n = EagateQueueReport(3, hi, lo);
+   g_eagate_unsent_ticket[n] = ticket;
+  }
+
 // Hands the queued reports to the library, oldest first; true when none
 // is left. Call before polling for new signals.
 bool EagateFlushReports(const long handle)
@@ -191,6 +200,9 @@ bool EagateFlushReports(const long handle)
          result = eagate_report_filled(handle, g_eagate_unsent_hi[done], g_eagate_unsent_lo[done],
                                        g_eagate_unsent_ticket[done], g_eagate_unsent_price[done],
                                        g_eagate_unsent_volume[done]);
+      else if(g_eagate_unsent_kind[done] == 3)
+         result = eagate_report_reversed(handle, g_eagate_unsent_hi[done], g_eagate_unsent_lo[done],
+                                         g_eagate_unsent_ticket[done]);
       else
          result = eagate_report_rejected(handle, g_eagate_unsent_hi[done], g_eagate_unsent_lo[done],
                                          g_eagate_unsent_code[done], g_eagate_unsent_text[done]);

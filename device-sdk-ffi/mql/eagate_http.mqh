@@ -699,6 +699,7 @@ public:
    bool              Skip(const EagateHttpSignal &signal);
    void              QueueFill(const string signal_id, const ulong ticket, const string price, const string volume);
    void              QueueRejection(const string signal_id, const uint code, const string text);
+   void              QueueReversal(const string signal_id, const ulong ticket);
    bool              FlushReports();
    int               Unconfirmed() { return ArraySize(m_queue_seq); }
    bool              Stopped() { return m_stopped; }
@@ -1033,6 +1034,12 @@ void EagateHttp::QueueRejection(const string signal_id, const uint code, const s
   {
    Queue("\"signal_id\":" + EagateJsonString(signal_id) + ",\"kind\":\"rejected\",\"error_code\":" + IntegerToString(code)
          + ",\"error_text\":" + EagateJsonString(StringSubstr(text, 0, 120)));
+  }
+
+// The broker undid the signal's fills reported with this ticket.
+void EagateHttp::QueueReversal(const string signal_id, const ulong ticket)
+  {
+   Queue("\"signal_id\":" + EagateJsonString(signal_id) + ",\"kind\":\"reversed\",\"ticket\":\"" + StringFormat("%I64u", ticket) + "\"");
   }
 
 // Queues a report and writes the state file; false if the write failed

@@ -215,5 +215,10 @@ void EagateReportRejection(const ulong hi, const ulong lo, const uint code, cons
    g_client.QueueRejection(EagateSignalId(hi, lo), code, text);
   }
 
+void EagateReportReversal(const ulong hi, const ulong lo, const ulong ticket)
+  {
+   g_client.QueueReversal(EagateSignalId(hi, lo), ticket);
+  }
+
 #endif
 //+------------------------------------------------------------------+

@@ -12,6 +12,7 @@
 //|        retried on the next tick);                                |
 //|   void EagateReportFill(hi, lo, ticket, price, volume)           |
 //|   void EagateReportRejection(hi, lo, code, text)                 |
+//|   void EagateReportReversal(hi, lo, ticket)                      |
 //|        queue the report where a restart does not lose it.        |
 //| The EA's OnTradeTransaction calls EagateTradeTransaction, and    |
 //| its OnInit sets g_trade's deviation and clears g_holding.        |
@@ -39,9 +40,13 @@ ulong  g_pending_hi[];
 ulong  g_pending_lo[];
 ulong  g_pending_order[];
 // The last deals reported, so the DEAL_ADD that follows a trade result
-// already reported does not report the same deal twice.
+// already reported does not report the same deal twice, and with their
+// signals, so a deal the broker deletes is reported reversed (once: its
+// signal is cleared then).
 #define REPORTED_DEALS 256
 ulong  g_reported_deal[REPORTED_DEALS];
+ulong  g_reported_hi[REPORTED_DEALS];
+ulong  g_reported_lo[REPORTED_DEALS];
 int    g_reported_next = 0;
 
 // Lots each opening signal holds in its position, from its fills less its
@@ -71,6 +76,11 @@ string       g_held_comment;
 // The EA's OnTradeTransaction passes every transaction here.
 void EagateTradeTransaction(const MqlTradeTransaction &trans)
   {
+   if(trans.type == TRADE_TRANSACTION_DEAL_DELETE)
+     {
+      ReportReversal(trans.deal);
+      return;
+     }
    if(trans.type != TRADE_TRANSACTION_DEAL_ADD)
       return;
    for(int i = ArraySize(g_pending_order) - 1; i >= 0; i--)
@@ -304,6 +314,8 @@ void ReportFill(const ulong hi, const ulong lo, const ulong deal, const string s
       if(g_reported_deal[i] == deal)
          return;
    g_reported_deal[g_reported_next] = deal;
+   g_reported_hi[g_reported_next] = hi;
+   g_reported_lo[g_reported_next] = lo;
    g_reported_next = (g_reported_next + 1) % REPORTED_DEALS;
    int digits = (int)SymbolInfoInteger(symbol, SYMBOL_DIGITS);
    EagateReportFill(hi, lo, deal, DoubleToString(price, digits), EagateLotsText(symbol, lots));
@@ -313,6 +325,24 @@ void ReportFill(const ulong hi, const ulong lo, const ulong deal, const string s
       AddLots(g_close_ref_hi[closing], g_close_ref_lo[closing], -lots);
    else
       AddLots(hi, lo, lots);
+  }
+
+// A deal deleted from the history (the broker cancelled it) that this EA
+// reported as a fill: its signal's fills with that ticket are reversed.
+// Only deals among the last REPORTED_DEALS of this run are known.
+void ReportReversal(const ulong deal)
+  {
+   if(deal == 0)
+      return;
+   for(int i = 0; i < REPORTED_DEALS; i++)
+     {
+      if(g_reported_deal[i] != deal || (g_reported_hi[i] == 0 && g_reported_lo[i] == 0))
+         continue;
+      Print("eagate: deal ", deal, " of signal ", EagateSignalId(g_reported_hi[i], g_reported_lo[i]), " was deleted by the broker");
+      EagateReportReversal(g_reported_hi[i], g_reported_lo[i], deal);
+      g_reported_hi[i] = 0;
+      g_reported_lo[i] = 0;
+     }
   }
 
 void Reject(const EagateSignal &s, const uint code, const string text)

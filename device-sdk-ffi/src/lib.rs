@@ -36,7 +36,8 @@ pub use diagnostics::{eagate_auth_mac, eagate_version};
 pub use session::{
     EagateState, eagate_close, eagate_connect, eagate_handle_last_error,
     eagate_handle_last_error_utf8, eagate_poll_signal, eagate_report_filled,
-    eagate_report_received, eagate_report_rejected, eagate_state, eagate_state_text,
+    eagate_report_received, eagate_report_rejected, eagate_report_reversed, eagate_state,
+    eagate_state_text,
 };
 pub use signal::{
     EAGATE_COMMENT_CAPACITY, EAGATE_SYMBOL_CAPACITY, EagateAction, EagateOrderType, EagateSignal,

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use eagate_sdk::protocol::{Decimal, Fill, Rejection, RejectionText, ReportOutcome};
+use eagate_sdk::protocol::{Decimal, Fill, Rejection, RejectionText, ReportOutcome, Reversal};
 use eagate_sdk::{
     CertFingerprint, Client, ClientConfig, ClientState, ConnectError, Event, JournalError,
     ReportError, ServerTrust, StopReason,
@@ -575,7 +575,7 @@ fn report(
 /// Reports that the EA has the signal and is acting on it.
 ///
 /// Every report call (`eagate_report_received`, `eagate_report_filled`,
-/// `eagate_report_rejected`) returns [`EagateResult::Ok`] once the report
+/// `eagate_report_rejected`, `eagate_report_reversed`) returns [`EagateResult::Ok`] once the report
 /// is on disk in the device's journal, and the device delivers it exactly
 /// once, by this session or a later one. The rule holds after the session
 /// stopped for good too, whatever stopped it: the report is the terminal's
@@ -673,6 +673,25 @@ pub unsafe extern "system" fn eagate_report_rejected(
                 code,
                 text: RejectionText::lossy(&text),
             }))
+        })
+    })
+}
+
+/// Reports that fills of the signal reported before, with `ticket`, were
+/// undone: the broker cancelled the deal (MT5's history loses it, a
+/// `TRADE_TRANSACTION_DEAL_DELETE` transaction), or the trade was busted.
+/// Every earlier fill report of the signal with that ticket is reversed;
+/// the platform takes back what they earned.
+#[unsafe(no_mangle)]
+pub extern "system" fn eagate_report_reversed(
+    handle: i64,
+    signal_id_hi: u64,
+    signal_id_lo: u64,
+    ticket: u64,
+) -> EagateResult {
+    guard(|| {
+        report(handle, signal_id_hi, signal_id_lo, || {
+            Ok(ReportOutcome::Reversed(Reversal { ticket }))
         })
     })
 }

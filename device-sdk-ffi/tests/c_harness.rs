@@ -427,6 +427,29 @@ fn c_copier_receives_signals_and_reports_fills_and_rejections_stored_once_on_man
     let rejection = &reports(&devices[3].0)[1];
     assert_eq!(rejection["error_code"], 10019, "{rejection}");
 
+    // The broker undoes slot 0's fill of the limit order (ticket 1): stored
+    // once, beside the fill, and the execution reads reversed.
+    copier.send(&format!("reverse 0 {limit} 1"));
+    assert_eq!(
+        await_lines(&mut copier, "reversed 0 ", 1),
+        [format!("reversed 0 {limit} 0")]
+    );
+    expect_stored(
+        &gateway,
+        &limit,
+        &devices[0].0,
+        &["received", "filled", "reversed"],
+    );
+    let executions = gateway.executions(&limit);
+    let device_0 = executions["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device_id"] == devices[0].0.as_str())
+        .unwrap();
+    assert_eq!(device_0["status"], "reversed", "{device_0}");
+    assert_eq!(device_0["reports"][2]["ticket"], 1, "{device_0}");
+
     // Misuse fails with reasons and harms nothing.
     copier.send("misuse 1");
     assert_eq!(await_lines(&mut copier, "misuse 1 ", 1), ["misuse 1 ok"]);

@@ -388,6 +388,35 @@ fn the_mt5_copier_reports_market_fills_from_the_trade_result_never_the_lagging_h
 }
 
 #[test]
+fn the_mt5_copiers_report_a_reported_deal_the_broker_deletes_as_reversed_once() {
+    let code = code_of("mql/eagate_trade5.mqh");
+    let transaction = function_body(&code, "void EagateTradeTransaction(");
+    assert!(transaction.contains("TRADE_TRANSACTION_DEAL_DELETE"));
+    assert!(transaction.contains("ReportReversal(trans.deal)"));
+    // A reported deal keeps its signal beside it, which the reversal names
+    // and then clears, so a second deletion reports nothing.
+    let fill = function_body(&code, "void ReportFill(");
+    assert!(fill.contains("g_reported_hi[g_reported_next] = hi;"));
+    assert!(fill.contains("g_reported_lo[g_reported_next] = lo;"));
+    let reversal = function_body(&code, "void ReportReversal(");
+    let reported = reversal
+        .find("EagateReportReversal(g_reported_hi[i], g_reported_lo[i], deal);")
+        .expect("reports the deal's signal and ticket");
+    let cleared = reversal
+        .find("g_reported_hi[i] = 0;")
+        .expect("clears the signal");
+    assert!(reported < cleared);
+    assert!(reversal.contains("g_reported_hi[i] == 0 && g_reported_lo[i] == 0"));
+    // Each MT5 copier queues it where a restart does not lose it.
+    let dll = code_of("mql/EagateCopier.mq5");
+    assert!(function_body(&dll, "void EagateReportReversal(").contains("EagateQueueReversal("));
+    let queue = code_of("mql/eagate.mqh");
+    assert!(function_body(&queue, "bool EagateFlushReports(").contains("eagate_report_reversed("));
+    let http = code_of("mql/eagate_http.mqh");
+    assert!(http.contains(r#"\"kind\":\"reversed\",\"ticket\":\""#));
+}
+
+#[test]
 fn the_mt5_copier_closes_part_of_a_netting_position_with_an_opposite_deal() {
     let code = code_of("mql/eagate_trade5.mqh");
     let execute = function_body(&code, "bool Execute(");
@@ -792,6 +821,9 @@ fn the_https_copier_sends_reports_before_it_polls_and_records_each_signal_before
     assert!(
         function_body(&transport, "void EagateReportRejection(")
             .contains("g_client.QueueRejection(")
+    );
+    assert!(
+        function_body(&transport, "void EagateReportReversal(").contains("g_client.QueueReversal(")
     );
     // Replaced or revoked stops for good; anything else backs off.
     let failed = function_body(&transport, "void EagateCopierFailed(");

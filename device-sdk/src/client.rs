@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use eagate_protocol::{
     ALPN, CHANNEL_BINDING_LABEL, DeviceId, DeviceSecret, Fill, MAX_WIRE_LEN, Refusal, Rejection,
-    ReportOutcome, ResumePoint, SecretParseError, Signal, SignalId, TextError,
+    ReportOutcome, ResumePoint, Reversal, SecretParseError, Signal, SignalId, TextError,
 };
 use tokio::sync::{Mutex, Notify, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -641,6 +641,18 @@ impl Client {
     ) -> Result<u64, ReportError> {
         self.report(now_ms(), signal_id, ReportOutcome::Rejected(rejection))
             .await
+    }
+
+    /// Reports that the fills of `signal_id` reported before with `ticket`
+    /// were undone (the broker cancelled the deal, or busted the trade):
+    /// the platform takes back what they earned.
+    pub async fn reversed(&self, signal_id: SignalId, ticket: u64) -> Result<u64, ReportError> {
+        self.report(
+            now_ms(),
+            signal_id,
+            ReportOutcome::Reversed(Reversal { ticket }),
+        )
+        .await
     }
 
     /// Reports `outcome` for `signal_id` as of `at_ms` (Unix ms; for fills,

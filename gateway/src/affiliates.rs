@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eagate_affiliates::programme::TradeFill;
+use eagate_affiliates::programme::{TradeFill, TradeReversal};
 use eagate_affiliates::trade_fees::Price;
 use eagate_affiliates::{JournalError, Ledger, ReferralCode, TradeSide, WriteError};
 use eagate_protocol::{Action, Decimal, SignalId};
@@ -133,6 +133,9 @@ fn known_fills<'a>(
     accounts: &'a HashMap<&str, Option<String>>,
 ) -> impl Iterator<Item = (&'a FeedFill, SignalId, Decimal, &'a str)> {
     fills.iter().filter_map(|fill| {
+        if fill.reverses_ticket.is_some() {
+            return None;
+        }
         let account_id = accounts.get(fill.device_id.as_str())?.as_deref()?;
         Some((fill, fill.signal_id?, fill.volume?, account_id))
     })
@@ -300,6 +303,10 @@ impl AffiliateDesk {
             let Some(account_id) = account else {
                 continue;
             };
+            // A reversal is nobody's first trade.
+            if fill.reverses_ticket.is_some() {
+                continue;
+            }
             let now = self.now_ms();
             // Most fills are not anyone's first trade: decide under a read
             // lock, and write (and fsync) only when there is something new.
@@ -318,6 +325,9 @@ impl AffiliateDesk {
             .await?;
         self.count_trades(core, &fills, &accounts, &mut signals)
             .await?;
+        // After the batch's fills: a reversal undoes fills reported before
+        // it, which may be in this batch.
+        self.reverse_trades(&fills, &accounts).await?;
         core.reports.claim_fills(&fills).await?;
         Ok(fills.len())
     }
@@ -383,6 +393,55 @@ impl AffiliateDesk {
             .await?;
             if let Some(problem) = problem {
                 tracing::warn!(device = %fill.device_id, seq = fill.seq, %problem, "a referred fill earns no trade commission");
+            }
+        }
+        Ok(())
+    }
+
+    /// Busts the fills each reversal in the batch undoes (their commissions
+    /// reversed, or clawed back once paid), once per reversal however often
+    /// the feed hands it over.
+    async fn reverse_trades(
+        &self,
+        fills: &[FeedFill],
+        accounts: &HashMap<&str, Option<String>>,
+    ) -> Result<(), FeedError> {
+        for entry in fills {
+            let (Some(ticket), Some(signal_id)) = (entry.reverses_ticket, entry.signal_id) else {
+                continue;
+            };
+            let Some(Some(account_id)) = accounts.get(entry.device_id.as_str()) else {
+                continue;
+            };
+            let reversal = TradeReversal {
+                user_id: account_id.clone(),
+                device_id: entry.device_id.clone(),
+                seq: entry.seq,
+                signal_id: signal_id.to_string(),
+                ticket,
+            };
+            let now = self.now_ms();
+            // Most reversals are of fills that earned nothing: decided under
+            // a read lock, written only when there is something to write.
+            if self
+                .ledger
+                .read()
+                .trade_reversed(&reversal, now)
+                .0
+                .facts
+                .is_empty()
+            {
+                continue;
+            }
+            let mut problem = None;
+            self.journal(|programme| {
+                let (decided, out_of_range) = programme.trade_reversed(&reversal, now);
+                problem = out_of_range;
+                decided
+            })
+            .await?;
+            if let Some(problem) = problem {
+                tracing::warn!(device = %entry.device_id, seq = entry.seq, %problem, "a reversed fill's commission could not be taken back");
             }
         }
         Ok(())

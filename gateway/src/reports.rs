@@ -26,13 +26,13 @@ pub struct StoredReport {
     /// The signal it is about.
     #[schema(value_type = api_schema::SignalId)]
     pub signal_id: SignalId,
-    /// `received`, `filled` or `rejected`.
+    /// `received`, `filled`, `rejected` or `reversed`.
     pub kind: ReportKind,
     /// When it happened on the device, Unix ms.
     pub at_ms: u64,
     /// When the gateway stored it, Unix ms.
     pub stored_at_ms: u64,
-    /// Fills: the terminal's ticket.
+    /// Fills and reversals: the terminal's ticket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ticket: Option<u64>,
     /// Fills: the execution price.
@@ -61,6 +61,16 @@ pub enum ReportKind {
     Filled,
     /// It was refused by the terminal or broker.
     Rejected,
+    /// Fills of it reported before, with the report's ticket, were undone.
+    Reversed,
+}
+
+impl ReportKind {
+    /// Whether reports of this kind go into the fill feed, which the
+    /// affiliate programme reads: fills, and reversals of fills.
+    pub fn in_fill_feed(self) -> bool {
+        matches!(self, Self::Filled | Self::Reversed)
+    }
 }
 
 impl StoredReport {
@@ -91,6 +101,10 @@ impl StoredReport {
                 stored.kind = ReportKind::Rejected;
                 stored.error_code = Some(rejection.code);
                 stored.error_text = Some(rejection.text.to_string());
+            }
+            ReportOutcome::Reversed(reversal) => {
+                stored.kind = ReportKind::Reversed;
+                stored.ticket = Some(reversal.ticket);
             }
         }
         stored
@@ -389,6 +403,10 @@ pub struct FeedFill {
     /// The executed lots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<Decimal>,
+    /// Not a fill but a reversal: the device's fills of `signal_id`
+    /// reported before it with this ticket were undone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverses_ticket: Option<u64>,
 }
 
 impl FeedFill {
@@ -402,10 +420,11 @@ impl FeedFill {
             stored_at_ms: 0,
             signal_id: None,
             volume: None,
+            reverses_ticket: None,
         }
     }
 
-    /// The feed entry of a stored fill.
+    /// The feed entry of a stored fill or reversal.
     pub fn of(report: &StoredReport) -> Self {
         Self {
             mark: Vec::new(),
@@ -414,6 +433,10 @@ impl FeedFill {
             stored_at_ms: report.stored_at_ms,
             signal_id: Some(report.signal_id),
             volume: report.volume,
+            reverses_ticket: match report.kind {
+                ReportKind::Reversed => report.ticket,
+                _ => None,
+            },
         }
     }
 }

@@ -13,7 +13,7 @@ use common::desk::*;
 use common::*;
 use eagate_affiliates::calendar::format_instant;
 use eagate_gateway::reports::StoredReport;
-use eagate_protocol::{Decimal, Fill, Report, ReportOutcome, SignalId};
+use eagate_protocol::{Decimal, Fill, Report, ReportOutcome, Reversal, SignalId};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -1179,6 +1179,103 @@ async fn a_sidecar_that_was_down_catches_up_and_each_referred_fill_earns_its_tra
         .unwrap();
     assert_eq!(first["status"], "reversed");
     assert_eq!(first["fill"]["busted"], true);
+}
+
+on_both_backends!(a_fill_its_device_reports_reversed_gives_back_its_trade_commission_once);
+async fn a_fill_its_device_reports_reversed_gives_back_its_trade_commission_once(backend: Backend) {
+    let (desk, _) = desk_on_with(&backend, |config| {
+        config.trade_fees = vec!["fx:EURUSD=700/lot".into()];
+    })
+    .await;
+    desk.clock.store(now_ms(), Ordering::SeqCst);
+    let (affiliate, code, _) = desk.enrol("alice").await;
+    desk.signup("acct-7", &code, None).await;
+    let registry = desk.gateway.registry();
+    let (vps, _) = registry
+        .register(desk.gateway.master_key(), "acct-7", "VPS")
+        .await
+        .unwrap();
+    let signal = publish(&desk, "OpenBuy").await;
+    let report = |seq: u64, outcome: ReportOutcome| {
+        let report = Report {
+            seq,
+            signal_id: signal,
+            at_ms: now_ms(),
+            outcome,
+        };
+        StoredReport::new(&vps.device_id, &report, now_ms())
+    };
+    let fill = |seq: u64, ticket: u64| {
+        report(
+            seq,
+            ReportOutcome::Filled(Fill {
+                ticket,
+                price: "1.08543".parse::<Decimal>().unwrap(),
+                volume: "10.00".parse::<Decimal>().unwrap(),
+            }),
+        )
+    };
+    let core = desk.gateway.core();
+    let programme = desk.gateway.affiliates().unwrap();
+    // Two deals of the signal, each earning 35p; the broker then cancels
+    // the first, and the device reports it (and resends the report).
+    for stored in [fill(1, 5_001), fill(2, 5_002)] {
+        core.reports.ingest(&stored, None).await.unwrap();
+    }
+    while programme.take_fills(&core).await.unwrap() > 0 {}
+    let reversal = report(3, ReportOutcome::Reversed(Reversal { ticket: 5_001 }));
+    core.reports.ingest(&reversal, None).await.unwrap();
+    core.reports.ingest(&reversal, None).await.unwrap();
+    while programme.take_fills(&core).await.unwrap() > 0 {}
+    let trades: Vec<(u64, String, bool)> = desk
+        .entries(&affiliate)
+        .await
+        .into_iter()
+        .filter(|e| e["kind"] == "trade")
+        .map(|e| {
+            (
+                e["fill"]["seq"].as_u64().unwrap(),
+                e["status"].as_str().unwrap().to_owned(),
+                e["fill"]["busted"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        trades,
+        [
+            (1, "reversed".to_owned(), true),
+            (2, "pending".to_owned(), false)
+        ]
+    );
+    let balances = desk
+        .admin_get(&format!("/v1/affiliates/{affiliate}/stats"))
+        .await;
+    assert_eq!(
+        balances.body["totals"]["reversed_minor"], 35,
+        "{}",
+        balances.text
+    );
+    // The audit trail says who undid it: the device's report.
+    let audit = desk.admin_get("/v1/audit?kind=trade_busted").await;
+    let busts = audit.body["items"].as_array().unwrap();
+    assert_eq!(busts.len(), 1, "{}", audit.text);
+    assert!(
+        busts[0]["fact"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("reported reversed by the device (report 3)"),
+        "{}",
+        audit.text
+    );
+    // The signal's executions show the device's fill still standing.
+    let executions = desk
+        .admin_get(&format!("/v1/signals/{signal}/executions"))
+        .await;
+    assert_eq!(
+        executions.body["devices"][0]["status"], "filled",
+        "one deal of two is left: {}",
+        executions.text
+    );
 }
 
 on_both_backends!(a_referred_customers_offsetting_buy_and_sell_of_a_day_hold_their_commissions);

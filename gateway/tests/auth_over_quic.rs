@@ -206,12 +206,12 @@ async fn unsupported_protocol_version_is_told_the_supported_range(backend: Backe
     else {
         unreachable!()
     };
-    auth.protocol_version = 3;
+    auth.protocol_version = PROTOCOL_VERSION + 1;
     session.send(&DeviceMessage::Authenticate(auth)).await;
     assert_eq!(
         session.receive().await,
         Some(GatewayMessage::AuthRefused(Refusal::UnsupportedVersion(
-            SupportedVersions { min: 1, max: 2 }
+            SupportedVersions { min: 1, max: 3 }
         )))
     );
     assert_eq!(

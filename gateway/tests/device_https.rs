@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::https::{HttpsClient, HttpsDevice};
 use common::*;
+use eagate_gateway::reports::ReportKind;
 use eagate_gateway::transport::quic::close_code;
 use eagate_protocol::http_signing::body_sha256;
 use eagate_protocol::*;
@@ -286,6 +287,49 @@ async fn an_answer_whose_body_or_status_was_changed_fails_its_signature_check() 
 }
 
 #[tokio::test]
+async fn a_reversal_over_https_is_stored_once_beside_its_fill_and_enters_the_fill_feed() {
+    let Setup {
+        gateway,
+        device,
+        gold,
+        ..
+    } = setup().await;
+    let session = device.open_session().await;
+    let signal = gateway.publish(&gold, market_buy("undone")).await.unwrap();
+    let id = signal.signal_id.to_string();
+    let reversal = json!({"seq": 2, "signal_id": id, "kind": "reversed", "at_ms": 7,
+                          "ticket": "123456789"});
+    let answer = device
+        .report(
+            &session,
+            json!([filled(1, &id, "2351.17"), reversal.clone()]),
+        )
+        .await;
+    assert_eq!(answer.text(), r#"{"confirmed_up_to":2}"#);
+    let resent = device.report(&session, json!([reversal])).await;
+    assert_eq!(resent.text(), r#"{"confirmed_up_to":2}"#);
+    let stored = gateway
+        .reports()
+        .for_signal(signal.signal_id)
+        .await
+        .unwrap();
+    let kinds: Vec<(u64, ReportKind, Option<u64>)> =
+        stored.iter().map(|r| (r.seq, r.kind, r.ticket)).collect();
+    assert_eq!(
+        kinds,
+        [
+            (1, ReportKind::Filled, Some(123_456_789)),
+            (2, ReportKind::Reversed, Some(123_456_789)),
+        ]
+    );
+    let feed = gateway.reports().unclaimed_fills(10).await.unwrap();
+    let reversals: Vec<(u64, Option<u64>)> =
+        feed.iter().map(|f| (f.seq, f.reverses_ticket)).collect();
+    assert_eq!(reversals, [(1, None), (2, Some(123_456_789))]);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_resent_report_is_stored_once_and_a_different_one_under_its_number_is_refused() {
     let Setup {
         gateway,
@@ -333,6 +377,8 @@ async fn a_resent_report_is_stored_once_and_a_different_one_under_its_number_is_
         json!([{"seq": 2, "signal_id": id, "kind": "filled", "ticket": "-1", "price": "1", "volume": "0.1"}]),
         json!([{"seq": 2, "signal_id": "nope", "kind": "received"}]),
         json!([{"seq": 2, "signal_id": id, "kind": "closed"}]),
+        json!([{"seq": 2, "signal_id": id, "kind": "reversed"}]),
+        json!([{"seq": 2, "signal_id": id, "kind": "reversed", "ticket": 5}]),
         json!([{"seq": 2, "signal_id": id, "kind": "received", "extra": 1}]),
     ] {
         let answer = device.report(&session, bad.clone()).await;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use eagate_gateway::nonces::NonceStore;
 use eagate_gateway::presence::PresenceStore;
 use eagate_gateway::registry::{DeviceRegistry, RegistryError};
-use eagate_gateway::reports::{Ingested, ReportStore, StoredReport};
+use eagate_gateway::reports::{FeedFill, Ingested, ReportKind, ReportStore, StoredReport};
 use eagate_gateway::seal::MasterKey;
 use eagate_gateway::signals::{PositionStore, SignalDraft, SignalLog};
 use eagate_gateway::store::redis::RedisStores;
@@ -141,6 +141,93 @@ async fn resent_reports_are_stored_once_and_the_first_content_is_kept(stores: &S
     );
 }
 on_both_backends!(resent_reports_are_stored_once_and_the_first_content_is_kept);
+
+async fn fills_and_reversals_enter_the_fill_feed_with_what_the_programme_reads(stores: &Stores) {
+    let device = format!("dv_feed_{}", unique_prefix());
+    let reversal = ReportOutcome::Reversed(Reversal { ticket: 41 });
+    for (seq, outcome) in [
+        (1, ReportOutcome::Received),
+        (2, fill(41)),
+        (3, reversal.clone()),
+    ] {
+        stores
+            .reports
+            .ingest(&report(&device, seq, 9, outcome), None)
+            .await
+            .unwrap();
+    }
+    // A resent reversal is stored once (it may enter the feed again, which
+    // its reader ignores).
+    assert!(matches!(
+        stores
+            .reports
+            .ingest(&report(&device, 3, 9, reversal), None)
+            .await
+            .unwrap(),
+        Ingested::AlreadyStored { confirmed_up_to: 3 }
+    ));
+    let feed: Vec<FeedFill> = stores
+        .reports
+        .unclaimed_fills(1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.device_id == device)
+        .collect();
+    // What the programme reads of each entry: sequence, signal, lots, and
+    // the ticket a reversal undoes.
+    type Read = (u64, Option<SignalId>, Option<String>, Option<u64>);
+    let mut read: Vec<Read> = feed
+        .iter()
+        .map(|f| {
+            (
+                f.seq,
+                f.signal_id,
+                f.volume.map(|v| v.to_string()),
+                f.reverses_ticket,
+            )
+        })
+        .collect();
+    // Redis adds a resend's entry again (its reader ignores the copy).
+    read.dedup();
+    let signal = Some(SignalId([9; 16]));
+    assert_eq!(
+        read,
+        [
+            (2, signal, Some("0.10".to_owned()), None),
+            (3, signal, None, Some(41)),
+        ],
+        "the received report is not in the feed; the fill and the reversal are, in order"
+    );
+    let kinds: Vec<ReportKind> = stores
+        .reports
+        .for_signal(SignalId([9; 16]))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.device_id == device)
+        .map(|r| r.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ReportKind::Received,
+            ReportKind::Filled,
+            ReportKind::Reversed
+        ]
+    );
+    stores.reports.claim_fills(&feed).await.unwrap();
+    assert!(
+        stores
+            .reports
+            .unclaimed_fills(1_000)
+            .await
+            .unwrap()
+            .iter()
+            .all(|f| f.device_id != device)
+    );
+}
+on_both_backends!(fills_and_reversals_enter_the_fill_feed_with_what_the_programme_reads);
 
 async fn the_watermark_waits_for_a_gap_and_jumps_when_it_fills(stores: &Stores) {
     let received = |seq| report("dv_A", seq, 1, ReportOutcome::Received);

@@ -55,8 +55,9 @@ pub use text::{ChannelName, DeviceId, RejectionText, SignalComment, SignalId, Sy
 
 /// The protocol version this crate speaks, which devices announce in
 /// [`Authenticate`]. Version 2 adds [`GatewayMessage::ReportConflict`] and
-/// the going-away reasons `IdleTimeout` and `SecretRotated` to version 1.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// the going-away reasons `IdleTimeout` and `SecretRotated` to version 1;
+/// version 3 adds the report outcome [`ReportOutcome::Reversed`].
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The oldest protocol version a gateway still speaks. It answers a device
 /// outside `MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION` with

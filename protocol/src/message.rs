@@ -400,6 +400,11 @@ tagged_enum! {
         Filled(Fill) = 2,
         /// The terminal or the broker refused it.
         Rejected(Rejection) = 3,
+        /// Version 3: fills of this signal reported before were undone (the
+        /// broker cancelled the deal, or the trade was busted). It names
+        /// them by their ticket: every earlier fill report of this signal
+        /// with that ticket is reversed.
+        Reversed(Reversal) = 4,
     }
 }
 
@@ -412,6 +417,14 @@ pub struct Fill {
     pub price: Decimal,
     /// The executed lots.
     pub volume: Decimal,
+}
+
+/// Version 3: the fills of a signal with one terminal ticket were undone
+/// after they were reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reversal {
+    /// The ticket the reversed fills were reported with.
+    pub ticket: u64,
 }
 
 /// A refusal by the terminal or broker, in MetaTrader's own terms.

@@ -88,6 +88,15 @@ fn examples() -> Vec<(&'static str, Vec<u8>)> {
             })),
         ),
         (
+            "Report Reversed",
+            device(DeviceMessage::Report(Report {
+                seq: 4,
+                signal_id: fill_signal,
+                at_ms: 1_767_225_601_400,
+                outcome: ReportOutcome::Reversed(Reversal { ticket: 50_123 }),
+            })),
+        ),
+        (
             "device Ping",
             device(DeviceMessage::Ping(Ping { token: 300 })),
         ),

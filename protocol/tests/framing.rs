@@ -220,6 +220,10 @@ fn wire_tags_are_the_documented_numbers() {
         .wire_tag(),
         3
     );
+    assert_eq!(
+        ReportOutcome::Reversed(Reversal { ticket: 0 }).wire_tag(),
+        4
+    );
 }
 
 #[test]
@@ -415,5 +419,5 @@ fn version_2_additions_are_told_to_a_version_1_device_in_version_1_terms() {
     }
     assert_eq!(frame(&conflict)[FRAME_HEADER_LEN..], [0x48, 7]);
     assert_eq!(MIN_PROTOCOL_VERSION, 1);
-    assert_eq!(PROTOCOL_VERSION, 2);
+    assert_eq!(PROTOCOL_VERSION, 3);
 }

@@ -353,6 +353,18 @@ static int command(char *line) {
         do_connect(slot, a, b);
     } else if (strcmp(verb, "close") == 0) {
         do_close(slot);
+    } else if (strcmp(verb, "reverse") == 0 && fields == 4 && strlen(a) == 32) {
+        /* reverse SLOT SIGNAL-ID TICKET: the broker undid that fill. */
+        char hi[17], lo[17];
+        memcpy(hi, a, 16);
+        hi[16] = 0;
+        memcpy(lo, a + 16, 16);
+        lo[16] = 0;
+        EagateResult result =
+            eagate_report_reversed(slots[slot].handle, strtoull(hi, NULL, 16),
+                                   strtoull(lo, NULL, 16), strtoull(b, NULL, 10));
+        printf("reversed %d %s %d\n", slot, a, (int)result);
+        if (result != EAGATE_RESULT_OK) failures++;
     } else if (strcmp(verb, "reject") == 0) {
         slots[slot].rejecting = 1;
         printf("rejecting %d\n", slot);

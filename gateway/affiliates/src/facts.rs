@@ -546,6 +546,22 @@ pub enum Fact {
         /// When.
         at_ms: u64,
     },
+    /// A device reported that its fills of a signal with one ticket,
+    /// reported before this report, were undone (the broker cancelled the
+    /// deals). Each is busted with it; a fill the feed hands over later is
+    /// counted busted.
+    TradeReversalReported {
+        /// The reporting device.
+        device_id: String,
+        /// The reversal's own report sequence.
+        seq: u64,
+        /// The signal, hex.
+        signal_id: String,
+        /// The ticket of the fills it undoes.
+        ticket: u64,
+        /// When.
+        at_ms: u64,
+    },
     /// A fraud check opened a case for review.
     CaseOpened {
         /// 1, 2, 3, … across the programme.
@@ -669,6 +685,7 @@ impl Fact {
             | Self::TradeFilled { at_ms, .. }
             | Self::TierSet { at_ms, .. }
             | Self::TradeBusted { at_ms, .. }
+            | Self::TradeReversalReported { at_ms, .. }
             | Self::CaseDecided { at_ms, .. } => *at_ms,
         }
     }

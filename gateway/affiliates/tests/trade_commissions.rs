@@ -1,6 +1,7 @@
 //! Per-trade commissions from fills: the worked examples of
 //! docs/affiliates.md, exact tier boundaries, busts before and after
-//! payout, and property tests over random fill streams in which fills are
+//! payout, reversals reported by devices (before or after their fills
+//! reach the programme), and property tests over random fill streams in which fills are
 //! resent and the programme restarts from its facts: each fill counts once
 //! and earns exactly its tier's share of its fee.
 
@@ -9,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use eagate_affiliates::calendar::{day_number, month_start};
 use eagate_affiliates::config::DAY_MS;
 use eagate_affiliates::money::commission;
-use eagate_affiliates::programme::{TradeFill, fill_reference};
+use eagate_affiliates::programme::{TradeFill, TradeReversal, fill_reference};
 use eagate_affiliates::trade_fees::{TierBasis, fee_for, parse_tiers, tier_of};
 use eagate_affiliates::{
     CommissionKind, Decided, EntryKind, EntryStatus, Fact, Programme, ProgrammeConfig,
@@ -426,6 +427,201 @@ fn a_busted_fill_is_reversed_before_payout_and_clawed_back_after() {
         .tier_status("af_0", (october() / DAY_MS) as i64)
         .unwrap();
     assert_eq!(status.this_month, 0);
+}
+
+/// Fill `seq` of device `dev` for customer `c0-0`: signal `signal` (hex),
+/// ticket `ticket`, 10 lots of EURUSD (GBP 70.00 fee).
+fn ticketed(seq: u64, signal: &str, ticket: u64, at_ms: u64) -> TradeFill {
+    TradeFill {
+        signal_id: signal.into(),
+        ticket: Some(ticket),
+        ..fill("c0-0", "dev", seq, "EURUSD", 10 * LOT, at_ms)
+    }
+}
+
+/// Device `dev`'s report `seq` that its fills of `signal` with `ticket`
+/// were undone.
+fn reversal(seq: u64, signal: &str, ticket: u64) -> TradeReversal {
+    TradeReversal {
+        user_id: "c0-0".into(),
+        device_id: "dev".into(),
+        seq,
+        signal_id: signal.into(),
+        ticket,
+    }
+}
+
+/// Decides and applies `reversal`, which takes no total out of range.
+fn reverse(programme: &mut Programme, reversal: &TradeReversal, at_ms: u64) -> Decided {
+    let (decided, problem) = programme.trade_reversed(reversal, at_ms);
+    assert_eq!(problem, None);
+    apply(programme, &decided);
+    decided
+}
+
+const SIGNAL_A: &str = "000000000000000000000000000000aa";
+const SIGNAL_B: &str = "000000000000000000000000000000bb";
+
+#[test]
+fn a_reversal_reported_by_the_device_takes_back_its_tickets_earlier_fills_once() {
+    let mut config = config("0:200");
+    config.holding_period_ms = 0;
+    let mut programme = programme_with(config, 1, 1);
+    // Two partial fills of one deal (ticket 500), one of another deal, one
+    // of another signal with the same ticket number: GBP 1.40 each.
+    for (seq, signal, ticket) in [
+        (1, SIGNAL_A, 500),
+        (2, SIGNAL_A, 500),
+        (3, SIGNAL_A, 501),
+        (4, SIGNAL_B, 500),
+    ] {
+        take(&mut programme, &ticketed(seq, signal, ticket, october()));
+    }
+    let undone = reverse(
+        &mut programme,
+        &reversal(5, SIGNAL_A, 500),
+        october() + DAY_MS,
+    );
+    let busted: Vec<u64> = undone
+        .facts
+        .iter()
+        .filter_map(|f| match f {
+            Fact::TradeBusted { seq, reason, .. } => {
+                assert!(reason.contains("report 5"), "{reason}");
+                Some(*seq)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(busted, [1, 2]);
+    let reversed_minor: Vec<i64> = undone
+        .facts
+        .iter()
+        .filter_map(|f| match f {
+            Fact::CommissionReversed { amount_minor, .. } => Some(*amount_minor),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reversed_minor, [140, 140]);
+    for (seq, busted) in [(1, true), (2, true), (3, false), (4, false)] {
+        assert_eq!(programme.counted_fill("dev", seq).unwrap().busted, busted);
+    }
+    // The feed handing the reversal over again changes nothing.
+    assert!(
+        programme
+            .trade_reversed(&reversal(5, SIGNAL_A, 500), october() + 2 * DAY_MS)
+            .0
+            .replayed
+    );
+    // A fill reported after the reversal, under the same ticket, earns.
+    let later = take(&mut programme, &ticketed(6, SIGNAL_A, 500, october()));
+    assert!(
+        later
+            .facts
+            .iter()
+            .any(|f| matches!(f, Fact::CommissionEarned { .. })),
+        "{later:?}"
+    );
+    assert!(!programme.counted_fill("dev", 6).unwrap().busted);
+    // Three fills of October still count toward the tier: 3, 4 and 6.
+    let status = programme
+        .tier_status("af_0", (october() / DAY_MS) as i64)
+        .unwrap();
+    assert_eq!(status.this_month, 1, "one active trader");
+}
+
+#[test]
+fn paid_fills_a_device_reports_reversed_are_clawed_back_in_separate_entries() {
+    let mut config = config("0:200");
+    config.holding_period_ms = 0;
+    config.payout_minimum = 1;
+    let mut programme = programme_with(config, 1, 1);
+    take(&mut programme, &ticketed(1, SIGNAL_A, 500, october()));
+    take(&mut programme, &ticketed(2, SIGNAL_A, 500, october()));
+    let paid = programme
+        .pay_out("af_0", "po-1", october() + DAY_MS)
+        .unwrap();
+    apply(&mut programme, &paid);
+    let undone = reverse(
+        &mut programme,
+        &reversal(3, SIGNAL_A, 500),
+        october() + 2 * DAY_MS,
+    );
+    let clawbacks: Vec<(u64, i64)> = undone
+        .facts
+        .iter()
+        .filter_map(|f| match f {
+            Fact::ClawbackEntered {
+                entry_id,
+                amount_minor,
+                ..
+            } => Some((*entry_id, *amount_minor)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(clawbacks.len(), 2, "{undone:?}");
+    assert_ne!(clawbacks[0].0, clawbacks[1].0, "each its own entry");
+    assert_eq!((clawbacks[0].1, clawbacks[1].1), (-140, -140));
+    let negative: i64 = programme
+        .entries_of("af_0")
+        .filter(|e| e.amount_minor < 0)
+        .map(|e| e.amount_minor)
+        .sum();
+    assert_eq!(negative, -280, "both clawbacks are in the ledger");
+}
+
+#[test]
+fn a_fill_that_reaches_the_programme_after_its_reversal_is_counted_busted_also_after_a_restart() {
+    let mut config = config("0:200");
+    config.holding_period_ms = 0;
+    let (mut programme, mut facts) = setup(config.clone(), 1, 1);
+    // The store may hold report 5 before report 4.
+    let early = reverse(&mut programme, &reversal(5, SIGNAL_A, 500), october());
+    assert!(matches!(
+        early.facts.as_slice(),
+        [Fact::TradeReversalReported {
+            seq: 5,
+            ticket: 500,
+            ..
+        }]
+    ));
+    facts.extend(early.facts);
+    let late = take(&mut programme, &ticketed(4, SIGNAL_A, 500, october()));
+    assert!(
+        late.facts
+            .iter()
+            .all(|f| !matches!(f, Fact::CommissionEarned { .. } | Fact::TierSet { .. })),
+        "a reversed fill earns nothing and fixes no tier: {late:?}"
+    );
+    assert!(programme.counted_fill("dev", 4).unwrap().busted);
+    assert!(trade_entries(&programme, "af_0").is_empty());
+    facts.extend(late.facts);
+    // A restart rebuilds the programme from its facts, the reversal too.
+    let mut restarted = Programme::new(config);
+    for fact in &facts {
+        restarted.apply(fact);
+    }
+    let resent = restarted.trade_filled(&ticketed(4, SIGNAL_A, 500, october()), october());
+    assert!(resent.0.replayed, "counted once");
+    take(&mut restarted, &ticketed(3, SIGNAL_A, 500, october()));
+    assert!(restarted.counted_fill("dev", 3).unwrap().busted);
+    assert!(trade_entries(&restarted, "af_0").is_empty());
+}
+
+#[test]
+fn a_reversal_of_a_customer_nobody_referred_decides_nothing() {
+    let programme = programme_with(config("0:200"), 1, 1);
+    let stranger = TradeReversal {
+        user_id: "stranger".into(),
+        ..reversal(2, SIGNAL_A, 500)
+    };
+    assert!(
+        programme
+            .trade_reversed(&stranger, october())
+            .0
+            .facts
+            .is_empty()
+    );
 }
 
 /// One fill of the random streams: its identity and what it carries (a

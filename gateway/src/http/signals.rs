@@ -147,6 +147,36 @@ pub enum ExecutionStatus {
     Filled,
     /// Rejected.
     Rejected,
+    /// Filled, and then every fill reversed (the device reported the
+    /// broker undid the deals).
+    Reversed,
+}
+
+impl ExecutionStatus {
+    /// How far a device got, from its reports about the signal (None for
+    /// none): the furthest of received, filled and rejected; reversed once
+    /// every fill's ticket is named by a later reversal.
+    fn of_reports(reports: &[StoredReport]) -> Option<Self> {
+        let reversed = |fill: &StoredReport| {
+            reports.iter().any(|r| {
+                r.kind == ReportKind::Reversed && r.seq > fill.seq && r.ticket == fill.ticket
+            })
+        };
+        let mut fills = reports.iter().filter(|r| r.kind == ReportKind::Filled);
+        let furthest = reports
+            .iter()
+            .filter_map(|r| match r.kind {
+                ReportKind::Received => Some(Self::Received),
+                ReportKind::Filled => Some(Self::Filled),
+                ReportKind::Rejected => Some(Self::Rejected),
+                ReportKind::Reversed => None,
+            })
+            .max();
+        match furthest {
+            Some(Self::Filled) if fills.all(reversed) => Some(Self::Reversed),
+            other => other,
+        }
+    }
 }
 
 /// A signal named in the path.
@@ -163,7 +193,7 @@ struct SignalPath {
     summary = "What happened to a signal on every device (admin or platform token).",
     params(SignalPath),
     responses(
-        (status = 200, description = "Per device: pending, delivered, received, filled or rejected.", body = Executions),
+        (status = 200, description = "Per device: pending, delivered, received, filled, rejected or reversed.", body = Executions),
         (status = 404, description = "No such signal."),
         (status = 422, description = "Malformed signal id."),
         PlatformOrAdmin,
@@ -208,15 +238,7 @@ pub(super) async fn executions_of(
     }
     let mut executions = Vec::with_capacity(devices.len());
     for (device_id, reports) in devices {
-        let reported = reports
-            .iter()
-            .map(|r| match r.kind {
-                ReportKind::Received => ExecutionStatus::Received,
-                ReportKind::Filled => ExecutionStatus::Filled,
-                ReportKind::Rejected => ExecutionStatus::Rejected,
-            })
-            .max();
-        let status = match reported {
+        let status = match ExecutionStatus::of_reports(&reports) {
             Some(status) => status,
             None => match core.positions.delivered(&device_id, &channel).await? {
                 Some(delivered) if delivered >= position => ExecutionStatus::Delivered,

@@ -51,7 +51,9 @@ pub use payouts::{
     SettleError,
 };
 pub use stats::{Granularity, PeriodStats, Stats};
-pub use trades::{BustError, CountedFill, TierStatus, TradeFill, fill_reference, month_text};
+pub use trades::{
+    BustError, CountedFill, TierStatus, TradeFill, TradeReversal, fill_reference, month_text,
+};
 
 /// What a decision added. An empty list with `replayed` set means the same
 /// request was already applied: a retry, answered as the first time.
@@ -255,7 +257,11 @@ pub struct Programme {
     trades_day: i64,
     /// Fills counted for per-trade commissions, by (device, sequence):
     /// each earns once.
-    trade_fills: HashMap<(String, u64), trades::CountedFill>,
+    // Ordered, so a device's fills are one range (a reversal looks there).
+    trade_fills: BTreeMap<(String, u64), trades::CountedFill>,
+    /// Reversals devices reported, by (device, report sequence): the
+    /// signal (hex) and ticket whose earlier fills they undo.
+    trade_reversals: BTreeMap<(String, u64), (String, u64)>,
     /// Per-trade commission entries by their fill's reference.
     trade_entries: HashMap<String, u64>,
     /// Each affiliate's referred trading per month (first day), for tiers.
@@ -304,7 +310,8 @@ impl Programme {
             trades: HashMap::new(),
             trades_counted: HashMap::new(),
             trades_day: i64::MIN,
-            trade_fills: HashMap::new(),
+            trade_fills: BTreeMap::new(),
+            trade_reversals: BTreeMap::new(),
             trade_entries: HashMap::new(),
             trade_activity: HashMap::new(),
             tiers_set: HashMap::new(),
@@ -418,6 +425,16 @@ impl Programme {
             }
             Fact::TradeBusted { device_id, seq, .. } => {
                 self.apply_trade_busted(device_id, *seq);
+            }
+            Fact::TradeReversalReported {
+                device_id,
+                seq,
+                signal_id,
+                ticket,
+                ..
+            } => {
+                self.trade_reversals
+                    .insert((device_id.clone(), *seq), (signal_id.clone(), *ticket));
             }
             // A record for the audit trail: the link lives in the
             // console's memory, not in the programme.

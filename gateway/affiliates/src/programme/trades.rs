@@ -8,7 +8,8 @@
 //!
 //! The commission is an ordinary ledger entry: it waits out the holding
 //! period, an open fraud case holds it, payouts pay it; a fill an admin
-//! busts is reversed (or clawed back once paid).
+//! busts, or its device reports reversed, is reversed (or clawed back once
+//! paid).
 
 use std::collections::HashMap;
 
@@ -41,6 +42,22 @@ pub struct TradeFill {
     pub filled_at_ms: u64,
 }
 
+/// A device's report that fills it reported before were undone, as the
+/// fill feed's reader hands it to the programme.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TradeReversal {
+    /// The customer: the device's account.
+    pub user_id: String,
+    /// The device that reported it.
+    pub device_id: String,
+    /// The reversal's own report sequence: it undoes fills numbered below.
+    pub seq: u64,
+    /// The signal whose fills it undoes, hex.
+    pub signal_id: String,
+    /// The ticket of the fills it undoes.
+    pub ticket: u64,
+}
+
 /// A fill counted for an affiliate's per-trade commission.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CountedFill {
@@ -60,7 +77,7 @@ pub struct CountedFill {
     pub fee_minor: Minor,
     /// Its month's first day.
     pub month: i64,
-    /// Busted by an admin.
+    /// Busted by an admin, or reported reversed by its device.
     pub busted: bool,
 }
 
@@ -162,6 +179,21 @@ impl Programme {
         }
         let day = crate::calendar::day_of(fill.filled_at_ms);
         let month = month_start(day);
+        // Its device reported it reversed already (the store may hold a
+        // later report before an earlier one): counted, busted at once,
+        // earning nothing and fixing no tier.
+        if let Some(reversal_seq) = self.reversal_of(fill) {
+            let facts = vec![
+                self.counted(affiliate_id, fill, 0, day, now_ms),
+                Fact::TradeBusted {
+                    device_id: fill.device_id.clone(),
+                    seq: fill.seq,
+                    reason: reversed_by_device(reversal_seq),
+                    at_ms: now_ms,
+                },
+            ];
+            return (Decided::new(facts), None);
+        }
         let (fee, problem) = match fee_for(
             &self.config.trade_fees,
             &fill.symbol,
@@ -172,20 +204,7 @@ impl Programme {
             Ok(fee) => (fee.map_or(0, |(_, fee)| fee), None),
             Err(problem) => (0, Some(problem)),
         };
-        let mut facts = vec![Fact::TradeFilled {
-            affiliate_id: affiliate_id.to_owned(),
-            user_id: fill.user_id.clone(),
-            device_id: fill.device_id.clone(),
-            seq: fill.seq,
-            signal_id: fill.signal_id.clone(),
-            ticket: fill.ticket,
-            symbol: fill.symbol.clone(),
-            volume_e8: fill.volume_e8,
-            fee_minor: fee,
-            day,
-            filled_at_ms: fill.filled_at_ms,
-            at_ms: now_ms,
-        }];
+        let mut facts = vec![self.counted(affiliate_id, fill, fee, day, now_ms)];
         let choice = match self.tiers_set.get(&(affiliate_id.to_owned(), month)) {
             Some(choice) => *choice,
             None => {
@@ -223,6 +242,90 @@ impl Programme {
             .flatten()
         {
             facts.push(earned);
+        }
+        (Decided::new(facts), problem)
+    }
+
+    /// The fact that counts `fill` for `affiliate_id` with `fee`.
+    fn counted(
+        &self,
+        affiliate_id: &str,
+        fill: &TradeFill,
+        fee: Minor,
+        day: i64,
+        now_ms: u64,
+    ) -> Fact {
+        Fact::TradeFilled {
+            affiliate_id: affiliate_id.to_owned(),
+            user_id: fill.user_id.clone(),
+            device_id: fill.device_id.clone(),
+            seq: fill.seq,
+            signal_id: fill.signal_id.clone(),
+            ticket: fill.ticket,
+            symbol: fill.symbol.clone(),
+            volume_e8: fill.volume_e8,
+            fee_minor: fee,
+            day,
+            filled_at_ms: fill.filled_at_ms,
+            at_ms: now_ms,
+        }
+    }
+
+    /// The sequence of a reversal `fill`'s device reported after it for its
+    /// signal and ticket, if any.
+    fn reversal_of(&self, fill: &TradeFill) -> Option<u64> {
+        let ticket = fill.ticket?;
+        self.trade_reversals
+            .range((fill.device_id.clone(), fill.seq + 1)..=(fill.device_id.clone(), u64::MAX))
+            .find(|(_, (signal_id, reversed))| *signal_id == fill.signal_id && *reversed == ticket)
+            .map(|((_, seq), _)| *seq)
+    }
+
+    /// A device reported its fills of a signal with one ticket undone: each
+    /// counted one it reported before the reversal is busted (its commission
+    /// reversed while unpaid, clawed back once paid), and the reversal is
+    /// kept, so a fill of those the feed hands over later is counted busted.
+    /// A reversal seen before, or one of a customer whose fills earn nothing
+    /// that names no counted fill, decides nothing. A fill whose reversal
+    /// would take a running total out of range is left counted (returned,
+    /// for the reader to log).
+    pub fn trade_reversed(
+        &self,
+        reversal: &TradeReversal,
+        now_ms: u64,
+    ) -> (Decided, Option<crate::money::TotalOutOfRange>) {
+        let key = (reversal.device_id.clone(), reversal.seq);
+        if self.trade_reversals.contains_key(&key) {
+            return (Decided::replay(), None);
+        }
+        let undone: Vec<u64> = self
+            .trade_fills
+            .range((reversal.device_id.clone(), 0)..(reversal.device_id.clone(), reversal.seq))
+            .filter(|(_, fill)| {
+                !fill.busted
+                    && fill.ticket == Some(reversal.ticket)
+                    && fill.signal_id == reversal.signal_id
+            })
+            .map(|((_, seq), _)| *seq)
+            .collect();
+        if undone.is_empty() && self.fills_earn_for(&reversal.user_id).is_none() {
+            return (Decided::replay(), None);
+        }
+        let mut facts = vec![Fact::TradeReversalReported {
+            device_id: reversal.device_id.clone(),
+            seq: reversal.seq,
+            signal_id: reversal.signal_id.clone(),
+            ticket: reversal.ticket,
+            at_ms: now_ms,
+        }];
+        let mut next_entry = self.entries.len() as u64 + 1;
+        let mut problem = None;
+        for seq in undone {
+            let reason = reversed_by_device(reversal.seq);
+            match self.bust_facts(&reversal.device_id, seq, &reason, now_ms, &mut next_entry) {
+                Ok(busted) => facts.extend(busted),
+                Err(e) => problem = Some(e),
+            }
         }
         (Decided::new(facts), problem)
     }
@@ -284,6 +387,22 @@ impl Programme {
         if record.busted {
             return Ok(Decided::replay());
         }
+        let mut next_entry = self.entries.len() as u64 + 1;
+        let facts = self.bust_facts(device_id, seq, reason, now_ms, &mut next_entry)?;
+        Ok(Decided::new(facts))
+    }
+
+    /// What busting counted fill `seq` of `device_id` writes: the bust, and
+    /// its commission's reversal or clawback, a new entry numbered
+    /// `next_entry` (then advanced).
+    fn bust_facts(
+        &self,
+        device_id: &str,
+        seq: u64,
+        reason: &str,
+        now_ms: u64,
+        next_entry: &mut u64,
+    ) -> Result<Vec<Fact>, crate::money::TotalOutOfRange> {
         let reference = fill_reference(device_id, seq);
         let mut facts = vec![Fact::TradeBusted {
             device_id: device_id.to_owned(),
@@ -305,16 +424,17 @@ impl Programme {
                 });
             } else if owed_back > 0 {
                 facts.push(Fact::ClawbackEntered {
-                    entry_id: self.entries.len() as u64 + 1,
+                    entry_id: *next_entry,
                     of_entry: entry_id,
                     affiliate_id: entry.affiliate_id.clone(),
                     refund_id: bust_id,
                     amount_minor: -owed_back,
                     at_ms: now_ms,
                 });
+                *next_entry += 1;
             }
         }
-        Ok(Decided::new(facts))
+        Ok(facts)
     }
 
     /// An affiliate's tier today (`today` a UTC day) and what the next one
@@ -434,6 +554,11 @@ impl Programme {
             }
         }
     }
+}
+
+/// The reason a bust by a device's reversal report gives.
+fn reversed_by_device(reversal_seq: u64) -> String {
+    format!("reported reversed by the device (report {reversal_seq})")
 }
 
 /// A month as `YYYY-MM`.

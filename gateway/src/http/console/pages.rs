@@ -474,6 +474,7 @@ fn execution_status(status: ExecutionStatus) -> Markup {
         ExecutionStatus::Received => ("online", "◑ Received"),
         ExecutionStatus::Filled => ("filled", "● Filled"),
         ExecutionStatus::Rejected => ("rejected", "✕ Rejected"),
+        ExecutionStatus::Reversed => ("rejected", "↺ Filled, then reversed"),
     };
     html! { span class={ "status " (class) } { (text) } }
 }
@@ -496,6 +497,11 @@ fn report_text(device: &DeviceExecution) -> String {
                 report.seq,
                 report.error_code.unwrap_or_default(),
                 report.error_text.as_deref().unwrap_or_default()
+            ),
+            ReportKind::Reversed => format!(
+                "#{} reversed ticket {}",
+                report.seq,
+                report.ticket.unwrap_or_default()
             ),
         })
         .collect::<Vec<_>>()

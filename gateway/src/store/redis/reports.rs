@@ -49,6 +49,7 @@ fn push_stream_fields(cmd: &mut redis::Cmd, report: &StoredReport) {
             ReportKind::Received => "received",
             ReportKind::Filled => "filled",
             ReportKind::Rejected => "rejected",
+            ReportKind::Reversed => "reversed",
         })
         .arg("at_ms")
         .arg(report.at_ms)
@@ -139,7 +140,7 @@ impl RedisStores {
                 .arg(json)
                 .arg(stream_field_count(report));
             push_stream_fields(&mut script, report);
-            if report.kind == ReportKind::Filled {
+            if report.kind.in_fill_feed() {
                 let fill = FeedFill::of(report);
                 let mut entry = redis::cmd("XADD");
                 entry
@@ -156,6 +157,9 @@ impl RedisStores {
                 }
                 if let Some(volume) = fill.volume {
                     entry.arg("volume").arg(volume.to_string());
+                }
+                if let Some(ticket) = fill.reverses_ticket {
+                    entry.arg("reverses_ticket").arg(ticket);
                 }
                 feed.push(entry);
             }
@@ -345,6 +349,7 @@ impl ReportStore for RedisStores {
                             // carried them.
                             signal_id: field("signal_id").and_then(|t| t.parse().ok()),
                             volume: field("volume").and_then(|t| t.parse().ok()),
+                            reverses_ticket: number("reverses_ticket"),
                             mark: Vec::new(),
                         })
                     };

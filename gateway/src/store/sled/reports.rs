@@ -8,8 +8,8 @@ use eagate_protocol::SignalId;
 use super::read_u64;
 use crate::durable::Durable;
 use crate::reports::{
-    FeedFill, Ingested, MAX_REPORT_GAP, ReportKind, ReportStore, ReportStoreError, SessionEpoch,
-    StoreFuture, StoredReport, Written, resend_outcome,
+    FeedFill, Ingested, MAX_REPORT_GAP, ReportStore, ReportStoreError, SessionEpoch, StoreFuture,
+    StoredReport, Written, resend_outcome,
 };
 
 /// Reports in sled: `reports` keyed by (device, seq), `signal_reports`
@@ -106,18 +106,18 @@ impl SledReportStore {
             let confirmed_up_to = self.advance_watermark(&report.device_id, watermark)?;
             return resend_outcome(&existing, report, confirmed_up_to);
         }
-        match report.kind {
-            ReportKind::Filled => self.store_fill(&key, &value, &index_key, report)?,
-            ReportKind::Received | ReportKind::Rejected => {
-                self.by_signal.insert(&index_key[..], &[][..])?;
-                self.reports.insert(&key[..], &value[..])?;
-            }
+        if report.kind.in_fill_feed() {
+            self.store_fill(&key, &value, &index_key, report)?;
+        } else {
+            self.by_signal.insert(&index_key[..], &[][..])?;
+            self.reports.insert(&key[..], &value[..])?;
         }
         let confirmed_up_to = self.advance_watermark(&report.device_id, watermark)?;
         Ok(Ingested::Stored { confirmed_up_to })
     }
 
-    /// Stores a fill, its index entry and its feed entry in one transaction.
+    /// Stores a fill (or a reversal), its index entry and its feed entry in
+    /// one transaction.
     fn store_fill(
         &self,
         key: &[u8],

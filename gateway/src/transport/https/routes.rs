@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use eagate_protocol::{
     ChannelName, Decimal, Fill, MAX_RESUME_POINTS, RejectionText, Report, ReportOutcome,
-    ResumePoint, Signal, SignalId,
+    ResumePoint, Reversal, Signal, SignalId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -433,6 +433,15 @@ fn report_of(report: ReportIn) -> Result<Report, String> {
         .signal_id
         .parse()
         .map_err(|_| format!("report {seq}: signal_id is 32 hex digits"))?;
+    let ticket = |what: &str| {
+        report
+            .ticket
+            .as_deref()
+            .and_then(eagate_protocol::http_signing::parse_timestamp)
+            .ok_or_else(|| {
+                format!("report {seq}: {what} needs its ticket, a whole number in a string")
+            })
+    };
     let outcome = match report.kind.as_str() {
         "received" => ReportOutcome::Received,
         "filled" => {
@@ -442,19 +451,15 @@ fn report_of(report: ReportIn) -> Result<Report, String> {
                     .parse()
                     .map_err(|e| format!("report {seq}: {name}: {e}"))
             };
-            let ticket = report
-                .ticket
-                .as_deref()
-                .and_then(eagate_protocol::http_signing::parse_timestamp)
-                .ok_or_else(|| {
-                    format!("report {seq}: a fill needs its ticket, a whole number in a string")
-                })?;
             ReportOutcome::Filled(Fill {
-                ticket,
+                ticket: ticket("a fill")?,
                 price: decimal("price", report.price)?,
                 volume: decimal("volume", report.volume)?,
             })
         }
+        "reversed" => ReportOutcome::Reversed(Reversal {
+            ticket: ticket("a reversal")?,
+        }),
         "rejected" => ReportOutcome::Rejected(eagate_protocol::Rejection {
             code: report
                 .error_code
@@ -466,7 +471,7 @@ fn report_of(report: ReportIn) -> Result<Report, String> {
         }),
         other => {
             return Err(format!(
-                "report {seq}: kind is received, filled or rejected, not {other:?}"
+                "report {seq}: kind is received, filled, rejected or reversed, not {other:?}"
             ));
         }
     };
