@@ -259,6 +259,96 @@ async fn replayed_skewed_tampered_and_unknown_requests_get_one_unsigned_refusal(
     gateway.shutdown().await;
 }
 
+on_both_backends!(a_nonce_used_over_one_transport_is_a_replay_over_the_other);
+async fn a_nonce_used_over_one_transport_is_a_replay_over_the_other(backend: Backend) {
+    let Setup {
+        gateway,
+        dir,
+        device,
+        ..
+    } = setup_on(&backend).await;
+    let quic_device = Device {
+        id: device.id.clone(),
+        secret: device.secret.clone(),
+    };
+    // A nonce a QUIC authentication used, in a correctly signed request.
+    let nonce = fresh_nonce();
+    let mut quic = connect(&gateway, dir.path()).await;
+    assert!(matches!(
+        quic.authenticate(&quic_device, nonce).await,
+        Some(GatewayMessage::AuthAccepted(_))
+    ));
+    let replayed = device.sign_with("POST", "/v1/device/session", b"", now_ms(), nonce);
+    let answer = device.client.send(&replayed.request).await;
+    assert_eq!((answer.status, answer.text()), (401, REFUSED.to_owned()));
+    // A request's nonce, in a QUIC authentication.
+    let signed = device.sign("POST", "/v1/device/session", b"");
+    assert_eq!(device.client.send(&signed.request).await.status, 200);
+    let mut again = connect(&gateway, dir.path()).await;
+    assert_eq!(
+        again.authenticate(&quic_device, signed.nonce).await,
+        Some(GatewayMessage::AuthRefused(Refusal::Failed))
+    );
+    drop((quic, again));
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn failures_over_either_transport_slow_down_the_other_from_the_same_address() {
+    let Setup {
+        gateway,
+        dir,
+        device,
+        ..
+    } = setup().await;
+    let quic_device = Device {
+        id: device.id.clone(),
+        secret: device.secret.clone(),
+    };
+    let mut impostor = device.clone();
+    impostor.secret = DeviceSecret::from_bytes([9; 32]);
+    // Three failures are free; the fourth makes the next attempt from this
+    // address wait 250 ms, whichever transport it comes by.
+    for _ in 0..4 {
+        let refused = impostor
+            .client
+            .send(&impostor.sign("POST", "/v1/device/session", b"").request)
+            .await;
+        assert_eq!(refused.status, 401);
+    }
+    let mut quic = connect(&gateway, dir.path()).await;
+    let started = Instant::now();
+    assert!(matches!(
+        quic.authenticate(&quic_device, fresh_nonce()).await,
+        Some(GatewayMessage::AuthAccepted(_))
+    ));
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "the QUIC authentication waited {:?}",
+        started.elapsed()
+    );
+    // A fifth failure, over QUIC: the next attempt waits 500 ms, over HTTPS.
+    let mut wrong = connect(&gateway, dir.path()).await;
+    let impostor_quic = Device {
+        id: device.id.clone(),
+        secret: DeviceSecret::from_bytes([9; 32]),
+    };
+    assert_eq!(
+        wrong.authenticate(&impostor_quic, fresh_nonce()).await,
+        Some(GatewayMessage::AuthRefused(Refusal::Failed))
+    );
+    let started = Instant::now();
+    let signed = device.sign("POST", "/v1/device/session", b"");
+    assert_eq!(device.client.send(&signed.request).await.status, 200);
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "the HTTPS request waited {:?}",
+        started.elapsed()
+    );
+    drop((quic, wrong));
+    gateway.shutdown().await;
+}
+
 #[tokio::test]
 async fn an_answer_whose_body_or_status_was_changed_fails_its_signature_check() {
     let Setup {

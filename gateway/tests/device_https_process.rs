@@ -1,7 +1,8 @@
 //! Devices over HTTPS against the real `eagate serve` process: a gateway
-//! killed with SIGKILL while an EA holds fills it has not had confirmed
-//! loses none and stores none twice once it is back, and the EA, resuming
-//! from the positions it kept, misses no signal and gets none twice.
+//! killed with SIGKILL while an EA holds fills it has not had confirmed, or
+//! while its report request is in flight, loses none and stores none twice
+//! once it is back, and the EA, resuming from the positions it kept, misses
+//! no signal and gets none twice.
 
 mod common;
 
@@ -29,15 +30,26 @@ fn device_of(gateway: &Gateway, data_dir: &Path, (id, secret): &(String, String)
     )
 }
 
+/// The arguments that put a gateway on the Redis at `url`, under a key
+/// prefix of its own.
+fn on_redis(url: String) -> Vec<String> {
+    vec![
+        "--redis-url".into(),
+        url,
+        "--redis-prefix".into(),
+        common::fresh_prefix(),
+    ]
+}
+
 fn fill(seq: u64, signal_id: &str) -> serde_json::Value {
     json!({"seq": seq, "signal_id": signal_id, "kind": "filled", "at_ms": 1_000 + seq,
            "ticket": (5_000 + seq).to_string(), "price": "2350.10", "volume": "0.10"})
 }
 
-async fn killed_gateway_loses_no_fill_and_stores_none_twice(extra: &[&str]) {
+async fn killed_gateway_loses_no_fill_and_stores_none_twice(extra: &[String]) {
     let data = tempfile::tempdir().unwrap();
     let mut args = vec!["--device-https-listen", "127.0.0.1:0"];
-    args.extend_from_slice(extra);
+    args.extend(extra.iter().map(String::as_str));
     let mut gateway = Gateway::start(data.path(), &args);
     let registered = gateway.register("gold");
     let device = device_of(&gateway, data.path(), &registered);
@@ -107,14 +119,76 @@ async fn a_killed_gateway_loses_no_https_fill_and_stores_none_twice_on_sled() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_gateway_loses_no_https_fill_and_stores_none_twice_on_redis() {
-    let prefix = common::fresh_prefix();
-    let url = eagate_tests::redis_url();
-    killed_gateway_loses_no_fill_and_stores_none_twice(&[
-        "--redis-url",
-        &url,
-        "--redis-prefix",
-        &prefix,
-    ])
+    killed_gateway_loses_no_fill_and_stores_none_twice(&on_redis(eagate_tests::redis_url())).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_gateway_loses_no_https_fill_and_stores_none_twice_on_redis_cluster() {
+    killed_gateway_loses_no_fill_and_stores_none_twice(
+        &on_redis(eagate_tests::redis_cluster_url()),
+    )
+    .await;
+}
+
+/// Reports in flight when the gateway is killed: sent, then the kill a few
+/// milliseconds later (before, during or after the store took them, and
+/// before or after the answer), three times. However far each got, the EA,
+/// having no confirmation, resends its batch to the restarted gateway, and
+/// every fill is stored exactly once.
+async fn reports_in_flight_at_a_kill_are_stored_once_after_the_resend(extra: &[String]) {
+    const BATCH: u64 = 10;
+    let data = tempfile::tempdir().unwrap();
+    let mut args = vec!["--device-https-listen", "127.0.0.1:0"];
+    args.extend(extra.iter().map(String::as_str));
+    let mut gateway = Gateway::start(data.path(), &args);
+    let registered = gateway.register("gold");
+    let published: Vec<String> = (0..3 * BATCH).map(|_| gateway.publish("gold")).collect();
+    let session = device_of(&gateway, data.path(), &registered)
+        .open_session()
+        .await;
+    for round in 0..3 {
+        let device = device_of(&gateway, data.path(), &registered);
+        let first = round * BATCH + 1;
+        let batch: Vec<serde_json::Value> = (first..first + BATCH)
+            .map(|seq| fill(seq, &published[seq as usize - 1]))
+            .collect();
+        let body = serde_json::to_vec(&json!({ "reports": batch })).unwrap();
+        let signed = device.sign(
+            "POST",
+            &format!("/v1/device/reports?session={session}"),
+            &body,
+        );
+        let in_flight = tokio::spawn({
+            let client = device.client.clone();
+            async move { client.try_send(&signed.request).await }
+        });
+        tokio::time::sleep(Duration::from_millis(3 * round)).await;
+        gateway.kill();
+        // Whatever came back, the EA resends: a lost answer is no answer.
+        let _ = in_flight.await;
+        gateway.restart();
+        let device = device_of(&gateway, data.path(), &registered);
+        let confirmed = device.report(&session, json!(batch)).await;
+        assert_eq!(confirmed.status, 200, "{}", confirmed.text());
+        assert_eq!(
+            confirmed.json()["confirmed_up_to"],
+            first + BATCH - 1,
+            "round {round}"
+        );
+    }
+    gateway.assert_each_filled_once_in_order(&published, &registered.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reports_in_flight_at_a_kill_are_stored_once_after_the_resend_on_sled() {
+    reports_in_flight_at_a_kill_are_stored_once_after_the_resend(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reports_in_flight_at_a_kill_are_stored_once_after_the_resend_on_redis_cluster() {
+    reports_in_flight_at_a_kill_are_stored_once_after_the_resend(&on_redis(
+        eagate_tests::redis_cluster_url(),
+    ))
     .await;
 }
 
