@@ -42,11 +42,15 @@ ulong  g_pending_order[];
 // The last deals reported, so the DEAL_ADD that follows a trade result
 // already reported does not report the same deal twice, and with their
 // signals, so a deal the broker deletes is reported reversed (once: its
-// signal is cleared then).
+// signal is cleared then), and with the lots they moved (which opening
+// signal's, by how much), which a deletion gives back.
 #define REPORTED_DEALS 256
 ulong  g_reported_deal[REPORTED_DEALS];
 ulong  g_reported_hi[REPORTED_DEALS];
 ulong  g_reported_lo[REPORTED_DEALS];
+ulong  g_reported_lots_hi[REPORTED_DEALS];
+ulong  g_reported_lots_lo[REPORTED_DEALS];
+double g_reported_lots[REPORTED_DEALS];
 int    g_reported_next = 0;
 
 // Lots each opening signal holds in its position, from its fills less its
@@ -313,18 +317,28 @@ void ReportFill(const ulong hi, const ulong lo, const ulong deal, const string s
    for(int i = 0; i < REPORTED_DEALS; i++)
       if(g_reported_deal[i] == deal)
          return;
-   g_reported_deal[g_reported_next] = deal;
-   g_reported_hi[g_reported_next] = hi;
-   g_reported_lo[g_reported_next] = lo;
+   int slot = g_reported_next;
+   g_reported_deal[slot] = deal;
+   g_reported_hi[slot] = hi;
+   g_reported_lo[slot] = lo;
    g_reported_next = (g_reported_next + 1) % REPORTED_DEALS;
    int digits = (int)SymbolInfoInteger(symbol, SYMBOL_DIGITS);
    EagateReportFill(hi, lo, deal, DoubleToString(price, digits), EagateLotsText(symbol, lots));
    // The lots each opening signal holds: its fills add, its closes' take.
    int closing = Index(g_close_hi, g_close_lo, hi, lo);
    if(closing >= 0)
-      AddLots(g_close_ref_hi[closing], g_close_ref_lo[closing], -lots);
+     {
+      g_reported_lots_hi[slot] = g_close_ref_hi[closing];
+      g_reported_lots_lo[slot] = g_close_ref_lo[closing];
+      g_reported_lots[slot] = -lots;
+     }
    else
-      AddLots(hi, lo, lots);
+     {
+      g_reported_lots_hi[slot] = hi;
+      g_reported_lots_lo[slot] = lo;
+      g_reported_lots[slot] = lots;
+     }
+   AddLots(g_reported_lots_hi[slot], g_reported_lots_lo[slot], g_reported_lots[slot]);
   }
 
 // A deal deleted from the history (the broker cancelled it) that this EA
@@ -340,6 +354,9 @@ void ReportReversal(const ulong deal)
          continue;
       Print("eagate: deal ", deal, " of signal ", EagateSignalId(g_reported_hi[i], g_reported_lo[i]), " was deleted by the broker");
       EagateReportReversal(g_reported_hi[i], g_reported_lo[i], deal);
+      // The deal's lots are no longer in the position: a later close
+      // signal must not close them.
+      AddLots(g_reported_lots_hi[i], g_reported_lots_lo[i], -g_reported_lots[i]);
       g_reported_hi[i] = 0;
       g_reported_lo[i] = 0;
      }

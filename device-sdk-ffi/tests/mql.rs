@@ -396,8 +396,8 @@ fn the_mt5_copiers_report_a_reported_deal_the_broker_deletes_as_reversed_once() 
     // A reported deal keeps its signal beside it, which the reversal names
     // and then clears, so a second deletion reports nothing.
     let fill = function_body(&code, "void ReportFill(");
-    assert!(fill.contains("g_reported_hi[g_reported_next] = hi;"));
-    assert!(fill.contains("g_reported_lo[g_reported_next] = lo;"));
+    assert!(fill.contains("g_reported_hi[slot] = hi;"));
+    assert!(fill.contains("g_reported_lo[slot] = lo;"));
     let reversal = function_body(&code, "void ReportReversal(");
     let reported = reversal
         .find("EagateReportReversal(g_reported_hi[i], g_reported_lo[i], deal);")
@@ -406,6 +406,16 @@ fn the_mt5_copiers_report_a_reported_deal_the_broker_deletes_as_reversed_once() 
         .find("g_reported_hi[i] = 0;")
         .expect("clears the signal");
     assert!(reported < cleared);
+    // Its lots leave the signal's count, so a later close of the signal
+    // does not close other signals' lots on a netting account.
+    assert!(
+        reversal.contains(
+            "AddLots(g_reported_lots_hi[i], g_reported_lots_lo[i], -g_reported_lots[i]);"
+        )
+    );
+    assert!(fill.contains(
+        "AddLots(g_reported_lots_hi[slot], g_reported_lots_lo[slot], g_reported_lots[slot]);"
+    ));
     assert!(reversal.contains("g_reported_hi[i] == 0 && g_reported_lo[i] == 0"));
     // Each MT5 copier queues it where a restart does not lose it.
     let dll = code_of("mql/EagateCopier.mq5");
@@ -442,8 +452,10 @@ fn the_mt5_copier_closes_part_of_a_netting_position_with_an_opposite_deal() {
     // close closes the referenced signal's lots, counted from its fills.
     assert!(close.contains("LotsOf(s.reference_hi, s.reference_lo)"));
     let report = function_body(&code, "void ReportFill(");
-    assert!(report.contains("AddLots(hi, lo, lots)"));
-    assert!(report.contains("-lots)"));
+    assert!(report.contains("g_reported_lots_hi[slot] = hi;"));
+    assert!(report.contains("g_reported_lots_hi[slot] = g_close_ref_hi[closing];"));
+    assert!(report.contains("g_reported_lots[slot] = -lots;"));
+    assert!(report.contains("g_reported_lots[slot] = lots;"));
 }
 
 #[test]

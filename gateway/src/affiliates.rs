@@ -4,7 +4,7 @@
 //! reader of the fill feed that turns a referred user's first fill into
 //! their first trade, and each of their fills into a per-trade commission.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +18,7 @@ use crate::config::ServeConfig;
 use crate::core::Core;
 use crate::payouts::{PayoutRunner, RunError, RunReport, Trigger};
 use crate::registry::RegistryError;
-use crate::reports::{FeedFill, ReportStoreError, StoredReport};
+use crate::reports::{FeedFill, ReportKind, ReportStoreError, StoredReport};
 use crate::signals::SignalLogError;
 
 /// Where the programme reads the time: the wall clock, or a test's.
@@ -26,6 +26,12 @@ pub type Clock = crate::clock::Clock;
 
 /// The ledger's directory inside the data directory.
 pub const LEDGER_DIR: &str = "affiliates";
+
+/// How long a reversal in the fill feed waits for its report to be stored
+/// before it is given up: Redis adds a report's feed entry before the
+/// script that stores the report runs, so the reader may see the entry
+/// first; a session replaced meanwhile stores it when the device resends.
+const REVERSAL_WAIT_MS: u64 = 10 * 60 * 1000;
 
 /// How often the fill feed is read.
 const FEED_INTERVAL: Duration = Duration::from_millis(500);
@@ -181,7 +187,7 @@ impl SignalCache {
         Ok(traded)
     }
 
-    /// The stored report of fill `seq` of `device_id` about `signal_id`.
+    /// The stored report `seq` of `device_id` about `signal_id`.
     async fn report(
         &mut self,
         core: &Core,
@@ -278,8 +284,9 @@ impl AffiliateDesk {
     /// Reads one batch of the fill feed: each fill's device account is a
     /// user, whose first trade it may be. Claims the batch only once the
     /// ledger has it on disk, so a crash between the two rereads it (and
-    /// the programme ignores a second first trade). Returns how many fills
-    /// were read.
+    /// the programme ignores a second first trade). A reversal whose report
+    /// is not stored yet stays in the feed for the next batch. Returns how
+    /// many entries were claimed.
     pub async fn take_fills(&self, core: &Core) -> Result<usize, FeedError> {
         let fills = core.reports.unclaimed_fills(FEED_BATCH).await?;
         // A device's account never changes: one registry read per device
@@ -327,9 +334,21 @@ impl AffiliateDesk {
             .await?;
         // After the batch's fills: a reversal undoes fills reported before
         // it, which may be in this batch.
-        self.reverse_trades(&fills, &accounts).await?;
-        core.reports.claim_fills(&fills).await?;
-        Ok(fills.len())
+        let waiting = self
+            .reverse_trades(core, &fills, &accounts, &mut signals)
+            .await?;
+        if waiting.is_empty() {
+            core.reports.claim_fills(&fills).await?;
+        } else {
+            let handled: Vec<FeedFill> = fills
+                .iter()
+                .enumerate()
+                .filter(|(index, _)| !waiting.contains(index))
+                .map(|(_, fill)| fill.clone())
+                .collect();
+            core.reports.claim_fills(&handled).await?;
+        }
+        Ok(fills.len() - waiting.len())
     }
 
     /// Counts each fill of a customer an affiliate referred for the
@@ -400,13 +419,19 @@ impl AffiliateDesk {
 
     /// Busts the fills each reversal in the batch undoes (their commissions
     /// reversed, or clawed back once paid), once per reversal however often
-    /// the feed hands it over.
+    /// the feed hands it over, and only for the reversal stored under its
+    /// number: Redis adds a feed entry before its script decides, also for
+    /// a report the script refuses (another report holds the number). The
+    /// positions in `fills` of reversals whose report is not stored yet.
     async fn reverse_trades(
         &self,
+        core: &Core,
         fills: &[FeedFill],
         accounts: &HashMap<&str, Option<String>>,
-    ) -> Result<(), FeedError> {
-        for entry in fills {
+        signals: &mut SignalCache,
+    ) -> Result<HashSet<usize>, FeedError> {
+        let mut waiting = HashSet::new();
+        for (index, entry) in fills.iter().enumerate() {
             let (Some(ticket), Some(signal_id)) = (entry.reverses_ticket, entry.signal_id) else {
                 continue;
             };
@@ -433,6 +458,32 @@ impl AffiliateDesk {
             {
                 continue;
             }
+            let stored = signals
+                .report(core, signal_id, &entry.device_id, entry.seq)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(device = %entry.device_id, seq = entry.seq, error = %e, "a reversal's report could not be read");
+                    None
+                });
+            match stored {
+                Some(report)
+                    if report.kind == ReportKind::Reversed && report.ticket == Some(ticket) => {}
+                Some(_) => {
+                    tracing::warn!(device = %entry.device_id, seq = entry.seq, "a reversal in the fill feed is not the report stored under its number: ignored");
+                    continue;
+                }
+                // Stored at wall-clock time, as the feed entry says.
+                None if crate::clock::unix_ms().saturating_sub(entry.stored_at_ms)
+                    < REVERSAL_WAIT_MS =>
+                {
+                    waiting.insert(index);
+                    continue;
+                }
+                None => {
+                    tracing::warn!(device = %entry.device_id, seq = entry.seq, "a reversal in the fill feed was never stored: ignored");
+                    continue;
+                }
+            }
             let mut problem = None;
             self.journal(|programme| {
                 let (decided, out_of_range) = programme.trade_reversed(&reversal, now);
@@ -444,7 +495,7 @@ impl AffiliateDesk {
                 tracing::warn!(device = %entry.device_id, seq = entry.seq, %problem, "a reversed fill's commission could not be taken back");
             }
         }
-        Ok(())
+        Ok(waiting)
     }
 
     /// Counts each fill of a customer an affiliate referred for the

@@ -12,7 +12,7 @@ use axum::http::{Request, StatusCode, header};
 use common::desk::*;
 use common::*;
 use eagate_affiliates::calendar::format_instant;
-use eagate_gateway::reports::StoredReport;
+use eagate_gateway::reports::{Ingested, StoredReport};
 use eagate_protocol::{Decimal, Fill, Report, ReportOutcome, Reversal, SignalId};
 use serde_json::{Value, json};
 
@@ -1223,10 +1223,40 @@ async fn a_fill_its_device_reports_reversed_gives_back_its_trade_commission_once
         core.reports.ingest(&stored, None).await.unwrap();
     }
     while programme.take_fills(&core).await.unwrap() > 0 {}
-    let reversal = report(3, ReportOutcome::Reversed(Reversal { ticket: 5_001 }));
-    core.reports.ingest(&reversal, None).await.unwrap();
-    core.reports.ingest(&reversal, None).await.unwrap();
+    let undo = |seq| report(seq, ReportOutcome::Reversed(Reversal { ticket: 5_001 }));
+    // Report 3 of another installation of the device holds the number: the
+    // reversal sent under it is refused (Redis has added its feed entry
+    // already), and undoes nothing.
+    let other = report(3, ReportOutcome::Received);
+    core.reports.ingest(&other, None).await.unwrap();
+    assert!(matches!(
+        core.reports.ingest(&undo(3), None).await.unwrap(),
+        Ingested::Conflict { .. }
+    ));
+    // Report 4 sent by a session a newer one replaced: refused too (with a
+    // feed entry on Redis), and it waits for the device's resend.
+    let (older, _) = core.reports.begin_session(&vps.device_id).await.unwrap();
+    core.reports.begin_session(&vps.device_id).await.unwrap();
+    assert_eq!(
+        core.reports.ingest(&undo(4), Some(older)).await.unwrap(),
+        Ingested::Superseded
+    );
     while programme.take_fills(&core).await.unwrap() > 0 {}
+    let first = desk
+        .entries(&affiliate)
+        .await
+        .into_iter()
+        .find(|e| e["kind"] == "trade" && e["fill"]["seq"] == 1)
+        .unwrap();
+    assert_eq!(
+        first["status"], "pending",
+        "nothing stored undid it: {first}"
+    );
+    // The newer session resends it, twice.
+    core.reports.ingest(&undo(4), None).await.unwrap();
+    core.reports.ingest(&undo(4), None).await.unwrap();
+    while programme.take_fills(&core).await.unwrap() > 0 {}
+    assert!(core.reports.unclaimed_fills(10).await.unwrap().is_empty());
     let trades: Vec<(u64, String, bool)> = desk
         .entries(&affiliate)
         .await
@@ -1263,9 +1293,20 @@ async fn a_fill_its_device_reports_reversed_gives_back_its_trade_commission_once
         busts[0]["fact"]["reason"]
             .as_str()
             .unwrap()
-            .contains("reported reversed by the device (report 3)"),
+            .contains("reported reversed by the device (report 4)"),
         "{}",
         audit.text
+    );
+    let alices = desk
+        .admin_get(&format!(
+            "/v1/audit?affiliate_id={affiliate}&kind=trade_reversal_reported"
+        ))
+        .await;
+    assert_eq!(
+        alices.body["items"].as_array().unwrap().len(),
+        1,
+        "{}",
+        alices.text
     );
     // The signal's executions show the device's fill still standing.
     let executions = desk

@@ -551,6 +551,8 @@ pub enum Fact {
     /// deals). Each is busted with it; a fill the feed hands over later is
     /// counted busted.
     TradeReversalReported {
+        /// The affiliate whose commissions it concerns.
+        affiliate_id: String,
         /// The reporting device.
         device_id: String,
         /// The reversal's own report sequence.

@@ -609,7 +609,7 @@ fn a_fill_that_reaches_the_programme_after_its_reversal_is_counted_busted_also_a
 }
 
 #[test]
-fn a_reversal_of_a_customer_nobody_referred_decides_nothing() {
+fn a_reversal_of_a_customer_nobody_referred_or_without_fees_decides_nothing() {
     let programme = programme_with(config("0:200"), 1, 1);
     let stranger = TradeReversal {
         user_id: "stranger".into(),
@@ -621,6 +621,24 @@ fn a_reversal_of_a_customer_nobody_referred_decides_nothing() {
             .0
             .facts
             .is_empty()
+    );
+    // Per-trade commissions off: a referred customer's reversal is not
+    // journaled either.
+    let without_fees = programme_with(ProgrammeConfig::default(), 1, 1);
+    assert!(
+        without_fees
+            .trade_reversed(&reversal(2, SIGNAL_A, 500), october())
+            .0
+            .facts
+            .is_empty()
+    );
+    let referred = programme.trade_reversed(&reversal(2, SIGNAL_A, 500), october());
+    assert!(
+        matches!(
+            referred.0.facts.as_slice(),
+            [Fact::TradeReversalReported { affiliate_id, .. }] if affiliate_id == "af_0"
+        ),
+        "{referred:?}"
     );
 }
 

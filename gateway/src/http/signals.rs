@@ -127,7 +127,7 @@ pub struct DeviceExecution {
     /// The device.
     pub device_id: String,
     /// `pending` (not sent yet), `delivered` (sent, nothing reported yet),
-    /// `received`, `filled` or `rejected`.
+    /// `received`, `filled`, `rejected`, or `reversed` (every fill undone).
     pub status: ExecutionStatus,
     /// Every report, in sequence order.
     pub reports: Vec<StoredReport>,

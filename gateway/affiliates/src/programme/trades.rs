@@ -294,8 +294,9 @@ impl Programme {
         reversal: &TradeReversal,
         now_ms: u64,
     ) -> (Decided, Option<crate::money::TotalOutOfRange>) {
+        // No fee schedule: no fill was counted, and none will be.
         let key = (reversal.device_id.clone(), reversal.seq);
-        if self.trade_reversals.contains_key(&key) {
+        if self.config.trade_fees.is_empty() || self.trade_reversals.contains_key(&key) {
             return (Decided::replay(), None);
         }
         let undone: Vec<u64> = self
@@ -308,10 +309,19 @@ impl Programme {
             })
             .map(|((_, seq), _)| *seq)
             .collect();
-        if undone.is_empty() && self.fills_earn_for(&reversal.user_id).is_none() {
-            return (Decided::replay(), None);
-        }
+        // The affiliate whose fills it undoes, or whose fills to come of
+        // the customer it would undo.
+        let affiliate_id = match undone.first() {
+            Some(&seq) => self.trade_fills[&(reversal.device_id.clone(), seq)]
+                .affiliate_id
+                .clone(),
+            None => match self.fills_earn_for(&reversal.user_id) {
+                Some(affiliate_id) => affiliate_id.to_owned(),
+                None => return (Decided::replay(), None),
+            },
+        };
         let mut facts = vec![Fact::TradeReversalReported {
+            affiliate_id,
             device_id: reversal.device_id.clone(),
             seq: reversal.seq,
             signal_id: reversal.signal_id.clone(),

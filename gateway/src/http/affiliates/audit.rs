@@ -65,6 +65,7 @@ fn affiliate_of(programme: &Programme, fact: &Fact) -> Option<String> {
         | Fact::AffiliateAddressSeen { affiliate_id, .. }
         | Fact::SignInLinkIssued { affiliate_id, .. }
         | Fact::TradeFilled { affiliate_id, .. }
+        | Fact::TradeReversalReported { affiliate_id, .. }
         | Fact::TierSet { affiliate_id, .. }
         | Fact::CommissionEarned { affiliate_id, .. }
         | Fact::ClawbackEntered { affiliate_id, .. }
