@@ -129,6 +129,47 @@ async fn a_device_opens_a_session_polls_signals_and_reports_fills(backend: Backe
 }
 on_both_backends!(a_device_opens_a_session_polls_signals_and_reports_fills);
 
+on_both_backends!(a_device_resuming_behind_what_the_log_keeps_gets_what_is_kept_in_order);
+async fn a_device_resuming_behind_what_the_log_keeps_gets_what_is_kept_in_order(backend: Backend) {
+    use eagate_gateway::signals::logged_at_ms;
+    let Setup {
+        gateway,
+        device,
+        gold,
+        ..
+    } = setup_on(&backend).await;
+    let session = device.open_session().await;
+    let mut published = Vec::new();
+    for comment in ["old", "middle", "new"] {
+        published.push(gateway.publish(&gold, market_buy(comment)).await.unwrap());
+        // Distinct log times, so retention can fall between signals.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    // Retention removes the two oldest (as the upkeep would after
+    // --signal-retention-hours).
+    let cutoff = logged_at_ms(published[2].signal_id);
+    assert_eq!(gateway.core().signals.trim(cutoff).await.unwrap(), 2);
+    // A device that processed nothing, or only the first, gets what is
+    // kept, at its own position: positions are never reused.
+    for after in ["gold:0", "gold:1"] {
+        let polled = device.poll(&session, after, 0).await.json();
+        let signals: Vec<Signal> = serde_json::from_value(polled["signals"].clone()).unwrap();
+        assert_eq!(signals, vec![published[2].clone()], "after {after}");
+        assert_eq!(polled["positions"], json!({"gold": 3}));
+    }
+    // One that had it gets nothing again, and the next signal at 4.
+    let nothing = device.poll(&session, "gold:3", 0).await;
+    assert_eq!(nothing.text(), r#"{"signals":[],"positions":{"gold":3}}"#);
+    let next = gateway.publish(&gold, market_buy("next")).await.unwrap();
+    let polled = device.poll(&session, "gold:3", 5).await.json();
+    assert_eq!(polled["signals"][0]["position"], 4);
+    assert_eq!(
+        polled["signals"][0]["signal_id"],
+        next.signal_id.to_string().as_str()
+    );
+    gateway.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_waiting_long_poll_answers_as_soon_as_a_signal_is_published() {
     let Setup {

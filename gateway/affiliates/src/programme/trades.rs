@@ -276,7 +276,10 @@ impl Programme {
     fn reversal_of(&self, fill: &TradeFill) -> Option<u64> {
         let ticket = fill.ticket?;
         self.trade_reversals
-            .range((fill.device_id.clone(), fill.seq + 1)..=(fill.device_id.clone(), u64::MAX))
+            .range(
+                (fill.device_id.clone(), fill.seq.saturating_add(1))
+                    ..=(fill.device_id.clone(), u64::MAX),
+            )
             .find(|(_, (signal_id, reversed))| *signal_id == fill.signal_id && *reversed == ticket)
             .map(|((_, seq), _)| *seq)
     }
