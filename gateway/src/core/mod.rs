@@ -89,7 +89,32 @@ pub struct Core {
     pub metrics: Metrics,
 }
 
+/// The store failed a call of a device's request, or did not answer it
+/// within the core's `auth_deadline` (counted and logged already).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreAway;
+
 impl Core {
+    /// Runs `call`, a store call on behalf of `device`'s request, for at
+    /// most the core's `auth_deadline`: a store that fails or does not
+    /// answer in time must not hold a request without end. Either is counted
+    /// as a store error and logged, saying it was `what`.
+    pub async fn in_time<T, E: std::fmt::Display>(
+        &self,
+        device: &str,
+        what: &str,
+        call: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, StoreAway> {
+        let failure = match tokio::time::timeout(self.auth_deadline, call).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) => e.to_string(),
+            Err(_elapsed) => "the store did not answer in time".to_owned(),
+        };
+        self.metrics.store_error();
+        tracing::warn!(device, error = %failure, "{what} failed");
+        Err(StoreAway)
+    }
+
     /// Publishes a signal: validates it, appends it durably to the channel's
     /// log, and hands it to every connected subscriber.
     ///

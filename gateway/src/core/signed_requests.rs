@@ -71,28 +71,36 @@ impl Core {
     /// name only sessions it opened over HTTPS (never a QUIC session's
     /// epoch, nor one it made up), on any gateway of the deployment.
     pub fn session_token(&self, device_id: &str, epoch: SessionEpoch) -> String {
-        let tag = self.master_key.tag(
-            SESSION_TOKEN_LABEL,
-            &[device_id.as_bytes(), &epoch.0.to_be_bytes()],
-        );
-        let tag: String = tag[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let tag = self.session_tag(device_id, epoch);
+        let tag: [u8; 16] = eagate_protocol::http_signing::lower_hex(&tag);
+        let tag = std::str::from_utf8(&tag).expect("hex digits are ASCII");
         format!("{}-{tag}", epoch.0)
     }
 
     /// The session `token` names for `device_id`, if it is one
     /// [`Core::session_token`] gave.
     pub fn session_of_token(&self, device_id: &str, token: &str) -> Option<SessionEpoch> {
-        let (epoch, _) = token.split_once('-')?;
+        let (epoch, tag) = token.split_once('-')?;
         let epoch = SessionEpoch(eagate_protocol::http_signing::parse_timestamp(epoch)?);
-        let expected = self.session_token(device_id, epoch);
+        let tag: [u8; 8] = eagate_protocol::http_signing::parse_lower_hex(tag)?;
+        let expected = self.session_tag(device_id, epoch);
         // Compared in constant time: the tag is a MAC.
-        let same = expected.len() == token.len()
-            && expected
-                .bytes()
-                .zip(token.bytes())
-                .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-                == 0;
+        let same = expected
+            .iter()
+            .zip(tag)
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0;
         same.then_some(epoch)
+    }
+
+    /// The MAC a session token carries: its first 8 bytes, under the master
+    /// key, over the device and the epoch.
+    fn session_tag(&self, device_id: &str, epoch: SessionEpoch) -> [u8; 8] {
+        let tag = self.master_key.tag(
+            SESSION_TOKEN_LABEL,
+            &[device_id.as_bytes(), &epoch.0.to_be_bytes()],
+        );
+        tag[..8].try_into().expect("8 of 32 bytes")
     }
 
     /// Checks a signed request from `source` as `DEVICE-HTTP.md` says:
@@ -144,24 +152,14 @@ impl Core {
         &self,
         device_id: &str,
     ) -> Result<(SessionEpoch, u64), RequestDenial> {
-        let begun =
-            tokio::time::timeout(self.auth_deadline, self.reports.begin_session(device_id)).await;
-        let (epoch, confirmed) = match begun {
-            Ok(Ok(begun)) => begun,
-            Ok(Err(e)) => {
-                self.metrics.store_error();
-                warn!(device = device_id, error = %e, "beginning a session failed");
-                return Err(RequestDenial::StoreUnavailable);
-            }
-            Err(_elapsed) => {
-                self.metrics.store_error();
-                warn!(
-                    device = device_id,
-                    "beginning a session did not finish in time"
-                );
-                return Err(RequestDenial::StoreUnavailable);
-            }
-        };
+        let (epoch, confirmed) = self
+            .in_time(
+                device_id,
+                "beginning a session",
+                self.reports.begin_session(device_id),
+            )
+            .await
+            .map_err(|_| RequestDenial::StoreUnavailable)?;
         // The session lives in the device's later requests, not here: its
         // place is given up at once, once the older sessions were told.
         let (place, alone) = self.take_over(device_id, epoch).await;
@@ -193,11 +191,13 @@ impl Core {
         let live = self
             .live
             .register(device_id.as_str(), epoch, crate::clock::unix_ms());
-        let newest = tokio::time::timeout(
-            self.auth_deadline,
-            self.reports.current_session(device_id.as_str()),
-        )
-        .await;
+        let newest = self
+            .in_time(
+                device_id.as_str(),
+                "reading a session's epoch",
+                self.reports.current_session(device_id.as_str()),
+            )
+            .await;
         let session = DeviceSession::new(
             self,
             SessionClaim {
@@ -208,17 +208,9 @@ impl Core {
             live,
         );
         match newest {
-            Ok(Ok(newest)) if newest == epoch && epoch > SessionEpoch(0) => Ok(session),
-            Ok(Ok(_)) => Err(Close::Replaced),
-            Ok(Err(e)) => {
-                self.metrics.store_error();
-                warn!(device = %session.device_id(), error = %e, "reading a session's epoch failed");
-                Err(Close::StoreUnavailable)
-            }
-            Err(_elapsed) => {
-                self.metrics.store_error();
-                Err(Close::StoreUnavailable)
-            }
+            Ok(newest) if newest == epoch && epoch > SessionEpoch(0) => Ok(session),
+            Ok(_) => Err(Close::Replaced),
+            Err(super::StoreAway) => Err(Close::StoreUnavailable),
         }
     }
 }

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use super::signing::{DeviceProblem, SignedBy};
 use crate::clock::unix_ms;
-use crate::core::{Close, Core, DeviceSession, Next};
+use crate::core::{Close, Core, DeviceSession, Next, StoreAway};
 use crate::reports::SessionEpoch;
 
 /// How long a long-poll waits for a signal when the request names no
@@ -213,18 +213,17 @@ fn no_such_session() -> Response {
     DeviceProblem::new(StatusCode::GONE, "no such session; open a new one").answer()
 }
 
-/// A store call with the deadline of the core's checks.
-async fn in_time<T, E>(
+/// A store call of `by`'s request, `what` it is, under the core's deadline
+/// ([`Core::in_time`]); a store away ends the request as it ends a session.
+async fn in_time<T, E: std::fmt::Display>(
     core: &Core,
+    by: &SignedBy,
+    what: &str,
     call: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, Close> {
-    match tokio::time::timeout(core.auth_deadline, call).await {
-        Ok(Ok(value)) => Ok(value),
-        _ => {
-            core.metrics.store_error();
-            Err(Close::StoreUnavailable)
-        }
-    }
+    core.in_time(by.device_id.as_str(), what, call)
+        .await
+        .map_err(|StoreAway| Close::StoreUnavailable)
 }
 
 /// Runs `work` to its end in a task of its own: a device that hangs up
@@ -258,7 +257,13 @@ async fn session_state(
             Ok(session) => session,
             Err(close) => return ended(close),
         };
-        let answer = match in_time(&core, core.reports.confirmed_up_to(by.device_id.as_str())).await
+        let answer = match in_time(
+            &core,
+            &by,
+            "reading the confirmed report sequence",
+            core.reports.confirmed_up_to(by.device_id.as_str()),
+        )
+        .await
         {
             Ok(confirmed) => state_of(&core, &by, epoch, confirmed).await,
             Err(close) => ended(close),
@@ -270,7 +275,14 @@ async fn session_state(
 }
 
 async fn state_of(core: &Core, by: &SignedBy, epoch: SessionEpoch, confirmed: u64) -> Response {
-    let channels = match in_time(core, core.registry.get(by.device_id.as_str())).await {
+    let channels = match in_time(
+        core,
+        by,
+        "reading the device's channels",
+        core.registry.get(by.device_id.as_str()),
+    )
+    .await
+    {
         Ok(Some(record)) => record.channels,
         Ok(None) => Vec::new(),
         Err(close) => return ended(close),
@@ -280,7 +292,14 @@ async fn state_of(core: &Core, by: &SignedBy, epoch: SessionEpoch, confirmed: u6
         let Ok(channel) = ChannelName::new(&name) else {
             continue;
         };
-        match in_time(core, core.signals.head(&channel)).await {
+        match in_time(
+            core,
+            by,
+            "reading a channel's head",
+            core.signals.head(&channel),
+        )
+        .await
+        {
             Ok(head) => {
                 heads.insert(name, head);
             }
@@ -523,7 +542,13 @@ async fn take_reports(
         };
         let answer = if reports.is_empty() {
             // Nothing to store: where the device's reports stand.
-            in_time(&core, core.reports.confirmed_up_to(by.device_id.as_str())).await
+            in_time(
+                &core,
+                &by,
+                "reading the confirmed report sequence",
+                core.reports.confirmed_up_to(by.device_id.as_str()),
+            )
+            .await
         } else {
             store_reports(&mut session, reports).await
         };
