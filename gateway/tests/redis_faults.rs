@@ -75,6 +75,32 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A gateway (with its device HTTPS listener) on a Redis of the test's own.
+struct OnOwnRedis {
+    redis: OwnRedis,
+    redis_dir: tempfile::TempDir,
+    port: u16,
+    dir: tempfile::TempDir,
+    gateway: Gateway,
+}
+
+async fn on_own_redis() -> OnOwnRedis {
+    let redis_dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let redis = OwnRedis::start(port, redis_dir.path());
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = config(dir.path());
+    settings.redis_url = Some(format!("redis://127.0.0.1:{port}/"));
+    let gateway = Gateway::start(&settings).await.unwrap();
+    OnOwnRedis {
+        redis,
+        redis_dir,
+        port,
+        dir,
+        gateway,
+    }
+}
+
 async fn status_of(app: &axum::Router, uri: &str, token: &str) -> (StatusCode, Duration) {
     let request = Request::builder()
         .uri(uri)
@@ -88,13 +114,13 @@ async fn status_of(app: &axum::Router, uri: &str, token: &str) -> (StatusCode, D
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_is_reported_at_once_and_recovered_from_within_seconds() {
-    let redis_dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let redis = OwnRedis::start(port, redis_dir.path());
-    let dir = tempfile::tempdir().unwrap();
-    let mut settings = config(dir.path());
-    settings.redis_url = Some(format!("redis://127.0.0.1:{port}/"));
-    let gateway = Gateway::start(&settings).await.unwrap();
+    let OnOwnRedis {
+        redis,
+        redis_dir,
+        port,
+        dir,
+        gateway,
+    } = on_own_redis().await;
     let device = register(&gateway).await;
     let admin = create_token(dir.path(), Scope::Admin).unwrap().to_string();
     let app = router(AppState {
@@ -139,4 +165,103 @@ async fn a_redis_restart_is_reported_at_once_and_recovered_from_within_seconds()
         "recovered in {:?}",
         back.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_device_is_told_to_retry_while_redis_is_away_and_loses_no_fill() {
+    use common::https::{HttpsClient, HttpsDevice};
+    use eagate_protocol::ChannelName;
+    use serde_json::json;
+
+    let OnOwnRedis {
+        redis,
+        redis_dir,
+        port,
+        dir,
+        gateway,
+    } = on_own_redis().await;
+    let registered = register(&gateway).await;
+    let gold = ChannelName::new("gold").unwrap();
+    gateway
+        .subscribe(registered.id.as_str(), &gold)
+        .await
+        .unwrap();
+    let device = HttpsDevice::new(
+        HttpsClient::new(gateway.device_https_addr().unwrap(), dir.path()),
+        registered.id,
+        registered.secret,
+    );
+    let session = device.open_session().await;
+    let signal = gateway.publish(&gold, market_buy("away")).await.unwrap();
+    let id = signal.signal_id.to_string();
+    let fill = json!([{"seq": 1, "signal_id": id, "kind": "filled", "at_ms": 5,
+                       "ticket": "77", "price": "2350.10", "volume": "0.10"}]);
+    let body = serde_json::to_vec(&json!({ "reports": fill })).unwrap();
+
+    redis.stop();
+    // Every request is answered within its deadline, told to come back,
+    // and stores nothing: the EA keeps its fill queued.
+    for (method, target, body) in [
+        ("POST", "/v1/device/session".to_owned(), Vec::new()),
+        (
+            "GET",
+            format!("/v1/device/signals?session={session}&after=gold:0&wait=0"),
+            Vec::new(),
+        ),
+        (
+            "POST",
+            format!("/v1/device/reports?session={session}"),
+            body.clone(),
+        ),
+    ] {
+        let asked = Instant::now();
+        let answer = device
+            .client
+            .send(&device.sign(method, &target, &body).request)
+            .await;
+        assert_eq!(answer.status, 503, "{method} {target}: {}", answer.text());
+        assert_eq!(answer.header("Retry-After"), Some("1"), "{method} {target}");
+        assert!(
+            asked.elapsed() < Duration::from_secs(7),
+            "{method} {target} took {:?}",
+            asked.elapsed()
+        );
+    }
+
+    // Back with its data: the same session polls the signal, and the
+    // queued fill, sent twice, is stored once.
+    let _redis = OwnRedis::start(port, redis_dir.path());
+    let back = Instant::now();
+    let polled = loop {
+        let signed = device.sign(
+            "GET",
+            &format!("/v1/device/signals?session={session}&after=gold:0&wait=0"),
+            b"",
+        );
+        let answer = device.client.send(&signed.request).await;
+        if answer.status == 200 {
+            break answer.json();
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "polls still fail 10 s after Redis returned: {}",
+            answer.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(polled["signals"][0]["signal_id"], id.as_str());
+    for _ in 0..2 {
+        let confirmed = device.report(&session, fill.clone()).await;
+        assert_eq!(confirmed.text(), r#"{"confirmed_up_to":1}"#);
+    }
+    assert_eq!(
+        gateway
+            .reports()
+            .for_signal(signal.signal_id)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    gateway.shutdown().await;
 }
