@@ -579,10 +579,7 @@ async fn the_newest_session_wins_across_quic_and_https() {
     until_connected(&gateway, 0).await;
 
     // A poll waiting under a session ends when a newer one opens.
-    let waiting = tokio::spawn({
-        let device = device.clone();
-        async move { device.poll(&newer, "gold:0", 20).await }
-    });
+    let waiting = device.poll_in_background(&newer, "gold:0", 20);
     until_connected(&gateway, 1).await;
     let started = Instant::now();
     let newest = device.open_session().await;
@@ -625,10 +622,7 @@ async fn a_revoked_device_is_refused_and_its_waiting_poll_ends() {
         gateway, device, ..
     } = setup().await;
     let session = device.open_session().await;
-    let waiting = tokio::spawn({
-        let device = device.clone();
-        async move { device.poll(&session, "gold:0", 20).await }
-    });
+    let waiting = device.poll_in_background(&session, "gold:0", 20);
     until_connected(&gateway, 1).await;
     gateway.revoke(device.id.as_str()).await.unwrap();
     let ended = waiting.await.unwrap();
@@ -673,10 +667,7 @@ async fn a_request_ending_under_a_session_leaves_its_other_waiting_request_reach
     let session = device.open_session().await;
     let signal = gateway.publish(&gold, market_buy("one")).await.unwrap();
     // A poll waits under the session (after the signal: nothing new) ...
-    let waiting = tokio::spawn({
-        let (device, session) = (device.clone(), session.clone());
-        async move { device.poll(&session, "gold:1", 20).await }
-    });
+    let waiting = device.poll_in_background(&session, "gold:1", 20);
     until_connected(&gateway, 1).await;
     // ... while other requests under the same session come and go.
     let id = signal.signal_id.to_string();
@@ -783,10 +774,7 @@ async fn polling_devices_run_on_threads_of_their_own_which_end_with_the_gateway(
     // the QUIC devices' signals (docs/benchmarks.md has the figures).
     assert!(threads_named("eagate-device-h") >= 1);
     let session = device.open_session().await;
-    let waiting = tokio::spawn({
-        let device = device.clone();
-        async move { device.poll(&session, "gold:0", 30).await }
-    });
+    let waiting = device.poll_in_background(&session, "gold:0", 30);
     until_connected(&gateway, 1).await;
     // Stopped with a poll waiting: done within the listener's grace, its
     // threads gone and its hold on the store released, so the next gateway

@@ -321,6 +321,18 @@ impl HttpsDevice {
         self.call("GET", &target, b"").await
     }
 
+    /// [`HttpsDevice::poll`] in a task of its own: a poll left waiting
+    /// while the test does something else.
+    pub fn poll_in_background(
+        &self,
+        session: &str,
+        after: &str,
+        wait: u64,
+    ) -> tokio::task::JoinHandle<Answer> {
+        let (device, session, after) = (self.clone(), session.to_owned(), after.to_owned());
+        tokio::spawn(async move { device.poll(&session, &after, wait).await })
+    }
+
     /// Sends reports (a JSON array of report objects).
     pub async fn report(&self, session: &str, reports: serde_json::Value) -> Answer {
         let body = serde_json::to_vec(&serde_json::json!({ "reports": reports })).unwrap();
