@@ -334,9 +334,7 @@ impl AffiliateDesk {
             .await?;
         // After the batch's fills: a reversal undoes fills reported before
         // it, which may be in this batch.
-        let waiting = self
-            .reverse_trades(core, &fills, &accounts, &mut signals)
-            .await?;
+        let waiting = self.reverse_trades(core, &fills, &accounts).await?;
         if waiting.is_empty() {
             core.reports.claim_fills(&fills).await?;
         } else {
@@ -422,13 +420,13 @@ impl AffiliateDesk {
     /// the feed hands it over, and only for the reversal stored under its
     /// number: Redis adds a feed entry before its script decides, also for
     /// a report the script refuses (another report holds the number). The
-    /// positions in `fills` of reversals whose report is not stored yet.
+    /// positions in `fills` of reversals whose report is not stored yet
+    /// (for up to [`REVERSAL_WAIT_MS`]) or could not be read.
     async fn reverse_trades(
         &self,
         core: &Core,
         fills: &[FeedFill],
         accounts: &HashMap<&str, Option<String>>,
-        signals: &mut SignalCache,
     ) -> Result<HashSet<usize>, FeedError> {
         let mut waiting = HashSet::new();
         for (index, entry) in fills.iter().enumerate() {
@@ -458,16 +456,21 @@ impl AffiliateDesk {
             {
                 continue;
             }
-            let stored = signals
-                .report(core, signal_id, &entry.device_id, entry.seq)
-                .await
-                .unwrap_or_else(|e| {
-                    tracing::warn!(device = %entry.device_id, seq = entry.seq, error = %e, "a reversal's report could not be read");
-                    None
-                });
+            let stored = match core.reports.report_at(&entry.device_id, entry.seq).await {
+                Ok(stored) => stored,
+                // Unread is not unstored: it waits, however old, for a
+                // store that answers.
+                Err(e) => {
+                    tracing::warn!(device = %entry.device_id, seq = entry.seq, error = %e, "a reversal's report could not be read; it waits");
+                    waiting.insert(index);
+                    continue;
+                }
+            };
             match stored {
                 Some(report)
-                    if report.kind == ReportKind::Reversed && report.ticket == Some(ticket) => {}
+                    if report.kind == ReportKind::Reversed
+                        && report.ticket == Some(ticket)
+                        && report.signal_id == signal_id => {}
                 Some(_) => {
                     tracing::warn!(device = %entry.device_id, seq = entry.seq, "a reversal in the fill feed is not the report stored under its number: ignored");
                     continue;

@@ -374,6 +374,13 @@ pub trait ReportStore: Send + Sync + std::fmt::Debug {
     /// Every stored report about `signal_id`, by device then sequence.
     fn for_signal<'a>(&'a self, signal_id: SignalId) -> StoreFuture<'a, Vec<StoredReport>>;
 
+    /// The report stored under `seq` of `device_id`, if any.
+    fn report_at<'a>(
+        &'a self,
+        device_id: &'a str,
+        seq: u64,
+    ) -> StoreFuture<'a, Option<StoredReport>>;
+
     /// Up to `limit` stored fills the fill feed's reader has not claimed,
     /// oldest first. The affiliate programme reads first trades from here.
     /// A fill may appear twice (a resend after a crash); readers are

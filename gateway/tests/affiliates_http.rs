@@ -1252,6 +1252,22 @@ async fn a_fill_its_device_reports_reversed_gives_back_its_trade_commission_once
         first["status"], "pending",
         "nothing stored undid it: {first}"
     );
+    // On Redis the refused report 4's entry waits in the feed for its
+    // resend (report 3's, whose number holds another report, was claimed);
+    // sled wrote no entry for either.
+    let waiting: Vec<(u64, Option<u64>)> = core
+        .reports
+        .unclaimed_fills(10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|f| (f.seq, f.reverses_ticket))
+        .collect();
+    let expected: &[(u64, Option<u64>)] = match backend {
+        Backend::Sled => &[],
+        _ => &[(4, Some(5_001))],
+    };
+    assert_eq!(waiting, expected);
     // The newer session resends it, twice.
     core.reports.ingest(&undo(4), None).await.unwrap();
     core.reports.ingest(&undo(4), None).await.unwrap();

@@ -306,6 +306,13 @@ impl ReportStore for HeldDurability {
     fn for_signal<'a>(&'a self, signal_id: SignalId) -> StoreFuture<'a, Vec<StoredReport>> {
         self.inner.for_signal(signal_id)
     }
+    fn report_at<'a>(
+        &'a self,
+        device_id: &'a str,
+        seq: u64,
+    ) -> StoreFuture<'a, Option<StoredReport>> {
+        self.inner.report_at(device_id, seq)
+    }
     fn unclaimed_fills(&self, limit: usize) -> StoreFuture<'_, Vec<FeedFill>> {
         self.inner.unclaimed_fills(limit)
     }

@@ -216,6 +216,18 @@ async fn fills_and_reversals_enter_the_fill_feed_with_what_the_programme_reads(s
             ReportKind::Reversed
         ]
     );
+    // The feed's reader checks an entry against the report stored under
+    // its number.
+    let stored = stores.reports.report_at(&device, 3).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.kind, stored.ticket),
+        (ReportKind::Reversed, Some(41))
+    );
+    assert_eq!(stores.reports.report_at(&device, 4).await.unwrap(), None);
+    assert_eq!(
+        stores.reports.report_at("dv_nobody", 3).await.unwrap(),
+        None
+    );
     stores.reports.claim_fills(&feed).await.unwrap();
     assert!(
         stores

@@ -552,6 +552,7 @@ pub enum Fact {
     /// counted busted.
     TradeReversalReported {
         /// The affiliate whose commissions it concerns.
+        #[serde(default)]
         affiliate_id: String,
         /// The reporting device.
         device_id: String,

@@ -328,6 +328,23 @@ impl ReportStore for RedisStores {
         })
     }
 
+    fn report_at<'a>(
+        &'a self,
+        device_id: &'a str,
+        seq: u64,
+    ) -> StoreFuture<'a, Option<StoredReport>> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let json: Option<String> = connection
+                .hget(self.device_key(device_id, "reports"), seq)
+                .await?;
+            json.map(|json| {
+                serde_json::from_str(&json).map_err(|e| ReportStoreError::Corrupt(e.to_string()))
+            })
+            .transpose()
+        })
+    }
+
     fn unclaimed_fills(&self, limit: usize) -> StoreFuture<'_, Vec<FeedFill>> {
         Box::pin(async move {
             let mut connection = self.connection.clone();

@@ -272,6 +272,22 @@ impl ReportStore for SledReportStore {
         })
     }
 
+    fn report_at<'a>(
+        &'a self,
+        device_id: &'a str,
+        seq: u64,
+    ) -> StoreFuture<'a, Option<StoredReport>> {
+        Box::pin(async move {
+            self.reports
+                .get(report_key(device_id, seq))?
+                .map(|value| {
+                    serde_json::from_slice(&value)
+                        .map_err(|e| ReportStoreError::Corrupt(e.to_string()))
+                })
+                .transpose()
+        })
+    }
+
     fn unclaimed_fills(&self, limit: usize) -> StoreFuture<'_, Vec<FeedFill>> {
         Box::pin(async move {
             let mut found = Vec::new();
