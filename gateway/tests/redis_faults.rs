@@ -60,6 +60,16 @@ impl OwnRedis {
     }
 }
 
+impl OwnRedis {
+    /// Sends it `signal` (`-STOP` freezes it: connections stay open and
+    /// nothing is answered, as a Redis stuck on its disk would do).
+    fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status();
+    }
+}
+
 impl Drop for OwnRedis {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -99,6 +109,25 @@ async fn on_own_redis() -> OnOwnRedis {
         dir,
         gateway,
     }
+}
+
+/// A device of `gateway` over HTTPS, subscribed to `gold`.
+async fn https_device_on(
+    gateway: &Gateway,
+    dir: &std::path::Path,
+) -> (common::https::HttpsDevice, eagate_protocol::ChannelName) {
+    let registered = register(gateway).await;
+    let gold = eagate_protocol::ChannelName::new("gold").unwrap();
+    gateway
+        .subscribe(registered.id.as_str(), &gold)
+        .await
+        .unwrap();
+    let device = common::https::HttpsDevice::new(
+        common::https::HttpsClient::new(gateway.device_https_addr().unwrap(), dir),
+        registered.id,
+        registered.secret,
+    );
+    (device, gold)
 }
 
 async fn status_of(app: &axum::Router, uri: &str, token: &str) -> (StatusCode, Duration) {
@@ -169,8 +198,6 @@ async fn a_redis_restart_is_reported_at_once_and_recovered_from_within_seconds()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_device_is_told_to_retry_while_redis_is_away_and_loses_no_fill() {
-    use common::https::{HttpsClient, HttpsDevice};
-    use eagate_protocol::ChannelName;
     use serde_json::json;
 
     let OnOwnRedis {
@@ -180,17 +207,7 @@ async fn an_https_device_is_told_to_retry_while_redis_is_away_and_loses_no_fill(
         dir,
         gateway,
     } = on_own_redis().await;
-    let registered = register(&gateway).await;
-    let gold = ChannelName::new("gold").unwrap();
-    gateway
-        .subscribe(registered.id.as_str(), &gold)
-        .await
-        .unwrap();
-    let device = HttpsDevice::new(
-        HttpsClient::new(gateway.device_https_addr().unwrap(), dir.path()),
-        registered.id,
-        registered.secret,
-    );
+    let (device, gold) = https_device_on(&gateway, dir.path()).await;
     let session = device.open_session().await;
     let signal = gateway.publish(&gold, market_buy("away")).await.unwrap();
     let id = signal.signal_id.to_string();
@@ -263,5 +280,66 @@ async fn an_https_device_is_told_to_retry_while_redis_is_away_and_loses_no_fill(
             .len(),
         1
     );
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_device_is_answered_within_the_deadline_while_redis_is_frozen() {
+    let OnOwnRedis {
+        redis,
+        dir,
+        gateway,
+        ..
+    } = on_own_redis().await;
+    let (device, gold) = https_device_on(&gateway, dir.path()).await;
+    let session = device.open_session().await;
+    let signal = gateway.publish(&gold, market_buy("frozen")).await.unwrap();
+    let poll = format!("/v1/device/signals?session={session}&after=gold:0&wait=0");
+
+    // Frozen, Redis answers nothing: each request still gets its answer
+    // within the checks' deadline (1 s in these tests), told to come back.
+    redis.signal("-STOP");
+    let reports = format!("/v1/device/reports?session={session}");
+    for (method, target, body) in [
+        ("POST", "/v1/device/session", &b""[..]),
+        ("GET", poll.as_str(), b""),
+        ("POST", reports.as_str(), br#"{"reports":[]}"#),
+    ] {
+        let asked = Instant::now();
+        let answer = device
+            .client
+            .send(&device.sign(method, target, body).request)
+            .await;
+        assert_eq!(answer.status, 503, "{method} {target}: {}", answer.text());
+        assert_eq!(answer.header("Retry-After"), Some("1"));
+        assert!(
+            asked.elapsed() < Duration::from_secs(4),
+            "{method} {target} took {:?}",
+            asked.elapsed()
+        );
+    }
+
+    // Thawed: the same session polls its signal.
+    redis.signal("-CONT");
+    let back = Instant::now();
+    loop {
+        let answer = device
+            .client
+            .send(&device.sign("GET", &poll, b"").request)
+            .await;
+        if answer.status == 200 {
+            assert_eq!(
+                answer.json()["signals"][0]["signal_id"],
+                signal.signal_id.to_string().as_str()
+            );
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "polls still fail 10 s after Redis thawed: {}",
+            answer.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     gateway.shutdown().await;
 }
