@@ -74,6 +74,11 @@ impl ReportKind {
 }
 
 impl StoredReport {
+    /// A report as a store keeps it (its JSON), or why it cannot be read.
+    pub(crate) fn from_json(json: &[u8]) -> Result<Self, ReportStoreError> {
+        serde_json::from_slice(json).map_err(|e| ReportStoreError::Corrupt(e.to_string()))
+    }
+
     /// The stored form of `report` from `device_id`, stored at `stored_at_ms`.
     pub fn new(device_id: &str, report: &Report, stored_at_ms: u64) -> Self {
         let mut stored = Self {
@@ -214,8 +219,7 @@ pub(crate) fn resend_outcome(
     report: &StoredReport,
     confirmed_up_to: u64,
 ) -> Result<Ingested, ReportStoreError> {
-    let existing: StoredReport =
-        serde_json::from_slice(existing).map_err(|e| ReportStoreError::Corrupt(e.to_string()))?;
+    let existing = StoredReport::from_json(existing)?;
     Ok(if existing.same_report(report) {
         Ingested::AlreadyStored { confirmed_up_to }
     } else {

@@ -82,13 +82,7 @@ impl Core {
                     return Err(Denial::StoreUnavailable);
                 }
             };
-        let (live, alone) = self.take_over(device, epoch).await;
-        if !alone {
-            warn!(
-                device,
-                "an older session of the device did not close in time; its reports are fenced off"
-            );
-        }
+        let live = self.take_over(device, epoch).await;
         Ok(Admitted {
             accepted: AuthAccepted {
                 gateway_time_ms: unix_ms(),

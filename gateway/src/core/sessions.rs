@@ -411,11 +411,23 @@ impl Core {
     /// Makes the session of `device_id` under `epoch` (just taken from the
     /// report store) the device's only one: registers it, ends every older
     /// session, here and on other gateways, and waits up to
-    /// [`TAKEOVER_WAIT`] for them to close. Returns the session's place and
-    /// whether the older ones all closed in time; if not, the fence on
+    /// [`TAKEOVER_WAIT`] for them to close. Returns the session's place.
+    /// Older sessions that did not close in time are logged; the fence on
     /// report writes still holds them off.
-    pub async fn take_over(&self, device_id: &str, epoch: SessionEpoch) -> (LiveSession<'_>, bool) {
+    pub async fn take_over(&self, device_id: &str, epoch: SessionEpoch) -> LiveSession<'_> {
         let session = self.live.register(device_id, epoch, unix_ms());
+        if !self.older_sessions_closed(device_id, epoch).await {
+            warn!(
+                device = device_id,
+                "an older session of the device did not close in time; its reports are fenced off"
+            );
+        }
+        session
+    }
+
+    /// Tells every older session of `device_id` than `epoch` to end and
+    /// waits up to [`TAKEOVER_WAIT`]: whether they all closed in time.
+    async fn older_sessions_closed(&self, device_id: &str, epoch: SessionEpoch) -> bool {
         let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
         let told = tokio::time::timeout_at(
             deadline,
@@ -433,10 +445,10 @@ impl Core {
             );
         }
         if !self.live.wait_for_older(device_id, epoch, deadline).await {
-            return (session, false);
+            return false;
         }
         let Some(shared) = &self.shared_presence else {
-            return (session, true);
+            return true;
         };
         // Older sessions on other gateways: their presence records go when
         // they close.
@@ -449,7 +461,7 @@ impl Core {
             )
             .await;
             match elsewhere {
-                Ok(Ok(0)) => return (session, true),
+                Ok(Ok(0)) => return true,
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     // Waited out like a live session: the record may show
@@ -457,10 +469,10 @@ impl Core {
                     self.metrics.store_error();
                     warn!(device = device_id, error = %e, "reading presence failed");
                 }
-                Err(_elapsed) => return (session, false),
+                Err(_elapsed) => return false,
             }
             if tokio::time::Instant::now() + TAKEOVER_POLL > deadline {
-                return (session, false);
+                return false;
             }
             tokio::time::sleep(TAKEOVER_POLL).await;
         }

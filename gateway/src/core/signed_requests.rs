@@ -162,14 +162,7 @@ impl Core {
             .map_err(|_| RequestDenial::StoreUnavailable)?;
         // The session lives in the device's later requests, not here: its
         // place is given up at once, once the older sessions were told.
-        let (place, alone) = self.take_over(device_id, epoch).await;
-        drop(place);
-        if !alone {
-            warn!(
-                device = device_id,
-                "an older session of the device did not close in time; its reports are fenced off"
-            );
-        }
+        drop(self.take_over(device_id, epoch).await);
         Ok((epoch, confirmed))
     }
 

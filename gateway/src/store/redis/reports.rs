@@ -315,8 +315,7 @@ impl ReportStore for RedisStores {
                     .hget(self.device_key(&device, "reports"), seq)
                     .await?;
                 if let Some(json) = json {
-                    let stored: StoredReport = serde_json::from_str(&json)
-                        .map_err(|e| ReportStoreError::Corrupt(e.to_string()))?;
+                    let stored = StoredReport::from_json(json.as_bytes())?;
                     // The index also names attempts that stored nothing
                     // under their number (a conflict, a refusal).
                     if stored.signal_id == signal_id {
@@ -338,10 +337,8 @@ impl ReportStore for RedisStores {
             let json: Option<String> = connection
                 .hget(self.device_key(device_id, "reports"), seq)
                 .await?;
-            json.map(|json| {
-                serde_json::from_str(&json).map_err(|e| ReportStoreError::Corrupt(e.to_string()))
-            })
-            .transpose()
+            json.map(|json| StoredReport::from_json(json.as_bytes()))
+                .transpose()
         })
     }
 

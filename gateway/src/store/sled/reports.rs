@@ -262,10 +262,7 @@ impl ReportStore for SledReportStore {
             for entry in self.by_signal.scan_prefix(signal_id.0) {
                 let (index_key, _) = entry?;
                 if let Some(value) = self.reports.get(&index_key[16..])? {
-                    found.push(
-                        serde_json::from_slice(&value)
-                            .map_err(|e| ReportStoreError::Corrupt(e.to_string()))?,
-                    );
+                    found.push(StoredReport::from_json(&value)?);
                 }
             }
             Ok(found)
@@ -280,10 +277,7 @@ impl ReportStore for SledReportStore {
         Box::pin(async move {
             self.reports
                 .get(report_key(device_id, seq))?
-                .map(|value| {
-                    serde_json::from_slice(&value)
-                        .map_err(|e| ReportStoreError::Corrupt(e.to_string()))
-                })
+                .map(|value| StoredReport::from_json(&value))
                 .transpose()
         })
     }
