@@ -9,52 +9,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use eagate_gateway::core::{Close, Core, Denial, DeviceSession, Next};
-use eagate_gateway::registry::DeviceRegistry;
-use eagate_gateway::reports::{
-    FeedFill, ReportStore, ReportStoreError, SessionEpoch, StoreFuture, StoredReport, Written,
-};
-use eagate_gateway::seal::MasterKey;
 use eagate_gateway::signals::SignalDraft;
-use eagate_gateway::store::sled::{
-    SledDeviceStore, SledNonceStore, SledPositions, SledReportStore, SledSignalLog,
-};
+use eagate_gateway::store::sled::{SledReportStore, SledSignalLog};
 use eagate_protocol::*;
+
+mod common;
+
+use common::held::{Durability, core_with, core_with_held_reports, gold_follower};
 
 const SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// A core on a temporary sled database; no endpoint, no listener.
 fn core() -> (Core, eagate_gateway::durable::Durable) {
     core_with(|db| Arc::new(SledReportStore::open(db).unwrap()))
-}
-
-/// A core on a temporary sled database, its reports kept by `reports`.
-fn core_with(
-    reports: impl FnOnce(&eagate_gateway::durable::Durable) -> Arc<dyn ReportStore>,
-) -> (Core, eagate_gateway::durable::Durable) {
-    let db =
-        eagate_gateway::durable::Durable::new(sled::Config::new().temporary(true).open().unwrap())
-            .unwrap();
-    let core = Core::new(
-        DeviceRegistry::new(Arc::new(SledDeviceStore::open(&db).unwrap())),
-        MasterKey::from_hex(&"ab".repeat(32)).unwrap(),
-        Arc::new(SledNonceStore::open(&db).unwrap()),
-        reports(&db),
-        Arc::new(SledSignalLog::open(&db).unwrap()),
-        Arc::new(SledPositions::open(&db).unwrap()),
-    );
-    (core, db)
-}
-
-/// A device registered and subscribed to gold.
-async fn gold_follower(core: &Core) -> (DeviceId, DeviceSecret) {
-    let (record, secret) = core
-        .registry
-        .register(&core.master_key, "acct-1", "VPS")
-        .await
-        .unwrap();
-    let id = DeviceId::new(&record.device_id).unwrap();
-    core.subscribe(id.as_str(), &gold()).await.unwrap();
-    (id, secret)
 }
 
 fn gold() -> ChannelName {
@@ -247,80 +214,6 @@ async fn a_session_revoked_before_it_starts_ends_without_starting_and_never_pani
     assert_eq!(core.presence_of(id.as_str()).await.sessions, 0);
 }
 
-/// A report store whose writes become durable only when the test says
-/// (its durability held back by a gate), and which is away while the test
-/// says so, as a Redis restarting is (its connection refused): sled
-/// underneath.
-#[derive(Debug)]
-struct HeldDurability {
-    inner: SledReportStore,
-    gate: tokio::sync::watch::Sender<Gate>,
-    away: Arc<std::sync::atomic::AtomicBool>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Gate {
-    Held,
-    Durable,
-    Failing,
-}
-
-impl ReportStore for HeldDurability {
-    fn write<'a>(
-        &'a self,
-        report: &'a StoredReport,
-        epoch: Option<SessionEpoch>,
-    ) -> StoreFuture<'a, Written> {
-        if self.away.load(std::sync::atomic::Ordering::SeqCst) {
-            let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-            return Box::pin(std::future::ready(Err(ReportStoreError::Redis(
-                refused.into(),
-            ))));
-        }
-        let mut gate = self.gate.subscribe();
-        Box::pin(async move {
-            let written = self.inner.write(report, epoch).await?;
-            let inner = written.durable;
-            Ok(Written {
-                ingested: written.ingested,
-                durable: Box::pin(async move {
-                    inner.await?;
-                    let gate = *gate.wait_for(|g| *g != Gate::Held).await.unwrap();
-                    match gate {
-                        Gate::Failing => Err(ReportStoreError::Corrupt("the disk is gone".into())),
-                        _ => Ok(()),
-                    }
-                }),
-            })
-        })
-    }
-    fn begin_session<'a>(&'a self, device_id: &'a str) -> StoreFuture<'a, (SessionEpoch, u64)> {
-        self.inner.begin_session(device_id)
-    }
-    fn current_session<'a>(&'a self, device_id: &'a str) -> StoreFuture<'a, SessionEpoch> {
-        self.inner.current_session(device_id)
-    }
-    fn confirmed_up_to<'a>(&'a self, device_id: &'a str) -> StoreFuture<'a, u64> {
-        self.inner.confirmed_up_to(device_id)
-    }
-    fn for_signal<'a>(&'a self, signal_id: SignalId) -> StoreFuture<'a, Vec<StoredReport>> {
-        self.inner.for_signal(signal_id)
-    }
-    fn report_at<'a>(
-        &'a self,
-        device_id: &'a str,
-        seq: u64,
-    ) -> StoreFuture<'a, Option<StoredReport>> {
-        self.inner.report_at(device_id, seq)
-    }
-    fn unclaimed_fills(&self, limit: usize) -> StoreFuture<'_, Vec<FeedFill>> {
-        self.inner.unclaimed_fills(limit)
-    }
-    fn claim_fills<'a>(&'a self, fills: &'a [FeedFill]) -> StoreFuture<'a, ()> {
-        self.inner.claim_fills(fills)
-    }
-}
-
 /// A gold follower's session on `core`, started, with one signal sent.
 async fn started_gold_session(core: &Core) -> (DeviceSession<'_>, SignalId) {
     let (id, secret) = gold_follower(core).await;
@@ -348,16 +241,9 @@ async fn next_within(session: &mut DeviceSession<'_>, wait: Duration) -> Option<
 
 #[tokio::test]
 async fn reports_on_their_way_to_disk_are_confirmed_in_order_once_durable_and_never_before() {
-    let (gate, _) = tokio::sync::watch::channel(Gate::Held);
-    let gate_handle = gate.clone();
-    let (core, _db) = core_with(|db| {
-        Arc::new(HeldDurability {
-            inner: SledReportStore::open(db).unwrap(),
-            gate,
-            away: Arc::default(),
-        })
-    });
+    let (core, _db, held) = core_with_held_reports();
     let (mut session, signal_id) = started_gold_session(&core).await;
+    held.durability.send_replace(Durability::Held);
     let report = |seq| Report {
         seq,
         signal_id,
@@ -376,14 +262,14 @@ async fn reports_on_their_way_to_disk_are_confirmed_in_order_once_durable_and_ne
         "nothing is confirmed before it is durable"
     );
     // Durable: all three confirmed, in one confirmation of the newest.
-    gate_handle.send_replace(Gate::Durable);
+    held.durability.send_replace(Durability::Durable);
     assert!(matches!(next(&mut session).await, Next::Confirm(3)));
 
     // A write whose durability fails is never confirmed: the session ends
     // (the device resends it after reconnecting).
-    gate_handle.send_replace(Gate::Held);
+    held.durability.send_replace(Durability::Held);
     assert_eq!(session.report(report(4)).await, Ok(()));
-    gate_handle.send_replace(Gate::Failing);
+    held.durability.send_replace(Durability::Failing);
     assert!(matches!(
         next(&mut session).await,
         Next::End(Close::StoreUnavailable)
@@ -474,23 +360,6 @@ async fn a_follower_held_back_past_the_broadcast_catches_up_from_the_log_in_orde
     follower.abort();
 }
 
-fn core_with_a_store_that_can_go_away() -> (
-    Core,
-    eagate_gateway::durable::Durable,
-    Arc<std::sync::atomic::AtomicBool>,
-) {
-    let away = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = away.clone();
-    let (core, db) = core_with(|db| {
-        Arc::new(HeldDurability {
-            inner: SledReportStore::open(db).unwrap(),
-            gate: tokio::sync::watch::channel(Gate::Durable).0,
-            away: flag,
-        })
-    });
-    (core, db, away)
-}
-
 /// Waits for confirmations up to `seq`: each higher than the last, none
 /// beyond `seq`, nothing else meanwhile.
 async fn confirmed_up_to(session: &mut DeviceSession<'_>, seq: u64) {
@@ -514,9 +383,9 @@ fn received(signal_id: SignalId, seq: u64) -> Report {
 
 #[tokio::test]
 async fn reports_sent_while_the_store_is_away_wait_in_order_and_are_confirmed_once_it_is_back() {
-    let (core, _db, away) = core_with_a_store_that_can_go_away();
+    let (core, _db, held) = core_with_held_reports();
     let (mut session, signal_id) = started_gold_session(&core).await;
-    away.store(true, std::sync::atomic::Ordering::SeqCst);
+    held.away.store(true, std::sync::atomic::Ordering::SeqCst);
     // Taken, not refused: the session goes on, nothing is confirmed.
     for seq in 1..=3 {
         assert_eq!(session.report(received(signal_id, seq)).await, Ok(()));
@@ -530,7 +399,7 @@ async fn reports_sent_while_the_store_is_away_wait_in_order_and_are_confirmed_on
     assert!(core.reports.for_signal(signal_id).await.unwrap().is_empty());
     // Back: the three are stored and confirmed (in order, as each is
     // durable), then the session takes reports as before.
-    away.store(false, std::sync::atomic::Ordering::SeqCst);
+    held.away.store(false, std::sync::atomic::Ordering::SeqCst);
     confirmed_up_to(&mut session, 3).await;
     assert_eq!(session.report(received(signal_id, 4)).await, Ok(()));
     confirmed_up_to(&mut session, 4).await;
@@ -547,14 +416,14 @@ async fn reports_sent_while_the_store_is_away_wait_in_order_and_are_confirmed_on
 
 #[tokio::test]
 async fn a_refused_report_ends_the_session_though_the_store_is_away_for_those_before_it() {
-    let (core, _db, away) = core_with_a_store_that_can_go_away();
+    let (core, _db, held) = core_with_held_reports();
     let (mut session, signal_id) = started_gold_session(&core).await;
     assert_eq!(session.report(received(signal_id, 1)).await, Ok(()));
     confirmed_up_to(&mut session, 1).await;
     // Report 2 cannot be written (the store is away) and the next one breaks
     // the protocol (no number): the session ends; it does not go on
     // holding 2 and lose the refusal.
-    away.store(true, std::sync::atomic::Ordering::SeqCst);
+    held.away.store(true, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(
         session
             .reports(vec![received(signal_id, 2), received(signal_id, 0)])
@@ -566,9 +435,9 @@ async fn a_refused_report_ends_the_session_though_the_store_is_away_for_those_be
 #[tokio::test]
 async fn a_device_sending_more_than_a_session_holds_while_the_store_is_away_is_asked_to_come_back_later()
  {
-    let (core, _db, away) = core_with_a_store_that_can_go_away();
+    let (core, _db, held) = core_with_held_reports();
     let (mut session, signal_id) = started_gold_session(&core).await;
-    away.store(true, std::sync::atomic::Ordering::SeqCst);
+    held.away.store(true, std::sync::atomic::Ordering::SeqCst);
     let holds = eagate_gateway::core::device_session::REPORTS_IN_FLIGHT as u64;
     for seq in 1..=holds {
         assert_eq!(session.report(received(signal_id, seq)).await, Ok(()));

@@ -804,3 +804,97 @@ async fn polling_devices_run_on_threads_of_their_own_which_end_with_the_gateway(
     assert_eq!(device.poll(&session, "gold:0", 0).await.status, 200);
     restarted.shutdown().await;
 }
+
+/// The device routes on a core built by hand, its reports kept by a store
+/// the test stalls once a request has passed its checks (the registry and
+/// the nonce store still answer): the request is answered 503, signed, in
+/// bounded time; nothing is confirmed that is not durable; and the same
+/// session, once the store is back, has the resent report stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_stalls_after_the_checks_gets_a_signed_503_in_time_and_the_resent_fill_is_stored_once()
+ {
+    let (mut core, _db, held) = common::held::core_with_held_reports();
+    core.auth_deadline = Duration::from_millis(500);
+    let core = std::sync::Arc::new(core);
+    let (id, secret) = common::held::gold_follower(&core).await;
+    let gold = ChannelName::new("gold").unwrap();
+    let signal = core
+        .publish(&gold, market_buy("stalled"), None)
+        .await
+        .unwrap()
+        .signal
+        .signal_id
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let addr = common::https::serve_device_routes(core.clone(), dir.path()).await;
+    let device = HttpsDevice::new(HttpsClient::new(addr, dir.path()), id.clone(), secret);
+    let session = device.open_session().await;
+    let fill = json!([filled(1, &signal, "2350.10")]);
+    let errors_before = core.metrics.snapshot().store_errors;
+
+    // Written, but its disk stalls: the request waits for durability only
+    // so long (10 s), then tells the device to send it again. Not confirmed.
+    held.durability.send_replace(common::held::Durability::Held);
+    let asked = Instant::now();
+    let answer = device.report(&session, fill.clone()).await;
+    assert_eq!(answer.status, 503, "{}", answer.text());
+    assert_eq!(answer.header("Retry-After"), Some("1"));
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "a stalled write held the request {:?}",
+        asked.elapsed()
+    );
+    // Nor is it announced as confirmed to a request that asks meanwhile:
+    // the store's confirmed sequence waits for the flush, and the request
+    // gives up at its deadline (0.5 s here).
+    let state = format!("/v1/device/session?session={session}");
+    assert!(
+        device
+            .told_to_come_back_within("GET", &state, b"", Duration::from_secs(4))
+            .await,
+        "the checks passed: the answer is signed"
+    );
+
+    // The store stops answering: each route's first store call after the
+    // checks (the session's epoch, the confirmed sequence) gives up at the
+    // deadline, 0.5 s here, and the answer is signed: the checks passed.
+    held.frozen.send_replace(true);
+    let reports = format!("/v1/device/reports?session={session}");
+    let poll = format!("/v1/device/signals?session={session}&after=gold:0&wait=0");
+    let body = serde_json::to_vec(&json!({ "reports": fill })).unwrap();
+    for (method, target, body) in [
+        ("GET", state.as_str(), &b""[..]),
+        ("GET", poll.as_str(), b""),
+        ("POST", reports.as_str(), body.as_slice()),
+        ("POST", "/v1/device/session", b""),
+    ] {
+        assert!(
+            device
+                .told_to_come_back_within(method, target, body, Duration::from_secs(4))
+                .await,
+            "{method} {target}: the checks passed, so the answer is signed"
+        );
+    }
+    assert!(
+        core.metrics.snapshot().store_errors >= errors_before + 5,
+        "each store call that gave up is counted"
+    );
+
+    // Back: the same session's resend is confirmed, and the fill is
+    // stored once, though it was written before.
+    held.frozen.send_replace(false);
+    held.durability
+        .send_replace(common::held::Durability::Durable);
+    let answer = device.report(&session, fill).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["confirmed_up_to"], 1);
+    let stored = core
+        .reports
+        .for_signal(signal.parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].kind, ReportKind::Filled);
+    let answer = device.call("GET", &state, b"").await;
+    assert_eq!(answer.json()["confirmed_up_to"], 1, "{}", answer.text());
+}

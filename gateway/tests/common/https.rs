@@ -303,6 +303,30 @@ impl HttpsDevice {
         answer
     }
 
+    /// Sends `method target` with `body`, signed, and asserts the answer
+    /// tells the device to come back later (503, `Retry-After: 1`) within
+    /// `within`. Whether that answer is signed for the request: it is when
+    /// the request passed its checks.
+    pub async fn told_to_come_back_within(
+        &self,
+        method: &str,
+        target: &str,
+        body: &[u8],
+        within: std::time::Duration,
+    ) -> bool {
+        let asked = std::time::Instant::now();
+        let signed = self.sign(method, target, body);
+        let answer = self.client.send(&signed.request).await;
+        assert_eq!(answer.status, 503, "{method} {target}: {}", answer.text());
+        assert_eq!(answer.header("Retry-After"), Some("1"));
+        assert!(
+            asked.elapsed() < within,
+            "{method} {target} took {:?}",
+            asked.elapsed()
+        );
+        answer.signed_for(&signed.nonce, &self.secret)
+    }
+
     /// Opens a session: its token.
     pub async fn open_session(&self) -> String {
         let answer = self.call("POST", "/v1/device/session", b"").await;
@@ -343,4 +367,43 @@ impl HttpsDevice {
         )
         .await
     }
+}
+
+/// Serves `core`'s device routes over TLS on a loopback port, as the
+/// gateway's listener does, for a core built by hand around stores the test
+/// holds: a self-signed identity is written to `data_dir`, where
+/// [`HttpsClient::new`] finds the certificate to trust. Serves until the
+/// test's runtime ends.
+pub async fn serve_device_routes(
+    core: Arc<eagate_gateway::core::Core>,
+    data_dir: &Path,
+) -> SocketAddr {
+    use hyper_util::rt::TokioIo;
+    use hyper_util::service::TowerToHyperService;
+    let identity =
+        eagate_gateway::tls::ServerIdentity::load_or_generate(data_dir, &["localhost".to_owned()])
+            .unwrap();
+    let tls = eagate_gateway::transport::https::tls_acceptor(&identity).unwrap();
+    let app = eagate_gateway::transport::https::routes::router(core);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = listener.accept().await.unwrap();
+            let service = TowerToHyperService::new(
+                app.clone()
+                    .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+            );
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let Ok(stream) = tls.accept(stream).await else {
+                    return;
+                };
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod desk;
+pub mod held;
 pub mod https;
 
 use eagate_gateway::config::ServeConfig;
