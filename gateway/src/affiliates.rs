@@ -285,14 +285,31 @@ impl AffiliateDesk {
     /// user, whose first trade it may be. Claims the batch only once the
     /// ledger has it on disk, so a crash between the two rereads it (and
     /// the programme ignores a second first trade). A reversal whose report
-    /// is not stored yet stays in the feed for the next batch. Returns how
-    /// many entries were claimed.
+    /// is not stored yet stays in the feed for a later batch; a batch of
+    /// nothing else is read past, so that no number of them holds back the
+    /// fills behind. Returns how many entries were claimed.
     pub async fn take_fills(&self, core: &Core) -> Result<usize, FeedError> {
-        let fills = core.reports.unclaimed_fills(FEED_BATCH).await?;
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let fills = core
+                .reports
+                .unclaimed_fills(after.as_deref(), FEED_BATCH)
+                .await?;
+            let claimed = self.take_batch(core, &fills).await?;
+            if claimed > 0 || fills.len() < FEED_BATCH {
+                return Ok(claimed);
+            }
+            after = fills.last().map(|fill| fill.mark.clone());
+        }
+    }
+
+    /// Takes `fills` into the programme and claims them but the reversals
+    /// that wait: how many it claimed.
+    async fn take_batch(&self, core: &Core, fills: &[FeedFill]) -> Result<usize, FeedError> {
         // A device's account never changes: one registry read per device
         // per batch, however many fills it reported.
         let mut accounts: HashMap<&str, Option<String>> = HashMap::new();
-        for fill in &fills {
+        for fill in fills {
             // A damaged entry (logged by the store) has no device; claimed
             // with the rest so it cannot stall the feed.
             if fill.device_id.is_empty() {
@@ -328,15 +345,15 @@ impl AffiliateDesk {
                 .await?;
         }
         let mut signals = SignalCache::default();
-        self.commission_trades(core, &fills, &accounts, &mut signals)
+        self.commission_trades(core, fills, &accounts, &mut signals)
             .await?;
-        self.count_trades(core, &fills, &accounts, &mut signals)
+        self.count_trades(core, fills, &accounts, &mut signals)
             .await?;
         // After the batch's fills: a reversal undoes fills reported before
         // it, which may be in this batch.
-        let waiting = self.reverse_trades(core, &fills, &accounts).await?;
+        let waiting = self.reverse_trades(core, fills, &accounts).await?;
         if waiting.is_empty() {
-            core.reports.claim_fills(&fills).await?;
+            core.reports.claim_fills(fills).await?;
         } else {
             let handled: Vec<FeedFill> = fills
                 .iter()

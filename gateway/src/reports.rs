@@ -386,10 +386,15 @@ pub trait ReportStore: Send + Sync + std::fmt::Debug {
     ) -> StoreFuture<'a, Option<StoredReport>>;
 
     /// Up to `limit` stored fills the fill feed's reader has not claimed,
-    /// oldest first. The affiliate programme reads first trades from here.
-    /// A fill may appear twice (a resend after a crash); readers are
-    /// idempotent.
-    fn unclaimed_fills(&self, limit: usize) -> StoreFuture<'_, Vec<FeedFill>>;
+    /// oldest first, after the entry marked `after` (from the start when
+    /// `None`): a reader pages past entries it leaves in the feed. The
+    /// affiliate programme reads first trades from here. A fill may appear
+    /// twice (a resend after a crash); readers are idempotent.
+    fn unclaimed_fills<'a>(
+        &'a self,
+        after: Option<&'a [u8]>,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<FeedFill>>;
 
     /// Removes fills the reader has handled from the feed.
     fn claim_fills<'a>(&'a self, fills: &'a [FeedFill]) -> StoreFuture<'a, ()>;

@@ -12,6 +12,7 @@ use axum::http::{Request, StatusCode, header};
 use common::desk::*;
 use common::*;
 use eagate_affiliates::calendar::format_instant;
+use eagate_gateway::registry::DeviceRecord;
 use eagate_gateway::reports::{Ingested, StoredReport};
 use eagate_protocol::{Decimal, Fill, Report, ReportOutcome, Reversal, SignalId};
 use serde_json::{Value, json};
@@ -1027,7 +1028,7 @@ async fn the_first_fill_on_any_device_of_the_account_earns_the_bonus_once(backen
         .filter(|e| e["kind"] == "first_trade_bonus")
         .count();
     assert_eq!(bonuses, 1);
-    assert!(reports.unclaimed_fills(10).await.unwrap().is_empty());
+    assert!(reports.unclaimed_fills(None, 10).await.unwrap().is_empty());
     // The stats count the customer's first trade once, on today (the
     // fill's wall-clock day: the desk's clock catches up with it).
     desk.clock.store(now_ms(), Ordering::SeqCst);
@@ -1137,7 +1138,13 @@ async fn a_sidecar_that_was_down_catches_up_and_each_referred_fill_earns_its_tra
     assert_eq!(first["fill"]["symbol"], "EURUSD");
     assert_eq!(first["fill"]["volume"], "10.00000000");
     assert_eq!(first["status"], "pending");
-    assert!(core.reports.unclaimed_fills(10).await.unwrap().is_empty());
+    assert!(
+        core.reports
+            .unclaimed_fills(None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // This month: one active trader so far; the tier needs 10.
     let stats = desk
         .admin_get(&format!("/v1/affiliates/{affiliate}/stats"))
@@ -1181,40 +1188,68 @@ async fn a_sidecar_that_was_down_catches_up_and_each_referred_fill_earns_its_tra
     assert_eq!(first["fill"]["busted"], true);
 }
 
-on_both_backends!(a_fill_its_device_reports_reversed_gives_back_its_trade_commission_once);
-async fn a_fill_its_device_reports_reversed_gives_back_its_trade_commission_once(backend: Backend) {
-    let (desk, _) = desk_on_with(&backend, |config| {
+/// A desk charging 700 a lot on EURUSD, alice's referred customer acct-7
+/// with a device, and an opening signal: what the reversal tests trade on.
+struct ReferredTrader {
+    desk: Desk,
+    affiliate: String,
+    vps: DeviceRecord,
+    signal: SignalId,
+}
+
+async fn referred_trader(backend: &Backend) -> ReferredTrader {
+    let (desk, _) = desk_on_with(backend, |config| {
         config.trade_fees = vec!["fx:EURUSD=700/lot".into()];
     })
     .await;
     desk.clock.store(now_ms(), Ordering::SeqCst);
     let (affiliate, code, _) = desk.enrol("alice").await;
     desk.signup("acct-7", &code, None).await;
-    let registry = desk.gateway.registry();
-    let (vps, _) = registry
+    let (vps, _) = desk
+        .gateway
+        .registry()
         .register(desk.gateway.master_key(), "acct-7", "VPS")
         .await
         .unwrap();
     let signal = publish(&desk, "OpenBuy").await;
-    let report = |seq: u64, outcome: ReportOutcome| {
-        let report = Report {
-            seq,
-            signal_id: signal,
-            at_ms: now_ms(),
-            outcome,
-        };
-        StoredReport::new(&vps.device_id, &report, now_ms())
+    ReferredTrader {
+        desk,
+        affiliate,
+        vps,
+        signal,
+    }
+}
+
+/// `device`'s report `seq` on `signal`, as stored now.
+fn stored_report(device: &str, signal: SignalId, seq: u64, outcome: ReportOutcome) -> StoredReport {
+    let report = Report {
+        seq,
+        signal_id: signal,
+        at_ms: now_ms(),
+        outcome,
     };
-    let fill = |seq: u64, ticket: u64| {
-        report(
-            seq,
-            ReportOutcome::Filled(Fill {
-                ticket,
-                price: "1.08543".parse::<Decimal>().unwrap(),
-                volume: "10.00".parse::<Decimal>().unwrap(),
-            }),
-        )
-    };
+    StoredReport::new(device, &report, now_ms())
+}
+
+/// A deal of 10 lots at 1.08543 under `ticket`.
+fn deal(ticket: u64) -> ReportOutcome {
+    ReportOutcome::Filled(Fill {
+        ticket,
+        price: "1.08543".parse::<Decimal>().unwrap(),
+        volume: "10.00".parse::<Decimal>().unwrap(),
+    })
+}
+
+on_both_backends!(a_fill_its_device_reports_reversed_gives_back_its_trade_commission_once);
+async fn a_fill_its_device_reports_reversed_gives_back_its_trade_commission_once(backend: Backend) {
+    let ReferredTrader {
+        desk,
+        affiliate,
+        vps,
+        signal,
+    } = referred_trader(&backend).await;
+    let report = |seq, outcome| stored_report(&vps.device_id, signal, seq, outcome);
+    let fill = |seq, ticket| report(seq, deal(ticket));
     let core = desk.gateway.core();
     let programme = desk.gateway.affiliates().unwrap();
     // Two deals of the signal, each earning 35p; the broker then cancels
@@ -1257,7 +1292,7 @@ async fn a_fill_its_device_reports_reversed_gives_back_its_trade_commission_once
     // sled wrote no entry for either.
     let waiting: Vec<(u64, Option<u64>)> = core
         .reports
-        .unclaimed_fills(10)
+        .unclaimed_fills(None, 10)
         .await
         .unwrap()
         .iter()
@@ -1272,7 +1307,13 @@ async fn a_fill_its_device_reports_reversed_gives_back_its_trade_commission_once
     core.reports.ingest(&undo(4), None).await.unwrap();
     core.reports.ingest(&undo(4), None).await.unwrap();
     while programme.take_fills(&core).await.unwrap() > 0 {}
-    assert!(core.reports.unclaimed_fills(10).await.unwrap().is_empty());
+    assert!(
+        core.reports
+            .unclaimed_fills(None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let trades: Vec<(u64, String, bool)> = desk
         .entries(&affiliate)
         .await
@@ -1333,6 +1374,67 @@ async fn a_fill_its_device_reports_reversed_gives_back_its_trade_commission_once
         "one deal of two is left: {}",
         executions.text
     );
+}
+
+on_both_backends!(reversals_waiting_for_their_reports_hold_back_no_fill_behind_them);
+async fn reversals_waiting_for_their_reports_hold_back_no_fill_behind_them(backend: Backend) {
+    let ReferredTrader {
+        desk,
+        affiliate,
+        vps,
+        signal,
+    } = referred_trader(&backend).await;
+    let report = |seq, outcome| stored_report(&vps.device_id, signal, seq, outcome);
+    let fill = |seq, ticket| report(seq, deal(ticket));
+    let core = desk.gateway.core();
+    let programme = desk.gateway.affiliates().unwrap();
+    core.reports.ingest(&fill(1, 5_001), None).await.unwrap();
+    while programme.take_fills(&core).await.unwrap() > 0 {}
+    // More reversals of that earning fill than the reader takes in one
+    // batch, each sent by a session a newer one replaced: refused, and on
+    // Redis each leaves a feed entry that waits for the device's resend.
+    let (older, _) = core.reports.begin_session(&vps.device_id).await.unwrap();
+    core.reports.begin_session(&vps.device_id).await.unwrap();
+    const REFUSED: u64 = 300;
+    for seq in 2..2 + REFUSED {
+        let undo = report(seq, ReportOutcome::Reversed(Reversal { ticket: 5_001 }));
+        assert_eq!(
+            core.reports.ingest(&undo, Some(older)).await.unwrap(),
+            Ingested::Superseded
+        );
+    }
+    // A fill behind them is taken all the same.
+    core.reports
+        .ingest(&fill(2 + REFUSED, 5_002), None)
+        .await
+        .unwrap();
+    while programme.take_fills(&core).await.unwrap() > 0 {}
+    let trades: Vec<(u64, String)> = desk
+        .entries(&affiliate)
+        .await
+        .into_iter()
+        .filter(|e| e["kind"] == "trade")
+        .map(|e| {
+            (
+                e["fill"]["seq"].as_u64().unwrap(),
+                e["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        trades,
+        [
+            (1, "pending".to_owned()),
+            (2 + REFUSED, "pending".to_owned())
+        ]
+    );
+    let waiting = core.reports.unclaimed_fills(None, 1_000).await.unwrap();
+    let expected = match backend {
+        Backend::Sled => 0,
+        _ => REFUSED as usize,
+    };
+    assert_eq!(waiting.len(), expected);
+    assert!(waiting.iter().all(|f| f.reverses_ticket == Some(5_001)));
 }
 
 on_both_backends!(a_referred_customers_offsetting_buy_and_sell_of_a_day_hold_their_commissions);

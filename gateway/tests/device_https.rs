@@ -453,7 +453,7 @@ async fn a_reversal_over_https_is_stored_once_beside_its_fill_and_enters_the_fil
             (2, ReportKind::Reversed, Some(123_456_789)),
         ]
     );
-    let feed = gateway.reports().unclaimed_fills(10).await.unwrap();
+    let feed = gateway.reports().unclaimed_fills(None, 10).await.unwrap();
     let reversals: Vec<(u64, Option<u64>)> =
         feed.iter().map(|f| (f.seq, f.reverses_ticket)).collect();
     assert_eq!(reversals, [(1, None), (2, Some(123_456_789))]);

@@ -168,7 +168,7 @@ async fn fills_and_reversals_enter_the_fill_feed_with_what_the_programme_reads(s
     ));
     let feed: Vec<FeedFill> = stores
         .reports
-        .unclaimed_fills(1_000)
+        .unclaimed_fills(None, 1_000)
         .await
         .unwrap()
         .into_iter()
@@ -199,6 +199,16 @@ async fn fills_and_reversals_enter_the_fill_feed_with_what_the_programme_reads(s
         ],
         "the received report is not in the feed; the fill and the reversal are, in order"
     );
+    // A reader pages on after an entry it leaves in the feed.
+    let after_first: Vec<FeedFill> = stores
+        .reports
+        .unclaimed_fills(Some(&feed[0].mark), 1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.device_id == device)
+        .collect();
+    assert_eq!(after_first, feed[1..]);
     let kinds: Vec<ReportKind> = stores
         .reports
         .for_signal(SignalId([9; 16]))
@@ -232,7 +242,7 @@ async fn fills_and_reversals_enter_the_fill_feed_with_what_the_programme_reads(s
     assert!(
         stores
             .reports
-            .unclaimed_fills(1_000)
+            .unclaimed_fills(None, 1_000)
             .await
             .unwrap()
             .iter()

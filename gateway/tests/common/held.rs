@@ -175,8 +175,12 @@ impl ReportStore for HeldReports {
     ) -> StoreFuture<'a, Option<StoredReport>> {
         self.inner.report_at(device_id, seq)
     }
-    fn unclaimed_fills(&self, limit: usize) -> StoreFuture<'_, Vec<FeedFill>> {
-        self.inner.unclaimed_fills(limit)
+    fn unclaimed_fills<'a>(
+        &'a self,
+        after: Option<&'a [u8]>,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<FeedFill>> {
+        self.inner.unclaimed_fills(after, limit)
     }
     fn claim_fills<'a>(&'a self, fills: &'a [FeedFill]) -> StoreFuture<'a, ()> {
         self.inner.claim_fills(fills)

@@ -342,11 +342,20 @@ impl ReportStore for RedisStores {
         })
     }
 
-    fn unclaimed_fills(&self, limit: usize) -> StoreFuture<'_, Vec<FeedFill>> {
+    fn unclaimed_fills<'a>(
+        &'a self,
+        after: Option<&'a [u8]>,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<FeedFill>> {
         Box::pin(async move {
             let mut connection = self.connection.clone();
+            // "(" makes the start exclusive (Redis 6.2 and later).
+            let start = match after {
+                Some(mark) => format!("({}", String::from_utf8_lossy(mark)),
+                None => "-".to_owned(),
+            };
             let reply: redis::streams::StreamRangeReply = connection
-                .xrange_count(self.fill_feed_key(), "-", "+", limit)
+                .xrange_count(self.fill_feed_key(), start, "+", limit)
                 .await?;
             Ok(reply
                 .ids

@@ -282,10 +282,20 @@ impl ReportStore for SledReportStore {
         })
     }
 
-    fn unclaimed_fills(&self, limit: usize) -> StoreFuture<'_, Vec<FeedFill>> {
+    fn unclaimed_fills<'a>(
+        &'a self,
+        after: Option<&'a [u8]>,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<FeedFill>> {
         Box::pin(async move {
+            use std::ops::Bound;
+            let from = after.map_or(Bound::Unbounded, Bound::Excluded);
             let mut found = Vec::new();
-            for entry in self.fills.iter().take(limit) {
+            for entry in self
+                .fills
+                .range::<&[u8], _>((from, Bound::Unbounded))
+                .take(limit)
+            {
                 let (key, value) = entry?;
                 let mut fill = serde_json::from_slice(&value).unwrap_or_else(|e| {
                     tracing::error!(error = %e, "a fill feed entry is damaged; skipping it");
