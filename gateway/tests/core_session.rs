@@ -240,6 +240,39 @@ async fn next_within(session: &mut DeviceSession<'_>, wait: Duration) -> Option<
 }
 
 #[tokio::test]
+async fn a_report_sent_ahead_of_its_gap_does_not_vouch_for_the_one_that_fills_it() {
+    let (core, _db, held) = core_with_held_reports();
+    let (mut session, signal_id) = started_gold_session(&core).await;
+    let report = |seq| Report {
+        seq,
+        signal_id,
+        at_ms: 1_000 + seq,
+        outcome: ReportOutcome::Received,
+    };
+    // Report 2 first, durable at once: it confirms nothing (1 is missing).
+    assert_eq!(session.report(report(2)).await, Ok(()));
+    // Then report 1, whose disk stalls.
+    held.durability.send_replace(Durability::Held);
+    assert_eq!(session.report(report(1)).await, Ok(()));
+    let mut said = Vec::new();
+    while let Some(next) = next_within(&mut session, Duration::from_millis(300)).await {
+        match next {
+            Next::Confirm(0) => {}
+            Next::Confirm(up_to) => said.push(up_to),
+            _ => panic!("nothing but confirmations is due"),
+        }
+    }
+    assert_eq!(
+        said, [0u64; 0],
+        "report 1 is confirmed before it is durable"
+    );
+    // Durable: confirmed.
+    held.durability.send_replace(Durability::Durable);
+    assert!(matches!(next(&mut session).await, Next::Confirm(1..)));
+    session.finish().await;
+}
+
+#[tokio::test]
 async fn reports_on_their_way_to_disk_are_confirmed_in_order_once_durable_and_never_before() {
     let (core, _db, held) = core_with_held_reports();
     let (mut session, signal_id) = started_gold_session(&core).await;

@@ -849,9 +849,12 @@ impl<'a> DeviceSession<'a> {
     /// already durable too, noting their positions; what to confirm.
     fn confirm_durable(&mut self) -> u64 {
         let mut confirm = 0;
+        let mut first = true;
         while let Some(front) = self.in_flight.front_mut() {
-            // The first is known durable; the rest only if already so.
-            if confirm != 0 {
+            // The first is known durable; the rest only if already so (a
+            // first that confirms nothing, sent ahead of a gap, says nothing
+            // of the next one's durability).
+            if !first {
                 match futures_util::FutureExt::now_or_never(&mut front.durable) {
                     Some(Ok(())) => {}
                     None => break,
@@ -863,6 +866,7 @@ impl<'a> DeviceSession<'a> {
                     }
                 }
             }
+            first = false;
             let Some(done) = self.in_flight.pop_front() else {
                 break;
             };

@@ -70,8 +70,9 @@ pub enum Durability {
     Failing,
 }
 
-/// A report store on sled that a test can stall: writes become durable
-/// only when [`HeldReports::durability`] says (and what is announced as
+/// A report store on sled that a test can stall: writes made while
+/// [`HeldReports::durability`] is not `Durable` become durable only when it
+/// says (and what is announced as
 /// confirmed waits for that too, as sled's flush is waited for), are refused at once while
 /// [`HeldReports::away`] is set (as a Redis restarting refuses
 /// connections), and the session calls (beginning a session, reading a
@@ -127,7 +128,10 @@ impl ReportStore for HeldReports {
                 refused.into(),
             ))));
         }
+        // A write made while the disk works is durable once sled says so,
+        // whatever happens to the disk after.
         let durability = self.durability.subscribe();
+        let works = *durability.borrow() == Durability::Durable;
         Box::pin(async move {
             let written = self.inner.write(report, epoch).await?;
             let inner = written.durable;
@@ -135,6 +139,9 @@ impl ReportStore for HeldReports {
                 ingested: written.ingested,
                 durable: Box::pin(async move {
                     inner.await?;
+                    if works {
+                        return Ok(());
+                    }
                     flushed(durability).await
                 }),
             })
