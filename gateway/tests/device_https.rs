@@ -898,3 +898,51 @@ async fn a_store_that_stalls_after_the_checks_gets_a_signed_503_in_time_and_the_
     let answer = device.call("GET", &state, b"").await;
     assert_eq!(answer.json()["confirmed_up_to"], 1, "{}", answer.text());
 }
+
+/// A store that lost the device's newest session epoch (a Redis failover
+/// that lost its last writes, a restore from a backup) knows nothing newer
+/// than the device's token: the device is told to open a new session, not
+/// that it was replaced (which would stop its EA for good).
+async fn a_session_the_store_lost_is_reopened_not_taken_for_a_replacement(backend: Backend) {
+    let Setup {
+        gateway,
+        device,
+        gold,
+        ..
+    } = setup_on(&backend).await;
+    let session = device.open_session().await;
+    let (mut redis, prefix) = backend.redis_connection().unwrap();
+    let epoch_key = format!("{prefix}:{{dev:{}}}:session", device.id.as_str());
+    let lost: i64 = redis::cmd("DECR")
+        .arg(&epoch_key)
+        .query(&mut *redis)
+        .unwrap();
+    assert!(lost >= 0);
+    for answer in [
+        device.poll(&session, "gold:0", 0).await,
+        device.report(&session, json!([])).await,
+        device
+            .call("GET", &format!("/v1/device/session?session={session}"), b"")
+            .await,
+    ] {
+        assert_eq!(answer.status, 410, "{}", answer.text());
+        assert_eq!(answer.json()["title"], "no such session; open a new one");
+    }
+    // Reopened, it polls on.
+    let reopened = device.open_session().await;
+    gateway.publish(&gold, market_buy("after")).await.unwrap();
+    let polled = device.poll(&reopened, "gold:0", 5).await;
+    assert_eq!(polled.json()["positions"], json!({"gold": 1}));
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_session_the_store_lost_is_reopened_not_taken_for_a_replacement_on_redis() {
+    a_session_the_store_lost_is_reopened_not_taken_for_a_replacement(Backend::redis()).await;
+}
+
+#[tokio::test]
+async fn a_session_the_store_lost_is_reopened_not_taken_for_a_replacement_on_redis_cluster() {
+    a_session_the_store_lost_is_reopened_not_taken_for_a_replacement(Backend::redis_cluster())
+        .await;
+}

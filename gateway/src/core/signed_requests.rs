@@ -45,6 +45,16 @@ pub struct RequestClaim<'r> {
     pub nonce: &'r Nonce,
 }
 
+/// Why a request's session could not be rejoined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejoinDenial {
+    /// The session is over: replaced by a newer one, or the store away.
+    Ended(Close),
+    /// The store knows no session under the token's epoch, nor any newer:
+    /// the device opens a new one.
+    UnknownSession,
+}
+
 /// Why a signed request was not let through.
 #[derive(Debug)]
 pub enum RequestDenial {
@@ -171,14 +181,15 @@ impl Core {
     /// channel after the position `resume` names (others where the
     /// gateway's record says). [`Close::Replaced`] when `epoch` is not the
     /// device's newest (a newer session began, or the device names one that
-    /// never did). Call [`DeviceSession::start`] to have it follow the
-    /// device's channels, and [`DeviceSession::finish`] at the end.
+    /// never did); [`RejoinDenial::UnknownSession`] when the store's newest
+    /// epoch is behind it. Call [`DeviceSession::start`] to have it follow
+    /// the device's channels, and [`DeviceSession::finish`] at the end.
     pub async fn rejoin(
         &self,
         device_id: DeviceId,
         epoch: SessionEpoch,
         resume: heapless::Vec<ResumePoint, MAX_RESUME_POINTS>,
-    ) -> Result<DeviceSession<'_>, Close> {
+    ) -> Result<DeviceSession<'_>, RejoinDenial> {
         // Registered before the epoch is read: a takeover after the read
         // finds the session and ends it.
         let live = self
@@ -202,8 +213,12 @@ impl Core {
         );
         match newest {
             Ok(newest) if newest == epoch && epoch > SessionEpoch(0) => Ok(session),
-            Ok(_) => Err(Close::Replaced),
-            Err(super::StoreAway) => Err(Close::StoreUnavailable),
+            Ok(newest) if newest > epoch => Err(RejoinDenial::Ended(Close::Replaced)),
+            // Behind the token: the store lost the newest epoch (restored
+            // from a backup, a Redis failover that lost its last writes).
+            // Nothing replaced the device; it opens a new session.
+            Ok(_) => Err(RejoinDenial::UnknownSession),
+            Err(super::StoreAway) => Err(RejoinDenial::Ended(Close::StoreUnavailable)),
         }
     }
 }

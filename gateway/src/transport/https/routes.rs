@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use super::signing::{DeviceProblem, SignedBy};
 use crate::clock::unix_ms;
+use crate::core::signed_requests::RejoinDenial;
 use crate::core::{Close, Core, DeviceSession, Next, StoreAway};
 use crate::reports::SessionEpoch;
 
@@ -213,6 +214,14 @@ fn no_such_session() -> Response {
     DeviceProblem::new(StatusCode::GONE, "no such session; open a new one").answer()
 }
 
+/// The answer to a request whose session could not be rejoined.
+fn not_rejoined(denial: RejoinDenial) -> Response {
+    match denial {
+        RejoinDenial::Ended(close) => ended(close),
+        RejoinDenial::UnknownSession => no_such_session(),
+    }
+}
+
 /// A store call of `by`'s request, `what` it is, under the core's deadline
 /// ([`Core::in_time`]); a store away ends the request as it ends a session.
 async fn in_time<T, E: std::fmt::Display>(
@@ -255,7 +264,7 @@ async fn session_state(
             .await
         {
             Ok(session) => session,
-            Err(close) => return ended(close),
+            Err(denial) => return not_rejoined(denial),
         };
         let answer = match in_time(
             &core,
@@ -378,7 +387,7 @@ async fn poll_signals(
     to_the_end(async move {
         let mut session = match core.rejoin(by.device_id, epoch, resume).await {
             Ok(session) => session,
-            Err(close) => return ended(close),
+            Err(denial) => return not_rejoined(denial),
         };
         if let Err(close) = session.start().await {
             session.finish().await;
@@ -538,7 +547,7 @@ async fn take_reports(
             .await
         {
             Ok(session) => session,
-            Err(close) => return ended(close),
+            Err(denial) => return not_rejoined(denial),
         };
         let answer = if reports.is_empty() {
             // Nothing to store: where the device's reports stand.
