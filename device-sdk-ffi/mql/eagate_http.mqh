@@ -679,6 +679,7 @@ private:
    bool              SaveState();
    void              LoadState();
    bool              ReadState(const string name);
+   bool              Complete(const string name);
    bool              SetAside(const ulong seq, const string why);
    string            ReportJson(const int i);
    bool              Renumber(const ulong taken);
@@ -1174,7 +1175,9 @@ void EagateHttp::SetPosition(const string channel, const ulong position, const b
   }
 
 // The state file, written whole to a new file and moved over the old, so
-// a crash leaves the old or the new, never half of one.
+// a crash leaves the old or the new, never half of one. A new file cut
+// short (a full disk) or not moved is deleted, so a restart never takes it
+// for the newest state.
 bool EagateHttp::SaveState()
   {
    string temporary = m_state_file + ".new";
@@ -1191,14 +1194,37 @@ bool EagateHttp::SaveState()
    FileWriteString(h, "end\n");
    FileFlush(h);
    FileClose(h);
-   return FileMove(temporary, 0, m_state_file, FILE_REWRITE);
+   if(Complete(temporary) && FileMove(temporary, 0, m_state_file, FILE_REWRITE))
+      return true;
+   FileDelete(temporary);
+   return false;
   }
 
-// The state file, or, when it is missing or cut short, the new one a
-// crash left before it could take its place.
+// Whether a state file ends with its "end" line.
+bool EagateHttp::Complete(const string name)
+  {
+   int h = FileOpen(name, FILE_READ | FILE_TXT | FILE_ANSI, '\t', CP_UTF8);
+   if(h == INVALID_HANDLE)
+      return false;
+   string last = "";
+   while(!FileIsEnding(h))
+      last = FileReadString(h);
+   FileClose(h);
+   return last == "end";
+  }
+
+// The new file a crash left whole between writing it and moving it over
+// the old one: the newest state, moved into place at once. Else the state
+// file.
 void EagateHttp::LoadState()
   {
-   if(!ReadState(m_state_file) && !ReadState(m_state_file + ".new"))
+   string temporary = m_state_file + ".new";
+   if(ReadState(temporary))
+     {
+      FileMove(temporary, 0, m_state_file, FILE_REWRITE);
+      return;
+     }
+   if(!ReadState(m_state_file))
      {
       m_next_seq = 1;
       ArrayResize(m_channels, 0);
@@ -1255,7 +1281,11 @@ bool EagateHttp::ReadState(const string name)
 // The gateway refused report `seq` as malformed (422, "report N: why"):
 // it can never be stored, and it must not hold back every later one. It
 // goes to a file of its own (eagate_http_<device>_refused.txt) and an
-// alert says so.
+// alert says so. The queued reports after it move down one number each:
+// the gateway confirms a device's reports only up to the first number it
+// never stored. None of them was stored: the gateway reads a whole batch
+// before it writes any of it, and every batch that held one of them held
+// this one (batches are the oldest queued first).
 bool EagateHttp::SetAside(const ulong seq, const string why)
   {
    int at = -1;
@@ -1273,7 +1303,7 @@ bool EagateHttp::SetAside(const ulong seq, const string why)
    Alert("eagate: the gateway refused report ", seq, " (", why, "); kept in eagate_http_", m_device, "_refused.txt");
    for(int i = at; i + 1 < ArraySize(m_queue_seq); i++)
      {
-      m_queue_seq[i] = m_queue_seq[i + 1];
+      m_queue_seq[i] = m_queue_seq[i + 1] - 1;
       m_queue_at[i] = m_queue_at[i + 1];
       m_queue_fields[i] = m_queue_fields[i + 1];
      }
@@ -1281,6 +1311,7 @@ bool EagateHttp::SetAside(const ulong seq, const string why)
    ArrayResize(m_queue_seq, left);
    ArrayResize(m_queue_at, left);
    ArrayResize(m_queue_fields, left);
+   m_next_seq--;
    return SaveState();
   }
 

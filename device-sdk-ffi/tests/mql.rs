@@ -908,3 +908,38 @@ fn a_polled_signal_becomes_the_dll_struct_through_the_twinned_parsers_only() {
     assert!(convert.contains("why = \"action \" + h.action"));
     assert!(convert.contains("why = \"order type \" + h.order_type;"));
 }
+
+#[test]
+fn the_https_client_keeps_its_state_file_whole_and_a_refused_report_holds_back_no_later_one() {
+    let client = code_of("mql/eagate_http.mqh");
+    // Written whole, read back, and moved over the old file; a new file cut
+    // short or not moved is deleted, so no restart takes it for the newest.
+    let save = function_body(&client, "bool EagateHttp::SaveState(");
+    let ended = save.find("\"end\\n\"").expect("the end line");
+    let moved = save
+        .find("if(Complete(temporary) && FileMove(temporary, 0, m_state_file, FILE_REWRITE))")
+        .expect("moved only whole");
+    let deleted = save.find("FileDelete(temporary);").expect("deleted");
+    assert!(ended < moved && moved < deleted);
+    assert!(
+        function_body(&client, "bool EagateHttp::Complete(").contains("return last == \"end\";")
+    );
+    // At start a whole new file, which only a crash between writing and
+    // moving leaves, is the newest state, and takes its place at once.
+    let load = function_body(&client, "void EagateHttp::LoadState(");
+    let newest = load
+        .find("if(ReadState(temporary))")
+        .expect("the new file first");
+    let placed = load
+        .find("FileMove(temporary, 0, m_state_file, FILE_REWRITE);")
+        .expect("moved into place");
+    let old = load
+        .find("if(!ReadState(m_state_file))")
+        .expect("else the old");
+    assert!(newest < placed && placed < old);
+    // A report set aside as malformed leaves no hole in the numbers: the
+    // gateway confirms only up to its first missing one.
+    let aside = function_body(&client, "bool EagateHttp::SetAside(");
+    assert!(aside.contains("m_queue_seq[i] = m_queue_seq[i + 1] - 1;"));
+    assert!(aside.contains("m_next_seq--;"));
+}

@@ -946,3 +946,58 @@ async fn a_session_the_store_lost_is_reopened_not_taken_for_a_replacement_on_red
     a_session_the_store_lost_is_reopened_not_taken_for_a_replacement(Backend::redis_cluster())
         .await;
 }
+
+/// What the pure-MQL client does with a report the gateway refuses as
+/// malformed, against the gateway: a batch with one bad report is refused
+/// whole, naming it, with nothing of it stored; the client sets it aside
+/// and moves the later ones down one number, and they are stored and
+/// confirmed.
+#[tokio::test]
+async fn a_batch_with_a_malformed_report_stores_nothing_and_its_renumbered_rest_is_confirmed() {
+    let Setup {
+        gateway,
+        device,
+        gold,
+        ..
+    } = setup().await;
+    let session = device.open_session().await;
+    let signal = gateway.publish(&gold, market_buy("aside")).await.unwrap();
+    let id = signal.signal_id.to_string();
+    let bad = json!({"seq": 2, "signal_id": id, "kind": "filled", "ticket": "1", "price": "1e3", "volume": "0.1"});
+    let refused = device
+        .report(
+            &session,
+            json!([filled(1, &id, "2351.17"), bad, filled(3, &id, "2351.19")]),
+        )
+        .await;
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    assert!(
+        refused.json()["title"]
+            .as_str()
+            .unwrap()
+            .starts_with("report 2: "),
+        "{}",
+        refused.text()
+    );
+    let stored = || async {
+        gateway
+            .reports()
+            .for_signal(signal.signal_id)
+            .await
+            .unwrap()
+    };
+    assert!(stored().await.is_empty(), "nothing of the batch is stored");
+
+    // Moved down one, report 3 takes number 2: both stored, confirmed.
+    // (Left with a hole at 2, the watermark would wait for it for good:
+    // store_contract's the_watermark_waits_for_a_gap_and_jumps_when_it_fills.)
+    let renumbered = device
+        .report(
+            &session,
+            json!([filled(1, &id, "2351.17"), filled(2, &id, "2351.19")]),
+        )
+        .await;
+    assert_eq!(renumbered.text(), r#"{"confirmed_up_to":2}"#);
+    assert_eq!(stored().await.len(), 2);
+    gateway.shutdown().await;
+}
