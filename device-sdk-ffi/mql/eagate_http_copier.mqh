@@ -84,7 +84,9 @@ void EagateCopierStop()
 
 // The EA's OnTimer: the signals of the last poll, in order, if it
 // brought any; else reports first (a fill must not wait behind a poll),
-// then one poll, whose signals wait for the next tick.
+// then one poll, whose signals wait for the next tick. Reports that could
+// not be sent do not stop the poll: they wait in the state file, and the
+// signals (a close among them) keep coming.
 void EagateCopierTick()
   {
    if(!g_running || g_stopped)
@@ -96,7 +98,9 @@ void EagateCopierTick()
      }
    if(g_backoff_ms > 0 && GetTickCount() - g_failed_at < g_backoff_ms)
       return;
-   if(!g_client.FlushReports())
+   bool flushed = g_client.FlushReports();
+   string unsent = flushed ? "" : g_client.LastError();
+   if(g_client.Stopped())
      {
       EagateCopierFailed();
       return;
@@ -110,7 +114,7 @@ void EagateCopierTick()
      }
    g_backoff_ms = 0;
    g_refusals = 0;
-   EagateCopierShow("connected");
+   EagateCopierShow(flushed ? "connected" : "connected; reports wait: " + unsent);
   }
 
 // Acts on each polled signal, in order, then sends what they did at once.

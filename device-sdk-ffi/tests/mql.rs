@@ -797,6 +797,15 @@ fn the_https_copier_sends_reports_before_it_polls_and_records_each_signal_before
         "signals, else reports, then the poll"
     );
     assert!(!tick[polled..].contains("Execute("));
+    // Reports that cannot be sent stop nothing but a stopped client: the
+    // poll goes on, and signals keep coming.
+    let between = &tick[flushed..polled];
+    assert!(tick.contains("bool flushed = g_client.FlushReports();"));
+    assert!(between.contains("if(g_client.Stopped())"));
+    assert!(
+        !between.contains("if(!flushed"),
+        "a failed flush must not skip the poll"
+    );
     let acting = function_body(&transport, "void EagateCopierAct(");
     let converted = acting.find("EagateHttpToSignal(").expect("converted");
     let executed = acting.find("Execute(s,").expect("executed");
