@@ -42,6 +42,11 @@ const SCHEDULER_TICK: Duration = Duration::from_secs(30);
 /// Fills read from the feed per round.
 const FEED_BATCH: usize = 256;
 
+/// How many batches one read of the fill feed goes through at most: reads
+/// past reversals that wait are bounded, and the reader's loop comes back
+/// for the rest.
+const FEED_PAGES: usize = 64;
+
 /// Devices read from the registry per page when comparing it with the
 /// journal.
 const DEVICE_PAGE: usize = 500;
@@ -281,26 +286,29 @@ impl AffiliateDesk {
         format!("{}/r/{}", self.link_base, code.as_str())
     }
 
-    /// Reads one batch of the fill feed: each fill's device account is a
-    /// user, whose first trade it may be. Claims the batch only once the
+    /// Reads the fill feed, a batch at a time: each fill's device account
+    /// is a user, whose first trade it may be. Claims a batch only once the
     /// ledger has it on disk, so a crash between the two rereads it (and
     /// the programme ignores a second first trade). A reversal whose report
-    /// is not stored yet stays in the feed for a later batch; a batch of
-    /// nothing else is read past, so that no number of them holds back the
-    /// fills behind. Returns how many entries were claimed.
+    /// is not stored yet stays in the feed for a later call; the batches
+    /// after it are read all the same (up to [`FEED_PAGES`] batches a
+    /// call), so no number of them holds back the fills behind. Returns how
+    /// many entries were claimed.
     pub async fn take_fills(&self, core: &Core) -> Result<usize, FeedError> {
         let mut after: Option<Vec<u8>> = None;
-        loop {
+        let mut claimed = 0;
+        for _ in 0..FEED_PAGES {
             let fills = core
                 .reports
                 .unclaimed_fills(after.as_deref(), FEED_BATCH)
                 .await?;
-            let claimed = self.take_batch(core, &fills).await?;
-            if claimed > 0 || fills.len() < FEED_BATCH {
-                return Ok(claimed);
+            claimed += self.take_batch(core, &fills).await?;
+            if fills.len() < FEED_BATCH {
+                break;
             }
             after = fills.last().map(|fill| fill.mark.clone());
         }
+        Ok(claimed)
     }
 
     /// Takes `fills` into the programme and claims them but the reversals
@@ -618,7 +626,8 @@ impl AffiliateDesk {
             tick.tick().await;
             loop {
                 match self.take_fills(&core).await {
-                    Ok(n) if n == FEED_BATCH => continue,
+                    // Claimed some: more may have come meanwhile.
+                    Ok(n) if n > 0 => continue,
                     Ok(_) => break,
                     Err(e) => {
                         tracing::warn!(error = %e, "reading the fill feed failed; retrying");
