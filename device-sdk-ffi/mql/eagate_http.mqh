@@ -1213,26 +1213,63 @@ bool EagateHttp::Complete(const string name)
    return last == "end";
   }
 
-// The new file a crash left whole between writing it and moving it over
-// the old one: the newest state, moved into place at once. Else the state
-// file.
+// The state file; or, when it is missing or cut short, a whole new one a
+// crash left before it could take its place. Beside a whole state file, a
+// whole new one is what a crash left between writing it and moving it: the
+// call that wrote it had not returned, so its change was not made, as far
+// as the EA knows. Except one: a fill, rejection or reversal queued last,
+// which the terminal had made already. That report is kept (numbered next,
+// as it was), so a restart loses none. A signal's "received" is not: the EA
+// had not traded it, and the signal comes again.
 void EagateHttp::LoadState()
   {
    string temporary = m_state_file + ".new";
+   ulong made_seq = 0;
+   ulong made_at = 0;
+   string made_fields = "";
    if(ReadState(temporary))
      {
-      FileMove(temporary, 0, m_state_file, FILE_REWRITE);
-      return;
+      int last = ArraySize(m_queue_seq) - 1;
+      if(last >= 0 && StringFind(m_queue_fields[last], "\"kind\":\"received\"") < 0)
+        {
+         made_seq = m_queue_seq[last];
+         made_at = m_queue_at[last];
+         made_fields = m_queue_fields[last];
+        }
      }
    if(!ReadState(m_state_file))
      {
-      m_next_seq = 1;
-      ArrayResize(m_channels, 0);
-      ArrayResize(m_positions, 0);
-      ArrayResize(m_queue_seq, 0);
-      ArrayResize(m_queue_at, 0);
-      ArrayResize(m_queue_fields, 0);
+      if(!ReadState(temporary))
+        {
+         m_next_seq = 1;
+         ArrayResize(m_channels, 0);
+         ArrayResize(m_positions, 0);
+         ArrayResize(m_queue_seq, 0);
+         ArrayResize(m_queue_at, 0);
+         ArrayResize(m_queue_fields, 0);
+        }
+      return;
      }
+   // Only if it is the one report queued after the state file's (its
+   // number the next one, and not queued there already).
+   bool made = made_seq != 0 && made_seq == m_next_seq;
+   for(int i = 0; i < ArraySize(m_queue_seq) && made; i++)
+      if(m_queue_at[i] == made_at && m_queue_fields[i] == made_fields)
+         made = false;
+   if(!made)
+     {
+      FileDelete(temporary);
+      return;
+     }
+   int k = ArraySize(m_queue_seq);
+   ArrayResize(m_queue_seq, k + 1);
+   ArrayResize(m_queue_at, k + 1);
+   ArrayResize(m_queue_fields, k + 1);
+   m_queue_seq[k] = made_seq;
+   m_queue_at[k] = made_at;
+   m_queue_fields[k] = made_fields;
+   m_next_seq = made_seq + 1;
+   SaveState();
   }
 
 // Reads a state file whole; false (with nothing taken) unless it ends

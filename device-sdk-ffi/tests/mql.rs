@@ -933,19 +933,24 @@ fn the_https_client_keeps_its_state_file_whole_and_a_refused_report_holds_back_n
     assert!(
         function_body(&client, "bool EagateHttp::Complete(").contains("return last == \"end\";")
     );
-    // At start a whole new file, which only a crash between writing and
-    // moving leaves, is the newest state, and takes its place at once.
+    // At start, beside a whole state file, a whole new file is a crash
+    // between writing and moving it: of its change only a fill, rejection
+    // or reversal queued last is kept (numbered next, queued once); a
+    // "received" is not (the EA had not traded the signal).
     let load = function_body(&client, "void EagateHttp::LoadState(");
-    let newest = load
+    let crashed = load
         .find("if(ReadState(temporary))")
-        .expect("the new file first");
-    let placed = load
-        .find("FileMove(temporary, 0, m_state_file, FILE_REWRITE);")
-        .expect("moved into place");
-    let old = load
+        .expect("the new file read");
+    let state = load
         .find("if(!ReadState(m_state_file))")
-        .expect("else the old");
-    assert!(newest < placed && placed < old);
+        .expect("the state file");
+    assert!(crashed < state);
+    assert!(load[crashed..state].contains("\\\"kind\\\":\\\"received\\\"\") < 0"));
+    let kept = &load[state..];
+    assert!(kept.contains("made_seq == m_next_seq"));
+    assert!(kept.contains("m_queue_at[i] == made_at && m_queue_fields[i] == made_fields"));
+    assert!(kept.contains("m_next_seq = made_seq + 1;"));
+    assert!(kept.contains("FileDelete(temporary);"));
     // A report set aside as malformed leaves no hole in the numbers: the
     // gateway confirms only up to its first missing one.
     let aside = function_body(&client, "bool EagateHttp::SetAside(");
