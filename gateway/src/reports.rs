@@ -183,6 +183,12 @@ pub enum ReportStoreError {
     /// A stored record could not be decoded.
     #[error("a stored report is damaged: {0}")]
     Corrupt(String),
+    /// The store's newest session of the device is older than the one
+    /// writing: the store lost its last writes (a failover to a replica
+    /// behind, a restore from a backup). Nothing was written; no newer
+    /// session replaced the writing one, which begins anew.
+    #[error("the store lost the device's newest session (a failover or a restore)")]
+    SessionLost,
     /// A sequence number of 0 (they start at 1).
     #[error("report sequence numbers start at 1")]
     ZeroSequence,

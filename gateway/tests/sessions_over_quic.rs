@@ -367,3 +367,51 @@ async fn a_device_that_sends_nothing_is_pinged_then_dropped_at_the_idle_timeout_
         "a pinging device outlives the idle timeout"
     );
 }
+
+/// A Redis that lost the device's newest session epoch under a live
+/// session (a failover to a replica behind, a restore): the session's next
+/// report is not taken for one from a replaced session, which would stop
+/// the device for good. The session ends as on a store that failed
+/// (`GoingAway(Shutdown)`), nothing is written, and the device, connecting
+/// again, has its report stored once.
+async fn a_session_whose_epoch_redis_lost_ends_to_reconnect_not_as_replaced(backend: Backend) {
+    let (gateway, dir) = start_on(&backend).await;
+    let (device, signal) = device_with_a_signal_to_report_on(&gateway).await;
+    let (mut session, _) = Session::open(&gateway, dir.path(), &device).await;
+    let (mut redis, prefix) = backend.redis_connection().unwrap();
+    let _: i64 = redis::cmd("DECR")
+        .arg(format!("{prefix}:{{dev:{}}}:session", device.id.as_str()))
+        .query(&mut *redis)
+        .unwrap();
+    session.send(&fill(1, signal.signal_id, 111)).await;
+    assert_eq!(
+        session.receive().await,
+        going_away(GoingAwayReason::Shutdown)
+    );
+    assert_eq!(
+        session.close_code().await,
+        close_code::STORE_UNAVAILABLE as u64
+    );
+    assert!(stored_tickets(&gateway, signal.signal_id).await.is_empty());
+    let (mut again, accepted) = Session::open(&gateway, dir.path(), &device).await;
+    assert_eq!(accepted.confirmed_report_seq, 0);
+    again.send(&fill(1, signal.signal_id, 111)).await;
+    assert_eq!(
+        again.receive().await,
+        Some(GatewayMessage::ReportsConfirmed(ReportsConfirmed {
+            up_to_seq: 1
+        }))
+    );
+    assert_eq!(stored_tickets(&gateway, signal.signal_id).await, [(1, 111)]);
+}
+
+#[tokio::test]
+async fn a_session_whose_epoch_redis_lost_ends_to_reconnect_not_as_replaced_on_redis() {
+    a_session_whose_epoch_redis_lost_ends_to_reconnect_not_as_replaced(Backend::redis()).await;
+}
+
+#[tokio::test]
+async fn a_session_whose_epoch_redis_lost_ends_to_reconnect_not_as_replaced_on_redis_cluster() {
+    a_session_whose_epoch_redis_lost_ends_to_reconnect_not_as_replaced(Backend::redis_cluster())
+        .await;
+}

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use eagate_gateway::nonces::NonceStore;
 use eagate_gateway::presence::PresenceStore;
 use eagate_gateway::registry::{DeviceRegistry, RegistryError};
-use eagate_gateway::reports::{FeedFill, Ingested, ReportKind, ReportStore, StoredReport};
+use eagate_gateway::reports::{
+    FeedFill, Ingested, ReportKind, ReportStore, ReportStoreError, StoredReport,
+};
 use eagate_gateway::seal::MasterKey;
 use eagate_gateway::signals::{PositionStore, SignalDraft, SignalLog};
 use eagate_gateway::store::redis::RedisStores;
@@ -914,15 +916,23 @@ async fn a_newer_session_fences_off_every_report_write_of_an_older_one(stores: &
             .unwrap(),
         Ingested::Stored { confirmed_up_to: 2 }
     ));
-    // Other devices have sessions of their own.
+    // Other devices have sessions of their own: an epoch newer than the
+    // device's newest is one the store lost (a failover, a restore), not a
+    // replaced session's, and nothing is written.
     assert!(reports.current_session("dv_B").await.unwrap() < first);
     assert!(matches!(
         reports
             .ingest(&report("dv_B", 1, 3, fill(1)), Some(first))
-            .await
-            .unwrap(),
-        Ingested::Superseded
+            .await,
+        Err(ReportStoreError::SessionLost)
     ));
+    assert!(
+        reports
+            .for_signal(SignalId([3; 16]))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 on_both_backends!(retention_removes_the_oldest_signals_and_never_reuses_their_positions);

@@ -189,6 +189,7 @@ fn outcome_of(report: &StoredReport, answer: ScriptAnswer) -> Result<Written, Re
             ))));
         }
         -2 => Ingested::Superseded,
+        -4 => return Err(ReportStoreError::SessionLost),
         -1 => {
             return Err(ReportStoreError::TooFarAhead {
                 seq: report.seq,

@@ -91,8 +91,11 @@ impl SledReportStore {
         let _writing = self.device_lock(&report.device_id);
         if let Some(SessionEpoch(epoch)) = epoch {
             let newest = self.sessions.get(device)?.as_deref().map_or(0, read_u64);
-            if newest != epoch {
+            if newest > epoch {
                 return Ok(Ingested::Superseded);
+            }
+            if newest < epoch {
+                return Err(ReportStoreError::SessionLost);
             }
         }
         let watermark = self.watermarks.get(device)?.as_deref().map_or(0, read_u64);

@@ -16,7 +16,9 @@
 --   1 stored now; 0 already stored (the JSON stored, for the caller to
 --   compare: a resend, or a conflict); -1 seq too far above the watermark;
 --   -2 a newer session of the device has begun, nothing written; -3 a
---   command failed (a damaged key), with Redis's error in place of the JSON.
+--   command failed (a damaged key), with Redis's error in place of the JSON;
+--   -4 the device's newest session is older than the writing one (Redis
+--   lost its last writes: a failover, a restore), nothing written.
 -- Every outcome but 1 ends the run: the caller writes the rest again once
 -- it has looked (a resend is followed by more resends or new reports).
 -- Failures are answered rather than raised: the script runs in a pipeline
@@ -27,9 +29,17 @@ local answers = {}
 
 local function ingest()
   local watermark = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if ARGV[2] ~= '0' and (redis.call('GET', KEYS[4]) or '0') ~= ARGV[2] then
-    answers[#answers + 1] = {-2, watermark, false}
-    return
+  if ARGV[2] ~= '0' then
+    local newest = tonumber(redis.call('GET', KEYS[4]) or '0')
+    local writing = tonumber(ARGV[2])
+    if newest > writing then
+      answers[#answers + 1] = {-2, watermark, false}
+      return
+    end
+    if newest < writing then
+      answers[#answers + 1] = {-4, watermark, false}
+      return
+    end
   end
   local gap = tonumber(ARGV[1])
   local i = 3
