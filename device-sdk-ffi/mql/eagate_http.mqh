@@ -1214,28 +1214,27 @@ bool EagateHttp::Complete(const string name)
   }
 
 // The state file; or, when it is missing or cut short, a whole new one a
-// crash left before it could take its place. Beside a whole state file, a
-// whole new one is what a crash left between writing it and moving it: the
-// call that wrote it had not returned, so its change was not made, as far
-// as the EA knows. Except one: a fill, rejection or reversal queued last,
-// which the terminal had made already. That report is kept (numbered next,
-// as it was), so a restart loses none. A signal's "received" is not: the EA
-// had not traded it, and the signal comes again.
+// crash left before it could take its place (a first start writes the
+// state file at once, so a new one has a state file beside it). Beside a
+// whole state file, a whole new one is what a crash left between writing
+// it and moving it: the call that wrote it had not returned, so its change
+// was not made, as far as the EA knows. Except reports the terminal had
+// made already: fills, rejections and reversals queued after the state
+// file's (the last one, or more when earlier writes failed). Those are
+// kept, under their numbers, in order from the state file's next one,
+// each once, so a restart loses none. A signal's "received" is not: the
+// EA had not traded it, and the signal comes again.
 void EagateHttp::LoadState()
   {
    string temporary = m_state_file + ".new";
-   ulong made_seq = 0;
-   ulong made_at = 0;
-   string made_fields = "";
+   ulong made_seq[];
+   ulong made_at[];
+   string made_fields[];
    if(ReadState(temporary))
      {
-      int last = ArraySize(m_queue_seq) - 1;
-      if(last >= 0 && StringFind(m_queue_fields[last], "\"kind\":\"received\"") < 0)
-        {
-         made_seq = m_queue_seq[last];
-         made_at = m_queue_at[last];
-         made_fields = m_queue_fields[last];
-        }
+      ArrayCopy(made_seq, m_queue_seq);
+      ArrayCopy(made_at, m_queue_at);
+      ArrayCopy(made_fields, m_queue_fields);
      }
    if(!ReadState(m_state_file))
      {
@@ -1247,29 +1246,35 @@ void EagateHttp::LoadState()
          ArrayResize(m_queue_seq, 0);
          ArrayResize(m_queue_at, 0);
          ArrayResize(m_queue_fields, 0);
+         SaveState();
         }
       return;
      }
-   // Only if it is the one report queued after the state file's (its
-   // number the next one, and not queued there already).
-   bool made = made_seq != 0 && made_seq == m_next_seq;
-   for(int i = 0; i < ArraySize(m_queue_seq) && made; i++)
-      if(m_queue_at[i] == made_at && m_queue_fields[i] == made_fields)
-         made = false;
-   if(!made)
+   int added = 0;
+   for(int j = 0; j < ArraySize(made_seq); j++)
      {
-      FileDelete(temporary);
-      return;
+      if(made_seq[j] != m_next_seq || StringFind(made_fields[j], "\"kind\":\"received\"") >= 0)
+         continue;
+      bool queued = false;
+      for(int i = 0; i < ArraySize(m_queue_seq) && !queued; i++)
+         if(m_queue_at[i] == made_at[j] && m_queue_fields[i] == made_fields[j])
+            queued = true;
+      if(queued)
+         continue;
+      int k = ArraySize(m_queue_seq);
+      ArrayResize(m_queue_seq, k + 1);
+      ArrayResize(m_queue_at, k + 1);
+      ArrayResize(m_queue_fields, k + 1);
+      m_queue_seq[k] = made_seq[j];
+      m_queue_at[k] = made_at[j];
+      m_queue_fields[k] = made_fields[j];
+      m_next_seq = made_seq[j] + 1;
+      added++;
      }
-   int k = ArraySize(m_queue_seq);
-   ArrayResize(m_queue_seq, k + 1);
-   ArrayResize(m_queue_at, k + 1);
-   ArrayResize(m_queue_fields, k + 1);
-   m_queue_seq[k] = made_seq;
-   m_queue_at[k] = made_at;
-   m_queue_fields[k] = made_fields;
-   m_next_seq = made_seq + 1;
-   SaveState();
+   if(added > 0)
+      SaveState();
+   else
+      FileDelete(temporary);
   }
 
 // Reads a state file whole; false (with nothing taken) unless it ends

@@ -26,6 +26,11 @@ string     g_shown = "";
 // gateway out of reach is not asked ten times a second.
 uint       g_backoff_ms = 0;
 uint       g_failed_at = 0;
+// Reports that could not be sent wait the same way, on their own: the
+// polls go on meanwhile. Why the last try failed, for the chart.
+uint       g_flush_backoff_ms = 0;
+uint       g_flush_failed_at = 0;
+string     g_unsent = "";
 // The polled signal the trade code is acting on, for its "received"
 // report: the client keeps it with the signal's channel position, in one
 // write, so a restart neither loses the report nor takes the signal again.
@@ -50,6 +55,8 @@ int EagateCopierStart(const string url, const string device_id, const string sec
    g_holding = false;
    g_shown = "";
    g_backoff_ms = 0;
+   g_flush_backoff_ms = 0;
+   g_unsent = "";
    g_refusals = 0;
    ArrayResize(g_polled, 0);
    if(poll_wait_secs < 0 || poll_wait_secs > 30)
@@ -98,8 +105,7 @@ void EagateCopierTick()
      }
    if(g_backoff_ms > 0 && GetTickCount() - g_failed_at < g_backoff_ms)
       return;
-   bool flushed = g_client.FlushReports();
-   string unsent = flushed ? "" : g_client.LastError();
+   bool flushed = EagateCopierFlush();
    if(g_client.Stopped())
      {
       EagateCopierFailed();
@@ -114,7 +120,26 @@ void EagateCopierTick()
      }
    g_backoff_ms = 0;
    g_refusals = 0;
-   EagateCopierShow(flushed ? "connected" : "connected; reports wait: " + unsent);
+   EagateCopierShow(flushed ? "connected" : "connected; reports wait: " + g_unsent);
+  }
+
+// Sends the queued reports, unless a try failed moments ago (then they
+// wait 1 s, doubling to 30 s, as after a failed request): true when none
+// is left. A failure holds back the reports only, never the polls.
+bool EagateCopierFlush()
+  {
+   if(g_flush_backoff_ms > 0 && GetTickCount() - g_flush_failed_at < g_flush_backoff_ms)
+      return false;
+   if(g_client.FlushReports())
+     {
+      g_flush_backoff_ms = 0;
+      g_unsent = "";
+      return true;
+     }
+   g_flush_backoff_ms = g_flush_backoff_ms == 0 ? 1000 : (g_flush_backoff_ms >= 15000 ? (uint)30000 : g_flush_backoff_ms * 2);
+   g_flush_failed_at = GetTickCount();
+   g_unsent = g_client.LastError();
+   return false;
   }
 
 // Acts on each polled signal, in order, then sends what they did at once.
@@ -154,7 +179,7 @@ void EagateCopierAct()
    // could not be written: after a pause, as for a failed request).
    ArrayResize(g_polled, 0);
    g_holding = false;
-   if(!kept || !g_client.FlushReports())
+   if(!kept || (!EagateCopierFlush() && g_client.Stopped()))
       EagateCopierFailed();
   }
 

@@ -788,7 +788,7 @@ fn the_https_copier_sends_reports_before_it_polls_and_records_each_signal_before
     // A poll's signals wait for the next tick, so the trade events that
     // came during the poll (queued behind it) reach the trade code first.
     let act = tick.find("EagateCopierAct()").expect("acts");
-    let flushed = tick.find("g_client.FlushReports()").expect("flush");
+    let flushed = tick.find("EagateCopierFlush()").expect("flush");
     let polled = tick
         .find("g_client.Poll(g_poll_wait_secs, g_polled)")
         .expect("poll");
@@ -800,7 +800,14 @@ fn the_https_copier_sends_reports_before_it_polls_and_records_each_signal_before
     // Reports that cannot be sent stop nothing but a stopped client: the
     // poll goes on, and signals keep coming.
     let between = &tick[flushed..polled];
-    assert!(tick.contains("bool flushed = g_client.FlushReports();"));
+    assert!(tick.contains("bool flushed = EagateCopierFlush();"));
+    // A flush that fails waits (1 s, doubling to 30 s) on its own.
+    let flush = function_body(&transport, "bool EagateCopierFlush(");
+    let waiting = flush
+        .find("GetTickCount() - g_flush_failed_at < g_flush_backoff_ms")
+        .expect("waits");
+    assert!(waiting < flush.find("g_client.FlushReports()").expect("sends"));
+    assert!(flush.contains("(uint)30000"));
     assert!(between.contains("if(g_client.Stopped())"));
     assert!(
         !between.contains("if(!flushed"),
@@ -819,7 +826,7 @@ fn the_https_copier_sends_reports_before_it_polls_and_records_each_signal_before
     );
     assert!(acting.contains("i < n && kept"));
     assert!(acting.contains("kept = Execute(s,"));
-    assert!(acting.contains("if(!kept || !g_client.FlushReports())"));
+    assert!(acting.contains("if(!kept || (!EagateCopierFlush() && g_client.Stopped()))"));
     let client = code_of("mql/eagate_http.mqh");
     let received = function_body(&client, "bool EagateHttp::Received(");
     let undone = &received[received.find("return true;").expect("kept")..];
@@ -934,9 +941,10 @@ fn the_https_client_keeps_its_state_file_whole_and_a_refused_report_holds_back_n
         function_body(&client, "bool EagateHttp::Complete(").contains("return last == \"end\";")
     );
     // At start, beside a whole state file, a whole new file is a crash
-    // between writing and moving it: of its change only a fill, rejection
-    // or reversal queued last is kept (numbered next, queued once); a
-    // "received" is not (the EA had not traded the signal).
+    // between writing and moving it: of its change only fills, rejections
+    // and reversals queued after the state file's are kept (numbered on
+    // from its next number, each once); a "received" is not (the EA had
+    // not traded the signal). A first start writes the state file at once.
     let load = function_body(&client, "void EagateHttp::LoadState(");
     let crashed = load
         .find("if(ReadState(temporary))")
@@ -945,11 +953,13 @@ fn the_https_client_keeps_its_state_file_whole_and_a_refused_report_holds_back_n
         .find("if(!ReadState(m_state_file))")
         .expect("the state file");
     assert!(crashed < state);
-    assert!(load[crashed..state].contains("\\\"kind\\\":\\\"received\\\"\") < 0"));
     let kept = &load[state..];
-    assert!(kept.contains("made_seq == m_next_seq"));
-    assert!(kept.contains("m_queue_at[i] == made_at && m_queue_fields[i] == made_fields"));
-    assert!(kept.contains("m_next_seq = made_seq + 1;"));
+    assert!(kept.contains("SaveState();\n        }\n      return;"));
+    assert!(kept.contains(
+        "made_seq[j] != m_next_seq || StringFind(made_fields[j], \"\\\"kind\\\":\\\"received\\\"\") >= 0"
+    ));
+    assert!(kept.contains("m_queue_at[i] == made_at[j] && m_queue_fields[i] == made_fields[j]"));
+    assert!(kept.contains("m_next_seq = made_seq[j] + 1;"));
     assert!(kept.contains("FileDelete(temporary);"));
     // A report set aside as malformed leaves no hole in the numbers: the
     // gateway confirms only up to its first missing one.

@@ -626,8 +626,9 @@ impl AffiliateDesk {
             tick.tick().await;
             loop {
                 match self.take_fills(&core).await {
-                    // Claimed some: more may have come meanwhile.
-                    Ok(n) if n > 0 => continue,
+                    // A backlog: read on at once. Else at the next round,
+                    // so reversals that wait are not read again and again.
+                    Ok(n) if n >= FEED_BATCH => continue,
                     Ok(_) => break,
                     Err(e) => {
                         tracing::warn!(error = %e, "reading the fill feed failed; retrying");
