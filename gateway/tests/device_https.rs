@@ -1001,3 +1001,44 @@ async fn a_batch_with_a_malformed_report_stores_nothing_and_its_renumbered_rest_
     assert_eq!(stored().await.len(), 2);
     gateway.shutdown().await;
 }
+
+/// After Redis lost the device's newest epoch under a live session, a
+/// session begun by another installation still ends it: epochs never
+/// repeat (the clock, or the last one plus one), so the new one is newer
+/// than the live one's, and the two cannot both trade.
+async fn a_session_begun_after_the_store_lost_an_epoch_still_replaces_the_live_one(
+    backend: Backend,
+) {
+    let Setup {
+        gateway, device, ..
+    } = setup_on(&backend).await;
+    let live = device.open_session().await;
+    let (mut redis, prefix) = backend.redis_connection().unwrap();
+    let _: i64 = redis::cmd("DECR")
+        .arg(format!("{prefix}:{{dev:{}}}:session", device.id.as_str()))
+        .query(&mut *redis)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let second = device.open_session().await;
+    assert_ne!(second, live, "a new epoch, not the lost one again");
+    let answer = device.poll(&live, "gold:0", 0).await;
+    assert_eq!(answer.status, 410, "{}", answer.text());
+    assert_eq!(answer.json()["title"], "session replaced by a newer one");
+    assert_eq!(device.poll(&second, "gold:0", 0).await.status, 200);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_session_begun_after_the_store_lost_an_epoch_still_replaces_the_live_one_on_redis() {
+    a_session_begun_after_the_store_lost_an_epoch_still_replaces_the_live_one(Backend::redis())
+        .await;
+}
+
+#[tokio::test]
+async fn a_session_begun_after_the_store_lost_an_epoch_still_replaces_the_live_one_on_redis_cluster()
+ {
+    a_session_begun_after_the_store_lost_an_epoch_still_replaces_the_live_one(
+        Backend::redis_cluster(),
+    )
+    .await;
+}

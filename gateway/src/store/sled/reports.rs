@@ -174,7 +174,10 @@ impl SledReportStore {
         // wrote before (and is in the watermark read here) or sees the new
         // epoch and writes nothing.
         let _writing = self.device_lock(device_id);
-        let epoch = self.sessions.get(device)?.as_deref().map_or(0, read_u64) + 1;
+        // Never one a live session holds, even after the store went back
+        // (restored from a backup): the clock, or the last one plus one.
+        let last = self.sessions.get(device)?.as_deref().map_or(0, read_u64);
+        let epoch = (last + 1).max(crate::clock::unix_ms());
         self.sessions.insert(device, &epoch.to_be_bytes()[..])?;
         let watermark = self.watermarks.get(device)?.as_deref().map_or(0, read_u64);
         // A crash may have left the watermark behind the reports stored.
