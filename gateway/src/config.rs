@@ -48,6 +48,13 @@ pub struct ServeConfig {
     #[arg(long, env = "EAGATE_DEVICE_HTTPS_LISTEN")]
     pub device_https_listen: Option<SocketAddr>,
 
+    /// Worker threads of the device HTTPS listener, a runtime of its own so
+    /// that polling EAs never hold up the QUIC devices' signals. 0 (the
+    /// default): half the machine's cores, at least one. More serves more
+    /// polls at once and leaves fewer cores to the rest of the gateway.
+    #[arg(long, env = "EAGATE_DEVICE_HTTPS_THREADS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=256))]
+    pub device_https_threads: u64,
+
     /// PEM certificate chain; without it a self-signed certificate is
     /// generated in the data directory on first start.
     #[arg(long, env = "EAGATE_TLS_CERT", requires = "tls_key")]
@@ -337,6 +344,16 @@ pub enum ConfigError {
     },
 }
 
+/// The device HTTPS listener's worker threads for the setting `asked`:
+/// itself, or for 0 half the machine's cores (one on a machine of up to
+/// three).
+pub fn device_https_threads(asked: u64) -> usize {
+    match asked {
+        0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+        n => usize::try_from(n).unwrap_or(usize::MAX),
+    }
+}
+
 /// What a config file may set. The master key is not among them: it is a
 /// secret, given by `EAGATE_MASTER_KEY` or kept in the data directory.
 #[derive(Debug, Default, Deserialize)]
@@ -347,6 +364,7 @@ struct FileConfig {
     quic_endpoints: Option<u64>,
     http_listen: Option<SocketAddr>,
     device_https_listen: Option<SocketAddr>,
+    device_https_threads: Option<u64>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     hostnames: Option<Vec<String>>,
@@ -452,6 +470,7 @@ impl ServeConfig {
         take!(quic_endpoints, 1, 64);
         take!(http_listen);
         take!(device_https_listen, optional);
+        take!(device_https_threads, 0, 256);
         take!(tls_cert, optional);
         take!(tls_key, optional);
         take!(hostnames);
@@ -581,7 +600,7 @@ impl ServeConfig {
                 })
         };
         format!(
-            "config_file = {}\ndata_dir = {}\nquic_listen = {}\nquic_endpoints = {}\nhttp_listen = {}\ndevice_https_listen = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nconnections_per_minute_per_source = {}\nmax_unauthenticated_connections = {}\nmax_http_connections = {}\nmax_http_connections_per_source = {}\nsignal_queue_len = {}\nsignal_retention_hours = {}\nstore_cache_mib = {}\nmaster_key = {}\nredis_url = {}\nredis_prefix = {}\nreferral_landing_page = {}\nreferral_link_base = {}\naffiliate_currency = {}\nfirst_month_commission_bps = {}\nlater_months_commission_bps = {}\nfirst_trade_bonus_bps = {}\nholding_period_days = {}\nattribution_window_days = {}\ncredit_threshold_minor = {}\nreferrer_credit_minor = {}\nreferred_credit_minor = {}\ndaily_referral_limit = {}\nshared_address_limit = {}\nshared_address_window_hours = {}\nwash_trade_tolerance_bps = {}\nclick_dedupe_minutes = {}\nclick_rate_per_minute = {}\npayout_minimum_minor = {}\nmax_event_age_days = {}\ntrade_fees = {}\ntrade_tiers = {}\ntier_basis = {}\nwebhook_allow_private = {}\nwebhook_timeout_secs = {}\nwebhook_retry_base_secs = {}\nwebhook_retry_window_secs = {}\npayout_time = {}\npayout_provider = {}\nstripe_api_base = {}\nstripe_timeout_secs = {}\nstripe_secret_key = {}\n",
+            "config_file = {}\ndata_dir = {}\nquic_listen = {}\nquic_endpoints = {}\nhttp_listen = {}\ndevice_https_listen = {}\ndevice_https_threads = {}\ntls_cert = {}\ntls_key = {}\nhostnames = {}\nskew_window_secs = {}\nauth_deadline_secs = {}\nconnections_per_minute_per_source = {}\nmax_unauthenticated_connections = {}\nmax_http_connections = {}\nmax_http_connections_per_source = {}\nsignal_queue_len = {}\nsignal_retention_hours = {}\nstore_cache_mib = {}\nmaster_key = {}\nredis_url = {}\nredis_prefix = {}\nreferral_landing_page = {}\nreferral_link_base = {}\naffiliate_currency = {}\nfirst_month_commission_bps = {}\nlater_months_commission_bps = {}\nfirst_trade_bonus_bps = {}\nholding_period_days = {}\nattribution_window_days = {}\ncredit_threshold_minor = {}\nreferrer_credit_minor = {}\nreferred_credit_minor = {}\ndaily_referral_limit = {}\nshared_address_limit = {}\nshared_address_window_hours = {}\nwash_trade_tolerance_bps = {}\nclick_dedupe_minutes = {}\nclick_rate_per_minute = {}\npayout_minimum_minor = {}\nmax_event_age_days = {}\ntrade_fees = {}\ntrade_tiers = {}\ntier_basis = {}\nwebhook_allow_private = {}\nwebhook_timeout_secs = {}\nwebhook_retry_base_secs = {}\nwebhook_retry_window_secs = {}\npayout_time = {}\npayout_provider = {}\nstripe_api_base = {}\nstripe_timeout_secs = {}\nstripe_secret_key = {}\n",
             self.config_file
                 .as_ref()
                 .map_or("(none)".to_owned(), |p| p.display().to_string()),
@@ -591,6 +610,10 @@ impl ServeConfig {
             self.http_listen,
             self.device_https_listen
                 .map_or("(off)".to_owned(), |addr| addr.to_string()),
+            match self.device_https_threads {
+                0 => format!("0 ({} here: half the cores)", device_https_threads(0)),
+                n => n.to_string(),
+            },
             path(&self.tls_cert),
             path(&self.tls_key),
             self.hostnames.join(","),

@@ -702,8 +702,9 @@ struct DeviceHttps {
 }
 
 /// Starts the device HTTPS listener on a runtime of its own, driven by a
-/// thread of its own: polling EAs run on its worker threads, half the
-/// machine's cores (one on a machine of up to three), so thousands of TLS
+/// thread of its own: polling EAs run on its worker threads
+/// (`device_https_threads`; by default half the machine's cores, one on a
+/// machine of up to three), so thousands of TLS
 /// requests queue behind each other, not in front of the QUIC devices'
 /// signals, and never take every core. Serves `listener` (bound to
 /// `listen`, non-blocking; `DEVICE-HTTP.md`) until shutdown, with the same
@@ -726,7 +727,7 @@ async fn start_device_https(
         most,
         config.max_http_connections_per_source as usize,
     );
-    let threads = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
+    let threads = crate::config::device_https_threads(config.device_https_threads);
     let (ready, readied) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
     let (running, gone) = tokio::sync::oneshot::channel::<()>();
     let (finished, ended) = tokio::sync::oneshot::channel::<()>();

@@ -1042,3 +1042,28 @@ async fn a_session_begun_after_the_store_lost_an_epoch_still_replaces_the_live_o
     )
     .await;
 }
+
+/// An operator sizes the listener's threads (`device_https_threads`):
+/// that many workers, beside the one thread that drives them.
+#[tokio::test]
+async fn the_listener_runs_as_many_worker_threads_as_the_operator_sets() {
+    let alone = std::env::var("NEXTEST_EXECUTION_MODE").as_deref() == Ok("process-per-test");
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = config(dir.path());
+    settings.device_https_threads = 3;
+    let gateway = eagate_gateway::server::Gateway::start(&settings)
+        .await
+        .unwrap();
+    let threads = threads_named("eagate-device-h");
+    assert!(threads >= 4, "{threads}");
+    if alone {
+        assert_eq!(threads, 4, "three workers and their driver");
+    }
+    gateway.shutdown().await;
+    // 0 is the default: half the machine's cores, at least one.
+    assert_eq!(
+        eagate_gateway::config::device_https_threads(0),
+        std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+    );
+    assert_eq!(eagate_gateway::config::device_https_threads(5), 5);
+}

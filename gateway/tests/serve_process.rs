@@ -281,7 +281,7 @@ fn settings_come_from_the_file_then_the_environment_then_flags() {
     let file = dir.path().join("eagate.toml");
     std::fs::write(
         &file,
-        "quic_listen = \"127.0.0.1:8443\"\nhttp_listen = \"127.0.0.1:8080\"\nskew_window_secs = 20\nsignal_queue_len = 64\nhostnames = [\"gw.example\", \"localhost\"]\n",
+        "quic_listen = \"127.0.0.1:8443\"\nhttp_listen = \"127.0.0.1:8080\"\nskew_window_secs = 20\nsignal_queue_len = 64\nhostnames = [\"gw.example\", \"localhost\"]\ndevice_https_threads = 6\n",
     )
     .unwrap();
     let (ok, shown, err) = eagate(
@@ -320,6 +320,7 @@ fn settings_come_from_the_file_then_the_environment_then_flags() {
         "flag beats file: {shown}"
     );
     assert!(shown.contains("auth_deadline_secs = 5"), "default: {shown}");
+    assert!(shown.contains("device_https_threads = 6"), "file: {shown}");
 }
 
 #[test]
@@ -334,6 +335,10 @@ fn a_config_file_with_an_unknown_key_or_a_value_out_of_range_is_refused_clearly(
             "skew_window_secs must be between 1 and 300",
         ),
         ("quic_listen = 7443\n", "quic_listen"),
+        (
+            "device_https_threads = 257\n",
+            "device_https_threads must be between 0 and 256",
+        ),
     ] {
         std::fs::write(&file, contents).unwrap();
         let (ok, _, err) = eagate(&["config", "show", "--config", file.to_str().unwrap()], &[]);

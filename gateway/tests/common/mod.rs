@@ -24,6 +24,7 @@ pub fn config(dir: &Path) -> ServeConfig {
         quic_endpoints: 1,
         http_listen: "127.0.0.1:0".parse().unwrap(),
         device_https_listen: Some("127.0.0.1:0".parse().unwrap()),
+        device_https_threads: 0,
         tls_cert: None,
         tls_key: None,
         hostnames: vec!["localhost".into()],
