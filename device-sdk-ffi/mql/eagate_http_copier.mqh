@@ -120,6 +120,10 @@ void EagateCopierTick()
      }
    g_backoff_ms = 0;
    g_refusals = 0;
+   // The gateway answers again: reports that waited out an outage are
+   // tried again within a second, not after the back-off the outage built.
+   if(g_flush_backoff_ms > 1000)
+      g_flush_backoff_ms = 1000;
    EagateCopierShow(flushed ? "connected" : "connected; reports wait: " + g_unsent);
   }
 

@@ -808,6 +808,9 @@ fn the_https_copier_sends_reports_before_it_polls_and_records_each_signal_before
         .expect("waits");
     assert!(waiting < flush.find("g_client.FlushReports()").expect("sends"));
     assert!(flush.contains("(uint)30000"));
+    // A poll answered ends the back-off an outage built: within a second.
+    let answered = &tick[polled..];
+    assert!(answered.contains("if(g_flush_backoff_ms > 1000)\n      g_flush_backoff_ms = 1000;"));
     assert!(between.contains("if(g_client.Stopped())"));
     assert!(
         !between.contains("if(!flushed"),

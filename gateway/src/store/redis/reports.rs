@@ -256,7 +256,6 @@ impl ReportStore for RedisStores {
             let (epoch, watermark): (u64, u64) = BEGIN_SESSION_SCRIPT
                 .key(self.device_key(device_id, "session"))
                 .key(self.device_key(device_id, "watermark"))
-                .arg(crate::clock::unix_ms())
                 .invoke_async(&mut connection)
                 .await?;
             Ok((SessionEpoch(epoch), watermark))
