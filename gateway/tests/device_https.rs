@@ -477,15 +477,7 @@ async fn a_resent_report_is_stored_once_and_a_different_one_under_its_number_is_
             .await;
         assert_eq!(answer.text(), r#"{"confirmed_up_to":1}"#);
     }
-    assert_eq!(
-        gateway
-            .reports()
-            .for_signal(signal.signal_id)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(stored_count(&gateway, signal.signal_id).await, 1);
     let conflict = device
         .report(&session, json!([filled(1, &id, "2351.18")]))
         .await;
@@ -515,15 +507,7 @@ async fn a_resent_report_is_stored_once_and_a_different_one_under_its_number_is_
         let answer = device.report(&session, bad.clone()).await;
         assert_eq!(answer.status, 422, "{bad}: {}", answer.text());
     }
-    assert_eq!(
-        gateway
-            .reports()
-            .for_signal(signal.signal_id)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(stored_count(&gateway, signal.signal_id).await, 1);
 
     // A terminal's long error text (with a line break) is cut and cleaned,
     // as over QUIC, never a reason to refuse the report; resent, it is the

@@ -486,14 +486,6 @@ async fn the_c_twin_talks_to_a_live_gateway_and_accepts_only_its_answers() {
             "ok"
         );
     }
-    assert_eq!(
-        gateway
-            .reports()
-            .for_signal(signal.signal_id)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(stored_count(&gateway, signal.signal_id).await, 1);
     gateway.shutdown().await;
 }

@@ -262,15 +262,7 @@ async fn an_https_device_is_told_to_retry_while_redis_is_away_and_loses_no_fill(
         let confirmed = device.report(&session, fill.clone()).await;
         assert_eq!(confirmed.text(), r#"{"confirmed_up_to":1}"#);
     }
-    assert_eq!(
-        gateway
-            .reports()
-            .for_signal(signal.signal_id)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(stored_count(&gateway, signal.signal_id).await, 1);
     gateway.shutdown().await;
 }
 

@@ -179,10 +179,9 @@ impl Core {
     /// The device's session under `epoch`, for the span of one request:
     /// registered where takeovers and revocations find it, resuming each
     /// channel after the position `resume` names (others where the
-    /// gateway's record says). [`Close::Replaced`] when `epoch` is not the
-    /// device's newest (a newer session began, or the device names one that
-    /// never did); [`RejoinDenial::UnknownSession`] when the store's newest
-    /// epoch is behind it. Call [`DeviceSession::start`] to have it follow
+    /// gateway's record says). [`Close::Replaced`] when a newer session of
+    /// the device began; [`RejoinDenial::UnknownSession`] when the store's
+    /// newest epoch is behind `epoch` (it lost its last writes). Call [`DeviceSession::start`] to have it follow
     /// the device's channels, and [`DeviceSession::finish`] at the end.
     pub async fn rejoin(
         &self,

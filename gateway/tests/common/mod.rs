@@ -132,6 +132,12 @@ impl Backend {
     }
 }
 
+/// How many reports `gateway` keeps about `signal_id`: a fill sent twice
+/// and stored once counts one.
+pub async fn stored_count(gateway: &Gateway, signal_id: SignalId) -> usize {
+    gateway.reports().for_signal(signal_id).await.unwrap().len()
+}
+
 /// A key prefix no other test uses, so tests share nothing.
 pub fn fresh_prefix() -> String {
     let mut random = [0u8; 6];
